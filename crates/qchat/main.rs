@@ -1,1 +1,60 @@
-fn main() {}
+//! `qchat`: encrypted terminal chat over QUIC.
+//!
+//! This crate is only the command line: it parses flags into checked
+//! settings, wires the library crates together, and owns everything that
+//! touches the terminal. The layout:
+//!
+//! - `cli`: the flags, with clap.
+//! - `home`: where state lives (`QCHAT_HOME` or the platform directories).
+//! - `logging`: the tracing subscriber; libraries only emit.
+//! - `commands/`: one module per subcommand.
+//! - `plain`: the line-oriented interface for scripts and tests.
+//! - `prompt`: questions asked on the terminal (trust on first use, name).
+
+mod cli;
+mod commands;
+mod home;
+mod logging;
+mod plain;
+mod prompt;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit statuses, documented in README.md.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Something failed; stderr says what.
+    pub const FAILURE: u8 = 1;
+    /// The flags were wrong (clap's own status).
+    pub const USAGE: u8 = 2;
+    /// The server ended the session (shutdown, kick, flood, slow reader).
+    pub const DISCONNECTED: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let _log_guard = logging::init(&cli);
+    match commands::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("qchat: {}", error_chain(&e));
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// One line with the causes, without a backtrace.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s
+}

@@ -1,1 +1,38 @@
-//! placeholder
+//! The qchat wire format, and nothing else: no sockets, no TLS, no tasks.
+//!
+//! Everything a peer must agree on lives here so that the server, the
+//! client, the benchmark and the fuzzers share one definition, and so that
+//! `docs/PROTOCOL.md` has exactly one place to be checked against.
+//!
+//! - [`frame`]: the length-prefixed framing and the incremental decoder that
+//!   enforces the maximum frame size before allocating.
+//! - [`message`]: the postcard-encoded messages in each direction. Variant
+//!   order is the wire format: append only.
+//! - [`close`]: QUIC application close codes and their meanings.
+//! - [`names`]: what a member name may be, and how uniqueness is decided.
+//! - [`text`]: neutralising network text before it reaches a terminal.
+//! - [`limits`]: the defaults every limit starts from.
+
+pub mod close;
+pub mod frame;
+pub mod limits;
+pub mod message;
+pub mod names;
+pub mod text;
+
+pub use close::CloseCode;
+pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
+pub use message::{ClientMsg, DecodeError, RejectReason, ServerMsg};
+
+/// The ALPN protocol identifier. The major protocol version is part of it, so
+/// a future incompatible wire format fails in the TLS handshake with a clear
+/// "no application protocol" error instead of as garbage after it.
+pub const ALPN: &[u8] = b"qchat/1";
+
+/// The protocol version this build speaks, sent in the hello. Minor,
+/// backwards-compatible additions (new message kinds appended at the end)
+/// raise it; the server accepts any version from 1 up to its own.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The port from the original tutorial, used when an address names none.
+pub const DEFAULT_PORT: u16 = 8080;

@@ -1,0 +1,348 @@
+//! Reaching a server: the handshake under the pinning verifier, the trust
+//! decision, and the hello.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use qchat_proto::{limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, ALPN, PROTOCOL_VERSION};
+use qchat_tls::{Fingerprint, HostKey, PinVerifier};
+
+use crate::trust::{Decision, TrustError, TrustPlan, TrustState, UnknownServer};
+
+/// How long the handshake and the hello may take together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why connecting failed. Each message is one sentence that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The host name did not resolve.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// As given.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The local UDP socket could not be created.
+    #[error("cannot open a local UDP socket: {0}")]
+    Socket(std::io::Error),
+    /// The TLS or QUIC configuration could not be built.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+    /// Nothing answered in time.
+    #[error("no answer from {addr} within {secs} s; is `qchat serve` running there, and is UDP port {port} open?", secs = CONNECT_TIMEOUT.as_secs(), port = addr.port())]
+    Timeout {
+        /// The address tried.
+        addr: SocketAddr,
+    },
+    /// The QUIC connection failed for another reason.
+    #[error("cannot connect to {addr}: {reason}")]
+    Transport {
+        /// The address tried.
+        addr: SocketAddr,
+        /// What quinn said.
+        reason: String,
+    },
+    /// The server's key is not the pinned one.
+    #[error("{}", key_changed_message(.host, .pinned, .presented, .first_seen, *.verified, .file, *.line))]
+    KeyChanged {
+        /// The server.
+        host: HostKey,
+        /// The pinned fingerprint.
+        pinned: Fingerprint,
+        /// What the server presented.
+        presented: Fingerprint,
+        /// When the pin was first stored (RFC 3339), if stored.
+        first_seen: Option<String>,
+        /// Whether the pin was verified out of band.
+        verified: bool,
+        /// The pin store.
+        file: std::path::PathBuf,
+        /// The pin's line (0 when the expectation came from --fingerprint).
+        line: usize,
+    },
+    /// An unknown server and no way to ask.
+    #[error(
+        "{host} is not in {file} and there is no terminal to ask; its key fingerprint is {presented}. \
+         Verify it out of band, then connect with --fingerprint {presented} (or --accept-new to trust on first use)"
+    )]
+    UnknownHost {
+        /// The server.
+        host: HostKey,
+        /// What it presented.
+        presented: Fingerprint,
+        /// The pin store.
+        file: std::path::PathBuf,
+    },
+    /// The user declined an unknown server.
+    #[error("host key verification failed: you did not accept {host}")]
+    Declined {
+        /// The server.
+        host: HostKey,
+    },
+    /// Reading or writing pins failed.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The server refused the hello.
+    #[error("the server refused to let you in: {detail}")]
+    Rejected {
+        /// The cause.
+        reason: RejectReason,
+        /// The server's words.
+        detail: String,
+    },
+    /// The server answered with something other than a welcome.
+    #[error("the server broke the protocol during the hello: {0}")]
+    Protocol(String),
+}
+
+fn key_changed_message(
+    host: &HostKey,
+    pinned: &Fingerprint,
+    presented: &Fingerprint,
+    first_seen: &Option<String>,
+    verified: bool,
+    file: &std::path::Path,
+    line: usize,
+) -> String {
+    let origin = if line == 0 {
+        "the fingerprint given with --fingerprint".to_string()
+    } else {
+        format!(
+            "the pin in {}:{} (first stored {}, {})",
+            file.display(),
+            line,
+            first_seen.as_deref().unwrap_or("at an unknown time"),
+            if verified { "verified out of band" } else { "trusted on first use, never verified" }
+        )
+    };
+    format!(
+        "@@@ WARNING: THE SERVER'S KEY HAS CHANGED @@@\n\
+         The key {host} presented does not match {origin}.\n\
+         Someone may be intercepting this connection (a man-in-the-middle attack), or the \
+         operator may have replaced the server's key on purpose. Nothing was sent.\n  \
+         pinned:    {pinned}\n  \
+         presented: {presented}\n\
+         Ask the operator for the new fingerprint over a channel you trust (they can run `qchat fingerprint`). \
+         Only if it matches, replace the pin with:\n  \
+         qchat known-hosts replace {host} --fingerprint {presented}"
+    )
+}
+
+/// A member in the room, with the connection its network task will own.
+pub struct Joined {
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// The session stream, sending half.
+    pub send: quinn::SendStream,
+    /// The session stream, receiving half.
+    pub recv: quinn::RecvStream,
+    /// The frame decoder, which may already hold bytes after the welcome.
+    pub decoder: FrameDecoder,
+    /// The server's name.
+    pub server_name: String,
+    /// Our name as registered.
+    pub name: String,
+    /// The room when we joined.
+    pub members: Vec<String>,
+}
+
+/// A client endpoint bound to the wildcard address of `target`'s family.
+pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ConnectError> {
+    let bind: SocketAddr = if target.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(bind).map_err(ConnectError::Socket)
+}
+
+/// Resolves `host` to the address to dial.
+pub async fn resolve(host: &HostKey) -> Result<SocketAddr, ConnectError> {
+    let mut addrs = tokio::net::lookup_host((host.host.as_str(), host.port))
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            host: host.to_string(),
+            source,
+        })?;
+    addrs.next().ok_or_else(|| ConnectError::Resolve {
+        host: host.to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+    })
+}
+
+/// Performs the QUIC handshake, enforcing `plan`, and — for an unknown
+/// server — asks `decide` before anything else is sent. Returns the
+/// connection and how far the server is trusted.
+pub async fn connect<D>(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    plan: &TrustPlan,
+    decide: D,
+) -> Result<(quinn::Connection, TrustState, Fingerprint), ConnectError>
+where
+    D: FnOnce(UnknownServer) -> Decision + Send + 'static,
+{
+    let verifier = PinVerifier::new(plan.expectation());
+    let mut config = qchat_tls::quic_client_config(Arc::clone(&verifier), &[ALPN])
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    config.transport_config(client_transport());
+    // The name only fills in SNI: with a pinned key it carries no trust.
+    let connecting = endpoint
+        .connect_with(config, addr, &plan.host.host)
+        .map_err(|e| ConnectError::Transport {
+            addr,
+            reason: e.to_string(),
+        })?;
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => return Err(ConnectError::Timeout { addr }),
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(handshake_error(plan, &verifier, addr, e)),
+    };
+    let presented = verifier
+        .presented()
+        .ok_or_else(|| ConnectError::Protocol("the server presented no certificate".into()))?;
+
+    let decision = if plan.needs_decision() {
+        let info = UnknownServer {
+            host: plan.host.clone(),
+            addr,
+            fingerprint: presented,
+            known_hosts: plan.known_hosts.clone(),
+        };
+        // The prompt reads the terminal: a blocking read belongs on a
+        // blocking thread, never on a runtime worker.
+        let decision = tokio::task::spawn_blocking(move || decide(info))
+            .await
+            .unwrap_or(Decision::Refuse);
+        if decision == Decision::Refuse {
+            conn.close(qchat_proto::CloseCode::Normal.code().into(), b"host key not accepted");
+            return Err(ConnectError::Declined { host: plan.host.clone() });
+        }
+        decision
+    } else {
+        Decision::Accept
+    };
+    let state = plan.record(presented, decision)?;
+    Ok((conn, state, presented))
+}
+
+fn handshake_error(plan: &TrustPlan, verifier: &PinVerifier, addr: SocketAddr, e: quinn::ConnectionError) -> ConnectError {
+    if let Some(presented) = verifier.presented() {
+        match plan.expectation() {
+            qchat_tls::Expectation::Pinned(pinned) if pinned != presented => {
+                let (first_seen, verified, line) = match &plan.pin {
+                    Some(pin) if plan.given.is_none() => (
+                        pin.first_seen
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .ok(),
+                        pin.verified,
+                        pin.line,
+                    ),
+                    _ => (None, true, 0),
+                };
+                return ConnectError::KeyChanged {
+                    host: plan.host.clone(),
+                    pinned,
+                    presented,
+                    first_seen,
+                    verified,
+                    file: plan.known_hosts.clone(),
+                    line,
+                };
+            }
+            qchat_tls::Expectation::Unknown { accept: false } => {
+                return ConnectError::UnknownHost {
+                    host: plan.host.clone(),
+                    presented,
+                    file: plan.known_hosts.clone(),
+                }
+            }
+            _ => {}
+        }
+    }
+    match e {
+        quinn::ConnectionError::TimedOut => ConnectError::Timeout { addr },
+        other => ConnectError::Transport {
+            addr,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Client transport settings: keep-alive well inside the idle timeout so a
+/// quiet chat is never dropped, and a dead server is noticed in seconds.
+pub fn client_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    if let Ok(idle) = quinn::IdleTimeout::try_from(limits::IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.keep_alive_interval(Some(limits::KEEP_ALIVE));
+    t.max_concurrent_bidi_streams(0u8.into());
+    t.max_concurrent_uni_streams(0u8.into());
+    Arc::new(t)
+}
+
+/// Opens the session stream and says hello. The server learns of a stream
+/// only when data arrives on it, so the hello is written at once.
+pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, ConnectError> {
+    let addr = conn.remote_address();
+    let lost = |e: &dyn std::fmt::Display| ConnectError::Transport {
+        addr,
+        reason: e.to_string(),
+    };
+    let hello = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+        let frame = ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.to_string(),
+        }
+        .to_frame();
+        send.write_all(&frame).await.map_err(|e| lost(&e))?;
+        let mut decoder = FrameDecoder::new(limits::MAX_SERVER_FRAME);
+        let first = decoder.read_frame(&mut recv).await;
+        Ok::<_, ConnectError>((send, recv, decoder, first))
+    };
+    let (send, recv, decoder, first) = tokio::time::timeout(CONNECT_TIMEOUT, hello)
+        .await
+        .map_err(|_| ConnectError::Timeout { addr })??;
+    let first = match first {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(ConnectError::Protocol("the server closed the stream before answering".into())),
+        Err(qchat_proto::ReadError::Io(e)) => return Err(closed_error(&conn, addr, &e)),
+        Err(e) => return Err(ConnectError::Protocol(e.to_string())),
+    };
+    match ServerMsg::decode(&first) {
+        Ok(ServerMsg::Welcome {
+            server_name,
+            name,
+            members,
+            ..
+        }) => Ok(Joined {
+            conn,
+            send,
+            recv,
+            decoder,
+            server_name,
+            name,
+            members,
+        }),
+        Ok(ServerMsg::Rejected { reason, detail }) => Err(ConnectError::Rejected { reason, detail }),
+        Ok(other) => Err(ConnectError::Protocol(format!("expected a welcome, got {other:?}"))),
+        Err(e) => Err(ConnectError::Protocol(e.to_string())),
+    }
+}
+
+fn closed_error(conn: &quinn::Connection, addr: SocketAddr, e: &std::io::Error) -> ConnectError {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => ConnectError::Rejected {
+            reason: RejectReason::Other(0),
+            detail: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        _ => ConnectError::Transport {
+            addr,
+            reason: e.to_string(),
+        },
+    }
+}

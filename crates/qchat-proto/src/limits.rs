@@ -1,0 +1,39 @@
+//! Default limits. Each one is also a flag of `qchat serve` and a line in
+//! `docs/SECURITY.md`; the values are here so that both ends and the docs
+//! agree on one number.
+
+use std::time::Duration;
+
+/// Largest frame body a server accepts from a client, in bytes. Big enough
+/// for the longest message plus its envelope, small enough that a hostile
+/// length prefix cannot make the server allocate much.
+pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
+
+/// Largest frame body a client accepts from a server. The welcome carries the
+/// whole member list, so this is sized for 10,000 members with the longest
+/// names (32 characters of up to 4 bytes each).
+pub const MAX_SERVER_FRAME: usize = 4 * 1024 * 1024;
+
+/// Longest chat message, in bytes of UTF-8. Longer messages are refused with
+/// a reason rather than truncated, so nothing is silently lost.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Longest member name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Longest reason text (kick, quit, rejection) that is relayed.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// How long a new connection has to send its hello before it is closed.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// QUIC idle timeout: a peer that vanished without closing is noticed and
+/// announced as gone after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keep-alive interval, well under the idle timeout so quiet chats survive.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// Frames queued for one member before it counts as not reading and is
+/// disconnected.
+pub const SESSION_QUEUE: usize = 1024;

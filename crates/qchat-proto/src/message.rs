@@ -1,0 +1,290 @@
+//! The messages, one enum per direction, postcard-encoded inside frames.
+//!
+//! postcard writes an enum as the variant's index (a varint) followed by its
+//! fields in declaration order, so **the order of variants and fields is the
+//! wire format**. New kinds are only ever appended; `docs/PROTOCOL.md` lists
+//! every index. A receiver that meets a kind newer than itself gets
+//! [`DecodeError::UnknownKind`] and can decide what that means: the client
+//! skips it (an old client keeps working against a newer server), the server
+//! closes the connection (the client ignored the negotiated version).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Messages from a client to the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// 0: the first frame on the stream, and only the first.
+    Hello {
+        /// The highest protocol version the client speaks.
+        version: u32,
+        /// The name the member wants in the room.
+        name: String,
+    },
+    /// 1: a line for the room.
+    Say {
+        /// Chosen by the client, increasing; echoed in [`ServerMsg::Ack`] or
+        /// [`ServerMsg::Refused`] so the client knows what was delivered.
+        seq: u64,
+        /// The message text.
+        text: String,
+    },
+    /// 2: an orderly goodbye; the reason is shown to the others.
+    Bye {
+        /// Why the member leaves (may be empty).
+        reason: String,
+    },
+}
+
+/// Messages from the server to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// 0: the hello was accepted; the member is now in the room.
+    Welcome {
+        /// The protocol version the server will speak on this connection.
+        version: u32,
+        /// The server's display name.
+        server_name: String,
+        /// The member's name as registered.
+        name: String,
+        /// Everyone in the room, the new member included, in join order.
+        members: Vec<String>,
+    },
+    /// 1: the hello was refused; the server closes the connection after it.
+    Rejected {
+        /// Machine-readable cause.
+        reason: RejectReason,
+        /// One sentence for the user.
+        detail: String,
+    },
+    /// 2: a message from another member.
+    Chat {
+        /// The sender's name.
+        from: String,
+        /// The text.
+        text: String,
+        /// When the server received it, milliseconds since the Unix epoch.
+        time_ms: u64,
+    },
+    /// 3: the server accepted the client's `Say` with this `seq` and has
+    /// queued it for every other member.
+    Ack {
+        /// The acknowledged sequence number.
+        seq: u64,
+    },
+    /// 4: someone entered the room.
+    Joined {
+        /// Their name.
+        name: String,
+    },
+    /// 5: someone left the room.
+    Left {
+        /// Their name.
+        name: String,
+        /// Why: their own quit reason, or what the server saw.
+        reason: String,
+    },
+    /// 6: the server refused the client's `Say` with this `seq`; nothing was
+    /// delivered.
+    Refused {
+        /// The refused sequence number.
+        seq: u64,
+        /// Why, for the user.
+        reason: String,
+    },
+    /// 7: a message from the server itself (warnings, operator notes).
+    Notice {
+        /// The text.
+        text: String,
+    },
+    /// 8: the server is shutting down; the connection closes after this.
+    ShuttingDown {
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+/// Why a hello was refused. Sent as a `u32` so that an older client can
+/// still decode a cause it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "u32", into = "u32")]
+pub enum RejectReason {
+    /// 0: another member has this name (compared without regard to case).
+    NameTaken,
+    /// 1: the name breaks the name rules.
+    NameInvalid,
+    /// 2: the client's protocol version is not supported.
+    UnsupportedVersion,
+    /// 3: the server or this address is at its connection limit.
+    ServerFull,
+    /// 4: the server is shutting down.
+    ShuttingDown,
+    /// A cause this build does not know.
+    Other(u32),
+}
+
+impl From<u32> for RejectReason {
+    fn from(v: u32) -> Self {
+        match v {
+            0 => RejectReason::NameTaken,
+            1 => RejectReason::NameInvalid,
+            2 => RejectReason::UnsupportedVersion,
+            3 => RejectReason::ServerFull,
+            4 => RejectReason::ShuttingDown,
+            other => RejectReason::Other(other),
+        }
+    }
+}
+
+impl From<RejectReason> for u32 {
+    fn from(r: RejectReason) -> u32 {
+        match r {
+            RejectReason::NameTaken => 0,
+            RejectReason::NameInvalid => 1,
+            RejectReason::UnsupportedVersion => 2,
+            RejectReason::ServerFull => 3,
+            RejectReason::ShuttingDown => 4,
+            RejectReason::Other(v) => v,
+        }
+    }
+}
+
+/// A frame body that is not a message this build understands.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The kind index is beyond the last one this build knows.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u32),
+    /// The body does not decode (bad varint, invalid UTF-8, cut short…).
+    #[error("malformed message: {0}")]
+    Malformed(postcard::Error),
+    /// A valid message followed by extra bytes.
+    #[error("{0} unexpected bytes after the message")]
+    TrailingBytes(usize),
+}
+
+/// Number of [`ClientMsg`] kinds this build knows.
+pub const CLIENT_KINDS: u32 = 3;
+/// Number of [`ServerMsg`] kinds this build knows.
+pub const SERVER_KINDS: u32 = 9;
+
+fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8], kinds: u32) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes::<u32>(body) {
+        Ok((kind, _)) if kind >= kinds => return Err(DecodeError::UnknownKind(kind)),
+        Ok(_) => {}
+        Err(e) => return Err(DecodeError::Malformed(e)),
+    }
+    let (msg, rest) = postcard::take_from_bytes::<T>(body).map_err(DecodeError::Malformed)?;
+    if rest.is_empty() {
+        Ok(msg)
+    } else {
+        Err(DecodeError::TrailingBytes(rest.len()))
+    }
+}
+
+impl ClientMsg {
+    /// Decodes one frame body; the whole body must be exactly one message.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        decode_exact(body, CLIENT_KINDS)
+    }
+
+    /// Encodes as a complete frame.
+    pub fn to_frame(&self) -> Bytes {
+        crate::frame::encode_frame(self).expect(ENCODE_INFALLIBLE)
+    }
+}
+
+impl ServerMsg {
+    /// Decodes one frame body; the whole body must be exactly one message.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        decode_exact(body, SERVER_KINDS)
+    }
+
+    /// Encodes as a complete frame.
+    pub fn to_frame(&self) -> Bytes {
+        crate::frame::encode_frame(self).expect(ENCODE_INFALLIBLE)
+    }
+}
+
+/// Serializing these types into a growable buffer has no failure mode:
+/// postcard only fails on a full fixed-size buffer or on types it cannot
+/// represent, and ours contain neither.
+const ENCODE_INFALLIBLE: &str = "postcard encoding into a growable buffer cannot fail";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn documented_byte_layouts() {
+        // These exact bytes are the examples in docs/PROTOCOL.md.
+        let hello = ClientMsg::Hello {
+            version: 1,
+            name: "bob".into(),
+        };
+        assert_eq!(&hello.to_frame()[..], &[0, 0, 0, 6, 0, 1, 3, b'b', b'o', b'b']);
+        let say = ClientMsg::Say {
+            seq: 300,
+            text: "hi".into(),
+        };
+        assert_eq!(&say.to_frame()[..], &[0, 0, 0, 6, 1, 0xac, 0x02, 2, b'h', b'i']);
+        let ack = ServerMsg::Ack { seq: 1 };
+        assert_eq!(&ack.to_frame()[..], &[0, 0, 0, 2, 3, 1]);
+        let rej = ServerMsg::Rejected {
+            reason: RejectReason::NameTaken,
+            detail: "x".into(),
+        };
+        assert_eq!(&rej.to_frame()[..], &[0, 0, 0, 4, 1, 0, 1, b'x']);
+    }
+
+    #[test]
+    fn unknown_kind_is_distinguished() {
+        assert_eq!(ServerMsg::decode(&[9]), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(ClientMsg::decode(&[3, 0]), Err(DecodeError::UnknownKind(3)));
+    }
+
+    #[test]
+    fn invalid_utf8_and_trailing_bytes_are_errors() {
+        assert!(matches!(
+            ClientMsg::decode(&[1, 0, 1, 0xff]),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert_eq!(
+            ClientMsg::decode(&[2, 0, 7]),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn unknown_reject_reason_survives() {
+        let bytes = [1u8, 42, 0];
+        assert_eq!(
+            ServerMsg::decode(&bytes),
+            Ok(ServerMsg::Rejected {
+                reason: RejectReason::Other(42),
+                detail: String::new()
+            })
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = ClientMsg::decode(&body);
+            let _ = ServerMsg::decode(&body);
+        }
+
+        #[test]
+        fn client_messages_round_trip(seq in any::<u64>(), text in ".{0,64}", name in "[a-z]{1,32}") {
+            for m in [
+                ClientMsg::Hello { version: 1, name: name.clone() },
+                ClientMsg::Say { seq, text: text.clone() },
+                ClientMsg::Bye { reason: text.clone() },
+            ] {
+                let f = m.to_frame();
+                prop_assert_eq!(ClientMsg::decode(&f[4..]), Ok(m));
+            }
+        }
+    }
+}

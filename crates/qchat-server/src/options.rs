@@ -1,0 +1,79 @@
+//! What an operator can tune, with the defaults from `qchat_proto::limits`,
+//! and the QUIC transport settings derived from them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qchat_proto::limits;
+
+/// Server settings. Every limit here is a flag of `qchat serve` and a line
+/// in `docs/SECURITY.md`.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The name shown to members in the welcome.
+    pub server_name: String,
+    /// Largest frame body accepted from a client.
+    pub max_frame: usize,
+    /// Longest message text accepted, in bytes.
+    pub max_message: usize,
+    /// Time a new connection has to open its stream and send its hello.
+    pub hello_timeout: Duration,
+    /// QUIC idle timeout; a vanished client is announced after this.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// Frames queued for one member before it is disconnected as not
+    /// reading.
+    pub queue_len: usize,
+    /// Connections allowed at once, server-wide.
+    pub max_connections: usize,
+    /// Connections allowed at once from one IP address.
+    pub max_per_ip: usize,
+    /// Join and leave notices are broadcast only while the room has at most
+    /// this many members: in a huge room they would be most of the traffic
+    /// (every join costs one frame per member, so n joins cost n²).
+    pub announce_limit: usize,
+    /// Names sent in the welcome's member list, at most.
+    pub welcome_members: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            server_name: "qchat".into(),
+            max_frame: limits::MAX_CLIENT_FRAME,
+            max_message: limits::MAX_MESSAGE_BYTES,
+            hello_timeout: limits::HELLO_TIMEOUT,
+            idle_timeout: limits::IDLE_TIMEOUT,
+            keep_alive: limits::KEEP_ALIVE,
+            queue_len: limits::SESSION_QUEUE,
+            max_connections: 10_000,
+            max_per_ip: 10_000,
+            announce_limit: 1_000,
+            welcome_members: 1_000,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The QUIC transport settings for these options.
+    ///
+    /// Each connection may open exactly one bidirectional stream and no
+    /// unidirectional ones: a second stream is refused by QUIC flow control
+    /// itself, so it is never read and thrown away.
+    pub fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(1u8.into());
+        t.max_concurrent_uni_streams(0u8.into());
+        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        t.keep_alive_interval(Some(self.keep_alive));
+        // A client only ever sends small frames, so a small receive window
+        // bounds what an unread peer can make us buffer.
+        let window = (self.max_frame as u32).saturating_mul(8).max(64 * 1024);
+        t.stream_receive_window(window.into());
+        t.receive_window((window as u64 * 2).try_into().unwrap_or(quinn::VarInt::MAX));
+        Arc::new(t)
+    }
+}

@@ -1,0 +1,622 @@
+//! The server's self-signed identity on disk.
+//!
+//! An identity directory holds `cert.pem` (the self-signed certificate) and
+//! `key.pem` (its ECDSA P-256 private key, PKCS#8, mode 0600). Clients pin the
+//! fingerprint of the key, so losing or silently replacing these files would
+//! make every client see a changed key: this module therefore never
+//! regenerates an identity unless asked to with [`create_new`], never deletes
+//! an old identity, and refuses to guess when only one of the two files is
+//! present.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+pub use crate::fsutil::check_private_file_mode;
+use crate::fsutil::{self, check_private_dir_mode};
+use crate::{config, Fingerprint};
+
+/// File name of the certificate inside an identity directory.
+pub const CERT_FILE: &str = "cert.pem";
+/// File name of the private key inside an identity directory.
+pub const KEY_FILE: &str = "key.pem";
+
+/// What to tell a user whose identity files are damaged. Both ways out are
+/// explicit: restoring keeps clients' pins valid, a new identity does not.
+const RECOVERY_HINT: &str = "restore it from backup, or run `qchat serve --new-identity` to \
+                             create a new identity (the old files are kept, but clients will see \
+                             a changed key)";
+
+/// A server identity: certificate, private key and the fingerprint clients pin.
+pub struct Identity {
+    /// The self-signed certificate as sent in the TLS handshake.
+    pub cert_der: CertificateDer<'static>,
+    /// The certificate's private key.
+    pub key_der: PrivateKeyDer<'static>,
+    /// Fingerprint of the certificate's public key.
+    pub fingerprint: Fingerprint,
+    /// Where the certificate is stored.
+    pub cert_path: PathBuf,
+    /// Where the private key is stored.
+    pub key_path: PathBuf,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            cert_der: self.cert_der.clone(),
+            key_der: self.key_der.clone_key(),
+            fingerprint: self.fingerprint,
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+        }
+    }
+}
+
+/// Written by hand so that the private key can never end up in a log.
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &self.fingerprint)
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether [`load_or_create`] found an identity or made a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// An existing identity was loaded and validated.
+    Loaded,
+    /// No identity existed; a new one was generated and saved.
+    Created,
+}
+
+/// Why an identity could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The identity directory could not be created.
+    #[error(
+        "cannot create the identity directory {}: {source}; check that its parent exists and is writable",
+        dir.display()
+    )]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// [`load`] was asked for an identity that does not exist.
+    #[error(
+        "no identity in {}: neither {CERT_FILE} nor {KEY_FILE} exists; start `qchat serve` once to create one",
+        dir.display()
+    )]
+    NotFound {
+        /// The directory that was searched.
+        dir: PathBuf,
+    },
+    /// Exactly one of the two identity files exists.
+    #[error(
+        "{} is missing but {} exists; {RECOVERY_HINT}",
+        missing.display(),
+        present.display()
+    )]
+    Incomplete {
+        /// The file that exists.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
+    /// An identity file exists but could not be read.
+    #[error("cannot read {}: {source}; check its permissions, or {RECOVERY_HINT}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The certificate file does not contain a usable certificate.
+    #[error("{} does not contain a valid PEM certificate ({reason}); {RECOVERY_HINT}", path.display())]
+    BadCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key file does not contain a usable private key.
+    #[error("{} does not contain a usable PEM private key ({reason}); {RECOVERY_HINT}", path.display())]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key and the certificate belong to different key pairs.
+    #[error(
+        "{} does not belong to the certificate {} (their public keys differ); {RECOVERY_HINT}",
+        key_path.display(),
+        cert_path.display()
+    )]
+    KeyMismatch {
+        /// The certificate file.
+        cert_path: PathBuf,
+        /// The key file.
+        key_path: PathBuf,
+    },
+    /// Key or certificate generation failed.
+    #[error("cannot generate a new identity: {0}; this is a bug or a broken crypto library, please report it")]
+    Generate(#[from] rcgen::Error),
+    /// Writing the new identity failed.
+    #[error("cannot write {}: {source}; check free space and permissions of the directory", path.display())]
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// An existing identity file could not be moved aside for a new identity.
+    #[error(
+        "cannot move {} aside to {}: {source}; nothing was replaced, check the directory's permissions",
+        from.display(),
+        to.display()
+    )]
+    MoveAside {
+        /// The existing file.
+        from: PathBuf,
+        /// Where it was to be moved.
+        to: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Loads the identity in `dir`, creating a new one if neither file exists.
+///
+/// If only one of `cert.pem` / `key.pem` exists, or either is unreadable or
+/// corrupt, this fails without touching anything: regenerating would silently
+/// change the key every client has pinned.
+pub fn load_or_create(dir: &Path) -> Result<(Identity, LoadOutcome), IdentityError> {
+    let (cert_path, key_path) = paths(dir);
+    let cert_exists = exists(&cert_path)?;
+    let key_exists = exists(&key_path)?;
+    if !cert_exists && !key_exists {
+        return Ok((create_in(dir)?, LoadOutcome::Created));
+    }
+    Ok((load(dir)?, LoadOutcome::Loaded))
+}
+
+/// Loads and validates the identity in `dir`; never creates one.
+///
+/// Validation checks that the certificate and key parse and that the key is
+/// the certificate's key.
+pub fn load(dir: &Path) -> Result<Identity, IdentityError> {
+    let (cert_path, key_path) = paths(dir);
+    match (exists(&cert_path)?, exists(&key_path)?) {
+        (true, true) => {}
+        (false, false) => {
+            return Err(IdentityError::NotFound {
+                dir: dir.to_path_buf(),
+            });
+        }
+        (true, false) => {
+            return Err(IdentityError::Incomplete {
+                present: cert_path,
+                missing: key_path,
+            });
+        }
+        (false, true) => {
+            return Err(IdentityError::Incomplete {
+                present: key_path,
+                missing: cert_path,
+            });
+        }
+    }
+
+    let cert_pem = read(&cert_path)?;
+    let key_pem = read(&key_path)?;
+
+    let cert_der =
+        CertificateDer::from_pem_slice(&cert_pem).map_err(|e| IdentityError::BadCertificate {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let fingerprint =
+        Fingerprint::from_cert_der(&cert_der).map_err(|e| IdentityError::BadCertificate {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| IdentityError::BadKey {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+
+    // Load the key with the provider rustls will sign with, so a key that
+    // parses here is a key the server can actually use.
+    let signing_key = config::provider()
+        .key_provider
+        .load_private_key(key_der.clone_key())
+        .map_err(|e| IdentityError::BadKey {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let cert_spki = cert_spki(&cert_der).map_err(|reason| IdentityError::BadCertificate {
+        path: cert_path.clone(),
+        reason,
+    })?;
+    let key_matches = signing_key
+        .public_key()
+        .is_some_and(|key_spki| key_spki.as_ref() == cert_spki.as_slice());
+    if !key_matches {
+        return Err(IdentityError::KeyMismatch {
+            cert_path,
+            key_path,
+        });
+    }
+
+    Ok(Identity {
+        cert_der,
+        key_der,
+        fingerprint,
+        cert_path,
+        key_path,
+    })
+}
+
+/// Creates a new identity in `dir`, keeping any existing one.
+///
+/// Existing `cert.pem` / `key.pem` are renamed to `cert.pem.old-<unix time>` /
+/// `key.pem.old-<unix time>`; they are never deleted, so an accidental
+/// rotation can be undone by renaming them back.
+pub fn create_new(dir: &Path) -> Result<Identity, IdentityError> {
+    let (cert_path, key_path) = paths(dir);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Certificate first: an interruption then leaves a key without a
+    // certificate, the same half-state creation can leave, and never a
+    // certificate without its key.
+    for path in [&cert_path, &key_path] {
+        if exists(path)? {
+            let to = aside_name(path, stamp)?;
+            std::fs::rename(path, &to).map_err(|source| IdentityError::MoveAside {
+                from: path.clone(),
+                to: to.clone(),
+                source,
+            })?;
+        }
+    }
+    create_in(dir)
+}
+
+/// Warnings about identity files that other users could read or replace.
+pub fn permission_warnings(identity: &Identity) -> Vec<String> {
+    let mut warnings = Vec::new();
+    warnings.extend(check_private_file_mode(&identity.key_path));
+    warnings.extend(check_private_dir_mode(fsutil::parent_dir(
+        &identity.key_path,
+    )));
+    warnings
+}
+
+fn paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join(CERT_FILE), dir.join(KEY_FILE))
+}
+
+/// Distinguishes "absent" from "cannot tell": an unreadable directory must
+/// not be mistaken for an empty one, or a new identity would be created.
+fn exists(path: &Path) -> Result<bool, IdentityError> {
+    path.try_exists().map_err(|source| IdentityError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn cert_spki(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    Ok(cert.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+/// `<file>.old-<stamp>`, with a counter if that name is taken, because an
+/// existing old identity must never be overwritten.
+fn aside_name(path: &Path, stamp: u64) -> Result<PathBuf, IdentityError> {
+    let base = path.as_os_str().to_string_lossy().into_owned();
+    let mut candidate = PathBuf::from(format!("{base}.old-{stamp}"));
+    let mut n = 1u32;
+    while exists(&candidate)? {
+        candidate = PathBuf::from(format!("{base}.old-{stamp}-{n}"));
+        n += 1;
+    }
+    Ok(candidate)
+}
+
+/// Generates a key pair and self-signed certificate and stores them in `dir`.
+fn create_in(dir: &Path) -> Result<Identity, IdentityError> {
+    fsutil::create_private_dir(dir).map_err(|source| IdentityError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let (cert_path, key_path) = paths(dir);
+
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec!["qchat".to_owned()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "qchat server");
+    // Clients trust the pinned key, not the validity period, so the dates
+    // only need to keep ordinary X.509 parsers happy: a day of slack for
+    // clock skew and a lifetime the server will never outlive.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(100 * 365);
+    let cert = params.self_signed(&key)?;
+
+    let cert_der = cert.der().clone();
+    let fingerprint =
+        Fingerprint::from_cert_der(&cert_der).map_err(|e| IdentityError::BadCertificate {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+
+    // Both files are fully written and synced under temporary names before
+    // either is renamed into place, and the key goes first: a crash can leave
+    // a stray temp file or a key without certificate (reported, never
+    // guessed at), but never a certificate whose key was lost.
+    let key_tmp = fsutil::temp_path_for(&key_path);
+    let cert_tmp = fsutil::temp_path_for(&cert_path);
+    let result = write_synced(&key_tmp, key.serialize_pem().as_bytes())
+        .and_then(|()| write_synced(&cert_tmp, cert.pem().as_bytes()))
+        .and_then(|()| rename(&key_tmp, &key_path))
+        .and_then(|()| rename(&cert_tmp, &cert_path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&key_tmp);
+        let _ = std::fs::remove_file(&cert_tmp);
+        return Err(e);
+    }
+    fsutil::sync_dir(dir).map_err(|source| IdentityError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+
+    Ok(Identity {
+        cert_der,
+        key_der,
+        fingerprint,
+        cert_path,
+        key_path,
+    })
+}
+
+fn write_synced(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    let write = || -> io::Result<()> {
+        let mut file = fsutil::create_new_private(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    };
+    write().map_err(|source| IdentityError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), IdentityError> {
+    std::fs::rename(from, to).map_err(|source| IdentityError::Write {
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("tempdir")
+    }
+
+    #[test]
+    fn creates_then_loads_the_same_identity() {
+        let dir = tempdir();
+        let id_dir = dir.path().join("identity");
+        let (created, outcome) = load_or_create(&id_dir).expect("create");
+        assert_eq!(outcome, LoadOutcome::Created);
+        let (loaded, outcome) = load_or_create(&id_dir).expect("load");
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert_eq!(created.fingerprint, loaded.fingerprint);
+        assert_eq!(created.cert_der, loaded.cert_der);
+        assert_eq!(created.key_der.secret_der(), loaded.key_der.secret_der());
+    }
+
+    #[test]
+    fn fingerprint_is_the_certificates_spki_hash() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        let expected = Fingerprint::from_cert_der(&id.cert_der).expect("fingerprint");
+        assert_eq!(id.fingerprint, expected);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_and_directory_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempdir();
+        let id_dir = dir.path().join("identity");
+        let (id, _) = load_or_create(&id_dir).expect("create");
+        let mode = |p: &Path| fs::metadata(p).expect("metadata").mode() & 0o777;
+        assert_eq!(mode(&id.key_path), 0o600);
+        assert_eq!(mode(&id_dir), 0o700);
+        assert!(permission_warnings(&id).is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn readable_key_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        fs::set_permissions(&id.key_path, fs::Permissions::from_mode(0o640)).expect("chmod");
+        let warnings = permission_warnings(&id);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("key.pem"), "{warnings:?}");
+        assert!(warnings[0].contains("chmod 600"), "{warnings:?}");
+    }
+
+    #[test]
+    fn missing_key_is_an_error_and_nothing_is_touched() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        fs::remove_file(&id.key_path).expect("remove key");
+        let cert_before = fs::read(&id.cert_path).expect("read cert");
+        let err = load_or_create(dir.path()).expect_err("must not regenerate");
+        assert!(matches!(err, IdentityError::Incomplete { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("key.pem"), "{msg}");
+        assert!(msg.contains("--new-identity"), "{msg}");
+        assert!(!id.key_path.exists());
+        assert_eq!(fs::read(&id.cert_path).expect("read cert"), cert_before);
+    }
+
+    #[test]
+    fn missing_cert_is_an_error() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        fs::remove_file(&id.cert_path).expect("remove cert");
+        let err = load_or_create(dir.path()).expect_err("must not regenerate");
+        assert!(err.to_string().contains("cert.pem"), "{err}");
+        assert!(!id.cert_path.exists());
+    }
+
+    #[test]
+    fn corrupt_cert_is_an_error() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        fs::write(&id.cert_path, "garbage").expect("write");
+        let err = load_or_create(dir.path()).expect_err("corrupt");
+        assert!(matches!(err, IdentityError::BadCertificate { .. }), "{err}");
+        assert_eq!(fs::read(&id.cert_path).expect("read"), b"garbage");
+    }
+
+    #[test]
+    fn corrupt_key_is_an_error() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        fs::write(
+            &id.key_path,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let err = load_or_create(dir.path()).expect_err("corrupt");
+        assert!(matches!(err, IdentityError::BadKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn key_from_another_identity_is_a_mismatch() {
+        let dir_a = tempdir();
+        let dir_b = tempdir();
+        let (a, _) = load_or_create(dir_a.path()).expect("create a");
+        let (b, _) = load_or_create(dir_b.path()).expect("create b");
+        fs::copy(&b.key_path, &a.key_path).expect("copy key");
+        let err = load(dir_a.path()).expect_err("mismatch");
+        assert!(matches!(err, IdentityError::KeyMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn load_does_not_create() {
+        let dir = tempdir();
+        let err = load(dir.path()).expect_err("nothing there");
+        assert!(matches!(err, IdentityError::NotFound { .. }), "{err}");
+        assert!(!dir.path().join(CERT_FILE).exists());
+        assert!(!dir.path().join(KEY_FILE).exists());
+    }
+
+    #[test]
+    fn create_new_keeps_the_old_identity() {
+        let dir = tempdir();
+        let (old, _) = load_or_create(dir.path()).expect("create");
+        let old_key = fs::read(&old.key_path).expect("read key");
+        let new = create_new(dir.path()).expect("new identity");
+        assert_ne!(old.fingerprint, new.fingerprint);
+
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        let old_keys: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("key.pem.old-"))
+            .collect();
+        assert_eq!(old_keys.len(), 1, "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("cert.pem.old-")),
+            "{names:?}"
+        );
+        assert_eq!(
+            fs::read(dir.path().join(old_keys[0])).expect("read old key"),
+            old_key
+        );
+        let (reloaded, outcome) = load_or_create(dir.path()).expect("load");
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert_eq!(reloaded.fingerprint, new.fingerprint);
+    }
+
+    #[test]
+    fn create_new_twice_in_one_second_keeps_both_old_identities() {
+        let dir = tempdir();
+        load_or_create(dir.path()).expect("create");
+        create_new(dir.path()).expect("first rotation");
+        create_new(dir.path()).expect("second rotation");
+        let old_keys = fs::read_dir(dir.path())
+            .expect("read_dir")
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().starts_with("key.pem.old-"))
+                    .unwrap_or(false)
+            })
+            .count();
+        assert_eq!(old_keys, 2);
+    }
+
+    #[test]
+    fn no_temp_files_are_left_behind() {
+        let dir = tempdir();
+        load_or_create(dir.path()).expect("create");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cert.pem", "key.pem"]);
+    }
+
+    #[test]
+    fn debug_does_not_show_the_key() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        let debug = format!("{id:?}");
+        assert!(debug.contains(&id.fingerprint.canonical()), "{debug}");
+        assert!(!debug.contains("key_der"), "{debug}");
+    }
+
+    #[test]
+    fn clone_keeps_the_key() {
+        let dir = tempdir();
+        let (id, _) = load_or_create(dir.path()).expect("create");
+        let copy = id.clone();
+        assert_eq!(copy.key_der.secret_der(), id.key_der.secret_der());
+    }
+}

@@ -1,0 +1,144 @@
+//! The command line. Flags are parsed here and checked in each command
+//! before any networking starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use qchat_proto::limits;
+
+/// Encrypted terminal chat over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "qchat", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors in the log.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a chat server.
+    Serve(ServeArgs),
+    /// Join the room on a server.
+    Connect(ConnectArgs),
+    /// Print this machine's server fingerprint (created on first use).
+    Fingerprint(FingerprintArgs),
+}
+
+/// `qchat serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "[::]:8080")]
+    pub listen: SocketAddr,
+    /// The server's name, shown to members when they join.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Folder with the server identity (cert.pem, key.pem).
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Replace the server identity with a new key. Every client will see a
+    /// changed key and refuse to connect until its pin is replaced.
+    #[arg(long)]
+    pub new_identity: bool,
+    /// Worker threads for the async runtime (1 = single-threaded).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// Limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits a server enforces; each is described in docs/SECURITY.md.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest frame accepted from a client, in bytes.
+    #[arg(long, default_value_t = limits::MAX_CLIENT_FRAME, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16_777_216))]
+    pub max_frame: usize,
+    /// Longest message accepted, in bytes.
+    #[arg(long, default_value_t = limits::MAX_MESSAGE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
+    pub max_message: usize,
+    /// Seconds a new connection has to send its hello.
+    #[arg(long, default_value = "5", value_parser = parse_secs)]
+    pub hello_timeout: Duration,
+    /// Seconds of silence after which a peer counts as gone.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub idle_timeout: Duration,
+    /// Frames queued for a member before it is disconnected as not reading.
+    #[arg(long, default_value_t = limits::SESSION_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    pub queue: usize,
+    /// Connections allowed at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Connections allowed at once from one IP address.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_per_ip: usize,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.1..=86_400.0).contains(&secs) {
+        return Err("must be between 0.1 and 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// How to treat a server that has no pin yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Trust {
+    /// Ask on the terminal; without one, refuse (like strict).
+    Ask,
+    /// Pin a new server's key without asking.
+    AcceptNew,
+    /// Never add a pin.
+    Strict,
+}
+
+/// `qchat connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The server: an IPv4 address, [IPv6] address or DNS name, with an
+    /// optional :PORT (default 8080).
+    pub host: String,
+    /// Your name in the room (asked for on a terminal if not given).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The server's fingerprint, obtained out of band; any spelling works.
+    #[arg(long, value_name = "FP")]
+    pub fingerprint: Option<qchat_tls::Fingerprint>,
+    /// Trust an unknown server's key on first use without asking.
+    #[arg(long, conflicts_with = "trust")]
+    pub accept_new: bool,
+    /// How to treat a server that has no pin yet.
+    #[arg(long, value_enum, default_value_t = Trust::Ask)]
+    pub trust: Trust,
+    /// The pin store (default: $QCHAT_HOME/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Line-oriented interface even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// `qchat fingerprint`.
+#[derive(Debug, Args)]
+pub struct FingerprintArgs {
+    /// Folder with the server identity.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Print the read-aloud form instead.
+    #[arg(long, conflicts_with = "hex")]
+    pub read_aloud: bool,
+    /// Print colon-separated hex instead.
+    #[arg(long)]
+    pub hex: bool,
+}

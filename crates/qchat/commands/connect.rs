@@ -1,0 +1,67 @@
+//! `qchat connect`: decide trust, connect, join, then hand over to the
+//! interface.
+
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context, Result};
+use qchat_client::{TrustMode, TrustPlan, TrustState};
+use qchat_proto::{names, DEFAULT_PORT};
+use qchat_tls::HostKey;
+
+use crate::cli::{ConnectArgs, Trust};
+
+pub fn run(args: ConnectArgs) -> Result<u8> {
+    let host = HostKey::parse(&args.host, DEFAULT_PORT).context("invalid server address")?;
+    let known_hosts = match &args.known_hosts {
+        Some(p) => p.clone(),
+        None => crate::home::known_hosts()?,
+    };
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let mode = if args.accept_new {
+        TrustMode::AcceptNew
+    } else {
+        match args.trust {
+            Trust::Ask => TrustMode::Ask,
+            Trust::AcceptNew => TrustMode::AcceptNew,
+            Trust::Strict => TrustMode::Strict,
+        }
+    };
+    let name = match args.name {
+        Some(n) => n,
+        None if interactive => crate::prompt::ask_name()?,
+        None => bail!("no name given; pass --name NAME"),
+    };
+    if let Err(e) = names::validate(&name) {
+        bail!("cannot use the name {:?}: {e}", qchat_proto::text::sanitize(&name));
+    }
+    let plan = TrustPlan::load(host, &known_hosts, args.fingerprint, mode, interactive)?;
+    for w in &plan.warnings {
+        eprintln!("qchat: warning: {w}");
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let addr = qchat_client::connection::resolve(&plan.host).await?;
+        let endpoint = qchat_client::client_endpoint(addr)?;
+        let (conn, trust, fingerprint) =
+            qchat_client::connect(&endpoint, addr, &plan, crate::prompt::confirm_unknown).await?;
+        if plan.pin.is_none() && plan.mode != TrustMode::Strict {
+            eprintln!(
+                "qchat: permanently added {} ({}, {}) to the known hosts in {}",
+                plan.host,
+                fingerprint,
+                if trust == TrustState::Verified { "verified" } else { "not verified" },
+                plan.known_hosts.display()
+            );
+        }
+        let joined = qchat_client::join(conn.clone(), &name).await?;
+        let code = crate::plain::run(joined, trust, addr).await;
+        // Closing is a protocol: without waiting, the close (and our last
+        // lines) may never leave this machine.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+        Ok(code)
+    })
+}

@@ -1,0 +1,20 @@
+//! `qchat fingerprint`: the server's fingerprint alone on one line of
+//! stdout, so scripts can capture it and people can read it out.
+
+use anyhow::Result;
+
+use crate::cli::FingerprintArgs;
+
+pub fn run(args: FingerprintArgs) -> Result<u8> {
+    let identity = super::identity(args.cert_dir, false)?;
+    let fp = identity.fingerprint;
+    let line = if args.read_aloud {
+        fp.read_aloud()
+    } else if args.hex {
+        fp.hex()
+    } else {
+        fp.canonical()
+    };
+    println!("{line}");
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,44 @@
+//! One module per subcommand; each returns the process exit status.
+
+mod connect;
+mod fingerprint;
+mod serve;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Connect(args) => connect::run(args),
+        Command::Fingerprint(args) => fingerprint::run(args),
+    }
+}
+
+/// Loads the server identity from `dir`, creating it on first use, and
+/// reports where it came from on stderr. Shared by `serve` and
+/// `fingerprint`, which must agree on the identity.
+fn identity(dir: Option<std::path::PathBuf>, new: bool) -> Result<qchat_tls::Identity> {
+    use anyhow::Context;
+    let dir = match dir {
+        Some(d) => d,
+        None => crate::home::cert_dir()?,
+    };
+    let identity = if new {
+        let id = qchat_tls::identity::create_new(&dir).context("cannot create a new server identity")?;
+        tracing::warn!(dir = %dir.display(), "created a NEW server identity; clients that pinned the old key will refuse to connect until they replace the pin");
+        id
+    } else {
+        let (id, outcome) = qchat_tls::identity::load_or_create(&dir).context("cannot load the server identity")?;
+        if outcome == qchat_tls::LoadOutcome::Created {
+            tracing::info!(dir = %dir.display(), "created a new server identity");
+        }
+        id
+    };
+    for w in qchat_tls::identity::permission_warnings(&identity) {
+        tracing::warn!("{w}");
+    }
+    Ok(identity)
+}

@@ -1,0 +1,118 @@
+//! `qchat serve`: load the identity, bind, announce how to connect, run
+//! the server until SIGINT or SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result};
+use qchat_proto::ALPN;
+use qchat_server::{Server, ServerOptions};
+
+use crate::cli::ServeArgs;
+
+pub fn run(args: ServeArgs) -> Result<u8> {
+    let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
+    let options = ServerOptions {
+        server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
+        max_frame: args.limits.max_frame,
+        max_message: args.limits.max_message,
+        hello_timeout: args.limits.hello_timeout,
+        idle_timeout: args.limits.idle_timeout,
+        queue_len: args.limits.queue,
+        max_connections: args.limits.max_connections,
+        max_per_ip: args.limits.max_per_ip,
+        ..ServerOptions::default()
+    };
+    let runtime = runtime(args.threads)?;
+    runtime.block_on(async move {
+        let mut config = qchat_tls::quic_server_config(&identity, &[ALPN]).context("cannot set up TLS")?;
+        config.transport_config(options.transport());
+        let endpoint = qchat_server::endpoint::bind(args.listen, config)
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = endpoint.local_addr().context("cannot read the bound address")?;
+        announce(local, &identity.fingerprint);
+        let server = Server::new(options);
+        server.run(endpoint, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(crate::exit::OK)
+    })
+}
+
+/// A measured choice, not a guess: see docs/PERFORMANCE.md.
+fn runtime(threads: u16) -> Result<tokio::runtime::Runtime> {
+    let mut b = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads.into());
+        b
+    };
+    b.enable_all().build().context("cannot start the async runtime")
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Prints where the server listens, its fingerprint in both forms, and a
+/// ready-to-copy connect line for each address people can reach it on.
+fn announce(local: SocketAddr, fp: &qchat_tls::Fingerprint) {
+    println!("qchat listening on {local}");
+    println!("fingerprint: {}", fp.canonical());
+    println!("read aloud:  {}", fp.read_aloud());
+    println!("connect with:");
+    for addr in connect_addresses(local) {
+        println!("  qchat connect {addr} --fingerprint {}", fp.canonical());
+    }
+}
+
+fn connect_addresses(local: SocketAddr) -> Vec<SocketAddr> {
+    let ip = local.ip();
+    if !ip.is_unspecified() {
+        return vec![local];
+    }
+    let dual = ip.is_ipv6();
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|a| !a.is_loopback() && (dual || a.is_ipv4()) && !is_link_local(a))
+        .map(|a| SocketAddr::new(a, local.port()))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        // No network: the loopback line is still a working example.
+        let lo: IpAddr = if dual { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+        out.push(SocketAddr::new(lo, local.port()));
+    }
+    out
+}
+
+/// IPv6 link-local addresses need a zone to be usable, which a copied
+/// command line would not carry.
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(_) => false,
+    }
+}
