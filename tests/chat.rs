@@ -23,7 +23,10 @@ fn several_members_exchange_messages_both_ways() {
     alice.expect_out("<carol> and carol");
     bob.expect_out("<carol> and carol");
     // Nobody sees their own line echoed back as if someone else said it.
-    assert!(!alice.stdout_so_far().iter().any(|l| l.starts_with("<alice>")));
+    assert!(!alice
+        .stdout_so_far()
+        .iter()
+        .any(|l| l.starts_with("<alice>")));
 }
 
 #[test]
@@ -48,7 +51,9 @@ fn a_killed_member_is_announced_as_gone() {
     alice.expect_out("* bob joined");
     bob.kill();
     // Keep-alive plus idle timeout: about 10 s; the harness allows 20.
-    alice.expect(Stream::Out, "bob's departure", |l| l.starts_with("* bob left"));
+    alice.expect(Stream::Out, "bob's departure", |l| {
+        l.starts_with("* bob left")
+    });
 }
 
 #[test]

@@ -11,7 +11,9 @@ fn sigterm_tells_everyone_and_exits_cleanly() {
     alice.expect_out("* bob joined");
     server.proc.signal("TERM");
     for p in [&mut alice, &mut bob] {
-        p.expect(crate::util::Stream::Out, "the shutdown notice", |l| l.starts_with("* server shutting down"));
+        p.expect(crate::util::Stream::Out, "the shutdown notice", |l| {
+            l.starts_with("* server shutting down")
+        });
         let status = p.wait();
         assert_eq!(status.code(), Some(3), "{}", p.transcript());
     }
@@ -38,7 +40,11 @@ fn serve_prints_a_ready_to_copy_connect_line() {
     let hs = Home::new();
     let mut server = Server::start(&hs);
     let fp = server.fingerprint.clone();
-    let line = server.proc.expect(crate::util::Stream::Out, "a connect line", |l| l.trim_start().starts_with("qchat connect "));
+    let line = server
+        .proc
+        .expect(crate::util::Stream::Out, "a connect line", |l| {
+            l.trim_start().starts_with("qchat connect ")
+        });
     assert!(line.contains(&server.addr.to_string()), "{line}");
     assert!(line.ends_with(&format!("--fingerprint {fp}")), "{line}");
 }

@@ -23,7 +23,9 @@ fn a_restarted_server_keeps_its_key_and_a_pinned_client_reconnects_without_flags
     // No --accept-new, no --fingerprint, no terminal: only the pin can
     // make this work.
     let mut again = connect(&ha, &server.target(), "alice", &[]);
-    again.expect(Stream::Out, "the connected line", |l| l.starts_with("* connected to "));
+    again.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
 }
 
 #[test]
@@ -34,7 +36,12 @@ fn an_unknown_server_without_a_terminal_is_refused_with_advice() {
     let line = p.expect_err_contains("--fingerprint");
     assert!(line.contains(&server.fingerprint), "{line}");
     assert!(!p.wait().success());
-    assert!(!ha.known_hosts().exists() || !std::fs::read_to_string(ha.known_hosts()).expect("read").contains("SHA256"));
+    assert!(
+        !ha.known_hosts().exists()
+            || !std::fs::read_to_string(ha.known_hosts())
+                .expect("read")
+                .contains("SHA256")
+    );
 }
 
 #[test]
@@ -42,10 +49,19 @@ fn a_fingerprint_given_out_of_band_is_checked() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
     let server = Server::start(&hs);
     // Any spelling: lower-case hex with colons.
-    let hex = hs.command().args(["fingerprint", "--hex"]).output().expect("run");
-    let hex = String::from_utf8(hex.stdout).expect("utf-8").trim().to_lowercase();
+    let hex = hs
+        .command()
+        .args(["fingerprint", "--hex"])
+        .output()
+        .expect("run");
+    let hex = String::from_utf8(hex.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_lowercase();
     let mut ok = connect(&ha, &server.target(), "alice", &["--fingerprint", &hex]);
-    ok.expect(Stream::Out, "the connected line", |l| l.contains("(verified)"));
+    ok.expect(Stream::Out, "the connected line", |l| {
+        l.contains("(verified)")
+    });
 
     let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let mut bad = connect(&hb, &server.target(), "bob", &["--fingerprint", wrong]);
@@ -81,9 +97,12 @@ fn a_different_server_on_the_same_address_is_refused_and_nothing_reaches_its_roo
     assert!(!again.wait().success());
 
     // bob's room never heard of alice.
-    bob.send_line("anyone?");
     let mut carol = join(&Home::new(), &second, "carol");
-    carol.expect_out("<bob> anyone?");
     bob.expect_out("* carol joined");
-    assert!(!bob.stdout_so_far().iter().any(|l| l.contains("alice") || l.contains("secret")));
+    bob.send_line("anyone?");
+    carol.expect_out("<bob> anyone?");
+    assert!(!bob
+        .stdout_so_far()
+        .iter()
+        .any(|l| l.contains("alice") || l.contains("secret")));
 }

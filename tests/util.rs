@@ -72,12 +72,17 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(label: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn qchat");
         let (tx, rx) = mpsc::channel();
         let transcript = Arc::new(Mutex::new(Vec::new()));
         for (stream, reader) in [
-            (Stream::Out, Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>),
+            (
+                Stream::Out,
+                Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            ),
             (Stream::Err, Box::new(child.stderr.take().expect("stderr"))),
         ] {
             let tx = tx.clone();
@@ -87,7 +92,10 @@ impl Proc {
                 for line in BufReader::new(reader).lines() {
                     let Ok(line) = line else { break };
                     let tag = if stream == Stream::Out { "out" } else { "err" };
-                    transcript.lock().expect("lock").push(format!("[{label} {tag}] {line}"));
+                    transcript
+                        .lock()
+                        .expect("lock")
+                        .push(format!("[{label} {tag}] {line}"));
                     if tx.send((stream, line)).is_err() {
                         break;
                     }
@@ -122,10 +130,18 @@ impl Proc {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("{}: timed out waiting for {what}\n--- transcript ---\n{}", self.label, self.transcript())
+                    panic!(
+                        "{}: timed out waiting for {what}\n--- transcript ---\n{}",
+                        self.label,
+                        self.transcript()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("{}: exited before {what}\n--- transcript ---\n{}", self.label, self.transcript())
+                    panic!(
+                        "{}: exited before {what}\n--- transcript ---\n{}",
+                        self.label,
+                        self.transcript()
+                    )
                 }
             }
         }
@@ -138,7 +154,9 @@ impl Proc {
 
     /// Waits for a stderr line containing `needle`.
     pub fn expect_err_contains(&mut self, needle: &str) -> String {
-        self.expect(Stream::Err, &format!("stderr containing {needle:?}"), |l| l.contains(needle))
+        self.expect(Stream::Err, &format!("stderr containing {needle:?}"), |l| {
+            l.contains(needle)
+        })
     }
 
     /// Everything read so far from stdout, including lines consumed by
@@ -175,7 +193,11 @@ impl Proc {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("{}: did not exit\n--- transcript ---\n{}", self.label, self.transcript());
+                panic!(
+                    "{}: did not exit\n--- transcript ---\n{}",
+                    self.label,
+                    self.transcript()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -224,15 +246,23 @@ impl Server {
         let mut cmd = home.command();
         cmd.args(["serve", "--listen", listen]).args(extra);
         let mut proc = Proc::spawn("server", cmd);
-        let line = proc.expect(Stream::Out, "the listening line", |l| l.contains("listening on "));
+        let line = proc.expect(Stream::Out, "the listening line", |l| {
+            l.contains("listening on ")
+        });
         let addr: SocketAddr = line
             .rsplit("listening on ")
             .next()
             .and_then(|a| a.trim().parse().ok())
             .unwrap_or_else(|| panic!("cannot parse address from {line:?}"));
-        let fp = proc.expect(Stream::Out, "the fingerprint line", |l| l.starts_with("fingerprint: "));
+        let fp = proc.expect(Stream::Out, "the fingerprint line", |l| {
+            l.starts_with("fingerprint: ")
+        });
         let fingerprint = fp.trim_start_matches("fingerprint: ").trim().to_string();
-        Server { proc, addr, fingerprint }
+        Server {
+            proc,
+            addr,
+            fingerprint,
+        }
     }
 
     pub fn target(&self) -> String {
@@ -244,13 +274,16 @@ impl Server {
 /// first use, and waits until it is in the room.
 pub fn join(home: &Home, server: &Server, name: &str) -> Proc {
     let mut p = connect(home, &server.target(), name, &["--accept-new"]);
-    p.expect(Stream::Out, "the connected line", |l| l.starts_with("* connected to "));
+    p.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
     p
 }
 
 /// Starts `qchat connect` in plain mode without waiting.
 pub fn connect(home: &Home, target: &str, name: &str, extra: &[&str]) -> Proc {
     let mut cmd = home.command();
-    cmd.args(["connect", target, "--name", name, "--plain"]).args(extra);
+    cmd.args(["connect", target, "--name", name, "--plain"])
+        .args(extra);
     Proc::spawn(name, cmd)
 }

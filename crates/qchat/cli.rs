@@ -85,7 +85,9 @@ pub struct LimitArgs {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !(0.1..=86_400.0).contains(&secs) {
         return Err("must be between 0.1 and 86400 seconds".into());
     }

@@ -14,7 +14,9 @@ pub fn home() -> Result<PathBuf> {
     }
     directories::ProjectDirs::from("", "", "qchat")
         .map(|d| d.data_dir().to_path_buf())
-        .ok_or_else(|| anyhow!("cannot find a home directory; set QCHAT_HOME to the folder qchat should use"))
+        .ok_or_else(|| {
+            anyhow!("cannot find a home directory; set QCHAT_HOME to the folder qchat should use")
+        })
 }
 
 /// The server identity's default folder.

@@ -17,8 +17,11 @@ pub fn init(cli: &Cli) -> Guard {
         (false, 1) => "debug",
         (false, _) => "trace",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,qchat={level},qchat_server={level},qchat_client={level},qchat_tls={level}")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,qchat={level},qchat_server={level},qchat_client={level},qchat_tls={level}"
+        ))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -33,7 +33,11 @@ pub async fn run(joined: Joined, trust: TrustState, addr: SocketAddr) -> u8 {
         sanitize(&joined.server_name),
         sanitize(&joined.name)
     );
-    let members: Vec<String> = joined.members.iter().map(|m| sanitize(m).into_owned()).collect();
+    let members: Vec<String> = joined
+        .members
+        .iter()
+        .map(|m| sanitize(m).into_owned())
+        .collect();
     let _ = writeln!(out, "* in the room: {}", members.join(", "));
     let _ = out.flush();
 
@@ -55,7 +59,10 @@ pub async fn run(joined: Joined, trust: TrustState, addr: SocketAddr) -> u8 {
     match ended {
         Ended::Quit => exit::OK,
         Ended::ByServer {
-            code, reason, unconfirmed, ..
+            code,
+            reason,
+            unconfirmed,
+            ..
         } => {
             let why = match (code, reason.is_empty()) {
                 (Some(c), true) => c.describe().to_string(),
@@ -65,7 +72,10 @@ pub async fn run(joined: Joined, trust: TrustState, addr: SocketAddr) -> u8 {
             warn_unconfirmed(unconfirmed);
             exit::DISCONNECTED
         }
-        Ended::Lost { reason, unconfirmed } => {
+        Ended::Lost {
+            reason,
+            unconfirmed,
+        } => {
             eprintln!("qchat: connection lost: {}", sanitize(&reason));
             warn_unconfirmed(unconfirmed);
             exit::FAILURE
@@ -75,7 +85,9 @@ pub async fn run(joined: Joined, trust: TrustState, addr: SocketAddr) -> u8 {
 
 fn warn_unconfirmed(n: usize) {
     if n > 0 {
-        eprintln!("qchat: {n} message(s) were sent but not confirmed; they may not have been delivered");
+        eprintln!(
+            "qchat: {n} message(s) were sent but not confirmed; they may not have been delivered"
+        );
     }
 }
 
@@ -83,10 +95,16 @@ fn print_event(out: &mut impl Write, ev: &Event) {
     let r = match ev {
         Event::Chat { from, text, .. } => writeln!(out, "<{}> {}", sanitize(from), sanitize(text)),
         Event::Joined { name } => writeln!(out, "* {} joined", sanitize(name)),
-        Event::Left { name, reason } if reason.is_empty() => writeln!(out, "* {} left", sanitize(name)),
-        Event::Left { name, reason } => writeln!(out, "* {} left ({})", sanitize(name), sanitize(reason)),
+        Event::Left { name, reason } if reason.is_empty() => {
+            writeln!(out, "* {} left", sanitize(name))
+        }
+        Event::Left { name, reason } => {
+            writeln!(out, "* {} left ({})", sanitize(name), sanitize(reason))
+        }
         Event::Notice { text } => writeln!(out, "* notice: {}", sanitize(text)),
-        Event::ShuttingDown { reason } => writeln!(out, "* server shutting down: {}", sanitize(reason)),
+        Event::ShuttingDown { reason } => {
+            writeln!(out, "* server shutting down: {}", sanitize(reason))
+        }
         Event::Refused { reason, .. } => {
             eprintln!("qchat: message not sent: {}", sanitize(reason));
             Ok(())
@@ -102,40 +120,42 @@ fn print_event(out: &mut impl Write, ev: &Event) {
 /// runtime worker. End of input drops the sender, which tells the network
 /// task to leave once everything already sent is confirmed.
 fn spawn_stdin_reader(tx: mpsc::Sender<Command>) {
-    let spawned = std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        let stdin = std::io::stdin();
-        let mut lock = stdin.lock();
-        let mut buf = Vec::new();
-        let mut line_no = 0u64;
-        loop {
-            buf.clear();
-            match lock.read_until(b'\n', &mut buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    eprintln!("qchat: cannot read standard input: {e}");
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let stdin = std::io::stdin();
+            let mut lock = stdin.lock();
+            let mut buf = Vec::new();
+            let mut line_no = 0u64;
+            loop {
+                buf.clear();
+                match lock.read_until(b'\n', &mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("qchat: cannot read standard input: {e}");
+                        return;
+                    }
+                }
+                line_no += 1;
+                while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                    buf.pop();
+                }
+                let line = match String::from_utf8(std::mem::take(&mut buf)) {
+                    Ok(l) => l,
+                    Err(_) => {
+                        eprintln!("qchat: input line {line_no} is not valid UTF-8; not sent");
+                        continue;
+                    }
+                };
+                if line.is_empty() {
+                    continue;
+                }
+                if tx.blocking_send(Command::Say(line)).is_err() {
                     return;
                 }
             }
-            line_no += 1;
-            while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                buf.pop();
-            }
-            let line = match String::from_utf8(std::mem::take(&mut buf)) {
-                Ok(l) => l,
-                Err(_) => {
-                    eprintln!("qchat: input line {line_no} is not valid UTF-8; not sent");
-                    continue;
-                }
-            };
-            if line.is_empty() {
-                continue;
-            }
-            if tx.blocking_send(Command::Say(line)).is_err() {
-                return;
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         eprintln!("qchat: cannot start the input reader: {e}");
     }

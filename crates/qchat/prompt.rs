@@ -55,7 +55,10 @@ pub fn confirm_unknown(info: UnknownServer) -> Decision {
             Some(d) => return d,
             None => {
                 if line.trim().parse::<Fingerprint>().is_ok() {
-                    let _ = writeln!(err, "The fingerprint you entered does not match the server's key.");
+                    let _ = writeln!(
+                        err,
+                        "The fingerprint you entered does not match the server's key."
+                    );
                 }
                 question = "Please type 'yes', 'no' or the fingerprint: ";
             }
@@ -86,8 +89,14 @@ mod tests {
         assert_eq!(answer("no", &fp), Some(Decision::Refuse));
         assert_eq!(answer("yes", &fp), Some(Decision::Accept));
         assert_eq!(answer(&fp.canonical(), &fp), Some(Decision::AcceptVerified));
-        assert_eq!(answer(&fp.hex().to_uppercase(), &fp), Some(Decision::AcceptVerified));
+        assert_eq!(
+            answer(&fp.hex().to_uppercase(), &fp),
+            Some(Decision::AcceptVerified)
+        );
         assert_eq!(answer("maybe", &fp), None);
-        assert_eq!(answer(&Fingerprint::from_bytes([8; 32]).canonical(), &fp), None);
+        assert_eq!(
+            answer(&Fingerprint::from_bytes([8; 32]).canonical(), &fp),
+            None
+        );
     }
 }

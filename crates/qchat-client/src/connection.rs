@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qchat_proto::{limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, ALPN, PROTOCOL_VERSION};
+use qchat_proto::{
+    limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, ALPN, PROTOCOL_VERSION,
+};
 use qchat_tls::{Fingerprint, HostKey, PinVerifier};
 
 use crate::trust::{Decision, TrustError, TrustPlan, TrustState, UnknownServer};
@@ -45,23 +47,8 @@ pub enum ConnectError {
         reason: String,
     },
     /// The server's key is not the pinned one.
-    #[error("{}", key_changed_message(.host, .pinned, .presented, .first_seen, *.verified, .file, *.line))]
-    KeyChanged {
-        /// The server.
-        host: HostKey,
-        /// The pinned fingerprint.
-        pinned: Fingerprint,
-        /// What the server presented.
-        presented: Fingerprint,
-        /// When the pin was first stored (RFC 3339), if stored.
-        first_seen: Option<String>,
-        /// Whether the pin was verified out of band.
-        verified: bool,
-        /// The pin store.
-        file: std::path::PathBuf,
-        /// The pin's line (0 when the expectation came from --fingerprint).
-        line: usize,
-    },
+    #[error("{0}")]
+    KeyChanged(Box<KeyChange>),
     /// An unknown server and no way to ask.
     #[error(
         "{host} is not in {file} and there is no terminal to ask; its key fingerprint is {presented}. \
@@ -97,6 +84,43 @@ pub enum ConnectError {
     Protocol(String),
 }
 
+/// Everything the user needs to judge a changed key.
+#[derive(Debug)]
+pub struct KeyChange {
+    /// The server.
+    pub host: HostKey,
+    /// The pinned fingerprint.
+    pub pinned: Fingerprint,
+    /// What the server presented.
+    pub presented: Fingerprint,
+    /// When the pin was first stored (RFC 3339), if stored.
+    pub first_seen: Option<String>,
+    /// Whether the pin was verified out of band.
+    pub verified: bool,
+    /// The pin store.
+    pub file: std::path::PathBuf,
+    /// The pin's line (0 when the expectation came from --fingerprint).
+    pub line: usize,
+}
+
+impl std::fmt::Display for KeyChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let KeyChange {
+            host,
+            pinned,
+            presented,
+            first_seen,
+            verified,
+            file,
+            line,
+        } = self;
+        let (file, line, verified) = (file.as_path(), *line, *verified);
+        f.write_str(&key_changed_message(
+            host, pinned, presented, first_seen, verified, file, line,
+        ))
+    }
+}
+
 fn key_changed_message(
     host: &HostKey,
     pinned: &Fingerprint,
@@ -114,7 +138,11 @@ fn key_changed_message(
             file.display(),
             line,
             first_seen.as_deref().unwrap_or("at an unknown time"),
-            if verified { "verified out of band" } else { "trusted on first use, never verified" }
+            if verified {
+                "verified out of band"
+            } else {
+                "trusted on first use, never verified"
+            }
         )
     };
     format!(
@@ -217,8 +245,13 @@ where
             .await
             .unwrap_or(Decision::Refuse);
         if decision == Decision::Refuse {
-            conn.close(qchat_proto::CloseCode::Normal.code().into(), b"host key not accepted");
-            return Err(ConnectError::Declined { host: plan.host.clone() });
+            conn.close(
+                qchat_proto::CloseCode::Normal.code().into(),
+                b"host key not accepted",
+            );
+            return Err(ConnectError::Declined {
+                host: plan.host.clone(),
+            });
         }
         decision
     } else {
@@ -228,7 +261,12 @@ where
     Ok((conn, state, presented))
 }
 
-fn handshake_error(plan: &TrustPlan, verifier: &PinVerifier, addr: SocketAddr, e: quinn::ConnectionError) -> ConnectError {
+fn handshake_error(
+    plan: &TrustPlan,
+    verifier: &PinVerifier,
+    addr: SocketAddr,
+    e: quinn::ConnectionError,
+) -> ConnectError {
     if let Some(presented) = verifier.presented() {
         match plan.expectation() {
             qchat_tls::Expectation::Pinned(pinned) if pinned != presented => {
@@ -242,7 +280,7 @@ fn handshake_error(plan: &TrustPlan, verifier: &PinVerifier, addr: SocketAddr, e
                     ),
                     _ => (None, true, 0),
                 };
-                return ConnectError::KeyChanged {
+                return ConnectError::KeyChanged(Box::new(KeyChange {
                     host: plan.host.clone(),
                     pinned,
                     presented,
@@ -250,7 +288,7 @@ fn handshake_error(plan: &TrustPlan, verifier: &PinVerifier, addr: SocketAddr, e
                     verified,
                     file: plan.known_hosts.clone(),
                     line,
-                };
+                }));
             }
             qchat_tls::Expectation::Unknown { accept: false } => {
                 return ConnectError::UnknownHost {
@@ -309,7 +347,11 @@ pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, Connect
         .map_err(|_| ConnectError::Timeout { addr })??;
     let first = match first {
         Ok(Some(f)) => f,
-        Ok(None) => return Err(ConnectError::Protocol("the server closed the stream before answering".into())),
+        Ok(None) => {
+            return Err(ConnectError::Protocol(
+                "the server closed the stream before answering".into(),
+            ))
+        }
         Err(qchat_proto::ReadError::Io(e)) => return Err(closed_error(&conn, addr, &e)),
         Err(e) => return Err(ConnectError::Protocol(e.to_string())),
     };
@@ -328,8 +370,12 @@ pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, Connect
             name,
             members,
         }),
-        Ok(ServerMsg::Rejected { reason, detail }) => Err(ConnectError::Rejected { reason, detail }),
-        Ok(other) => Err(ConnectError::Protocol(format!("expected a welcome, got {other:?}"))),
+        Ok(ServerMsg::Rejected { reason, detail }) => {
+            Err(ConnectError::Rejected { reason, detail })
+        }
+        Ok(other) => Err(ConnectError::Protocol(format!(
+            "expected a welcome, got {other:?}"
+        ))),
         Err(e) => Err(ConnectError::Protocol(e.to_string())),
     }
 }

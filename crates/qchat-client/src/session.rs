@@ -95,7 +95,11 @@ pub enum Ended {
 /// Runs the session until it ends. Events go to `events`, a bounded channel:
 /// if the interface stops taking them, reading pauses, and a server whose
 /// queue for us fills up disconnects us rather than grow without bound.
-pub async fn run(joined: Joined, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) -> Ended {
+pub async fn run(
+    joined: Joined,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) -> Ended {
     let Joined {
         conn,
         mut send,

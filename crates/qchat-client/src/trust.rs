@@ -91,22 +91,27 @@ pub enum TrustError {
     Store(#[from] KnownHostsError),
     /// `--fingerprint` disagrees with the stored pin.
     #[error(
-        "--fingerprint {given} does not match the pin for {host} in {file}:{line} ({pinned}); \
+        "--fingerprint {} does not match the pin for {} in {}:{} ({}); \
          if the server's key really changed, verify it out of band and run \
-         `qchat known-hosts replace {host} --fingerprint <new>`"
+         `qchat known-hosts replace {} --fingerprint <new>`",
+        .0.given, .0.host, .0.file.display(), .0.line, .0.pinned, .0.host
     )]
-    GivenDiffersFromPin {
-        /// The server.
-        host: HostKey,
-        /// What the user gave.
-        given: Fingerprint,
-        /// What is stored.
-        pinned: Fingerprint,
-        /// The pin store.
-        file: PathBuf,
-        /// The pin's line.
-        line: usize,
-    },
+    GivenDiffersFromPin(Box<PinDisagreement>),
+}
+
+/// A `--fingerprint` that contradicts the stored pin.
+#[derive(Debug)]
+pub struct PinDisagreement {
+    /// The server.
+    pub host: HostKey,
+    /// What the user gave.
+    pub given: Fingerprint,
+    /// What is stored.
+    pub pinned: Fingerprint,
+    /// The pin store.
+    pub file: PathBuf,
+    /// The pin's line.
+    pub line: usize,
 }
 
 impl TrustPlan {
@@ -122,13 +127,13 @@ impl TrustPlan {
         let pin = store.get(&host).cloned();
         if let (Some(given), Some(pin)) = (given, &pin) {
             if pin.fingerprint != given {
-                return Err(TrustError::GivenDiffersFromPin {
+                return Err(TrustError::GivenDiffersFromPin(Box::new(PinDisagreement {
                     host,
                     given,
                     pinned: pin.fingerprint,
                     file: known_hosts.to_path_buf(),
                     line: pin.line,
-                });
+                })));
             }
         }
         Ok(TrustPlan {
@@ -148,7 +153,8 @@ impl TrustPlan {
             (Some(fp), _) => Expectation::Pinned(fp),
             (None, Some(pin)) => Expectation::Pinned(pin.fingerprint),
             (None, None) => Expectation::Unknown {
-                accept: self.mode == TrustMode::AcceptNew || (self.mode == TrustMode::Ask && self.interactive),
+                accept: self.mode == TrustMode::AcceptNew
+                    || (self.mode == TrustMode::Ask && self.interactive),
             },
         }
     }
@@ -161,11 +167,17 @@ impl TrustPlan {
     /// Records what was accepted and returns the resulting trust state. Called
     /// after the handshake succeeded and, for an unknown server, after the
     /// user agreed.
-    pub fn record(&self, presented: Fingerprint, decision: Decision) -> Result<TrustState, TrustError> {
+    pub fn record(
+        &self,
+        presented: Fingerprint,
+        decision: Decision,
+    ) -> Result<TrustState, TrustError> {
         if let Some(pin) = &self.pin {
             // Already pinned: a matching --fingerprint upgrades it to verified.
             if self.given.is_some() && !pin.verified {
-                KnownHosts::update(&self.known_hosts, |e| e.mark_verified(&self.host, presented))?;
+                KnownHosts::update(&self.known_hosts, |e| {
+                    e.mark_verified(&self.host, presented)
+                })?;
                 return Ok(TrustState::Verified);
             }
             return Ok(if pin.verified || self.given.is_some() {
@@ -180,7 +192,9 @@ impl TrustPlan {
             // user gave its fingerprint for this one connection.
             return Ok(TrustState::Verified);
         }
-        KnownHosts::update(&self.known_hosts, |e| e.add(&self.host, presented, verified))?;
+        KnownHosts::update(&self.known_hosts, |e| {
+            e.add(&self.host, presented, verified)
+        })?;
         Ok(if verified {
             TrustState::Verified
         } else {

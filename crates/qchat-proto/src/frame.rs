@@ -209,7 +209,10 @@ mod tests {
             while let Some(f) = d.next_frame().expect("valid") {
                 got.push(f);
             }
-            assert_eq!(got, vec![Bytes::from_static(b"hello"), Bytes::from_static(b"w")]);
+            assert_eq!(
+                got,
+                vec![Bytes::from_static(b"hello"), Bytes::from_static(b"w")]
+            );
             assert!(d.finish().is_ok());
         }
     }
@@ -256,13 +259,22 @@ mod tests {
         wire.extend(frame(b"de"));
         let mut src = &wire[..];
         let mut d = FrameDecoder::new(16);
-        assert_eq!(d.read_frame(&mut src).await.expect("ok"), Some(Bytes::from_static(b"abc")));
-        assert_eq!(d.read_frame(&mut src).await.expect("ok"), Some(Bytes::from_static(b"de")));
+        assert_eq!(
+            d.read_frame(&mut src).await.expect("ok"),
+            Some(Bytes::from_static(b"abc"))
+        );
+        assert_eq!(
+            d.read_frame(&mut src).await.expect("ok"),
+            Some(Bytes::from_static(b"de"))
+        );
         assert_eq!(d.read_frame(&mut src).await.expect("ok"), None);
         let cut = [0u8, 0, 0, 3, 1];
         let mut src = &cut[..];
         let mut d = FrameDecoder::new(16);
-        assert!(matches!(d.read_frame(&mut src).await, Err(ReadError::Frame(FrameError::Truncated { .. }))));
+        assert!(matches!(
+            d.read_frame(&mut src).await,
+            Err(ReadError::Frame(FrameError::Truncated { .. }))
+        ));
     }
 
     proptest! {
@@ -270,11 +282,8 @@ mod tests {
         fn decoder_never_panics_and_respects_limit(data in proptest::collection::vec(any::<u8>(), 0..2048), max in 1usize..512) {
             let mut d = FrameDecoder::new(max);
             d.extend(&data);
-            loop {
-                match d.next_frame() {
-                    Ok(Some(f)) => prop_assert!(!f.is_empty() && f.len() <= max),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(f)) = d.next_frame() {
+                prop_assert!(!f.is_empty() && f.len() <= max);
             }
         }
 

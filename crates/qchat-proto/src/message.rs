@@ -223,12 +223,18 @@ mod tests {
             version: 1,
             name: "bob".into(),
         };
-        assert_eq!(&hello.to_frame()[..], &[0, 0, 0, 6, 0, 1, 3, b'b', b'o', b'b']);
+        assert_eq!(
+            &hello.to_frame()[..],
+            &[0, 0, 0, 6, 0, 1, 3, b'b', b'o', b'b']
+        );
         let say = ClientMsg::Say {
             seq: 300,
             text: "hi".into(),
         };
-        assert_eq!(&say.to_frame()[..], &[0, 0, 0, 6, 1, 0xac, 0x02, 2, b'h', b'i']);
+        assert_eq!(
+            &say.to_frame()[..],
+            &[0, 0, 0, 6, 1, 0xac, 0x02, 2, b'h', b'i']
+        );
         let ack = ServerMsg::Ack { seq: 1 };
         assert_eq!(&ack.to_frame()[..], &[0, 0, 0, 2, 3, 1]);
         let rej = ServerMsg::Rejected {

@@ -40,7 +40,9 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     for c in name.chars() {
         count += 1;
         if count > MAX_NAME_CHARS {
-            return Err(NameError::TooLong { max: MAX_NAME_CHARS });
+            return Err(NameError::TooLong {
+                max: MAX_NAME_CHARS,
+            });
         }
         if let Some(what) = forbidden(c) {
             return Err(NameError::BadChar {
@@ -82,7 +84,15 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for n in ["bob", "Alice", "zoë", "李雷", "a-b_c.d", "x", &"y".repeat(32)] {
+        for n in [
+            "bob",
+            "Alice",
+            "zoë",
+            "李雷",
+            "a-b_c.d",
+            "x",
+            &"y".repeat(32),
+        ] {
             assert_eq!(validate(n), Ok(()), "{n}");
         }
     }
@@ -90,9 +100,23 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         assert_eq!(validate(""), Err(NameError::Empty));
-        assert!(matches!(validate(&"y".repeat(33)), Err(NameError::TooLong { .. })));
-        for n in ["a b", "a\tb", "a\u{1b}[31m", "ad\u{202e}nimda", "a\u{200b}b", "a\u{0301}", "\u{7f}"] {
-            assert!(matches!(validate(n), Err(NameError::BadChar { .. })), "{n:?}");
+        assert!(matches!(
+            validate(&"y".repeat(33)),
+            Err(NameError::TooLong { .. })
+        ));
+        for n in [
+            "a b",
+            "a\tb",
+            "a\u{1b}[31m",
+            "ad\u{202e}nimda",
+            "a\u{200b}b",
+            "a\u{0301}",
+            "\u{7f}",
+        ] {
+            assert!(
+                matches!(validate(n), Err(NameError::BadChar { .. })),
+                "{n:?}"
+            );
         }
     }
 

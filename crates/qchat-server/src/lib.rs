@@ -91,7 +91,10 @@ impl Server {
         if drained.is_err() {
             sessions.abort_all();
         }
-        endpoint.close(CloseCode::ShuttingDown.code().into(), b"server shutting down");
+        endpoint.close(
+            CloseCode::ShuttingDown.code().into(),
+            b"server shutting down",
+        );
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
     }
 }

@@ -124,7 +124,10 @@ impl Room {
         if let Some(other) = st.by_name.get(&key).and_then(|id| st.members.get(id)) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
-                detail: format!("the name {:?} is taken (by {:?}); choose another", name, other.name),
+                detail: format!(
+                    "the name {:?} is taken (by {:?}); choose another",
+                    name, other.name
+                ),
             });
         }
         let id = st.next_id;
@@ -145,7 +148,10 @@ impl Room {
         // The queue is new and empty, so this cannot fail for lack of room.
         let _ = outbox.try_send(welcome.to_frame());
         if st.members.len() < self.options.announce_limit {
-            let frame = ServerMsg::Joined { name: name.to_string() }.to_frame();
+            let frame = ServerMsg::Joined {
+                name: name.to_string(),
+            }
+            .to_frame();
             self.broadcast(&mut st, frame, None);
         }
         st.by_name.insert(key, id);
@@ -304,14 +310,31 @@ mod tests {
         r.join("b", tb, None, None).expect("joins");
         r.say(a.id, 1, "one".into());
         r.say(a.id, 2, "two".into());
-        assert!(matches!(decode(&ra.try_recv().expect("welcome")), ServerMsg::Welcome { .. }));
-        assert!(matches!(decode(&ra.try_recv().expect("joined")), ServerMsg::Joined { .. }));
-        assert_eq!(decode(&ra.try_recv().expect("ack")), ServerMsg::Ack { seq: 1 });
-        assert_eq!(decode(&ra.try_recv().expect("ack")), ServerMsg::Ack { seq: 2 });
-        assert!(matches!(decode(&rb.try_recv().expect("welcome")), ServerMsg::Welcome { .. }));
+        assert!(matches!(
+            decode(&ra.try_recv().expect("welcome")),
+            ServerMsg::Welcome { .. }
+        ));
+        assert!(matches!(
+            decode(&ra.try_recv().expect("joined")),
+            ServerMsg::Joined { .. }
+        ));
+        assert_eq!(
+            decode(&ra.try_recv().expect("ack")),
+            ServerMsg::Ack { seq: 1 }
+        );
+        assert_eq!(
+            decode(&ra.try_recv().expect("ack")),
+            ServerMsg::Ack { seq: 2 }
+        );
+        assert!(matches!(
+            decode(&rb.try_recv().expect("welcome")),
+            ServerMsg::Welcome { .. }
+        ));
         for want in ["one", "two"] {
             match decode(&rb.try_recv().expect("chat")) {
-                ServerMsg::Chat { from, text, .. } => assert_eq!((from.as_str(), text.as_str()), ("a", want)),
+                ServerMsg::Chat { from, text, .. } => {
+                    assert_eq!((from.as_str(), text.as_str()), ("a", want))
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -45,7 +45,9 @@ impl SessionError {
     fn code(&self) -> CloseCode {
         match self {
             SessionError::HelloTimeout(_) => CloseCode::HelloTimeout,
-            SessionError::Frame(qchat_proto::FrameError::TooLarge { .. }) => CloseCode::FrameTooLarge,
+            SessionError::Frame(qchat_proto::FrameError::TooLarge { .. }) => {
+                CloseCode::FrameTooLarge
+            }
             SessionError::Lost(_) => CloseCode::Normal,
             _ => CloseCode::ProtocolError,
         }
@@ -85,7 +87,11 @@ pub(crate) async fn serve(
     .await
 }
 
-async fn run(conn: &quinn::Connection, room: &Arc<Room>, options: &ServerOptions) -> Result<(), SessionError> {
+async fn run(
+    conn: &quinn::Connection,
+    room: &Arc<Room>,
+    options: &ServerOptions,
+) -> Result<(), SessionError> {
     let alpn = conn
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -95,14 +101,18 @@ async fn run(conn: &quinn::Connection, room: &Arc<Room>, options: &ServerOptions
     }
 
     let hello = async {
-        let (send, mut recv) = conn.accept_bi().await.map_err(|e| SessionError::Lost(e.to_string()))?;
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| SessionError::Lost(e.to_string()))?;
         let mut decoder = FrameDecoder::new(options.max_frame);
         let first = read(&mut decoder, &mut recv).await?;
         Ok::<_, SessionError>((send, recv, decoder, first))
     };
-    let (mut send, mut recv, mut decoder, first) = tokio::time::timeout(options.hello_timeout, hello)
-        .await
-        .map_err(|_| SessionError::HelloTimeout(options.hello_timeout))??;
+    let (mut send, mut recv, mut decoder, first) =
+        tokio::time::timeout(options.hello_timeout, hello)
+            .await
+            .map_err(|_| SessionError::HelloTimeout(options.hello_timeout))??;
     let Some(first) = first else {
         return Err(SessionError::Lost("stream closed before the hello".into()));
     };
@@ -124,7 +134,10 @@ async fn run(conn: &quinn::Connection, room: &Arc<Room>, options: &ServerOptions
             return Ok(());
         }
     };
-    tracing::Span::current().record("name", tracing::field::display(qchat_proto::text::sanitize(&joined.name)));
+    tracing::Span::current().record(
+        "name",
+        tracing::field::display(qchat_proto::text::sanitize(&joined.name)),
+    );
     tracing::info!("joined");
 
     let id = joined.id;
@@ -134,7 +147,10 @@ async fn run(conn: &quinn::Connection, room: &Arc<Room>, options: &ServerOptions
         // The queue closes only once the member is out of the room, whoever
         // removed it; after the flush there is nothing left to say, and
         // closing also ends a reader whose peer never hangs up.
-        conn.close(close_code(room).code().into(), close_code(room).describe().as_bytes());
+        conn.close(
+            close_code(room).code().into(),
+            close_code(room).describe().as_bytes(),
+        );
     };
     let (outcome, ()) = tokio::join!(
         async {
@@ -206,7 +222,10 @@ async fn read_loop(
     }
 }
 
-async fn read(decoder: &mut FrameDecoder, recv: &mut quinn::RecvStream) -> Result<Option<Bytes>, SessionError> {
+async fn read(
+    decoder: &mut FrameDecoder,
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<Bytes>, SessionError> {
     match decoder.read_frame(recv).await {
         Ok(f) => Ok(f),
         Err(ReadError::Frame(e)) => Err(SessionError::Frame(e)),
@@ -215,11 +234,19 @@ async fn read(decoder: &mut FrameDecoder, recv: &mut quinn::RecvStream) -> Resul
 }
 
 fn describe_loss(e: &std::io::Error) -> String {
-    let read_err = e.get_ref().and_then(|inner| inner.downcast_ref::<quinn::ReadError>());
+    let read_err = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>());
     match read_err {
-        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut)) => "connection timed out".into(),
-        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))) => String::new(),
-        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => String::new(),
+        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut)) => {
+            "connection timed out".into()
+        }
+        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))) => {
+            String::new()
+        }
+        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => {
+            String::new()
+        }
         Some(quinn::ReadError::Reset(_)) => "connection reset".into(),
         _ => "connection lost".into(),
     }
@@ -251,7 +278,12 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) 
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
 }
 
-async fn reject(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: RejectReason, detail: String) {
+async fn reject(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reason: RejectReason,
+    detail: String,
+) {
     let frame = ServerMsg::Rejected { reason, detail }.to_frame();
     if send.write_chunk(frame).await.is_ok() {
         let _ = send.finish();

@@ -32,7 +32,10 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
         None => bail!("no name given; pass --name NAME"),
     };
     if let Err(e) = names::validate(&name) {
-        bail!("cannot use the name {:?}: {e}", qchat_proto::text::sanitize(&name));
+        bail!(
+            "cannot use the name {:?}: {e}",
+            qchat_proto::text::sanitize(&name)
+        );
     }
     let plan = TrustPlan::load(host, &known_hosts, args.fingerprint, mode, interactive)?;
     for w in &plan.warnings {
@@ -53,7 +56,11 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                 "qchat: permanently added {} ({}, {}) to the known hosts in {}",
                 plan.host,
                 fingerprint,
-                if trust == TrustState::Verified { "verified" } else { "not verified" },
+                if trust == TrustState::Verified {
+                    "verified"
+                } else {
+                    "not verified"
+                },
                 plan.known_hosts.display()
             );
         }

@@ -27,11 +27,13 @@ fn identity(dir: Option<std::path::PathBuf>, new: bool) -> Result<qchat_tls::Ide
         None => crate::home::cert_dir()?,
     };
     let identity = if new {
-        let id = qchat_tls::identity::create_new(&dir).context("cannot create a new server identity")?;
+        let id =
+            qchat_tls::identity::create_new(&dir).context("cannot create a new server identity")?;
         tracing::warn!(dir = %dir.display(), "created a NEW server identity; clients that pinned the old key will refuse to connect until they replace the pin");
         id
     } else {
-        let (id, outcome) = qchat_tls::identity::load_or_create(&dir).context("cannot load the server identity")?;
+        let (id, outcome) =
+            qchat_tls::identity::load_or_create(&dir).context("cannot load the server identity")?;
         if outcome == qchat_tls::LoadOutcome::Created {
             tracing::info!(dir = %dir.display(), "created a new server identity");
         }

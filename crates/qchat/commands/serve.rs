@@ -24,11 +24,14 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     };
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
-        let mut config = qchat_tls::quic_server_config(&identity, &[ALPN]).context("cannot set up TLS")?;
+        let mut config =
+            qchat_tls::quic_server_config(&identity, &[ALPN]).context("cannot set up TLS")?;
         config.transport_config(options.transport());
         let endpoint = qchat_server::endpoint::bind(args.listen, config)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let local = endpoint.local_addr().context("cannot read the bound address")?;
+        let local = endpoint
+            .local_addr()
+            .context("cannot read the bound address")?;
         announce(local, &identity.fingerprint);
         let server = Server::new(options);
         server.run(endpoint, shutdown_signal()).await;
@@ -46,7 +49,9 @@ fn runtime(threads: u16) -> Result<tokio::runtime::Runtime> {
         b.worker_threads(threads.into());
         b
     };
-    b.enable_all().build().context("cannot start the async runtime")
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -102,7 +107,11 @@ fn connect_addresses(local: SocketAddr) -> Vec<SocketAddr> {
     out.dedup();
     if out.is_empty() {
         // No network: the loopback line is still a working example.
-        let lo: IpAddr = if dual { std::net::Ipv6Addr::LOCALHOST.into() } else { std::net::Ipv4Addr::LOCALHOST.into() };
+        let lo: IpAddr = if dual {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        };
         out.push(SocketAddr::new(lo, local.port()));
     }
     out
