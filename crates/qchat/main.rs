@@ -8,12 +8,14 @@
 //! - `home`: where state lives (`QCHAT_HOME` or the platform directories).
 //! - `logging`: the tracing subscriber; libraries only emit.
 //! - `commands/`: one module per subcommand.
+//! - `input`: what a typed line means (messages and `/commands`).
 //! - `plain`: the line-oriented interface for scripts and tests.
 //! - `prompt`: questions asked on the terminal (trust on first use, name).
 
 mod cli;
 mod commands;
 mod home;
+mod input;
 mod logging;
 mod plain;
 mod prompt;

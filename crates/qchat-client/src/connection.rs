@@ -9,6 +9,7 @@ use qchat_proto::{
     limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, ALPN, PROTOCOL_VERSION,
 };
 use qchat_tls::{Fingerprint, HostKey, PinVerifier};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::trust::{Decision, TrustError, TrustPlan, TrustState, UnknownServer};
 
@@ -322,61 +323,119 @@ pub fn client_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// What the server said when it let us in.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    /// The protocol version the server speaks with us.
+    pub version: u32,
+    /// The server's name.
+    pub server_name: String,
+    /// Our name as registered.
+    pub name: String,
+    /// The room when we joined (possibly truncated in huge rooms).
+    pub members: Vec<String>,
+}
+
+/// Says hello on an open session stream and waits for the answer. Shared by
+/// network members ([`join`]) and the operator's in-process link.
+pub async fn hello<W, R>(
+    send: &mut W,
+    recv: &mut R,
+    name: &str,
+) -> Result<(FrameDecoder, Welcome), HelloError>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let frame = ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+        name: name.to_string(),
+    }
+    .to_frame();
+    send.write_all(&frame).await.map_err(HelloError::Io)?;
+    let mut decoder = FrameDecoder::new(limits::MAX_SERVER_FRAME);
+    let first = match decoder.read_frame(recv).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return Err(HelloError::Protocol(
+                "the server closed the stream before answering".into(),
+            ))
+        }
+        Err(qchat_proto::ReadError::Io(e)) => return Err(HelloError::Io(e)),
+        Err(e) => return Err(HelloError::Protocol(e.to_string())),
+    };
+    match ServerMsg::decode(&first) {
+        Ok(ServerMsg::Welcome {
+            version,
+            server_name,
+            name,
+            members,
+        }) => Ok((
+            decoder,
+            Welcome {
+                version,
+                server_name,
+                name,
+                members,
+            },
+        )),
+        Ok(ServerMsg::Rejected { reason, detail }) => Err(HelloError::Rejected { reason, detail }),
+        Ok(other) => Err(HelloError::Protocol(format!(
+            "expected a welcome, got {other:?}"
+        ))),
+        Err(e) => Err(HelloError::Protocol(e.to_string())),
+    }
+}
+
+/// Why a hello failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// The stream failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// The server refused us.
+    #[error("the server refused to let you in: {detail}")]
+    Rejected {
+        /// The cause.
+        reason: RejectReason,
+        /// The server's words.
+        detail: String,
+    },
+    /// The server answered with something other than a welcome.
+    #[error("the server broke the protocol during the hello: {0}")]
+    Protocol(String),
+}
+
 /// Opens the session stream and says hello. The server learns of a stream
 /// only when data arrives on it, so the hello is written at once.
 pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, ConnectError> {
     let addr = conn.remote_address();
-    let lost = |e: &dyn std::fmt::Display| ConnectError::Transport {
-        addr,
-        reason: e.to_string(),
+    let attempt = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ConnectError::Transport {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let answer = hello(&mut send, &mut recv, name).await;
+        Ok::<_, ConnectError>((send, recv, answer))
     };
-    let hello = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
-        let frame = ClientMsg::Hello {
-            version: PROTOCOL_VERSION,
-            name: name.to_string(),
-        }
-        .to_frame();
-        send.write_all(&frame).await.map_err(|e| lost(&e))?;
-        let mut decoder = FrameDecoder::new(limits::MAX_SERVER_FRAME);
-        let first = decoder.read_frame(&mut recv).await;
-        Ok::<_, ConnectError>((send, recv, decoder, first))
-    };
-    let (send, recv, decoder, first) = tokio::time::timeout(CONNECT_TIMEOUT, hello)
+    let (send, recv, answer) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
         .await
         .map_err(|_| ConnectError::Timeout { addr })??;
-    let first = match first {
-        Ok(Some(f)) => f,
-        Ok(None) => {
-            return Err(ConnectError::Protocol(
-                "the server closed the stream before answering".into(),
-            ))
-        }
-        Err(qchat_proto::ReadError::Io(e)) => return Err(closed_error(&conn, addr, &e)),
-        Err(e) => return Err(ConnectError::Protocol(e.to_string())),
-    };
-    match ServerMsg::decode(&first) {
-        Ok(ServerMsg::Welcome {
-            server_name,
-            name,
-            members,
-            ..
-        }) => Ok(Joined {
+    match answer {
+        Ok((decoder, w)) => Ok(Joined {
             conn,
             send,
             recv,
             decoder,
-            server_name,
-            name,
-            members,
+            server_name: w.server_name,
+            name: w.name,
+            members: w.members,
         }),
-        Ok(ServerMsg::Rejected { reason, detail }) => {
+        Err(HelloError::Io(e)) => Err(closed_error(&conn, addr, &e)),
+        Err(HelloError::Rejected { reason, detail }) => {
             Err(ConnectError::Rejected { reason, detail })
         }
-        Ok(other) => Err(ConnectError::Protocol(format!(
-            "expected a welcome, got {other:?}"
-        ))),
-        Err(e) => Err(ConnectError::Protocol(e.to_string())),
+        Err(HelloError::Protocol(p)) => Err(ConnectError::Protocol(p)),
     }
 }
 

@@ -14,6 +14,8 @@ pub mod connection;
 pub mod session;
 pub mod trust;
 
-pub use connection::{client_endpoint, connect, join, ConnectError, Joined};
-pub use session::{Command, Ended, Event};
+pub use connection::{
+    client_endpoint, connect, hello, join, ConnectError, HelloError, Joined, Welcome,
+};
+pub use session::{Command, Ended, Event, Link};
 pub use trust::{Decision, TrustMode, TrustPlan, TrustState, UnknownServer};

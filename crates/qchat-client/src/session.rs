@@ -5,41 +5,97 @@
 
 use std::collections::BTreeSet;
 
-use qchat_proto::{ClientMsg, CloseCode, DecodeError, ServerMsg};
+use qchat_proto::{ClientMsg, CloseCode, DecodeError, FrameDecoder, ServerMsg};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::connection::Joined;
 
 /// What the user interface asks of the network task.
-#[derive(Debug, Clone)]
+///
+/// `Say`, `Action` and `Private` are numbered 1, 2, 3… in the order they
+/// are given; [`Event::Delivered`] and [`Event::Refused`] carry that number.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Send a line to the room.
     Say(String),
+    /// Send an action (`/me waves`).
+    Action(String),
+    /// Send a private message to one member.
+    Private {
+        /// The recipient.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Change name.
+    Nick(String),
+    /// Ask for the member list.
+    Who,
+    /// Remove a member (operators only).
+    Kick {
+        /// Who.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Leave the room with a reason, after everything already sent has been
     /// confirmed.
     Quit(String),
 }
 
-/// What happened, for the user interface to show.
+/// What happened, for the user interface to show. Text fields are raw:
+/// sanitise before display.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A message from another member.
     Chat {
         /// The sender.
         from: String,
-        /// The text, raw: sanitise before display.
+        /// The text.
         text: String,
         /// Server receive time, ms since the Unix epoch.
         time_ms: u64,
     },
+    /// An action (`/me`) from another member.
+    Action {
+        /// The sender.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time.
+        time_ms: u64,
+    },
+    /// A private message, to us or (echoed) from us.
+    Private {
+        /// The sender.
+        from: String,
+        /// The recipient.
+        to: String,
+        /// The text.
+        text: String,
+        /// Server receive time.
+        time_ms: u64,
+    },
+    /// A message from before we joined.
+    History {
+        /// The sender.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time.
+        time_ms: u64,
+        /// Whether it was an action.
+        action: bool,
+    },
     /// Our message `seq` reached the server and was delivered.
     Delivered {
-        /// Its sequence number (the n-th `Say`, from 1).
+        /// Its number (see [`Command`]).
         seq: u64,
     },
     /// Our message `seq` was refused; nothing was delivered.
     Refused {
-        /// Its sequence number.
+        /// Its number.
         seq: u64,
         /// Why.
         reason: String,
@@ -56,10 +112,33 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Someone (perhaps we) changed name.
+    Renamed {
+        /// The old name.
+        old: String,
+        /// The new name.
+        new: String,
+    },
+    /// The member list, in answer to [`Command::Who`].
+    Members(Vec<qchat_proto::MemberInfo>),
     /// A notice from the server.
     Notice {
         /// The text.
         text: String,
+    },
+    /// A request could not be carried out.
+    Failed {
+        /// Which request (`nick`, `kick`, `who`, `msg`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// An operator removed us.
+    Kicked {
+        /// The operator.
+        by: String,
+        /// Why.
+        reason: String,
     },
     /// The server announced it is shutting down.
     ShuttingDown {
@@ -92,68 +171,78 @@ pub enum Ended {
     },
 }
 
+/// A joined session's byte streams: a QUIC stream for a network member, or
+/// an in-process pipe for the operator sitting at the server.
+pub struct Link<W, R> {
+    /// The sending half.
+    pub send: W,
+    /// The receiving half.
+    pub recv: R,
+    /// The frame decoder, which may already hold bytes after the welcome.
+    pub decoder: FrameDecoder,
+    /// The QUIC connection, when there is one: its close code tells why the
+    /// server ended the session.
+    pub conn: Option<quinn::Connection>,
+}
+
+impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
+    fn from(j: Joined) -> Self {
+        Link {
+            send: j.send,
+            recv: j.recv,
+            decoder: j.decoder,
+            conn: Some(j.conn),
+        }
+    }
+}
+
 /// Runs the session until it ends. Events go to `events`, a bounded channel:
 /// if the interface stops taking them, reading pauses, and a server whose
 /// queue for us fills up disconnects us rather than grow without bound.
-pub async fn run(
-    joined: Joined,
+pub async fn run<W, R>(
+    link: impl Into<Link<W, R>>,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
-) -> Ended {
-    let Joined {
-        conn,
+) -> Ended
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let Link {
         mut send,
         mut recv,
         mut decoder,
-        ..
-    } = joined;
-    let mut next_seq = 1u64;
-    let mut pending: BTreeSet<u64> = BTreeSet::new();
-    let mut quitting = false;
-    let mut shutting_down = false;
+        conn,
+    } = link.into();
+    let mut st = State::default();
 
     loop {
         tokio::select! {
-            cmd = commands.recv(), if !quitting => {
-                let msg = match cmd {
-                    Some(Command::Say(text)) => {
-                        let seq = next_seq;
-                        next_seq += 1;
-                        pending.insert(seq);
-                        ClientMsg::Say { seq, text }
-                    }
-                    Some(Command::Quit(reason)) => { quitting = true; ClientMsg::Bye { reason } }
-                    None => { quitting = true; ClientMsg::Bye { reason: String::new() } }
-                };
+            cmd = commands.recv(), if !st.quitting => {
+                let msg = st.command(cmd);
                 if send.write_all(&msg.to_frame()).await.is_err() {
-                    return ended(&conn, pending.len(), shutting_down);
+                    return st.ended(conn.as_ref());
                 }
-                if quitting {
+                if st.quitting {
                     // The server answers the goodbye by finishing its side
                     // once everything before it is delivered.
-                    let _ = send.finish();
+                    let _ = send.shutdown().await;
                 }
             }
             frame = decoder.read_frame(&mut recv) => {
                 let frame = match frame {
                     Ok(Some(f)) => f,
-                    Ok(None) if quitting && pending.is_empty() => {
-                        conn.close(CloseCode::Normal.code().into(), b"bye");
+                    Ok(None) if st.quitting && st.pending.is_empty() => {
+                        close(conn.as_ref(), CloseCode::Normal);
                         return Ended::Quit;
                     }
-                    Ok(None) | Err(_) => return ended(&conn, pending.len(), shutting_down),
+                    Ok(None) | Err(_) => return st.ended(conn.as_ref()),
                 };
                 let event = match ServerMsg::decode(&frame) {
-                    Ok(ServerMsg::Chat { from, text, time_ms }) => Event::Chat { from, text, time_ms },
-                    Ok(ServerMsg::Ack { seq }) => { pending.remove(&seq); Event::Delivered { seq } }
-                    Ok(ServerMsg::Refused { seq, reason }) => { pending.remove(&seq); Event::Refused { seq, reason } }
-                    Ok(ServerMsg::Joined { name }) => Event::Joined { name },
-                    Ok(ServerMsg::Left { name, reason }) => Event::Left { name, reason },
-                    Ok(ServerMsg::Notice { text }) => Event::Notice { text },
-                    Ok(ServerMsg::ShuttingDown { reason }) => { shutting_down = true; Event::ShuttingDown { reason } }
-                    // Only valid during the hello; ignoring a stray one is
-                    // kinder than dropping the session.
-                    Ok(ServerMsg::Welcome { .. } | ServerMsg::Rejected { .. }) => continue,
+                    Ok(msg) => match st.event(msg) {
+                        Some(ev) => ev,
+                        None => continue,
+                    },
                     // A newer server's message kind: skip it, so an old
                     // client keeps working.
                     Err(DecodeError::UnknownKind(kind)) => {
@@ -162,13 +251,13 @@ pub async fn run(
                     }
                     Err(e) => {
                         tracing::warn!("malformed message from the server: {e}");
-                        conn.close(CloseCode::ProtocolError.code().into(), b"malformed message");
-                        return ended(&conn, pending.len(), shutting_down);
+                        close(conn.as_ref(), CloseCode::ProtocolError);
+                        return st.ended(conn.as_ref());
                     }
                 };
                 if events.send(event).await.is_err() {
                     // The interface is gone; leave quietly.
-                    conn.close(CloseCode::Normal.code().into(), b"bye");
+                    close(conn.as_ref(), CloseCode::Normal);
                     return Ended::Quit;
                 }
             }
@@ -176,32 +265,166 @@ pub async fn run(
     }
 }
 
-fn ended(conn: &quinn::Connection, unconfirmed: usize, shutting_down: bool) -> Ended {
-    match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(close)) => Ended::ByServer {
-            code: CloseCode::from_code(close.error_code.into_inner()),
-            reason: String::from_utf8_lossy(&close.reason).into_owned(),
-            unconfirmed,
-        },
-        Some(quinn::ConnectionError::TimedOut) => Ended::Lost {
-            reason: "the connection timed out (no answer from the server)".into(),
-            unconfirmed,
-        },
-        Some(other) => Ended::Lost {
-            reason: other.to_string(),
-            unconfirmed,
-        },
-        None if shutting_down => Ended::ByServer {
-            code: Some(CloseCode::ShuttingDown),
-            reason: "server shutting down".into(),
-            unconfirmed,
-        },
-        None => {
-            conn.close(CloseCode::Normal.code().into(), b"bye");
-            Ended::Lost {
+fn close(conn: Option<&quinn::Connection>, code: CloseCode) {
+    if let Some(c) = conn {
+        c.close(code.code().into(), code.describe().as_bytes());
+    }
+}
+
+/// What the network task remembers between frames.
+#[derive(Default)]
+struct State {
+    next_seq: u64,
+    /// Numbers of messages sent but not yet acknowledged or refused.
+    pending: BTreeSet<u64>,
+    quitting: bool,
+    /// Why the server said it would end the session, if it did.
+    server_end: Option<(CloseCode, String)>,
+}
+
+impl State {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.pending.insert(self.next_seq);
+        self.next_seq
+    }
+
+    fn command(&mut self, cmd: Option<Command>) -> ClientMsg {
+        match cmd {
+            Some(Command::Say(text)) => ClientMsg::Say {
+                seq: self.seq(),
+                text,
+            },
+            Some(Command::Action(text)) => ClientMsg::Action {
+                seq: self.seq(),
+                text,
+            },
+            Some(Command::Private { to, text }) => ClientMsg::Private {
+                seq: self.seq(),
+                to,
+                text,
+            },
+            Some(Command::Nick(name)) => ClientMsg::Nick { name },
+            Some(Command::Who) => ClientMsg::Who,
+            Some(Command::Kick { name, reason }) => ClientMsg::Kick { name, reason },
+            Some(Command::Quit(reason)) => {
+                self.quitting = true;
+                ClientMsg::Bye { reason }
+            }
+            None => {
+                self.quitting = true;
+                ClientMsg::Bye {
+                    reason: String::new(),
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, msg: ServerMsg) -> Option<Event> {
+        Some(match msg {
+            ServerMsg::Chat {
+                from,
+                text,
+                time_ms,
+            } => Event::Chat {
+                from,
+                text,
+                time_ms,
+            },
+            ServerMsg::Action {
+                from,
+                text,
+                time_ms,
+            } => Event::Action {
+                from,
+                text,
+                time_ms,
+            },
+            ServerMsg::Private {
+                from,
+                to,
+                text,
+                time_ms,
+            } => Event::Private {
+                from,
+                to,
+                text,
+                time_ms,
+            },
+            ServerMsg::History {
+                from,
+                text,
+                time_ms,
+                action,
+            } => Event::History {
+                from,
+                text,
+                time_ms,
+                action,
+            },
+            ServerMsg::Ack { seq } => {
+                self.pending.remove(&seq);
+                Event::Delivered { seq }
+            }
+            ServerMsg::Refused { seq, reason } => {
+                self.pending.remove(&seq);
+                Event::Refused { seq, reason }
+            }
+            ServerMsg::Joined { name } => Event::Joined { name },
+            ServerMsg::Left { name, reason } => Event::Left { name, reason },
+            ServerMsg::Renamed { old, new } => Event::Renamed { old, new },
+            ServerMsg::Members { members } => Event::Members(members),
+            ServerMsg::Notice { text } => Event::Notice { text },
+            ServerMsg::Failed { what, reason } => Event::Failed { what, reason },
+            ServerMsg::Kicked { by, reason } => {
+                self.server_end = Some((CloseCode::Kicked, format!("kicked by {by}: {reason}")));
+                Event::Kicked { by, reason }
+            }
+            ServerMsg::ShuttingDown { reason } => {
+                self.server_end = Some((CloseCode::ShuttingDown, reason.clone()));
+                Event::ShuttingDown { reason }
+            }
+            // Only valid during the hello; ignoring a stray one is kinder
+            // than dropping the session.
+            ServerMsg::Welcome { .. } | ServerMsg::Rejected { .. } => return None,
+        })
+    }
+
+    fn ended(&self, conn: Option<&quinn::Connection>) -> Ended {
+        let unconfirmed = self.pending.len();
+        match conn.and_then(|c| c.close_reason()) {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+                return Ended::ByServer {
+                    code: CloseCode::from_code(close.error_code.into_inner()),
+                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                    unconfirmed,
+                }
+            }
+            Some(quinn::ConnectionError::TimedOut) => {
+                return Ended::Lost {
+                    reason: "the connection timed out (no answer from the server)".into(),
+                    unconfirmed,
+                }
+            }
+            Some(quinn::ConnectionError::LocallyClosed) | None => {}
+            Some(other) => {
+                return Ended::Lost {
+                    reason: other.to_string(),
+                    unconfirmed,
+                }
+            }
+        }
+        close(conn, CloseCode::Normal);
+        match &self.server_end {
+            Some((code, reason)) => Ended::ByServer {
+                code: Some(*code),
+                reason: reason.clone(),
+                unconfirmed,
+            },
+            None => Ended::Lost {
                 reason: "the server ended the session".into(),
                 unconfirmed,
-            }
+            },
         }
     }
 }

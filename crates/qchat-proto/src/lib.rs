@@ -22,7 +22,7 @@ pub mod text;
 
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
-pub use message::{ClientMsg, DecodeError, RejectReason, ServerMsg};
+pub use message::{ClientMsg, DecodeError, MemberInfo, RejectReason, ServerMsg};
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
 /// a future incompatible wire format fails in the TLS handshake with a clear
@@ -32,7 +32,12 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// The protocol version this build speaks, sent in the hello. Minor,
 /// backwards-compatible additions (new message kinds appended at the end)
 /// raise it; the server accepts any version from 1 up to its own.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added private messages, actions, name changes, the member list
+/// and kicks.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest protocol version this build still serves.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The port from the original tutorial, used when an address names none.
 pub const DEFAULT_PORT: u16 = 8080;

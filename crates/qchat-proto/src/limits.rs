@@ -37,3 +37,21 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 /// Frames queued for one member before it counts as not reading and is
 /// disconnected.
 pub const SESSION_QUEUE: usize = 1024;
+
+/// Messages per second a member may send on average (0 = unlimited).
+pub const RATE: u32 = 5;
+
+/// Messages a member may send at once before the rate applies.
+pub const BURST: u32 = 10;
+
+/// Messages that may wait beyond the burst. A pasted block of lines waits
+/// here and is delivered at the rate; a member that keeps more than this
+/// waiting is flooding and is disconnected (with a notice at half).
+pub const BACKLOG: usize = 100;
+
+/// Public messages kept for replay to members who join later.
+pub const HISTORY: usize = 50;
+
+/// Handshakes per second above which new addresses must prove they can
+/// receive packets (a QUIC Retry) before the server spends work on them.
+pub const RETRY_THRESHOLD: u32 = 100;

@@ -34,6 +34,36 @@ pub enum ClientMsg {
         /// Why the member leaves (may be empty).
         reason: String,
     },
+    /// 3 (version 2): a message for one member only.
+    Private {
+        /// As for `Say`.
+        seq: u64,
+        /// The recipient's name (matched without regard to case).
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// 4 (version 2): an action, shown as `* name text` (`/me`).
+    Action {
+        /// As for `Say`.
+        seq: u64,
+        /// The text.
+        text: String,
+    },
+    /// 5 (version 2): change my name.
+    Nick {
+        /// The new name; the same rules as in the hello.
+        name: String,
+    },
+    /// 6 (version 2): ask for the member list.
+    Who,
+    /// 7 (version 2): remove a member (operators only).
+    Kick {
+        /// Who.
+        name: String,
+        /// Why, shown to everyone.
+        reason: String,
+    },
 }
 
 /// Messages from the server to a client.
@@ -102,6 +132,79 @@ pub enum ServerMsg {
         /// Why, for the user.
         reason: String,
     },
+    /// 9: a private message, sent to its recipient and echoed to its
+    /// sender so both show the same line.
+    Private {
+        /// The sender's name.
+        from: String,
+        /// The recipient's name.
+        to: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+    },
+    /// 10: an action (`/me`) from another member.
+    Action {
+        /// The sender's name.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+    },
+    /// 11: a member changed name (sent to everyone, the member included).
+    Renamed {
+        /// The old name.
+        old: String,
+        /// The new name.
+        new: String,
+    },
+    /// 12: the member list, in answer to `Who`.
+    Members {
+        /// Everyone in the room, in join order.
+        members: Vec<MemberInfo>,
+    },
+    /// 13: a message from before the member joined, replayed right after the
+    /// welcome. Private messages are never replayed.
+    History {
+        /// The sender's name at the time.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it was an action (`/me`).
+        action: bool,
+    },
+    /// 14: a request (`Nick`, `Kick`, `Who`) could not be carried out.
+    Failed {
+        /// Which request: `nick`, `kick`, `who`, `msg`.
+        what: String,
+        /// Why, for the user.
+        reason: String,
+    },
+    /// 15: you were removed by an operator; the connection closes after
+    /// this with `KICKED`.
+    Kicked {
+        /// The operator's name.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One member, as listed in [`ServerMsg::Members`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The name.
+    pub name: String,
+    /// Seconds since the member joined.
+    pub connected_secs: u64,
+    /// The member's address; empty unless the asker is an operator.
+    pub addr: String,
+    /// Whether the member is an operator.
+    pub operator: bool,
 }
 
 /// Why a hello was refused. Sent as a `u32` so that an older client can
@@ -164,9 +267,9 @@ pub enum DecodeError {
 }
 
 /// Number of [`ClientMsg`] kinds this build knows.
-pub const CLIENT_KINDS: u32 = 3;
+pub const CLIENT_KINDS: u32 = 8;
 /// Number of [`ServerMsg`] kinds this build knows.
-pub const SERVER_KINDS: u32 = 9;
+pub const SERVER_KINDS: u32 = 16;
 
 fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8], kinds: u32) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<u32>(body) {
@@ -246,8 +349,8 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[9]), Err(DecodeError::UnknownKind(9)));
-        assert_eq!(ClientMsg::decode(&[3, 0]), Err(DecodeError::UnknownKind(3)));
+        assert_eq!(ServerMsg::decode(&[16]), Err(DecodeError::UnknownKind(16)));
+        assert_eq!(ClientMsg::decode(&[8, 0]), Err(DecodeError::UnknownKind(8)));
     }
 
     #[test]
@@ -287,6 +390,11 @@ mod tests {
                 ClientMsg::Hello { version: 1, name: name.clone() },
                 ClientMsg::Say { seq, text: text.clone() },
                 ClientMsg::Bye { reason: text.clone() },
+                ClientMsg::Private { seq, to: name.clone(), text: text.clone() },
+                ClientMsg::Action { seq, text: text.clone() },
+                ClientMsg::Nick { name: name.clone() },
+                ClientMsg::Who,
+                ClientMsg::Kick { name: name.clone(), reason: text.clone() },
             ] {
                 let f = m.to_frame();
                 prop_assert_eq!(ClientMsg::decode(&f[4..]), Ok(m));

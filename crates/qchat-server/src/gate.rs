@@ -4,13 +4,23 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Counts live connections, overall and per source address.
 #[derive(Debug)]
 pub struct Gate {
     max_total: usize,
     max_per_ip: usize,
+    retry_threshold: u32,
     counts: Mutex<Counts>,
+    attempts: Mutex<Window>,
+}
+
+/// Connection attempts in the current one-second window.
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    count: u32,
 }
 
 #[derive(Debug, Default)]
@@ -38,12 +48,31 @@ pub struct Permit {
 
 impl Gate {
     /// A gate with these limits.
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+    pub fn new(max_total: usize, max_per_ip: usize, retry_threshold: u32) -> Arc<Self> {
         Arc::new(Gate {
             max_total,
             max_per_ip,
+            retry_threshold,
             counts: Mutex::new(Counts::default()),
+            attempts: Mutex::new(Window {
+                start: Instant::now(),
+                count: 0,
+            }),
         })
+    }
+
+    /// Counts an attempt and says whether attempts are arriving faster than
+    /// the retry threshold, in which case unvalidated addresses should be
+    /// sent a Retry. A threshold of 0 always asks for one.
+    pub fn under_load(&self) -> bool {
+        let mut w = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(w.start) >= Duration::from_secs(1) {
+            w.start = now;
+            w.count = 0;
+        }
+        w.count = w.count.saturating_add(1);
+        w.count > self.retry_threshold
     }
 
     /// Takes a slot for a connection from `ip`, if one is free.
@@ -89,7 +118,7 @@ mod tests {
 
     #[test]
     fn limits_total_and_per_address_and_frees_on_drop() {
-        let g = Gate::new(3, 2);
+        let g = Gate::new(3, 2, 100);
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
         let p1 = g.admit(a).expect("free");
@@ -99,5 +128,13 @@ mod tests {
         assert_eq!(g.admit(b).err(), Some(Refusal::Full));
         drop(p1);
         assert!(g.admit(a).is_ok());
+    }
+
+    #[test]
+    fn attempts_above_the_threshold_count_as_load() {
+        let g = Gate::new(10, 10, 3);
+        assert!(!(0..3).any(|_| g.under_load()));
+        assert!(g.under_load());
+        assert!(Gate::new(1, 1, 0).under_load());
     }
 }

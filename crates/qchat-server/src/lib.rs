@@ -3,7 +3,9 @@
 //!
 //! - [`options`]: the limits and transport settings an operator can tune.
 //! - [`endpoint`]: binding the UDP socket (dual-stack where possible).
-//! - [`gate`]: admission before any handshake work (connection limits).
+//! - [`gate`]: admission before any handshake work (connection limits,
+//!   address validation under load).
+//! - `rate`: the per-member token bucket.
 //! - `session`: one connection's life: hello, reader, writer, close.
 //! - [`room`]: the members and the fan-out; the only shared state.
 //!
@@ -12,6 +14,7 @@
 pub mod endpoint;
 pub mod gate;
 pub mod options;
+mod rate;
 pub mod room;
 mod session;
 
@@ -21,12 +24,24 @@ use std::time::Duration;
 
 use qchat_proto::CloseCode;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub use options::ServerOptions;
 pub use room::Room;
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Buffer of the operator's in-process pipe, each way.
+const LOCAL_PIPE: usize = 256 * 1024;
+
+/// The operator's end of an in-process session.
+pub struct LocalLink {
+    /// Frames to the server.
+    pub send: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    /// Frames from the server.
+    pub recv: tokio::io::ReadHalf<tokio::io::DuplexStream>,
+}
 
 /// A server: its options and its room.
 pub struct Server {
@@ -37,18 +52,56 @@ pub struct Server {
 
 impl Server {
     /// A server with an empty room.
-    pub fn new(options: ServerOptions) -> Self {
+    pub fn new(mut options: ServerOptions) -> Self {
+        // A joining member's queue must hold its welcome and the whole
+        // history.
+        options.queue_len = options.queue_len.max(options.history + 16);
         let options = Arc::new(options);
         Server {
             room: Arc::new(Room::new(Arc::clone(&options))),
-            gate: gate::Gate::new(options.max_connections, options.max_per_ip),
+            gate: gate::Gate::new(
+                options.max_connections,
+                options.max_per_ip,
+                options.retry_threshold,
+            ),
             options,
         }
     }
 
-    /// The room, for an in-process member such as the operator.
+    /// The room.
     pub fn room(&self) -> &Arc<Room> {
         &self.room
+    }
+
+    /// Opens an in-process link for the operator, who sits at the server
+    /// as a member with operator rights. The returned streams carry the
+    /// same protocol as a QUIC session stream: say hello on them
+    /// (`qchat_client::hello`) and run a client session.
+    pub fn join_local(&self) -> LocalLink {
+        let (client, server) = tokio::io::duplex(LOCAL_PIPE);
+        let (server_recv, server_send) = tokio::io::split(server);
+        let room = Arc::clone(&self.room);
+        let options = Arc::clone(&self.options);
+        let span = tracing::info_span!("operator");
+        tokio::spawn(
+            async move {
+                let peer = room::Peer {
+                    addr: None,
+                    operator: true,
+                };
+                session::run_stream(
+                    session::PipeSink(server_send),
+                    server_recv,
+                    peer,
+                    &room,
+                    &options,
+                )
+                .await;
+            }
+            .instrument(span),
+        );
+        let (recv, send) = tokio::io::split(client);
+        LocalLink { send, recv }
     }
 
     /// Accepts connections on `endpoint` until `shutdown` completes, then
@@ -63,9 +116,15 @@ impl Server {
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let peer = incoming.remote_address();
+                    if !incoming.remote_address_validated() && incoming.may_retry() && self.gate.under_load() {
+                        // Make the address prove it receives our packets
+                        // before any handshake work is spent on it.
+                        let _ = incoming.retry();
+                        continue;
+                    }
                     match self.gate.admit(peer.ip()) {
                         Ok(permit) => {
-                            sessions.spawn(session::serve(
+                            sessions.spawn(session::serve_quic(
                                 incoming,
                                 permit,
                                 Arc::clone(&self.room),

@@ -35,6 +35,18 @@ pub struct ServerOptions {
     pub announce_limit: usize,
     /// Names sent in the welcome's member list, at most.
     pub welcome_members: usize,
+    /// Public messages replayed to a member who joins (0 disables).
+    pub history: usize,
+    /// Messages per second a member may send on average (0 = unlimited).
+    pub rate: u32,
+    /// Messages a member may send at once before the rate applies.
+    pub burst: u32,
+    /// Messages that may wait beyond the burst before the member counts as
+    /// flooding and is disconnected.
+    pub backlog: usize,
+    /// Handshakes per second above which unvalidated addresses get a QUIC
+    /// Retry first (0 = always).
+    pub retry_threshold: u32,
 }
 
 impl Default for ServerOptions {
@@ -51,6 +63,11 @@ impl Default for ServerOptions {
             max_per_ip: 10_000,
             announce_limit: 1_000,
             welcome_members: 1_000,
+            history: limits::HISTORY,
+            rate: limits::RATE,
+            burst: limits::BURST,
+            backlog: limits::BACKLOG,
+            retry_threshold: limits::RETRY_THRESHOLD,
         }
     }
 }

@@ -6,14 +6,14 @@
 //! every member receives them. Each broadcast is encoded once; every
 //! recipient's queue gets a reference-counted clone of the same bytes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use qchat_proto::{names, CloseCode, RejectReason, ServerMsg, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
+use qchat_proto::{names, CloseCode, MemberInfo, RejectReason, ServerMsg, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, Notify};
 
 use crate::options::ServerOptions;
 
@@ -29,6 +29,48 @@ pub struct Rejection {
     pub detail: String,
 }
 
+/// How the room tells a session that it has removed its member, and why.
+/// The session flushes what it can for a moment, then closes with the code.
+#[derive(Debug, Default)]
+pub struct Ending {
+    code: OnceLock<(CloseCode, String)>,
+    notify: Notify,
+}
+
+impl Ending {
+    /// A fresh, untriggered ending.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Ending::default())
+    }
+
+    fn trigger(&self, code: CloseCode, reason: &str) {
+        if self.code.set((code, reason.to_string())).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Completes once the room has removed the member.
+    pub async fn wait(&self) {
+        if self.code.get().is_none() {
+            self.notify.notified().await;
+        }
+    }
+
+    /// The code and reason, once triggered.
+    pub fn get(&self) -> Option<&(CloseCode, String)> {
+        self.code.get()
+    }
+}
+
+/// Who is joining, as the session knows it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The network address; `None` for the operator's in-process link.
+    pub addr: Option<SocketAddr>,
+    /// Operators may kick and see addresses.
+    pub operator: bool,
+}
+
 /// The shared room.
 pub struct Room {
     state: Mutex<State>,
@@ -41,16 +83,16 @@ struct State {
     members: BTreeMap<MemberId, Member>,
     /// Case-folded name to id: names are unique without regard to case.
     by_name: HashMap<String, MemberId>,
+    /// The last public messages, encoded as `History` frames.
+    history: VecDeque<Bytes>,
     closed: bool,
 }
 
 struct Member {
     name: String,
     outbox: mpsc::Sender<Bytes>,
-    conn: Option<quinn::Connection>,
-    #[allow(dead_code)] // shown by the operator's /who
-    addr: Option<SocketAddr>,
-    #[allow(dead_code)] // shown by /who
+    ending: Arc<Ending>,
+    peer: Peer,
     joined: Instant,
 }
 
@@ -71,6 +113,7 @@ impl Room {
                 next_id: 1,
                 members: BTreeMap::new(),
                 by_name: HashMap::new(),
+                history: VecDeque::new(),
                 closed: false,
             }),
             options,
@@ -88,24 +131,25 @@ impl Room {
         self.lock().members.len()
     }
 
-    /// Whether the server has begun shutting down.
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     /// Whether the room is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Adds a member, if its name is valid and free. The welcome is the
-    /// first frame in its queue, before anything broadcast afterwards.
+    /// Whether the server has begun shutting down.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Adds a member, if its name is valid and free. The welcome, then the
+    /// history, are the first frames in its queue, before anything broadcast
+    /// afterwards.
     pub fn join(
         &self,
         name: &str,
         outbox: mpsc::Sender<Bytes>,
-        conn: Option<quinn::Connection>,
-        addr: Option<SocketAddr>,
+        ending: Arc<Ending>,
+        peer: Peer,
     ) -> Result<Joined, Rejection> {
         if let Err(e) = names::validate(name) {
             return Err(Rejection {
@@ -113,7 +157,6 @@ impl Room {
                 detail: format!("invalid name: {e}"),
             });
         }
-        let key = names::fold(name);
         let mut st = self.lock();
         if st.closed {
             return Err(Rejection {
@@ -121,13 +164,10 @@ impl Room {
                 detail: "the server is shutting down".into(),
             });
         }
-        if let Some(other) = st.by_name.get(&key).and_then(|id| st.members.get(id)) {
+        if let Some(other) = taken(&st, name, None) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
-                detail: format!(
-                    "the name {:?} is taken (by {:?}); choose another",
-                    name, other.name
-                ),
+                detail: format!("the name {name:?} is taken (by {other:?}); choose another"),
             });
         }
         let id = st.next_id;
@@ -145,8 +185,13 @@ impl Room {
             name: name.to_string(),
             members,
         };
-        // The queue is new and empty, so this cannot fail for lack of room.
+        // The queue is new and empty; the history is shorter than the queue
+        // (the options guarantee it), so none of this can fail for lack of
+        // room.
         let _ = outbox.try_send(welcome.to_frame());
+        for frame in &st.history {
+            let _ = outbox.try_send(frame.clone());
+        }
         if st.members.len() < self.options.announce_limit {
             let frame = ServerMsg::Joined {
                 name: name.to_string(),
@@ -154,14 +199,14 @@ impl Room {
             .to_frame();
             self.broadcast(&mut st, frame, None);
         }
-        st.by_name.insert(key, id);
+        st.by_name.insert(names::fold(name), id);
         st.members.insert(
             id,
             Member {
                 name: name.to_string(),
                 outbox,
-                conn,
-                addr,
+                ending,
+                peer,
                 joined: Instant::now(),
             },
         );
@@ -171,21 +216,192 @@ impl Room {
         })
     }
 
-    /// Delivers a message from `id` to everyone else, then acknowledges it
-    /// to the sender.
-    pub fn say(&self, id: MemberId, seq: u64, text: String) {
+    /// Delivers a message (or an action) from `id` to everyone else, keeps
+    /// it for the history, then acknowledges it to the sender.
+    pub fn say(&self, id: MemberId, seq: u64, text: String, action: bool) {
         let mut st = self.lock();
         let Some(from) = st.members.get(&id).map(|m| m.name.clone()) else {
             return;
         };
-        let frame = ServerMsg::Chat {
-            from,
-            text,
-            time_ms: now_ms(),
+        let time_ms = now_ms();
+        if self.options.history > 0 {
+            let past = ServerMsg::History {
+                from: from.clone(),
+                text: text.clone(),
+                time_ms,
+                action,
+            }
+            .to_frame();
+            if st.history.len() >= self.options.history {
+                st.history.pop_front();
+            }
+            st.history.push_back(past);
+        }
+        let frame = if action {
+            ServerMsg::Action {
+                from,
+                text,
+                time_ms,
+            }
+        } else {
+            ServerMsg::Chat {
+                from,
+                text,
+                time_ms,
+            }
         }
         .to_frame();
         self.broadcast(&mut st, frame, Some(id));
         self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
+    }
+
+    /// Delivers a private message to one member, echoes it to the sender,
+    /// and acknowledges it; or refuses it if there is no such member.
+    pub fn private(&self, id: MemberId, seq: u64, to: &str, text: String) {
+        let mut st = self.lock();
+        let Some(from) = st.members.get(&id).map(|m| m.name.clone()) else {
+            return;
+        };
+        let target = st.by_name.get(&names::fold(to)).copied();
+        let Some(target) = target else {
+            let reason = format!("there is nobody called {to:?} here");
+            self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
+            return;
+        };
+        let to = st
+            .members
+            .get(&target)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let frame = ServerMsg::Private {
+            from,
+            to,
+            text,
+            time_ms: now_ms(),
+        }
+        .to_frame();
+        self.send_to(&mut st, target, frame.clone());
+        if target != id {
+            self.send_to(&mut st, id, frame);
+        }
+        self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
+    }
+
+    /// Renames a member, under the same rules as a new name, and tells
+    /// everyone.
+    pub fn nick(&self, id: MemberId, new: &str) {
+        let mut st = self.lock();
+        let failed = |reason: String| {
+            ServerMsg::Failed {
+                what: "nick".into(),
+                reason,
+            }
+            .to_frame()
+        };
+        if let Err(e) = names::validate(new) {
+            self.send_to(&mut st, id, failed(format!("invalid name: {e}")));
+            return;
+        }
+        if let Some(other) = taken(&st, new, Some(id)) {
+            self.send_to(
+                &mut st,
+                id,
+                failed(format!("the name {new:?} is taken (by {other:?})")),
+            );
+            return;
+        }
+        let Some(m) = st.members.get_mut(&id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut m.name, new.to_string());
+        st.by_name.remove(&names::fold(&old));
+        st.by_name.insert(names::fold(new), id);
+        let frame = ServerMsg::Renamed {
+            old,
+            new: new.to_string(),
+        }
+        .to_frame();
+        self.broadcast(&mut st, frame, None);
+    }
+
+    /// Answers `Who`: everyone, with addresses only for operators.
+    pub fn who(&self, id: MemberId) {
+        let mut st = self.lock();
+        let Some(asker_is_op) = st.members.get(&id).map(|m| m.peer.operator) else {
+            return;
+        };
+        let members = st
+            .members
+            .values()
+            .map(|m| MemberInfo {
+                name: m.name.clone(),
+                connected_secs: m.joined.elapsed().as_secs(),
+                addr: match (asker_is_op, m.peer.addr) {
+                    (true, Some(a)) => a.to_string(),
+                    (true, None) => "local".into(),
+                    (false, _) => String::new(),
+                },
+                operator: m.peer.operator,
+            })
+            .collect();
+        self.send_to(&mut st, id, ServerMsg::Members { members }.to_frame());
+    }
+
+    /// Removes a member on an operator's request.
+    pub fn kick(&self, id: MemberId, name: &str, reason: &str) {
+        let mut st = self.lock();
+        let failed = |reason: String| {
+            ServerMsg::Failed {
+                what: "kick".into(),
+                reason,
+            }
+            .to_frame()
+        };
+        let Some((by, is_op)) = st
+            .members
+            .get(&id)
+            .map(|m| (m.name.clone(), m.peer.operator))
+        else {
+            return;
+        };
+        if !is_op {
+            self.send_to(
+                &mut st,
+                id,
+                failed("only the server's operator can kick".into()),
+            );
+            return;
+        }
+        let Some(target) = st.by_name.get(&names::fold(name)).copied() else {
+            self.send_to(
+                &mut st,
+                id,
+                failed(format!("there is nobody called {name:?} here")),
+            );
+            return;
+        };
+        if target == id {
+            self.send_to(
+                &mut st,
+                id,
+                failed("you cannot kick yourself; use /quit".into()),
+            );
+            return;
+        }
+        let frame = ServerMsg::Kicked {
+            by: by.clone(),
+            reason: reason.to_string(),
+        }
+        .to_frame();
+        if let Some(m) = st.members.get(&target) {
+            let _ = m.outbox.try_send(frame);
+        }
+        let why = if reason.is_empty() {
+            format!("kicked by {by}")
+        } else {
+            format!("kicked by {by}: {reason}")
+        };
+        self.end(&mut st, target, CloseCode::Kicked, &why);
     }
 
     /// Sends one frame to one member.
@@ -245,15 +461,23 @@ impl Room {
 
     fn evict_slow(&self, st: &mut State, ids: Vec<MemberId>) {
         for id in ids {
-            if let Some(conn) = st.members.get(&id).and_then(|m| m.conn.clone()) {
-                tracing::info!(member = id, "disconnecting a member that is not reading");
-                conn.close(
-                    CloseCode::SlowReader.code().into(),
-                    b"not reading: outgoing queue full",
-                );
-            }
-            self.remove(st, id, "not reading (disconnected by the server)");
+            tracing::info!(member = id, "disconnecting a member that is not reading");
+            self.end(
+                st,
+                id,
+                CloseCode::SlowReader,
+                "not reading (disconnected by the server)",
+            );
         }
+    }
+
+    /// Removes a member on the server's initiative and tells its session to
+    /// close with `code`.
+    fn end(&self, st: &mut State, id: MemberId, code: CloseCode, reason: &str) {
+        if let Some(m) = st.members.get(&id) {
+            m.ending.trigger(code, reason);
+        }
+        self.remove(st, id, reason);
     }
 
     fn remove(&self, st: &mut State, id: MemberId, reason: &str) {
@@ -272,6 +496,15 @@ impl Room {
     }
 }
 
+/// The name of the member (other than `except`) that already has `name`.
+fn taken(st: &State, name: &str, except: Option<MemberId>) -> Option<String> {
+    st.by_name
+        .get(&names::fold(name))
+        .filter(|id| Some(**id) != except)
+        .and_then(|id| st.members.get(id))
+        .map(|m| m.name.clone())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -287,84 +520,196 @@ mod tests {
         Room::new(Arc::new(ServerOptions::default()))
     }
 
+    fn peer(operator: bool) -> Peer {
+        Peer {
+            addr: None,
+            operator,
+        }
+    }
+
+    fn member(r: &Room, name: &str, cap: usize) -> (Joined, mpsc::Receiver<Bytes>, Arc<Ending>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let ending = Ending::new();
+        let j = r
+            .join(name, tx, Arc::clone(&ending), peer(name == "op"))
+            .expect("joins");
+        (j, rx, ending)
+    }
+
     fn decode(frame: &Bytes) -> ServerMsg {
         ServerMsg::decode(&frame[4..]).expect("valid frame")
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
+        let mut v = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            v.push(decode(&f));
+        }
+        v
     }
 
     #[test]
     fn names_are_unique_without_regard_to_case() {
         let r = room();
-        let (tx, _rx) = mpsc::channel(8);
-        r.join("Alice", tx, None, None).expect("joins");
+        let _a = member(&r, "Alice", 8);
         let (tx2, _rx2) = mpsc::channel(8);
-        let err = r.join("aLICE", tx2, None, None).expect_err("taken");
+        let err = r
+            .join("aLICE", tx2, Ending::new(), peer(false))
+            .expect_err("taken");
         assert_eq!(err.reason, RejectReason::NameTaken);
     }
 
     #[test]
     fn broadcast_reaches_others_in_order_and_acks_sender() {
         let r = room();
-        let (ta, mut ra) = mpsc::channel(8);
-        let (tb, mut rb) = mpsc::channel(8);
-        let a = r.join("a", ta, None, None).expect("joins");
-        r.join("b", tb, None, None).expect("joins");
-        r.say(a.id, 1, "one".into());
-        r.say(a.id, 2, "two".into());
-        assert!(matches!(
-            decode(&ra.try_recv().expect("welcome")),
-            ServerMsg::Welcome { .. }
-        ));
-        assert!(matches!(
-            decode(&ra.try_recv().expect("joined")),
-            ServerMsg::Joined { .. }
-        ));
+        let (a, mut ra, _) = member(&r, "a", 8);
+        let (_b, mut rb, _) = member(&r, "b", 8);
+        r.say(a.id, 1, "one".into(), false);
+        r.say(a.id, 2, "two".into(), false);
+        let got_a = drain(&mut ra);
+        assert!(matches!(got_a[0], ServerMsg::Welcome { .. }));
+        assert!(matches!(got_a[1], ServerMsg::Joined { .. }));
         assert_eq!(
-            decode(&ra.try_recv().expect("ack")),
-            ServerMsg::Ack { seq: 1 }
+            got_a[2..],
+            [ServerMsg::Ack { seq: 1 }, ServerMsg::Ack { seq: 2 }]
         );
-        assert_eq!(
-            decode(&ra.try_recv().expect("ack")),
-            ServerMsg::Ack { seq: 2 }
-        );
-        assert!(matches!(
-            decode(&rb.try_recv().expect("welcome")),
-            ServerMsg::Welcome { .. }
-        ));
-        for want in ["one", "two"] {
-            match decode(&rb.try_recv().expect("chat")) {
-                ServerMsg::Chat { from, text, .. } => {
-                    assert_eq!((from.as_str(), text.as_str()), ("a", want))
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
+        let got_b = drain(&mut rb);
+        let texts: Vec<_> = got_b
+            .iter()
+            .filter_map(|m| match m {
+                ServerMsg::Chat { from, text, .. } => Some((from.as_str(), text.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, [("a", "one"), ("a", "two")]);
     }
 
     #[test]
     fn a_member_that_does_not_read_is_removed_and_announced() {
         let r = room();
-        let (ta, mut ra) = mpsc::channel(64);
-        let (tb, _rb) = mpsc::channel(2);
-        let a = r.join("a", ta, None, None).expect("joins");
-        r.join("b", tb, None, None).expect("joins");
+        let (a, mut ra, _) = member(&r, "a", 64);
+        let (_b, _rb, ending_b) = member(&r, "b", 2);
         for i in 0..4 {
-            r.say(a.id, i, "x".into());
+            r.say(a.id, i, "x".into(), false);
         }
         assert_eq!(r.len(), 1);
-        let mut saw_left = false;
-        while let Ok(f) = ra.try_recv() {
-            if let ServerMsg::Left { name, .. } = decode(&f) {
-                saw_left = name == "b";
-            }
-        }
-        assert!(saw_left);
+        assert_eq!(ending_b.get().map(|e| e.0), Some(CloseCode::SlowReader));
+        assert!(drain(&mut ra)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Left { name, .. } if name == "b")));
     }
 
     #[test]
     fn invalid_names_are_refused() {
         let r = room();
         let (tx, _rx) = mpsc::channel(8);
-        let err = r.join("bad name", tx, None, None).expect_err("invalid");
+        let err = r
+            .join("bad name", tx, Ending::new(), peer(false))
+            .expect_err("invalid");
         assert_eq!(err.reason, RejectReason::NameInvalid);
+    }
+
+    #[test]
+    fn history_is_replayed_to_newcomers_without_private_messages() {
+        let r = room();
+        let (a, _ra, _) = member(&r, "a", 64);
+        let (_b, _rb, _) = member(&r, "b", 64);
+        r.say(a.id, 1, "public".into(), false);
+        r.private(a.id, 2, "b", "secret".into());
+        r.say(a.id, 3, "waves".into(), true);
+        let (_c, mut rc, _) = member(&r, "c", 64);
+        let got = drain(&mut rc);
+        let history: Vec<_> = got
+            .iter()
+            .filter_map(|m| match m {
+                ServerMsg::History { text, action, .. } => Some((text.as_str(), *action)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(history, [("public", false), ("waves", true)]);
+    }
+
+    #[test]
+    fn private_messages_reach_only_the_target_and_echo_to_the_sender() {
+        let r = room();
+        let (a, mut ra, _) = member(&r, "a", 64);
+        let (_b, mut rb, _) = member(&r, "b", 64);
+        let (_c, mut rc, _) = member(&r, "c", 64);
+        r.private(a.id, 1, "B", "psst".into());
+        let is_private =
+            |m: &ServerMsg| matches!(m, ServerMsg::Private { text, .. } if text == "psst");
+        assert!(drain(&mut rb).iter().any(is_private));
+        assert!(drain(&mut ra).iter().any(is_private));
+        assert!(!drain(&mut rc).iter().any(is_private));
+        r.private(a.id, 2, "nobody", "x".into());
+        assert!(drain(&mut ra)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Refused { seq: 2, .. })));
+    }
+
+    #[test]
+    fn nick_is_announced_and_checked() {
+        let r = room();
+        let (a, mut ra, _) = member(&r, "a", 64);
+        let (_b, mut rb, _) = member(&r, "b", 64);
+        r.nick(a.id, "alice");
+        let renamed = ServerMsg::Renamed {
+            old: "a".into(),
+            new: "alice".into(),
+        };
+        assert!(drain(&mut ra).contains(&renamed));
+        assert!(drain(&mut rb).contains(&renamed));
+        r.nick(a.id, "B");
+        assert!(drain(&mut ra)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Failed { what, .. } if what == "nick")));
+        // Changing only the case of one's own name is allowed.
+        r.nick(a.id, "Alice");
+        assert!(drain(&mut rb)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Renamed { new, .. } if new == "Alice")));
+    }
+
+    #[test]
+    fn only_operators_kick() {
+        let r = room();
+        let (op, mut rop, _) = member(&r, "op", 64);
+        let (b, mut rb, ending_b) = member(&r, "b", 64);
+        let (_c, _rc, ending_c) = member(&r, "c", 64);
+        r.kick(b.id, "c", "no");
+        assert!(ending_c.get().is_none());
+        assert!(drain(&mut rb)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Failed { what, .. } if what == "kick")));
+        r.kick(op.id, "B", "spam");
+        assert_eq!(ending_b.get().map(|e| e.0), Some(CloseCode::Kicked));
+        assert!(drain(&mut rb)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Kicked { reason, .. } if reason == "spam")));
+        assert!(drain(&mut rop)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Left { name, reason } if name == "b" && reason.contains("spam"))));
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn who_shows_addresses_only_to_operators() {
+        let r = room();
+        let (op, mut rop, _) = member(&r, "op", 64);
+        let (b, mut rb, _) = member(&r, "b", 64);
+        r.who(op.id);
+        r.who(b.id);
+        let list = |msgs: Vec<ServerMsg>| {
+            msgs.into_iter()
+                .find_map(|m| match m {
+                    ServerMsg::Members { members } => Some(members),
+                    _ => None,
+                })
+                .expect("a member list")
+        };
+        let for_op = list(drain(&mut rop));
+        assert_eq!(for_op.len(), 2);
+        assert!(for_op.iter().all(|m| !m.addr.is_empty()));
+        assert!(list(drain(&mut rb)).iter().all(|m| m.addr.is_empty()));
     }
 }

@@ -1,32 +1,43 @@
-//! One connection, from handshake to close: the hello, then a reader and a
-//! writer running side by side so that receiving never waits for sending.
+//! One member's session, from hello to close: the hello, then a reader and
+//! a writer running side by side so that receiving never waits for sending.
+//!
+//! The session itself works on any pair of byte streams ([`run_stream`]): a
+//! QUIC stream for a network member ([`serve_quic`]), or an in-process pipe
+//! for the operator sitting at the server ([`crate::Server::join_local`]).
+//! Both go through exactly the same hello, limits and room calls.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use qchat_proto::{
     frame::ReadError, ClientMsg, CloseCode, DecodeError, FrameDecoder, RejectReason, ServerMsg,
-    ALPN, PROTOCOL_VERSION,
+    ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::gate::Permit;
-use crate::room::{MemberId, Room};
+use crate::rate::TokenBucket;
+use crate::room::{Ending, MemberId, Peer, Room};
 use crate::ServerOptions;
 
-/// How long a writer waits for the peer to take the last bytes before the
+/// How long a session may take to flush its last frames before the
 /// connection is closed anyway.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Frames a writer takes from its queue for one write.
 const WRITE_BATCH: usize = 256;
 
-/// Why a session ended abnormally: the close code and reason sent, and the
-/// one log line.
+/// Why a session ended abnormally: the close code sent, and the one log
+/// line.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("no hello within {0:?}")]
     HelloTimeout(Duration),
     #[error("the client did not negotiate the qchat ALPN")]
@@ -37,7 +48,9 @@ enum SessionError {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Protocol(&'static str),
-    #[error("connection lost before the hello: {0}")]
+    #[error("kept more than {0} messages waiting: flooding")]
+    Flood(usize),
+    #[error("connection lost: {0}")]
     Lost(String),
 }
 
@@ -48,15 +61,23 @@ impl SessionError {
             SessionError::Frame(qchat_proto::FrameError::TooLarge { .. }) => {
                 CloseCode::FrameTooLarge
             }
+            SessionError::Flood(_) => CloseCode::Flood,
             SessionError::Lost(_) => CloseCode::Normal,
             _ => CloseCode::ProtocolError,
         }
     }
 }
 
-/// Serves one incoming connection until it ends. Never panics on anything
-/// the peer sends; every failure ends this connection only.
-pub(crate) async fn serve(
+/// How a session ended: what to put in the close frame.
+#[derive(Debug)]
+pub(crate) struct End {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+/// Serves one incoming QUIC connection until it ends. Never panics on
+/// anything the peer sends; every failure ends this connection only.
+pub(crate) async fn serve_quic(
     incoming: quinn::Incoming,
     permit: Permit,
     room: Arc<Room>,
@@ -73,25 +94,27 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        if let Err(e) = run(&conn, &room, &options).await {
-            let code = e.code();
-            if code != CloseCode::Normal {
-                tracing::info!(code = code.code(), "closing: {e}");
-                conn.close(code.code().into(), e.to_string().as_bytes());
-            } else {
-                tracing::debug!("{e}");
+        let end = match open_session(&conn, &options).await {
+            Ok((send, recv)) => {
+                let peer = Peer {
+                    addr: Some(conn.remote_address()),
+                    operator: false,
+                };
+                run_stream(QuicSink(send), recv, peer, &room, &options).await
             }
-        }
+            Err(e) => failed(&e),
+        };
+        conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
     .await
 }
 
-async fn run(
+/// Checks the ALPN and accepts the session stream within the hello deadline.
+async fn open_session(
     conn: &quinn::Connection,
-    room: &Arc<Room>,
     options: &ServerOptions,
-) -> Result<(), SessionError> {
+) -> Result<(quinn::SendStream, quinn::RecvStream), SessionError> {
     let alpn = conn
         .handshake_data()
         .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -99,39 +122,104 @@ async fn run(
     if alpn.as_deref() != Some(ALPN) {
         return Err(SessionError::WrongAlpn);
     }
+    match tokio::time::timeout(options.hello_timeout, conn.accept_bi()).await {
+        Err(_) => Err(SessionError::HelloTimeout(options.hello_timeout)),
+        Ok(Err(e)) => Err(SessionError::Lost(e.to_string())),
+        Ok(Ok(streams)) => Ok(streams),
+    }
+}
 
-    let hello = async {
-        let (send, mut recv) = conn
-            .accept_bi()
-            .await
-            .map_err(|e| SessionError::Lost(e.to_string()))?;
-        let mut decoder = FrameDecoder::new(options.max_frame);
-        let first = read(&mut decoder, &mut recv).await?;
-        Ok::<_, SessionError>((send, recv, decoder, first))
+fn failed(e: &SessionError) -> End {
+    if e.code() == CloseCode::Normal {
+        tracing::debug!("{e}");
+    } else {
+        tracing::info!(code = e.code().code(), "closing: {e}");
+    }
+    End {
+        code: e.code(),
+        reason: e.to_string(),
+    }
+}
+
+/// Where a session's outgoing bytes go. QUIC streams take owned chunks
+/// without a copy; a pipe takes a slice.
+pub(crate) trait Sink {
+    fn write_chunk(&mut self, chunk: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the stream and waits (bounded by the caller) until the peer has
+    /// it all.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+pub(crate) struct QuicSink(pub quinn::SendStream);
+
+impl Sink for QuicSink {
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.0.write_chunk(chunk).await.map_err(io::Error::from)
+    }
+
+    async fn finish(&mut self) {
+        if self.0.finish().is_ok() {
+            let _ = self.0.stopped().await;
+        }
+    }
+}
+
+/// A pipe (the operator's in-process link).
+pub(crate) struct PipeSink<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send> Sink for PipeSink<W> {
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.0.write_all(&chunk).await
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// Runs one member's session over a pair of streams: the hello within the
+/// deadline, the room, then reader and writer side by side until the member
+/// leaves or is removed.
+pub(crate) async fn run_stream<S, R>(
+    mut send: S,
+    mut recv: R,
+    peer: Peer,
+    room: &Room,
+    options: &ServerOptions,
+) -> End
+where
+    S: Sink,
+    R: AsyncRead + Unpin,
+{
+    let mut decoder = FrameDecoder::new(options.max_frame);
+    let first =
+        match tokio::time::timeout(options.hello_timeout, read(&mut decoder, &mut recv)).await {
+            Err(_) => return failed(&SessionError::HelloTimeout(options.hello_timeout)),
+            Ok(Err(e)) => return failed(&e),
+            Ok(Ok(None)) => {
+                return failed(&SessionError::Lost("stream closed before the hello".into()))
+            }
+            Ok(Ok(Some(f))) => f,
+        };
+    let (version, name) = match ClientMsg::decode(&first) {
+        Ok(ClientMsg::Hello { version, name }) => (version, name),
+        Ok(_) => return failed(&SessionError::Protocol("data before the hello")),
+        Err(e) => return failed(&e.into()),
     };
-    let (mut send, mut recv, mut decoder, first) =
-        tokio::time::timeout(options.hello_timeout, hello)
-            .await
-            .map_err(|_| SessionError::HelloTimeout(options.hello_timeout))??;
-    let Some(first) = first else {
-        return Err(SessionError::Lost("stream closed before the hello".into()));
-    };
-    let ClientMsg::Hello { version, name } = ClientMsg::decode(&first)? else {
-        return Err(SessionError::Protocol("data before the hello"));
-    };
-    if version < 1 {
-        let detail = format!("protocol version {version} is not supported; this server speaks 1 to {PROTOCOL_VERSION}");
-        reject(conn, &mut send, RejectReason::UnsupportedVersion, detail).await;
-        return Ok(());
+    if version < MIN_PROTOCOL_VERSION {
+        let detail = format!(
+            "protocol version {version} is not supported; this server speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+        );
+        return reject(&mut send, RejectReason::UnsupportedVersion, detail).await;
     }
 
     let (tx, rx) = mpsc::channel(options.queue_len);
-    let joined = match room.join(&name, tx, Some(conn.clone()), Some(conn.remote_address())) {
+    let ending = Ending::new();
+    let joined = match room.join(&name, tx, Arc::clone(&ending), peer) {
         Ok(j) => j,
         Err(rej) => {
             tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
-            reject(conn, &mut send, rej.reason, rej.detail).await;
-            return Ok(());
+            return reject(&mut send, rej.reason, rej.detail).await;
         }
     };
     tracing::Span::current().record(
@@ -141,90 +229,176 @@ async fn run(
     tracing::info!("joined");
 
     let id = joined.id;
-    let reader = read_loop(id, &mut decoder, &mut recv, room, options);
-    let writer = async {
-        write_loop(send, rx).await;
-        // The queue closes only once the member is out of the room, whoever
-        // removed it; after the flush there is nothing left to say, and
-        // closing also ends a reader whose peer never hangs up.
-        conn.close(
-            close_code(room).code().into(),
-            close_code(room).describe().as_bytes(),
-        );
+    let reader = async {
+        let outcome = read_loop(id, version, &mut decoder, &mut recv, room, options).await;
+        let reason = match &outcome {
+            Ok(reason) => reason.clone(),
+            Err(e) => format!("disconnected: {e}"),
+        };
+        room.leave(id, &reason);
+        outcome
     };
-    let (outcome, ()) = tokio::join!(
-        async {
-            let outcome = reader.await;
-            let reason = match &outcome {
-                Ok(reason) => reason.clone(),
-                Err(e) => {
-                    // Close with the error's own code before the writer's
-                    // orderly close can get there first.
-                    tracing::info!(code = e.code().code(), "closing: {e}");
-                    conn.close(e.code().code().into(), e.to_string().as_bytes());
-                    format!("disconnected: {e}")
-                }
+    let writer = write_loop(&mut send, rx);
+    let both = async { tokio::join!(reader, writer).0 };
+    tokio::pin!(both);
+    let outcome = tokio::select! {
+        outcome = &mut both => outcome,
+        () = ending.wait() => {
+            // Removed by the room (kick, slow reader): give the writer a
+            // moment to deliver the last words, then close regardless.
+            tokio::time::timeout(FLUSH_TIMEOUT, &mut both).await.unwrap_or(Ok(String::new()))
+        }
+    };
+    if let Some((code, reason)) = ending.get() {
+        tracing::info!(code = code.code(), "removed: {reason}");
+        return End {
+            code: *code,
+            reason: reason.clone(),
+        };
+    }
+    match outcome {
+        Ok(reason) => {
+            tracing::info!(reason = %qchat_proto::text::sanitize(&reason), "left");
+            let code = if room.is_closed() {
+                CloseCode::ShuttingDown
+            } else {
+                CloseCode::Normal
             };
-            room.leave(id, &reason);
-            outcome
-        },
-        writer
-    );
-    // An error here was logged and the connection closed with its code above.
-    let Ok(reason) = outcome else { return Ok(()) };
-    tracing::info!(reason = %qchat_proto::text::sanitize(&reason), "left");
-    Ok(())
-}
-
-fn close_code(room: &Room) -> CloseCode {
-    if room.is_closed() {
-        CloseCode::ShuttingDown
-    } else {
-        CloseCode::Normal
+            End {
+                code,
+                reason: code.describe().into(),
+            }
+        }
+        Err(e) => failed(&e),
     }
 }
 
 /// Reads until the member leaves. `Ok` carries the reason shown to the
-/// others; an error is the peer's fault and is shown to them too.
-async fn read_loop(
+/// others; an error is the peer's fault.
+///
+/// Messages pass through a token bucket: a burst goes straight through, a
+/// pasted block waits in a bounded backlog and trickles out at the rate, and
+/// a member that keeps the backlog full is flooding and is disconnected
+/// (after a notice at half). Requests wait in the same backlog so that
+/// everything keeps the order it was sent in.
+async fn read_loop<R: AsyncRead + Unpin>(
     id: MemberId,
+    version: u32,
     decoder: &mut FrameDecoder,
-    recv: &mut quinn::RecvStream,
+    recv: &mut R,
     room: &Room,
     options: &ServerOptions,
 ) -> Result<String, SessionError> {
+    let mut bucket = TokenBucket::new(options.rate, options.burst);
+    let mut backlog: VecDeque<ClientMsg> = VecDeque::new();
+    let mut warned = false;
+    let mut eof = false;
     loop {
-        let frame = match read(decoder, recv).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok(String::new()),
-            Err(SessionError::Lost(why)) => return Ok(why),
-            Err(e) => return Err(e),
-        };
-        match ClientMsg::decode(&frame)? {
-            ClientMsg::Say { seq, text } => {
-                if text.len() > options.max_message {
-                    let reason = format!(
-                        "message of {} bytes is longer than the limit of {} bytes; nothing was sent",
-                        text.len(),
-                        options.max_message
-                    );
-                    room.reply(id, &ServerMsg::Refused { seq, reason });
-                } else {
-                    room.say(id, seq, text);
-                }
+        // Hand over whatever the bucket allows.
+        while let Some(msg) = backlog.front() {
+            if costs_a_token(msg) && !bucket.try_take(Instant::now()) {
+                break;
             }
-            ClientMsg::Bye { mut reason } => {
-                truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
+            let msg = backlog
+                .pop_front()
+                .ok_or(SessionError::Protocol("backlog"))?;
+            if let Some(reason) = handle(id, msg, room, options) {
                 return Ok(reason);
             }
-            ClientMsg::Hello { .. } => return Err(SessionError::Protocol("second hello")),
+        }
+        if backlog.len() < options.backlog / 4 {
+            warned = false;
+        }
+        if eof {
+            if backlog.is_empty() {
+                return Ok(String::new());
+            }
+            tokio::time::sleep_until(bucket.next_token()).await;
+            continue;
+        }
+        let next_token = (!backlog.is_empty()).then(|| bucket.next_token());
+        tokio::select! {
+            frame = read(decoder, recv) => {
+                let Some(frame) = frame? else {
+                    eof = true;
+                    continue;
+                };
+                let msg = ClientMsg::decode(&frame)?;
+                check_kind(&msg, version)?;
+                backlog.push_back(msg);
+                if backlog.len() > options.backlog + 1 {
+                    return Err(SessionError::Flood(options.backlog));
+                }
+                if backlog.len() > options.backlog / 2 && !warned {
+                    warned = true;
+                    let text = format!(
+                        "you are sending too fast: {} messages are waiting; at {} you will be disconnected",
+                        backlog.len(),
+                        options.backlog
+                    );
+                    room.reply(id, &ServerMsg::Notice { text });
+                }
+            }
+            () = tokio::time::sleep_until(next_token.unwrap_or_else(Instant::now)), if next_token.is_some() => {}
         }
     }
 }
 
-async fn read(
+/// Sending to the room costs a token; asking for the member list or
+/// leaving does not.
+fn costs_a_token(msg: &ClientMsg) -> bool {
+    !matches!(msg, ClientMsg::Who | ClientMsg::Bye { .. })
+}
+
+/// Kinds newer than the version the client announced are a protocol error.
+fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
+    match msg {
+        ClientMsg::Hello { .. } => Err(SessionError::Protocol("second hello")),
+        ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
+        _ if version < 2 => Err(SessionError::Protocol(
+            "message kind not in the negotiated version",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Carries out one message. `Some(reason)` means the member is leaving.
+fn handle(id: MemberId, msg: ClientMsg, room: &Room, options: &ServerOptions) -> Option<String> {
+    match msg {
+        ClientMsg::Say { seq, text }
+        | ClientMsg::Action { seq, text }
+        | ClientMsg::Private { seq, text, .. }
+            if text.len() > options.max_message =>
+        {
+            let reason = format!(
+                "message of {} bytes is longer than the limit of {} bytes; nothing was sent",
+                text.len(),
+                options.max_message
+            );
+            room.reply(id, &ServerMsg::Refused { seq, reason });
+        }
+        ClientMsg::Say { seq, text } => room.say(id, seq, text, false),
+        ClientMsg::Action { seq, text } => room.say(id, seq, text, true),
+        ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
+        ClientMsg::Nick { name } => room.nick(id, &name),
+        ClientMsg::Who => room.who(id),
+        ClientMsg::Kick { name, mut reason } => {
+            truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
+            room.kick(id, &name, &reason);
+        }
+        ClientMsg::Bye { mut reason } => {
+            truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
+            return Some(reason);
+        }
+        // Refused by check_kind before it gets here.
+        ClientMsg::Hello { .. } => {}
+    }
+    None
+}
+
+async fn read<R: AsyncRead + Unpin>(
     decoder: &mut FrameDecoder,
-    recv: &mut quinn::RecvStream,
+    recv: &mut R,
 ) -> Result<Option<Bytes>, SessionError> {
     match decoder.read_frame(recv).await {
         Ok(f) => Ok(f),
@@ -233,7 +407,7 @@ async fn read(
     }
 }
 
-fn describe_loss(e: &std::io::Error) -> String {
+fn describe_loss(e: &io::Error) -> String {
     let read_err = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<quinn::ReadError>());
@@ -241,23 +415,21 @@ fn describe_loss(e: &std::io::Error) -> String {
         Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut)) => {
             "connection timed out".into()
         }
-        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(_))) => {
-            String::new()
-        }
-        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => {
-            String::new()
-        }
+        Some(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed,
+        )) => String::new(),
         Some(quinn::ReadError::Reset(_)) => "connection reset".into(),
         _ => "connection lost".into(),
     }
 }
 
-/// Sends everything queued for the member in as few writes as possible.
+/// Sends everything queued for the member in as few writes as possible,
+/// until the room drops the queue's sender; then finishes the stream.
 ///
 /// Frames are copied into one contiguous buffer per batch: quinn walks its
 /// list of unacknowledged chunks for every packet it builds, so thousands of
 /// small chunks per stream would make sending quadratic.
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut buf = BytesMut::new();
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
@@ -274,22 +446,18 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) 
             return;
         }
     }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.finish()).await;
 }
 
-async fn reject(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    reason: RejectReason,
-    detail: String,
-) {
+async fn reject<S: Sink>(send: &mut S, reason: RejectReason, detail: String) -> End {
     let frame = ServerMsg::Rejected { reason, detail }.to_frame();
     if send.write_chunk(frame).await.is_ok() {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.finish()).await;
     }
-    conn.close(CloseCode::Rejected.code().into(), b"rejected");
+    End {
+        code: CloseCode::Rejected,
+        reason: "rejected".into(),
+    }
 }
 
 fn truncate_utf8(s: &mut String, max: usize) {

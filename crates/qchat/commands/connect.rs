@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
 use qchat_client::{TrustMode, TrustPlan, TrustState};
+use qchat_proto::text::sanitize;
 use qchat_proto::{names, DEFAULT_PORT};
 use qchat_tls::HostKey;
 
@@ -65,7 +66,23 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             );
         }
         let joined = qchat_client::join(conn.clone(), &name).await?;
-        let code = crate::plain::run(joined, trust, addr).await;
+        let header = vec![
+            format!(
+                "* connected to {} at {addr} ({trust}) as {}",
+                sanitize(&joined.server_name),
+                sanitize(&joined.name)
+            ),
+            format!(
+                "* in the room: {}",
+                joined
+                    .members
+                    .iter()
+                    .map(|m| sanitize(m).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ];
+        let code = crate::plain::run(joined.into(), header, false).await;
         // Closing is a protocol: without waiting, the close (and our last
         // lines) may never leave this machine.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -1,0 +1,224 @@
+//! What a typed line means: a message, or a `/command`. Shared by the plain
+//! interface and the full-screen one, so both accept exactly the same
+//! commands.
+
+use qchat_client::Command;
+
+/// One typed line, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Something for the network task.
+    Send(Command),
+    /// Show the command list.
+    Help,
+    /// Nothing to do (an empty line).
+    Nothing,
+    /// A mistake, explained in one line.
+    Error(String),
+}
+
+/// A command's name, argument synopsis and one-line description.
+pub struct CommandHelp {
+    /// The name, with its slash.
+    pub name: &'static str,
+    /// The arguments.
+    pub args: &'static str,
+    /// What it does.
+    pub about: &'static str,
+    /// Only for the server's operator.
+    pub operator: bool,
+}
+
+/// Every command, in the order `/help` lists them.
+pub const COMMANDS: &[CommandHelp] = &[
+    CommandHelp {
+        name: "/help",
+        args: "",
+        about: "list the commands",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/who",
+        args: "",
+        about: "who is in the room, and for how long",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/msg",
+        args: "NAME TEXT",
+        about: "a private message to one member",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/me",
+        args: "ACTION",
+        about: "say what you are doing (* you ACTION)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/nick",
+        args: "NEW",
+        about: "change your name",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/quit",
+        args: "[REASON]",
+        about: "leave the room (others see the reason)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/kick",
+        args: "NAME [REASON]",
+        about: "remove a member from the room",
+        operator: true,
+    },
+];
+
+/// Parses one line. A line that starts with `/` is a command; `//` at the
+/// start sends the rest, slash included, as a message.
+pub fn parse(line: &str) -> Input {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Input::Nothing;
+    }
+    if let Some(rest) = line.strip_prefix("//") {
+        return Input::Send(Command::Say(format!("/{rest}")));
+    }
+    let Some(cmdline) = line.strip_prefix('/') else {
+        return Input::Send(Command::Say(line.to_string()));
+    };
+    let (cmd, rest) = split_word(cmdline);
+    match cmd.to_ascii_lowercase().as_str() {
+        "help" | "?" => Input::Help,
+        "who" | "names" => Input::Send(Command::Who),
+        "msg" | "query" => {
+            let (to, text) = split_word(rest);
+            if to.is_empty() || text.is_empty() {
+                usage("/msg")
+            } else {
+                Input::Send(Command::Private {
+                    to: to.to_string(),
+                    text: text.to_string(),
+                })
+            }
+        }
+        "me" if rest.is_empty() => usage("/me"),
+        "me" => Input::Send(Command::Action(rest.to_string())),
+        "nick" => {
+            let (name, extra) = split_word(rest);
+            if name.is_empty() || !extra.is_empty() {
+                usage("/nick")
+            } else {
+                Input::Send(Command::Nick(name.to_string()))
+            }
+        }
+        "quit" | "exit" => Input::Send(Command::Quit(rest.to_string())),
+        "kick" => {
+            let (name, reason) = split_word(rest);
+            if name.is_empty() {
+                usage("/kick")
+            } else {
+                Input::Send(Command::Kick {
+                    name: name.to_string(),
+                    reason: reason.to_string(),
+                })
+            }
+        }
+        _ => Input::Error(format!(
+            "unknown command /{}; /help lists the commands (start a message with // to send a leading slash)",
+            qchat_proto::text::sanitize(cmd)
+        )),
+    }
+}
+
+fn usage(name: &str) -> Input {
+    let args = COMMANDS
+        .iter()
+        .find(|c| c.name == name)
+        .map_or("", |c| c.args);
+    Input::Error(format!("usage: {name} {args}"))
+}
+
+/// The first word and the rest, trimmed.
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    }
+}
+
+/// The `/help` text, one line per command.
+pub fn help_lines(operator: bool) -> Vec<String> {
+    COMMANDS
+        .iter()
+        .filter(|c| operator || !c.operator)
+        .map(|c| {
+            let synopsis = if c.args.is_empty() {
+                c.name.to_string()
+            } else {
+                format!("{} {}", c.name, c.args)
+            };
+            format!("{synopsis:<22} {}", c.about)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_commands() {
+        assert_eq!(parse("hello"), Input::Send(Command::Say("hello".into())));
+        assert_eq!(parse("   "), Input::Nothing);
+        assert_eq!(
+            parse("//etc/passwd"),
+            Input::Send(Command::Say("/etc/passwd".into()))
+        );
+        assert_eq!(parse("/help"), Input::Help);
+        assert_eq!(parse("/WHO"), Input::Send(Command::Who));
+        assert_eq!(
+            parse("/msg bob  hi there "),
+            Input::Send(Command::Private {
+                to: "bob".into(),
+                text: "hi there".into()
+            })
+        );
+        assert_eq!(
+            parse("/me waves"),
+            Input::Send(Command::Action("waves".into()))
+        );
+        assert_eq!(parse("/nick zed"), Input::Send(Command::Nick("zed".into())));
+        assert_eq!(
+            parse("/quit bye all"),
+            Input::Send(Command::Quit("bye all".into()))
+        );
+        assert_eq!(parse("/quit"), Input::Send(Command::Quit(String::new())));
+        assert_eq!(
+            parse("/kick eve spamming"),
+            Input::Send(Command::Kick {
+                name: "eve".into(),
+                reason: "spamming".into()
+            })
+        );
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        for bad in ["/msg", "/msg bob", "/me", "/nick", "/nick a b", "/kick"] {
+            assert!(
+                matches!(parse(bad), Input::Error(e) if e.starts_with("usage: ")),
+                "{bad}"
+            );
+        }
+        assert!(matches!(parse("/dance"), Input::Error(e) if e.contains("unknown command /dance")));
+    }
+
+    #[test]
+    fn help_hides_operator_commands_from_members() {
+        assert!(!help_lines(false).iter().any(|l| l.starts_with("/kick")));
+        assert!(help_lines(true).iter().any(|l| l.starts_with("/kick")));
+    }
+}
