@@ -165,13 +165,11 @@ pub fn format_event(ev: &Event) -> Option<Result<String, String>> {
 
 fn print_event(out: &mut impl Write, ev: &Event) {
     match format_event(ev) {
-        Some(Ok(line)) => {
-            if writeln!(out, "{line}").is_ok() {
-                let _ = out.flush();
-            }
+        Some(Ok(line)) if writeln!(out, "{line}").is_ok() => {
+            let _ = out.flush();
         }
         Some(Err(line)) => eprintln!("qchat: {line}"),
-        None => {}
+        Some(Ok(_)) | None => {}
     }
 }
 
