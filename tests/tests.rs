@@ -4,6 +4,7 @@
 mod util;
 
 mod chat;
+mod commands;
 mod identity;
 mod lifecycle;
 mod trust;

@@ -40,9 +40,15 @@ pub struct ServeArgs {
     /// Address and port to listen on; port 0 picks a free port.
     #[arg(long, default_value = "[::]:8080")]
     pub listen: SocketAddr,
-    /// The server's name, shown to members when they join.
+    /// The server's name, shown to members when they join; also your name
+    /// in the room when you sit at the server as its operator.
     #[arg(long)]
     pub name: Option<String>,
+    /// Run without an operator in the room (for services). Without it, the
+    /// operator joins from the terminal, or from standard input when it is
+    /// not a terminal and --name is given.
+    #[arg(long)]
+    pub headless: bool,
     /// Folder with the server identity (cert.pem, key.pem).
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
@@ -82,6 +88,23 @@ pub struct LimitArgs {
     /// Connections allowed at once from one IP address.
     #[arg(long, default_value_t = 10_000)]
     pub max_per_ip: usize,
+    /// Messages per second a member may send on average (0 = unlimited).
+    #[arg(long, default_value_t = limits::RATE)]
+    pub rate: u32,
+    /// Messages a member may send at once before the rate applies.
+    #[arg(long, default_value_t = limits::BURST, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub burst: u32,
+    /// Messages that may wait beyond the burst; more is a flood and ends
+    /// the session.
+    #[arg(long, default_value_t = limits::BACKLOG, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub backlog: usize,
+    /// Handshakes per second above which new addresses get a QUIC Retry
+    /// first (0 = always).
+    #[arg(long, default_value_t = limits::RETRY_THRESHOLD)]
+    pub retry_threshold: u32,
+    /// Public messages replayed to members who join (0 disables).
+    #[arg(long, default_value_t = limits::HISTORY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
+    pub history: usize,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

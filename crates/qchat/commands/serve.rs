@@ -20,8 +20,14 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         queue_len: args.limits.queue,
         max_connections: args.limits.max_connections,
         max_per_ip: args.limits.max_per_ip,
+        rate: args.limits.rate,
+        burst: args.limits.burst,
+        backlog: args.limits.backlog,
+        retry_threshold: args.limits.retry_threshold,
+        history: args.limits.history,
         ..ServerOptions::default()
     };
+    let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let mut config =
@@ -34,10 +40,58 @@ pub fn run(args: ServeArgs) -> Result<u8> {
             .context("cannot read the bound address")?;
         announce(local, &identity.fingerprint);
         let server = Server::new(options);
+        if let Some(name) = operator {
+            let link = server.join_local();
+            tokio::spawn(operate(link, name));
+        }
         server.run(endpoint, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(crate::exit::OK)
     })
+}
+
+/// Who sits at the server. Standard input that is not a terminal carries
+/// the operator's lines only when a name is given; otherwise the server
+/// runs alone (a closed or redirected stdin must never stop a server).
+fn operator_name(args: &ServeArgs) -> Result<Option<String>> {
+    if args.headless {
+        return Ok(None);
+    }
+    let Some(name) = args.name.clone() else {
+        return Ok(None);
+    };
+    if let Err(e) = qchat_proto::names::validate(&name) {
+        anyhow::bail!(
+            "cannot join the room as {:?}: {e}; choose another --name or use --headless",
+            qchat_proto::text::sanitize(&name)
+        );
+    }
+    Ok(Some(name))
+}
+
+/// The operator, in plain mode: lines from stdin, events on stdout. When
+/// the operator leaves (end of input, /quit) the server keeps serving.
+async fn operate(mut link: qchat_server::LocalLink, name: String) {
+    let (decoder, welcome) = match qchat_client::hello(&mut link.send, &mut link.recv, &name).await
+    {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("the operator could not join the room: {e}");
+            return;
+        }
+    };
+    let header = vec![format!(
+        "* joined the room as {} (operator); /help lists the commands",
+        qchat_proto::text::sanitize(&welcome.name)
+    )];
+    let link = qchat_client::Link {
+        send: link.send,
+        recv: link.recv,
+        decoder,
+        conn: None,
+    };
+    crate::plain::run(link, header, true).await;
+    tracing::info!("the operator left the room; still serving");
 }
 
 /// A measured choice, not a guess: see docs/PERFORMANCE.md.
