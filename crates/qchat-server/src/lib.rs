@@ -88,6 +88,7 @@ impl Server {
                 let peer = room::Peer {
                     addr: None,
                     operator: true,
+                    version: qchat_proto::PROTOCOL_VERSION,
                 };
                 session::run_stream(
                     session::PipeSink(server_send),

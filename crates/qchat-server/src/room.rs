@@ -69,6 +69,8 @@ pub struct Peer {
     pub addr: Option<SocketAddr>,
     /// Operators may kick and see addresses.
     pub operator: bool,
+    /// The protocol version agreed in the hello.
+    pub version: u32,
 }
 
 /// The shared room.
@@ -180,7 +182,7 @@ impl Room {
             .collect();
         members.push(name.to_string());
         let welcome = ServerMsg::Welcome {
-            version: PROTOCOL_VERSION,
+            version: peer.version.min(PROTOCOL_VERSION),
             server_name: self.options.server_name.clone(),
             name: name.to_string(),
             members,
@@ -524,6 +526,7 @@ mod tests {
         Peer {
             addr: None,
             operator,
+            version: PROTOCOL_VERSION,
         }
     }
 

@@ -99,6 +99,7 @@ pub(crate) async fn serve_quic(
                 let peer = Peer {
                     addr: Some(conn.remote_address()),
                     operator: false,
+                    version: PROTOCOL_VERSION,
                 };
                 run_stream(QuicSink(send), recv, peer, &room, &options).await
             }
@@ -213,6 +214,10 @@ where
         return reject(&mut send, RejectReason::UnsupportedVersion, detail).await;
     }
 
+    let peer = Peer {
+        version: version.min(PROTOCOL_VERSION),
+        ..peer
+    };
     let (tx, rx) = mpsc::channel(options.queue_len);
     let ending = Ending::new();
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer) {
