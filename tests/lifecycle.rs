@@ -48,3 +48,20 @@ fn serve_prints_a_ready_to_copy_connect_line() {
     assert!(line.contains(&server.addr.to_string()), "{line}");
     assert!(line.ends_with(&format!("--fingerprint {fp}")), "{line}");
 }
+
+#[test]
+fn bracketed_ipv6_and_dns_names_reach_the_server_and_are_pinned_separately() {
+    let hs = Home::new();
+    // The default listen address is dual-stack; ask for port 0 on it.
+    let server = Server::start_on(&hs, "[::]:0", &[]);
+    let port = server.addr.port();
+    let ha = Home::new();
+    let mut v6 = crate::util::connect(&ha, &format!("[::1]:{port}"), "six", &["--accept-new"]);
+    v6.expect(crate::util::Stream::Out, "the connected line", |l| l.starts_with("* connected to "));
+    let mut v4 = crate::util::connect(&ha, &format!("localhost:{port}"), "four", &["--accept-new"]);
+    v4.expect(crate::util::Stream::Out, "the connected line", |l| l.starts_with("* connected to "));
+    v6.expect_out("* four joined");
+    let pins = std::fs::read_to_string(ha.known_hosts()).expect("pins");
+    assert!(pins.contains(&format!("[::1]:{port} ")), "{pins}");
+    assert!(pins.contains(&format!("localhost:{port} ")), "{pins}");
+}
