@@ -165,3 +165,18 @@ fn the_operator_chats_kicks_and_sees_addresses_from_standard_input() {
     let mut bob = connect(&Home::new(), &server.target(), "bob", &["--accept-new"]);
     bob.expect_out("* in the room: bob");
 }
+
+#[test]
+fn a_pasted_burst_is_smoothed_and_nothing_is_lost() {
+    let (_server, mut m, _homes) = room(2);
+    // Default limits: 10 at once, then 5 per second from the backlog.
+    for i in 1..=25 {
+        m[1].send_line(&format!("pasted line {i}"));
+    }
+    m[1].close_stdin();
+    for i in 1..=25 {
+        m[0].expect_out(&format!("<bob> pasted line {i}"));
+    }
+    assert_eq!(m[1].wait().code(), Some(0), "{}", m[1].transcript());
+    assert!(!m[1].transcript().contains("too fast"));
+}

@@ -221,7 +221,7 @@ where
             cmd = commands.recv(), if !st.quitting => {
                 let msg = st.command(cmd);
                 if send.write_all(&msg.to_frame()).await.is_err() {
-                    return st.ended(conn.as_ref());
+                    return st.ended(conn.as_ref()).await;
                 }
                 if st.quitting {
                     // The server answers the goodbye by finishing its side
@@ -236,7 +236,7 @@ where
                         close(conn.as_ref(), CloseCode::Normal);
                         return Ended::Quit;
                     }
-                    Ok(None) | Err(_) => return st.ended(conn.as_ref()),
+                    Ok(None) | Err(_) => return st.ended(conn.as_ref()).await,
                 };
                 let event = match ServerMsg::decode(&frame) {
                     Ok(msg) => match st.event(msg) {
@@ -252,7 +252,7 @@ where
                     Err(e) => {
                         tracing::warn!("malformed message from the server: {e}");
                         close(conn.as_ref(), CloseCode::ProtocolError);
-                        return st.ended(conn.as_ref());
+                        return st.ended(conn.as_ref()).await;
                     }
                 };
                 if events.send(event).await.is_err() {
@@ -270,6 +270,9 @@ fn close(conn: Option<&quinn::Connection>, code: CloseCode) {
         c.close(code.code().into(), code.describe().as_bytes());
     }
 }
+
+/// How long to wait for the server's close frame after its stream ended.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the network task remembers between frames.
 #[derive(Default)]
@@ -390,9 +393,19 @@ impl State {
         })
     }
 
-    fn ended(&self, conn: Option<&quinn::Connection>) -> Ended {
+    async fn ended(&self, conn: Option<&quinn::Connection>) -> Ended {
         let unconfirmed = self.pending.len();
-        match conn.and_then(|c| c.close_reason()) {
+        // The server finishes its side of the stream before it closes the
+        // connection with a code; wait briefly for the close so the user is
+        // told why (flood, kick) rather than just "ended".
+        let reason = match conn {
+            Some(c) => match c.close_reason() {
+                Some(r) => Some(r),
+                None => tokio::time::timeout(CLOSE_WAIT, c.closed()).await.ok(),
+            },
+            None => None,
+        };
+        match reason {
             Some(quinn::ConnectionError::ApplicationClosed(close)) => {
                 return Ended::ByServer {
                     code: CloseCode::from_code(close.error_code.into_inner()),
