@@ -5,5 +5,6 @@ mod util;
 
 mod chat;
 mod identity;
+mod known_hosts;
 mod lifecycle;
 mod trust;
