@@ -4,7 +4,9 @@
 mod util;
 
 mod chat;
+mod hostile;
 mod identity;
 mod known_hosts;
 mod lifecycle;
+mod raw;
 mod trust;
