@@ -8,5 +8,6 @@ mod hostile;
 mod identity;
 mod known_hosts;
 mod lifecycle;
+mod prompt;
 mod raw;
 mod trust;
