@@ -383,31 +383,19 @@ fn a_member_that_never_reads_is_disconnected_and_the_room_goes_on() {
     });
     room.alice.expect_out("* sloth joined");
     let big = "x".repeat(3000);
-    let count = 40;
-    for i in 0..count {
+    // One line at a time, each awaited at bob: a burst would also fill
+    // alice's own 16-frame queue with acks faster than her writer drains
+    // it, and she would be the one disconnected.
+    for i in 0..40 {
         room.alice.send_line(&format!("{i} {big}"));
+        room.bob.expect_out(&format!("<alice> {i} {big}"));
     }
     let code = room.rt.block_on(raw.close_code());
     assert_eq!(code, SLOW_READER, "reason: {}", raw.close_reason());
-    // bob, who reads, got every line, in order, and was told sloth left.
-    let last = count - 1;
-    room.bob.expect_out(&format!("<alice> {last} {big}"));
-    let seen = room.bob.stdout_so_far();
-    let lines: Vec<&String> = seen.iter().filter(|l| l.starts_with("<alice> ")).collect();
-    let expected: Vec<String> = std::iter::once("<alice> alice check 1".to_string())
-        .chain((0..count).map(|i| format!("<alice> {i} {big}")))
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .map(|l| l.as_str())
-            .eq(expected.iter().map(String::as_str)),
-        "bob missed or reordered lines"
-    );
-    assert!(
-        seen.iter().any(|l| l.starts_with("* sloth left (")),
-        "bob was not told that sloth left"
-    );
+    let told = |l: &str| l.starts_with("* sloth left (");
+    if !room.bob.stdout_so_far().iter().any(|l| told(l)) {
+        room.bob.expect(Stream::Out, "sloth's departure", told);
+    }
     room.still_talking();
 }
 
