@@ -441,6 +441,9 @@ fn a_sustained_flood_gets_a_notice_then_is_disconnected() {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // Never finish first: the reader, bounded by its deadline,
+            // decides when this ends, so no notice is lost to the race.
+            std::future::pending::<()>().await;
         };
         let reader = async {
             let mut decoder = qchat_proto::FrameDecoder::new(qchat_proto::limits::MAX_SERVER_FRAME);
@@ -461,7 +464,7 @@ fn a_sustained_flood_gets_a_notice_then_is_disconnected() {
         };
         let notices = tokio::select! {
             n = reader => n,
-            () = writer => Vec::new(),
+            () = writer => unreachable!("the writer never finishes"),
         };
         let code = raw.close_code().await;
         (notices, code, raw.close_reason())
