@@ -5,6 +5,10 @@ mod util;
 
 mod chat;
 mod commands;
+mod hostile;
 mod identity;
+mod known_hosts;
 mod lifecycle;
+mod prompt;
+mod raw;
 mod trust;

@@ -32,6 +32,8 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Print this machine's server fingerprint (created on first use).
     Fingerprint(FingerprintArgs),
+    /// List, remove, replace or verify the server keys this client has pinned.
+    KnownHosts(KnownHostsArgs),
 }
 
 /// `qchat serve`.
@@ -166,4 +168,48 @@ pub struct FingerprintArgs {
     /// Print colon-separated hex instead.
     #[arg(long)]
     pub hex: bool,
+}
+
+/// `qchat known-hosts`.
+#[derive(Debug, Args)]
+pub struct KnownHostsArgs {
+    /// The pin store (default: $QCHAT_HOME/known_hosts).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub known_hosts: Option<PathBuf>,
+    /// Print JSON on stdout instead of text, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do with the pins.
+    #[command(subcommand)]
+    pub action: KnownHostsAction,
+}
+
+/// `qchat known-hosts <action>`.
+#[derive(Debug, Subcommand)]
+pub enum KnownHostsAction {
+    /// Show every pin: server, fingerprint, when first stored, verified or not.
+    List,
+    /// Forget a server's pin; the next connection treats it as unknown.
+    Remove {
+        /// The server: host or host:port (default port 8080).
+        host: String,
+    },
+    /// Pin a server to a fingerprint checked out of band, replacing any pin
+    /// it had (the new pin is recorded as verified).
+    Replace {
+        /// The server: host or host:port (default port 8080).
+        host: String,
+        /// The new fingerprint; any spelling works.
+        #[arg(long, value_name = "FP")]
+        fingerprint: qchat_tls::Fingerprint,
+    },
+    /// Mark a trusted-on-first-use pin as verified, after comparing its
+    /// fingerprint out of band; refused if the fingerprint differs.
+    Verify {
+        /// The server: host or host:port (default port 8080).
+        host: String,
+        /// The fingerprint the server's operator gave you; any spelling works.
+        #[arg(long, value_name = "FP")]
+        fingerprint: qchat_tls::Fingerprint,
+    },
 }

@@ -2,6 +2,7 @@
 
 mod connect;
 mod fingerprint;
+mod known_hosts;
 mod serve;
 
 use anyhow::Result;
@@ -14,6 +15,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
+        Command::KnownHosts(args) => known_hosts::run(args),
     }
 }
 
