@@ -69,3 +69,16 @@ fn bracketed_ipv6_and_dns_names_reach_the_server_and_are_pinned_separately() {
     assert!(pins.contains(&format!("[::1]:{port} ")), "{pins}");
     assert!(pins.contains(&format!("localhost:{port} ")), "{pins}");
 }
+
+#[test]
+fn members_still_join_when_every_handshake_must_pass_a_retry() {
+    // Threshold 0: every new address is asked to prove it receives our
+    // packets (a QUIC Retry) before the server spends work on it.
+    let hs = Home::new();
+    let server = Server::start_on(&hs, "127.0.0.1:0", &["--retry-threshold", "0"]);
+    let mut alice = join(&Home::new(), &server, "alice");
+    let mut bob = join(&Home::new(), &server, "bob");
+    alice.expect_out("* bob joined");
+    bob.send_line("through the retry");
+    alice.expect_out("<bob> through the retry");
+}
