@@ -7,3 +7,4 @@ mod chat;
 mod identity;
 mod lifecycle;
 mod trust;
+mod tui;

@@ -419,15 +419,20 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         conn,
         sep.clone(),
         Span::styled(format!("{n} member{}", if n == 1 { "" } else { "s" }), base),
-        sep.clone(),
+        sep,
         Span::styled(format!("as {}", sanitize(&app.me)), base),
     ];
     if app.scroll > 0 {
-        spans.push(sep);
-        spans.push(Span::styled(
-            format!("scrolled up, {} new", app.unseen),
-            base.fg(Color::LightYellow).add_modifier(Modifier::BOLD),
-        ));
+        // First, so a narrow terminal does not cut it off: the user must
+        // know the newest lines are below.
+        spans.insert(
+            0,
+            Span::styled(
+                format!(" ↓ scrolled up, {} new ", app.unseen),
+                base.fg(Color::LightYellow).add_modifier(Modifier::BOLD),
+            ),
+        );
+        spans.insert(1, Span::styled("│", base));
     }
     frame.render_widget(Paragraph::new(TextLine::from(spans)).style(base), area);
 }
@@ -469,4 +474,204 @@ fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
         area.x + prompt_w + ccol.min(text_w),
         area.y + crow - first,
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ui::app::Msg;
+    use crate::ui::{SessionInfo, UiOptions};
+    use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
+    use qchat_client::Event;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn app(size: (u16, u16)) -> App {
+        App::new(
+            SessionInfo {
+                server_name: "den".into(),
+                server_addr: "127.0.0.1:8080".into(),
+                trust: Some(TrustState::Verified),
+                name: "bob".into(),
+                members: vec!["alice".into(), "bob".into()],
+                operator: false,
+            },
+            UiOptions { bell: false },
+            time::UtcOffset::UTC,
+            size,
+        )
+    }
+
+    fn chat(a: &mut App, from: &str, text: &str) {
+        a.update(Msg::Net(Event::Chat {
+            from: from.into(),
+            text: text.into(),
+            time_ms: 45_240_000, // 12:34 UTC
+        }));
+    }
+
+    fn key(a: &mut App, code: KeyCode) {
+        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
+            code,
+            KeyModifiers::NONE,
+        ))));
+    }
+
+    /// Draws and returns the screen as text rows, and the cursor.
+    fn screen(a: &App) -> (Vec<String>, Position) {
+        let (w, h) = a.size;
+        let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+        let frame = t.draw(|f| draw(f, a)).expect("draw");
+        let area = frame.area;
+        let buf = frame.buffer.clone();
+        let rows = (0..area.height)
+            .map(|y| {
+                (0..area.width)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
+            .collect();
+        let cursor = t.get_cursor_position().expect("cursor");
+        (rows, cursor)
+    }
+
+    #[test]
+    fn the_layout() {
+        let mut a = app((72, 10));
+        chat(&mut a, "alice", "hello there");
+        for c in "draft".chars() {
+            key(&mut a, KeyCode::Char(c));
+        }
+        let (rows, cursor) = screen(&a);
+        let all = rows.join("\n");
+        assert!(rows[3].starts_with("12:34 <alice> hello there"), "{all}");
+        // The member list on the right, sorted, with its count.
+        assert!(rows[0].ends_with("│ 2         "), "{all}");
+        assert!(rows[1].contains("│alice"), "{all}");
+        assert!(rows[2].contains("│bob"), "{all}");
+        let status = &rows[8];
+        for part in [
+            "den 127.0.0.1:8080",
+            "verified",
+            "connected",
+            "2 members",
+            "as bob",
+        ] {
+            assert!(status.contains(part), "status lacks {part:?}: {status}");
+        }
+        assert!(rows[9].starts_with("> draft"), "{all}");
+        assert_eq!(cursor, Position::new(7, 9));
+    }
+
+    #[test]
+    fn a_long_input_line_wraps_and_keeps_the_cursor_in_view() {
+        let mut a = app((40, 12));
+        let long: String = ('a'..='z').cycle().take(100).collect();
+        for c in long.chars() {
+            key(&mut a, KeyCode::Char(c));
+        }
+        let (rows, cursor) = screen(&a);
+        let all = rows.join("\n");
+        // 100 characters in 38 columns: three rows, the status line above.
+        assert!(rows[8].contains("verified"), "{all}");
+        assert!(
+            rows[9].starts_with("> abcdefghijklmnopqrstuvwxyzabcdefghijkl"),
+            "{all}"
+        );
+        assert!(rows[10].starts_with("  mnopqrstuvwxyz"), "{all}");
+        let joined: String = rows[9..]
+            .iter()
+            .map(|r| r[2..].trim_end().to_string())
+            .collect();
+        assert_eq!(joined, long);
+        assert_eq!(cursor, Position::new(2 + 24, 11));
+        // Moving home puts the cursor back on the first row.
+        key(&mut a, KeyCode::Home);
+        assert_eq!(screen(&a).1, Position::new(2, 9));
+    }
+
+    #[test]
+    fn a_paste_is_shown_with_newline_marks() {
+        let mut a = app((40, 8));
+        a.update(Msg::Term(TermEvent::Paste("one\ntwo".into())));
+        let (rows, _) = screen(&a);
+        assert!(rows[7].starts_with("> one⏎two"), "{}", rows.join("\n"));
+    }
+
+    #[test]
+    fn a_narrow_terminal_hides_the_member_list_and_wraps() {
+        let mut a = app((30, 8));
+        chat(&mut a, "alice", "a message that is too long for one row");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        // No member list: only the status line has separators.
+        for (i, r) in rows.iter().enumerate() {
+            assert!(i == 6 || !r.contains('│'), "{all}");
+        }
+        let at = rows
+            .iter()
+            .position(|r| r.starts_with("12:34 <alice>"))
+            .expect("the message is shown");
+        assert!(
+            rows[at].starts_with("12:34 <alice> a message that "),
+            "{all}"
+        );
+        assert!(
+            rows[at + 1].starts_with("      is too long for one row"),
+            "{all}"
+        );
+        // Even absurd sizes draw without panicking.
+        for size in [(1, 1), (5, 2), (80, 1), (2, 40)] {
+            let mut a = app(size);
+            chat(&mut a, "alice", "hi");
+            let _ = screen(&a);
+        }
+    }
+
+    #[test]
+    fn history_and_mentions_and_private_messages_stand_apart() {
+        let mut a = app((70, 10));
+        a.update(Msg::Net(Event::History {
+            from: "alice".into(),
+            text: "earlier".into(),
+            time_ms: 0,
+            action: false,
+        }));
+        a.update(Msg::Net(Event::Private {
+            from: "alice".into(),
+            to: "bob".into(),
+            text: "psst".into(),
+            time_ms: 0,
+        }));
+        chat(&mut a, "alice", "\u{1b}[2J bob!");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(all.contains("00:00 [history] <alice> earlier"), "{all}");
+        assert!(all.contains("[private alice → bob] psst"), "{all}");
+        // Escape sequences from the network are shown, not obeyed.
+        assert!(all.contains("<alice> ^[[2J bob!"), "{all}");
+    }
+
+    #[test]
+    fn page_up_scrolls_and_the_view_stays_put_while_reading() {
+        let mut a = app((60, 10));
+        for i in 0..40 {
+            chat(&mut a, "alice", &format!("line {i}"));
+        }
+        let (rows, _) = screen(&a);
+        assert!(rows[7].contains("line 39"), "{}", rows.join("\n"));
+        key(&mut a, KeyCode::PageUp);
+        let (before, _) = screen(&a);
+        assert!(before[7].contains("line 32"), "{}", before.join("\n"));
+        chat(&mut a, "alice", "line 40");
+        let (after, _) = screen(&a);
+        assert_eq!(before[..8], after[..8]);
+        assert!(after[8].contains("scrolled up, 1 new"), "{}", after[8]);
+        // The new line moved the limit one row further: two pages down.
+        key(&mut a, KeyCode::PageDown);
+        key(&mut a, KeyCode::PageDown);
+        let (rows, _) = screen(&a);
+        assert!(rows[7].contains("line 40"), "{}", rows.join("\n"));
+        assert!(!rows[8].contains("scrolled"), "{}", rows[8]);
+    }
 }
