@@ -319,3 +319,25 @@ fn ctrl_c_restores_the_terminal() {
         "terminal still raw: {stty}"
     );
 }
+
+#[test]
+fn a_pasted_block_waits_for_enter() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    // A bracketed paste, as a terminal sends it.
+    bob.type_keys("\x1b[200~line one\r\nline two\r\n\x1b[201~");
+    bob.wait_text("> line one⏎line two");
+    // Something typed after the paste proves the paste itself sent
+    // nothing: alice gets the block only when Enter is pressed.
+    bob.type_keys("!\r");
+    alice.expect_out("<bob> line one");
+    alice.expect_out("<bob> line two!");
+    let seen = alice.stdout_so_far();
+    let first = seen
+        .iter()
+        .position(|l| l.starts_with("<bob>"))
+        .expect("bob's lines");
+    assert_eq!(seen[first..], ["<bob> line one", "<bob> line two!"]);
+}
