@@ -10,7 +10,7 @@ use qchat_server::{Server, ServerOptions};
 use crate::cli::ServeArgs;
 
 pub fn run(args: ServeArgs) -> Result<u8> {
-    if crate::ui::on_terminal() {
+    if crate::ui::wanted_for_serve(&args) {
         return run_with_ui(args);
     }
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;

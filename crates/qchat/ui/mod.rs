@@ -100,9 +100,16 @@ pub fn wanted(cli: &crate::cli::Cli) -> bool {
     use crate::cli::Command;
     match &cli.command {
         Command::Connect(args) => !args.plain && on_terminal(),
-        Command::Serve(_) => on_terminal(),
+        Command::Serve(args) => wanted_for_serve(args),
         Command::Fingerprint(_) => false,
     }
+}
+
+/// Whether `qchat serve` seats the operator in the full-screen interface.
+/// The one place that decides it: logging (before the subscriber starts)
+/// and `serve` itself must agree.
+pub fn wanted_for_serve(_args: &crate::cli::ServeArgs) -> bool {
+    on_terminal()
 }
 
 /// Runs the full-screen UI until the user quits or the session ends;
@@ -134,10 +141,14 @@ where
         }
         Err(e) => Err(e),
     };
-    if let Err(e) = outcome {
-        tracing::error!("terminal error: {e}");
-        eprintln!("qchat: terminal error: {e}");
-    }
+    let terminal_failed = match outcome {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::error!("terminal error: {e}");
+            eprintln!("qchat: terminal error: {e}");
+            true
+        }
+    };
     // The channels are closed by now, so the network task leaves (with a
     // goodbye if it was still connected); do not hang on a dead peer.
     let ended = match tokio::time::timeout(QUIT_GRACE, net).await {
@@ -151,7 +162,7 @@ where
             unconfirmed: 0,
         },
     };
-    match ended {
+    let code = match ended {
         // The operator's own server stopping (SIGINT/SIGTERM) is a normal
         // end, not a disconnection.
         Ended::ByServer {
@@ -159,6 +170,11 @@ where
             ..
         } if operator => crate::exit::OK,
         other => crate::plain::exit_status(other),
+    };
+    if terminal_failed && code == crate::exit::OK {
+        crate::exit::FAILURE
+    } else {
+        code
     }
 }
 
