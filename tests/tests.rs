@@ -12,3 +12,4 @@ mod lifecycle;
 mod prompt;
 mod raw;
 mod trust;
+mod tui;

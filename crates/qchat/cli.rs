@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// changed key and refuse to connect until its pin is replaced.
     #[arg(long)]
     pub new_identity: bool,
+    /// Do not ring the terminal bell when someone mentions you (full-screen
+    /// interface).
+    #[arg(long)]
+    pub no_bell: bool,
     /// Worker threads for the async runtime (1 = single-threaded).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
@@ -154,6 +158,10 @@ pub struct ConnectArgs {
     /// Line-oriented interface even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Do not ring the terminal bell when someone mentions you or writes to
+    /// you privately (full-screen interface).
+    #[arg(long)]
+    pub no_bell: bool,
 }
 
 /// `qchat fingerprint`.

@@ -1,13 +1,53 @@
-//! Logging: `RUST_LOG` if set, else a level from `-v`/`-q`. Logs go to
-//! stderr so that stdout stays the program's output (events in plain mode,
-//! the fingerprint for `qchat fingerprint`).
+//! Logging: `RUST_LOG` if set, else a level from `-v`/`-q`.
+//!
+//! Where logs go is decided once, before the subscriber is installed,
+//! because it depends on which interface will run:
+//!
+//! - Normally they go to stderr, so that stdout stays the program's output
+//!   (events in plain mode, the fingerprint for `qchat fingerprint`).
+//! - When the full-screen interface will take over the terminal
+//!   (`connect` or `serve` with stdin and stdout on a terminal, see
+//!   [`crate::ui::wanted`]), a log line on the screen would corrupt it: logs
+//!   are appended to `$QCHAT_HOME/qchat.log` (created 0600) instead.
+//! - For `serve` with the interface, INFO and above from the server are
+//!   also forwarded, one line each, to the operator's screen through a
+//!   bounded channel ([`take_server_events`]). Forwarding uses `try_send`
+//!   and drops lines when the UI is behind: logging must never block the
+//!   server.
 
-use tracing_subscriber::EnvFilter;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::sync::Mutex;
 
-use crate::cli::Cli;
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::cli::{Cli, Command};
+
+/// Server event lines the operator's screen can fall behind by before
+/// lines are dropped.
+const SERVER_EVENTS: usize = 256;
 
 /// Keeps whatever the subscriber needs alive for the program's lifetime.
 pub struct Guard;
+
+/// The operator's server-event channel, made at init and taken by `serve`.
+type ServerEvents = (mpsc::Sender<String>, mpsc::Receiver<String>);
+static SERVER_EVENTS_CHANNEL: Mutex<Option<ServerEvents>> = Mutex::new(None);
+
+/// The channel of server event lines, if [`init`] set one up (for `serve`
+/// with the full-screen interface). The sender is for lines the command
+/// itself wants to show there (where it listens, its fingerprint).
+pub fn take_server_events() -> Option<ServerEvents> {
+    SERVER_EVENTS_CHANNEL.lock().ok().and_then(|mut c| c.take())
+}
 
 /// Installs the subscriber.
 pub fn init(cli: &Cli) -> Guard {
@@ -22,11 +62,134 @@ pub fn init(cli: &Cli) -> Guard {
             "warn,qchat={level},qchat_server={level},qchat_client={level},qchat_tls={level}"
         ))
     });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    let ui = crate::ui::wanted(cli);
+    let writer = if ui { log_file() } else { None };
+    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let fmt = match writer {
+        Some(file) => fmt.with_ansi(false).with_writer(Mutex::new(file)).boxed(),
+        None if ui => fmt.with_writer(io::sink).boxed(),
+        None => fmt
+            .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+            .with_writer(io::stderr)
+            .boxed(),
+    };
+    let forward = if ui && matches!(cli.command, Command::Serve(_)) {
+        let (tx, rx) = mpsc::channel(SERVER_EVENTS);
+        if let Ok(mut slot) = SERVER_EVENTS_CHANNEL.lock() {
+            *slot = Some((tx.clone(), rx));
+        }
+        // Its own filter: the operator sees the server's doings even when
+        // the log file is quieter.
+        Some(ServerEventLayer { tx }.with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("qchat_server", Level::INFO),
+        ))
+    } else {
+        None
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(forward)
         .try_init();
     Guard
+}
+
+/// Opens `$QCHAT_HOME/qchat.log` for appending, private to the user. A
+/// failure is reported now, on the normal screen, and logs are dropped.
+fn log_file() -> Option<File> {
+    let open = || -> anyhow::Result<File> {
+        let home = crate::home::home()?;
+        std::fs::create_dir_all(&home)?;
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        Ok(opts.open(home.join("qchat.log"))?)
+    };
+    match open() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("qchat: warning: cannot open the log file, logs are off: {e}");
+            None
+        }
+    }
+}
+
+/// Forwards server events to the operator's screen as one line each:
+/// the message, then the fields of the event and its spans (`peer`,
+/// `name`…).
+struct ServerEventLayer {
+    tx: mpsc::Sender<String>,
+}
+
+/// A span's fields, formatted once when recorded.
+struct SpanFields(String);
+
+/// Formats fields as `key=value` pairs and keeps the message apart.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    pairs: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            let _ = write!(self.pairs, " {}={}", field.name(), value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            let _ = write!(self.pairs, " {}={:?}", field.name(), value);
+        }
+    }
+}
+
+impl<S> Layer<S> for ServerEventLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(f.pairs));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        values.record(&mut f);
+        if let Some(span) = ctx.span(id) {
+            let mut ext = span.extensions_mut();
+            match ext.get_mut::<SpanFields>() {
+                Some(existing) => existing.0.push_str(&f.pairs),
+                None => ext.insert(SpanFields(f.pairs)),
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let mut line = f.message;
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(fields) = span.extensions().get::<SpanFields>() {
+                    line.push_str(&fields.0);
+                }
+            }
+        }
+        line.push_str(&f.pairs);
+        if *event.metadata().level() <= Level::WARN {
+            line = format!("{}: {line}", event.metadata().level());
+        }
+        // Never wait: a full channel means the operator's screen is
+        // behind, and the server must not be.
+        let _ = self.tx.try_send(line);
+    }
 }

@@ -11,6 +11,7 @@
 //! - `input`: what a typed line means (messages and `/commands`).
 //! - `plain`: the line-oriented interface for scripts and tests.
 //! - `prompt`: questions asked on the terminal (trust on first use, name).
+//! - `ui/`: the full-screen interface for people at a terminal.
 
 mod cli;
 mod commands;
@@ -19,6 +20,7 @@ mod input;
 mod logging;
 mod plain;
 mod prompt;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,8 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: reading the time zone later is refused.
+    ui::capture_local_offset();
     let cli = cli::Cli::parse();
     let _log_guard = logging::init(&cli);
     match commands::run(cli) {

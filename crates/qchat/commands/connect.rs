@@ -43,6 +43,10 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
         eprintln!("qchat: warning: {w}");
     }
 
+    // The full-screen interface on a terminal; the trust question above
+    // is asked before it takes the screen.
+    let use_ui = !args.plain && crate::ui::on_terminal();
+    let no_bell = args.no_bell;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,6 +70,21 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             );
         }
         let joined = qchat_client::join(conn.clone(), &name).await?;
+        if use_ui {
+            let info = crate::ui::SessionInfo {
+                server_name: joined.server_name.clone(),
+                server_addr: addr.to_string(),
+                trust: Some(trust),
+                name: joined.name.clone(),
+                members: joined.members.clone(),
+                operator: false,
+            };
+            let options = crate::ui::UiOptions { bell: !no_bell };
+            let code = crate::ui::run(joined.into(), info, options, None).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+            return Ok(code);
+        }
         let header = vec![
             format!(
                 "* connected to {} at {addr} ({trust}) as {}",

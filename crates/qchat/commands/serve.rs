@@ -10,23 +10,11 @@ use qchat_server::{Server, ServerOptions};
 use crate::cli::ServeArgs;
 
 pub fn run(args: ServeArgs) -> Result<u8> {
+    if crate::ui::wanted_for_serve(&args) {
+        return run_with_ui(args);
+    }
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
-    let options = ServerOptions {
-        server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
-        max_frame: args.limits.max_frame,
-        max_message: args.limits.max_message,
-        hello_timeout: args.limits.hello_timeout,
-        idle_timeout: args.limits.idle_timeout,
-        queue_len: args.limits.queue,
-        max_connections: args.limits.max_connections,
-        max_per_ip: args.limits.max_per_ip,
-        rate: args.limits.rate,
-        burst: args.limits.burst,
-        backlog: args.limits.backlog,
-        retry_threshold: args.limits.retry_threshold,
-        history: args.limits.history,
-        ..ServerOptions::default()
-    };
+    let options = server_options(&args);
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
@@ -92,6 +80,115 @@ async fn operate(mut link: qchat_server::LocalLink, name: String) {
     };
     crate::plain::run(link, header, true).await;
     tracing::info!("the operator left the room; still serving");
+}
+
+/// The server's settings from the flags.
+fn server_options(args: &ServeArgs) -> ServerOptions {
+    ServerOptions {
+        server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
+        max_frame: args.limits.max_frame,
+        max_message: args.limits.max_message,
+        hello_timeout: args.limits.hello_timeout,
+        idle_timeout: args.limits.idle_timeout,
+        queue_len: args.limits.queue,
+        max_connections: args.limits.max_connections,
+        max_per_ip: args.limits.max_per_ip,
+        rate: args.limits.rate,
+        burst: args.limits.burst,
+        backlog: args.limits.backlog,
+        retry_threshold: args.limits.retry_threshold,
+        history: args.limits.history,
+        ..ServerOptions::default()
+    }
+}
+
+/// The host at the table: the server runs in the background and the
+/// operator joins its room in the full-screen interface, as `--name`
+/// (asked for if not given). The server's own events (where it listens,
+/// connections, refusals) appear in the scrollback. When the operator
+/// quits, the whole server shuts down gracefully; SIGINT and SIGTERM still
+/// work too.
+fn run_with_ui(mut args: ServeArgs) -> Result<u8> {
+    // Asked before the runtime starts: the question blocks on stdin.
+    let name = match args.name.clone() {
+        Some(n) => n,
+        None => crate::prompt::ask_name()?,
+    };
+    if let Err(e) = qchat_proto::names::validate(&name) {
+        anyhow::bail!(
+            "cannot use the name {:?}: {e}",
+            qchat_proto::text::sanitize(&name)
+        );
+    }
+    args.name = Some(name.clone());
+    let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
+    let options = server_options(&args);
+    let (events_tx, events_rx) = match crate::logging::take_server_events() {
+        Some((tx, rx)) => (Some(tx), Some(rx)),
+        None => (None, None),
+    };
+    let bell = !args.no_bell;
+    let runtime = runtime(args.threads)?;
+    runtime.block_on(async move {
+        let mut config =
+            qchat_tls::quic_server_config(&identity, &[ALPN]).context("cannot set up TLS")?;
+        config.transport_config(options.transport());
+        let endpoint = qchat_server::endpoint::bind(args.listen, config)
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local = endpoint
+            .local_addr()
+            .context("cannot read the bound address")?;
+        // Printed on the normal screen too, so it is there after the
+        // interface closes.
+        announce(local, &identity.fingerprint);
+        if let Some(tx) = &events_tx {
+            let _ = tx.try_send(format!("listening on {local}"));
+            let _ = tx.try_send(format!("fingerprint: {}", identity.fingerprint.canonical()));
+            let _ = tx.try_send(format!(
+                "read aloud:  {}",
+                identity.fingerprint.read_aloud()
+            ));
+        }
+        let server = std::sync::Arc::new(Server::new(options));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let server = std::sync::Arc::clone(&server);
+            tokio::spawn(async move {
+                let stop = async {
+                    tokio::select! {
+                        () = shutdown_signal() => {}
+                        _ = stop_rx => {}
+                    }
+                };
+                server.run(endpoint, stop).await;
+            })
+        };
+        let mut local_link = server.join_local();
+        let (decoder, welcome) =
+            qchat_client::hello(&mut local_link.send, &mut local_link.recv, &name)
+                .await
+                .context("cannot join the room as the operator")?;
+        let link = qchat_client::Link {
+            send: local_link.send,
+            recv: local_link.recv,
+            decoder,
+            conn: None,
+        };
+        let info = crate::ui::SessionInfo {
+            server_name: welcome.server_name,
+            server_addr: local.to_string(),
+            trust: None,
+            name: welcome.name,
+            members: welcome.members,
+            operator: true,
+        };
+        let code = crate::ui::run(link, info, crate::ui::UiOptions { bell }, events_rx).await;
+        let _ = stop_tx.send(());
+        // Server::run bounds its own shutdown; this is a backstop.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        tracing::info!("stopped");
+        Ok(code)
+    })
 }
 
 /// A measured choice, not a guess: see docs/PERFORMANCE.md.

@@ -1,0 +1,322 @@
+//! The full-screen terminal interface, used when standard input and output
+//! are terminals.
+//!
+//! The split follows ratatui's templates: the network task
+//! (`qchat_client::session::run`) owns the connection and talks to the UI
+//! through bounded channels; one `tokio::select!` here waits on the
+//! terminal's async event stream, the network events, the server's own
+//! events (operator) and a redraw deadline. State changes only in
+//! [`app::App::update`]; [`render::draw`] only reads it.
+//!
+//! - `app`: state and update.
+//! - `render`: layout and drawing.
+//! - `editor`: the input line.
+//! - `complete`: tab completion.
+//! - `terminal`: taking over the terminal and restoring it on every exit.
+
+mod app;
+mod complete;
+mod editor;
+mod render;
+mod terminal;
+
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crossterm::event::EventStream;
+use futures_util::StreamExt;
+use qchat_client::{session, Ended, Link};
+use qchat_proto::CloseCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use app::{App, Msg};
+
+/// What the UI shows in its status line and starts its member list from.
+pub struct SessionInfo {
+    /// The server's name from the welcome.
+    pub server_name: String,
+    /// Where the server is, as shown to the user.
+    pub server_addr: String,
+    /// How far the server is trusted; `None` for the operator.
+    pub trust: Option<qchat_client::TrustState>,
+    /// Our name as the server registered it.
+    pub name: String,
+    /// The room when we joined.
+    pub members: Vec<String>,
+    /// Whether we are the server's operator (shows `/kick`, addresses).
+    pub operator: bool,
+}
+
+/// What the user can turn on and off.
+#[derive(Debug, Clone, Copy)]
+pub struct UiOptions {
+    /// Ring the terminal bell when someone mentions us or writes privately.
+    pub bell: bool,
+}
+
+/// Commands waiting for the network task; a paste of many lines queues in
+/// the app's outbox rather than here.
+const COMMAND_QUEUE: usize = 64;
+
+/// Events from the network task; if the UI falls behind, the network task
+/// pauses reading (and a server whose queue for us fills up drops us).
+const EVENT_QUEUE: usize = 256;
+
+/// At most one redraw per this long: a flood of messages costs one frame,
+/// not one frame per message.
+const FRAME: Duration = Duration::from_millis(16);
+
+/// How long to wait for the server to confirm our goodbye.
+const QUIT_GRACE: Duration = Duration::from_secs(3);
+
+static LOCAL_OFFSET: OnceLock<time::UtcOffset> = OnceLock::new();
+
+/// Reads the local time zone offset. Call at startup while the process has
+/// one thread: the `time` crate refuses (and libc is unsound) once other
+/// threads exist. Without it timestamps are in UTC.
+pub fn capture_local_offset() {
+    let offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
+    let _ = LOCAL_OFFSET.set(offset);
+}
+
+fn local_offset() -> time::UtcOffset {
+    LOCAL_OFFSET.get().copied().unwrap_or(time::UtcOffset::UTC)
+}
+
+/// Whether standard input and output are both terminals, so the
+/// full-screen interface can be used.
+pub fn on_terminal() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+/// Whether this command line gets the full-screen interface: `connect`
+/// without `--plain`, and `serve` (the operator at the table), when
+/// standard input and output are terminals. Decided before logging starts,
+/// because the interface needs the logs in a file.
+pub fn wanted(cli: &crate::cli::Cli) -> bool {
+    use crate::cli::Command;
+    match &cli.command {
+        Command::Connect(args) => !args.plain && on_terminal(),
+        Command::Serve(args) => wanted_for_serve(args),
+        Command::Fingerprint(_) | Command::KnownHosts(_) => false,
+    }
+}
+
+/// Whether `qchat serve` seats the operator in the full-screen interface.
+/// The one place that decides it: logging (before the subscriber starts)
+/// and `serve` itself must agree.
+pub fn wanted_for_serve(args: &crate::cli::ServeArgs) -> bool {
+    !args.headless && on_terminal()
+}
+
+/// Runs the full-screen UI until the user quits or the session ends;
+/// returns the exit status (same meaning as plain mode), after reporting
+/// how the session ended on stderr once the terminal is restored.
+pub async fn run<W, R>(
+    link: Link<W, R>,
+    info: SessionInfo,
+    options: UiOptions,
+    server_events: Option<mpsc::Receiver<String>>,
+) -> u8
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let operator = info.operator;
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let net = tokio::spawn(session::run(link, cmd_rx, ev_tx));
+
+    let size = crossterm::terminal::size().unwrap_or((80, 24));
+    let mut app = App::new(info, options, local_offset(), size);
+    let outcome = match terminal::enter() {
+        Ok(mut guard) => {
+            let r = event_loop(&mut guard, &mut app, cmd_tx, ev_rx, server_events).await;
+            // Restore before anything is printed.
+            drop(guard);
+            r
+        }
+        Err(e) => Err(e),
+    };
+    let terminal_failed = match outcome {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::error!("terminal error: {e}");
+            eprintln!("qchat: terminal error: {e}");
+            true
+        }
+    };
+    // The channels are closed by now, so the network task leaves (with a
+    // goodbye if it was still connected); do not hang on a dead peer.
+    let ended = match tokio::time::timeout(QUIT_GRACE, net).await {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => Ended::Lost {
+            reason: format!("internal error: {e}"),
+            unconfirmed: 0,
+        },
+        Err(_) => Ended::Lost {
+            reason: "the server did not confirm the goodbye in time".into(),
+            unconfirmed: 0,
+        },
+    };
+    let code = match ended {
+        // The operator's own server stopping (SIGINT/SIGTERM) is a normal
+        // end, not a disconnection.
+        Ended::ByServer {
+            code: Some(CloseCode::ShuttingDown),
+            ..
+        } if operator => crate::exit::OK,
+        other => crate::plain::exit_status(other),
+    };
+    if terminal_failed && code == crate::exit::OK {
+        crate::exit::FAILURE
+    } else {
+        code
+    }
+}
+
+async fn event_loop(
+    guard: &mut terminal::Guard,
+    app: &mut App,
+    cmd_tx: mpsc::Sender<qchat_client::Command>,
+    mut ev_rx: mpsc::Receiver<qchat_client::Event>,
+    mut server_events: Option<mpsc::Receiver<String>>,
+) -> std::io::Result<()> {
+    let mut keys = EventStream::new();
+    let mut signals = Signals::new();
+    let mut redraw_at: Option<Instant> = Some(Instant::now());
+    let mut last_draw = Instant::now() - FRAME;
+    let mut quit_deadline: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            key = keys.next() => match key {
+                Some(Ok(ev)) => app.update(Msg::Term(ev)),
+                // The terminal is gone (hung up): leave.
+                Some(Err(_)) | None => break,
+            },
+            ev = ev_rx.recv() => match ev {
+                Some(ev) => {
+                    app.update(Msg::Net(ev));
+                    // Take whatever else is already waiting before drawing.
+                    for _ in 0..EVENT_QUEUE {
+                        match ev_rx.try_recv() {
+                            Ok(ev) => app.update(Msg::Net(ev)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // The session is over.
+                None => break,
+            },
+            line = recv_opt(&mut server_events) => match line {
+                Some(line) => app.update(Msg::Server(line)),
+                None => server_events = None,
+            },
+            permit = cmd_tx.reserve(), if !app.outbox.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(cmd) = app.outbox.pop_front() {
+                        permit.send(cmd);
+                    }
+                }
+                Err(_) => break,
+            },
+            () = signals.recv() => app.update(Msg::Term(ctrl_c())),
+            () = sleep_until(redraw_at) => {
+                redraw_at = None;
+                if terminal::active() {
+                    if app.clear {
+                        app.clear = false;
+                        guard.terminal.clear()?;
+                    }
+                    guard.terminal.draw(|f| render::draw(f, app))?;
+                    if app.ring {
+                        app.ring = false;
+                        let mut out = std::io::stdout();
+                        let _ = out.write_all(b"\x07");
+                        let _ = out.flush();
+                    }
+                }
+                last_draw = Instant::now();
+                continue;
+            }
+            () = sleep_until(quit_deadline) => break,
+        }
+        if app.quitting && quit_deadline.is_none() {
+            quit_deadline = Some(Instant::now() + QUIT_GRACE);
+        }
+        if redraw_at.is_none() {
+            redraw_at = Some((last_draw + FRAME).max(Instant::now()));
+        }
+    }
+    Ok(())
+}
+
+/// A Ctrl-C key event: SIGTERM and SIGHUP mean the same as the user
+/// pressing it.
+fn ctrl_c() -> crossterm::event::Event {
+    use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
+    Event::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM and SIGHUP: without handling them the process would die with
+/// the terminal still in raw mode on the alternate screen.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = one(&mut self.term) => {}
+                () = one(&mut self.hup) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+}

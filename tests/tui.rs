@@ -1,0 +1,343 @@
+//! The full-screen interface, end to end: the real binary on a
+//! pseudo-terminal, its output fed into an in-memory terminal emulator
+//! (`vt100`) so the tests read the screen a person would see. Other members
+//! are plain-mode processes from the usual harness. Every wait polls the
+//! screen until a condition holds or `util::WAIT` passes.
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rexpect::process::{PtyProcess, WaitStatus};
+
+use crate::util::{self, Home, Stream, WAIT};
+
+const ROWS: u16 = 30;
+const COLS: u16 = 100;
+
+/// What the pty has shown so far.
+struct Output {
+    parser: vt100::Parser,
+    raw: Vec<u8>,
+    closed: bool,
+}
+
+/// `qchat` running on a pseudo-terminal.
+struct Tui {
+    label: String,
+    process: PtyProcess,
+    writer: std::fs::File,
+    out: Arc<Mutex<Output>>,
+}
+
+impl Tui {
+    /// Runs `qchat ARGS` on a ROWS×COLS pty. With `report`, a shell stays
+    /// behind it and prints `[exit=N]` and the terminal settings (`stty
+    /// -a`) once qchat has exited, to show what qchat left behind.
+    fn spawn(label: &str, home: &Home, args: &[&str], report: bool) -> Tui {
+        let script = if report {
+            format!(r#"stty rows {ROWS} cols {COLS} && "$@"; echo "[exit=$?]"; stty -a"#)
+        } else {
+            format!(r#"stty rows {ROWS} cols {COLS} && exec "$@""#)
+        };
+        let mut cmd = std::process::Command::new("sh");
+        cmd.env_clear()
+            .env("QCHAT_HOME", home.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TERM", "xterm-256color")
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .args(["-c", &script, "sh", util::bin()])
+            .args(args);
+        let mut process = PtyProcess::new(cmd).expect("start on a pty");
+        process.set_kill_timeout(Some(5_000));
+        let mut reader = process.get_file_handle().expect("pty reader");
+        let writer = process.get_file_handle().expect("pty writer");
+        let out = Arc::new(Mutex::new(Output {
+            parser: vt100::Parser::new(ROWS, COLS, 0),
+            raw: Vec::new(),
+            closed: false,
+        }));
+        let sink = Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                // EIO once every process on the pty has gone.
+                let n = match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut o = sink.lock().expect("lock");
+                o.parser.process(&buf[..n]);
+                o.raw.extend_from_slice(&buf[..n]);
+            }
+            sink.lock().expect("lock").closed = true;
+        });
+        Tui {
+            label: label.to_string(),
+            process,
+            writer,
+            out,
+        }
+    }
+
+    /// The screen, one string per row.
+    fn rows(&self) -> Vec<String> {
+        let o = self.out.lock().expect("lock");
+        o.parser.screen().rows(0, COLS).collect()
+    }
+
+    fn screen(&self) -> String {
+        self.rows().join("\n")
+    }
+
+    /// Polls the screen until `pred` holds.
+    fn wait_for(&self, what: &str, pred: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let rows = self.rows();
+            if pred(&rows) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: timed out waiting for {what}\n--- screen ---\n{}",
+                    self.label,
+                    rows.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until some row contains `needle`.
+    fn wait_text(&self, needle: &str) {
+        self.wait_for(&format!("{needle:?} on the screen"), |rows| {
+            rows.iter().any(|r| r.contains(needle))
+        });
+    }
+
+    /// Types raw bytes, as the keyboard would send them.
+    fn type_keys(&mut self, keys: &str) {
+        self.writer.write_all(keys.as_bytes()).expect("type");
+        self.writer.flush().expect("flush");
+    }
+
+    /// The input line (the bottom row).
+    fn input_row(&self) -> String {
+        self.rows().last().cloned().unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; its exit code.
+    fn exit_code(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.process.status() {
+                Some(WaitStatus::Exited(_, code)) => return code,
+                Some(WaitStatus::StillAlive) | None => {}
+                Some(other) => panic!("{}: ended by {other:?}", self.label),
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: did not exit\n--- screen ---\n{}",
+                    self.label,
+                    self.screen()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the pty is closed by everything on it; all bytes.
+    fn raw_until_closed(&self) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let o = self.out.lock().expect("lock");
+                if o.closed {
+                    return o.raw.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{}: the pty stayed open\n{}", self.label, self.screen());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `qchat connect` in the full-screen interface, joined.
+fn connect_tui(home: &Home, server: &util::Server, name: &str, report: bool) -> Tui {
+    let target = server.target();
+    let t = Tui::spawn(
+        name,
+        home,
+        &["connect", &target, "--name", name, "--accept-new"],
+        report,
+    );
+    t.wait_text("in the room:");
+    t
+}
+
+#[test]
+fn typing_survives_incoming_messages() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    bob.wait_text("alice");
+    bob.type_keys("half a tho");
+    bob.wait_for("the typed text", |rows| {
+        rows.last().is_some_and(|r| r.starts_with("> half a tho"))
+    });
+    for i in 0..5 {
+        alice.send_line(&format!("interruption {i}"));
+    }
+    bob.wait_text("<alice> interruption 4");
+    assert!(
+        bob.input_row().starts_with("> half a tho"),
+        "the input line changed:\n{}",
+        bob.screen()
+    );
+    bob.type_keys("ught\r");
+    alice.expect_out("<bob> half a thought");
+    bob.wait_for("the input line to clear", |rows| {
+        rows.last().is_some_and(|r| r.trim_end() == ">")
+    });
+    bob.wait_text("<bob> half a thought");
+}
+
+#[test]
+fn a_private_message_reaches_only_its_target() {
+    let (sh, ah, ch, bh) = (Home::new(), Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut carol = util::join(&ch, &server, "carol");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    carol.expect_out("* bob joined");
+    bob.type_keys("/msg alice secret words\r");
+    alice.expect_out("[bob -> alice] secret words");
+    bob.wait_text("[private bob → alice] secret words");
+    // Bob's messages reach carol in order: once she has the next one, she
+    // would have had the private one too.
+    bob.type_keys("after\r");
+    carol.expect_out("<bob> after");
+    let seen = carol.stdout_so_far();
+    assert!(
+        !seen.iter().any(|l| l.contains("secret")),
+        "carol saw it: {seen:?}"
+    );
+}
+
+#[test]
+fn a_new_nick_is_announced() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    bob.type_keys("/nick robert\r");
+    alice.expect_out("* bob is now known as robert");
+    bob.wait_text("you are now known as robert");
+    bob.wait_text("as robert");
+}
+
+#[test]
+fn history_is_marked_on_join() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    alice.send_line("said before bob came");
+    // At end of input plain mode leaves only once the server confirmed
+    // every line, so the line is in the room's history now.
+    alice.close_stdin();
+    assert!(alice.wait().success(), "{}", alice.transcript());
+    let bob = connect_tui(&bh, &server, "bob", false);
+    bob.wait_text("[history] <alice> said before bob came");
+}
+
+#[test]
+fn the_operator_kicks_a_member() {
+    let (sh, bh) = (Home::new(), Home::new());
+    let mut host = Tui::spawn(
+        "host",
+        &sh,
+        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
+        false,
+    );
+    host.wait_text("[server] listening on ");
+    let screen = host.screen();
+    let target = screen
+        .split("[server] listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the listening address")
+        .to_string();
+    host.wait_text("in the room: host");
+    let mut bob = util::connect(&bh, &target, "bob", &["--accept-new"]);
+    bob.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
+    host.wait_text("* bob joined");
+    host.type_keys("/kick bob spam\r");
+    bob.expect_out("* kicked by host: spam");
+    assert_eq!(bob.wait().code(), Some(3), "{}", bob.transcript());
+    host.wait_text("* bob left (kicked by host: spam)");
+    // The operator quitting stops the server.
+    host.type_keys("/quit\r");
+    assert_eq!(host.exit_code(), 0, "{}", host.screen());
+}
+
+#[test]
+fn ctrl_c_restores_the_terminal() {
+    let (sh, bh) = (Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut bob = connect_tui(&bh, &server, "bob", true);
+    bob.type_keys("unsent");
+    bob.wait_text("> unsent");
+    bob.type_keys("\x03");
+    bob.wait_text("[exit=0]");
+    let raw = bob.raw_until_closed();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let qchat_part = &text[..text.find("[exit=").expect("exit line")];
+    // The alternate screen was entered and, as the very last thing qchat
+    // wrote, left.
+    assert!(qchat_part.contains("\x1b[?1049h"), "never entered");
+    assert!(
+        qchat_part.trim_end().ends_with("\x1b[?1049l"),
+        "did not end by leaving the alternate screen: {:?}",
+        &qchat_part[qchat_part.len().saturating_sub(80)..]
+    );
+    let o = bob.out.lock().expect("lock");
+    assert!(!o.parser.screen().alternate_screen());
+    assert!(!o.parser.screen().bracketed_paste());
+    drop(o);
+    // Raw mode is off: the line discipline is canonical again with signals.
+    let stty = &text[text.find("[exit=").unwrap_or(0)..];
+    let flags: Vec<&str> = stty.split_whitespace().collect();
+    assert!(
+        flags.contains(&"icanon") && flags.contains(&"isig"),
+        "terminal still raw: {stty}"
+    );
+}
+
+#[test]
+fn a_pasted_block_waits_for_enter() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    // A bracketed paste, as a terminal sends it.
+    bob.type_keys("\x1b[200~line one\r\nline two\r\n\x1b[201~");
+    bob.wait_text("> line one⏎line two");
+    // Something typed after the paste proves the paste itself sent
+    // nothing: alice gets the block only when Enter is pressed.
+    bob.type_keys("!\r");
+    alice.expect_out("<bob> line one");
+    alice.expect_out("<bob> line two!");
+    let seen = alice.stdout_so_far();
+    let first = seen
+        .iter()
+        .position(|l| l.starts_with("<bob>"))
+        .expect("bob's lines");
+    assert_eq!(seen[first..], ["<bob> line one", "<bob> line two!"]);
+}
