@@ -10,7 +10,10 @@
 //! - `commands/`: one module per subcommand.
 //! - `plain`: the line-oriented interface for scripts and tests.
 //! - `prompt`: questions asked on the terminal (trust on first use, name).
+//! - `bench/`: the load generator behind `qchat bench` and the baseline
+//!   relay it compares against.
 
+mod bench;
 mod cli;
 mod commands;
 mod home;

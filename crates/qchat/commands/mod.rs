@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit status.
 
+mod bench;
 mod connect;
 mod fingerprint;
 mod serve;
@@ -14,6 +15,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
+        Command::Bench(args) => bench::run(*args),
+        Command::Relay(args) => bench::relay(args),
     }
 }
 
