@@ -33,7 +33,13 @@ use super::stats::{Histogram, Latency};
 
 /// Handshakes in flight at once: enough to keep both sides busy, few
 /// enough that none of them times out waiting for the CPU.
-const CONNECT_CONCURRENCY: usize = 128;
+const CONNECT_CONCURRENCY: usize = 64;
+
+/// Tries per member before the run fails.
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Socket buffer size asked for on each client endpoint.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Frames a sender packs into one write when sending flat out: one
 /// contiguous chunk per write keeps quinn's send buffer short.
@@ -101,6 +107,8 @@ pub struct Target {
 pub struct Outcome {
     /// Time until every member had joined.
     pub connect: Duration,
+    /// Connection attempts that failed and were retried.
+    pub connect_retries: u64,
     /// From the first send to the last delivery (or the timeout).
     pub duration: Duration,
     /// Deliveries expected.
@@ -142,6 +150,7 @@ struct Shared {
     out_of_order: AtomicU64,
     malformed: AtomicU64,
     connected: AtomicU64,
+    connect_retries: AtomicU64,
     phase: AtomicU8,
     latency: Histogram,
     /// Signalled once, by the receiver that completes the expected count.
@@ -173,6 +182,7 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         out_of_order: AtomicU64::new(0),
         malformed: AtomicU64::new(0),
         connected: AtomicU64::new(0),
+        connect_retries: AtomicU64::new(0),
         phase: AtomicU8::new(PHASE_CONNECT),
         latency: Histogram::new(),
         done: Notify::new(),
@@ -182,8 +192,8 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         .then(|| tokio::spawn(progress_line(Arc::clone(&shared), plan.clients)));
 
     let endpoints = (0..plan.endpoints.min(plan.clients))
-        .map(|_| qchat_client::client_endpoint(target.addr))
-        .collect::<Result<Vec<_>, _>>()
+        .map(|_| client_endpoint(target.addr))
+        .collect::<Result<Vec<_>>>()
         .context("cannot open the client endpoints")?;
 
     let server_rss_start_kib = server.and_then(ServerProc::rss_kib);
@@ -272,6 +282,7 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
     let delta = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
     Ok(Outcome {
         connect,
+        connect_retries: shared.connect_retries.load(Ordering::Relaxed),
         duration,
         expected: shared.expected,
         received: shared.received.load(Ordering::Relaxed),
@@ -286,6 +297,32 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         stalled_disconnected,
         timed_out,
     })
+}
+
+/// A client endpoint like `qchat_client::client_endpoint`, but with large
+/// socket buffers: one endpoint carries thousands of members here, and the
+/// default 208 KiB receive buffer overflows under a burst of fan-out, so
+/// the kernel drops packets and the measurement becomes one of QUIC loss
+/// recovery on the load generator's side.
+fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind: SocketAddr = if target.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel caps these at net.core.{r,w}mem_max; failing to raise
+    // them is not fatal, only less accurate.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&bind.into())?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )?)
 }
 
 /// Connects and joins every member, a bounded number at a time, and
@@ -318,12 +355,28 @@ async fn connect_all(
         let stalled = i >= plan.clients - plan.stalled;
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
-            let (conn, _, _) = qchat_client::connect(&endpoint, addr, &trust, |_| Decision::Refuse)
-                .await
-                .with_context(|| format!("member {i} could not connect"))?;
-            let joined = qchat_client::join(conn, &format!("m{i}"))
-                .await
-                .with_context(|| format!("member {i} could not join"))?;
+            let mut attempt = 1;
+            let joined = loop {
+                let tried = async {
+                    let (conn, _, _) =
+                        qchat_client::connect(&endpoint, addr, &trust, |_| Decision::Refuse)
+                            .await
+                            .with_context(|| format!("member {i} could not connect"))?;
+                    qchat_client::join(conn, &format!("m{i}"))
+                        .await
+                        .with_context(|| format!("member {i} could not join"))
+                };
+                match tried.await {
+                    Ok(j) => break j,
+                    // An overloaded server can let a handshake time out;
+                    // retried and counted, because it is a result too.
+                    Err(_) if attempt < CONNECT_ATTEMPTS => {
+                        attempt += 1;
+                        shared.connect_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             shared.connected.fetch_add(1, Ordering::Relaxed);
             let (receiver, stalled_recv) = if stalled {
                 (None, Some(joined.recv))

@@ -130,6 +130,7 @@ struct Report {
     duration_s: f64,
     deliveries_per_s: f64,
     connect_s: f64,
+    connect_retries: u64,
     latency_ms: Option<Latency>,
     server_cpu_s: Option<f64>,
     server_cpu_us_per_delivery: Option<f64>,
@@ -292,6 +293,7 @@ fn report(
             0.0
         },
         connect_s: o.connect.as_secs_f64(),
+        connect_retries: o.connect_retries,
         latency_ms: o.latency,
         server_cpu_s: cpu,
         server_cpu_us_per_delivery: cpu
@@ -339,7 +341,21 @@ fn print_table(r: &Report) {
                 }
             ),
         ),
-        ("connect", format!("{:.3} s for all members", r.connect_s)),
+        (
+            "connect",
+            format!(
+                "{:.3} s for all members{}",
+                r.connect_s,
+                if r.connect_retries > 0 {
+                    format!(
+                        " ({} attempts timed out and were retried)",
+                        r.connect_retries
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        ),
         (
             "deliveries",
             format!(
