@@ -3,6 +3,7 @@
 
 mod util;
 
+mod bench;
 mod chat;
 mod commands;
 mod hostile;

@@ -1,0 +1,562 @@
+//! `qchat bench`: measures what a room costs — deliveries per second,
+//! delivery latency, the server's CPU time and memory — with a load that
+//! speaks the real protocol through the client crate.
+//!
+//! - `load`: members, senders and receivers, and the checks on every
+//!   delivery (nothing missing, duplicated or reordered).
+//! - `stats`: the latency histogram and medians.
+//! - `proc`: the server under test as its own process, read through
+//!   `/proc`.
+//! - `relay`: the baseline, a minimal QUIC relay in the same binary
+//!   (`qchat relay`, hidden), so every qchat number can be quoted as a
+//!   fraction of what QUIC alone does on the same machine.
+//!
+//! How to reproduce the published numbers is in docs/PERFORMANCE.md.
+
+mod load;
+mod proc;
+pub mod relay;
+mod stats;
+
+use std::io::IsTerminal;
+use std::net::ToSocketAddrs;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cli::BenchArgs;
+use load::{Outcome, Plan, Target};
+use proc::{Kind, ServerProc, Spawn};
+use stats::{median, Latency};
+
+/// Connections the started server admits beyond the members: headroom for
+/// a straggler from a previous run still closing.
+const CONNECTION_HEADROOM: usize = 10;
+
+/// Everything `qchat bench` was asked to do, checked.
+struct Config {
+    plan: Plan,
+    mode: Mode,
+    rounds: usize,
+    queue: usize,
+    server_threads: Option<u16>,
+    bench_threads: u16,
+    json: bool,
+}
+
+enum Mode {
+    /// Start one server of this kind and measure it.
+    One(Kind),
+    /// qchat and the baseline, alternately.
+    Compare,
+    /// A server someone else started.
+    External(Target),
+}
+
+impl Config {
+    fn from_args(a: BenchArgs) -> Result<Config> {
+        let senders = a.senders.unwrap_or(a.clients);
+        if senders + a.stalled > a.clients {
+            bail!(
+                "--senders {senders} plus --stalled {} is more than --clients {}: stalled members never send",
+                a.stalled,
+                a.clients
+            );
+        }
+        let mode = match (&a.target, a.compare, a.baseline) {
+            (Some(t), _, _) => {
+                let addr = t
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve --target {t}"))?
+                    .next()
+                    .with_context(|| format!("--target {t} has no address"))?;
+                let fingerprint = a
+                    .fingerprint
+                    .context("--target needs the server's --fingerprint")?;
+                Mode::External(Target {
+                    addr,
+                    fingerprint,
+                    relay: false,
+                })
+            }
+            (None, true, _) => Mode::Compare,
+            (None, false, true) => Mode::One(Kind::Baseline),
+            (None, false, false) => Mode::One(Kind::Qchat),
+        };
+        Ok(Config {
+            plan: Plan {
+                clients: a.clients,
+                senders,
+                messages: a.messages,
+                size: a.size,
+                rate: a.rate,
+                stalled: a.stalled,
+                endpoints: a.endpoints,
+                timeout: a.timeout,
+                settle: a.settle,
+                progress: std::io::stderr().is_terminal(),
+            },
+            mode,
+            rounds: a.rounds,
+            queue: a.queue,
+            server_threads: a.server_threads,
+            bench_threads: a.bench_threads,
+            json: a.json,
+        })
+    }
+}
+
+/// One run's results: the JSON object printed with `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    /// `qchat`, `baseline` or `external`.
+    target: &'static str,
+    /// The run's number within `--compare`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round: Option<usize>,
+    clients: usize,
+    senders: usize,
+    messages: u64,
+    size: usize,
+    rate: Option<f64>,
+    stalled: usize,
+    deliveries_expected: u64,
+    deliveries_received: u64,
+    missing: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    malformed: u64,
+    timed_out: bool,
+    duration_s: f64,
+    deliveries_per_s: f64,
+    connect_s: f64,
+    connect_retries: u64,
+    latency_ms: Option<Latency>,
+    server_cpu_s: Option<f64>,
+    server_cpu_us_per_delivery: Option<f64>,
+    server_cpu_connect_s: Option<f64>,
+    server_peak_rss_kib: Option<u64>,
+    server_rss_start_kib: Option<u64>,
+    server_rss_connected_kib: Option<u64>,
+    server_kib_per_member: Option<f64>,
+    stalled_disconnected: usize,
+    server_threads: Option<u16>,
+    bench_threads: u16,
+    /// The flags that lifted the started server's limits.
+    limits_raised: Vec<String>,
+}
+
+impl Report {
+    fn ok(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.malformed == 0
+    }
+}
+
+/// Runs `qchat bench`. Exits with failure when any delivery was missing,
+/// duplicated or out of order, so scripts can rely on the status.
+pub fn run(args: BenchArgs) -> Result<u8> {
+    let config = Config::from_args(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.bench_threads.into())
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let reports = match &config.mode {
+        Mode::One(kind) => vec![run_one(&runtime, &config, Some(*kind), None)?],
+        Mode::External(_) => vec![run_one(&runtime, &config, None, None)?],
+        Mode::Compare => {
+            let mut all = Vec::new();
+            // Alternating spreads slow drifts of the machine (other load,
+            // thermal limits) over both sides instead of onto one.
+            for round in 1..=config.rounds {
+                for kind in [Kind::Qchat, Kind::Baseline] {
+                    all.push(run_one(&runtime, &config, Some(kind), Some(round))?);
+                }
+            }
+            all
+        }
+    };
+    if matches!(config.mode, Mode::Compare) {
+        let summary = compare(&reports);
+        if config.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            print_comparison(&summary, &reports);
+        }
+    }
+    Ok(if reports.iter().all(Report::ok) {
+        crate::exit::OK
+    } else {
+        crate::exit::FAILURE
+    })
+}
+
+/// Starts the server (unless external), runs the load once, prints and
+/// returns the report.
+fn run_one(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    kind: Option<Kind>,
+    round: Option<usize>,
+) -> Result<Report> {
+    let plan = &config.plan;
+    let server = match kind {
+        Some(kind) => Some(ServerProc::start(&Spawn {
+            kind,
+            connections: plan.clients + CONNECTION_HEADROOM,
+            queue: config.queue,
+            threads: config.server_threads,
+        })?),
+        None => None,
+    };
+    let target = match (&server, &config.mode) {
+        (Some(s), _) => Target {
+            addr: s.addr,
+            fingerprint: s.fingerprint,
+            relay: kind == Some(Kind::Baseline),
+        },
+        (None, Mode::External(t)) => t.clone(),
+        (None, _) => bail!("no server to measure"),
+    };
+    let label = kind.map_or("external", Kind::label);
+    if let Some(s) = &server {
+        if !config.json {
+            eprintln!(
+                "qchat bench: started the {label} server (pid {}) on {}{}",
+                s.pid(),
+                s.addr,
+                if s.raised.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " with limits raised so that flood control does not throttle the measurement: {}",
+                        s.raised.join(" ")
+                    )
+                }
+            );
+        }
+    }
+    let outcome = runtime
+        .block_on(load::run(&target, plan, server.as_ref()))
+        .map_err(|e| match &server {
+            Some(s) => e.context(format!("the {label} run failed{}", s.stderr_excerpt())),
+            None => e,
+        })?;
+    let peak = server.as_ref().and_then(ServerProc::peak_rss_kib);
+    let raised = server
+        .as_ref()
+        .map(|s| s.raised.clone())
+        .unwrap_or_default();
+    if let Some(s) = server {
+        s.stop();
+    }
+    let report = report(config, label, round, &outcome, peak, raised);
+    if config.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(report)
+}
+
+fn report(
+    config: &Config,
+    label: &'static str,
+    round: Option<usize>,
+    o: &Outcome,
+    peak: Option<u64>,
+    limits_raised: Vec<String>,
+) -> Report {
+    let plan = &config.plan;
+    let secs = o.duration.as_secs_f64();
+    let cpu = o.server_cpu.map(|c| c.as_secs_f64());
+    Report {
+        target: label,
+        round,
+        clients: plan.clients,
+        senders: plan.senders,
+        messages: plan.messages,
+        size: plan.size,
+        rate: plan.rate,
+        stalled: plan.stalled,
+        deliveries_expected: o.expected,
+        deliveries_received: o.received,
+        missing: o.expected.saturating_sub(o.received),
+        duplicates: o.duplicates,
+        out_of_order: o.out_of_order,
+        malformed: o.malformed,
+        timed_out: o.timed_out,
+        duration_s: secs,
+        deliveries_per_s: if secs > 0.0 {
+            o.received as f64 / secs
+        } else {
+            0.0
+        },
+        connect_s: o.connect.as_secs_f64(),
+        connect_retries: o.connect_retries,
+        latency_ms: o.latency,
+        server_cpu_s: cpu,
+        server_cpu_us_per_delivery: cpu
+            .filter(|_| o.received > 0)
+            .map(|c| c * 1e6 / o.received as f64),
+        server_cpu_connect_s: o.server_cpu_connect.map(|c| c.as_secs_f64()),
+        server_peak_rss_kib: peak,
+        server_rss_start_kib: o.server_rss_start_kib,
+        server_rss_connected_kib: o.server_rss_connected_kib,
+        server_kib_per_member: match (o.server_rss_start_kib, o.server_rss_connected_kib) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / plan.clients as f64),
+            _ => None,
+        },
+        stalled_disconnected: o.stalled_disconnected,
+        server_threads: config.server_threads,
+        bench_threads: config.bench_threads,
+        limits_raised,
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
+    v.map_or_else(|| "unknown".into(), |v| format!("{v} {unit}"))
+}
+
+fn print_table(r: &Report) {
+    let round = r.round.map(|n| format!(", round {n}")).unwrap_or_default();
+    println!("== {}{round}", r.target);
+    let load = match r.rate {
+        Some(rate) => format!("{rate} msg/s per sender"),
+        None => "as fast as flow control allows".into(),
+    };
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "load",
+            format!(
+                "{} members, {} senders × {} messages of {} B, {load}{}",
+                r.clients,
+                r.senders,
+                r.messages,
+                r.size,
+                if r.stalled > 0 {
+                    format!(", {} stalled", r.stalled)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (
+            "connect",
+            format!(
+                "{:.3} s for all members{}",
+                r.connect_s,
+                if r.connect_retries > 0 {
+                    format!(
+                        " ({} attempts timed out and were retried)",
+                        r.connect_retries
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (
+            "deliveries",
+            format!(
+                "{} of {} ({} missing, {} duplicated, {} out of order{}){}",
+                r.deliveries_received,
+                r.deliveries_expected,
+                r.missing,
+                r.duplicates,
+                r.out_of_order,
+                if r.malformed > 0 {
+                    format!(", {} malformed", r.malformed)
+                } else {
+                    String::new()
+                },
+                if r.timed_out { ", TIMED OUT" } else { "" }
+            ),
+        ),
+        (
+            "throughput",
+            format!(
+                "{:.0} deliveries/s over {:.3} s",
+                r.deliveries_per_s, r.duration_s
+            ),
+        ),
+        (
+            "latency",
+            match &r.latency_ms {
+                Some(l) => format!(
+                    "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                    l.p50, l.p90, l.p99, l.max
+                ),
+                None => "no deliveries".into(),
+            },
+        ),
+        (
+            "server CPU",
+            match (r.server_cpu_s, r.server_cpu_us_per_delivery) {
+                (Some(c), Some(per)) => format!("{c:.2} s ({per:.2} µs per delivery)"),
+                (Some(c), None) => format!("{c:.2} s"),
+                _ => "unknown".into(),
+            },
+        ),
+        (
+            "server memory",
+            format!(
+                "peak {}; {} before connecting, {} connected{}",
+                opt(r.server_peak_rss_kib, "KiB"),
+                opt(r.server_rss_start_kib, "KiB"),
+                opt(r.server_rss_connected_kib, "KiB"),
+                r.server_kib_per_member
+                    .map(|k| format!(" ({k:.1} KiB per member)"))
+                    .unwrap_or_default()
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<14} {v}");
+    }
+    if r.stalled > 0 {
+        println!(
+            "  {:<14} {} of {} disconnected by the server",
+            "stalled", r.stalled_disconnected, r.stalled
+        );
+    }
+}
+
+/// Medians of each side of a `--compare` and their ratios.
+#[derive(Debug, Serialize)]
+struct Comparison {
+    compare: bool,
+    rounds: usize,
+    qchat: Medians,
+    baseline: Medians,
+    /// qchat ÷ baseline for each median.
+    ratio: Ratios,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Medians {
+    deliveries_per_s: Option<f64>,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    server_cpu_us_per_delivery: Option<f64>,
+    connect_s: Option<f64>,
+    server_peak_rss_kib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Ratios {
+    deliveries_per_s: Option<f64>,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    server_cpu_us_per_delivery: Option<f64>,
+    connect_s: Option<f64>,
+    server_peak_rss_kib: Option<f64>,
+}
+
+fn compare(reports: &[Report]) -> Comparison {
+    let side = |t: &str| {
+        let rs: Vec<&Report> = reports.iter().filter(|r| r.target == t).collect();
+        let m =
+            |f: &dyn Fn(&Report) -> Option<f64>| median(rs.iter().filter_map(|r| f(r)).collect());
+        Medians {
+            deliveries_per_s: m(&|r| Some(r.deliveries_per_s)),
+            latency_p50_ms: m(&|r| r.latency_ms.map(|l| l.p50)),
+            latency_p99_ms: m(&|r| r.latency_ms.map(|l| l.p99)),
+            server_cpu_us_per_delivery: m(&|r| r.server_cpu_us_per_delivery),
+            connect_s: m(&|r| Some(r.connect_s)),
+            server_peak_rss_kib: m(&|r| r.server_peak_rss_kib.map(|k| k as f64)),
+        }
+    };
+    let (q, b) = (side("qchat"), side("baseline"));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    Comparison {
+        compare: true,
+        rounds: reports.len() / 2,
+        ratio: Ratios {
+            deliveries_per_s: ratio(q.deliveries_per_s, b.deliveries_per_s),
+            latency_p50_ms: ratio(q.latency_p50_ms, b.latency_p50_ms),
+            latency_p99_ms: ratio(q.latency_p99_ms, b.latency_p99_ms),
+            server_cpu_us_per_delivery: ratio(
+                q.server_cpu_us_per_delivery,
+                b.server_cpu_us_per_delivery,
+            ),
+            connect_s: ratio(q.connect_s, b.connect_s),
+            server_peak_rss_kib: ratio(q.server_peak_rss_kib, b.server_peak_rss_kib),
+        },
+        qchat: q,
+        baseline: b,
+    }
+}
+
+fn print_comparison(c: &Comparison, reports: &[Report]) {
+    let all_ok = reports.iter().all(Report::ok);
+    println!(
+        "== comparison: medians of {} runs each{}",
+        c.rounds,
+        if all_ok {
+            ""
+        } else {
+            " (SOME RUNS LOST, DUPLICATED OR REORDERED DELIVERIES)"
+        }
+    );
+    println!(
+        "  {:<24} {:>14} {:>14} {:>8}",
+        "", "qchat", "baseline", "ratio"
+    );
+    let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "—".into(), |v| format!("{v:.prec$}"));
+    let rows = [
+        (
+            "deliveries/s",
+            c.qchat.deliveries_per_s,
+            c.baseline.deliveries_per_s,
+            c.ratio.deliveries_per_s,
+            0,
+        ),
+        (
+            "latency p50 (ms)",
+            c.qchat.latency_p50_ms,
+            c.baseline.latency_p50_ms,
+            c.ratio.latency_p50_ms,
+            3,
+        ),
+        (
+            "latency p99 (ms)",
+            c.qchat.latency_p99_ms,
+            c.baseline.latency_p99_ms,
+            c.ratio.latency_p99_ms,
+            3,
+        ),
+        (
+            "CPU µs/delivery",
+            c.qchat.server_cpu_us_per_delivery,
+            c.baseline.server_cpu_us_per_delivery,
+            c.ratio.server_cpu_us_per_delivery,
+            3,
+        ),
+        (
+            "connect (s)",
+            c.qchat.connect_s,
+            c.baseline.connect_s,
+            c.ratio.connect_s,
+            3,
+        ),
+        (
+            "peak RSS (KiB)",
+            c.qchat.server_peak_rss_kib,
+            c.baseline.server_peak_rss_kib,
+            c.ratio.server_peak_rss_kib,
+            0,
+        ),
+    ];
+    for (name, q, b, r, prec) in rows {
+        println!(
+            "  {name:<24} {:>14} {:>14} {:>8}",
+            f(q, prec),
+            f(b, prec),
+            r.map_or_else(|| "—".into(), |r| format!("{r:.2}×"))
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The server under test as a separate process: started from this same
+//! executable with a temporary home, watched through `/proc`, and stopped
+//! when the run ends (also on every error path, through `Drop`).
+//!
+//! A separate process keeps the server's CPU time and memory apart from the
+//! load generator's, which lives in this process.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use qchat_tls::Fingerprint;
+
+/// How long a started server has to print its address and fingerprint.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Lines of the server's stderr kept to explain a failure.
+const STDERR_TAIL: usize = 20;
+
+/// Which server to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `qchat serve`.
+    Qchat,
+    /// `qchat relay`, the minimal QUIC relay.
+    Baseline,
+}
+
+impl Kind {
+    /// The name used in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Qchat => "qchat",
+            Kind::Baseline => "baseline",
+        }
+    }
+}
+
+/// How to start the server.
+#[derive(Clone, Debug)]
+pub struct Spawn {
+    /// Which server.
+    pub kind: Kind,
+    /// Connections it must admit (members plus headroom).
+    pub connections: usize,
+    /// Frames queued per member.
+    pub queue: usize,
+    /// Runtime worker threads, when not the server's default.
+    pub threads: Option<u16>,
+}
+
+/// A running server process.
+pub struct ServerProc {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its key's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The flags that lifted its limits, for the report.
+    pub raised: Vec<String>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Kept for its `Drop`, which removes the identity and any state.
+    _home: tempfile::TempDir,
+}
+
+impl ServerProc {
+    /// Starts the server and waits until it announces its address.
+    pub fn start(spawn: &Spawn) -> Result<ServerProc> {
+        let exe = std::env::current_exe().context("cannot find the qchat executable")?;
+        let home = tempfile::tempdir().context("cannot create a temporary home")?;
+        let mut cmd = Command::new(&exe);
+        // Logging off: 10,000 "joined" lines would be measured as server
+        // work that a production server would not do at this level.
+        cmd.arg("--quiet").env("QCHAT_HOME", home.path());
+        cmd.env_remove("RUST_LOG");
+        let mut raised = Vec::new();
+        match spawn.kind {
+            Kind::Qchat => {
+                cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+                let conns = spawn.connections.to_string();
+                raised.extend([
+                    "--max-connections".to_string(),
+                    conns.clone(),
+                    "--max-per-ip".into(),
+                    conns,
+                    "--queue".into(),
+                    spawn.queue.to_string(),
+                ]);
+                // Flood control (per-member message rate) would throttle
+                // the senders and measure the limiter, not the fan-out.
+                if serve_supports(&exe, "--rate") {
+                    raised.extend(["--rate".to_string(), "0".into()]);
+                }
+                cmd.args(&raised);
+            }
+            Kind::Baseline => {
+                cmd.args(["relay", "--listen", "127.0.0.1:0", "--cert-dir"])
+                    .arg(home.path().join("certs"))
+                    .args(["--queue", &spawn.queue.to_string()]);
+            }
+        }
+        if let Some(t) = spawn.threads {
+            cmd.args(["--threads", &t.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(err) = child.stderr.take() {
+            let tail = Arc::clone(&stderr_tail);
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+                    if t.len() == STDERR_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            // Keeps draining after the announcement so the server never
+            // blocks on a full pipe.
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+
+        let mut server = ServerProc {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            fingerprint: Fingerprint::from_bytes([0; 32]),
+            raised,
+            stderr_tail,
+            _home: home,
+        };
+        let (mut addr, mut fp) = (None, None);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while addr.is_none() || fp.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => bail!(
+                    "the {} server did not announce itself within {} s{}",
+                    spawn.kind.label(),
+                    READY_TIMEOUT.as_secs(),
+                    server.stderr_excerpt()
+                ),
+            };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                addr = Some(
+                    rest.trim()
+                        .parse::<SocketAddr>()
+                        .with_context(|| format!("unexpected server output {line:?}"))?,
+                );
+            } else if let Some(rest) = line.strip_prefix("fingerprint:") {
+                fp = Some(
+                    rest.trim()
+                        .parse::<Fingerprint>()
+                        .map_err(|e| anyhow::anyhow!("unexpected fingerprint {rest:?}: {e}"))?,
+                );
+            }
+        }
+        if let (Some(a), Some(f)) = (addr, fp) {
+            server.addr = a;
+            server.fingerprint = f;
+        }
+        Ok(server)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time used so far (user + system), from `/proc/<pid>/stat`.
+    pub fn cpu(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) may contain spaces and parentheses;
+        // everything after the last ')' is space-separated, starting with
+        // field 3, so utime (14) and stime (15) are at 11 and 12.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        let ticks = clock_ticks();
+        Some(Duration::from_secs_f64(
+            (utime + stime) as f64 / ticks as f64,
+        ))
+    }
+
+    /// Resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Peak resident memory, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, key: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The last lines the server wrote on stderr, for error messages.
+    pub fn stderr_excerpt(&self) -> String {
+        let t = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        if t.is_empty() {
+            String::new()
+        } else {
+            let lines: Vec<&str> = t.iter().map(String::as_str).collect();
+            format!("; its last output:\n  {}", lines.join("\n  "))
+        }
+    }
+
+    /// Asks the server to stop (SIGTERM, so a qchat server says goodbye as
+    /// it would in production), and kills it if it has not gone within a
+    /// few seconds.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if self.exited() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.exited() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Whether `qchat serve` knows `flag` (older builds lack flood control).
+fn serve_supports(exe: &std::path::Path, flag: &str) -> bool {
+    Command::new(exe)
+        .args(["serve", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w.trim_end_matches(',') == flag)
+        })
+        .unwrap_or(false)
+}
+
+/// Kernel clock ticks per second, the unit of `/proc/<pid>/stat` times.
+/// Asked of `getconf` once (reading it from libc would need `unsafe`);
+/// 100 is the value on every common Linux configuration.
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
