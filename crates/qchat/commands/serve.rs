@@ -18,15 +18,7 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
-        let mut config =
-            qchat_tls::quic_server_config(&identity, &[ALPN]).context("cannot set up TLS")?;
-        config.transport_config(options.transport());
-        let endpoint = qchat_server::endpoint::bind(args.listen, config)
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let local = endpoint
-            .local_addr()
-            .context("cannot read the bound address")?;
-        announce(local, &identity.fingerprint);
+        let (endpoint, _) = listen(&identity, &options, args.listen)?;
         let server = Server::new(options);
         if let Some(name) = operator {
             let link = server.join_local();
@@ -130,17 +122,9 @@ fn run_with_ui(mut args: ServeArgs) -> Result<u8> {
     let bell = !args.no_bell;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
-        let mut config =
-            qchat_tls::quic_server_config(&identity, &[ALPN]).context("cannot set up TLS")?;
-        config.transport_config(options.transport());
-        let endpoint = qchat_server::endpoint::bind(args.listen, config)
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let local = endpoint
-            .local_addr()
-            .context("cannot read the bound address")?;
-        // Printed on the normal screen too, so it is there after the
+        // Announced on the normal screen too, so it is there after the
         // interface closes.
-        announce(local, &identity.fingerprint);
+        let (endpoint, local) = listen(&identity, &options, args.listen)?;
         if let Some(tx) = &events_tx {
             let _ = tx.try_send(format!("listening on {local}"));
             let _ = tx.try_send(format!("fingerprint: {}", identity.fingerprint.canonical()));
@@ -227,6 +211,25 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Binds the server's endpoint and announces how to reach it. Needs the
+/// runtime: quinn registers the socket with it.
+fn listen(
+    identity: &qchat_tls::Identity,
+    options: &ServerOptions,
+    addr: SocketAddr,
+) -> Result<(quinn::Endpoint, SocketAddr)> {
+    let mut config =
+        qchat_tls::quic_server_config(identity, &[ALPN]).context("cannot set up TLS")?;
+    config.transport_config(options.transport());
+    let endpoint = qchat_server::endpoint::bind(addr, config)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = endpoint
+        .local_addr()
+        .context("cannot read the bound address")?;
+    announce(local, &identity.fingerprint);
+    Ok((endpoint, local))
 }
 
 /// Prints where the server listens, its fingerprint in both forms, and a
