@@ -82,7 +82,7 @@ impl Server {
         let (server_recv, server_send) = tokio::io::split(server);
         let room = Arc::clone(&self.room);
         let options = Arc::clone(&self.options);
-        let span = tracing::info_span!("operator");
+        let span = tracing::info_span!("operator", name = tracing::field::Empty);
         tokio::spawn(
             async move {
                 let peer = room::Peer {
