@@ -274,6 +274,11 @@ pub struct BenchArgs {
     /// own default).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub server_threads: Option<u16>,
+    /// The started qchat server's --retry-threshold (handshakes per second
+    /// above which joins get a QUIC Retry first). Default: above the number
+    /// of members, so a join storm is not sent Retries.
+    #[arg(long)]
+    pub retry_threshold: Option<u32>,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub bench_threads: u16,

@@ -177,14 +177,38 @@ pub struct Joined {
     pub members: Vec<String>,
 }
 
-/// A client endpoint bound to the wildcard address of `target`'s family.
+/// Socket buffer size asked for, each way: a client receives the whole
+/// room's traffic, and the kernel's default (~208 KiB) overflows under a
+/// burst of it, which turns into QUIC loss recovery and late messages. The
+/// kernel caps the request at `net.core.rmem_max`/`wmem_max`.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// A client endpoint bound to the wildcard address of `target`'s family,
+/// with socket buffers as large as the kernel allows up to 4 MiB (best
+/// effort: a smaller buffer is not a reason to fail).
 pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ConnectError> {
+    use socket2::{Domain, Protocol, Socket, Type};
     let bind: SocketAddr = if target.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    quinn::Endpoint::client(bind).map_err(ConnectError::Socket)
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(ConnectError::Socket)?;
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the socket receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the socket send buffer");
+    }
+    socket.bind(&bind.into()).map_err(ConnectError::Socket)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(ConnectError::Socket)
 }
 
 /// Resolves `host` to the address to dial.

@@ -38,8 +38,14 @@ pub enum FrameError {
     },
 }
 
-/// How much spare buffer a read asks the transport to fill.
-const READ_CHUNK: usize = 8 * 1024;
+/// The least spare buffer a read asks the transport to fill: enough for a
+/// typical chat frame, small enough that ten thousand idle members waiting
+/// on a read hold little memory.
+const READ_MIN: usize = 256;
+
+/// The most spare buffer a read asks for: a busy stream is read in chunks
+/// this large, so a flat-out sender costs few reads.
+const READ_MAX: usize = 8 * 1024;
 
 /// Why [`FrameDecoder::read_frame`] stopped.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,11 @@ impl<'a> postcard::ser_flavors::Flavor for BytesFlavor<'a> {
 pub struct FrameDecoder {
     buf: BytesMut,
     max: usize,
+    /// Spare capacity the next read asks for, between [`READ_MIN`] and
+    /// [`READ_MAX`]: it doubles when a read fills all it was given and
+    /// halves when a read uses less than a quarter, so it follows how busy
+    /// the stream is.
+    read_hint: usize,
 }
 
 impl FrameDecoder {
@@ -112,6 +123,7 @@ impl FrameDecoder {
         FrameDecoder {
             buf: BytesMut::new(),
             max,
+            read_hint: READ_MIN,
         }
     }
 
@@ -161,14 +173,27 @@ impl FrameDecoder {
             if let Some(frame) = self.next_frame()? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-                self.buf.reserve(READ_CHUNK);
-            }
-            if src.read_buf(&mut self.buf).await.map_err(ReadError::Io)? == 0 {
+            let spare = self.make_room();
+            let n = src.read_buf(&mut self.buf).await.map_err(ReadError::Io)?;
+            if n == 0 {
                 self.finish()?;
                 return Ok(None);
             }
+            if n >= spare {
+                self.read_hint = (self.read_hint * 2).min(READ_MAX);
+            } else if n < self.read_hint / 4 {
+                self.read_hint = (self.read_hint / 2).max(READ_MIN);
+            }
         }
+    }
+
+    /// Makes at least `read_hint` bytes of spare capacity for the next
+    /// read, and returns the spare capacity.
+    fn make_room(&mut self) -> usize {
+        if self.buf.capacity() - self.buf.len() < self.read_hint {
+            self.buf.reserve(self.read_hint);
+        }
+        self.buf.capacity() - self.buf.len()
     }
 
     /// Call at end of stream: an error if a frame was cut off.
@@ -275,6 +300,65 @@ mod tests {
             d.read_frame(&mut src).await,
             Err(ReadError::Frame(FrameError::Truncated { .. }))
         ));
+    }
+
+    /// A source that hands out at most `chunk` bytes per read, like a
+    /// transport delivering packets.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl tokio::io::AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.chunk.min(buf.remaining()).min(self.data.len());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn read_buffer_stays_small_when_quiet_and_grows_when_busy() {
+        // A member that said hello and then waits: what the decoder holds
+        // while it waits is a few hundred bytes, not a busy stream's chunk.
+        let hello = frame(b"hello, I am new here");
+        let mut src = Trickle {
+            data: &hello,
+            chunk: usize::MAX,
+        };
+        let mut d = FrameDecoder::new(1024);
+        assert!(d.read_frame(&mut src).await.expect("ok").is_some());
+        d.make_room();
+        assert!(d.buf.capacity() <= 2 * READ_MIN, "{}", d.buf.capacity());
+        // A busy stream: reads fill whatever they are given, so the hint
+        // climbs to the maximum and frames still come out whole.
+        let body = [7u8; 100];
+        let wire: Vec<u8> = (0..500).flat_map(|_| frame(&body)).collect();
+        let mut src = Trickle {
+            data: &wire,
+            chunk: usize::MAX,
+        };
+        for _ in 0..500 {
+            let f = d.read_frame(&mut src).await.expect("ok").expect("a frame");
+            assert_eq!(&f[..], &body[..]);
+        }
+        assert_eq!(d.read_hint, READ_MAX);
+        // Quiet again: small reads bring the hint back down.
+        let small: Vec<u8> = (0..8).flat_map(|_| frame(b"hi")).collect();
+        let mut src = Trickle {
+            data: &small,
+            chunk: 6,
+        };
+        for _ in 0..8 {
+            assert!(d.read_frame(&mut src).await.expect("ok").is_some());
+        }
+        assert_eq!(d.read_hint, READ_MIN);
+        assert_eq!(d.read_frame(&mut src).await.expect("ok"), None);
     }
 
     proptest! {

@@ -6,6 +6,15 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Socket buffer size asked for, each way. A fan-out answers one incoming
+/// datagram with hundreds of outgoing ones, and a join storm brings
+/// thousands of handshakes at once: with the kernel's default (~208 KiB)
+/// the receive buffer overflows, datagrams are dropped and the room waits
+/// for QUIC's loss recovery. The kernel caps the request at
+/// `net.core.rmem_max`/`wmem_max` (only root may exceed it), so this is a
+/// best effort and never a reason to fail.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
 /// Binds a QUIC server endpoint on `addr`.
 ///
 /// An IPv6 wildcard address is made dual-stack explicitly, because the
@@ -41,6 +50,17 @@ fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
             tracing::debug!(error = %e, "cannot make the socket dual-stack");
         }
     }
+    enlarge_buffers(&socket);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Asks for [`SOCKET_BUFFER`] each way; whatever the kernel grants is kept.
+pub fn enlarge_buffers(socket: &Socket) {
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the socket receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the socket send buffer");
+    }
 }

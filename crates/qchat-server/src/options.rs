@@ -29,11 +29,15 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Connections allowed at once from one IP address.
     pub max_per_ip: usize,
-    /// Join and leave notices are broadcast only while the room has at most
-    /// this many members: in a huge room they would be most of the traffic
-    /// (every join costs one frame per member, so n joins cost n²).
+    /// Join and leave notices are broadcast only while the room has fewer
+    /// than this many members: in a big room they would be most of the
+    /// traffic (every join costs one frame per member, so n joins cost n²;
+    /// at 1,000 they were 500,000 frames for a room filling up). Members of
+    /// a bigger room ask for the list (`Who`) instead.
     pub announce_limit: usize,
-    /// Names sent in the welcome's member list, at most.
+    /// Names sent in the welcome's member list, at most. Equal to the
+    /// announce limit, so that the welcome plus the notices keep a client's
+    /// list complete exactly while notices are sent.
     pub welcome_members: usize,
     /// Public messages replayed to a member who joins (0 disables).
     pub history: usize,
@@ -61,8 +65,8 @@ impl Default for ServerOptions {
             queue_len: limits::SESSION_QUEUE,
             max_connections: 10_000,
             max_per_ip: 10_000,
-            announce_limit: 1_000,
-            welcome_members: 1_000,
+            announce_limit: 200,
+            welcome_members: 200,
             history: limits::HISTORY,
             rate: limits::RATE,
             burst: limits::BURST,

@@ -34,6 +34,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames a writer takes from its queue for one write.
 const WRITE_BATCH: usize = 256;
 
+/// A batch this small means the member is not busy: the writer lets go of
+/// a larger batch vector rather than hold it while waiting.
+const SMALL_BATCH: usize = 8;
+
 /// Why a session ended abnormally: the close code sent, and the one log
 /// line.
 #[derive(Debug, thiserror::Error)]
@@ -434,10 +438,17 @@ fn describe_loss(e: &io::Error) -> String {
 /// Frames are copied into one contiguous buffer per batch: quinn walks its
 /// list of unacknowledged chunks for every packet it builds, so thousands of
 /// small chunks per stream would make sending quadratic.
+///
+/// The batch vector starts empty and is emptied again after a large batch:
+/// it is held while the writer waits, and `WRITE_BATCH` slots are 8 KiB —
+/// more than the rest of an idle member's session.
 async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::new();
     let mut buf = BytesMut::new();
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if batch.len() <= SMALL_BATCH && batch.capacity() > SMALL_BATCH {
+            batch.shrink_to(SMALL_BATCH);
+        }
         let chunk = if batch.len() == 1 {
             batch.pop().unwrap_or_default()
         } else {

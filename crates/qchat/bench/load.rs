@@ -38,9 +38,6 @@ const CONNECT_CONCURRENCY: usize = 64;
 /// Tries per member before the run fails.
 const CONNECT_ATTEMPTS: u32 = 3;
 
-/// Socket buffer size asked for on each client endpoint.
-const SOCKET_BUFFER: usize = 4 << 20;
-
 /// Frames a sender packs into one write when sending flat out: one
 /// contiguous chunk per write keeps quinn's send buffer short.
 const SEND_BATCH: usize = 32;
@@ -192,8 +189,8 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         .then(|| tokio::spawn(progress_line(Arc::clone(&shared), plan.clients)));
 
     let endpoints = (0..plan.endpoints.min(plan.clients))
-        .map(|_| client_endpoint(target.addr))
-        .collect::<Result<Vec<_>>>()
+        .map(|_| qchat_client::client_endpoint(target.addr))
+        .collect::<Result<Vec<_>, _>>()
         .context("cannot open the client endpoints")?;
 
     let server_rss_start_kib = server.and_then(ServerProc::rss_kib);
@@ -297,32 +294,6 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         stalled_disconnected,
         timed_out,
     })
-}
-
-/// A client endpoint like `qchat_client::client_endpoint`, but with large
-/// socket buffers: one endpoint carries thousands of members here, and the
-/// default 208 KiB receive buffer overflows under a burst of fan-out, so
-/// the kernel drops packets and the measurement becomes one of QUIC loss
-/// recovery on the load generator's side.
-fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let bind: SocketAddr = if target.is_ipv6() {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    // The kernel caps these at net.core.{r,w}mem_max; failing to raise
-    // them is not fatal, only less accurate.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.bind(&bind.into())?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )?)
 }
 
 /// Connects and joins every member, a bounded number at a time, and

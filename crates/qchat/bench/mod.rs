@@ -40,6 +40,7 @@ struct Config {
     rounds: usize,
     queue: usize,
     server_threads: Option<u16>,
+    retry_threshold: Option<u32>,
     bench_threads: u16,
     json: bool,
 }
@@ -100,6 +101,7 @@ impl Config {
             rounds: a.rounds,
             queue: a.queue,
             server_threads: a.server_threads,
+            retry_threshold: a.retry_threshold,
             bench_threads: a.bench_threads,
             json: a.json,
         })
@@ -206,6 +208,7 @@ fn run_one(
             connections: plan.clients + CONNECTION_HEADROOM,
             queue: config.queue,
             threads: config.server_threads,
+            retry_threshold: config.retry_threshold,
         })?),
         None => None,
     };
@@ -229,7 +232,7 @@ fn run_one(
                     String::new()
                 } else {
                     format!(
-                        " with limits raised so that flood control does not throttle the measurement: {}",
+                        " with limits raised so that they do not throttle the measurement: {}",
                         s.raised.join(" ")
                     )
                 }

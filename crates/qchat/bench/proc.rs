@@ -52,6 +52,9 @@ pub struct Spawn {
     pub queue: usize,
     /// Runtime worker threads, when not the server's default.
     pub threads: Option<u16>,
+    /// The server's `--retry-threshold`; `None` lifts it above the number
+    /// of connections.
+    pub retry_threshold: Option<u32>,
 }
 
 /// A running server process.
@@ -93,8 +96,19 @@ impl ServerProc {
                 ]);
                 // Flood control (per-member message rate) would throttle
                 // the senders and measure the limiter, not the fan-out.
-                if serve_supports(&exe, "--rate") {
-                    raised.extend(["--rate".to_string(), "0".into()]);
+                raised.extend(["--rate".to_string(), "0".into()]);
+                // Above the threshold every join pays a Retry round trip
+                // (address validation under load); a join storm from one
+                // load generator is exactly that load, so by default the
+                // threshold is lifted above the number of members.
+                match spawn.retry_threshold {
+                    None => {
+                        let above = u32::try_from(spawn.connections).unwrap_or(u32::MAX);
+                        raised.extend(["--retry-threshold".to_string(), above.to_string()]);
+                    }
+                    Some(t) => {
+                        cmd.args(["--retry-threshold", &t.to_string()]);
+                    }
                 }
                 cmd.args(&raised);
             }
@@ -268,21 +282,6 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         self.terminate();
     }
-}
-
-/// Whether `qchat serve` knows `flag` (older builds lack flood control).
-fn serve_supports(exe: &std::path::Path, flag: &str) -> bool {
-    Command::new(exe)
-        .args(["serve", "--help"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .any(|w| w.trim_end_matches(',') == flag)
-        })
-        .unwrap_or(false)
 }
 
 /// Kernel clock ticks per second, the unit of `/proc/<pid>/stat` times.
