@@ -19,10 +19,14 @@ use tokio::time::timeout;
 
 use crate::util::{Server, WAIT};
 
-/// A single-threaded runtime for one test: the raw client is small, and the
-/// machine is shared.
+/// The runtime for one test's raw clients: one worker, the machine is
+/// shared.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+    // A worker thread drives the raw connections between `block_on` calls,
+    // as a real peer's stack would: a client that does not *read* must still
+    // answer packets, or the server sees a dead peer instead of a slow one.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("a tokio runtime")
