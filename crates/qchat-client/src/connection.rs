@@ -72,17 +72,9 @@ pub enum ConnectError {
     /// Reading or writing pins failed.
     #[error(transparent)]
     Trust(#[from] TrustError),
-    /// The server refused the hello.
-    #[error("the server refused to let you in: {detail}")]
-    Rejected {
-        /// The cause.
-        reason: RejectReason,
-        /// The server's words.
-        detail: String,
-    },
-    /// The server answered with something other than a welcome.
-    #[error("the server broke the protocol during the hello: {0}")]
-    Protocol(String),
+    /// The hello failed: refused, or answered with something else.
+    #[error(transparent)]
+    Hello(#[from] HelloError),
 }
 
 /// Everything the user needs to judge a changed key.
@@ -255,7 +247,10 @@ where
     };
     let presented = verifier
         .presented()
-        .ok_or_else(|| ConnectError::Protocol("the server presented no certificate".into()))?;
+        .ok_or_else(|| ConnectError::Transport {
+            addr,
+            reason: "the server presented no certificate".into(),
+        })?;
 
     let decision = if plan.needs_decision() {
         let info = UnknownServer {
@@ -456,19 +451,17 @@ pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, Connect
             members: w.members,
         }),
         Err(HelloError::Io(e)) => Err(closed_error(&conn, addr, &e)),
-        Err(HelloError::Rejected { reason, detail }) => {
-            Err(ConnectError::Rejected { reason, detail })
-        }
-        Err(HelloError::Protocol(p)) => Err(ConnectError::Protocol(p)),
+        Err(other) => Err(other.into()),
     }
 }
 
 fn closed_error(conn: &quinn::Connection, addr: SocketAddr, e: &std::io::Error) -> ConnectError {
     match conn.close_reason() {
-        Some(quinn::ConnectionError::ApplicationClosed(close)) => ConnectError::Rejected {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => HelloError::Rejected {
             reason: RejectReason::Other(0),
             detail: String::from_utf8_lossy(&close.reason).into_owned(),
-        },
+        }
+        .into(),
         _ => ConnectError::Transport {
             addr,
             reason: e.to_string(),

@@ -85,8 +85,10 @@ struct State {
     members: BTreeMap<MemberId, Member>,
     /// Case-folded name to id: names are unique without regard to case.
     by_name: HashMap<String, MemberId>,
-    /// The last public messages, encoded as `History` frames.
-    history: VecDeque<Bytes>,
+    /// The last public messages, as `History` messages. Kept unencoded:
+    /// saying something must not pay for a replay that only a later join
+    /// needs, and the text moves here without a copy.
+    history: VecDeque<ServerMsg>,
     closed: bool,
 }
 
@@ -191,8 +193,8 @@ impl Room {
         // (the options guarantee it), so none of this can fail for lack of
         // room.
         let _ = outbox.try_send(welcome.to_frame());
-        for frame in &st.history {
-            let _ = outbox.try_send(frame.clone());
+        for past in &st.history {
+            let _ = outbox.try_send(past.to_frame());
         }
         if st.members.len() < self.options.announce_limit {
             let frame = ServerMsg::Joined {
@@ -226,20 +228,7 @@ impl Room {
             return;
         };
         let time_ms = now_ms();
-        if self.options.history > 0 {
-            let past = ServerMsg::History {
-                from: from.clone(),
-                text: text.clone(),
-                time_ms,
-                action,
-            }
-            .to_frame();
-            if st.history.len() >= self.options.history {
-                st.history.pop_front();
-            }
-            st.history.push_back(past);
-        }
-        let frame = if action {
+        let msg = if action {
             ServerMsg::Action {
                 from,
                 text,
@@ -251,8 +240,21 @@ impl Room {
                 text,
                 time_ms,
             }
+        };
+        let frame = msg.to_frame();
+        if let (true, ServerMsg::Action { from, text, .. } | ServerMsg::Chat { from, text, .. }) =
+            (self.options.history > 0, msg)
+        {
+            if st.history.len() >= self.options.history {
+                st.history.pop_front();
+            }
+            st.history.push_back(ServerMsg::History {
+                from,
+                text,
+                time_ms,
+                action,
+            });
         }
-        .to_frame();
         self.broadcast(&mut st, frame, Some(id));
         self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
     }

@@ -173,12 +173,17 @@ fn remove(path: &Path, host: &HostKey, json: bool) -> Result<u8> {
     Ok(crate::exit::OK)
 }
 
+/// The pin an update just wrote, after reporting the store's warnings.
+fn written_pin<'a>(store: &'a KnownHosts, host: &HostKey) -> Result<&'a qchat_tls::Pin> {
+    warn_all(store);
+    store
+        .get(host)
+        .context("the pin was written but cannot be read back; run `qchat known-hosts list`")
+}
+
 fn replace(path: &Path, host: &HostKey, fingerprint: Fingerprint, json: bool) -> Result<u8> {
     let (store, previous) = KnownHosts::update(path, |e| Ok(e.replace(host, fingerprint)))?;
-    warn_all(&store);
-    let pin = store
-        .get(host)
-        .context("the pin was written but cannot be read back; run `qchat known-hosts list`")?;
+    let pin = written_pin(&store, host)?;
     if json {
         print_json(&json!({
             "action": "replace",
@@ -232,10 +237,7 @@ fn verify(path: &Path, host: &HostKey, fingerprint: Fingerprint, json: bool) -> 
         ),
         Err(e) => return Err(e.into()),
     };
-    warn_all(&store);
-    let pin = store
-        .get(host)
-        .context("the pin was written but cannot be read back; run `qchat known-hosts list`")?;
+    let pin = written_pin(&store, host)?;
     if json {
         print_json(&json!({
             "action": "verify",

@@ -254,10 +254,14 @@ impl App {
 
     /// Adds a line, keeping the view where it is if the user scrolled up.
     fn push(&mut self, kind: Kind, time_ms: u64) {
+        self.push_mention(kind, time_ms, false);
+    }
+
+    fn push_mention(&mut self, kind: Kind, time_ms: u64, mention: bool) {
         self.push_line(Line {
             time_ms,
             kind,
-            mention: false,
+            mention,
             seq: None,
         });
     }
@@ -285,15 +289,11 @@ impl App {
                 time_ms,
             } => {
                 let mention = mentions(&text, &self.me);
-                self.push_line(Line {
-                    time_ms,
-                    kind: Kind::Chat {
-                        from: s(&from),
-                        text: s(&text),
-                    },
-                    mention,
-                    seq: None,
-                });
+                let kind = Kind::Chat {
+                    from: s(&from),
+                    text: s(&text),
+                };
+                self.push_mention(kind, time_ms, mention);
             }
             Event::Action {
                 from,
@@ -301,15 +301,11 @@ impl App {
                 time_ms,
             } => {
                 let mention = mentions(&text, &self.me);
-                self.push_line(Line {
-                    time_ms,
-                    kind: Kind::Action {
-                        from: s(&from),
-                        text: s(&text),
-                    },
-                    mention,
-                    seq: None,
-                });
+                let kind = Kind::Action {
+                    from: s(&from),
+                    text: s(&text),
+                };
+                self.push_mention(kind, time_ms, mention);
             }
             Event::Private {
                 from,
@@ -320,16 +316,12 @@ impl App {
                 // A private message to us is as good as a mention; our own,
                 // echoed by the server, is not.
                 let mention = !from.eq_ignore_ascii_case(&self.me);
-                self.push_line(Line {
-                    time_ms,
-                    kind: Kind::Private {
-                        from: s(&from),
-                        to: s(&to),
-                        text: s(&text),
-                    },
-                    mention,
-                    seq: None,
-                });
+                let kind = Kind::Private {
+                    from: s(&from),
+                    to: s(&to),
+                    text: s(&text),
+                };
+                self.push_mention(kind, time_ms, mention);
             }
             Event::History {
                 from,
@@ -642,10 +634,15 @@ pub fn help_lines(operator: bool) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn app() -> App {
+        app_with((80, 24), true)
+    }
+
+    /// The fixture every UI test starts from: bob in "den", alice present.
+    pub(crate) fn app_with(size: (u16, u16), bell: bool) -> App {
         App::new(
             SessionInfo {
                 server_name: "den".into(),
@@ -655,9 +652,9 @@ mod tests {
                 members: vec!["alice".into(), "bob".into()],
                 operator: false,
             },
-            UiOptions { bell: true },
+            UiOptions { bell },
             UtcOffset::UTC,
-            (80, 24),
+            size,
         )
     }
 

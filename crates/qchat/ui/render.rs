@@ -480,26 +480,13 @@ fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
 mod tests {
     use super::*;
     use crate::ui::app::Msg;
-    use crate::ui::{SessionInfo, UiOptions};
     use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
     use qchat_client::Event;
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
     fn app(size: (u16, u16)) -> App {
-        App::new(
-            SessionInfo {
-                server_name: "den".into(),
-                server_addr: "127.0.0.1:8080".into(),
-                trust: Some(TrustState::Verified),
-                name: "bob".into(),
-                members: vec!["alice".into(), "bob".into()],
-                operator: false,
-            },
-            UiOptions { bell: false },
-            time::UtcOffset::UTC,
-            size,
-        )
+        crate::ui::app::tests::app_with(size, false)
     }
 
     fn chat(a: &mut App, from: &str, text: &str) {
