@@ -341,7 +341,8 @@ async fn connect_all(
                     Ok(j) => break j,
                     // An overloaded server can let a handshake time out;
                     // retried and counted, because it is a result too.
-                    Err(_) if attempt < CONNECT_ATTEMPTS => {
+                    Err(e) if attempt < CONNECT_ATTEMPTS => {
+                        tracing::debug!(member = i, attempt, "join failed, retrying: {e:#}");
                         attempt += 1;
                         shared.connect_retries.fetch_add(1, Ordering::Relaxed);
                     }
