@@ -81,12 +81,16 @@ pub(crate) struct End {
 
 /// Serves one incoming QUIC connection until it ends. Never panics on
 /// anything the peer sends; every failure ends this connection only.
-pub(crate) async fn serve_quic(
+///
+/// A plain function returning the future, not an `async fn`: an `async fn`
+/// keeps its arguments in the task beside the block that moved them, and
+/// this future lives as long as the member, ten thousand times over.
+pub(crate) fn serve_quic(
     incoming: quinn::Incoming,
     permit: Permit,
     room: Arc<Room>,
     options: Arc<ServerOptions>,
-) {
+) -> impl Future<Output = ()> + Send {
     let peer = incoming.remote_address();
     let span = tracing::info_span!("conn", %peer, name = tracing::field::Empty);
     async move {
@@ -112,7 +116,6 @@ pub(crate) async fn serve_quic(
         conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
-    .await
 }
 
 /// Checks the ALPN and accepts the session stream within the hello deadline.
