@@ -317,6 +317,15 @@ fn report(
     }
 }
 
+/// A report line's optional part: the text for `n`, or nothing when `n` is 0.
+fn counted(n: u64, text: impl FnOnce(u64) -> String) -> String {
+    if n > 0 {
+        text(n)
+    } else {
+        String::new()
+    }
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
     v.map_or_else(|| "unknown".into(), |v| format!("{v} {unit}"))
 }
@@ -337,11 +346,7 @@ fn print_table(r: &Report) {
                 r.senders,
                 r.messages,
                 r.size,
-                if r.stalled > 0 {
-                    format!(", {} stalled", r.stalled)
-                } else {
-                    String::new()
-                }
+                counted(r.stalled as u64, |n| format!(", {n} stalled")),
             ),
         ),
         (
@@ -349,14 +354,9 @@ fn print_table(r: &Report) {
             format!(
                 "{:.3} s for all members{}",
                 r.connect_s,
-                if r.connect_retries > 0 {
-                    format!(
-                        " ({} attempts timed out and were retried)",
-                        r.connect_retries
-                    )
-                } else {
-                    String::new()
-                }
+                counted(r.connect_retries, |n| format!(
+                    " ({n} join attempts failed and were retried; -v shows why)"
+                )),
             ),
         ),
         (
@@ -368,11 +368,7 @@ fn print_table(r: &Report) {
                 r.missing,
                 r.duplicates,
                 r.out_of_order,
-                if r.malformed > 0 {
-                    format!(", {} malformed", r.malformed)
-                } else {
-                    String::new()
-                },
+                counted(r.malformed, |n| format!(", {n} malformed")),
                 if r.timed_out { ", TIMED OUT" } else { "" }
             ),
         ),
