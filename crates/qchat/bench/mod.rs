@@ -426,14 +426,15 @@ fn print_table(r: &Report) {
 struct Comparison {
     compare: bool,
     rounds: usize,
-    qchat: Medians,
-    baseline: Medians,
+    qchat: Figures,
+    baseline: Figures,
     /// qchat ÷ baseline for each median.
-    ratio: Ratios,
+    ratio: Figures,
 }
 
+/// The figures a comparison reports: one side's medians, or their ratio.
 #[derive(Debug, Default, Serialize)]
-struct Medians {
+struct Figures {
     deliveries_per_s: Option<f64>,
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
@@ -442,14 +443,26 @@ struct Medians {
     server_peak_rss_kib: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
-struct Ratios {
-    deliveries_per_s: Option<f64>,
-    latency_p50_ms: Option<f64>,
-    latency_p99_ms: Option<f64>,
-    server_cpu_us_per_delivery: Option<f64>,
-    connect_s: Option<f64>,
-    server_peak_rss_kib: Option<f64>,
+impl Figures {
+    /// `self ÷ other`, figure by figure; unknown where either side is
+    /// unknown or the divisor is not positive.
+    fn ratio_to(&self, other: &Figures) -> Figures {
+        let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        Figures {
+            deliveries_per_s: r(self.deliveries_per_s, other.deliveries_per_s),
+            latency_p50_ms: r(self.latency_p50_ms, other.latency_p50_ms),
+            latency_p99_ms: r(self.latency_p99_ms, other.latency_p99_ms),
+            server_cpu_us_per_delivery: r(
+                self.server_cpu_us_per_delivery,
+                other.server_cpu_us_per_delivery,
+            ),
+            connect_s: r(self.connect_s, other.connect_s),
+            server_peak_rss_kib: r(self.server_peak_rss_kib, other.server_peak_rss_kib),
+        }
+    }
 }
 
 fn compare(reports: &[Report]) -> Comparison {
@@ -457,7 +470,7 @@ fn compare(reports: &[Report]) -> Comparison {
         let rs: Vec<&Report> = reports.iter().filter(|r| r.target == t).collect();
         let m =
             |f: &dyn Fn(&Report) -> Option<f64>| median(rs.iter().filter_map(|r| f(r)).collect());
-        Medians {
+        Figures {
             deliveries_per_s: m(&|r| Some(r.deliveries_per_s)),
             latency_p50_ms: m(&|r| r.latency_ms.map(|l| l.p50)),
             latency_p99_ms: m(&|r| r.latency_ms.map(|l| l.p99)),
@@ -467,24 +480,10 @@ fn compare(reports: &[Report]) -> Comparison {
         }
     };
     let (q, b) = (side("qchat"), side("baseline"));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    };
     Comparison {
         compare: true,
         rounds: reports.len() / 2,
-        ratio: Ratios {
-            deliveries_per_s: ratio(q.deliveries_per_s, b.deliveries_per_s),
-            latency_p50_ms: ratio(q.latency_p50_ms, b.latency_p50_ms),
-            latency_p99_ms: ratio(q.latency_p99_ms, b.latency_p99_ms),
-            server_cpu_us_per_delivery: ratio(
-                q.server_cpu_us_per_delivery,
-                b.server_cpu_us_per_delivery,
-            ),
-            connect_s: ratio(q.connect_s, b.connect_s),
-            server_peak_rss_kib: ratio(q.server_peak_rss_kib, b.server_peak_rss_kib),
-        },
+        ratio: q.ratio_to(&b),
         qchat: q,
         baseline: b,
     }
