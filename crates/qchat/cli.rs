@@ -99,8 +99,12 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
     /// Connections allowed at once from one IP address.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = limits::MAX_PER_IP)]
     pub max_per_ip: usize,
+    /// Connections from one IP address allowed at once before they have
+    /// joined (still in the handshake or waiting for their hello).
+    #[arg(long, default_value_t = limits::MAX_UNJOINED_PER_IP)]
+    pub max_unjoined_per_ip: usize,
     /// Messages per second a member may send on average (0 = unlimited).
     #[arg(long, default_value_t = limits::RATE)]
     pub rate: u32,

@@ -55,3 +55,16 @@ pub const HISTORY: usize = 50;
 /// Handshakes per second above which new addresses must prove they can
 /// receive packets (a QUIC Retry) before the server spends work on them.
 pub const RETRY_THRESHOLD: u32 = 100;
+
+/// Connections allowed at once from one IP address. Small enough that one
+/// host cannot take a noticeable share of a server's slots, large enough for
+/// a household, a classroom or a small office sharing one address behind a
+/// NAT (`docs/SECURITY.md` explains the choice).
+pub const MAX_PER_IP: usize = 32;
+
+/// Connections from one IP address that may be in their handshake or
+/// waiting for their hello at once. Far below [`MAX_PER_IP`]: a member has
+/// chosen a free name and is in the room, whereas these slots cost a
+/// stranger nothing to take and are what a flood of silent connections
+/// would use to keep newcomers out.
+pub const MAX_UNJOINED_PER_IP: usize = 4;

@@ -7,7 +7,10 @@
 //!   address validation under load).
 //! - `rate`: the per-member token bucket.
 //! - `session`: one connection's life: hello, reader, writer, close.
-//! - [`room`]: the members and the fan-out; the only shared state.
+//! - `tally`: one log line per address and window for events a flood
+//!   repeats (refusals, hello timeouts).
+//! - [`room`]: the members and the fan-out; with the gate's counts, the
+//!   only state shared between connections.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
 
@@ -17,6 +20,9 @@ pub mod options;
 mod rate;
 pub mod room;
 mod session;
+#[cfg(test)]
+mod session_tests;
+mod tally;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,6 +68,7 @@ impl Server {
             gate: gate::Gate::new(
                 options.max_connections,
                 options.max_per_ip,
+                options.max_unjoined_per_ip,
                 options.retry_threshold,
             ),
             options,
@@ -90,12 +97,15 @@ impl Server {
                     operator: true,
                     version: qchat_proto::PROTOCOL_VERSION,
                 };
+                let deadline = tokio::time::Instant::now() + options.hello_timeout;
                 session::run_stream(
                     session::PipeSink(server_send),
                     server_recv,
                     peer,
                     &room,
                     &options,
+                    deadline,
+                    None,
                 )
                 .await;
             }
@@ -110,10 +120,17 @@ impl Server {
     /// drain, closes every connection and waits for the endpoint to go idle.
     pub async fn run(&self, endpoint: quinn::Endpoint, shutdown: impl Future<Output = ()>) {
         let mut sessions = JoinSet::new();
+        let mut summaries = tokio::time::interval(tally::WINDOW);
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                _ = summaries.tick() => {
+                    for line in self.gate.summarise() {
+                        tracing::info!("{line}");
+                    }
+                }
                 incoming = endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let peer = incoming.remote_address();
@@ -133,7 +150,12 @@ impl Server {
                             ));
                         }
                         Err(why) => {
-                            tracing::info!(%peer, ?why, "connection refused: at the connection limit");
+                            // A flood repeats this thousands of times: the
+                            // first per address and window is logged, the
+                            // rest are summed up every `tally::WINDOW`.
+                            if self.gate.note(why.kind(), peer.ip()) {
+                                tracing::info!(%peer, ?why, "connection refused: at the connection limit");
+                            }
                             incoming.refuse();
                         }
                     }

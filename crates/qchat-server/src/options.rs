@@ -29,6 +29,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Connections allowed at once from one IP address.
     pub max_per_ip: usize,
+    /// Connections from one IP address allowed at once before they have
+    /// joined (handshaking or waiting for their hello).
+    pub max_unjoined_per_ip: usize,
     /// Join and leave notices are broadcast only while the room has fewer
     /// than this many members: in a big room they would be most of the
     /// traffic (every join costs one frame per member, so n joins cost n²;
@@ -64,7 +67,8 @@ impl Default for ServerOptions {
             keep_alive: limits::KEEP_ALIVE,
             queue_len: limits::SESSION_QUEUE,
             max_connections: 10_000,
-            max_per_ip: 10_000,
+            max_per_ip: limits::MAX_PER_IP,
+            max_unjoined_per_ip: limits::MAX_UNJOINED_PER_IP,
             announce_limit: 200,
             welcome_members: 200,
             history: limits::HISTORY,

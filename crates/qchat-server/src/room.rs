@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use qchat_proto::{names, CloseCode, MemberInfo, RejectReason, ServerMsg, PROTOCOL_VERSION};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
 use crate::options::ServerOptions;
@@ -440,7 +441,7 @@ impl Room {
 
     fn send_to(&self, st: &mut State, id: MemberId, frame: Bytes) {
         let full = match st.members.get(&id) {
-            Some(m) => m.outbox.try_send(frame).is_err(),
+            Some(m) => is_full(m.outbox.try_send(frame)),
             None => false,
         };
         if full {
@@ -454,7 +455,7 @@ impl Room {
     fn broadcast(&self, st: &mut State, frame: Bytes, except: Option<MemberId>) {
         let mut slow = Vec::new();
         for (id, m) in &st.members {
-            if Some(*id) != except && m.outbox.try_send(frame.clone()).is_err() {
+            if Some(*id) != except && is_full(m.outbox.try_send(frame.clone())) {
                 slow.push(*id);
             }
         }
@@ -498,6 +499,16 @@ impl Room {
             self.broadcast(st, frame, None);
         }
     }
+}
+
+/// Whether a queue refused a frame because it is full: its member is not
+/// reading. A *closed* queue is not that: the member's writer has stopped
+/// because its connection is gone (closed by the member, say, when many
+/// leave at once), and its session is about to remove it with the reason
+/// it saw. Counting it as slow would log a false alarm and announce the
+/// wrong reason.
+fn is_full<T>(sent: Result<(), TrySendError<T>>) -> bool {
+    matches!(sent, Err(TrySendError::Full(_)))
 }
 
 /// The name of the member (other than `except`) that already has `name`.
@@ -602,6 +613,34 @@ mod tests {
         assert!(drain(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::Left { name, .. } if name == "b")));
+    }
+
+    #[test]
+    fn a_member_whose_connection_is_gone_is_not_taken_for_a_slow_reader() {
+        let r = room();
+        let (a, mut ra, _) = member(&r, "a", 64);
+        let (b, rb, ending_b) = member(&r, "b", 2);
+        // b's writer stopped (its connection closed): its queue is closed,
+        // not full.
+        drop(rb);
+        for i in 0..4 {
+            r.say(a.id, i, "x".into(), false);
+        }
+        assert!(ending_b.get().is_none(), "{:?}", ending_b.get());
+        assert_eq!(r.len(), 2);
+        // Its session then removes it with the reason it saw.
+        r.leave(b.id, "");
+        let left: Vec<_> = drain(&mut ra)
+            .into_iter()
+            .filter(|m| matches!(m, ServerMsg::Left { .. }))
+            .collect();
+        assert_eq!(
+            left,
+            [ServerMsg::Left {
+                name: "b".into(),
+                reason: String::new()
+            }]
+        );
     }
 
     #[test]

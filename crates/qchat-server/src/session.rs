@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::gate::Permit;
 use crate::rate::TokenBucket;
 use crate::room::{Ending, MemberId, Peer, Room};
+use crate::tally::Kind;
 use crate::ServerOptions;
 
 /// How long a session may take to flush its last frames before the
@@ -94,7 +95,6 @@ pub(crate) fn serve_quic(
     let peer = incoming.remote_address();
     let span = tracing::info_span!("conn", %peer, name = tracing::field::Empty);
     async move {
-        let _permit = permit;
         let conn = match incoming.await {
             Ok(c) => c,
             Err(e) => {
@@ -102,17 +102,28 @@ pub(crate) fn serve_quic(
                 return;
             }
         };
-        let end = match open_session(&conn, &options).await {
+        // One deadline for opening the stream and saying hello: a peer that
+        // opens its stream late has that much less time for the hello.
+        let deadline = Instant::now() + options.hello_timeout;
+        let end = match open_session(&conn, &options, deadline).await {
             Ok((send, recv)) => {
                 let peer = Peer {
                     addr: Some(conn.remote_address()),
                     operator: false,
                     version: PROTOCOL_VERSION,
                 };
-                run_stream(QuicSink(send), recv, peer, &room, &options).await
+                let sink = QuicSink(send);
+                run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await
             }
             Err(e) => failed(&e),
         };
+        if end.code == CloseCode::HelloTimeout
+            && permit.gate().note(Kind::HelloTimeout, permit.ip())
+        {
+            // Only the first from an address per window: the rest are
+            // summed up by the server's tally.
+            tracing::info!(code = end.code.code(), "closing: {}", end.reason);
+        }
         conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
@@ -122,6 +133,7 @@ pub(crate) fn serve_quic(
 async fn open_session(
     conn: &quinn::Connection,
     options: &ServerOptions,
+    deadline: Instant,
 ) -> Result<(quinn::SendStream, quinn::RecvStream), SessionError> {
     let alpn = conn
         .handshake_data()
@@ -130,7 +142,7 @@ async fn open_session(
     if alpn.as_deref() != Some(ALPN) {
         return Err(SessionError::WrongAlpn);
     }
-    match tokio::time::timeout(options.hello_timeout, conn.accept_bi()).await {
+    match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
         Err(_) => Err(SessionError::HelloTimeout(options.hello_timeout)),
         Ok(Err(e)) => Err(SessionError::Lost(e.to_string())),
         Ok(Ok(streams)) => Ok(streams),
@@ -138,7 +150,9 @@ async fn open_session(
 }
 
 fn failed(e: &SessionError) -> End {
-    if e.code() == CloseCode::Normal {
+    // A flood of silent connections would write one line each: the caller
+    // tallies hello timeouts instead.
+    if matches!(e.code(), CloseCode::Normal | CloseCode::HelloTimeout) {
         tracing::debug!("{e}");
     } else {
         tracing::info!(code = e.code().code(), "closing: {e}");
@@ -185,30 +199,32 @@ impl<W: AsyncWrite + Unpin + Send> Sink for PipeSink<W> {
     }
 }
 
-/// Runs one member's session over a pair of streams: the hello within the
-/// deadline, the room, then reader and writer side by side until the member
-/// leaves or is removed.
+/// Runs one member's session over a pair of streams: the hello by
+/// `hello_deadline`, the room, then reader and writer side by side until the
+/// member leaves or is removed. The `permit`, if any, is told when the
+/// member has joined.
 pub(crate) async fn run_stream<S, R>(
     mut send: S,
     mut recv: R,
     peer: Peer,
     room: &Room,
     options: &ServerOptions,
+    hello_deadline: Instant,
+    permit: Option<&Permit>,
 ) -> End
 where
     S: Sink,
     R: AsyncRead + Unpin,
 {
     let mut decoder = FrameDecoder::new(options.max_frame);
-    let first =
-        match tokio::time::timeout(options.hello_timeout, read(&mut decoder, &mut recv)).await {
-            Err(_) => return failed(&SessionError::HelloTimeout(options.hello_timeout)),
-            Ok(Err(e)) => return failed(&e),
-            Ok(Ok(None)) => {
-                return failed(&SessionError::Lost("stream closed before the hello".into()))
-            }
-            Ok(Ok(Some(f))) => f,
-        };
+    let first = match tokio::time::timeout_at(hello_deadline, read(&mut decoder, &mut recv)).await {
+        Err(_) => return failed(&SessionError::HelloTimeout(options.hello_timeout)),
+        Ok(Err(e)) => return failed(&e),
+        Ok(Ok(None)) => {
+            return failed(&SessionError::Lost("stream closed before the hello".into()))
+        }
+        Ok(Ok(Some(f))) => f,
+    };
     let (version, name) = match ClientMsg::decode(&first) {
         Ok(ClientMsg::Hello { version, name }) => (version, name),
         Ok(_) => return failed(&SessionError::Protocol("data before the hello")),
@@ -239,6 +255,9 @@ where
         tracing::field::display(qchat_proto::text::sanitize(&joined.name)),
     );
     tracing::info!("joined");
+    if let Some(permit) = permit {
+        permit.joined();
+    }
 
     let id = joined.id;
     let reader = async {
@@ -415,24 +434,38 @@ async fn read<R: AsyncRead + Unpin>(
     match decoder.read_frame(recv).await {
         Ok(f) => Ok(f),
         Err(ReadError::Frame(e)) => Err(SessionError::Frame(e)),
-        Err(ReadError::Io(e)) => Err(SessionError::Lost(describe_loss(&e))),
+        Err(ReadError::Io(e)) => match describe_loss(&e) {
+            // Closing the connection with code 0 is as clean an ending as
+            // finishing the stream: a normal leave, not a failure.
+            None => Ok(None),
+            Some(why) => Err(SessionError::Lost(why)),
+        },
     }
 }
 
-fn describe_loss(e: &io::Error) -> String {
+/// Why the peer's side went away; `None` for a normal close (code 0).
+fn describe_loss(e: &io::Error) -> Option<String> {
     let read_err = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<quinn::ReadError>());
-    match read_err {
+    let why = match read_err {
         Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut)) => {
             "connection timed out".into()
         }
-        Some(quinn::ReadError::ConnectionLost(
-            quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed,
-        )) => String::new(),
+        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(c))) => {
+            match CloseCode::from_code(c.error_code.into_inner()) {
+                Some(CloseCode::Normal) => return None,
+                Some(code) => format!("closed by the client: {}", code.describe()),
+                None => format!("closed by the client with code {}", c.error_code),
+            }
+        }
+        Some(quinn::ReadError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => {
+            "connection closed".into()
+        }
         Some(quinn::ReadError::Reset(_)) => "connection reset".into(),
         _ => "connection lost".into(),
-    }
+    };
+    Some(why)
 }
 
 /// Sends everything queued for the member in as few writes as possible,

@@ -85,6 +85,7 @@ fn server_options(args: &ServeArgs) -> ServerOptions {
         queue_len: args.limits.queue,
         max_connections: args.limits.max_connections,
         max_per_ip: args.limits.max_per_ip,
+        max_unjoined_per_ip: args.limits.max_unjoined_per_ip,
         rate: args.limits.rate,
         burst: args.limits.burst,
         backlog: args.limits.backlog,

@@ -1,0 +1,389 @@
+//! The session's rules, in process: each member is an in-process pipe into
+//! the same `run_stream` a QUIC member gets, and tokio's clock is paused, so
+//! the hello deadline, the rate limit and the flush run on virtual time —
+//! no test waits for real, and none can lose a race with the clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qchat_proto::{limits, ClientMsg, CloseCode, FrameDecoder, ServerMsg, PROTOCOL_VERSION};
+use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+
+use crate::room::Peer;
+use crate::session::{run_stream, End, PipeSink};
+use crate::{Server, ServerOptions};
+
+/// Bound on every wait. On the paused clock it passes only when nothing
+/// else can happen, so a test that would hang fails instead.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One party's end of a session pipe.
+struct Client {
+    send: WriteHalf<DuplexStream>,
+    recv: ReadHalf<DuplexStream>,
+    decoder: FrameDecoder,
+}
+
+impl Client {
+    async fn write(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("the pipe is open");
+    }
+
+    async fn send(&mut self, msg: ClientMsg) {
+        self.write(&msg.to_frame()).await;
+    }
+
+    async fn say(&mut self, seq: u64, text: &str) {
+        self.send(ClientMsg::Say {
+            seq,
+            text: text.into(),
+        })
+        .await;
+    }
+
+    /// The next message; `None` once the server has finished the stream.
+    async fn next(&mut self) -> Option<ServerMsg> {
+        let frame = timeout(WAIT, self.decoder.read_frame(&mut self.recv))
+            .await
+            .expect("the server answers or ends the stream in time")
+            .expect("the server sends whole frames");
+        frame.map(|f| ServerMsg::decode(&f).expect("the server sends valid messages"))
+    }
+
+    /// Everything until the server finishes the stream.
+    async fn rest(&mut self) -> Vec<ServerMsg> {
+        let mut all = Vec::new();
+        while let Some(m) = self.next().await {
+            all.push(m);
+        }
+        all
+    }
+
+    /// Skips messages until one satisfies `pred`.
+    async fn until(&mut self, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+        loop {
+            match self.next().await {
+                Some(m) if pred(&m) => return m,
+                Some(_) => {}
+                None => panic!("the stream ended before {what}"),
+            }
+        }
+    }
+}
+
+/// A session over a pipe of `pipe` bytes each way, as a network member
+/// (not the operator); the handle yields how it ended.
+fn session(server: &Server, pipe: usize, deadline: Instant) -> (Client, JoinHandle<End>) {
+    let (client, server_end) = tokio::io::duplex(pipe);
+    let (server_recv, server_send) = tokio::io::split(server_end);
+    let room = Arc::clone(&server.room);
+    let options = Arc::clone(&server.options);
+    let task = tokio::spawn(async move {
+        let peer = Peer {
+            addr: None,
+            operator: false,
+            version: PROTOCOL_VERSION,
+        };
+        let sink = PipeSink(server_send);
+        run_stream(sink, server_recv, peer, &room, &options, deadline, None).await
+    });
+    let (recv, send) = tokio::io::split(client);
+    let decoder = FrameDecoder::new(limits::MAX_SERVER_FRAME);
+    (
+        Client {
+            send,
+            recv,
+            decoder,
+        },
+        task,
+    )
+}
+
+/// A member who has joined as `name`, its welcome and history read.
+async fn member(server: &Server, name: &str) -> (Client, JoinHandle<End>) {
+    member_with_pipe(server, name, 64 * 1024).await
+}
+
+async fn member_with_pipe(server: &Server, name: &str, pipe: usize) -> (Client, JoinHandle<End>) {
+    let deadline = Instant::now() + server.options.hello_timeout;
+    let (mut c, task) = session(server, pipe, deadline);
+    c.send(ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+    })
+    .await;
+    match c.next().await {
+        Some(ServerMsg::Welcome { .. }) => (c, task),
+        other => panic!("{name} was not welcomed: {other:?}"),
+    }
+}
+
+async fn ended(task: JoinHandle<End>) -> End {
+    timeout(WAIT, task)
+        .await
+        .expect("the session ends in time")
+        .expect("the session does not panic")
+}
+
+fn server(options: ServerOptions) -> Server {
+    Server::new(options)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hello_deadline_counts_from_the_connection_not_from_the_stream() {
+    let s = server(ServerOptions::default());
+    let start = Instant::now();
+    let deadline = start + s.options.hello_timeout;
+    // The stream opens 4 s into the 5 s deadline (a QUIC peer's stream is
+    // seen only when its first byte arrives), then half a frame trickles in.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut c, task) = session(&s, 1024, deadline);
+    c.write(&[0, 0, 0, 9, 0]).await;
+    let end = ended(task).await;
+    assert_eq!(end.code, CloseCode::HelloTimeout, "{}", end.reason);
+    // On the paused clock this is exact: one deadline, not a second five
+    // seconds from when the stream appeared.
+    assert_eq!(start.elapsed(), s.options.hello_timeout);
+    assert_eq!(c.next().await, None, "no welcome, and the stream ends");
+    assert!(s.room().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_operator_link_has_the_same_hello_deadline() {
+    let s = server(ServerOptions::default());
+    let start = Instant::now();
+    let mut link = s.join_local();
+    let mut decoder = FrameDecoder::new(limits::MAX_SERVER_FRAME);
+    let got = timeout(WAIT, decoder.read_frame(&mut link.recv))
+        .await
+        .expect("the server ends the link in time")
+        .expect("a clean end");
+    assert!(got.is_none(), "the server sent something to a silent link");
+    assert_eq!(start.elapsed(), s.options.hello_timeout);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pasted_burst_waits_in_the_backlog_and_arrives_in_order() {
+    let s = server(ServerOptions {
+        rate: 2,
+        burst: 2,
+        backlog: 10,
+        ..ServerOptions::default()
+    });
+    let (mut alice, _a) = member(&s, "alice").await;
+    let (mut bob, _b) = member(&s, "bob").await;
+    alice
+        .until("bob's join", |m| matches!(m, ServerMsg::Joined { .. }))
+        .await;
+    let start = Instant::now();
+    let mut paste = Vec::new();
+    for seq in 1..=6u64 {
+        paste.extend_from_slice(
+            &ClientMsg::Say {
+                seq,
+                text: format!("line {seq}"),
+            }
+            .to_frame(),
+        );
+    }
+    alice.write(&paste).await;
+    for seq in 1..=6u64 {
+        let got = bob.next().await;
+        assert!(
+            matches!(&got, Some(ServerMsg::Chat { text, .. }) if *text == format!("line {seq}")),
+            "line {seq}: {got:?}"
+        );
+        assert_eq!(alice.next().await, Some(ServerMsg::Ack { seq }));
+    }
+    // Two at once, the other four at two a second: smoothed, not dropped,
+    // and no warning for a paste that fits the backlog.
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    alice
+        .send(ClientMsg::Bye {
+            reason: "done".into(),
+        })
+        .await;
+    let rest = alice.rest().await;
+    assert!(
+        !rest.iter().any(|m| matches!(m, ServerMsg::Notice { .. })),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_backlog_is_a_flood_after_one_notice() {
+    let s = server(ServerOptions {
+        rate: 2,
+        burst: 2,
+        backlog: 10,
+        ..ServerOptions::default()
+    });
+    let (mut bob, _b) = member(&s, "bob").await;
+    let (mut flood, task) = member(&s, "flood").await;
+    let mut all = Vec::new();
+    for seq in 1..=40u64 {
+        all.extend_from_slice(
+            &ClientMsg::Say {
+                seq,
+                text: "x".into(),
+            }
+            .to_frame(),
+        );
+    }
+    flood.write(&all).await;
+    let end = ended(task).await;
+    assert_eq!(end.code, CloseCode::Flood, "{}", end.reason);
+    let got = flood.rest().await;
+    let notices = got
+        .iter()
+        .filter(|m| matches!(m, ServerMsg::Notice { text } if text.contains("too fast")))
+        .count();
+    assert_eq!(notices, 1, "{got:?}");
+    let left = bob
+        .until("the flooder's departure", |m| {
+            matches!(m, ServerMsg::Left { .. })
+        })
+        .await;
+    assert!(
+        matches!(&left, ServerMsg::Left { name, reason } if name == "flood" && reason.contains("flooding")),
+        "{left:?}"
+    );
+    assert_eq!(s.room().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn everything_before_a_bye_is_answered_before_the_stream_ends() {
+    let s = server(ServerOptions::default());
+    let (mut alice, task) = member(&s, "alice").await;
+    let (mut bob, _b) = member(&s, "bob").await;
+    alice
+        .until("bob's join", |m| matches!(m, ServerMsg::Joined { .. }))
+        .await;
+    alice.say(1, "one").await;
+    alice.say(2, "two").await;
+    alice
+        .send(ClientMsg::Bye {
+            reason: "bye now".into(),
+        })
+        .await;
+    assert_eq!(
+        alice.rest().await,
+        [ServerMsg::Ack { seq: 1 }, ServerMsg::Ack { seq: 2 }]
+    );
+    let end = ended(task).await;
+    assert_eq!(end.code, CloseCode::Normal);
+    let texts: Vec<_> = [bob.next().await, bob.next().await, bob.next().await]
+        .into_iter()
+        .map(|m| match m {
+            Some(ServerMsg::Chat { text, .. }) => text,
+            Some(ServerMsg::Left { name, reason }) => format!("{name} left: {reason}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["one", "two", "alice left: bye now"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn finishing_the_sending_side_is_leaving() {
+    let s = server(ServerOptions::default());
+    let (mut alice, task) = member(&s, "alice").await;
+    let (mut bob, _b) = member(&s, "bob").await;
+    alice
+        .until("bob's join", |m| matches!(m, ServerMsg::Joined { .. }))
+        .await;
+    alice.say(1, "last words").await;
+    // FIN without a Bye: what was sent is answered, then it is a leave with
+    // no reason, and nothing more is delivered.
+    alice.send.shutdown().await.expect("the pipe closes");
+    assert_eq!(alice.rest().await, [ServerMsg::Ack { seq: 1 }]);
+    assert_eq!(ended(task).await.code, CloseCode::Normal);
+    assert!(matches!(bob.next().await, Some(ServerMsg::Chat { text, .. }) if text == "last words"));
+    assert_eq!(
+        bob.next().await,
+        Some(ServerMsg::Left {
+            name: "alice".into(),
+            reason: String::new()
+        })
+    );
+    assert_eq!(s.room().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kicked_member_gets_the_kick_before_the_stream_ends() {
+    let s = server(ServerOptions::default());
+    let (mut bob, task) = member(&s, "bob").await;
+    let mut op = s.join_local();
+    op.send
+        .write_all(
+            &ClientMsg::Hello {
+                version: PROTOCOL_VERSION,
+                name: "op".into(),
+            }
+            .to_frame(),
+        )
+        .await
+        .expect("the pipe is open");
+    bob.until("the operator's join", |m| {
+        matches!(m, ServerMsg::Joined { .. })
+    })
+    .await;
+    op.send
+        .write_all(
+            &ClientMsg::Kick {
+                name: "bob".into(),
+                reason: "spam".into(),
+            }
+            .to_frame(),
+        )
+        .await
+        .expect("the pipe is open");
+    // The last words are flushed before the close.
+    assert_eq!(
+        bob.rest().await,
+        [ServerMsg::Kicked {
+            by: "op".into(),
+            reason: "spam".into()
+        }]
+    );
+    let end = ended(task).await;
+    assert_eq!(end.code, CloseCode::Kicked);
+    assert_eq!(end.reason, "kicked by op: spam");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_that_does_not_read_is_removed_without_stalling_the_room() {
+    let s = server(ServerOptions {
+        queue_len: 16,
+        history: 0,
+        rate: 0,
+        ..ServerOptions::default()
+    });
+    let (mut alice, _a) = member(&s, "alice").await;
+    let (mut carol, _c) = member(&s, "carol").await;
+    // A pipe of 1 KiB that sloth never reads: its writer blocks, its queue
+    // fills.
+    let (_sloth, task) = member_with_pipe(&s, "sloth", 1024).await;
+    let big = "x".repeat(500);
+    for seq in 1..=40u64 {
+        alice.say(seq, &big).await;
+        // carol keeps reading: she must get every line.
+        carol
+            .until("alice's line", |m| matches!(m, ServerMsg::Chat { .. }))
+            .await;
+    }
+    let end = ended(task).await;
+    assert_eq!(end.code, CloseCode::SlowReader, "{}", end.reason);
+    alice
+        .until(
+            "sloth's departure",
+            |m| matches!(m, ServerMsg::Left { name, .. } if name == "sloth"),
+        )
+        .await;
+    assert_eq!(s.room().len(), 2);
+}
