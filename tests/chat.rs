@@ -45,15 +45,21 @@ fn join_and_leave_are_announced_and_the_room_is_listed() {
 #[test]
 fn a_killed_member_is_announced_as_gone() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
-    let server = Server::start(&hs);
+    // The shortest idle timeout the default keep-alive (3 s) allows: bob's
+    // silence is noticed after about 4 s instead of 10, and alice, whose
+    // keep-alives arrive in time, stays.
+    let server = Server::start_on(&hs, "127.0.0.1:0", &["--idle-timeout", "4"]);
     let mut alice = join(&ha, &server, "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.expect_out("* bob joined");
     bob.kill();
-    // Keep-alive plus idle timeout: about 10 s; the harness allows 20.
-    alice.expect(Stream::Out, "bob's departure", |l| {
+    let line = alice.expect(Stream::Out, "bob's departure", |l| {
         l.starts_with("* bob left")
     });
+    assert!(line.contains("timed out"), "{line}");
+    alice.send_line("alone now");
+    let mut carol = join(&Home::new(), &server, "carol");
+    carol.expect_out("[history] <alice> alone now");
 }
 
 #[test]
@@ -66,10 +72,13 @@ fn a_taken_name_is_refused_without_regard_to_case() {
     assert!(line.starts_with("qchat: "), "{line}");
     let status = imposter.wait();
     assert!(!status.success());
+    // alice's session is untouched: what she says reaches the room (bob,
+    // joining next, finds it in the history).
     alice.send_line("still here");
-    // Nobody joined or left as a result.
     let mut bob = join(&Home::new(), &server, "bob");
+    bob.expect_out("[history] <alice> still here");
     alice.expect_out("* bob joined");
+    // Nobody joined or left as a result.
     assert!(!alice.stdout_so_far().iter().any(|l| l.contains("ALICE")));
     bob.close_stdin();
     bob.wait();

@@ -518,3 +518,147 @@ fn a_flood_as_fast_as_possible_is_disconnected() {
         .count();
     assert!(seen <= 12, "{seen} flood lines reached bob");
 }
+
+/// Whether a connection attempt was refused before its handshake (what the
+/// accept gate does at a connection limit).
+fn refused(attempt: Result<Raw, quinn::ConnectionError>) -> bool {
+    matches!(
+        attempt,
+        Err(quinn::ConnectionError::ConnectionClosed(close))
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
+#[test]
+fn silent_connections_from_one_address_cannot_keep_newcomers_out() {
+    // A long deadline, so that only the budget can end the silent ones.
+    let mut room = Room::start(&["--max-unjoined-per-ip", "2", "--hello-timeout", "60"]);
+    room.rt.block_on(async {
+        // Two connections that never say hello take the address's whole
+        // budget for connections not yet in the room...
+        let _silent = [
+            Raw::connect(&room.server).await,
+            Raw::connect(&room.server).await,
+        ];
+        // ...so a flood of more is refused before any handshake work, and
+        // logged once, not once per attempt.
+        for i in 0..20 {
+            let attempt = Raw::try_connect(&room.server).await;
+            assert!(refused(attempt), "attempt {i} was not refused");
+        }
+    });
+    room.server
+        .proc
+        .expect(Stream::Err, "the refusal's log line", |l| {
+            l.contains("connection refused") && l.contains("Unjoined")
+        });
+    // Members do not count against that budget: alice and bob, on the
+    // same address, talk on.
+    room.still_talking();
+    let refusal_lines = room
+        .server
+        .proc
+        .transcript()
+        .lines()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert_eq!(refusal_lines, 1, "{}", room.server.proc.transcript());
+}
+
+#[test]
+fn a_joined_connection_frees_its_place_in_the_unjoined_budget() {
+    let mut room = Room::start(&["--max-unjoined-per-ip", "1", "--hello-timeout", "60"]);
+    room.rt.block_on(async {
+        let first = Raw::connect(&room.server).await;
+        assert!(refused(Raw::try_connect(&room.server).await));
+        let mut s = first.open().await;
+        assert!(matches!(
+            s.hello("carol").await,
+            Some(ServerMsg::Welcome { .. })
+        ));
+        let newcomer = Raw::try_connect(&room.server).await;
+        assert!(newcomer.is_ok(), "still refused after the first joined");
+    });
+    room.alice.expect_out("* carol joined");
+    room.still_talking();
+}
+
+#[test]
+fn one_address_cannot_take_more_than_its_share_of_connections() {
+    // alice and bob are two of the three; the third joins, the fourth is
+    // refused at the handshake.
+    let mut room = Room::start(&["--max-per-ip", "3"]);
+    room.rt.block_on(async {
+        let third = Raw::connect(&room.server).await;
+        let _s = third.join("carol").await;
+        assert!(refused(Raw::try_connect(&room.server).await));
+    });
+    room.still_talking();
+}
+
+#[test]
+fn many_members_closing_at_once_leave_normally() {
+    // Sixty, all from this one address: with twenty the teardown was too
+    // quick to catch a departure being announced to a member whose
+    // connection was already gone (then taken for a slow reader).
+    let mut room = Room::start(&["--max-per-ip", "100"]);
+    let names: Vec<String> = (0..60).map(|i| format!("quiet{i}")).collect();
+    let members = room.rt.block_on(async {
+        let mut members = Vec::new();
+        for name in &names {
+            let raw = Raw::connect(&room.server).await;
+            let stream = raw.join(name).await;
+            members.push((raw, stream));
+        }
+        members
+    });
+    for name in &names {
+        room.alice.expect_out(&format!("* {name} joined"));
+    }
+    // Every one closes its connection with code 0 at the same moment, while
+    // the others' departures are being announced to them.
+    for (raw, _) in &members {
+        raw.conn.close(0u8.into(), b"");
+    }
+    // In whatever order, each leaves once, with no reason: a normal close is
+    // a normal leave.
+    let mut gone = std::collections::BTreeSet::new();
+    while gone.len() < names.len() {
+        let line = room.alice.expect(Stream::Out, "the departures", |l| {
+            l.starts_with("* quiet") && l.contains(" left")
+        });
+        let name = line.trim_start_matches("* ").trim_end_matches(" left");
+        assert!(names.iter().any(|n| n == name), "{line}");
+        assert!(gone.insert(name.to_string()), "{name} left twice");
+    }
+    room.still_talking();
+    let log = room.server.proc.transcript();
+    assert!(!log.contains("not reading"), "{log}");
+    assert!(!log.contains("code=6"), "{log}");
+    drop(members);
+}
+
+#[test]
+fn finishing_the_sending_side_without_a_bye_is_a_leave() {
+    let mut room = Room::start(&[]);
+    let (rest, code) = room.rt.block_on(async {
+        let raw = Raw::connect(&room.server).await;
+        let mut s = raw.join("half").await;
+        s.write(&say(1, "sent before the fin"))
+            .await
+            .expect("a say");
+        s.send.finish().expect("the stream finishes");
+        // What was sent is answered; then the server finishes its side too.
+        let mut rest = Vec::new();
+        while let Some(m) = s.next_msg().await {
+            rest.push(m);
+        }
+        (rest, raw.close_code().await)
+    });
+    assert!(rest.contains(&ServerMsg::Ack { seq: 1 }), "{rest:?}");
+    assert_eq!(code, 0, "a half-close is a normal leave");
+    room.bob.expect_out("<half> sent before the fin");
+    room.alice.expect_out("<half> sent before the fin");
+    room.alice.expect_out("* half left");
+    room.still_talking();
+}

@@ -65,6 +65,21 @@ impl Raw {
 
     /// Connects with the given transport settings.
     pub async fn connect_with(server: &Server, transport: quinn::TransportConfig) -> Raw {
+        Self::try_connect_with(server, transport)
+            .await
+            .expect("the handshake succeeds")
+    }
+
+    /// Connects, or says how the server ended the attempt (a refused
+    /// handshake, for one).
+    pub async fn try_connect(server: &Server) -> Result<Raw, quinn::ConnectionError> {
+        Self::try_connect_with(server, transport()).await
+    }
+
+    async fn try_connect_with(
+        server: &Server,
+        transport: quinn::TransportConfig,
+    ) -> Result<Raw, quinn::ConnectionError> {
         let fingerprint: Fingerprint = server
             .fingerprint
             .parse()
@@ -80,9 +95,8 @@ impl Raw {
             .expect("a connection attempt");
         let conn = timeout(WAIT, connecting)
             .await
-            .expect("the handshake finishes in time")
-            .expect("the handshake succeeds");
-        Raw { endpoint, conn }
+            .expect("the handshake finishes in time")?;
+        Ok(Raw { endpoint, conn })
     }
 
     /// Opens the session stream.
