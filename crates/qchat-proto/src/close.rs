@@ -27,9 +27,11 @@ pub enum CloseCode {
     Flood = 7,
     /// An operator removed the member.
     Kicked = 8,
-    /// The server is at its connection limit (overall or for the address).
+    /// Reserved: the server is at its connection limit. The reference server
+    /// refuses the QUIC handshake instead, before it costs anything.
     ServerFull = 9,
-    /// The peer opened a stream it was not allowed to open.
+    /// Reserved: the peer opened a stream it was not allowed to open. QUIC's
+    /// stream limits never grant such a stream, so there is none to close.
     UnexpectedStream = 10,
 }
 
