@@ -103,7 +103,7 @@ pub struct LimitArgs {
     pub max_per_ip: usize,
     /// Connections from one IP address allowed at once before they have
     /// joined (still in the handshake or waiting for their hello).
-    #[arg(long, default_value_t = limits::MAX_UNJOINED_PER_IP)]
+    #[arg(long, default_value_t = limits::MAX_UNJOINED_PER_IP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_unjoined_per_ip: usize,
     /// Messages per second a member may send on average (0 = unlimited).
     #[arg(long, default_value_t = limits::RATE)]

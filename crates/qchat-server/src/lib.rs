@@ -154,7 +154,7 @@ impl Server {
                             // first per address and window is logged, the
                             // rest are summed up every `tally::WINDOW`.
                             if self.gate.note(why.kind(), peer.ip()) {
-                                tracing::info!(%peer, ?why, "connection refused: at the connection limit");
+                                tracing::info!(%peer, ?why, "connection refused: {}", why.kind().why());
                             }
                             incoming.refuse();
                         }

@@ -32,6 +32,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Why, in words, for a log line.
+    pub fn why(self) -> &'static str {
+        self.words().1
+    }
+
     /// What was done, and why, for the summary line.
     fn words(self) -> (&'static str, &'static str) {
         match self {
