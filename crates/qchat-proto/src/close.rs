@@ -5,7 +5,7 @@
 //! from a protocol error without parsing the reason text.
 
 /// Why a connection was closed. The numeric values are part of the protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum CloseCode {
     /// An orderly goodbye from either side.

@@ -115,15 +115,8 @@ pub(crate) fn serve_quic(
                 let sink = QuicSink(send);
                 run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await
             }
-            Err(e) => failed(&e),
+            Err(e) => before_join(&e, Some(&permit)),
         };
-        if end.code == CloseCode::HelloTimeout
-            && permit.gate().note(Kind::HelloTimeout, permit.ip())
-        {
-            // Only the first from an address per window: the rest are
-            // summed up by the server's tally.
-            tracing::info!(code = end.code.code(), "closing: {}", end.reason);
-        }
         conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
@@ -149,10 +142,32 @@ async fn open_session(
     }
 }
 
+/// Ends a connection that has not joined. A flood repeats these by the
+/// thousand (silent connections, garbage, refused names), so only the first
+/// of each kind from an address in a window is logged in full; the gate's
+/// tally sums up the rest.
+fn before_join(e: &SessionError, permit: Option<&Permit>) -> End {
+    if first_before_join(e.code(), permit) {
+        failed(e)
+    } else {
+        tracing::debug!(code = e.code().code(), "closing: {e}");
+        End {
+            code: e.code(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Whether an ending before the join deserves its own log line.
+fn first_before_join(code: CloseCode, permit: Option<&Permit>) -> bool {
+    match permit {
+        Some(p) if code != CloseCode::Normal => p.gate().note(Kind::ClosedBeforeJoin(code), p.ip()),
+        _ => true,
+    }
+}
+
 fn failed(e: &SessionError) -> End {
-    // A flood of silent connections would write one line each: the caller
-    // tallies hello timeouts instead.
-    if matches!(e.code(), CloseCode::Normal | CloseCode::HelloTimeout) {
+    if e.code() == CloseCode::Normal {
         tracing::debug!("{e}");
     } else {
         tracing::info!(code = e.code().code(), "closing: {e}");
@@ -218,17 +233,20 @@ where
 {
     let mut decoder = FrameDecoder::new(options.max_frame);
     let first = match tokio::time::timeout_at(hello_deadline, read(&mut decoder, &mut recv)).await {
-        Err(_) => return failed(&SessionError::HelloTimeout(options.hello_timeout)),
-        Ok(Err(e)) => return failed(&e),
+        Err(_) => return before_join(&SessionError::HelloTimeout(options.hello_timeout), permit),
+        Ok(Err(e)) => return before_join(&e, permit),
         Ok(Ok(None)) => {
-            return failed(&SessionError::Lost("stream closed before the hello".into()))
+            return before_join(
+                &SessionError::Lost("stream closed before the hello".into()),
+                permit,
+            )
         }
         Ok(Ok(Some(f))) => f,
     };
     let (version, name) = match ClientMsg::decode(&first) {
         Ok(ClientMsg::Hello { version, name }) => (version, name),
-        Ok(_) => return failed(&SessionError::Protocol("data before the hello")),
-        Err(e) => return failed(&e.into()),
+        Ok(_) => return before_join(&SessionError::Protocol("data before the hello"), permit),
+        Err(e) => return before_join(&e.into(), permit),
     };
     if version < MIN_PROTOCOL_VERSION {
         let detail = format!(
@@ -246,7 +264,9 @@ where
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer) {
         Ok(j) => j,
         Err(rej) => {
-            tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+            if first_before_join(CloseCode::Rejected, permit) {
+                tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+            }
             return reject(&mut send, rej.reason, rej.detail).await;
         }
     };

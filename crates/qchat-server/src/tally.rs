@@ -1,5 +1,6 @@
 //! Log lines for events a flood repeats thousands of times (refused
-//! connections, hello timeouts): the first of each kind from an address in a
+//! connections; connections closed before they joined: hello timeouts,
+//! garbage instead of a hello, refused names): the first of each kind from an address in a
 //! window is logged in full, the rest are counted and summed up in one line
 //! when the window closes, so an attack is visible without burying the log.
 
@@ -8,6 +9,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use qchat_proto::CloseCode;
 
 /// How often the counts are summed up; also the window a summary covers.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -27,8 +30,9 @@ pub enum Kind {
     /// Refused before the handshake: the address had all the connections
     /// that have not joined yet that it may have.
     RefusedUnjoined,
-    /// Closed because no hello arrived before the deadline.
-    HelloTimeout,
+    /// Closed before joining, with this close code (no hello in time, a
+    /// protocol error, a refused hello…).
+    ClosedBeforeJoin(CloseCode),
 }
 
 impl Kind {
@@ -46,7 +50,7 @@ impl Kind {
                 "refused",
                 "the address has as many connections waiting to join as it may",
             ),
-            Kind::HelloTimeout => ("closed", "no hello in time"),
+            Kind::ClosedBeforeJoin(code) => ("closed", code.describe()),
         }
     }
 }
@@ -136,10 +140,10 @@ mod tests {
         let t = Tally::default();
         let a: IpAddr = [127, 0, 0, 1].into();
         let b: IpAddr = [127, 0, 0, 2].into();
-        assert!(t.note(Kind::HelloTimeout, a));
-        assert!((0..1702).all(|_| !t.note(Kind::HelloTimeout, a)));
+        assert!(t.note(Kind::ClosedBeforeJoin(CloseCode::HelloTimeout), a));
+        assert!((0..1702).all(|_| !t.note(Kind::ClosedBeforeJoin(CloseCode::HelloTimeout), a)));
         // Another address or another kind is news again.
-        assert!(t.note(Kind::HelloTimeout, b));
+        assert!(t.note(Kind::ClosedBeforeJoin(CloseCode::HelloTimeout), b));
         assert!(t.note(Kind::RefusedPerAddress, a));
         assert_eq!(
             t.flush(),
@@ -147,7 +151,7 @@ mod tests {
         );
         // A new window starts empty: the next event is logged in full.
         assert!(t.flush().is_empty());
-        assert!(t.note(Kind::HelloTimeout, a));
+        assert!(t.note(Kind::ClosedBeforeJoin(CloseCode::HelloTimeout), a));
     }
 
     #[test]
