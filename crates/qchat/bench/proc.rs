@@ -90,6 +90,10 @@ impl ServerProc {
                     "--max-connections".to_string(),
                     conns.clone(),
                     "--max-per-ip".into(),
+                    conns.clone(),
+                    // Every member joins from this one address, many
+                    // handshakes at once.
+                    "--max-unjoined-per-ip".into(),
                     conns,
                     "--queue".into(),
                     spawn.queue.to_string(),
