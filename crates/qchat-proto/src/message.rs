@@ -218,7 +218,8 @@ pub enum RejectReason {
     NameInvalid,
     /// 2: the client's protocol version is not supported.
     UnsupportedVersion,
-    /// 3: the server or this address is at its connection limit.
+    /// 3: reserved (the server or this address is at its connection
+    /// limit); the reference server refuses the handshake instead.
     ServerFull,
     /// 4: the server is shutting down.
     ShuttingDown,
