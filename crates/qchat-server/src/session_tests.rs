@@ -81,13 +81,17 @@ fn session(server: &Server, pipe: usize, deadline: Instant) -> (Client, JoinHand
     let room = Arc::clone(&server.room);
     let options = Arc::clone(&server.options);
     let task = tokio::spawn(async move {
-        let peer = Peer {
-            addr: None,
-            operator: false,
-            version: PROTOCOL_VERSION,
-        };
         let sink = PipeSink(server_send);
-        run_stream(sink, server_recv, peer, &room, &options, deadline, None).await
+        run_stream(
+            sink,
+            server_recv,
+            network_peer(),
+            &room,
+            &options,
+            deadline,
+            None,
+        )
+        .await
     });
     let (recv, send) = tokio::io::split(client);
     let decoder = FrameDecoder::new(limits::MAX_SERVER_FRAME);
@@ -386,4 +390,53 @@ async fn a_member_that_does_not_read_is_removed_without_stalling_the_room() {
         )
         .await;
     assert_eq!(s.room().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_that_never_join_are_summed_up_not_logged_one_by_one() {
+    let s = server(ServerOptions::default());
+    let gate = crate::gate::Gate::new(100, 100, 100, 100);
+    let ip: std::net::IpAddr = [192, 0, 2, 7].into();
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        let permit = gate.admit(ip).expect("a free slot");
+        let (client, server_end) = tokio::io::duplex(1024);
+        let (server_recv, server_send) = tokio::io::split(server_end);
+        let room = Arc::clone(&s.room);
+        let options = Arc::clone(&s.options);
+        let deadline = Instant::now() + options.hello_timeout;
+        sessions.push(tokio::spawn(async move {
+            let sink = PipeSink(server_send);
+            let end = run_stream(
+                sink,
+                server_recv,
+                network_peer(),
+                &room,
+                &options,
+                deadline,
+                Some(&permit),
+            )
+            .await;
+            drop(client);
+            end
+        }));
+    }
+    for task in sessions {
+        assert_eq!(ended(task).await.code, CloseCode::HelloTimeout);
+    }
+    // The first was logged in full; the other nine wait for the summary.
+    assert_eq!(
+        gate.summarise(),
+        ["closed 9 more connections from 192.0.2.7 in the last 10 s (no hello in time)"]
+    );
+    assert_eq!(gate.live(), 0);
+}
+
+/// A member from the network, as far as the room is concerned.
+fn network_peer() -> Peer {
+    Peer {
+        addr: None,
+        operator: false,
+        version: PROTOCOL_VERSION,
+    }
 }
