@@ -2,7 +2,7 @@
 //!
 //! Each test starts a real `qchat serve`, puts two ordinary plain-mode
 //! members (alice and bob) in the room, attacks with the raw QUIC client
-//! from `raw.rs`, and then checks the three things issue 3 asks for: the
+//! from `raw.rs`, and then checks three things: the
 //! attacker's connection got the documented close code (docs/PROTOCOL.md
 //! §7), the server process is still running, and alice and bob can still
 //! talk. Codes are compared as numbers on purpose: they are the wire
