@@ -2,10 +2,9 @@
 //!
 //! Each test starts a real `qchat serve`, puts two ordinary plain-mode
 //! members (alice and bob) in the room, attacks with the raw QUIC client
-//! from `raw.rs`, and then checks three things: the
-//! attacker's connection got the documented close code (docs/PROTOCOL.md
-//! §7), the server process is still running, and alice and bob can still
-//! talk. Codes are compared as numbers on purpose: they are the wire
+//! from `raw.rs`, and then checks three things: the attacker's connection
+//! got the documented close code (docs/PROTOCOL.md §7), the server process
+//! is still running, and alice and bob can still talk. Codes are compared as numbers on purpose: they are the wire
 //! contract, not an implementation detail.
 
 use std::time::{Duration, Instant};
