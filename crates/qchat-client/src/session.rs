@@ -13,8 +13,11 @@ use crate::connection::Joined;
 
 /// What the user interface asks of the network task.
 ///
-/// `Say`, `Action` and `Private` are numbered 1, 2, 3… in the order they
-/// are given; [`Event::Delivered`] and [`Event::Refused`] carry that number.
+/// `Say`, `Action` and `Private` are numbered 1, 2, 3… by the network task
+/// in the order they are given. It reports each number with
+/// [`Event::Sent`] as soon as the message is written, so an interface
+/// never has to guess it; [`Event::Delivered`] and [`Event::Refused`] carry
+/// the same number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Send a line to the room.
@@ -87,6 +90,13 @@ pub enum Event {
         time_ms: u64,
         /// Whether it was an action.
         action: bool,
+    },
+    /// Our next numbered command (in the order they were given) was
+    /// written to the server as `seq`. Always comes before that number's
+    /// [`Event::Delivered`] or [`Event::Refused`].
+    Sent {
+        /// The number the network task gave it.
+        seq: u64,
     },
     /// Our message `seq` reached the server and was delivered.
     Delivered {
@@ -219,9 +229,15 @@ where
     loop {
         tokio::select! {
             cmd = commands.recv(), if !st.quitting => {
-                let msg = st.command(cmd);
+                let (msg, seq) = st.command(cmd);
                 if send.write_all(&msg.to_frame()).await.is_err() {
                     return st.ended(conn.as_ref()).await;
+                }
+                if let Some(seq) = seq {
+                    if events.send(Event::Sent { seq }).await.is_err() {
+                        close(conn.as_ref(), CloseCode::Normal);
+                        return Ended::Quit;
+                    }
                 }
                 if st.quitting {
                     // The server answers the goodbye by finishing its side
@@ -292,8 +308,9 @@ impl State {
         self.next_seq
     }
 
-    fn command(&mut self, cmd: Option<Command>) -> ClientMsg {
-        match cmd {
+    /// The message for a command, and its number if it has one.
+    fn command(&mut self, cmd: Option<Command>) -> (ClientMsg, Option<u64>) {
+        let msg = match cmd {
             Some(Command::Say(text)) => ClientMsg::Say {
                 seq: self.seq(),
                 text,
@@ -320,7 +337,14 @@ impl State {
                     reason: String::new(),
                 }
             }
-        }
+        };
+        let seq = match &msg {
+            ClientMsg::Say { seq, .. }
+            | ClientMsg::Action { seq, .. }
+            | ClientMsg::Private { seq, .. } => Some(*seq),
+            _ => None,
+        };
+        (msg, seq)
     }
 
     fn event(&mut self, msg: ServerMsg) -> Option<Event> {
