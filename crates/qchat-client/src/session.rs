@@ -465,3 +465,83 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The session over an in-memory pipe, the test playing the server.
+    #[tokio::test]
+    async fn each_number_is_reported_when_sent_and_before_its_answer() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (c_recv, c_send) = tokio::io::split(client);
+        let (mut s_recv, mut s_send) = tokio::io::split(server);
+        let link = Link {
+            send: c_send,
+            recv: c_recv,
+            decoder: FrameDecoder::new(64 * 1024),
+            conn: None,
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(link, cmd_rx, ev_tx));
+
+        for cmd in [
+            Command::Say("a".into()),
+            Command::Who,
+            Command::Private {
+                to: "x".into(),
+                text: "b".into(),
+            },
+            Command::Action("c".into()),
+        ] {
+            cmd_tx.send(cmd).await.expect("the session takes commands");
+        }
+        // What the server received, with the numbers on the wire.
+        let mut decoder = FrameDecoder::new(64 * 1024);
+        let mut wire = Vec::new();
+        for _ in 0..4 {
+            let frame = decoder
+                .read_frame(&mut s_recv)
+                .await
+                .expect("a frame")
+                .expect("not the end");
+            wire.push(ClientMsg::decode(&frame).expect("a message"));
+        }
+        let seqs: Vec<u64> = wire
+            .iter()
+            .filter_map(|m| match m {
+                ClientMsg::Say { seq, .. }
+                | ClientMsg::Action { seq, .. }
+                | ClientMsg::Private { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs.len(), 3, "{wire:?}");
+        s_send
+            .write_all(&ServerMsg::Ack { seq: seqs[2] }.to_frame())
+            .await
+            .expect("answer");
+
+        let mut events = Vec::new();
+        while events.len() < 4 {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(5), ev_rx.recv())
+                .await
+                .expect("events in time")
+                .expect("the session is running");
+            events.push(ev);
+        }
+        // The numbers reported are the ones on the wire, in command order,
+        // and a number is reported before the answer that carries it.
+        assert_eq!(
+            events,
+            [
+                Event::Sent { seq: seqs[0] },
+                Event::Sent { seq: seqs[1] },
+                Event::Sent { seq: seqs[2] },
+                Event::Delivered { seq: seqs[2] },
+            ]
+        );
+        task.abort();
+    }
+}
