@@ -72,9 +72,7 @@ pub fn init(cli: &Cli) -> Logging {
         let (tx, rx) = mpsc::channel(SERVER_EVENTS);
         // Its own filter: the host hears of the server's trouble even when
         // the log file is quieter.
-        let layer = ServerEventLayer { tx }.with_filter(
-            tracing_subscriber::filter::Targets::new().with_target("qchat_server", Level::WARN),
-        );
+        let layer = ServerEventLayer { tx }.with_filter(server_warnings());
         (Some(layer), Some(rx))
     } else {
         (None, None)
@@ -84,6 +82,20 @@ pub fn init(cli: &Cli) -> Logging {
         .with(forward)
         .try_init();
     Logging { server_events }
+}
+
+/// What the host's view hears of: the server's warnings and errors, with
+/// the spans they happen in (INFO spans carry the peer and the name).
+fn server_warnings() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool>
+{
+    tracing_subscriber::filter::filter_fn(|meta| {
+        let limit = if meta.is_span() {
+            Level::INFO
+        } else {
+            Level::WARN
+        };
+        meta.target().starts_with("qchat_server") && *meta.level() <= limit
+    })
 }
 
 /// Opens `$QCHAT_HOME/qchat.log` for appending, private to the user. A
@@ -190,5 +202,33 @@ where
         // Never wait: a full channel means the operator's screen is
         // behind, and the server must not be.
         let _ = self.tx.try_send(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_gets_warnings_as_sentences_and_no_routine_lines() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let subscriber = tracing_subscriber::registry()
+            .with(ServerEventLayer { tx }.with_filter(server_warnings()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(target: "qchat_server", "conn", peer = "192.0.2.1:4433");
+            let _in = span.enter();
+            tracing::info!(target: "qchat_server", name = "alice", "joined");
+            tracing::warn!(target: "qchat_server", code = 6, "a member is not reading");
+            tracing::error!(target: "qchat_server", "cannot accept");
+        });
+        assert_eq!(
+            rx.try_recv().ok().as_deref(),
+            Some("server warning: a member is not reading (peer 192.0.2.1:4433, code 6)")
+        );
+        assert_eq!(
+            rx.try_recv().ok().as_deref(),
+            Some("server error: cannot accept (peer 192.0.2.1:4433)")
+        );
+        assert!(rx.try_recv().is_err(), "joins are the room's to announce");
     }
 }

@@ -95,8 +95,10 @@ fn server_options(args: &ServeArgs) -> ServerOptions {
 
 /// The host at the table: the server runs in the background and the
 /// operator joins its room in the full-screen interface, as `--name`
-/// (asked for if not given). The server's own events (where it listens,
-/// connections, refusals) appear in the scrollback. When the operator
+/// (asked for if not given). The view opens with how others connect (the
+/// lines printed on the normal screen are hidden behind it), and the
+/// server's warnings (`events_rx`, from logging) appear in it as sentences;
+/// joins and leaves come from the room itself, once. When the operator
 /// quits, the whole server shuts down gracefully; SIGINT and SIGTERM still
 /// work too.
 fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -> Result<u8> {

@@ -4,9 +4,10 @@
 //! The split follows ratatui's templates: the network task
 //! (`qchat_client::session::run`) owns the connection and talks to the UI
 //! through bounded channels; one `tokio::select!` here waits on the
-//! terminal's async event stream, the network events, the server's own
-//! events (operator) and a redraw deadline. State changes only in
-//! [`app::App::update`]; [`render::draw`] only reads it.
+//! terminal's async event stream, the network events, the server's
+//! warnings (host only) and a redraw deadline. State changes only in
+//! [`app::App::update`], which returns what the loop must do (commands to
+//! send, the bell, a full redraw); [`render::draw`] only reads it.
 //!
 //! - `app`: state and update.
 //! - `layout`: where things go on the screen, and text widths.
