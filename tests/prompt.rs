@@ -259,3 +259,34 @@ fn a_changed_key_on_a_terminal_is_refused_without_a_question() {
         assert_eq!(pins(&hc), before, "{extra:?} changed the pin file");
     }
 }
+
+#[test]
+fn the_name_prompt_offers_the_login_name_and_asks_again_when_it_is_taken() {
+    let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
+    let server = Server::start(&hs);
+    let _alice = join(&ha, &server, "alice");
+    let mut cmd = hb.command();
+    cmd.env("USER", "alice")
+        .args(["connect", &server.target(), "--plain", "--accept-new"]);
+    let mut pty = Pty::spawn(cmd);
+    pty.expect("Your name [alice]: ");
+    pty.send_line("");
+    pty.expect(&format!("connecting to {}", server.target()));
+    // alice is here already: the question comes again, not an exit.
+    let refusal = pty.expect("Your name [alice]: ");
+    assert!(refusal.contains("taken"), "{refusal}");
+    pty.send_line("alina");
+    pty.expect(&format!(
+        "* connected to qchat at {} (trusted on first use) as alina",
+        server.target()
+    ));
+    pty.end_input();
+    let (code, transcript) = pty.finish();
+    assert_eq!(code, 0, "{transcript}");
+    // Trusted once: the second connection did not ask or add the pin again.
+    assert_eq!(
+        transcript.matches("permanently added").count(),
+        1,
+        "{transcript}"
+    );
+}

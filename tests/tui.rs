@@ -25,6 +25,7 @@ struct Output {
 /// `qchat` running on a pseudo-terminal.
 struct Tui {
     label: String,
+    cols: u16,
     process: PtyProcess,
     writer: std::fs::File,
     out: Arc<Mutex<Output>>,
@@ -35,10 +36,21 @@ impl Tui {
     /// behind it and prints `[exit=N]` and the terminal settings (`stty
     /// -a`) once qchat has exited, to show what qchat left behind.
     fn spawn(label: &str, home: &Home, args: &[&str], report: bool) -> Tui {
+        Tui::spawn_sized(label, home, args, report, (ROWS, COLS))
+    }
+
+    /// [`Tui::spawn`] on a terminal of another size.
+    fn spawn_sized(
+        label: &str,
+        home: &Home,
+        args: &[&str],
+        report: bool,
+        (rows, cols): (u16, u16),
+    ) -> Tui {
         let script = if report {
-            format!(r#"stty rows {ROWS} cols {COLS} && "$@"; echo "[exit=$?]"; stty -a"#)
+            format!(r#"stty rows {rows} cols {cols} && "$@"; echo "[exit=$?]"; stty -a"#)
         } else {
-            format!(r#"stty rows {ROWS} cols {COLS} && exec "$@""#)
+            format!(r#"stty rows {rows} cols {cols} && exec "$@""#)
         };
         let mut cmd = std::process::Command::new("sh");
         cmd.env_clear()
@@ -54,7 +66,7 @@ impl Tui {
         let mut reader = process.get_file_handle().expect("pty reader");
         let writer = process.get_file_handle().expect("pty writer");
         let out = Arc::new(Mutex::new(Output {
-            parser: vt100::Parser::new(ROWS, COLS, 0),
+            parser: vt100::Parser::new(rows, cols, 0),
             raw: Vec::new(),
             closed: false,
         }));
@@ -75,6 +87,7 @@ impl Tui {
         });
         Tui {
             label: label.to_string(),
+            cols,
             process,
             writer,
             out,
@@ -84,7 +97,7 @@ impl Tui {
     /// The screen, one string per row.
     fn rows(&self) -> Vec<String> {
         let o = self.out.lock().expect("lock");
-        o.parser.screen().rows(0, COLS).collect()
+        o.parser.screen().rows(0, self.cols).collect()
     }
 
     fn screen(&self) -> String {
@@ -264,13 +277,14 @@ fn the_operator_kicks_a_member() {
         &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
         false,
     );
-    host.wait_text("[server] listening on ");
+    // How to connect is in the host's view, not hidden behind it.
+    host.wait_text("in the room: host");
     let screen = host.screen();
     let target = screen
-        .split("[server] listening on ")
+        .split("qchat connect ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .expect("the listening address")
+        .expect("a connect line")
         .to_string();
     host.wait_text("in the room: host");
     let mut bob = util::connect(&bh, &target, "bob", &["--accept-new"]);
@@ -282,6 +296,10 @@ fn the_operator_kicks_a_member() {
     bob.expect_out("* kicked by host: spam");
     assert_eq!(bob.wait().code(), Some(3), "{}", bob.transcript());
     host.wait_text("* bob left (kicked by host: spam)");
+    // Joins and leaves are said once, in words, not as log lines.
+    let screen = host.screen();
+    assert_eq!(screen.matches("bob joined").count(), 1, "{screen}");
+    assert!(!screen.contains("peer="), "{screen}");
     // The operator quitting stops the server.
     host.type_keys("/quit\r");
     assert_eq!(host.exit_code(), 0, "{}", host.screen());
@@ -294,6 +312,11 @@ fn ctrl_c_restores_the_terminal() {
     let mut bob = connect_tui(&bh, &server, "bob", true);
     bob.type_keys("unsent");
     bob.wait_text("> unsent");
+    // The first Ctrl-C takes back what was typed; the second leaves.
+    bob.type_keys("\x03");
+    bob.wait_for("the input cleared", |rows| {
+        !rows.iter().any(|r| r.contains("> unsent"))
+    });
     bob.type_keys("\x03");
     bob.wait_text("[exit=0]");
     let raw = bob.raw_until_closed();
@@ -340,4 +363,94 @@ fn a_pasted_block_waits_for_enter() {
         .position(|l| l.starts_with("<bob>"))
         .expect("bob's lines");
     assert_eq!(seen[first..], ["<bob> line one", "<bob> line two!"]);
+}
+
+/// The first `qchat connect ADDR` address on the host's screen.
+fn connect_target(host: &Tui) -> String {
+    host.wait_text("in the room: host");
+    host.screen()
+        .split("qchat connect ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a connect line")
+        .to_string()
+}
+
+#[test]
+fn the_host_sees_how_to_connect_and_is_asked_before_ctrl_c_stops_the_server() {
+    let (sh, bh) = (Home::new(), Home::new());
+    let mut host = Tui::spawn(
+        "host",
+        &sh,
+        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
+        false,
+    );
+    host.wait_text("others connect with:");
+    let target = connect_target(&host);
+    host.type_keys("\x03");
+    host.wait_text("press Ctrl-C again to shut the server down for everyone");
+    // Still serving: someone can join.
+    let mut bob = util::connect(&bh, &target, "bob", &["--accept-new"]);
+    bob.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
+    host.wait_text("* bob joined");
+    // Any other key cancels; then two presses stop the server.
+    host.type_keys("x\x7f\x03");
+    host.wait_for("a second question", |rows| {
+        rows.iter()
+            .filter(|r| r.contains("press Ctrl-C again"))
+            .count()
+            == 2
+    });
+    host.type_keys("\x03");
+    bob.expect(Stream::Out, "the shutdown notice", |l| {
+        l.starts_with("* server shutting down")
+    });
+    assert_eq!(host.exit_code(), 0, "{}", host.screen());
+}
+
+#[test]
+fn fingerprint_shows_a_member_the_key_and_its_trust() {
+    let (sh, bh) = (Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    bob.type_keys("/fingerprint\r");
+    bob.wait_text(&format!("fingerprint: {}", server.fingerprint));
+    bob.wait_text("trust: trusted on first use");
+}
+
+#[test]
+fn own_lines_keep_their_name_and_an_emoji_its_modifier() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    bob.type_keys("thumbs 👍🏽\r");
+    alice.expect_out("<bob> thumbs 👍🏽");
+    bob.wait_text("<bob> thumbs 👍🏽");
+    bob.type_keys("/nick robert\r");
+    bob.wait_text("you are now known as robert");
+    bob.type_keys("again\r");
+    bob.wait_text("<robert> again");
+    // The earlier line still says who sent it.
+    bob.wait_text("<bob> thumbs 👍🏽");
+}
+
+#[test]
+fn a_narrow_status_line_keeps_the_connection_and_trust_state() {
+    let (sh, bh) = (Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let target = server.target();
+    let bob = Tui::spawn_sized(
+        "bob",
+        &bh,
+        &["connect", &target, "--name", "bob", "--accept-new"],
+        false,
+        (12, 30),
+    );
+    bob.wait_for("the status line", |rows| {
+        rows.iter()
+            .any(|r| r.contains("unverified") && r.contains("connected"))
+    });
 }

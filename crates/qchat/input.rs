@@ -11,6 +11,9 @@ pub enum Input {
     Send(Command),
     /// Show the command list.
     Help,
+    /// Show the server's fingerprint (and how far it is trusted, or how
+    /// others connect).
+    Fingerprint,
     /// Nothing to do (an empty line).
     Nothing,
     /// A mistake, explained in one line.
@@ -62,6 +65,12 @@ pub const COMMANDS: &[CommandHelp] = &[
         operator: false,
     },
     CommandHelp {
+        name: "/fingerprint",
+        args: "",
+        about: "the server's key fingerprint and how far it is trusted",
+        operator: false,
+    },
+    CommandHelp {
         name: "/quit",
         args: "[REASON]",
         about: "leave the room (others see the reason)",
@@ -91,6 +100,7 @@ pub fn parse(line: &str) -> Input {
     let (cmd, rest) = split_word(cmdline);
     match cmd.to_ascii_lowercase().as_str() {
         "help" | "?" => Input::Help,
+        "fingerprint" => Input::Fingerprint,
         "who" | "names" => Input::Send(Command::Who),
         "msg" | "query" => {
             let (to, text) = split_word(rest);
@@ -178,6 +188,7 @@ mod tests {
             Input::Send(Command::Say("/etc/passwd".into()))
         );
         assert_eq!(parse("/help"), Input::Help);
+        assert_eq!(parse("/fingerprint"), Input::Fingerprint);
         assert_eq!(parse("/WHO"), Input::Send(Command::Who));
         assert_eq!(
             parse("/msg bob  hi there "),

@@ -9,11 +9,13 @@
 //!   (`connect` or `serve` with stdin and stdout on a terminal, see
 //!   [`crate::ui::wanted`]), a log line on the screen would corrupt it: logs
 //!   are appended to `$QCHAT_HOME/qchat.log` (created 0600) instead.
-//! - For `serve` with the interface, INFO and above from the server are
-//!   also forwarded, one line each, to the operator's screen through a
-//!   bounded channel ([`take_server_events`]). Forwarding uses `try_send`
-//!   and drops lines when the UI is behind: logging must never block the
-//!   server.
+//! - For `serve` with the interface, the server's warnings and errors are
+//!   also forwarded to the host's screen as sentences, through a bounded
+//!   channel that [`init`] returns ([`Logging::server_events`]) and `main`
+//!   hands to `serve`. Joins and leaves are not: the host sees those once,
+//!   as the room's own words, like every member. Forwarding uses
+//!   `try_send` and drops lines when the UI is behind: logging must never
+//!   block the server.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -31,26 +33,19 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::cli::{Cli, Command};
 
-/// Server event lines the operator's screen can fall behind by before
-/// lines are dropped.
+/// Server news the host's screen can fall behind by before lines are
+/// dropped.
 const SERVER_EVENTS: usize = 256;
 
-/// Keeps whatever the subscriber needs alive for the program's lifetime.
-pub struct Guard;
-
-/// The operator's server-event channel, made at init and taken by `serve`.
-type ServerEvents = (mpsc::Sender<String>, mpsc::Receiver<String>);
-static SERVER_EVENTS_CHANNEL: Mutex<Option<ServerEvents>> = Mutex::new(None);
-
-/// The channel of server event lines, if [`init`] set one up (for `serve`
-/// with the full-screen interface). The sender is for lines the command
-/// itself wants to show there (where it listens, its fingerprint).
-pub fn take_server_events() -> Option<ServerEvents> {
-    SERVER_EVENTS_CHANNEL.lock().ok().and_then(|mut c| c.take())
+/// What the installed subscriber hands to the rest of the program.
+pub struct Logging {
+    /// The server's warnings as sentences, for the host's view (`serve`
+    /// with the full-screen interface only).
+    pub server_events: Option<mpsc::Receiver<String>>,
 }
 
 /// Installs the subscriber.
-pub fn init(cli: &Cli) -> Guard {
+pub fn init(cli: &Cli) -> Logging {
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "info",
@@ -73,24 +68,34 @@ pub fn init(cli: &Cli) -> Guard {
             .with_writer(io::stderr)
             .boxed(),
     };
-    let forward = if ui && matches!(cli.command, Command::Serve(_)) {
+    let (forward, server_events) = if ui && matches!(cli.command, Command::Serve(_)) {
         let (tx, rx) = mpsc::channel(SERVER_EVENTS);
-        if let Ok(mut slot) = SERVER_EVENTS_CHANNEL.lock() {
-            *slot = Some((tx.clone(), rx));
-        }
-        // Its own filter: the operator sees the server's doings even when
+        // Its own filter: the host hears of the server's trouble even when
         // the log file is quieter.
-        Some(ServerEventLayer { tx }.with_filter(
-            tracing_subscriber::filter::Targets::new().with_target("qchat_server", Level::INFO),
-        ))
+        let layer = ServerEventLayer { tx }.with_filter(server_warnings());
+        (Some(layer), Some(rx))
     } else {
-        None
+        (None, None)
     };
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(forward)
         .try_init();
-    Guard
+    Logging { server_events }
+}
+
+/// What the host's view hears of: the server's warnings and errors, with
+/// the spans they happen in (INFO spans carry the peer and the name).
+fn server_warnings() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool>
+{
+    tracing_subscriber::filter::filter_fn(|meta| {
+        let limit = if meta.is_span() {
+            Level::INFO
+        } else {
+            Level::WARN
+        };
+        meta.target().starts_with("qchat_server") && *meta.level() <= limit
+    })
 }
 
 /// Opens `$QCHAT_HOME/qchat.log` for appending, private to the user. A
@@ -114,9 +119,9 @@ fn log_file() -> Option<File> {
     }
 }
 
-/// Forwards server events to the operator's screen as one line each:
-/// the message, then the fields of the event and its spans (`peer`,
-/// `name`…).
+/// Forwards server events to the host's screen as one sentence each: the
+/// message, then the fields of the event and its spans (`peer`, `name`…)
+/// in parentheses.
 struct ServerEventLayer {
     tx: mpsc::Sender<String>,
 }
@@ -136,7 +141,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = value.to_string();
         } else {
-            let _ = write!(self.pairs, " {}={}", field.name(), value);
+            let _ = write!(self.pairs, ", {} {}", field.name(), value);
         }
     }
 
@@ -144,7 +149,7 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.message = format!("{value:?}");
         } else {
-            let _ = write!(self.pairs, " {}={:?}", field.name(), value);
+            let _ = write!(self.pairs, ", {} {:?}", field.name(), value);
         }
     }
 }
@@ -176,20 +181,54 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut f = Fields::default();
         event.record(&mut f);
-        let mut line = f.message;
+        let mut context = String::new();
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
                 if let Some(fields) = span.extensions().get::<SpanFields>() {
-                    line.push_str(&fields.0);
+                    context.push_str(&fields.0);
                 }
             }
         }
-        line.push_str(&f.pairs);
-        if *event.metadata().level() <= Level::WARN {
-            line = format!("{}: {line}", event.metadata().level());
+        context.push_str(&f.pairs);
+        let what = if *event.metadata().level() == Level::WARN {
+            "server warning"
+        } else {
+            "server error"
+        };
+        let mut line = format!("{what}: {}", f.message);
+        if let Some(context) = context.strip_prefix(", ") {
+            line.push_str(&format!(" ({context})"));
         }
         // Never wait: a full channel means the operator's screen is
         // behind, and the server must not be.
         let _ = self.tx.try_send(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_gets_warnings_as_sentences_and_no_routine_lines() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let subscriber = tracing_subscriber::registry()
+            .with(ServerEventLayer { tx }.with_filter(server_warnings()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(target: "qchat_server", "conn", peer = "192.0.2.1:4433");
+            let _in = span.enter();
+            tracing::info!(target: "qchat_server", name = "alice", "joined");
+            tracing::warn!(target: "qchat_server", code = 6, "a member is not reading");
+            tracing::error!(target: "qchat_server", "cannot accept");
+        });
+        assert_eq!(
+            rx.try_recv().ok().as_deref(),
+            Some("server warning: a member is not reading (peer 192.0.2.1:4433, code 6)")
+        );
+        assert_eq!(
+            rx.try_recv().ok().as_deref(),
+            Some("server error: cannot accept (peer 192.0.2.1:4433)")
+        );
+        assert!(rx.try_recv().is_err(), "joins are the room's to announce");
     }
 }

@@ -9,6 +9,7 @@
 //! - `logging`: the tracing subscriber; libraries only emit.
 //! - `commands/`: one module per subcommand.
 //! - `input`: what a typed line means (messages and `/commands`).
+//! - `wording`: the words for every event, shared by both interfaces.
 //! - `plain`: the line-oriented interface for scripts and tests.
 //! - `prompt`: questions asked on the terminal (trust on first use, name).
 //! - `ui/`: the full-screen interface for people at a terminal.
@@ -24,6 +25,7 @@ mod logging;
 mod plain;
 mod prompt;
 mod ui;
+mod wording;
 
 use std::process::ExitCode;
 
@@ -45,8 +47,8 @@ fn main() -> ExitCode {
     // Before any thread exists: reading the time zone later is refused.
     ui::capture_local_offset();
     let cli = cli::Cli::parse();
-    let _log_guard = logging::init(&cli);
-    match commands::run(cli) {
+    let logging = logging::init(&cli);
+    match commands::run(cli, logging.server_events) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("qchat: {}", error_chain(&e));

@@ -8,22 +8,36 @@ use anyhow::{bail, Result};
 use qchat_client::{Decision, UnknownServer};
 use qchat_tls::Fingerprint;
 
-/// Asks for a name until a valid one is given.
+/// Asks for a name until a valid one is given, offering the login name
+/// (`$USER`) as the default when it is a valid name.
 pub fn ask_name() -> Result<String> {
+    let default = default_name(std::env::var("USER").ok());
     let stdin = std::io::stdin();
     loop {
-        eprint!("Your name: ");
+        match &default {
+            Some(d) => eprint!("Your name [{d}]: "),
+            None => eprint!("Your name: "),
+        }
         let _ = std::io::stderr().flush();
         let mut line = String::new();
         if stdin.lock().read_line(&mut line)? == 0 {
             bail!("no name given");
         }
-        let name = line.trim();
+        let name = match (line.trim(), &default) {
+            ("", Some(d)) => d.as_str(),
+            (typed, _) => typed,
+        };
         match qchat_proto::names::validate(name) {
             Ok(()) => return Ok(name.to_string()),
             Err(e) => eprintln!("That name cannot be used: {e}."),
         }
     }
+}
+
+/// The default offered at the name prompt: the login name, if it would
+/// be accepted.
+fn default_name(user: Option<String>) -> Option<String> {
+    user.filter(|u| qchat_proto::names::validate(u).is_ok())
 }
 
 /// The first-contact question, in the shape OpenSSH users know, plus the
@@ -81,6 +95,14 @@ fn answer(input: &str, presented: &Fingerprint) -> Option<Decision> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_name_is_offered_only_if_valid() {
+        assert_eq!(default_name(Some("ann".into())), Some("ann".into()));
+        assert_eq!(default_name(Some("two words".into())), None);
+        assert_eq!(default_name(Some(String::new())), None);
+        assert_eq!(default_name(None), None);
+    }
 
     #[test]
     fn answers() {

@@ -13,8 +13,11 @@ use crate::connection::Joined;
 
 /// What the user interface asks of the network task.
 ///
-/// `Say`, `Action` and `Private` are numbered 1, 2, 3… in the order they
-/// are given; [`Event::Delivered`] and [`Event::Refused`] carry that number.
+/// `Say`, `Action` and `Private` are numbered 1, 2, 3… by the network task
+/// in the order they are given. It reports each number with
+/// [`Event::Sent`] as soon as the message is written, so an interface
+/// never has to guess it; [`Event::Delivered`] and [`Event::Refused`] carry
+/// the same number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Send a line to the room.
@@ -87,6 +90,13 @@ pub enum Event {
         time_ms: u64,
         /// Whether it was an action.
         action: bool,
+    },
+    /// Our next numbered command (in the order they were given) was
+    /// written to the server as `seq`. Always comes before that number's
+    /// [`Event::Delivered`] or [`Event::Refused`].
+    Sent {
+        /// The number the network task gave it.
+        seq: u64,
     },
     /// Our message `seq` reached the server and was delivered.
     Delivered {
@@ -219,9 +229,15 @@ where
     loop {
         tokio::select! {
             cmd = commands.recv(), if !st.quitting => {
-                let msg = st.command(cmd);
+                let (msg, seq) = st.command(cmd);
                 if send.write_all(&msg.to_frame()).await.is_err() {
                     return st.ended(conn.as_ref()).await;
+                }
+                if let Some(seq) = seq {
+                    if events.send(Event::Sent { seq }).await.is_err() {
+                        close(conn.as_ref(), CloseCode::Normal);
+                        return Ended::Quit;
+                    }
                 }
                 if st.quitting {
                     // The server answers the goodbye by finishing its side
@@ -292,8 +308,9 @@ impl State {
         self.next_seq
     }
 
-    fn command(&mut self, cmd: Option<Command>) -> ClientMsg {
-        match cmd {
+    /// The message for a command, and its number if it has one.
+    fn command(&mut self, cmd: Option<Command>) -> (ClientMsg, Option<u64>) {
+        let msg = match cmd {
             Some(Command::Say(text)) => ClientMsg::Say {
                 seq: self.seq(),
                 text,
@@ -320,7 +337,14 @@ impl State {
                     reason: String::new(),
                 }
             }
-        }
+        };
+        let seq = match &msg {
+            ClientMsg::Say { seq, .. }
+            | ClientMsg::Action { seq, .. }
+            | ClientMsg::Private { seq, .. } => Some(*seq),
+            _ => None,
+        };
+        (msg, seq)
     }
 
     fn event(&mut self, msg: ServerMsg) -> Option<Event> {
@@ -439,5 +463,85 @@ impl State {
                 unconfirmed,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The session over an in-memory pipe, the test playing the server.
+    #[tokio::test]
+    async fn each_number_is_reported_when_sent_and_before_its_answer() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (c_recv, c_send) = tokio::io::split(client);
+        let (mut s_recv, mut s_send) = tokio::io::split(server);
+        let link = Link {
+            send: c_send,
+            recv: c_recv,
+            decoder: FrameDecoder::new(64 * 1024),
+            conn: None,
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        let task = tokio::spawn(run(link, cmd_rx, ev_tx));
+
+        for cmd in [
+            Command::Say("a".into()),
+            Command::Who,
+            Command::Private {
+                to: "x".into(),
+                text: "b".into(),
+            },
+            Command::Action("c".into()),
+        ] {
+            cmd_tx.send(cmd).await.expect("the session takes commands");
+        }
+        // What the server received, with the numbers on the wire.
+        let mut decoder = FrameDecoder::new(64 * 1024);
+        let mut wire = Vec::new();
+        for _ in 0..4 {
+            let frame = decoder
+                .read_frame(&mut s_recv)
+                .await
+                .expect("a frame")
+                .expect("not the end");
+            wire.push(ClientMsg::decode(&frame).expect("a message"));
+        }
+        let seqs: Vec<u64> = wire
+            .iter()
+            .filter_map(|m| match m {
+                ClientMsg::Say { seq, .. }
+                | ClientMsg::Action { seq, .. }
+                | ClientMsg::Private { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs.len(), 3, "{wire:?}");
+        s_send
+            .write_all(&ServerMsg::Ack { seq: seqs[2] }.to_frame())
+            .await
+            .expect("answer");
+
+        let mut events = Vec::new();
+        while events.len() < 4 {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(5), ev_rx.recv())
+                .await
+                .expect("events in time")
+                .expect("the session is running");
+            events.push(ev);
+        }
+        // The numbers reported are the ones on the wire, in command order,
+        // and a number is reported before the answer that carries it.
+        assert_eq!(
+            events,
+            [
+                Event::Sent { seq: seqs[0] },
+                Event::Sent { seq: seqs[1] },
+                Event::Sent { seq: seqs[2] },
+                Event::Delivered { seq: seqs[2] },
+            ]
+        );
+        task.abort();
     }
 }

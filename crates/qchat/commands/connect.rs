@@ -4,12 +4,12 @@
 use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
-use qchat_client::{TrustMode, TrustPlan, TrustState};
-use qchat_proto::text::sanitize;
-use qchat_proto::{names, DEFAULT_PORT};
+use qchat_client::{ConnectError, HelloError, TrustMode, TrustPlan, TrustState};
+use qchat_proto::{names, RejectReason, DEFAULT_PORT};
 use qchat_tls::HostKey;
 
 use crate::cli::{ConnectArgs, Trust};
+use crate::wording::About;
 
 pub fn run(args: ConnectArgs) -> Result<u8> {
     let host = HostKey::parse(&args.host, DEFAULT_PORT).context("invalid server address")?;
@@ -27,7 +27,10 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             Trust::Strict => TrustMode::Strict,
         }
     };
-    let name = match args.name {
+    // A name typed at the prompt can be typed again if it is taken; one
+    // given with --name is the caller's to change.
+    let asked = args.name.is_none();
+    let mut name = match args.name {
         Some(n) => n,
         None if interactive => crate::prompt::ask_name()?,
         None => bail!("no name given; pass --name NAME"),
@@ -38,7 +41,16 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             qchat_proto::text::sanitize(&name)
         );
     }
-    let plan = TrustPlan::load(host, &known_hosts, args.fingerprint, mode, interactive)?;
+    let load = || {
+        TrustPlan::load(
+            host.clone(),
+            &known_hosts,
+            args.fingerprint,
+            mode,
+            interactive,
+        )
+    };
+    let plan = load()?;
     for w in &plan.warnings {
         eprintln!("qchat: warning: {w}");
     }
@@ -54,54 +66,62 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
     runtime.block_on(async move {
         let addr = qchat_client::connection::resolve(&plan.host).await?;
         let endpoint = qchat_client::client_endpoint(addr)?;
-        let (conn, trust, fingerprint) =
-            qchat_client::connect(&endpoint, addr, &plan, crate::prompt::confirm_unknown).await?;
-        if plan.pin.is_none() && plan.mode != TrustMode::Strict {
-            eprintln!(
-                "qchat: permanently added {} ({}, {}) to the known hosts in {}",
-                plan.host,
-                fingerprint,
-                if trust == TrustState::Verified {
-                    "verified"
-                } else {
-                    "not verified"
-                },
-                plan.known_hosts.display()
-            );
-        }
-        let joined = qchat_client::join(conn.clone(), &name).await?;
-        if use_ui {
-            let info = crate::ui::SessionInfo {
-                server_name: joined.server_name.clone(),
-                server_addr: addr.to_string(),
-                trust: Some(trust),
-                name: joined.name.clone(),
-                members: joined.members.clone(),
-                operator: false,
-            };
+        let mut plan = plan;
+        let (joined, trust, fingerprint) = loop {
+            if std::io::stderr().is_terminal() {
+                // Otherwise a slow or silent server is a blank screen.
+                eprintln!("connecting to {}…", plan.host);
+            }
+            let (conn, trust, fingerprint) =
+                qchat_client::connect(&endpoint, addr, &plan, crate::prompt::confirm_unknown)
+                    .await?;
+            if plan.pin.is_none() && plan.mode != TrustMode::Strict {
+                eprintln!(
+                    "qchat: permanently added {} ({}, {}) to the known hosts in {}",
+                    plan.host,
+                    fingerprint,
+                    if trust == TrustState::Verified {
+                        "verified"
+                    } else {
+                        "not verified"
+                    },
+                    plan.known_hosts.display()
+                );
+            }
+            match qchat_client::join(conn.clone(), &name).await {
+                Ok(joined) => break (joined, trust, fingerprint),
+                Err(ConnectError::Hello(HelloError::Rejected {
+                    reason: RejectReason::NameTaken,
+                    detail,
+                })) if asked && interactive => {
+                    eprintln!("{}", qchat_proto::text::sanitize(&detail));
+                    conn.close(0u32.into(), b"");
+                    name = tokio::task::spawn_blocking(crate::prompt::ask_name)
+                        .await
+                        .context("the name prompt failed")??;
+                    // The pin, if just accepted, is on disk now: the next
+                    // attempt must not ask again.
+                    plan = load()?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let about = About {
+            server_name: joined.server_name.clone(),
+            server_addr: addr.to_string(),
+            trust: Some(trust),
+            name: joined.name.clone(),
+            members: joined.members.clone(),
+            fingerprint: fingerprint.canonical(),
+            read_aloud: fingerprint.read_aloud(),
+            connect_lines: Vec::new(),
+        };
+        let code = if use_ui {
             let options = crate::ui::UiOptions { bell: !no_bell };
-            let code = crate::ui::run(joined.into(), info, options, None).await;
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
-            return Ok(code);
-        }
-        let header = vec![
-            format!(
-                "* connected to {} at {addr} ({trust}) as {}",
-                sanitize(&joined.server_name),
-                sanitize(&joined.name)
-            ),
-            format!(
-                "* in the room: {}",
-                joined
-                    .members
-                    .iter()
-                    .map(|m| sanitize(m).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ];
-        let code = crate::plain::run(joined.into(), header, false).await;
+            crate::ui::run(joined.into(), about, options, None).await
+        } else {
+            crate::plain::run(joined.into(), about).await
+        };
         // Closing is a protocol: without waiting, the close (and our last
         // lines) may never leave this machine.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -10,10 +10,11 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 
-/// Runs the chosen subcommand.
-pub fn run(cli: Cli) -> Result<u8> {
+/// Runs the chosen subcommand. `server_events` is the server's news for
+/// the host's full-screen view, when logging set it up.
+pub fn run(cli: Cli, server_events: Option<tokio::sync::mpsc::Receiver<String>>) -> Result<u8> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, server_events),
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
         Command::KnownHosts(args) => known_hosts::run(args),

@@ -7,22 +7,25 @@ use anyhow::{Context, Result};
 use qchat_proto::ALPN;
 use qchat_server::{Server, ServerOptions};
 
-use crate::cli::ServeArgs;
+use tokio::sync::mpsc;
 
-pub fn run(args: ServeArgs) -> Result<u8> {
+use crate::cli::ServeArgs;
+use crate::wording::About;
+
+pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Result<u8> {
     if crate::ui::wanted_for_serve(&args) {
-        return run_with_ui(args);
+        return run_with_ui(args, server_events);
     }
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
     let options = server_options(&args);
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
-        let (endpoint, _) = listen(&identity, &options, args.listen)?;
+        let (endpoint, local) = listen(&identity, &options, args.listen)?;
         let server = Server::new(options);
         if let Some(name) = operator {
             let link = server.join_local();
-            tokio::spawn(operate(link, name));
+            tokio::spawn(operate(link, name, host_about(&identity, local)));
         }
         server.run(endpoint, shutdown_signal()).await;
         tracing::info!("stopped");
@@ -51,7 +54,7 @@ fn operator_name(args: &ServeArgs) -> Result<Option<String>> {
 
 /// The operator, in plain mode: lines from stdin, events on stdout. When
 /// the operator leaves (end of input, /quit) the server keeps serving.
-async fn operate(mut link: qchat_server::LocalLink, name: String) {
+async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) {
     let (decoder, welcome) = match qchat_client::hello(&mut link.send, &mut link.recv, &name).await
     {
         Ok(w) => w,
@@ -60,17 +63,13 @@ async fn operate(mut link: qchat_server::LocalLink, name: String) {
             return;
         }
     };
-    let header = vec![format!(
-        "* joined the room as {} (operator); /help lists the commands",
-        qchat_proto::text::sanitize(&welcome.name)
-    )];
     let link = qchat_client::Link {
         send: link.send,
         recv: link.recv,
         decoder,
         conn: None,
     };
-    crate::plain::run(link, header, true).await;
+    crate::plain::run(link, about.welcomed(welcome)).await;
     tracing::info!("the operator left the room; still serving");
 }
 
@@ -97,11 +96,13 @@ fn server_options(args: &ServeArgs) -> ServerOptions {
 
 /// The host at the table: the server runs in the background and the
 /// operator joins its room in the full-screen interface, as `--name`
-/// (asked for if not given). The server's own events (where it listens,
-/// connections, refusals) appear in the scrollback. When the operator
+/// (asked for if not given). The view opens with how others connect (the
+/// lines printed on the normal screen are hidden behind it), and the
+/// server's warnings (`events_rx`, from logging) appear in it as sentences;
+/// joins and leaves come from the room itself, once. When the operator
 /// quits, the whole server shuts down gracefully; SIGINT and SIGTERM still
 /// work too.
-fn run_with_ui(mut args: ServeArgs) -> Result<u8> {
+fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -> Result<u8> {
     // Asked before the runtime starts: the question blocks on stdin.
     let name = match args.name.clone() {
         Some(n) => n,
@@ -116,24 +117,12 @@ fn run_with_ui(mut args: ServeArgs) -> Result<u8> {
     args.name = Some(name.clone());
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
     let options = server_options(&args);
-    let (events_tx, events_rx) = match crate::logging::take_server_events() {
-        Some((tx, rx)) => (Some(tx), Some(rx)),
-        None => (None, None),
-    };
     let bell = !args.no_bell;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         // Announced on the normal screen too, so it is there after the
         // interface closes.
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        if let Some(tx) = &events_tx {
-            let _ = tx.try_send(format!("listening on {local}"));
-            let _ = tx.try_send(format!("fingerprint: {}", identity.fingerprint.canonical()));
-            let _ = tx.try_send(format!(
-                "read aloud:  {}",
-                identity.fingerprint.read_aloud()
-            ));
-        }
         let server = std::sync::Arc::new(Server::new(options));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = {
@@ -159,15 +148,8 @@ fn run_with_ui(mut args: ServeArgs) -> Result<u8> {
             decoder,
             conn: None,
         };
-        let info = crate::ui::SessionInfo {
-            server_name: welcome.server_name,
-            server_addr: local.to_string(),
-            trust: None,
-            name: welcome.name,
-            members: welcome.members,
-            operator: true,
-        };
-        let code = crate::ui::run(link, info, crate::ui::UiOptions { bell }, events_rx).await;
+        let about = host_about(&identity, local).welcomed(welcome);
+        let code = crate::ui::run(link, about, crate::ui::UiOptions { bell }, events_rx).await;
         let _ = stop_tx.send(());
         // Server::run bounds its own shutdown; this is a backstop.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
@@ -240,8 +222,32 @@ fn announce(local: SocketAddr, fp: &qchat_tls::Fingerprint) {
     println!("fingerprint: {}", fp.canonical());
     println!("read aloud:  {}", fp.read_aloud());
     println!("connect with:");
-    for addr in connect_addresses(local) {
-        println!("  qchat connect {addr} --fingerprint {}", fp.canonical());
+    for line in connect_lines(local, fp) {
+        println!("  {line}");
+    }
+}
+
+/// A ready-to-send `qchat connect` line for each address people can reach
+/// the server on.
+fn connect_lines(local: SocketAddr, fp: &qchat_tls::Fingerprint) -> Vec<String> {
+    connect_addresses(local)
+        .into_iter()
+        .map(|addr| format!("qchat connect {addr} --fingerprint {}", fp.canonical()))
+        .collect()
+}
+
+/// What the host's interface shows about the server before the welcome
+/// fills in the room: its key and how others connect.
+fn host_about(identity: &qchat_tls::Identity, local: SocketAddr) -> About {
+    About {
+        server_name: String::new(),
+        server_addr: local.to_string(),
+        trust: None,
+        name: String::new(),
+        members: Vec::new(),
+        fingerprint: identity.fingerprint.canonical(),
+        read_aloud: identity.fingerprint.read_aloud(),
+        connect_lines: connect_lines(local, &identity.fingerprint),
     }
 }
 

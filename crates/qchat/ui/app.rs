@@ -9,15 +9,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
 };
-use qchat_client::{Command, Event, TrustState};
-use qchat_proto::text::sanitize;
+use qchat_client::{Command, Event};
+use qchat_proto::names;
+use ratatui::layout::Rect;
 use time::UtcOffset;
 
 use super::complete::{self, Completion};
 use super::editor::Editor;
-use super::render;
-use super::{SessionInfo, UiOptions};
+use super::layout;
+use super::scrollback::{line_rows, Delivery, Kind, Line};
+use super::UiOptions;
 use crate::input::{self, Input};
+use crate::wording::{self, s, About, Words};
 
 /// Scrollback lines kept; older ones are dropped.
 const SCROLLBACK: usize = 5_000;
@@ -32,84 +35,22 @@ pub enum Msg {
     Term(TermEvent),
     /// An event from the network task.
     Net(Event),
-    /// A line about the server's own doings (operator only).
+    /// News from the server itself, in words (the host only).
     Server(String),
+    /// SIGTERM or SIGHUP: leave now, without asking.
+    Stop,
 }
 
-/// Whether our message reached the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Sent, not yet confirmed.
-    Pending,
-    /// The server delivered it.
-    Delivered,
-    /// The server refused it; nobody saw it.
-    Refused,
-}
-
-/// What a scrollback line is. All text is already sanitised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    /// A message from someone else.
-    Chat {
-        /// Sender.
-        from: String,
-        /// Text.
-        text: String,
-    },
-    /// An action (`/me`) from someone else.
-    Action {
-        /// Sender.
-        from: String,
-        /// Text.
-        text: String,
-    },
-    /// Our own message or action, shown as soon as it is typed.
-    Own {
-        /// Text.
-        text: String,
-        /// Whether it was `/me`.
-        action: bool,
-        /// Its fate.
-        delivery: Delivery,
-    },
-    /// A private message, to us or from us.
-    Private {
-        /// Sender.
-        from: String,
-        /// Recipient.
-        to: String,
-        /// Text.
-        text: String,
-    },
-    /// A message from before we joined.
-    History {
-        /// Sender.
-        from: String,
-        /// Text.
-        text: String,
-        /// Whether it was an action.
-        action: bool,
-    },
-    /// Joins, leaves, renames, notices, /who and /help output.
-    Info(String),
-    /// Something went wrong (refused message, failed command, typo).
-    Error(String),
-    /// The server's own events (operator only).
-    Server(String),
-}
-
-/// One scrollback line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    /// When, in ms since the Unix epoch (server time for messages).
-    pub time_ms: u64,
-    /// What.
-    pub kind: Kind,
-    /// Whether it mentions us (highlighted, rings the bell).
-    pub mention: bool,
-    /// The `seq` of our own message, to match `Delivered`/`Refused`.
-    pub seq: Option<u64>,
+/// What the event loop must do after an update: the state has changed,
+/// these are its consequences outside it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Commands for the network task, in order.
+    pub commands: Vec<Command>,
+    /// Ring the bell.
+    pub ring: bool,
+    /// Clear and redraw everything (Ctrl-L).
+    pub clear: bool,
 }
 
 /// The connection as the status line shows it.
@@ -125,13 +66,13 @@ pub enum Conn {
 
 /// The whole UI state.
 pub struct App {
+    /// The session's facts: server, address, trust, fingerprint.
+    pub about: About,
     /// The server's name, sanitised.
     pub server_name: String,
-    /// Where the server is.
+    /// Where the server is, sanitised.
     pub server_addr: String,
-    /// How far the server is trusted; `None` for the operator.
-    pub trust: Option<TrustState>,
-    /// Whether we are the server's operator.
+    /// Whether we are the server's host (operator).
     pub operator: bool,
     /// Our name as the server knows it (raw, for comparisons).
     pub me: String,
@@ -146,23 +87,26 @@ pub struct App {
     /// The input line.
     pub editor: Editor,
     completion: Option<Completion>,
-    /// Commands waiting for room in the network task's channel.
-    pub outbox: VecDeque<Command>,
-    /// The `seq` the network task will give the next Say/Action/Private.
-    next_seq: u64,
+    /// Our numbered commands (messages, actions, private messages) whose
+    /// number the network task has not reported yet, oldest first: the
+    /// local id of the line each one shows, if it shows one.
+    unnumbered: VecDeque<Option<u64>>,
+    /// The local id of our next own line.
+    next_local: u64,
     /// The connection state.
     pub conn: Conn,
     /// Whether the user asked to leave (the loop then waits for the end).
     pub quitting: bool,
-    /// Ring the bell at the next draw.
-    pub ring: bool,
-    /// Clear and redraw everything at the next draw (Ctrl-L).
-    pub clear: bool,
+    /// The host pressed Ctrl-C once on an empty line; a second one shuts
+    /// the server down.
+    pub confirm_quit: bool,
     /// The terminal size, for scrolling by pages.
     pub size: (u16, u16),
     /// For timestamps.
     pub offset: UtcOffset,
     options: UiOptions,
+    /// Consequences of the update in progress.
+    effects: Effects,
 }
 
 /// Now, in ms since the Unix epoch.
@@ -172,17 +116,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn s(text: &str) -> String {
-    sanitize(text).into_owned()
-}
-
-/// Whether `text` mentions `name` as a word, ignoring case.
+/// Whether `text` mentions `name` as a word, compared as names are.
 pub fn mentions(text: &str, name: &str) -> bool {
     if name.is_empty() {
         return false;
     }
-    let text = text.to_lowercase();
-    let name = name.to_lowercase();
+    // The server's own comparison, so that "Bob" mentions bob exactly
+    // when the server would call them the same name.
+    let text = names::fold(text);
+    let name = names::fold(name);
     text.match_indices(&name).any(|(i, m)| {
         let before = text[..i].chars().next_back();
         let after = text[i + m.len()..].chars().next();
@@ -192,56 +134,54 @@ pub fn mentions(text: &str, name: &str) -> bool {
 
 impl App {
     /// The state right after joining.
-    pub fn new(info: SessionInfo, options: UiOptions, offset: UtcOffset, size: (u16, u16)) -> App {
+    pub fn new(about: About, options: UiOptions, offset: UtcOffset, size: (u16, u16)) -> App {
         let mut app = App {
-            server_name: s(&info.server_name),
-            server_addr: s(&info.server_addr),
-            trust: info.trust,
-            operator: info.operator,
-            me: info.name,
-            members: info.members,
+            server_name: s(&about.server_name),
+            server_addr: s(&about.server_addr),
+            operator: about.trust.is_none(),
+            me: about.name.clone(),
+            members: about.members.clone(),
+            about,
             lines: VecDeque::new(),
             scroll: 0,
             unseen: 0,
             editor: Editor::default(),
             completion: None,
-            outbox: VecDeque::new(),
-            next_seq: 0,
+            unnumbered: VecDeque::new(),
+            next_local: 0,
             conn: Conn::Connected,
             quitting: false,
-            ring: false,
-            clear: false,
+            confirm_quit: false,
             size,
             offset,
             options,
+            effects: Effects::default(),
         };
-        let trust = match app.trust {
-            Some(t) => format!(" ({t})"),
-            None => " (operator)".into(),
-        };
-        let who = app
-            .members
-            .iter()
-            .map(|m| s(m))
-            .collect::<Vec<_>>()
-            .join(", ");
-        app.info(format!(
-            "connected to {} at {}{trust} as {}; /help lists the commands",
-            app.server_name,
-            app.server_addr,
-            s(&app.me)
-        ));
-        app.info(format!("in the room: {who}"));
+        let mut header = app.about.header();
+        if let Some(first) = header.first_mut() {
+            first.push_str("; /help lists the commands");
+        }
+        if app.operator {
+            // The lines printed before the view opened are hidden by it;
+            // the host's first need is telling people how to join.
+            header.splice(1..1, app.about.fingerprint_lines());
+        }
+        for line in header {
+            app.info(line);
+        }
         app
     }
 
-    /// Applies one thing that happened.
-    pub fn update(&mut self, msg: Msg) {
+    /// Applies one thing that happened; returns what the event loop must
+    /// do about it. The only place the state changes.
+    pub fn update(&mut self, msg: Msg) -> Effects {
         match msg {
             Msg::Term(ev) => self.on_terminal(ev),
             Msg::Net(ev) => self.on_network(ev),
-            Msg::Server(line) => self.push(Kind::Server(s(&line)), now_ms()),
+            Msg::Server(line) => self.info(s(&line)),
+            Msg::Stop => self.quit(String::new()),
         }
+        std::mem::take(&mut self.effects)
     }
 
     fn info(&mut self, text: String) {
@@ -268,11 +208,11 @@ impl App {
 
     fn push_line(&mut self, line: Line) {
         if line.mention && self.options.bell {
-            self.ring = true;
+            self.effects.ring = true;
         }
         if self.scroll > 0 {
-            let width = render::scrollback_width(self.size.0, self);
-            self.scroll += render::line_rows(&line, self, width).len();
+            let width = self.areas().scrollback.width;
+            self.scroll += line_rows(&line, self.offset, width).len();
             self.unseen += 1;
         }
         self.lines.push_back(line);
@@ -281,132 +221,89 @@ impl App {
         }
     }
 
+    /// The screen's areas at the current size.
+    pub fn areas(&self) -> layout::Areas {
+        let (w, h) = self.size;
+        layout::areas(Rect::new(0, 0, w, h), &self.members, &self.editor)
+    }
+
     fn on_network(&mut self, ev: Event) {
-        match ev {
-            Event::Chat {
-                from,
-                text,
-                time_ms,
-            } => {
-                let mention = mentions(&text, &self.me);
-                let kind = Kind::Chat {
-                    from: s(&from),
-                    text: s(&text),
-                };
-                self.push_mention(kind, time_ms, mention);
+        // First what the event does to the state, then its words.
+        let mut mention = false;
+        match &ev {
+            Event::Chat { text, .. } | Event::Action { text, .. } => {
+                mention = mentions(text, &self.me);
             }
-            Event::Action {
-                from,
-                text,
-                time_ms,
-            } => {
-                let mention = mentions(&text, &self.me);
-                let kind = Kind::Action {
-                    from: s(&from),
-                    text: s(&text),
-                };
-                self.push_mention(kind, time_ms, mention);
-            }
-            Event::Private {
-                from,
-                to,
-                text,
-                time_ms,
-            } => {
-                // A private message to us is as good as a mention; our own,
-                // echoed by the server, is not.
-                let mention = !from.eq_ignore_ascii_case(&self.me);
-                let kind = Kind::Private {
-                    from: s(&from),
-                    to: s(&to),
-                    text: s(&text),
-                };
-                self.push_mention(kind, time_ms, mention);
-            }
-            Event::History {
-                from,
-                text,
-                time_ms,
-                action,
-            } => self.push(
-                Kind::History {
-                    from: s(&from),
-                    text: s(&text),
-                    action,
-                },
-                time_ms,
-            ),
-            Event::Delivered { seq } => self.set_delivery(seq, Delivery::Delivered),
-            Event::Refused { seq, reason } => {
-                self.set_delivery(seq, Delivery::Refused);
-                self.error(format!("message not sent: {}", s(&reason)));
-            }
+            // A private message to us is as good as a mention; our own,
+            // echoed by the server, is not.
+            Event::Private { from, .. } => mention = !same(from, &self.me),
+            Event::Sent { seq } => self.numbered(*seq),
+            Event::Delivered { seq } => self.set_delivery(*seq, Delivery::Delivered),
+            Event::Refused { seq, .. } => self.set_delivery(*seq, Delivery::Refused),
             Event::Joined { name } => {
-                self.info(format!("{} joined", s(&name)));
-                if !self
-                    .members
-                    .iter()
-                    .any(|m| m.to_lowercase() == name.to_lowercase())
-                {
-                    self.members.push(name);
+                if !self.members.iter().any(|m| same(m, name)) {
+                    self.members.push(name.clone());
                 }
             }
-            Event::Left { name, reason } => {
-                if reason.is_empty() {
-                    self.info(format!("{} left", s(&name)));
-                } else {
-                    self.info(format!("{} left ({})", s(&name), s(&reason)));
-                }
-                self.members
-                    .retain(|m| m.to_lowercase() != name.to_lowercase());
-            }
+            Event::Left { name, .. } => self.members.retain(|m| !same(m, name)),
             Event::Renamed { old, new } => {
-                if old == self.me {
-                    self.info(format!("you are now known as {}", s(&new)));
+                if same(old, &self.me) {
+                    self.info(format!("you are now known as {}", s(new)));
                     self.me = new.clone();
-                } else {
-                    self.info(format!("{} is now known as {}", s(&old), s(&new)));
+                    self.about.name = new.clone();
                 }
-                match self.members.iter_mut().find(|m| **m == old) {
-                    Some(m) => *m = new,
-                    None => self.members.push(new),
+                match self.members.iter_mut().find(|m| same(m, old)) {
+                    Some(m) => *m = new.clone(),
+                    None => self.members.push(new.clone()),
+                }
+                if same(old, &self.me) || same(new, &self.me) {
+                    // Said above, in the second person.
+                    return;
                 }
             }
             Event::Members(members) => {
-                self.info(format!("members ({}):", members.len()));
-                for m in &members {
-                    let mut line = format!(
-                        "  {:<16} {:>4}",
-                        s(&m.name),
-                        crate::plain::short_duration(m.connected_secs)
-                    );
-                    if !m.addr.is_empty() {
-                        line.push_str(&format!("  {}", s(&m.addr)));
-                    }
-                    if m.operator {
-                        line.push_str("  (operator)");
-                    }
-                    self.info(line);
-                }
-                self.members = members.into_iter().map(|m| m.name).collect();
+                self.members = members.iter().map(|m| m.name.clone()).collect();
             }
-            Event::Notice { text } => self.info(format!("notice: {}", s(&text))),
-            Event::Failed { what, reason } => {
-                self.error(format!("/{} failed: {}", s(&what), s(&reason)));
-            }
-            Event::Kicked { by, reason } => {
-                let why = if reason.is_empty() {
-                    format!("kicked by {}", s(&by))
-                } else {
-                    format!("kicked by {}: {}", s(&by), s(&reason))
-                };
-                self.error(why.clone());
-                self.conn = Conn::Closing(why);
-            }
-            Event::ShuttingDown { reason } => {
-                self.info(format!("server shutting down: {}", s(&reason)));
+            Event::Kicked { by, reason } => self.conn = Conn::Closing(wording::kicked(by, reason)),
+            Event::ShuttingDown { .. } => {
                 self.conn = Conn::Closing("server shutting down".into());
             }
+            Event::History { .. } | Event::Notice { .. } | Event::Failed { .. } => {}
+        }
+        let time_ms = match &ev {
+            Event::Chat { time_ms, .. }
+            | Event::Action { time_ms, .. }
+            | Event::Private { time_ms, .. }
+            | Event::History { time_ms, .. } => *time_ms,
+            _ => now_ms(),
+        };
+        match wording::event(&ev) {
+            Some(Words::Said(said)) => self.push_mention(Kind::Said(said), time_ms, mention),
+            Some(Words::Info(text)) => self.info(text),
+            Some(Words::Error(text) | Words::Removed(text)) => self.error(text),
+            Some(Words::Members { heading, entries }) => {
+                self.info(heading);
+                for e in entries {
+                    self.info(format!("  {e}"));
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The network task numbered our oldest unnumbered command `seq`.
+    fn numbered(&mut self, seq: u64) {
+        let Some(Some(local)) = self.unnumbered.pop_front() else {
+            return;
+        };
+        // Recent: search from the newest.
+        let line = self
+            .lines
+            .iter_mut()
+            .rev()
+            .find(|l| matches!(l.kind, Kind::Own { local: id, .. } if id == local));
+        if let Some(line) = line {
+            line.seq = Some(seq);
         }
     }
 
@@ -424,6 +321,7 @@ impl App {
             TermEvent::Key(key) if key.kind != KeyEventKind::Release => self.on_key(key),
             TermEvent::Paste(text) => {
                 self.completion = None;
+                self.confirm_quit = false;
                 self.editor.paste(&text);
             }
             TermEvent::Mouse(MouseEvent { kind, .. }) => match kind {
@@ -440,15 +338,15 @@ impl App {
     }
 
     fn page(&self) -> usize {
-        usize::from(render::scrollback_height(self.size, self).saturating_sub(1)).max(1)
+        usize::from(self.areas().scrollback.height.saturating_sub(1)).max(1)
     }
 
     fn max_scroll(&self) -> usize {
-        let width = render::scrollback_width(self.size.0, self);
-        let height = usize::from(render::scrollback_height(self.size, self));
+        let area = self.areas().scrollback;
+        let height = usize::from(area.height);
         let mut rows = 0;
         for line in self.lines.iter().rev() {
-            rows += render::line_rows(line, self, width).len();
+            rows += line_rows(line, self.offset, area.width).len();
             if rows > self.scroll + height * 2 + 1 {
                 // Enough to know the limit is not here; no need to wrap the
                 // whole scrollback.
@@ -475,9 +373,14 @@ impl App {
         if key.code != KeyCode::Tab {
             self.completion = None;
         }
+        let interrupt = key.code == KeyCode::Char('c') && ctrl;
+        if !interrupt {
+            // Any other key cancels the host's pending shutdown question.
+            self.confirm_quit = false;
+        }
         let e = &mut self.editor;
         match key.code {
-            KeyCode::Char('c') if ctrl => self.quit(String::new()),
+            KeyCode::Char('c') if ctrl => self.interrupt(),
             KeyCode::Char('d') if ctrl => {
                 if e.is_empty() {
                     self.quit(String::new());
@@ -495,7 +398,7 @@ impl App {
             KeyCode::Char('h') if ctrl => e.backspace(),
             KeyCode::Char('p') if ctrl => e.history_up(),
             KeyCode::Char('n') if ctrl => e.history_down(),
-            KeyCode::Char('l') if ctrl => self.clear = true,
+            KeyCode::Char('l') if ctrl => self.effects.clear = true,
             KeyCode::Char('b') if alt => e.word_left(),
             KeyCode::Char('f') if alt => e.word_right(),
             KeyCode::Char('d') if alt => e.delete_word_after(),
@@ -539,7 +442,7 @@ impl App {
         let names: Vec<String> = self
             .members
             .iter()
-            .filter(|m| **m != self.me)
+            .filter(|m| !same(m, &self.me))
             .cloned()
             .collect();
         if let Some(c) =
@@ -569,6 +472,11 @@ impl App {
                         self.info(l);
                     }
                 }
+                Input::Fingerprint => {
+                    for l in self.about.fingerprint_lines() {
+                        self.info(l);
+                    }
+                }
                 Input::Error(e) => self.error(e),
                 Input::Send(Command::Quit(reason)) => {
                     self.quit(reason);
@@ -582,28 +490,49 @@ impl App {
     fn send(&mut self, cmd: Command) {
         match &cmd {
             Command::Say(text) | Command::Action(text) => {
-                self.next_seq += 1;
-                let action = matches!(cmd, Command::Action(_));
+                self.next_local += 1;
+                let local = self.next_local;
+                self.unnumbered.push_back(Some(local));
                 self.push_line(Line {
                     time_ms: now_ms(),
                     kind: Kind::Own {
+                        name: s(&self.me),
                         text: s(text),
-                        action,
+                        action: matches!(cmd, Command::Action(_)),
                         delivery: Delivery::Pending,
+                        local,
                     },
                     mention: false,
-                    seq: Some(self.next_seq),
+                    seq: None,
                 });
             }
-            // Shown when the server echoes it, which also proves it went.
-            Command::Private { .. } => self.next_seq += 1,
+            // Numbered too, but shown when the server echoes it, which
+            // also proves it went.
+            Command::Private { .. } => self.unnumbered.push_back(None),
             Command::Kick { .. } if !self.operator => {
                 self.error("/kick is for the server's operator".into());
                 return;
             }
             _ => {}
         }
-        self.outbox.push_back(cmd);
+        self.effects.commands.push(cmd);
+    }
+
+    /// Ctrl-C: clears a typed line; on an empty one leaves, except that
+    /// the host, whose leaving shuts the server down for everyone, is
+    /// asked to press it again.
+    fn interrupt(&mut self) {
+        if !self.editor.is_empty() {
+            self.editor.clear();
+        } else if self.operator && !self.confirm_quit && !self.quitting {
+            self.confirm_quit = true;
+            self.info(
+                "press Ctrl-C again to shut the server down for everyone; any other key cancels"
+                    .into(),
+            );
+        } else {
+            self.quit(String::new());
+        }
     }
 
     fn quit(&mut self, reason: String) {
@@ -611,9 +540,15 @@ impl App {
             return;
         }
         self.quitting = true;
+        self.confirm_quit = false;
         self.conn = Conn::Leaving;
-        self.outbox.push_back(Command::Quit(reason));
+        self.effects.commands.push(Command::Quit(reason));
     }
+}
+
+/// Whether two names are the same name, as the server decides it.
+fn same(a: &str, b: &str) -> bool {
+    names::fold(a) == names::fold(b)
 }
 
 /// The `/help` lines; the operator's `/quit` also stops the server.
@@ -627,7 +562,7 @@ pub fn help_lines(operator: bool) -> Vec<String> {
         }
     }
     lines.push(
-        "keys: Tab completes, Up/Down history, PageUp/PageDown scroll, Ctrl-W deletes a word, Alt-Enter a new line, Ctrl-C quits"
+        "keys: Tab completes, Up/Down history, PageUp/PageDown scroll, Ctrl-W deletes a word, Alt-Enter a new line, Ctrl-C clears the line or quits"
             .into(),
     );
     lines
@@ -636,22 +571,29 @@ pub fn help_lines(operator: bool) -> Vec<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use qchat_client::TrustState;
 
     pub(crate) fn app() -> App {
         app_with((80, 24), true)
     }
 
+    pub(crate) fn about(trust: Option<TrustState>) -> About {
+        About {
+            server_name: "den".into(),
+            server_addr: "127.0.0.1:8080".into(),
+            trust,
+            name: "bob".into(),
+            members: vec!["alice".into(), "bob".into()],
+            fingerprint: "SHA256:abc".into(),
+            read_aloud: "apple banana".into(),
+            connect_lines: vec!["qchat connect 127.0.0.1:8080 --fingerprint SHA256:abc".into()],
+        }
+    }
+
     /// The fixture every UI test starts from: bob in "den", alice present.
     pub(crate) fn app_with(size: (u16, u16), bell: bool) -> App {
         App::new(
-            SessionInfo {
-                server_name: "den".into(),
-                server_addr: "127.0.0.1:8080".into(),
-                trust: Some(TrustState::Verified),
-                name: "bob".into(),
-                members: vec!["alice".into(), "bob".into()],
-                operator: false,
-            },
+            about(Some(TrustState::Verified)),
             UiOptions { bell },
             UtcOffset::UTC,
             size,
@@ -662,10 +604,34 @@ pub(crate) mod tests {
         Msg::Term(TermEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)))
     }
 
-    fn typed(app: &mut App, text: &str) {
+    fn ctrl(c: char) -> Msg {
+        Msg::Term(TermEvent::Key(KeyEvent::new(
+            KeyCode::Char(c),
+            KeyModifiers::CONTROL,
+        )))
+    }
+
+    /// Types `text`, returning the commands it caused.
+    fn typed(app: &mut App, text: &str) -> Vec<Command> {
+        let mut out = Vec::new();
         for c in text.chars() {
-            app.update(key(KeyCode::Char(c)));
+            out.extend(app.update(key(KeyCode::Char(c))).commands);
         }
+        out
+    }
+
+    fn enter(app: &mut App) -> Vec<Command> {
+        app.update(key(KeyCode::Enter)).commands
+    }
+
+    fn own_lines(app: &App) -> Vec<(String, Option<u64>, Delivery)> {
+        app.lines
+            .iter()
+            .filter_map(|l| match &l.kind {
+                Kind::Own { text, delivery, .. } => Some((text.clone(), l.seq, *delivery)),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -687,44 +653,64 @@ pub(crate) mod tests {
         }));
         assert_eq!(a.editor.text(), "half a thou");
         typed(&mut a, "ght");
-        a.update(key(KeyCode::Enter));
-        assert_eq!(a.outbox, [Command::Say("half a thought".into())]);
-        let last = a.lines.back().expect("own line");
-        assert_eq!(last.seq, Some(1));
+        assert_eq!(enter(&mut a), [Command::Say("half a thought".into())]);
+        a.update(Msg::Net(Event::Sent { seq: 1 }));
         a.update(Msg::Net(Event::Delivered { seq: 1 }));
+        assert_eq!(
+            own_lines(&a),
+            [("half a thought".into(), Some(1), Delivery::Delivered)]
+        );
+    }
+
+    #[test]
+    fn delivery_marks_follow_the_numbers_the_network_task_reports() {
+        let mut a = app();
+        // A private message between two lines: numbered, but not shown.
+        typed(&mut a, "one");
+        enter(&mut a);
+        typed(&mut a, "/msg alice psst");
+        enter(&mut a);
+        typed(&mut a, "two");
+        enter(&mut a);
+        assert_eq!(
+            own_lines(&a),
+            [
+                ("one".into(), None, Delivery::Pending),
+                ("two".into(), None, Delivery::Pending)
+            ]
+        );
+        // Whatever numbers the network task chose, the marks land on the
+        // lines it sent under them.
+        for seq in [7, 8, 9] {
+            a.update(Msg::Net(Event::Sent { seq }));
+        }
+        a.update(Msg::Net(Event::Refused {
+            seq: 9,
+            reason: "too fast".into(),
+        }));
+        a.update(Msg::Net(Event::Delivered { seq: 7 }));
+        assert_eq!(
+            own_lines(&a),
+            [
+                ("one".into(), Some(7), Delivery::Delivered),
+                ("two".into(), Some(9), Delivery::Refused)
+            ]
+        );
         assert!(matches!(
-            a.lines.back().map(|l| &l.kind),
-            Some(Kind::Own {
-                delivery: Delivery::Delivered,
-                ..
-            })
+            &a.lines.back().map(|l| &l.kind),
+            Some(Kind::Error(e)) if e == "message not sent: too fast"
         ));
     }
 
     #[test]
     fn a_paste_waits_for_enter_then_sends_each_line() {
         let mut a = app();
-        a.update(Msg::Term(TermEvent::Paste("one\ntwo\n".into())));
-        assert!(a.outbox.is_empty());
-        a.update(key(KeyCode::Enter));
+        let fx = a.update(Msg::Term(TermEvent::Paste("one\ntwo\n".into())));
+        assert!(fx.commands.is_empty());
         assert_eq!(
-            a.outbox,
+            enter(&mut a),
             [Command::Say("one".into()), Command::Say("two".into())]
         );
-    }
-
-    #[test]
-    fn private_messages_are_numbered_but_shown_when_echoed() {
-        let mut a = app();
-        typed(&mut a, "/msg alice psst");
-        a.update(key(KeyCode::Enter));
-        typed(&mut a, "hi");
-        a.update(key(KeyCode::Enter));
-        assert_eq!(a.lines.back().and_then(|l| l.seq), Some(2));
-        assert!(!a
-            .lines
-            .iter()
-            .any(|l| matches!(&l.kind, Kind::Private { .. })));
     }
 
     #[test]
@@ -738,39 +724,123 @@ pub(crate) mod tests {
             new: "alicia".into(),
         }));
         a.update(Msg::Net(Event::Left {
-            name: "carol".into(),
+            name: "CAROL".into(),
             reason: String::new(),
         }));
         assert_eq!(a.members, ["alicia", "bob"]);
-        assert!(!a.ring);
-        a.update(Msg::Net(Event::Chat {
+        let fx = a.update(Msg::Net(Event::Chat {
             from: "alicia".into(),
             text: "bob: ping".into(),
             time_ms: 0,
         }));
-        assert!(a.ring);
+        assert!(fx.ring);
+        let fx = a.update(Msg::Net(Event::Chat {
+            from: "alicia".into(),
+            text: "kebob".into(),
+            time_ms: 0,
+        }));
+        assert!(!fx.ring);
         a.update(Msg::Net(Event::Renamed {
             old: "bob".into(),
             new: "robert".into(),
         }));
         assert_eq!(a.me, "robert");
+        assert!(matches!(
+            &a.lines.back().map(|l| &l.kind),
+            Some(Kind::Info(t)) if t == "you are now known as robert"
+        ));
     }
 
     #[test]
-    fn quit_keys() {
+    fn own_lines_keep_the_name_they_were_sent_under() {
+        let mut a = app();
+        typed(&mut a, "before");
+        enter(&mut a);
+        a.update(Msg::Net(Event::Renamed {
+            old: "bob".into(),
+            new: "robert".into(),
+        }));
+        typed(&mut a, "after");
+        enter(&mut a);
+        let names: Vec<&str> = a
+            .lines
+            .iter()
+            .filter_map(|l| match &l.kind {
+                Kind::Own { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["bob", "robert"]);
+    }
+
+    #[test]
+    fn ctrl_c_clears_a_typed_line_then_quits() {
         let mut a = app();
         typed(&mut a, "x");
-        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
-            KeyCode::Char('d'),
-            KeyModifiers::CONTROL,
-        ))));
+        assert!(a.update(ctrl('d')).commands.is_empty());
         assert!(!a.quitting, "Ctrl-D on a non-empty line is delete");
-        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
-            KeyCode::Char('c'),
-            KeyModifiers::CONTROL,
-        ))));
+        typed(&mut a, "half");
+        assert!(a.update(ctrl('c')).commands.is_empty());
+        assert!(!a.quitting, "the first Ctrl-C clears the line");
+        assert!(a.editor.is_empty());
+        assert_eq!(a.update(ctrl('c')).commands, [Command::Quit(String::new())]);
         assert!(a.quitting);
-        assert_eq!(a.outbox, [Command::Quit(String::new())]);
+        assert_eq!(a.conn, Conn::Leaving);
+    }
+
+    #[test]
+    fn the_host_is_asked_before_ctrl_c_shuts_the_server_down() {
+        let mut a = App::new(
+            about(None),
+            UiOptions { bell: false },
+            UtcOffset::UTC,
+            (80, 24),
+        );
+        assert!(a.update(ctrl('c')).commands.is_empty());
+        assert!(a.confirm_quit);
+        // Any other key cancels.
+        typed(&mut a, "x");
+        assert!(!a.confirm_quit);
+        a.update(key(KeyCode::Backspace));
+        a.update(ctrl('c'));
+        assert_eq!(a.update(ctrl('c')).commands, [Command::Quit(String::new())]);
+        // A signal does not ask.
+        let mut a = App::new(
+            about(None),
+            UiOptions { bell: false },
+            UtcOffset::UTC,
+            (80, 24),
+        );
+        assert_eq!(a.update(Msg::Stop).commands, [Command::Quit(String::new())]);
+    }
+
+    #[test]
+    fn the_host_sees_how_to_connect_and_fingerprint_repeats_it() {
+        let mut a = App::new(
+            about(None),
+            UiOptions { bell: false },
+            UtcOffset::UTC,
+            (80, 24),
+        );
+        let connect = "  qchat connect 127.0.0.1:8080 --fingerprint SHA256:abc";
+        let count = |a: &App| {
+            a.lines
+                .iter()
+                .filter(|l| matches!(&l.kind, Kind::Info(t) if t == connect))
+                .count()
+        };
+        assert_eq!(count(&a), 1);
+        typed(&mut a, "/fingerprint");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(count(&a), 2);
+        // A member learns the key and how far it is trusted.
+        let mut a = app();
+        typed(&mut a, "/fingerprint");
+        enter(&mut a);
+        assert!(a
+            .lines
+            .iter()
+            .any(|l| matches!(&l.kind, Kind::Info(t) if t.starts_with("trust: verified"))));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Tab completion: command names at the start of the line, member names
 //! everywhere else. Pressing Tab again cycles through the candidates.
 
+use qchat_proto::names::fold;
+
 /// One completion in progress: what to replace and with what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
@@ -40,20 +42,22 @@ pub fn complete(
         start -= 1;
     }
     let word: String = line[start..cursor].iter().collect();
-    let word_lower = word.to_lowercase();
     let mut candidates: Vec<String> = if start == 0 && word.starts_with('/') {
+        let word = word.to_lowercase();
         commands
             .iter()
-            .filter(|c| c.starts_with(&word_lower))
+            .filter(|c| c.starts_with(&word))
             .map(|c| format!("{c} "))
             .collect()
     } else {
+        // Names match as the server compares them.
+        let word = fold(&word);
         let suffix = if start == 0 { ": " } else { " " };
         let mut matching: Vec<&String> = names
             .iter()
-            .filter(|n| n.to_lowercase().starts_with(&word_lower))
+            .filter(|n| fold(n).starts_with(&word))
             .collect();
-        matching.sort_by_key(|n| n.to_lowercase());
+        matching.sort_by_key(|n| fold(n));
         matching
             .into_iter()
             .map(|n| format!("{n}{suffix}"))

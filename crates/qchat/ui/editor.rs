@@ -4,6 +4,12 @@
 //! The buffer may hold newlines (from a pasted block, or Alt-Enter); they
 //! are shown as `⏎` and each line becomes its own message when the user
 //! presses Enter. Nothing here touches the terminal: the app feeds it keys.
+//!
+//! The cursor moves and deletes by grapheme cluster, not by `char`: a
+//! thumbs-up with a skin tone (`👍🏽`) is two `char`s but one thing on the
+//! screen, and stepping into its middle would split the modifier off.
+
+use unicode_segmentation::UnicodeSegmentation;
 
 /// How many submitted lines Up/Down can recall.
 const HISTORY: usize = 200;
@@ -77,29 +83,64 @@ impl Editor {
         self.cursor = start + with.chars().count();
     }
 
-    /// Backspace.
-    pub fn backspace(&mut self) {
-        if self.cursor > 0 {
-            self.cursor -= 1;
-            self.buf.remove(self.cursor);
+    /// Where each grapheme cluster starts, in `char`s, and the end.
+    fn boundaries(&self) -> Vec<usize> {
+        let text = self.text();
+        let mut out = Vec::with_capacity(self.buf.len() + 1);
+        let mut at = 0;
+        for g in text.graphemes(true) {
+            out.push(at);
+            at += g.chars().count();
         }
+        out.push(at);
+        out
     }
 
-    /// Delete (the character under the cursor).
+    /// The cluster boundary before the cursor.
+    fn prev_boundary(&self) -> usize {
+        self.boundaries()
+            .into_iter()
+            .rev()
+            .find(|&b| b < self.cursor)
+            .unwrap_or(0)
+    }
+
+    /// The cluster boundary after the cursor.
+    fn next_boundary(&self) -> usize {
+        self.boundaries()
+            .into_iter()
+            .find(|&b| b > self.cursor)
+            .unwrap_or(self.buf.len())
+    }
+
+    /// Backspace: the cluster before the cursor.
+    pub fn backspace(&mut self) {
+        let start = self.prev_boundary();
+        self.buf.drain(start..self.cursor);
+        self.cursor = start;
+    }
+
+    /// Delete: the cluster under the cursor.
     pub fn delete(&mut self) {
-        if self.cursor < self.buf.len() {
-            self.buf.remove(self.cursor);
-        }
+        let end = self.next_boundary();
+        self.buf.drain(self.cursor..end);
     }
 
     /// Left arrow.
     pub fn left(&mut self) {
-        self.cursor = self.cursor.saturating_sub(1);
+        self.cursor = self.prev_boundary();
     }
 
     /// Right arrow.
     pub fn right(&mut self) {
-        self.cursor = (self.cursor + 1).min(self.buf.len());
+        self.cursor = self.next_boundary();
+    }
+
+    /// Empties the line (Ctrl-C with something typed); the history stays.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.cursor = 0;
+        self.hist_pos = None;
     }
 
     /// Home, Ctrl-A.
@@ -251,6 +292,23 @@ mod tests {
         assert_eq!(e.text(), ">hello!");
         e.right();
         assert_eq!(e.cursor(), 7);
+    }
+
+    #[test]
+    fn an_emoji_with_a_modifier_moves_and_deletes_as_one() {
+        let mut e = typed("a👍🏽b");
+        assert_eq!(e.chars().len(), 4);
+        e.left();
+        e.left();
+        assert_eq!(e.cursor(), 1, "the cursor never lands between 👍 and 🏽");
+        e.right();
+        assert_eq!(e.cursor(), 3);
+        e.backspace();
+        assert_eq!(e.text(), "ab");
+        let mut e = typed("👍🏽x");
+        e.home();
+        e.delete();
+        assert_eq!(e.text(), "x");
     }
 
     #[test]

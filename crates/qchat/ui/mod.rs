@@ -4,12 +4,15 @@
 //! The split follows ratatui's templates: the network task
 //! (`qchat_client::session::run`) owns the connection and talks to the UI
 //! through bounded channels; one `tokio::select!` here waits on the
-//! terminal's async event stream, the network events, the server's own
-//! events (operator) and a redraw deadline. State changes only in
-//! [`app::App::update`]; [`render::draw`] only reads it.
+//! terminal's async event stream, the network events, the server's
+//! warnings (host only) and a redraw deadline. State changes only in
+//! [`app::App::update`], which returns what the loop must do (commands to
+//! send, the bell, a full redraw); [`render::draw`] only reads it.
 //!
 //! - `app`: state and update.
-//! - `render`: layout and drawing.
+//! - `layout`: where things go on the screen, and text widths.
+//! - `scrollback`: what a scrollback line is and how it wraps into rows.
+//! - `render`: drawing.
 //! - `editor`: the input line.
 //! - `complete`: tab completion.
 //! - `terminal`: taking over the terminal and restoring it on every exit.
@@ -17,9 +20,12 @@
 mod app;
 mod complete;
 mod editor;
+mod layout;
 mod render;
+mod scrollback;
 mod terminal;
 
+use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -33,22 +39,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use app::{App, Msg};
-
-/// What the UI shows in its status line and starts its member list from.
-pub struct SessionInfo {
-    /// The server's name from the welcome.
-    pub server_name: String,
-    /// Where the server is, as shown to the user.
-    pub server_addr: String,
-    /// How far the server is trusted; `None` for the operator.
-    pub trust: Option<qchat_client::TrustState>,
-    /// Our name as the server registered it.
-    pub name: String,
-    /// The room when we joined.
-    pub members: Vec<String>,
-    /// Whether we are the server's operator (shows `/kick`, addresses).
-    pub operator: bool,
-}
 
 /// What the user can turn on and off.
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +110,7 @@ pub fn wanted_for_serve(args: &crate::cli::ServeArgs) -> bool {
 /// how the session ended on stderr once the terminal is restored.
 pub async fn run<W, R>(
     link: Link<W, R>,
-    info: SessionInfo,
+    about: crate::wording::About,
     options: UiOptions,
     server_events: Option<mpsc::Receiver<String>>,
 ) -> u8
@@ -128,13 +118,13 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let operator = info.operator;
+    let operator = about.trust.is_none();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let net = tokio::spawn(session::run(link, cmd_rx, ev_tx));
 
     let size = crossterm::terminal::size().unwrap_or((80, 24));
-    let mut app = App::new(info, options, local_offset(), size);
+    let mut app = App::new(about, options, local_offset(), size);
     let outcome = match terminal::enter() {
         Ok(mut guard) => {
             let r = event_loop(&mut guard, &mut app, cmd_tx, ev_rx, server_events).await;
@@ -193,20 +183,26 @@ async fn event_loop(
     let mut redraw_at: Option<Instant> = Some(Instant::now());
     let mut last_draw = Instant::now() - FRAME;
     let mut quit_deadline: Option<Instant> = None;
+    // Commands the app gave that wait for room in the network task's
+    // channel (a paste of many lines): the loop's I/O, not the app's state.
+    let mut outbox: VecDeque<qchat_client::Command> = VecDeque::new();
+    let mut clear = false;
+    let mut ring = false;
     loop {
+        let mut msgs = Vec::new();
         tokio::select! {
             key = keys.next() => match key {
-                Some(Ok(ev)) => app.update(Msg::Term(ev)),
+                Some(Ok(ev)) => msgs.push(Msg::Term(ev)),
                 // The terminal is gone (hung up): leave.
                 Some(Err(_)) | None => break,
             },
             ev = ev_rx.recv() => match ev {
                 Some(ev) => {
-                    app.update(Msg::Net(ev));
+                    msgs.push(Msg::Net(ev));
                     // Take whatever else is already waiting before drawing.
                     for _ in 0..EVENT_QUEUE {
                         match ev_rx.try_recv() {
-                            Ok(ev) => app.update(Msg::Net(ev)),
+                            Ok(ev) => msgs.push(Msg::Net(ev)),
                             Err(_) => break,
                         }
                     }
@@ -215,28 +211,26 @@ async fn event_loop(
                 None => break,
             },
             line = recv_opt(&mut server_events) => match line {
-                Some(line) => app.update(Msg::Server(line)),
+                Some(line) => msgs.push(Msg::Server(line)),
                 None => server_events = None,
             },
-            permit = cmd_tx.reserve(), if !app.outbox.is_empty() => match permit {
+            permit = cmd_tx.reserve(), if !outbox.is_empty() => match permit {
                 Ok(permit) => {
-                    if let Some(cmd) = app.outbox.pop_front() {
+                    if let Some(cmd) = outbox.pop_front() {
                         permit.send(cmd);
                     }
                 }
                 Err(_) => break,
             },
-            () = signals.recv() => app.update(Msg::Term(ctrl_c())),
+            () = signals.recv() => msgs.push(Msg::Stop),
             () = sleep_until(redraw_at) => {
                 redraw_at = None;
                 if terminal::active() {
-                    if app.clear {
-                        app.clear = false;
+                    if std::mem::take(&mut clear) {
                         guard.terminal.clear()?;
                     }
                     guard.terminal.draw(|f| render::draw(f, app))?;
-                    if app.ring {
-                        app.ring = false;
+                    if std::mem::take(&mut ring) {
                         let mut out = std::io::stdout();
                         let _ = out.write_all(b"\x07");
                         let _ = out.flush();
@@ -247,6 +241,12 @@ async fn event_loop(
             }
             () = sleep_until(quit_deadline) => break,
         }
+        for msg in msgs {
+            let fx = app.update(msg);
+            outbox.extend(fx.commands);
+            clear |= fx.clear;
+            ring |= fx.ring;
+        }
         if app.quitting && quit_deadline.is_none() {
             quit_deadline = Some(Instant::now() + QUIT_GRACE);
         }
@@ -255,13 +255,6 @@ async fn event_loop(
         }
     }
     Ok(())
-}
-
-/// A Ctrl-C key event: SIGTERM and SIGHUP mean the same as the user
-/// pressing it.
-fn ctrl_c() -> crossterm::event::Event {
-    use crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
-    Event::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))
 }
 
 async fn recv_opt(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
@@ -279,7 +272,8 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// SIGTERM and SIGHUP: without handling them the process would die with
-/// the terminal still in raw mode on the alternate screen.
+/// the terminal still in raw mode on the alternate screen. They leave at
+/// once (Ctrl-C in the view is a key, and asks first where that matters).
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,

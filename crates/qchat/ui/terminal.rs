@@ -6,19 +6,15 @@
 //! unwinding), and a panic hook restores *before* the panic message is
 //! printed, so the message lands on the normal screen where it can be read.
 
-use std::io::{self, Stdout, Write};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 use crossterm::event::{
     DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
 };
-use crossterm::terminal::{
-    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
-};
 use crossterm::{cursor, execute};
-use ratatui::backend::CrosstermBackend;
-use ratatui::Terminal;
+use ratatui::DefaultTerminal;
 
 /// Whether the terminal is currently taken over; restoring twice would
 /// print the leave sequences twice, and drawing after a panic hook has
@@ -28,31 +24,30 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The terminal while the UI owns it; restores it when dropped.
 pub struct Guard {
     /// What ratatui draws on.
-    pub terminal: Terminal<CrosstermBackend<Stdout>>,
+    pub terminal: DefaultTerminal,
 }
 
-/// Takes over the terminal. On failure, whatever was already changed is
-/// undone.
+/// Takes over the terminal: ratatui's own setup (raw mode, the alternate
+/// screen, a panic hook that restores both), plus what ratatui does not
+/// know we turned on (bracketed paste, mouse reporting). On failure,
+/// whatever was already changed is undone.
 pub fn enter() -> io::Result<Guard> {
-    install_panic_hook();
-    enable_raw_mode()?;
     ACTIVE.store(true, Ordering::SeqCst);
-    let setup = (|| {
-        execute!(
-            io::stdout(),
-            EnterAlternateScreen,
-            EnableBracketedPaste,
-            EnableMouseCapture
-        )?;
-        Terminal::new(CrosstermBackend::new(io::stdout()))
-    })();
-    match setup {
-        Ok(terminal) => Ok(Guard { terminal }),
+    let terminal = match ratatui::try_init() {
+        Ok(t) => t,
         Err(e) => {
             restore();
-            Err(e)
+            return Err(e);
         }
+    };
+    // After ratatui's hook, so it runs first: paste and mouse modes off
+    // before ratatui leaves the alternate screen.
+    install_panic_hook();
+    if let Err(e) = execute!(io::stdout(), EnableBracketedPaste, EnableMouseCapture) {
+        restore();
+        return Err(e);
     }
+    Ok(Guard { terminal })
 }
 
 /// Whether the UI still owns the terminal (a panic hook may have given it
@@ -61,10 +56,9 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::SeqCst)
 }
 
-/// Gives the terminal back: mouse and paste modes off, cursor shown, the
-/// normal screen back, raw mode off. Safe to call more than once. Leaving
-/// the alternate screen comes last among the escape sequences so that the
-/// user's screen is back exactly as it was.
+/// Gives the terminal back: mouse and paste modes off and the cursor shown
+/// (ours to undo), then raw mode off and the normal screen back
+/// (ratatui's). Safe to call more than once.
 pub fn restore() {
     if !ACTIVE.swap(false, Ordering::SeqCst) {
         return;
@@ -74,11 +68,10 @@ pub fn restore() {
         out,
         DisableMouseCapture,
         DisableBracketedPaste,
-        cursor::Show,
-        LeaveAlternateScreen
+        cursor::Show
     );
     let _ = out.flush();
-    let _ = disable_raw_mode();
+    let _ = ratatui::try_restore();
 }
 
 impl Drop for Guard {

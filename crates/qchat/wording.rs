@@ -1,0 +1,380 @@
+//! The words for everything the client shows about a session: one place
+//! turns a client [`Event`] (and the facts of the session itself: where we
+//! are, how far the server is trusted) into sentences, and both interfaces
+//! use it. Plain mode prints the words as lines; the full-screen view
+//! styles them. A new event kind gets its words here and nowhere else.
+//!
+//! Everything that came from the network is sanitised here, so neither
+//! interface has to remember to.
+
+use qchat_client::{Event, TrustState};
+use qchat_proto::text::sanitize;
+use qchat_proto::MemberInfo;
+
+/// An event in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Words {
+    /// Something a member wrote; the interface decorates the names.
+    Said(Said),
+    /// A sentence about the room (joins, leaves, renames, notices).
+    Info(String),
+    /// The member list: a heading and one entry per member.
+    Members {
+        /// `members (N):`
+        heading: String,
+        /// `alice 5m 192.0.2.1:4433 (operator)` (address for the operator).
+        entries: Vec<String>,
+    },
+    /// Something failed (refused message, failed command): stderr in
+    /// plain mode.
+    Error(String),
+    /// We were removed from the room: part of the conversation's record
+    /// (stdout in plain mode), shown as bad news in the full-screen view.
+    Removed(String),
+}
+
+/// A line somebody wrote, sanitised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Said {
+    /// The sender.
+    pub from: String,
+    /// The recipient of a private message.
+    pub to: Option<String>,
+    /// The text.
+    pub text: String,
+    /// Whether it was `/me`.
+    pub action: bool,
+    /// Whether it is from before we joined.
+    pub history: bool,
+}
+
+/// Sanitised, owned.
+pub fn s(text: &str) -> String {
+    sanitize(text).into_owned()
+}
+
+/// The words for an event, or `None` for bookkeeping events no one reads
+/// (numbering and delivery marks).
+pub fn event(ev: &Event) -> Option<Words> {
+    let said = |from: &str, to: Option<&str>, text: &str, action, history| {
+        Words::Said(Said {
+            from: s(from),
+            to: to.map(s),
+            text: s(text),
+            action,
+            history,
+        })
+    };
+    Some(match ev {
+        Event::Chat { from, text, .. } => said(from, None, text, false, false),
+        Event::Action { from, text, .. } => said(from, None, text, true, false),
+        Event::Private { from, to, text, .. } => said(from, Some(to), text, false, false),
+        Event::History {
+            from, text, action, ..
+        } => said(from, None, text, *action, true),
+        Event::Joined { name } => Words::Info(format!("{} joined", s(name))),
+        Event::Left { name, reason } if reason.is_empty() => {
+            Words::Info(format!("{} left", s(name)))
+        }
+        Event::Left { name, reason } => Words::Info(format!("{} left ({})", s(name), s(reason))),
+        Event::Renamed { old, new } => {
+            Words::Info(format!("{} is now known as {}", s(old), s(new)))
+        }
+        Event::Members(members) => Words::Members {
+            heading: format!("members ({}):", members.len()),
+            entries: members.iter().map(member).collect(),
+        },
+        Event::Notice { text } => Words::Info(format!("notice: {}", s(text))),
+        Event::Kicked { by, reason } => Words::Removed(kicked(by, reason)),
+        Event::ShuttingDown { reason } => {
+            Words::Info(format!("server shutting down: {}", s(reason)))
+        }
+        Event::Refused { reason, .. } => Words::Error(format!("message not sent: {}", s(reason))),
+        Event::Failed { what, reason } => {
+            Words::Error(format!("/{} failed: {}", s(what), s(reason)))
+        }
+        Event::Sent { .. } | Event::Delivered { .. } => return None,
+    })
+}
+
+/// `kicked by op: REASON`, without the colon when there is no reason.
+pub fn kicked(by: &str, reason: &str) -> String {
+    if reason.is_empty() {
+        format!("kicked by {}", s(by))
+    } else {
+        format!("kicked by {}: {}", s(by), s(reason))
+    }
+}
+
+/// One member of a `/who` answer.
+fn member(m: &MemberInfo) -> String {
+    let mut item = format!("{} {}", s(&m.name), short_duration(m.connected_secs));
+    if !m.addr.is_empty() {
+        item.push_str(&format!(" {}", s(&m.addr)));
+    }
+    if m.operator {
+        item.push_str(" (operator)");
+    }
+    item
+}
+
+/// "5m", "2h", "12s": how long someone has been here.
+pub fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// The facts about a session that the header and `/fingerprint` show:
+/// known before the first event, from the trust decision (a member) or the
+/// server's own identity (the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct About {
+    /// The server's name from the welcome.
+    pub server_name: String,
+    /// Where the server is, as the user reaches it.
+    pub server_addr: String,
+    /// How far the server is trusted; `None` for the host, who is the
+    /// server.
+    pub trust: Option<TrustState>,
+    /// Our name as the server registered it.
+    pub name: String,
+    /// The room when we joined.
+    pub members: Vec<String>,
+    /// The server's key fingerprint, canonical form.
+    pub fingerprint: String,
+    /// The same, in the read-aloud form.
+    pub read_aloud: String,
+    /// Ready-to-send `qchat connect` lines (the host's; empty for members).
+    pub connect_lines: Vec<String>,
+}
+
+impl About {
+    /// The same facts with what the server's welcome said: its name, ours,
+    /// and who is here.
+    pub fn welcomed(self, welcome: qchat_client::Welcome) -> About {
+        About {
+            server_name: welcome.server_name,
+            name: welcome.name,
+            members: welcome.members,
+            ..self
+        }
+    }
+
+    /// The first lines of a session, before any event: who we are, where,
+    /// how far the server is trusted, and who is here.
+    pub fn header(&self) -> Vec<String> {
+        let first = match self.trust {
+            Some(trust) => format!(
+                "connected to {} at {} ({trust}) as {}",
+                s(&self.server_name),
+                s(&self.server_addr),
+                s(&self.name)
+            ),
+            None => format!(
+                "joined the room as {} (operator), hosting {} at {}",
+                s(&self.name),
+                s(&self.server_name),
+                s(&self.server_addr)
+            ),
+        };
+        let room = format!(
+            "in the room: {}",
+            self.members
+                .iter()
+                .map(|m| s(m))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        vec![first, room]
+    }
+
+    /// What `/fingerprint` shows: the server's key, and for a member how
+    /// far it is trusted, for the host how others connect.
+    pub fn fingerprint_lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            format!("fingerprint: {}", self.fingerprint),
+            format!("read aloud:  {}", self.read_aloud),
+        ];
+        match self.trust {
+            Some(TrustState::Verified) => lines.push(
+                "trust: verified (the key matches a fingerprint checked out of band)".into(),
+            ),
+            Some(TrustState::TrustedOnFirstUse) => lines.push(
+                "trust: trusted on first use (never checked; compare the fingerprint with the host's, then connect once with --fingerprint)"
+                    .into(),
+            ),
+            None if self.connect_lines.is_empty() => {}
+            None => {
+                lines.push("others connect with:".into());
+                lines.extend(self.connect_lines.iter().map(|l| format!("  {l}")));
+            }
+        }
+        lines
+    }
+}
+
+/// The plain-mode line for words: `<alice> hi`, `* bob joined`; errors are
+/// `Err` (for stderr). The format is documented in README.md.
+pub fn plain(words: &Words) -> Result<String, String> {
+    match words {
+        Words::Said(said) => Ok(plain_said(said)),
+        Words::Info(text) | Words::Removed(text) => Ok(format!("* {text}")),
+        Words::Members { heading, entries } => Ok(format!("* {heading} {}", entries.join(", "))),
+        Words::Error(text) => Err(text.clone()),
+    }
+}
+
+fn plain_said(m: &Said) -> String {
+    let body = match (&m.to, m.action) {
+        (Some(to), _) => format!("[{} -> {}] {}", m.from, to, m.text),
+        (None, true) => format!("* {} {}", m.from, m.text),
+        (None, false) => format!("<{}> {}", m.from, m.text),
+    };
+    if m.history {
+        format!("[history] {body}")
+    } else {
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(ev: Event) -> String {
+        plain(&event(&ev).expect("shown")).expect("stdout")
+    }
+
+    #[test]
+    fn the_documented_plain_lines() {
+        assert_eq!(
+            line(Event::Chat {
+                from: "alice".into(),
+                text: "hi\u{1b}[2J".into(),
+                time_ms: 0
+            }),
+            "<alice> hi^[[2J"
+        );
+        assert_eq!(
+            line(Event::Private {
+                from: "a".into(),
+                to: "b".into(),
+                text: "psst".into(),
+                time_ms: 0
+            }),
+            "[a -> b] psst"
+        );
+        assert_eq!(
+            line(Event::History {
+                from: "a".into(),
+                text: "waves".into(),
+                time_ms: 0,
+                action: true
+            }),
+            "[history] * a waves"
+        );
+        assert_eq!(
+            line(Event::Left {
+                name: "bob".into(),
+                reason: String::new()
+            }),
+            "* bob left"
+        );
+        assert_eq!(
+            line(Event::Left {
+                name: "bob".into(),
+                reason: "bye".into()
+            }),
+            "* bob left (bye)"
+        );
+        assert_eq!(
+            line(Event::Renamed {
+                old: "a".into(),
+                new: "b".into()
+            }),
+            "* a is now known as b"
+        );
+        assert_eq!(
+            line(Event::Members(vec![MemberInfo {
+                name: "alice".into(),
+                connected_secs: 300,
+                addr: String::new(),
+                operator: true,
+            }])),
+            "* members (1): alice 5m (operator)"
+        );
+        assert_eq!(
+            line(Event::ShuttingDown {
+                reason: "maintenance".into()
+            }),
+            "* server shutting down: maintenance"
+        );
+    }
+
+    #[test]
+    fn bookkeeping_has_no_words_and_failures_go_to_stderr() {
+        assert_eq!(event(&Event::Delivered { seq: 1 }), None);
+        assert_eq!(event(&Event::Sent { seq: 1 }), None);
+        let refused = event(&Event::Refused {
+            seq: 1,
+            reason: "too fast".into(),
+        })
+        .expect("shown");
+        assert_eq!(plain(&refused), Err("message not sent: too fast".into()));
+        let kicked = event(&Event::Kicked {
+            by: "op".into(),
+            reason: String::new(),
+        })
+        .expect("shown");
+        assert_eq!(plain(&kicked), Ok("* kicked by op".into()));
+    }
+
+    #[test]
+    fn names_from_the_network_are_sanitised() {
+        let w = event(&Event::Joined {
+            name: "eve\u{7}".into(),
+        });
+        assert_eq!(w, Some(Words::Info("eve^G joined".into())));
+    }
+
+    fn about(trust: Option<TrustState>) -> About {
+        About {
+            server_name: "den".into(),
+            server_addr: "127.0.0.1:7878".into(),
+            trust,
+            name: "bob".into(),
+            members: vec!["alice".into(), "bob".into()],
+            fingerprint: "SHA256:abc".into(),
+            read_aloud: "apple banana".into(),
+            connect_lines: vec!["qchat connect 127.0.0.1:7878 --fingerprint SHA256:abc".into()],
+        }
+    }
+
+    #[test]
+    fn the_header_and_fingerprint_lines() {
+        let member = about(Some(TrustState::TrustedOnFirstUse));
+        assert_eq!(
+            member.header(),
+            [
+                "connected to den at 127.0.0.1:7878 (trusted on first use) as bob",
+                "in the room: alice, bob"
+            ]
+        );
+        let fp = member.fingerprint_lines();
+        assert_eq!(fp[0], "fingerprint: SHA256:abc");
+        assert!(fp[2].starts_with("trust: trusted on first use"), "{fp:?}");
+        assert!(!fp.iter().any(|l| l.contains("qchat connect")), "{fp:?}");
+
+        // The host is told how others connect.
+        let host = about(None);
+        assert!(host.header()[0].starts_with("joined the room as bob (operator)"));
+        assert_eq!(
+            host.fingerprint_lines().last().map(String::as_str),
+            Some("  qchat connect 127.0.0.1:7878 --fingerprint SHA256:abc")
+        );
+    }
+}
