@@ -10,9 +10,11 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use strum::EnumCount;
 
 /// Messages from a client to the server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::EnumCount)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum ClientMsg {
     /// 0: the first frame on the stream, and only the first.
     Hello {
@@ -67,7 +69,8 @@ pub enum ClientMsg {
 }
 
 /// Messages from the server to a client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::EnumCount)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum ServerMsg {
     /// 0: the hello was accepted; the member is now in the room.
     Welcome {
@@ -196,6 +199,7 @@ pub enum ServerMsg {
 
 /// One member, as listed in [`ServerMsg::Members`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
 pub struct MemberInfo {
     /// The name.
     pub name: String,
@@ -210,9 +214,11 @@ pub struct MemberInfo {
 /// Why a hello was refused. Sent as a `u32` so that an older client can
 /// still decode a cause it does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
 #[serde(from = "u32", into = "u32")]
 pub enum RejectReason {
     /// 0: another member has this name (compared without regard to case).
+    #[cfg_attr(test, default)]
     NameTaken,
     /// 1: the name breaks the name rules.
     NameInvalid,
@@ -266,14 +272,14 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
-/// Number of [`ClientMsg`] kinds this build knows.
-pub const CLIENT_KINDS: u32 = 8;
-/// Number of [`ServerMsg`] kinds this build knows.
-pub const SERVER_KINDS: u32 = 16;
-
-fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8], kinds: u32) -> Result<T, DecodeError> {
+/// Decodes exactly one message. The kind index is read first and compared
+/// with the number of variants the enum has, counted by the compiler
+/// (`EnumCount`), so adding a kind can never leave a stale count behind:
+/// postcard itself reports an out-of-range index only as a generic serde
+/// error, indistinguishable from a malformed body.
+fn decode_exact<'a, T: Deserialize<'a> + EnumCount>(body: &'a [u8]) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<u32>(body) {
-        Ok((kind, _)) if kind >= kinds => return Err(DecodeError::UnknownKind(kind)),
+        Ok((kind, _)) if kind as usize >= T::COUNT => return Err(DecodeError::UnknownKind(kind)),
         Ok(_) => {}
         Err(e) => return Err(DecodeError::Malformed(e)),
     }
@@ -288,7 +294,7 @@ fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8], kinds: u32) -> Result<T,
 impl ClientMsg {
     /// Decodes one frame body; the whole body must be exactly one message.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        decode_exact(body, CLIENT_KINDS)
+        decode_exact(body)
     }
 
     /// Encodes as a complete frame.
@@ -300,7 +306,7 @@ impl ClientMsg {
 impl ServerMsg {
     /// Decodes one frame body; the whole body must be exactly one message.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        decode_exact(body, SERVER_KINDS)
+        decode_exact(body)
     }
 
     /// Encodes as a complete frame.
@@ -351,6 +357,39 @@ mod tests {
     fn unknown_kind_is_distinguished() {
         assert_eq!(ServerMsg::decode(&[16]), Err(DecodeError::UnknownKind(16)));
         assert_eq!(ClientMsg::decode(&[8, 0]), Err(DecodeError::UnknownKind(8)));
+    }
+
+    /// Every variant, as the enum declares it, encodes with its position as
+    /// the kind byte and decodes back; the first index past the last variant
+    /// is an unknown kind. A kind added to either enum is covered here
+    /// without editing the test, and a kind that does not round-trip fails.
+    #[test]
+    fn every_kind_round_trips_and_the_next_is_unknown() {
+        use strum::IntoEnumIterator;
+        let mut n = 0;
+        for (i, m) in ClientMsg::iter().enumerate() {
+            let f = m.to_frame();
+            assert_eq!(usize::from(f[4]), i, "{m:?}");
+            assert_eq!(ClientMsg::decode(&f[4..]), Ok(m));
+            n += 1;
+        }
+        assert_eq!(n, ClientMsg::COUNT);
+        assert_eq!(
+            ClientMsg::decode(&[n as u8]),
+            Err(DecodeError::UnknownKind(n as u32))
+        );
+        let mut n = 0;
+        for (i, m) in ServerMsg::iter().enumerate() {
+            let f = m.to_frame();
+            assert_eq!(usize::from(f[4]), i, "{m:?}");
+            assert_eq!(ServerMsg::decode(&f[4..]), Ok(m));
+            n += 1;
+        }
+        assert_eq!(n, ServerMsg::COUNT);
+        assert_eq!(
+            ServerMsg::decode(&[n as u8]),
+            Err(DecodeError::UnknownKind(n as u32))
+        );
     }
 
     #[test]
