@@ -10,6 +10,7 @@ mod hostile;
 mod identity;
 mod known_hosts;
 mod lifecycle;
+mod limits;
 mod prompt;
 mod raw;
 mod trust;

@@ -27,8 +27,6 @@ mod ui;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Exit statuses, documented in README.md.
 pub mod exit {
     /// Success.
@@ -44,7 +42,7 @@ pub mod exit {
 fn main() -> ExitCode {
     // Before any thread exists: reading the time zone later is refused.
     ui::capture_local_offset();
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let _log_guard = logging::init(&cli);
     match commands::run(cli) {
         Ok(code) => ExitCode::from(code),

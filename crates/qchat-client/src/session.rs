@@ -220,6 +220,11 @@ where
         tokio::select! {
             cmd = commands.recv(), if !st.quitting => {
                 let msg = st.command(cmd);
+                if let Err(e) = msg.check_outgoing() {
+                    // Refused here: sent, it would end the connection.
+                    let _ = events.send(st.refuse_locally(&msg, e.to_string())).await;
+                    continue;
+                }
                 if send.write_all(&msg.to_frame()).await.is_err() {
                     return st.ended(conn.as_ref()).await;
                 }
@@ -290,6 +295,27 @@ impl State {
         self.next_seq += 1;
         self.pending.insert(self.next_seq);
         self.next_seq
+    }
+
+    /// The event for a message that was never sent because it is too long.
+    fn refuse_locally(&mut self, msg: &ClientMsg, reason: String) -> Event {
+        if let Some(seq) = msg.seq() {
+            self.pending.remove(&seq);
+            return Event::Refused { seq, reason };
+        }
+        let what = match msg {
+            ClientMsg::Nick { .. } => "nick",
+            ClientMsg::Kick { .. } => "kick",
+            _ => {
+                // A goodbye too long to send: leave without the reason.
+                self.quitting = false;
+                "quit"
+            }
+        };
+        Event::Failed {
+            what: what.into(),
+            reason,
+        }
     }
 
     fn command(&mut self, cmd: Option<Command>) -> ClientMsg {

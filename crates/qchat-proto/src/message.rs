@@ -258,6 +258,17 @@ impl From<RejectReason> for u32 {
     }
 }
 
+/// A message too long to send: the client refuses it instead of letting the
+/// server end the connection over it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("the message is {len} bytes long; the most one message can carry is {max} bytes")]
+pub struct TooLong {
+    /// The message's text, in bytes.
+    pub len: usize,
+    /// [`crate::limits::MAX_SEND_BYTES`].
+    pub max: usize,
+}
+
 /// A frame body that is not a message this build understands.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -300,6 +311,38 @@ impl ClientMsg {
     /// Encodes as a complete frame.
     pub fn to_frame(&self) -> Bytes {
         crate::frame::encode_frame(self).expect(ENCODE_INFALLIBLE)
+    }
+
+    /// Whether a client may send this: its strings together must not exceed
+    /// [`crate::limits::MAX_SEND_BYTES`], so that its frame fits a default
+    /// server's frame limit. Call before sending; a message that fails was
+    /// never going to be delivered, and sending it would end the connection.
+    pub fn check_outgoing(&self) -> Result<(), TooLong> {
+        let len = match self {
+            ClientMsg::Hello { name, .. } => name.len(),
+            ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
+            ClientMsg::Private { to, text, .. } => to.len() + text.len(),
+            ClientMsg::Bye { reason } => reason.len(),
+            ClientMsg::Nick { name } => name.len(),
+            ClientMsg::Who => 0,
+            ClientMsg::Kick { name, reason } => name.len() + reason.len(),
+        };
+        let max = crate::limits::MAX_SEND_BYTES;
+        if len > max {
+            Err(TooLong { len, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The sequence number of a message that carries one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ClientMsg::Say { seq, .. }
+            | ClientMsg::Action { seq, .. }
+            | ClientMsg::Private { seq, .. } => Some(*seq),
+            _ => None,
+        }
     }
 }
 
@@ -413,6 +456,47 @@ mod tests {
                 reason: RejectReason::Other(42),
                 detail: String::new()
             })
+        );
+    }
+
+    #[test]
+    fn what_passes_the_outgoing_check_fits_a_default_frame() {
+        use crate::limits::{MAX_CLIENT_FRAME, MAX_NAME_CHARS, MAX_SEND_BYTES};
+        use crate::FrameDecoder;
+        let name = "\u{1F600}".repeat(MAX_NAME_CHARS);
+        let fits = [
+            ClientMsg::Say {
+                seq: u64::MAX,
+                text: "x".repeat(MAX_SEND_BYTES),
+            },
+            ClientMsg::Private {
+                seq: u64::MAX,
+                to: name.clone(),
+                text: "x".repeat(MAX_SEND_BYTES - name.len()),
+            },
+            ClientMsg::Kick {
+                name: name.clone(),
+                reason: "x".repeat(MAX_SEND_BYTES - name.len()),
+            },
+        ];
+        for m in fits {
+            assert_eq!(m.check_outgoing(), Ok(()));
+            let mut d = FrameDecoder::new(MAX_CLIENT_FRAME);
+            d.extend(&m.to_frame());
+            assert!(matches!(d.next_frame(), Ok(Some(_))), "{:?}", m.seq());
+        }
+        let long = ClientMsg::Say {
+            seq: 1,
+            text: "x".repeat(20 * 1024),
+        };
+        let e = long.check_outgoing().expect_err("too long");
+        assert_eq!(e.len, 20 * 1024);
+        assert!(e.to_string().contains(&MAX_SEND_BYTES.to_string()), "{e}");
+        let mut d = FrameDecoder::new(MAX_CLIENT_FRAME);
+        d.extend(&long.to_frame());
+        assert!(
+            d.next_frame().is_err(),
+            "the check exists because this fails"
         );
     }
 
