@@ -11,6 +11,7 @@ mod identity;
 mod known_hosts;
 mod lifecycle;
 mod limits;
+mod names;
 mod prompt;
 mod raw;
 mod trust;

@@ -114,6 +114,22 @@ pub fn same(a: &str, b: &str) -> bool {
     a == b || fold(a) == fold(b)
 }
 
+/// Says why `wanted` counts as the name `holder` already has, for the
+/// rejection a user reads: the same name, the same but for case, or one that
+/// only looks the same. `holder` is the name as its member registered it.
+pub fn clash(wanted: &str, holder: &str) -> String {
+    if wanted == holder {
+        format!("the name {wanted:?} is taken")
+    } else if wanted.to_lowercase() == holder.to_lowercase() {
+        format!("the name {wanted:?} is taken: {holder:?} differs only in letter case")
+    } else {
+        format!(
+            "the name {wanted:?} is taken: it looks the same as {holder:?} \
+             (look-alike letters from other scripts, fullwidth forms and the like count as the same)"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +244,9 @@ mod tests {
         assert!(same("\u{212A}im", "kim"), "Kelvin sign");
         assert!(same("b0b", "bob"), "digit zero");
         assert!(!same("alice", "alicia"));
+        assert!(clash("\u{0430}lice", "alice").contains("looks the same as \"alice\""));
+        assert!(clash("ALICE", "alice").contains("letter case"));
+        assert_eq!(clash("alice", "alice"), "the name \"alice\" is taken");
         assert!(!same("bob", "rob"));
     }
 }

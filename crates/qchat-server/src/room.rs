@@ -171,7 +171,7 @@ impl Room {
         if let Some(other) = taken(&st, name, None) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
-                detail: format!("the name {name:?} is taken (by {other:?}); choose another"),
+                detail: format!("{}; choose another", names::clash(name, &other)),
             });
         }
         let id = st.next_id;
@@ -307,11 +307,7 @@ impl Room {
             return;
         }
         if let Some(other) = taken(&st, new, Some(id)) {
-            self.send_to(
-                &mut st,
-                id,
-                failed(format!("the name {new:?} is taken (by {other:?})")),
-            );
+            self.send_to(&mut st, id, failed(names::clash(new, &other)));
             return;
         }
         let Some(m) = st.members.get_mut(&id) else {
