@@ -82,10 +82,12 @@ pub struct ServeArgs {
 /// Limits a server enforces; each is described in docs/SECURITY.md.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Largest frame accepted from a client, in bytes.
+    /// Largest frame accepted from a client, in bytes; at least the
+    /// default, which is the largest frame a qchat client sends.
     #[arg(long, default_value_t = limits::MAX_CLIENT_FRAME, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16_777_216))]
     pub max_frame: usize,
-    /// Longest message accepted, in bytes.
+    /// Longest message accepted, in bytes; with its envelope it must fit
+    /// --max-frame.
     #[arg(long, default_value_t = limits::MAX_MESSAGE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
     pub max_message: usize,
     /// Seconds a new connection has to send its hello.
@@ -182,9 +184,13 @@ pub fn parse() -> Cli {
     let cli = Cli::parse();
     if let Command::Serve(args) = &cli.command {
         if let Err(e) = args.limits.apply(ServerOptions::default()) {
-            Cli::command()
-                .error(clap::error::ErrorKind::ArgumentConflict, e)
-                .exit();
+            let mut cmd = Cli::command();
+            cmd.build();
+            let kind = clap::error::ErrorKind::ArgumentConflict;
+            match cmd.find_subcommand_mut("serve") {
+                Some(serve) => serve.error(kind, e).exit(),
+                None => cmd.error(kind, e).exit(),
+            }
         }
     }
     cli
