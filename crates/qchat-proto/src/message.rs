@@ -40,7 +40,8 @@ pub enum ClientMsg {
     Private {
         /// As for `Say`.
         seq: u64,
-        /// The recipient's name (matched without regard to case).
+        /// The recipient's name, matched as the same name (case and
+        /// look-alikes ignored, see [`crate::names::fold`]).
         to: String,
         /// The text.
         text: String,
@@ -217,7 +218,8 @@ pub struct MemberInfo {
 #[cfg_attr(test, derive(Default))]
 #[serde(from = "u32", into = "u32")]
 pub enum RejectReason {
-    /// 0: another member has this name (compared without regard to case).
+    /// 0: another member has the same name (case and look-alikes ignored,
+    /// see [`crate::names::fold`]).
     #[cfg_attr(test, default)]
     NameTaken,
     /// 1: the name breaks the name rules.

@@ -83,7 +83,8 @@ struct State {
     next_id: MemberId,
     /// Keyed by id, so iteration is join order.
     members: BTreeMap<MemberId, Member>,
-    /// Case-folded name to id: names are unique without regard to case.
+    /// Same-name key (`names::fold`) to id: names are unique ignoring case
+    /// and look-alikes.
     by_name: HashMap<String, MemberId>,
     /// The last public messages, as `History` messages. Kept unencoded:
     /// saying something must not pay for a replay that only a later join
