@@ -142,8 +142,11 @@ fn replace_then_remove_and_errors_say_what_to_do() {
     assert!(err.contains("has no pin"), "{err}");
     let err = fails(&home, &["verify", "chat.example.org", "--fingerprint", new]);
     assert!(err.contains("--fingerprint"), "{err}");
-    let err = fails(&home, &["remove", "host:99999"]);
-    assert!(err.contains("invalid server address"), "{err}");
+    // A bad address is a usage error, like any other bad argument.
+    let out = run(&home, &["remove", "host:99999"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("not a valid server address"), "{err}");
 }
 
 #[test]

@@ -10,6 +10,8 @@ mod hostile;
 mod identity;
 mod known_hosts;
 mod lifecycle;
+mod limits;
+mod names;
 mod prompt;
 mod raw;
 mod trust;

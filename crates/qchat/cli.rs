@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use qchat_proto::limits;
+use qchat_server::{OptionsError, ServerOptions};
+use qchat_tls::{HostError, HostKey};
 
 /// Encrypted terminal chat over QUIC.
 #[derive(Debug, Parser)]
@@ -80,23 +82,29 @@ pub struct ServeArgs {
 /// Limits a server enforces; each is described in docs/SECURITY.md.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Largest frame accepted from a client, in bytes.
+    /// Largest frame accepted from a client, in bytes; at least the
+    /// default, which is the largest frame a qchat client sends.
     #[arg(long, default_value_t = limits::MAX_CLIENT_FRAME, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=16_777_216))]
     pub max_frame: usize,
-    /// Longest message accepted, in bytes.
+    /// Longest message accepted, in bytes; with its envelope it must fit
+    /// --max-frame.
     #[arg(long, default_value_t = limits::MAX_MESSAGE_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
     pub max_message: usize,
     /// Seconds a new connection has to send its hello.
-    #[arg(long, default_value = "5", value_parser = parse_secs)]
-    pub hello_timeout: Duration,
+    #[arg(long, default_value_t = Secs(limits::HELLO_TIMEOUT), value_parser = parse_secs_arg)]
+    pub hello_timeout: Secs,
     /// Seconds of silence after which a peer counts as gone.
-    #[arg(long, default_value = "10", value_parser = parse_secs)]
-    pub idle_timeout: Duration,
+    #[arg(long, default_value_t = Secs(limits::IDLE_TIMEOUT), value_parser = parse_secs_arg)]
+    pub idle_timeout: Secs,
+    /// Seconds between keep-alive packets; must be below the idle timeout
+    /// (default: 3, or a third of a shorter idle timeout).
+    #[arg(long, value_parser = parse_secs_arg)]
+    pub keep_alive: Option<Secs>,
     /// Frames queued for a member before it is disconnected as not reading.
     #[arg(long, default_value_t = limits::SESSION_QUEUE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
     pub queue: usize,
     /// Connections allowed at once.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = limits::MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Connections allowed at once from one IP address.
     #[arg(long, default_value_t = limits::MAX_PER_IP)]
@@ -122,6 +130,75 @@ pub struct LimitArgs {
     /// Public messages replayed to members who join (0 disables).
     #[arg(long, default_value_t = limits::HISTORY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub history: usize,
+}
+
+/// Server addresses are checked while parsing, so a bad one (`:99999`) is a
+/// usage error like any other bad flag: exit status 2 and clap's message.
+fn parse_host(s: &str) -> Result<HostKey, HostError> {
+    HostKey::parse(s, qchat_proto::DEFAULT_PORT)
+}
+
+/// A number of seconds as a flag value: parsed from and shown as seconds,
+/// so a default taken from `limits` prints as `5`, not `5s` or `5000ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secs(pub Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+fn parse_secs_arg(s: &str) -> Result<Secs, String> {
+    parse_secs(s).map(Secs)
+}
+
+impl LimitArgs {
+    /// The limits as server options, checked against each other; the error
+    /// names the flags to change.
+    pub fn apply(&self, options: ServerOptions) -> Result<ServerOptions, OptionsError> {
+        let options = ServerOptions {
+            max_frame: self.max_frame,
+            max_message: self.max_message,
+            hello_timeout: self.hello_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            keep_alive: match self.keep_alive {
+                Some(k) => k.0,
+                None => limits::KEEP_ALIVE.min(self.idle_timeout.0 / 3),
+            },
+            queue_len: self.queue,
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            max_unjoined_per_ip: self.max_unjoined_per_ip,
+            rate: self.rate,
+            burst: self.burst,
+            backlog: self.backlog,
+            retry_threshold: self.retry_threshold,
+            history: self.history,
+            ..options
+        };
+        options.validate()?;
+        Ok(options)
+    }
+}
+
+/// Parses the command line and checks the flags against each other; a
+/// conflict is reported like any other usage error (clap's format, exit
+/// status 2) before anything else happens.
+pub fn parse() -> Cli {
+    let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        if let Err(e) = args.limits.apply(ServerOptions::default()) {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let kind = clap::error::ErrorKind::ArgumentConflict;
+            match cmd.find_subcommand_mut("serve") {
+                Some(serve) => serve.error(kind, e).exit(),
+                None => cmd.error(kind, e).exit(),
+            }
+        }
+    }
+    cli
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -150,7 +227,8 @@ pub enum Trust {
 pub struct ConnectArgs {
     /// The server: an IPv4 address, [IPv6] address or DNS name, with an
     /// optional :PORT (default 8080).
-    pub host: String,
+    #[arg(value_parser = parse_host)]
+    pub host: HostKey,
     /// Your name in the room (asked for on a terminal if not given).
     #[arg(long)]
     pub name: Option<String>,
@@ -211,13 +289,15 @@ pub enum KnownHostsAction {
     /// Forget a server's pin; the next connection treats it as unknown.
     Remove {
         /// The server: host or host:port (default port 8080).
-        host: String,
+        #[arg(value_parser = parse_host)]
+        host: HostKey,
     },
     /// Pin a server to a fingerprint checked out of band, replacing any pin
     /// it had (the new pin is recorded as verified).
     Replace {
         /// The server: host or host:port (default port 8080).
-        host: String,
+        #[arg(value_parser = parse_host)]
+        host: HostKey,
         /// The new fingerprint; any spelling works.
         #[arg(long, value_name = "FP")]
         fingerprint: qchat_tls::Fingerprint,
@@ -226,7 +306,8 @@ pub enum KnownHostsAction {
     /// fingerprint out of band; refused if the fingerprint differs.
     Verify {
         /// The server: host or host:port (default port 8080).
-        host: String,
+        #[arg(value_parser = parse_host)]
+        host: HostKey,
         /// The fingerprint the server's operator gave you; any spelling works.
         #[arg(long, value_name = "FP")]
         fingerprint: qchat_tls::Fingerprint,

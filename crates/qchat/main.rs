@@ -29,8 +29,6 @@ mod wording;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Exit statuses, documented in README.md.
 pub mod exit {
     /// Success.
@@ -46,7 +44,7 @@ pub mod exit {
 fn main() -> ExitCode {
     // Before any thread exists: reading the time zone later is refused.
     ui::capture_local_offset();
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let logging = logging::init(&cli);
     match commands::run(cli, logging.server_events) {
         Ok(code) => ExitCode::from(code),

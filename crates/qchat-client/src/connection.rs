@@ -63,6 +63,36 @@ pub enum ConnectError {
         /// The pin store.
         file: std::path::PathBuf,
     },
+    /// An unknown server, refused because strict mode never adds a pin.
+    #[error(
+        "{host} is not pinned in {file}, and --trust strict refuses servers that are not pinned; \
+         its key fingerprint is {presented}. Verify it out of band, then connect with --fingerprint {presented}"
+    )]
+    NotPinnedStrict {
+        /// The server.
+        host: HostKey,
+        /// What it presented.
+        presented: Fingerprint,
+        /// The pin store.
+        file: std::path::PathBuf,
+    },
+    /// The server sent a certificate but could not prove it holds the
+    /// certificate's private key: the handshake signature did not verify.
+    #[error(
+        "{host} presented {what} ({presented}) but could not prove it holds the matching private key. \
+         Someone may be impersonating the server with a copy of its public certificate, \
+         or the server is misconfigured (its certificate and key files do not belong together). \
+         Nothing was sent. Tell the server's operator; do not change any pin over this",
+        what = if *.pinned { "the certificate pinned for it" } else { "a certificate" }
+    )]
+    KeyProofFailed {
+        /// The server.
+        host: HostKey,
+        /// The certificate's fingerprint.
+        presented: Fingerprint,
+        /// Whether that certificate is the pinned one.
+        pinned: bool,
+    },
     /// The user declined an unknown server.
     #[error("host key verification failed: you did not accept {host}")]
     Declined {
@@ -311,11 +341,27 @@ fn handshake_error(
                 }));
             }
             qchat_tls::Expectation::Unknown { accept: false } => {
-                return ConnectError::UnknownHost {
+                let (host, file) = (plan.host.clone(), plan.known_hosts.clone());
+                return if plan.mode == crate::TrustMode::Strict {
+                    ConnectError::NotPinnedStrict {
+                        host,
+                        presented,
+                        file,
+                    }
+                } else {
+                    ConnectError::UnknownHost {
+                        host,
+                        presented,
+                        file,
+                    }
+                };
+            }
+            expectation if is_bad_key_proof(&e) => {
+                return ConnectError::KeyProofFailed {
                     host: plan.host.clone(),
                     presented,
-                    file: plan.known_hosts.clone(),
-                }
+                    pinned: expectation == qchat_tls::Expectation::Pinned(presented),
+                };
             }
             _ => {}
         }
@@ -327,6 +373,20 @@ fn handshake_error(
             reason: other.to_string(),
         },
     }
+}
+
+/// Whether the handshake failed because the server's signature over the
+/// handshake did not verify against its certificate's key: rustls then
+/// sends the `decrypt_error` alert (51), which QUIC reports as crypto error
+/// 0x133. Checked only after the verifier accepted the certificate, so it
+/// is the key proof, not the certificate, that failed.
+fn is_bad_key_proof(e: &quinn::ConnectionError) -> bool {
+    const DECRYPT_ERROR: u8 = 51;
+    matches!(
+        e,
+        quinn::ConnectionError::TransportError(t)
+            if u64::from(t.code) == u64::from(quinn::TransportErrorCode::crypto(DECRYPT_ERROR))
+    )
 }
 
 /// Client transport settings: keep-alive well inside the idle timeout so a

@@ -91,9 +91,10 @@ pub enum Event {
         /// Whether it was an action.
         action: bool,
     },
-    /// Our next numbered command (in the order they were given) was
-    /// written to the server as `seq`. Always comes before that number's
-    /// [`Event::Delivered`] or [`Event::Refused`].
+    /// Our next numbered command (in the order they were given) got the
+    /// number `seq`: it was written to the server, or refused here as too
+    /// long (then [`Event::Refused`] follows at once). Always comes before
+    /// that number's [`Event::Delivered`] or [`Event::Refused`].
     Sent {
         /// The number the network task gave it.
         seq: u64,
@@ -230,6 +231,16 @@ where
         tokio::select! {
             cmd = commands.recv(), if !st.quitting => {
                 let (msg, seq) = st.command(cmd);
+                if let Err(e) = msg.check_outgoing() {
+                    // Refused here: sent, it would end the connection. The
+                    // interface still learns the number first, so the
+                    // refusal lands on the line that was typed.
+                    if let Some(seq) = seq {
+                        let _ = events.send(Event::Sent { seq }).await;
+                    }
+                    let _ = events.send(st.refuse_locally(&msg, e.to_string())).await;
+                    continue;
+                }
                 if send.write_all(&msg.to_frame()).await.is_err() {
                     return st.ended(conn.as_ref()).await;
                 }
@@ -306,6 +317,27 @@ impl State {
         self.next_seq += 1;
         self.pending.insert(self.next_seq);
         self.next_seq
+    }
+
+    /// The event for a message that was never sent because it is too long.
+    fn refuse_locally(&mut self, msg: &ClientMsg, reason: String) -> Event {
+        if let Some(seq) = msg.seq() {
+            self.pending.remove(&seq);
+            return Event::Refused { seq, reason };
+        }
+        let what = match msg {
+            ClientMsg::Nick { .. } => "nick",
+            ClientMsg::Kick { .. } => "kick",
+            _ => {
+                // A goodbye too long to send: leave without the reason.
+                self.quitting = false;
+                "quit"
+            }
+        };
+        Event::Failed {
+            what: what.into(),
+            reason,
+        }
     }
 
     /// The message for a command, and its number if it has one.

@@ -92,9 +92,9 @@ pub enum TrustError {
     /// `--fingerprint` disagrees with the stored pin.
     #[error(
         "--fingerprint {} does not match the pin for {} in {}:{} ({}); \
-         if the server's key really changed, verify it out of band and run \
-         `qchat known-hosts replace {} --fingerprint <new>`",
-        .0.given, .0.host, .0.file.display(), .0.line, .0.pinned, .0.host
+         if the server's key really changed to the one you were given, run \
+         `qchat known-hosts replace {} --fingerprint {}`",
+        .0.given, .0.host, .0.file.display(), .0.line, .0.pinned, .0.host, .0.given
     )]
     GivenDiffersFromPin(Box<PinDisagreement>),
 }

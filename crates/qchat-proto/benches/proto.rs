@@ -96,7 +96,8 @@ fn validate_name(bencher: Bencher, name: &str) {
     bencher.bench_local(|| names::validate(black_box(name)));
 }
 
-/// Case-folding for the uniqueness check, once per join.
+/// The same-name key (NFKC, case, confusable skeleton): once per join, per
+/// name change and per private message.
 #[divan::bench(args = ["bob", "Zoë-the-3rd"])]
 fn fold_name(bencher: Bencher, name: &str) {
     bencher.bench_local(|| names::fold(black_box(name)));

@@ -22,7 +22,7 @@ pub mod text;
 
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
-pub use message::{ClientMsg, DecodeError, MemberInfo, RejectReason, ServerMsg};
+pub use message::{ClientMsg, DecodeError, MemberInfo, RejectReason, ServerMsg, TooLong};
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
 /// a future incompatible wire format fails in the TLS handshake with a clear

@@ -14,9 +14,31 @@ pub const MAX_CLIENT_FRAME: usize = 16 * 1024;
 /// names (32 characters of up to 4 bytes each).
 pub const MAX_SERVER_FRAME: usize = 4 * 1024 * 1024;
 
+/// The most bytes a client message adds around its strings: the kind (1),
+/// a sequence number or version (a varint of up to 10) and the lengths of
+/// at most two strings (a varint of up to 5 each).
+pub const ENVELOPE: usize = 1 + 10 + 5 + 5;
+
+/// The most bytes a chat message adds around its text, a private one
+/// included (its recipient's name of up to [`MAX_NAME_CHARS`] characters of
+/// 4 bytes): a server's `--max-message` plus this must fit in its
+/// `--max-frame`, or a message it should refuse politely would instead end
+/// the connection.
+pub const MESSAGE_OVERHEAD: usize = ENVELOPE + 4 * MAX_NAME_CHARS;
+
+/// The most bytes of text (all of a message's strings together) a client
+/// sends in one message. Anything longer would not fit in a default
+/// server's frame ([`MAX_CLIENT_FRAME`]) and would make the server end the
+/// connection, so the client refuses it itself and says so. Between a
+/// server's `--max-message` and this, the server refuses the message.
+pub const MAX_SEND_BYTES: usize = MAX_CLIENT_FRAME - ENVELOPE;
+
 /// Longest chat message, in bytes of UTF-8. Longer messages are refused with
 /// a reason rather than truncated, so nothing is silently lost.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Connections a server allows at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
 
 /// Longest member name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;

@@ -10,9 +10,11 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use strum::EnumCount;
 
 /// Messages from a client to the server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::EnumCount)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum ClientMsg {
     /// 0: the first frame on the stream, and only the first.
     Hello {
@@ -38,7 +40,8 @@ pub enum ClientMsg {
     Private {
         /// As for `Say`.
         seq: u64,
-        /// The recipient's name (matched without regard to case).
+        /// The recipient's name, matched as the same name (case and
+        /// look-alikes ignored, see [`crate::names::fold`]).
         to: String,
         /// The text.
         text: String,
@@ -67,7 +70,8 @@ pub enum ClientMsg {
 }
 
 /// Messages from the server to a client.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::EnumCount)]
+#[cfg_attr(test, derive(strum::EnumIter))]
 pub enum ServerMsg {
     /// 0: the hello was accepted; the member is now in the room.
     Welcome {
@@ -196,6 +200,7 @@ pub enum ServerMsg {
 
 /// One member, as listed in [`ServerMsg::Members`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
 pub struct MemberInfo {
     /// The name.
     pub name: String,
@@ -210,9 +215,12 @@ pub struct MemberInfo {
 /// Why a hello was refused. Sent as a `u32` so that an older client can
 /// still decode a cause it does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
 #[serde(from = "u32", into = "u32")]
 pub enum RejectReason {
-    /// 0: another member has this name (compared without regard to case).
+    /// 0: another member has the same name (case and look-alikes ignored,
+    /// see [`crate::names::fold`]).
+    #[cfg_attr(test, default)]
     NameTaken,
     /// 1: the name breaks the name rules.
     NameInvalid,
@@ -253,6 +261,17 @@ impl From<RejectReason> for u32 {
     }
 }
 
+/// A message too long to send: the client refuses it instead of letting the
+/// server end the connection over it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("the message is {len} bytes long; the most one message can carry is {max} bytes")]
+pub struct TooLong {
+    /// The message's text, in bytes.
+    pub len: usize,
+    /// [`crate::limits::MAX_SEND_BYTES`].
+    pub max: usize,
+}
+
 /// A frame body that is not a message this build understands.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -267,14 +286,14 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
-/// Number of [`ClientMsg`] kinds this build knows.
-pub const CLIENT_KINDS: u32 = 8;
-/// Number of [`ServerMsg`] kinds this build knows.
-pub const SERVER_KINDS: u32 = 16;
-
-fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8], kinds: u32) -> Result<T, DecodeError> {
+/// Decodes exactly one message. The kind index is read first and compared
+/// with the number of variants the enum has, counted by the compiler
+/// (`EnumCount`), so adding a kind can never leave a stale count behind:
+/// postcard itself reports an out-of-range index only as a generic serde
+/// error, indistinguishable from a malformed body.
+fn decode_exact<'a, T: Deserialize<'a> + EnumCount>(body: &'a [u8]) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<u32>(body) {
-        Ok((kind, _)) if kind >= kinds => return Err(DecodeError::UnknownKind(kind)),
+        Ok((kind, _)) if kind as usize >= T::COUNT => return Err(DecodeError::UnknownKind(kind)),
         Ok(_) => {}
         Err(e) => return Err(DecodeError::Malformed(e)),
     }
@@ -289,19 +308,51 @@ fn decode_exact<'a, T: Deserialize<'a>>(body: &'a [u8], kinds: u32) -> Result<T,
 impl ClientMsg {
     /// Decodes one frame body; the whole body must be exactly one message.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        decode_exact(body, CLIENT_KINDS)
+        decode_exact(body)
     }
 
     /// Encodes as a complete frame.
     pub fn to_frame(&self) -> Bytes {
         crate::frame::encode_frame(self).expect(ENCODE_INFALLIBLE)
     }
+
+    /// Whether a client may send this: its strings together must not exceed
+    /// [`crate::limits::MAX_SEND_BYTES`], so that its frame fits a default
+    /// server's frame limit. Call before sending; a message that fails was
+    /// never going to be delivered, and sending it would end the connection.
+    pub fn check_outgoing(&self) -> Result<(), TooLong> {
+        let len = match self {
+            ClientMsg::Hello { name, .. } => name.len(),
+            ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
+            ClientMsg::Private { to, text, .. } => to.len() + text.len(),
+            ClientMsg::Bye { reason } => reason.len(),
+            ClientMsg::Nick { name } => name.len(),
+            ClientMsg::Who => 0,
+            ClientMsg::Kick { name, reason } => name.len() + reason.len(),
+        };
+        let max = crate::limits::MAX_SEND_BYTES;
+        if len > max {
+            Err(TooLong { len, max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The sequence number of a message that carries one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ClientMsg::Say { seq, .. }
+            | ClientMsg::Action { seq, .. }
+            | ClientMsg::Private { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
 }
 
 impl ServerMsg {
     /// Decodes one frame body; the whole body must be exactly one message.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        decode_exact(body, SERVER_KINDS)
+        decode_exact(body)
     }
 
     /// Encodes as a complete frame.
@@ -354,6 +405,39 @@ mod tests {
         assert_eq!(ClientMsg::decode(&[8, 0]), Err(DecodeError::UnknownKind(8)));
     }
 
+    /// Every variant, as the enum declares it, encodes with its position as
+    /// the kind byte and decodes back; the first index past the last variant
+    /// is an unknown kind. A kind added to either enum is covered here
+    /// without editing the test, and a kind that does not round-trip fails.
+    #[test]
+    fn every_kind_round_trips_and_the_next_is_unknown() {
+        use strum::IntoEnumIterator;
+        let mut n = 0;
+        for (i, m) in ClientMsg::iter().enumerate() {
+            let f = m.to_frame();
+            assert_eq!(usize::from(f[4]), i, "{m:?}");
+            assert_eq!(ClientMsg::decode(&f[4..]), Ok(m));
+            n += 1;
+        }
+        assert_eq!(n, ClientMsg::COUNT);
+        assert_eq!(
+            ClientMsg::decode(&[n as u8]),
+            Err(DecodeError::UnknownKind(n as u32))
+        );
+        let mut n = 0;
+        for (i, m) in ServerMsg::iter().enumerate() {
+            let f = m.to_frame();
+            assert_eq!(usize::from(f[4]), i, "{m:?}");
+            assert_eq!(ServerMsg::decode(&f[4..]), Ok(m));
+            n += 1;
+        }
+        assert_eq!(n, ServerMsg::COUNT);
+        assert_eq!(
+            ServerMsg::decode(&[n as u8]),
+            Err(DecodeError::UnknownKind(n as u32))
+        );
+    }
+
     #[test]
     fn invalid_utf8_and_trailing_bytes_are_errors() {
         assert!(matches!(
@@ -375,6 +459,47 @@ mod tests {
                 reason: RejectReason::Other(42),
                 detail: String::new()
             })
+        );
+    }
+
+    #[test]
+    fn what_passes_the_outgoing_check_fits_a_default_frame() {
+        use crate::limits::{MAX_CLIENT_FRAME, MAX_NAME_CHARS, MAX_SEND_BYTES};
+        use crate::FrameDecoder;
+        let name = "\u{1F600}".repeat(MAX_NAME_CHARS);
+        let fits = [
+            ClientMsg::Say {
+                seq: u64::MAX,
+                text: "x".repeat(MAX_SEND_BYTES),
+            },
+            ClientMsg::Private {
+                seq: u64::MAX,
+                to: name.clone(),
+                text: "x".repeat(MAX_SEND_BYTES - name.len()),
+            },
+            ClientMsg::Kick {
+                name: name.clone(),
+                reason: "x".repeat(MAX_SEND_BYTES - name.len()),
+            },
+        ];
+        for m in fits {
+            assert_eq!(m.check_outgoing(), Ok(()));
+            let mut d = FrameDecoder::new(MAX_CLIENT_FRAME);
+            d.extend(&m.to_frame());
+            assert!(matches!(d.next_frame(), Ok(Some(_))), "{:?}", m.seq());
+        }
+        let long = ClientMsg::Say {
+            seq: 1,
+            text: "x".repeat(20 * 1024),
+        };
+        let e = long.check_outgoing().expect_err("too long");
+        assert_eq!(e.len, 20 * 1024);
+        assert!(e.to_string().contains(&MAX_SEND_BYTES.to_string()), "{e}");
+        let mut d = FrameDecoder::new(MAX_CLIENT_FRAME);
+        d.extend(&long.to_frame());
+        assert!(
+            d.next_frame().is_err(),
+            "the check exists because this fails"
         );
     }
 

@@ -1,14 +1,30 @@
 //! Member names: what is allowed, and when two names are "the same".
 //!
 //! Names are how people recognise each other, so the rules exist to stop
-//! impersonation as much as to keep the display tidy: no whitespace (so
-//! `/msg NAME text` parses), no control characters, and no invisible or
-//! direction-changing characters that could make two different names look
-//! alike or reorder the text around them.
+//! impersonation as much as to keep the display tidy. A name may not hold
+//! anything [`crate::text::hazard`] flags (the same policy that escapes
+//! message text), no whitespace or blank-looking character (so `/msg NAME
+//! text` parses and nobody is called nothing), no combining or zero-width
+//! character (which stacks onto a neighbour), and none of the characters the
+//! line format puts around names (`<alice> hi`, `* alice waves`,
+//! `[alice -> bob]`), so a name cannot fake the frame it is shown in.
+//!
+//! Uniqueness goes further than case: [`fold`] maps a name to its UTS #39
+//! confusable skeleton after compatibility normalisation and case folding,
+//! so `alice`, `ALICE`, `аlice` (Cyrillic а), `ａｌｉｃｅ` (fullwidth) and
+//! `alıce` (dotless ı) are one name and the second to ask for it is refused.
+
+use unicode_normalization::UnicodeNormalization;
 
 use crate::limits::MAX_NAME_CHARS;
+use crate::text::hazard;
 
-/// Why a name was refused.
+/// The characters the line format uses to frame names; see the plain
+/// interface's formats.
+pub const DELIMITERS: &[char] = &['<', '>', '*', '[', ']', '(', ')', '{', '}', ','];
+
+/// Why a name was refused. Each message names the rule, so a user knows
+/// what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// No characters at all.
@@ -28,10 +44,13 @@ pub enum NameError {
         /// Its code point.
         code: u32,
     },
+    /// A character the chat's line format puts around names.
+    #[error("the name contains {0:?}, which qchat puts around names; leave out < > * [ ] ( ) {{ }} and ,")]
+    Delimiter(char),
 }
 
-/// Checks a name against the rules: 1–32 printable characters, no
-/// whitespace, no control, invisible or bidirectional-control characters.
+/// Checks a name against the rules: 1–32 characters, none of them a
+/// display hazard, whitespace, blank, zero-width or a name delimiter.
 pub fn validate(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
@@ -44,6 +63,9 @@ pub fn validate(name: &str) -> Result<(), NameError> {
                 max: MAX_NAME_CHARS,
             });
         }
+        if DELIMITERS.contains(&c) {
+            return Err(NameError::Delimiter(c));
+        }
         if let Some(what) = forbidden(c) {
             return Err(NameError::BadChar {
                 what,
@@ -55,27 +77,57 @@ pub fn validate(name: &str) -> Result<(), NameError> {
 }
 
 fn forbidden(c: char) -> Option<&'static str> {
-    if c.is_whitespace() {
+    if let Some(h) = hazard(c) {
+        Some(h.describe())
+    } else if c.is_whitespace() {
         Some("whitespace")
-    } else if c.is_control() {
-        Some("a control character")
-    } else if crate::text::is_bidi_control(c) {
-        Some("a text-direction control")
-    } else if crate::text::is_invisible(c) {
-        Some("an invisible character")
+    } else if c == '\u{2800}' {
+        // Braille pattern blank: a symbol, not a space, yet it shows as
+        // nothing at all.
+        Some("a blank character")
     } else if unicode_width::UnicodeWidthChar::width(c).unwrap_or(0) == 0 {
         // Combining marks and other zero-width characters could stack onto
         // a neighbour and make two names look alike.
-        Some("a zero-width character")
+        Some("a zero-width or combining character")
     } else {
         None
     }
 }
 
-/// The key under which a name is unique: names that differ only in case are
-/// the same name.
+/// The key under which a name is unique: two names are the same name when
+/// their keys are equal. Compatibility normalisation (NFKC: fullwidth `ａ`
+/// is `a`, the Kelvin sign is `K`), then case folding, then the UTS #39
+/// confusable skeleton (Cyrillic `а` is `a`, `ı` is `i`, `0` is `O`), then
+/// case folding again because skeletons use both cases.
+///
+/// Known limit: folding case first means the capital `I` and the small `l`,
+/// identical in many fonts, stay different names.
 pub fn fold(name: &str) -> String {
-    name.to_lowercase()
+    let folded: String = name.nfkc().flat_map(char::to_lowercase).collect();
+    unicode_security::skeleton(&folded)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Whether two names are the same name (see [`fold`]).
+pub fn same(a: &str, b: &str) -> bool {
+    a == b || fold(a) == fold(b)
+}
+
+/// Says why `wanted` counts as the name `holder` already has, for the
+/// rejection a user reads: the same name, the same but for case, or one that
+/// only looks the same. `holder` is the name as its member registered it.
+pub fn clash(wanted: &str, holder: &str) -> String {
+    if wanted == holder {
+        format!("the name {wanted:?} is taken")
+    } else if wanted.to_lowercase() == holder.to_lowercase() {
+        format!("the name {wanted:?} is taken: {holder:?} differs only in letter case")
+    } else {
+        format!(
+            "the name {wanted:?} is taken: it looks the same as {holder:?} \
+             (look-alike letters from other scripts, fullwidth forms and the like count as the same)"
+        )
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +143,8 @@ mod tests {
             "李雷",
             "a-b_c.d",
             "x",
+            "jo:sé",
+            "👍🏽",
             &"y".repeat(32),
         ] {
             assert_eq!(validate(n), Ok(()), "{n}");
@@ -121,8 +175,78 @@ mod tests {
     }
 
     #[test]
+    fn blank_looking_and_hidden_characters_are_refused_with_the_rule() {
+        let cases = [
+            ("alice\u{2800}", "a blank character"),
+            ("\u{2800}", "a blank character"),
+            ("\u{3164}", "an invisible character"),
+            ("bob\u{E0041}", "a tag character"),
+            ("bob\u{E000}", "a private-use character"),
+            ("a\u{2028}", "a line or paragraph separator"),
+            ("a\u{3000}b", "whitespace"),
+            ("\u{202E}x", "a text-direction control"),
+        ];
+        for (name, rule) in cases {
+            match validate(name) {
+                Err(e @ NameError::BadChar { what, .. }) => {
+                    assert_eq!(what, rule, "{name:?}");
+                    assert!(e.to_string().contains(rule), "{e}");
+                }
+                other => panic!("{name:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn names_refuse_everything_text_escapes() {
+        for c in '\0'..=char::MAX {
+            if let Some(h) = hazard(c) {
+                let name = format!("a{c}");
+                assert_eq!(
+                    validate(&name),
+                    Err(NameError::BadChar {
+                        what: h.describe(),
+                        code: c as u32
+                    }),
+                    "U+{:04X}",
+                    c as u32
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn delimiters_of_the_line_format_are_refused() {
+        for n in ["alice>", "<bob", "*x", "a[1]", "a(b)", "a,b", "{x}"] {
+            let e = validate(n).expect_err(n);
+            assert!(matches!(e, NameError::Delimiter(_)), "{n}: {e:?}");
+            assert!(e.to_string().contains("puts around names"), "{e}");
+        }
+    }
+
+    #[test]
     fn uniqueness_ignores_case() {
         assert_eq!(fold("Bob"), fold("bOB"));
         assert_ne!(fold("bob"), fold("bob2"));
+    }
+
+    #[test]
+    fn look_alikes_are_the_same_name() {
+        for twin in [
+            "\u{0430}lice",                             // Cyrillic а
+            "\u{FF41}\u{FF4C}\u{FF49}\u{FF43}\u{FF45}", // fullwidth
+            "al\u{0131}ce",                             // dotless ı
+            "ALICE",
+        ] {
+            assert_eq!(validate(twin), Ok(()), "{twin}");
+            assert!(same("alice", twin), "{twin} vs alice");
+        }
+        assert!(same("\u{212A}im", "kim"), "Kelvin sign");
+        assert!(same("b0b", "bob"), "digit zero");
+        assert!(!same("alice", "alicia"));
+        assert!(clash("\u{0430}lice", "alice").contains("looks the same as \"alice\""));
+        assert!(clash("ALICE", "alice").contains("letter case"));
+        assert_eq!(clash("alice", "alice"), "the name \"alice\" is taken");
+        assert!(!same("bob", "rob"));
     }
 }

@@ -3,12 +3,86 @@
 //! A message is just bytes chosen by a stranger. Printed raw, an escape
 //! sequence can recolour the screen, move the cursor, set the window title,
 //! write to the clipboard (OSC 52) or hide the rest of a line; a
-//! right-to-left override can make `evil.exe` read as `exe.live`. Everything
-//! that came over the network goes through [`sanitize`] before display, and
-//! what was neutralised stays visible so nobody is fooled by its absence.
+//! right-to-left override can make `evil.exe` read as `exe.live`; tag
+//! characters (U+E0000–E007F) are invisible and can carry a whole hidden
+//! sentence; a line separator breaks a line where the interface did not
+//! expect it. Everything that came over the network goes through
+//! [`sanitize`] before display, and what was neutralised stays visible so
+//! nobody is fooled by its absence.
+//!
+//! [`hazard`] is the one policy: message text escapes every character it
+//! flags, and member names (see [`crate::names`]) refuse them, so a
+//! character is never shown raw in one place and refused in another.
 
 use std::borrow::Cow;
 use std::fmt::Write;
+
+use unicode_general_category::{get_general_category, GeneralCategory};
+
+/// Why a character must not reach a terminal as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hazard {
+    /// A C0 or C1 control (general category Cc): escape sequences start here.
+    Control,
+    /// A character that changes the direction of the text around it.
+    DirectionControl,
+    /// A tag character (U+E0000–E007F), invisible and able to spell hidden
+    /// text.
+    Tag,
+    /// Takes no space and shows nothing: format characters (Cf) and the
+    /// other default-ignorable code points (fillers, variation selectors).
+    Invisible,
+    /// U+2028 or U+2029 (Zl, Zp): a line break the interface did not make.
+    LineBreak,
+    /// A private-use character (Co): its look depends on the font, so it can
+    /// be anything, including nothing.
+    PrivateUse,
+    /// A code point Unicode has not assigned (Cn), or a noncharacter: no
+    /// terminal agrees on its width.
+    Unassigned,
+}
+
+impl Hazard {
+    /// A few words for a user: "a control character", "a tag character"…
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hazard::Control => "a control character",
+            Hazard::DirectionControl => "a text-direction control",
+            Hazard::Tag => "a tag character",
+            Hazard::Invisible => "an invisible character",
+            Hazard::LineBreak => "a line or paragraph separator",
+            Hazard::PrivateUse => "a private-use character",
+            Hazard::Unassigned => "an unassigned code point",
+        }
+    }
+}
+
+/// The one display policy: what, if anything, is wrong with showing `c`.
+pub fn hazard(c: char) -> Option<Hazard> {
+    // The common case first: printable ASCII is always fine.
+    if (' '..='~').contains(&c) {
+        return None;
+    }
+    if is_bidi_control(c) {
+        return Some(Hazard::DirectionControl);
+    }
+    if ('\u{E0000}'..='\u{E007F}').contains(&c) {
+        return Some(Hazard::Tag);
+    }
+    match get_general_category(c) {
+        GeneralCategory::Control => Some(Hazard::Control),
+        GeneralCategory::Format => Some(Hazard::Invisible),
+        GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+            Some(Hazard::LineBreak)
+        }
+        GeneralCategory::PrivateUse => Some(Hazard::PrivateUse),
+        // A `char` is never a surrogate; listed so that the match stays
+        // exhaustive over the categories.
+        GeneralCategory::Surrogate | GeneralCategory::Unassigned => Some(Hazard::Unassigned),
+        _ if is_invisible(c) => Some(Hazard::Invisible),
+        _ => None,
+    }
+}
 
 /// Characters that change the direction of the text around them.
 pub fn is_bidi_control(c: char) -> bool {
@@ -16,24 +90,28 @@ pub fn is_bidi_control(c: char) -> bool {
 }
 
 /// Characters that take no space and show nothing, so they can hide inside
-/// a name or a link.
+/// a name or a link: Unicode's Default_Ignorable_Code_Point set (16.0),
+/// which covers more than the format category (Hangul fillers, variation
+/// selectors, the combining grapheme joiner).
 pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180E}'
-            | '\u{200B}'..='\u{200D}' | '\u{2060}'..='\u{2064}' | '\u{3164}' | '\u{FEFF}' | '\u{FFA0}'
-            | '\u{FE00}'..='\u{FE0F}'
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || is_bidi_control(c) || is_invisible(c)
+    hazard(c).is_some()
 }
 
-/// Returns `text` with every control character, escape sequence introducer,
-/// bidirectional control and invisible character replaced by a visible
-/// escape: C0 controls as caret notation (`ESC` becomes `^[`), everything
-/// else as `<U+XXXX>`. Text that needs nothing is returned without copying.
+/// Returns `text` with every character [`hazard`] flags replaced by a
+/// visible escape: C0 controls as caret notation (`ESC` becomes `^[`),
+/// everything else as `<U+XXXX>`. Text that needs nothing is returned
+/// without copying.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
@@ -61,7 +139,7 @@ mod tests {
 
     #[test]
     fn plain_text_is_borrowed() {
-        assert!(matches!(sanitize("hello, wörld 👋"), Cow::Borrowed(_)));
+        assert!(matches!(sanitize("hello, wörld 👋🏽"), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -79,9 +157,77 @@ mod tests {
         assert_eq!(sanitize("bo\u{200b}b"), "bo<U+200B>b");
     }
 
+    #[test]
+    fn hidden_text_line_breaks_and_private_use_are_shown() {
+        // "hi" spelled in tag characters after a visible word.
+        assert_eq!(sanitize("ok\u{E0068}\u{E0069}"), "ok<U+E0068><U+E0069>");
+        assert_eq!(sanitize("a\u{2028}b\u{2029}c"), "a<U+2028>b<U+2029>c");
+        assert_eq!(sanitize("x\u{E000}\u{F8FF}"), "x<U+E000><U+F8FF>");
+        assert_eq!(sanitize("\u{10FFFD}"), "<U+10FFFD>");
+        assert_eq!(sanitize("\u{FFFF}"), "<U+FFFF>");
+    }
+
+    /// What the policy does with a whole general category.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Expect {
+        /// Every character of the category is shown as it is, except the
+        /// default-ignorable ones.
+        Shown,
+        /// Every character of the category is escaped.
+        Escaped,
+    }
+
+    /// The policy per category, each named: a category the crate adds
+    /// fails the walk below until someone decides what it means for a
+    /// terminal.
+    fn expected(cat: GeneralCategory) -> Expect {
+        use GeneralCategory::*;
+        match cat {
+            Control | Format | LineSeparator | ParagraphSeparator | PrivateUse | Surrogate
+            | Unassigned => Expect::Escaped,
+            UppercaseLetter | LowercaseLetter | TitlecaseLetter | ModifierLetter | OtherLetter
+            | NonspacingMark | SpacingMark | EnclosingMark | DecimalNumber | LetterNumber
+            | OtherNumber | ConnectorPunctuation | DashPunctuation | OpenPunctuation
+            | ClosePunctuation | InitialPunctuation | FinalPunctuation | OtherPunctuation
+            | MathSymbol | CurrencySymbol | ModifierSymbol | OtherSymbol | SpaceSeparator => {
+                Expect::Shown
+            }
+            other => panic!("no policy for the general category {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_code_point_follows_its_category() {
+        let mut seen = std::collections::HashSet::new();
+        for c in '\0'..=char::MAX {
+            let cat = get_general_category(c);
+            seen.insert(format!("{cat:?}"));
+            let s = c.to_string();
+            let out = sanitize(&s);
+            let escaped = out != s;
+            let want = match expected(cat) {
+                Expect::Escaped => true,
+                Expect::Shown => is_invisible(c),
+            };
+            assert_eq!(escaped, want, "U+{:04X} ({cat:?}) became {out:?}", c as u32);
+            if escaped {
+                // What replaced it is plain ASCII, so it cannot itself be a
+                // hazard.
+                assert!(out.chars().all(|o| (' '..='~').contains(&o)), "{out:?}");
+                assert!(hazard(c).is_some());
+            }
+            if ('\u{E0000}'..='\u{E007F}').contains(&c) {
+                assert_eq!(hazard(c), Some(Hazard::Tag));
+            }
+        }
+        // Every category exists in 16.0 except surrogates, which a `char`
+        // cannot hold.
+        assert_eq!(seen.len(), 29, "{seen:?}");
+    }
+
     proptest! {
         #[test]
-        fn output_never_contains_controls(s in any::<String>()) {
+        fn output_never_contains_hazards(s in any::<String>()) {
             let out = sanitize(&s);
             prop_assert!(!out.chars().any(needs_escape));
         }

@@ -32,7 +32,7 @@ use qchat_proto::CloseCode;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use options::ServerOptions;
+pub use options::{OptionsError, ServerOptions};
 pub use room::Room;
 
 /// How long shutdown waits for sessions to flush and close.

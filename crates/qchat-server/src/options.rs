@@ -66,7 +66,7 @@ impl Default for ServerOptions {
             idle_timeout: limits::IDLE_TIMEOUT,
             keep_alive: limits::KEEP_ALIVE,
             queue_len: limits::SESSION_QUEUE,
-            max_connections: 10_000,
+            max_connections: limits::MAX_CONNECTIONS,
             max_per_ip: limits::MAX_PER_IP,
             max_unjoined_per_ip: limits::MAX_UNJOINED_PER_IP,
             announce_limit: 200,
@@ -80,7 +80,92 @@ impl Default for ServerOptions {
     }
 }
 
+/// Two settings that contradict each other. The messages name the flags of
+/// `qchat serve`, since that is where a user sets them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// The idle timeout is not above the keep-alive interval.
+    #[error(
+        "--idle-timeout ({idle:?}) must be longer than --keep-alive ({keep_alive:?}), or quiet members would be dropped as gone"
+    )]
+    IdleBelowKeepAlive {
+        /// The idle timeout.
+        idle: Duration,
+        /// The keep-alive interval.
+        keep_alive: Duration,
+    },
+    /// A message of the longest allowed text would not fit in a frame.
+    #[error(
+        "--max-message ({max_message}) plus the {overhead}-byte message envelope must fit in --max-frame ({max_frame}); raise --max-frame to at least {need} or lower --max-message"
+    )]
+    MessageAboveFrame {
+        /// The message limit.
+        max_message: usize,
+        /// The frame limit.
+        max_frame: usize,
+        /// [`limits::MESSAGE_OVERHEAD`].
+        overhead: usize,
+        /// The smallest frame limit that works.
+        need: usize,
+    },
+    /// The frame limit is below what a qchat client may send.
+    #[error(
+        "--max-frame ({max_frame}) must be at least {min}, the largest frame a qchat client sends; a smaller limit would disconnect members for long lines instead of refusing the lines"
+    )]
+    FrameBelowClient {
+        /// The frame limit.
+        max_frame: usize,
+        /// [`limits::MAX_CLIENT_FRAME`].
+        min: usize,
+    },
+    /// The history would not fit in a joining member's queue.
+    #[error(
+        "--history ({history}) must be at most --queue minus 16 ({max}): a joining member's queue holds its welcome and the whole history"
+    )]
+    HistoryAboveQueue {
+        /// The history length.
+        history: usize,
+        /// The most the queue allows.
+        max: usize,
+    },
+}
+
 impl ServerOptions {
+    /// Checks the settings against each other. Each one alone is range
+    /// checked where it is parsed; this finds the combinations that cannot
+    /// work, so a server never starts with them.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if self.idle_timeout <= self.keep_alive {
+            return Err(OptionsError::IdleBelowKeepAlive {
+                idle: self.idle_timeout,
+                keep_alive: self.keep_alive,
+            });
+        }
+        if self.max_frame < limits::MAX_CLIENT_FRAME {
+            return Err(OptionsError::FrameBelowClient {
+                max_frame: self.max_frame,
+                min: limits::MAX_CLIENT_FRAME,
+            });
+        }
+        let need = self.max_message.saturating_add(limits::MESSAGE_OVERHEAD);
+        if need > self.max_frame {
+            return Err(OptionsError::MessageAboveFrame {
+                max_message: self.max_message,
+                max_frame: self.max_frame,
+                overhead: limits::MESSAGE_OVERHEAD,
+                need,
+            });
+        }
+        let max_history = self.queue_len.saturating_sub(16);
+        if self.history > max_history {
+            return Err(OptionsError::HistoryAboveQueue {
+                history: self.history,
+                max: max_history,
+            });
+        }
+        Ok(())
+    }
+
     /// The QUIC transport settings for these options.
     ///
     /// Each connection may open exactly one bidirectional stream and no
@@ -100,5 +185,57 @@ impl ServerOptions {
         t.stream_receive_window(window.into());
         t.receive_window((window as u64 * 2).try_into().unwrap_or(quinn::VarInt::MAX));
         Arc::new(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(ServerOptions::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn contradictions_are_found() {
+        let base = ServerOptions::default;
+        let idle = ServerOptions {
+            idle_timeout: Duration::from_secs(2),
+            ..base()
+        };
+        assert!(matches!(
+            idle.validate(),
+            Err(OptionsError::IdleBelowKeepAlive { .. })
+        ));
+        let small = ServerOptions {
+            max_frame: 1024,
+            max_message: 100,
+            ..base()
+        };
+        assert!(matches!(
+            small.validate(),
+            Err(OptionsError::FrameBelowClient { .. })
+        ));
+        let long = ServerOptions {
+            max_message: limits::MAX_CLIENT_FRAME,
+            ..base()
+        };
+        let e = long.validate().expect_err("does not fit");
+        assert!(e.to_string().contains("--max-frame"), "{e}");
+        let fits = ServerOptions {
+            max_message: limits::MAX_CLIENT_FRAME - limits::MESSAGE_OVERHEAD,
+            ..base()
+        };
+        assert_eq!(fits.validate(), Ok(()));
+        let history = ServerOptions {
+            queue_len: 16,
+            history: 1,
+            ..base()
+        };
+        assert!(matches!(
+            history.validate(),
+            Err(OptionsError::HistoryAboveQueue { .. })
+        ));
     }
 }

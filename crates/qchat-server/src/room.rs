@@ -84,7 +84,8 @@ struct State {
     next_id: MemberId,
     /// Keyed by id, so iteration is join order.
     members: BTreeMap<MemberId, Member>,
-    /// Case-folded name to id: names are unique without regard to case.
+    /// Same-name key (`names::fold`) to id: names are unique ignoring case
+    /// and look-alikes.
     by_name: HashMap<String, MemberId>,
     /// The last public messages, as `History` messages. Kept unencoded:
     /// saying something must not pay for a replay that only a later join
@@ -172,7 +173,7 @@ impl Room {
         if let Some(other) = taken(&st, name, None) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
-                detail: format!("the name {name:?} is taken (by {other:?}); choose another"),
+                detail: format!("{}; choose another", names::clash(name, &other)),
             });
         }
         let id = st.next_id;
@@ -308,11 +309,7 @@ impl Room {
             return;
         }
         if let Some(other) = taken(&st, new, Some(id)) {
-            self.send_to(
-                &mut st,
-                id,
-                failed(format!("the name {new:?} is taken (by {other:?})")),
-            );
+            self.send_to(&mut st, id, failed(names::clash(new, &other)));
             return;
         }
         let Some(m) = st.members.get_mut(&id) else {

@@ -6,9 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 #[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -21,16 +19,6 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     builder.mode(0o700);
     builder.create(dir)
-}
-
-/// Creates a new file that only the owner can read or write; fails if the
-/// path exists, so a concurrent writer or a planted symlink is never followed.
-pub(crate) fn create_new_private(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)
 }
 
 /// Opens (creating if needed) a file only the owner can access, without
@@ -63,22 +51,6 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
-}
-
-/// A temporary name beside `target`, unique across processes (pid) and
-/// threads (counter), so concurrent writers never share a temp file.
-pub(crate) fn temp_path_for(target: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    parent_dir(target).join(format!(".{name}.tmp-{}-{n}-{nanos}", std::process::id()))
 }
 
 /// Warns when a secret file can be read or written by anyone but its owner.
@@ -132,25 +104,6 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn new_private_file_is_owner_only() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("secret");
-        drop(create_new_private(&path).expect("create"));
-        let mode = fs::metadata(&path).expect("metadata").mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(check_private_file_mode(&path).is_none());
-    }
-
-    #[test]
-    fn create_new_private_refuses_existing_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("secret");
-        fs::write(&path, b"x").expect("write");
-        assert!(create_new_private(&path).is_err());
-    }
-
-    #[cfg(unix)]
-    #[test]
     fn readable_secret_is_reported_with_chmod_hint() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
@@ -171,14 +124,5 @@ mod tests {
         let mode = fs::metadata(&path).expect("metadata").mode() & 0o777;
         assert_eq!(mode, 0o700);
         assert!(check_private_dir_mode(&path).is_none());
-    }
-
-    #[test]
-    fn temp_paths_are_unique_and_beside_target() {
-        let a = temp_path_for(Path::new("/x/known_hosts"));
-        let b = temp_path_for(Path::new("/x/known_hosts"));
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(Path::new("/x")));
-        assert_eq!(parent_dir(Path::new("file")), Path::new("."));
     }
 }

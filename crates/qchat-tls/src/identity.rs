@@ -374,19 +374,13 @@ fn create_in(dir: &Path) -> Result<Identity, IdentityError> {
 
     // Both files are fully written and synced under temporary names before
     // either is renamed into place, and the key goes first: a crash can leave
-    // a stray temp file or a key without certificate (reported, never
-    // guessed at), but never a certificate whose key was lost.
-    let key_tmp = fsutil::temp_path_for(&key_path);
-    let cert_tmp = fsutil::temp_path_for(&cert_path);
-    let result = write_synced(&key_tmp, key.serialize_pem().as_bytes())
-        .and_then(|()| write_synced(&cert_tmp, cert.pem().as_bytes()))
-        .and_then(|()| rename(&key_tmp, &key_path))
-        .and_then(|()| rename(&cert_tmp, &cert_path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&key_tmp);
-        let _ = std::fs::remove_file(&cert_tmp);
-        return Err(e);
-    }
+    // a key without certificate (reported, never guessed at), but never a
+    // certificate whose key was lost. tempfile creates them owner-only and
+    // removes whichever is left if a step fails.
+    let key_tmp = write_synced(dir, &key_path, key.serialize_pem().as_bytes())?;
+    let cert_tmp = write_synced(dir, &cert_path, cert.pem().as_bytes())?;
+    persist(key_tmp, &key_path)?;
+    persist(cert_tmp, &cert_path)?;
     fsutil::sync_dir(dir).map_err(|source| IdentityError::Write {
         path: dir.to_path_buf(),
         source,
@@ -401,23 +395,32 @@ fn create_in(dir: &Path) -> Result<Identity, IdentityError> {
     })
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
-    let write = || -> io::Result<()> {
-        let mut file = fsutil::create_new_private(path)?;
+/// Writes `contents` to a new owner-only temporary file in `dir`, synced,
+/// to be renamed to `target` by [`persist`].
+fn write_synced(
+    dir: &Path,
+    target: &Path,
+    contents: &[u8],
+) -> Result<tempfile::NamedTempFile, IdentityError> {
+    let write = || -> io::Result<tempfile::NamedTempFile> {
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
         file.write_all(contents)?;
-        file.sync_all()
+        file.as_file().sync_all()?;
+        Ok(file)
     };
     write().map_err(|source| IdentityError::Write {
-        path: path.to_path_buf(),
+        path: target.to_path_buf(),
         source,
     })
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), IdentityError> {
-    std::fs::rename(from, to).map_err(|source| IdentityError::Write {
-        path: to.to_path_buf(),
-        source,
-    })
+fn persist(file: tempfile::NamedTempFile, to: &Path) -> Result<(), IdentityError> {
+    file.persist(to)
+        .map(drop)
+        .map_err(|e| IdentityError::Write {
+            path: to.to_path_buf(),
+            source: e.error,
+        })
 }
 
 #[cfg(test)]

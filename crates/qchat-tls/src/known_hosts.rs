@@ -34,16 +34,14 @@
 //! processes pinning different servers at once never lose either pin, and
 //! readers (which take no lock) always see a complete file.
 
-use std::fmt;
 use std::io::{self, Write};
-use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::fsutil;
+use crate::host::HostKey;
 use crate::Fingerprint;
 
 /// The version header; the first non-empty line of every file we write.
@@ -51,7 +49,7 @@ pub const HEADER: &str = "# qchat known_hosts v1";
 const HEADER_PREFIX: &str = "# qchat known_hosts ";
 const COLUMNS_COMMENT: &str = "# host:port fingerprint first-seen verified|tofu";
 
-/// Why the pin store could not be read, changed, or a host name parsed.
+/// Why the pin store could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum KnownHostsError {
     /// The file exists but could not be read.
@@ -92,16 +90,6 @@ pub enum KnownHostsError {
         /// The header line found.
         found: String,
     },
-    /// A host name or address could not be parsed.
-    #[error(
-        "`{input}` is not a valid server address ({reason}); use host, host:port, an IPv6 address, or [ipv6]:port"
-    )]
-    InvalidHost {
-        /// What was given.
-        input: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
     /// Adding a pin would replace a different existing pin.
     #[error(
         "{host} is already pinned to {pinned}, not {offered}; nothing was changed. If the server's key really changed, replace the pin explicitly"
@@ -134,118 +122,6 @@ pub enum KnownHostsError {
         /// The host.
         host: HostKey,
     },
-}
-
-/// A server address as used for pin lookups: lowercase host plus port.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostKey {
-    /// Lowercase DNS name, IPv4 address, or IPv6 address (without brackets,
-    /// in its canonical compressed form).
-    pub host: String,
-    /// UDP port.
-    pub port: u16,
-}
-
-impl HostKey {
-    /// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address,
-    /// using `default_port` when none is given.
-    ///
-    /// Hosts are lowercased and IPv6 addresses canonicalised so that every
-    /// spelling of the same server finds the same pin.
-    pub fn parse(s: &str, default_port: u16) -> Result<HostKey, KnownHostsError> {
-        parse_host(s, Some(default_port))
-    }
-}
-
-/// Parses the file's form, `host:port` or `[v6]:port`; the port is required.
-impl FromStr for HostKey {
-    type Err = KnownHostsError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        parse_host(s, None)
-    }
-}
-
-impl fmt::Display for HostKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-fn parse_host(input: &str, default_port: Option<u16>) -> Result<HostKey, KnownHostsError> {
-    let s = input.trim();
-    let invalid = |reason| KnownHostsError::InvalidHost {
-        input: input.to_owned(),
-        reason,
-    };
-    let port_of = |p: Option<&str>| -> Result<u16, KnownHostsError> {
-        match p {
-            None => default_port.ok_or_else(|| invalid("a port is required")),
-            Some(p) => match p.parse::<u16>() {
-                Ok(0) | Err(_) => Err(invalid("the port must be a number from 1 to 65535")),
-                Ok(port) => Ok(port),
-            },
-        }
-    };
-
-    if s.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    if let Some(rest) = s.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']').ok_or_else(|| invalid("missing `]`"))?;
-        let addr: Ipv6Addr = inside
-            .parse()
-            .map_err(|_| invalid("brackets must contain an IPv6 address"))?;
-        let port = match after {
-            "" => port_of(None)?,
-            _ => port_of(Some(
-                after
-                    .strip_prefix(':')
-                    .ok_or_else(|| invalid("expected `:port` after `]`"))?,
-            ))?,
-        };
-        return Ok(HostKey {
-            host: addr.to_string(),
-            port,
-        });
-    }
-    if let Ok(addr) = s.parse::<Ipv6Addr>() {
-        return Ok(HostKey {
-            host: addr.to_string(),
-            port: port_of(None)?,
-        });
-    }
-    let (host, port) = match s.split_once(':') {
-        Some((_, rest)) if rest.contains(':') => {
-            return Err(invalid(
-                "an IPv6 address with a port must be written [address]:port",
-            ));
-        }
-        Some((host, port)) => (host, port_of(Some(port))?),
-        None => (s, port_of(None)?),
-    };
-    // A trailing dot names the same host (absolute DNS name); dropping it
-    // keeps one pin per server.
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return Err(invalid("the host name is empty"));
-    }
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
-        return Err(invalid(
-            "host names may only contain letters, digits, '-', '.' and '_' (use the xn-- form for international names)",
-        ));
-    }
-    Ok(HostKey {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
 }
 
 /// One pinned server key.
@@ -591,23 +467,21 @@ fn lock_path_for(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Writes a complete new file beside the old one and renames it into place,
+/// so readers (which take no lock) see the old file or the new one, never a
+/// half-written one. tempfile creates it readable by the owner only and
+/// removes it if anything fails before the rename.
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), KnownHostsError> {
-    let tmp = fsutil::temp_path_for(path);
+    let dir = fsutil::parent_dir(path);
     let write_err = |source| KnownHostsError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let result = (|| -> io::Result<()> {
-        let mut file = fsutil::create_new_private(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(write_err(source));
-    }
-    fsutil::sync_dir(fsutil::parent_dir(path)).map_err(write_err)
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+    file.write_all(contents).map_err(write_err)?;
+    file.as_file().sync_all().map_err(write_err)?;
+    file.persist(path).map_err(|e| write_err(e.error))?;
+    fsutil::sync_dir(dir).map_err(write_err)
 }
 
 fn parse(path: &Path, bytes: &[u8]) -> Result<KnownHosts, KnownHostsError> {
@@ -742,62 +616,6 @@ mod tests {
 
     fn store_path(dir: &tempfile::TempDir) -> PathBuf {
         dir.path().join("qchat").join("known_hosts")
-    }
-
-    #[test]
-    fn host_parse_forms() {
-        assert_eq!(
-            host("Example.ORG"),
-            HostKey {
-                host: "example.org".into(),
-                port: 7777
-            }
-        );
-        assert_eq!(host("example.org:8080").port, 8080);
-        assert_eq!(host("example.org.").host, "example.org");
-        assert_eq!(host("192.0.2.7:1").to_string(), "192.0.2.7:1");
-        assert_eq!(
-            host("[2001:DB8:0::1]:8080").to_string(),
-            "[2001:db8::1]:8080"
-        );
-        assert_eq!(host("[::1]").to_string(), "[::1]:7777");
-        assert_eq!(host("::1").to_string(), "[::1]:7777");
-        assert_eq!(host("  host:9 ").to_string(), "host:9");
-    }
-
-    #[test]
-    fn host_parse_rejects_bad_input() {
-        for bad in [
-            "",
-            "host:0",
-            "host:65536",
-            "host:x",
-            "2001:db8::1:8080:zz",
-            "a:b:c",
-            "[1.2.3.4]",
-            "[::1",
-            "[::1]8080",
-            "ho st",
-            "host/x",
-            ":80",
-            "héllo",
-        ] {
-            let err = HostKey::parse(bad, 7777).expect_err(bad);
-            assert!(err.to_string().contains("[ipv6]:port"), "{err}");
-        }
-    }
-
-    #[test]
-    fn host_from_str_requires_a_port() {
-        assert!("example.org".parse::<HostKey>().is_err());
-        assert!("[::1]".parse::<HostKey>().is_err());
-        assert_eq!(
-            "[::1]:5".parse::<HostKey>().expect("valid"),
-            HostKey {
-                host: "::1".into(),
-                port: 5
-            }
-        );
     }
 
     #[test]

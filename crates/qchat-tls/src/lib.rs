@@ -9,6 +9,8 @@
 //!   for humans and parsed back from any spelling they might paste.
 //! - [`identity`]: the server's key and certificate on disk; created once,
 //!   never silently replaced, since every client has pinned it.
+//! - [`host`]: server addresses ([`HostKey`]): every spelling a user may
+//!   type, and the one canonical form pins are stored under.
 //! - [`known_hosts`]: the client's pin store, a small text file that is
 //!   updated with locking and atomic replacement so concurrent clients never
 //!   lose a pin.
@@ -22,6 +24,7 @@
 pub mod config;
 pub mod fingerprint;
 mod fsutil;
+pub mod host;
 pub mod identity;
 pub mod known_hosts;
 pub mod verifier;
@@ -31,6 +34,7 @@ pub use config::{
     SERVER_NAME,
 };
 pub use fingerprint::{Fingerprint, FingerprintError};
+pub use host::{HostError, HostKey};
 pub use identity::{check_private_file_mode, Identity, IdentityError, LoadOutcome};
-pub use known_hosts::{HostKey, KnownHosts, KnownHostsEdit, KnownHostsError, Pin};
+pub use known_hosts::{KnownHosts, KnownHostsEdit, KnownHostsError, Pin};
 pub use verifier::{is_pin_failure, pin_refusal, Expectation, PinRefusal, PinVerifier};

@@ -5,14 +5,13 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
 use qchat_client::{ConnectError, HelloError, TrustMode, TrustPlan, TrustState};
-use qchat_proto::{names, RejectReason, DEFAULT_PORT};
-use qchat_tls::HostKey;
+use qchat_proto::{names, RejectReason};
 
 use crate::cli::{ConnectArgs, Trust};
 use crate::wording::About;
 
 pub fn run(args: ConnectArgs) -> Result<u8> {
-    let host = HostKey::parse(&args.host, DEFAULT_PORT).context("invalid server address")?;
+    let host = args.host.clone();
     let known_hosts = match &args.known_hosts {
         Some(p) => p.clone(),
         None => crate::home::known_hosts()?,

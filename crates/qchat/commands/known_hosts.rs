@@ -12,7 +12,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use qchat_proto::text::sanitize;
-use qchat_proto::DEFAULT_PORT;
 use qchat_tls::known_hosts::KnownHostsError;
 use qchat_tls::{Fingerprint, HostKey, KnownHosts, Pin};
 use serde_json::{json, Value};
@@ -28,18 +27,14 @@ pub fn run(args: KnownHostsArgs) -> Result<u8> {
     };
     match args.action {
         KnownHostsAction::List => list(&path, args.json),
-        KnownHostsAction::Remove { host } => remove(&path, &parse_host(&host)?, args.json),
+        KnownHostsAction::Remove { host } => remove(&path, &host, args.json),
         KnownHostsAction::Replace { host, fingerprint } => {
-            replace(&path, &parse_host(&host)?, fingerprint, args.json)
+            replace(&path, &host, fingerprint, args.json)
         }
         KnownHostsAction::Verify { host, fingerprint } => {
-            verify(&path, &parse_host(&host)?, fingerprint, args.json)
+            verify(&path, &host, fingerprint, args.json)
         }
     }
-}
-
-fn parse_host(s: &str) -> Result<HostKey> {
-    HostKey::parse(s, DEFAULT_PORT).context("invalid server address")
 }
 
 /// A path for display: it is the user's own, but a hostile directory name

@@ -17,7 +17,7 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
         return run_with_ui(args, server_events);
     }
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
-    let options = server_options(&args);
+    let options = server_options(&args)?;
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
@@ -73,25 +73,14 @@ async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) 
     tracing::info!("the operator left the room; still serving");
 }
 
-/// The server's settings from the flags.
-fn server_options(args: &ServeArgs) -> ServerOptions {
-    ServerOptions {
+/// The server's settings from the flags (checked against each other when
+/// the command line was parsed).
+fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
+    let base = ServerOptions {
         server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
-        max_frame: args.limits.max_frame,
-        max_message: args.limits.max_message,
-        hello_timeout: args.limits.hello_timeout,
-        idle_timeout: args.limits.idle_timeout,
-        queue_len: args.limits.queue,
-        max_connections: args.limits.max_connections,
-        max_per_ip: args.limits.max_per_ip,
-        max_unjoined_per_ip: args.limits.max_unjoined_per_ip,
-        rate: args.limits.rate,
-        burst: args.limits.burst,
-        backlog: args.limits.backlog,
-        retry_threshold: args.limits.retry_threshold,
-        history: args.limits.history,
         ..ServerOptions::default()
-    }
+    };
+    Ok(args.limits.apply(base)?)
 }
 
 /// The host at the table: the server runs in the background and the
@@ -116,7 +105,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     }
     args.name = Some(name.clone());
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
-    let options = server_options(&args);
+    let options = server_options(&args)?;
     let bell = !args.no_bell;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
