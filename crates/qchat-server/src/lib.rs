@@ -8,6 +8,7 @@
 //! - `rate`: the per-member token bucket.
 //! - `session`: one connection's life: hello, reader, writer, close.
 //! - [`room`]: the members and the fan-out; the only shared state.
+//! - [`writer`]: a connection's writer loop, shared with the bench's relay.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
 
@@ -17,6 +18,7 @@ pub mod options;
 mod rate;
 pub mod room;
 mod session;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
