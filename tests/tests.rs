@@ -3,7 +3,6 @@
 
 mod util;
 
-mod bench;
 mod chat;
 mod commands;
 mod hostile;

@@ -36,13 +36,6 @@ pub enum Command {
     Fingerprint(FingerprintArgs),
     /// List, remove, replace or verify the server keys this client has pinned.
     KnownHosts(KnownHostsArgs),
-    /// Measure fan-out: deliveries per second, latency, server CPU and
-    /// memory (see docs/PERFORMANCE.md).
-    Bench(Box<BenchArgs>),
-    /// A minimal QUIC relay, the baseline `qchat bench --baseline` measures
-    /// against. Internal: not a chat server.
-    #[command(hide = true)]
-    Relay(RelayArgs),
 }
 
 /// `qchat serve`.
@@ -312,105 +305,4 @@ pub enum KnownHostsAction {
         #[arg(long, value_name = "FP")]
         fingerprint: qchat_tls::Fingerprint,
     },
-}
-
-/// `qchat bench`: a load generator that speaks the real protocol through
-/// the client crate.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Members in the room.
-    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
-    pub clients: usize,
-    /// How many of the members send (default: all of them).
-    #[arg(long)]
-    pub senders: Option<usize>,
-    /// Messages each sender sends.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
-    pub messages: u64,
-    /// Bytes of text per message; the first 48 carry the sender, sequence
-    /// number and send time.
-    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(48..=4096))]
-    pub size: usize,
-    /// Messages per second per sender; without it, as fast as flow control
-    /// allows.
-    #[arg(long, value_parser = parse_rate)]
-    pub rate: Option<f64>,
-    /// Members (not senders) that join and then never read: the
-    /// slow-reader scenario.
-    #[arg(long, default_value_t = 0)]
-    pub stalled: usize,
-    /// Measure the minimal QUIC relay instead of qchat.
-    #[arg(long, conflicts_with_all = ["compare", "target"])]
-    pub baseline: bool,
-    /// Run qchat and the baseline alternately and print the ratios.
-    #[arg(long, conflicts_with = "target")]
-    pub compare: bool,
-    /// Runs of each with --compare; medians are reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
-    pub rounds: usize,
-    /// A running qchat server to measure instead of starting one (its CPU
-    /// and memory are then unknown).
-    #[arg(long, value_name = "HOST:PORT", requires = "fingerprint")]
-    pub target: Option<String>,
-    /// The --target server's fingerprint.
-    #[arg(long, value_name = "FP")]
-    pub fingerprint: Option<qchat_tls::Fingerprint>,
-    /// Worker threads of the started server (its --threads; default: its
-    /// own default).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub server_threads: Option<u16>,
-    /// The started qchat server's --retry-threshold (handshakes per second
-    /// above which joins get a QUIC Retry first). Default: above the number
-    /// of members, so a join storm is not sent Retries.
-    #[arg(long)]
-    pub retry_threshold: Option<u32>,
-    /// Worker threads of the load generator.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub bench_threads: u16,
-    /// QUIC endpoints (UDP sockets) the members are spread over.
-    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
-    pub endpoints: usize,
-    /// Frames the started server queues per member before it disconnects
-    /// the member as not reading.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
-    pub queue: usize,
-    /// Seconds to wait for every delivery (counted after the last send at
-    /// --rate) and, separately, for every member to connect.
-    #[arg(long, default_value = "60", value_parser = parse_secs)]
-    pub timeout: Duration,
-    /// Seconds the connected members stay idle before the server's memory
-    /// is read, so that join traffic has settled.
-    #[arg(long, default_value = "1", value_parser = parse_secs)]
-    pub settle: Duration,
-    /// One JSON object per run on stdout instead of the table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let r: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of messages per second"))?;
-    if !(0.01..=1_000_000.0).contains(&r) {
-        return Err("must be between 0.01 and 1000000 messages per second".into());
-    }
-    Ok(r)
-}
-
-/// `qchat relay`: the baseline for `qchat bench`.
-#[derive(Debug, Args)]
-pub struct RelayArgs {
-    /// Address and port to listen on; port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-    /// Folder with the identity (cert.pem, key.pem), created if missing.
-    #[arg(long, value_name = "DIR")]
-    pub cert_dir: Option<PathBuf>,
-    /// Worker threads for the async runtime (1 = single-threaded).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub threads: u16,
-    /// Frames queued per connection before it is disconnected as not
-    /// reading.
-    #[arg(long, default_value_t = 65_536, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
-    pub queue: usize,
 }

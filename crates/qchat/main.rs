@@ -13,10 +13,7 @@
 //! - `plain`: the line-oriented interface for scripts and tests.
 //! - `prompt`: questions asked on the terminal (trust on first use, name).
 //! - `ui/`: the full-screen interface for people at a terminal.
-//! - `bench/`: the load generator behind `qchat bench` and the baseline
-//!   relay it compares against.
 
-mod bench;
 mod cli;
 mod commands;
 mod home;

@@ -79,6 +79,21 @@ pub fn encode_frame_into<T: Serialize>(msg: &T, buf: &mut BytesMut) -> Result<()
     Ok(())
 }
 
+/// Frames a body that is already encoded — one a [`FrameDecoder`] handed
+/// out, say — so that it can be passed on verbatim: a relay forwards what
+/// it received without decoding it, and still never writes the prefix by
+/// hand.
+pub fn frame_body(body: &[u8]) -> Result<Bytes, FrameError> {
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        len: body.len(),
+        max: u32::MAX as usize,
+    })?;
+    let mut buf = BytesMut::with_capacity(PREFIX_LEN + body.len());
+    buf.put_u32(len);
+    buf.extend_from_slice(body);
+    Ok(buf.freeze())
+}
+
 /// Lets postcard serialize straight into a `BytesMut`, without an
 /// intermediate `Vec` and its copy.
 struct BytesFlavor<'a>(&'a mut BytesMut);
@@ -217,6 +232,19 @@ mod tests {
         let mut v = (body.len() as u32).to_be_bytes().to_vec();
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn a_relayed_body_is_framed_exactly_as_its_sender_framed_it() {
+        let msg = crate::ClientMsg::Say {
+            seq: 7,
+            text: "relay me".into(),
+        };
+        let sent = encode_frame(&msg).expect("encodes");
+        let mut d = FrameDecoder::new(1024);
+        d.extend(&sent);
+        let body = d.next_frame().expect("valid").expect("whole frame");
+        assert_eq!(frame_body(&body).expect("fits"), sent);
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub const CID_LEN: usize = 8;
 /// the client's next Initial is then delivered to that other connection,
 /// which drops it, and the join hangs until the client's 10 s handshake
 /// timeout — measured: 8 of 6,000 joins in a storm answered with Retries
-/// (`qchat bench --clients 6000 --retry-threshold 100`), every one of them
+/// (`qchat-bench --clients 6000 --retry-threshold 100`), every one of them
 /// a Retry id that a joined member was using. Fully random ids make that a
 /// 1 in 2^64 event per pair. The checksum only let quinn skip stateless
 /// resets for stray packets cheaply; those resets are rate-limited anyway.

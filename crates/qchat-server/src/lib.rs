@@ -11,6 +11,7 @@
 //!   repeats (refusals, hello timeouts).
 //! - [`room`]: the members and the fan-out; with the gate's counts, the
 //!   only state shared between connections.
+//! - [`writer`]: a connection's writer loop, shared with the bench's relay.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
 
@@ -23,6 +24,7 @@ mod session;
 #[cfg(test)]
 mod session_tests;
 mod tally;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use qchat_proto::{
     frame::ReadError, ClientMsg, CloseCode, DecodeError, FrameDecoder, RejectReason, ServerMsg,
     ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
@@ -26,18 +26,8 @@ use crate::gate::Permit;
 use crate::rate::TokenBucket;
 use crate::room::{Ending, MemberId, Peer, Room};
 use crate::tally::Kind;
+use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
-
-/// How long a session may take to flush its last frames before the
-/// connection is closed anyway.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Frames a writer takes from its queue for one write.
-const WRITE_BATCH: usize = 256;
-
-/// A batch this small means the member is not busy: the writer lets go of
-/// a larger batch vector rather than hold it while waiting.
-const SMALL_BATCH: usize = 8;
 
 /// Why a session ended abnormally: the close code sent, and the one log
 /// line.
@@ -175,29 +165,6 @@ fn failed(e: &SessionError) -> End {
     End {
         code: e.code(),
         reason: e.to_string(),
-    }
-}
-
-/// Where a session's outgoing bytes go. QUIC streams take owned chunks
-/// without a copy; a pipe takes a slice.
-pub(crate) trait Sink {
-    fn write_chunk(&mut self, chunk: Bytes) -> impl Future<Output = io::Result<()>> + Send;
-    /// Ends the stream and waits (bounded by the caller) until the peer has
-    /// it all.
-    fn finish(&mut self) -> impl Future<Output = ()> + Send;
-}
-
-pub(crate) struct QuicSink(pub quinn::SendStream);
-
-impl Sink for QuicSink {
-    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
-        self.0.write_chunk(chunk).await.map_err(io::Error::from)
-    }
-
-    async fn finish(&mut self) {
-        if self.0.finish().is_ok() {
-            let _ = self.0.stopped().await;
-        }
     }
 }
 
@@ -486,39 +453,6 @@ fn describe_loss(e: &io::Error) -> Option<String> {
         _ => "connection lost".into(),
     };
     Some(why)
-}
-
-/// Sends everything queued for the member in as few writes as possible,
-/// until the room drops the queue's sender; then finishes the stream.
-///
-/// Frames are copied into one contiguous buffer per batch: quinn walks its
-/// list of unacknowledged chunks for every packet it builds, so thousands of
-/// small chunks per stream would make sending quadratic.
-///
-/// The batch vector starts empty and is emptied again after a large batch:
-/// it is held while the writer waits, and `WRITE_BATCH` slots are 8 KiB —
-/// more than the rest of an idle member's session.
-async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::new();
-    let mut buf = BytesMut::new();
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if batch.len() <= SMALL_BATCH && batch.capacity() > SMALL_BATCH {
-            batch.shrink_to(SMALL_BATCH);
-        }
-        let chunk = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            buf.reserve(batch.iter().map(Bytes::len).sum());
-            for b in batch.drain(..) {
-                buf.extend_from_slice(&b);
-            }
-            buf.split().freeze()
-        };
-        if send.write_chunk(chunk).await.is_err() {
-            return;
-        }
-    }
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.finish()).await;
 }
 
 async fn reject<S: Sink>(send: &mut S, reason: RejectReason, detail: String) -> End {

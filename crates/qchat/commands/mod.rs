@@ -1,6 +1,5 @@
 //! One module per subcommand; each returns the process exit status.
 
-mod bench;
 mod connect;
 mod fingerprint;
 mod known_hosts;
@@ -18,8 +17,6 @@ pub fn run(cli: Cli, server_events: Option<tokio::sync::mpsc::Receiver<String>>)
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
         Command::KnownHosts(args) => known_hosts::run(args),
-        Command::Bench(args) => bench::run(*args),
-        Command::Relay(args) => bench::relay(args),
     }
 }
 

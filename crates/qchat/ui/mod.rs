@@ -91,10 +91,7 @@ pub fn wanted(cli: &crate::cli::Cli) -> bool {
     match &cli.command {
         Command::Connect(args) => !args.plain && on_terminal(),
         Command::Serve(args) => wanted_for_serve(args),
-        Command::Fingerprint(_)
-        | Command::KnownHosts(_)
-        | Command::Bench(_)
-        | Command::Relay(_) => false,
+        Command::Fingerprint(_) | Command::KnownHosts(_) => false,
     }
 }
 

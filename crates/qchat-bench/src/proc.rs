@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ const STDERR_TAIL: usize = 20;
 pub enum Kind {
     /// `qchat serve`.
     Qchat,
-    /// `qchat relay`, the minimal QUIC relay.
+    /// `qchat-bench relay`, the minimal QUIC relay.
     Baseline,
 }
 
@@ -55,6 +56,8 @@ pub struct Spawn {
     /// The server's `--retry-threshold`; `None` lifts it above the number
     /// of connections.
     pub retry_threshold: Option<u32>,
+    /// The `qchat` executable (the relay is this executable).
+    pub qchat: PathBuf,
 }
 
 /// A running server process.
@@ -74,17 +77,23 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts the server and waits until it announces its address.
     pub fn start(spawn: &Spawn) -> Result<ServerProc> {
-        let exe = std::env::current_exe().context("cannot find the qchat executable")?;
+        let exe = match spawn.kind {
+            Kind::Qchat => spawn.qchat.clone(),
+            Kind::Baseline => {
+                std::env::current_exe().context("cannot find the qchat-bench executable")?
+            }
+        };
         let home = tempfile::tempdir().context("cannot create a temporary home")?;
         let mut cmd = Command::new(&exe);
-        // Logging off: 10,000 "joined" lines would be measured as server
-        // work that a production server would not do at this level.
-        cmd.arg("--quiet").env("QCHAT_HOME", home.path());
+        cmd.env("QCHAT_HOME", home.path());
         cmd.env_remove("RUST_LOG");
         let mut raised = Vec::new();
         match spawn.kind {
             Kind::Qchat => {
-                cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+                // Logging off: 10,000 "joined" lines would be measured as
+                // server work that a production server would not do at
+                // this level.
+                cmd.args(["--quiet", "serve", "--listen", "127.0.0.1:0"]);
                 let conns = spawn.connections.to_string();
                 raised.extend([
                     "--max-connections".to_string(),

@@ -1,39 +1,23 @@
-//! `qchat bench`: measures what a room costs — deliveries per second,
-//! delivery latency, the server's CPU time and memory — with a load that
-//! speaks the real protocol through the client crate.
-//!
-//! - `load`: members, senders and receivers, and the checks on every
-//!   delivery (nothing missing, duplicated or reordered).
-//! - `stats`: the latency histogram and medians.
-//! - `proc`: the server under test as its own process, read through
-//!   `/proc`.
-//! - `relay`: the baseline, a minimal QUIC relay in the same binary
-//!   (`qchat relay`, hidden), so every qchat number can be quoted as a
-//!   fraction of what QUIC alone does on the same machine.
-//!
-//! How to reproduce the published numbers is in docs/PERFORMANCE.md.
-
-mod load;
-mod proc;
-pub mod relay;
-mod stats;
+//! One bench run, or qchat and the baseline alternately, and the report:
+//! a table for people, one JSON object per run for scripts.
 
 use std::io::IsTerminal;
 use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
-use load::{Outcome, Plan, Target};
-use proc::{Kind, ServerProc, Spawn};
-use stats::{median, Latency};
+use crate::load::{self, Outcome, Plan, Target};
+use crate::proc::{Kind, ServerProc, Spawn};
+use crate::stats::{median, Latency};
 
 /// Connections the started server admits beyond the members: headroom for
 /// a straggler from a previous run still closing.
 const CONNECTION_HEADROOM: usize = 10;
 
-/// Everything `qchat bench` was asked to do, checked.
+/// Everything the bench was asked to do, checked.
 struct Config {
     plan: Plan,
     mode: Mode,
@@ -43,6 +27,8 @@ struct Config {
     retry_threshold: Option<u32>,
     bench_threads: u16,
     json: bool,
+    /// The `qchat` executable started as the server under test.
+    qchat: PathBuf,
 }
 
 enum Mode {
@@ -104,8 +90,27 @@ impl Config {
             retry_threshold: a.retry_threshold,
             bench_threads: a.bench_threads,
             json: a.json,
+            qchat: match a.qchat {
+                Some(path) => path,
+                None => qchat_beside_me()?,
+            },
         })
     }
+}
+
+/// The `qchat` of the same build: cargo puts every binary of the workspace
+/// in the same target folder, so the bench measures the server it was
+/// built with unless `--qchat` says otherwise.
+fn qchat_beside_me() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find the qchat-bench executable")?;
+    let qchat = me.with_file_name(format!("qchat{}", std::env::consts::EXE_SUFFIX));
+    if !qchat.is_file() {
+        bail!(
+            "there is no qchat next to {}; build it (`cargo build --release`) or name it with --qchat PATH",
+            me.display()
+        );
+    }
+    Ok(qchat)
 }
 
 /// One run's results: the JSON object printed with `--json`.
@@ -154,7 +159,7 @@ impl Report {
     }
 }
 
-/// Runs `qchat bench`. Exits with failure when any delivery was missing,
+/// Runs the bench. Exits with failure when any delivery was missing,
 /// duplicated or out of order, so scripts can rely on the status.
 pub fn run(args: BenchArgs) -> Result<u8> {
     let config = Config::from_args(args)?;
@@ -209,6 +214,7 @@ fn run_one(
             queue: config.queue,
             threads: config.server_threads,
             retry_threshold: config.retry_threshold,
+            qchat: config.qchat.clone(),
         })?),
         None => None,
     };
@@ -225,7 +231,7 @@ fn run_one(
     if let Some(s) = &server {
         if !config.json {
             eprintln!(
-                "qchat bench: started the {label} server (pid {}) on {}{}",
+                "qchat-bench: started the {label} server (pid {}) on {}{}",
                 s.pid(),
                 s.addr,
                 if s.raised.is_empty() {

@@ -4,9 +4,9 @@
 //! Same identity, TLS configuration, ALPN and transport settings as
 //! `qchat serve`; per connection it accepts the stream, answers the hello
 //! with a welcome (so the real client's `join` works unchanged), and from
-//! then on copies every frame verbatim to every other connection: encoded
-//! once into shared `Bytes`, a bounded queue and a writer task per
-//! connection, each writer batch copied into one contiguous chunk. No acks,
+//! then on copies every frame verbatim to every other connection: framed
+//! once into shared `Bytes`, a bounded queue per connection and the
+//! server's own writer loop (`qchat_server::writer`). No acks,
 //! no names, no limits beyond the queue — whatever qchat costs on top of
 //! this is the price of being a chat server.
 
@@ -15,23 +15,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
-use qchat_proto::frame::PREFIX_LEN;
+use bytes::Bytes;
+use qchat_proto::frame::frame_body;
 use qchat_proto::{limits, ClientMsg, CloseCode, FrameDecoder, ServerMsg, ALPN};
+use qchat_server::writer::{write_loop, QuicSink};
 use tokio::sync::mpsc;
 
 use crate::cli::RelayArgs;
 
-/// Frames a writer takes from its queue for one write, as in qchat.
-const WRITE_BATCH: usize = 256;
-
 /// Runs the relay until the process is killed.
 pub fn run(args: RelayArgs) -> Result<u8> {
-    let dir = match args.cert_dir {
-        Some(d) => d,
-        None => crate::home::cert_dir()?,
-    };
-    let (identity, _) = qchat_tls::identity::load_or_create(&dir)
+    let (identity, _) = qchat_tls::identity::load_or_create(&args.cert_dir)
         .context("cannot load or create the relay's identity")?;
     let runtime = if args.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -119,35 +113,14 @@ async fn relay(conn: &quinn::Connection, hub: &Hub, queue: usize) -> Result<()> 
     let (tx, rx) = mpsc::channel(queue);
     let id = hub.next.fetch_add(1, Ordering::Relaxed);
     hub.lock().insert(id, (tx, conn.clone()));
-    let writer = tokio::spawn(write_loop(send, rx));
+    let writer = tokio::spawn(async move { write_loop(&mut QuicSink(send), rx).await });
     while let Ok(Some(body)) = decoder.read_frame(&mut recv).await {
-        // The decoder hands out the body; put the prefix back once, and
-        // every recipient shares these bytes.
-        let mut frame = BytesMut::with_capacity(PREFIX_LEN + body.len());
-        frame.put_u32(body.len() as u32);
-        frame.extend_from_slice(&body);
-        hub.broadcast(id, &frame.freeze());
+        // The decoder hands out the body; frame it once, and every
+        // recipient shares these bytes.
+        hub.broadcast(id, &frame_body(&body)?);
     }
     // Dropping the queue's sender lets the writer flush and finish.
     hub.lock().remove(&id);
     let _ = writer.await;
     Ok(())
-}
-
-/// Writes everything queued, one contiguous chunk per batch: quinn walks
-/// its list of unacknowledged chunks for every STREAM frame it builds, so
-/// thousands of 100-byte chunks per stream make sending quadratic.
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buf = BytesMut::new();
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        buf.reserve(batch.iter().map(Bytes::len).sum());
-        for b in batch.drain(..) {
-            buf.extend_from_slice(&b);
-        }
-        if send.write_chunk(buf.split().freeze()).await.is_err() {
-            return;
-        }
-    }
-    let _ = send.finish();
 }

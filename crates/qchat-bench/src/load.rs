@@ -28,8 +28,8 @@ use qchat_tls::{Fingerprint, HostKey};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::proc::ServerProc;
-use super::stats::{Histogram, Latency};
+use crate::proc::ServerProc;
+use crate::stats::{Histogram, Latency};
 
 /// Handshakes in flight at once: enough to keep both sides busy, few
 /// enough that none of them times out waiting for the CPU.

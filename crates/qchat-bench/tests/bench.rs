@@ -1,17 +1,30 @@
-//! `qchat bench` (issue 5): a small run against qchat and against the
-//! baseline relay must deliver everything exactly once and in order, and
-//! print well-formed JSON. No timing is asserted: the numbers depend on the
-//! machine, and docs/PERFORMANCE.md is where they belong.
+//! `qchat-bench`: a small run against qchat and against the baseline relay
+//! must deliver everything exactly once and in order, and print well-formed
+//! JSON. No timing is asserted: the numbers depend on the machine, and
+//! docs/PERFORMANCE.md is where they belong.
+//!
+//! The bench starts the `qchat` beside its own executable, as it does for a
+//! user: `cargo nextest run --workspace` builds both into the same target
+//! folder (the root package's end-to-end tests need `qchat`).
 
-use crate::util::Home;
+use std::process::Command;
+
+/// `qchat-bench` with a scrubbed environment and its own temporary home, so
+/// nothing of the user's state is read.
+fn command(home: &tempfile::TempDir) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qchat-bench"));
+    c.env_clear()
+        .env("QCHAT_HOME", home.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_BACKTRACE", "0");
+    c
+}
 
 /// Runs a small bench with `extra` flags and returns its one JSON report.
 fn bench(extra: &[&str]) -> serde_json::Value {
-    let home = Home::new();
-    let out = home
-        .command()
+    let home = tempfile::tempdir().expect("temporary home");
+    let out = command(&home)
         .args([
-            "bench",
             "--clients",
             "4",
             "--senders",
@@ -26,7 +39,7 @@ fn bench(extra: &[&str]) -> serde_json::Value {
         ])
         .args(extra)
         .output()
-        .expect("run qchat bench");
+        .expect("run qchat-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let transcript = format!(
         "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
@@ -78,4 +91,18 @@ fn bench_delivers_everything_once_and_in_order() {
 #[test]
 fn bench_baseline_relay_delivers_everything_once_and_in_order() {
     assert_complete(&bench(&["--baseline"]), "baseline");
+}
+
+#[test]
+fn bench_without_a_qchat_to_start_says_how_to_name_one() {
+    let home = tempfile::tempdir().expect("temporary home");
+    let missing = home.path().join("no-such-qchat");
+    let out = command(&home)
+        .args(["--clients", "2", "--messages", "1", "--qchat"])
+        .arg(&missing)
+        .output()
+        .expect("run qchat-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-qchat"), "{stderr}");
 }

@@ -1,0 +1,150 @@
+//! The command line: without a subcommand it runs the bench; `relay` is
+//! the baseline server the bench starts for itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Measures a qchat room's fan-out — deliveries per second, latency, the
+/// server's CPU time and memory — against a minimal QUIC relay (see
+/// docs/PERFORMANCE.md).
+#[derive(Debug, Parser)]
+#[command(
+    name = "qchat-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// The bench's flags.
+    #[command(flatten)]
+    pub bench: Box<BenchArgs>,
+    /// Internal: the baseline relay.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// A minimal QUIC relay, the baseline `--baseline` and `--compare`
+    /// measure against. Started by the bench itself; not a chat server.
+    #[command(hide = true)]
+    Relay(RelayArgs),
+}
+
+/// The bench's own flags, also the top level of the command line.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The qchat binary to start as the server under test (default: the
+    /// `qchat` next to this executable, i.e. the same build).
+    #[arg(long, value_name = "PATH")]
+    pub qchat: Option<PathBuf>,
+    /// Members in the room.
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub clients: usize,
+    /// How many of the members send (default: all of them).
+    #[arg(long)]
+    pub senders: Option<usize>,
+    /// Messages each sender sends.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub messages: u64,
+    /// Bytes of text per message; the first 48 carry the sender, sequence
+    /// number and send time.
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(48..=4096))]
+    pub size: usize,
+    /// Messages per second per sender; without it, as fast as flow control
+    /// allows.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Members (not senders) that join and then never read: the
+    /// slow-reader scenario.
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
+    /// Measure the minimal QUIC relay instead of qchat.
+    #[arg(long, conflicts_with_all = ["compare", "target"])]
+    pub baseline: bool,
+    /// Run qchat and the baseline alternately and print the ratios.
+    #[arg(long, conflicts_with = "target")]
+    pub compare: bool,
+    /// Runs of each with --compare; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100))]
+    pub rounds: usize,
+    /// A running qchat server to measure instead of starting one (its CPU
+    /// and memory are then unknown).
+    #[arg(long, value_name = "HOST:PORT", requires = "fingerprint")]
+    pub target: Option<String>,
+    /// The --target server's fingerprint.
+    #[arg(long, value_name = "FP")]
+    pub fingerprint: Option<qchat_tls::Fingerprint>,
+    /// Worker threads of the started server (its --threads; default: its
+    /// own default).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub server_threads: Option<u16>,
+    /// The started qchat server's --retry-threshold (handshakes per second
+    /// above which joins get a QUIC Retry first). Default: above the number
+    /// of members, so a join storm is not sent Retries.
+    #[arg(long)]
+    pub retry_threshold: Option<u32>,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub bench_threads: u16,
+    /// QUIC endpoints (UDP sockets) the members are spread over.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub endpoints: usize,
+    /// Frames the started server queues per member before it disconnects
+    /// the member as not reading.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    pub queue: usize,
+    /// Seconds to wait for every delivery (counted after the last send at
+    /// --rate) and, separately, for every member to connect.
+    #[arg(long, default_value = "60", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// Seconds the connected members stay idle before the server's memory
+    /// is read, so that join traffic has settled.
+    #[arg(long, default_value = "1", value_parser = parse_secs)]
+    pub settle: Duration,
+    /// One JSON object per run on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of messages per second"))?;
+    if !(0.01..=1_000_000.0).contains(&r) {
+        return Err("must be between 0.01 and 1000000 messages per second".into());
+    }
+    Ok(r)
+}
+
+/// `qchat-bench relay`: the baseline the bench measures qchat against.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address and port to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Folder with the identity (cert.pem, key.pem), created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: PathBuf,
+    /// Worker threads for the async runtime (1 = single-threaded).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// Frames queued per connection before it is disconnected as not
+    /// reading.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
+    pub queue: usize,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.1..=86_400.0).contains(&secs) {
+        return Err("must be between 0.1 and 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
