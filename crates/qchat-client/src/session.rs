@@ -381,6 +381,16 @@ impl State {
 
     fn event(&mut self, msg: ServerMsg) -> Option<Event> {
         Some(match msg {
+            // This session says hello as version 2, and a server sends
+            // version-3 kinds only to a version-3 hello.
+            ServerMsg::WelcomeV3 { .. }
+            | ServerMsg::ChatV3 { .. }
+            | ServerMsg::HistoryV3 { .. }
+            | ServerMsg::AckV3 { .. }
+            | ServerMsg::Replayed { .. }
+            | ServerMsg::Reconnecting { .. }
+            | ServerMsg::Returned { .. }
+            | ServerMsg::ShuttingDownV3 { .. } => return None,
             ServerMsg::Chat {
                 from,
                 text,

@@ -22,7 +22,9 @@ pub mod text;
 
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
-pub use message::{ClientMsg, DecodeError, MemberInfo, RejectReason, ServerMsg, TooLong};
+pub use message::{
+    ClientMsg, DecodeError, MemberInfo, RejectReason, ResumePoint, ServerMsg, TooLong,
+};
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
 /// a future incompatible wire format fails in the TLS handshake with a clear
@@ -33,7 +35,8 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// backwards-compatible additions (new message kinds appended at the end)
 /// raise it; the server accepts any version from 1 up to its own.
 /// Version 2 added private messages, actions, name changes, the member list
-/// and kicks.
+/// and kicks; version 3 the room log's message ids, resuming after a
+/// reconnect, idempotent re-sends and the server's pacing in the welcome.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest protocol version this build still serves.

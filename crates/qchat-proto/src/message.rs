@@ -67,6 +67,24 @@ pub enum ClientMsg {
         /// Why, shown to everyone.
         reason: String,
     },
+    /// 8 (version 3): the first frame of a version-3 client, instead of
+    /// `Hello`. It names the client's instance, which together with each
+    /// message's `seq` is that message's idempotency key, and may ask to
+    /// resume after the last message the client displayed.
+    HelloV3 {
+        /// The highest protocol version the client speaks (3 or more).
+        version: u32,
+        /// The name the member wants in the room.
+        name: String,
+        /// Random, chosen once per client process and kept across its
+        /// reconnects. `(instance, seq)` identifies a `Say`, `Action` or
+        /// `Private`: a copy re-sent after a reconnect is acknowledged, never
+        /// delivered twice. It also lets the member take back its own name
+        /// while the server still holds it for a reconnect.
+        instance: [u8; 16],
+        /// Where to resume, or `None` for a fresh join (the usual history).
+        resume: Option<ResumePoint>,
+    },
 }
 
 /// Messages from the server to a client.
@@ -196,6 +214,115 @@ pub enum ServerMsg {
         /// Why.
         reason: String,
     },
+    /// 16 (version 3): the hello was accepted (the version-3 `Welcome`).
+    WelcomeV3 {
+        /// The protocol version the server will speak on this connection.
+        version: u32,
+        /// The server's display name.
+        server_name: String,
+        /// The member's name as registered.
+        name: String,
+        /// Everyone in the room, the new member included, in join order.
+        members: Vec<String>,
+        /// The room log's identity: random, made once when the log was
+        /// created. A client whose saved point names another log is talking
+        /// to a replaced or wiped log and must not resume from it.
+        log_id: [u8; 16],
+        /// The newest message id in the log when the member joined: every
+        /// message after it arrives live, everything up to it by replay.
+        last_id: u64,
+        /// Messages per second the member may send on average (0 =
+        /// unlimited); a client paces itself to it.
+        rate: u32,
+        /// Messages the member may send at once before the rate applies.
+        burst: u32,
+        /// Longest message text the server accepts, in bytes.
+        max_message: u32,
+        /// Seconds the server keeps a dropped member's name and place for
+        /// its reconnect.
+        grace_secs: u32,
+    },
+    /// 17 (version 3): a public message as the room's log stored it. Sent
+    /// live to every member but its author (who gets `AckV3`).
+    ChatV3 {
+        /// Its id in the log: strictly increasing, assigned by the server.
+        id: u64,
+        /// The sender's name.
+        from: String,
+        /// The text.
+        text: String,
+        /// When the server received it, milliseconds since the Unix epoch.
+        time_ms: u64,
+        /// Whether it is an action (`/me`).
+        action: bool,
+    },
+    /// 18 (version 3): a stored public message replayed after the welcome:
+    /// the history of a fresh join, or what a resuming member missed.
+    HistoryV3 {
+        /// Its id in the log.
+        id: u64,
+        /// The sender's name at the time.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it was an action.
+        action: bool,
+    },
+    /// 19 (version 3): the client's `Say`/`Action`/`Private` with this `seq`
+    /// was stored (public messages) and delivered.
+    AckV3 {
+        /// The acknowledged sequence number.
+        seq: u64,
+        /// The message's id in the log; 0 for a private message, which is
+        /// not logged.
+        id: u64,
+    },
+    /// 20 (version 3): the replay after the welcome is complete; live
+    /// messages follow.
+    Replayed {
+        /// Whether the server resumed from the client's point (`false`: a
+        /// fresh join, because none was asked for or the log id differs).
+        resumed: bool,
+        /// Messages replayed.
+        count: u64,
+        /// Messages after the client's point that were not replayed (older
+        /// than the log keeps, or beyond what the server replays at once).
+        missed: u64,
+    },
+    /// 21 (version 3): a member's connection dropped; the server keeps its
+    /// name and place for `grace_secs` in case it comes back.
+    Reconnecting {
+        /// Their name.
+        name: String,
+    },
+    /// 22 (version 3): a member that was reconnecting is back (no `Joined`
+    /// follows; if it does not come back, `Left` does).
+    Returned {
+        /// Their name.
+        name: String,
+    },
+    /// 23 (version 3): the server is going away; the connection closes
+    /// after this.
+    ShuttingDownV3 {
+        /// Why, for the user.
+        reason: String,
+        /// Whether the server expects to be back (a restart): the client
+        /// reconnects and resumes.
+        back: bool,
+    },
+}
+
+/// Where a resuming client left off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct ResumePoint {
+    /// [`ServerMsg::WelcomeV3::log_id`] of the log the client followed.
+    pub log_id: [u8; 16],
+    /// The last message id the client displayed; the server replays what
+    /// came after it.
+    pub after: u64,
 }
 
 /// One member, as listed in [`ServerMsg::Members`].
@@ -322,7 +449,7 @@ impl ClientMsg {
     /// never going to be delivered, and sending it would end the connection.
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
         let len = match self {
-            ClientMsg::Hello { name, .. } => name.len(),
+            ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
@@ -401,8 +528,8 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[16]), Err(DecodeError::UnknownKind(16)));
-        assert_eq!(ClientMsg::decode(&[8, 0]), Err(DecodeError::UnknownKind(8)));
+        assert_eq!(ServerMsg::decode(&[24]), Err(DecodeError::UnknownKind(24)));
+        assert_eq!(ClientMsg::decode(&[9, 0]), Err(DecodeError::UnknownKind(9)));
     }
 
     /// Every variant, as the enum declares it, encodes with its position as

@@ -371,7 +371,9 @@ fn costs_a_token(msg: &ClientMsg) -> bool {
 /// Kinds newer than the version the client announced are a protocol error.
 fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
     match msg {
-        ClientMsg::Hello { .. } => Err(SessionError::Protocol("second hello")),
+        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {
+            Err(SessionError::Protocol("second hello"))
+        }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
@@ -409,7 +411,7 @@ fn handle(id: MemberId, msg: ClientMsg, room: &Room, options: &ServerOptions) ->
             return Some(reason);
         }
         // Refused by check_kind before it gets here.
-        ClientMsg::Hello { .. } => {}
+        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {}
     }
     None
 }
