@@ -7,7 +7,7 @@
 //! Everything that came from the network is sanitised here, so neither
 //! interface has to remember to.
 
-use qchat_client::{Event, TrustState};
+use qchat_client::{ConnectionState, Event, TrustState};
 use qchat_proto::text::sanitize;
 use qchat_proto::MemberInfo;
 
@@ -86,15 +86,44 @@ pub fn event(ev: &Event) -> Option<Words> {
         },
         Event::Notice { text } => Words::Info(format!("notice: {}", s(text))),
         Event::Kicked { by, reason } => Words::Removed(kicked(by, reason)),
-        Event::ShuttingDown { reason } => {
-            Words::Info(format!("server shutting down: {}", s(reason)))
-        }
+        Event::ShuttingDown { reason, back } => Words::Info(if *back {
+            format!("server restarting: {}", s(reason))
+        } else {
+            format!("server shutting down: {}", s(reason))
+        }),
+        Event::Connection(state) => Words::Info(connection(state)),
+        Event::MemberReconnecting { name } => Words::Info(format!("{} is reconnecting", s(name))),
+        Event::MemberReturned { name } => Words::Info(format!("{} is back", s(name))),
         Event::Refused { reason, .. } => Words::Error(format!("message not sent: {}", s(reason))),
         Event::Failed { what, reason } => {
             Words::Error(format!("/{} failed: {}", s(what), s(reason)))
         }
-        Event::Sent { .. } | Event::Delivered { .. } => return None,
+        Event::Sent { .. } | Event::Delivered { .. } | Event::Roster { .. } => return None,
     })
+}
+
+/// A change of the connection's state, in words: the plain interface prints
+/// it as a line, the full-screen one shows it in the status line too.
+pub fn connection(state: &ConnectionState) -> String {
+    match state {
+        ConnectionState::Connected {
+            resumed: true,
+            missed: 0,
+            ..
+        } => "reconnected".into(),
+        ConnectionState::Connected {
+            resumed: true,
+            missed,
+            ..
+        } => format!("reconnected, {missed} missed"),
+        ConnectionState::Connected { .. } => "connected".into(),
+        ConnectionState::NoAnswer { secs } => format!("no answer for {secs}s"),
+        ConnectionState::Lost { reason } => format!("connection lost: {}", s(reason)),
+        ConnectionState::Reconnecting { attempt, next_in } => format!(
+            "reconnecting (attempt {attempt}, next in {}s)",
+            next_in.as_secs()
+        ),
+    }
 }
 
 /// `kicked by op: REASON`, without the colon when there is no reason.
@@ -309,6 +338,7 @@ mod tests {
         );
         assert_eq!(
             line(Event::ShuttingDown {
+                back: false,
                 reason: "maintenance".into()
             }),
             "* server shutting down: maintenance"

@@ -17,5 +17,5 @@ pub mod trust;
 pub use connection::{
     client_endpoint, connect, hello, join, ConnectError, HelloError, Joined, Welcome,
 };
-pub use session::{Command, Ended, Event, Link};
+pub use session::{Command, ConnectionState, Ended, Event, Link};
 pub use trust::{Decision, TrustMode, TrustPlan, TrustState, UnknownServer};

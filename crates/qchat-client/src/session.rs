@@ -47,6 +47,39 @@ pub enum Command {
     Quit(String),
 }
 
+/// The state of the connection to the server, for the status line and the
+/// plain interface's transition lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Joined, and caught up: the replay after the welcome is complete.
+    Connected {
+        /// Whether this join resumed from where the client left off.
+        resumed: bool,
+        /// Messages replayed after the welcome.
+        replayed: u64,
+        /// Messages after the resume point the server did not replay.
+        missed: u64,
+    },
+    /// Nothing heard from the server for `secs` seconds although
+    /// keep-alives were sent (reported once a second while it lasts).
+    NoAnswer {
+        /// Seconds since the server was last heard.
+        secs: u64,
+    },
+    /// The connection dropped; a reconnect follows unless it is disabled.
+    Lost {
+        /// What happened.
+        reason: String,
+    },
+    /// Waiting before the next connection attempt.
+    Reconnecting {
+        /// Attempts made since the connection was lost, the next included.
+        attempt: u32,
+        /// Time until that attempt.
+        next_in: std::time::Duration,
+    },
+}
+
 /// What happened, for the user interface to show. Text fields are raw:
 /// sanitise before display.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +188,27 @@ pub enum Event {
     ShuttingDown {
         /// Why.
         reason: String,
+        /// Whether it expects to be back (a restart): the client reconnects.
+        back: bool,
+    },
+    /// The connection's state changed.
+    Connection(ConnectionState),
+    /// The room as of the latest (re)join: the welcome's member list, which
+    /// replaces whatever the interface knew.
+    Roster {
+        /// Everyone in the room, in join order.
+        members: Vec<String>,
+    },
+    /// Another member's connection dropped; the server holds its name for
+    /// its reconnect.
+    MemberReconnecting {
+        /// Their name.
+        name: String,
+    },
+    /// A member that was reconnecting is back.
+    MemberReturned {
+        /// Their name.
+        name: String,
     },
 }
 
@@ -451,7 +505,10 @@ impl State {
             }
             ServerMsg::ShuttingDown { reason } => {
                 self.server_end = Some((CloseCode::ShuttingDown, reason.clone()));
-                Event::ShuttingDown { reason }
+                Event::ShuttingDown {
+                    reason,
+                    back: false,
+                }
             }
             // Only valid during the hello; ignoring a stray one is kinder
             // than dropping the session.

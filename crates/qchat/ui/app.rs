@@ -268,7 +268,13 @@ impl App {
             Event::ShuttingDown { .. } => {
                 self.conn = Conn::Closing("server shutting down".into());
             }
-            Event::History { .. } | Event::Notice { .. } | Event::Failed { .. } => {}
+            Event::Roster { members } => self.members = members.clone(),
+            Event::History { .. }
+            | Event::Notice { .. }
+            | Event::Failed { .. }
+            | Event::Connection(_)
+            | Event::MemberReconnecting { .. }
+            | Event::MemberReturned { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
