@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qchat_proto::{
-    limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, ALPN, PROTOCOL_VERSION,
+    limits, ClientMsg, CloseCode, FrameDecoder, RejectReason, ResumePoint, ServerMsg, ALPN,
+    PROTOCOL_VERSION,
 };
 use qchat_tls::{Fingerprint, HostKey, PinVerifier};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -105,6 +106,52 @@ pub enum ConnectError {
     /// The hello failed: refused, or answered with something else.
     #[error(transparent)]
     Hello(#[from] HelloError),
+    /// On a reconnect, the pin store no longer holds the key this session
+    /// accepted (removed or replaced meanwhile): never ask again mid-session.
+    #[error(
+        "the pin for {host} in {file} was removed or changed while you were connected; \
+         reconnect by hand to decide again"
+    )]
+    PinGone {
+        /// The server.
+        host: HostKey,
+        /// The pin store.
+        file: std::path::PathBuf,
+    },
+}
+
+impl ConnectError {
+    /// Whether trying again later cannot help: the key is not the pinned
+    /// one, the user said no, or the server refused the name. Everything
+    /// else (no answer, a network error, a server shutting down) may pass.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            ConnectError::Resolve { .. }
+            | ConnectError::Socket(_)
+            | ConnectError::Timeout { .. }
+            | ConnectError::Transport { .. } => false,
+            ConnectError::Hello(HelloError::Rejected { reason, .. }) => matches!(
+                reason,
+                RejectReason::NameTaken
+                    | RejectReason::NameInvalid
+                    | RejectReason::UnsupportedVersion
+            ),
+            ConnectError::Hello(_) => false,
+            _ => true,
+        }
+    }
+
+    /// Whether the server did not understand a version-3 hello: an older
+    /// server, to be greeted as version 2 on a new connection.
+    pub fn wants_older_protocol(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Hello(HelloError::Rejected {
+                reason: RejectReason::UnsupportedVersion,
+                ..
+            })
+        )
+    }
 }
 
 /// Everything the user needs to judge a changed key.
@@ -197,6 +244,8 @@ pub struct Joined {
     pub name: String,
     /// The room when we joined.
     pub members: Vec<String>,
+    /// Everything the welcome said.
+    pub welcome: Welcome,
 }
 
 /// Socket buffer size asked for, each way: a client receives the whole
@@ -209,6 +258,19 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// with socket buffers as large as the kernel allows up to 4 MiB (best
 /// effort: a smaller buffer is not a reason to fail).
 pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ConnectError> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        client_socket(target)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(ConnectError::Socket)
+}
+
+/// A fresh UDP socket for a client endpoint aimed at `target`: bound to a
+/// new port of the wildcard address, with large buffers. Used at start and
+/// for [`quinn::Endpoint::rebind`].
+pub fn client_socket(target: SocketAddr) -> Result<std::net::UdpSocket, ConnectError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind: SocketAddr = if target.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
@@ -224,13 +286,7 @@ pub fn client_endpoint(target: SocketAddr) -> Result<quinn::Endpoint, ConnectErr
         tracing::debug!(error = %e, "cannot enlarge the socket send buffer");
     }
     socket.bind(&bind.into()).map_err(ConnectError::Socket)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(ConnectError::Socket)
+    Ok(socket.into())
 }
 
 /// Resolves `host` to the address to dial.
@@ -389,6 +445,12 @@ fn is_bad_key_proof(e: &quinn::ConnectionError) -> bool {
     )
 }
 
+/// How often the client sends a keep-alive. Every keep-alive is answered
+/// (acknowledged) by a live server, so a second of it lets the network task
+/// tell "no answer" from "nothing to say" within a few seconds, well before
+/// the idle timeout.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 /// Client transport settings: keep-alive well inside the idle timeout so a
 /// quiet chat is never dropped, and a dead server is noticed in seconds.
 pub fn client_transport() -> Arc<quinn::TransportConfig> {
@@ -396,7 +458,7 @@ pub fn client_transport() -> Arc<quinn::TransportConfig> {
     if let Ok(idle) = quinn::IdleTimeout::try_from(limits::IDLE_TIMEOUT) {
         t.max_idle_timeout(Some(idle));
     }
-    t.keep_alive_interval(Some(limits::KEEP_ALIVE));
+    t.keep_alive_interval(Some(CLIENT_KEEP_ALIVE.min(limits::KEEP_ALIVE)));
     t.max_concurrent_bidi_streams(0u8.into());
     t.max_concurrent_uni_streams(0u8.into());
     Arc::new(t)
@@ -413,10 +475,58 @@ pub struct Welcome {
     pub name: String,
     /// The room when we joined (possibly truncated in huge rooms).
     pub members: Vec<String>,
+    /// What a version-3 server adds; `None` from an older server.
+    pub v3: Option<WelcomeV3>,
 }
 
-/// Says hello on an open session stream and waits for the answer. Shared by
-/// network members ([`join`]) and the operator's in-process link.
+/// The version-3 part of a welcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeV3 {
+    /// The room log's identity.
+    pub log_id: [u8; 16],
+    /// The newest message id when we joined.
+    pub last_id: u64,
+    /// Messages per second we may send (0 = unlimited).
+    pub rate: u32,
+    /// Messages we may send at once.
+    pub burst: u32,
+    /// Longest message text accepted, in bytes.
+    pub max_message: u32,
+    /// Seconds our name is held for a reconnect.
+    pub grace_secs: u32,
+}
+
+/// How to say hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greeting {
+    /// Version 2 (`Hello`): no ids, no resume; for old servers.
+    V2,
+    /// Version 3 (`HelloV3`).
+    V3 {
+        /// The process's instance id (see [`new_instance`]).
+        instance: [u8; 16],
+        /// Where to resume, if anywhere.
+        resume: Option<ResumePoint>,
+    },
+}
+
+/// A random instance id for this process: with a message's number, the key
+/// that makes a re-send after a reconnect harmless.
+pub fn new_instance() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if getrandom::getrandom(&mut id).is_err() {
+        // No OS randomness (never seen in practice): a weaker id still
+        // tells this process from others almost surely.
+        for b in &mut id {
+            *b = fastrand::u8(..);
+        }
+    }
+    id
+}
+
+/// Says hello as version 2 on an open session stream and waits for the
+/// answer. Shared by network members ([`join`]) and the operator's
+/// in-process link.
 pub async fn hello<W, R>(
     send: &mut W,
     recv: &mut R,
@@ -426,9 +536,32 @@ where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
-    let frame = ClientMsg::Hello {
-        version: PROTOCOL_VERSION,
-        name: name.to_string(),
+    hello_as(send, recv, name, &Greeting::V2).await
+}
+
+/// Says hello with `greeting` and waits for the welcome. After a version-3
+/// welcome the replay follows on the stream: the session reads it.
+pub async fn hello_as<W, R>(
+    send: &mut W,
+    recv: &mut R,
+    name: &str,
+    greeting: &Greeting,
+) -> Result<(FrameDecoder, Welcome), HelloError>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    let frame = match greeting {
+        Greeting::V2 => ClientMsg::Hello {
+            version: PROTOCOL_VERSION.min(2),
+            name: name.to_string(),
+        },
+        Greeting::V3 { instance, resume } => ClientMsg::HelloV3 {
+            version: PROTOCOL_VERSION.max(3),
+            name: name.to_string(),
+            instance: *instance,
+            resume: resume.clone(),
+        },
     }
     .to_frame();
     send.write_all(&frame).await.map_err(HelloError::Io)?;
@@ -456,6 +589,35 @@ where
                 server_name,
                 name,
                 members,
+                v3: None,
+            },
+        )),
+        Ok(ServerMsg::WelcomeV3 {
+            version,
+            server_name,
+            name,
+            members,
+            log_id,
+            last_id,
+            rate,
+            burst,
+            max_message,
+            grace_secs,
+        }) => Ok((
+            decoder,
+            Welcome {
+                version,
+                server_name,
+                name,
+                members,
+                v3: Some(WelcomeV3 {
+                    log_id,
+                    last_id,
+                    rate,
+                    burst,
+                    max_message,
+                    grace_secs,
+                }),
             },
         )),
         Ok(ServerMsg::Rejected { reason, detail }) => Err(HelloError::Rejected { reason, detail }),
@@ -485,16 +647,30 @@ pub enum HelloError {
     Protocol(String),
 }
 
-/// Opens the session stream and says hello. The server learns of a stream
-/// only when data arrives on it, so the hello is written at once.
+/// Opens the session stream and says hello as version 2. The server learns
+/// of a stream only when data arrives on it, so the hello is written at
+/// once.
 pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, ConnectError> {
+    join_as(conn, name, &Greeting::V2).await
+}
+
+/// Opens the session stream and says hello with `greeting`. An older
+/// server that does not know the version-3 hello closes the connection as
+/// a protocol error: that is reported as
+/// [`RejectReason::UnsupportedVersion`] (see
+/// [`ConnectError::wants_older_protocol`]).
+pub async fn join_as(
+    conn: quinn::Connection,
+    name: &str,
+    greeting: &Greeting,
+) -> Result<Joined, ConnectError> {
     let addr = conn.remote_address();
     let attempt = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ConnectError::Transport {
             addr,
             reason: e.to_string(),
         })?;
-        let answer = hello(&mut send, &mut recv, name).await;
+        let answer = hello_as(&mut send, &mut recv, name, greeting).await;
         Ok::<_, ConnectError>((send, recv, answer))
     };
     let (send, recv, answer) = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -506,13 +682,37 @@ pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, Connect
             send,
             recv,
             decoder,
-            server_name: w.server_name,
-            name: w.name,
-            members: w.members,
+            server_name: w.server_name.clone(),
+            name: w.name.clone(),
+            members: w.members.clone(),
+            welcome: w,
         }),
+        Err(HelloError::Io(_) | HelloError::Protocol(_))
+            if *greeting != Greeting::V2 && closed_as_protocol_error(&conn).await =>
+        {
+            Err(HelloError::Rejected {
+                reason: RejectReason::UnsupportedVersion,
+                detail: "the server does not speak protocol version 3".into(),
+            }
+            .into())
+        }
         Err(HelloError::Io(e)) => Err(closed_error(&conn, addr, &e)),
         Err(other) => Err(other.into()),
     }
+}
+
+/// Whether the server closed the connection over a protocol error (waiting
+/// a moment for its close frame, which follows the end of its stream).
+async fn closed_as_protocol_error(conn: &quinn::Connection) -> bool {
+    let reason = match conn.close_reason() {
+        Some(r) => r,
+        None => match tokio::time::timeout(Duration::from_secs(1), conn.closed()).await {
+            Ok(r) => r,
+            Err(_) => return false,
+        },
+    };
+    matches!(reason, quinn::ConnectionError::ApplicationClosed(c)
+        if CloseCode::from_code(c.error_code.into_inner()) == Some(CloseCode::ProtocolError))
 }
 
 fn closed_error(conn: &quinn::Connection, addr: SocketAddr, e: &std::io::Error) -> ConnectError {

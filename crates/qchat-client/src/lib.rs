@@ -11,11 +11,15 @@
 //!   [`Command`]s and [`Event`]s.
 
 pub mod connection;
+pub mod pacing;
+pub mod reconnect;
+pub mod resume;
 pub mod session;
 pub mod trust;
 
 pub use connection::{
-    client_endpoint, connect, hello, join, ConnectError, HelloError, Joined, Welcome,
+    client_endpoint, connect, hello, hello_as, join, join_as, new_instance, ConnectError, Greeting,
+    HelloError, Joined, Welcome, WelcomeV3,
 };
-pub use session::{Command, ConnectionState, Ended, Event, Link};
+pub use session::{Command, ConnectionState, Ended, Event, Link, Network, Redial, Rejoined};
 pub use trust::{Decision, TrustMode, TrustPlan, TrustState, UnknownServer};

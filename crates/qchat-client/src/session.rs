@@ -2,14 +2,26 @@
 //! frames and frames into [`Event`]s. Reading and writing run side by side,
 //! so receiving never waits for typing and sending never waits for
 //! receiving.
+//!
+//! With a [`Network`] it also outlives its connection: when the connection
+//! is lost it reconnects (backoff with jitter), resumes from the last
+//! message displayed, and writes again whatever the server had not
+//! acknowledged. Typed messages wait in the outbox meanwhile, and while
+//! connected they leave no faster than the server's rate.
 
-use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
-use qchat_proto::{ClientMsg, CloseCode, DecodeError, FrameDecoder, ServerMsg};
+use qchat_proto::{ClientMsg, CloseCode, DecodeError, FrameDecoder, ResumePoint, ServerMsg};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::connection::Joined;
+use crate::connection::{ConnectError, Joined, WelcomeV3};
+use crate::pacing::Pacer;
+use crate::reconnect::{Backoff, Dialer};
+use crate::resume::{Outbox, ResumeStore, Transcript};
 
 /// What the user interface asks of the network task.
 ///
@@ -45,6 +57,11 @@ pub enum Command {
     /// Leave the room with a reason, after everything already sent has been
     /// confirmed.
     Quit(String),
+    /// Move the connection to a fresh local UDP socket (a new port), as a
+    /// network change would; the session goes on without a new handshake.
+    /// A debugging aid (`/rebind`); without a network connection it does
+    /// nothing.
+    Rebind,
 }
 
 /// The state of the connection to the server, for the status line and the
@@ -246,8 +263,13 @@ pub struct Link<W, R> {
     /// The frame decoder, which may already hold bytes after the welcome.
     pub decoder: FrameDecoder,
     /// The QUIC connection, when there is one: its close code tells why the
-    /// server ended the session.
+    /// server ended the session, and its statistics whether the server
+    /// still answers.
     pub conn: Option<quinn::Connection>,
+    /// How to come back after the connection is lost, and what the first
+    /// join said; `None`: the session ends with its connection (the
+    /// operator's in-process link).
+    pub network: Option<Network>,
 }
 
 impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
@@ -257,9 +279,95 @@ impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
             recv: j.recv,
             decoder: j.decoder,
             conn: Some(j.conn),
+            network: None,
         }
     }
 }
+
+/// The sending half of a connection made after the first.
+pub type BoxSend = Box<dyn AsyncWrite + Unpin + Send>;
+/// The receiving half of a connection made after the first.
+pub type BoxRecv = Box<dyn AsyncRead + Unpin + Send>;
+/// A connection being made.
+pub type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Rejoined, ConnectError>> + Send + 'a>>;
+
+/// A new connection, joined: its streams and its welcome.
+pub struct Rejoined {
+    /// The streams (the connection inside for a network member).
+    pub link: Link<BoxSend, BoxRecv>,
+    /// The welcome's version-3 part (`None`: an older server).
+    pub welcome: Option<WelcomeV3>,
+    /// The room.
+    pub members: Vec<String>,
+}
+
+/// Makes connections after the first. [`Dialer`] is the real one; tests
+/// dial pipes.
+pub trait Redial: Send {
+    /// One attempt to connect and join again, resuming from `resume`.
+    fn dial(&mut self, resume: Option<ResumePoint>) -> DialFuture<'_>;
+    /// Move to a fresh local socket (see [`Command::Rebind`]).
+    fn rebind(&mut self) -> Result<(), ConnectError>;
+    /// Our name changed: rejoin under the new one.
+    fn renamed(&mut self, name: String);
+}
+
+impl Redial for Dialer {
+    fn dial(&mut self, resume: Option<ResumePoint>) -> DialFuture<'_> {
+        Box::pin(async move {
+            let j = Dialer::dial(self, resume).await?;
+            let welcome = j.welcome.v3.clone();
+            let members = j.members.clone();
+            let link = Link {
+                send: Box::new(j.send) as BoxSend,
+                recv: Box::new(j.recv) as BoxRecv,
+                decoder: j.decoder,
+                conn: Some(j.conn),
+                network: None,
+            };
+            Ok(Rejoined {
+                link,
+                welcome,
+                members,
+            })
+        })
+    }
+
+    fn rebind(&mut self) -> Result<(), ConnectError> {
+        Dialer::rebind(self)
+    }
+
+    fn renamed(&mut self, name: String) {
+        self.set_name(name);
+    }
+}
+
+/// What a network member's session needs beyond its first connection.
+pub struct Network {
+    /// Makes the later connections (and rebinds the socket).
+    pub redial: Box<dyn Redial>,
+    /// Whether to reconnect after a loss (`--no-reconnect`: no).
+    pub reconnect: bool,
+    /// Where the resume point is kept between runs (`None`: not kept).
+    pub store: Option<ResumeStore>,
+    /// The point the first join resumed from, if it asked to.
+    pub resumed_from: Option<ResumePoint>,
+    /// The first welcome's version-3 part (`None`: an older server).
+    pub welcome: Option<WelcomeV3>,
+    /// Our name as the first welcome registered it.
+    pub name: String,
+    /// The room at the first join.
+    pub members: Vec<String>,
+}
+
+/// Silence after which the server counts as not answering: with a
+/// keep-alive every second, three unanswered ones.
+pub const NO_ANSWER_AFTER: Duration = Duration::from_secs(3);
+/// Silence after which the client moves to a fresh socket once, in case
+/// its address changed under it (a NAT rebinding, a new network).
+pub const REBIND_AFTER: Duration = Duration::from_secs(5);
+/// How often the resume point may be written to disk.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the session until it ends. Events go to `events`, a bounded channel:
 /// if the interface stops taking them, reading pauses, and a server whose
@@ -270,80 +378,120 @@ pub async fn run<W, R>(
     events: mpsc::Sender<Event>,
 ) -> Ended
 where
-    W: AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
 {
     let Link {
-        mut send,
-        mut recv,
-        mut decoder,
+        send,
+        recv,
+        decoder,
         conn,
+        network,
     } = link.into();
-    let mut st = State::default();
-
+    let mut net = network;
+    let mut cur = Current {
+        send: Box::new(send),
+        recv: Box::new(recv),
+        decoder,
+        conn,
+    };
+    let mut st = State::new(net.as_ref());
+    if let Some(n) = &net {
+        let (welcome, members) = (n.welcome.clone(), n.members.clone());
+        if st.joined(welcome, members, &events).await.is_err() {
+            close(cur.conn.as_ref(), CloseCode::Normal);
+            return Ended::Quit;
+        }
+    }
+    let mut backoff = Backoff::default();
     loop {
-        tokio::select! {
-            cmd = commands.recv(), if !st.quitting => {
-                let (msg, seq) = st.command(cmd);
-                if let Err(e) = msg.check_outgoing() {
-                    // Refused here: sent, it would end the connection. The
-                    // interface still learns the number first, so the
-                    // refusal lands on the line that was typed.
-                    if let Some(seq) = seq {
-                        let _ = events.send(Event::Sent { seq }).await;
-                    }
-                    let _ = events.send(st.refuse_locally(&msg, e.to_string())).await;
-                    continue;
-                }
-                if send.write_all(&msg.to_frame()).await.is_err() {
-                    return st.ended(conn.as_ref()).await;
-                }
-                if let Some(seq) = seq {
-                    if events.send(Event::Sent { seq }).await.is_err() {
-                        close(conn.as_ref(), CloseCode::Normal);
-                        return Ended::Quit;
-                    }
-                }
-                if st.quitting {
-                    // The server answers the goodbye by finishing its side
-                    // once everything before it is delivered.
-                    let _ = send.shutdown().await;
-                }
+        let end = match st
+            .serve(&mut cur, &mut commands, &events, net.as_mut())
+            .await
+        {
+            Served::Gone => {
+                close(cur.conn.as_ref(), CloseCode::Normal);
+                st.save_now(net.as_ref());
+                return Ended::Quit;
             }
-            frame = decoder.read_frame(&mut recv) => {
-                let frame = match frame {
-                    Ok(Some(f)) => f,
-                    Ok(None) if st.quitting && st.pending.is_empty() => {
-                        close(conn.as_ref(), CloseCode::Normal);
-                        return Ended::Quit;
-                    }
-                    Ok(None) | Err(_) => return st.ended(conn.as_ref()).await,
+            Served::Ended(e) => e,
+        };
+        st.save_now(net.as_ref());
+        let retry = match &mut net {
+            Some(n) if n.reconnect && st.may_retry(&end) => n,
+            _ => return end,
+        };
+        if st.quitting.is_some() && st.outbox.is_empty() {
+            // Leaving, and nothing is waiting for the server: no reason
+            // to come back.
+            return Ended::Quit;
+        }
+        let reason = match &end {
+            Ended::Lost { reason, .. } | Ended::ByServer { reason, .. } => reason.clone(),
+            Ended::Quit => String::new(),
+        };
+        if emit(&events, Event::Connection(ConnectionState::Lost { reason }))
+            .await
+            .is_err()
+        {
+            return Ended::Quit;
+        }
+        st.outbox.requeue();
+        st.disconnected();
+        match st
+            .reconnect(retry, &mut backoff, &mut commands, &events)
+            .await
+        {
+            Reconnected::Yes(r) => {
+                let Rejoined {
+                    link,
+                    welcome,
+                    members,
+                } = *r;
+                cur = Current {
+                    send: link.send,
+                    recv: link.recv,
+                    decoder: link.decoder,
+                    conn: link.conn,
                 };
-                let event = match ServerMsg::decode(&frame) {
-                    Ok(msg) => match st.event(msg) {
-                        Some(ev) => ev,
-                        None => continue,
-                    },
-                    // A newer server's message kind: skip it, so an old
-                    // client keeps working.
-                    Err(DecodeError::UnknownKind(kind)) => {
-                        tracing::debug!(kind, "skipping an unknown message kind");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!("malformed message from the server: {e}");
-                        close(conn.as_ref(), CloseCode::ProtocolError);
-                        return st.ended(conn.as_ref()).await;
-                    }
-                };
-                if events.send(event).await.is_err() {
-                    // The interface is gone; leave quietly.
-                    close(conn.as_ref(), CloseCode::Normal);
+                if st.joined(welcome, members, &events).await.is_err() {
+                    close(cur.conn.as_ref(), CloseCode::Normal);
                     return Ended::Quit;
                 }
             }
+            Reconnected::No(ended) => {
+                st.save_now(net.as_ref());
+                return ended;
+            }
         }
     }
+}
+
+/// The connection the session is on now.
+struct Current {
+    send: BoxSend,
+    recv: BoxRecv,
+    decoder: FrameDecoder,
+    conn: Option<quinn::Connection>,
+}
+
+enum Served {
+    /// The interface is gone.
+    Gone,
+    /// The connection ended this way.
+    Ended(Ended),
+}
+
+enum Reconnected {
+    Yes(Box<Rejoined>),
+    No(Ended),
+}
+
+/// The interface stopped taking events.
+struct Gone;
+
+async fn emit(events: &mpsc::Sender<Event>, ev: Event) -> Result<(), Gone> {
+    events.send(ev).await.map_err(|_| Gone)
 }
 
 fn close(conn: Option<&quinn::Connection>, code: CloseCode) {
@@ -355,47 +503,237 @@ fn close(conn: Option<&quinn::Connection>, code: CloseCode) {
 /// How long to wait for the server's close frame after its stream ended.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What the network task remembers between frames.
-#[derive(Default)]
+/// What the network task remembers across frames and connections.
 struct State {
     next_seq: u64,
-    /// Numbers of messages sent but not yet acknowledged or refused.
-    pending: BTreeSet<u64>,
-    quitting: bool,
+    /// Numbered messages not yet answered by the server.
+    outbox: Outbox,
+    /// What was displayed of the room's log.
+    transcript: Transcript,
+    /// The goodbye to send once the outbox is empty.
+    quitting: Option<String>,
+    /// The goodbye is written on this connection.
+    bye_sent: bool,
     /// Why the server said it would end the session, if it did.
     server_end: Option<(CloseCode, String)>,
+    /// The server said it expects to be back.
+    back: bool,
+    /// Connected now (commands are written, not only queued).
+    connected: bool,
+    /// Sends no faster than the server allows.
+    pacer: Pacer,
+    /// Whether the server speaks version 3 on this connection.
+    v3: bool,
+    /// Our name as the server knows it.
+    name: String,
+    /// Liveness: the datagram count last seen and when it last grew.
+    rx_datagrams: u64,
+    heard_at: Instant,
+    no_answer: bool,
+    rebound: bool,
+    /// The resume point changed since it was last written.
+    dirty: bool,
+    saved_at: Option<Instant>,
 }
 
 impl State {
-    fn seq(&mut self) -> u64 {
-        self.next_seq += 1;
-        self.pending.insert(self.next_seq);
-        self.next_seq
+    fn new(net: Option<&Network>) -> Self {
+        let resumed_from = net.and_then(|n| n.resumed_from.clone());
+        State {
+            next_seq: 0,
+            outbox: Outbox::default(),
+            transcript: Transcript::new(resumed_from),
+            quitting: None,
+            bye_sent: false,
+            server_end: None,
+            back: false,
+            connected: true,
+            pacer: Pacer::unlimited(),
+            v3: false,
+            name: net.map(|n| n.name.clone()).unwrap_or_default(),
+            rx_datagrams: 0,
+            heard_at: Instant::now(),
+            no_answer: false,
+            rebound: false,
+            dirty: false,
+            saved_at: None,
+        }
     }
 
-    /// The event for a message that was never sent because it is too long.
-    fn refuse_locally(&mut self, msg: &ClientMsg, reason: String) -> Event {
-        if let Some(seq) = msg.seq() {
-            self.pending.remove(&seq);
-            return Event::Refused { seq, reason };
-        }
-        let what = match msg {
-            ClientMsg::Nick { .. } => "nick",
-            ClientMsg::Kick { .. } => "kick",
-            _ => {
-                // A goodbye too long to send: leave without the reason.
-                self.quitting = false;
-                "quit"
+    /// A (re)join: pacing from the welcome, the roster, and for an older
+    /// server (no replay summary follows) the connected state at once.
+    async fn joined(
+        &mut self,
+        welcome: Option<WelcomeV3>,
+        members: Vec<String>,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), Gone> {
+        self.connected = true;
+        self.bye_sent = false;
+        self.server_end = None;
+        self.back = false;
+        self.no_answer = false;
+        self.rebound = false;
+        self.heard_at = Instant::now();
+        self.rx_datagrams = 0;
+        self.v3 = welcome.is_some();
+        match &welcome {
+            Some(w) => {
+                self.transcript.welcome(w.log_id);
+                self.dirty = true;
+                self.pacer = Pacer::new(w.rate, w.burst, Instant::now());
             }
-        };
-        Event::Failed {
-            what: what.into(),
-            reason,
+            None => self.pacer = Pacer::unlimited(),
+        }
+        emit(events, Event::Roster { members }).await?;
+        if welcome.is_none() {
+            emit(
+                events,
+                Event::Connection(ConnectionState::Connected {
+                    resumed: false,
+                    replayed: 0,
+                    missed: 0,
+                }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn disconnected(&mut self) {
+        self.connected = false;
+    }
+
+    /// Whether a connection that ended this way is worth coming back to.
+    fn may_retry(&self, end: &Ended) -> bool {
+        match end {
+            Ended::Quit => false,
+            Ended::Lost { .. } => true,
+            Ended::ByServer { code, .. } => match code {
+                Some(CloseCode::ShuttingDown) => self.back,
+                // A server that vanished mid-stream without a word, or a
+                // stream reset: the network, not a decision.
+                Some(CloseCode::Normal) | None => {
+                    !matches!(self.server_end, Some((CloseCode::Kicked, _)))
+                        && (self.server_end.is_none() || self.back)
+                }
+                _ => false,
+            },
         }
     }
 
-    /// The message for a command, and its number if it has one.
-    fn command(&mut self, cmd: Option<Command>) -> (ClientMsg, Option<u64>) {
+    /// Serves one connection until it ends.
+    async fn serve(
+        &mut self,
+        cur: &mut Current,
+        commands: &mut mpsc::Receiver<Command>,
+        events: &mpsc::Sender<Event>,
+        mut net: Option<&mut Network>,
+    ) -> Served {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Write what the pacer allows, then the goodbye once nothing
+            // is waiting.
+            match self.flush(cur).await {
+                Ok(()) => {}
+                Err(()) => return Served::Ended(self.ended(cur.conn.as_ref()).await),
+            }
+            let next_send = if self.outbox.has_unsent() {
+                Some(self.pacer.ready_at(Instant::now()))
+            } else {
+                None
+            };
+            tokio::select! {
+                cmd = commands.recv(), if self.quitting.is_none() => {
+                    if self.command(cmd, Some(cur), events, net.as_deref_mut()).await.is_err() {
+                        return Served::Gone;
+                    }
+                }
+                () = async {
+                    match next_send {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = tick.tick() => {
+                    let received = cur.conn.as_ref().map(|c| c.stats().udp_rx.datagrams);
+                    if self.liveness(received, events, net.as_deref_mut()).await.is_err() {
+                        return Served::Gone;
+                    }
+                    self.save(net.as_deref());
+                }
+                frame = cur.decoder.read_frame(&mut cur.recv) => {
+                    let frame = match frame {
+                        Ok(Some(f)) => f,
+                        Ok(None) if self.bye_sent && self.outbox.is_empty() => {
+                            close(cur.conn.as_ref(), CloseCode::Normal);
+                            return Served::Ended(Ended::Quit);
+                        }
+                        Ok(None) | Err(_) => return Served::Ended(self.ended(cur.conn.as_ref()).await),
+                    };
+                    let evs = match ServerMsg::decode(&frame) {
+                        Ok(msg) => self.event(msg, net.as_deref_mut()),
+                        // A newer server's message kind: skip it, so an old
+                        // client keeps working.
+                        Err(DecodeError::UnknownKind(kind)) => {
+                            tracing::debug!(kind, "skipping an unknown message kind");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!("malformed message from the server: {e}");
+                            close(cur.conn.as_ref(), CloseCode::ProtocolError);
+                            let mut end = self.ended(cur.conn.as_ref()).await;
+                            // A server that breaks the protocol is not
+                            // worth reconnecting to in a loop.
+                            if let Ended::Lost { reason, unconfirmed } = end {
+                                end = Ended::ByServer { code: Some(CloseCode::ProtocolError), reason, unconfirmed };
+                            }
+                            return Served::Ended(end);
+                        }
+                    };
+                    for ev in evs {
+                        if emit(events, ev).await.is_err() {
+                            return Served::Gone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes queued messages while the pacer allows, then the goodbye.
+    async fn flush(&mut self, cur: &mut Current) -> Result<(), ()> {
+        while self.outbox.has_unsent() && self.pacer.try_take(Instant::now()) {
+            let Some(msg) = self.outbox.next_to_send() else {
+                break;
+            };
+            cur.send.write_all(&msg.to_frame()).await.map_err(|_| ())?;
+        }
+        if !self.outbox.has_unsent() && !self.bye_sent {
+            if let Some(reason) = &self.quitting {
+                let bye = ClientMsg::Bye {
+                    reason: reason.clone(),
+                };
+                cur.send.write_all(&bye.to_frame()).await.map_err(|_| ())?;
+                self.bye_sent = true;
+                // The server answers the goodbye by finishing its side
+                // once everything before it is delivered.
+                let _ = cur.send.shutdown().await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes one command: numbered messages into the outbox, the others
+    /// straight to the server (or refused while disconnected).
+    async fn command(
+        &mut self,
+        cmd: Option<Command>,
+        cur: Option<&mut Current>,
+        events: &mpsc::Sender<Event>,
+        net: Option<&mut Network>,
+    ) -> Result<(), Gone> {
         let msg = match cmd {
             Some(Command::Say(text)) => ClientMsg::Say {
                 seq: self.seq(),
@@ -413,38 +751,340 @@ impl State {
             Some(Command::Nick(name)) => ClientMsg::Nick { name },
             Some(Command::Who) => ClientMsg::Who,
             Some(Command::Kick { name, reason }) => ClientMsg::Kick { name, reason },
+            Some(Command::Rebind) => {
+                if let Some(n) = net {
+                    match n.redial.rebind() {
+                        Ok(()) => tracing::info!("moved to a fresh local socket"),
+                        Err(e) => tracing::warn!("cannot move to a fresh socket: {e}"),
+                    }
+                }
+                return Ok(());
+            }
             Some(Command::Quit(reason)) => {
-                self.quitting = true;
-                ClientMsg::Bye { reason }
+                self.quit(reason);
+                return Ok(());
             }
             None => {
-                self.quitting = true;
-                ClientMsg::Bye {
-                    reason: String::new(),
-                }
+                self.quit(String::new());
+                return Ok(());
             }
         };
-        let seq = match &msg {
-            ClientMsg::Say { seq, .. }
-            | ClientMsg::Action { seq, .. }
-            | ClientMsg::Private { seq, .. } => Some(*seq),
-            _ => None,
+        if let Some(seq) = msg.seq() {
+            // The interface learns the number first, so whatever follows
+            // lands on the line that was typed.
+            emit(events, Event::Sent { seq }).await?;
+            if let Err(e) = msg.check_outgoing() {
+                // Refused here: sent, it would end the connection.
+                return emit(
+                    events,
+                    Event::Refused {
+                        seq,
+                        reason: e.to_string(),
+                    },
+                )
+                .await;
+            }
+            if let Err(e) = self.outbox.push(seq, msg) {
+                return emit(
+                    events,
+                    Event::Refused {
+                        seq,
+                        reason: e.to_string(),
+                    },
+                )
+                .await;
+            }
+            return Ok(());
+        }
+        let what = match &msg {
+            ClientMsg::Nick { .. } => "nick",
+            ClientMsg::Kick { .. } => "kick",
+            _ => "who",
         };
-        (msg, seq)
+        if let Err(e) = msg.check_outgoing() {
+            return emit(
+                events,
+                Event::Failed {
+                    what: what.into(),
+                    reason: e.to_string(),
+                },
+            )
+            .await;
+        }
+        match cur {
+            Some(cur) if self.connected => {
+                // A failed write shows up as the end of the stream.
+                let _ = cur.send.write_all(&msg.to_frame()).await;
+                Ok(())
+            }
+            _ => {
+                emit(
+                    events,
+                    Event::Failed {
+                        what: what.into(),
+                        reason: "not connected to the server; try again once reconnected".into(),
+                    },
+                )
+                .await
+            }
+        }
     }
 
-    fn event(&mut self, msg: ServerMsg) -> Option<Event> {
-        Some(match msg {
-            // This session says hello as version 2, and a server sends
-            // version-3 kinds only to a version-3 hello.
-            ServerMsg::WelcomeV3 { .. }
-            | ServerMsg::ChatV3 { .. }
-            | ServerMsg::HistoryV3 { .. }
-            | ServerMsg::AckV3 { .. }
-            | ServerMsg::Replayed { .. }
-            | ServerMsg::Reconnecting { .. }
-            | ServerMsg::Returned { .. }
-            | ServerMsg::ShuttingDownV3 { .. } => return None,
+    fn quit(&mut self, reason: String) {
+        // A goodbye too long to send is sent without its reason.
+        let reason = if (ClientMsg::Bye {
+            reason: reason.clone(),
+        })
+        .check_outgoing()
+        .is_ok()
+        {
+            reason
+        } else {
+            String::new()
+        };
+        self.quitting = Some(reason);
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Once a second: has the server been heard? Reports silence, moves to
+    /// a fresh socket once if it lasts, and reports the answer's return.
+    async fn liveness(
+        &mut self,
+        received: Option<u64>,
+        events: &mpsc::Sender<Event>,
+        net: Option<&mut Network>,
+    ) -> Result<(), Gone> {
+        // Datagrams received, from the connection's statistics: every
+        // keep-alive a live server acknowledges counts, so silence here
+        // means no answer, not a quiet room.
+        let Some(received) = received else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if received != self.rx_datagrams {
+            self.rx_datagrams = received;
+            self.heard_at = now;
+            if self.no_answer {
+                self.no_answer = false;
+                emit(
+                    events,
+                    Event::Connection(ConnectionState::Connected {
+                        resumed: false,
+                        replayed: 0,
+                        missed: 0,
+                    }),
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        let silent = now.saturating_duration_since(self.heard_at);
+        if silent < NO_ANSWER_AFTER {
+            return Ok(());
+        }
+        self.no_answer = true;
+        if silent >= REBIND_AFTER && !self.rebound {
+            self.rebound = true;
+            if let Some(n) = net {
+                match n.redial.rebind() {
+                    Ok(()) => tracing::info!("no answer; moved to a fresh local socket"),
+                    Err(e) => tracing::warn!("cannot move to a fresh socket: {e}"),
+                }
+            }
+        }
+        emit(
+            events,
+            Event::Connection(ConnectionState::NoAnswer {
+                secs: silent.as_secs(),
+            }),
+        )
+        .await
+    }
+
+    /// Writes the resume point if it changed and the last write is old
+    /// enough.
+    fn save(&mut self, net: Option<&Network>) {
+        if self.saved_at.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        self.save_now(net);
+    }
+
+    fn save_now(&mut self, net: Option<&Network>) {
+        if !self.dirty {
+            return;
+        }
+        let (Some(store), Some(point)) =
+            (net.and_then(|n| n.store.as_ref()), self.transcript.point())
+        else {
+            return;
+        };
+        self.dirty = false;
+        self.saved_at = Some(Instant::now());
+        if let Err(e) = store.save(&point) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Waits and dials until joined again, taking commands meanwhile
+    /// (messages are queued; they leave once connected).
+    async fn reconnect(
+        &mut self,
+        net: &mut Network,
+        backoff: &mut Backoff,
+        commands: &mut mpsc::Receiver<Command>,
+        events: &mpsc::Sender<Event>,
+    ) -> Reconnected {
+        let gone = Reconnected::No(Ended::Quit);
+        loop {
+            let (attempt, wait) = backoff.next_wait();
+            if emit(
+                events,
+                Event::Connection(ConnectionState::Reconnecting {
+                    attempt,
+                    next_in: wait,
+                }),
+            )
+            .await
+            .is_err()
+            {
+                return gone;
+            }
+            let until = Instant::now() + wait;
+            loop {
+                if self.quitting.is_some() && self.outbox.is_empty() {
+                    return Reconnected::No(Ended::Quit);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    cmd = commands.recv(), if self.quitting.is_none() => {
+                        if self.command(cmd, None, events, None).await.is_err() {
+                            return gone;
+                        }
+                    }
+                }
+            }
+            let resume = self.transcript.point();
+            let mut pending_cmds = Vec::new();
+            let result = {
+                let dial = net.redial.dial(resume);
+                tokio::pin!(dial);
+                loop {
+                    tokio::select! {
+                        r = &mut dial => break r,
+                        // Held until the attempt is over: `command` needs
+                        // the state the attempt does not touch, but the
+                        // borrow of the dialer stays with the attempt.
+                        cmd = commands.recv(), if self.quitting.is_none() && pending_cmds.len() < 64 => {
+                            let closed = cmd.is_none();
+                            pending_cmds.push(cmd);
+                            if closed {
+                                self.quitting = Some(String::new());
+                            }
+                        }
+                    }
+                }
+            };
+            if pending_cmds.iter().any(Option::is_none) {
+                self.quitting = None;
+            }
+            for cmd in pending_cmds {
+                if self.command(cmd, None, events, None).await.is_err() {
+                    return gone;
+                }
+            }
+            match result {
+                Ok(r) => {
+                    backoff.reset();
+                    return Reconnected::Yes(Box::new(r));
+                }
+                Err(e) if e.is_fatal() => {
+                    return Reconnected::No(Ended::Lost {
+                        reason: e.to_string(),
+                        unconfirmed: self.outbox.len(),
+                    });
+                }
+                Err(e) => {
+                    tracing::info!(attempt, "reconnecting failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// The events for one message from the server.
+    fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Vec<Event> {
+        let ev = match msg {
+            ServerMsg::ChatV3 {
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+            } => {
+                if !self.display(id) {
+                    return Vec::new();
+                }
+                if action {
+                    Event::Action {
+                        from,
+                        text,
+                        time_ms,
+                    }
+                } else {
+                    Event::Chat {
+                        from,
+                        text,
+                        time_ms,
+                    }
+                }
+            }
+            ServerMsg::HistoryV3 {
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+            } => {
+                if !self.display(id) {
+                    return Vec::new();
+                }
+                Event::History {
+                    from,
+                    text,
+                    time_ms,
+                    action,
+                }
+            }
+            ServerMsg::AckV3 { seq, id } => {
+                if id != 0 {
+                    self.display(id);
+                }
+                if !self.outbox.answered(seq) {
+                    // A copy's acknowledgement: already reported.
+                    return Vec::new();
+                }
+                Event::Delivered { seq }
+            }
+            ServerMsg::Replayed {
+                resumed,
+                count,
+                missed,
+            } => Event::Connection(ConnectionState::Connected {
+                resumed,
+                replayed: count,
+                missed,
+            }),
+            ServerMsg::Reconnecting { name } => Event::MemberReconnecting { name },
+            ServerMsg::Returned { name } => Event::MemberReturned { name },
+            ServerMsg::ShuttingDownV3 { reason, back } => {
+                self.back = back;
+                self.server_end = Some((CloseCode::ShuttingDown, reason.clone()));
+                Event::ShuttingDown { reason, back }
+            }
             ServerMsg::Chat {
                 from,
                 text,
@@ -486,16 +1126,28 @@ impl State {
                 action,
             },
             ServerMsg::Ack { seq } => {
-                self.pending.remove(&seq);
+                if !self.outbox.answered(seq) {
+                    return Vec::new();
+                }
                 Event::Delivered { seq }
             }
             ServerMsg::Refused { seq, reason } => {
-                self.pending.remove(&seq);
+                if !self.outbox.answered(seq) {
+                    return Vec::new();
+                }
                 Event::Refused { seq, reason }
             }
             ServerMsg::Joined { name } => Event::Joined { name },
             ServerMsg::Left { name, reason } => Event::Left { name, reason },
-            ServerMsg::Renamed { old, new } => Event::Renamed { old, new },
+            ServerMsg::Renamed { old, new } => {
+                if qchat_proto::names::fold(&old) == qchat_proto::names::fold(&self.name) {
+                    self.name = new.clone();
+                    if let Some(n) = net {
+                        n.redial.renamed(new.clone());
+                    }
+                }
+                Event::Renamed { old, new }
+            }
             ServerMsg::Members { members } => Event::Members(members),
             ServerMsg::Notice { text } => Event::Notice { text },
             ServerMsg::Failed { what, reason } => Event::Failed { what, reason },
@@ -512,12 +1164,22 @@ impl State {
             }
             // Only valid during the hello; ignoring a stray one is kinder
             // than dropping the session.
-            ServerMsg::Welcome { .. } | ServerMsg::Rejected { .. } => return None,
-        })
+            ServerMsg::Welcome { .. }
+            | ServerMsg::WelcomeV3 { .. }
+            | ServerMsg::Rejected { .. } => return Vec::new(),
+        };
+        vec![ev]
+    }
+
+    /// Whether log message `id` is new; it is then the newest displayed.
+    fn display(&mut self, id: u64) -> bool {
+        let new = self.transcript.accept(id);
+        self.dirty |= new;
+        new
     }
 
     async fn ended(&self, conn: Option<&quinn::Connection>) -> Ended {
-        let unconfirmed = self.pending.len();
+        let unconfirmed = self.outbox.len();
         // The server finishes its side of the stream before it closes the
         // connection with a code; wait briefly for the close so the user is
         // told why (flood, kick) rather than just "ended".
@@ -564,7 +1226,6 @@ impl State {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +1241,7 @@ mod tests {
             recv: c_recv,
             decoder: FrameDecoder::new(64 * 1024),
             conn: None,
+            network: None,
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (ev_tx, mut ev_rx) = mpsc::channel(8);

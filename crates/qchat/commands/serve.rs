@@ -68,6 +68,7 @@ async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) 
         recv: link.recv,
         decoder,
         conn: None,
+        network: None,
     };
     crate::plain::run(link, about.welcomed(welcome)).await;
     tracing::info!("the operator left the room; still serving");
@@ -136,6 +137,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
             recv: local_link.recv,
             decoder,
             conn: None,
+            network: None,
         };
         let about = host_about(&identity, local).welcomed(welcome);
         let code = crate::ui::run(link, about, crate::ui::UiOptions { bell }, events_rx).await;
