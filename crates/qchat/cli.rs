@@ -244,6 +244,13 @@ pub struct ConnectArgs {
     /// you privately (full-screen interface).
     #[arg(long)]
     pub no_bell: bool,
+    /// Exit when the connection is lost instead of reconnecting.
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// Join fresh (the server's usual history) instead of catching up from
+    /// where this client left off with this server last time.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 /// `qchat fingerprint`.

@@ -28,3 +28,9 @@ pub fn cert_dir() -> Result<PathBuf> {
 pub fn known_hosts() -> Result<PathBuf> {
     Ok(home()?.join("known_hosts"))
 }
+
+/// The folder of per-server resume points (where each conversation left
+/// off), so a client restarted by hand catches up.
+pub fn resume_dir() -> Result<PathBuf> {
+    Ok(home()?.join("resume"))
+}

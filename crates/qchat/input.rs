@@ -124,6 +124,9 @@ pub fn parse(line: &str) -> Input {
             }
         }
         "quit" | "exit" => Input::Send(Command::Quit(rest.to_string())),
+        // Hidden from /help: a debugging aid that moves the connection to a
+        // fresh local port, as a network change would.
+        "rebind" if rest.is_empty() => Input::Send(Command::Rebind),
         "kick" => {
             let (name, reason) = split_word(rest);
             if name.is_empty() {
@@ -207,6 +210,8 @@ mod tests {
             Input::Send(Command::Quit("bye all".into()))
         );
         assert_eq!(parse("/quit"), Input::Send(Command::Quit(String::new())));
+        assert_eq!(parse("/rebind"), Input::Send(Command::Rebind));
+        assert!(!help_lines(true).iter().any(|l| l.contains("rebind")));
         assert_eq!(
             parse("/kick eve spamming"),
             Input::Send(Command::Kick {

@@ -4,7 +4,11 @@
 use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
-use qchat_client::{ConnectError, HelloError, TrustMode, TrustPlan, TrustState};
+use qchat_client::reconnect::Dialer;
+use qchat_client::resume::ResumeStore;
+use qchat_client::{
+    ConnectError, Greeting, HelloError, Link, Network, TrustMode, TrustPlan, TrustState,
+};
 use qchat_proto::{names, RejectReason};
 
 use crate::cli::{ConnectArgs, Trust};
@@ -58,6 +62,21 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
     // is asked before it takes the screen.
     let use_ui = !args.plain && crate::ui::on_terminal();
     let no_bell = args.no_bell;
+    let reconnect = !args.no_reconnect;
+    // Where this client left off with this server, kept between runs.
+    let store = crate::home::resume_dir()
+        .ok()
+        .map(|dir| ResumeStore::new(&dir, &host.to_string()));
+    let resume = match &store {
+        Some(s) if !args.no_resume => s.load().unwrap_or_else(|e| {
+            eprintln!("qchat: warning: {e}");
+            None
+        }),
+        _ => None,
+    };
+    // One per process, kept across reconnects: with each message's number
+    // it is what makes a re-send harmless.
+    let instance = qchat_client::new_instance();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,6 +85,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
         let addr = qchat_client::connection::resolve(&plan.host).await?;
         let endpoint = qchat_client::client_endpoint(addr)?;
         let mut plan = plan;
+        let mut v3 = true;
         let (joined, trust, fingerprint) = loop {
             if std::io::stderr().is_terminal() {
                 // Otherwise a slow or silent server is a blank screen.
@@ -87,8 +107,22 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                     plan.known_hosts.display()
                 );
             }
-            match qchat_client::join(conn.clone(), &name).await {
+            let greeting = if v3 {
+                Greeting::V3 {
+                    instance,
+                    resume: resume.clone(),
+                }
+            } else {
+                Greeting::V2
+            };
+            match qchat_client::join_as(conn.clone(), &name, &greeting).await {
                 Ok(joined) => break (joined, trust, fingerprint),
+                Err(e) if v3 && e.wants_older_protocol() => {
+                    // An older server: greet it as version 2 on a new
+                    // connection (the pin, if just accepted, is on disk).
+                    v3 = false;
+                    plan = load()?;
+                }
                 Err(ConnectError::Hello(HelloError::Rejected {
                     reason: RejectReason::NameTaken,
                     detail,
@@ -115,11 +149,30 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             read_aloud: fingerprint.read_aloud(),
             connect_lines: Vec::new(),
         };
+        let network = Network {
+            redial: Box::new(Dialer::new(
+                endpoint.clone(),
+                addr,
+                &plan,
+                fingerprint,
+                joined.name.clone(),
+                instance,
+                joined.welcome.v3.is_some(),
+            )),
+            reconnect,
+            store,
+            resumed_from: if v3 { resume } else { None },
+            welcome: joined.welcome.v3.clone(),
+            name: joined.name.clone(),
+            members: joined.members.clone(),
+        };
+        let mut link = Link::from(joined);
+        link.network = Some(network);
         let code = if use_ui {
             let options = crate::ui::UiOptions { bell: !no_bell };
-            crate::ui::run(joined.into(), about, options, None).await
+            crate::ui::run(link, about, options, None).await
         } else {
-            crate::plain::run(joined.into(), about).await
+            crate::plain::run(link, about).await
         };
         // Closing is a protocol: without waiting, the close (and our last
         // lines) may never leave this machine.
