@@ -1306,3 +1306,318 @@ mod tests {
         task.abort();
     }
 }
+
+/// The network task over pipes, with a dialer that hands each new
+/// connection's server side to the test.
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    const LOG: [u8; 16] = [9; 16];
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The test's end of one connection.
+    struct ServerSide {
+        recv: ReadHalf<DuplexStream>,
+        send: WriteHalf<DuplexStream>,
+        decoder: FrameDecoder,
+    }
+
+    impl ServerSide {
+        async fn read(&mut self) -> ClientMsg {
+            let frame = tokio::time::timeout(WAIT, self.decoder.read_frame(&mut self.recv))
+                .await
+                .expect("a frame in time")
+                .expect("a frame")
+                .expect("not the end");
+            ClientMsg::decode(&frame).expect("a message")
+        }
+
+        async fn write(&mut self, msg: ServerMsg) {
+            self.send.write_all(&msg.to_frame()).await.expect("write");
+        }
+    }
+
+    fn pipe() -> (Link<BoxSend, BoxRecv>, ServerSide) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (c_recv, c_send) = tokio::io::split(client);
+        let (s_recv, s_send) = tokio::io::split(server);
+        let link = Link {
+            send: Box::new(c_send) as BoxSend,
+            recv: Box::new(c_recv) as BoxRecv,
+            decoder: FrameDecoder::new(64 * 1024),
+            conn: None,
+            network: None,
+        };
+        let side = ServerSide {
+            recv: s_recv,
+            send: s_send,
+            decoder: FrameDecoder::new(64 * 1024),
+        };
+        (link, side)
+    }
+
+    fn welcome(rate: u32, burst: u32) -> WelcomeV3 {
+        WelcomeV3 {
+            log_id: LOG,
+            last_id: 0,
+            rate,
+            burst,
+            max_message: 4096,
+            grace_secs: 60,
+        }
+    }
+
+    /// Each dial is a new pipe; the test gets its server side and the
+    /// resume point asked for.
+    struct PipeDialer {
+        sides: mpsc::Sender<(ServerSide, Option<ResumePoint>)>,
+        welcome: WelcomeV3,
+    }
+
+    impl Redial for PipeDialer {
+        fn dial(&mut self, resume: Option<ResumePoint>) -> DialFuture<'_> {
+            Box::pin(async move {
+                let (link, side) = pipe();
+                let _ = self.sides.send((side, resume)).await;
+                Ok(Rejoined {
+                    link,
+                    welcome: Some(self.welcome.clone()),
+                    members: vec!["me".into()],
+                })
+            })
+        }
+        fn rebind(&mut self) -> Result<(), ConnectError> {
+            Ok(())
+        }
+        fn renamed(&mut self, _: String) {}
+    }
+
+    struct Harness {
+        commands: mpsc::Sender<Command>,
+        events: mpsc::Receiver<Event>,
+        server: Option<ServerSide>,
+        redials: mpsc::Receiver<(ServerSide, Option<ResumePoint>)>,
+        task: tokio::task::JoinHandle<Ended>,
+    }
+
+    fn start(rate: u32, burst: u32) -> Harness {
+        let (mut link, server) = pipe();
+        let (sides, redials) = mpsc::channel(4);
+        link.network = Some(Network {
+            redial: Box::new(PipeDialer {
+                sides,
+                welcome: welcome(rate, burst),
+            }),
+            reconnect: true,
+            store: None,
+            resumed_from: None,
+            welcome: Some(welcome(rate, burst)),
+            name: "me".into(),
+            members: vec!["me".into()],
+        });
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(256);
+        let task = tokio::spawn(run(link, cmd_rx, ev_tx));
+        Harness {
+            commands: cmd_tx,
+            events: ev_rx,
+            server: Some(server),
+            redials,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn say(&self, text: &str) {
+            self.commands
+                .send(Command::Say(text.into()))
+                .await
+                .expect("the session takes commands");
+        }
+
+        async fn event(&mut self) -> Event {
+            tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("an event in time")
+                .expect("the session is running")
+        }
+
+        /// Events up to and including the first that matches.
+        async fn until(&mut self, done: impl Fn(&Event) -> bool) -> Vec<Event> {
+            let mut seen = Vec::new();
+            loop {
+                let ev = self.event().await;
+                let stop = done(&ev);
+                seen.push(ev);
+                if stop {
+                    return seen;
+                }
+            }
+        }
+    }
+
+    fn seq_of(m: &ClientMsg) -> u64 {
+        m.seq().expect("a numbered message")
+    }
+
+    fn chat(id: u64, from: &str, text: &str) -> ServerMsg {
+        ServerMsg::ChatV3 {
+            id,
+            from: from.into(),
+            text: text.into(),
+            time_ms: 0,
+            action: false,
+        }
+    }
+
+    fn history(id: u64, from: &str, text: &str) -> ServerMsg {
+        ServerMsg::HistoryV3 {
+            id,
+            from: from.into(),
+            text: text.into(),
+            time_ms: 0,
+            action: false,
+        }
+    }
+
+    /// A drop between a message being stored and its acknowledgement: the
+    /// message is written again with the same number after the reconnect,
+    /// the resume asks for what came after the last message displayed, and
+    /// the replay's overlap with what was already shown is not shown again.
+    #[tokio::test]
+    async fn a_drop_resends_the_unacknowledged_and_the_replay_never_duplicates() {
+        let mut h = start(0, 0);
+        h.say("one").await;
+        h.say("two").await;
+        let first = h.server.as_mut().expect("connected").read().await;
+        let second = h.server.as_mut().expect("connected").read().await;
+        assert_eq!((seq_of(&first), seq_of(&second)), (1, 2));
+        h.server
+            .as_mut()
+            .expect("connected")
+            .write(ServerMsg::AckV3 { seq: 1, id: 1 })
+            .await;
+        h.server
+            .as_mut()
+            .expect("connected")
+            .write(chat(2, "bob", "hi"))
+            .await;
+        let before = h
+            .until(|e| matches!(e, Event::Chat { text, .. } if text == "hi"))
+            .await;
+        assert!(before.contains(&Event::Delivered { seq: 1 }), "{before:?}");
+
+        // "two" was stored as id 3, but the connection drops before the
+        // acknowledgement leaves.
+        h.server = None;
+        let lost = h
+            .until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
+            .await;
+        assert!(
+            lost.iter()
+                .any(|e| matches!(e, Event::Connection(ConnectionState::Lost { .. }))),
+            "{lost:?}"
+        );
+        let (mut server, resume) = tokio::time::timeout(WAIT, h.redials.recv())
+            .await
+            .expect("a reconnect in time")
+            .expect("a dial");
+        assert_eq!(
+            resume,
+            Some(ResumePoint {
+                log_id: LOG,
+                after: 2
+            })
+        );
+        let again = server.read().await;
+        assert_eq!(again, second, "the same message under the same number");
+        // The server subscribed before reading the log: id 2 comes twice.
+        server.write(history(2, "bob", "hi")).await;
+        server.write(history(3, "me", "two")).await;
+        server.write(chat(2, "bob", "hi")).await;
+        server
+            .write(ServerMsg::Replayed {
+                resumed: true,
+                count: 2,
+                missed: 0,
+            })
+            .await;
+        server.write(ServerMsg::AckV3 { seq: 2, id: 3 }).await;
+        server.write(chat(4, "bob", "after")).await;
+        let after = h
+            .until(|e| matches!(e, Event::Chat { text, .. } if text == "after"))
+            .await;
+        let shown: Vec<&str> = after
+            .iter()
+            .filter_map(|e| match e {
+                Event::Chat { text, .. } | Event::History { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shown, ["two", "after"], "{after:?}");
+        assert!(after.contains(&Event::Delivered { seq: 2 }), "{after:?}");
+        assert!(
+            after.contains(&Event::Connection(ConnectionState::Connected {
+                resumed: true,
+                replayed: 2,
+                missed: 0
+            })),
+            "{after:?}"
+        );
+        assert!(after.contains(&Event::Roster {
+            members: vec!["me".into()]
+        }));
+        h.task.abort();
+    }
+
+    /// Typed while disconnected: numbered at once, held, and sent on the
+    /// next connection in order.
+    #[tokio::test]
+    async fn messages_typed_while_disconnected_leave_on_reconnect() {
+        let mut h = start(0, 0);
+        h.server = None;
+        h.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
+            .await;
+        h.say("while").await;
+        h.say("away").await;
+        let sent = h.until(|e| *e == Event::Sent { seq: 2 }).await;
+        assert!(sent.contains(&Event::Sent { seq: 1 }));
+        let (mut server, _) = tokio::time::timeout(WAIT, h.redials.recv())
+            .await
+            .expect("a reconnect in time")
+            .expect("a dial");
+        let a = server.read().await;
+        let b = server.read().await;
+        assert_eq!((seq_of(&a), seq_of(&b)), (1, 2));
+        h.task.abort();
+    }
+
+    /// A paste larger than the server's burst leaves at the server's rate
+    /// (measured on tokio's paused clock, so this is not a timing test):
+    /// never faster, and all of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_paste_is_paced_to_the_welcome() {
+        let mut h = start(5, 4);
+        let t0 = Instant::now();
+        for i in 0..12 {
+            h.say(&format!("line {i}")).await;
+        }
+        let mut arrivals = Vec::new();
+        for i in 0..12u64 {
+            let m = h.server.as_mut().expect("connected").read().await;
+            assert_eq!(seq_of(&m), i + 1);
+            arrivals.push(Instant::now().duration_since(t0));
+        }
+        // One message short of the burst at once, then one per 200 ms.
+        for (i, at) in arrivals.iter().enumerate().skip(3) {
+            let earliest = Duration::from_millis(200) * (i as u32 - 2);
+            assert!(
+                *at >= earliest,
+                "message {i} left at {at:?}, before {earliest:?}"
+            );
+        }
+        h.task.abort();
+    }
+}
