@@ -1,0 +1,246 @@
+//! The network task against a real in-process server over loopback QUIC:
+//! the connection survives a change of the client's address (its socket
+//! replaced behind a relay, or rebound by the client itself) with no
+//! reconnect and nothing lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qchat_client::reconnect::Dialer;
+use qchat_client::{session, Command, ConnectionState, Event, Link, Network, TrustMode, TrustPlan};
+use qchat_proto::{FrameDecoder, ServerMsg, ALPN};
+use qchat_server::{Server, ServerOptions};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Mutex};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Room {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    fingerprint: qchat_tls::Fingerprint,
+    _dir: tempfile::TempDir,
+}
+
+fn room() -> Room {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let identity = qchat_tls::identity::create_new(&dir.path().join("certs")).expect("identity");
+    let options = ServerOptions::default();
+    let mut config = qchat_tls::quic_server_config(&identity, &[ALPN]).expect("tls");
+    config.transport_config(options.transport());
+    let endpoint =
+        qchat_server::endpoint::bind("127.0.0.1:0".parse().expect("addr"), config).expect("bind");
+    let addr = endpoint.local_addr().expect("local addr");
+    let server = Arc::new(Server::new(options));
+    let s = Arc::clone(&server);
+    tokio::spawn(async move { s.run(endpoint, std::future::pending()).await });
+    Room {
+        server,
+        addr,
+        fingerprint: identity.fingerprint,
+        _dir: dir,
+    }
+}
+
+/// A UDP relay between one client and the server whose upstream socket
+/// (the address the server sees) can be replaced, as a NAT rebinding does.
+struct Relay {
+    addr: SocketAddr,
+    swap: mpsc::Sender<()>,
+}
+
+async fn relay(server: SocketAddr) -> Relay {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    let addr = front.local_addr().expect("addr");
+    let (swap, mut swaps) = mpsc::channel::<()>(4);
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    tokio::spawn(async move {
+        loop {
+            let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+            // Server to client, from this upstream socket until it is replaced.
+            let back = {
+                let (up, front, client) =
+                    (Arc::clone(&up), Arc::clone(&front), Arc::clone(&client));
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = up.recv(&mut buf).await {
+                        if let Some(c) = *client.lock().await {
+                            let _ = front.send_to(&buf[..n], c).await;
+                        }
+                    }
+                })
+            };
+            let mut buf = vec![0u8; 65536];
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut buf) => {
+                        let Ok((n, from)) = r else { return };
+                        *client.lock().await = Some(from);
+                        let _ = up.send_to(&buf[..n], server).await;
+                    }
+                    s = swaps.recv() => {
+                        if s.is_none() { return; }
+                        break;
+                    }
+                }
+            }
+            back.abort();
+        }
+    });
+    Relay { addr, swap }
+}
+
+/// Alice through `via`, run by the network task with reconnects on.
+async fn alice(
+    room: &Room,
+    via: SocketAddr,
+    home: &std::path::Path,
+) -> (mpsc::Sender<Command>, mpsc::Receiver<Event>) {
+    let host = qchat_tls::HostKey::parse(&via.to_string(), 8080).expect("host");
+    let plan = TrustPlan::load(
+        host,
+        &home.join("known_hosts"),
+        Some(room.fingerprint),
+        TrustMode::Strict,
+        false,
+    )
+    .expect("plan");
+    let endpoint = qchat_client::client_endpoint(via).expect("endpoint");
+    let instance = qchat_client::new_instance();
+    let mut dialer = Dialer::new(
+        endpoint,
+        via,
+        &plan,
+        room.fingerprint,
+        "alice".into(),
+        instance,
+        true,
+    );
+    let joined = tokio::time::timeout(WAIT, dialer.dial(None))
+        .await
+        .expect("join in time")
+        .expect("joined");
+    let network = Network {
+        redial: Box::new(dialer),
+        reconnect: true,
+        store: None,
+        resumed_from: None,
+        welcome: joined.welcome.v3.clone(),
+        name: joined.name.clone(),
+        members: joined.members.clone(),
+    };
+    let mut link = Link::from(joined);
+    link.network = Some(network);
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (ev_tx, ev_rx) = mpsc::channel(256);
+    tokio::spawn(session::run(link, cmd_rx, ev_tx));
+    (cmd_tx, ev_rx)
+}
+
+/// Bob sits at the server and reads what the room says.
+struct Bob {
+    link: qchat_server::LocalLink,
+    decoder: FrameDecoder,
+}
+
+impl Bob {
+    async fn join(room: &Room) -> Bob {
+        let mut link = room.server.join_local();
+        let (decoder, _) = qchat_client::hello(&mut link.send, &mut link.recv, "bob")
+            .await
+            .expect("bob joins");
+        Bob { link, decoder }
+    }
+
+    /// Waits for `text` from alice.
+    async fn hears(&mut self, text: &str) {
+        let wait = async {
+            loop {
+                let frame = self
+                    .decoder
+                    .read_frame(&mut self.link.recv)
+                    .await
+                    .expect("a frame")
+                    .expect("not the end");
+                match ServerMsg::decode(&frame) {
+                    Ok(ServerMsg::Chat { text: t, .. } | ServerMsg::ChatV3 { text: t, .. })
+                        if t == text =>
+                    {
+                        return
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("bob never heard {text:?}"));
+    }
+}
+
+/// Alice's events until her message `seq` is delivered; none may say the
+/// connection was lost.
+async fn delivered(events: &mut mpsc::Receiver<Event>, seq: u64) {
+    let wait = async {
+        loop {
+            match events.recv().await.expect("the session runs") {
+                Event::Delivered { seq: s } if s == seq => return,
+                Event::Connection(ConnectionState::Lost { reason }) => {
+                    panic!("the connection was lost: {reason}")
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("message {seq} was never delivered"));
+}
+
+#[tokio::test]
+async fn a_new_source_address_behind_a_relay_keeps_the_session() {
+    let room = room();
+    let relay = relay(room.addr).await;
+    let home = tempfile::tempdir().expect("home");
+    let mut bob = Bob::join(&room).await;
+    let (alice, mut events) = alice(&room, relay.addr, home.path()).await;
+
+    alice
+        .send(Command::Say("before".into()))
+        .await
+        .expect("send");
+    bob.hears("before").await;
+    delivered(&mut events, 1).await;
+
+    relay.swap.send(()).await.expect("swap");
+    alice
+        .send(Command::Say("after".into()))
+        .await
+        .expect("send");
+    bob.hears("after").await;
+    delivered(&mut events, 2).await;
+}
+
+#[tokio::test]
+async fn a_client_rebinding_its_own_socket_keeps_the_session() {
+    let room = room();
+    let home = tempfile::tempdir().expect("home");
+    let mut bob = Bob::join(&room).await;
+    let (alice, mut events) = alice(&room, room.addr, home.path()).await;
+
+    alice
+        .send(Command::Say("before".into()))
+        .await
+        .expect("send");
+    bob.hears("before").await;
+    delivered(&mut events, 1).await;
+
+    alice.send(Command::Rebind).await.expect("rebind");
+    alice
+        .send(Command::Say("after".into()))
+        .await
+        .expect("send");
+    bob.hears("after").await;
+    delivered(&mut events, 2).await;
+}
