@@ -136,7 +136,7 @@ impl Dialer {
         };
         let (conn, _, _) =
             connection::connect(&self.endpoint, addr, &plan, |_| Decision::Refuse).await?;
-        match connection::join_as(conn, &self.name, &greeting).await {
+        let joined = match connection::join_as(conn, &self.name, &greeting).await {
             Err(e) if e.wants_older_protocol() && self.v3 => {
                 // The server was replaced by an older one.
                 self.v3 = false;
@@ -144,6 +144,19 @@ impl Dialer {
                     connection::connect(&self.endpoint, addr, &plan, |_| Decision::Refuse).await?;
                 connection::join_as(conn, &self.name, &Greeting::V2).await
             }
+            other => other,
+        };
+        match joined {
+            // An older server cannot tell our reconnect from a stranger:
+            // until its idle timeout drops our lost connection, our own
+            // ghost holds the name. Worth another attempt, not the end.
+            Err(ConnectError::Hello(crate::HelloError::Rejected {
+                reason: qchat_proto::RejectReason::NameTaken,
+                detail,
+            })) if !self.v3 => Err(ConnectError::Transport {
+                addr,
+                reason: format!("{detail} (perhaps still our lost connection)"),
+            }),
             other => other,
         }
     }

@@ -4,6 +4,7 @@
 //! reconnect and nothing lost.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ fn room() -> Room {
 struct Relay {
     addr: SocketAddr,
     swap: mpsc::Sender<()>,
+    /// While set, every datagram is dropped both ways (a frozen server or
+    /// a dead network).
+    hold: Arc<AtomicBool>,
 }
 
 async fn relay(server: SocketAddr) -> Relay {
@@ -55,16 +59,25 @@ async fn relay(server: SocketAddr) -> Relay {
     let addr = front.local_addr().expect("addr");
     let (swap, mut swaps) = mpsc::channel::<()>(4);
     let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let hold = Arc::new(AtomicBool::new(false));
+    let held = Arc::clone(&hold);
     tokio::spawn(async move {
         loop {
             let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
             // Server to client, from this upstream socket until it is replaced.
             let back = {
-                let (up, front, client) =
-                    (Arc::clone(&up), Arc::clone(&front), Arc::clone(&client));
+                let (up, front, client, held) = (
+                    Arc::clone(&up),
+                    Arc::clone(&front),
+                    Arc::clone(&client),
+                    Arc::clone(&held),
+                );
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 65536];
                     while let Ok(n) = up.recv(&mut buf).await {
+                        if held.load(Ordering::SeqCst) {
+                            continue;
+                        }
                         if let Some(c) = *client.lock().await {
                             let _ = front.send_to(&buf[..n], c).await;
                         }
@@ -77,7 +90,9 @@ async fn relay(server: SocketAddr) -> Relay {
                     r = front.recv_from(&mut buf) => {
                         let Ok((n, from)) = r else { return };
                         *client.lock().await = Some(from);
-                        let _ = up.send_to(&buf[..n], server).await;
+                        if !held.load(Ordering::SeqCst) {
+                            let _ = up.send_to(&buf[..n], server).await;
+                        }
                     }
                     s = swaps.recv() => {
                         if s.is_none() { return; }
@@ -88,7 +103,7 @@ async fn relay(server: SocketAddr) -> Relay {
             back.abort();
         }
     });
-    Relay { addr, swap }
+    Relay { addr, swap, hold }
 }
 
 /// Alice through `via`, run by the network task with reconnects on.
@@ -243,4 +258,58 @@ async fn a_client_rebinding_its_own_socket_keeps_the_session() {
         .expect("send");
     bob.hears("after").await;
     delivered(&mut events, 2).await;
+}
+
+/// A server that stops answering is reported within seconds, long before
+/// the idle timeout, and the answer's return is reported too; nothing typed
+/// meanwhile is lost.
+#[tokio::test]
+async fn silence_is_reported_and_so_is_the_answer_coming_back() {
+    let room = room();
+    let relay = relay(room.addr).await;
+    let home = tempfile::tempdir().expect("home");
+    let mut bob = Bob::join(&room).await;
+    let (alice, mut events) = alice(&room, relay.addr, home.path()).await;
+    alice
+        .send(Command::Say("before".into()))
+        .await
+        .expect("send");
+    delivered(&mut events, 1).await;
+
+    relay.hold.store(true, Ordering::SeqCst);
+    alice
+        .send(Command::Say("during".into()))
+        .await
+        .expect("send");
+    let silent = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("the session runs") {
+                Event::Connection(ConnectionState::NoAnswer { secs }) => return secs,
+                Event::Connection(ConnectionState::Lost { reason }) => panic!("lost: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no answer is reported before the idle timeout");
+    assert!(silent >= 3, "{silent}");
+
+    relay.hold.store(false, Ordering::SeqCst);
+    let mut acked = false;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("the session runs") {
+                Event::Delivered { seq: 2 } => acked = true,
+                Event::Connection(ConnectionState::Connected { .. }) => return,
+                Event::Connection(ConnectionState::Lost { reason }) => panic!("lost: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the answer's return is reported");
+    bob.hears("during").await;
+    if !acked {
+        delivered(&mut events, 2).await;
+    }
 }
