@@ -611,6 +611,10 @@ impl State {
             Ended::Lost { .. } => true,
             Ended::ByServer { code, .. } => match code {
                 Some(CloseCode::ShuttingDown) => self.back,
+                // We fell behind (a sleeping laptop, a slow link) or were
+                // slow to say hello: the connection, not a verdict on us;
+                // the resume brings back what was dropped.
+                Some(CloseCode::SlowReader | CloseCode::HelloTimeout) => true,
                 // A server that vanished mid-stream without a word, or a
                 // stream reset: the network, not a decision.
                 Some(CloseCode::Normal) | None => {
@@ -1229,6 +1233,52 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decisions end the session; the network and restarts do not.
+    #[test]
+    fn which_ends_are_worth_a_reconnect() {
+        let by = |code| Ended::ByServer {
+            code: Some(code),
+            reason: String::new(),
+            unconfirmed: 0,
+        };
+        let mut st = State::new(None);
+        let lost = Ended::Lost {
+            reason: "timed out".into(),
+            unconfirmed: 0,
+        };
+        assert!(st.may_retry(&lost));
+        assert!(st.may_retry(&by(CloseCode::SlowReader)));
+        assert!(!st.may_retry(&by(CloseCode::Kicked)));
+        assert!(!st.may_retry(&by(CloseCode::Flood)));
+        assert!(!st.may_retry(&by(CloseCode::ProtocolError)));
+        assert!(!st.may_retry(&Ended::Quit));
+        // Shutting down for good, then the same with "back soon".
+        st.event(
+            ServerMsg::ShuttingDownV3 {
+                reason: "bye".into(),
+                back: false,
+            },
+            None,
+        );
+        assert!(!st.may_retry(&by(CloseCode::ShuttingDown)));
+        st.event(
+            ServerMsg::ShuttingDownV3 {
+                reason: "restart".into(),
+                back: true,
+            },
+            None,
+        );
+        assert!(st.may_retry(&by(CloseCode::ShuttingDown)));
+        st.event(
+            ServerMsg::Kicked {
+                by: "op".into(),
+                reason: String::new(),
+            },
+            None,
+        );
+        assert!(!st.may_retry(&by(CloseCode::Normal)));
+    }
 
     /// The session over an in-memory pipe, the test playing the server.
     #[tokio::test]
