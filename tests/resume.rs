@@ -43,3 +43,34 @@ fn no_resume_and_no_reconnect_are_accepted() {
     alice.close_stdin();
     assert!(alice.wait().success(), "{}", alice.transcript());
 }
+
+/// A server killed outright and started again on the same port: the
+/// clients notice, reconnect by themselves under the same names, and talk
+/// again (against any server version: this one may not resume).
+#[test]
+fn clients_reconnect_to_a_server_restarted_on_the_same_port() {
+    let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
+    let mut server = Server::start(&hs);
+    let target = server.target();
+    let mut alice = crate::util::join(&ha, &server, "alice");
+    let mut bob = crate::util::join(&hb, &server, "bob");
+    alice.expect_out("* bob joined");
+
+    server.proc.kill();
+    let _server = Server::start_on(&hs, &target, &[]);
+    for p in [&mut alice, &mut bob] {
+        p.expect(Stream::Out, "the lost line", |l| {
+            l.starts_with("* connection lost")
+        });
+        p.expect(Stream::Out, "the reconnecting line", |l| {
+            l.starts_with("* reconnecting (attempt ")
+        });
+        p.expect(Stream::Out, "the connected line", |l| {
+            l == "* connected" || l.starts_with("* reconnected")
+        });
+    }
+    alice.send_line("after the restart");
+    bob.expect_out("<alice> after the restart");
+    alice.close_stdin();
+    assert!(alice.wait().success(), "{}", alice.transcript());
+}
