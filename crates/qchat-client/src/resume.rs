@@ -148,6 +148,19 @@ impl Outbox {
         }
     }
 
+    /// Whether a public message with this text (an action or not) is
+    /// waiting for its answer: a replayed copy of it, stored before the
+    /// connection dropped, is the line the interface already shows as
+    /// pending.
+    pub fn holds_public(&self, text: &str, action: bool) -> bool {
+        let same = |m: &ClientMsg| match m {
+            ClientMsg::Say { text: t, .. } => !action && t == text,
+            ClientMsg::Action { text: t, .. } => action && t == text,
+            _ => false,
+        };
+        self.in_flight.values().any(same) || self.unsent.iter().any(|(_, m)| same(m))
+    }
+
     /// Messages not yet answered.
     pub fn len(&self) -> usize {
         self.unsent.len() + self.in_flight.len()

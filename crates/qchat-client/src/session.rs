@@ -1029,7 +1029,7 @@ impl State {
                 time_ms,
                 action,
             } => {
-                if !self.display(id) {
+                if !self.display(id) || self.own_pending(&from, &text, action) {
                     return Vec::new();
                 }
                 if action {
@@ -1053,7 +1053,7 @@ impl State {
                 time_ms,
                 action,
             } => {
-                if !self.display(id) {
+                if !self.display(id) || self.own_pending(&from, &text, action) {
                     return Vec::new();
                 }
                 Event::History {
@@ -1173,6 +1173,17 @@ impl State {
             | ServerMsg::Rejected { .. } => return Vec::new(),
         };
         vec![ev]
+    }
+
+    /// Whether a stored message is one of ours still waiting for its
+    /// acknowledgement: stored before the connection dropped, it comes back
+    /// in the replay, and its re-sent copy's acknowledgement will mark the
+    /// pending line delivered. Shown again, it would be there twice. Names
+    /// are unique in the room, so a message under our name that we have
+    /// not displayed is ours.
+    fn own_pending(&self, from: &str, text: &str, action: bool) -> bool {
+        qchat_proto::names::fold(from) == qchat_proto::names::fold(&self.name)
+            && self.outbox.holds_public(text, action)
     }
 
     /// Whether log message `id` is new; it is then the newest displayed.
@@ -1606,7 +1617,8 @@ mod network_tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(shown, ["two", "after"], "{after:?}");
+        // "two" is ours: its pending line turns delivered, no second copy.
+        assert_eq!(shown, ["after"], "{after:?}");
         assert!(after.contains(&Event::Delivered { seq: 2 }), "{after:?}");
         assert!(
             after.contains(&Event::Connection(ConnectionState::Connected {
