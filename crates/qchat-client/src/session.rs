@@ -1245,6 +1245,98 @@ impl State {
 mod tests {
     use super::*;
 
+    /// The operator's in-process link has no network to come back over:
+    /// it takes version-3 traffic all the same, and its end is the end.
+    #[tokio::test]
+    async fn a_link_without_a_network_speaks_v3_and_never_reconnects() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (c_recv, c_send) = tokio::io::split(client);
+        let (mut s_recv, mut s_send) = tokio::io::split(server);
+        let link = Link {
+            send: c_send,
+            recv: c_recv,
+            decoder: FrameDecoder::new(64 * 1024),
+            conn: None,
+            network: None,
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let (ev_tx, mut ev_rx) = mpsc::channel(32);
+        let task = tokio::spawn(run(link, cmd_rx, ev_tx));
+        cmd_tx.send(Command::Say("hi".into())).await.expect("send");
+        let mut decoder = FrameDecoder::new(64 * 1024);
+        let frame = decoder
+            .read_frame(&mut s_recv)
+            .await
+            .expect("a frame")
+            .expect("not the end");
+        assert_eq!(ClientMsg::decode(&frame).expect("a message").seq(), Some(1));
+        for msg in [
+            ServerMsg::HistoryV3 {
+                id: 1,
+                from: "bob".into(),
+                text: "old".into(),
+                time_ms: 0,
+                action: false,
+            },
+            ServerMsg::Replayed {
+                resumed: false,
+                count: 1,
+                missed: 0,
+            },
+            ServerMsg::AckV3 { seq: 1, id: 2 },
+            ServerMsg::ChatV3 {
+                id: 2,
+                from: "bob".into(),
+                text: "a copy".into(),
+                time_ms: 0,
+                action: false,
+            },
+            ServerMsg::ChatV3 {
+                id: 3,
+                from: "bob".into(),
+                text: "new".into(),
+                time_ms: 0,
+                action: true,
+            },
+        ] {
+            s_send.write_all(&msg.to_frame()).await.expect("write");
+        }
+        drop(s_send);
+        drop(s_recv);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("ends in time")
+            .expect("the task ran");
+        assert!(matches!(ended, Ended::Lost { .. }), "{ended:?}");
+        let mut events = Vec::new();
+        while let Ok(ev) = ev_rx.try_recv() {
+            events.push(ev);
+        }
+        assert_eq!(
+            events,
+            [
+                Event::Sent { seq: 1 },
+                Event::History {
+                    from: "bob".into(),
+                    text: "old".into(),
+                    time_ms: 0,
+                    action: false
+                },
+                Event::Connection(ConnectionState::Connected {
+                    resumed: false,
+                    replayed: 1,
+                    missed: 0
+                }),
+                Event::Delivered { seq: 1 },
+                Event::Action {
+                    from: "bob".into(),
+                    text: "new".into(),
+                    time_ms: 0
+                },
+            ]
+        );
+    }
+
     /// Decisions end the session; the network and restarts do not.
     #[test]
     fn which_ends_are_worth_a_reconnect() {
@@ -1654,6 +1746,46 @@ mod network_tests {
         let b = server.read().await;
         assert_eq!((seq_of(&a), seq_of(&b)), (1, 2));
         h.task.abort();
+    }
+
+    /// Quitting while disconnected with a message waiting: the session
+    /// comes back to deliver it, says goodbye after it, and only then ends.
+    #[tokio::test]
+    async fn a_quit_while_disconnected_delivers_what_waits_first() {
+        let mut h = start(0, 0);
+        h.server = None;
+        h.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
+            .await;
+        h.say("last words").await;
+        h.commands
+            .send(Command::Quit("done".into()))
+            .await
+            .expect("the session takes commands");
+        let (mut server, _) = tokio::time::timeout(WAIT, h.redials.recv())
+            .await
+            .expect("a reconnect in time")
+            .expect("a dial");
+        let say = server.read().await;
+        assert_eq!(seq_of(&say), 1);
+        server.write(ServerMsg::AckV3 { seq: 1, id: 1 }).await;
+        assert_eq!(
+            server.read().await,
+            ClientMsg::Bye {
+                reason: "done".into()
+            }
+        );
+        // The server finishes its side once everything is delivered.
+        server.send.shutdown().await.expect("finish");
+        let ended = tokio::time::timeout(WAIT, h.task)
+            .await
+            .expect("the session ends in time")
+            .expect("the task ran");
+        assert_eq!(ended, Ended::Quit);
+        let mut rest = Vec::new();
+        while let Ok(ev) = h.events.try_recv() {
+            rest.push(ev);
+        }
+        assert!(rest.contains(&Event::Delivered { seq: 1 }), "{rest:?}");
     }
 
     /// A paste larger than the server's burst leaves at the server's rate
