@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
 };
-use qchat_client::{Command, Event};
+use qchat_client::{Command, ConnectionState, Event};
 use qchat_proto::names;
 use ratatui::layout::Rect;
 use time::UtcOffset;
@@ -56,8 +56,9 @@ pub struct Effects {
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conn {
-    /// Joined and talking.
-    Connected,
+    /// As the network task last reported it: connected, silent, lost,
+    /// waiting to reconnect, or just resumed.
+    Online(ConnectionState),
     /// We asked to leave and wait for the server to confirm.
     Leaving,
     /// The server is ending the session.
@@ -95,6 +96,14 @@ pub struct App {
     next_local: u64,
     /// The connection state.
     pub conn: Conn,
+    /// Which connection changes were already said in the scrollback.
+    transitions: wording::Transitions,
+    /// Members whose connection dropped and whose name the server holds
+    /// for their return (raw names).
+    pub reconnecting: Vec<String>,
+    /// Why the server ended the session for good, to repeat on the normal
+    /// screen once the view has closed (it closes at once).
+    pub farewell: Option<String>,
     /// Whether the user asked to leave (the loop then waits for the end).
     pub quitting: bool,
     /// The host pressed Ctrl-C once on an empty line; a second one shuts
@@ -108,6 +117,13 @@ pub struct App {
     /// Consequences of the update in progress.
     effects: Effects,
 }
+
+/// The state right after joining.
+const CONNECTED: ConnectionState = ConnectionState::Connected {
+    resumed: false,
+    replayed: 0,
+    missed: 0,
+};
 
 /// Now, in ms since the Unix epoch.
 fn now_ms() -> u64 {
@@ -149,7 +165,10 @@ impl App {
             completion: None,
             unnumbered: VecDeque::new(),
             next_local: 0,
-            conn: Conn::Connected,
+            conn: Conn::Online(CONNECTED),
+            transitions: wording::Transitions::default(),
+            reconnecting: Vec::new(),
+            farewell: None,
             quitting: false,
             confirm_quit: false,
             size,
@@ -176,7 +195,13 @@ impl App {
     /// do about it. The only place the state changes.
     pub fn update(&mut self, msg: Msg) -> Effects {
         match msg {
-            Msg::Term(ev) => self.on_terminal(ev),
+            Msg::Term(ev) => {
+                // "resumed, N missed" has been seen once the user acts.
+                if let Conn::Online(ConnectionState::Connected { resumed: true, .. }) = self.conn {
+                    self.conn = Conn::Online(CONNECTED);
+                }
+                self.on_terminal(ev);
+            }
             Msg::Net(ev) => self.on_network(ev),
             Msg::Server(line) => self.info(s(&line)),
             Msg::Stop => self.quit(String::new()),
@@ -245,8 +270,14 @@ impl App {
                     self.members.push(name.clone());
                 }
             }
-            Event::Left { name, .. } => self.members.retain(|m| !same(m, name)),
+            Event::Left { name, .. } => {
+                self.members.retain(|m| !same(m, name));
+                self.reconnecting.retain(|m| !same(m, name));
+            }
             Event::Renamed { old, new } => {
+                if let Some(m) = self.reconnecting.iter_mut().find(|m| same(m, old)) {
+                    *m = new.clone();
+                }
                 if same(old, &self.me) {
                     self.info(format!("you are now known as {}", s(new)));
                     self.me = new.clone();
@@ -265,16 +296,40 @@ impl App {
                 self.members = members.iter().map(|m| m.name.clone()).collect();
             }
             Event::Kicked { by, reason } => self.conn = Conn::Closing(wording::kicked(by, reason)),
-            Event::ShuttingDown { .. } => {
-                self.conn = Conn::Closing("server shutting down".into());
+            Event::ShuttingDown { reason, back } => {
+                let words = wording::shutting_down(reason, *back);
+                if !*back {
+                    self.farewell = Some(words.clone());
+                }
+                self.conn = Conn::Closing(words);
             }
-            Event::Roster { members } => self.members = members.clone(),
-            Event::History { .. }
-            | Event::Notice { .. }
-            | Event::Failed { .. }
-            | Event::Connection(_)
-            | Event::MemberReconnecting { .. }
-            | Event::MemberReturned { .. } => {}
+            Event::Roster { members } => {
+                self.members = members.clone();
+                self.reconnecting.clear();
+            }
+            Event::MemberReconnecting { name } => {
+                if !self.reconnecting.iter().any(|m| same(m, name)) {
+                    self.reconnecting.push(name.clone());
+                }
+                if !self.members.iter().any(|m| same(m, name)) {
+                    self.members.push(name.clone());
+                }
+            }
+            Event::MemberReturned { name } => self.reconnecting.retain(|m| !same(m, name)),
+            Event::Connection(state) => {
+                // Leaving is leaving, whatever the connection does meanwhile.
+                if !self.quitting {
+                    self.conn = Conn::Online(state.clone());
+                }
+                if let Some(line) = self.transitions.line(state) {
+                    match state {
+                        ConnectionState::Lost { .. } => self.error(line),
+                        _ => self.info(line),
+                    }
+                }
+                return;
+            }
+            Event::History { .. } | Event::Notice { .. } | Event::Failed { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
@@ -470,6 +525,10 @@ impl App {
         // message will appear.
         self.scroll = 0;
         self.unseen = 0;
+        if let Some(cmd) = block(&text) {
+            self.send(cmd);
+            return;
+        }
         for line in text.split('\n') {
             match input::parse(line) {
                 Input::Nothing => {}
@@ -503,7 +562,7 @@ impl App {
                     time_ms: now_ms(),
                     kind: Kind::Own {
                         name: s(&self.me),
-                        text: s(text),
+                        text: wording::message_text(text),
                         action: matches!(cmd, Command::Action(_)),
                         delivery: Delivery::Pending,
                         local,
@@ -549,6 +608,25 @@ impl App {
         self.confirm_quit = false;
         self.conn = Conn::Leaving;
         self.effects.commands.push(Command::Quit(reason));
+    }
+}
+
+/// A block of several lines sent as one message, if `text` is one: its
+/// lines go with the first line's message (`/me` and `/msg` included);
+/// a block that starts with another command is a list of commands, one a
+/// line, as it would be typed.
+fn block(text: &str) -> Option<Command> {
+    let text = text.trim_matches('\n');
+    let (first, rest) = text.split_once('\n')?;
+    let with_rest = |t: String| format!("{t}\n{rest}");
+    match input::parse(first) {
+        Input::Send(Command::Say(t)) => Some(Command::Say(with_rest(t))),
+        Input::Send(Command::Action(t)) => Some(Command::Action(with_rest(t))),
+        Input::Send(Command::Private { to, text }) => Some(Command::Private {
+            to,
+            text: with_rest(text),
+        }),
+        _ => None,
     }
 }
 

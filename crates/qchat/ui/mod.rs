@@ -131,6 +131,13 @@ where
         }
         Err(e) => Err(e),
     };
+    // The view closed with the session: say on the normal screen why the
+    // server went away (the host's `/quit REASON`), or it is lost with it.
+    if let Some(words) = &app.farewell {
+        if !operator {
+            eprintln!("qchat: {words}");
+        }
+    }
     let terminal_failed = match outcome {
         Ok(()) => false,
         Err(e) => {

@@ -2,7 +2,7 @@
 //! Where things go is [`super::layout`]'s; what a scrollback line looks
 //! like is [`super::scrollback`]'s.
 
-use qchat_client::TrustState;
+use qchat_client::{ConnectionState, TrustState};
 use qchat_proto::names;
 use qchat_proto::text::sanitize;
 use ratatui::layout::{Position, Rect};
@@ -55,7 +55,14 @@ fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
         .into_iter()
         .map(|n| {
             let shown = sanitize(n).into_owned();
-            let mut style = Style::default().fg(name_color(&shown));
+            let away = app.reconnecting.iter().any(|r| names::fold(r) == names::fold(n));
+            let mut style = if away {
+                // Still in the room (the server holds the name), not
+                // there right now.
+                dim().add_modifier(Modifier::ITALIC)
+            } else {
+                Style::default().fg(name_color(&shown))
+            };
             if names::fold(n) == names::fold(&app.me) {
                 style = style.add_modifier(Modifier::BOLD);
             }
@@ -108,7 +115,21 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
             (None, true) => Span::styled("host", base.fg(Color::LightCyan)),
         };
         let conn = match &app.conn {
-            Conn::Connected => Span::styled("connected", base),
+            Conn::Online(state) => {
+                let style = match state {
+                    ConnectionState::Connected { .. } => base,
+                    ConnectionState::NoAnswer { .. } => base.fg(Color::LightYellow),
+                    ConnectionState::Lost { .. } | ConnectionState::Reconnecting { .. } => {
+                        base.fg(Color::LightRed).add_modifier(Modifier::BOLD)
+                    }
+                };
+                let words = match state {
+                    ConnectionState::Reconnecting { .. } if short => "reconnecting".into(),
+                    ConnectionState::NoAnswer { .. } if short => "no answer".into(),
+                    _ => crate::wording::status(state),
+                };
+                Span::styled(words, style)
+            }
             Conn::Leaving => Span::styled("leaving…", base.fg(Color::LightYellow)),
             Conn::Closing(_) if short => Span::styled("closing", base.fg(Color::LightRed)),
             Conn::Closing(why) => Span::styled(why.clone(), base.fg(Color::LightRed)),
