@@ -526,9 +526,7 @@ mod tests {
         assert_eq!(status(&connected(true, 4)), "resumed, 4 missed");
         assert_eq!(status(&connected(false, 0)), "connected");
         assert_eq!(
-            status(&ConnectionState::Lost {
-                reason: "x".into()
-            }),
+            status(&ConnectionState::Lost { reason: "x".into() }),
             "connection lost"
         );
     }

@@ -787,13 +787,203 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_paste_waits_for_enter_then_sends_each_line() {
+    fn a_paste_waits_for_enter_then_is_one_message() {
         let mut a = app();
         let fx = a.update(Msg::Term(TermEvent::Paste("one\ntwo\n".into())));
         assert!(fx.commands.is_empty());
+        assert_eq!(enter(&mut a), [Command::Say("one\ntwo".into())]);
+        // Shown once, with its lines, pending until delivered.
+        assert_eq!(
+            own_lines(&a),
+            [("one\ntwo".into(), None, Delivery::Pending)]
+        );
+        // Alt-Enter writes a block by hand; /me and /msg take it whole.
+        typed(&mut a, "/me waves");
+        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
+            KeyCode::Enter,
+            KeyModifiers::ALT,
+        ))));
+        typed(&mut a, "twice");
+        assert_eq!(enter(&mut a), [Command::Action("waves\ntwice".into())]);
+        a.update(Msg::Term(TermEvent::Paste("/msg alice a\nb".into())));
         assert_eq!(
             enter(&mut a),
-            [Command::Say("one".into()), Command::Say("two".into())]
+            [Command::Private {
+                to: "alice".into(),
+                text: "a\nb".into()
+            }]
+        );
+        // A pasted list of commands is still commands, one a line.
+        a.update(Msg::Term(TermEvent::Paste("/nick robert\n/who".into())));
+        assert_eq!(
+            enter(&mut a),
+            [Command::Nick("robert".into()), Command::Who]
+        );
+    }
+
+    fn connection(state: ConnectionState) -> Msg {
+        Msg::Net(Event::Connection(state))
+    }
+
+    fn status(a: &App) -> String {
+        match &a.conn {
+            Conn::Online(state) => wording::status(state),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn infos(a: &App) -> Vec<String> {
+        a.lines
+            .iter()
+            .filter_map(|l| match &l.kind {
+                Kind::Info(t) | Kind::Error(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_status_line_follows_the_connection_and_the_conversation_stays() {
+        let mut a = app();
+        assert_eq!(status(&a), "connected");
+        typed(&mut a, "before");
+        enter(&mut a);
+        a.update(Msg::Net(Event::Sent { seq: 1 }));
+        a.update(Msg::Net(Event::Delivered { seq: 1 }));
+        a.update(connection(ConnectionState::NoAnswer { secs: 2 }));
+        assert_eq!(status(&a), "no answer for 2s");
+        a.update(connection(ConnectionState::NoAnswer { secs: 3 }));
+        assert_eq!(status(&a), "no answer for 3s");
+        a.update(connection(ConnectionState::Lost {
+            reason: "timed out".into(),
+        }));
+        assert_eq!(status(&a), "connection lost");
+        a.update(connection(ConnectionState::Reconnecting {
+            attempt: 3,
+            next_in: std::time::Duration::from_secs(4),
+        }));
+        assert_eq!(status(&a), "reconnecting (attempt 3, next in 4s)");
+        // Typed while disconnected: shown at once, pending.
+        typed(&mut a, "meanwhile");
+        assert_eq!(enter(&mut a), [Command::Say("meanwhile".into())]);
+        a.update(Msg::Net(Event::Sent { seq: 2 }));
+        a.update(connection(ConnectionState::Connected {
+            resumed: true,
+            replayed: 5,
+            missed: 2,
+        }));
+        assert_eq!(status(&a), "resumed, 2 missed");
+        assert_eq!(
+            own_lines(&a),
+            [
+                ("before".into(), Some(1), Delivery::Delivered),
+                ("meanwhile".into(), Some(2), Delivery::Pending)
+            ]
+        );
+        a.update(Msg::Net(Event::Delivered { seq: 2 }));
+        assert_eq!(own_lines(&a)[1].2, Delivery::Delivered);
+        // Seen once the user acts, then back to plain "connected".
+        typed(&mut a, "x");
+        assert_eq!(status(&a), "connected");
+        // One line per transition, and the header is still there.
+        let said = infos(&a);
+        assert!(said[0].starts_with("connected to den"), "{said:?}");
+        let news: Vec<&str> = said[2..].iter().map(String::as_str).collect();
+        assert_eq!(
+            news,
+            [
+                "no answer for 2s",
+                "connection lost: timed out",
+                "reconnecting (attempt 3, next in 4s)",
+                "reconnected, 2 missed"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_line_says_so() {
+        let mut a = app();
+        typed(&mut a, "spam");
+        enter(&mut a);
+        a.update(Msg::Net(Event::Sent { seq: 4 }));
+        a.update(Msg::Net(Event::Refused {
+            seq: 4,
+            reason: "too long".into(),
+        }));
+        assert_eq!(own_lines(&a), [("spam".into(), Some(4), Delivery::Refused)]);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("message not sent: too long")
+        );
+    }
+
+    #[test]
+    fn reconnecting_members_are_marked_until_they_return_or_leave() {
+        let mut a = app();
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "alice".into(),
+        }));
+        assert_eq!(a.reconnecting, ["alice"]);
+        assert_eq!(a.members, ["alice", "bob"], "still in the room");
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("alice is reconnecting")
+        );
+        a.update(Msg::Net(Event::MemberReturned {
+            name: "Alice".into(),
+        }));
+        assert!(a.reconnecting.is_empty());
+        assert_eq!(infos(&a).last().map(String::as_str), Some("Alice is back"));
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "alice".into(),
+        }));
+        a.update(Msg::Net(Event::Left {
+            name: "alice".into(),
+            reason: String::new(),
+        }));
+        assert!(a.reconnecting.is_empty());
+        assert_eq!(a.members, ["bob"]);
+        // A new roster (our own rejoin) replaces the room.
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "carol".into(),
+        }));
+        a.update(Msg::Net(Event::Roster {
+            members: vec!["bob".into(), "dave".into()],
+        }));
+        assert_eq!(a.members, ["bob", "dave"]);
+        assert!(a.reconnecting.is_empty());
+    }
+
+    #[test]
+    fn the_shutdown_reason_is_kept_and_a_restart_is_not_an_end() {
+        let mut a = app();
+        a.update(Msg::Net(Event::ShuttingDown {
+            reason: "upgrade".into(),
+            back: true,
+        }));
+        assert_eq!(
+            a.conn,
+            Conn::Closing("server restarting: upgrade, reconnecting".into())
+        );
+        assert_eq!(a.farewell, None);
+        // The reconnect takes over the status line.
+        a.update(connection(ConnectionState::Reconnecting {
+            attempt: 1,
+            next_in: std::time::Duration::from_millis(300),
+        }));
+        assert_eq!(status(&a), "reconnecting (attempt 1, next in 1s)");
+        let mut a = app();
+        a.update(Msg::Net(Event::ShuttingDown {
+            reason: "closing time".into(),
+            back: false,
+        }));
+        assert_eq!(
+            a.farewell.as_deref(),
+            Some("server shutting down: closing time")
+        );
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("server shutting down: closing time")
         );
     }
 

@@ -55,7 +55,10 @@ fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
         .into_iter()
         .map(|n| {
             let shown = sanitize(n).into_owned();
-            let away = app.reconnecting.iter().any(|r| names::fold(r) == names::fold(n));
+            let away = app
+                .reconnecting
+                .iter()
+                .any(|r| names::fold(r) == names::fold(n));
             let mut style = if away {
                 // Still in the room (the server holds the name), not
                 // there right now.
