@@ -454,3 +454,37 @@ fn a_narrow_status_line_keeps_the_connection_and_trust_state() {
             .any(|r| r.contains("unverified") && r.contains("connected"))
     });
 }
+
+#[test]
+fn the_hosts_quit_reason_reaches_members_in_every_interface() {
+    let (sh, bh, ch) = (Home::new(), Home::new(), Home::new());
+    let mut host = Tui::spawn(
+        "host",
+        &sh,
+        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
+        false,
+    );
+    host.wait_text("others connect with:");
+    let target = connect_target(&host);
+    let mut carol = util::connect(&ch, &target, "carol", &["--accept-new"]);
+    carol.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
+    // bob in the full-screen view, with a shell behind him to keep the
+    // normal screen readable after he has gone.
+    let mut bob = Tui::spawn(
+        "bob",
+        &bh,
+        &["connect", &target, "--name", "bob", "--accept-new"],
+        true,
+    );
+    bob.wait_text("in the room:");
+    host.wait_text("* bob joined");
+    host.type_keys("/quit closing time\r");
+    carol.expect_out("* host left (closing time)");
+    carol.expect_out("* server shutting down: closing time");
+    // The view closes with the session; the reason stays on the screen.
+    bob.wait_text("[exit=");
+    bob.wait_text("qchat: server shutting down: closing time");
+    assert_eq!(host.exit_code(), 0, "{}", host.screen());
+}

@@ -106,6 +106,9 @@ pub struct App {
     pub farewell: Option<String>,
     /// Whether the user asked to leave (the loop then waits for the end).
     pub quitting: bool,
+    /// The reason given with `/quit`, if one was: the host's becomes the
+    /// reason the server gives everyone for shutting down.
+    pub quit_reason: String,
     /// The host pressed Ctrl-C once on an empty line; a second one shuts
     /// the server down.
     pub confirm_quit: bool,
@@ -170,6 +173,7 @@ impl App {
             reconnecting: Vec::new(),
             farewell: None,
             quitting: false,
+            quit_reason: String::new(),
             confirm_quit: false,
             size,
             offset,
@@ -607,6 +611,7 @@ impl App {
         self.quitting = true;
         self.confirm_quit = false;
         self.conn = Conn::Leaving;
+        self.quit_reason.clone_from(&reason);
         self.effects.commands.push(Command::Quit(reason));
     }
 }
