@@ -344,7 +344,7 @@ fn ctrl_c_restores_the_terminal() {
 }
 
 #[test]
-fn a_pasted_block_waits_for_enter() {
+fn a_pasted_block_waits_for_enter_and_is_one_message() {
     let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
     let server = util::Server::start(&sh);
     let mut alice = util::join(&ah, &server, "alice");
@@ -356,13 +356,14 @@ fn a_pasted_block_waits_for_enter() {
     // nothing: alice gets the block only when Enter is pressed.
     bob.type_keys("!\r");
     alice.expect_out("<bob> line one");
-    alice.expect_out("<bob> line two!");
+    // One message with its lines: the continuation is indented.
+    alice.expect_out("  line two!");
     let seen = alice.stdout_so_far();
     let first = seen
         .iter()
         .position(|l| l.starts_with("<bob>"))
         .expect("bob's lines");
-    assert_eq!(seen[first..], ["<bob> line one", "<bob> line two!"]);
+    assert_eq!(seen[first..], ["<bob> line one", "  line two!"]);
 }
 
 /// The first `qchat connect ADDR` address on the host's screen.
@@ -472,7 +473,7 @@ fn the_hosts_quit_reason_reaches_members_in_every_interface() {
     });
     // bob in the full-screen view, with a shell behind him to keep the
     // normal screen readable after he has gone.
-    let mut bob = Tui::spawn(
+    let bob = Tui::spawn(
         "bob",
         &bh,
         &["connect", &target, "--name", "bob", "--accept-new"],
@@ -487,4 +488,35 @@ fn the_hosts_quit_reason_reaches_members_in_every_interface() {
     bob.wait_text("[exit=");
     bob.wait_text("qchat: server shutting down: closing time");
     assert_eq!(host.exit_code(), 0, "{}", host.screen());
+}
+
+#[test]
+fn a_pasted_block_is_one_message_shown_indented() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    // A bracketed paste, as a terminal sends one, then Enter.
+    bob.type_keys("\x1b[200~first line\r\nsecond line\r\nthird line\x1b[201~");
+    bob.wait_for("the block in the input", |rows| {
+        rows.iter().any(|r| r.contains("third line"))
+    });
+    bob.type_keys("\r");
+    alice.expect_out("<bob> first line");
+    alice.expect_out("  second line");
+    alice.expect_out("  third line");
+    // One message, not three: the next line is a new message.
+    bob.type_keys("after\r");
+    alice.expect_out("<bob> after");
+    // In the view, the continuation lines sit under the text.
+    bob.wait_for("the block indented under its author", |rows| {
+        let at = rows.iter().position(|r| r.contains("<bob> first line"));
+        at.is_some_and(|i| {
+            rows.get(i + 1)
+                .is_some_and(|r| r.starts_with("      second line"))
+                && rows
+                    .get(i + 2)
+                    .is_some_and(|r| r.starts_with("      third line"))
+        })
+    });
 }
