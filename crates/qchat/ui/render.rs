@@ -253,6 +253,52 @@ mod tests {
     }
 
     #[test]
+    fn the_status_line_says_reconnecting_and_the_list_marks_the_absent() {
+        use qchat_client::ConnectionState;
+        let mut a = app((100, 8));
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "alice".into(),
+        }));
+        a.update(Msg::Net(Event::Connection(ConnectionState::Reconnecting {
+            attempt: 2,
+            next_in: std::time::Duration::from_secs(4),
+        })));
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(
+            rows[6].contains("│ reconnecting (attempt 2, next in 4s)"),
+            "{all}"
+        );
+        assert!(all.contains("* alice is reconnecting"), "{all}");
+        // Still listed, in the absent style.
+        let t = Terminal::new(TestBackend::new(100, 8));
+        let mut t = t.expect("test terminal");
+        let frame = t.draw(|f| draw(f, &a)).expect("draw");
+        let buf = frame.buffer.clone();
+        // The member list is on the right: the rightmost "alice".
+        let (x, y) = (0..6u16)
+            .flat_map(|y| (0..95u16).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                (0..5u16)
+                    .map(|i| buf[(x + i, y)].symbol())
+                    .collect::<String>()
+                    == "alice"
+            })
+            .max()
+            .expect("alice in the member list");
+        assert!(x > 60, "{all}");
+        assert_eq!(buf[(x, y)].fg, Color::DarkGray, "{all}");
+        // Narrow: still says it, in short.
+        let mut a = app((30, 8));
+        a.update(Msg::Net(Event::Connection(ConnectionState::Reconnecting {
+            attempt: 2,
+            next_in: std::time::Duration::from_secs(4),
+        })));
+        let (rows, _) = screen(&a);
+        assert!(rows[6].contains("reconnecting"), "{}", rows.join("\n"));
+    }
+
+    #[test]
     fn status_line_priorities_when_scrolled_and_narrow() {
         let mut a = app((30, 8));
         for i in 0..20 {
