@@ -94,6 +94,9 @@ pub struct App {
     unnumbered: VecDeque<Option<u64>>,
     /// The local id of our next own line.
     next_local: u64,
+    /// The longest message text the server accepts, in bytes: a block
+    /// longer than this goes as several messages, split between lines.
+    pub max_message: usize,
     /// The connection state.
     pub conn: Conn,
     /// Which connection changes were already said in the scrollback.
@@ -168,6 +171,7 @@ impl App {
             completion: None,
             unnumbered: VecDeque::new(),
             next_local: 0,
+            max_message: qchat_proto::limits::MAX_MESSAGE_BYTES,
             conn: Conn::Online(CONNECTED),
             transitions: wording::Transitions::default(),
             reconnecting: Vec::new(),
@@ -201,7 +205,11 @@ impl App {
         match msg {
             Msg::Term(ev) => {
                 // "resumed, N missed" has been seen once the user acts.
-                if let Conn::Online(ConnectionState::Connected { resumed: true, .. }) = self.conn {
+                if let (
+                    TermEvent::Key(_) | TermEvent::Paste(_),
+                    Conn::Online(ConnectionState::Connected { resumed: true, .. }),
+                ) = (&ev, &self.conn)
+                {
                     self.conn = Conn::Online(CONNECTED);
                 }
                 self.on_terminal(ev);
@@ -530,7 +538,9 @@ impl App {
         self.scroll = 0;
         self.unseen = 0;
         if let Some(cmd) = block(&text) {
-            self.send(cmd);
+            for cmd in split_block(cmd, self.max_message) {
+                self.send(cmd);
+            }
             return;
         }
         for line in text.split('\n') {
@@ -633,6 +643,43 @@ fn block(text: &str) -> Option<Command> {
         }),
         _ => None,
     }
+}
+
+/// A block too long for one message, as several, each as many whole lines
+/// as fit in `max` bytes: refused whole, a long paste would be lost, and
+/// cut mid-line it would read wrongly. A single line longer than `max`
+/// goes alone and is refused with the reason, never truncated.
+fn split_block(cmd: Command, max: usize) -> Vec<Command> {
+    let text = match &cmd {
+        Command::Say(t) | Command::Action(t) | Command::Private { text: t, .. } => t,
+        _ => return vec![cmd],
+    };
+    if text.len() <= max {
+        return vec![cmd];
+    }
+    let mut pieces = Vec::new();
+    let mut piece = String::new();
+    for line in text.split('\n') {
+        if !piece.is_empty() && piece.len() + 1 + line.len() > max {
+            pieces.push(std::mem::take(&mut piece));
+        }
+        if !piece.is_empty() {
+            piece.push('\n');
+        }
+        piece.push_str(line);
+    }
+    pieces.push(piece);
+    pieces
+        .into_iter()
+        .map(|text| match &cmd {
+            Command::Action(_) => Command::Action(text),
+            Command::Private { to, .. } => Command::Private {
+                to: to.clone(),
+                text,
+            },
+            _ => Command::Say(text),
+        })
+        .collect()
 }
 
 /// Whether two names are the same name, as the server decides it.
@@ -823,6 +870,31 @@ pub(crate) mod tests {
         assert_eq!(
             enter(&mut a),
             [Command::Nick("robert".into()), Command::Who]
+        );
+    }
+
+    #[test]
+    fn a_block_too_long_for_one_message_goes_as_several_between_lines() {
+        let mut a = app();
+        a.max_message = 10;
+        a.update(Msg::Term(TermEvent::Paste(
+            "aaaa\nbbbb\ncccc\nthis one is long\ndd".into(),
+        )));
+        assert_eq!(
+            enter(&mut a),
+            [
+                Command::Say("aaaa\nbbbb".into()),
+                Command::Say("cccc".into()),
+                Command::Say("this one is long".into()),
+                Command::Say("dd".into()),
+            ]
+        );
+        // Every piece is shown, pending, in order.
+        assert_eq!(own_lines(&a).len(), 4);
+        // A block that fits is one message.
+        assert_eq!(
+            split_block(Command::Action("a\nb".into()), 10),
+            [Command::Action("a\nb".into())]
         );
     }
 
