@@ -520,3 +520,41 @@ fn a_pasted_block_is_one_message_shown_indented() {
         })
     });
 }
+
+#[test]
+fn a_150_line_paste_arrives_whole_and_nobody_is_disconnected() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    // 150 lines of 40 bytes: more than one message may hold, so it goes
+    // as a few, split between lines.
+    let lines: Vec<String> = (1..=150)
+        .map(|i| format!("pasted line {i:03} of a long block......"))
+        .collect();
+    bob.type_keys(&format!("\x1b[200~{}\x1b[201~", lines.join("\r\n")));
+    bob.wait_text("pasted line 150");
+    bob.type_keys("\r");
+    alice.expect(Stream::Out, "the last pasted line", |l| {
+        l.ends_with("pasted line 150 of a long block......")
+    });
+    bob.type_keys("still here\r");
+    alice.expect_out("<bob> still here");
+    let seen = alice.stdout_so_far();
+    let got: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("<bob> ")
+                .or_else(|| l.strip_prefix("  "))
+                .filter(|t| t.starts_with("pasted line"))
+        })
+        .collect();
+    assert_eq!(got, lines, "{seen:?}");
+    // A few messages, not 150.
+    let messages = seen
+        .iter()
+        .filter(|l| l.starts_with("<bob> pasted line"))
+        .count();
+    assert!((2..=3).contains(&messages), "{messages} messages: {seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("bob left")), "{seen:?}");
+}
