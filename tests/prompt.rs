@@ -290,3 +290,30 @@ fn the_name_prompt_offers_the_login_name_and_asks_again_when_it_is_taken() {
         "{transcript}"
     );
 }
+
+/// The question never races the server's hello deadline: the first
+/// connection is closed while the person decides, and the client joins on
+/// a new one with the pin just stored. The wait is the point of the test;
+/// the server's deadline is shortened so that the wait can be short too.
+#[test]
+fn a_slow_yes_still_joins() {
+    let (hs, hc, ha) = (Home::new(), Home::new(), Home::new());
+    let server = Server::start_on(&hs, "127.0.0.1:0", &["--hello-timeout", "1"]);
+    let mut alice = join(&ha, &server, "alice");
+    let mut pty = connect_on_pty(&hc, &server, &[]);
+    expect_first_contact(&mut pty, &server, &hs);
+    // Three times the server's deadline.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    pty.send_line("yes");
+    pty.expect("permanently added");
+    pty.expect(&format!(
+        "* connected to qchat at {} (trusted on first use) as x",
+        server.target()
+    ));
+    alice.expect_out("* x joined");
+    pty.send_line("made it");
+    alice.expect_out("<x> made it");
+    pty.end_input();
+    let (code, out) = pty.finish();
+    assert_eq!(code, 0, "{out}");
+}

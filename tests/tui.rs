@@ -344,7 +344,7 @@ fn ctrl_c_restores_the_terminal() {
 }
 
 #[test]
-fn a_pasted_block_waits_for_enter() {
+fn a_pasted_block_waits_for_enter_and_is_one_message() {
     let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
     let server = util::Server::start(&sh);
     let mut alice = util::join(&ah, &server, "alice");
@@ -356,13 +356,14 @@ fn a_pasted_block_waits_for_enter() {
     // nothing: alice gets the block only when Enter is pressed.
     bob.type_keys("!\r");
     alice.expect_out("<bob> line one");
-    alice.expect_out("<bob> line two!");
+    // One message with its lines: the continuation is indented.
+    alice.expect_out("  line two!");
     let seen = alice.stdout_so_far();
     let first = seen
         .iter()
         .position(|l| l.starts_with("<bob>"))
         .expect("bob's lines");
-    assert_eq!(seen[first..], ["<bob> line one", "<bob> line two!"]);
+    assert_eq!(seen[first..], ["<bob> line one", "  line two!"]);
 }
 
 /// The first `qchat connect ADDR` address on the host's screen.
@@ -453,4 +454,107 @@ fn a_narrow_status_line_keeps_the_connection_and_trust_state() {
         rows.iter()
             .any(|r| r.contains("unverified") && r.contains("connected"))
     });
+}
+
+#[test]
+fn the_hosts_quit_reason_reaches_members_in_every_interface() {
+    let (sh, bh, ch) = (Home::new(), Home::new(), Home::new());
+    let mut host = Tui::spawn(
+        "host",
+        &sh,
+        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
+        false,
+    );
+    host.wait_text("others connect with:");
+    let target = connect_target(&host);
+    let mut carol = util::connect(&ch, &target, "carol", &["--accept-new"]);
+    carol.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
+    // bob in the full-screen view, with a shell behind him to keep the
+    // normal screen readable after he has gone.
+    let bob = Tui::spawn(
+        "bob",
+        &bh,
+        &["connect", &target, "--name", "bob", "--accept-new"],
+        true,
+    );
+    bob.wait_text("in the room:");
+    host.wait_text("* bob joined");
+    host.type_keys("/quit closing time\r");
+    carol.expect_out("* host left (closing time)");
+    carol.expect_out("* server shutting down: closing time");
+    // The view closes with the session; the reason stays on the screen.
+    bob.wait_text("[exit=");
+    bob.wait_text("qchat: server shutting down: closing time");
+    assert_eq!(host.exit_code(), 0, "{}", host.screen());
+}
+
+#[test]
+fn a_pasted_block_is_one_message_shown_indented() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    // A bracketed paste, as a terminal sends one, then Enter.
+    bob.type_keys("\x1b[200~first line\r\nsecond line\r\nthird line\x1b[201~");
+    bob.wait_for("the block in the input", |rows| {
+        rows.iter().any(|r| r.contains("third line"))
+    });
+    bob.type_keys("\r");
+    alice.expect_out("<bob> first line");
+    alice.expect_out("  second line");
+    alice.expect_out("  third line");
+    // One message, not three: the next line is a new message.
+    bob.type_keys("after\r");
+    alice.expect_out("<bob> after");
+    // In the view, the continuation lines sit under the text.
+    bob.wait_for("the block indented under its author", |rows| {
+        let at = rows.iter().position(|r| r.contains("<bob> first line"));
+        at.is_some_and(|i| {
+            rows.get(i + 1)
+                .is_some_and(|r| r.starts_with("      second line"))
+                && rows
+                    .get(i + 2)
+                    .is_some_and(|r| r.starts_with("      third line"))
+        })
+    });
+}
+
+#[test]
+fn a_150_line_paste_arrives_whole_and_nobody_is_disconnected() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    // 150 lines of 40 bytes: more than one message may hold, so it goes
+    // as a few, split between lines.
+    let lines: Vec<String> = (1..=150)
+        .map(|i| format!("pasted line {i:03} of a long block......"))
+        .collect();
+    bob.type_keys(&format!("\x1b[200~{}\x1b[201~", lines.join("\r\n")));
+    bob.wait_text("pasted line 150");
+    bob.type_keys("\r");
+    alice.expect(Stream::Out, "the last pasted line", |l| {
+        l.ends_with("pasted line 150 of a long block......")
+    });
+    bob.type_keys("still here\r");
+    alice.expect_out("<bob> still here");
+    let seen = alice.stdout_so_far();
+    let got: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("<bob> ")
+                .or_else(|| l.strip_prefix("  "))
+                .filter(|t| t.starts_with("pasted line"))
+        })
+        .collect();
+    assert_eq!(got, lines, "{seen:?}");
+    // A few messages, not 150.
+    let messages = seen
+        .iter()
+        .filter(|l| l.starts_with("<bob> pasted line"))
+        .count();
+    assert!((2..=3).contains(&messages), "{messages} messages: {seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("bob left")), "{seen:?}");
 }

@@ -16,6 +16,15 @@
 //! * notice: TEXT                   a notice from the server
 //! * kicked by op: REASON           you were removed
 //! * server shutting down: REASON
+//! * server restarting: REASON, reconnecting
+//! * alice is reconnecting          her connection dropped; the server holds her name
+//! * alice is back                  …and she came back in time (no leave/join pair)
+//! * no answer for 2s               the server went quiet (said once)
+//! * connection lost: REASON        our connection dropped
+//! * reconnecting (attempt 2, next in 4s)
+//! * reconnected, 3 missed          back; ", N missed" only if some could not be replayed
+//! <alice> first line               a multi-line message: continuation lines
+//!   second line                    start with two spaces
 //! ```
 //!
 //! The words come from [`crate::wording`], shared with the full-screen
@@ -53,8 +62,18 @@ where
     spawn_stdin_reader(cmd_tx, about);
     let net = tokio::spawn(session::run(link, cmd_rx, ev_tx));
 
+    let mut transitions = wording::Transitions::default();
     while let Some(ev) = ev_rx.recv().await {
-        print_event(&mut out, &ev);
+        match &ev {
+            // One line per change, not one per report.
+            Event::Connection(state) => {
+                if let Some(line) = transitions.line(state) {
+                    let _ = writeln!(out, "* {line}");
+                    let _ = out.flush();
+                }
+            }
+            _ => print_event(&mut out, &ev),
+        }
     }
     let ended = match net.await {
         Ok(e) => e,

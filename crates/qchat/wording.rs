@@ -60,7 +60,7 @@ pub fn event(ev: &Event) -> Option<Words> {
         Words::Said(Said {
             from: s(from),
             to: to.map(s),
-            text: s(text),
+            text: message_text(text),
             action,
             history,
         })
@@ -86,11 +86,7 @@ pub fn event(ev: &Event) -> Option<Words> {
         },
         Event::Notice { text } => Words::Info(format!("notice: {}", s(text))),
         Event::Kicked { by, reason } => Words::Removed(kicked(by, reason)),
-        Event::ShuttingDown { reason, back } => Words::Info(if *back {
-            format!("server restarting: {}", s(reason))
-        } else {
-            format!("server shutting down: {}", s(reason))
-        }),
+        Event::ShuttingDown { reason, back } => Words::Info(shutting_down(reason, *back)),
         Event::Connection(state) => Words::Info(connection(state)),
         Event::MemberReconnecting { name } => Words::Info(format!("{} is reconnecting", s(name))),
         Event::MemberReturned { name } => Words::Info(format!("{} is back", s(name))),
@@ -100,6 +96,99 @@ pub fn event(ev: &Event) -> Option<Words> {
         }
         Event::Sent { .. } | Event::Delivered { .. } | Event::Roster { .. } => return None,
     })
+}
+
+/// Sanitised like [`s`], except that a line break stays a line break:
+/// a multi-line message is shown as lines (each one sanitised), never as
+/// `^J`. Names and reasons go through [`s`], where a line break is an
+/// escape, because they are one line by definition.
+pub fn message_text(text: &str) -> String {
+    if !text.contains('\n') {
+        return s(text);
+    }
+    text.split('\n').map(s).collect::<Vec<_>>().join("\n")
+}
+
+/// The server is going away: for good (the host's `/quit REASON`, an
+/// operator's Ctrl-C) or for a restart, after which the client comes back
+/// by itself.
+pub fn shutting_down(reason: &str, back: bool) -> String {
+    match (back, reason.is_empty()) {
+        (true, true) => "server restarting, reconnecting".into(),
+        (true, false) => format!("server restarting: {}, reconnecting", s(reason)),
+        (false, true) => "server shutting down".into(),
+        (false, false) => format!("server shutting down: {}", s(reason)),
+    }
+}
+
+/// Seconds to show for a wait: rounded up, so "next in 0s" is never shown
+/// while something is still to come.
+fn secs_up(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The connection's state as the full-screen status line shows it: short,
+/// and true for as long as it lasts.
+pub fn status(state: &ConnectionState) -> String {
+    match state {
+        ConnectionState::Connected {
+            resumed: true,
+            missed,
+            ..
+        } => format!("resumed, {missed} missed"),
+        ConnectionState::Connected { .. } => "connected".into(),
+        ConnectionState::Lost { .. } => "connection lost".into(),
+        other => connection(other),
+    }
+}
+
+/// Which changes of the connection's state deserve a line of their own:
+/// one line per transition, not one per report (the network task reports
+/// `NoAnswer` every second while it lasts). Both interfaces keep one.
+#[derive(Debug, Default)]
+pub struct Transitions {
+    /// The connection dropped and is not back yet.
+    down: bool,
+    /// The server has not answered for a while (already said).
+    silent: bool,
+}
+
+impl Transitions {
+    /// The line for `state`, if it is news.
+    pub fn line(&mut self, state: &ConnectionState) -> Option<String> {
+        match state {
+            ConnectionState::NoAnswer { .. } if self.silent || self.down => None,
+            ConnectionState::NoAnswer { .. } => {
+                self.silent = true;
+                Some(connection(state))
+            }
+            ConnectionState::Lost { .. } => {
+                self.down = true;
+                self.silent = false;
+                Some(connection(state))
+            }
+            ConnectionState::Reconnecting { .. } => {
+                self.down = true;
+                Some(connection(state))
+            }
+            ConnectionState::Connected {
+                resumed, missed, ..
+            } => {
+                let (down, silent) = (self.down, self.silent);
+                self.down = false;
+                self.silent = false;
+                match (down, missed) {
+                    (true, 0) => Some("reconnected".into()),
+                    (true, n) => Some(format!("reconnected, {n} missed")),
+                    // A resume after a start by hand (the resume point
+                    // was on disk): worth saying how much came back.
+                    (false, n) if *resumed && *n > 0 => Some(format!("resumed, {n} missed")),
+                    (false, _) if silent => Some("the server answers again".into()),
+                    (false, _) => None,
+                }
+            }
+        }
+    }
 }
 
 /// A change of the connection's state, in words: the plain interface prints
@@ -121,7 +210,7 @@ pub fn connection(state: &ConnectionState) -> String {
         ConnectionState::Lost { reason } => format!("connection lost: {}", s(reason)),
         ConnectionState::Reconnecting { attempt, next_in } => format!(
             "reconnecting (attempt {attempt}, next in {}s)",
-            next_in.as_secs()
+            secs_up(*next_in)
         ),
     }
 }
@@ -257,11 +346,17 @@ pub fn plain(words: &Words) -> Result<String, String> {
     }
 }
 
+/// How plain mode starts the continuation lines of a multi-line message:
+/// no other output line starts with a space, so a script can tell them
+/// from new lines.
+pub const CONTINUATION: &str = "  ";
+
 fn plain_said(m: &Said) -> String {
+    let text = m.text.replace('\n', &format!("\n{CONTINUATION}"));
     let body = match (&m.to, m.action) {
-        (Some(to), _) => format!("[{} -> {}] {}", m.from, to, m.text),
-        (None, true) => format!("* {} {}", m.from, m.text),
-        (None, false) => format!("<{}> {}", m.from, m.text),
+        (Some(to), _) => format!("[{} -> {}] {}", m.from, to, text),
+        (None, true) => format!("* {} {}", m.from, text),
+        (None, false) => format!("<{}> {}", m.from, text),
     };
     if m.history {
         format!("[history] {body}")
@@ -342,6 +437,97 @@ mod tests {
                 reason: "maintenance".into()
             }),
             "* server shutting down: maintenance"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_message_keeps_its_lines_indented_and_sanitised() {
+        assert_eq!(
+            line(Event::Chat {
+                from: "alice".into(),
+                text: "first\nsecond\u{1b}[2J\nthird".into(),
+                time_ms: 0
+            }),
+            "<alice> first\n  second^[[2J\n  third"
+        );
+        // A name is one line: a break in it stays an escape.
+        assert_eq!(
+            line(Event::Joined {
+                name: "eve\nmallory".into()
+            }),
+            "* eve^Jmallory joined"
+        );
+    }
+
+    #[test]
+    fn shutting_down_says_whether_the_server_comes_back() {
+        let says = |reason: &str, back| {
+            line(Event::ShuttingDown {
+                reason: reason.into(),
+                back,
+            })
+        };
+        assert_eq!(
+            says("upgrade", true),
+            "* server restarting: upgrade, reconnecting"
+        );
+        assert_eq!(says("", true), "* server restarting, reconnecting");
+        assert_eq!(says("bye all", false), "* server shutting down: bye all");
+        assert_eq!(says("", false), "* server shutting down");
+    }
+
+    #[test]
+    fn one_line_per_connection_transition() {
+        use std::time::Duration;
+        let mut t = Transitions::default();
+        let connected = |resumed, missed| ConnectionState::Connected {
+            resumed,
+            replayed: 3,
+            missed,
+        };
+        // The first join says nothing: the header said it.
+        assert_eq!(t.line(&connected(false, 0)), None);
+        assert_eq!(
+            t.line(&ConnectionState::NoAnswer { secs: 2 }).as_deref(),
+            Some("no answer for 2s")
+        );
+        assert_eq!(t.line(&ConnectionState::NoAnswer { secs: 3 }), None);
+        let lost = t
+            .line(&ConnectionState::Lost {
+                reason: "timed out".into(),
+            })
+            .expect("a line");
+        assert!(lost.starts_with("connection lost"), "{lost}");
+        assert_eq!(
+            t.line(&ConnectionState::Reconnecting {
+                attempt: 2,
+                next_in: Duration::from_millis(1500),
+            })
+            .as_deref(),
+            Some("reconnecting (attempt 2, next in 2s)")
+        );
+        assert_eq!(t.line(&ConnectionState::NoAnswer { secs: 9 }), None);
+        assert_eq!(t.line(&connected(true, 0)).as_deref(), Some("reconnected"));
+        assert_eq!(t.line(&connected(false, 0)), None);
+        t.line(&ConnectionState::Lost {
+            reason: String::new(),
+        });
+        assert_eq!(
+            t.line(&connected(true, 4)).as_deref(),
+            Some("reconnected, 4 missed")
+        );
+        // Silence that ends without a drop.
+        t.line(&ConnectionState::NoAnswer { secs: 2 });
+        assert_eq!(
+            t.line(&connected(false, 0)).as_deref(),
+            Some("the server answers again")
+        );
+        // The status line's words.
+        assert_eq!(status(&connected(true, 4)), "resumed, 4 missed");
+        assert_eq!(status(&connected(false, 0)), "connected");
+        assert_eq!(
+            status(&ConnectionState::Lost { reason: "x".into() }),
+            "connection lost"
         );
     }
 

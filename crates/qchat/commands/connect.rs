@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use qchat_client::reconnect::Dialer;
 use qchat_client::resume::ResumeStore;
 use qchat_client::{
-    ConnectError, Greeting, HelloError, Link, Network, TrustMode, TrustPlan, TrustState,
+    ConnectError, Decision, Greeting, HelloError, Link, Network, TrustMode, TrustPlan,
+    TrustState, UnknownServer,
 };
 use qchat_proto::{names, RejectReason};
 
@@ -90,6 +91,11 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             if std::io::stderr().is_terminal() {
                 // Otherwise a slow or silent server is a blank screen.
                 eprintln!("connecting to {}…", plan.host);
+            }
+            if plan.needs_decision() {
+                // The new pin is on disk now: connect with it below.
+                first_contact(&endpoint, addr, &plan).await?;
+                plan = load()?;
             }
             let (conn, trust, fingerprint) =
                 qchat_client::connect(&endpoint, addr, &plan, crate::prompt::confirm_unknown)
@@ -179,4 +185,62 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(code)
     })
+}
+
+/// The first contact with an unknown server, when the user is to decide:
+/// look at the key the server presents, close that connection politely,
+/// and only then ask. A person may take as long as they like to compare
+/// fingerprints, and the server's hello deadline runs on a connection that
+/// is not there; the caller connects again with the pin this stores.
+async fn first_contact(
+    endpoint: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    plan: &TrustPlan,
+) -> Result<()> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<UnknownServer>));
+    let keep = std::sync::Arc::clone(&seen);
+    // Declining closes the connection with code 0 before anything is sent:
+    // the polite way to hang up while the person decides.
+    let look = move |info: UnknownServer| {
+        if let Ok(mut slot) = keep.lock() {
+            *slot = Some(info);
+        }
+        Decision::Refuse
+    };
+    match qchat_client::connect(endpoint, addr, plan, look).await {
+        Err(ConnectError::Declined { .. }) => {}
+        Err(e) => return Err(e.into()),
+        Ok(_) => bail!(
+            "internal error: the first look at {} was not closed",
+            plan.host
+        ),
+    }
+    let info = seen
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take())
+        .context("internal error: the server's key was not recorded")?;
+    let presented = info.fingerprint;
+    let decision = tokio::task::spawn_blocking(move || crate::prompt::confirm_unknown(info))
+        .await
+        .context("the trust prompt failed")?;
+    if decision == Decision::Refuse {
+        return Err(ConnectError::Declined {
+            host: plan.host.clone(),
+        }
+        .into());
+    }
+    let trust = plan.record(presented, decision)?;
+    eprintln!(
+        "qchat: permanently added {} ({}, {}) to the known hosts in {}",
+        plan.host,
+        presented,
+        if trust == TrustState::Verified {
+            "verified"
+        } else {
+            "not verified"
+        },
+        plan.known_hosts.display()
+    );
+    Ok(())
 }

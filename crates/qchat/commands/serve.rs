@@ -140,7 +140,14 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
             network: None,
         };
         let about = host_about(&identity, local).welcomed(welcome);
-        let code = crate::ui::run(link, about, crate::ui::UiOptions { bell }, events_rx).await;
+        let (code, reason) =
+            crate::ui::run_with_reason(link, about, crate::ui::UiOptions { bell }, events_rx).await;
+        if !reason.is_empty() {
+            // The host's `/quit REASON` is why the server stops: every
+            // member is told it, whatever their interface, before the
+            // generic words of the shutdown that follows.
+            server.room().shutdown(&reason);
+        }
         let _ = stop_tx.send(());
         // Server::run bounds its own shutdown; this is a backstop.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;

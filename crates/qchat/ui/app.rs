@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
 };
-use qchat_client::{Command, Event};
+use qchat_client::{Command, ConnectionState, Event};
 use qchat_proto::names;
 use ratatui::layout::Rect;
 use time::UtcOffset;
@@ -56,8 +56,9 @@ pub struct Effects {
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conn {
-    /// Joined and talking.
-    Connected,
+    /// As the network task last reported it: connected, silent, lost,
+    /// waiting to reconnect, or just resumed.
+    Online(ConnectionState),
     /// We asked to leave and wait for the server to confirm.
     Leaving,
     /// The server is ending the session.
@@ -93,10 +94,24 @@ pub struct App {
     unnumbered: VecDeque<Option<u64>>,
     /// The local id of our next own line.
     next_local: u64,
+    /// The longest message text the server accepts, in bytes: a block
+    /// longer than this goes as several messages, split between lines.
+    pub max_message: usize,
     /// The connection state.
     pub conn: Conn,
+    /// Which connection changes were already said in the scrollback.
+    transitions: wording::Transitions,
+    /// Members whose connection dropped and whose name the server holds
+    /// for their return (raw names).
+    pub reconnecting: Vec<String>,
+    /// Why the server ended the session for good, to repeat on the normal
+    /// screen once the view has closed (it closes at once).
+    pub farewell: Option<String>,
     /// Whether the user asked to leave (the loop then waits for the end).
     pub quitting: bool,
+    /// The reason given with `/quit`, if one was: the host's becomes the
+    /// reason the server gives everyone for shutting down.
+    pub quit_reason: String,
     /// The host pressed Ctrl-C once on an empty line; a second one shuts
     /// the server down.
     pub confirm_quit: bool,
@@ -108,6 +123,13 @@ pub struct App {
     /// Consequences of the update in progress.
     effects: Effects,
 }
+
+/// The state right after joining.
+const CONNECTED: ConnectionState = ConnectionState::Connected {
+    resumed: false,
+    replayed: 0,
+    missed: 0,
+};
 
 /// Now, in ms since the Unix epoch.
 fn now_ms() -> u64 {
@@ -149,8 +171,13 @@ impl App {
             completion: None,
             unnumbered: VecDeque::new(),
             next_local: 0,
-            conn: Conn::Connected,
+            max_message: qchat_proto::limits::MAX_MESSAGE_BYTES,
+            conn: Conn::Online(CONNECTED),
+            transitions: wording::Transitions::default(),
+            reconnecting: Vec::new(),
+            farewell: None,
             quitting: false,
+            quit_reason: String::new(),
             confirm_quit: false,
             size,
             offset,
@@ -176,7 +203,17 @@ impl App {
     /// do about it. The only place the state changes.
     pub fn update(&mut self, msg: Msg) -> Effects {
         match msg {
-            Msg::Term(ev) => self.on_terminal(ev),
+            Msg::Term(ev) => {
+                // "resumed, N missed" has been seen once the user acts.
+                if let (
+                    TermEvent::Key(_) | TermEvent::Paste(_),
+                    Conn::Online(ConnectionState::Connected { resumed: true, .. }),
+                ) = (&ev, &self.conn)
+                {
+                    self.conn = Conn::Online(CONNECTED);
+                }
+                self.on_terminal(ev);
+            }
             Msg::Net(ev) => self.on_network(ev),
             Msg::Server(line) => self.info(s(&line)),
             Msg::Stop => self.quit(String::new()),
@@ -245,8 +282,14 @@ impl App {
                     self.members.push(name.clone());
                 }
             }
-            Event::Left { name, .. } => self.members.retain(|m| !same(m, name)),
+            Event::Left { name, .. } => {
+                self.members.retain(|m| !same(m, name));
+                self.reconnecting.retain(|m| !same(m, name));
+            }
             Event::Renamed { old, new } => {
+                if let Some(m) = self.reconnecting.iter_mut().find(|m| same(m, old)) {
+                    *m = new.clone();
+                }
                 if same(old, &self.me) {
                     self.info(format!("you are now known as {}", s(new)));
                     self.me = new.clone();
@@ -265,16 +308,40 @@ impl App {
                 self.members = members.iter().map(|m| m.name.clone()).collect();
             }
             Event::Kicked { by, reason } => self.conn = Conn::Closing(wording::kicked(by, reason)),
-            Event::ShuttingDown { .. } => {
-                self.conn = Conn::Closing("server shutting down".into());
+            Event::ShuttingDown { reason, back } => {
+                let words = wording::shutting_down(reason, *back);
+                if !*back {
+                    self.farewell = Some(words.clone());
+                }
+                self.conn = Conn::Closing(words);
             }
-            Event::Roster { members } => self.members = members.clone(),
-            Event::History { .. }
-            | Event::Notice { .. }
-            | Event::Failed { .. }
-            | Event::Connection(_)
-            | Event::MemberReconnecting { .. }
-            | Event::MemberReturned { .. } => {}
+            Event::Roster { members } => {
+                self.members = members.clone();
+                self.reconnecting.clear();
+            }
+            Event::MemberReconnecting { name } => {
+                if !self.reconnecting.iter().any(|m| same(m, name)) {
+                    self.reconnecting.push(name.clone());
+                }
+                if !self.members.iter().any(|m| same(m, name)) {
+                    self.members.push(name.clone());
+                }
+            }
+            Event::MemberReturned { name } => self.reconnecting.retain(|m| !same(m, name)),
+            Event::Connection(state) => {
+                // Leaving is leaving, whatever the connection does meanwhile.
+                if !self.quitting {
+                    self.conn = Conn::Online(state.clone());
+                }
+                if let Some(line) = self.transitions.line(state) {
+                    match state {
+                        ConnectionState::Lost { .. } => self.error(line),
+                        _ => self.info(line),
+                    }
+                }
+                return;
+            }
+            Event::History { .. } | Event::Notice { .. } | Event::Failed { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
@@ -470,6 +537,12 @@ impl App {
         // message will appear.
         self.scroll = 0;
         self.unseen = 0;
+        if let Some(cmd) = block(&text) {
+            for cmd in split_block(cmd, self.max_message) {
+                self.send(cmd);
+            }
+            return;
+        }
         for line in text.split('\n') {
             match input::parse(line) {
                 Input::Nothing => {}
@@ -503,7 +576,7 @@ impl App {
                     time_ms: now_ms(),
                     kind: Kind::Own {
                         name: s(&self.me),
-                        text: s(text),
+                        text: wording::message_text(text),
                         action: matches!(cmd, Command::Action(_)),
                         delivery: Delivery::Pending,
                         local,
@@ -548,8 +621,65 @@ impl App {
         self.quitting = true;
         self.confirm_quit = false;
         self.conn = Conn::Leaving;
+        self.quit_reason.clone_from(&reason);
         self.effects.commands.push(Command::Quit(reason));
     }
+}
+
+/// A block of several lines sent as one message, if `text` is one: its
+/// lines go with the first line's message (`/me` and `/msg` included);
+/// a block that starts with another command is a list of commands, one a
+/// line, as it would be typed.
+fn block(text: &str) -> Option<Command> {
+    let text = text.trim_matches('\n');
+    let (first, rest) = text.split_once('\n')?;
+    let with_rest = |t: String| format!("{t}\n{rest}");
+    match input::parse(first) {
+        Input::Send(Command::Say(t)) => Some(Command::Say(with_rest(t))),
+        Input::Send(Command::Action(t)) => Some(Command::Action(with_rest(t))),
+        Input::Send(Command::Private { to, text }) => Some(Command::Private {
+            to,
+            text: with_rest(text),
+        }),
+        _ => None,
+    }
+}
+
+/// A block too long for one message, as several, each as many whole lines
+/// as fit in `max` bytes: refused whole, a long paste would be lost, and
+/// cut mid-line it would read wrongly. A single line longer than `max`
+/// goes alone and is refused with the reason, never truncated.
+fn split_block(cmd: Command, max: usize) -> Vec<Command> {
+    let text = match &cmd {
+        Command::Say(t) | Command::Action(t) | Command::Private { text: t, .. } => t,
+        _ => return vec![cmd],
+    };
+    if text.len() <= max {
+        return vec![cmd];
+    }
+    let mut pieces = Vec::new();
+    let mut piece = String::new();
+    for line in text.split('\n') {
+        if !piece.is_empty() && piece.len() + 1 + line.len() > max {
+            pieces.push(std::mem::take(&mut piece));
+        }
+        if !piece.is_empty() {
+            piece.push('\n');
+        }
+        piece.push_str(line);
+    }
+    pieces.push(piece);
+    pieces
+        .into_iter()
+        .map(|text| match &cmd {
+            Command::Action(_) => Command::Action(text),
+            Command::Private { to, .. } => Command::Private {
+                to: to.clone(),
+                text,
+            },
+            _ => Command::Say(text),
+        })
+        .collect()
 }
 
 /// Whether two names are the same name, as the server decides it.
@@ -709,13 +839,228 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_paste_waits_for_enter_then_sends_each_line() {
+    fn a_paste_waits_for_enter_then_is_one_message() {
         let mut a = app();
         let fx = a.update(Msg::Term(TermEvent::Paste("one\ntwo\n".into())));
         assert!(fx.commands.is_empty());
+        assert_eq!(enter(&mut a), [Command::Say("one\ntwo".into())]);
+        // Shown once, with its lines, pending until delivered.
+        assert_eq!(
+            own_lines(&a),
+            [("one\ntwo".into(), None, Delivery::Pending)]
+        );
+        // Alt-Enter writes a block by hand; /me and /msg take it whole.
+        typed(&mut a, "/me waves");
+        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
+            KeyCode::Enter,
+            KeyModifiers::ALT,
+        ))));
+        typed(&mut a, "twice");
+        assert_eq!(enter(&mut a), [Command::Action("waves\ntwice".into())]);
+        a.update(Msg::Term(TermEvent::Paste("/msg alice a\nb".into())));
         assert_eq!(
             enter(&mut a),
-            [Command::Say("one".into()), Command::Say("two".into())]
+            [Command::Private {
+                to: "alice".into(),
+                text: "a\nb".into()
+            }]
+        );
+        // A pasted list of commands is still commands, one a line.
+        a.update(Msg::Term(TermEvent::Paste("/nick robert\n/who".into())));
+        assert_eq!(
+            enter(&mut a),
+            [Command::Nick("robert".into()), Command::Who]
+        );
+    }
+
+    #[test]
+    fn a_block_too_long_for_one_message_goes_as_several_between_lines() {
+        let mut a = app();
+        a.max_message = 10;
+        a.update(Msg::Term(TermEvent::Paste(
+            "aaaa\nbbbb\ncccc\nthis one is long\ndd".into(),
+        )));
+        assert_eq!(
+            enter(&mut a),
+            [
+                Command::Say("aaaa\nbbbb".into()),
+                Command::Say("cccc".into()),
+                Command::Say("this one is long".into()),
+                Command::Say("dd".into()),
+            ]
+        );
+        // Every piece is shown, pending, in order.
+        assert_eq!(own_lines(&a).len(), 4);
+        // A block that fits is one message.
+        assert_eq!(
+            split_block(Command::Action("a\nb".into()), 10),
+            [Command::Action("a\nb".into())]
+        );
+    }
+
+    fn connection(state: ConnectionState) -> Msg {
+        Msg::Net(Event::Connection(state))
+    }
+
+    fn status(a: &App) -> String {
+        match &a.conn {
+            Conn::Online(state) => wording::status(state),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn infos(a: &App) -> Vec<String> {
+        a.lines
+            .iter()
+            .filter_map(|l| match &l.kind {
+                Kind::Info(t) | Kind::Error(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_status_line_follows_the_connection_and_the_conversation_stays() {
+        let mut a = app();
+        assert_eq!(status(&a), "connected");
+        typed(&mut a, "before");
+        enter(&mut a);
+        a.update(Msg::Net(Event::Sent { seq: 1 }));
+        a.update(Msg::Net(Event::Delivered { seq: 1 }));
+        a.update(connection(ConnectionState::NoAnswer { secs: 2 }));
+        assert_eq!(status(&a), "no answer for 2s");
+        a.update(connection(ConnectionState::NoAnswer { secs: 3 }));
+        assert_eq!(status(&a), "no answer for 3s");
+        a.update(connection(ConnectionState::Lost {
+            reason: "timed out".into(),
+        }));
+        assert_eq!(status(&a), "connection lost");
+        a.update(connection(ConnectionState::Reconnecting {
+            attempt: 3,
+            next_in: std::time::Duration::from_secs(4),
+        }));
+        assert_eq!(status(&a), "reconnecting (attempt 3, next in 4s)");
+        // Typed while disconnected: shown at once, pending.
+        typed(&mut a, "meanwhile");
+        assert_eq!(enter(&mut a), [Command::Say("meanwhile".into())]);
+        a.update(Msg::Net(Event::Sent { seq: 2 }));
+        a.update(connection(ConnectionState::Connected {
+            resumed: true,
+            replayed: 5,
+            missed: 2,
+        }));
+        assert_eq!(status(&a), "resumed, 2 missed");
+        assert_eq!(
+            own_lines(&a),
+            [
+                ("before".into(), Some(1), Delivery::Delivered),
+                ("meanwhile".into(), Some(2), Delivery::Pending)
+            ]
+        );
+        a.update(Msg::Net(Event::Delivered { seq: 2 }));
+        assert_eq!(own_lines(&a)[1].2, Delivery::Delivered);
+        // Seen once the user acts, then back to plain "connected".
+        typed(&mut a, "x");
+        assert_eq!(status(&a), "connected");
+        // One line per transition, and the header is still there.
+        let said = infos(&a);
+        assert!(said[0].starts_with("connected to den"), "{said:?}");
+        let news: Vec<&str> = said[2..].iter().map(String::as_str).collect();
+        assert_eq!(
+            news,
+            [
+                "no answer for 2s",
+                "connection lost: timed out",
+                "reconnecting (attempt 3, next in 4s)",
+                "reconnected, 2 missed"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_line_says_so() {
+        let mut a = app();
+        typed(&mut a, "spam");
+        enter(&mut a);
+        a.update(Msg::Net(Event::Sent { seq: 4 }));
+        a.update(Msg::Net(Event::Refused {
+            seq: 4,
+            reason: "too long".into(),
+        }));
+        assert_eq!(own_lines(&a), [("spam".into(), Some(4), Delivery::Refused)]);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("message not sent: too long")
+        );
+    }
+
+    #[test]
+    fn reconnecting_members_are_marked_until_they_return_or_leave() {
+        let mut a = app();
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "alice".into(),
+        }));
+        assert_eq!(a.reconnecting, ["alice"]);
+        assert_eq!(a.members, ["alice", "bob"], "still in the room");
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("alice is reconnecting")
+        );
+        a.update(Msg::Net(Event::MemberReturned {
+            name: "Alice".into(),
+        }));
+        assert!(a.reconnecting.is_empty());
+        assert_eq!(infos(&a).last().map(String::as_str), Some("Alice is back"));
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "alice".into(),
+        }));
+        a.update(Msg::Net(Event::Left {
+            name: "alice".into(),
+            reason: String::new(),
+        }));
+        assert!(a.reconnecting.is_empty());
+        assert_eq!(a.members, ["bob"]);
+        // A new roster (our own rejoin) replaces the room.
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "carol".into(),
+        }));
+        a.update(Msg::Net(Event::Roster {
+            members: vec!["bob".into(), "dave".into()],
+        }));
+        assert_eq!(a.members, ["bob", "dave"]);
+        assert!(a.reconnecting.is_empty());
+    }
+
+    #[test]
+    fn the_shutdown_reason_is_kept_and_a_restart_is_not_an_end() {
+        let mut a = app();
+        a.update(Msg::Net(Event::ShuttingDown {
+            reason: "upgrade".into(),
+            back: true,
+        }));
+        assert_eq!(
+            a.conn,
+            Conn::Closing("server restarting: upgrade, reconnecting".into())
+        );
+        assert_eq!(a.farewell, None);
+        // The reconnect takes over the status line.
+        a.update(connection(ConnectionState::Reconnecting {
+            attempt: 1,
+            next_in: std::time::Duration::from_millis(300),
+        }));
+        assert_eq!(status(&a), "reconnecting (attempt 1, next in 1s)");
+        let mut a = app();
+        a.update(Msg::Net(Event::ShuttingDown {
+            reason: "closing time".into(),
+            back: false,
+        }));
+        assert_eq!(
+            a.farewell.as_deref(),
+            Some("server shutting down: closing time")
+        );
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("server shutting down: closing time")
         );
     }
 

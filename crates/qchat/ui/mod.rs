@@ -115,6 +115,21 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
     R: AsyncRead + Unpin + Send + 'static,
 {
+    run_with_reason(link, about, options, server_events).await.0
+}
+
+/// [`run`], also returning the reason given with `/quit` (empty if none):
+/// the host's is what the server tells everyone as it shuts down.
+pub async fn run_with_reason<W, R>(
+    link: Link<W, R>,
+    about: crate::wording::About,
+    options: UiOptions,
+    server_events: Option<mpsc::Receiver<String>>,
+) -> (u8, String)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
     let operator = about.trust.is_none();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
@@ -131,6 +146,13 @@ where
         }
         Err(e) => Err(e),
     };
+    // The view closed with the session: say on the normal screen why the
+    // server went away (the host's `/quit REASON`), or it is lost with it.
+    if let Some(words) = &app.farewell {
+        if !operator {
+            eprintln!("qchat: {words}");
+        }
+    }
     let terminal_failed = match outcome {
         Ok(()) => false,
         Err(e) => {
@@ -161,11 +183,12 @@ where
         } if operator => crate::exit::OK,
         other => crate::plain::exit_status(other),
     };
-    if terminal_failed && code == crate::exit::OK {
+    let code = if terminal_failed && code == crate::exit::OK {
         crate::exit::FAILURE
     } else {
         code
-    }
+    };
+    (code, app.quit_reason)
 }
 
 async fn event_loop(

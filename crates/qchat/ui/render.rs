@@ -2,7 +2,7 @@
 //! Where things go is [`super::layout`]'s; what a scrollback line looks
 //! like is [`super::scrollback`]'s.
 
-use qchat_client::TrustState;
+use qchat_client::{ConnectionState, TrustState};
 use qchat_proto::names;
 use qchat_proto::text::sanitize;
 use ratatui::layout::{Position, Rect};
@@ -55,7 +55,17 @@ fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
         .into_iter()
         .map(|n| {
             let shown = sanitize(n).into_owned();
-            let mut style = Style::default().fg(name_color(&shown));
+            let away = app
+                .reconnecting
+                .iter()
+                .any(|r| names::fold(r) == names::fold(n));
+            let mut style = if away {
+                // Still in the room (the server holds the name), not
+                // there right now.
+                dim().add_modifier(Modifier::ITALIC)
+            } else {
+                Style::default().fg(name_color(&shown))
+            };
             if names::fold(n) == names::fold(&app.me) {
                 style = style.add_modifier(Modifier::BOLD);
             }
@@ -108,7 +118,21 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
             (None, true) => Span::styled("host", base.fg(Color::LightCyan)),
         };
         let conn = match &app.conn {
-            Conn::Connected => Span::styled("connected", base),
+            Conn::Online(state) => {
+                let style = match state {
+                    ConnectionState::Connected { .. } => base,
+                    ConnectionState::NoAnswer { .. } => base.fg(Color::LightYellow),
+                    ConnectionState::Lost { .. } | ConnectionState::Reconnecting { .. } => {
+                        base.fg(Color::LightRed).add_modifier(Modifier::BOLD)
+                    }
+                };
+                let words = match state {
+                    ConnectionState::Reconnecting { .. } if short => "reconnecting".into(),
+                    ConnectionState::NoAnswer { .. } if short => "no answer".into(),
+                    _ => crate::wording::status(state),
+                };
+                Span::styled(words, style)
+            }
             Conn::Leaving => Span::styled("leaving…", base.fg(Color::LightYellow)),
             Conn::Closing(_) if short => Span::styled("closing", base.fg(Color::LightRed)),
             Conn::Closing(why) => Span::styled(why.clone(), base.fg(Color::LightRed)),
@@ -226,6 +250,52 @@ mod tests {
         assert!(rows[7].starts_with("> ok 👍🏽"), "{all}");
         // "> ok " is 5 columns and the emoji 2 more.
         assert_eq!(cursor, Position::new(7, 7));
+    }
+
+    #[test]
+    fn the_status_line_says_reconnecting_and_the_list_marks_the_absent() {
+        use qchat_client::ConnectionState;
+        let mut a = app((100, 8));
+        a.update(Msg::Net(Event::MemberReconnecting {
+            name: "alice".into(),
+        }));
+        a.update(Msg::Net(Event::Connection(ConnectionState::Reconnecting {
+            attempt: 2,
+            next_in: std::time::Duration::from_secs(4),
+        })));
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(
+            rows[6].contains("│ reconnecting (attempt 2, next in 4s)"),
+            "{all}"
+        );
+        assert!(all.contains("* alice is reconnecting"), "{all}");
+        // Still listed, in the absent style.
+        let t = Terminal::new(TestBackend::new(100, 8));
+        let mut t = t.expect("test terminal");
+        let frame = t.draw(|f| draw(f, &a)).expect("draw");
+        let buf = frame.buffer.clone();
+        // The member list is on the right: the rightmost "alice".
+        let (x, y) = (0..6u16)
+            .flat_map(|y| (0..95u16).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                (0..5u16)
+                    .map(|i| buf[(x + i, y)].symbol())
+                    .collect::<String>()
+                    == "alice"
+            })
+            .max()
+            .expect("alice in the member list");
+        assert!(x > 60, "{all}");
+        assert_eq!(buf[(x, y)].fg, Color::DarkGray, "{all}");
+        // Narrow: still says it, in short.
+        let mut a = app((30, 8));
+        a.update(Msg::Net(Event::Connection(ConnectionState::Reconnecting {
+            attempt: 2,
+            next_in: std::time::Duration::from_secs(4),
+        })));
+        let (rows, _) = screen(&a);
+        assert!(rows[6].contains("reconnecting"), "{}", rows.join("\n"));
     }
 
     #[test]

@@ -227,6 +227,14 @@ fn wrap(spans: Vec<Span<'static>>, width: usize) -> Vec<TextLine<'static>> {
     let mut row: Vec<(&str, Style)> = Vec::new();
     let mut col = 0;
     for (g, st) in cells {
+        if g == "\n" {
+            // A multi-line message: its next line starts under the text,
+            // like a wrapped one.
+            rows.push(std::mem::take(&mut row));
+            row = vec![(" ", Style::default()); INDENT];
+            col = INDENT;
+            continue;
+        }
         let w = cluster_width(g);
         if col + w > width {
             // Carry the unfinished word to the next row if there is a
@@ -276,6 +284,32 @@ mod tests {
         rows.iter()
             .map(|r| r.spans.iter().map(|s| s.content.as_ref()).collect())
             .collect()
+    }
+
+    #[test]
+    fn a_multi_line_message_is_rows_indented_under_its_author() {
+        let line = Line {
+            time_ms: 0,
+            kind: Kind::Said(crate::wording::Said {
+                from: "alice".into(),
+                to: None,
+                text: "first\nsecond\n\nfourth".into(),
+                action: false,
+                history: false,
+            }),
+            mention: false,
+            seq: None,
+        };
+        let rows = text_of(&line_rows(&line, time::UtcOffset::UTC, 40));
+        assert_eq!(
+            rows,
+            [
+                "00:00 <alice> first",
+                "      second",
+                "      ",
+                "      fourth"
+            ]
+        );
     }
 
     #[test]
