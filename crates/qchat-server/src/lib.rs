@@ -23,6 +23,7 @@ pub mod room;
 mod session;
 #[cfg(test)]
 mod session_tests;
+pub mod store;
 mod tally;
 pub mod writer;
 
