@@ -3,20 +3,39 @@
 //! All room state lives behind one mutex, held only for the synchronous work
 //! of queueing frames (never across an await). One lock gives the ordering
 //! guarantee for free: whatever order messages take the lock in is the order
-//! every member receives them. Each broadcast is encoded once; every
-//! recipient's queue gets a reference-counted clone of the same bytes.
+//! every member receives them. Each broadcast is encoded once per kind
+//! (version-3 members get one encoding, older members another, each only
+//! if such members exist); every recipient's queue gets a reference-counted
+//! clone of the same bytes.
+//!
+//! Public messages go through the room log first ([`crate::log`]): a member
+//! submits, the log's writer stores a batch in one commit, and only then does
+//! [`Room::publish`] show the batch to the room and acknowledge it, under the
+//! lock, in id order. The lock is also what makes a resume exact: a joining
+//! member is registered and the newest *published* id noted in one step, so
+//! everything up to that id comes from the log and everything after it
+//! arrives live, with no gap and no duplicate.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use qchat_proto::{names, CloseCode, MemberInfo, RejectReason, ServerMsg, PROTOCOL_VERSION};
+use qchat_proto::{
+    names, CloseCode, MemberInfo, RejectReason, ResumePoint, ServerMsg, PROTOCOL_VERSION,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
+use crate::log::{LogItem, Pending};
 use crate::options::ServerOptions;
+use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
+
+/// Private message keys remembered per client instance for deduplication:
+/// a client re-sends only what was unacknowledged when its connection
+/// dropped, which is far fewer than this.
+const PRIVATE_KEYS: usize = 1024;
 
 /// A member's identity inside this server process; never reused.
 pub type MemberId = u64;
@@ -72,12 +91,33 @@ pub struct Peer {
     pub operator: bool,
     /// The protocol version agreed in the hello.
     pub version: u32,
+    /// The version-3 client instance (`None` before version 3).
+    pub instance: Option<[u8; 16]>,
+    /// The connection, to show its current address (it may migrate).
+    pub conn: Option<quinn::Connection>,
+}
+
+impl Peer {
+    /// The address the member is reachable at now.
+    fn current_addr(&self) -> Option<SocketAddr> {
+        self.conn
+            .as_ref()
+            .map(quinn::Connection::remote_address)
+            .or(self.addr)
+    }
 }
 
 /// The shared room.
 pub struct Room {
     state: Mutex<State>,
     options: Arc<ServerOptions>,
+    store: Arc<dyn Store>,
+    /// The log writer's queue: public messages waiting to be stored.
+    log: mpsc::Sender<LogItem>,
+    /// Its other end, until the writer takes it.
+    log_rx: Mutex<Option<mpsc::Receiver<LogItem>>>,
+    /// For the grace timers, which outlive the session that started them.
+    me: Weak<Room>,
 }
 
 struct State {
@@ -90,7 +130,16 @@ struct State {
     /// The last public messages, as `History` messages. Kept unencoded:
     /// saying something must not pay for a replay that only a later join
     /// needs, and the text moves here without a copy.
-    history: VecDeque<ServerMsg>,
+    /// The newest id shown to the room. Members joining now get everything
+    /// up to it from the log.
+    published: u64,
+    /// Members whose connection dropped, by same-name key: their name is
+    /// theirs until the grace ends.
+    ghosts: HashMap<String, Ghost>,
+    /// Private messages already delivered, per client instance.
+    private_seen: HashMap<[u8; 16], (HashSet<u64>, VecDeque<u64>)>,
+    /// The host's `/quit` reason, for the shutdown that follows it.
+    host_reason: Option<String>,
     closed: bool,
 }
 
@@ -100,6 +149,20 @@ struct Member {
     ending: Arc<Ending>,
     peer: Peer,
     joined: Instant,
+}
+
+impl Member {
+    fn v3(&self) -> bool {
+        self.peer.version >= 3
+    }
+}
+
+/// A member whose connection dropped, waiting for it to come back.
+struct Ghost {
+    name: String,
+    instance: [u8; 16],
+    /// The member it was, so that a timer finds only its own ghost.
+    was: MemberId,
 }
 
 /// What a newly joined member needs to know.
@@ -112,18 +175,39 @@ pub struct Joined {
 }
 
 impl Room {
-    /// An empty room.
-    pub fn new(options: Arc<ServerOptions>) -> Self {
-        Room {
+    /// An empty room over a log. Its writer must be started
+    /// ([`crate::log::run_writer`] with [`Room::take_log`]) for public
+    /// messages to reach anyone.
+    pub fn new(options: Arc<ServerOptions>, store: Arc<dyn Store>) -> Arc<Self> {
+        let (log, log_rx) = mpsc::channel(options.log_queue.max(1));
+        let published = store.last_id();
+        Arc::new_cyclic(|me| Room {
             state: Mutex::new(State {
                 next_id: 1,
                 members: BTreeMap::new(),
                 by_name: HashMap::new(),
-                history: VecDeque::new(),
+                published,
+                ghosts: HashMap::new(),
+                private_seen: HashMap::new(),
+                host_reason: None,
                 closed: false,
             }),
             options,
-        }
+            store,
+            log,
+            log_rx: Mutex::new(Some(log_rx)),
+            me: me.clone(),
+        })
+    }
+
+    /// The log writer's end of the queue; `None` once taken.
+    pub fn take_log(&self) -> Option<mpsc::Receiver<LogItem>> {
+        self.log_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The room log.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -147,15 +231,16 @@ impl Room {
         self.lock().closed
     }
 
-    /// Adds a member, if its name is valid and free. The welcome, then the
-    /// history, are the first frames in its queue, before anything broadcast
-    /// afterwards.
+    /// Adds a member, if its name is valid and free (or held for this very
+    /// client, whose connection dropped). The welcome, then the replay, are
+    /// the first frames in its queue, before anything published afterwards.
     pub fn join(
         &self,
         name: &str,
         outbox: mpsc::Sender<Bytes>,
         ending: Arc<Ending>,
         peer: Peer,
+        resume: Option<ResumePoint>,
     ) -> Result<Joined, Rejection> {
         if let Err(e) = names::validate(name) {
             return Err(Rejection {
@@ -170,12 +255,40 @@ impl Room {
                 detail: "the server is shutting down".into(),
             });
         }
-        if let Some(other) = taken(&st, name, None) {
+        let key = names::fold(name);
+        let returning = match st.ghosts.get(&key) {
+            Some(g) if peer.instance == Some(g.instance) => true,
+            Some(g) => {
+                return Err(Rejection {
+                    reason: RejectReason::NameTaken,
+                    detail: format!(
+                        "{} (their connection dropped; the name is kept for them for {} s); choose another",
+                        names::clash(name, &g.name),
+                        self.options.grace.as_secs()
+                    ),
+                })
+            }
+            None => false,
+        };
+        // A returning member's name is held by its own ghost, and by no
+        // one else.
+        if let Some(other) = taken(&st, name, None).filter(|_| !returning) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
                 detail: format!("{}; choose another", names::clash(name, &other)),
             });
         }
+        let upto = st.published;
+        let v3 = peer.version >= 3;
+        let (replay, resumed, missed) = match &resume {
+            Some(p) if v3 && p.log_id == self.store.log_id() => {
+                let after = p.after.min(upto);
+                let got = self.read_log(after, upto, self.options.replay_max);
+                let missed = (upto - after).saturating_sub(got.len() as u64);
+                (got, true, missed)
+            }
+            _ => (self.read_log(0, upto, self.options.history), false, 0),
+        };
         let id = st.next_id;
         st.next_id += 1;
         let mut members: Vec<String> = st
@@ -185,27 +298,76 @@ impl Room {
             .map(|m| m.name.clone())
             .collect();
         members.push(name.to_string());
-        let welcome = ServerMsg::Welcome {
-            version: peer.version.min(PROTOCOL_VERSION),
-            server_name: self.options.server_name.clone(),
-            name: name.to_string(),
-            members,
+        let welcome = if v3 {
+            ServerMsg::WelcomeV3 {
+                version: peer.version.min(PROTOCOL_VERSION),
+                server_name: self.options.server_name.clone(),
+                name: name.to_string(),
+                members,
+                log_id: self.store.log_id(),
+                last_id: upto,
+                rate: self.options.rate,
+                burst: self.options.burst,
+                max_message: u32::try_from(self.options.max_message).unwrap_or(u32::MAX),
+                grace_secs: u32::try_from(self.options.grace.as_secs()).unwrap_or(u32::MAX),
+            }
+        } else {
+            ServerMsg::Welcome {
+                version: peer.version.min(PROTOCOL_VERSION),
+                server_name: self.options.server_name.clone(),
+                name: name.to_string(),
+                members,
+            }
         };
-        // The queue is new and empty; the history is shorter than the queue
+        // The queue is new and empty, and longer than the replay plus two
         // (the options guarantee it), so none of this can fail for lack of
         // room.
         let _ = outbox.try_send(welcome.to_frame());
-        for past in &st.history {
-            let _ = outbox.try_send(past.to_frame());
+        let count = replay.len() as u64;
+        for e in replay {
+            let msg = if v3 {
+                ServerMsg::HistoryV3 {
+                    id: e.id,
+                    from: e.from,
+                    text: e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                }
+            } else {
+                ServerMsg::History {
+                    from: e.from,
+                    text: e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                }
+            };
+            let _ = outbox.try_send(msg.to_frame());
         }
-        if st.members.len() < self.options.announce_limit {
+        if v3 {
+            let done = ServerMsg::Replayed {
+                resumed,
+                count,
+                missed,
+            };
+            let _ = outbox.try_send(done.to_frame());
+        }
+        if returning {
+            st.ghosts.remove(&key);
+            if st.members.len() < self.options.announce_limit {
+                let frame = ServerMsg::Returned {
+                    name: name.to_string(),
+                }
+                .to_frame();
+                self.broadcast_v3(&mut st, frame, None);
+            }
+        } else if st.members.len() < self.options.announce_limit {
             let frame = ServerMsg::Joined {
                 name: name.to_string(),
             }
             .to_frame();
             self.broadcast(&mut st, frame, None);
         }
-        st.by_name.insert(names::fold(name), id);
+        st.by_name.insert(key, id);
         st.members.insert(
             id,
             Member {
@@ -222,52 +384,157 @@ impl Room {
         })
     }
 
-    /// Delivers a message (or an action) from `id` to everyone else, keeps
-    /// it for the history, then acknowledges it to the sender.
-    pub fn say(&self, id: MemberId, seq: u64, text: String, action: bool) {
-        let mut st = self.lock();
-        let Some(from) = st.members.get(&id).map(|m| m.name.clone()) else {
-            return;
-        };
-        let time_ms = now_ms();
-        let msg = if action {
-            ServerMsg::Action {
-                from,
-                text,
-                time_ms,
+    /// Reads the log for a join. A log that cannot be read costs the member
+    /// its replay, not its place: it is told how many it missed.
+    fn read_log(&self, after: u64, upto: u64, max: usize) -> Vec<Entry> {
+        match self.store.read(after, upto, max) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cannot replay the room log: {e}");
+                Vec::new()
             }
-        } else {
-            ServerMsg::Chat {
-                from,
-                text,
-                time_ms,
-            }
-        };
-        let frame = msg.to_frame();
-        if let (true, ServerMsg::Action { from, text, .. } | ServerMsg::Chat { from, text, .. }) =
-            (self.options.history > 0, msg)
-        {
-            if st.history.len() >= self.options.history {
-                st.history.pop_front();
-            }
-            st.history.push_back(ServerMsg::History {
-                from,
-                text,
-                time_ms,
-                action,
-            });
         }
-        self.broadcast(&mut st, frame, Some(id));
-        self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
+    }
+
+    /// Takes a public message (or action) from `id` for the log; the log's
+    /// writer stores it, then [`Room::publish`] shows it. `None` if the
+    /// member is gone.
+    pub fn submit(&self, id: MemberId, seq: u64, text: String, action: bool) -> Option<Pending> {
+        let st = self.lock();
+        let m = st.members.get(&id)?;
+        Some(Pending {
+            member: id,
+            seq,
+            entry: NewEntry {
+                key: m.peer.instance.map(|i| (i, seq)),
+                from: m.name.clone(),
+                text,
+                time_ms: now_ms(),
+                action,
+            },
+        })
+    }
+
+    /// The queue to the log's writer.
+    pub fn log_queue(&self) -> &mpsc::Sender<LogItem> {
+        &self.log
+    }
+
+    /// Shows a stored batch to the room, in id order, and acknowledges each
+    /// message to its author; a duplicate is only acknowledged. `stored` is
+    /// what the store made of each message, or why it could not store them
+    /// (then each author is told nothing was sent).
+    pub fn publish(&self, batch: Vec<Pending>, stored: Result<Vec<Appended>, StoreError>) {
+        let mut st = self.lock();
+        let results = match stored {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!("the server could not store the message ({e}); nothing was sent");
+                for p in batch {
+                    self.send_to(
+                        &mut st,
+                        p.member,
+                        ServerMsg::Refused {
+                            seq: p.seq,
+                            reason: reason.clone(),
+                        }
+                        .to_frame(),
+                    );
+                }
+                return;
+            }
+        };
+        for (p, r) in batch.into_iter().zip(results) {
+            let author_v3 = st.members.get(&p.member).map(Member::v3);
+            match r {
+                Appended::Duplicate(id) => {
+                    if author_v3 == Some(true) {
+                        let ack = ServerMsg::AckV3 { seq: p.seq, id }.to_frame();
+                        self.send_to(&mut st, p.member, ack);
+                    }
+                }
+                Appended::New(id) => {
+                    st.published = st.published.max(id);
+                    self.fan_out(&mut st, id, p.member, p.entry);
+                    let ack = match author_v3 {
+                        Some(true) => ServerMsg::AckV3 { seq: p.seq, id },
+                        _ => ServerMsg::Ack { seq: p.seq },
+                    };
+                    self.send_to(&mut st, p.member, ack.to_frame());
+                }
+            }
+        }
+    }
+
+    /// Queues one stored message for everyone but its author: encoded once
+    /// for version-3 members and once for the others, each only if needed.
+    fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: NewEntry) {
+        let (mut v3_frame, mut v2_frame) = (None, None);
+        let mut slow = Vec::new();
+        for (mid, m) in &st.members {
+            if *mid == author {
+                continue;
+            }
+            let frame = if m.v3() {
+                v3_frame
+                    .get_or_insert_with(|| {
+                        ServerMsg::ChatV3 {
+                            id,
+                            from: e.from.clone(),
+                            text: e.text.clone(),
+                            time_ms: e.time_ms,
+                            action: e.action,
+                        }
+                        .to_frame()
+                    })
+                    .clone()
+            } else {
+                v2_frame
+                    .get_or_insert_with(|| {
+                        let (from, text, time_ms) = (e.from.clone(), e.text.clone(), e.time_ms);
+                        if e.action {
+                            ServerMsg::Action {
+                                from,
+                                text,
+                                time_ms,
+                            }
+                        } else {
+                            ServerMsg::Chat {
+                                from,
+                                text,
+                                time_ms,
+                            }
+                        }
+                        .to_frame()
+                    })
+                    .clone()
+            };
+            if is_full(m.outbox.try_send(frame)) {
+                slow.push(*mid);
+            }
+        }
+        if !slow.is_empty() {
+            self.evict_slow(st, slow);
+        }
     }
 
     /// Delivers a private message to one member, echoes it to the sender,
     /// and acknowledges it; or refuses it if there is no such member.
     pub fn private(&self, id: MemberId, seq: u64, to: &str, text: String) {
         let mut st = self.lock();
-        let Some(from) = st.members.get(&id).map(|m| m.name.clone()) else {
+        let Some((from, instance)) = st.members.get(&id).map(|m| (m.name.clone(), m.peer.instance))
+        else {
             return;
         };
+        // Private messages are not logged; a re-send after a reconnect is
+        // recognised in memory instead.
+        if let Some(i) = instance {
+            let seen = st.private_seen.entry(i).or_default();
+            if seen.0.contains(&seq) {
+                self.send_to(&mut st, id, ServerMsg::AckV3 { seq, id: 0 }.to_frame());
+                return;
+            }
+        }
         let target = st.by_name.get(&names::fold(to)).copied();
         let Some(target) = target else {
             let reason = format!("there is nobody called {to:?} here");
@@ -290,7 +557,22 @@ impl Room {
         if target != id {
             self.send_to(&mut st, id, frame);
         }
-        self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
+        let ack = match instance {
+            Some(i) => {
+                let seen = st.private_seen.entry(i).or_default();
+                if seen.0.insert(seq) {
+                    seen.1.push_back(seq);
+                }
+                while seen.1.len() > PRIVATE_KEYS {
+                    if let Some(old) = seen.1.pop_front() {
+                        seen.0.remove(&old);
+                    }
+                }
+                ServerMsg::AckV3 { seq, id: 0 }
+            }
+            None => ServerMsg::Ack { seq },
+        };
+        self.send_to(&mut st, id, ack.to_frame());
     }
 
     /// Renames a member, under the same rules as a new name, and tells
@@ -338,7 +620,7 @@ impl Room {
             .map(|m| MemberInfo {
                 name: m.name.clone(),
                 connected_secs: m.joined.elapsed().as_secs(),
-                addr: match (asker_is_op, m.peer.addr) {
+                addr: match (asker_is_op, m.peer.current_addr()) {
                     (true, Some(a)) => a.to_string(),
                     (true, None) => "local".into(),
                     (false, _) => String::new(),
@@ -417,23 +699,122 @@ impl Room {
     /// Calling it for a member already gone does nothing.
     pub fn leave(&self, id: MemberId, reason: &str) {
         let mut st = self.lock();
+        if let Some(m) = st.members.get(&id) {
+            let host = m.peer.operator && m.peer.addr.is_none() && !reason.is_empty();
+            let instance = m.peer.instance;
+            if host {
+                // The host leaving with a reason ends the server; the
+                // shutdown that follows carries the reason.
+                st.host_reason = Some(reason.to_string());
+            }
+            if let Some(i) = instance {
+                st.private_seen.remove(&i);
+            }
+        }
         self.remove(&mut st, id, reason);
     }
 
+    /// A member's connection dropped without a goodbye. A version-3 member
+    /// keeps its name for the grace period, and the room hears that it is
+    /// reconnecting rather than that it left; if it is not back in time it
+    /// leaves with `reason`. Older members leave at once.
+    pub fn lose(&self, id: MemberId, reason: &str) {
+        let mut st = self.lock();
+        let grace = self.options.grace;
+        let instance = st.members.get(&id).and_then(|m| m.peer.instance);
+        let (Some(instance), false, false) = (instance, grace.is_zero(), st.closed) else {
+            drop(st);
+            self.leave(id, reason);
+            return;
+        };
+        let Some(m) = st.members.remove(&id) else {
+            return;
+        };
+        let key = names::fold(&m.name);
+        st.by_name.remove(&key);
+        if st.members.len() < self.options.announce_limit {
+            let frame = ServerMsg::Reconnecting {
+                name: m.name.clone(),
+            }
+            .to_frame();
+            self.broadcast_v3(&mut st, frame, None);
+        }
+        st.ghosts.insert(
+            key.clone(),
+            Ghost {
+                name: m.name,
+                instance,
+                was: id,
+            },
+        );
+        let me = self.me.clone();
+        let reason = reason.to_string();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(grace).await;
+                if let Some(room) = me.upgrade() {
+                    room.expire(&key, id, &reason);
+                }
+            });
+        }
+    }
+
+    /// The grace of the ghost that was member `was` is over.
+    fn expire(&self, key: &str, was: MemberId, reason: &str) {
+        let mut st = self.lock();
+        if st.ghosts.get(key).map(|g| g.was) != Some(was) {
+            return;
+        }
+        let Some(g) = st.ghosts.remove(key) else {
+            return;
+        };
+        st.private_seen.remove(&g.instance);
+        if st.members.len() < self.options.announce_limit {
+            let frame = ServerMsg::Left {
+                name: g.name,
+                reason: reason.to_string(),
+            }
+            .to_frame();
+            self.broadcast(&mut st, frame, None);
+        }
+    }
+
     /// Tells every member the server is closing and empties the room; no one
-    /// can join afterwards.
-    pub fn shutdown(&self, reason: &str) {
+    /// can join afterwards. `back`: a restart, after which members resume.
+    /// When the host ended the server (`from_host`), its own `/quit`
+    /// reason, if it gave one, is what members are told.
+    pub fn shutdown(&self, reason: &str, back: bool, from_host: bool) {
         let mut st = self.lock();
         st.closed = true;
-        let frame = ServerMsg::ShuttingDown {
-            reason: reason.to_string(),
-        }
-        .to_frame();
+        let reason = match (&st.host_reason, from_host) {
+            (Some(r), true) => r.clone(),
+            _ => reason.to_string(),
+        };
+        let (mut v3, mut v2) = (None, None);
         for m in st.members.values() {
-            let _ = m.outbox.try_send(frame.clone());
+            let frame = if m.v3() {
+                v3.get_or_insert_with(|| {
+                    ServerMsg::ShuttingDownV3 {
+                        reason: reason.clone(),
+                        back,
+                    }
+                    .to_frame()
+                })
+                .clone()
+            } else {
+                v2.get_or_insert_with(|| {
+                    ServerMsg::ShuttingDown {
+                        reason: reason.clone(),
+                    }
+                    .to_frame()
+                })
+                .clone()
+            };
+            let _ = m.outbox.try_send(frame);
         }
         st.members.clear();
         st.by_name.clear();
+        st.ghosts.clear();
     }
 
     fn send_to(&self, st: &mut State, id: MemberId, frame: Bytes) {
@@ -453,6 +834,20 @@ impl Room {
         let mut slow = Vec::new();
         for (id, m) in &st.members {
             if Some(*id) != except && is_full(m.outbox.try_send(frame.clone())) {
+                slow.push(*id);
+            }
+        }
+        if !slow.is_empty() {
+            self.evict_slow(st, slow);
+        }
+    }
+
+    /// Queues `frame` for every version-3 member but `except`: presence
+    /// kinds older members would not understand.
+    fn broadcast_v3(&self, st: &mut State, frame: Bytes, except: Option<MemberId>) {
+        let mut slow = Vec::new();
+        for (id, m) in &st.members {
+            if Some(*id) != except && m.v3() && is_full(m.outbox.try_send(frame.clone())) {
                 slow.push(*id);
             }
         }
@@ -510,11 +905,13 @@ fn is_full<T>(sent: Result<(), TrySendError<T>>) -> bool {
 
 /// The name of the member (other than `except`) that already has `name`.
 fn taken(st: &State, name: &str, except: Option<MemberId>) -> Option<String> {
+    let key = names::fold(name);
     st.by_name
-        .get(&names::fold(name))
+        .get(&key)
         .filter(|id| Some(**id) != except)
         .and_then(|id| st.members.get(id))
         .map(|m| m.name.clone())
+        .or_else(|| st.ghosts.get(&key).map(|g| g.name.clone()))
 }
 
 fn now_ms() -> u64 {
@@ -528,15 +925,51 @@ fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn room() -> Room {
-        Room::new(Arc::new(ServerOptions::default()))
+    use crate::log::{drain_now, LogItem};
+    use crate::store::MemoryStore;
+
+    /// A room and its log's queue, which the tests drain themselves.
+    struct TestRoom {
+        room: Arc<Room>,
+        log: mpsc::Receiver<LogItem>,
+    }
+
+    impl std::ops::Deref for TestRoom {
+        type Target = Room;
+        fn deref(&self) -> &Room {
+            &self.room
+        }
+    }
+
+    impl TestRoom {
+        /// Says something and lets the log's writer store and publish it.
+        fn say(&mut self, id: MemberId, seq: u64, text: String, action: bool) {
+            if let Some(p) = self.room.submit(id, seq, text, action) {
+                self.room
+                    .log_queue()
+                    .try_send(LogItem::Message(p))
+                    .expect("room in the queue");
+            }
+            drain_now(&self.room, &mut self.log);
+        }
+    }
+
+    fn room() -> TestRoom {
+        let room = Room::new(
+            Arc::new(ServerOptions::default()),
+            Arc::new(MemoryStore::new(1000)),
+        );
+        let log = room.take_log().expect("the queue is there");
+        TestRoom { room, log }
     }
 
     fn peer(operator: bool) -> Peer {
         Peer {
             addr: None,
             operator,
-            version: PROTOCOL_VERSION,
+            version: 2,
+            instance: None,
+            conn: None,
         }
     }
 
@@ -544,7 +977,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(cap);
         let ending = Ending::new();
         let j = r
-            .join(name, tx, Arc::clone(&ending), peer(name == "op"))
+            .join(name, tx, Arc::clone(&ending), peer(name == "op"), None)
             .expect("joins");
         (j, rx, ending)
     }
@@ -567,14 +1000,14 @@ mod tests {
         let _a = member(&r, "Alice", 8);
         let (tx2, _rx2) = mpsc::channel(8);
         let err = r
-            .join("aLICE", tx2, Ending::new(), peer(false))
+            .join("aLICE", tx2, Ending::new(), peer(false), None)
             .expect_err("taken");
         assert_eq!(err.reason, RejectReason::NameTaken);
     }
 
     #[test]
     fn broadcast_reaches_others_in_order_and_acks_sender() {
-        let r = room();
+        let mut r = room();
         let (a, mut ra, _) = member(&r, "a", 8);
         let (_b, mut rb, _) = member(&r, "b", 8);
         r.say(a.id, 1, "one".into(), false);
@@ -599,7 +1032,7 @@ mod tests {
 
     #[test]
     fn a_member_that_does_not_read_is_removed_and_announced() {
-        let r = room();
+        let mut r = room();
         let (a, mut ra, _) = member(&r, "a", 64);
         let (_b, _rb, ending_b) = member(&r, "b", 2);
         for i in 0..4 {
@@ -614,7 +1047,7 @@ mod tests {
 
     #[test]
     fn a_member_whose_connection_is_gone_is_not_taken_for_a_slow_reader() {
-        let r = room();
+        let mut r = room();
         let (a, mut ra, _) = member(&r, "a", 64);
         let (b, rb, ending_b) = member(&r, "b", 2);
         // b's writer stopped (its connection closed): its queue is closed,
@@ -645,14 +1078,14 @@ mod tests {
         let r = room();
         let (tx, _rx) = mpsc::channel(8);
         let err = r
-            .join("bad name", tx, Ending::new(), peer(false))
+            .join("bad name", tx, Ending::new(), peer(false), None)
             .expect_err("invalid");
         assert_eq!(err.reason, RejectReason::NameInvalid);
     }
 
     #[test]
     fn history_is_replayed_to_newcomers_without_private_messages() {
-        let r = room();
+        let mut r = room();
         let (a, _ra, _) = member(&r, "a", 64);
         let (_b, _rb, _) = member(&r, "b", 64);
         r.say(a.id, 1, "public".into(), false);

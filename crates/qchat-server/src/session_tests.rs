@@ -438,5 +438,7 @@ fn network_peer() -> Peer {
         addr: None,
         operator: false,
         version: PROTOCOL_VERSION,
+        instance: None,
+        conn: None,
     }
 }
