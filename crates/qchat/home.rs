@@ -28,3 +28,8 @@ pub fn cert_dir() -> Result<PathBuf> {
 pub fn known_hosts() -> Result<PathBuf> {
     Ok(home()?.join("known_hosts"))
 }
+
+/// The server's default data folder (its room log).
+pub fn server_dir() -> Result<PathBuf> {
+    Ok(home()?.join("server"))
+}

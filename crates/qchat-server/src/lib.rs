@@ -88,7 +88,8 @@ pub struct Server {
 impl Server {
     /// A server whose room log lives in memory (lost when it stops).
     pub fn new(options: ServerOptions) -> Self {
-        let keep = (options.history.max(options.replay_max) as u64).max(qchat_proto::limits::HISTORY_KEEP);
+        let keep =
+            (options.history.max(options.replay_max) as u64).max(qchat_proto::limits::HISTORY_KEEP);
         Self::with_store(options, Arc::new(store::MemoryStore::new(keep)))
     }
 

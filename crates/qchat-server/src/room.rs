@@ -429,7 +429,8 @@ impl Room {
         let results = match stored {
             Ok(r) => r,
             Err(e) => {
-                let reason = format!("the server could not store the message ({e}); nothing was sent");
+                let reason =
+                    format!("the server could not store the message ({e}); nothing was sent");
                 for p in batch {
                     self.send_to(
                         &mut st,
@@ -522,7 +523,10 @@ impl Room {
     /// and acknowledges it; or refuses it if there is no such member.
     pub fn private(&self, id: MemberId, seq: u64, to: &str, text: String) {
         let mut st = self.lock();
-        let Some((from, instance)) = st.members.get(&id).map(|m| (m.name.clone(), m.peer.instance))
+        let Some((from, instance)) = st
+            .members
+            .get(&id)
+            .map(|m| (m.name.clone(), m.peer.instance))
         else {
             return;
         };

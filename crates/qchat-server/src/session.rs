@@ -106,7 +106,8 @@ pub(crate) fn serve_quic(
                     conn: Some(conn.clone()),
                 };
                 let sink = QuicSink(send);
-                let session = run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit));
+                let session =
+                    run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit));
                 tokio::select! {
                     end = session => end,
                     never = watch_address(&conn) => match never {},

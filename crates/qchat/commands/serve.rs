@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use qchat_proto::ALPN;
-use qchat_server::{Server, ServerOptions};
+use qchat_server::{Server, ServerOptions, Stop};
 
 use tokio::sync::mpsc;
 
@@ -21,13 +21,14 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
+        let store = open_store(&args)?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = Server::new(options);
+        let server = Server::with_store(options, store);
         if let Some(name) = operator {
             let link = server.join_local();
             tokio::spawn(operate(link, name, host_about(&identity, local)));
         }
-        server.run(endpoint, shutdown_signal()).await;
+        server.run_until(endpoint, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(crate::exit::OK)
     })
@@ -78,6 +79,7 @@ async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) 
 fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
     let base = ServerOptions {
         server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
+        migration: !args.no_migration,
         ..ServerOptions::default()
     };
     Ok(args.limits.apply(base)?)
@@ -111,19 +113,20 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     runtime.block_on(async move {
         // Announced on the normal screen too, so it is there after the
         // interface closes.
+        let store = open_store(&args)?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = std::sync::Arc::new(Server::new(options));
+        let server = std::sync::Arc::new(Server::with_store(options, store));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = {
             let server = std::sync::Arc::clone(&server);
             tokio::spawn(async move {
                 let stop = async {
                     tokio::select! {
-                        () = shutdown_signal() => {}
-                        _ = stop_rx => {}
+                        why = shutdown_signal() => why,
+                        _ = stop_rx => Stop { from_host: true, ..Stop::default() },
                     }
                 };
-                server.run(endpoint, stop).await;
+                server.run_until(endpoint, stop).await;
             })
         };
         let mut local_link = server.join_local();
@@ -161,8 +164,11 @@ fn runtime(threads: u16) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. SIGTERM is what service
+/// managers send before a restart or an upgrade, so members are told the
+/// server will be back and their clients resume; SIGINT is a person
+/// stopping it.
+async fn shutdown_signal() -> Stop {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -171,7 +177,13 @@ async fn shutdown_signal() {
             Ok(mut term) => {
                 tokio::select! {
                     _ = ctrl_c => {}
-                    _ = term.recv() => {}
+                    _ = term.recv() => {
+                        return Stop {
+                            reason: "the server is restarting".into(),
+                            back: true,
+                            from_host: false,
+                        };
+                    }
                 }
             }
             Err(_) => {
@@ -183,6 +195,42 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+    Stop::default()
+}
+
+/// The room log the flags ask for. A log that cannot be opened stops the
+/// server with the reason and the file's name; the file is left as it is.
+fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store::Store>> {
+    use qchat_server::store::{MemoryStore, RedbStore, Store, Sync};
+    if args.store == crate::cli::StoreKind::Memory {
+        return Ok(std::sync::Arc::new(MemoryStore::new(args.history_keep)));
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::home::server_dir()?,
+    };
+    create_private_dir(&dir)?;
+    let sync = match args.sync {
+        crate::cli::SyncArg::Full => Sync::Full,
+        crate::cli::SyncArg::None => Sync::None,
+    };
+    let store = RedbStore::open(&dir, args.history_keep, sync)?;
+    tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
+    Ok(std::sync::Arc::new(store))
+}
+
+/// Creates the data folder readable by its owner alone: it holds everything
+/// said in the room.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .with_context(|| format!("cannot create the data folder {}", dir.display()))
 }
 
 /// Binds the server's endpoint and announces how to reach it. Needs the
@@ -195,6 +243,7 @@ fn listen(
     let mut config =
         qchat_tls::quic_server_config(identity, &[ALPN]).context("cannot set up TLS")?;
     config.transport_config(options.transport());
+    config.migration(options.migration);
     let endpoint = qchat_server::endpoint::bind(addr, config)
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = endpoint
