@@ -50,7 +50,7 @@ fn commit(room: &Room, items: Vec<LogItem>) {
         }
     }
     if !batch.is_empty() {
-        let entries: Vec<NewEntry> = batch.iter().map(|p| p.entry.clone()).collect();
+        let entries: Vec<&NewEntry> = batch.iter().map(|p| &p.entry).collect();
         let stored = room.store().append(&entries);
         room.publish(batch, stored);
     }

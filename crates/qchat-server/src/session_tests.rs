@@ -837,3 +837,38 @@ async fn v2_and_v3_members_each_get_their_own_kinds() {
         })
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_private_message_resent_after_a_reconnect_reaches_its_recipient_once() {
+    let s = server(ServerOptions::default());
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let mut alice = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    let psst = ClientMsg::Private {
+        seq: 5,
+        to: "bob".into(),
+        text: "psst".into(),
+    };
+    alice.client.send(psst.clone()).await;
+    alice
+        .client
+        .until("the ack", |m| *m == ServerMsg::AckV3 { seq: 5, id: 0 })
+        .await;
+    alice.drop_connection().await;
+    let mut again = join_v3(&s, "alice", [1; 16], None).await.expect("rejoins");
+    again.client.send(psst).await;
+    assert_eq!(
+        again.client.next().await,
+        Some(ServerMsg::AckV3 { seq: 5, id: 0 }),
+        "acknowledged without an echo: it was delivered before"
+    );
+    again.client.send(say_v3(6, "after")).await;
+    let mut privates = 0;
+    loop {
+        match bob.client.next().await.expect("open") {
+            ServerMsg::Private { text, .. } if text == "psst" => privates += 1,
+            ServerMsg::ChatV3 { text, .. } if text == "after" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(privates, 1);
+}

@@ -59,7 +59,7 @@ pub enum Appended {
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Sync {
+pub enum SyncPolicy {
     /// fsync every batch: survives a power cut.
     #[default]
     Full,
@@ -98,7 +98,7 @@ pub trait Store: Send + std::marker::Sync {
     /// Stores a batch in one transaction and one sync, assigning ids in
     /// order; messages whose key is already stored are not stored again.
     /// Applies retention in the same transaction.
-    fn append(&self, batch: &[NewEntry]) -> Result<Vec<Appended>, StoreError>;
+    fn append(&self, batch: &[&NewEntry]) -> Result<Vec<Appended>, StoreError>;
     /// The stored messages with ids in `(after, upto]`, oldest first; at most
     /// `max`, the newest ones if there are more.
     fn read(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Entry>, StoreError>;
@@ -118,6 +118,16 @@ struct Record {
     key: Option<Key>,
     from: String,
     text: String,
+    time_ms: u64,
+    action: bool,
+}
+
+/// [`Record`] borrowed, for writing without copying the strings.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    key: Option<Key>,
+    from: &'a str,
+    text: &'a str,
     time_ms: u64,
     action: bool,
 }
@@ -144,7 +154,7 @@ pub struct RedbStore {
     log_id: [u8; 16],
     state: Mutex<Counters>,
     keep: u64,
-    sync: Sync,
+    sync: SyncPolicy,
 }
 
 struct Counters {
@@ -160,7 +170,7 @@ impl RedbStore {
 
     /// Opens (or creates) the log in `dir`, keeping at most `keep` messages.
     /// A file that cannot be read is an error naming it, never replaced.
-    pub fn open(dir: &Path, keep: u64, sync: Sync) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, keep: u64, sync: SyncPolicy) -> Result<Self, StoreError> {
         let path = dir.join(Self::FILE);
         let open_err = |detail: String| StoreError::Open {
             path: path.clone(),
@@ -258,7 +268,7 @@ impl Store for RedbStore {
         (c.last + 1).saturating_sub(c.first)
     }
 
-    fn append(&self, batch: &[NewEntry]) -> Result<Vec<Appended>, StoreError> {
+    fn append(&self, batch: &[&NewEntry]) -> Result<Vec<Appended>, StoreError> {
         let (first, mut last) = {
             let c = self.counters();
             (c.first, c.last)
@@ -271,8 +281,8 @@ impl Store for RedbStore {
             let db = self.db.read().unwrap_or_else(|p| p.into_inner());
             let mut tx = db.begin_write().map_err(io)?;
             tx.set_durability(match self.sync {
-                Sync::Full => Durability::Immediate,
-                Sync::None => Durability::Eventual,
+                SyncPolicy::Full => Durability::Immediate,
+                SyncPolicy::None => Durability::Eventual,
             });
             {
                 let mut msgs = tx.open_table(MESSAGES).map_err(io)?;
@@ -287,10 +297,10 @@ impl Store for RedbStore {
                         }
                     }
                     last += 1;
-                    let rec = Record {
+                    let rec = RecordRef {
                         key: e.key,
-                        from: e.from.clone(),
-                        text: e.text.clone(),
+                        from: &e.from,
+                        text: &e.text,
                         time_ms: e.time_ms,
                         action: e.action,
                     };
@@ -420,7 +430,7 @@ impl Store for MemoryStore {
         self.lock().entries.len() as u64
     }
 
-    fn append(&self, batch: &[NewEntry]) -> Result<Vec<Appended>, StoreError> {
+    fn append(&self, batch: &[&NewEntry]) -> Result<Vec<Appended>, StoreError> {
         let mut m = self.lock();
         let mut out = Vec::with_capacity(batch.len());
         for e in batch {
@@ -486,7 +496,7 @@ mod tests {
 
     fn stores(dir: &Path, keep: u64) -> Vec<Box<dyn Store>> {
         vec![
-            Box::new(RedbStore::open(dir, keep, Sync::Full).expect("opens")),
+            Box::new(RedbStore::open(dir, keep, SyncPolicy::Full).expect("opens")),
             Box::new(MemoryStore::new(keep)),
         ]
     }
@@ -501,14 +511,18 @@ mod tests {
         for s in stores(dir.path(), 100) {
             let k = ([7u8; 16], 1);
             let got = s
-                .append(&[msg(Some(k), "one"), msg(None, "two"), msg(Some(k), "again")])
+                .append(&[
+                    &msg(Some(k), "one"),
+                    &msg(None, "two"),
+                    &msg(Some(k), "again"),
+                ])
                 .expect("appends");
             assert_eq!(
                 got,
                 [Appended::New(1), Appended::New(2), Appended::Duplicate(1)]
             );
             assert_eq!(
-                s.append(&[msg(Some(k), "later")]).expect("appends"),
+                s.append(&[&msg(Some(k), "later")]).expect("appends"),
                 [Appended::Duplicate(1)]
             );
             assert_eq!(s.last_id(), 2);
@@ -523,22 +537,22 @@ mod tests {
     fn the_log_survives_reopening_with_its_id() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (id, last) = {
-            let s = RedbStore::open(dir.path(), 100, Sync::Full).expect("opens");
-            s.append(&[msg(Some(([1; 16], 5)), "kept")])
+            let s = RedbStore::open(dir.path(), 100, SyncPolicy::Full).expect("opens");
+            s.append(&[&msg(Some(([1; 16], 5)), "kept")])
                 .expect("appends");
             (s.log_id(), s.last_id())
         };
-        let s = RedbStore::open(dir.path(), 100, Sync::Full).expect("reopens");
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::Full).expect("reopens");
         assert_eq!(s.log_id(), id);
         assert_eq!(s.last_id(), last);
         assert_eq!(texts(&s.read(0, last, 10).expect("reads")), ["kept"]);
         assert_eq!(
-            s.append(&[msg(Some(([1; 16], 5)), "kept")])
+            s.append(&[&msg(Some(([1; 16], 5)), "kept")])
                 .expect("appends"),
             [Appended::Duplicate(1)]
         );
         let other = tempfile::tempdir().expect("tempdir");
-        let fresh = RedbStore::open(other.path(), 100, Sync::Full).expect("opens");
+        let fresh = RedbStore::open(other.path(), 100, SyncPolicy::Full).expect("opens");
         assert_ne!(fresh.log_id(), id);
     }
 
@@ -547,7 +561,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for s in stores(dir.path(), 3) {
             for i in 0..5u64 {
-                s.append(&[msg(Some(([2; 16], i)), &i.to_string())])
+                s.append(&[&msg(Some(([2; 16], i)), &i.to_string())])
                     .expect("appends");
             }
             assert_eq!(s.len(), 3);
@@ -555,11 +569,11 @@ mod tests {
             // The key of a message retention dropped is free again: its
             // message is not in the log any more.
             assert_eq!(
-                s.append(&[msg(Some(([2; 16], 0)), "0")]).expect("appends"),
+                s.append(&[&msg(Some(([2; 16], 0)), "0")]).expect("appends"),
                 [Appended::New(6)]
             );
         }
-        let s = RedbStore::open(dir.path(), 3, Sync::Full).expect("reopens");
+        let s = RedbStore::open(dir.path(), 3, SyncPolicy::Full).expect("reopens");
         assert_eq!(s.last_id(), 6);
         assert_eq!(s.len(), 3);
     }
@@ -570,7 +584,7 @@ mod tests {
         let path = dir.path().join(RedbStore::FILE);
         let garbage = vec![0x5au8; 8192];
         std::fs::write(&path, &garbage).expect("writes");
-        let err = match RedbStore::open(dir.path(), 10, Sync::Full) {
+        let err = match RedbStore::open(dir.path(), 10, SyncPolicy::Full) {
             Err(e) => e,
             Ok(_) => panic!("a corrupt file must not open"),
         };
@@ -581,12 +595,13 @@ mod tests {
     #[test]
     fn many_deletions_compact_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = RedbStore::open(dir.path(), 10, Sync::None).expect("opens");
+        let s = RedbStore::open(dir.path(), 10, SyncPolicy::None).expect("opens");
         let batch: Vec<_> = (0..1000)
             .map(|i| msg(None, &"x".repeat(100 + i % 7)))
             .collect();
         for _ in 0..(COMPACT_EVERY / 1000 + 2) {
-            s.append(&batch).expect("appends");
+            s.append(&batch.iter().collect::<Vec<_>>())
+                .expect("appends");
         }
         assert_eq!(s.len(), 10);
         let size = std::fs::metadata(s.path()).expect("metadata").len();

@@ -201,7 +201,7 @@ async fn shutdown_signal() -> Stop {
 /// The room log the flags ask for. A log that cannot be opened stops the
 /// server with the reason and the file's name; the file is left as it is.
 fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store::Store>> {
-    use qchat_server::store::{MemoryStore, RedbStore, Store, Sync};
+    use qchat_server::store::{MemoryStore, RedbStore, Store, SyncPolicy};
     if args.store == crate::cli::StoreKind::Memory {
         return Ok(std::sync::Arc::new(MemoryStore::new(args.history_keep)));
     }
@@ -211,8 +211,8 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     };
     create_private_dir(&dir)?;
     let sync = match args.sync {
-        crate::cli::SyncArg::Full => Sync::Full,
-        crate::cli::SyncArg::None => Sync::None,
+        crate::cli::SyncArg::Full => SyncPolicy::Full,
+        crate::cli::SyncArg::None => SyncPolicy::None,
     };
     let store = RedbStore::open(&dir, args.history_keep, sync)?;
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
