@@ -1190,4 +1190,88 @@ mod tests {
         assert!(for_op.iter().all(|m| !m.addr.is_empty()));
         assert!(list(drain(&mut rb)).iter().all(|m| m.addr.is_empty()));
     }
+
+    fn v3_member(
+        r: &Room,
+        name: &str,
+        instance: u8,
+        resume: Option<ResumePoint>,
+    ) -> (Joined, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let peer = Peer {
+            version: 3,
+            instance: Some([instance; 16]),
+            ..peer(false)
+        };
+        let j = r
+            .join(name, tx, Ending::new(), peer, resume)
+            .expect("joins");
+        (j, rx)
+    }
+
+    /// Public messages among `msgs`, as (id, text).
+    fn stored(msgs: &[ServerMsg]) -> Vec<(u64, String)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                ServerMsg::HistoryV3 { id, text, .. } | ServerMsg::ChatV3 { id, text, .. } => {
+                    Some((*id, text.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of new messages, re-sends, commits and a
+        /// reader that drops and resumes from the last id it saw: the
+        /// reader's transcript is the log, each message once, in order.
+        #[test]
+        fn a_resuming_reader_sees_the_log_exactly_once(ops in proptest::collection::vec(0u8..4, 1..80)) {
+            let mut r = room();
+            let log_id = r.store().log_id();
+            let (writer, _wrx) = v3_member(&r, "w", 1, None);
+            let (mut reader, mut rrx) = v3_member(&r, "r", 2, None);
+            let mut transcript = stored(&drain(&mut rrx));
+            let mut next_seq = 1u64;
+            for op in ops {
+                match op {
+                    // A new message, not yet committed.
+                    0 => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                            r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
+                        }
+                    }
+                    // A re-send of an earlier message.
+                    1 if next_seq > 1 => {
+                        let seq = next_seq / 2;
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                            r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
+                        }
+                    }
+                    // The writer commits what is queued.
+                    2 => drain_now(&r.room, &mut r.log),
+                    // The reader's connection drops; it comes back resuming
+                    // from the last id it displayed.
+                    _ => {
+                        transcript.extend(stored(&drain(&mut rrx)));
+                        r.leave(reader.id, "");
+                        let after = transcript.last().map(|t| t.0).unwrap_or(0);
+                        let (j, rx) = v3_member(&r, "r", 2, Some(ResumePoint { log_id, after }));
+                        reader = j;
+                        rrx = rx;
+                    }
+                }
+            }
+            drain_now(&r.room, &mut r.log);
+            transcript.extend(stored(&drain(&mut rrx)));
+            let log = r.store().read(0, u64::MAX, usize::MAX).expect("reads");
+            let log: Vec<(u64, String)> = log.into_iter().map(|e| (e.id, e.text)).collect();
+            proptest::prop_assert_eq!(&transcript, &log);
+            let texts: Vec<u64> = log.iter().map(|e| e.1.parse().expect("a number")).collect();
+            let want: Vec<u64> = (1..next_seq).collect();
+            proptest::prop_assert_eq!(texts, want, "each message stored once, in the order sent");
+        }
+    }
 }
