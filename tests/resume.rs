@@ -374,3 +374,68 @@ fn a_version_2_hello_still_gets_version_2() {
         assert_eq!(s.next_msg().await, Some(ServerMsg::Ack { seq: 1 }));
     });
 }
+
+#[test]
+fn hostile_v3_hellos_end_only_their_own_connection() {
+    let home = Home::new();
+    let server = Server::start_on(&home, "127.0.0.1:0", &[]);
+    let rt = runtime();
+    rt.block_on(async {
+        // A version-3 hello claiming an older version.
+        let raw = Raw::connect(&server).await;
+        let mut s = raw.open().await;
+        let hello = ClientMsg::HelloV3 {
+            version: 2,
+            name: "liar".into(),
+            instance: [3; 16],
+            resume: None,
+        };
+        s.write(&hello.to_frame()).await.expect("written");
+        assert_eq!(
+            raw.close_code().await,
+            u64::from(qchat_proto::CloseCode::ProtocolError.code())
+        );
+        // A second hello after joining.
+        let raw = Raw::connect(&server).await;
+        let mut j = join_v3(&raw, "twice", [4; 16], None).await;
+        let again = ClientMsg::HelloV3 {
+            version: 3,
+            name: "twice".into(),
+            instance: [4; 16],
+            resume: None,
+        };
+        j.stream.write(&again.to_frame()).await.expect("written");
+        assert_eq!(
+            raw.close_code().await,
+            u64::from(qchat_proto::CloseCode::ProtocolError.code())
+        );
+        // A resume point far in the future is the present, not a crash.
+        let raw = Raw::connect(&server).await;
+        let first = join_v3(&raw, "early", [5; 16], None).await;
+        let log_id = first.log_id;
+        let raw2 = Raw::connect(&server).await;
+        let mut late = raw2.open().await;
+        let hello = ClientMsg::HelloV3 {
+            version: 3,
+            name: "future".into(),
+            instance: [6; 16],
+            resume: Some(ResumePoint {
+                log_id,
+                after: u64::MAX,
+            }),
+        };
+        late.write(&hello.to_frame()).await.expect("written");
+        assert!(matches!(
+            late.next_msg().await,
+            Some(ServerMsg::WelcomeV3 { .. })
+        ));
+        assert_eq!(
+            late.next_msg().await,
+            Some(ServerMsg::Replayed {
+                resumed: true,
+                count: 0,
+                missed: 0
+            })
+        );
+    });
+}
