@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Public messages the room log keeps; older ones are deleted.
     #[arg(long, default_value_t = limits::HISTORY_KEEP, value_parser = clap::value_parser!(u64).range(1..))]
     pub history_keep: u64,
+    /// Also delete public messages older than this many seconds (checked
+    /// whenever a message is stored).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs_arg)]
+    pub history_max_age: Option<Secs>,
     /// Do not let a member's connection move to a new address (QUIC
     /// migration); a member whose address changes then reconnects.
     #[arg(long)]

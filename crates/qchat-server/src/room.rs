@@ -472,8 +472,12 @@ impl Room {
     fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: NewEntry) {
         let (mut v3_frame, mut v2_frame) = (None, None);
         let mut slow = Vec::new();
+        // The author may already be back on a new connection (same
+        // instance, new member id): it gets its acknowledgement when it
+        // re-sends, never its own message.
+        let instance = e.key.map(|k| k.0);
         for (mid, m) in &st.members {
-            if *mid == author {
+            if *mid == author || (instance.is_some() && m.peer.instance == instance) {
                 continue;
             }
             let frame = if m.v3() {

@@ -146,6 +146,16 @@ fn key_bytes(k: &Key) -> [u8; 24] {
     b
 }
 
+/// Messages received before this time (ms since the Unix epoch) are older
+/// than `max_age`.
+fn cutoff_ms(max_age: std::time::Duration) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    now.saturating_sub(max_age.as_millis() as u64)
+}
+
 /// The default store: one redb file, `room.redb` in the data directory.
 pub struct RedbStore {
     /// Compaction needs the database to itself; everything else shares it.
@@ -154,6 +164,7 @@ pub struct RedbStore {
     log_id: [u8; 16],
     state: Mutex<Counters>,
     keep: u64,
+    max_age: Option<std::time::Duration>,
     sync: SyncPolicy,
 }
 
@@ -230,8 +241,16 @@ impl RedbStore {
                 deleted_since_compact: 0,
             }),
             keep: keep.max(1),
+            max_age: None,
             sync,
         })
+    }
+
+    /// Also deletes messages older than `max_age` (checked whenever a
+    /// batch is stored).
+    pub fn with_max_age(mut self, max_age: Option<std::time::Duration>) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     /// The file.
@@ -326,7 +345,30 @@ impl Store for RedbStore {
                     }
                 }
                 new_first += excess;
-                deleted = excess;
+                let mut aged = 0;
+                if let Some(cutoff) = self.max_age.map(cutoff_ms) {
+                    while new_first <= last {
+                        let old = match msgs.get(new_first).map_err(io)? {
+                            Some(v) => postcard::from_bytes::<Record>(v.value()).ok(),
+                            None => None,
+                        };
+                        match old {
+                            Some(rec) if rec.time_ms >= cutoff => break,
+                            Some(rec) => {
+                                if let Some(k) = rec.key {
+                                    keys.remove(key_bytes(&k).as_slice()).map_err(io)?;
+                                }
+                            }
+                            // Unreadable: its age is unknown; it goes with
+                            // its neighbours rather than block retention.
+                            None => {}
+                        }
+                        msgs.remove(new_first).map_err(io)?;
+                        new_first += 1;
+                        aged += 1;
+                    }
+                }
+                deleted = excess + aged;
             }
             tx.commit().map_err(io)?;
         }
@@ -382,6 +424,7 @@ impl Store for RedbStore {
 pub struct MemoryStore {
     log_id: [u8; 16],
     keep: usize,
+    max_age: Option<std::time::Duration>,
     inner: Mutex<Memory>,
 }
 
@@ -408,8 +451,15 @@ impl MemoryStore {
         MemoryStore {
             log_id,
             keep: keep.max(1) as usize,
+            max_age: None,
             inner: Mutex::new(Memory::default()),
         }
+    }
+
+    /// Also forgets messages older than `max_age`.
+    pub fn with_max_age(mut self, max_age: Option<std::time::Duration>) -> Self {
+        self.max_age = max_age;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -459,6 +509,13 @@ impl Store for MemoryStore {
                 }
             }
             out.push(Appended::New(id));
+        }
+        if let Some(cutoff) = self.max_age.map(cutoff_ms) {
+            while m.entries.front().is_some_and(|(e, _)| e.time_ms < cutoff) {
+                if let Some((_, Some(k))) = m.entries.pop_front() {
+                    m.keys.remove(&k);
+                }
+            }
         }
         Ok(out)
     }
@@ -576,6 +633,36 @@ mod tests {
         let s = RedbStore::open(dir.path(), 3, SyncPolicy::Full).expect("reopens");
         assert_eq!(s.last_id(), 6);
         assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn messages_older_than_the_max_age_go_and_the_rest_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = Some(std::time::Duration::from_secs(3600));
+        let stores: Vec<Box<dyn Store>> = vec![
+            Box::new(
+                RedbStore::open(dir.path(), 100, SyncPolicy::Full)
+                    .expect("opens")
+                    .with_max_age(hour),
+            ),
+            Box::new(MemoryStore::new(100).with_max_age(hour)),
+        ];
+        let now = cutoff_ms(std::time::Duration::ZERO);
+        for s in stores {
+            let old = NewEntry {
+                time_ms: now - 2 * 3600 * 1000,
+                ..msg(Some(([3; 16], 1)), "old")
+            };
+            s.append(&[&old]).expect("appends");
+            let new = NewEntry {
+                time_ms: now,
+                ..msg(Some(([3; 16], 2)), "new")
+            };
+            s.append(&[&new]).expect("appends");
+            assert_eq!(texts(&s.read(0, 2, 10).expect("reads")), ["new"]);
+            assert_eq!(s.len(), 1);
+            assert_eq!(s.last_id(), 2);
+        }
     }
 
     #[test]

@@ -202,8 +202,10 @@ async fn shutdown_signal() -> Stop {
 /// server with the reason and the file's name; the file is left as it is.
 fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store::Store>> {
     use qchat_server::store::{MemoryStore, RedbStore, Store, SyncPolicy};
+    let max_age = args.history_max_age.map(|s| s.0);
     if args.store == crate::cli::StoreKind::Memory {
-        return Ok(std::sync::Arc::new(MemoryStore::new(args.history_keep)));
+        let store = MemoryStore::new(args.history_keep).with_max_age(max_age);
+        return Ok(std::sync::Arc::new(store));
     }
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
@@ -214,7 +216,7 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
         crate::cli::SyncArg::Full => SyncPolicy::Full,
         crate::cli::SyncArg::None => SyncPolicy::None,
     };
-    let store = RedbStore::open(&dir, args.history_keep, sync)?;
+    let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
     Ok(std::sync::Arc::new(store))
 }
