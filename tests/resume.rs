@@ -328,6 +328,39 @@ fn a_member_whose_address_changes_keeps_its_session() {
 }
 
 #[test]
+fn the_operators_member_list_shows_a_moved_members_new_address() {
+    let home = Home::new();
+    let mut server = Server::start_on(&home, "127.0.0.1:0", &["--name", "op"]);
+    server
+        .proc
+        .expect(Stream::Out, "the operator's welcome", |l| {
+            l.starts_with("* joined the room")
+        });
+    let rt = runtime();
+    let raw = rt.block_on(Raw::connect(&server));
+    let mut a = rt.block_on(join_v3(&raw, "alice", [1; 16], None));
+    let port = rt.block_on(async {
+        rebind(&raw);
+        raw.endpoint().local_addr().expect("bound").port()
+    });
+    rt.block_on(async {
+        // Traffic from the new address is what tells the server.
+        a.stream.write(&say(1, "moved")).await.expect("written");
+        assert_eq!(
+            a.stream.next_msg().await,
+            Some(ServerMsg::AckV3 { seq: 1, id: 1 })
+        );
+    });
+    server.proc.send_line("/who");
+    let want = format!("127.0.0.1:{port}");
+    server
+        .proc
+        .expect(Stream::Out, "alice at her new address", |l| {
+            l.contains("alice") && l.contains(&want)
+        });
+}
+
+#[test]
 fn with_migration_disabled_a_moved_member_is_not_heard() {
     let home = Home::new();
     let server = Server::start_on(&home, "127.0.0.1:0", &["--no-migration"]);
