@@ -37,6 +37,10 @@ use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
 /// dropped, which is far fewer than this.
 const PRIVATE_KEYS: usize = 1024;
 
+/// Most messages the room keeps in memory for joins and resumes; older ones
+/// are read from the store.
+const RECENT_MAX: usize = 1024;
+
 /// A member's identity inside this server process; never reused.
 pub type MemberId = u64;
 
@@ -133,6 +137,10 @@ struct State {
     /// The newest id shown to the room. Members joining now get everything
     /// up to it from the log.
     published: u64,
+    /// The newest published messages, a window of the log kept in memory:
+    /// most joins and resumes (a short reconnect) need only these, and are
+    /// then served without reading the store under the room's lock.
+    recent: VecDeque<Entry>,
     /// Members whose connection dropped, by same-name key: their name is
     /// theirs until the grace ends.
     ghosts: HashMap<String, Ghost>,
@@ -187,6 +195,7 @@ impl Room {
                 members: BTreeMap::new(),
                 by_name: HashMap::new(),
                 published,
+                recent: VecDeque::new(),
                 ghosts: HashMap::new(),
                 private_seen: HashMap::new(),
                 host_reason: None,
@@ -283,11 +292,11 @@ impl Room {
         let (replay, resumed, missed) = match &resume {
             Some(p) if v3 && p.log_id == self.store.log_id() => {
                 let after = p.after.min(upto);
-                let got = self.read_log(after, upto, self.options.replay_max);
+                let got = self.read_log(&st, after, upto, self.options.replay_max);
                 let missed = (upto - after).saturating_sub(got.len() as u64);
                 (got, true, missed)
             }
-            _ => (self.read_log(0, upto, self.options.history), false, 0),
+            _ => (self.read_log(&st, 0, upto, self.options.history), false, 0),
         };
         let id = st.next_id;
         st.next_id += 1;
@@ -386,7 +395,17 @@ impl Room {
 
     /// Reads the log for a join. A log that cannot be read costs the member
     /// its replay, not its place: it is told how many it missed.
-    fn read_log(&self, after: u64, upto: u64, max: usize) -> Vec<Entry> {
+    fn read_log(&self, st: &State, after: u64, upto: u64, max: usize) -> Vec<Entry> {
+        // The window holds every id from its first to `published`: if the
+        // request starts inside it (or the newest `max` all lie inside it),
+        // it is the answer.
+        let first = st.recent.front().map(|e| e.id);
+        let from = (after + 1).max(upto.saturating_sub(max as u64).saturating_add(1));
+        if upto == st.published && first.is_some_and(|f| f <= from) || upto <= after {
+            let skip =
+                st.recent.len() - st.recent.iter().rev().take_while(|e| e.id >= from).count();
+            return st.recent.iter().skip(skip).cloned().collect();
+        }
         match self.store.read(after, upto, max) {
             Ok(v) => v,
             Err(e) => {
@@ -456,7 +475,27 @@ impl Room {
                 }
                 Appended::New(id) => {
                     st.published = st.published.max(id);
-                    self.fan_out(&mut st, id, p.member, p.entry);
+                    self.fan_out(&mut st, id, p.member, &p.entry);
+                    let keep = self.recent_len();
+                    if keep > 0 {
+                        if st.recent.len() >= keep {
+                            st.recent.pop_front();
+                        }
+                        let NewEntry {
+                            from,
+                            text,
+                            time_ms,
+                            action,
+                            ..
+                        } = p.entry;
+                        st.recent.push_back(Entry {
+                            id,
+                            from,
+                            text,
+                            time_ms,
+                            action,
+                        });
+                    }
                     let ack = match author_v3 {
                         Some(true) => ServerMsg::AckV3 { seq: p.seq, id },
                         _ => ServerMsg::Ack { seq: p.seq },
@@ -469,7 +508,15 @@ impl Room {
 
     /// Queues one stored message for everyone but its author: encoded once
     /// for version-3 members and once for the others, each only if needed.
-    fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: NewEntry) {
+    /// Messages kept in the in-memory window: what a fresh join needs, and
+    /// enough for the usual short reconnect.
+    fn recent_len(&self) -> usize {
+        self.options
+            .history
+            .max(self.options.replay_max.min(RECENT_MAX))
+    }
+
+    fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
         let (mut v3_frame, mut v2_frame) = (None, None);
         let mut slow = Vec::new();
         // The author may already be back on a new connection (same
@@ -1276,6 +1323,41 @@ mod tests {
             let texts: Vec<u64> = log.iter().map(|e| e.1.parse().expect("a number")).collect();
             let want: Vec<u64> = (1..next_seq).collect();
             proptest::prop_assert_eq!(texts, want, "each message stored once, in the order sent");
+        }
+    }
+
+    #[test]
+    fn the_memory_window_and_the_store_replay_the_same() {
+        let options = Arc::new(ServerOptions {
+            history: 2,
+            replay_max: 3,
+            ..ServerOptions::default()
+        });
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1000));
+        let room = Room::new(Arc::clone(&options), Arc::clone(&store));
+        let mut r = TestRoom {
+            log: room.take_log().expect("the queue"),
+            room,
+        };
+        let (w, _wrx) = v3_member(&r, "w", 1, None);
+        for seq in 1..=10 {
+            r.say(w.id, seq, seq.to_string(), false);
+        }
+        let log_id = store.log_id();
+        // A second room on the same log: nothing in memory, all from the
+        // store (a restarted server).
+        let cold = Room::new(options, Arc::clone(&store));
+        for after in [0, 2, 7, 8, 10] {
+            let resume = Some(ResumePoint { log_id, after });
+            let (_a, mut warm_rx) = v3_member(&r, &format!("a{after}"), 9, resume.clone());
+            let (_b, mut cold_rx) = v3_member(&cold, &format!("b{after}"), 9, resume);
+            let warm = drain(&mut warm_rx);
+            let cold_msgs = drain(&mut cold_rx);
+            let want: Vec<u64> = (after.max(7) + 1..=10).collect();
+            let got: Vec<u64> = stored(&warm).into_iter().map(|x| x.0).collect();
+            assert_eq!(got, want, "after {after}");
+            assert_eq!(stored(&warm), stored(&cold_msgs), "after {after}");
+            assert_eq!(warm.last(), cold_msgs.last(), "the same Replayed");
         }
     }
 }
