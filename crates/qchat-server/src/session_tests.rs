@@ -872,3 +872,45 @@ async fn a_private_message_resent_after_a_reconnect_reaches_its_recipient_once()
     }
     assert_eq!(privates, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_hosts_quit_reason_is_what_members_are_told_when_the_host_ends_the_server() {
+    let s = server(ServerOptions::default());
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let (mut carol, _c) = member(&s, "carol").await;
+    let mut op = s.join_local();
+    let mut frames = ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+        name: "host".into(),
+    }
+    .to_frame()
+    .to_vec();
+    frames.extend_from_slice(
+        &ClientMsg::Bye {
+            reason: "back tomorrow".into(),
+        }
+        .to_frame(),
+    );
+    op.send.write_all(&frames).await.expect("the pipe is open");
+    bob.client
+        .until("the host's leave", |m| matches!(m, ServerMsg::Left { .. }))
+        .await;
+    carol
+        .until("the host's leave", |m| matches!(m, ServerMsg::Left { .. }))
+        .await;
+    s.room()
+        .shutdown("the server is shutting down", false, true);
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::ShuttingDownV3 {
+            reason: "back tomorrow".into(),
+            back: false
+        })
+    );
+    assert_eq!(
+        carol.next().await,
+        Some(ServerMsg::ShuttingDown {
+            reason: "back tomorrow".into()
+        })
+    );
+}
