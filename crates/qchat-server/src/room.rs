@@ -265,6 +265,26 @@ impl Room {
             });
         }
         let key = names::fold(name);
+        // The same client back on a new connection before the server
+        // noticed its old one die (a frozen server, a NAT that forgot the
+        // mapping): the new connection replaces the old one, which is
+        // closed without a word to the room — to the others, the member
+        // never left.
+        let replaced = match (peer.instance, st.by_name.get(&key).copied()) {
+            (Some(i), Some(old))
+                if st.members.get(&old).and_then(|m| m.peer.instance) == Some(i) =>
+            {
+                Some(old)
+            }
+            _ => None,
+        };
+        if let Some(old) = replaced {
+            if let Some(m) = st.members.remove(&old) {
+                m.ending
+                    .trigger(CloseCode::Normal, "replaced by the member's new connection");
+            }
+            st.by_name.remove(&key);
+        }
         let returning = match st.ghosts.get(&key) {
             Some(g) if peer.instance == Some(g.instance) => true,
             Some(g) => {
@@ -369,7 +389,7 @@ impl Room {
                 .to_frame();
                 self.broadcast_v3(&mut st, frame, None);
             }
-        } else if st.members.len() < self.options.announce_limit {
+        } else if replaced.is_none() && st.members.len() < self.options.announce_limit {
             let frame = ServerMsg::Joined {
                 name: name.to_string(),
             }

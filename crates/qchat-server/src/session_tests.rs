@@ -914,3 +914,29 @@ async fn the_hosts_quit_reason_is_what_members_are_told_when_the_host_ends_the_s
         })
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_back_before_its_old_connection_died_replaces_it_silently() {
+    let s = server(ServerOptions::default());
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let old = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::Joined {
+            name: "alice".into()
+        })
+    );
+    // Another client still cannot have the name.
+    assert!(join_v3(&s, "alice", [7; 16], None).await.is_err());
+    let mut new = join_v3(&s, "alice", [1; 16], None).await.expect("replaces");
+    let end = ended(old.task).await;
+    assert_eq!(end.code, CloseCode::Normal, "{}", end.reason);
+    assert_eq!(s.room().len(), 2);
+    new.client.send(say_v3(1, "still here")).await;
+    // bob saw no leave and no join: the next thing is alice's message.
+    let got = bob.client.next().await;
+    assert!(
+        matches!(&got, Some(ServerMsg::ChatV3 { from, text, .. }) if from == "alice" && text == "still here"),
+        "{got:?}"
+    );
+}
