@@ -283,6 +283,24 @@ fn the_data_folder_is_private() {
     assert!(home.path().join("server").join("room.redb").exists());
 }
 
+#[cfg(unix)]
+#[test]
+fn a_data_folder_open_to_others_draws_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::new();
+    let dir = home.path().join("shared");
+    std::fs::create_dir_all(&dir).expect("created");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.to_string_lossy().into_owned();
+    let mut server = Server::start_on(&home, "127.0.0.1:0", &["--data-dir", &path]);
+    let warned = |l: &str| l.contains("chmod 700") && l.contains(&path);
+    // The warning comes before the listening line the harness waited for:
+    // already read, or still on its way from the stderr reader.
+    if !server.proc.transcript().lines().any(warned) {
+        server.proc.expect(Stream::Err, "the warning", warned);
+    }
+}
+
 /// Moves the raw client's connection to a fresh UDP socket: to the server,
 /// the member's address changes mid-conversation.
 fn rebind(raw: &Raw) {

@@ -232,7 +232,22 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
         b.mode(0o700);
     }
     b.create(dir)
-        .with_context(|| format!("cannot create the data folder {}", dir.display()))
+        .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+    // An existing folder keeps its mode; say so if others can look in.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "the data folder {} is open to other users, who can read the room's messages; fix with: chmod 700 {}",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Binds the server's endpoint and announces how to reach it. Needs the
