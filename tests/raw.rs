@@ -143,6 +143,13 @@ impl Raw {
     }
 }
 
+impl Raw {
+    /// The client's endpoint (to move it to another socket).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+}
+
 impl Drop for Raw {
     fn drop(&mut self) {
         self.endpoint.close(0u8.into(), b"test over");

@@ -4,6 +4,7 @@
 mod util;
 
 mod chat;
+mod client_resume;
 mod commands;
 mod hostile;
 mod identity;

@@ -67,6 +67,30 @@ pub struct ServeArgs {
     /// Worker threads for the async runtime (1 = single-threaded).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
+    /// Folder of the room log (default: $QCHAT_HOME/server), created
+    /// readable by you alone.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the room log lives: `file` (kept across restarts) or `memory`
+    /// (lost when the server stops; for tests and measurements).
+    #[arg(long, value_enum, default_value_t = StoreKind::File)]
+    pub store: StoreKind,
+    /// How each batch of messages reaches the disk: `full` waits for the
+    /// disk (survives a power cut); `none` leaves it to the operating system
+    /// (survives a crash of the server, not of the machine).
+    #[arg(long, value_enum, default_value_t = SyncArg::Full)]
+    pub sync: SyncArg,
+    /// Public messages the room log keeps; older ones are deleted.
+    #[arg(long, default_value_t = limits::HISTORY_KEEP, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_keep: u64,
+    /// Also delete public messages older than this many seconds (checked
+    /// whenever a message is stored).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs_arg)]
+    pub history_max_age: Option<Secs>,
+    /// Do not let a member's connection move to a new address (QUIC
+    /// migration); a member whose address changes then reconnects.
+    #[arg(long)]
+    pub no_migration: bool,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -123,6 +147,32 @@ pub struct LimitArgs {
     /// Public messages replayed to members who join (0 disables).
     #[arg(long, default_value_t = limits::HISTORY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub history: usize,
+    /// Messages replayed at most to a member resuming after a reconnect;
+    /// older ones are counted as missed.
+    #[arg(long, default_value_t = limits::REPLAY_MAX, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    pub replay_max: usize,
+    /// Seconds a dropped member's name is kept for its reconnect (0: it
+    /// leaves at once).
+    #[arg(long, default_value_t = Secs(limits::RECONNECT_GRACE), value_parser = parse_secs_arg)]
+    pub reconnect_grace: Secs,
+}
+
+/// Where the room log lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// An embedded database file in the data folder.
+    File,
+    /// Memory only.
+    Memory,
+}
+
+/// `--sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncArg {
+    /// fsync every batch.
+    Full,
+    /// No fsync.
+    None,
 }
 
 /// Server addresses are checked while parsing, so a bad one (`:99999`) is a
@@ -168,6 +218,8 @@ impl LimitArgs {
             backlog: self.backlog,
             retry_threshold: self.retry_threshold,
             history: self.history,
+            replay_max: self.replay_max,
+            grace: self.reconnect_grace.0,
             ..options
         };
         options.validate()?;

@@ -34,3 +34,8 @@ pub fn known_hosts() -> Result<PathBuf> {
 pub fn resume_dir() -> Result<PathBuf> {
     Ok(home()?.join("resume"))
 }
+
+/// The server's default data folder (its room log).
+pub fn server_dir() -> Result<PathBuf> {
+    Ok(home()?.join("server"))
+}

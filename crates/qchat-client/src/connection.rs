@@ -514,7 +514,7 @@ pub enum Greeting {
 /// that makes a re-send after a reconnect harmless.
 pub fn new_instance() -> [u8; 16] {
     let mut id = [0u8; 16];
-    if getrandom::getrandom(&mut id).is_err() {
+    if getrandom::fill(&mut id).is_err() {
         // No OS randomness (never seen in practice): a weaker id still
         // tells this process from others almost surely.
         for b in &mut id {

@@ -37,7 +37,7 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// Version 2 added private messages, actions, name changes, the member list
 /// and kicks; version 3 the room log's message ids, resuming after a
 /// reconnect, idempotent re-sends and the server's pacing in the welcome.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest protocol version this build still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

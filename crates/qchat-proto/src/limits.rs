@@ -90,3 +90,16 @@ pub const MAX_PER_IP: usize = 32;
 /// stranger nothing to take and are what a flood of silent connections
 /// would use to keep newcomers out.
 pub const MAX_UNJOINED_PER_IP: usize = 4;
+
+/// Messages replayed at most to a member resuming after a reconnect; the
+/// rest are counted as missed.
+pub const REPLAY_MAX: usize = 1000;
+
+/// How long a server keeps a dropped member's name for its reconnect.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(60);
+
+/// Public messages the server's room log keeps; older ones are deleted.
+pub const HISTORY_KEEP: u64 = 100_000;
+
+/// Public messages waiting to be stored before senders wait their turn.
+pub const LOG_QUEUE: usize = 8192;

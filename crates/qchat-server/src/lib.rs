@@ -12,17 +12,21 @@
 //! - [`room`]: the members and the fan-out; with the gate's counts, the
 //!   only state shared between connections.
 //! - [`writer`]: a connection's writer loop, shared with the bench's relay.
+//! - [`store`]: the room log's storage (an embedded file, or memory).
+//! - [`log`]: the log's writer task: group commit, then publish.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
 
 pub mod endpoint;
 pub mod gate;
+pub mod log;
 pub mod options;
 mod rate;
 pub mod room;
 mod session;
 #[cfg(test)]
 mod session_tests;
+pub mod store;
 mod tally;
 pub mod writer;
 
@@ -36,6 +40,29 @@ use tracing::Instrument;
 
 pub use options::{OptionsError, ServerOptions};
 pub use room::Room;
+
+/// Why the server stops: what members are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// For the user.
+    pub reason: String,
+    /// Whether the server expects to be back (a restart): version-3 clients
+    /// reconnect and resume.
+    pub back: bool,
+    /// The host ended the server from its own interface: its `/quit`
+    /// reason, if it gave one, is what members are told.
+    pub from_host: bool,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            reason: "the server is shutting down".into(),
+            back: false,
+            from_host: false,
+        }
+    }
+}
 
 /// How long shutdown waits for sessions to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -59,14 +86,26 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with an empty room.
-    pub fn new(mut options: ServerOptions) -> Self {
+    /// A server whose room log lives in memory (lost when it stops).
+    pub fn new(options: ServerOptions) -> Self {
+        let keep =
+            (options.history.max(options.replay_max) as u64).max(qchat_proto::limits::HISTORY_KEEP);
+        Self::with_store(options, Arc::new(store::MemoryStore::new(keep)))
+    }
+
+    /// A server over a room log. Inside a runtime the log's writer starts
+    /// at once; otherwise when [`Server::run`] starts.
+    pub fn with_store(mut options: ServerOptions, store: Arc<dyn store::Store>) -> Self {
         // A joining member's queue must hold its welcome and the whole
-        // history.
+        // history (a resuming member's queue is sized for its replay).
         options.queue_len = options.queue_len.max(options.history + 16);
         let options = Arc::new(options);
+        let room = Room::new(Arc::clone(&options), store);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            start_writer(&room);
+        }
         Server {
-            room: Arc::new(Room::new(Arc::clone(&options))),
+            room,
             gate: gate::Gate::new(
                 options.max_connections,
                 options.max_per_ip,
@@ -98,6 +137,8 @@ impl Server {
                     addr: None,
                     operator: true,
                     version: qchat_proto::PROTOCOL_VERSION,
+                    instance: None,
+                    conn: None,
                 };
                 let deadline = tokio::time::Instant::now() + options.hello_timeout;
                 session::run_stream(
@@ -121,13 +162,28 @@ impl Server {
     /// tells every member the server is going away, lets their queues
     /// drain, closes every connection and waits for the endpoint to go idle.
     pub async fn run(&self, endpoint: quinn::Endpoint, shutdown: impl Future<Output = ()>) {
+        self.run_until(endpoint, async {
+            shutdown.await;
+            Stop::default()
+        })
+        .await;
+    }
+
+    /// As [`Server::run`], telling members why the server stops and whether
+    /// it will be back.
+    pub async fn run_until(&self, endpoint: quinn::Endpoint, shutdown: impl Future<Output = Stop>) {
+        start_writer(&self.room);
+        let mut stop = Stop::default();
         let mut sessions = JoinSet::new();
         let mut summaries = tokio::time::interval(tally::WINDOW);
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
+                why = &mut shutdown => {
+                    stop = why;
+                    break;
+                }
                 _ = summaries.tick() => {
                     for line in self.gate.summarise() {
                         tracing::info!("{line}");
@@ -167,7 +223,7 @@ impl Server {
         }
         tracing::info!(members = self.room.len(), "shutting down");
         endpoint.set_server_config(None);
-        self.room.shutdown("the server is shutting down");
+        self.room.shutdown(&stop.reason, stop.back, stop.from_host);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while sessions.join_next().await.is_some() {}
         })
@@ -180,5 +236,12 @@ impl Server {
             b"server shutting down",
         );
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, endpoint.wait_idle()).await;
+    }
+}
+
+/// Starts the room log's writer, once.
+fn start_writer(room: &Arc<Room>) {
+    if let Some(rx) = room.take_log() {
+        tokio::spawn(log::run_writer(Arc::clone(room), rx));
     }
 }

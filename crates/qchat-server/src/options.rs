@@ -54,6 +54,16 @@ pub struct ServerOptions {
     /// Handshakes per second above which unvalidated addresses get a QUIC
     /// Retry first (0 = always).
     pub retry_threshold: u32,
+    /// Messages replayed at most to a resuming member.
+    pub replay_max: usize,
+    /// How long a dropped version-3 member's name is kept for its
+    /// reconnect (0: it leaves at once).
+    pub grace: Duration,
+    /// Public messages waiting for the log's writer before senders wait.
+    pub log_queue: usize,
+    /// Whether a member's connection may move to a new address (QUIC
+    /// migration: a NAT rebinding, a new network).
+    pub migration: bool,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +86,10 @@ impl Default for ServerOptions {
             burst: limits::BURST,
             backlog: limits::BACKLOG,
             retry_threshold: limits::RETRY_THRESHOLD,
+            replay_max: limits::REPLAY_MAX,
+            grace: limits::RECONNECT_GRACE,
+            log_queue: limits::LOG_QUEUE,
+            migration: true,
         }
     }
 }

@@ -3,20 +3,43 @@
 //! All room state lives behind one mutex, held only for the synchronous work
 //! of queueing frames (never across an await). One lock gives the ordering
 //! guarantee for free: whatever order messages take the lock in is the order
-//! every member receives them. Each broadcast is encoded once; every
-//! recipient's queue gets a reference-counted clone of the same bytes.
+//! every member receives them. Each broadcast is encoded once per kind
+//! (version-3 members get one encoding, older members another, each only
+//! if such members exist); every recipient's queue gets a reference-counted
+//! clone of the same bytes.
+//!
+//! Public messages go through the room log first ([`crate::log`]): a member
+//! submits, the log's writer stores a batch in one commit, and only then does
+//! [`Room::publish`] show the batch to the room and acknowledge it, under the
+//! lock, in id order. The lock is also what makes a resume exact: a joining
+//! member is registered and the newest *published* id noted in one step, so
+//! everything up to that id comes from the log and everything after it
+//! arrives live, with no gap and no duplicate.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use qchat_proto::{names, CloseCode, MemberInfo, RejectReason, ServerMsg, PROTOCOL_VERSION};
+use qchat_proto::{
+    names, CloseCode, MemberInfo, RejectReason, ResumePoint, ServerMsg, PROTOCOL_VERSION,
+};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
+use crate::log::{LogItem, Pending};
 use crate::options::ServerOptions;
+use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
+
+/// Private message keys remembered per client instance for deduplication:
+/// a client re-sends only what was unacknowledged when its connection
+/// dropped, which is far fewer than this.
+const PRIVATE_KEYS: usize = 1024;
+
+/// Most messages the room keeps in memory for joins and resumes; older ones
+/// are read from the store.
+const RECENT_MAX: usize = 1024;
 
 /// A member's identity inside this server process; never reused.
 pub type MemberId = u64;
@@ -72,12 +95,33 @@ pub struct Peer {
     pub operator: bool,
     /// The protocol version agreed in the hello.
     pub version: u32,
+    /// The version-3 client instance (`None` before version 3).
+    pub instance: Option<[u8; 16]>,
+    /// The connection, to show its current address (it may migrate).
+    pub conn: Option<quinn::Connection>,
+}
+
+impl Peer {
+    /// The address the member is reachable at now.
+    fn current_addr(&self) -> Option<SocketAddr> {
+        self.conn
+            .as_ref()
+            .map(quinn::Connection::remote_address)
+            .or(self.addr)
+    }
 }
 
 /// The shared room.
 pub struct Room {
     state: Mutex<State>,
     options: Arc<ServerOptions>,
+    store: Arc<dyn Store>,
+    /// The log writer's queue: public messages waiting to be stored.
+    log: mpsc::Sender<LogItem>,
+    /// Its other end, until the writer takes it.
+    log_rx: Mutex<Option<mpsc::Receiver<LogItem>>>,
+    /// For the grace timers, which outlive the session that started them.
+    me: Weak<Room>,
 }
 
 struct State {
@@ -90,7 +134,20 @@ struct State {
     /// The last public messages, as `History` messages. Kept unencoded:
     /// saying something must not pay for a replay that only a later join
     /// needs, and the text moves here without a copy.
-    history: VecDeque<ServerMsg>,
+    /// The newest id shown to the room. Members joining now get everything
+    /// up to it from the log.
+    published: u64,
+    /// The newest published messages, a window of the log kept in memory:
+    /// most joins and resumes (a short reconnect) need only these, and are
+    /// then served without reading the store under the room's lock.
+    recent: VecDeque<Entry>,
+    /// Members whose connection dropped, by same-name key: their name is
+    /// theirs until the grace ends.
+    ghosts: HashMap<String, Ghost>,
+    /// Private messages already delivered, per client instance.
+    private_seen: HashMap<[u8; 16], (HashSet<u64>, VecDeque<u64>)>,
+    /// The host's `/quit` reason, for the shutdown that follows it.
+    host_reason: Option<String>,
     closed: bool,
 }
 
@@ -100,6 +157,20 @@ struct Member {
     ending: Arc<Ending>,
     peer: Peer,
     joined: Instant,
+}
+
+impl Member {
+    fn v3(&self) -> bool {
+        self.peer.version >= 3
+    }
+}
+
+/// A member whose connection dropped, waiting for it to come back.
+struct Ghost {
+    name: String,
+    instance: [u8; 16],
+    /// The member it was, so that a timer finds only its own ghost.
+    was: MemberId,
 }
 
 /// What a newly joined member needs to know.
@@ -112,18 +183,40 @@ pub struct Joined {
 }
 
 impl Room {
-    /// An empty room.
-    pub fn new(options: Arc<ServerOptions>) -> Self {
-        Room {
+    /// An empty room over a log. Its writer must be started
+    /// ([`crate::log::run_writer`] with [`Room::take_log`]) for public
+    /// messages to reach anyone.
+    pub fn new(options: Arc<ServerOptions>, store: Arc<dyn Store>) -> Arc<Self> {
+        let (log, log_rx) = mpsc::channel(options.log_queue.max(1));
+        let published = store.last_id();
+        Arc::new_cyclic(|me| Room {
             state: Mutex::new(State {
                 next_id: 1,
                 members: BTreeMap::new(),
                 by_name: HashMap::new(),
-                history: VecDeque::new(),
+                published,
+                recent: VecDeque::new(),
+                ghosts: HashMap::new(),
+                private_seen: HashMap::new(),
+                host_reason: None,
                 closed: false,
             }),
             options,
-        }
+            store,
+            log,
+            log_rx: Mutex::new(Some(log_rx)),
+            me: me.clone(),
+        })
+    }
+
+    /// The log writer's end of the queue; `None` once taken.
+    pub fn take_log(&self) -> Option<mpsc::Receiver<LogItem>> {
+        self.log_rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The room log.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -147,15 +240,16 @@ impl Room {
         self.lock().closed
     }
 
-    /// Adds a member, if its name is valid and free. The welcome, then the
-    /// history, are the first frames in its queue, before anything broadcast
-    /// afterwards.
+    /// Adds a member, if its name is valid and free (or held for this very
+    /// client, whose connection dropped). The welcome, then the replay, are
+    /// the first frames in its queue, before anything published afterwards.
     pub fn join(
         &self,
         name: &str,
         outbox: mpsc::Sender<Bytes>,
         ending: Arc<Ending>,
         peer: Peer,
+        resume: Option<ResumePoint>,
     ) -> Result<Joined, Rejection> {
         if let Err(e) = names::validate(name) {
             return Err(Rejection {
@@ -170,12 +264,60 @@ impl Room {
                 detail: "the server is shutting down".into(),
             });
         }
-        if let Some(other) = taken(&st, name, None) {
+        let key = names::fold(name);
+        // The same client back on a new connection before the server
+        // noticed its old one die (a frozen server, a NAT that forgot the
+        // mapping): the new connection replaces the old one, which is
+        // closed without a word to the room — to the others, the member
+        // never left.
+        let replaced = match (peer.instance, st.by_name.get(&key).copied()) {
+            (Some(i), Some(old))
+                if st.members.get(&old).and_then(|m| m.peer.instance) == Some(i) =>
+            {
+                Some(old)
+            }
+            _ => None,
+        };
+        if let Some(old) = replaced {
+            if let Some(m) = st.members.remove(&old) {
+                m.ending
+                    .trigger(CloseCode::Normal, "replaced by the member's new connection");
+            }
+            st.by_name.remove(&key);
+        }
+        let returning = match st.ghosts.get(&key) {
+            Some(g) if peer.instance == Some(g.instance) => true,
+            Some(g) => {
+                return Err(Rejection {
+                    reason: RejectReason::NameTaken,
+                    detail: format!(
+                        "{} (their connection dropped; the name is kept for them for {} s); choose another",
+                        names::clash(name, &g.name),
+                        self.options.grace.as_secs()
+                    ),
+                })
+            }
+            None => false,
+        };
+        // A returning member's name is held by its own ghost, and by no
+        // one else.
+        if let Some(other) = taken(&st, name, None).filter(|_| !returning) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
                 detail: format!("{}; choose another", names::clash(name, &other)),
             });
         }
+        let upto = st.published;
+        let v3 = peer.version >= 3;
+        let (replay, resumed, missed) = match &resume {
+            Some(p) if v3 && p.log_id == self.store.log_id() => {
+                let after = p.after.min(upto);
+                let got = self.read_log(&st, after, upto, self.options.replay_max);
+                let missed = (upto - after).saturating_sub(got.len() as u64);
+                (got, true, missed)
+            }
+            _ => (self.read_log(&st, 0, upto, self.options.history), false, 0),
+        };
         let id = st.next_id;
         st.next_id += 1;
         let mut members: Vec<String> = st
@@ -185,27 +327,76 @@ impl Room {
             .map(|m| m.name.clone())
             .collect();
         members.push(name.to_string());
-        let welcome = ServerMsg::Welcome {
-            version: peer.version.min(PROTOCOL_VERSION),
-            server_name: self.options.server_name.clone(),
-            name: name.to_string(),
-            members,
+        let welcome = if v3 {
+            ServerMsg::WelcomeV3 {
+                version: peer.version.min(PROTOCOL_VERSION),
+                server_name: self.options.server_name.clone(),
+                name: name.to_string(),
+                members,
+                log_id: self.store.log_id(),
+                last_id: upto,
+                rate: self.options.rate,
+                burst: self.options.burst,
+                max_message: u32::try_from(self.options.max_message).unwrap_or(u32::MAX),
+                grace_secs: u32::try_from(self.options.grace.as_secs()).unwrap_or(u32::MAX),
+            }
+        } else {
+            ServerMsg::Welcome {
+                version: peer.version.min(PROTOCOL_VERSION),
+                server_name: self.options.server_name.clone(),
+                name: name.to_string(),
+                members,
+            }
         };
-        // The queue is new and empty; the history is shorter than the queue
+        // The queue is new and empty, and longer than the replay plus two
         // (the options guarantee it), so none of this can fail for lack of
         // room.
         let _ = outbox.try_send(welcome.to_frame());
-        for past in &st.history {
-            let _ = outbox.try_send(past.to_frame());
+        let count = replay.len() as u64;
+        for e in replay {
+            let msg = if v3 {
+                ServerMsg::HistoryV3 {
+                    id: e.id,
+                    from: e.from,
+                    text: e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                }
+            } else {
+                ServerMsg::History {
+                    from: e.from,
+                    text: e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                }
+            };
+            let _ = outbox.try_send(msg.to_frame());
         }
-        if st.members.len() < self.options.announce_limit {
+        if v3 {
+            let done = ServerMsg::Replayed {
+                resumed,
+                count,
+                missed,
+            };
+            let _ = outbox.try_send(done.to_frame());
+        }
+        if returning {
+            st.ghosts.remove(&key);
+            if st.members.len() < self.options.announce_limit {
+                let frame = ServerMsg::Returned {
+                    name: name.to_string(),
+                }
+                .to_frame();
+                self.broadcast_v3(&mut st, frame, None);
+            }
+        } else if replaced.is_none() && st.members.len() < self.options.announce_limit {
             let frame = ServerMsg::Joined {
                 name: name.to_string(),
             }
             .to_frame();
             self.broadcast(&mut st, frame, None);
         }
-        st.by_name.insert(names::fold(name), id);
+        st.by_name.insert(key, id);
         st.members.insert(
             id,
             Member {
@@ -222,52 +413,203 @@ impl Room {
         })
     }
 
-    /// Delivers a message (or an action) from `id` to everyone else, keeps
-    /// it for the history, then acknowledges it to the sender.
-    pub fn say(&self, id: MemberId, seq: u64, text: String, action: bool) {
-        let mut st = self.lock();
-        let Some(from) = st.members.get(&id).map(|m| m.name.clone()) else {
-            return;
-        };
-        let time_ms = now_ms();
-        let msg = if action {
-            ServerMsg::Action {
-                from,
-                text,
-                time_ms,
-            }
-        } else {
-            ServerMsg::Chat {
-                from,
-                text,
-                time_ms,
-            }
-        };
-        let frame = msg.to_frame();
-        if let (true, ServerMsg::Action { from, text, .. } | ServerMsg::Chat { from, text, .. }) =
-            (self.options.history > 0, msg)
-        {
-            if st.history.len() >= self.options.history {
-                st.history.pop_front();
-            }
-            st.history.push_back(ServerMsg::History {
-                from,
-                text,
-                time_ms,
-                action,
-            });
+    /// Reads the log for a join. A log that cannot be read costs the member
+    /// its replay, not its place: it is told how many it missed.
+    fn read_log(&self, st: &State, after: u64, upto: u64, max: usize) -> Vec<Entry> {
+        // The window holds every id from its first to `published`: if the
+        // request starts inside it (or the newest `max` all lie inside it),
+        // it is the answer.
+        let first = st.recent.front().map(|e| e.id);
+        let from = (after + 1).max(upto.saturating_sub(max as u64).saturating_add(1));
+        if upto == st.published && first.is_some_and(|f| f <= from) || upto <= after {
+            let skip =
+                st.recent.len() - st.recent.iter().rev().take_while(|e| e.id >= from).count();
+            return st.recent.iter().skip(skip).cloned().collect();
         }
-        self.broadcast(&mut st, frame, Some(id));
-        self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
+        match self.store.read(after, upto, max) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cannot replay the room log: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Takes a public message (or action) from `id` for the log; the log's
+    /// writer stores it, then [`Room::publish`] shows it. `None` if the
+    /// member is gone.
+    pub fn submit(&self, id: MemberId, seq: u64, text: String, action: bool) -> Option<Pending> {
+        let st = self.lock();
+        let m = st.members.get(&id)?;
+        Some(Pending {
+            member: id,
+            seq,
+            entry: NewEntry {
+                key: m.peer.instance.map(|i| (i, seq)),
+                from: m.name.clone(),
+                text,
+                time_ms: now_ms(),
+                action,
+            },
+        })
+    }
+
+    /// The queue to the log's writer.
+    pub fn log_queue(&self) -> &mpsc::Sender<LogItem> {
+        &self.log
+    }
+
+    /// Shows a stored batch to the room, in id order, and acknowledges each
+    /// message to its author; a duplicate is only acknowledged. `stored` is
+    /// what the store made of each message, or why it could not store them
+    /// (then each author is told nothing was sent).
+    pub fn publish(&self, batch: Vec<Pending>, stored: Result<Vec<Appended>, StoreError>) {
+        let mut st = self.lock();
+        let results = match stored {
+            Ok(r) => r,
+            Err(e) => {
+                let reason =
+                    format!("the server could not store the message ({e}); nothing was sent");
+                for p in batch {
+                    self.send_to(
+                        &mut st,
+                        p.member,
+                        ServerMsg::Refused {
+                            seq: p.seq,
+                            reason: reason.clone(),
+                        }
+                        .to_frame(),
+                    );
+                }
+                return;
+            }
+        };
+        for (p, r) in batch.into_iter().zip(results) {
+            let author_v3 = st.members.get(&p.member).map(Member::v3);
+            match r {
+                Appended::Duplicate(id) => {
+                    if author_v3 == Some(true) {
+                        let ack = ServerMsg::AckV3 { seq: p.seq, id }.to_frame();
+                        self.send_to(&mut st, p.member, ack);
+                    }
+                }
+                Appended::New(id) => {
+                    st.published = st.published.max(id);
+                    self.fan_out(&mut st, id, p.member, &p.entry);
+                    let keep = self.recent_len();
+                    if keep > 0 {
+                        if st.recent.len() >= keep {
+                            st.recent.pop_front();
+                        }
+                        let NewEntry {
+                            from,
+                            text,
+                            time_ms,
+                            action,
+                            ..
+                        } = p.entry;
+                        st.recent.push_back(Entry {
+                            id,
+                            from,
+                            text,
+                            time_ms,
+                            action,
+                        });
+                    }
+                    let ack = match author_v3 {
+                        Some(true) => ServerMsg::AckV3 { seq: p.seq, id },
+                        _ => ServerMsg::Ack { seq: p.seq },
+                    };
+                    self.send_to(&mut st, p.member, ack.to_frame());
+                }
+            }
+        }
+    }
+
+    /// Queues one stored message for everyone but its author: encoded once
+    /// for version-3 members and once for the others, each only if needed.
+    /// Messages kept in the in-memory window: what a fresh join needs, and
+    /// enough for the usual short reconnect.
+    fn recent_len(&self) -> usize {
+        self.options
+            .history
+            .max(self.options.replay_max.min(RECENT_MAX))
+    }
+
+    fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
+        let (mut v3_frame, mut v2_frame) = (None, None);
+        let mut slow = Vec::new();
+        // The author may already be back on a new connection (same
+        // instance, new member id): it gets its acknowledgement when it
+        // re-sends, never its own message.
+        let instance = e.key.map(|k| k.0);
+        for (mid, m) in &st.members {
+            if *mid == author || (instance.is_some() && m.peer.instance == instance) {
+                continue;
+            }
+            let frame = if m.v3() {
+                v3_frame
+                    .get_or_insert_with(|| {
+                        ServerMsg::ChatV3 {
+                            id,
+                            from: e.from.clone(),
+                            text: e.text.clone(),
+                            time_ms: e.time_ms,
+                            action: e.action,
+                        }
+                        .to_frame()
+                    })
+                    .clone()
+            } else {
+                v2_frame
+                    .get_or_insert_with(|| {
+                        let (from, text, time_ms) = (e.from.clone(), e.text.clone(), e.time_ms);
+                        if e.action {
+                            ServerMsg::Action {
+                                from,
+                                text,
+                                time_ms,
+                            }
+                        } else {
+                            ServerMsg::Chat {
+                                from,
+                                text,
+                                time_ms,
+                            }
+                        }
+                        .to_frame()
+                    })
+                    .clone()
+            };
+            if is_full(m.outbox.try_send(frame)) {
+                slow.push(*mid);
+            }
+        }
+        if !slow.is_empty() {
+            self.evict_slow(st, slow);
+        }
     }
 
     /// Delivers a private message to one member, echoes it to the sender,
     /// and acknowledges it; or refuses it if there is no such member.
     pub fn private(&self, id: MemberId, seq: u64, to: &str, text: String) {
         let mut st = self.lock();
-        let Some(from) = st.members.get(&id).map(|m| m.name.clone()) else {
+        let Some((from, instance)) = st
+            .members
+            .get(&id)
+            .map(|m| (m.name.clone(), m.peer.instance))
+        else {
             return;
         };
+        // Private messages are not logged; a re-send after a reconnect is
+        // recognised in memory instead.
+        if let Some(i) = instance {
+            let seen = st.private_seen.entry(i).or_default();
+            if seen.0.contains(&seq) {
+                self.send_to(&mut st, id, ServerMsg::AckV3 { seq, id: 0 }.to_frame());
+                return;
+            }
+        }
         let target = st.by_name.get(&names::fold(to)).copied();
         let Some(target) = target else {
             let reason = format!("there is nobody called {to:?} here");
@@ -290,7 +632,22 @@ impl Room {
         if target != id {
             self.send_to(&mut st, id, frame);
         }
-        self.send_to(&mut st, id, ServerMsg::Ack { seq }.to_frame());
+        let ack = match instance {
+            Some(i) => {
+                let seen = st.private_seen.entry(i).or_default();
+                if seen.0.insert(seq) {
+                    seen.1.push_back(seq);
+                }
+                while seen.1.len() > PRIVATE_KEYS {
+                    if let Some(old) = seen.1.pop_front() {
+                        seen.0.remove(&old);
+                    }
+                }
+                ServerMsg::AckV3 { seq, id: 0 }
+            }
+            None => ServerMsg::Ack { seq },
+        };
+        self.send_to(&mut st, id, ack.to_frame());
     }
 
     /// Renames a member, under the same rules as a new name, and tells
@@ -338,7 +695,7 @@ impl Room {
             .map(|m| MemberInfo {
                 name: m.name.clone(),
                 connected_secs: m.joined.elapsed().as_secs(),
-                addr: match (asker_is_op, m.peer.addr) {
+                addr: match (asker_is_op, m.peer.current_addr()) {
                     (true, Some(a)) => a.to_string(),
                     (true, None) => "local".into(),
                     (false, _) => String::new(),
@@ -417,23 +774,122 @@ impl Room {
     /// Calling it for a member already gone does nothing.
     pub fn leave(&self, id: MemberId, reason: &str) {
         let mut st = self.lock();
+        if let Some(m) = st.members.get(&id) {
+            let host = m.peer.operator && m.peer.addr.is_none() && !reason.is_empty();
+            let instance = m.peer.instance;
+            if host {
+                // The host leaving with a reason ends the server; the
+                // shutdown that follows carries the reason.
+                st.host_reason = Some(reason.to_string());
+            }
+            if let Some(i) = instance {
+                st.private_seen.remove(&i);
+            }
+        }
         self.remove(&mut st, id, reason);
     }
 
+    /// A member's connection dropped without a goodbye. A version-3 member
+    /// keeps its name for the grace period, and the room hears that it is
+    /// reconnecting rather than that it left; if it is not back in time it
+    /// leaves with `reason`. Older members leave at once.
+    pub fn lose(&self, id: MemberId, reason: &str) {
+        let mut st = self.lock();
+        let grace = self.options.grace;
+        let instance = st.members.get(&id).and_then(|m| m.peer.instance);
+        let (Some(instance), false, false) = (instance, grace.is_zero(), st.closed) else {
+            drop(st);
+            self.leave(id, reason);
+            return;
+        };
+        let Some(m) = st.members.remove(&id) else {
+            return;
+        };
+        let key = names::fold(&m.name);
+        st.by_name.remove(&key);
+        if st.members.len() < self.options.announce_limit {
+            let frame = ServerMsg::Reconnecting {
+                name: m.name.clone(),
+            }
+            .to_frame();
+            self.broadcast_v3(&mut st, frame, None);
+        }
+        st.ghosts.insert(
+            key.clone(),
+            Ghost {
+                name: m.name,
+                instance,
+                was: id,
+            },
+        );
+        let me = self.me.clone();
+        let reason = reason.to_string();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(grace).await;
+                if let Some(room) = me.upgrade() {
+                    room.expire(&key, id, &reason);
+                }
+            });
+        }
+    }
+
+    /// The grace of the ghost that was member `was` is over.
+    fn expire(&self, key: &str, was: MemberId, reason: &str) {
+        let mut st = self.lock();
+        if st.ghosts.get(key).map(|g| g.was) != Some(was) {
+            return;
+        }
+        let Some(g) = st.ghosts.remove(key) else {
+            return;
+        };
+        st.private_seen.remove(&g.instance);
+        if st.members.len() < self.options.announce_limit {
+            let frame = ServerMsg::Left {
+                name: g.name,
+                reason: reason.to_string(),
+            }
+            .to_frame();
+            self.broadcast(&mut st, frame, None);
+        }
+    }
+
     /// Tells every member the server is closing and empties the room; no one
-    /// can join afterwards.
-    pub fn shutdown(&self, reason: &str) {
+    /// can join afterwards. `back`: a restart, after which members resume.
+    /// When the host ended the server (`from_host`), its own `/quit`
+    /// reason, if it gave one, is what members are told.
+    pub fn shutdown(&self, reason: &str, back: bool, from_host: bool) {
         let mut st = self.lock();
         st.closed = true;
-        let frame = ServerMsg::ShuttingDown {
-            reason: reason.to_string(),
-        }
-        .to_frame();
+        let reason = match (&st.host_reason, from_host) {
+            (Some(r), true) => r.clone(),
+            _ => reason.to_string(),
+        };
+        let (mut v3, mut v2) = (None, None);
         for m in st.members.values() {
-            let _ = m.outbox.try_send(frame.clone());
+            let frame = if m.v3() {
+                v3.get_or_insert_with(|| {
+                    ServerMsg::ShuttingDownV3 {
+                        reason: reason.clone(),
+                        back,
+                    }
+                    .to_frame()
+                })
+                .clone()
+            } else {
+                v2.get_or_insert_with(|| {
+                    ServerMsg::ShuttingDown {
+                        reason: reason.clone(),
+                    }
+                    .to_frame()
+                })
+                .clone()
+            };
+            let _ = m.outbox.try_send(frame);
         }
         st.members.clear();
         st.by_name.clear();
+        st.ghosts.clear();
     }
 
     fn send_to(&self, st: &mut State, id: MemberId, frame: Bytes) {
@@ -453,6 +909,20 @@ impl Room {
         let mut slow = Vec::new();
         for (id, m) in &st.members {
             if Some(*id) != except && is_full(m.outbox.try_send(frame.clone())) {
+                slow.push(*id);
+            }
+        }
+        if !slow.is_empty() {
+            self.evict_slow(st, slow);
+        }
+    }
+
+    /// Queues `frame` for every version-3 member but `except`: presence
+    /// kinds older members would not understand.
+    fn broadcast_v3(&self, st: &mut State, frame: Bytes, except: Option<MemberId>) {
+        let mut slow = Vec::new();
+        for (id, m) in &st.members {
+            if Some(*id) != except && m.v3() && is_full(m.outbox.try_send(frame.clone())) {
                 slow.push(*id);
             }
         }
@@ -510,11 +980,13 @@ fn is_full<T>(sent: Result<(), TrySendError<T>>) -> bool {
 
 /// The name of the member (other than `except`) that already has `name`.
 fn taken(st: &State, name: &str, except: Option<MemberId>) -> Option<String> {
+    let key = names::fold(name);
     st.by_name
-        .get(&names::fold(name))
+        .get(&key)
         .filter(|id| Some(**id) != except)
         .and_then(|id| st.members.get(id))
         .map(|m| m.name.clone())
+        .or_else(|| st.ghosts.get(&key).map(|g| g.name.clone()))
 }
 
 fn now_ms() -> u64 {
@@ -528,15 +1000,51 @@ fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn room() -> Room {
-        Room::new(Arc::new(ServerOptions::default()))
+    use crate::log::{drain_now, LogItem};
+    use crate::store::MemoryStore;
+
+    /// A room and its log's queue, which the tests drain themselves.
+    struct TestRoom {
+        room: Arc<Room>,
+        log: mpsc::Receiver<LogItem>,
+    }
+
+    impl std::ops::Deref for TestRoom {
+        type Target = Room;
+        fn deref(&self) -> &Room {
+            &self.room
+        }
+    }
+
+    impl TestRoom {
+        /// Says something and lets the log's writer store and publish it.
+        fn say(&mut self, id: MemberId, seq: u64, text: String, action: bool) {
+            if let Some(p) = self.room.submit(id, seq, text, action) {
+                self.room
+                    .log_queue()
+                    .try_send(LogItem::Message(p))
+                    .expect("room in the queue");
+            }
+            drain_now(&self.room, &mut self.log);
+        }
+    }
+
+    fn room() -> TestRoom {
+        let room = Room::new(
+            Arc::new(ServerOptions::default()),
+            Arc::new(MemoryStore::new(1000)),
+        );
+        let log = room.take_log().expect("the queue is there");
+        TestRoom { room, log }
     }
 
     fn peer(operator: bool) -> Peer {
         Peer {
             addr: None,
             operator,
-            version: PROTOCOL_VERSION,
+            version: 2,
+            instance: None,
+            conn: None,
         }
     }
 
@@ -544,7 +1052,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(cap);
         let ending = Ending::new();
         let j = r
-            .join(name, tx, Arc::clone(&ending), peer(name == "op"))
+            .join(name, tx, Arc::clone(&ending), peer(name == "op"), None)
             .expect("joins");
         (j, rx, ending)
     }
@@ -567,14 +1075,14 @@ mod tests {
         let _a = member(&r, "Alice", 8);
         let (tx2, _rx2) = mpsc::channel(8);
         let err = r
-            .join("aLICE", tx2, Ending::new(), peer(false))
+            .join("aLICE", tx2, Ending::new(), peer(false), None)
             .expect_err("taken");
         assert_eq!(err.reason, RejectReason::NameTaken);
     }
 
     #[test]
     fn broadcast_reaches_others_in_order_and_acks_sender() {
-        let r = room();
+        let mut r = room();
         let (a, mut ra, _) = member(&r, "a", 8);
         let (_b, mut rb, _) = member(&r, "b", 8);
         r.say(a.id, 1, "one".into(), false);
@@ -599,7 +1107,7 @@ mod tests {
 
     #[test]
     fn a_member_that_does_not_read_is_removed_and_announced() {
-        let r = room();
+        let mut r = room();
         let (a, mut ra, _) = member(&r, "a", 64);
         let (_b, _rb, ending_b) = member(&r, "b", 2);
         for i in 0..4 {
@@ -614,7 +1122,7 @@ mod tests {
 
     #[test]
     fn a_member_whose_connection_is_gone_is_not_taken_for_a_slow_reader() {
-        let r = room();
+        let mut r = room();
         let (a, mut ra, _) = member(&r, "a", 64);
         let (b, rb, ending_b) = member(&r, "b", 2);
         // b's writer stopped (its connection closed): its queue is closed,
@@ -645,14 +1153,14 @@ mod tests {
         let r = room();
         let (tx, _rx) = mpsc::channel(8);
         let err = r
-            .join("bad name", tx, Ending::new(), peer(false))
+            .join("bad name", tx, Ending::new(), peer(false), None)
             .expect_err("invalid");
         assert_eq!(err.reason, RejectReason::NameInvalid);
     }
 
     #[test]
     fn history_is_replayed_to_newcomers_without_private_messages() {
-        let r = room();
+        let mut r = room();
         let (a, _ra, _) = member(&r, "a", 64);
         let (_b, _rb, _) = member(&r, "b", 64);
         r.say(a.id, 1, "public".into(), false);
@@ -752,5 +1260,124 @@ mod tests {
         assert_eq!(for_op.len(), 2);
         assert!(for_op.iter().all(|m| !m.addr.is_empty()));
         assert!(list(drain(&mut rb)).iter().all(|m| m.addr.is_empty()));
+    }
+
+    fn v3_member(
+        r: &Room,
+        name: &str,
+        instance: u8,
+        resume: Option<ResumePoint>,
+    ) -> (Joined, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(4096);
+        let peer = Peer {
+            version: 3,
+            instance: Some([instance; 16]),
+            ..peer(false)
+        };
+        let j = r
+            .join(name, tx, Ending::new(), peer, resume)
+            .expect("joins");
+        (j, rx)
+    }
+
+    /// Public messages among `msgs`, as (id, text).
+    fn stored(msgs: &[ServerMsg]) -> Vec<(u64, String)> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                ServerMsg::HistoryV3 { id, text, .. } | ServerMsg::ChatV3 { id, text, .. } => {
+                    Some((*id, text.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of new messages, re-sends, commits and a
+        /// reader that drops and resumes from the last id it saw: the
+        /// reader's transcript is the log, each message once, in order.
+        #[test]
+        fn a_resuming_reader_sees_the_log_exactly_once(ops in proptest::collection::vec(0u8..4, 1..80)) {
+            let mut r = room();
+            let log_id = r.store().log_id();
+            let (writer, _wrx) = v3_member(&r, "w", 1, None);
+            let (mut reader, mut rrx) = v3_member(&r, "r", 2, None);
+            let mut transcript = stored(&drain(&mut rrx));
+            let mut next_seq = 1u64;
+            for op in ops {
+                match op {
+                    // A new message, not yet committed.
+                    0 => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                            r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
+                        }
+                    }
+                    // A re-send of an earlier message.
+                    1 if next_seq > 1 => {
+                        let seq = next_seq / 2;
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                            r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
+                        }
+                    }
+                    // The writer commits what is queued.
+                    2 => drain_now(&r.room, &mut r.log),
+                    // The reader's connection drops; it comes back resuming
+                    // from the last id it displayed.
+                    _ => {
+                        transcript.extend(stored(&drain(&mut rrx)));
+                        r.leave(reader.id, "");
+                        let after = transcript.last().map(|t| t.0).unwrap_or(0);
+                        let (j, rx) = v3_member(&r, "r", 2, Some(ResumePoint { log_id, after }));
+                        reader = j;
+                        rrx = rx;
+                    }
+                }
+            }
+            drain_now(&r.room, &mut r.log);
+            transcript.extend(stored(&drain(&mut rrx)));
+            let log = r.store().read(0, u64::MAX, usize::MAX).expect("reads");
+            let log: Vec<(u64, String)> = log.into_iter().map(|e| (e.id, e.text)).collect();
+            proptest::prop_assert_eq!(&transcript, &log);
+            let texts: Vec<u64> = log.iter().map(|e| e.1.parse().expect("a number")).collect();
+            let want: Vec<u64> = (1..next_seq).collect();
+            proptest::prop_assert_eq!(texts, want, "each message stored once, in the order sent");
+        }
+    }
+
+    #[test]
+    fn the_memory_window_and_the_store_replay_the_same() {
+        let options = Arc::new(ServerOptions {
+            history: 2,
+            replay_max: 3,
+            ..ServerOptions::default()
+        });
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(1000));
+        let room = Room::new(Arc::clone(&options), Arc::clone(&store));
+        let mut r = TestRoom {
+            log: room.take_log().expect("the queue"),
+            room,
+        };
+        let (w, _wrx) = v3_member(&r, "w", 1, None);
+        for seq in 1..=10 {
+            r.say(w.id, seq, seq.to_string(), false);
+        }
+        let log_id = store.log_id();
+        // A second room on the same log: nothing in memory, all from the
+        // store (a restarted server).
+        let cold = Room::new(options, Arc::clone(&store));
+        for after in [0, 2, 7, 8, 10] {
+            let resume = Some(ResumePoint { log_id, after });
+            let (_a, mut warm_rx) = v3_member(&r, &format!("a{after}"), 9, resume.clone());
+            let (_b, mut cold_rx) = v3_member(&cold, &format!("b{after}"), 9, resume);
+            let warm = drain(&mut warm_rx);
+            let cold_msgs = drain(&mut cold_rx);
+            let want: Vec<u64> = (after.max(7) + 1..=10).collect();
+            let got: Vec<u64> = stored(&warm).into_iter().map(|x| x.0).collect();
+            assert_eq!(got, want, "after {after}");
+            assert_eq!(stored(&warm), stored(&cold_msgs), "after {after}");
+            assert_eq!(warm.last(), cold_msgs.last(), "the same Replayed");
+        }
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::gate::Permit;
+use crate::log::LogItem;
 use crate::rate::TokenBucket;
 use crate::room::{Ending, MemberId, Peer, Room};
 use crate::tally::Kind;
@@ -101,15 +102,41 @@ pub(crate) fn serve_quic(
                     addr: Some(conn.remote_address()),
                     operator: false,
                     version: PROTOCOL_VERSION,
+                    instance: None,
+                    conn: Some(conn.clone()),
                 };
                 let sink = QuicSink(send);
-                run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await
+                let session =
+                    run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit));
+                tokio::select! {
+                    end = session => end,
+                    never = watch_address(&conn) => match never {},
+                }
             }
             Err(e) => before_join(&e, Some(&permit)),
         };
         conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
+}
+
+/// How often a session looks whether its member's address changed.
+const ADDRESS_CHECK: Duration = Duration::from_secs(2);
+
+/// Logs the member's new address once each time its connection migrates
+/// (a NAT rebinding, a new network). Runs as long as the session.
+async fn watch_address(conn: &quinn::Connection) -> std::convert::Infallible {
+    let mut seen = conn.remote_address();
+    let mut tick = tokio::time::interval(ADDRESS_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = conn.remote_address();
+        if now != seen {
+            tracing::info!(from = %seen, to = %now, "the member's address changed");
+            seen = now;
+        }
+    }
 }
 
 /// Checks the ALPN and accepts the session stream within the hello deadline.
@@ -210,8 +237,22 @@ where
         }
         Ok(Ok(Some(f))) => f,
     };
-    let (version, name) = match ClientMsg::decode(&first) {
-        Ok(ClientMsg::Hello { version, name }) => (version, name),
+    let (version, name, instance, resume) = match ClientMsg::decode(&first) {
+        // The first hello speaks at most version 2, whatever number it
+        // carries: version 3 starts with its own hello.
+        Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None),
+        Ok(ClientMsg::HelloV3 {
+            version,
+            name,
+            instance,
+            resume,
+        }) if version >= 3 => (version, name, Some(instance), resume),
+        Ok(ClientMsg::HelloV3 { .. }) => {
+            return before_join(
+                &SessionError::Protocol("a version-3 hello with an older version"),
+                permit,
+            )
+        }
         Ok(_) => return before_join(&SessionError::Protocol("data before the hello"), permit),
         Err(e) => return before_join(&e.into(), permit),
     };
@@ -224,11 +265,19 @@ where
 
     let peer = Peer {
         version: version.min(PROTOCOL_VERSION),
+        instance,
         ..peer
     };
-    let (tx, rx) = mpsc::channel(options.queue_len);
+    // The new queue holds the welcome, the history or replay, and the end
+    // of the replay, before anything else can fill it.
+    let replay = if resume.is_some() {
+        options.replay_max
+    } else {
+        options.history
+    };
+    let (tx, rx) = mpsc::channel(options.queue_len.max(replay + 16));
     let ending = Ending::new();
-    let joined = match room.join(&name, tx, Arc::clone(&ending), peer) {
+    let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
         Ok(j) => j,
         Err(rej) => {
             if first_before_join(CloseCode::Rejected, permit) {
@@ -249,11 +298,13 @@ where
     let id = joined.id;
     let reader = async {
         let outcome = read_loop(id, version, &mut decoder, &mut recv, room, options).await;
-        let reason = match &outcome {
-            Ok(reason) => reason.clone(),
-            Err(e) => format!("disconnected: {e}"),
-        };
-        room.leave(id, &reason);
+        match &outcome {
+            Ok(reason) => room.leave(id, reason),
+            // A connection that dropped may come back: the room keeps the
+            // member's name for a while.
+            Err(e @ SessionError::Lost(_)) => room.lose(id, &format!("disconnected: {e}")),
+            Err(e) => room.leave(id, &format!("disconnected: {e}")),
+        }
         outcome
     };
     let writer = write_loop(&mut send, rx);
@@ -320,7 +371,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
-            if let Some(reason) = handle(id, msg, room, options) {
+            if let Some(reason) = handle(id, msg, room, options).await {
+                published(room).await;
                 return Ok(reason);
             }
         }
@@ -329,6 +381,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         if eof {
             if backlog.is_empty() {
+                published(room).await;
                 return Ok(String::new());
             }
             tokio::time::sleep_until(bucket.next_token()).await;
@@ -383,7 +436,14 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
 }
 
 /// Carries out one message. `Some(reason)` means the member is leaving.
-fn handle(id: MemberId, msg: ClientMsg, room: &Room, options: &ServerOptions) -> Option<String> {
+/// A public message waits for room in the log's queue: a full queue slows
+/// its senders down instead of dropping anything.
+async fn handle(
+    id: MemberId,
+    msg: ClientMsg,
+    room: &Room,
+    options: &ServerOptions,
+) -> Option<String> {
     match msg {
         ClientMsg::Say { seq, text }
         | ClientMsg::Action { seq, text }
@@ -397,8 +457,8 @@ fn handle(id: MemberId, msg: ClientMsg, room: &Room, options: &ServerOptions) ->
             );
             room.reply(id, &ServerMsg::Refused { seq, reason });
         }
-        ClientMsg::Say { seq, text } => room.say(id, seq, text, false),
-        ClientMsg::Action { seq, text } => room.say(id, seq, text, true),
+        ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
+        ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
         ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
         ClientMsg::Nick { name } => room.nick(id, &name),
         ClientMsg::Who => room.who(id),
@@ -414,6 +474,22 @@ fn handle(id: MemberId, msg: ClientMsg, room: &Room, options: &ServerOptions) ->
         ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {}
     }
     None
+}
+
+/// Waits until everything this member said is published (and so
+/// acknowledged), before it leaves.
+async fn published(room: &Room) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if room.log_queue().send(LogItem::Barrier(tx)).await.is_ok() {
+        let _ = rx.await;
+    }
+}
+
+async fn submit(room: &Room, id: MemberId, seq: u64, text: String, action: bool) {
+    if let Some(p) = room.submit(id, seq, text, action) {
+        // Only fails once the writer is gone, when the server is stopping.
+        let _ = room.log_queue().send(LogItem::Message(p)).await;
+    }
 }
 
 async fn read<R: AsyncRead + Unpin>(

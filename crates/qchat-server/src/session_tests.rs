@@ -438,5 +438,505 @@ fn network_peer() -> Peer {
         addr: None,
         operator: false,
         version: PROTOCOL_VERSION,
+        instance: None,
+        conn: None,
     }
+}
+
+/// A reading end whose connection can be made to drop: after `cut`, it
+/// fails the way a lost network connection does, instead of ending cleanly.
+struct Cuttable {
+    inner: ReadHalf<DuplexStream>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Cuttable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.cut.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        }
+        let before = buf.filled().len();
+        let got = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        // The client's side closing is what wakes the read; whether it was
+        // cut is decided then.
+        if matches!(got, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && self.cut.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+        }
+        got
+    }
+}
+
+/// A version-3 member: its client, its session, how to drop its connection,
+/// and everything up to the end of its replay (welcome first).
+struct V3 {
+    client: Client,
+    task: JoinHandle<End>,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    start: Vec<ServerMsg>,
+}
+
+impl V3 {
+    /// Drops the connection without a goodbye.
+    async fn drop_connection(self) -> End {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.client);
+        ended(self.task).await
+    }
+
+    fn replayed(&self) -> (bool, u64, u64) {
+        match self.start.last() {
+            Some(ServerMsg::Replayed {
+                resumed,
+                count,
+                missed,
+            }) => (*resumed, *count, *missed),
+            other => panic!("the replay did not end with Replayed: {other:?}"),
+        }
+    }
+
+    fn log(&self) -> ([u8; 16], u64) {
+        match self.start.first() {
+            Some(ServerMsg::WelcomeV3 {
+                log_id, last_id, ..
+            }) => (*log_id, *last_id),
+            other => panic!("no WelcomeV3: {other:?}"),
+        }
+    }
+}
+
+/// Says hello as a version-3 client; `Err` carries the rejection.
+async fn join_v3(
+    server: &Server,
+    name: &str,
+    instance: [u8; 16],
+    resume: Option<qchat_proto::ResumePoint>,
+) -> Result<V3, ServerMsg> {
+    let (client_end, server_end) = tokio::io::duplex(1 << 20);
+    let (server_recv, server_send) = tokio::io::split(server_end);
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recv = Cuttable {
+        inner: server_recv,
+        cut: Arc::clone(&cut),
+    };
+    let room = Arc::clone(&server.room);
+    let options = Arc::clone(&server.options);
+    let deadline = Instant::now() + options.hello_timeout;
+    let task = tokio::spawn(async move {
+        run_stream(
+            PipeSink(server_send),
+            recv,
+            network_peer(),
+            &room,
+            &options,
+            deadline,
+            None,
+        )
+        .await
+    });
+    let (r, send) = tokio::io::split(client_end);
+    let mut client = Client {
+        send,
+        recv: r,
+        decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
+    };
+    client
+        .send(ClientMsg::HelloV3 {
+            version: 3,
+            name: name.into(),
+            instance,
+            resume,
+        })
+        .await;
+    let mut start = Vec::new();
+    loop {
+        match client.next().await {
+            Some(m @ ServerMsg::Rejected { .. }) => return Err(m),
+            Some(m @ ServerMsg::Replayed { .. }) => {
+                start.push(m);
+                break;
+            }
+            Some(m) => start.push(m),
+            None => panic!("{name}: the stream ended during the join: {start:?}"),
+        }
+    }
+    Ok(V3 {
+        client,
+        task,
+        cut,
+        start,
+    })
+}
+
+/// The ids and texts of the messages among `msgs` (replayed or live).
+fn ids(msgs: &[ServerMsg]) -> Vec<(u64, String)> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            ServerMsg::HistoryV3 { id, text, .. } | ServerMsg::ChatV3 { id, text, .. } => {
+                Some((*id, text.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn say_v3(seq: u64, text: &str) -> ClientMsg {
+    ClientMsg::Say {
+        seq,
+        text: text.into(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_v3_join_gets_the_log_and_a_resume_gets_exactly_what_it_missed() {
+    let s = server(ServerOptions {
+        rate: 0,
+        ..ServerOptions::default()
+    });
+    let mut alice = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    assert_eq!(alice.replayed(), (false, 0, 0));
+    for seq in 1..=5 {
+        alice.client.send(say_v3(seq, &format!("m{seq}"))).await;
+        let ack = alice
+            .client
+            .until("the ack", |m| matches!(m, ServerMsg::AckV3 { .. }))
+            .await;
+        assert_eq!(ack, ServerMsg::AckV3 { seq, id: seq });
+    }
+    let fresh = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let (log_id, last) = fresh.log();
+    assert_eq!(last, 5);
+    assert_eq!(ids(&fresh.start).len(), 5);
+    assert_eq!(fresh.replayed(), (false, 5, 0));
+    let resumed = join_v3(
+        &s,
+        "carol",
+        [3; 16],
+        Some(qchat_proto::ResumePoint { log_id, after: 2 }),
+    )
+    .await
+    .expect("joins");
+    assert_eq!(
+        ids(&resumed.start),
+        [(3, "m3".into()), (4, "m4".into()), (5, "m5".into())]
+    );
+    assert_eq!(resumed.replayed(), (true, 3, 0));
+    // Another log's point is a fresh join, not a resume.
+    let other = join_v3(
+        &s,
+        "dave",
+        [4; 16],
+        Some(qchat_proto::ResumePoint {
+            log_id: [9; 16],
+            after: 2,
+        }),
+    )
+    .await
+    .expect("joins");
+    assert_eq!(other.replayed(), (false, 5, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_while_messages_flow_has_no_gap_and_no_duplicate() {
+    let s = server(ServerOptions {
+        rate: 0,
+        replay_max: 3,
+        ..ServerOptions::default()
+    });
+    let mut alice = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    let log_id = alice.log().0;
+    let mut burst = Vec::new();
+    for seq in 1..=200u64 {
+        burst.extend_from_slice(&say_v3(seq, &seq.to_string()).to_frame());
+    }
+    // The burst and the resume race: wherever the join falls between
+    // commits, the member sees each id once, in order.
+    alice.client.write(&burst).await;
+    let mut bob = join_v3(
+        &s,
+        "bob",
+        [2; 16],
+        Some(qchat_proto::ResumePoint { log_id, after: 0 }),
+    )
+    .await
+    .expect("joins");
+    let (resumed, count, missed) = bob.replayed();
+    assert!(resumed);
+    let mut seen = ids(&bob.start);
+    while seen.last().map(|l| l.0) != Some(200) {
+        let m = bob.client.next().await.expect("the stream stays open");
+        seen.extend(ids(&[m]));
+    }
+    let first = seen.first().map(|f| f.0).expect("something");
+    assert_eq!(first, missed + 1, "{seen:?}");
+    assert!(count <= 3, "replayed {count}, more than --replay-max");
+    let want: Vec<u64> = (first..=200).collect();
+    assert_eq!(seen.iter().map(|x| x.0).collect::<Vec<_>>(), want);
+    assert!(seen.iter().all(|(id, text)| *text == id.to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_resent_after_a_reconnect_is_acknowledged_and_not_delivered_again() {
+    let s = server(ServerOptions {
+        rate: 0,
+        ..ServerOptions::default()
+    });
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let mut alice = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    alice.client.send(say_v3(7, "once")).await;
+    let first = alice
+        .client
+        .until("the ack", |m| matches!(m, ServerMsg::AckV3 { .. }))
+        .await;
+    alice.drop_connection().await;
+    let mut again = join_v3(&s, "alice", [1; 16], None).await.expect("rejoins");
+    again.client.send(say_v3(7, "once")).await;
+    again.client.send(say_v3(8, "twice")).await;
+    let second = again
+        .client
+        .until("the ack", |m| matches!(m, ServerMsg::AckV3 { .. }))
+        .await;
+    assert_eq!(first, second, "the re-send gets the stored id");
+    let mut texts = Vec::new();
+    while texts.last().map(String::as_str) != Some("twice") {
+        let m = bob.client.next().await.expect("open");
+        texts.extend(ids(&[m]).into_iter().map(|x| x.1));
+    }
+    assert_eq!(texts, ["once", "twice"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_member_keeps_its_name_through_the_grace_and_v2_members_see_only_the_end() {
+    let s = server(ServerOptions {
+        grace: Duration::from_secs(30),
+        ..ServerOptions::default()
+    });
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let (mut carol, _c) = member(&s, "carol").await;
+    let alice = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    let end = alice.drop_connection().await;
+    assert_eq!(end.code, CloseCode::Normal, "{}", end.reason);
+    assert_eq!(
+        bob.client
+            .until("the drop", |m| !matches!(m, ServerMsg::Joined { .. }))
+            .await,
+        ServerMsg::Reconnecting {
+            name: "alice".into()
+        }
+    );
+    // Someone else cannot take the name meanwhile.
+    let thief = join_v3(&s, "ALICE", [9; 16], None).await;
+    assert!(
+        matches!(
+            &thief,
+            Err(ServerMsg::Rejected {
+                reason: qchat_proto::RejectReason::NameTaken,
+                ..
+            })
+        ),
+        "{:?}",
+        thief.as_ref().err()
+    );
+    let back = join_v3(&s, "alice", [1; 16], None)
+        .await
+        .expect("takes it back");
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::Returned {
+            name: "alice".into()
+        })
+    );
+    // Then it drops for good.
+    back.drop_connection().await;
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::Reconnecting {
+            name: "alice".into()
+        })
+    );
+    let left = bob.client.next().await;
+    assert!(
+        matches!(&left, Some(ServerMsg::Left { name, .. }) if name == "alice"),
+        "{left:?}"
+    );
+    // The v2 member saw alice join once and leave once: no presence kinds
+    // it cannot decode, no leave-and-join pair for a reconnect.
+    let mut seen = Vec::new();
+    loop {
+        let m = carol.next().await.expect("open");
+        let done = matches!(&m, ServerMsg::Left { name, .. } if name == "alice");
+        seen.push(m);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|m| matches!(m, ServerMsg::Joined { name } if name == "alice"))
+            .count(),
+        1,
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|m| matches!(
+            m,
+            ServerMsg::Reconnecting { .. } | ServerMsg::Returned { .. }
+        )),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn v2_and_v3_members_each_get_their_own_kinds() {
+    let s = server(ServerOptions::default());
+    let (mut carol, _c) = member(&s, "carol").await;
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    carol
+        .until("bob", |m| matches!(m, ServerMsg::Joined { .. }))
+        .await;
+    carol.say(1, "from v2").await;
+    assert_eq!(carol.next().await, Some(ServerMsg::Ack { seq: 1 }));
+    let got = bob.client.next().await;
+    assert!(
+        matches!(&got, Some(ServerMsg::ChatV3 { id: 1, text, action: false, .. }) if text == "from v2"),
+        "{got:?}"
+    );
+    bob.client
+        .send(ClientMsg::Action {
+            seq: 1,
+            text: "waves".into(),
+        })
+        .await;
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::AckV3 { seq: 1, id: 2 })
+    );
+    let got = carol.next().await;
+    assert!(
+        matches!(&got, Some(ServerMsg::Action { text, .. }) if text == "waves"),
+        "{got:?}"
+    );
+    s.room().shutdown("restarting", true, false);
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::ShuttingDownV3 {
+            reason: "restarting".into(),
+            back: true
+        })
+    );
+    assert_eq!(
+        carol.next().await,
+        Some(ServerMsg::ShuttingDown {
+            reason: "restarting".into()
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_private_message_resent_after_a_reconnect_reaches_its_recipient_once() {
+    let s = server(ServerOptions::default());
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let mut alice = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    let psst = ClientMsg::Private {
+        seq: 5,
+        to: "bob".into(),
+        text: "psst".into(),
+    };
+    alice.client.send(psst.clone()).await;
+    alice
+        .client
+        .until("the ack", |m| *m == ServerMsg::AckV3 { seq: 5, id: 0 })
+        .await;
+    alice.drop_connection().await;
+    let mut again = join_v3(&s, "alice", [1; 16], None).await.expect("rejoins");
+    again.client.send(psst).await;
+    assert_eq!(
+        again.client.next().await,
+        Some(ServerMsg::AckV3 { seq: 5, id: 0 }),
+        "acknowledged without an echo: it was delivered before"
+    );
+    again.client.send(say_v3(6, "after")).await;
+    let mut privates = 0;
+    loop {
+        match bob.client.next().await.expect("open") {
+            ServerMsg::Private { text, .. } if text == "psst" => privates += 1,
+            ServerMsg::ChatV3 { text, .. } if text == "after" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(privates, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hosts_quit_reason_is_what_members_are_told_when_the_host_ends_the_server() {
+    let s = server(ServerOptions::default());
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let (mut carol, _c) = member(&s, "carol").await;
+    let mut op = s.join_local();
+    let mut frames = ClientMsg::Hello {
+        version: PROTOCOL_VERSION,
+        name: "host".into(),
+    }
+    .to_frame()
+    .to_vec();
+    frames.extend_from_slice(
+        &ClientMsg::Bye {
+            reason: "back tomorrow".into(),
+        }
+        .to_frame(),
+    );
+    op.send.write_all(&frames).await.expect("the pipe is open");
+    bob.client
+        .until("the host's leave", |m| matches!(m, ServerMsg::Left { .. }))
+        .await;
+    carol
+        .until("the host's leave", |m| matches!(m, ServerMsg::Left { .. }))
+        .await;
+    s.room()
+        .shutdown("the server is shutting down", false, true);
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::ShuttingDownV3 {
+            reason: "back tomorrow".into(),
+            back: false
+        })
+    );
+    assert_eq!(
+        carol.next().await,
+        Some(ServerMsg::ShuttingDown {
+            reason: "back tomorrow".into()
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_back_before_its_old_connection_died_replaces_it_silently() {
+    let s = server(ServerOptions::default());
+    let mut bob = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
+    let old = join_v3(&s, "alice", [1; 16], None).await.expect("joins");
+    assert_eq!(
+        bob.client.next().await,
+        Some(ServerMsg::Joined {
+            name: "alice".into()
+        })
+    );
+    // Another client still cannot have the name.
+    assert!(join_v3(&s, "alice", [7; 16], None).await.is_err());
+    let mut new = join_v3(&s, "alice", [1; 16], None).await.expect("replaces");
+    let end = ended(old.task).await;
+    assert_eq!(end.code, CloseCode::Normal, "{}", end.reason);
+    assert_eq!(s.room().len(), 2);
+    new.client.send(say_v3(1, "still here")).await;
+    // bob saw no leave and no join: the next thing is alice's message.
+    let got = bob.client.next().await;
+    assert!(
+        matches!(&got, Some(ServerMsg::ChatV3 { from, text, .. }) if from == "alice" && text == "still here"),
+        "{got:?}"
+    );
 }

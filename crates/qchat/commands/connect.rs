@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use qchat_client::reconnect::Dialer;
 use qchat_client::resume::ResumeStore;
 use qchat_client::{
-    ConnectError, Decision, Greeting, HelloError, Link, Network, TrustMode, TrustPlan,
-    TrustState, UnknownServer,
+    ConnectError, Decision, Greeting, HelloError, Link, Network, TrustMode, TrustPlan, TrustState,
+    UnknownServer,
 };
 use qchat_proto::{names, RejectReason};
 

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result};
 use qchat_proto::ALPN;
-use qchat_server::{Server, ServerOptions};
+use qchat_server::{Server, ServerOptions, Stop};
 
 use tokio::sync::mpsc;
 
@@ -21,13 +21,14 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
+        let store = open_store(&args)?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = Server::new(options);
+        let server = Server::with_store(options, store);
         if let Some(name) = operator {
             let link = server.join_local();
             tokio::spawn(operate(link, name, host_about(&identity, local)));
         }
-        server.run(endpoint, shutdown_signal()).await;
+        server.run_until(endpoint, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(crate::exit::OK)
     })
@@ -55,14 +56,16 @@ fn operator_name(args: &ServeArgs) -> Result<Option<String>> {
 /// The operator, in plain mode: lines from stdin, events on stdout. When
 /// the operator leaves (end of input, /quit) the server keeps serving.
 async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) {
-    let (decoder, welcome) = match qchat_client::hello(&mut link.send, &mut link.recv, &name).await
-    {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!("the operator could not join the room: {e}");
-            return;
-        }
-    };
+    let (decoder, welcome) =
+        match qchat_client::hello_as(&mut link.send, &mut link.recv, &name, &operator_greeting())
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("the operator could not join the room: {e}");
+                return;
+            }
+        };
     let link = qchat_client::Link {
         send: link.send,
         recv: link.recv,
@@ -79,6 +82,7 @@ async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) 
 fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
     let base = ServerOptions {
         server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
+        migration: !args.no_migration,
         ..ServerOptions::default()
     };
     Ok(args.limits.apply(base)?)
@@ -112,26 +116,39 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     runtime.block_on(async move {
         // Announced on the normal screen too, so it is there after the
         // interface closes.
+        let store = open_store(&args)?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = std::sync::Arc::new(Server::new(options));
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = std::sync::Arc::new(Server::with_store(options, store));
+        // Carries the host's `/quit REASON` (empty without one).
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
         let task = {
             let server = std::sync::Arc::clone(&server);
             tokio::spawn(async move {
                 let stop = async {
                     tokio::select! {
-                        () = shutdown_signal() => {}
-                        _ = stop_rx => {}
+                        why = shutdown_signal() => why,
+                        reason = stop_rx => match reason {
+                            Ok(reason) if !reason.is_empty() => Stop {
+                                reason,
+                                back: false,
+                                from_host: true,
+                            },
+                            _ => Stop { from_host: true, ..Stop::default() },
+                        },
                     }
                 };
-                server.run(endpoint, stop).await;
+                server.run_until(endpoint, stop).await;
             })
         };
         let mut local_link = server.join_local();
-        let (decoder, welcome) =
-            qchat_client::hello(&mut local_link.send, &mut local_link.recv, &name)
-                .await
-                .context("cannot join the room as the operator")?;
+        let (decoder, welcome) = qchat_client::hello_as(
+            &mut local_link.send,
+            &mut local_link.recv,
+            &name,
+            &operator_greeting(),
+        )
+        .await
+        .context("cannot join the room as the operator")?;
         let link = qchat_client::Link {
             send: local_link.send,
             recv: local_link.recv,
@@ -142,18 +159,23 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
         let about = host_about(&identity, local).welcomed(welcome);
         let (code, reason) =
             crate::ui::run_with_reason(link, about, crate::ui::UiOptions { bell }, events_rx).await;
-        if !reason.is_empty() {
-            // The host's `/quit REASON` is why the server stops: every
-            // member is told it, whatever their interface, before the
-            // generic words of the shutdown that follows.
-            server.room().shutdown(&reason);
-        }
-        let _ = stop_tx.send(());
+        // The host's `/quit REASON` is why the server stops: every member is
+        // told it, whatever their interface.
+        let _ = stop_tx.send(reason);
         // Server::run bounds its own shutdown; this is a backstop.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
         tracing::info!("stopped");
         Ok(code)
     })
+}
+
+/// The operator speaks the current protocol like any member; its link is
+/// in-process and never drops, so it has nothing to resume.
+fn operator_greeting() -> qchat_client::Greeting {
+    qchat_client::Greeting::V3 {
+        instance: qchat_client::new_instance(),
+        resume: None,
+    }
 }
 
 /// A measured choice, not a guess: see docs/PERFORMANCE.md.
@@ -170,8 +192,11 @@ fn runtime(threads: u16) -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on the first SIGINT or SIGTERM. SIGTERM is what service
+/// managers send before a restart or an upgrade, so members are told the
+/// server will be back and their clients resume; SIGINT is a person
+/// stopping it.
+async fn shutdown_signal() -> Stop {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -180,7 +205,13 @@ async fn shutdown_signal() {
             Ok(mut term) => {
                 tokio::select! {
                     _ = ctrl_c => {}
-                    _ = term.recv() => {}
+                    _ = term.recv() => {
+                        return Stop {
+                            reason: "the server is restarting".into(),
+                            back: true,
+                            from_host: false,
+                        };
+                    }
                 }
             }
             Err(_) => {
@@ -192,6 +223,59 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+    Stop::default()
+}
+
+/// The room log the flags ask for. A log that cannot be opened stops the
+/// server with the reason and the file's name; the file is left as it is.
+fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store::Store>> {
+    use qchat_server::store::{MemoryStore, RedbStore, Store, SyncPolicy};
+    let max_age = args.history_max_age.map(|s| s.0);
+    if args.store == crate::cli::StoreKind::Memory {
+        let store = MemoryStore::new(args.history_keep).with_max_age(max_age);
+        return Ok(std::sync::Arc::new(store));
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::home::server_dir()?,
+    };
+    create_private_dir(&dir)?;
+    let sync = match args.sync {
+        crate::cli::SyncArg::Full => SyncPolicy::Full,
+        crate::cli::SyncArg::None => SyncPolicy::None,
+    };
+    let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
+    tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
+    Ok(std::sync::Arc::new(store))
+}
+
+/// Creates the data folder readable by its owner alone: it holds everything
+/// said in the room.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .with_context(|| format!("cannot create the data folder {}", dir.display()))?;
+    // An existing folder keeps its mode; say so if others can look in.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "the data folder {} is open to other users, who can read the room's messages; fix with: chmod 700 {}",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Binds the server's endpoint and announces how to reach it. Needs the
@@ -204,6 +288,7 @@ fn listen(
     let mut config =
         qchat_tls::quic_server_config(identity, &[ALPN]).context("cannot set up TLS")?;
     config.transport_config(options.transport());
+    config.migration(options.migration);
     let endpoint = qchat_server::endpoint::bind(addr, config)
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = endpoint
