@@ -45,14 +45,19 @@ fn join_and_leave_are_announced_and_the_room_is_listed() {
 #[test]
 fn a_killed_member_is_announced_as_gone() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
-    // The shortest idle timeout the default keep-alive (3 s) allows: bob's
-    // silence is noticed after about 4 s instead of 10, and alice, whose
-    // keep-alives arrive in time, stays.
-    let server = Server::start_on(&hs, "127.0.0.1:0", &["--idle-timeout", "4"]);
+    // A short idle timeout: bob's silence is noticed after about 4 s
+    // instead of 10, and alice, whose keep-alives arrive in time, stays.
+    // His name is held for a reconnect for one second, then he is gone.
+    let server = Server::start_on(
+        &hs,
+        "127.0.0.1:0",
+        &["--idle-timeout", "4", "--reconnect-grace", "1"],
+    );
     let mut alice = join(&ha, &server, "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.expect_out("* bob joined");
     bob.kill();
+    alice.expect_out("* bob is reconnecting");
     let line = alice.expect(Stream::Out, "bob's departure", |l| {
         l.starts_with("* bob left")
     });

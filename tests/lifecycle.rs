@@ -3,22 +3,58 @@
 use crate::util::{join, Home, Server};
 
 #[test]
-fn sigterm_tells_everyone_and_exits_cleanly() {
+fn sigterm_is_a_restart_that_members_come_back_from() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
     let mut server = Server::start(&hs);
+    let addr = server.target();
     let mut alice = join(&ha, &server, "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.expect_out("* bob joined");
+    alice.send_line("before the restart");
+    bob.expect_out("<alice> before the restart");
     server.proc.signal("TERM");
     for p in [&mut alice, &mut bob] {
-        p.expect(crate::util::Stream::Out, "the shutdown notice", |l| {
-            l.starts_with("* server shutting down")
+        p.expect(crate::util::Stream::Out, "the restart notice", |l| {
+            l.starts_with("* server restarting")
         });
-        let status = p.wait();
-        assert_eq!(status.code(), Some(3), "{}", p.transcript());
     }
     let status = server.proc.wait();
     assert_eq!(status.code(), Some(0), "{}", server.proc.transcript());
+
+    // The same server comes back on the same address and data folder:
+    // both resume, and nothing said before is shown twice.
+    let _server = Server::start_on(&hs, &addr, &[]);
+    for p in [&mut alice, &mut bob] {
+        p.expect(crate::util::Stream::Out, "the reconnection", |l| {
+            l.starts_with("* reconnected")
+        });
+    }
+    bob.send_line("after the restart");
+    alice.expect_out("<bob> after the restart");
+    let said = bob
+        .stdout_so_far()
+        .iter()
+        .filter(|l| *l == "<alice> before the restart")
+        .count();
+    assert_eq!(said, 1, "{}", bob.transcript());
+    for p in [&mut alice, &mut bob] {
+        p.close_stdin();
+        assert!(p.wait().success(), "{}", p.transcript());
+    }
+}
+
+#[test]
+fn a_server_stopped_for_good_ends_the_session() {
+    let (hs, ha) = (Home::new(), Home::new());
+    let mut server = Server::start(&hs);
+    let mut alice = join(&ha, &server, "alice");
+    // SIGINT is a person stopping the server, not a restart.
+    server.proc.signal("INT");
+    alice.expect(crate::util::Stream::Out, "the shutdown notice", |l| {
+        l.starts_with("* server shutting down")
+    });
+    assert_eq!(alice.wait().code(), Some(3), "{}", alice.transcript());
+    assert_eq!(server.proc.wait().code(), Some(0));
 }
 
 #[test]
