@@ -13,5 +13,6 @@ mod limits;
 mod names;
 mod prompt;
 mod raw;
+mod service;
 mod trust;
 mod tui;
