@@ -16,6 +16,7 @@ mod nothing_lost;
 mod prompt;
 mod raw;
 mod resume;
+mod service;
 mod trust;
 mod tui;
 mod udp_relay;

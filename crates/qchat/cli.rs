@@ -10,9 +10,13 @@ use qchat_proto::limits;
 use qchat_server::{OptionsError, ServerOptions};
 use qchat_tls::{HostError, HostKey};
 
+/// The version and the commit it was built from (`build.rs`), so a bug
+/// report names the exact source.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QCHAT_COMMIT"), ")");
+
 /// Encrypted terminal chat over QUIC.
 #[derive(Debug, Parser)]
-#[command(name = "qchat", version, about, propagate_version = true)]
+#[command(name = "qchat", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -36,6 +40,18 @@ pub enum Command {
     Fingerprint(FingerprintArgs),
     /// List, remove, replace or verify the server keys this client has pinned.
     KnownHosts(KnownHostsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), for `man -l -` or a man directory.
+    Man,
+}
+
+/// `qchat completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `qchat serve`.

@@ -1,8 +1,10 @@
 //! One module per subcommand; each returns the process exit status.
 
+mod completions;
 mod connect;
 mod fingerprint;
 mod known_hosts;
+mod man;
 mod serve;
 
 use anyhow::Result;
@@ -17,6 +19,8 @@ pub fn run(cli: Cli, server_events: Option<tokio::sync::mpsc::Receiver<String>>)
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
         Command::KnownHosts(args) => known_hosts::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man => man::run(),
     }
 }
 

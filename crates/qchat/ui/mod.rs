@@ -91,7 +91,10 @@ pub fn wanted(cli: &crate::cli::Cli) -> bool {
     match &cli.command {
         Command::Connect(args) => !args.plain && on_terminal(),
         Command::Serve(args) => wanted_for_serve(args),
-        Command::Fingerprint(_) | Command::KnownHosts(_) => false,
+        Command::Fingerprint(_)
+        | Command::KnownHosts(_)
+        | Command::Completions(_)
+        | Command::Man => false,
     }
 }
 
