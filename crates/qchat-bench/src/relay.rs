@@ -44,7 +44,7 @@ pub fn run(args: RelayArgs) -> Result<u8> {
         // qchat's own transport settings: the comparison is about what
         // happens above QUIC, not about different windows.
         config.transport_config(qchat_server::ServerOptions::default().transport());
-        let endpoint = qchat_server::endpoint::bind(args.listen, config)
+        let endpoint = qchat_server::endpoint::bind(args.listen, config, None)
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let local = endpoint.local_addr().context("cannot read the address")?;
         println!("relay listening on {local}");

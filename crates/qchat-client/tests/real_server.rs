@@ -30,8 +30,8 @@ fn room() -> Room {
     let options = ServerOptions::default();
     let mut config = qchat_tls::quic_server_config(&identity, &[ALPN]).expect("tls");
     config.transport_config(options.transport());
-    let endpoint =
-        qchat_server::endpoint::bind("127.0.0.1:0".parse().expect("addr"), config).expect("bind");
+    let endpoint = qchat_server::endpoint::bind("127.0.0.1:0".parse().expect("addr"), config, None)
+        .expect("bind");
     let addr = endpoint.local_addr().expect("local addr");
     let server = Arc::new(Server::new(options));
     let s = Arc::clone(&server);

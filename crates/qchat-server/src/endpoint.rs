@@ -21,7 +21,15 @@ pub const SOCKET_BUFFER: usize = 8 << 20;
 /// system default varies. If IPv6 is not available at all, the IPv6
 /// wildcard falls back to the IPv4 wildcard on the same port, so the default
 /// `[::]:8080` works on IPv4-only hosts too.
-pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> io::Result<quinn::Endpoint> {
+///
+/// `reset_key` signs stateless resets; a key that stays the same across
+/// restarts (`Identity::stateless_reset_key`) lets clients of the previous
+/// process notice at once that it is gone. `None`: a random one.
+pub fn bind(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    reset_key: Option<Arc<dyn quinn::crypto::HmacKey>>,
+) -> io::Result<quinn::Endpoint> {
     let socket = match bind_socket(addr) {
         Ok(s) => s,
         Err(e)
@@ -35,8 +43,12 @@ pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> io::Result<quinn::
         }
         Err(e) => return Err(e),
     };
+    let mut endpoint_config = endpoint_config();
+    if let Some(key) = reset_key {
+        endpoint_config.reset_key(key);
+    }
     quinn::Endpoint::new(
-        endpoint_config(),
+        endpoint_config,
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),

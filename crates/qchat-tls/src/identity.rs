@@ -45,6 +45,28 @@ pub struct Identity {
     pub key_path: PathBuf,
 }
 
+impl Identity {
+    /// The key a QUIC endpoint signs its stateless-reset tokens with,
+    /// derived from the private key so that it is the same after every
+    /// restart of the same server. A client whose server restarted sends to
+    /// a connection the new process does not know; with the same key the
+    /// new process's reset is one the client recognises, and the client
+    /// learns at once that its connection is gone and reconnects — instead
+    /// of waiting out its idle timeout. Derived (HKDF-SHA-256, its own
+    /// label), never the private key itself: knowing it reveals nothing of
+    /// the key, and it can only end connections to this server.
+    pub fn stateless_reset_key(&self) -> aws_lc_rs::hmac::Key {
+        use aws_lc_rs::{hkdf, hmac};
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"qchat stateless reset");
+        let prk = salt.extract(self.key_der.secret_der());
+        let okm = prk
+            .expand(&[b"hmac-sha256 key v1"], hmac::HMAC_SHA256)
+            // HKDF fails only for outputs over 255 hash lengths; this is one.
+            .expect("HKDF-SHA-256 expands to one hash length");
+        hmac::Key::from(okm)
+    }
+}
+
 impl Clone for Identity {
     fn clone(&self) -> Self {
         Self {
@@ -430,6 +452,24 @@ mod tests {
 
     fn tempdir() -> tempfile::TempDir {
         tempfile::tempdir().expect("tempdir")
+    }
+
+    /// A restarted server must sign stateless resets as before, or its old
+    /// clients ignore them; another server must not.
+    #[test]
+    fn the_stateless_reset_key_survives_a_reload_and_is_the_servers_own() {
+        use aws_lc_rs::hmac;
+        let dir = tempdir();
+        let (first, _) = load_or_create(&dir.path().join("a")).expect("create");
+        let (again, _) = load_or_create(&dir.path().join("a")).expect("load");
+        let (other, _) = load_or_create(&dir.path().join("b")).expect("create another");
+        let tag = |id: &Identity| {
+            hmac::sign(&id.stateless_reset_key(), b"connection id")
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(tag(&first), tag(&again));
+        assert_ne!(tag(&first), tag(&other));
     }
 
     #[test]

@@ -289,7 +289,8 @@ fn listen(
         qchat_tls::quic_server_config(identity, &[ALPN]).context("cannot set up TLS")?;
     config.transport_config(options.transport());
     config.migration(options.migration);
-    let endpoint = qchat_server::endpoint::bind(addr, config)
+    let reset_key = std::sync::Arc::new(identity.stateless_reset_key());
+    let endpoint = qchat_server::endpoint::bind(addr, config, Some(reset_key))
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = endpoint
         .local_addr()
