@@ -167,9 +167,12 @@ impl Transitions {
                 self.silent = false;
                 Some(connection(state))
             }
-            ConnectionState::Reconnecting { .. } => {
+            // Every attempt is in the status line; the conversation (and a
+            // script reading plain mode) gets the first and then every
+            // tenth, so a long outage is visible without burying the talk.
+            ConnectionState::Reconnecting { attempt, .. } => {
                 self.down = true;
-                Some(connection(state))
+                (*attempt == 1 || attempt % 10 == 0).then(|| connection(state))
             }
             ConnectionState::Connected {
                 resumed, missed, ..
@@ -498,13 +501,21 @@ mod tests {
             })
             .expect("a line");
         assert!(lost.starts_with("connection lost"), "{lost}");
+        let attempt = |attempt| ConnectionState::Reconnecting {
+            attempt,
+            next_in: Duration::from_millis(1500),
+        };
         assert_eq!(
-            t.line(&ConnectionState::Reconnecting {
-                attempt: 2,
-                next_in: Duration::from_millis(1500),
-            })
-            .as_deref(),
-            Some("reconnecting (attempt 2, next in 2s)")
+            t.line(&attempt(1)).as_deref(),
+            Some("reconnecting (attempt 1, next in 2s)")
+        );
+        // A long outage: every tenth attempt, not every one.
+        for n in 2..=9 {
+            assert_eq!(t.line(&attempt(n)), None, "attempt {n}");
+        }
+        assert_eq!(
+            t.line(&attempt(10)).as_deref(),
+            Some("reconnecting (attempt 10, next in 2s)")
         );
         assert_eq!(t.line(&ConnectionState::NoAnswer { secs: 9 }), None);
         assert_eq!(t.line(&connected(true, 0)).as_deref(), Some("reconnected"));

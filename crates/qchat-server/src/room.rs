@@ -320,11 +320,20 @@ impl Room {
         };
         let id = st.next_id;
         st.next_id += 1;
+        // Members whose connection dropped are still in the room for
+        // everyone else (nobody was told they left), so they are in the
+        // list too; the newcomer's own ghost is the newcomer.
         let mut members: Vec<String> = st
             .members
             .values()
-            .take(self.options.welcome_members.saturating_sub(1))
             .map(|m| m.name.clone())
+            .chain(
+                st.ghosts
+                    .iter()
+                    .filter(|(k, _)| **k != key)
+                    .map(|(_, g)| g.name.clone()),
+            )
+            .take(self.options.welcome_members.saturating_sub(1))
             .collect();
         members.push(name.to_string());
         let welcome = if v3 {

@@ -743,14 +743,33 @@ async fn a_dropped_member_keeps_its_name_through_the_grace_and_v2_members_see_on
         "{:?}",
         thief.as_ref().err()
     );
+    // Nobody was told alice left: a newcomer finds her in the room.
+    let dave = join_v3(&s, "dave", [4; 16], None).await.expect("joins");
+    let listed = dave.start.iter().find_map(|m| match m {
+        ServerMsg::WelcomeV3 { members, .. } => Some(members.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        listed.as_deref(),
+        Some(
+            &[
+                "bob".to_string(),
+                "carol".into(),
+                "alice".into(),
+                "dave".into()
+            ][..]
+        )
+    );
     let back = join_v3(&s, "alice", [1; 16], None)
         .await
         .expect("takes it back");
     assert_eq!(
-        bob.client.next().await,
-        Some(ServerMsg::Returned {
+        bob.client
+            .until("alice's return", |m| !matches!(m, ServerMsg::Joined { .. }))
+            .await,
+        ServerMsg::Returned {
             name: "alice".into()
-        })
+        }
     );
     // Then it drops for good.
     back.drop_connection().await;
