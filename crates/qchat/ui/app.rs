@@ -936,6 +936,11 @@ pub(crate) mod tests {
         }));
         assert_eq!(status(&a), "connection lost");
         a.update(connection(ConnectionState::Reconnecting {
+            attempt: 1,
+            next_in: std::time::Duration::from_secs(1),
+        }));
+        // Later attempts are in the status line only.
+        a.update(connection(ConnectionState::Reconnecting {
             attempt: 3,
             next_in: std::time::Duration::from_secs(4),
         }));
@@ -971,7 +976,7 @@ pub(crate) mod tests {
             [
                 "no answer for 2s",
                 "connection lost: timed out",
-                "reconnecting (attempt 3, next in 4s)",
+                "reconnecting (attempt 1, next in 1s)",
                 "reconnected, 2 missed"
             ]
         );
