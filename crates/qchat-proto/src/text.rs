@@ -12,7 +12,10 @@
 //!
 //! [`hazard`] is the one policy: message text escapes every character it
 //! flags, and member names (see [`crate::names`]) refuse them, so a
-//! character is never shown raw in one place and refused in another.
+//! character is never shown raw in one place and refused in another. The
+//! one refinement is for emoji in text: a variation selector or zero-width
+//! joiner *between emoji* is kept, because that is what emoji are made of
+//! and there it hides nothing (see [`sanitize`]).
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -112,13 +115,21 @@ fn needs_escape(c: char) -> bool {
 /// visible escape: C0 controls as caret notation (`ESC` becomes `^[`),
 /// everything else as `<U+XXXX>`. Text that needs nothing is returned
 /// without copying.
+///
+/// One exception, for message text only: the joiners that emoji are built
+/// from are kept where they join emoji ([`joins_emoji`]) — `❤️` is a heart
+/// and a variation selector, `👩🏽‍💻` three characters and a zero-width joiner.
+/// Between emoji they can hide nothing (the sequence draws as one picture or
+/// as its parts); anywhere else they are escaped as before, and names never
+/// contain them.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if !needs_escape(c) {
+    for (i, &c) in chars.iter().enumerate() {
+        if !needs_escape(c) || joins_emoji(&chars, i) {
             out.push(c);
         } else if (c as u32) < 0x20 {
             out.push('^');
@@ -129,7 +140,53 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
             let _ = write!(out, "<U+{:04X}>", c as u32);
         }
     }
+    if out == text {
+        return Cow::Borrowed(text);
+    }
     Cow::Owned(out)
+}
+
+/// Zero-width joiner.
+const ZWJ: char = '\u{200D}';
+/// The variation selectors that choose text (FE0E) or emoji (FE0F)
+/// presentation.
+const VS_TEXT: char = '\u{FE0E}';
+const VS_EMOJI: char = '\u{FE0F}';
+/// Combining enclosing keycap: `1️⃣` is `1`, FE0F, 20E3.
+const KEYCAP: char = '\u{20E3}';
+
+fn is_pictograph(c: char) -> bool {
+    !c.is_ascii() && get_general_category(c) == GeneralCategory::OtherSymbol
+}
+
+/// The skin-tone modifiers U+1F3FB–1F3FF.
+fn is_skin_tone(c: char) -> bool {
+    ('\u{1F3FB}'..='\u{1F3FF}').contains(&c)
+}
+
+/// Whether `chars[i]` is a joiner inside an emoji sequence: a variation
+/// selector right after a pictograph (or after a keycap base followed by
+/// the keycap), or a zero-width joiner between a pictograph (possibly with
+/// its skin tone or selector) and the next pictograph.
+fn joins_emoji(chars: &[char], i: usize) -> bool {
+    let prev = i.checked_sub(1).map(|p| chars[p]);
+    let next = chars.get(i + 1).copied();
+    match chars[i] {
+        VS_TEXT | VS_EMOJI => match prev {
+            Some(p) if is_pictograph(p) => true,
+            Some('0'..='9' | '#' | '*') => next == Some(KEYCAP),
+            _ => false,
+        },
+        ZWJ => {
+            let after_emoji = match prev {
+                Some(p) if is_pictograph(p) || is_skin_tone(p) => true,
+                Some(VS_EMOJI) => i >= 2 && is_pictograph(chars[i - 2]),
+                _ => false,
+            };
+            after_emoji && next.is_some_and(is_pictograph)
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +197,31 @@ mod tests {
     #[test]
     fn plain_text_is_borrowed() {
         assert!(matches!(sanitize("hello, wörld 👋🏽"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn emoji_keep_their_joiners_and_nothing_else_does() {
+        for emoji in [
+            "\u{2764}\u{FE0F}",                            // red heart
+            "\u{1F469}\u{1F3FD}\u{200D}\u{1F4BB}",         // woman technologist, medium skin
+            "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}", // family
+            "\u{1F3F3}\u{FE0F}\u{200D}\u{1F308}",          // rainbow flag
+            "1\u{FE0F}\u{20E3}",                           // keycap one
+        ] {
+            let text = format!("look {emoji} here");
+            assert_eq!(sanitize(&text), text, "{emoji:?}");
+        }
+        // The same joiners anywhere else still show.
+        assert_eq!(sanitize("a\u{200D}b"), "a<U+200D>b");
+        assert_eq!(sanitize("x\u{FE0F}"), "x<U+FE0F>");
+        assert_eq!(sanitize("\u{2764}\u{200D}"), "\u{2764}<U+200D>");
+        assert_eq!(sanitize("\u{200D}\u{2764}"), "<U+200D>\u{2764}");
+        assert_eq!(sanitize("1\u{FE0F}"), "1<U+FE0F>");
+        // A tag sequence (a subdivision flag) can spell hidden text: shown.
+        assert_eq!(
+            sanitize("\u{1F3F4}\u{E0067}\u{E007F}"),
+            "\u{1F3F4}<U+E0067><U+E007F>"
+        );
     }
 
     #[test]
