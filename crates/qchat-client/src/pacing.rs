@@ -2,16 +2,14 @@
 //! drive a token bucket, so an honest client is never disconnected for
 //! flooding; what the bucket holds back waits in the outbox.
 
+use qchat_proto::rate::TokenBucket;
 use tokio::time::{Duration, Instant};
 
-/// A token bucket mirroring the server's: `burst` messages at once, `rate`
-/// per second on average (0 = unlimited).
+/// The server's token bucket (the same type the server enforces with),
+/// kept one message short of its burst.
 #[derive(Debug, Clone)]
 pub struct Pacer {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
 }
 
 impl Pacer {
@@ -24,47 +22,25 @@ impl Pacer {
     /// kept in reserve: the server's bucket started filling at its own
     /// clock, and being one message short of its burst costs nothing.
     pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
-        let burst = f64::from(burst.saturating_sub(1).max(1));
         Pacer {
-            rate: f64::from(rate),
-            burst,
-            tokens: burst,
-            last: now,
+            bucket: TokenBucket::new_at(rate, burst.saturating_sub(1).max(1), now),
         }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
     }
 
     /// Takes a token if one is there.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket.try_take(now)
     }
 
     /// When the next token will be there (`now` if one is).
     pub fn ready_at(&mut self, now: Instant) -> Instant {
-        if self.rate == 0.0 {
-            return now;
-        }
-        self.refill(now);
-        if self.tokens >= 1.0 {
+        let at = self.bucket.ready_at(now);
+        if at <= now {
             return now;
         }
         // A little later than exact, so float rounding never makes the
         // server see a message a hair before its token.
-        now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate) + Duration::from_millis(5)
+        at + Duration::from_millis(5)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod names;
+pub mod rate;
 pub mod text;
 
 pub use close::CloseCode;

@@ -5,7 +5,6 @@
 //! - [`endpoint`]: binding the UDP socket (dual-stack where possible).
 //! - [`gate`]: admission before any handshake work (connection limits,
 //!   address validation under load).
-//! - `rate`: the per-member token bucket.
 //! - `session`: one connection's life: hello, reader, writer, close.
 //! - `tally`: one log line per address and window for events a flood
 //!   repeats (refusals, hello timeouts).
@@ -21,7 +20,6 @@ pub mod endpoint;
 pub mod gate;
 pub mod log;
 pub mod options;
-mod rate;
 pub mod room;
 mod session;
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use qchat_proto::rate::TokenBucket;
 use qchat_proto::{
     frame::ReadError, ClientMsg, CloseCode, DecodeError, FrameDecoder, RejectReason, ServerMsg,
     ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
@@ -24,7 +25,6 @@ use tracing::Instrument;
 
 use crate::gate::Permit;
 use crate::log::LogItem;
-use crate::rate::TokenBucket;
 use crate::room::{Ending, MemberId, Peer, Room};
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};

@@ -1,9 +1,15 @@
-//! The per-member message rate: a token bucket.
+//! The message rate both ends apply: a token bucket. The server enforces it
+//! per member (its `--rate` and `--burst`, announced in the version-3
+//! welcome); a client paces itself by the same rule, so an honest client
+//! is never cut off for flooding. One type, so the two cannot disagree
+//! about what "5 per second, bursts of 10" means.
+//!
+//! Time is tokio's, so tests on a paused clock drive it.
 
 use tokio::time::{Duration, Instant};
 
 /// Allows `burst` messages at once and `rate` per second on average.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TokenBucket {
     /// Tokens per second; 0 means unlimited.
     rate: f64,
@@ -13,14 +19,19 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket.
+    /// A full bucket, filling from now.
     pub fn new(rate: u32, burst: u32) -> Self {
+        Self::new_at(rate, burst, Instant::now())
+    }
+
+    /// A full bucket, filling from `now`.
+    pub fn new_at(rate: u32, burst: u32, now: Instant) -> Self {
         let burst = f64::from(burst.max(1));
         TokenBucket {
             rate: f64::from(rate),
             burst,
             tokens: burst,
-            last: Instant::now(),
+            last: now,
         }
     }
 
@@ -44,12 +55,23 @@ impl TokenBucket {
         }
     }
 
-    /// When the next token will be there.
+    /// When the next token will be there (as of the last take or refill).
     pub fn next_token(&self) -> Instant {
         if self.rate == 0.0 || self.tokens >= 1.0 {
             return self.last;
         }
         self.last + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+    }
+}
+
+impl TokenBucket {
+    /// When a token will be there, looking from `now`: `now` if one is.
+    pub fn ready_at(&mut self, now: Instant) -> Instant {
+        if self.rate == 0.0 {
+            return now;
+        }
+        self.refill(now);
+        self.next_token().max(now)
     }
 }
 
