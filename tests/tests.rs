@@ -6,6 +6,7 @@ mod util;
 mod chat;
 mod client_resume;
 mod commands;
+mod config;
 mod hostile;
 mod identity;
 mod known_hosts;

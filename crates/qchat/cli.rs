@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use qchat_proto::limits;
 use qchat_server::{OptionsError, ServerOptions};
 use qchat_tls::{HostError, HostKey};
@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a chat server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Join the room on a server.
     Connect(ConnectArgs),
     /// Print this machine's server fingerprint (created on first use).
@@ -57,6 +57,20 @@ pub struct CompletionsArgs {
 /// `qchat serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Settings file (TOML; keys are these flags without the leading --).
+    /// Default: $QCHAT_HOME/server.toml when it exists. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (flags and file), print each effective value and
+    /// where it came from, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// The settings file that was read, if any.
+    #[arg(skip)]
+    pub config_file: Option<PathBuf>,
+    /// Every setting's effective value and origin.
+    #[arg(skip)]
+    pub effective: Vec<crate::config::Effective>,
     /// Address and port to listen on; port 0 picks a free port.
     #[arg(long, default_value = "[::]:8080")]
     pub listen: SocketAddr,
@@ -243,13 +257,44 @@ impl LimitArgs {
     }
 }
 
-/// Parses the command line and checks the flags against each other; a
-/// conflict is reported like any other usage error (clap's format, exit
-/// status 2) before anything else happens.
+/// Parses the command line, adds the settings file's values for the serve
+/// flags not given, and checks the result against itself; a bad file or a
+/// conflict is reported like any other usage error (exit status 2) before
+/// anything else happens.
 pub fn parse() -> Cli {
-    let cli = Cli::parse();
-    if let Command::Serve(args) = &cli.command {
+    let root = Cli::command();
+    let given = root.clone().get_matches();
+    let mut cli = Cli::from_arg_matches(&given).unwrap_or_else(|e| e.exit());
+    let Command::Serve(args) = &cli.command else {
+        return cli;
+    };
+    let Some(serve_given) = given.subcommand_matches("serve") else {
+        return cli;
+    };
+    let path = match crate::config::locate(args.config.as_deref()) {
+        Ok(p) => p,
+        Err(e) => usage_exit(&format!("{e:#}")),
+    };
+    let settings = match &path {
+        Some(p) => crate::config::load(p, &root).unwrap_or_else(|e| usage_exit(&e.to_string())),
+        None => Vec::new(),
+    };
+    let argv = crate::config::merged_args(std::env::args_os(), serve_given, &settings, &root);
+    let merged = root
+        .clone()
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| e.exit());
+    cli = Cli::from_arg_matches(&merged).unwrap_or_else(|e| e.exit());
+    let serve_merged = merged.subcommand_matches("serve").unwrap_or(serve_given);
+    let effective = crate::config::effective(&root, serve_given, serve_merged, &settings);
+    if let Command::Serve(args) = &mut cli.command {
+        args.config_file = path.clone();
+        args.effective = effective;
         if let Err(e) = args.limits.apply(ServerOptions::default()) {
+            let e = match &path {
+                Some(p) => format!("{e} (with the settings of {})", p.display()),
+                None => e.to_string(),
+            };
             let mut cmd = Cli::command();
             cmd.build();
             let kind = clap::error::ErrorKind::ArgumentConflict;
@@ -260,6 +305,12 @@ pub fn parse() -> Cli {
         }
     }
     cli
+}
+
+/// A settings file that cannot be used stops `qchat serve` like a bad flag.
+fn usage_exit(message: &str) -> ! {
+    eprintln!("qchat: {message}");
+    std::process::exit(crate::exit::USAGE.into())
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -13,6 +13,12 @@ use crate::cli::ServeArgs;
 use crate::wording::About;
 
 pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Result<u8> {
+    if args.check_config {
+        return check_config(&args);
+    }
+    if let Some(path) = &args.config_file {
+        tracing::info!(path = %path.display(), "settings file read");
+    }
     if crate::ui::wanted_for_serve(&args) {
         return run_with_ui(args, server_events);
     }
@@ -32,6 +38,25 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
         tracing::info!("stopped");
         Ok(crate::exit::OK)
     })
+}
+
+/// `--check-config`: the settings were checked while parsing (a bad file or
+/// flag never gets here); print each effective value, as a file would hold
+/// it, with where it came from.
+fn check_config(args: &ServeArgs) -> Result<u8> {
+    server_options(args)?;
+    match &args.config_file {
+        Some(p) => println!("# settings file: {}", p.display()),
+        None => println!("# settings file: none"),
+    }
+    for e in &args.effective {
+        match &e.value {
+            Some(v) => println!("{} = {v}  # {}", e.key, e.origin),
+            None => println!("# {} is not set  # {}", e.key, e.origin),
+        }
+    }
+    println!("# the settings are valid");
+    Ok(crate::exit::OK)
 }
 
 /// Who sits at the server. Standard input that is not a terminal carries
