@@ -179,3 +179,38 @@ fn the_files_values_reach_the_running_server() {
     let rt = runtime();
     assert_eq!(rt.block_on(welcomed_rate(&server)), (7, 11));
 }
+
+#[test]
+fn sighup_reloads_what_can_change_and_names_what_needs_a_restart() {
+    let home = Home::new();
+    let path = write(
+        home.path(),
+        "server.toml",
+        "rate = 7\nburst = 9\nheadless = true\nstore = \"memory\"\n",
+    );
+    let mut server = Server::start_on(&home, "127.0.0.1:0", &["--burst", "11"]);
+    let rt = runtime();
+    assert_eq!(rt.block_on(welcomed_rate(&server)), (7, 11));
+
+    // The rate changes at once; the flag still wins over the file's burst;
+    // the worker threads need a restart and are said to.
+    std::fs::write(
+        &path,
+        "rate = 3\nburst = 2\nheadless = true\nstore = \"memory\"\nthreads = 1\n",
+    )
+    .expect("rewrite the settings file");
+    server.proc.signal("HUP");
+    server
+        .proc
+        .expect_err_contains("settings reloaded: rate 7 -> 3");
+    server
+        .proc
+        .expect_err_contains("only take effect after a restart: threads");
+    assert_eq!(rt.block_on(welcomed_rate(&server)), (3, 11));
+
+    // A file that has become wrong changes nothing, and the server says so.
+    std::fs::write(&path, "rate = 1\nburst = -4\n").expect("rewrite the settings file");
+    server.proc.signal("HUP");
+    server.proc.expect_err_contains("settings not reloaded");
+    assert_eq!(rt.block_on(welcomed_rate(&server)), (3, 11));
+}

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// The settings file that was read, if any.
     #[arg(skip)]
     pub config_file: Option<PathBuf>,
+    /// The command line these settings came from, to read the file again
+    /// on a reload with the same flags on top.
+    #[arg(skip)]
+    pub argv: Vec<std::ffi::OsString>,
     /// Every setting's effective value and origin.
     #[arg(skip)]
     pub effective: Vec<crate::config::Effective>,
@@ -257,39 +261,71 @@ impl LimitArgs {
     }
 }
 
+/// Why the command line and the settings file cannot be used.
+pub enum Rejected {
+    /// A flag, or the flags against each other: clap's message.
+    Usage(clap::Error),
+    /// The settings file: its name, line and key.
+    File(String),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Usage(e) => f.write_str(&crate::config::clap_message(e)),
+            Rejected::File(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Parses the command line, adds the settings file's values for the serve
 /// flags not given, and checks the result against itself; a bad file or a
 /// conflict is reported like any other usage error (exit status 2) before
 /// anything else happens.
 pub fn parse() -> Cli {
+    match resolve(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(Rejected::Usage(e)) => e.exit(),
+        Err(Rejected::File(m)) => {
+            eprintln!("qchat: {m}");
+            std::process::exit(crate::exit::USAGE.into())
+        }
+    }
+}
+
+/// [`parse`] without exiting, for a command line `argv`: also what a
+/// reload of the settings file runs again.
+pub fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Cli, Rejected> {
     let root = Cli::command();
-    let given = root.clone().get_matches();
-    let mut cli = Cli::from_arg_matches(&given).unwrap_or_else(|e| e.exit());
+    let given = root
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(Rejected::Usage)?;
+    let mut cli = Cli::from_arg_matches(&given).map_err(Rejected::Usage)?;
     let Command::Serve(args) = &cli.command else {
-        return cli;
+        return Ok(cli);
     };
     let Some(serve_given) = given.subcommand_matches("serve") else {
-        return cli;
+        return Ok(cli);
     };
-    let path = match crate::config::locate(args.config.as_deref()) {
-        Ok(p) => p,
-        Err(e) => usage_exit(&format!("{e:#}")),
-    };
+    let path = crate::config::locate(args.config.as_deref())
+        .map_err(|e| Rejected::File(format!("{e:#}")))?;
     let settings = match &path {
-        Some(p) => crate::config::load(p, &root).unwrap_or_else(|e| usage_exit(&e.to_string())),
+        Some(p) => crate::config::load(p, &root).map_err(|e| Rejected::File(e.to_string()))?,
         None => Vec::new(),
     };
-    let argv = crate::config::merged_args(std::env::args_os(), serve_given, &settings, &root);
+    let merged_argv = crate::config::merged_args(argv.clone(), serve_given, &settings, &root);
     let merged = root
         .clone()
-        .try_get_matches_from(argv)
-        .unwrap_or_else(|e| e.exit());
-    cli = Cli::from_arg_matches(&merged).unwrap_or_else(|e| e.exit());
+        .try_get_matches_from(merged_argv)
+        .map_err(Rejected::Usage)?;
+    cli = Cli::from_arg_matches(&merged).map_err(Rejected::Usage)?;
     let serve_merged = merged.subcommand_matches("serve").unwrap_or(serve_given);
     let effective = crate::config::effective(&root, serve_given, serve_merged, &settings);
     if let Command::Serve(args) = &mut cli.command {
         args.config_file = path.clone();
         args.effective = effective;
+        args.argv = argv;
         if let Err(e) = args.limits.apply(ServerOptions::default()) {
             let e = match &path {
                 Some(p) => format!("{e} (with the settings of {})", p.display()),
@@ -298,19 +334,14 @@ pub fn parse() -> Cli {
             let mut cmd = Cli::command();
             cmd.build();
             let kind = clap::error::ErrorKind::ArgumentConflict;
-            match cmd.find_subcommand_mut("serve") {
-                Some(serve) => serve.error(kind, e).exit(),
-                None => cmd.error(kind, e).exit(),
-            }
+            let err = match cmd.find_subcommand_mut("serve") {
+                Some(serve) => serve.error(kind, e),
+                None => cmd.error(kind, e),
+            };
+            return Err(Rejected::Usage(err));
         }
     }
-    cli
-}
-
-/// A settings file that cannot be used stops `qchat serve` like a bad flag.
-fn usage_exit(message: &str) -> ! {
-    eprintln!("qchat: {message}");
-    std::process::exit(crate::exit::USAGE.into())
+    Ok(cli)
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

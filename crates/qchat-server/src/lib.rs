@@ -78,9 +78,14 @@ pub struct LocalLink {
     pub recv: tokio::io::ReadHalf<tokio::io::DuplexStream>,
 }
 
+/// A joining member's queue must hold its welcome and the whole history
+/// (a resuming member's queue is sized for its replay).
+fn fit_queue(options: &mut ServerOptions) {
+    options.queue_len = options.queue_len.max(options.history + 16);
+}
+
 /// A server: its options and its room.
 pub struct Server {
-    options: Arc<ServerOptions>,
     room: Arc<Room>,
     gate: Arc<gate::Gate>,
 }
@@ -96,9 +101,7 @@ impl Server {
     /// A server over a room log. Inside a runtime the log's writer starts
     /// at once; otherwise when [`Server::run`] starts.
     pub fn with_store(mut options: ServerOptions, store: Arc<dyn store::Store>) -> Self {
-        // A joining member's queue must hold its welcome and the whole
-        // history (a resuming member's queue is sized for its replay).
-        options.queue_len = options.queue_len.max(options.history + 16);
+        fit_queue(&mut options);
         let options = Arc::new(options);
         let room = Room::new(Arc::clone(&options), store);
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -112,8 +115,17 @@ impl Server {
                 options.max_unjoined_per_ip,
                 options.retry_threshold,
             ),
-            options,
         }
+    }
+
+    /// Applies new options to everything that can change while running:
+    /// the room's welcome, history and reconnect grace, and every session
+    /// that starts from now on (rate, burst, backlog, message and frame
+    /// size, queue, hello timeout). The transport, the address and the
+    /// connection limits of the running gate keep their first values.
+    pub fn reload(&self, mut options: ServerOptions) {
+        fit_queue(&mut options);
+        self.room.set_options(Arc::new(options));
     }
 
     /// The room.
@@ -129,7 +141,7 @@ impl Server {
         let (client, server) = tokio::io::duplex(LOCAL_PIPE);
         let (server_recv, server_send) = tokio::io::split(server);
         let room = Arc::clone(&self.room);
-        let options = Arc::clone(&self.options);
+        let options = self.room.options();
         let span = tracing::info_span!("operator", name = tracing::field::Empty);
         tokio::spawn(
             async move {
@@ -204,7 +216,7 @@ impl Server {
                                 incoming,
                                 permit,
                                 Arc::clone(&self.room),
-                                Arc::clone(&self.options),
+                                self.room.options(),
                             ));
                         }
                         Err(why) => {

@@ -28,8 +28,10 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let store = open_store(&args)?;
+        let hup = Hangup::listen();
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = Server::with_store(options, store);
+        let server = std::sync::Arc::new(Server::with_store(options, store));
+        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
         if let Some(name) = operator {
             let link = server.join_local();
             tokio::spawn(operate(link, name, host_about(&identity, local)));
@@ -57,6 +59,126 @@ fn check_config(args: &ServeArgs) -> Result<u8> {
     }
     println!("# the settings are valid");
     Ok(crate::exit::OK)
+}
+
+/// The settings a reload applies (README.md, "Configuration"): they only
+/// shape what the room says next and the sessions that start from now on.
+/// Everything else (the address, the identity, the store, the transport,
+/// the connection limits) needs a restart.
+const RELOADABLE: &[&str] = &[
+    "rate",
+    "burst",
+    "backlog",
+    "history",
+    "replay-max",
+    "max-message",
+    "max-frame",
+    "queue",
+    "hello-timeout",
+    "reconnect-grace",
+];
+
+/// SIGHUP, listened for before the server announces itself: the default
+/// action of a SIGHUP that arrives with no handler is to end the process.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn listen() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!("cannot listen for SIGHUP, settings cannot be reloaded: {e}")
+                })
+                .ok();
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    /// The next SIGHUP; never, where there are none.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// On SIGHUP, reads the settings file again (with the same flags on top)
+/// and applies what can change while running. A file that is now wrong
+/// changes nothing: the server keeps its settings and says why.
+async fn reload_on_hangup(mut hup: Hangup, server: std::sync::Arc<Server>, mut current: ServeArgs) {
+    loop {
+        hup.next().await;
+        match reload(&server, &current) {
+            Ok(next) => current = next,
+            Err(e) => tracing::warn!("settings not reloaded, the current ones stay: {e:#}"),
+        }
+    }
+}
+
+/// One reload: the new settings, with the values that need a restart kept
+/// as they run, so the next reload compares against what is in force.
+fn reload(server: &Server, current: &ServeArgs) -> Result<ServeArgs> {
+    let cli = crate::cli::resolve(current.argv.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let crate::cli::Command::Serve(next) = cli.command else {
+        anyhow::bail!("the command line is not `serve` any more");
+    };
+    let mut next = *next;
+    let fresh = server_options(&next)?;
+    let mut options = (*server.room().options()).clone();
+    options.rate = fresh.rate;
+    options.burst = fresh.burst;
+    options.backlog = fresh.backlog;
+    options.history = fresh.history;
+    options.replay_max = fresh.replay_max;
+    options.max_message = fresh.max_message;
+    options.max_frame = fresh.max_frame;
+    options.queue_len = fresh.queue_len;
+    options.hello_timeout = fresh.hello_timeout;
+    options.grace = fresh.grace;
+    options.validate()?;
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    for (old, new) in current.effective.iter().zip(next.effective.iter_mut()) {
+        if old.key != new.key || old.value == new.value {
+            continue;
+        }
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        if RELOADABLE.contains(&new.key.as_str()) {
+            applied.push(format!(
+                "{} {} -> {}",
+                new.key,
+                show(&old.value),
+                show(&new.value)
+            ));
+        } else {
+            restart.push(new.key.clone());
+            *new = old.clone();
+        }
+    }
+    server.reload(options);
+    if applied.is_empty() {
+        tracing::info!("settings reloaded: nothing to change");
+    } else {
+        tracing::info!("settings reloaded: {}", applied.join(", "));
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "settings changed that only take effect after a restart: {}",
+            restart.join(", ")
+        );
+    }
+    Ok(next)
 }
 
 /// Who sits at the server. Standard input that is not a terminal carries
@@ -142,8 +264,10 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
         // Announced on the normal screen too, so it is there after the
         // interface closes.
         let store = open_store(&args)?;
+        let hup = Hangup::listen();
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
         let server = std::sync::Arc::new(Server::with_store(options, store));
+        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
         // Carries the host's `/quit REASON` (empty without one).
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
         let task = {
