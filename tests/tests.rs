@@ -12,6 +12,7 @@ mod identity;
 mod known_hosts;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod names;
 mod nothing_lost;
 mod prompt;

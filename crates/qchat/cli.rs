@@ -125,6 +125,10 @@ pub struct ServeArgs {
     /// migration); a member whose address changes then reconnects.
     #[arg(long)]
     pub no_migration: bool,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics; a bare
+    /// PORT means 127.0.0.1:PORT (off by default).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -224,6 +228,16 @@ impl std::fmt::Display for Secs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0.as_secs_f64())
     }
+}
+
+/// A bare port is loopback: the metrics say how busy the room is and who
+/// is flooding it, which is for the operator, not the internet.
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is neither a port nor an address with a port"))
 }
 
 fn parse_secs_arg(s: &str) -> Result<Secs, String> {
@@ -462,4 +476,22 @@ pub enum KnownHostsAction {
         #[arg(long, value_name = "FP")]
         fingerprint: qchat_tls::Fingerprint,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_is_loopback() {
+        assert_eq!(
+            parse_metrics_addr("9464"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(
+            parse_metrics_addr("[::]:9464"),
+            Ok("[::]:9464".parse().expect("an address"))
+        );
+        assert!(parse_metrics_addr("localhost").is_err());
+    }
 }

@@ -20,6 +20,7 @@
 pub mod endpoint;
 pub mod gate;
 pub mod log;
+pub mod metrics;
 pub mod options;
 mod rate;
 pub mod room;
@@ -118,6 +119,11 @@ impl Server {
         }
     }
 
+    /// The metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.room.metrics().encode(self.room.len())
+    }
+
     /// Applies new options to everything that can change while running:
     /// the room's welcome, history and reconnect grace, and every session
     /// that starts from now on (rate, burst, backlog, message and frame
@@ -207,11 +213,13 @@ impl Server {
                     if !incoming.remote_address_validated() && incoming.may_retry() && self.gate.under_load() {
                         // Make the address prove it receives our packets
                         // before any handshake work is spent on it.
+                        self.room.metrics().handshakes_retried.inc();
                         let _ = incoming.retry();
                         continue;
                     }
                     match self.gate.admit(peer.ip()) {
                         Ok(permit) => {
+                            self.room.metrics().handshakes_accepted.inc();
                             sessions.spawn(session::serve_quic(
                                 incoming,
                                 permit,
@@ -220,6 +228,7 @@ impl Server {
                             ));
                         }
                         Err(why) => {
+                            self.room.metrics().handshakes_refused.inc();
                             // A flood repeats this thousands of times: the
                             // first per address and window is logged, the
                             // rest are summed up every `tally::WINDOW`.

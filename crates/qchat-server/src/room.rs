@@ -29,6 +29,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
 use crate::log::{LogItem, Pending};
+use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
 
@@ -124,6 +125,7 @@ pub struct Room {
     log_rx: Mutex<Option<mpsc::Receiver<LogItem>>>,
     /// For the grace timers, which outlive the session that started them.
     me: Weak<Room>,
+    metrics: Metrics,
 }
 
 struct State {
@@ -185,6 +187,11 @@ pub struct Joined {
 }
 
 impl Room {
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The current options (new sessions start with them).
     pub fn options(&self) -> Arc<ServerOptions> {
         // A poisoned lock still holds a whole, valid Arc.
@@ -222,6 +229,7 @@ impl Room {
             log,
             log_rx: Mutex::new(Some(log_rx)),
             me: me.clone(),
+            metrics: Metrics::default(),
         })
     }
 
@@ -611,6 +619,10 @@ impl Room {
             };
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
+            } else {
+                self.metrics.messages_delivered.inc();
+                self.metrics
+                    .queue_depth(m.outbox.max_capacity() - m.outbox.capacity());
             }
         }
         if !slow.is_empty() {
@@ -641,6 +653,7 @@ impl Room {
         let target = st.by_name.get(&names::fold(to)).copied();
         let Some(target) = target else {
             let reason = format!("there is nobody called {to:?} here");
+            self.metrics.messages_refused.inc();
             self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
             return;
         };
@@ -962,6 +975,7 @@ impl Room {
     fn evict_slow(&self, st: &mut State, ids: Vec<MemberId>) {
         for id in ids {
             tracing::info!(member = id, "disconnecting a member that is not reading");
+            self.metrics.slow_reader_evictions.inc();
             self.end(
                 st,
                 id,

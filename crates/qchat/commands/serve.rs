@@ -29,8 +29,12 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     runtime.block_on(async move {
         let store = open_store(&args)?;
         let hup = Hangup::listen();
+        let metrics = bind_metrics(args.metrics).await?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
         let server = std::sync::Arc::new(Server::with_store(options, store));
+        if let Some(listener) = metrics {
+            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
+        }
         tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
         if let Some(name) = operator {
             let link = server.join_local();
@@ -77,6 +81,80 @@ const RELOADABLE: &[&str] = &[
     "hello-timeout",
     "reconnect-grace",
 ];
+
+/// Binds the metrics endpoint, if asked for, before anything is announced:
+/// an address in use stops the server like its own port would.
+async fn bind_metrics(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the metrics address")?;
+    println!("metrics at http://{local}/metrics");
+    Ok(Some(listener))
+}
+
+/// Answers `GET /metrics` with the server's counters (hyper does the HTTP).
+/// Each connection gets a bounded time, so an idle scraper holds nothing.
+async fn serve_metrics(listener: tokio::net::TcpListener, server: std::sync::Arc<Server>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!("metrics connection not accepted: {e}");
+                continue;
+            }
+        };
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = metrics_answer(&server, &req);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+        });
+    }
+}
+
+fn metrics_answer<B>(
+    server: &Server,
+    req: &hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    use hyper::{Method, StatusCode};
+    let (status, body, kind) = if req.uri().path() != "/metrics" {
+        (
+            StatusCode::NOT_FOUND,
+            "only /metrics is here\n".to_string(),
+            "text/plain",
+        )
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only\n".to_string(),
+            "text/plain",
+        )
+    } else {
+        (
+            StatusCode::OK,
+            server.metrics_text(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    };
+    let mut answer = hyper::Response::new(http_body_util::Full::new(body.into()));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
+    answer
+}
 
 /// SIGHUP, listened for before the server announces itself: the default
 /// action of a SIGHUP that arrives with no handler is to end the process.
@@ -265,8 +343,12 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
         // interface closes.
         let store = open_store(&args)?;
         let hup = Hangup::listen();
+        let metrics = bind_metrics(args.metrics).await?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
         let server = std::sync::Arc::new(Server::with_store(options, store));
+        if let Some(listener) = metrics {
+            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
+        }
         tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
         // Carries the host's `/quit REASON` (empty without one).
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
