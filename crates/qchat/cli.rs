@@ -322,8 +322,7 @@ pub fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Cli, Rejected> {
     let Some(serve_given) = given.subcommand_matches("serve") else {
         return Ok(cli);
     };
-    let path = crate::config::locate(args.config.as_deref())
-        .map_err(|e| Rejected::File(format!("{e:#}")))?;
+    let path = crate::config::locate(args.config.as_deref());
     let settings = match &path {
         Some(p) => crate::config::load(p, &root).map_err(|e| Rejected::File(e.to_string()))?,
         None => Vec::new(),

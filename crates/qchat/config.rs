@@ -134,13 +134,15 @@ pub struct Setting {
 }
 
 /// The file to read: `--config FILE`, else `$QCHAT_HOME/server.toml` when
-/// it exists. An explicitly named file must exist.
-pub fn locate(explicit: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+/// it exists. An explicitly named file must exist (`load` says so); a
+/// machine without a home folder simply has no default file, and the
+/// server still starts from its flags (`--cert-dir`, `--data-dir`).
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
-        return Ok(Some(p.to_path_buf()));
+        return Some(p.to_path_buf());
     }
-    let default = crate::home::home()?.join("server.toml");
-    Ok(default.is_file().then_some(default))
+    let default = crate::home::home().ok()?.join("server.toml");
+    default.is_file().then_some(default)
 }
 
 /// The `serve` subcommand's definition.
