@@ -126,9 +126,11 @@ impl Server {
 
     /// Applies new options to everything that can change while running:
     /// the room's welcome, history and reconnect grace, and every session
-    /// that starts from now on (rate, burst, backlog, message and frame
-    /// size, queue, hello timeout). The transport, the address and the
-    /// connection limits of the running gate keep their first values.
+    /// that starts from now on (rate, burst, backlog, message size, queue,
+    /// hello timeout, and the frame size its decoder accepts). The
+    /// transport (sized from the frame size when the endpoint was made),
+    /// the address and the connection limits of the running gate keep
+    /// their first values: the caller decides which options to change.
     pub fn reload(&self, mut options: ServerOptions) {
         fit_queue(&mut options);
         self.room.set_options(Arc::new(options));

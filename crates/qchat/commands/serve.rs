@@ -67,8 +67,9 @@ fn check_config(args: &ServeArgs) -> Result<u8> {
 
 /// The settings a reload applies (README.md, "Configuration"): they only
 /// shape what the room says next and the sessions that start from now on.
-/// Everything else (the address, the identity, the store, the transport,
-/// the connection limits) needs a restart.
+/// Everything else (the address, the identity, the store, the transport —
+/// whose stream windows are sized from --max-frame —, the connection
+/// limits) needs a restart.
 const RELOADABLE: &[&str] = &[
     "rate",
     "burst",
@@ -76,7 +77,6 @@ const RELOADABLE: &[&str] = &[
     "history",
     "replay-max",
     "max-message",
-    "max-frame",
     "queue",
     "hello-timeout",
     "reconnect-grace",
@@ -220,7 +220,6 @@ fn reload(server: &Server, current: &ServeArgs) -> Result<ServeArgs> {
     options.history = fresh.history;
     options.replay_max = fresh.replay_max;
     options.max_message = fresh.max_message;
-    options.max_frame = fresh.max_frame;
     options.queue_len = fresh.queue_len;
     options.hello_timeout = fresh.hello_timeout;
     options.grace = fresh.grace;
