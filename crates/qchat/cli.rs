@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use qchat_proto::limits;
 use qchat_server::{OptionsError, ServerOptions};
 use qchat_tls::{HostError, HostKey};
@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a chat server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Join the room on a server.
     Connect(ConnectArgs),
     /// Print this machine's server fingerprint (created on first use).
@@ -57,6 +57,24 @@ pub struct CompletionsArgs {
 /// `qchat serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Settings file (TOML; keys are these flags without the leading --).
+    /// Default: $QCHAT_HOME/server.toml when it exists. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (flags and file), print each effective value and
+    /// where it came from, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// The settings file that was read, if any.
+    #[arg(skip)]
+    pub config_file: Option<PathBuf>,
+    /// The command line these settings came from, to read the file again
+    /// on a reload with the same flags on top.
+    #[arg(skip)]
+    pub argv: Vec<std::ffi::OsString>,
+    /// Every setting's effective value and origin.
+    #[arg(skip)]
+    pub effective: Vec<crate::config::Effective>,
     /// Address and port to listen on; port 0 picks a free port.
     #[arg(long, default_value = "[::]:8080")]
     pub listen: SocketAddr,
@@ -107,6 +125,10 @@ pub struct ServeArgs {
     /// migration); a member whose address changes then reconnects.
     #[arg(long)]
     pub no_migration: bool,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics; a bare
+    /// PORT means 127.0.0.1:PORT (off by default).
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -208,6 +230,16 @@ impl std::fmt::Display for Secs {
     }
 }
 
+/// A bare port is loopback: the metrics say how busy the room is and who
+/// is flooding it, which is for the operator, not the internet.
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is neither a port nor an address with a port"))
+}
+
 fn parse_secs_arg(s: &str) -> Result<Secs, String> {
     parse_secs(s).map(Secs)
 }
@@ -243,23 +275,86 @@ impl LimitArgs {
     }
 }
 
-/// Parses the command line and checks the flags against each other; a
-/// conflict is reported like any other usage error (clap's format, exit
-/// status 2) before anything else happens.
+/// Why the command line and the settings file cannot be used.
+pub enum Rejected {
+    /// A flag, or the flags against each other: clap's message.
+    Usage(clap::Error),
+    /// The settings file: its name, line and key.
+    File(String),
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::Usage(e) => f.write_str(&crate::config::clap_message(e)),
+            Rejected::File(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Parses the command line, adds the settings file's values for the serve
+/// flags not given, and checks the result against itself; a bad file or a
+/// conflict is reported like any other usage error (exit status 2) before
+/// anything else happens.
 pub fn parse() -> Cli {
-    let cli = Cli::parse();
-    if let Command::Serve(args) = &cli.command {
+    match resolve(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(Rejected::Usage(e)) => e.exit(),
+        Err(Rejected::File(m)) => {
+            eprintln!("qchat: {m}");
+            std::process::exit(crate::exit::USAGE.into())
+        }
+    }
+}
+
+/// [`parse`] without exiting, for a command line `argv`: also what a
+/// reload of the settings file runs again.
+pub fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Cli, Rejected> {
+    let root = Cli::command();
+    let given = root
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(Rejected::Usage)?;
+    let mut cli = Cli::from_arg_matches(&given).map_err(Rejected::Usage)?;
+    let Command::Serve(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(serve_given) = given.subcommand_matches("serve") else {
+        return Ok(cli);
+    };
+    let path = crate::config::locate(args.config.as_deref());
+    let settings = match &path {
+        Some(p) => crate::config::load(p, &root).map_err(|e| Rejected::File(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let merged_argv = crate::config::merged_args(argv.clone(), serve_given, &settings, &root);
+    let merged = root
+        .clone()
+        .try_get_matches_from(merged_argv)
+        .map_err(Rejected::Usage)?;
+    cli = Cli::from_arg_matches(&merged).map_err(Rejected::Usage)?;
+    let serve_merged = merged.subcommand_matches("serve").unwrap_or(serve_given);
+    let effective = crate::config::effective(&root, serve_given, serve_merged, &settings);
+    if let Command::Serve(args) = &mut cli.command {
+        args.config_file = path.clone();
+        args.effective = effective;
+        args.argv = argv;
         if let Err(e) = args.limits.apply(ServerOptions::default()) {
+            let e = match &path {
+                Some(p) => format!("{e} (with the settings of {})", p.display()),
+                None => e.to_string(),
+            };
             let mut cmd = Cli::command();
             cmd.build();
             let kind = clap::error::ErrorKind::ArgumentConflict;
-            match cmd.find_subcommand_mut("serve") {
-                Some(serve) => serve.error(kind, e).exit(),
-                None => cmd.error(kind, e).exit(),
-            }
+            let err = match cmd.find_subcommand_mut("serve") {
+                Some(serve) => serve.error(kind, e),
+                None => cmd.error(kind, e),
+            };
+            return Err(Rejected::Usage(err));
         }
     }
-    cli
+    Ok(cli)
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -380,4 +475,22 @@ pub enum KnownHostsAction {
         #[arg(long, value_name = "FP")]
         fingerprint: qchat_tls::Fingerprint,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_is_loopback() {
+        assert_eq!(
+            parse_metrics_addr("9464"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(
+            parse_metrics_addr("[::]:9464"),
+            Ok("[::]:9464".parse().expect("an address"))
+        );
+        assert!(parse_metrics_addr("localhost").is_err());
+    }
 }

@@ -5,6 +5,7 @@
 //! touches the terminal. The layout:
 //!
 //! - `cli`: the flags, with clap.
+//! - `config`: `qchat serve`'s settings file, checked by the flags' parsers.
 //! - `home`: where state lives (`QCHAT_HOME` or the platform directories).
 //! - `logging`: the tracing subscriber; libraries only emit.
 //! - `commands/`: one module per subcommand.
@@ -16,6 +17,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod home;
 mod input;
 mod logging;

@@ -19,6 +19,7 @@
 pub mod endpoint;
 pub mod gate;
 pub mod log;
+pub mod metrics;
 pub mod options;
 pub mod room;
 mod session;
@@ -76,9 +77,14 @@ pub struct LocalLink {
     pub recv: tokio::io::ReadHalf<tokio::io::DuplexStream>,
 }
 
+/// A joining member's queue must hold its welcome and the whole history
+/// (a resuming member's queue is sized for its replay).
+fn fit_queue(options: &mut ServerOptions) {
+    options.queue_len = options.queue_len.max(options.history + 16);
+}
+
 /// A server: its options and its room.
 pub struct Server {
-    options: Arc<ServerOptions>,
     room: Arc<Room>,
     gate: Arc<gate::Gate>,
 }
@@ -94,9 +100,7 @@ impl Server {
     /// A server over a room log. Inside a runtime the log's writer starts
     /// at once; otherwise when [`Server::run`] starts.
     pub fn with_store(mut options: ServerOptions, store: Arc<dyn store::Store>) -> Self {
-        // A joining member's queue must hold its welcome and the whole
-        // history (a resuming member's queue is sized for its replay).
-        options.queue_len = options.queue_len.max(options.history + 16);
+        fit_queue(&mut options);
         let options = Arc::new(options);
         let room = Room::new(Arc::clone(&options), store);
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -110,8 +114,24 @@ impl Server {
                 options.max_unjoined_per_ip,
                 options.retry_threshold,
             ),
-            options,
         }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.room.metrics().encode(self.room.len())
+    }
+
+    /// Applies new options to everything that can change while running:
+    /// the room's welcome, history and reconnect grace, and every session
+    /// that starts from now on (rate, burst, backlog, message size, queue,
+    /// hello timeout, and the frame size its decoder accepts). The
+    /// transport (sized from the frame size when the endpoint was made),
+    /// the address and the connection limits of the running gate keep
+    /// their first values: the caller decides which options to change.
+    pub fn reload(&self, mut options: ServerOptions) {
+        fit_queue(&mut options);
+        self.room.set_options(Arc::new(options));
     }
 
     /// The room.
@@ -127,7 +147,7 @@ impl Server {
         let (client, server) = tokio::io::duplex(LOCAL_PIPE);
         let (server_recv, server_send) = tokio::io::split(server);
         let room = Arc::clone(&self.room);
-        let options = Arc::clone(&self.options);
+        let options = self.room.options();
         let span = tracing::info_span!("operator", name = tracing::field::Empty);
         tokio::spawn(
             async move {
@@ -193,19 +213,22 @@ impl Server {
                     if !incoming.remote_address_validated() && incoming.may_retry() && self.gate.under_load() {
                         // Make the address prove it receives our packets
                         // before any handshake work is spent on it.
+                        self.room.metrics().handshakes_retried.inc();
                         let _ = incoming.retry();
                         continue;
                     }
                     match self.gate.admit(peer.ip()) {
                         Ok(permit) => {
+                            self.room.metrics().handshakes_accepted.inc();
                             sessions.spawn(session::serve_quic(
                                 incoming,
                                 permit,
                                 Arc::clone(&self.room),
-                                Arc::clone(&self.options),
+                                self.room.options(),
                             ));
                         }
                         Err(why) => {
+                            self.room.metrics().handshakes_refused.inc();
                             // A flood repeats this thousands of times: the
                             // first per address and window is logged, the
                             // rest are summed up every `tally::WINDOW`.

@@ -51,7 +51,9 @@ fn commit(room: &Room, items: Vec<LogItem>) {
     }
     if !batch.is_empty() {
         let entries: Vec<&NewEntry> = batch.iter().map(|p| &p.entry).collect();
+        let started = std::time::Instant::now();
         let stored = room.store().append(&entries);
+        room.metrics().log_batch(entries.len(), started.elapsed());
         room.publish(batch, stored);
     }
     for b in barriers {

@@ -29,6 +29,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
 use crate::log::{LogItem, Pending};
+use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
 
@@ -114,7 +115,9 @@ impl Peer {
 /// The shared room.
 pub struct Room {
     state: Mutex<State>,
-    options: Arc<ServerOptions>,
+    /// Swapped whole on a reload; each session keeps the snapshot it
+    /// started with, the room reads the current one.
+    options: std::sync::RwLock<Arc<ServerOptions>>,
     store: Arc<dyn Store>,
     /// The log writer's queue: public messages waiting to be stored.
     log: mpsc::Sender<LogItem>,
@@ -122,6 +125,7 @@ pub struct Room {
     log_rx: Mutex<Option<mpsc::Receiver<LogItem>>>,
     /// For the grace timers, which outlive the session that started them.
     me: Weak<Room>,
+    metrics: Metrics,
 }
 
 struct State {
@@ -183,6 +187,25 @@ pub struct Joined {
 }
 
 impl Room {
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The current options (new sessions start with them).
+    pub fn options(&self) -> Arc<ServerOptions> {
+        // A poisoned lock still holds a whole, valid Arc.
+        let guard = self.options.read().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&guard)
+    }
+
+    /// Replaces the options: the room and sessions that start from now on
+    /// use them; running sessions keep theirs.
+    pub fn set_options(&self, options: Arc<ServerOptions>) {
+        let mut guard = self.options.write().unwrap_or_else(|e| e.into_inner());
+        *guard = options;
+    }
+
     /// An empty room over a log. Its writer must be started
     /// ([`crate::log::run_writer`] with [`Room::take_log`]) for public
     /// messages to reach anyone.
@@ -201,11 +224,12 @@ impl Room {
                 host_reason: None,
                 closed: false,
             }),
-            options,
+            options: std::sync::RwLock::new(options),
             store,
             log,
             log_rx: Mutex::new(Some(log_rx)),
             me: me.clone(),
+            metrics: Metrics::default(),
         })
     }
 
@@ -293,7 +317,7 @@ impl Room {
                     detail: format!(
                         "{} (their connection dropped; the name is kept for them for {} s); choose another",
                         names::clash(name, &g.name),
-                        self.options.grace.as_secs()
+                        self.options().grace.as_secs()
                     ),
                 })
             }
@@ -312,11 +336,15 @@ impl Room {
         let (replay, resumed, missed) = match &resume {
             Some(p) if v3 && p.log_id == self.store.log_id() => {
                 let after = p.after.min(upto);
-                let got = self.read_log(&st, after, upto, self.options.replay_max);
+                let got = self.read_log(&st, after, upto, self.options().replay_max);
                 let missed = (upto - after).saturating_sub(got.len() as u64);
                 (got, true, missed)
             }
-            _ => (self.read_log(&st, 0, upto, self.options.history), false, 0),
+            _ => (
+                self.read_log(&st, 0, upto, self.options().history),
+                false,
+                0,
+            ),
         };
         let id = st.next_id;
         st.next_id += 1;
@@ -333,26 +361,26 @@ impl Room {
                     .filter(|(k, _)| **k != key)
                     .map(|(_, g)| g.name.clone()),
             )
-            .take(self.options.welcome_members.saturating_sub(1))
+            .take(self.options().welcome_members.saturating_sub(1))
             .collect();
         members.push(name.to_string());
         let welcome = if v3 {
             ServerMsg::WelcomeV3 {
                 version: peer.version.min(PROTOCOL_VERSION),
-                server_name: self.options.server_name.clone(),
+                server_name: self.options().server_name.clone(),
                 name: name.to_string(),
                 members,
                 log_id: self.store.log_id(),
                 last_id: upto,
-                rate: self.options.rate,
-                burst: self.options.burst,
-                max_message: u32::try_from(self.options.max_message).unwrap_or(u32::MAX),
-                grace_secs: u32::try_from(self.options.grace.as_secs()).unwrap_or(u32::MAX),
+                rate: self.options().rate,
+                burst: self.options().burst,
+                max_message: u32::try_from(self.options().max_message).unwrap_or(u32::MAX),
+                grace_secs: u32::try_from(self.options().grace.as_secs()).unwrap_or(u32::MAX),
             }
         } else {
             ServerMsg::Welcome {
                 version: peer.version.min(PROTOCOL_VERSION),
-                server_name: self.options.server_name.clone(),
+                server_name: self.options().server_name.clone(),
                 name: name.to_string(),
                 members,
             }
@@ -391,14 +419,14 @@ impl Room {
         }
         if returning {
             st.ghosts.remove(&key);
-            if st.members.len() < self.options.announce_limit {
+            if st.members.len() < self.options().announce_limit {
                 let frame = ServerMsg::Returned {
                     name: name.to_string(),
                 }
                 .to_frame();
                 self.broadcast_v3(&mut st, frame, None);
             }
-        } else if replaced.is_none() && st.members.len() < self.options.announce_limit {
+        } else if replaced.is_none() && st.members.len() < self.options().announce_limit {
             let frame = ServerMsg::Joined {
                 name: name.to_string(),
             }
@@ -540,9 +568,8 @@ impl Room {
     /// Messages kept in the in-memory window: what a fresh join needs, and
     /// enough for the usual short reconnect.
     fn recent_len(&self) -> usize {
-        self.options
-            .history
-            .max(self.options.replay_max.min(RECENT_MAX))
+        let options = self.options();
+        options.history.max(options.replay_max.min(RECENT_MAX))
     }
 
     fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
@@ -592,6 +619,10 @@ impl Room {
             };
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
+            } else {
+                self.metrics.messages_delivered.inc();
+                self.metrics
+                    .queue_depth(m.outbox.max_capacity() - m.outbox.capacity());
             }
         }
         if !slow.is_empty() {
@@ -622,6 +653,7 @@ impl Room {
         let target = st.by_name.get(&names::fold(to)).copied();
         let Some(target) = target else {
             let reason = format!("there is nobody called {to:?} here");
+            self.metrics.messages_refused.inc();
             self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
             return;
         };
@@ -804,7 +836,7 @@ impl Room {
     /// leaves with `reason`. Older members leave at once.
     pub fn lose(&self, id: MemberId, reason: &str) {
         let mut st = self.lock();
-        let grace = self.options.grace;
+        let grace = self.options().grace;
         let instance = st.members.get(&id).and_then(|m| m.peer.instance);
         let (Some(instance), false, false) = (instance, grace.is_zero(), st.closed) else {
             drop(st);
@@ -816,7 +848,7 @@ impl Room {
         };
         let key = names::fold(&m.name);
         st.by_name.remove(&key);
-        if st.members.len() < self.options.announce_limit {
+        if st.members.len() < self.options().announce_limit {
             let frame = ServerMsg::Reconnecting {
                 name: m.name.clone(),
             }
@@ -853,7 +885,7 @@ impl Room {
             return;
         };
         st.private_seen.remove(&g.instance);
-        if st.members.len() < self.options.announce_limit {
+        if st.members.len() < self.options().announce_limit {
             let frame = ServerMsg::Left {
                 name: g.name,
                 reason: reason.to_string(),
@@ -943,6 +975,7 @@ impl Room {
     fn evict_slow(&self, st: &mut State, ids: Vec<MemberId>) {
         for id in ids {
             tracing::info!(member = id, "disconnecting a member that is not reading");
+            self.metrics.slow_reader_evictions.inc();
             self.end(
                 st,
                 id,
@@ -966,7 +999,7 @@ impl Room {
             return;
         };
         st.by_name.remove(&names::fold(&m.name));
-        if st.members.len() < self.options.announce_limit {
+        if st.members.len() < self.options().announce_limit {
             let frame = ServerMsg::Left {
                 name: m.name,
                 reason: reason.to_string(),

@@ -398,6 +398,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 check_kind(&msg, version)?;
                 backlog.push_back(msg);
                 if backlog.len() > options.backlog + 1 {
+                    room.metrics().flood_disconnects.inc();
                     return Err(SessionError::Flood(options.backlog));
                 }
                 if backlog.len() > options.backlog / 2 && !warned {
@@ -444,6 +445,12 @@ async fn handle(
     room: &Room,
     options: &ServerOptions,
 ) -> Option<String> {
+    if matches!(
+        msg,
+        ClientMsg::Say { .. } | ClientMsg::Action { .. } | ClientMsg::Private { .. }
+    ) {
+        room.metrics().messages_received.inc();
+    }
     match msg {
         ClientMsg::Say { seq, text }
         | ClientMsg::Action { seq, text }
@@ -455,6 +462,7 @@ async fn handle(
                 text.len(),
                 options.max_message
             );
+            room.metrics().messages_refused.inc();
             room.reply(id, &ServerMsg::Refused { seq, reason });
         }
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,

@@ -79,7 +79,7 @@ fn session(server: &Server, pipe: usize, deadline: Instant) -> (Client, JoinHand
     let (client, server_end) = tokio::io::duplex(pipe);
     let (server_recv, server_send) = tokio::io::split(server_end);
     let room = Arc::clone(&server.room);
-    let options = Arc::clone(&server.options);
+    let options = server.room.options();
     let task = tokio::spawn(async move {
         let sink = PipeSink(server_send);
         run_stream(
@@ -111,7 +111,7 @@ async fn member(server: &Server, name: &str) -> (Client, JoinHandle<End>) {
 }
 
 async fn member_with_pipe(server: &Server, name: &str, pipe: usize) -> (Client, JoinHandle<End>) {
-    let deadline = Instant::now() + server.options.hello_timeout;
+    let deadline = Instant::now() + server.room.options().hello_timeout;
     let (mut c, task) = session(server, pipe, deadline);
     c.send(ClientMsg::Hello {
         version: PROTOCOL_VERSION,
@@ -139,7 +139,7 @@ fn server(options: ServerOptions) -> Server {
 async fn the_hello_deadline_counts_from_the_connection_not_from_the_stream() {
     let s = server(ServerOptions::default());
     let start = Instant::now();
-    let deadline = start + s.options.hello_timeout;
+    let deadline = start + s.room.options().hello_timeout;
     // The stream opens 4 s into the 5 s deadline (a QUIC peer's stream is
     // seen only when its first byte arrives), then half a frame trickles in.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -149,7 +149,7 @@ async fn the_hello_deadline_counts_from_the_connection_not_from_the_stream() {
     assert_eq!(end.code, CloseCode::HelloTimeout, "{}", end.reason);
     // On the paused clock this is exact: one deadline, not a second five
     // seconds from when the stream appeared.
-    assert_eq!(start.elapsed(), s.options.hello_timeout);
+    assert_eq!(start.elapsed(), s.room.options().hello_timeout);
     assert_eq!(c.next().await, None, "no welcome, and the stream ends");
     assert!(s.room().is_empty());
 }
@@ -165,7 +165,7 @@ async fn the_operator_link_has_the_same_hello_deadline() {
         .expect("the server ends the link in time")
         .expect("a clean end");
     assert!(got.is_none(), "the server sent something to a silent link");
-    assert_eq!(start.elapsed(), s.options.hello_timeout);
+    assert_eq!(start.elapsed(), s.room.options().hello_timeout);
 }
 
 #[tokio::test(start_paused = true)]
@@ -403,7 +403,7 @@ async fn connections_that_never_join_are_summed_up_not_logged_one_by_one() {
         let (client, server_end) = tokio::io::duplex(1024);
         let (server_recv, server_send) = tokio::io::split(server_end);
         let room = Arc::clone(&s.room);
-        let options = Arc::clone(&s.options);
+        let options = s.room.options();
         let deadline = Instant::now() + options.hello_timeout;
         sessions.push(tokio::spawn(async move {
             let sink = PipeSink(server_send);
@@ -526,7 +526,7 @@ async fn join_v3(
         cut: Arc::clone(&cut),
     };
     let room = Arc::clone(&server.room);
-    let options = Arc::clone(&server.options);
+    let options = server.room.options();
     let deadline = Instant::now() + options.hello_timeout;
     let task = tokio::spawn(async move {
         run_stream(

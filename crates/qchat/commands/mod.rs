@@ -15,7 +15,7 @@ use crate::cli::{Cli, Command};
 /// the host's full-screen view, when logging set it up.
 pub fn run(cli: Cli, server_events: Option<tokio::sync::mpsc::Receiver<String>>) -> Result<u8> {
     match cli.command {
-        Command::Serve(args) => serve::run(args, server_events),
+        Command::Serve(args) => serve::run(*args, server_events),
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
         Command::KnownHosts(args) => known_hosts::run(args),

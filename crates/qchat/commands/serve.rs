@@ -13,6 +13,12 @@ use crate::cli::ServeArgs;
 use crate::wording::About;
 
 pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Result<u8> {
+    if args.check_config {
+        return check_config(&args);
+    }
+    if let Some(path) = &args.config_file {
+        tracing::info!(path = %path.display(), "settings file read");
+    }
     if crate::ui::wanted_for_serve(&args) {
         return run_with_ui(args, server_events);
     }
@@ -22,8 +28,14 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let store = open_store(&args)?;
+        let hup = Hangup::listen();
+        let metrics = bind_metrics(args.metrics).await?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = Server::with_store(options, store);
+        let server = std::sync::Arc::new(Server::with_store(options, store));
+        if let Some(listener) = metrics {
+            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
+        }
+        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
         if let Some(name) = operator {
             let link = server.join_local();
             tokio::spawn(operate(link, name, host_about(&identity, local)));
@@ -32,6 +44,218 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
         tracing::info!("stopped");
         Ok(crate::exit::OK)
     })
+}
+
+/// `--check-config`: the settings were checked while parsing (a bad file or
+/// flag never gets here); print each effective value, as a file would hold
+/// it, with where it came from.
+fn check_config(args: &ServeArgs) -> Result<u8> {
+    server_options(args)?;
+    match &args.config_file {
+        Some(p) => println!("# settings file: {}", p.display()),
+        None => println!("# settings file: none"),
+    }
+    for e in &args.effective {
+        match &e.value {
+            Some(v) => println!("{} = {v}  # {}", e.key, e.origin),
+            None => println!("# {} is not set  # {}", e.key, e.origin),
+        }
+    }
+    println!("# the settings are valid");
+    Ok(crate::exit::OK)
+}
+
+/// The settings a reload applies (README.md, "Configuration"): they only
+/// shape what the room says next and the sessions that start from now on.
+/// Everything else (the address, the identity, the store, the transport —
+/// whose stream windows are sized from --max-frame —, the connection
+/// limits) needs a restart.
+const RELOADABLE: &[&str] = &[
+    "rate",
+    "burst",
+    "backlog",
+    "history",
+    "replay-max",
+    "max-message",
+    "queue",
+    "hello-timeout",
+    "reconnect-grace",
+];
+
+/// Binds the metrics endpoint, if asked for, before anything is announced:
+/// an address in use stops the server like its own port would.
+async fn bind_metrics(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the metrics address")?;
+    println!("metrics at http://{local}/metrics");
+    Ok(Some(listener))
+}
+
+/// Answers `GET /metrics` with the server's counters (hyper does the HTTP).
+/// Each connection gets a bounded time, so an idle scraper holds nothing.
+async fn serve_metrics(listener: tokio::net::TcpListener, server: std::sync::Arc<Server>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!("metrics connection not accepted: {e}");
+                continue;
+            }
+        };
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = metrics_answer(&server, &req);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+        });
+    }
+}
+
+fn metrics_answer<B>(
+    server: &Server,
+    req: &hyper::Request<B>,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    use hyper::{Method, StatusCode};
+    let (status, body, kind) = if req.uri().path() != "/metrics" {
+        (
+            StatusCode::NOT_FOUND,
+            "only /metrics is here\n".to_string(),
+            "text/plain",
+        )
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only\n".to_string(),
+            "text/plain",
+        )
+    } else {
+        (
+            StatusCode::OK,
+            server.metrics_text(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    };
+    let mut answer = hyper::Response::new(http_body_util::Full::new(body.into()));
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
+    answer
+}
+
+/// SIGHUP, listened for before the server announces itself: the default
+/// action of a SIGHUP that arrives with no handler is to end the process.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn listen() -> Hangup {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = signal(SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!("cannot listen for SIGHUP, settings cannot be reloaded: {e}")
+                })
+                .ok();
+            Hangup { signal }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    /// The next SIGHUP; never, where there are none.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// On SIGHUP, reads the settings file again (with the same flags on top)
+/// and applies what can change while running. A file that is now wrong
+/// changes nothing: the server keeps its settings and says why.
+async fn reload_on_hangup(mut hup: Hangup, server: std::sync::Arc<Server>, mut current: ServeArgs) {
+    loop {
+        hup.next().await;
+        match reload(&server, &current) {
+            Ok(next) => current = next,
+            Err(e) => tracing::warn!("settings not reloaded, the current ones stay: {e:#}"),
+        }
+    }
+}
+
+/// One reload: the new settings, with the values that need a restart kept
+/// as they run, so the next reload compares against what is in force.
+fn reload(server: &Server, current: &ServeArgs) -> Result<ServeArgs> {
+    let cli = crate::cli::resolve(current.argv.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let crate::cli::Command::Serve(next) = cli.command else {
+        anyhow::bail!("the command line is not `serve` any more");
+    };
+    let mut next = *next;
+    let fresh = server_options(&next)?;
+    let mut options = (*server.room().options()).clone();
+    options.rate = fresh.rate;
+    options.burst = fresh.burst;
+    options.backlog = fresh.backlog;
+    options.history = fresh.history;
+    options.replay_max = fresh.replay_max;
+    options.max_message = fresh.max_message;
+    options.queue_len = fresh.queue_len;
+    options.hello_timeout = fresh.hello_timeout;
+    options.grace = fresh.grace;
+    options.validate()?;
+    let mut applied = Vec::new();
+    let mut restart = Vec::new();
+    for (old, new) in current.effective.iter().zip(next.effective.iter_mut()) {
+        if old.key != new.key || old.value == new.value {
+            continue;
+        }
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+        if RELOADABLE.contains(&new.key.as_str()) {
+            applied.push(format!(
+                "{} {} -> {}",
+                new.key,
+                show(&old.value),
+                show(&new.value)
+            ));
+        } else {
+            restart.push(new.key.clone());
+            *new = old.clone();
+        }
+    }
+    server.reload(options);
+    if applied.is_empty() {
+        tracing::info!("settings reloaded: nothing to change");
+    } else {
+        tracing::info!("settings reloaded: {}", applied.join(", "));
+    }
+    if !restart.is_empty() {
+        tracing::warn!(
+            "settings changed that only take effect after a restart: {}",
+            restart.join(", ")
+        );
+    }
+    Ok(next)
 }
 
 /// Who sits at the server. Standard input that is not a terminal carries
@@ -117,8 +341,14 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
         // Announced on the normal screen too, so it is there after the
         // interface closes.
         let store = open_store(&args)?;
+        let hup = Hangup::listen();
+        let metrics = bind_metrics(args.metrics).await?;
         let (endpoint, local) = listen(&identity, &options, args.listen)?;
         let server = std::sync::Arc::new(Server::with_store(options, store));
+        if let Some(listener) = metrics {
+            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
+        }
+        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
         // Carries the host's `/quit REASON` (empty without one).
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
         let task = {
