@@ -507,6 +507,7 @@ impl Room {
             Err(e) => {
                 let reason =
                     format!("the server could not store the message ({e}); nothing was sent");
+                self.metrics.messages_refused.inc_by(batch.len() as u64);
                 for p in batch {
                     self.send_to(
                         &mut st,
