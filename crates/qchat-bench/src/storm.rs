@@ -619,7 +619,7 @@ fn print(r: &StormReport) {
             "time to resume",
             match &r.resume_ms {
                 Some(l) => format!(
-                    "all {} ; per member p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    "all {}; per member p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                     opt(r.all_resumed_s, "s"),
                     l.p50,
                     l.p99,
