@@ -29,6 +29,8 @@ struct Config {
     json: bool,
     /// The `qchat` executable started as the server under test.
     qchat: PathBuf,
+    /// `--server-arg`s.
+    server_args: Vec<String>,
 }
 
 enum Mode {
@@ -94,6 +96,7 @@ impl Config {
                 Some(path) => path,
                 None => qchat_beside_me()?,
             },
+            server_args: a.server_arg,
         })
     }
 }
@@ -101,7 +104,7 @@ impl Config {
 /// The `qchat` of the same build: cargo puts every binary of the workspace
 /// in the same target folder, so the bench measures the server it was
 /// built with unless `--qchat` says otherwise.
-fn qchat_beside_me() -> Result<PathBuf> {
+pub fn qchat_beside_me() -> Result<PathBuf> {
     let me = std::env::current_exe().context("cannot find the qchat-bench executable")?;
     let qchat = me.with_file_name(format!("qchat{}", std::env::consts::EXE_SUFFIX));
     if !qchat.is_file() {
@@ -162,6 +165,9 @@ impl Report {
 /// Runs the bench. Exits with failure when any delivery was missing,
 /// duplicated or out of order, so scripts can rely on the status.
 pub fn run(args: BenchArgs) -> Result<u8> {
+    if args.restart.is_some() || args.replay {
+        return crate::storm::run(args);
+    }
     let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.bench_threads.into())
@@ -215,6 +221,7 @@ fn run_one(
             threads: config.server_threads,
             retry_threshold: config.retry_threshold,
             qchat: config.qchat.clone(),
+            extra: config.server_args.clone(),
         })?),
         None => None,
     };

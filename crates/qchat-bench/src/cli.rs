@@ -106,6 +106,23 @@ pub struct BenchArgs {
     /// is read, so that join traffic has settled.
     #[arg(long, default_value = "1", value_parser = parse_secs)]
     pub settle: Duration,
+    /// One more flag for the started `qchat serve`, after the bench's own
+    /// (repeat it for more, e.g. `--server-arg=--store --server-arg=memory`).
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub server_arg: Vec<String>,
+    /// Reconnect storm: the members join over protocol version 3, one more
+    /// member sends --messages, then the server is stopped this way and
+    /// started again on the same port and data folder; every member
+    /// resumes, and the sender sends --messages more. Reports the time from
+    /// the server being back to each member's resume, and anything missed
+    /// or duplicated.
+    #[arg(long, value_name = "HOW", conflicts_with_all = ["baseline", "compare", "target", "replay"])]
+    pub restart: Option<crate::proc::Stop>,
+    /// Replay: the members join over version 3 and disconnect, one more
+    /// member sends --messages meanwhile, then all of them resume at once.
+    /// Reports messages replayed per second and the server's peak memory.
+    #[arg(long, conflicts_with_all = ["baseline", "compare", "target"])]
+    pub replay: bool,
     /// One JSON object per run on stdout instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -33,7 +33,7 @@ use crate::stats::{Histogram, Latency};
 
 /// Handshakes in flight at once: enough to keep both sides busy, few
 /// enough that none of them times out waiting for the CPU.
-const CONNECT_CONCURRENCY: usize = 64;
+pub const CONNECT_CONCURRENCY: usize = 64;
 
 /// Tries per member before the run fails.
 const CONNECT_ATTEMPTS: u32 = 3;
@@ -296,15 +296,9 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
     })
 }
 
-/// Connects and joins every member, a bounded number at a time, and
-/// starts each reading member's receiver as soon as it has joined.
-async fn connect_all(
-    target: &Target,
-    plan: &Plan,
-    endpoints: &[quinn::Endpoint],
-    shared: &Arc<Shared>,
-) -> Result<Vec<Member>> {
-    let trust = Arc::new(TrustPlan {
+/// Trust exactly the target's fingerprint, without any pin file.
+pub fn trust_plan(target: &Target) -> TrustPlan {
+    TrustPlan {
         host: HostKey {
             host: target.addr.ip().to_string(),
             port: target.addr.port(),
@@ -316,7 +310,18 @@ async fn connect_all(
         mode: TrustMode::Strict,
         interactive: false,
         warnings: vec![],
-    });
+    }
+}
+
+/// Connects and joins every member, a bounded number at a time, and
+/// starts each reading member's receiver as soon as it has joined.
+async fn connect_all(
+    target: &Target,
+    plan: &Plan,
+    endpoints: &[quinn::Endpoint],
+    shared: &Arc<Shared>,
+) -> Result<Vec<Member>> {
+    let trust = Arc::new(trust_plan(target));
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut tasks = Vec::with_capacity(plan.clients);
     for i in 0..plan.clients {
@@ -430,7 +435,7 @@ async fn send_loop(
 
 /// The message text: sender, sequence number and send time (ns since the
 /// shared epoch) as fixed-width decimals, padded to `size` bytes.
-fn payload(text: &mut String, sender: usize, seq: u64, sent_ns: u64, size: usize) {
+pub fn payload(text: &mut String, sender: usize, seq: u64, sent_ns: u64, size: usize) {
     use std::fmt::Write;
     text.clear();
     let _ = write!(text, "{sender:08} {seq:012} {sent_ns:020} ");
@@ -440,7 +445,7 @@ fn payload(text: &mut String, sender: usize, seq: u64, sent_ns: u64, size: usize
 }
 
 /// The sender, sequence number and send time from a message text.
-fn parse_payload(text: &str) -> Option<(usize, u64, u64)> {
+pub fn parse_payload(text: &str) -> Option<(usize, u64, u64)> {
     let mut it = text.splitn(4, ' ');
     let sender = it.next()?.parse().ok()?;
     let seq = it.next()?.parse().ok()?;

@@ -10,6 +10,7 @@
 //! - `stats`: the latency histogram and medians.
 //! - `proc`: the server under test as its own process, read through
 //!   `/proc`.
+//! - `storm`: a restart or a mass disconnect, and every member resuming.
 //! - `relay`: the baseline (`qchat-bench relay`, hidden).
 //!
 //! How to reproduce the published numbers is in docs/PERFORMANCE.md.
@@ -20,6 +21,7 @@ mod load;
 mod proc;
 mod relay;
 mod stats;
+mod storm;
 
 use std::process::ExitCode;
 

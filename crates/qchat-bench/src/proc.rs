@@ -58,6 +58,19 @@ pub struct Spawn {
     pub retry_threshold: Option<u32>,
     /// The `qchat` executable (the relay is this executable).
     pub qchat: PathBuf,
+    /// Extra flags for `qchat serve` (`--server-arg`), after the bench's
+    /// own; ignored for the relay.
+    pub extra: Vec<String>,
+}
+
+/// How [`ServerProc::restart`] stops the server before starting it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stop {
+    /// SIGTERM: the server says goodbye (`ShuttingDown`, back) and exits.
+    Term,
+    /// SIGKILL: a crash; clients learn from the stateless reset.
+    Kill,
 }
 
 /// A running server process.
@@ -70,20 +83,71 @@ pub struct ServerProc {
     /// The flags that lifted its limits, for the report.
     pub raised: Vec<String>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
-    /// Kept for its `Drop`, which removes the identity and any state.
-    _home: tempfile::TempDir,
+    /// How it was started, for a restart.
+    spawn: Spawn,
+    /// The server's stdout lines, read until it has announced itself.
+    ready: mpsc::Receiver<String>,
+    /// Kept for its `Drop`, which removes the identity and any state; a
+    /// restart reuses it, so identity and room log survive.
+    home: tempfile::TempDir,
 }
 
 impl ServerProc {
     /// Starts the server and waits until it announces its address.
     pub fn start(spawn: &Spawn) -> Result<ServerProc> {
+        let home = tempfile::tempdir().context("cannot create a temporary home")?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut server = ServerProc::launch(spawn, home, listen)?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Stops the server the way `how` says, waits for it to exit, and
+    /// starts it again on the same address with the same home (identity,
+    /// room log). Returns when the new process has announced itself: the
+    /// moment the server is back.
+    pub fn restart(&mut self, how: Stop) -> Result<()> {
+        let signal = match how {
+            Stop::Term => "-TERM",
+            Stop::Kill => "-KILL",
+        };
+        let _ = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.exited() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the server did not exit within {} s of {signal}",
+                    READY_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let home = std::mem::replace(
+            &mut self.home,
+            tempfile::tempdir().context("cannot create a temporary home")?,
+        );
+        let spawn = self.spawn.clone();
+        let addr = self.addr;
+        let mut next = ServerProc::launch(&spawn, home, addr)?;
+        next.wait_ready()?;
+        // The old value's Drop only removes the placeholder home: its
+        // child has exited.
+        *self = next;
+        Ok(())
+    }
+
+    fn launch(spawn: &Spawn, home: tempfile::TempDir, listen: SocketAddr) -> Result<ServerProc> {
         let exe = match spawn.kind {
             Kind::Qchat => spawn.qchat.clone(),
             Kind::Baseline => {
                 std::env::current_exe().context("cannot find the qchat-bench executable")?
             }
         };
-        let home = tempfile::tempdir().context("cannot create a temporary home")?;
+        let listen_arg = listen.to_string();
         let mut cmd = Command::new(&exe);
         cmd.env("QCHAT_HOME", home.path());
         cmd.env_remove("RUST_LOG");
@@ -93,7 +157,7 @@ impl ServerProc {
                 // Logging off: 10,000 "joined" lines would be measured as
                 // server work that a production server would not do at
                 // this level.
-                cmd.args(["--quiet", "serve", "--listen", "127.0.0.1:0"]);
+                cmd.args(["--quiet", "serve", "--listen", &listen_arg]);
                 let conns = spawn.connections.to_string();
                 raised.extend([
                     "--max-connections".to_string(),
@@ -124,9 +188,10 @@ impl ServerProc {
                     }
                 }
                 cmd.args(&raised);
+                cmd.args(&spawn.extra);
             }
             Kind::Baseline => {
-                cmd.args(["relay", "--listen", "127.0.0.1:0", "--cert-dir"])
+                cmd.args(["relay", "--listen", &listen_arg, "--cert-dir"])
                     .arg(home.path().join("certs"))
                     .args(["--queue", &spawn.queue.to_string()]);
             }
@@ -165,25 +230,31 @@ impl ServerProc {
             });
         }
 
-        let mut server = ServerProc {
+        Ok(ServerProc {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: listen,
             fingerprint: Fingerprint::from_bytes([0; 32]),
             raised,
             stderr_tail,
-            _home: home,
-        };
+            spawn: spawn.clone(),
+            home,
+            ready: rx,
+        })
+    }
+
+    /// Waits until the process announces its address and fingerprint.
+    fn wait_ready(&mut self) -> Result<()> {
         let (mut addr, mut fp) = (None, None);
         let deadline = Instant::now() + READY_TIMEOUT;
         while addr.is_none() || fp.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
+            let line = match self.ready.recv_timeout(left) {
                 Ok(l) => l,
                 Err(_) => bail!(
                     "the {} server did not announce itself within {} s{}",
-                    spawn.kind.label(),
+                    self.spawn.kind.label(),
                     READY_TIMEOUT.as_secs(),
-                    server.stderr_excerpt()
+                    self.stderr_excerpt()
                 ),
             };
             if let Some(rest) = line.split("listening on ").nth(1) {
@@ -201,10 +272,10 @@ impl ServerProc {
             }
         }
         if let (Some(a), Some(f)) = (addr, fp) {
-            server.addr = a;
-            server.fingerprint = f;
+            self.addr = a;
+            self.fingerprint = f;
         }
-        Ok(server)
+        Ok(())
     }
 
     /// The process id.

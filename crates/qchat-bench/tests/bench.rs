@@ -106,3 +106,73 @@ fn bench_without_a_qchat_to_start_says_how_to_name_one() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no-such-qchat"), "{stderr}");
 }
+
+/// Runs a tiny `--restart`/`--replay` run and returns its JSON report.
+fn storm(extra: &[&str]) -> serde_json::Value {
+    let home = tempfile::tempdir().expect("temporary home");
+    let out = command(&home)
+        .args([
+            "--clients",
+            "3",
+            "--messages",
+            "5",
+            "--timeout",
+            "20",
+            "--json",
+        ])
+        .args(extra)
+        .output()
+        .expect("run qchat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let transcript = format!(
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{transcript}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object per run\n{transcript}");
+    let r: serde_json::Value =
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}\n{transcript}"));
+    let n = |k: &str| {
+        r[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} is not a count in {r}"))
+    };
+    // Every member came back on its resume point, and holds each of the
+    // sender's 2 × 5 messages exactly once, in the log's order.
+    assert_eq!(n("resumed"), 3, "{r}");
+    assert_eq!(n("fresh_joins"), 0, "{r}");
+    assert_eq!(n("messages"), 10, "{r}");
+    assert_eq!(n("deliveries_expected"), 30, "{r}");
+    assert_eq!(n("deliveries_received"), 30, "{r}");
+    assert_eq!(n("missing"), 0, "{r}");
+    assert_eq!(n("duplicates"), 0, "{r}");
+    assert_eq!(n("out_of_order"), 0, "{r}");
+    assert_eq!(r["timed_out"], false, "{r}");
+    assert!(r["all_resumed_s"].is_number(), "{r}");
+    assert!(r["resume_ms"]["p99"].is_number(), "{r}");
+    r
+}
+
+#[test]
+fn bench_restart_term_every_member_resumes_and_nothing_is_lost() {
+    let r = storm(&["--restart", "term"]);
+    assert_eq!(r["mode"], "restart", "{r}");
+    assert_eq!(r["restart"], "term", "{r}");
+    assert!(r["server_down_s"].is_number(), "{r}");
+}
+
+#[test]
+fn bench_restart_kill_every_member_resumes_and_nothing_is_lost() {
+    let r = storm(&["--restart", "kill"]);
+    assert_eq!(r["restart"], "kill", "{r}");
+}
+
+#[test]
+fn bench_replay_resumes_what_each_member_missed() {
+    let r = storm(&["--replay"]);
+    assert_eq!(r["mode"], "replay", "{r}");
+    // Each of the 3 members missed the second 5 while it was away.
+    assert_eq!(r["replayed"].as_u64(), Some(15), "{r}");
+    assert_eq!(r["server_missed"].as_u64(), Some(0), "{r}");
+}

@@ -1,0 +1,670 @@
+//! The "nothing lost" scenarios: a reconnect storm after a server restart
+//! (`--restart term|kill`) and a mass resume (`--replay`).
+//!
+//! Both have the same shape. `--clients` members join over protocol
+//! version 3 and read; one more member, the sender, sends `--messages`
+//! stamped messages and waits for every member to have them. Then the
+//! disruption: the server is stopped and started again on the same port
+//! with the same home (identity and room log), or every member closes its
+//! connection while the sender sends `--messages` more. Every member then
+//! says `HelloV3` again with its own instance id and its resume point
+//! (the log id and the last message id it saw) and reads the replay up to
+//! `Replayed`. After a restart the sender sends its second half once the
+//! server is back. Every member must end with each of the sender's
+//! messages exactly once, ids strictly increasing.
+//!
+//! A member reconnects only once it has noticed its connection is gone
+//! (the server's goodbye after SIGTERM, the stateless reset of the
+//! restarted server after SIGKILL) and the server is back: the clock of
+//! "time to resume" starts when the restarted server announces itself
+//! (or, with `--replay`, when the members are let back). Rejoins go
+//! through the same gate of concurrent handshakes as the first joins.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use qchat_client::connection::{new_instance, Greeting, Joined};
+use qchat_client::{Decision, TrustPlan};
+use qchat_proto::frame::encode_frame_into;
+use qchat_proto::{ClientMsg, CloseCode, ResumePoint, ServerMsg};
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+use crate::bench::qchat_beside_me;
+use crate::cli::BenchArgs;
+use crate::load::{parse_payload, payload, trust_plan, Target, CONNECT_CONCURRENCY};
+use crate::proc::{Kind, ServerProc, Spawn, Stop};
+use crate::stats::{Histogram, Latency};
+
+/// Tries per (re)join before a member gives up.
+const JOIN_ATTEMPTS: u32 = 20;
+
+/// Bound on one join attempt: a handshake to a server that is not there
+/// yet would otherwise wait for the client's own timeout.
+const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between failed join attempts.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often the coordinator looks at the counters while it waits.
+const POLL: Duration = Duration::from_millis(5);
+
+/// What the coordinator tells the members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ctl {
+    /// Read.
+    Live,
+    /// Close the connection (`--replay`).
+    Disconnect,
+    /// The server is back (or the members may return) since this instant.
+    Back(Instant),
+    /// The run is over.
+    Done,
+}
+
+/// Counters every member updates.
+struct Shared {
+    /// Messages the sender sends in all: two halves of `--messages`.
+    total: u64,
+    joined: AtomicU64,
+    disconnected: AtomicU64,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
+    malformed: AtomicU64,
+    /// Members whose `Replayed` after the disruption said `resumed`.
+    resumed: AtomicU64,
+    /// Members whose `Replayed` after the disruption said fresh join.
+    fresh: AtomicU64,
+    /// Members that got their `Replayed` after the disruption.
+    rejoined: AtomicU64,
+    replayed: AtomicU64,
+    server_missed: AtomicU64,
+    retries: AtomicU64,
+    /// From `Back` to each member's `Replayed`.
+    resume: Histogram,
+    last_resumed: Mutex<Option<Instant>>,
+}
+
+/// What `--restart` / `--replay` report (`--json`: this object).
+#[derive(Debug, Serialize)]
+struct StormReport {
+    /// `restart` or `replay`.
+    mode: &'static str,
+    restart: Option<Stop>,
+    clients: usize,
+    /// Messages the sender sent in all (twice `--messages`).
+    messages: u64,
+    server_args: Vec<String>,
+    connect_s: f64,
+    /// From the stop signal to the restarted server announcing itself.
+    server_down_s: Option<f64>,
+    /// Members whose resume point the server accepted.
+    resumed: u64,
+    /// Members the server treated as a fresh join instead.
+    fresh_joins: u64,
+    /// From the server being back to every member's `Replayed`.
+    all_resumed_s: Option<f64>,
+    /// From the server being back to each member's `Replayed`.
+    resume_ms: Option<Latency>,
+    /// Messages the server replayed to resuming members, in all.
+    replayed: u64,
+    replayed_per_s: Option<f64>,
+    /// What the server said it could not replay (`Replayed::missed`).
+    server_missed: u64,
+    rejoin_retries: u64,
+    deliveries_expected: u64,
+    deliveries_received: u64,
+    missing: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    malformed: u64,
+    timed_out: bool,
+    server_peak_rss_kib: Option<u64>,
+    server_rss_after_kib: Option<u64>,
+}
+
+impl StormReport {
+    fn ok(&self) -> bool {
+        self.missing == 0
+            && self.duplicates == 0
+            && self.out_of_order == 0
+            && self.malformed == 0
+            && self.resumed == self.clients as u64
+            && !self.timed_out
+    }
+}
+
+/// Runs `--restart` or `--replay` once and prints the report.
+pub fn run(a: BenchArgs) -> Result<u8> {
+    if a.messages == 0 {
+        bail!("--restart and --replay need --messages of at least 1");
+    }
+    let qchat = match &a.qchat {
+        Some(p) => p.clone(),
+        None => qchat_beside_me()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.bench_threads.into())
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut server = ServerProc::start(&Spawn {
+        kind: Kind::Qchat,
+        // The sender, and the old connections a restart leaves behind.
+        connections: 2 * a.clients + 10,
+        queue: a.queue,
+        threads: a.server_threads,
+        retry_threshold: a.retry_threshold,
+        qchat,
+        extra: a.server_arg.clone(),
+    })?;
+    if !a.json {
+        eprintln!(
+            "qchat-bench: started the qchat server (pid {}) on {} with {}",
+            server.pid(),
+            server.addr,
+            server.raised.join(" ")
+        );
+    }
+    let result = runtime.block_on(scenario(&a, &mut server));
+    let report =
+        result.map_err(|e| e.context(format!("the run failed{}", server.stderr_excerpt())))?;
+    server.stop();
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print(&report);
+    }
+    Ok(if report.ok() {
+        crate::exit::OK
+    } else {
+        crate::exit::FAILURE
+    })
+}
+
+async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport> {
+    let target = Target {
+        addr: server.addr,
+        fingerprint: server.fingerprint,
+        relay: false,
+    };
+    let trust = Arc::new(trust_plan(&target));
+    let endpoints = (0..a.endpoints.min(a.clients))
+        .map(|_| qchat_client::client_endpoint(target.addr))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot open the client endpoints")?;
+    let shared = Arc::new(Shared {
+        total: 2 * a.messages,
+        joined: AtomicU64::new(0),
+        disconnected: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
+        malformed: AtomicU64::new(0),
+        resumed: AtomicU64::new(0),
+        fresh: AtomicU64::new(0),
+        rejoined: AtomicU64::new(0),
+        replayed: AtomicU64::new(0),
+        server_missed: AtomicU64::new(0),
+        retries: AtomicU64::new(0),
+        resume: Histogram::new(),
+        last_resumed: Mutex::new(None),
+    });
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let (ctl, ctl_rx) = watch::channel(Ctl::Live);
+    let n = a.clients as u64;
+
+    let start = Instant::now();
+    let mut members = Vec::with_capacity(a.clients);
+    for i in 0..a.clients {
+        let dial = Dial {
+            endpoint: endpoints[i % endpoints.len()].clone(),
+            addr: target.addr,
+            trust: Arc::clone(&trust),
+            gate: Arc::clone(&gate),
+        };
+        members.push(tokio::spawn(member(
+            i,
+            dial,
+            Arc::clone(&shared),
+            ctl_rx.clone(),
+        )));
+    }
+    wait_until(a.timeout, "every member to join", || {
+        shared.joined.load(Ordering::Relaxed) >= n
+    })
+    .await?;
+    let connect = start.elapsed();
+
+    let sender_dial = Dial {
+        endpoint: endpoints[0].clone(),
+        addr: target.addr,
+        trust: Arc::clone(&trust),
+        gate: Arc::clone(&gate),
+    };
+    let mut sender = sender_dial.join("sender", &shared, new_instance()).await?;
+    send(&mut sender, 1, a.messages, a.size, a.timeout).await?;
+    wait_until(a.timeout, "the first half to be delivered", || {
+        shared.received.load(Ordering::Relaxed) >= n * a.messages
+    })
+    .await?;
+
+    let mut server_down = None;
+    let back = match a.restart {
+        Some(how) => {
+            let stopped = Instant::now();
+            tokio::task::block_in_place(|| server.restart(how))?;
+            server_down = Some(stopped.elapsed());
+            Instant::now()
+        }
+        None => {
+            let _ = ctl.send(Ctl::Disconnect);
+            wait_until(a.timeout, "every member to disconnect", || {
+                shared.disconnected.load(Ordering::Relaxed) >= n
+            })
+            .await?;
+            send(
+                &mut sender,
+                a.messages + 1,
+                2 * a.messages,
+                a.size,
+                a.timeout,
+            )
+            .await?;
+            Instant::now()
+        }
+    };
+    let _ = ctl.send(Ctl::Back(back));
+    let mut timed_out = wait_until(a.timeout, "every member to resume", || {
+        shared.rejoined.load(Ordering::Relaxed) >= n
+    })
+    .await
+    .is_err();
+    let all_resumed = shared
+        .last_resumed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|t| t.saturating_duration_since(back));
+    if a.restart.is_some() && !timed_out {
+        sender.conn.close(CloseCode::Normal.code().into(), b"bench");
+        let mut again = sender_dial.join("sender2", &shared, new_instance()).await?;
+        send(
+            &mut again,
+            a.messages + 1,
+            2 * a.messages,
+            a.size,
+            a.timeout,
+        )
+        .await?;
+        sender = again;
+    }
+    if !timed_out {
+        timed_out = wait_until(a.timeout, "every delivery", || {
+            shared.received.load(Ordering::Relaxed) >= n * shared.total
+        })
+        .await
+        .is_err();
+    }
+    let peak = server.peak_rss_kib();
+    let rss_after = server.rss_kib();
+    let _ = ctl.send(Ctl::Done);
+    sender
+        .conn
+        .close(CloseCode::Normal.code().into(), b"bench done");
+    for m in members {
+        match tokio::time::timeout(Duration::from_secs(2), m).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("a member failed: {e:#}"),
+            _ => {}
+        }
+    }
+    for e in &endpoints {
+        let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
+    }
+
+    let replayed = shared.replayed.load(Ordering::Relaxed);
+    let received = shared.received.load(Ordering::Relaxed);
+    Ok(StormReport {
+        mode: if a.restart.is_some() {
+            "restart"
+        } else {
+            "replay"
+        },
+        restart: a.restart,
+        clients: a.clients,
+        messages: shared.total,
+        server_args: a.server_arg.clone(),
+        connect_s: connect.as_secs_f64(),
+        server_down_s: server_down.map(|d| d.as_secs_f64()),
+        resumed: shared.resumed.load(Ordering::Relaxed),
+        fresh_joins: shared.fresh.load(Ordering::Relaxed),
+        all_resumed_s: all_resumed.map(|d| d.as_secs_f64()),
+        resume_ms: shared.resume.summary(),
+        replayed,
+        replayed_per_s: all_resumed
+            .filter(|d| !d.is_zero() && replayed > 0)
+            .map(|d| replayed as f64 / d.as_secs_f64()),
+        server_missed: shared.server_missed.load(Ordering::Relaxed),
+        rejoin_retries: shared.retries.load(Ordering::Relaxed),
+        deliveries_expected: n * shared.total,
+        deliveries_received: received,
+        missing: (n * shared.total).saturating_sub(received),
+        duplicates: shared.duplicates.load(Ordering::Relaxed),
+        out_of_order: shared.out_of_order.load(Ordering::Relaxed),
+        malformed: shared.malformed.load(Ordering::Relaxed),
+        timed_out,
+        server_peak_rss_kib: peak,
+        server_rss_after_kib: rss_after,
+    })
+}
+
+/// Waits, bounded, until `done` holds.
+async fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {} s waiting for {what}",
+                limit.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+/// Everything a member needs to (re)join.
+struct Dial {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    trust: Arc<TrustPlan>,
+    gate: Arc<Semaphore>,
+}
+
+impl Dial {
+    /// Joins over version 3 as `name` with `instance`, fresh.
+    async fn join(&self, name: &str, shared: &Shared, instance: [u8; 16]) -> Result<Joined> {
+        self.join_at(name, shared, instance, None).await
+    }
+
+    /// Joins over version 3, resuming from `resume` if given; retried,
+    /// because after a restart the first tries may reach no one.
+    async fn join_at(
+        &self,
+        name: &str,
+        shared: &Shared,
+        instance: [u8; 16],
+        resume: Option<ResumePoint>,
+    ) -> Result<Joined> {
+        let _permit = self.gate.acquire().await;
+        let greeting = Greeting::V3 { instance, resume };
+        let mut attempt = 1;
+        loop {
+            let tried = tokio::time::timeout(JOIN_ATTEMPT_TIMEOUT, async {
+                let (conn, _, _) =
+                    qchat_client::connect(&self.endpoint, self.addr, &self.trust, |_| {
+                        Decision::Refuse
+                    })
+                    .await?;
+                anyhow::Ok(qchat_client::connection::join_as(conn, name, &greeting).await?)
+            })
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer")));
+            match tried {
+                Ok(j) => return Ok(j),
+                Err(e) if attempt < JOIN_ATTEMPTS => {
+                    tracing::debug!(name, attempt, "join failed, retrying: {e:#}");
+                    shared.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e.context(format!("{name} could not join"))),
+            }
+        }
+    }
+}
+
+/// Sends messages `from..=to` and waits for the server's `AckV3` of the
+/// last one.
+async fn send(j: &mut Joined, from: u64, to: u64, size: usize, limit: Duration) -> Result<()> {
+    let mut buf = bytes::BytesMut::new();
+    let mut text = String::with_capacity(size);
+    for seq in from..=to {
+        payload(&mut text, 0, seq, 0, size);
+        encode_frame_into(
+            &ClientMsg::Say {
+                seq,
+                text: text.clone(),
+            },
+            &mut buf,
+        )
+        .context("cannot encode a message")?;
+    }
+    j.send
+        .write_all(&buf)
+        .await
+        .context("the sender's stream failed")?;
+    let acked = async {
+        loop {
+            match j.decoder.read_frame(&mut j.recv).await {
+                Ok(Some(frame)) => {
+                    if let Ok(ServerMsg::AckV3 { seq, .. }) = ServerMsg::decode(&frame) {
+                        if seq >= to {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(None) => bail!("the server ended the sender's stream"),
+                Err(e) => bail!("the sender's stream failed: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(limit, acked)
+        .await
+        .context("the sender's messages were not all acknowledged in time")?
+}
+
+/// One member: joins, reads and checks every message, and after the
+/// disruption resumes from the last id it saw, until told the run is over.
+async fn member(
+    i: usize,
+    dial: Dial,
+    shared: Arc<Shared>,
+    mut ctl: watch::Receiver<Ctl>,
+) -> Result<()> {
+    let name = format!("m{i}");
+    let instance = new_instance();
+    let mut seen = vec![false; shared.total as usize + 1];
+    let mut last_id = 0u64;
+    let mut resume: Option<ResumePoint> = None;
+    let mut back: Option<Instant> = None;
+    loop {
+        let mut j = dial
+            .join_at(&name, &shared, instance, resume.clone())
+            .await?;
+        let log_id = j
+            .welcome
+            .v3
+            .as_ref()
+            .map(|w| w.log_id)
+            .context("the server did not answer with a version-3 welcome")?;
+        if back.is_none() {
+            shared.joined.fetch_add(1, Ordering::Relaxed);
+        }
+        // Created once per connection so that a read is never cancelled
+        // half-way through a frame.
+        let mut told = Box::pin(async {
+            let _ = ctl
+                .wait_for(|c| matches!(c, Ctl::Disconnect | Ctl::Done))
+                .await;
+        });
+        let mut done = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut told => {
+                    j.conn.close(CloseCode::Normal.code().into(), b"bench");
+                    done = true;
+                    break;
+                }
+                frame = j.decoder.read_frame(&mut j.recv) => {
+                    let Ok(Some(frame)) = frame else { break };
+                    match ServerMsg::decode(&frame) {
+                        Ok(ServerMsg::HistoryV3 { id, text, .. } | ServerMsg::ChatV3 { id, text, .. }) => {
+                            if id <= last_id {
+                                shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                            }
+                            last_id = last_id.max(id);
+                            match parse_payload(&text).filter(|&(_, seq, _)| (1..=shared.total).contains(&seq)) {
+                                Some((_, seq, _)) if seen[seq as usize] => {
+                                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Some((_, seq, _)) => {
+                                    seen[seq as usize] = true;
+                                    shared.received.fetch_add(1, Ordering::Relaxed);
+                                }
+                                None => {
+                                    shared.malformed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Ok(ServerMsg::Replayed { resumed, count, missed }) => {
+                            if let Some(t) = back {
+                                let now = Instant::now();
+                                shared.resume.record(now.saturating_duration_since(t).as_nanos() as u64);
+                                let counter = if resumed { &shared.resumed } else { &shared.fresh };
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                shared.replayed.fetch_add(count, Ordering::Relaxed);
+                                shared.server_missed.fetch_add(missed, Ordering::Relaxed);
+                                let mut last = shared.last_resumed.lock().unwrap_or_else(|p| p.into_inner());
+                                *last = Some(last.map_or(now, |l| l.max(now)));
+                                drop(last);
+                                shared.rejoined.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            shared.malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        drop(told);
+        if *ctl.borrow() == Ctl::Done {
+            return Ok(());
+        }
+        if done {
+            shared.disconnected.fetch_add(1, Ordering::Relaxed);
+        }
+        resume = Some(ResumePoint {
+            log_id,
+            after: last_id,
+        });
+        let t = {
+            let c = ctl
+                .wait_for(|c| matches!(c, Ctl::Back(_) | Ctl::Done))
+                .await
+                .context("the coordinator is gone")?;
+            match *c {
+                Ctl::Back(t) => t,
+                _ => return Ok(()),
+            }
+        };
+        back = Some(t);
+    }
+}
+
+fn print(r: &StormReport) {
+    let opt = |v: Option<f64>, unit: &str| {
+        v.map_or_else(|| "unknown".into(), |v| format!("{v:.3} {unit}"))
+    };
+    println!(
+        "== {}{}",
+        r.mode,
+        r.restart
+            .map(|s| format!(
+                " ({})",
+                if s == Stop::Term {
+                    "SIGTERM"
+                } else {
+                    "SIGKILL"
+                }
+            ))
+            .unwrap_or_default()
+    );
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "load",
+            format!("{} members, 1 sender × {} messages", r.clients, r.messages),
+        ),
+        ("connect", format!("{:.3} s for all members", r.connect_s)),
+        ("server down", opt(r.server_down_s, "s")),
+        (
+            "resumed",
+            format!(
+                "{} of {} ({} fresh joins, {} join attempts retried){}",
+                r.resumed,
+                r.clients,
+                r.fresh_joins,
+                r.rejoin_retries,
+                if r.timed_out { ", TIMED OUT" } else { "" }
+            ),
+        ),
+        (
+            "time to resume",
+            match &r.resume_ms {
+                Some(l) => format!(
+                    "all {}; per member p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    opt(r.all_resumed_s, "s"),
+                    l.p50,
+                    l.p99,
+                    l.max
+                ),
+                None => "nobody resumed".into(),
+            },
+        ),
+        (
+            "replayed",
+            format!(
+                "{} messages ({}; {} missed by the server)",
+                r.replayed,
+                opt(r.replayed_per_s, "msg/s"),
+                r.server_missed
+            ),
+        ),
+        (
+            "deliveries",
+            format!(
+                "{} of {} ({} missing, {} duplicated, {} out of order{})",
+                r.deliveries_received,
+                r.deliveries_expected,
+                r.missing,
+                r.duplicates,
+                r.out_of_order,
+                if r.malformed > 0 {
+                    format!(", {} malformed", r.malformed)
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (
+            "server memory",
+            format!(
+                "peak {} KiB, {} KiB at the end",
+                r.server_peak_rss_kib
+                    .map_or("unknown".into(), |k| k.to_string()),
+                r.server_rss_after_kib
+                    .map_or("unknown".into(), |k| k.to_string())
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("  {k:<14} {v}");
+    }
+}
