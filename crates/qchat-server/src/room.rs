@@ -70,14 +70,20 @@ impl Ending {
 
     fn trigger(&self, code: CloseCode, reason: &str) {
         if self.code.set((code, reason.to_string())).is_ok() {
-            self.notify.notify_one();
+            self.notify.notify_waiters();
         }
     }
 
-    /// Completes once the room has removed the member.
+    /// Completes once the room has removed the member. Any number of tasks
+    /// may wait (the session's reader and its closing both do).
     pub async fn wait(&self) {
+        // Registered before the check, so a trigger between the two is not
+        // missed.
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         if self.code.get().is_none() {
-            self.notify.notified().await;
+            notified.await;
         }
     }
 

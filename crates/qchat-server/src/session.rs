@@ -297,7 +297,13 @@ where
 
     let id = joined.id;
     let reader = async {
-        let outcome = read_loop(id, version, &mut decoder, &mut recv, room, options).await;
+        let outcome = tokio::select! {
+            outcome = read_loop(id, version, &mut decoder, &mut recv, room, options) => outcome,
+            // Removed by the room (kick, shutdown): nothing more the member
+            // sends matters, and waiting for it to stop talking would only
+            // hold the session open; the writer delivers the last words.
+            () = ending.wait() => return Ok(String::new()),
+        };
         match &outcome {
             Ok(reason) => room.leave(id, reason),
             // A connection that dropped may come back: the room keeps the
