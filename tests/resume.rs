@@ -393,7 +393,16 @@ fn with_migration_disabled_a_moved_member_is_not_heard() {
         let got = timeout(WAIT, raw.conn.closed())
             .await
             .expect("ends in time");
-        assert!(matches!(got, quinn::ConnectionError::TimedOut), "{got:?}");
+        // Unheard, the connection dies: by the client's idle timeout, or by
+        // a stateless reset if the server meets a connection id it has
+        // already forgotten; either way the moved member is cut off.
+        assert!(
+            matches!(
+                got,
+                quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset
+            ),
+            "{got:?}"
+        );
     });
 }
 
