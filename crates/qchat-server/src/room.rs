@@ -287,6 +287,10 @@ impl Room {
                 detail: format!("invalid name: {e}"),
             });
         }
+        // One snapshot for the whole join: each read takes the options'
+        // lock, and a reload in between must not mix two configurations in
+        // one welcome.
+        let options = self.options();
         let mut st = self.lock();
         if st.closed {
             return Err(Rejection {
@@ -323,7 +327,7 @@ impl Room {
                     detail: format!(
                         "{} (their connection dropped; the name is kept for them for {} s); choose another",
                         names::clash(name, &g.name),
-                        self.options().grace.as_secs()
+                        options.grace.as_secs()
                     ),
                 })
             }
@@ -342,15 +346,11 @@ impl Room {
         let (replay, resumed, missed) = match &resume {
             Some(p) if v3 && p.log_id == self.store.log_id() => {
                 let after = p.after.min(upto);
-                let got = self.read_log(&st, after, upto, self.options().replay_max);
+                let got = self.read_log(&st, after, upto, options.replay_max);
                 let missed = (upto - after).saturating_sub(got.len() as u64);
                 (got, true, missed)
             }
-            _ => (
-                self.read_log(&st, 0, upto, self.options().history),
-                false,
-                0,
-            ),
+            _ => (self.read_log(&st, 0, upto, options.history), false, 0),
         };
         let id = st.next_id;
         st.next_id += 1;
@@ -367,26 +367,26 @@ impl Room {
                     .filter(|(k, _)| **k != key)
                     .map(|(_, g)| g.name.clone()),
             )
-            .take(self.options().welcome_members.saturating_sub(1))
+            .take(options.welcome_members.saturating_sub(1))
             .collect();
         members.push(name.to_string());
         let welcome = if v3 {
             ServerMsg::WelcomeV3 {
                 version: peer.version.min(PROTOCOL_VERSION),
-                server_name: self.options().server_name.clone(),
+                server_name: options.server_name.clone(),
                 name: name.to_string(),
                 members,
                 log_id: self.store.log_id(),
                 last_id: upto,
-                rate: self.options().rate,
-                burst: self.options().burst,
-                max_message: u32::try_from(self.options().max_message).unwrap_or(u32::MAX),
-                grace_secs: u32::try_from(self.options().grace.as_secs()).unwrap_or(u32::MAX),
+                rate: options.rate,
+                burst: options.burst,
+                max_message: u32::try_from(options.max_message).unwrap_or(u32::MAX),
+                grace_secs: u32::try_from(options.grace.as_secs()).unwrap_or(u32::MAX),
             }
         } else {
             ServerMsg::Welcome {
                 version: peer.version.min(PROTOCOL_VERSION),
-                server_name: self.options().server_name.clone(),
+                server_name: options.server_name.clone(),
                 name: name.to_string(),
                 members,
             }
@@ -425,14 +425,14 @@ impl Room {
         }
         if returning {
             st.ghosts.remove(&key);
-            if st.members.len() < self.options().announce_limit {
+            if st.members.len() < options.announce_limit {
                 let frame = ServerMsg::Returned {
                     name: name.to_string(),
                 }
                 .to_frame();
                 self.broadcast_v3(&mut st, frame, None);
             }
-        } else if replaced.is_none() && st.members.len() < self.options().announce_limit {
+        } else if replaced.is_none() && st.members.len() < options.announce_limit {
             let frame = ServerMsg::Joined {
                 name: name.to_string(),
             }
@@ -528,6 +528,8 @@ impl Room {
                 return;
             }
         };
+        // Read once per batch, not per message: it takes the options' lock.
+        let keep = self.recent_len();
         for (p, r) in batch.into_iter().zip(results) {
             let author_v3 = st.members.get(&p.member).map(Member::v3);
             match r {
@@ -540,7 +542,6 @@ impl Room {
                 Appended::New(id) => {
                     st.published = st.published.max(id);
                     self.fan_out(&mut st, id, p.member, &p.entry);
-                    let keep = self.recent_len();
                     if keep > 0 {
                         if st.recent.len() >= keep {
                             st.recent.pop_front();
@@ -570,8 +571,6 @@ impl Room {
         }
     }
 
-    /// Queues one stored message for everyone but its author: encoded once
-    /// for version-3 members and once for the others, each only if needed.
     /// Messages kept in the in-memory window: what a fresh join needs, and
     /// enough for the usual short reconnect.
     fn recent_len(&self) -> usize {
@@ -579,6 +578,8 @@ impl Room {
         options.history.max(options.replay_max.min(RECENT_MAX))
     }
 
+    /// Queues one stored message for everyone but its author: encoded once
+    /// for version-3 members and once for the others, each only if needed.
     fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
         let (mut v3_frame, mut v2_frame) = (None, None);
         let mut slow = Vec::new();
