@@ -335,7 +335,7 @@ impl Room {
         };
         // A returning member's name is held by its own ghost, and by no
         // one else.
-        if let Some(other) = taken(&st, name, None).filter(|_| !returning) {
+        if let Some(other) = taken(&st, &key, None).filter(|_| !returning) {
             return Err(Rejection {
                 reason: RejectReason::NameTaken,
                 detail: format!("{}; choose another", names::clash(name, &other)),
@@ -714,7 +714,8 @@ impl Room {
             self.send_to(&mut st, id, failed(format!("invalid name: {e}")));
             return;
         }
-        if let Some(other) = taken(&st, new, Some(id)) {
+        let key = names::fold(new);
+        if let Some(other) = taken(&st, &key, Some(id)) {
             self.send_to(&mut st, id, failed(names::clash(new, &other)));
             return;
         }
@@ -723,7 +724,7 @@ impl Room {
         };
         let old = std::mem::replace(&mut m.name, new.to_string());
         st.by_name.remove(&names::fold(&old));
-        st.by_name.insert(names::fold(new), id);
+        st.by_name.insert(key, id);
         let frame = ServerMsg::Renamed {
             old,
             new: new.to_string(),
@@ -1028,15 +1029,15 @@ fn is_full<T>(sent: Result<(), TrySendError<T>>) -> bool {
     matches!(sent, Err(TrySendError::Full(_)))
 }
 
-/// The name of the member (other than `except`) that already has `name`.
-fn taken(st: &State, name: &str, except: Option<MemberId>) -> Option<String> {
-    let key = names::fold(name);
+/// The name of the member (other than `except`) that already has the
+/// same-name key `key` (`names::fold`, which the callers need anyway).
+fn taken(st: &State, key: &str, except: Option<MemberId>) -> Option<String> {
     st.by_name
-        .get(&key)
+        .get(key)
         .filter(|id| Some(**id) != except)
         .and_then(|id| st.members.get(id))
         .map(|m| m.name.clone())
-        .or_else(|| st.ghosts.get(&key).map(|g| g.name.clone()))
+        .or_else(|| st.ghosts.get(key).map(|g| g.name.clone()))
 }
 
 fn now_ms() -> u64 {
