@@ -1048,7 +1048,7 @@ fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use crate::log::{drain_now, LogItem};
@@ -1331,8 +1331,9 @@ mod tests {
         (j, rx)
     }
 
-    /// Public messages among `msgs`, as (id, text).
-    fn stored(msgs: &[ServerMsg]) -> Vec<(u64, String)> {
+    /// Public messages among `msgs`, as (id, text), replayed or live; the
+    /// session tests read them the same way.
+    pub(crate) fn stored(msgs: &[ServerMsg]) -> Vec<(u64, String)> {
         msgs.iter()
             .filter_map(|m| match m {
                 ServerMsg::HistoryV3 { id, text, .. } | ServerMsg::ChatV3 { id, text, .. } => {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
+use crate::room::tests::stored;
 use crate::room::Peer;
 use crate::session::{run_stream, End, PipeSink};
 use crate::{Server, ServerOptions};
@@ -574,16 +575,22 @@ async fn join_v3(
     })
 }
 
-/// The ids and texts of the messages among `msgs` (replayed or live).
-fn ids(msgs: &[ServerMsg]) -> Vec<(u64, String)> {
-    msgs.iter()
-        .filter_map(|m| match m {
-            ServerMsg::HistoryV3 { id, text, .. } | ServerMsg::ChatV3 { id, text, .. } => {
-                Some((*id, text.clone()))
-            }
-            _ => None,
+/// Asserts that a version-3 and an older member are each told of the
+/// shutdown in their own kind, with the same reason.
+async fn expect_shutdown(v3: &mut Client, v2: &mut Client, reason: &str, back: bool) {
+    assert_eq!(
+        v3.next().await,
+        Some(ServerMsg::ShuttingDownV3 {
+            reason: reason.into(),
+            back
         })
-        .collect()
+    );
+    assert_eq!(
+        v2.next().await,
+        Some(ServerMsg::ShuttingDown {
+            reason: reason.into()
+        })
+    );
 }
 
 fn say_v3(seq: u64, text: &str) -> ClientMsg {
@@ -612,7 +619,7 @@ async fn a_fresh_v3_join_gets_the_log_and_a_resume_gets_exactly_what_it_missed()
     let fresh = join_v3(&s, "bob", [2; 16], None).await.expect("joins");
     let (log_id, last) = fresh.log();
     assert_eq!(last, 5);
-    assert_eq!(ids(&fresh.start).len(), 5);
+    assert_eq!(stored(&fresh.start).len(), 5);
     assert_eq!(fresh.replayed(), (false, 5, 0));
     let resumed = join_v3(
         &s,
@@ -623,7 +630,7 @@ async fn a_fresh_v3_join_gets_the_log_and_a_resume_gets_exactly_what_it_missed()
     .await
     .expect("joins");
     assert_eq!(
-        ids(&resumed.start),
+        stored(&resumed.start),
         [(3, "m3".into()), (4, "m4".into()), (5, "m5".into())]
     );
     assert_eq!(resumed.replayed(), (true, 3, 0));
@@ -668,10 +675,10 @@ async fn a_resume_while_messages_flow_has_no_gap_and_no_duplicate() {
     .expect("joins");
     let (resumed, count, missed) = bob.replayed();
     assert!(resumed);
-    let mut seen = ids(&bob.start);
+    let mut seen = stored(&bob.start);
     while seen.last().map(|l| l.0) != Some(200) {
         let m = bob.client.next().await.expect("the stream stays open");
-        seen.extend(ids(&[m]));
+        seen.extend(stored(&[m]));
     }
     let first = seen.first().map(|f| f.0).expect("something");
     assert_eq!(first, missed + 1, "{seen:?}");
@@ -706,7 +713,7 @@ async fn a_message_resent_after_a_reconnect_is_acknowledged_and_not_delivered_ag
     let mut texts = Vec::new();
     while texts.last().map(String::as_str) != Some("twice") {
         let m = bob.client.next().await.expect("open");
-        texts.extend(ids(&[m]).into_iter().map(|x| x.1));
+        texts.extend(stored(&[m]).into_iter().map(|x| x.1));
     }
     assert_eq!(texts, ["once", "twice"]);
 }
@@ -842,19 +849,7 @@ async fn v2_and_v3_members_each_get_their_own_kinds() {
         "{got:?}"
     );
     s.room().shutdown("restarting", true, false);
-    assert_eq!(
-        bob.client.next().await,
-        Some(ServerMsg::ShuttingDownV3 {
-            reason: "restarting".into(),
-            back: true
-        })
-    );
-    assert_eq!(
-        carol.next().await,
-        Some(ServerMsg::ShuttingDown {
-            reason: "restarting".into()
-        })
-    );
+    expect_shutdown(&mut bob.client, &mut carol, "restarting", true).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -919,19 +914,7 @@ async fn the_hosts_quit_reason_is_what_members_are_told_when_the_host_ends_the_s
         .await;
     s.room()
         .shutdown("the server is shutting down", false, true);
-    assert_eq!(
-        bob.client.next().await,
-        Some(ServerMsg::ShuttingDownV3 {
-            reason: "back tomorrow".into(),
-            back: false
-        })
-    );
-    assert_eq!(
-        carol.next().await,
-        Some(ServerMsg::ShuttingDown {
-            reason: "back tomorrow".into()
-        })
-    );
+    expect_shutdown(&mut bob.client, &mut carol, "back tomorrow", false).await;
 }
 
 #[tokio::test(start_paused = true)]
