@@ -583,6 +583,9 @@ impl Room {
     fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
         let (mut v3_frame, mut v2_frame) = (None, None);
         let mut slow = Vec::new();
+        // Summed here and recorded once after the loop: two atomic updates
+        // per message rather than two per recipient.
+        let (mut delivered, mut deepest) = (0u64, 0usize);
         // The author may already be back on a new connection (same
         // instance, new member id): it gets its acknowledgement when it
         // re-sends, never its own message.
@@ -628,10 +631,13 @@ impl Room {
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
             } else {
-                self.metrics.messages_delivered.inc();
-                self.metrics
-                    .queue_depth(m.outbox.max_capacity() - m.outbox.capacity());
+                delivered += 1;
+                deepest = deepest.max(m.outbox.max_capacity() - m.outbox.capacity());
             }
+        }
+        if delivered > 0 {
+            self.metrics.messages_delivered.inc_by(delivered);
+            self.metrics.queue_depth(deepest);
         }
         if !slow.is_empty() {
             self.evict_slow(st, slow);
