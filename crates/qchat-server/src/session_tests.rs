@@ -77,8 +77,23 @@ impl Client {
 /// A session over a pipe of `pipe` bytes each way, as a network member
 /// (not the operator); the handle yields how it ended.
 fn session(server: &Server, pipe: usize, deadline: Instant) -> (Client, JoinHandle<End>) {
+    session_reading(server, pipe, deadline, |r| r)
+}
+
+/// [`session`], with the server reading through `wrap` (to make its
+/// connection fail on demand, say).
+fn session_reading<R>(
+    server: &Server,
+    pipe: usize,
+    deadline: Instant,
+    wrap: impl FnOnce(ReadHalf<DuplexStream>) -> R,
+) -> (Client, JoinHandle<End>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
     let (client, server_end) = tokio::io::duplex(pipe);
     let (server_recv, server_send) = tokio::io::split(server_end);
+    let server_recv = wrap(server_recv);
     let room = Arc::clone(&server.room);
     let options = server.room.options();
     let task = tokio::spawn(async move {
@@ -519,34 +534,12 @@ async fn join_v3(
     instance: [u8; 16],
     resume: Option<qchat_proto::ResumePoint>,
 ) -> Result<V3, ServerMsg> {
-    let (client_end, server_end) = tokio::io::duplex(1 << 20);
-    let (server_recv, server_send) = tokio::io::split(server_end);
     let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let recv = Cuttable {
-        inner: server_recv,
+    let deadline = Instant::now() + server.room.options().hello_timeout;
+    let (mut client, task) = session_reading(server, 1 << 20, deadline, |inner| Cuttable {
+        inner,
         cut: Arc::clone(&cut),
-    };
-    let room = Arc::clone(&server.room);
-    let options = server.room.options();
-    let deadline = Instant::now() + options.hello_timeout;
-    let task = tokio::spawn(async move {
-        run_stream(
-            PipeSink(server_send),
-            recv,
-            network_peer(),
-            &room,
-            &options,
-            deadline,
-            None,
-        )
-        .await
     });
-    let (r, send) = tokio::io::split(client_end);
-    let mut client = Client {
-        send,
-        recv: r,
-        decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
-    };
     client
         .send(ClientMsg::HelloV3 {
             version: 3,
