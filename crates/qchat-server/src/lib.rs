@@ -80,7 +80,7 @@ pub struct LocalLink {
 /// A joining member's queue must hold its welcome and the whole history
 /// (a resuming member's queue is sized for its replay).
 fn fit_queue(options: &mut ServerOptions) {
-    options.queue_len = options.queue_len.max(options.history + 16);
+    options.queue_len = options.queue_for(options.history);
 }
 
 /// A server: its options and its room.

@@ -144,7 +144,18 @@ pub enum OptionsError {
     },
 }
 
+/// Frames a new member's queue holds beyond its history or replay: the
+/// welcome, the end of the replay, and what is published while it starts.
+/// The `HistoryAboveQueue` message spells it out as 16.
+pub(crate) const QUEUE_HEADROOM: usize = 16;
+
 impl ServerOptions {
+    /// The queue for a member that joins with up to `replay` messages of
+    /// history or replay: long enough to take them and the welcome at once.
+    pub(crate) fn queue_for(&self, replay: usize) -> usize {
+        self.queue_len.max(replay.saturating_add(QUEUE_HEADROOM))
+    }
+
     /// Checks the settings against each other. Each one alone is range
     /// checked where it is parsed; this finds the combinations that cannot
     /// work, so a server never starts with them.
@@ -170,7 +181,7 @@ impl ServerOptions {
                 need,
             });
         }
-        let max_history = self.queue_len.saturating_sub(16);
+        let max_history = self.queue_len.saturating_sub(QUEUE_HEADROOM);
         if self.history > max_history {
             return Err(OptionsError::HistoryAboveQueue {
                 history: self.history,

@@ -275,7 +275,7 @@ where
     } else {
         options.history
     };
-    let (tx, rx) = mpsc::channel(options.queue_len.max(replay + 16));
+    let (tx, rx) = mpsc::channel(options.queue_for(replay));
     let ending = Ending::new();
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
         Ok(j) => j,
