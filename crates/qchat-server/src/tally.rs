@@ -1,8 +1,9 @@
 //! Log lines for events a flood repeats thousands of times (refused
 //! connections; connections closed before they joined: hello timeouts,
-//! garbage instead of a hello, refused names): the first of each kind from an address in a
-//! window is logged in full, the rest are counted and summed up in one line
-//! when the window closes, so an attack is visible without burying the log.
+//! garbage instead of a hello, refused names): the first of each kind from
+//! an address in a window is logged in full, the rest are counted and summed
+//! up in one line when the window closes, so an attack is visible without
+//! burying the log.
 
 use std::collections::HashMap;
 use std::fmt;
