@@ -581,7 +581,7 @@ impl Room {
     /// Queues one stored message for everyone but its author: encoded once
     /// for version-3 members and once for the others, each only if needed.
     fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
-        let (mut v3_frame, mut v2_frame) = (None, None);
+        let mut frames = PerKind::default();
         let mut slow = Vec::new();
         // Summed here and recorded once after the loop: two atomic updates
         // per message rather than two per recipient.
@@ -594,40 +594,28 @@ impl Room {
             if *mid == author || (instance.is_some() && m.peer.instance == instance) {
                 continue;
             }
-            let frame = if m.v3() {
-                v3_frame
-                    .get_or_insert_with(|| {
-                        ServerMsg::ChatV3 {
-                            id,
-                            from: e.from.clone(),
-                            text: e.text.clone(),
-                            time_ms: e.time_ms,
-                            action: e.action,
-                        }
-                        .to_frame()
-                    })
-                    .clone()
-            } else {
-                v2_frame
-                    .get_or_insert_with(|| {
-                        let (from, text, time_ms) = (e.from.clone(), e.text.clone(), e.time_ms);
-                        if e.action {
-                            ServerMsg::Action {
-                                from,
-                                text,
-                                time_ms,
-                            }
-                        } else {
-                            ServerMsg::Chat {
-                                from,
-                                text,
-                                time_ms,
-                            }
-                        }
-                        .to_frame()
-                    })
-                    .clone()
-            };
+            let frame = frames.frame(m.v3(), |v3| {
+                let (from, text, time_ms) = (e.from.clone(), e.text.clone(), e.time_ms);
+                match (v3, e.action) {
+                    (true, action) => ServerMsg::ChatV3 {
+                        id,
+                        from,
+                        text,
+                        time_ms,
+                        action,
+                    },
+                    (false, true) => ServerMsg::Action {
+                        from,
+                        text,
+                        time_ms,
+                    },
+                    (false, false) => ServerMsg::Chat {
+                        from,
+                        text,
+                        time_ms,
+                    },
+                }
+            });
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
             } else {
@@ -921,26 +909,16 @@ impl Room {
             (Some(r), true) => r.clone(),
             _ => reason.to_string(),
         };
-        let (mut v3, mut v2) = (None, None);
+        let mut frames = PerKind::default();
         for m in st.members.values() {
-            let frame = if m.v3() {
-                v3.get_or_insert_with(|| {
-                    ServerMsg::ShuttingDownV3 {
-                        reason: reason.clone(),
-                        back,
-                    }
-                    .to_frame()
-                })
-                .clone()
-            } else {
-                v2.get_or_insert_with(|| {
-                    ServerMsg::ShuttingDown {
-                        reason: reason.clone(),
-                    }
-                    .to_frame()
-                })
-                .clone()
-            };
+            let frame = frames.frame(m.v3(), |v3| {
+                let reason = reason.clone();
+                if v3 {
+                    ServerMsg::ShuttingDownV3 { reason, back }
+                } else {
+                    ServerMsg::ShuttingDown { reason }
+                }
+            });
             let _ = m.outbox.try_send(frame);
         }
         st.members.clear();
@@ -1022,6 +1000,24 @@ impl Room {
             .to_frame();
             self.broadcast(st, frame, None);
         }
+    }
+}
+
+/// One broadcast, encoded at most once per kind of member: version-3
+/// members get one encoding, older members another, each made only when the
+/// first member of its kind needs it.
+#[derive(Default)]
+struct PerKind {
+    v3: Option<Bytes>,
+    older: Option<Bytes>,
+}
+
+impl PerKind {
+    /// The frame for a member (`v3` or older); `msg` builds the message
+    /// for that kind the first time.
+    fn frame(&mut self, v3: bool, msg: impl FnOnce(bool) -> ServerMsg) -> Bytes {
+        let slot = if v3 { &mut self.v3 } else { &mut self.older };
+        slot.get_or_insert_with(|| msg(v3).to_frame()).clone()
     }
 }
 
