@@ -676,7 +676,7 @@ impl State {
                         }
                         Ok(None) | Err(_) => return Served::Ended(self.ended(cur.conn.as_ref()).await),
                     };
-                    let evs = match ServerMsg::decode(&frame) {
+                    let ev = match ServerMsg::decode(&frame) {
                         Ok(msg) => self.event(msg, net.as_deref_mut()),
                         // A newer server's message kind: skip it, so an old
                         // client keeps working.
@@ -696,7 +696,7 @@ impl State {
                             return Served::Ended(end);
                         }
                     };
-                    for ev in evs {
+                    if let Some(ev) = ev {
                         if emit(events, ev).await.is_err() {
                             return Served::Gone;
                         }
@@ -1019,8 +1019,9 @@ impl State {
         }
     }
 
-    /// The events for one message from the server.
-    fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Vec<Event> {
+    /// The event, if any, for one message from the server: never more than
+    /// one, so no `Vec` is allocated per message received.
+    fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Option<Event> {
         let ev = match msg {
             ServerMsg::ChatV3 {
                 id,
@@ -1029,8 +1030,8 @@ impl State {
                 time_ms,
                 action,
             } => {
-                if !self.display(id) || self.own_pending(&from, &text, action) {
-                    return Vec::new();
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
                 }
                 if action {
                     Event::Action {
@@ -1053,8 +1054,8 @@ impl State {
                 time_ms,
                 action,
             } => {
-                if !self.display(id) || self.own_pending(&from, &text, action) {
-                    return Vec::new();
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
                 }
                 Event::History {
                     from,
@@ -1067,11 +1068,7 @@ impl State {
                 if id != 0 {
                     self.display(id);
                 }
-                if !self.outbox.answered(seq) {
-                    // A copy's acknowledgement: already reported.
-                    return Vec::new();
-                }
-                Event::Delivered { seq }
+                return self.answer(seq, Event::Delivered { seq });
             }
             ServerMsg::Replayed {
                 resumed,
@@ -1129,17 +1126,9 @@ impl State {
                 time_ms,
                 action,
             },
-            ServerMsg::Ack { seq } => {
-                if !self.outbox.answered(seq) {
-                    return Vec::new();
-                }
-                Event::Delivered { seq }
-            }
+            ServerMsg::Ack { seq } => return self.answer(seq, Event::Delivered { seq }),
             ServerMsg::Refused { seq, reason } => {
-                if !self.outbox.answered(seq) {
-                    return Vec::new();
-                }
-                Event::Refused { seq, reason }
+                return self.answer(seq, Event::Refused { seq, reason })
             }
             ServerMsg::Joined { name } => Event::Joined { name },
             ServerMsg::Left { name, reason } => Event::Left { name, reason },
@@ -1170,9 +1159,21 @@ impl State {
             // than dropping the session.
             ServerMsg::Welcome { .. }
             | ServerMsg::WelcomeV3 { .. }
-            | ServerMsg::Rejected { .. } => return Vec::new(),
+            | ServerMsg::Rejected { .. } => return None,
         };
-        vec![ev]
+        Some(ev)
+    }
+
+    /// Whether log message `id` is to be shown: new, and not one of ours
+    /// coming back in a replay while its re-sent copy is pending.
+    fn fresh(&mut self, id: u64, from: &str, text: &str, action: bool) -> bool {
+        self.display(id) && !self.own_pending(from, text, action)
+    }
+
+    /// `ev`, the answer to message `seq`, unless that was already answered
+    /// (a re-sent copy's answer was reported the first time).
+    fn answer(&mut self, seq: u64, ev: Event) -> Option<Event> {
+        self.outbox.answered(seq).then_some(ev)
     }
 
     /// Whether a stored message is one of ours still waiting for its
