@@ -213,6 +213,24 @@ async fn delivered(events: &mut mpsc::Receiver<Event>, seq: u64) {
         .unwrap_or_else(|_| panic!("message {seq} was never delivered"));
 }
 
+async fn say(alice: &mpsc::Sender<Command>, text: &str) {
+    alice.send(Command::Say(text.into())).await.expect("send");
+}
+
+/// Alice says `text`, Bob hears it, and Alice is told message `seq` was
+/// delivered.
+async fn say_heard_delivered(
+    alice: &mpsc::Sender<Command>,
+    bob: &mut Bob,
+    events: &mut mpsc::Receiver<Event>,
+    text: &str,
+    seq: u64,
+) {
+    say(alice, text).await;
+    bob.hears(text).await;
+    delivered(events, seq).await;
+}
+
 #[tokio::test]
 async fn a_new_source_address_behind_a_relay_keeps_the_session() {
     let room = room();
@@ -221,20 +239,10 @@ async fn a_new_source_address_behind_a_relay_keeps_the_session() {
     let mut bob = Bob::join(&room).await;
     let (alice, mut events) = alice(&room, relay.addr, home.path()).await;
 
-    alice
-        .send(Command::Say("before".into()))
-        .await
-        .expect("send");
-    bob.hears("before").await;
-    delivered(&mut events, 1).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "before", 1).await;
 
     relay.swap.send(()).await.expect("swap");
-    alice
-        .send(Command::Say("after".into()))
-        .await
-        .expect("send");
-    bob.hears("after").await;
-    delivered(&mut events, 2).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "after", 2).await;
 }
 
 #[tokio::test]
@@ -244,20 +252,10 @@ async fn a_client_rebinding_its_own_socket_keeps_the_session() {
     let mut bob = Bob::join(&room).await;
     let (alice, mut events) = alice(&room, room.addr, home.path()).await;
 
-    alice
-        .send(Command::Say("before".into()))
-        .await
-        .expect("send");
-    bob.hears("before").await;
-    delivered(&mut events, 1).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "before", 1).await;
 
     alice.send(Command::Rebind).await.expect("rebind");
-    alice
-        .send(Command::Say("after".into()))
-        .await
-        .expect("send");
-    bob.hears("after").await;
-    delivered(&mut events, 2).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "after", 2).await;
 }
 
 /// A server that stops answering is reported within seconds, long before
@@ -270,17 +268,11 @@ async fn silence_is_reported_and_so_is_the_answer_coming_back() {
     let home = tempfile::tempdir().expect("home");
     let mut bob = Bob::join(&room).await;
     let (alice, mut events) = alice(&room, relay.addr, home.path()).await;
-    alice
-        .send(Command::Say("before".into()))
-        .await
-        .expect("send");
+    say(&alice, "before").await;
     delivered(&mut events, 1).await;
 
     relay.hold.store(true, Ordering::SeqCst);
-    alice
-        .send(Command::Say("during".into()))
-        .await
-        .expect("send");
+    say(&alice, "during").await;
     let silent = tokio::time::timeout(WAIT, async {
         loop {
             match events.recv().await.expect("the session runs") {
