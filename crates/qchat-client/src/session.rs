@@ -1244,33 +1244,19 @@ impl State {
 }
 #[cfg(test)]
 mod tests {
+    use super::network_tests::pipe;
     use super::*;
 
     /// The operator's in-process link has no network to come back over:
     /// it takes version-3 traffic all the same, and its end is the end.
     #[tokio::test]
     async fn a_link_without_a_network_speaks_v3_and_never_reconnects() {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let (c_recv, c_send) = tokio::io::split(client);
-        let (mut s_recv, mut s_send) = tokio::io::split(server);
-        let link = Link {
-            send: c_send,
-            recv: c_recv,
-            decoder: FrameDecoder::new(64 * 1024),
-            conn: None,
-            network: None,
-        };
+        let (link, mut server) = pipe();
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (ev_tx, mut ev_rx) = mpsc::channel(32);
         let task = tokio::spawn(run(link, cmd_rx, ev_tx));
         cmd_tx.send(Command::Say("hi".into())).await.expect("send");
-        let mut decoder = FrameDecoder::new(64 * 1024);
-        let frame = decoder
-            .read_frame(&mut s_recv)
-            .await
-            .expect("a frame")
-            .expect("not the end");
-        assert_eq!(ClientMsg::decode(&frame).expect("a message").seq(), Some(1));
+        assert_eq!(server.read().await.seq(), Some(1));
         for msg in [
             ServerMsg::HistoryV3 {
                 id: 1,
@@ -1300,10 +1286,9 @@ mod tests {
                 action: true,
             },
         ] {
-            s_send.write_all(&msg.to_frame()).await.expect("write");
+            server.write(msg).await;
         }
-        drop(s_send);
-        drop(s_recv);
+        drop(server);
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), task)
             .await
             .expect("ends in time")
@@ -1387,16 +1372,7 @@ mod tests {
     /// The session over an in-memory pipe, the test playing the server.
     #[tokio::test]
     async fn each_number_is_reported_when_sent_and_before_its_answer() {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let (c_recv, c_send) = tokio::io::split(client);
-        let (mut s_recv, mut s_send) = tokio::io::split(server);
-        let link = Link {
-            send: c_send,
-            recv: c_recv,
-            decoder: FrameDecoder::new(64 * 1024),
-            conn: None,
-            network: None,
-        };
+        let (link, mut server) = pipe();
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (ev_tx, mut ev_rx) = mpsc::channel(8);
         let task = tokio::spawn(run(link, cmd_rx, ev_tx));
@@ -1413,15 +1389,9 @@ mod tests {
             cmd_tx.send(cmd).await.expect("the session takes commands");
         }
         // What the server received, with the numbers on the wire.
-        let mut decoder = FrameDecoder::new(64 * 1024);
         let mut wire = Vec::new();
         for _ in 0..4 {
-            let frame = decoder
-                .read_frame(&mut s_recv)
-                .await
-                .expect("a frame")
-                .expect("not the end");
-            wire.push(ClientMsg::decode(&frame).expect("a message"));
+            wire.push(server.read().await);
         }
         let seqs: Vec<u64> = wire
             .iter()
@@ -1433,10 +1403,7 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs.len(), 3, "{wire:?}");
-        s_send
-            .write_all(&ServerMsg::Ack { seq: seqs[2] }.to_frame())
-            .await
-            .expect("answer");
+        server.write(ServerMsg::Ack { seq: seqs[2] }).await;
 
         let mut events = Vec::new();
         while events.len() < 4 {
@@ -1472,14 +1439,14 @@ mod network_tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     /// The test's end of one connection.
-    struct ServerSide {
+    pub(super) struct ServerSide {
         recv: ReadHalf<DuplexStream>,
         send: WriteHalf<DuplexStream>,
         decoder: FrameDecoder,
     }
 
     impl ServerSide {
-        async fn read(&mut self) -> ClientMsg {
+        pub(super) async fn read(&mut self) -> ClientMsg {
             let frame = tokio::time::timeout(WAIT, self.decoder.read_frame(&mut self.recv))
                 .await
                 .expect("a frame in time")
@@ -1488,12 +1455,13 @@ mod network_tests {
             ClientMsg::decode(&frame).expect("a message")
         }
 
-        async fn write(&mut self, msg: ServerMsg) {
+        pub(super) async fn write(&mut self, msg: ServerMsg) {
             self.send.write_all(&msg.to_frame()).await.expect("write");
         }
     }
 
-    fn pipe() -> (Link<BoxSend, BoxRecv>, ServerSide) {
+    /// A session's link over an in-memory pipe, and the test's end of it.
+    pub(super) fn pipe() -> (Link<BoxSend, BoxRecv>, ServerSide) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (c_recv, c_send) = tokio::io::split(client);
         let (s_recv, s_send) = tokio::io::split(server);
