@@ -1133,7 +1133,7 @@ impl State {
             ServerMsg::Joined { name } => Event::Joined { name },
             ServerMsg::Left { name, reason } => Event::Left { name, reason },
             ServerMsg::Renamed { old, new } => {
-                if qchat_proto::names::fold(&old) == qchat_proto::names::fold(&self.name) {
+                if qchat_proto::names::same(&old, &self.name) {
                     self.name = new.clone();
                     if let Some(n) = net {
                         n.redial.renamed(new.clone());
@@ -1183,8 +1183,9 @@ impl State {
     /// are unique in the room, so a message under our name that we have
     /// not displayed is ours.
     fn own_pending(&self, from: &str, text: &str, action: bool) -> bool {
-        qchat_proto::names::fold(from) == qchat_proto::names::fold(&self.name)
-            && self.outbox.holds_public(text, action)
+        // The outbox test first: it is usually empty, and folding two names
+        // (NFKC and a confusable skeleton) for every message received is not.
+        self.outbox.holds_public(text, action) && qchat_proto::names::same(from, &self.name)
     }
 
     /// Whether log message `id` is new; it is then the newest displayed.
