@@ -1579,6 +1579,22 @@ mod network_tests {
                 }
             }
         }
+
+        /// Drops the connection; the events up to the session's
+        /// "reconnecting".
+        async fn drop_connection(&mut self) -> Vec<Event> {
+            self.server = None;
+            self.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
+                .await
+        }
+
+        /// The next dial's server side and the resume point it asked for.
+        async fn redial(&mut self) -> (ServerSide, Option<ResumePoint>) {
+            tokio::time::timeout(WAIT, self.redials.recv())
+                .await
+                .expect("a reconnect in time")
+                .expect("a dial")
+        }
     }
 
     fn seq_of(m: &ClientMsg) -> u64 {
@@ -1634,19 +1650,13 @@ mod network_tests {
 
         // "two" was stored as id 3, but the connection drops before the
         // acknowledgement leaves.
-        h.server = None;
-        let lost = h
-            .until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
-            .await;
+        let lost = h.drop_connection().await;
         assert!(
             lost.iter()
                 .any(|e| matches!(e, Event::Connection(ConnectionState::Lost { .. }))),
             "{lost:?}"
         );
-        let (mut server, resume) = tokio::time::timeout(WAIT, h.redials.recv())
-            .await
-            .expect("a reconnect in time")
-            .expect("a dial");
+        let (mut server, resume) = h.redial().await;
         assert_eq!(
             resume,
             Some(ResumePoint {
@@ -1701,17 +1711,12 @@ mod network_tests {
     #[tokio::test]
     async fn messages_typed_while_disconnected_leave_on_reconnect() {
         let mut h = start(0, 0);
-        h.server = None;
-        h.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
-            .await;
+        h.drop_connection().await;
         h.say("while").await;
         h.say("away").await;
         let sent = h.until(|e| *e == Event::Sent { seq: 2 }).await;
         assert!(sent.contains(&Event::Sent { seq: 1 }));
-        let (mut server, _) = tokio::time::timeout(WAIT, h.redials.recv())
-            .await
-            .expect("a reconnect in time")
-            .expect("a dial");
+        let (mut server, _) = h.redial().await;
         let a = server.read().await;
         let b = server.read().await;
         assert_eq!((seq_of(&a), seq_of(&b)), (1, 2));
@@ -1723,18 +1728,13 @@ mod network_tests {
     #[tokio::test]
     async fn a_quit_while_disconnected_delivers_what_waits_first() {
         let mut h = start(0, 0);
-        h.server = None;
-        h.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
-            .await;
+        h.drop_connection().await;
         h.say("last words").await;
         h.commands
             .send(Command::Quit("done".into()))
             .await
             .expect("the session takes commands");
-        let (mut server, _) = tokio::time::timeout(WAIT, h.redials.recv())
-            .await
-            .expect("a reconnect in time")
-            .expect("a dial");
+        let (mut server, _) = h.redial().await;
         let say = server.read().await;
         assert_eq!(seq_of(&say), 1);
         server.write(ServerMsg::AckV3 { seq: 1, id: 1 }).await;
