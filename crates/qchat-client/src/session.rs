@@ -777,28 +777,15 @@ impl State {
             // The interface learns the number first, so whatever follows
             // lands on the line that was typed.
             emit(events, Event::Sent { seq }).await?;
-            if let Err(e) = msg.check_outgoing() {
-                // Refused here: sent, it would end the connection.
-                return emit(
-                    events,
-                    Event::Refused {
-                        seq,
-                        reason: e.to_string(),
-                    },
-                )
-                .await;
-            }
-            if let Err(e) = self.outbox.push(seq, msg) {
-                return emit(
-                    events,
-                    Event::Refused {
-                        seq,
-                        reason: e.to_string(),
-                    },
-                )
-                .await;
-            }
-            return Ok(());
+            // Refused here if too long: sent, it would end the connection.
+            let queued = match msg.check_outgoing() {
+                Ok(()) => self.outbox.push(seq, msg).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            return match queued {
+                Ok(()) => Ok(()),
+                Err(reason) => emit(events, Event::Refused { seq, reason }).await,
+            };
         }
         let what = match &msg {
             ClientMsg::Nick { .. } => "nick",
