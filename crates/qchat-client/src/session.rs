@@ -961,6 +961,9 @@ impl State {
             }
             let resume = self.transcript.point();
             let mut pending_cmds = Vec::new();
+            // Once the channel has closed, `recv` would answer `None` at
+            // once forever: stop asking for the rest of the attempt.
+            let mut closed = false;
             let result = {
                 let dial = net.redial.dial(resume);
                 tokio::pin!(dial);
@@ -970,19 +973,13 @@ impl State {
                         // Held until the attempt is over: `command` needs
                         // the state the attempt does not touch, but the
                         // borrow of the dialer stays with the attempt.
-                        cmd = commands.recv(), if self.quitting.is_none() && pending_cmds.len() < 64 => {
-                            let closed = cmd.is_none();
+                        cmd = commands.recv(), if !closed && self.quitting.is_none() && pending_cmds.len() < 64 => {
+                            closed = cmd.is_none();
                             pending_cmds.push(cmd);
-                            if closed {
-                                self.quitting = Some(String::new());
-                            }
                         }
                     }
                 }
             };
-            if pending_cmds.iter().any(Option::is_none) {
-                self.quitting = None;
-            }
             for cmd in pending_cmds {
                 if self.command(cmd, None, events, None).await.is_err() {
                     return gone;
