@@ -194,23 +194,35 @@ impl Bob {
     }
 }
 
-/// Alice's events until her message `seq` is delivered; none may say the
-/// connection was lost.
-async fn delivered(events: &mut mpsc::Receiver<Event>, seq: u64) {
+/// Alice's events until `found` picks one (its answer is returned), within
+/// [`WAIT`]; none may say the connection was lost.
+async fn until<T>(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    mut found: impl FnMut(&Event) -> Option<T>,
+) -> T {
     let wait = async {
         loop {
-            match events.recv().await.expect("the session runs") {
-                Event::Delivered { seq: s } if s == seq => return,
-                Event::Connection(ConnectionState::Lost { reason }) => {
-                    panic!("the connection was lost: {reason}")
-                }
-                _ => {}
+            let ev = events.recv().await.expect("the session runs");
+            if let Event::Connection(ConnectionState::Lost { reason }) = &ev {
+                panic!("the connection was lost: {reason}")
+            }
+            if let Some(t) = found(&ev) {
+                return t;
             }
         }
     };
     tokio::time::timeout(WAIT, wait)
         .await
-        .unwrap_or_else(|_| panic!("message {seq} was never delivered"));
+        .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// Alice's events until her message `seq` is delivered.
+async fn delivered(events: &mut mpsc::Receiver<Event>, seq: u64) {
+    until(events, &format!("message {seq} was never delivered"), |e| {
+        (*e == Event::Delivered { seq }).then_some(())
+    })
+    .await;
 }
 
 async fn say(alice: &mpsc::Sender<Command>, text: &str) {
@@ -273,33 +285,32 @@ async fn silence_is_reported_and_so_is_the_answer_coming_back() {
 
     relay.hold.store(true, Ordering::SeqCst);
     say(&alice, "during").await;
-    let silent = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("the session runs") {
-                Event::Connection(ConnectionState::NoAnswer { secs }) => return secs,
-                Event::Connection(ConnectionState::Lost { reason }) => panic!("lost: {reason}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("no answer is reported before the idle timeout");
+    let silent = until(
+        &mut events,
+        "no answer is reported before the idle timeout",
+        |e| match e {
+            Event::Connection(ConnectionState::NoAnswer { secs }) => Some(*secs),
+            _ => None,
+        },
+    )
+    .await;
     assert!(silent >= 3, "{silent}");
 
     relay.hold.store(false, Ordering::SeqCst);
     let mut acked = false;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("the session runs") {
-                Event::Delivered { seq: 2 } => acked = true,
-                Event::Connection(ConnectionState::Connected { .. }) => return,
-                Event::Connection(ConnectionState::Lost { reason }) => panic!("lost: {reason}"),
-                _ => {}
+    until(
+        &mut events,
+        "the answer's return is reported",
+        |e| match e {
+            Event::Delivered { seq: 2 } => {
+                acked = true;
+                None
             }
-        }
-    })
-    .await
-    .expect("the answer's return is reported");
+            Event::Connection(ConnectionState::Connected { .. }) => Some(()),
+            _ => None,
+        },
+    )
+    .await;
     bob.hears("during").await;
     if !acked {
         delivered(&mut events, 2).await;
