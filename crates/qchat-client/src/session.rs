@@ -676,7 +676,7 @@ impl State {
                         }
                         Ok(None) | Err(_) => return Served::Ended(self.ended(cur.conn.as_ref()).await),
                     };
-                    let evs = match ServerMsg::decode(&frame) {
+                    let ev = match ServerMsg::decode(&frame) {
                         Ok(msg) => self.event(msg, net.as_deref_mut()),
                         // A newer server's message kind: skip it, so an old
                         // client keeps working.
@@ -696,7 +696,7 @@ impl State {
                             return Served::Ended(end);
                         }
                     };
-                    for ev in evs {
+                    if let Some(ev) = ev {
                         if emit(events, ev).await.is_err() {
                             return Served::Gone;
                         }
@@ -777,28 +777,15 @@ impl State {
             // The interface learns the number first, so whatever follows
             // lands on the line that was typed.
             emit(events, Event::Sent { seq }).await?;
-            if let Err(e) = msg.check_outgoing() {
-                // Refused here: sent, it would end the connection.
-                return emit(
-                    events,
-                    Event::Refused {
-                        seq,
-                        reason: e.to_string(),
-                    },
-                )
-                .await;
-            }
-            if let Err(e) = self.outbox.push(seq, msg) {
-                return emit(
-                    events,
-                    Event::Refused {
-                        seq,
-                        reason: e.to_string(),
-                    },
-                )
-                .await;
-            }
-            return Ok(());
+            // Refused here if too long: sent, it would end the connection.
+            let queued = match msg.check_outgoing() {
+                Ok(()) => self.outbox.push(seq, msg).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            return match queued {
+                Ok(()) => Ok(()),
+                Err(reason) => emit(events, Event::Refused { seq, reason }).await,
+            };
         }
         let what = match &msg {
             ClientMsg::Nick { .. } => "nick",
@@ -974,6 +961,9 @@ impl State {
             }
             let resume = self.transcript.point();
             let mut pending_cmds = Vec::new();
+            // Once the channel has closed, `recv` would answer `None` at
+            // once forever: stop asking for the rest of the attempt.
+            let mut closed = false;
             let result = {
                 let dial = net.redial.dial(resume);
                 tokio::pin!(dial);
@@ -983,19 +973,13 @@ impl State {
                         // Held until the attempt is over: `command` needs
                         // the state the attempt does not touch, but the
                         // borrow of the dialer stays with the attempt.
-                        cmd = commands.recv(), if self.quitting.is_none() && pending_cmds.len() < 64 => {
-                            let closed = cmd.is_none();
+                        cmd = commands.recv(), if !closed && self.quitting.is_none() && pending_cmds.len() < 64 => {
+                            closed = cmd.is_none();
                             pending_cmds.push(cmd);
-                            if closed {
-                                self.quitting = Some(String::new());
-                            }
                         }
                     }
                 }
             };
-            if pending_cmds.iter().any(Option::is_none) {
-                self.quitting = None;
-            }
             for cmd in pending_cmds {
                 if self.command(cmd, None, events, None).await.is_err() {
                     return gone;
@@ -1019,8 +1003,9 @@ impl State {
         }
     }
 
-    /// The events for one message from the server.
-    fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Vec<Event> {
+    /// The event, if any, for one message from the server: never more than
+    /// one, so no `Vec` is allocated per message received.
+    fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Option<Event> {
         let ev = match msg {
             ServerMsg::ChatV3 {
                 id,
@@ -1029,8 +1014,8 @@ impl State {
                 time_ms,
                 action,
             } => {
-                if !self.display(id) || self.own_pending(&from, &text, action) {
-                    return Vec::new();
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
                 }
                 if action {
                     Event::Action {
@@ -1053,8 +1038,8 @@ impl State {
                 time_ms,
                 action,
             } => {
-                if !self.display(id) || self.own_pending(&from, &text, action) {
-                    return Vec::new();
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
                 }
                 Event::History {
                     from,
@@ -1067,11 +1052,7 @@ impl State {
                 if id != 0 {
                     self.display(id);
                 }
-                if !self.outbox.answered(seq) {
-                    // A copy's acknowledgement: already reported.
-                    return Vec::new();
-                }
-                Event::Delivered { seq }
+                return self.answer(seq, Event::Delivered { seq });
             }
             ServerMsg::Replayed {
                 resumed,
@@ -1129,22 +1110,14 @@ impl State {
                 time_ms,
                 action,
             },
-            ServerMsg::Ack { seq } => {
-                if !self.outbox.answered(seq) {
-                    return Vec::new();
-                }
-                Event::Delivered { seq }
-            }
+            ServerMsg::Ack { seq } => return self.answer(seq, Event::Delivered { seq }),
             ServerMsg::Refused { seq, reason } => {
-                if !self.outbox.answered(seq) {
-                    return Vec::new();
-                }
-                Event::Refused { seq, reason }
+                return self.answer(seq, Event::Refused { seq, reason })
             }
             ServerMsg::Joined { name } => Event::Joined { name },
             ServerMsg::Left { name, reason } => Event::Left { name, reason },
             ServerMsg::Renamed { old, new } => {
-                if qchat_proto::names::fold(&old) == qchat_proto::names::fold(&self.name) {
+                if qchat_proto::names::same(&old, &self.name) {
                     self.name = new.clone();
                     if let Some(n) = net {
                         n.redial.renamed(new.clone());
@@ -1170,9 +1143,21 @@ impl State {
             // than dropping the session.
             ServerMsg::Welcome { .. }
             | ServerMsg::WelcomeV3 { .. }
-            | ServerMsg::Rejected { .. } => return Vec::new(),
+            | ServerMsg::Rejected { .. } => return None,
         };
-        vec![ev]
+        Some(ev)
+    }
+
+    /// Whether log message `id` is to be shown: new, and not one of ours
+    /// coming back in a replay while its re-sent copy is pending.
+    fn fresh(&mut self, id: u64, from: &str, text: &str, action: bool) -> bool {
+        self.display(id) && !self.own_pending(from, text, action)
+    }
+
+    /// `ev`, the answer to message `seq`, unless that was already answered
+    /// (a re-sent copy's answer was reported the first time).
+    fn answer(&mut self, seq: u64, ev: Event) -> Option<Event> {
+        self.outbox.answered(seq).then_some(ev)
     }
 
     /// Whether a stored message is one of ours still waiting for its
@@ -1182,8 +1167,9 @@ impl State {
     /// are unique in the room, so a message under our name that we have
     /// not displayed is ours.
     fn own_pending(&self, from: &str, text: &str, action: bool) -> bool {
-        qchat_proto::names::fold(from) == qchat_proto::names::fold(&self.name)
-            && self.outbox.holds_public(text, action)
+        // The outbox test first: it is usually empty, and folding two names
+        // (NFKC and a confusable skeleton) for every message received is not.
+        self.outbox.holds_public(text, action) && qchat_proto::names::same(from, &self.name)
     }
 
     /// Whether log message `id` is new; it is then the newest displayed.
@@ -1243,33 +1229,19 @@ impl State {
 }
 #[cfg(test)]
 mod tests {
+    use super::network_tests::pipe;
     use super::*;
 
     /// The operator's in-process link has no network to come back over:
     /// it takes version-3 traffic all the same, and its end is the end.
     #[tokio::test]
     async fn a_link_without_a_network_speaks_v3_and_never_reconnects() {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let (c_recv, c_send) = tokio::io::split(client);
-        let (mut s_recv, mut s_send) = tokio::io::split(server);
-        let link = Link {
-            send: c_send,
-            recv: c_recv,
-            decoder: FrameDecoder::new(64 * 1024),
-            conn: None,
-            network: None,
-        };
+        let (link, mut server) = pipe();
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (ev_tx, mut ev_rx) = mpsc::channel(32);
         let task = tokio::spawn(run(link, cmd_rx, ev_tx));
         cmd_tx.send(Command::Say("hi".into())).await.expect("send");
-        let mut decoder = FrameDecoder::new(64 * 1024);
-        let frame = decoder
-            .read_frame(&mut s_recv)
-            .await
-            .expect("a frame")
-            .expect("not the end");
-        assert_eq!(ClientMsg::decode(&frame).expect("a message").seq(), Some(1));
+        assert_eq!(server.read().await.seq(), Some(1));
         for msg in [
             ServerMsg::HistoryV3 {
                 id: 1,
@@ -1299,10 +1271,9 @@ mod tests {
                 action: true,
             },
         ] {
-            s_send.write_all(&msg.to_frame()).await.expect("write");
+            server.write(msg).await;
         }
-        drop(s_send);
-        drop(s_recv);
+        drop(server);
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), task)
             .await
             .expect("ends in time")
@@ -1386,16 +1357,7 @@ mod tests {
     /// The session over an in-memory pipe, the test playing the server.
     #[tokio::test]
     async fn each_number_is_reported_when_sent_and_before_its_answer() {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let (c_recv, c_send) = tokio::io::split(client);
-        let (mut s_recv, mut s_send) = tokio::io::split(server);
-        let link = Link {
-            send: c_send,
-            recv: c_recv,
-            decoder: FrameDecoder::new(64 * 1024),
-            conn: None,
-            network: None,
-        };
+        let (link, mut server) = pipe();
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let (ev_tx, mut ev_rx) = mpsc::channel(8);
         let task = tokio::spawn(run(link, cmd_rx, ev_tx));
@@ -1412,15 +1374,9 @@ mod tests {
             cmd_tx.send(cmd).await.expect("the session takes commands");
         }
         // What the server received, with the numbers on the wire.
-        let mut decoder = FrameDecoder::new(64 * 1024);
         let mut wire = Vec::new();
         for _ in 0..4 {
-            let frame = decoder
-                .read_frame(&mut s_recv)
-                .await
-                .expect("a frame")
-                .expect("not the end");
-            wire.push(ClientMsg::decode(&frame).expect("a message"));
+            wire.push(server.read().await);
         }
         let seqs: Vec<u64> = wire
             .iter()
@@ -1432,10 +1388,7 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs.len(), 3, "{wire:?}");
-        s_send
-            .write_all(&ServerMsg::Ack { seq: seqs[2] }.to_frame())
-            .await
-            .expect("answer");
+        server.write(ServerMsg::Ack { seq: seqs[2] }).await;
 
         let mut events = Vec::new();
         while events.len() < 4 {
@@ -1471,14 +1424,14 @@ mod network_tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     /// The test's end of one connection.
-    struct ServerSide {
+    pub(super) struct ServerSide {
         recv: ReadHalf<DuplexStream>,
         send: WriteHalf<DuplexStream>,
         decoder: FrameDecoder,
     }
 
     impl ServerSide {
-        async fn read(&mut self) -> ClientMsg {
+        pub(super) async fn read(&mut self) -> ClientMsg {
             let frame = tokio::time::timeout(WAIT, self.decoder.read_frame(&mut self.recv))
                 .await
                 .expect("a frame in time")
@@ -1487,12 +1440,13 @@ mod network_tests {
             ClientMsg::decode(&frame).expect("a message")
         }
 
-        async fn write(&mut self, msg: ServerMsg) {
+        pub(super) async fn write(&mut self, msg: ServerMsg) {
             self.send.write_all(&msg.to_frame()).await.expect("write");
         }
     }
 
-    fn pipe() -> (Link<BoxSend, BoxRecv>, ServerSide) {
+    /// A session's link over an in-memory pipe, and the test's end of it.
+    pub(super) fn pipe() -> (Link<BoxSend, BoxRecv>, ServerSide) {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (c_recv, c_send) = tokio::io::split(client);
         let (s_recv, s_send) = tokio::io::split(server);
@@ -1609,6 +1563,22 @@ mod network_tests {
                 }
             }
         }
+
+        /// Drops the connection; the events up to the session's
+        /// "reconnecting".
+        async fn drop_connection(&mut self) -> Vec<Event> {
+            self.server = None;
+            self.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
+                .await
+        }
+
+        /// The next dial's server side and the resume point it asked for.
+        async fn redial(&mut self) -> (ServerSide, Option<ResumePoint>) {
+            tokio::time::timeout(WAIT, self.redials.recv())
+                .await
+                .expect("a reconnect in time")
+                .expect("a dial")
+        }
     }
 
     fn seq_of(m: &ClientMsg) -> u64 {
@@ -1664,19 +1634,13 @@ mod network_tests {
 
         // "two" was stored as id 3, but the connection drops before the
         // acknowledgement leaves.
-        h.server = None;
-        let lost = h
-            .until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
-            .await;
+        let lost = h.drop_connection().await;
         assert!(
             lost.iter()
                 .any(|e| matches!(e, Event::Connection(ConnectionState::Lost { .. }))),
             "{lost:?}"
         );
-        let (mut server, resume) = tokio::time::timeout(WAIT, h.redials.recv())
-            .await
-            .expect("a reconnect in time")
-            .expect("a dial");
+        let (mut server, resume) = h.redial().await;
         assert_eq!(
             resume,
             Some(ResumePoint {
@@ -1731,17 +1695,12 @@ mod network_tests {
     #[tokio::test]
     async fn messages_typed_while_disconnected_leave_on_reconnect() {
         let mut h = start(0, 0);
-        h.server = None;
-        h.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
-            .await;
+        h.drop_connection().await;
         h.say("while").await;
         h.say("away").await;
         let sent = h.until(|e| *e == Event::Sent { seq: 2 }).await;
         assert!(sent.contains(&Event::Sent { seq: 1 }));
-        let (mut server, _) = tokio::time::timeout(WAIT, h.redials.recv())
-            .await
-            .expect("a reconnect in time")
-            .expect("a dial");
+        let (mut server, _) = h.redial().await;
         let a = server.read().await;
         let b = server.read().await;
         assert_eq!((seq_of(&a), seq_of(&b)), (1, 2));
@@ -1753,18 +1712,13 @@ mod network_tests {
     #[tokio::test]
     async fn a_quit_while_disconnected_delivers_what_waits_first() {
         let mut h = start(0, 0);
-        h.server = None;
-        h.until(|e| matches!(e, Event::Connection(ConnectionState::Reconnecting { .. })))
-            .await;
+        h.drop_connection().await;
         h.say("last words").await;
         h.commands
             .send(Command::Quit("done".into()))
             .await
             .expect("the session takes commands");
-        let (mut server, _) = tokio::time::timeout(WAIT, h.redials.recv())
-            .await
-            .expect("a reconnect in time")
-            .expect("a dial");
+        let (mut server, _) = h.redial().await;
         let say = server.read().await;
         assert_eq!(seq_of(&say), 1);
         server.write(ServerMsg::AckV3 { seq: 1, id: 1 }).await;

@@ -194,23 +194,53 @@ impl Bob {
     }
 }
 
-/// Alice's events until her message `seq` is delivered; none may say the
-/// connection was lost.
-async fn delivered(events: &mut mpsc::Receiver<Event>, seq: u64) {
+/// Alice's events until `found` picks one (its answer is returned), within
+/// [`WAIT`]; none may say the connection was lost.
+async fn until<T>(
+    events: &mut mpsc::Receiver<Event>,
+    what: &str,
+    mut found: impl FnMut(&Event) -> Option<T>,
+) -> T {
     let wait = async {
         loop {
-            match events.recv().await.expect("the session runs") {
-                Event::Delivered { seq: s } if s == seq => return,
-                Event::Connection(ConnectionState::Lost { reason }) => {
-                    panic!("the connection was lost: {reason}")
-                }
-                _ => {}
+            let ev = events.recv().await.expect("the session runs");
+            if let Event::Connection(ConnectionState::Lost { reason }) = &ev {
+                panic!("the connection was lost: {reason}")
+            }
+            if let Some(t) = found(&ev) {
+                return t;
             }
         }
     };
     tokio::time::timeout(WAIT, wait)
         .await
-        .unwrap_or_else(|_| panic!("message {seq} was never delivered"));
+        .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// Alice's events until her message `seq` is delivered.
+async fn delivered(events: &mut mpsc::Receiver<Event>, seq: u64) {
+    until(events, &format!("message {seq} was never delivered"), |e| {
+        (*e == Event::Delivered { seq }).then_some(())
+    })
+    .await;
+}
+
+async fn say(alice: &mpsc::Sender<Command>, text: &str) {
+    alice.send(Command::Say(text.into())).await.expect("send");
+}
+
+/// Alice says `text`, Bob hears it, and Alice is told message `seq` was
+/// delivered.
+async fn say_heard_delivered(
+    alice: &mpsc::Sender<Command>,
+    bob: &mut Bob,
+    events: &mut mpsc::Receiver<Event>,
+    text: &str,
+    seq: u64,
+) {
+    say(alice, text).await;
+    bob.hears(text).await;
+    delivered(events, seq).await;
 }
 
 #[tokio::test]
@@ -221,20 +251,10 @@ async fn a_new_source_address_behind_a_relay_keeps_the_session() {
     let mut bob = Bob::join(&room).await;
     let (alice, mut events) = alice(&room, relay.addr, home.path()).await;
 
-    alice
-        .send(Command::Say("before".into()))
-        .await
-        .expect("send");
-    bob.hears("before").await;
-    delivered(&mut events, 1).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "before", 1).await;
 
     relay.swap.send(()).await.expect("swap");
-    alice
-        .send(Command::Say("after".into()))
-        .await
-        .expect("send");
-    bob.hears("after").await;
-    delivered(&mut events, 2).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "after", 2).await;
 }
 
 #[tokio::test]
@@ -244,20 +264,10 @@ async fn a_client_rebinding_its_own_socket_keeps_the_session() {
     let mut bob = Bob::join(&room).await;
     let (alice, mut events) = alice(&room, room.addr, home.path()).await;
 
-    alice
-        .send(Command::Say("before".into()))
-        .await
-        .expect("send");
-    bob.hears("before").await;
-    delivered(&mut events, 1).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "before", 1).await;
 
     alice.send(Command::Rebind).await.expect("rebind");
-    alice
-        .send(Command::Say("after".into()))
-        .await
-        .expect("send");
-    bob.hears("after").await;
-    delivered(&mut events, 2).await;
+    say_heard_delivered(&alice, &mut bob, &mut events, "after", 2).await;
 }
 
 /// A server that stops answering is reported within seconds, long before
@@ -270,44 +280,37 @@ async fn silence_is_reported_and_so_is_the_answer_coming_back() {
     let home = tempfile::tempdir().expect("home");
     let mut bob = Bob::join(&room).await;
     let (alice, mut events) = alice(&room, relay.addr, home.path()).await;
-    alice
-        .send(Command::Say("before".into()))
-        .await
-        .expect("send");
+    say(&alice, "before").await;
     delivered(&mut events, 1).await;
 
     relay.hold.store(true, Ordering::SeqCst);
-    alice
-        .send(Command::Say("during".into()))
-        .await
-        .expect("send");
-    let silent = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("the session runs") {
-                Event::Connection(ConnectionState::NoAnswer { secs }) => return secs,
-                Event::Connection(ConnectionState::Lost { reason }) => panic!("lost: {reason}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("no answer is reported before the idle timeout");
+    say(&alice, "during").await;
+    let silent = until(
+        &mut events,
+        "no answer is reported before the idle timeout",
+        |e| match e {
+            Event::Connection(ConnectionState::NoAnswer { secs }) => Some(*secs),
+            _ => None,
+        },
+    )
+    .await;
     assert!(silent >= 3, "{silent}");
 
     relay.hold.store(false, Ordering::SeqCst);
     let mut acked = false;
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("the session runs") {
-                Event::Delivered { seq: 2 } => acked = true,
-                Event::Connection(ConnectionState::Connected { .. }) => return,
-                Event::Connection(ConnectionState::Lost { reason }) => panic!("lost: {reason}"),
-                _ => {}
+    until(
+        &mut events,
+        "the answer's return is reported",
+        |e| match e {
+            Event::Delivered { seq: 2 } => {
+                acked = true;
+                None
             }
-        }
-    })
-    .await
-    .expect("the answer's return is reported");
+            Event::Connection(ConnectionState::Connected { .. }) => Some(()),
+            _ => None,
+        },
+    )
+    .await;
     bob.hears("during").await;
     if !acked {
         delivered(&mut events, 2).await;

@@ -123,13 +123,17 @@ fn needs_escape(c: char) -> bool {
 /// as its parts); anywhere else they are escaped as before, and names never
 /// contain them.
 pub fn sanitize(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
+    // One pass finds the first character that is really escaped (a hazard
+    // that joins no emoji); text without one is borrowed as it is, and the
+    // clean prefix is copied in one piece.
+    let escaped = |&(i, c): &(usize, char)| needs_escape(c) && !joins_emoji(text, i, c);
+    let Some((first, _)) = text.char_indices().find(escaped) else {
         return Cow::Borrowed(text);
-    }
-    let chars: Vec<char> = text.chars().collect();
+    };
     let mut out = String::with_capacity(text.len() + 8);
-    for (i, &c) in chars.iter().enumerate() {
-        if !needs_escape(c) || joins_emoji(&chars, i) {
+    out.push_str(&text[..first]);
+    for (i, c) in text[first..].char_indices() {
+        if !escaped(&(first + i, c)) {
             out.push(c);
         } else if (c as u32) < 0x20 {
             out.push('^');
@@ -139,9 +143,6 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
         } else {
             let _ = write!(out, "<U+{:04X}>", c as u32);
         }
-    }
-    if out == text {
-        return Cow::Borrowed(text);
     }
     Cow::Owned(out)
 }
@@ -164,14 +165,17 @@ fn is_skin_tone(c: char) -> bool {
     ('\u{1F3FB}'..='\u{1F3FF}').contains(&c)
 }
 
-/// Whether `chars[i]` is a joiner inside an emoji sequence: a variation
-/// selector right after a pictograph (or after a keycap base followed by
-/// the keycap), or a zero-width joiner between a pictograph (possibly with
-/// its skin tone or selector) and the next pictograph.
-fn joins_emoji(chars: &[char], i: usize) -> bool {
-    let prev = i.checked_sub(1).map(|p| chars[p]);
-    let next = chars.get(i + 1).copied();
-    match chars[i] {
+/// Whether `c`, at byte `i` of `text`, is a joiner inside an emoji
+/// sequence: a variation selector right after a pictograph (or after a
+/// keycap base followed by the keycap), or a zero-width joiner between a
+/// pictograph (possibly with its skin tone or selector) and the next
+/// pictograph. Its neighbours are read off the string itself, so escaping
+/// needs no copy of the text as a `Vec<char>`.
+fn joins_emoji(text: &str, i: usize, c: char) -> bool {
+    let mut before = text[..i].chars().rev();
+    let prev = before.next();
+    let next = text[i + c.len_utf8()..].chars().next();
+    match c {
         VS_TEXT | VS_EMOJI => match prev {
             Some(p) if is_pictograph(p) => true,
             Some('0'..='9' | '#' | '*') => next == Some(KEYCAP),
@@ -180,7 +184,7 @@ fn joins_emoji(chars: &[char], i: usize) -> bool {
         ZWJ => {
             let after_emoji = match prev {
                 Some(p) if is_pictograph(p) || is_skin_tone(p) => true,
-                Some(VS_EMOJI) => i >= 2 && is_pictograph(chars[i - 2]),
+                Some(VS_EMOJI) => before.next().is_some_and(is_pictograph),
                 _ => false,
             };
             after_emoji && next.is_some_and(is_pictograph)
