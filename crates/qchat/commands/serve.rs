@@ -27,15 +27,7 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
-        let store = open_store(&args)?;
-        let hup = Hangup::listen();
-        let metrics = bind_metrics(args.metrics).await?;
-        let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = std::sync::Arc::new(Server::with_store(options, store));
-        if let Some(listener) = metrics {
-            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
-        }
-        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
+        let (endpoint, local, server) = start(&identity, options, args).await?;
         if let Some(name) = operator {
             let link = server.join_local();
             tokio::spawn(operate(link, name, host_about(&identity, local)));
@@ -340,15 +332,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     runtime.block_on(async move {
         // Announced on the normal screen too, so it is there after the
         // interface closes.
-        let store = open_store(&args)?;
-        let hup = Hangup::listen();
-        let metrics = bind_metrics(args.metrics).await?;
-        let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = std::sync::Arc::new(Server::with_store(options, store));
-        if let Some(listener) = metrics {
-            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
-        }
-        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
+        let (endpoint, local, server) = start(&identity, options, args).await?;
         // Carries the host's `/quit REASON` (empty without one).
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
         let task = {
@@ -397,6 +381,27 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
         tracing::info!("stopped");
         Ok(code)
     })
+}
+
+/// What both ways of serving (headless and with the host's interface) do
+/// before the room opens: open the store, bind the metrics listener and the
+/// endpoint (which announces it), and start the metrics and SIGHUP reload
+/// tasks. Kept in one place so the two paths cannot drift apart.
+async fn start(
+    identity: &qchat_tls::Identity,
+    options: ServerOptions,
+    args: ServeArgs,
+) -> Result<(quinn::Endpoint, SocketAddr, std::sync::Arc<Server>)> {
+    let store = open_store(&args)?;
+    let hup = Hangup::listen();
+    let metrics = bind_metrics(args.metrics).await?;
+    let (endpoint, local) = listen(identity, &options, args.listen)?;
+    let server = std::sync::Arc::new(Server::with_store(options, store));
+    if let Some(listener) = metrics {
+        tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
+    }
+    tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
+    Ok((endpoint, local, server))
 }
 
 /// The operator speaks the current protocol like any member; its link is
