@@ -271,23 +271,13 @@ fn operator_name(args: &ServeArgs) -> Result<Option<String>> {
 
 /// The operator, in plain mode: lines from stdin, events on stdout. When
 /// the operator leaves (end of input, /quit) the server keeps serving.
-async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) {
-    let (decoder, welcome) =
-        match qchat_client::hello_as(&mut link.send, &mut link.recv, &name, &operator_greeting())
-            .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("the operator could not join the room: {e}");
-                return;
-            }
-        };
-    let link = qchat_client::Link {
-        send: link.send,
-        recv: link.recv,
-        decoder,
-        conn: None,
-        network: None,
+async fn operate(link: qchat_server::LocalLink, name: String, about: About) {
+    let (link, welcome) = match join_as_operator(link, &name).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            tracing::warn!("the operator could not join the room: {e}");
+            return;
+        }
     };
     crate::plain::run(link, about.welcomed(welcome)).await;
     tracing::info!("the operator left the room; still serving");
@@ -354,22 +344,9 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
                 server.run_until(endpoint, stop).await;
             })
         };
-        let mut local_link = server.join_local();
-        let (decoder, welcome) = qchat_client::hello_as(
-            &mut local_link.send,
-            &mut local_link.recv,
-            &name,
-            &operator_greeting(),
-        )
-        .await
-        .context("cannot join the room as the operator")?;
-        let link = qchat_client::Link {
-            send: local_link.send,
-            recv: local_link.recv,
-            decoder,
-            conn: None,
-            network: None,
-        };
+        let (link, welcome) = join_as_operator(server.join_local(), &name)
+            .await
+            .context("cannot join the room as the operator")?;
         let about = host_about(&identity, local).welcomed(welcome);
         let (code, reason) =
             crate::ui::run_with_reason(link, about, crate::ui::UiOptions { bell }, events_rx).await;
@@ -404,13 +381,34 @@ async fn start(
     Ok((endpoint, local, server))
 }
 
-/// The operator speaks the current protocol like any member; its link is
-/// in-process and never drops, so it has nothing to resume.
-fn operator_greeting() -> qchat_client::Greeting {
-    qchat_client::Greeting::V3 {
+/// The operator's side of the in-process link, as a client link.
+type OperatorLink = qchat_client::Link<
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+>;
+
+/// The operator joins its room over the in-process link, headless or at
+/// the host's interface alike. It speaks the current protocol like any
+/// member; its link never drops, so it has nothing to resume and no
+/// connection or network to keep.
+async fn join_as_operator(
+    mut local: qchat_server::LocalLink,
+    name: &str,
+) -> Result<(OperatorLink, qchat_client::Welcome), qchat_client::HelloError> {
+    let greeting = qchat_client::Greeting::V3 {
         instance: qchat_client::new_instance(),
         resume: None,
-    }
+    };
+    let (decoder, welcome) =
+        qchat_client::hello_as(&mut local.send, &mut local.recv, name, &greeting).await?;
+    let link = qchat_client::Link {
+        send: local.send,
+        recv: local.recv,
+        decoder,
+        conn: None,
+        network: None,
+    };
+    Ok((link, welcome))
 }
 
 /// A measured choice, not a guess: see docs/PERFORMANCE.md.
