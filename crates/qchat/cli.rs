@@ -241,7 +241,13 @@ fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_secs_arg(s: &str) -> Result<Secs, String> {
-    parse_secs(s).map(Secs)
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.1..=86_400.0).contains(&secs) {
+        return Err("must be between 0.1 and 86400 seconds".into());
+    }
+    Ok(Secs(Duration::from_secs_f64(secs)))
 }
 
 impl LimitArgs {
@@ -355,16 +361,6 @@ pub fn resolve(argv: Vec<std::ffi::OsString>) -> Result<Cli, Rejected> {
         }
     }
     Ok(cli)
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(0.1..=86_400.0).contains(&secs) {
-        return Err("must be between 0.1 and 86400 seconds".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// How to treat a server that has no pin yet.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cli::BenchArgs;
 use crate::load::{self, Outcome, Plan, Target};
 use crate::proc::{Kind, ServerProc, Spawn};
-use crate::stats::{median, Latency};
+use crate::stats::{median, Deliveries, Latency};
 
 /// Connections the started server admits beyond the members: headroom for
 /// a straggler from a previous run still closing.
@@ -130,13 +130,8 @@ struct Report {
     size: usize,
     rate: Option<f64>,
     stalled: usize,
-    deliveries_expected: u64,
-    deliveries_received: u64,
-    missing: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    malformed: u64,
-    timed_out: bool,
+    #[serde(flatten)]
+    deliveries: Deliveries,
     duration_s: f64,
     deliveries_per_s: f64,
     connect_s: f64,
@@ -158,7 +153,7 @@ struct Report {
 
 impl Report {
     fn ok(&self) -> bool {
-        self.missing == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.malformed == 0
+        self.deliveries.intact()
     }
 }
 
@@ -295,13 +290,14 @@ fn report(
         size: plan.size,
         rate: plan.rate,
         stalled: plan.stalled,
-        deliveries_expected: o.expected,
-        deliveries_received: o.received,
-        missing: o.expected.saturating_sub(o.received),
-        duplicates: o.duplicates,
-        out_of_order: o.out_of_order,
-        malformed: o.malformed,
-        timed_out: o.timed_out,
+        deliveries: Deliveries::new(
+            o.expected,
+            o.received,
+            o.duplicates,
+            o.out_of_order,
+            o.malformed,
+            o.timed_out,
+        ),
         duration_s: secs,
         deliveries_per_s: if secs > 0.0 {
             o.received as f64 / secs
@@ -344,6 +340,7 @@ fn opt<T: std::fmt::Display>(v: Option<T>, unit: &str) -> String {
 }
 
 fn print_table(r: &Report) {
+    let d = &r.deliveries;
     let round = r.round.map(|n| format!(", round {n}")).unwrap_or_default();
     println!("== {}{round}", r.target);
     let load = match r.rate {
@@ -376,13 +373,13 @@ fn print_table(r: &Report) {
             "deliveries",
             format!(
                 "{} of {} ({} missing, {} duplicated, {} out of order{}){}",
-                r.deliveries_received,
-                r.deliveries_expected,
-                r.missing,
-                r.duplicates,
-                r.out_of_order,
-                counted(r.malformed, |n| format!(", {n} malformed")),
-                if r.timed_out { ", TIMED OUT" } else { "" }
+                d.deliveries_received,
+                d.deliveries_expected,
+                d.missing,
+                d.duplicates,
+                d.out_of_order,
+                counted(d.malformed, |n| format!(", {n} malformed")),
+                if d.timed_out { ", TIMED OUT" } else { "" }
             ),
         ),
         (

@@ -12,6 +12,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+/// How complete a run's deliveries were: the part of the report the plain
+/// bench and the `--restart`/`--replay` storms share, flattened into their
+/// JSON so both print the same keys.
+#[derive(Debug, Serialize)]
+pub struct Deliveries {
+    pub deliveries_expected: u64,
+    pub deliveries_received: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub malformed: u64,
+    pub timed_out: bool,
+}
+
+impl Deliveries {
+    /// `missing` is derived here so the two reports cannot count it apart.
+    pub fn new(
+        expected: u64,
+        received: u64,
+        duplicates: u64,
+        out_of_order: u64,
+        malformed: u64,
+        timed_out: bool,
+    ) -> Deliveries {
+        Deliveries {
+            deliveries_expected: expected,
+            deliveries_received: received,
+            missing: expected.saturating_sub(received),
+            duplicates,
+            out_of_order,
+            malformed,
+            timed_out,
+        }
+    }
+
+    /// Everything arrived exactly once, in order, and well-formed (whether
+    /// a timeout also fails the run is the caller's to say).
+    pub fn intact(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.malformed == 0
+    }
+}
+
 /// Linear sub-buckets per power of two: 2^6 = 64.
 const SUB_BITS: u32 = 6;
 const SUB: usize = 1 << SUB_BITS;

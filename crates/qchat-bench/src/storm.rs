@@ -37,7 +37,7 @@ use crate::bench::qchat_beside_me;
 use crate::cli::BenchArgs;
 use crate::load::{parse_payload, payload, trust_plan, Target, CONNECT_CONCURRENCY};
 use crate::proc::{Kind, ServerProc, Spawn, Stop};
-use crate::stats::{Histogram, Latency};
+use crate::stats::{Deliveries, Histogram, Latency};
 
 /// Tries per (re)join before a member gives up.
 const JOIN_ATTEMPTS: u32 = 20;
@@ -116,25 +116,17 @@ struct StormReport {
     /// What the server said it could not replay (`Replayed::missed`).
     server_missed: u64,
     rejoin_retries: u64,
-    deliveries_expected: u64,
-    deliveries_received: u64,
-    missing: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    malformed: u64,
-    timed_out: bool,
+    #[serde(flatten)]
+    deliveries: Deliveries,
     server_peak_rss_kib: Option<u64>,
     server_rss_after_kib: Option<u64>,
 }
 
 impl StormReport {
     fn ok(&self) -> bool {
-        self.missing == 0
-            && self.duplicates == 0
-            && self.out_of_order == 0
-            && self.malformed == 0
+        self.deliveries.intact()
             && self.resumed == self.clients as u64
-            && !self.timed_out
+            && !self.deliveries.timed_out
     }
 }
 
@@ -350,13 +342,14 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
             .map(|d| replayed as f64 / d.as_secs_f64()),
         server_missed: shared.server_missed.load(Ordering::Relaxed),
         rejoin_retries: shared.retries.load(Ordering::Relaxed),
-        deliveries_expected: n * shared.total,
-        deliveries_received: received,
-        missing: (n * shared.total).saturating_sub(received),
-        duplicates: shared.duplicates.load(Ordering::Relaxed),
-        out_of_order: shared.out_of_order.load(Ordering::Relaxed),
-        malformed: shared.malformed.load(Ordering::Relaxed),
-        timed_out,
+        deliveries: Deliveries::new(
+            n * shared.total,
+            received,
+            shared.duplicates.load(Ordering::Relaxed),
+            shared.out_of_order.load(Ordering::Relaxed),
+            shared.malformed.load(Ordering::Relaxed),
+            timed_out,
+        ),
         server_peak_rss_kib: peak,
         server_rss_after_kib: rss_after,
     })
@@ -612,7 +605,11 @@ fn print(r: &StormReport) {
                 r.clients,
                 r.fresh_joins,
                 r.rejoin_retries,
-                if r.timed_out { ", TIMED OUT" } else { "" }
+                if r.deliveries.timed_out {
+                    ", TIMED OUT"
+                } else {
+                    ""
+                }
             ),
         ),
         (
@@ -641,13 +638,13 @@ fn print(r: &StormReport) {
             "deliveries",
             format!(
                 "{} of {} ({} missing, {} duplicated, {} out of order{})",
-                r.deliveries_received,
-                r.deliveries_expected,
-                r.missing,
-                r.duplicates,
-                r.out_of_order,
-                if r.malformed > 0 {
-                    format!(", {} malformed", r.malformed)
+                r.deliveries.deliveries_received,
+                r.deliveries.deliveries_expected,
+                r.deliveries.missing,
+                r.deliveries.duplicates,
+                r.deliveries.out_of_order,
+                if r.deliveries.malformed > 0 {
+                    format!(", {} malformed", r.deliveries.malformed)
                 } else {
                     String::new()
                 }

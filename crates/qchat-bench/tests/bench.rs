@@ -22,9 +22,8 @@ fn command(home: &tempfile::TempDir) -> Command {
 
 /// Runs a small bench with `extra` flags and returns its one JSON report.
 fn bench(extra: &[&str]) -> serde_json::Value {
-    let home = tempfile::tempdir().expect("temporary home");
-    let out = command(&home)
-        .args([
+    run_json(
+        &[
             "--clients",
             "4",
             "--senders",
@@ -35,8 +34,19 @@ fn bench(extra: &[&str]) -> serde_json::Value {
             "20",
             "--settle",
             "0.1",
-            "--json",
-        ])
+        ],
+        extra,
+    )
+}
+
+/// Runs `qchat-bench --json` with `base` then `extra` flags, checks that it
+/// succeeded and printed exactly one line, and returns that line as JSON.
+/// The panics carry the whole transcript, which is what a failure needs.
+fn run_json(base: &[&str], extra: &[&str]) -> serde_json::Value {
+    let home = tempfile::tempdir().expect("temporary home");
+    let out = command(&home)
+        .args(base)
+        .arg("--json")
         .args(extra)
         .output()
         .expect("run qchat-bench");
@@ -109,31 +119,10 @@ fn bench_without_a_qchat_to_start_says_how_to_name_one() {
 
 /// Runs a tiny `--restart`/`--replay` run and returns its JSON report.
 fn storm(extra: &[&str]) -> serde_json::Value {
-    let home = tempfile::tempdir().expect("temporary home");
-    let out = command(&home)
-        .args([
-            "--clients",
-            "3",
-            "--messages",
-            "5",
-            "--timeout",
-            "20",
-            "--json",
-        ])
-        .args(extra)
-        .output()
-        .expect("run qchat-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let transcript = format!(
-        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let r = run_json(
+        &["--clients", "3", "--messages", "5", "--timeout", "20"],
+        extra,
     );
-    assert!(out.status.success(), "{transcript}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "one JSON object per run\n{transcript}");
-    let r: serde_json::Value =
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}\n{transcript}"));
     let n = |k: &str| {
         r[k].as_u64()
             .unwrap_or_else(|| panic!("{k} is not a count in {r}"))

@@ -101,17 +101,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                 qchat_client::connect(&endpoint, addr, &plan, crate::prompt::confirm_unknown)
                     .await?;
             if plan.pin.is_none() && plan.mode != TrustMode::Strict {
-                eprintln!(
-                    "qchat: permanently added {} ({}, {}) to the known hosts in {}",
-                    plan.host,
-                    fingerprint,
-                    if trust == TrustState::Verified {
-                        "verified"
-                    } else {
-                        "not verified"
-                    },
-                    plan.known_hosts.display()
-                );
+                say_pinned(&plan, &fingerprint, trust);
             }
             let greeting = if v3 {
                 Greeting::V3 {
@@ -231,10 +221,17 @@ async fn first_contact(
         .into());
     }
     let trust = plan.record(presented, decision)?;
+    say_pinned(plan, &presented, trust);
+    Ok(())
+}
+
+/// Tells the user a server's key was just written to the known hosts,
+/// whether it was pinned after asking or without asking.
+fn say_pinned(plan: &TrustPlan, fingerprint: &qchat_tls::Fingerprint, trust: TrustState) {
     eprintln!(
         "qchat: permanently added {} ({}, {}) to the known hosts in {}",
         plan.host,
-        presented,
+        fingerprint,
         if trust == TrustState::Verified {
             "verified"
         } else {
@@ -242,5 +239,4 @@ async fn first_contact(
         },
         plan.known_hosts.display()
     );
-    Ok(())
 }

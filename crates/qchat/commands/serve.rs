@@ -27,15 +27,7 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let operator = operator_name(&args)?;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
-        let store = open_store(&args)?;
-        let hup = Hangup::listen();
-        let metrics = bind_metrics(args.metrics).await?;
-        let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = std::sync::Arc::new(Server::with_store(options, store));
-        if let Some(listener) = metrics {
-            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
-        }
-        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
+        let (endpoint, local, server) = start(&identity, options, args).await?;
         if let Some(name) = operator {
             let link = server.join_local();
             tokio::spawn(operate(link, name, host_about(&identity, local)));
@@ -279,23 +271,13 @@ fn operator_name(args: &ServeArgs) -> Result<Option<String>> {
 
 /// The operator, in plain mode: lines from stdin, events on stdout. When
 /// the operator leaves (end of input, /quit) the server keeps serving.
-async fn operate(mut link: qchat_server::LocalLink, name: String, about: About) {
-    let (decoder, welcome) =
-        match qchat_client::hello_as(&mut link.send, &mut link.recv, &name, &operator_greeting())
-            .await
-        {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("the operator could not join the room: {e}");
-                return;
-            }
-        };
-    let link = qchat_client::Link {
-        send: link.send,
-        recv: link.recv,
-        decoder,
-        conn: None,
-        network: None,
+async fn operate(link: qchat_server::LocalLink, name: String, about: About) {
+    let (link, welcome) = match join_as_operator(link, &name).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            tracing::warn!("the operator could not join the room: {e}");
+            return;
+        }
     };
     crate::plain::run(link, about.welcomed(welcome)).await;
     tracing::info!("the operator left the room; still serving");
@@ -340,15 +322,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     runtime.block_on(async move {
         // Announced on the normal screen too, so it is there after the
         // interface closes.
-        let store = open_store(&args)?;
-        let hup = Hangup::listen();
-        let metrics = bind_metrics(args.metrics).await?;
-        let (endpoint, local) = listen(&identity, &options, args.listen)?;
-        let server = std::sync::Arc::new(Server::with_store(options, store));
-        if let Some(listener) = metrics {
-            tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
-        }
-        tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
+        let (endpoint, local, server) = start(&identity, options, args).await?;
         // Carries the host's `/quit REASON` (empty without one).
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
         let task = {
@@ -370,22 +344,9 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
                 server.run_until(endpoint, stop).await;
             })
         };
-        let mut local_link = server.join_local();
-        let (decoder, welcome) = qchat_client::hello_as(
-            &mut local_link.send,
-            &mut local_link.recv,
-            &name,
-            &operator_greeting(),
-        )
-        .await
-        .context("cannot join the room as the operator")?;
-        let link = qchat_client::Link {
-            send: local_link.send,
-            recv: local_link.recv,
-            decoder,
-            conn: None,
-            network: None,
-        };
+        let (link, welcome) = join_as_operator(server.join_local(), &name)
+            .await
+            .context("cannot join the room as the operator")?;
         let about = host_about(&identity, local).welcomed(welcome);
         let (code, reason) =
             crate::ui::run_with_reason(link, about, crate::ui::UiOptions { bell }, events_rx).await;
@@ -399,13 +360,55 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     })
 }
 
-/// The operator speaks the current protocol like any member; its link is
-/// in-process and never drops, so it has nothing to resume.
-fn operator_greeting() -> qchat_client::Greeting {
-    qchat_client::Greeting::V3 {
+/// What both ways of serving (headless and with the host's interface) do
+/// before the room opens: open the store, bind the metrics listener and the
+/// endpoint (which announces it), and start the metrics and SIGHUP reload
+/// tasks. Kept in one place so the two paths cannot drift apart.
+async fn start(
+    identity: &qchat_tls::Identity,
+    options: ServerOptions,
+    args: ServeArgs,
+) -> Result<(quinn::Endpoint, SocketAddr, std::sync::Arc<Server>)> {
+    let store = open_store(&args)?;
+    let hup = Hangup::listen();
+    let metrics = bind_metrics(args.metrics).await?;
+    let (endpoint, local) = listen(identity, &options, args.listen)?;
+    let server = std::sync::Arc::new(Server::with_store(options, store));
+    if let Some(listener) = metrics {
+        tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
+    }
+    tokio::spawn(reload_on_hangup(hup, std::sync::Arc::clone(&server), args));
+    Ok((endpoint, local, server))
+}
+
+/// The operator's side of the in-process link, as a client link.
+type OperatorLink = qchat_client::Link<
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+>;
+
+/// The operator joins its room over the in-process link, headless or at
+/// the host's interface alike. It speaks the current protocol like any
+/// member; its link never drops, so it has nothing to resume and no
+/// connection or network to keep.
+async fn join_as_operator(
+    mut local: qchat_server::LocalLink,
+    name: &str,
+) -> Result<(OperatorLink, qchat_client::Welcome), qchat_client::HelloError> {
+    let greeting = qchat_client::Greeting::V3 {
         instance: qchat_client::new_instance(),
         resume: None,
-    }
+    };
+    let (decoder, welcome) =
+        qchat_client::hello_as(&mut local.send, &mut local.recv, name, &greeting).await?;
+    let link = qchat_client::Link {
+        send: local.send,
+        recv: local.recv,
+        decoder,
+        conn: None,
+        network: None,
+    };
+    Ok((link, welcome))
 }
 
 /// A measured choice, not a guess: see docs/PERFORMANCE.md.
