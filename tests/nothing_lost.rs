@@ -8,7 +8,7 @@ use qchat_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 
 use crate::raw::{runtime, Raw};
 use crate::udp_relay::UdpRelay;
-use crate::util::{connect, join, Home, Proc, Server, Stream, WAIT};
+use crate::util::{join, join_target, Home, Proc, Server, Stream, WAIT};
 
 /// The chat lines (`<from> text`) a plain client printed so far, in order,
 /// live or replayed (`[history] <from> text`).
@@ -40,6 +40,17 @@ fn assert_exactly_once_in_order(lines: &[String], n: u32, who: &Proc) {
         "{} did not see 1..={n} exactly once, in order\n--- transcript ---\n{}",
         who.label,
         who.transcript()
+    );
+}
+
+/// Asserts none of `p`'s output lines so far contains any of `needles`.
+fn assert_no_line_with(p: &Proc, needles: &[&str]) {
+    assert!(
+        !p.stdout_so_far()
+            .iter()
+            .any(|l| needles.iter().any(|n| l.contains(n))),
+        "{}",
+        p.transcript()
     );
 }
 
@@ -173,10 +184,7 @@ fn a_client_whose_address_changes_keeps_its_session() {
             l.starts_with("* joined the room as host")
         });
     let mut relay = UdpRelay::start(server.addr);
-    let mut alice = connect(&ha, &relay.addr().to_string(), "alice", &["--accept-new"]);
-    alice.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut alice = join_target(&ha, &relay.addr().to_string(), "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.send_line("one");
     expect_said(&mut bob, "alice", "one");
@@ -205,14 +213,7 @@ fn a_client_whose_address_changes_keeps_its_session() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        !alice
-            .stdout_so_far()
-            .iter()
-            .any(|l| l.contains("connection lost") || l.contains("reconnected")),
-        "{}",
-        alice.transcript()
-    );
+    assert_no_line_with(&alice, &["connection lost", "reconnected"]);
     assert_eq!(
         said_by(&bob, "alice"),
         ["one", "two"],
@@ -228,10 +229,7 @@ fn without_migration_an_address_change_is_a_reconnect_that_loses_nothing() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
     let server = Server::start_on(&hs, "127.0.0.1:0", &["--no-migration"]);
     let mut relay = UdpRelay::start(server.addr);
-    let mut alice = connect(&ha, &relay.addr().to_string(), "alice", &["--accept-new"]);
-    alice.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut alice = join_target(&ha, &relay.addr().to_string(), "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.send_line("one");
     expect_said(&mut bob, "alice", "one");
@@ -264,14 +262,7 @@ fn a_client_that_rebinds_its_socket_keeps_its_session() {
     expect_said(&mut bob, "alice", "two");
     bob.send_line("three");
     expect_said(&mut alice, "bob", "three");
-    assert!(
-        !alice
-            .stdout_so_far()
-            .iter()
-            .any(|l| l.contains("connection lost")),
-        "{}",
-        alice.transcript()
-    );
+    assert_no_line_with(&alice, &["connection lost"]);
 }
 
 /// A 150-line paste into plain mode: the client paces itself to the rate
@@ -297,14 +288,7 @@ fn a_long_paste_is_delivered_in_full_without_a_flood_disconnect() {
     expect_said(&mut bob, "alice", "150");
     assert!(alice.wait().success(), "{}", alice.transcript());
     assert_exactly_once_in_order(&said_by(&bob, "alice"), 150, &bob);
-    assert!(
-        !alice
-            .stdout_so_far()
-            .iter()
-            .any(|l| l.contains("flood") || l.contains("connection lost")),
-        "{}",
-        alice.transcript()
-    );
+    assert_no_line_with(&alice, &["flood", "connection lost"]);
 }
 
 /// A client restarted by hand catches up from where it left off: its
