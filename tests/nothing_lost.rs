@@ -21,6 +21,11 @@ fn said_by(p: &Proc, from: &str) -> Vec<String> {
         .collect()
 }
 
+/// Asserts the chat lines `p` printed from `from` are exactly `want`.
+fn assert_said(p: &Proc, from: &str, want: &[&str]) {
+    assert_eq!(said_by(p, from), want, "{}", p.transcript());
+}
+
 /// Waits until `p` has printed the chat line `<from> text`, live or
 /// replayed.
 fn expect_said(p: &mut Proc, from: &str, text: &str) {
@@ -151,12 +156,7 @@ fn a_frozen_server_costs_no_words_and_no_leave_notices() {
     expect_said(&mut bob, "alice", "during");
     alice.send_line("after");
     expect_said(&mut bob, "alice", "after");
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["before", "during", "after"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["before", "during", "after"]);
     // Both came back within the grace period: nobody left or joined.
     for (p, from) in [(&alice, before_freeze[0]), (&bob, before_freeze[1])] {
         assert!(
@@ -214,12 +214,7 @@ fn a_client_whose_address_changes_keeps_its_session() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_no_line_with(&alice, &["connection lost", "reconnected"]);
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["one", "two"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["one", "two"]);
 }
 
 /// With migration disabled on the server, the same change of address costs
@@ -239,12 +234,7 @@ fn without_migration_an_address_change_is_a_reconnect_that_loses_nothing() {
     expect_star(&mut alice, "connection lost");
     expect_star(&mut alice, "reconnected");
     expect_said(&mut bob, "alice", "two");
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["one", "two"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["one", "two"]);
 }
 
 /// A client that moves to a fresh socket by itself (the hidden `/rebind`)
@@ -311,10 +301,5 @@ fn a_client_restarted_by_hand_catches_up() {
     let mut bob = join(&hb, &server, "bob");
     expect_said(&mut bob, "alice", "said while bob was away");
     // Resumed: what bob had already displayed is not shown again.
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["said while bob was away"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["said while bob was away"]);
 }
