@@ -92,14 +92,9 @@ fn bracketed_ipv6_and_dns_names_reach_the_server_and_are_pinned_separately() {
     let server = Server::start_on(&hs, "[::]:0", &[]);
     let port = server.addr.port();
     let ha = Home::new();
-    let mut v6 = crate::util::connect(&ha, &format!("[::1]:{port}"), "six", &["--accept-new"]);
-    v6.expect(crate::util::Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
-    let mut v4 = crate::util::connect(&ha, &format!("localhost:{port}"), "four", &["--accept-new"]);
-    v4.expect(crate::util::Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut v6 = crate::util::join_target(&ha, &format!("[::1]:{port}"), "six");
+    // Held, not dropped: dropping the process would end the session.
+    let _v4 = crate::util::join_target(&ha, &format!("localhost:{port}"), "four");
     v6.expect_out("* four joined");
     let pins = std::fs::read_to_string(ha.known_hosts()).expect("pins");
     assert!(pins.contains(&format!("[::1]:{port} ")), "{pins}");

@@ -2,7 +2,7 @@
 //! addresses are usage errors, and a line too long for any server is refused
 //! by the client instead of costing its author the connection.
 
-use crate::util::{connect, join, Home, Server, Stream};
+use crate::util::{join, join_target, Home, Server};
 
 #[test]
 fn a_line_too_long_for_a_frame_is_refused_locally_and_its_author_stays() {
@@ -83,10 +83,7 @@ fn a_short_idle_timeout_gets_a_matching_keep_alive() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
     let server = Server::start_on(&hs, "127.0.0.1:0", &["--idle-timeout", "1"]);
     let mut alice = join(&ha, &server, "alice");
-    let mut bob = connect(&hb, &server.target(), "bob", &["--accept-new"]);
-    bob.expect(Stream::Out, "bob in the room", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut bob = join_target(&hb, &server.target(), "bob");
     alice.expect_out("* bob joined");
     // The quiet spell is what is tested, not a wait for an event: three
     // idle timeouts in which nobody sends anything.

@@ -8,7 +8,7 @@ use qchat_proto::{ClientMsg, ServerMsg, PROTOCOL_VERSION};
 
 use crate::raw::{runtime, Raw};
 use crate::udp_relay::UdpRelay;
-use crate::util::{connect, join, Home, Proc, Server, Stream, WAIT};
+use crate::util::{join, join_target, Home, Proc, Server, Stream, WAIT};
 
 /// The chat lines (`<from> text`) a plain client printed so far, in order,
 /// live or replayed (`[history] <from> text`).
@@ -19,6 +19,11 @@ fn said_by(p: &Proc, from: &str) -> Vec<String> {
         .map(|l| l.strip_prefix("[history] ").unwrap_or(l))
         .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
         .collect()
+}
+
+/// Asserts the chat lines `p` printed from `from` are exactly `want`.
+fn assert_said(p: &Proc, from: &str, want: &[&str]) {
+    assert_eq!(said_by(p, from), want, "{}", p.transcript());
 }
 
 /// Waits until `p` has printed the chat line `<from> text`, live or
@@ -40,6 +45,17 @@ fn assert_exactly_once_in_order(lines: &[String], n: u32, who: &Proc) {
         "{} did not see 1..={n} exactly once, in order\n--- transcript ---\n{}",
         who.label,
         who.transcript()
+    );
+}
+
+/// Asserts none of `p`'s output lines so far contains any of `needles`.
+fn assert_no_line_with(p: &Proc, needles: &[&str]) {
+    assert!(
+        !p.stdout_so_far()
+            .iter()
+            .any(|l| needles.iter().any(|n| l.contains(n))),
+        "{}",
+        p.transcript()
     );
 }
 
@@ -140,12 +156,7 @@ fn a_frozen_server_costs_no_words_and_no_leave_notices() {
     expect_said(&mut bob, "alice", "during");
     alice.send_line("after");
     expect_said(&mut bob, "alice", "after");
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["before", "during", "after"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["before", "during", "after"]);
     // Both came back within the grace period: nobody left or joined.
     for (p, from) in [(&alice, before_freeze[0]), (&bob, before_freeze[1])] {
         assert!(
@@ -173,10 +184,7 @@ fn a_client_whose_address_changes_keeps_its_session() {
             l.starts_with("* joined the room as host")
         });
     let mut relay = UdpRelay::start(server.addr);
-    let mut alice = connect(&ha, &relay.addr().to_string(), "alice", &["--accept-new"]);
-    alice.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut alice = join_target(&ha, &relay.addr().to_string(), "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.send_line("one");
     expect_said(&mut bob, "alice", "one");
@@ -205,20 +213,8 @@ fn a_client_whose_address_changes_keeps_its_session() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        !alice
-            .stdout_so_far()
-            .iter()
-            .any(|l| l.contains("connection lost") || l.contains("reconnected")),
-        "{}",
-        alice.transcript()
-    );
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["one", "two"],
-        "{}",
-        bob.transcript()
-    );
+    assert_no_line_with(&alice, &["connection lost", "reconnected"]);
+    assert_said(&bob, "alice", &["one", "two"]);
 }
 
 /// With migration disabled on the server, the same change of address costs
@@ -228,10 +224,7 @@ fn without_migration_an_address_change_is_a_reconnect_that_loses_nothing() {
     let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
     let server = Server::start_on(&hs, "127.0.0.1:0", &["--no-migration"]);
     let mut relay = UdpRelay::start(server.addr);
-    let mut alice = connect(&ha, &relay.addr().to_string(), "alice", &["--accept-new"]);
-    alice.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut alice = join_target(&ha, &relay.addr().to_string(), "alice");
     let mut bob = join(&hb, &server, "bob");
     alice.send_line("one");
     expect_said(&mut bob, "alice", "one");
@@ -241,12 +234,7 @@ fn without_migration_an_address_change_is_a_reconnect_that_loses_nothing() {
     expect_star(&mut alice, "connection lost");
     expect_star(&mut alice, "reconnected");
     expect_said(&mut bob, "alice", "two");
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["one", "two"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["one", "two"]);
 }
 
 /// A client that moves to a fresh socket by itself (the hidden `/rebind`)
@@ -264,14 +252,7 @@ fn a_client_that_rebinds_its_socket_keeps_its_session() {
     expect_said(&mut bob, "alice", "two");
     bob.send_line("three");
     expect_said(&mut alice, "bob", "three");
-    assert!(
-        !alice
-            .stdout_so_far()
-            .iter()
-            .any(|l| l.contains("connection lost")),
-        "{}",
-        alice.transcript()
-    );
+    assert_no_line_with(&alice, &["connection lost"]);
 }
 
 /// A 150-line paste into plain mode: the client paces itself to the rate
@@ -297,14 +278,7 @@ fn a_long_paste_is_delivered_in_full_without_a_flood_disconnect() {
     expect_said(&mut bob, "alice", "150");
     assert!(alice.wait().success(), "{}", alice.transcript());
     assert_exactly_once_in_order(&said_by(&bob, "alice"), 150, &bob);
-    assert!(
-        !alice
-            .stdout_so_far()
-            .iter()
-            .any(|l| l.contains("flood") || l.contains("connection lost")),
-        "{}",
-        alice.transcript()
-    );
+    assert_no_line_with(&alice, &["flood", "connection lost"]);
 }
 
 /// A client restarted by hand catches up from where it left off: its
@@ -327,10 +301,5 @@ fn a_client_restarted_by_hand_catches_up() {
     let mut bob = join(&hb, &server, "bob");
     expect_said(&mut bob, "alice", "said while bob was away");
     // Resumed: what bob had already displayed is not shown again.
-    assert_eq!(
-        said_by(&bob, "alice"),
-        ["said while bob was away"],
-        "{}",
-        bob.transcript()
-    );
+    assert_said(&bob, "alice", &["said while bob was away"]);
 }

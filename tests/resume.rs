@@ -10,7 +10,7 @@ use std::time::Duration;
 use qchat_proto::{ClientMsg, ResumePoint, ServerMsg};
 use tokio::time::timeout;
 
-use crate::raw::{runtime, Raw, RawStream};
+use crate::raw::{runtime, say, Raw, RawStream};
 use crate::util::{Home, Server, Stream, WAIT};
 
 /// Flags for a server that takes a client's 200 messages sent at full
@@ -65,13 +65,14 @@ async fn join_v3(
     }
 }
 
-fn say(seq: u64, text: &str) -> Vec<u8> {
-    ClientMsg::Say {
-        seq,
-        text: text.into(),
-    }
-    .to_frame()
-    .to_vec()
+/// Says `text` as the first message on `stream` and asserts the server
+/// took it as the room log's first entry.
+async fn say_first_acked(stream: &mut RawStream, text: &str) {
+    stream.write(&say(1, text)).await.expect("written");
+    assert_eq!(
+        stream.next_msg().await,
+        Some(ServerMsg::AckV3 { seq: 1, id: 1 })
+    );
 }
 
 #[test]
@@ -211,11 +212,7 @@ fn sigterm_tells_members_the_server_will_be_back_and_the_log_stays() {
     let log_id = rt.block_on(async {
         let raw = Raw::connect(&server).await;
         let mut a = join_v3(&raw, "alice", [1; 16], None).await;
-        a.stream.write(&say(1, "before")).await.expect("written");
-        assert_eq!(
-            a.stream.next_msg().await,
-            Some(ServerMsg::AckV3 { seq: 1, id: 1 })
-        );
+        say_first_acked(&mut a.stream, "before").await;
         let v2 = Raw::connect(&server).await;
         let mut old = v2.join("oldie").await;
         server.proc.signal("TERM");
@@ -320,14 +317,7 @@ fn a_member_whose_address_changes_keeps_its_session() {
         rebind(&raw);
         let after = raw.endpoint().local_addr().expect("bound");
         assert_ne!(before.port(), after.port());
-        a.stream
-            .write(&say(1, "from the new address"))
-            .await
-            .expect("written");
-        assert_eq!(
-            a.stream.next_msg().await,
-            Some(ServerMsg::AckV3 { seq: 1, id: 1 })
-        );
+        say_first_acked(&mut a.stream, "from the new address").await;
         a.stream
             .write(&ClientMsg::Who.to_frame())
             .await
@@ -363,11 +353,7 @@ fn the_operators_member_list_shows_a_moved_members_new_address() {
     });
     rt.block_on(async {
         // Traffic from the new address is what tells the server.
-        a.stream.write(&say(1, "moved")).await.expect("written");
-        assert_eq!(
-            a.stream.next_msg().await,
-            Some(ServerMsg::AckV3 { seq: 1, id: 1 })
-        );
+        say_first_acked(&mut a.stream, "moved").await;
     });
     server.proc.send_line("/who");
     let want = format!("127.0.0.1:{port}");

@@ -271,26 +271,10 @@ fn history_is_marked_on_join() {
 #[test]
 fn the_operator_kicks_a_member() {
     let (sh, bh) = (Home::new(), Home::new());
-    let mut host = Tui::spawn(
-        "host",
-        &sh,
-        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
-        false,
-    );
+    let mut host = spawn_host(&sh);
     // How to connect is in the host's view, not hidden behind it.
-    host.wait_text("in the room: host");
-    let screen = host.screen();
-    let target = screen
-        .split("qchat connect ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("a connect line")
-        .to_string();
-    host.wait_text("in the room: host");
-    let mut bob = util::connect(&bh, &target, "bob", &["--accept-new"]);
-    bob.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let target = connect_target(&host);
+    let mut bob = util::join_target(&bh, &target, "bob");
     host.wait_text("* bob joined");
     host.type_keys("/kick bob spam\r");
     bob.expect_out("* kicked by host: spam");
@@ -366,6 +350,17 @@ fn a_pasted_block_waits_for_enter_and_is_one_message() {
     assert_eq!(seen[first..], ["<bob> line one", "  line two!"]);
 }
 
+/// `qchat serve` as the operator "host" in the full-screen view, on a port
+/// of its choosing.
+fn spawn_host(home: &Home) -> Tui {
+    Tui::spawn(
+        "host",
+        home,
+        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
+        false,
+    )
+}
+
 /// The first `qchat connect ADDR` address on the host's screen.
 fn connect_target(host: &Tui) -> String {
     host.wait_text("in the room: host");
@@ -380,21 +375,13 @@ fn connect_target(host: &Tui) -> String {
 #[test]
 fn the_host_sees_how_to_connect_and_is_asked_before_ctrl_c_stops_the_server() {
     let (sh, bh) = (Home::new(), Home::new());
-    let mut host = Tui::spawn(
-        "host",
-        &sh,
-        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
-        false,
-    );
+    let mut host = spawn_host(&sh);
     host.wait_text("others connect with:");
     let target = connect_target(&host);
     host.type_keys("\x03");
     host.wait_text("press Ctrl-C again to shut the server down for everyone");
     // Still serving: someone can join.
-    let mut bob = util::connect(&bh, &target, "bob", &["--accept-new"]);
-    bob.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut bob = util::join_target(&bh, &target, "bob");
     host.wait_text("* bob joined");
     // Any other key cancels; then two presses stop the server.
     host.type_keys("x\x7f\x03");
@@ -459,18 +446,10 @@ fn a_narrow_status_line_keeps_the_connection_and_trust_state() {
 #[test]
 fn the_hosts_quit_reason_reaches_members_in_every_interface() {
     let (sh, bh, ch) = (Home::new(), Home::new(), Home::new());
-    let mut host = Tui::spawn(
-        "host",
-        &sh,
-        &["serve", "--listen", "127.0.0.1:0", "--name", "host"],
-        false,
-    );
+    let mut host = spawn_host(&sh);
     host.wait_text("others connect with:");
     let target = connect_target(&host);
-    let mut carol = util::connect(&ch, &target, "carol", &["--accept-new"]);
-    carol.expect(Stream::Out, "the connected line", |l| {
-        l.starts_with("* connected to ")
-    });
+    let mut carol = util::join_target(&ch, &target, "carol");
     // bob in the full-screen view, with a shell behind him to keep the
     // normal screen readable after he has gone.
     let bob = Tui::spawn(

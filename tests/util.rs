@@ -273,7 +273,13 @@ impl Server {
 /// Starts `qchat connect` in plain mode as `name`, trusting the server on
 /// first use, and waits until it is in the room.
 pub fn join(home: &Home, server: &Server, name: &str) -> Proc {
-    let mut p = connect(home, &server.target(), name, &["--accept-new"]);
+    join_target(home, &server.target(), name)
+}
+
+/// [`join`] for a server reached at `target` rather than started here: a
+/// host in the full-screen view, or an address behind a relay.
+pub fn join_target(home: &Home, target: &str, name: &str) -> Proc {
+    let mut p = connect(home, target, name, &["--accept-new"]);
     p.expect(Stream::Out, "the connected line", |l| {
         l.starts_with("* connected to ")
     });
