@@ -315,7 +315,15 @@ impl App {
                 }
                 self.conn = Conn::Closing(words);
             }
-            Event::Roster { members } => {
+            Event::Roster {
+                members,
+                max_message,
+            } => {
+                // The server's own limit, once it has told it: a pasted
+                // block is split to fit this server, not the default.
+                if let Some(max) = max_message {
+                    self.max_message = usize::try_from(*max).unwrap_or(usize::MAX);
+                }
                 self.members = members.clone();
                 self.reconnecting.clear();
             }
@@ -1031,6 +1039,7 @@ pub(crate) mod tests {
         }));
         a.update(Msg::Net(Event::Roster {
             members: vec!["bob".into(), "dave".into()],
+            max_message: None,
         }));
         assert_eq!(a.members, ["bob", "dave"]);
         assert!(a.reconnecting.is_empty());
