@@ -54,8 +54,8 @@ impl Default for Metrics {
             queue_depth_high_water: Gauge::default(),
             // 50 µs to about 3 s: a write without sync to a slow disk's fsync.
             log_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
-            // 1 to 512: the writer takes at most its batch limit at once.
-            log_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            // 1 to 1,024: the writer takes at most its batch limit (`log::LOG_BATCH`) at once.
+            log_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             members: Gauge::default(),
         }
     }
