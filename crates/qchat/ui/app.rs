@@ -1008,6 +1008,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn blocks_are_split_by_the_limit_the_server_announced() {
+        let mut a = app();
+        a.update(Msg::Net(Event::Roster {
+            members: vec!["bob".into()],
+            max_message: Some(100),
+        }));
+        assert_eq!(a.max_message, 100);
+        // A version-2 server says nothing: the last known limit stays.
+        a.update(Msg::Net(Event::Roster {
+            members: vec!["bob".into()],
+            max_message: None,
+        }));
+        assert_eq!(a.max_message, 100);
+    }
+
+    #[test]
     fn reconnecting_members_are_marked_until_they_return_or_leave() {
         let mut a = app();
         a.update(Msg::Net(Event::MemberReconnecting {
