@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
+use crate::evict::Evicted;
 use crate::load::{self, Outcome, Plan, Target};
 use crate::proc::{Kind, ServerProc, Spawn};
 use crate::stats::{median, Deliveries, Latency};
@@ -79,6 +80,7 @@ impl Config {
                 messages: a.messages,
                 size: a.size,
                 rate: a.rate,
+                window: (!a.flood).then_some(a.window),
                 stalled: a.stalled,
                 endpoints: a.endpoints,
                 timeout: a.timeout,
@@ -129,9 +131,17 @@ struct Report {
     messages: u64,
     size: usize,
     rate: Option<f64>,
+    /// Messages per sender on their way at most; `null` with `--flood`.
+    window: Option<u64>,
     stalled: usize,
+    /// Whether the run succeeded: everything delivered once and in order,
+    /// in time, and nobody disconnected by the server.
+    ok: bool,
     #[serde(flatten)]
     deliveries: Deliveries,
+    /// Members (not `--stalled` ones) the server disconnected: each fails
+    /// the run and stops it.
+    evicted: Evicted,
     duration_s: f64,
     deliveries_per_s: f64,
     connect_s: f64,
@@ -153,12 +163,46 @@ struct Report {
 
 impl Report {
     fn ok(&self) -> bool {
-        self.deliveries.intact()
+        self.ok
+    }
+
+    /// Why the run failed, in one line; `None` when it did not.
+    fn failure(&self) -> Option<String> {
+        let d = &self.deliveries;
+        let got = format!(
+            "{} of {} deliveries arrived",
+            d.deliveries_received, d.deliveries_expected
+        );
+        if self.evicted.count > 0 {
+            Some(format!(
+                "the server disconnected {}; the run stopped after {:.3} s ({got})",
+                self.evicted.describe(),
+                self.duration_s
+            ))
+        } else if d.timed_out {
+            Some(format!("timed out after {:.3} s: {got}", self.duration_s))
+        } else if !d.intact() {
+            Some(format!(
+                "{got}, {} missing, {} duplicated, {} out of order, {} malformed",
+                d.missing, d.duplicates, d.out_of_order, d.malformed
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// `qchat` or `qchat, round 2`.
+    fn name(&self) -> String {
+        match self.round {
+            Some(n) => format!("{}, round {n}", self.target),
+            None => self.target.to_string(),
+        }
     }
 }
 
-/// Runs the bench. Exits with failure when any delivery was missing,
-/// duplicated or out of order, so scripts can rely on the status.
+/// Runs the bench. Exits with failure when any run failed (a delivery
+/// missing, duplicated or out of order, a timeout, a member disconnected
+/// by the server), so scripts can rely on the status.
 pub fn run(args: BenchArgs) -> Result<u8> {
     if args.restart.is_some() || args.replay {
         return crate::storm::run(args);
@@ -248,7 +292,7 @@ fn run_one(
         }
     }
     let outcome = runtime
-        .block_on(load::run(&target, plan, server.as_ref()))
+        .block_on(load::run(&target, plan, server.as_ref(), label))
         .map_err(|e| match &server {
             Some(s) => e.context(format!("the {label} run failed{}", s.stderr_excerpt())),
             None => e,
@@ -267,6 +311,9 @@ fn run_one(
     } else {
         print_table(&report);
     }
+    if let Some(why) = report.failure() {
+        eprintln!("qchat-bench: FAILED ({}): {why}", report.name());
+    }
     Ok(report)
 }
 
@@ -281,6 +328,14 @@ fn report(
     let plan = &config.plan;
     let secs = o.duration.as_secs_f64();
     let cpu = o.server_cpu.map(|c| c.as_secs_f64());
+    let deliveries = Deliveries::new(
+        o.expected,
+        o.received,
+        o.duplicates,
+        o.out_of_order,
+        o.malformed,
+        o.timed_out,
+    );
     Report {
         target: label,
         round,
@@ -289,15 +344,11 @@ fn report(
         messages: plan.messages,
         size: plan.size,
         rate: plan.rate,
+        window: plan.window,
         stalled: plan.stalled,
-        deliveries: Deliveries::new(
-            o.expected,
-            o.received,
-            o.duplicates,
-            o.out_of_order,
-            o.malformed,
-            o.timed_out,
-        ),
+        ok: deliveries.intact() && !o.timed_out && o.evicted.count == 0,
+        deliveries,
+        evicted: o.evicted.clone(),
         duration_s: secs,
         deliveries_per_s: if secs > 0.0 {
             o.received as f64 / secs
@@ -343,9 +394,11 @@ fn print_table(r: &Report) {
     let d = &r.deliveries;
     let round = r.round.map(|n| format!(", round {n}")).unwrap_or_default();
     println!("== {}{round}", r.target);
-    let load = match r.rate {
-        Some(rate) => format!("{rate} msg/s per sender"),
-        None => "as fast as flow control allows".into(),
+    let load = match (r.rate, r.window) {
+        (Some(rate), Some(w)) => format!("{rate} msg/s per sender, at most {w} on their way"),
+        (Some(rate), None) => format!("{rate} msg/s per sender, no window"),
+        (None, Some(w)) => format!("window of {w} per sender"),
+        (None, None) => "flood (no window)".into(),
     };
     let rows: Vec<(&str, String)> = vec![
         (
@@ -423,6 +476,9 @@ fn print_table(r: &Report) {
     for (k, v) in rows {
         println!("  {k:<14} {v}");
     }
+    if r.evicted.count > 0 {
+        println!("  {:<14} {}", "EVICTED", r.evicted.describe());
+    }
     if r.stalled > 0 {
         println!(
             "  {:<14} {} of {} disconnected by the server",
@@ -436,6 +492,9 @@ fn print_table(r: &Report) {
 struct Comparison {
     compare: bool,
     rounds: usize,
+    /// The runs that failed, each with why; the medians leave them out,
+    /// since a run cut short by an eviction measured nothing.
+    failed: Vec<String>,
     qchat: Figures,
     baseline: Figures,
     /// qchat ÷ baseline for each median.
@@ -477,7 +536,7 @@ impl Figures {
 
 fn compare(reports: &[Report]) -> Comparison {
     let side = |t: &str| {
-        let rs: Vec<&Report> = reports.iter().filter(|r| r.target == t).collect();
+        let rs: Vec<&Report> = reports.iter().filter(|r| r.target == t && r.ok()).collect();
         let m =
             |f: &dyn Fn(&Report) -> Option<f64>| median(rs.iter().filter_map(|r| f(r)).collect());
         Figures {
@@ -493,6 +552,10 @@ fn compare(reports: &[Report]) -> Comparison {
     Comparison {
         compare: true,
         rounds: reports.len() / 2,
+        failed: reports
+            .iter()
+            .filter_map(|r| Some(format!("{}: {}", r.name(), r.failure()?)))
+            .collect(),
         ratio: q.ratio_to(&b),
         qchat: q,
         baseline: b,
@@ -500,16 +563,16 @@ fn compare(reports: &[Report]) -> Comparison {
 }
 
 fn print_comparison(c: &Comparison, reports: &[Report]) {
-    let all_ok = reports.iter().all(Report::ok);
+    let good = |t: &str| reports.iter().filter(|r| r.target == t && r.ok()).count();
     println!(
-        "== comparison: medians of {} runs each{}",
-        c.rounds,
-        if all_ok {
-            ""
-        } else {
-            " (SOME RUNS LOST, DUPLICATED OR REORDERED DELIVERIES)"
-        }
+        "== comparison: medians of {} qchat and {} baseline runs that succeeded, of {} each",
+        good("qchat"),
+        good("baseline"),
+        c.rounds
     );
+    for f in &c.failed {
+        println!("  FAILED {f}");
+    }
     println!(
         "  {:<24} {:>14} {:>14} {:>8}",
         "", "qchat", "baseline", "ratio"

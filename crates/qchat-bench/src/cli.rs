@@ -55,10 +55,21 @@ pub struct BenchArgs {
     /// number and send time.
     #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(48..=4096))]
     pub size: usize,
-    /// Messages per second per sender; without it, as fast as flow control
-    /// allows.
+    /// Messages per second per sender; without it, as fast as the window
+    /// allows. The window still applies: a tick that finds it full waits,
+    /// and the ticks missed meanwhile are sent when it opens.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Messages each sender may have on their way: sent but not yet
+    /// delivered to every reading member. The load then runs as fast as
+    /// the slowest receiver allows, a steady state the server can keep up.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub window: u64,
+    /// No window: every sender writes all its messages as fast as QUIC
+    /// flow control allows, however far the receivers fall behind (the
+    /// overload a server must survive by disconnecting slow readers).
+    #[arg(long, conflicts_with = "window")]
+    pub flood: bool,
     /// Members (not senders) that join and then never read: the
     /// slow-reader scenario.
     #[arg(long, default_value_t = 0)]

@@ -28,8 +28,10 @@ use qchat_tls::{Fingerprint, HostKey};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::evict::{Cause, Evicted, Evictions};
 use crate::proc::ServerProc;
 use crate::stats::{Histogram, Latency};
+use crate::window::Windows;
 
 /// Handshakes in flight at once: enough to keep both sides busy, few
 /// enough that none of them times out waiting for the CPU.
@@ -45,6 +47,10 @@ const SEND_BATCH: usize = 32;
 /// How long closing connections may take before the run moves on.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// After the first eviction, how long the run goes on so that members
+/// disconnected in the same burst are counted too.
+const EVICTION_GRACE: Duration = Duration::from_millis(250);
+
 /// The load to generate, already checked.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -58,6 +64,9 @@ pub struct Plan {
     pub size: usize,
     /// Messages per second per sender; `None` is as fast as possible.
     pub rate: Option<f64>,
+    /// Messages each sender may have on their way (not yet delivered to
+    /// every reading member); `None` is the unwindowed flood.
+    pub window: Option<u64>,
     /// The last `stalled` members never read.
     pub stalled: usize,
     /// QUIC endpoints to spread members over.
@@ -71,11 +80,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Deliveries if nothing is lost: every message reaches every member
-    /// but its sender and the stalled ones.
+    /// Members that read each sender's messages: every member but the
+    /// sender and the stalled ones.
+    pub fn receivers(&self) -> u64 {
+        (self.clients - self.stalled).saturating_sub(1) as u64
+    }
+
+    /// Deliveries if nothing is lost.
     pub fn expected(&self) -> u64 {
-        let receivers = (self.clients - self.stalled).saturating_sub(1) as u64;
-        self.senders as u64 * self.messages * receivers
+        self.senders as u64 * self.messages * self.receivers()
     }
 
     /// The wall-clock time the senders need at `--rate`.
@@ -132,6 +145,8 @@ pub struct Outcome {
     pub stalled_disconnected: usize,
     /// Whether the deadline passed before every delivery arrived.
     pub timed_out: bool,
+    /// Members (not stalled ones) the server disconnected.
+    pub evicted: Evicted,
 }
 
 /// Counters every receiver updates.
@@ -152,6 +167,11 @@ struct Shared {
     latency: Histogram,
     /// Signalled once, by the receiver that completes the expected count.
     done: Notify,
+    /// The senders' windows; `None` in flood mode.
+    windows: Option<Windows>,
+    evictions: Evictions,
+    /// `qchat`, `baseline` or `external`, for what is said on stderr.
+    label: &'static str,
 }
 
 const PHASE_CONNECT: u8 = 0;
@@ -164,10 +184,26 @@ struct Member {
     /// Held unread by a stalled member, so the server's data piles up.
     stalled_recv: Option<quinn::RecvStream>,
     receiver: Option<JoinHandle<()>>,
+    /// Waits for the connection's end and records it as an eviction.
+    watcher: Option<JoinHandle<()>>,
 }
 
-/// Connects the members, runs the load, and tears it down.
-pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> Result<Outcome> {
+/// Why the measured phase ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Delivered,
+    Evicted,
+    Deadline,
+}
+
+/// Connects the members, runs the load, and tears it down. `label` names
+/// the server in what is said on stderr.
+pub async fn run(
+    target: &Target,
+    plan: &Plan,
+    server: Option<&ServerProc>,
+    label: &'static str,
+) -> Result<Outcome> {
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         expected: plan.expected(),
@@ -183,6 +219,11 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         phase: AtomicU8::new(PHASE_CONNECT),
         latency: Histogram::new(),
         done: Notify::new(),
+        windows: plan
+            .window
+            .map(|w| Windows::new(plan.senders, plan.receivers(), w)),
+        evictions: Evictions::new(),
+        label,
     });
     let progress = plan
         .progress
@@ -219,6 +260,7 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
     let cpu_before = server.and_then(ServerProc::cpu);
     shared.phase.store(PHASE_DELIVER, Ordering::Relaxed);
     let start = Instant::now();
+    shared.evictions.started(start);
     let mut senders = Vec::with_capacity(plan.senders);
     for (i, m) in members.iter_mut().take(plan.senders).enumerate() {
         if let Some(send) = m.send.take() {
@@ -232,13 +274,22 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         }
     }
     let deadline = start + plan.send_time() + plan.timeout;
-    let timed_out = if shared.expected == 0 {
-        false
+    let end = if shared.expected == 0 {
+        End::Delivered
     } else {
-        tokio::time::timeout_at(deadline.into(), shared.done.notified())
-            .await
-            .is_err()
+        tokio::select! {
+            biased;
+            () = shared.done.notified() => End::Delivered,
+            () = shared.evictions.first.notified() => End::Evicted,
+            () = tokio::time::sleep_until(deadline.into()) => End::Deadline,
+        }
     };
+    if end == End::Evicted {
+        // Members of one burst go within milliseconds of each other;
+        // counting them all says how many the load was too much for.
+        tokio::time::sleep(EVICTION_GRACE).await;
+    }
+    let timed_out = end == End::Deadline;
     let duration = start.elapsed();
     let cpu_after = server.and_then(ServerProc::cpu);
 
@@ -262,6 +313,13 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         .skip(plan.clients - plan.stalled)
         .filter(|m| m.conn.close_reason().is_some())
         .count();
+    // Watchers first: the closes below are the bench's own.
+    for m in &mut members {
+        if let Some(w) = m.watcher.take() {
+            w.abort();
+        }
+    }
+    let evicted = shared.evictions.summary();
     for m in &mut members {
         if let Some(r) = m.receiver.take() {
             r.abort();
@@ -293,6 +351,7 @@ pub async fn run(target: &Target, plan: &Plan, server: Option<&ServerProc>) -> R
         server_rss_connected_kib,
         stalled_disconnected,
         timed_out,
+        evicted,
     })
 }
 
@@ -355,17 +414,20 @@ async fn connect_all(
                 }
             };
             shared.connected.fetch_add(1, Ordering::Relaxed);
-            let (receiver, stalled_recv) = if stalled {
-                (None, Some(joined.recv))
+            let (receiver, stalled_recv, watcher) = if stalled {
+                // Their disconnection is the scenario, counted apart.
+                (None, Some(joined.recv), None)
             } else {
                 let task = receive(joined.recv, joined.decoder, Arc::clone(&shared));
-                (Some(tokio::spawn(task)), None)
+                let watch = watch(joined.conn.clone(), i, Arc::clone(&shared));
+                (Some(tokio::spawn(task)), None, Some(tokio::spawn(watch)))
             };
             Ok::<_, anyhow::Error>(Member {
                 conn: joined.conn,
                 send: Some(joined.send),
                 stalled_recv,
                 receiver,
+                watcher,
             })
         }));
     }
@@ -376,8 +438,17 @@ async fn connect_all(
     Ok(members)
 }
 
-/// Sends this member's messages, flat out in batches or one per tick, and
-/// hands the stream back so that it stays open until the run ends.
+/// Records the end of a member's connection unless the bench ended it.
+async fn watch(conn: quinn::Connection, member: usize, shared: Arc<Shared>) {
+    if let Some(cause) = Cause::of(&conn.closed().await) {
+        shared.evictions.record(member, cause, shared.label);
+    }
+}
+
+/// Sends this member's messages — in batches as fast as the window (or,
+/// in flood mode, flow control) allows, or one per tick and still within
+/// the window — and hands the stream back so that it stays open until the
+/// run ends.
 async fn send_loop(
     mut send: quinn::SendStream,
     me: usize,
@@ -399,15 +470,24 @@ async fn send_loop(
             text = t;
         }
     };
+    let windows = shared.windows.as_ref();
     match plan.rate {
         None => {
-            let mut seq = 1;
-            while seq <= plan.messages {
-                let end = (seq + SEND_BATCH as u64).min(plan.messages + 1);
-                for s in seq..end {
+            // Refill a quarter window at a time: one write per freed
+            // message would make the bench, not the server, the limit.
+            let refill = windows.map_or(1, |w| (w.limit() / 4).max(1));
+            let mut sent = 0;
+            while sent < plan.messages {
+                let left = plan.messages - sent;
+                let room = match windows {
+                    Some(w) => w.wait_for_room(me, sent, refill.min(left)).await,
+                    None => u64::MAX,
+                };
+                let n = room.min(SEND_BATCH as u64).min(left);
+                for s in sent + 1..=sent + n {
                     encode(&mut buf, s);
                 }
-                seq = end;
+                sent += n;
                 if send.write_chunk(buf.split().freeze()).await.is_err() {
                     break;
                 }
@@ -423,6 +503,11 @@ async fn send_loop(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for seq in 1..=plan.messages {
                 tick.tick().await;
+                // A full window delays this tick; the ticks missed
+                // meanwhile are sent at once when it opens.
+                if let Some(w) = windows {
+                    w.wait_for_room(me, seq - 1, 1).await;
+                }
                 encode(&mut buf, seq);
                 if send.write_chunk(buf.split().freeze()).await.is_err() {
                     break;
@@ -473,6 +558,11 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
         } else {
             match ServerMsg::decode(&frame) {
                 Ok(ServerMsg::Chat { text, .. }) => text,
+                // What the server says before it disconnects someone.
+                Ok(ServerMsg::Notice { text } | ServerMsg::ShuttingDown { reason: text }) => {
+                    shared.evictions.notice(&text);
+                    continue;
+                }
                 // Acks, join and leave notices: not deliveries.
                 Ok(_) => continue,
                 Err(_) => {
@@ -500,6 +590,9 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
             highest[s] = seq;
         }
         shared.latency.record(now.saturating_sub(sent));
+        if let Some(w) = &shared.windows {
+            w.delivered(s, seq);
+        }
         if shared.received.fetch_add(1, Ordering::Relaxed) + 1 == shared.expected {
             shared.done.notify_one();
         }
@@ -521,9 +614,17 @@ async fn progress_line(shared: Arc<Shared>, clients: usize) {
             let now = (Instant::now(), shared.received.load(Ordering::Relaxed));
             let rate = (now.1 - last.1) as f64 / (now.0 - last.0).as_secs_f64().max(1e-3);
             last = now;
+            let evicted = shared.evictions.count();
             eprint!(
-                "\r\x1b[Kdelivering: {}/{} ({:.0}/s)",
-                now.1, shared.expected, rate
+                "\r\x1b[Kdelivering: {}/{} ({:.0}/s){}",
+                now.1,
+                shared.expected,
+                rate,
+                if evicted > 0 {
+                    format!(", {evicted} members disconnected by the server")
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -549,6 +650,7 @@ mod tests {
             messages: 5,
             size: 100,
             rate: None,
+            window: Some(32),
             stalled: 3,
             endpoints: 1,
             timeout: Duration::from_secs(1),

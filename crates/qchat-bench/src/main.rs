@@ -7,6 +7,8 @@
 //! - `bench`: one run or a comparison, and the report.
 //! - `load`: members, senders and receivers, and the checks on every
 //!   delivery (nothing missing, duplicated or reordered).
+//! - `window`: how many messages each sender may have on their way.
+//! - `evict`: members the server disconnected, which fail the run.
 //! - `stats`: the latency histogram and medians.
 //! - `proc`: the server under test as its own process, read through
 //!   `/proc`.
@@ -17,11 +19,13 @@
 
 mod bench;
 mod cli;
+mod evict;
 mod load;
 mod proc;
 mod relay;
 mod stats;
 mod storm;
+mod window;
 
 use std::process::ExitCode;
 
@@ -31,7 +35,8 @@ use clap::Parser;
 mod exit {
     /// Success: every delivery arrived once and in order.
     pub const OK: u8 = 0;
-    /// Something failed or a delivery was missing, duplicated or reordered.
+    /// Something failed, the server disconnected a member, the run timed
+    /// out, or a delivery was missing, duplicated or reordered.
     pub const FAILURE: u8 = 1;
 }
 

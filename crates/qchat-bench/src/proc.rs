@@ -250,7 +250,12 @@ impl ServerProc {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match self.ready.recv_timeout(left) {
                 Ok(l) => l,
-                Err(_) => bail!(
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "the {} server exited before announcing itself{}",
+                    self.spawn.kind.label(),
+                    self.stderr_excerpt()
+                ),
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
                     "the {} server did not announce itself within {} s{}",
                     self.spawn.kind.label(),
                     READY_TIMEOUT.as_secs(),

@@ -95,7 +95,144 @@ fn assert_complete(r: &serde_json::Value, target: &str) {
 
 #[test]
 fn bench_delivers_everything_once_and_in_order() {
-    assert_complete(&bench(&[]), "qchat");
+    let r = bench(&[]);
+    assert_complete(&r, "qchat");
+    // Windowed by default.
+    assert_eq!(r["window"], 32, "{r}");
+}
+
+#[test]
+fn bench_windowed_run_completes_without_evictions() {
+    // A window smaller than one send batch: the senders must wait for
+    // the receivers again and again, and still everything arrives.
+    let r = bench(&["--window", "3"]);
+    assert_complete(&r, "qchat");
+    assert_eq!(r["window"], 3, "{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["timed_out"], false, "{r}");
+    assert_eq!(r["evicted"]["count"], 0, "{r}");
+    assert_eq!(r["evicted"]["codes"], serde_json::json!([]), "{r}");
+}
+
+#[test]
+fn bench_flood_run_has_no_window() {
+    let r = bench(&["--flood"]);
+    assert_complete(&r, "qchat");
+    assert!(r["window"].is_null(), "{r}");
+}
+
+/// A flood into a server whose queues hold 16 frames: each sender writes
+/// 32 frames at once, so the server disconnects the readers as slow.
+const OVERLOAD: &[&str] = &[
+    "--clients",
+    "4",
+    "--senders",
+    "3",
+    "--messages",
+    "5000",
+    "--flood",
+    "--queue",
+    "16",
+    // The joining member's queue must hold the history, so none.
+    "--server-arg=--history",
+    "--server-arg=0",
+    // Far beyond what the run needs: a bench that waited for its timeout
+    // would report `timed_out`.
+    "--timeout",
+    "120",
+    "--settle",
+    "0.1",
+    "--json",
+];
+
+/// Runs `qchat-bench` and returns its status, stdout lines and stderr.
+fn run_raw(args: &[&str], extra: &[&str]) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let home = tempfile::tempdir().expect("temporary home");
+    let out = command(&home)
+        .args(args)
+        .args(extra)
+        .output()
+        .expect("run qchat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{e} in {l:?}\nstderr:\n{stderr}"))
+        })
+        .collect();
+    (out.status.code(), lines, stderr)
+}
+
+fn assert_evicted_slow_readers(r: &serde_json::Value, stderr: &str) {
+    assert_eq!(r["ok"], false, "{r}\n{stderr}");
+    assert_eq!(r["timed_out"], false, "stopped early\n{r}\n{stderr}");
+    let evicted = &r["evicted"];
+    assert!(evicted["count"].as_u64() >= Some(1), "{r}\n{stderr}");
+    let codes = evicted["codes"].as_array().expect("codes");
+    assert!(
+        codes.iter().any(|c| c["code"] == 6
+            && c["name"] == "SLOW_READER"
+            && c["members"].as_u64() >= Some(1)),
+        "{r}\n{stderr}"
+    );
+    assert!(evicted["first_s"].is_number(), "{r}");
+    assert!(
+        r["deliveries_received"].as_u64() < r["deliveries_expected"].as_u64(),
+        "{r}"
+    );
+}
+
+#[test]
+fn bench_stops_at_once_and_fails_when_the_server_evicts_a_member() {
+    let (status, lines, stderr) = run_raw(OVERLOAD, &[]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert_eq!(lines.len(), 1, "one JSON object per run\n{stderr}");
+    assert_evicted_slow_readers(&lines[0], &stderr);
+    // Said at once, with the code, and a one-line verdict at the end.
+    assert!(
+        stderr.contains("the qchat server disconnected member m") && stderr.contains("SLOW_READER"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FAILED (qchat): the server disconnected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bench_compare_names_the_server_whose_round_failed() {
+    let (status, lines, stderr) = run_raw(OVERLOAD, &["--compare", "--rounds", "1"]);
+    assert_eq!(status, Some(1), "{stderr}");
+    // One object per run, then the summary.
+    assert_eq!(lines.len(), 3, "{lines:?}\n{stderr}");
+    assert_eq!(lines[0]["target"], "qchat");
+    assert_eq!(lines[1]["target"], "baseline");
+    for r in &lines[..2] {
+        assert_evicted_slow_readers(r, &stderr);
+    }
+    let failed = lines[2]["failed"].as_array().expect("failed runs listed");
+    assert_eq!(failed.len(), 2, "{}", lines[2]);
+    assert!(
+        failed[0]
+            .as_str()
+            .is_some_and(|f| f.starts_with("qchat, round 1: ")),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        failed[1]
+            .as_str()
+            .is_some_and(|f| f.starts_with("baseline, round 1: ")),
+        "{}",
+        lines[2]
+    );
+    // Nothing to take a median of.
+    assert!(
+        lines[2]["qchat"]["deliveries_per_s"].is_null(),
+        "{}",
+        lines[2]
+    );
 }
 
 #[test]
