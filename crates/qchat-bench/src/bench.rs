@@ -175,7 +175,7 @@ impl Report {
         );
         if self.evicted.count > 0 {
             Some(format!(
-                "the server disconnected {}; the run stopped after {:.3} s ({got})",
+                "{}; the run stopped after {:.3} s ({got})",
                 self.evicted.describe(),
                 self.duration_s
             ))

@@ -163,8 +163,12 @@ impl Evictions {
         let at = Instant::now();
         let first = self.count.fetch_add(1, Ordering::Relaxed) == 0;
         if first {
+            let what = match cause {
+                Cause::Closed { .. } => format!("the {label} server disconnected member m{member}"),
+                _ => format!("member m{member} lost its connection to the {label} server"),
+            };
             eprintln!(
-                "qchat-bench: the {label} server disconnected member m{member} {}: {} — stopping the run",
+                "qchat-bench: {what} {}: {} — stopping the run",
                 self.when(at),
                 cause.describe()
             );
@@ -273,8 +277,8 @@ impl Evicted {
         }
     }
 
-    /// One line for people, e.g. `5 members (5 × code 6 SLOW_READER
-    /// ("not reading")) 1.204–1.377 s into the load`.
+    /// One line for people, e.g. `5 members disconnected (5 × code 6
+    /// SLOW_READER ("not reading")) 1.204–1.377 s into the load`.
     pub fn describe(&self) -> String {
         let causes: Vec<String> = self
             .codes
@@ -302,7 +306,7 @@ impl Evicted {
             format!("; server notices: {}", self.notices.join(" | "))
         };
         format!(
-            "{} member{} ({}){when}{notices}",
+            "{} member{} disconnected ({}){when}{notices}",
             self.count,
             if self.count == 1 { "" } else { "s" },
             causes.join(", ")
@@ -371,7 +375,7 @@ mod tests {
         assert!(first >= 0.0 && first <= last, "{first} {last}");
         let line = s.describe();
         assert!(
-            line.starts_with("3 members (2 × code 6 SLOW_READER"),
+            line.starts_with("3 members disconnected (2 × code 6 SLOW_READER"),
             "{line}"
         );
         assert!(line.contains("1 × timed out"), "{line}");
