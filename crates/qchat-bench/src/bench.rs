@@ -346,7 +346,7 @@ fn report(
         rate: plan.rate,
         window: plan.window,
         stalled: plan.stalled,
-        ok: deliveries.intact() && !o.timed_out && o.evicted.count == 0,
+        ok: succeeded(&deliveries, &o.evicted),
         deliveries,
         evicted: o.evicted.clone(),
         duration_s: secs,
@@ -375,6 +375,13 @@ fn report(
         bench_threads: config.bench_threads,
         limits_raised,
     }
+}
+
+/// Whether a run succeeded. A timeout fails it even when the count
+/// happened to be complete at the deadline, as it fails a storm run; an
+/// eviction fails it because the run stopped there.
+fn succeeded(d: &Deliveries, evicted: &Evicted) -> bool {
+    d.intact() && !d.timed_out && evicted.count == 0
 }
 
 /// A report line's optional part: the text for `n`, or nothing when `n` is 0.
@@ -629,5 +636,35 @@ fn print_comparison(c: &Comparison, reports: &[Report]) {
             f(b, prec),
             r.map_or_else(|| "—".into(), |r| format!("{r:.2}×"))
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(timed_out: bool) -> Deliveries {
+        Deliveries::new(10, 10, 0, 0, 0, timed_out)
+    }
+
+    #[test]
+    fn a_complete_run_in_time_without_evictions_succeeds() {
+        assert!(succeeded(&complete(false), &Evicted::default()));
+    }
+
+    #[test]
+    fn a_timeout_fails_the_run_even_with_every_delivery_counted() {
+        assert!(!succeeded(&complete(true), &Evicted::default()));
+    }
+
+    #[test]
+    fn an_eviction_fails_the_run() {
+        let evicted = Evicted {
+            count: 1,
+            ..Evicted::default()
+        };
+        assert!(!succeeded(&complete(false), &evicted));
+        let lost = Deliveries::new(10, 9, 0, 0, 0, false);
+        assert!(!succeeded(&lost, &Evicted::default()));
     }
 }
