@@ -150,6 +150,8 @@ struct Report {
     server_cpu_s: Option<f64>,
     server_cpu_us_per_delivery: Option<f64>,
     server_cpu_connect_s: Option<f64>,
+    /// The bench's own CPU time over the measured phase.
+    bench_cpu_s: Option<f64>,
     server_peak_rss_kib: Option<u64>,
     server_rss_start_kib: Option<u64>,
     server_rss_connected_kib: Option<u64>,
@@ -363,6 +365,7 @@ fn report(
             .filter(|_| o.received > 0)
             .map(|c| c * 1e6 / o.received as f64),
         server_cpu_connect_s: o.server_cpu_connect.map(|c| c.as_secs_f64()),
+        bench_cpu_s: o.bench_cpu.map(|c| c.as_secs_f64()),
         server_peak_rss_kib: peak,
         server_rss_start_kib: o.server_rss_start_kib,
         server_rss_connected_kib: o.server_rss_connected_kib,
@@ -466,6 +469,10 @@ fn print_table(r: &Report) {
                 (Some(c), None) => format!("{c:.2} s"),
                 _ => "unknown".into(),
             },
+        ),
+        (
+            "bench CPU",
+            opt(r.bench_cpu_s.map(|c| format!("{c:.2}")), "s"),
         ),
         (
             "server memory",

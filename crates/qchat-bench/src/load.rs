@@ -137,6 +137,9 @@ pub struct Outcome {
     pub server_cpu_connect: Option<Duration>,
     /// Server CPU time from the first send to the last delivery.
     pub server_cpu: Option<Duration>,
+    /// The load generator's own CPU time over the same span: near its
+    /// threads × the duration, the bench is the limit, not the server.
+    pub bench_cpu: Option<Duration>,
     /// Server RSS before anyone connected, KiB.
     pub server_rss_start_kib: Option<u64>,
     /// Server RSS with every member connected and idle, KiB.
@@ -258,6 +261,8 @@ pub async fn run(
 
     let mut members = members;
     let cpu_before = server.and_then(ServerProc::cpu);
+    let me = std::process::id();
+    let bench_cpu_before = crate::proc::cpu_of(me);
     shared.phase.store(PHASE_DELIVER, Ordering::Relaxed);
     let start = Instant::now();
     shared.evictions.started(start);
@@ -292,6 +297,7 @@ pub async fn run(
     let timed_out = end == End::Deadline;
     let duration = start.elapsed();
     let cpu_after = server.and_then(ServerProc::cpu);
+    let bench_cpu_after = crate::proc::cpu_of(me);
 
     if let Some(p) = progress {
         p.abort();
@@ -347,6 +353,7 @@ pub async fn run(
         latency: shared.latency.summary(),
         server_cpu_connect: delta(cpu_start, cpu_connected),
         server_cpu: delta(cpu_before, cpu_after),
+        bench_cpu: delta(bench_cpu_before, bench_cpu_after),
         server_rss_start_kib,
         server_rss_connected_kib,
         stalled_disconnected,

@@ -290,18 +290,7 @@ impl ServerProc {
 
     /// CPU time used so far (user + system), from `/proc/<pid>/stat`.
     pub fn cpu(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // The command name (field 2) may contain spaces and parentheses;
-        // everything after the last ')' is space-separated, starting with
-        // field 3, so utime (14) and stime (15) are at 11 and 12.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        let ticks = clock_ticks();
-        Some(Duration::from_secs_f64(
-            (utime + stime) as f64 / ticks as f64,
-        ))
+        cpu_of(self.pid())
     }
 
     /// Resident memory now, in KiB (`VmRSS`).
@@ -371,6 +360,24 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// CPU time process `pid` has used so far (user + system), from
+/// `/proc/<pid>/stat`; the bench reads its own too, to show when the load
+/// generator rather than the server is the limit.
+pub fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses;
+    // everything after the last ')' is space-separated, starting with
+    // field 3, so utime (14) and stime (15) are at 11 and 12.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let ticks = clock_ticks();
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks as f64,
+    ))
 }
 
 /// Kernel clock ticks per second, the unit of `/proc/<pid>/stat` times.

@@ -80,6 +80,7 @@ fn assert_complete(r: &serde_json::Value, target: &str) {
         "deliveries_per_s",
         "connect_s",
         "server_cpu_s",
+        "bench_cpu_s",
     ] {
         assert!(r[k].is_number(), "{k} missing in {r}");
     }
