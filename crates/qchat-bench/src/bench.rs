@@ -82,7 +82,7 @@ impl Config {
                 rate: a.rate,
                 window: (!a.flood).then_some(a.window),
                 stalled: a.stalled,
-                endpoints: a.endpoints,
+                endpoints: a.endpoints(),
                 timeout: a.timeout,
                 settle: a.settle,
                 progress: std::io::stderr().is_terminal(),

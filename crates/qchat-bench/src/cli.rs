@@ -102,9 +102,10 @@ pub struct BenchArgs {
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub bench_threads: u16,
-    /// QUIC endpoints (UDP sockets) the members are spread over.
-    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
-    pub endpoints: usize,
+    /// QUIC endpoints (UDP sockets) the members are spread over (default:
+    /// one per 625 members, at least 4).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub endpoints: Option<usize>,
     /// Frames the started server queues per member before it disconnects
     /// the member as not reading.
     #[arg(long, default_value_t = 65_536, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=1_000_000))]
@@ -137,6 +138,22 @@ pub struct BenchArgs {
     /// One JSON object per run on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Members per client UDP socket when `--endpoints` is not given. A
+/// fan-out burst to 2,500 members on one socket overflowed its 4 MiB
+/// receive buffer (the kernel's `rmem_max` here): the lost packets' QUIC
+/// retransmissions backed off until the idle timeout ended some
+/// connections, and the bench measured its own sockets.
+const MEMBERS_PER_ENDPOINT: usize = 625;
+
+impl BenchArgs {
+    /// `--endpoints`, or enough that no socket serves more than
+    /// [`MEMBERS_PER_ENDPOINT`] members.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints
+            .unwrap_or_else(|| self.clients.div_ceil(MEMBERS_PER_ENDPOINT).max(4))
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -175,4 +192,30 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err("must be between 0.1 and 86400 seconds".into());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(args: &[&str]) -> usize {
+        let cli = Cli::try_parse_from(["qchat-bench"].iter().chain(args)).expect("valid flags");
+        cli.bench.endpoints()
+    }
+
+    #[test]
+    fn endpoints_grow_with_members_unless_given() {
+        assert_eq!(endpoints(&["--clients", "10"]), 4);
+        assert_eq!(endpoints(&["--clients", "2500"]), 4);
+        assert_eq!(endpoints(&["--clients", "10000"]), 16);
+        assert_eq!(endpoints(&["--clients", "10001"]), 17);
+        assert_eq!(endpoints(&["--clients", "10000", "--endpoints", "2"]), 2);
+    }
+
+    #[test]
+    fn flood_and_window_exclude_each_other() {
+        assert!(Cli::try_parse_from(["qchat-bench", "--flood", "--window", "8"]).is_err());
+        let cli = Cli::try_parse_from(["qchat-bench", "--flood"]).expect("valid flags");
+        assert!(cli.bench.flood);
+    }
 }

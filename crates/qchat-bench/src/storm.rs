@@ -185,7 +185,7 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
         relay: false,
     };
     let trust = Arc::new(trust_plan(&target));
-    let endpoints = (0..a.endpoints.min(a.clients))
+    let endpoints = (0..a.endpoints().min(a.clients))
         .map(|_| qchat_client::client_endpoint(target.addr))
         .collect::<Result<Vec<_>, _>>()
         .context("cannot open the client endpoints")?;
