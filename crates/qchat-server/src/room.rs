@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use qchat_proto::{
@@ -41,6 +41,9 @@ const PRIVATE_KEYS: usize = 1024;
 /// Most messages the room keeps in memory for joins and resumes; older ones
 /// are read from the store.
 const RECENT_MAX: usize = 1024;
+
+/// How often the room looks whether its members' addresses changed.
+pub const ADDRESS_CHECK: Duration = Duration::from_secs(2);
 
 /// A member's identity inside this server process; never reused.
 pub type MemberId = u64;
@@ -96,7 +99,8 @@ impl Ending {
 /// Who is joining, as the session knows it.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// The network address; `None` for the operator's in-process link.
+    /// The network address, as last seen ([`Room::note_moves`]); `None`
+    /// for the operator's in-process link.
     pub addr: Option<SocketAddr>,
     /// Operators may kick and see addresses.
     pub operator: bool,
@@ -748,6 +752,30 @@ impl Room {
             })
             .collect();
         self.send_to(&mut st, id, ServerMsg::Members { members }.to_frame());
+    }
+
+    /// Logs each member whose connection migrated (a NAT rebinding, a new
+    /// network) since the last look, once per move. One pass over the room
+    /// every [`ADDRESS_CHECK`] instead of a timer in every session: ten
+    /// thousand idle members would otherwise keep ten thousand timers and
+    /// wake five thousand times a second to find nothing.
+    pub fn note_moves(&self) {
+        let mut st = self.lock();
+        for m in st.members.values_mut() {
+            let (Some(conn), Some(seen)) = (&m.peer.conn, m.peer.addr) else {
+                continue;
+            };
+            let now = conn.remote_address();
+            if now != seen {
+                tracing::info!(
+                    name = %qchat_proto::text::sanitize(&m.name),
+                    from = %seen,
+                    to = %now,
+                    "the member's address changed"
+                );
+                m.peer.addr = Some(now);
+            }
+        }
     }
 
     /// Removes a member on an operator's request.
