@@ -36,8 +36,11 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Join the room on a server.
     Connect(ConnectArgs),
-    /// Print this machine's server fingerprint (created on first use).
+    /// Print this machine's server fingerprint, or with --mine your own
+    /// (each created on first use).
     Fingerprint(FingerprintArgs),
+    /// Manage your own key, which servers bind your name to.
+    Identity(IdentityArgs),
     /// List, remove, replace or verify the server keys this client has pinned.
     KnownHosts(KnownHostsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -410,20 +413,48 @@ pub struct ConnectArgs {
     /// where this client left off with this server last time.
     #[arg(long)]
     pub no_resume: bool,
+    /// Connect without your key, as a guest: only names nobody has
+    /// registered, and servers started with --keys-required refuse you.
+    #[arg(long)]
+    pub guest: bool,
 }
 
 /// `qchat fingerprint`.
 #[derive(Debug, Args)]
 pub struct FingerprintArgs {
     /// Folder with the server identity.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "mine")]
     pub cert_dir: Option<PathBuf>,
+    /// Your own key's fingerprint ($QCHAT_HOME/identity), the one servers
+    /// bind your name to and `/whois` shows others.
+    #[arg(long)]
+    pub mine: bool,
     /// Print the read-aloud form instead.
     #[arg(long, conflicts_with = "hex")]
     pub read_aloud: bool,
     /// Print colon-separated hex instead.
     #[arg(long)]
     pub hex: bool,
+}
+
+/// `qchat identity`.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// What to do with your key.
+    #[command(subcommand)]
+    pub action: IdentityAction,
+}
+
+/// `qchat identity <action>`.
+#[derive(Debug, Subcommand)]
+pub enum IdentityAction {
+    /// Replace your key with a new one (the old files are kept beside it).
+    /// Names your old key registered stay bound to it until they expire.
+    New {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `qchat known-hosts`.

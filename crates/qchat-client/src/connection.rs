@@ -316,7 +316,11 @@ where
     D: FnOnce(UnknownServer) -> Decision + Send + 'static,
 {
     let verifier = PinVerifier::new(plan.expectation());
-    let mut config = qchat_tls::quic_client_config(Arc::clone(&verifier), &[ALPN])
+    // A server the user has not yet decided to trust does not learn who
+    // the user is: the key is only shown to a pinned (or pinned-on-first-
+    // use) server.
+    let me = plan.me.as_deref().filter(|_| !plan.needs_decision());
+    let mut config = qchat_tls::quic_client_config(Arc::clone(&verifier), &[ALPN], me)
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     config.transport_config(client_transport());
     // The name only fills in SNI: with a pinned key it carries no trust.

@@ -157,6 +157,7 @@ impl Server {
                     version: qchat_proto::PROTOCOL_VERSION,
                     instance: None,
                     conn: None,
+                    key: None,
                 };
                 let deadline = tokio::time::Instant::now() + options.hello_timeout;
                 session::run_stream(

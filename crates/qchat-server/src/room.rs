@@ -106,6 +106,9 @@ pub struct Peer {
     pub instance: Option<[u8; 16]>,
     /// The connection, to show its current address (it may migrate).
     pub conn: Option<quinn::Connection>,
+    /// The key the member proved in the handshake (its client
+    /// certificate); `None` for a guest and for the host's own link.
+    pub key: Option<qchat_tls::Fingerprint>,
 }
 
 impl Peer {
@@ -1098,6 +1101,7 @@ pub(crate) mod tests {
             version: 2,
             instance: None,
             conn: None,
+            key: None,
         }
     }
 

@@ -104,6 +104,7 @@ pub(crate) fn serve_quic(
                     version: PROTOCOL_VERSION,
                     instance: None,
                     conn: Some(conn.clone()),
+                    key: client_key(&conn),
                 };
                 let sink = QuicSink(send);
                 let session =
@@ -118,6 +119,15 @@ pub(crate) fn serve_quic(
         conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
+}
+
+/// The key the client proved in the handshake, if it presented one.
+fn client_key(conn: &quinn::Connection) -> Option<qchat_tls::Fingerprint> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    qchat_tls::client_fingerprint(&chain)
 }
 
 /// How often a session looks whether its member's address changed.

@@ -456,6 +456,7 @@ fn network_peer() -> Peer {
         version: PROTOCOL_VERSION,
         instance: None,
         conn: None,
+        key: None,
     }
 }
 

@@ -45,6 +45,11 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             qchat_proto::text::sanitize(&name)
         );
     }
+    let me = if args.guest {
+        None
+    } else {
+        Some(std::sync::Arc::new(super::my_identity()?))
+    };
     let load = || {
         TrustPlan::load(
             host.clone(),
@@ -53,6 +58,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             mode,
             interactive,
         )
+        .map(|plan| plan.presenting(me.clone()))
     };
     let plan = load()?;
     for w in &plan.warnings {
