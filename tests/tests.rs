@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod names;
 mod nothing_lost;
+mod people;
 mod prompt;
 mod raw;
 mod resume;

@@ -132,6 +132,15 @@ pub struct ServeArgs {
     /// PORT means 127.0.0.1:PORT (off by default).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Refuse members who connect without a key (guests: older clients,
+    /// `qchat connect --guest`); they are told why.
+    #[arg(long)]
+    pub keys_required: bool,
+    /// How long a registered name stays bound to its key while unused;
+    /// then the next key to use it claims it. A number with s, m, h or d
+    /// (seconds, minutes, hours, days).
+    #[arg(long, value_name = "AGE", default_value_t = Age(limits::NAME_EXPIRY), value_parser = parse_age)]
+    pub name_expiry: Age,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -231,6 +240,53 @@ impl std::fmt::Display for Secs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0.as_secs_f64())
     }
+}
+
+/// A duration written with its unit (`2s`, `90m`, `12h`, `180d`), for
+/// settings measured in days as readily as in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Age(pub Duration);
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        if self.0.subsec_nanos() != 0 || secs == 0 {
+            write!(f, "{}s", self.0.as_secs_f64())
+        } else if secs % 86_400 == 0 {
+            write!(f, "{}d", secs / 86_400)
+        } else if secs % 3_600 == 0 {
+            write!(f, "{}h", secs / 3_600)
+        } else if secs % 60 == 0 {
+            write!(f, "{}m", secs / 60)
+        } else {
+            write!(f, "{secs}s")
+        }
+    }
+}
+
+fn parse_age(s: &str) -> Result<Age, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let unit_secs = match unit {
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}; use s, m, h or d (as in 180d)"
+            ))
+        }
+    };
+    let n: f64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write a number and s, m, h or d (as in 180d)")
+    })?;
+    let secs = n * unit_secs;
+    if !(0.1..=100.0 * 365.0 * 86_400.0).contains(&secs) {
+        return Err("must be between 0.1 seconds and 100 years".into());
+    }
+    Ok(Age(Duration::from_secs_f64(secs)))
 }
 
 /// A bare port is loopback: the metrics say how busy the room is and who

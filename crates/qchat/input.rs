@@ -47,6 +47,12 @@ pub const COMMANDS: &[CommandHelp] = &[
         operator: false,
     },
     CommandHelp {
+        name: "/whois",
+        args: "NAME",
+        about: "a member's key fingerprint (to compare out of band), or that it is a guest",
+        operator: false,
+    },
+    CommandHelp {
         name: "/msg",
         args: "NAME TEXT",
         about: "a private message to one member",
@@ -102,6 +108,14 @@ pub fn parse(line: &str) -> Input {
         "help" | "?" => Input::Help,
         "fingerprint" => Input::Fingerprint,
         "who" | "names" => Input::Send(Command::Who),
+        "whois" => {
+            let (name, extra) = split_word(rest);
+            if name.is_empty() || !extra.is_empty() {
+                usage("/whois")
+            } else {
+                Input::Send(Command::Whois(name.to_string()))
+            }
+        }
         "msg" | "query" => {
             let (to, text) = split_word(rest);
             if to.is_empty() || text.is_empty() {
@@ -206,6 +220,10 @@ mod tests {
         );
         assert_eq!(parse("/nick zed"), Input::Send(Command::Nick("zed".into())));
         assert_eq!(
+            parse("/whois alice"),
+            Input::Send(Command::Whois("alice".into()))
+        );
+        assert_eq!(
             parse("/quit bye all"),
             Input::Send(Command::Quit("bye all".into()))
         );
@@ -223,7 +241,16 @@ mod tests {
 
     #[test]
     fn mistakes_are_explained() {
-        for bad in ["/msg", "/msg bob", "/me", "/nick", "/nick a b", "/kick"] {
+        for bad in [
+            "/msg",
+            "/msg bob",
+            "/me",
+            "/nick",
+            "/nick a b",
+            "/kick",
+            "/whois",
+            "/whois a b",
+        ] {
             assert!(
                 matches!(parse(bad), Input::Error(e) if e.starts_with("usage: ")),
                 "{bad}"

@@ -84,6 +84,13 @@ pub fn event(ev: &Event) -> Option<Words> {
             heading: format!("members ({}):", members.len()),
             entries: members.iter().map(member).collect(),
         },
+        Event::Whois {
+            name,
+            keys,
+            here,
+            guest,
+            since_ms,
+        } => Words::Info(whois(name, keys, *here, *guest, *since_ms)),
         Event::Notice { text } => Words::Info(format!("notice: {}", s(text))),
         Event::Kicked { by, reason } => Words::Removed(kicked(by, reason)),
         Event::ShuttingDown { reason, back } => Words::Info(shutting_down(reason, *back)),
@@ -237,6 +244,46 @@ fn member(m: &MemberInfo) -> String {
         item.push_str(" (operator)");
     }
     item
+}
+
+/// `/whois` on one line: every key in the canonical form (what `qchat
+/// fingerprint --mine` prints on that person's machine) and read aloud, or
+/// that the member is a guest; and since when.
+pub fn whois(
+    name: &str,
+    keys: &[qchat_tls::Fingerprint],
+    here: bool,
+    guest: bool,
+    since_ms: u64,
+) -> String {
+    let since = utc(since_ms);
+    let presence = if here { "here now" } else { "not here now" };
+    if guest || keys.is_empty() {
+        return format!(
+            "{}: a guest (no key; the name is not registered), here since {since}",
+            s(name)
+        );
+    }
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} (read aloud: {})", k.canonical(), k.read_aloud()))
+        .collect();
+    format!(
+        "{}: registered to key {} since {since}; {presence}",
+        s(name),
+        keys.join(" and ")
+    )
+}
+
+/// A server timestamp (ms since the Unix epoch) as a UTC date and time to
+/// the minute.
+fn utc(ms: u64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    i128::from(ms)
+        .checked_mul(1_000_000)
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "an unknown time".into())
 }
 
 /// "5m", "2h", "12s": how long someone has been here.

@@ -486,6 +486,9 @@ pub struct Welcome {
 /// The version-3 part of a welcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WelcomeV3 {
+    /// The protocol version the server speaks on this connection (3 or
+    /// more): what it can be asked.
+    pub version: u32,
     /// The room log's identity.
     pub log_id: [u8; 16],
     /// The newest message id when we joined.
@@ -615,6 +618,7 @@ where
                 name,
                 members,
                 v3: Some(WelcomeV3 {
+                    version,
                     log_id,
                     last_id,
                     rate,

@@ -98,6 +98,10 @@ pub const REPLAY_MAX: usize = 1000;
 /// How long a server keeps a dropped member's name for its reconnect.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(60);
 
+/// How long a registered name stays bound to its key without being used;
+/// after that the first key to use it claims it anew.
+pub const NAME_EXPIRY: Duration = Duration::from_secs(180 * 24 * 60 * 60);
+
 /// Public messages the server's room log keeps; older ones are deleted.
 pub const HISTORY_KEEP: u64 = 100_000;
 

@@ -85,6 +85,12 @@ pub enum ClientMsg {
         /// Where to resume, or `None` for a fresh join (the usual history).
         resume: Option<ResumePoint>,
     },
+    /// 9 (version 4): who is this member — answered with
+    /// [`ServerMsg::Whois`], or `Failed` with `what` = `whois`.
+    Whois {
+        /// The name, matched as the same name (see [`crate::names::fold`]).
+        name: String,
+    },
 }
 
 /// Messages from the server to a client.
@@ -312,6 +318,23 @@ pub enum ServerMsg {
         /// reconnects and resumes.
         back: bool,
     },
+    /// 24 (version 4): the answer to `Whois`.
+    Whois {
+        /// The name as the server knows it: as registered, or as the
+        /// member in the room spells it.
+        name: String,
+        /// The fingerprints (SHA-256 of the SubjectPublicKeyInfo) of the
+        /// keys the name is registered to; empty for a guest.
+        keys: Vec<[u8; 32]>,
+        /// Whether someone is in the room under the name now.
+        here: bool,
+        /// Whether the one in the room is a guest (no key; the name is not
+        /// registered).
+        guest: bool,
+        /// Since when, ms since the Unix epoch: when the name was
+        /// registered, or for a guest when it joined.
+        since_ms: u64,
+    },
 }
 
 /// Where a resuming client left off.
@@ -358,6 +381,11 @@ pub enum RejectReason {
     ServerFull,
     /// 4: the server is shutting down.
     ShuttingDown,
+    /// 5: the name is registered to another key (or, for a client without
+    /// a key, to any key); the detail says which rule made it the same name.
+    NameRegistered,
+    /// 6: the server admits only clients that present a key.
+    KeyRequired,
     /// A cause this build does not know.
     Other(u32),
 }
@@ -370,6 +398,8 @@ impl From<u32> for RejectReason {
             2 => RejectReason::UnsupportedVersion,
             3 => RejectReason::ServerFull,
             4 => RejectReason::ShuttingDown,
+            5 => RejectReason::NameRegistered,
+            6 => RejectReason::KeyRequired,
             other => RejectReason::Other(other),
         }
     }
@@ -383,6 +413,8 @@ impl From<RejectReason> for u32 {
             RejectReason::UnsupportedVersion => 2,
             RejectReason::ServerFull => 3,
             RejectReason::ShuttingDown => 4,
+            RejectReason::NameRegistered => 5,
+            RejectReason::KeyRequired => 6,
             RejectReason::Other(v) => v,
         }
     }
@@ -455,6 +487,7 @@ impl ClientMsg {
             ClientMsg::Bye { reason } => reason.len(),
             ClientMsg::Nick { name } => name.len(),
             ClientMsg::Who => 0,
+            ClientMsg::Whois { name } => name.len(),
             ClientMsg::Kick { name, reason } => name.len() + reason.len(),
         };
         let max = crate::limits::MAX_SEND_BYTES;
@@ -528,8 +561,11 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[24]), Err(DecodeError::UnknownKind(24)));
-        assert_eq!(ClientMsg::decode(&[9, 0]), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(ServerMsg::decode(&[25]), Err(DecodeError::UnknownKind(25)));
+        assert_eq!(
+            ClientMsg::decode(&[10, 0]),
+            Err(DecodeError::UnknownKind(10))
+        );
     }
 
     /// Every variant, as the enum declares it, encodes with its position as

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::log::{LogItem, Pending};
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
+use crate::registry::Registry;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
 
 /// Private message keys remembered per client instance for deduplication:
@@ -135,6 +136,9 @@ pub struct Room {
     /// For the grace timers, which outlive the session that started them.
     me: Weak<Room>,
     metrics: Metrics,
+    /// Names bound to keys; in memory unless the server sets a file-backed
+    /// one before the first join.
+    registry: OnceLock<Arc<Registry>>,
 }
 
 struct State {
@@ -239,6 +243,7 @@ impl Room {
             log_rx: Mutex::new(Some(log_rx)),
             me: me.clone(),
             metrics: Metrics::default(),
+            registry: OnceLock::new(),
         })
     }
 
@@ -250,6 +255,36 @@ impl Room {
     /// The room log.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The registered names.
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.registry.get_or_init(|| Arc::new(Registry::memory()))
+    }
+
+    /// Uses `registry` for names; only before anyone has joined (later it
+    /// is refused, and `false` returned).
+    pub fn set_registry(&self, registry: Arc<Registry>) -> bool {
+        self.registry.set(registry).is_ok()
+    }
+
+    /// The key member `id` proved; `None` if it is gone, `Some(None)` for
+    /// a guest.
+    pub fn key_of(&self, id: MemberId) -> Option<Option<qchat_tls::Fingerprint>> {
+        self.lock().members.get(&id).map(|m| m.peer.key)
+    }
+
+    /// The member in the room under `name` (as the same name): its name,
+    /// its key (`None`: a guest) and how long it has been here.
+    pub fn member_named(
+        &self,
+        name: &str,
+    ) -> Option<(String, Option<qchat_tls::Fingerprint>, std::time::Duration)> {
+        let st = self.lock();
+        let id = st.by_name.get(&names::fold(name))?;
+        st.members
+            .get(id)
+            .map(|m| (m.name.clone(), m.peer.key, m.joined.elapsed()))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -697,8 +732,8 @@ impl Room {
     }
 
     /// Renames a member, under the same rules as a new name, and tells
-    /// everyone.
-    pub fn nick(&self, id: MemberId, new: &str) {
+    /// everyone; `false` if it was refused (the member is told why).
+    pub fn nick(&self, id: MemberId, new: &str) -> bool {
         let mut st = self.lock();
         let failed = |reason: String| {
             ServerMsg::Failed {
@@ -709,15 +744,15 @@ impl Room {
         };
         if let Err(e) = names::validate(new) {
             self.send_to(&mut st, id, failed(format!("invalid name: {e}")));
-            return;
+            return false;
         }
         let key = names::fold(new);
         if let Some(other) = taken(&st, &key, Some(id)) {
             self.send_to(&mut st, id, failed(names::clash(new, &other)));
-            return;
+            return false;
         }
         let Some(m) = st.members.get_mut(&id) else {
-            return;
+            return false;
         };
         let old = std::mem::replace(&mut m.name, new.to_string());
         st.by_name.remove(&names::fold(&old));
@@ -728,6 +763,7 @@ impl Room {
         }
         .to_frame();
         self.broadcast(&mut st, frame, None);
+        true
     }
 
     /// Answers `Who`: everyone, with addresses only for operators.

@@ -25,7 +25,8 @@ use tracing::Instrument;
 
 use crate::gate::Permit;
 use crate::log::LogItem;
-use crate::room::{Ending, MemberId, Peer, Room};
+use crate::registry::{Claimed, Refusal};
+use crate::room::{Ending, MemberId, Peer, Rejection, Room};
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
@@ -278,6 +279,16 @@ where
         instance,
         ..peer
     };
+    let key = peer.key;
+    let claimed = match admit(room, options, &peer, &name).await {
+        Ok(c) => c,
+        Err(rej) => {
+            if first_before_join(CloseCode::Rejected, permit) {
+                tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+            }
+            return reject(&mut send, rej.reason, rej.detail).await;
+        }
+    };
     // The new queue holds the welcome, the history or replay, and the end
     // of the replay, before anything else can fill it.
     let replay = if resume.is_some() {
@@ -290,6 +301,10 @@ where
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
         Ok(j) => j,
         Err(rej) => {
+            if let Some(c) = claimed {
+                let registry = Arc::clone(room.registry());
+                let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
+            }
             if first_before_join(CloseCode::Rejected, permit) {
                 tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
             }
@@ -334,6 +349,11 @@ where
             tokio::time::timeout(FLUSH_TIMEOUT, &mut both).await.unwrap_or(Ok(String::new()))
         }
     };
+    if let Some(key) = key {
+        // The name was in use until now: its expiry counts from here.
+        let registry = Arc::clone(room.registry());
+        let _ = tokio::task::spawn_blocking(move || registry.touch(key)).await;
+    }
     if let Some((code, reason)) = ending.get() {
         tracing::info!(code = code.code(), "removed: {reason}");
         return End {
@@ -356,6 +376,148 @@ where
         }
         Err(e) => failed(&e),
     }
+}
+
+/// Whether the hello's name may be used by this peer: a key claims it (or
+/// already holds it), a guest may use it only if nobody holds it, and a
+/// server that requires keys refuses guests — but never its own host, who
+/// sits at the server. `Some` is a claim to take back if the join fails.
+async fn admit(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+) -> Result<Option<Claimed>, Rejection> {
+    // An invalid name is the room's to refuse, with its own reason; it is
+    // never claimed.
+    if qchat_proto::names::validate(name).is_err() {
+        return Ok(None);
+    }
+    let guest_refused = peer.key.is_none() && options.keys_required && peer.addr.is_some();
+    // Someone in the room has the name: the room refuses it as taken (or
+    // lets the same client replace its old connection), which says more
+    // than the registry would.
+    if !guest_refused && room.member_named(name).is_some() {
+        return Ok(None);
+    }
+    let registry = Arc::clone(room.registry());
+    let expiry = options.name_expiry;
+    let registered = |r: Refusal| Rejection {
+        reason: RejectReason::NameRegistered,
+        detail: r.detail,
+    };
+    match peer.key {
+        Some(key) => {
+            let name = name.to_string();
+            // The claim is committed to the registry's file: off the
+            // runtime's threads.
+            tokio::task::spawn_blocking(move || registry.claim(&name, key, expiry))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        detail: "the server could not check the name; try again".into(),
+                    })
+                })
+                .map(Some)
+                .map_err(registered)
+        }
+        None if options.keys_required && peer.addr.is_some() => Err(Rejection {
+            reason: RejectReason::KeyRequired,
+            detail: "this server admits only members who present a key, and you connected \
+                     without one (as a guest); connect with a qchat that has keys (version 4 or \
+                     later), without --guest"
+                .into(),
+        }),
+        None => registry
+            .check_guest(name, expiry)
+            .map(|()| None)
+            .map_err(registered),
+    }
+}
+
+/// `/nick` under the same rules as the hello's name: a key moves its claim
+/// to the new name (if nobody else holds it), a guest may take only a name
+/// nobody holds. The claim is taken back if the room refuses the rename.
+async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
+    let Some(key) = room.key_of(id) else {
+        return;
+    };
+    if qchat_proto::names::validate(name).is_err() {
+        // The room says why.
+        room.nick(id, name);
+        return;
+    }
+    let registry = Arc::clone(room.registry());
+    let expiry = options.name_expiry;
+    let claimed = match key {
+        Some(key) => {
+            let (registry, name) = (Arc::clone(&registry), name.to_string());
+            tokio::task::spawn_blocking(move || registry.claim(&name, key, expiry))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        detail: "the server could not check the name; try again".into(),
+                    })
+                })
+        }
+        None => registry.check_guest(name, expiry).map(|()| Claimed::Kept),
+    };
+    match claimed {
+        Err(r) => room.reply(
+            id,
+            &ServerMsg::Failed {
+                what: "nick".into(),
+                reason: r.detail,
+            },
+        ),
+        Ok(c) => {
+            if !room.nick(id, name) {
+                registry.undo(c);
+            }
+        }
+    }
+}
+
+/// Answers `/whois`: the keys a name is registered to and since when, or
+/// that the one in the room under it is a guest.
+fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
+    let here = room.member_named(name);
+    let claim = room.registry().lookup(name, options.name_expiry);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let joined_ms = |d: Duration| now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(0));
+    let msg = match (here, claim) {
+        (None, None) => ServerMsg::Failed {
+            what: "whois".into(),
+            reason: format!("nobody called {name:?} is here, and nobody has registered the name"),
+        },
+        (Some((name, None, dur)), _) => ServerMsg::Whois {
+            name,
+            keys: Vec::new(),
+            here: true,
+            guest: true,
+            since_ms: joined_ms(dur),
+        },
+        (here, Some(c)) => ServerMsg::Whois {
+            name: here.as_ref().map_or(c.name.clone(), |h| h.0.clone()),
+            keys: vec![c.key],
+            here: here.is_some(),
+            guest: false,
+            since_ms: c.since_ms,
+        },
+        // In the room with a key but no live claim (the registry could not
+        // record it): the key is still the one it proved.
+        (Some((name, Some(key), dur)), None) => ServerMsg::Whois {
+            name,
+            keys: vec![*key.as_bytes()],
+            here: true,
+            guest: false,
+            since_ms: joined_ms(dur),
+        },
+    };
+    room.reply(id, &msg);
 }
 
 /// Reads until the member leaves. `Ok` carries the reason shown to the
@@ -445,6 +607,9 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
             Err(SessionError::Protocol("second hello"))
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
+        ClientMsg::Whois { .. } if version < 4 => Err(SessionError::Protocol(
+            "message kind not in the negotiated version",
+        )),
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
         )),
@@ -484,7 +649,8 @@ async fn handle(
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
         ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
         ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
-        ClientMsg::Nick { name } => room.nick(id, &name),
+        ClientMsg::Nick { name } => nick(id, &name, room, options).await,
+        ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Who => room.who(id),
         ClientMsg::Kick { name, mut reason } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);

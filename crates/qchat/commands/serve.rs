@@ -289,6 +289,8 @@ fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
     let base = ServerOptions {
         server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
         migration: !args.no_migration,
+        keys_required: args.keys_required,
+        name_expiry: args.name_expiry.0,
         ..ServerOptions::default()
     };
     Ok(args.limits.apply(base)?)
@@ -370,10 +372,13 @@ async fn start(
     args: ServeArgs,
 ) -> Result<(quinn::Endpoint, SocketAddr, std::sync::Arc<Server>)> {
     let store = open_store(&args)?;
+    let registry = open_registry(&args)?;
     let hup = Hangup::listen();
     let metrics = bind_metrics(args.metrics).await?;
     let (endpoint, local) = listen(identity, &options, args.listen)?;
     let server = std::sync::Arc::new(Server::with_store(options, store));
+    // Before the endpoint accepts anyone: nobody has joined yet.
+    server.room().set_registry(registry);
     if let Some(listener) = metrics {
         tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
     }
@@ -480,6 +485,21 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
     Ok(std::sync::Arc::new(store))
+}
+
+/// The registered names, kept where the room log is (`names.redb` in the
+/// data folder), or in memory with `--store memory`.
+fn open_registry(args: &ServeArgs) -> Result<std::sync::Arc<qchat_server::registry::Registry>> {
+    use qchat_server::registry::Registry;
+    if args.store == crate::cli::StoreKind::Memory {
+        return Ok(std::sync::Arc::new(Registry::memory()));
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::home::server_dir()?,
+    };
+    create_private_dir(&dir)?;
+    Ok(std::sync::Arc::new(Registry::open(&dir)?))
 }
 
 /// Creates the data folder readable by its owner alone: it holds everything
