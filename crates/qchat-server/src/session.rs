@@ -442,8 +442,10 @@ async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
     let Some(key) = room.key_of(id) else {
         return;
     };
-    if qchat_proto::names::validate(name).is_err() {
-        // The room says why.
+    // An invalid name, or one somebody in the room has (another member:
+    // taken; ourselves: a change of case, which keeps the same claim), is
+    // the room's to decide.
+    if qchat_proto::names::validate(name).is_err() || room.member_named(name).is_some() {
         room.nick(id, name);
         return;
     }
