@@ -133,7 +133,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
     /// Refuse members who connect without a key (guests: older clients,
-    /// `qchat connect --guest`); they are told why.
+    /// and clients told to connect as guests); they are told why.
     #[arg(long)]
     pub keys_required: bool,
     /// How long a registered name stays bound to its key while unused;
