@@ -936,3 +936,97 @@ async fn a_client_back_before_its_old_connection_died_replaces_it_silently() {
         "{got:?}"
     );
 }
+
+/// Says hello as `name` from `peer` and returns the server's first answer.
+async fn hello_from(server: &Server, peer: Peer, name: &str) -> Option<ServerMsg> {
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let (server_recv, server_send) = tokio::io::split(server_end);
+    let room = Arc::clone(&server.room);
+    let options = server.room.options();
+    let deadline = Instant::now() + options.hello_timeout;
+    tokio::spawn(async move {
+        run_stream(
+            PipeSink(server_send),
+            server_recv,
+            peer,
+            &room,
+            &options,
+            deadline,
+            None,
+        )
+        .await
+    });
+    let (recv, send) = tokio::io::split(client);
+    let mut c = Client {
+        send,
+        recv,
+        decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
+    };
+    c.send(ClientMsg::Hello {
+        version: 2,
+        name: name.into(),
+    })
+    .await;
+    c.next().await
+}
+
+fn from_afar(key: Option<u8>) -> Peer {
+    Peer {
+        addr: Some(std::net::SocketAddr::from(([192, 0, 2, 7], 4433))),
+        key: key.map(|k| qchat_tls::Fingerprint::from_bytes([k; 32])),
+        ..network_peer()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_required_refuses_guests_from_the_network_but_not_the_host() {
+    let s = server(ServerOptions {
+        keys_required: true,
+        ..ServerOptions::default()
+    });
+    match hello_from(&s, from_afar(None), "gus").await {
+        Some(ServerMsg::Rejected { reason, detail }) => {
+            assert_eq!(reason, qchat_proto::RejectReason::KeyRequired, "{detail}");
+            assert!(detail.contains("guest"), "{detail}");
+        }
+        other => panic!("a guest got in: {other:?}"),
+    }
+    let host = Peer {
+        operator: true,
+        ..network_peer()
+    };
+    assert!(matches!(
+        hello_from(&s, host, "host").await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    assert!(matches!(
+        hello_from(&s, from_afar(Some(1)), "alice").await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    let claim = s
+        .room
+        .registry()
+        .lookup("ALICE", s.room.options().name_expiry);
+    assert_eq!(claim.map(|c| c.key), Some([1; 32]));
+}
+
+/// A claim made for a join that then fails is taken back: the name stays
+/// free for whoever comes next.
+#[tokio::test(start_paused = true)]
+async fn a_claim_for_a_refused_join_is_taken_back() {
+    let s = server(ServerOptions::default());
+    s.room.shutdown("closing", false, false);
+    assert!(matches!(
+        hello_from(&s, from_afar(Some(2)), "zed").await,
+        Some(ServerMsg::Rejected {
+            reason: qchat_proto::RejectReason::ShuttingDown,
+            ..
+        })
+    ));
+    assert_eq!(
+        s.room
+            .registry()
+            .lookup("zed", s.room.options().name_expiry),
+        None
+    );
+}
