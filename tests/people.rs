@@ -235,3 +235,25 @@ fn a_persons_key_is_private_and_never_silently_replaced() {
         .any(|e| e.file_name().to_string_lossy().starts_with("key.pem.old-"));
     assert!(kept, "the old key is kept");
 }
+
+/// The host sits in the room as a person with a key of their own: its name
+/// is registered to the key `qchat fingerprint --mine` prints on the
+/// server's machine.
+#[test]
+fn the_host_is_a_person_with_a_key() {
+    let (hs, hb) = (Home::new(), Home::new());
+    let mut server = Server::start_on(&hs, "127.0.0.1:0", &["--name", "host"]);
+    server
+        .proc
+        .expect(Stream::Out, "the operator joining", |l| {
+            l.starts_with("* joined the room as host")
+        });
+    let mut bob = join(&hb, &server, "bob");
+    bob.send_line("/whois host");
+    let line = bob.expect(Stream::Out, "the host's whois", |l| {
+        l.starts_with("* host: registered to key")
+    });
+    assert!(line.contains(&my_fingerprint(&hs, None)), "{line}");
+    bob.close_stdin();
+    bob.wait();
+}

@@ -146,6 +146,13 @@ impl Server {
     /// same protocol as a QUIC session stream: say hello on them
     /// (`qchat_client::hello`) and run a client session.
     pub fn join_local(&self) -> LocalLink {
+        self.join_local_as(None)
+    }
+
+    /// [`Server::join_local`] for an operator with a key of their own (the
+    /// person running the server): the name it joins under is registered to
+    /// that key, as for any member.
+    pub fn join_local_as(&self, key: Option<qchat_tls::Fingerprint>) -> LocalLink {
         let (client, server) = tokio::io::duplex(LOCAL_PIPE);
         let (server_recv, server_send) = tokio::io::split(server);
         let room = Arc::clone(&self.room);
@@ -159,7 +166,7 @@ impl Server {
                     version: qchat_proto::PROTOCOL_VERSION,
                     instance: None,
                     conn: None,
-                    key: None,
+                    key,
                 };
                 let deadline = tokio::time::Instant::now() + options.hello_timeout;
                 session::run_stream(

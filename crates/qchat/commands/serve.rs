@@ -25,11 +25,17 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
     let options = server_options(&args)?;
     let operator = operator_name(&args)?;
+    // The host sits in the room as a person: with their own key, so their
+    // name is theirs as anyone's is.
+    let host_key = match &operator {
+        Some(_) => Some(super::my_identity()?.fingerprint),
+        None => None,
+    };
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let (endpoint, local, server) = start(&identity, options, args).await?;
         if let Some(name) = operator {
-            let link = server.join_local();
+            let link = server.join_local_as(host_key);
             tokio::spawn(operate(link, name, host_about(&identity, local)));
         }
         server.run_until(endpoint, shutdown_signal()).await;
@@ -318,6 +324,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     }
     args.name = Some(name.clone());
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
+    let host_key = super::my_identity()?.fingerprint;
     let options = server_options(&args)?;
     let bell = !args.no_bell;
     let runtime = runtime(args.threads)?;
@@ -346,7 +353,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
                 server.run_until(endpoint, stop).await;
             })
         };
-        let (link, welcome) = join_as_operator(server.join_local(), &name)
+        let (link, welcome) = join_as_operator(server.join_local_as(Some(host_key)), &name)
             .await
             .context("cannot join the room as the operator")?;
         let about = host_about(&identity, local).welcomed(welcome);
