@@ -135,6 +135,8 @@ impl ConnectError {
                 RejectReason::NameTaken
                     | RejectReason::NameInvalid
                     | RejectReason::UnsupportedVersion
+                    | RejectReason::NameRegistered
+                    | RejectReason::KeyRequired
             ),
             ConnectError::Hello(_) => false,
             _ => true,
@@ -734,5 +736,34 @@ fn closed_error(conn: &quinn::Connection, addr: SocketAddr, e: &std::io::Error) 
             addr,
             reason: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(reason: RejectReason) -> ConnectError {
+        HelloError::Rejected {
+            reason,
+            detail: String::new(),
+        }
+        .into()
+    }
+
+    /// A reconnect that meets a name now registered to another key, or a
+    /// server that now requires keys, would be refused the same way for
+    /// ever: it ends instead of retrying.
+    #[test]
+    fn refusals_that_cannot_pass_by_waiting_are_fatal() {
+        for reason in [
+            RejectReason::NameTaken,
+            RejectReason::NameInvalid,
+            RejectReason::NameRegistered,
+            RejectReason::KeyRequired,
+        ] {
+            assert!(rejected(reason).is_fatal(), "{reason:?}");
+        }
+        assert!(!rejected(RejectReason::ShuttingDown).is_fatal());
     }
 }

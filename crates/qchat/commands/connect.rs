@@ -126,7 +126,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                     plan = load()?;
                 }
                 Err(ConnectError::Hello(HelloError::Rejected {
-                    reason: RejectReason::NameTaken,
+                    reason: RejectReason::NameTaken | RejectReason::NameRegistered,
                     detail,
                 })) if asked && interactive => {
                     eprintln!("{}", qchat_proto::text::sanitize(&detail));
