@@ -262,8 +262,8 @@ impl Room {
         self.registry.get_or_init(|| Arc::new(Registry::memory()))
     }
 
-    /// Uses `registry` for names; only before anyone has joined (later it
-    /// is refused, and `false` returned).
+    /// Uses `registry` for names; only before the room has used one (a
+    /// join, a `/whois`): later it is refused, and `false` returned.
     pub fn set_registry(&self, registry: Arc<Registry>) -> bool {
         self.registry.set(registry).is_ok()
     }

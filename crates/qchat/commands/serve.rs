@@ -384,8 +384,11 @@ async fn start(
     let metrics = bind_metrics(args.metrics).await?;
     let (endpoint, local) = listen(identity, &options, args.listen)?;
     let server = std::sync::Arc::new(Server::with_store(options, store));
-    // Before the endpoint accepts anyone: nobody has joined yet.
-    server.room().set_registry(registry);
+    // Before the endpoint accepts anyone: nobody has used the registry yet.
+    anyhow::ensure!(
+        server.room().set_registry(registry),
+        "internal error: the room used its name registry before the file was opened"
+    );
     if let Some(listener) = metrics {
         tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
     }
