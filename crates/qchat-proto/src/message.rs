@@ -91,6 +91,63 @@ pub enum ClientMsg {
         /// The name, matched as the same name (see [`crate::names::fold`]).
         name: String,
     },
+    /// 10 (version 4): the first frame of a new device joining a
+    /// registered name with a link code, instead of `HelloV3`. The fields
+    /// are `HelloV3`'s, then the code: the server adds the key the client
+    /// presented to the name's keys if the code is live, unused and was
+    /// made for this name; otherwise it refuses with `LinkRefused` and
+    /// nothing is claimed.
+    HelloLink {
+        /// As in `HelloV3` (4 or more).
+        version: u32,
+        /// The registered name to join.
+        name: String,
+        /// As in `HelloV3`.
+        instance: [u8; 16],
+        /// As in `HelloV3`.
+        resume: Option<ResumePoint>,
+        /// The link code `/device link` printed on a device of the name.
+        code: String,
+    },
+    /// 11 (version 4): manage the keys (devices) of my registered name —
+    /// answered with [`ServerMsg::LinkCode`] or [`ServerMsg::Devices`], or
+    /// `Failed` with `what` = `device`.
+    Device {
+        /// What to do.
+        op: DeviceOp,
+    },
+}
+
+/// What [`ClientMsg::Device`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub enum DeviceOp {
+    /// 0: a new one-time link code for my name.
+    #[cfg_attr(test, default)]
+    Link,
+    /// 1: the keys of my name.
+    List,
+    /// 2: remove this key from my name (answered with the list that is
+    /// left).
+    Remove {
+        /// The key's fingerprint (SHA-256 of its SubjectPublicKeyInfo).
+        key: [u8; 32],
+    },
+}
+
+/// One key of a registered name, as listed in [`ServerMsg::Devices`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct DeviceInfo {
+    /// The key's fingerprint.
+    pub key: [u8; 32],
+    /// When it was added to the name, ms since the Unix epoch.
+    pub added_ms: u64,
+    /// When a device with it last joined or left under the name, ms since
+    /// the Unix epoch.
+    pub last_ms: u64,
+    /// Whether it is the key of the connection that asked.
+    pub this: bool,
 }
 
 /// Messages from the server to a client.
@@ -335,6 +392,22 @@ pub enum ServerMsg {
         /// registered, or for a guest when it joined.
         since_ms: u64,
     },
+    /// 25 (version 4): a new one-time link code, in answer to
+    /// `Device { op: Link }`.
+    LinkCode {
+        /// The code, for `qchat connect --link` on the new device.
+        code: String,
+        /// When it stops working, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// 26 (version 4): the keys of the asker's name, in answer to
+    /// `Device { op: List }` and `Device { op: Remove }`.
+    Devices {
+        /// The name as registered.
+        name: String,
+        /// Its keys, oldest first.
+        devices: Vec<DeviceInfo>,
+    },
 }
 
 /// Where a resuming client left off.
@@ -386,6 +459,10 @@ pub enum RejectReason {
     NameRegistered,
     /// 6: the server admits only clients that present a key.
     KeyRequired,
+    /// 7: a `HelloLink`'s code is wrong, used, expired or for another
+    /// name, or the key cannot be linked (no key, another name's key, the
+    /// name has its most keys); the detail says which.
+    LinkRefused,
     /// A cause this build does not know.
     Other(u32),
 }
@@ -400,6 +477,7 @@ impl From<u32> for RejectReason {
             4 => RejectReason::ShuttingDown,
             5 => RejectReason::NameRegistered,
             6 => RejectReason::KeyRequired,
+            7 => RejectReason::LinkRefused,
             other => RejectReason::Other(other),
         }
     }
@@ -415,6 +493,7 @@ impl From<RejectReason> for u32 {
             RejectReason::ShuttingDown => 4,
             RejectReason::NameRegistered => 5,
             RejectReason::KeyRequired => 6,
+            RejectReason::LinkRefused => 7,
             RejectReason::Other(v) => v,
         }
     }
@@ -482,6 +561,8 @@ impl ClientMsg {
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
         let len = match self {
             ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
+            ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
+            ClientMsg::Device { .. } => 0,
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
@@ -561,10 +642,10 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[25]), Err(DecodeError::UnknownKind(25)));
+        assert_eq!(ServerMsg::decode(&[27]), Err(DecodeError::UnknownKind(27)));
         assert_eq!(
-            ClientMsg::decode(&[10, 0]),
-            Err(DecodeError::UnknownKind(10))
+            ClientMsg::decode(&[12, 0]),
+            Err(DecodeError::UnknownKind(12))
         );
     }
 

@@ -68,6 +68,8 @@ pub struct ServerOptions {
     pub keys_required: bool,
     /// How long a registered name stays its key's without being used.
     pub name_expiry: Duration,
+    /// How long a link code from `/device link` works.
+    pub link_ttl: Duration,
 }
 
 impl Default for ServerOptions {
@@ -96,6 +98,7 @@ impl Default for ServerOptions {
             migration: true,
             keys_required: false,
             name_expiry: limits::NAME_EXPIRY,
+            link_ttl: limits::LINK_TTL,
         }
     }
 }

@@ -274,6 +274,11 @@ impl Room {
         self.lock().members.get(&id).map(|m| m.peer.key)
     }
 
+    /// Member `id`'s name, if it is still here.
+    pub fn member_name(&self, id: MemberId) -> Option<String> {
+        self.lock().members.get(&id).map(|m| m.name.clone())
+    }
+
     /// The member in the room under `name` (as the same name): its name,
     /// its key (`None`: a guest) and how long it has been here.
     pub fn member_named(
@@ -844,6 +849,36 @@ impl Room {
             format!("kicked by {by}: {reason}")
         };
         self.end(&mut st, target, CloseCode::Kicked, &why);
+    }
+
+    /// Ends the sessions of members who proved `key` — a key just removed
+    /// from its name by `by` — telling them why, as a kick; returns how
+    /// many there were.
+    pub fn end_key(&self, key: qchat_tls::Fingerprint, by: &str, reason: &str) -> usize {
+        let mut st = self.lock();
+        let ids: Vec<MemberId> = st
+            .members
+            .iter()
+            .filter(|(_, m)| m.peer.key == Some(key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            let frame = ServerMsg::Kicked {
+                by: by.to_string(),
+                reason: reason.to_string(),
+            }
+            .to_frame();
+            if let Some(m) = st.members.get(id) {
+                let _ = m.outbox.try_send(frame);
+            }
+            self.end(
+                &mut st,
+                *id,
+                CloseCode::Kicked,
+                "its device was removed from the name",
+            );
+        }
+        ids.len()
     }
 
     /// Sends one frame to one member.

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use qchat_proto::rate::TokenBucket;
 use qchat_proto::{
-    frame::ReadError, ClientMsg, CloseCode, DecodeError, FrameDecoder, RejectReason, ServerMsg,
-    ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    frame::ReadError, ClientMsg, CloseCode, DecodeError, DeviceInfo, DeviceOp, FrameDecoder,
+    RejectReason, ServerMsg, ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::gate::Permit;
 use crate::log::LogItem;
-use crate::registry::{Claimed, Refusal};
+use crate::registry::{Claim, Claimed, Refusal};
 use crate::room::{Ending, MemberId, Peer, Rejection, Room};
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
@@ -248,16 +248,29 @@ where
         }
         Ok(Ok(Some(f))) => f,
     };
-    let (version, name, instance, resume) = match ClientMsg::decode(&first) {
+    let (version, name, instance, resume, link) = match ClientMsg::decode(&first) {
         // The first hello speaks at most version 2, whatever number it
         // carries: version 3 starts with its own hello.
-        Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None),
+        Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None, None),
         Ok(ClientMsg::HelloV3 {
             version,
             name,
             instance,
             resume,
-        }) if version >= 3 => (version, name, Some(instance), resume),
+        }) if version >= 3 => (version, name, Some(instance), resume, None),
+        Ok(ClientMsg::HelloLink {
+            version,
+            name,
+            instance,
+            resume,
+            code,
+        }) if version >= 4 => (version, name, Some(instance), resume, Some(code)),
+        Ok(ClientMsg::HelloLink { .. }) => {
+            return before_join(
+                &SessionError::Protocol("a link hello with a version before 4"),
+                permit,
+            )
+        }
         Ok(ClientMsg::HelloV3 { .. }) => {
             return before_join(
                 &SessionError::Protocol("a version-3 hello with an older version"),
@@ -280,7 +293,7 @@ where
         ..peer
     };
     let key = peer.key;
-    let claimed = match admit(room, options, &peer, &name).await {
+    let claimed = match admit(room, options, &peer, &name, link.as_deref()).await {
         Ok(c) => c,
         Err(rej) => {
             if first_before_join(CloseCode::Rejected, permit) {
@@ -387,11 +400,15 @@ async fn admit(
     options: &ServerOptions,
     peer: &Peer,
     name: &str,
+    link: Option<&str>,
 ) -> Result<Option<Claimed>, Rejection> {
     // An invalid name is the room's to refuse, with its own reason; it is
     // never claimed.
     if qchat_proto::names::validate(name).is_err() {
         return Ok(None);
+    }
+    if let Some(code) = link {
+        return admit_link(room, options, peer, name, code).await;
     }
     let guest_refused = peer.key.is_none() && options.keys_required && peer.addr.is_some();
     // Someone in the room has the name: the room refuses it as taken (or
@@ -432,6 +449,120 @@ async fn admit(
             .check_guest(name, expiry)
             .map(|()| None)
             .map_err(registered),
+    }
+}
+
+/// A new device joining `name` with a link code: its key is added to the
+/// name's keys, or the hello is refused with `LinkRefused` and nothing
+/// changes. If the room then refuses the join (a device of the name is in
+/// it now, say), the link is taken back and the code works again.
+async fn admit_link(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+    code: &str,
+) -> Result<Option<Claimed>, Rejection> {
+    let refused = |detail: String| Rejection {
+        reason: RejectReason::LinkRefused,
+        detail,
+    };
+    let Some(key) = peer.key else {
+        return Err(refused(
+            "linking a device adds its key to the name, and you connected without one (as a guest)"
+                .into(),
+        ));
+    };
+    let registry = Arc::clone(room.registry());
+    let (expiry, name, code) = (options.name_expiry, name.to_string(), code.to_string());
+    tokio::task::spawn_blocking(move || registry.link(&name, &code, key, expiry))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal {
+                detail: "the server could not check the link code; try again".into(),
+            })
+        })
+        .map(Some)
+        .map_err(|r| refused(r.detail))
+}
+
+/// `/device link|list|remove`: only for a device whose key holds a
+/// registered name; guests are told they have no devices to manage.
+async fn device(id: MemberId, op: DeviceOp, room: &Room, options: &ServerOptions) {
+    let failed = |reason: String| ServerMsg::Failed {
+        what: "device".into(),
+        reason,
+    };
+    let Some(me) = room.key_of(id) else {
+        return;
+    };
+    let Some(key) = me else {
+        room.reply(
+            id,
+            &failed(
+                "you connected without a key (as a guest): your name is not registered, so it has no devices"
+                    .into(),
+            ),
+        );
+        return;
+    };
+    let registry = Arc::clone(room.registry());
+    let (expiry, ttl) = (options.name_expiry, options.link_ttl);
+    let list = |c: &Claim| ServerMsg::Devices {
+        name: c.name.clone(),
+        devices: c
+            .keys
+            .iter()
+            .map(|d| DeviceInfo {
+                key: d.key,
+                added_ms: d.added_ms,
+                last_ms: d.last_ms,
+                this: d.key == *key.as_bytes(),
+            })
+            .collect(),
+    };
+    let answer = match op {
+        DeviceOp::Link => registry
+            .new_link_code(key, expiry, ttl)
+            .map(|(code, expires_ms)| ServerMsg::LinkCode { code, expires_ms }),
+        DeviceOp::List => registry
+            .claim_of(key, expiry)
+            .map(|c| list(&c))
+            .ok_or_else(|| Refusal {
+                detail: "this device's key holds no registered name".into(),
+            }),
+        DeviceOp::Remove { key: target } => {
+            let target = qchat_tls::Fingerprint::from_bytes(target);
+            let reg = Arc::clone(&registry);
+            let removed = tokio::task::spawn_blocking(move || reg.remove_key(key, target, expiry))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        detail: "the server could not remove the key; try again".into(),
+                    })
+                });
+            match removed {
+                Ok(left) => {
+                    room.reply(id, &list(&left));
+                    let by = room.member_name(id).unwrap_or_else(|| left.name.clone());
+                    let n = room.end_key(
+                        target,
+                        &by,
+                        &format!(
+                            "this device's key was removed from the name {:?}; it can no longer join under it",
+                            left.name
+                        ),
+                    );
+                    tracing::info!(key = %target, ended = n, "a device was removed from its name");
+                    return;
+                }
+                Err(r) => Err(r),
+            }
+        }
+    };
+    match answer {
+        Ok(msg) => room.reply(id, &msg),
+        Err(r) => room.reply(id, &failed(r.detail)),
     }
 }
 
@@ -504,7 +635,7 @@ fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
         },
         (here, Some(c)) => ServerMsg::Whois {
             name: here.as_ref().map_or(c.name.clone(), |h| h.0.clone()),
-            keys: vec![c.key],
+            keys: c.keys.iter().map(|d| d.key).collect(),
             here: here.is_some(),
             guest: false,
             since_ms: c.since_ms,
@@ -605,13 +736,13 @@ fn costs_a_token(msg: &ClientMsg) -> bool {
 /// Kinds newer than the version the client announced are a protocol error.
 fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
     match msg {
-        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {
+        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } | ClientMsg::HelloLink { .. } => {
             Err(SessionError::Protocol("second hello"))
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
-        ClientMsg::Whois { .. } if version < 4 => Err(SessionError::Protocol(
-            "message kind not in the negotiated version",
-        )),
+        ClientMsg::Whois { .. } | ClientMsg::Device { .. } if version < 4 => Err(
+            SessionError::Protocol("message kind not in the negotiated version"),
+        ),
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
         )),
@@ -653,6 +784,7 @@ async fn handle(
         ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
         ClientMsg::Nick { name } => nick(id, &name, room, options).await,
         ClientMsg::Whois { name } => whois(id, &name, room, options),
+        ClientMsg::Device { op } => device(id, op, room, options).await,
         ClientMsg::Who => room.who(id),
         ClientMsg::Kick { name, mut reason } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
@@ -663,7 +795,7 @@ async fn handle(
             return Some(reason);
         }
         // Refused by check_kind before it gets here.
-        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {}
+        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } | ClientMsg::HelloLink { .. } => {}
     }
     None
 }

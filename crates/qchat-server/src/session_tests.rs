@@ -1007,7 +1007,7 @@ async fn keys_required_refuses_guests_from_the_network_but_not_the_host() {
         .room
         .registry()
         .lookup("ALICE", s.room.options().name_expiry);
-    assert_eq!(claim.map(|c| c.key), Some([1; 32]));
+    assert_eq!(claim.map(|c| c.keys[0].key), Some([1; 32]));
 }
 
 /// A claim made for a join that then fails is taken back: the name stays
