@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// (seconds, minutes, hours, days).
     #[arg(long, value_name = "AGE", default_value_t = Age(limits::NAME_EXPIRY), value_parser = parse_age)]
     pub name_expiry: Age,
+    /// How long a link code from /device link works (10 minutes). Hidden:
+    /// only the tests shorten it, to see an expired code refused.
+    #[arg(long, value_name = "AGE", default_value_t = Age(limits::LINK_TTL), value_parser = parse_link_ttl, hide = true)]
+    pub link_ttl: Age,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -287,6 +291,15 @@ fn parse_age(s: &str) -> Result<Age, String> {
         return Err("must be between 0.1 seconds and 100 years".into());
     }
     Ok(Age(Duration::from_secs_f64(secs)))
+}
+
+/// As [`parse_age`], and `0` too: codes expired the moment they are made,
+/// so a test sees the refusal without waiting on a clock.
+fn parse_link_ttl(s: &str) -> Result<Age, String> {
+    match s.trim() {
+        "0" | "0s" => Ok(Age(Duration::ZERO)),
+        other => parse_age(other),
+    }
 }
 
 /// A bare port is loopback: the metrics say how busy the room is and who
@@ -473,6 +486,11 @@ pub struct ConnectArgs {
     /// registered, and servers started with --keys-required refuse you.
     #[arg(long)]
     pub guest: bool,
+    /// Join the registered name given with --name as a new device of it:
+    /// CODE is the one-time link code `/device link` printed on a device
+    /// that already has the name.
+    #[arg(long, value_name = "CODE", conflicts_with = "guest", requires = "name")]
+    pub link: Option<String>,
 }
 
 /// `qchat fingerprint`.

@@ -3,6 +3,7 @@
 //! commands.
 
 use qchat_client::Command;
+use qchat_proto::DeviceOp;
 
 /// One typed line, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,12 @@ pub const COMMANDS: &[CommandHelp] = &[
         name: "/whois",
         args: "NAME",
         about: "a member's key fingerprint (to compare out of band), or that it is a guest",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/device",
+        args: "link | list | remove FP",
+        about: "your name's devices: a one-time code to link a new one, the list, or remove a key",
         operator: false,
     },
     CommandHelp {
@@ -114,6 +121,20 @@ pub fn parse(line: &str) -> Input {
                 usage("/whois")
             } else {
                 Input::Send(Command::Whois(name.to_string()))
+            }
+        }
+        "device" | "devices" => {
+            let (op, arg) = split_word(rest);
+            match op.to_ascii_lowercase().as_str() {
+                "link" if arg.is_empty() => Input::Send(Command::Device(DeviceOp::Link)),
+                "list" | "" if arg.is_empty() => Input::Send(Command::Device(DeviceOp::List)),
+                "remove" if !arg.is_empty() => match arg.parse::<qchat_tls::Fingerprint>() {
+                    Ok(fp) => Input::Send(Command::Device(DeviceOp::Remove {
+                        key: *fp.as_bytes(),
+                    })),
+                    Err(e) => Input::Error(format!("/device remove: {e}")),
+                },
+                _ => usage("/device"),
             }
         }
         "msg" | "query" => {
@@ -224,6 +245,23 @@ mod tests {
             Input::Send(Command::Whois("alice".into()))
         );
         assert_eq!(
+            parse("/device link"),
+            Input::Send(Command::Device(DeviceOp::Link))
+        );
+        assert_eq!(
+            parse("/device list"),
+            Input::Send(Command::Device(DeviceOp::List))
+        );
+        let fp = qchat_tls::Fingerprint::from_bytes([7; 32]);
+        for spelling in [fp.canonical(), fp.read_aloud(), fp.hex()] {
+            assert_eq!(
+                parse(&format!("/device remove {spelling}")),
+                Input::Send(Command::Device(DeviceOp::Remove { key: [7; 32] })),
+                "{spelling}"
+            );
+        }
+        assert!(matches!(parse("/device remove nonsense"), Input::Error(_)));
+        assert_eq!(
             parse("/quit bye all"),
             Input::Send(Command::Quit("bye all".into()))
         );
@@ -250,6 +288,9 @@ mod tests {
             "/kick",
             "/whois",
             "/whois a b",
+            "/device remove",
+            "/device link now",
+            "/device frobnicate",
         ] {
             assert!(
                 matches!(parse(bad), Input::Error(e) if e.starts_with("usage: ")),

@@ -91,6 +91,11 @@ pub fn event(ev: &Event) -> Option<Words> {
             guest,
             since_ms,
         } => Words::Info(whois(name, keys, *here, *guest, *since_ms)),
+        Event::LinkCode { code, expires_ms } => Words::Info(link_code(code, *expires_ms)),
+        Event::Devices { name, devices } => Words::Members {
+            heading: format!("devices of {} ({}):", s(name), devices.len()),
+            entries: devices.iter().map(device).collect(),
+        },
         Event::Notice { text } => Words::Info(format!("notice: {}", s(text))),
         Event::Kicked { by, reason } => Words::Removed(kicked(by, reason)),
         Event::ShuttingDown { reason, back } => Words::Info(shutting_down(reason, *back)),
@@ -268,10 +273,35 @@ pub fn whois(
         .iter()
         .map(|k| format!("{} (read aloud: {})", k.canonical(), k.read_aloud()))
         .collect();
+    let noun = if keys.len() == 1 { "key" } else { "keys" };
     format!(
-        "{}: registered to key {} since {since}; {presence}",
+        "{}: registered to {noun} {} since {since}; {presence}",
         s(name),
         keys.join(" and ")
+    )
+}
+
+/// A new link code: the line `link code: CODE` and how to use it.
+pub fn link_code(code: &str, expires_ms: u64) -> String {
+    let code = s(code);
+    format!(
+        "link code: {code} (one use, until {}; on the new device: qchat connect HOST --name NAME --link {code}; \
+         anyone with it can add a key to your name until then, so pass it on only to yourself)",
+        utc(expires_ms)
+    )
+}
+
+/// One key of my name in `/device list`: both spellings, when added,
+/// when last used, and which one this device is.
+fn device(d: &qchat_proto::DeviceInfo) -> String {
+    let fp = qchat_tls::Fingerprint::from_bytes(d.key);
+    format!(
+        "{} (read aloud: {}) added {}, last seen {}{}",
+        fp.canonical(),
+        fp.read_aloud(),
+        utc(d.added_ms),
+        utc(d.last_ms),
+        if d.this { " (this device)" } else { "" }
     )
 }
 

@@ -137,6 +137,7 @@ impl ConnectError {
                     | RejectReason::UnsupportedVersion
                     | RejectReason::NameRegistered
                     | RejectReason::KeyRequired
+                    | RejectReason::LinkRefused
             ),
             ConnectError::Hello(_) => false,
             _ => true,
@@ -517,6 +518,17 @@ pub enum Greeting {
         /// Where to resume, if anywhere.
         resume: Option<ResumePoint>,
     },
+    /// Version 4 with a link code (`HelloLink`): a new device joining a
+    /// registered name. Only for the first join: a reconnect greets as
+    /// `V3`, since the code is used up and the key already linked.
+    Link {
+        /// As for `V3`.
+        instance: [u8; 16],
+        /// As for `V3`.
+        resume: Option<ResumePoint>,
+        /// The code from `/device link`.
+        code: String,
+    },
 }
 
 /// A random instance id for this process: with a message's number, the key
@@ -570,6 +582,17 @@ where
             name: name.to_string(),
             instance: *instance,
             resume: resume.clone(),
+        },
+        Greeting::Link {
+            instance,
+            resume,
+            code,
+        } => ClientMsg::HelloLink {
+            version: PROTOCOL_VERSION.max(4),
+            name: name.to_string(),
+            instance: *instance,
+            resume: resume.clone(),
+            code: code.clone(),
         },
     }
     .to_frame();
@@ -761,6 +784,7 @@ mod tests {
             RejectReason::NameInvalid,
             RejectReason::NameRegistered,
             RejectReason::KeyRequired,
+            RejectReason::LinkRefused,
         ] {
             assert!(rejected(reason).is_fatal(), "{reason:?}");
         }

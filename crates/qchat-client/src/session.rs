@@ -49,6 +49,8 @@ pub enum Command {
     Who,
     /// Ask who a member is: its key fingerprints (version 4).
     Whois(String),
+    /// Manage the devices (keys) of my registered name (version 4).
+    Device(qchat_proto::DeviceOp),
     /// Remove a member (operators only).
     Kick {
         /// Who.
@@ -197,6 +199,21 @@ pub enum Event {
         /// Registered since (or, for a guest, here since), ms since the
         /// Unix epoch.
         since_ms: u64,
+    },
+    /// A one-time link code for a new device, in answer to
+    /// `Command::Device(DeviceOp::Link)`.
+    LinkCode {
+        /// The code.
+        code: String,
+        /// When it stops working, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// The keys of my name, in answer to `/device list` and `/device remove`.
+    Devices {
+        /// The name as registered.
+        name: String,
+        /// Its keys, oldest first.
+        devices: Vec<qchat_proto::DeviceInfo>,
     },
     /// A notice from the server.
     Notice {
@@ -800,6 +817,21 @@ impl State {
                 .await;
             }
             Some(Command::Whois(name)) => ClientMsg::Whois { name },
+            Some(Command::Device(_)) if self.version < 4 && self.connected => {
+                let reason = format!(
+                    "this server speaks protocol version {}, which has no /device (version 4 added it)",
+                    self.version
+                );
+                return emit(
+                    events,
+                    Event::Failed {
+                        what: "device".into(),
+                        reason,
+                    },
+                )
+                .await;
+            }
+            Some(Command::Device(op)) => ClientMsg::Device { op },
             Some(Command::Kick { name, reason }) => ClientMsg::Kick { name, reason },
             Some(Command::Rebind) => {
                 if let Some(n) = net {
@@ -837,6 +869,7 @@ impl State {
             ClientMsg::Nick { .. } => "nick",
             ClientMsg::Kick { .. } => "kick",
             ClientMsg::Whois { .. } => "whois",
+            ClientMsg::Device { .. } => "device",
             _ => "who",
         };
         if let Err(e) = msg.check_outgoing() {
@@ -1189,6 +1222,8 @@ impl State {
                 guest,
                 since_ms,
             },
+            ServerMsg::LinkCode { code, expires_ms } => Event::LinkCode { code, expires_ms },
+            ServerMsg::Devices { name, devices } => Event::Devices { name, devices },
             ServerMsg::Notice { text } => Event::Notice { text },
             ServerMsg::Failed { what, reason } => Event::Failed { what, reason },
             ServerMsg::Kicked { by, reason } => {

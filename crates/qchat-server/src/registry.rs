@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qchat_proto::limits::{LINK_CODES_PER_NAME, MAX_KEYS_PER_NAME};
+use qchat_proto::limits::{LINK_CODES_PER_NAME, LINK_TTL, MAX_KEYS_PER_NAME};
 use qchat_proto::names;
 use qchat_tls::Fingerprint;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -335,8 +335,10 @@ impl Registry {
             )));
         }
         let name = claim.name.clone();
+        // Used and expired codes stay for a while to explain a refusal.
+        let keep_ms = ttl_ms.max(u64::try_from(LINK_TTL.as_millis()).unwrap_or(u64::MAX));
         maps.codes
-            .retain(|_, c| c.expires_ms.saturating_add(ttl_ms) > now);
+            .retain(|_, c| c.expires_ms.saturating_add(keep_ms) > now);
         let live = maps
             .codes
             .values()

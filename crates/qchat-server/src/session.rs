@@ -407,14 +407,56 @@ async fn admit(
     if qchat_proto::names::validate(name).is_err() {
         return Ok(None);
     }
-    if let Some(code) = link {
-        return admit_link(room, options, peer, name, code).await;
+    let other = other_device(room, options, peer, name);
+    let claimed = match link {
+        Some(code) => admit_link(room, options, peer, name, code).await,
+        None => admit_claim(room, options, peer, name, other.is_some()).await,
+    }?;
+    // Another device of the name is in the room under it: the newest
+    // device takes the name over (one member per name), and the older one
+    // is told why and stays away rather than taking it back.
+    let other = other.or_else(|| other_device(room, options, peer, name));
+    if let Some(other) = other {
+        room.end_key(
+            other,
+            name,
+            "you joined under this name from another of your devices; only one device can be in the room under a name",
+        );
     }
+    Ok(claimed)
+}
+
+/// The key of the member in the room under `name` if it is another key
+/// of the same registered name as `peer`'s: another device of the same
+/// person.
+fn other_device(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+) -> Option<qchat_tls::Fingerprint> {
+    let mine = peer.key?;
+    let (_, Some(theirs), _) = room.member_named(name)? else {
+        return None;
+    };
+    let claim = room.registry().lookup(name, options.name_expiry)?;
+    (theirs != mine && claim.has(mine.as_bytes()) && claim.has(theirs.as_bytes())).then_some(theirs)
+}
+
+/// [`admit`] without a link code: the name is claimed, kept, or checked
+/// for a guest.
+async fn admit_claim(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+    other_device: bool,
+) -> Result<Option<Claimed>, Rejection> {
     let guest_refused = peer.key.is_none() && options.keys_required && peer.addr.is_some();
     // Someone in the room has the name: the room refuses it as taken (or
     // lets the same client replace its old connection), which says more
     // than the registry would.
-    if !guest_refused && room.member_named(name).is_some() {
+    if !guest_refused && !other_device && room.member_named(name).is_some() {
         return Ok(None);
     }
     let registry = Arc::clone(room.registry());

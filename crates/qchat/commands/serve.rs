@@ -297,6 +297,7 @@ fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
         migration: !args.no_migration,
         keys_required: args.keys_required,
         name_expiry: args.name_expiry.0,
+        link_ttl: args.link_ttl.0,
         ..ServerOptions::default()
     };
     Ok(args.limits.apply(base)?)
