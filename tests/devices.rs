@@ -99,9 +99,16 @@ fn a_device_linked_by_code_is_alice_and_the_code_works_once() {
     });
     let (fp1, fp2) = (my_fingerprint(&h1), my_fingerprint(&h2));
     assert!(line.contains(&format!("{fp2} (read aloud: ")), "{line}");
-    let this = line.find(" (this device)").expect("this device marked");
+    // Entries are joined by ", " and each starts with its fingerprint;
+    // only the phone's is marked.
+    let marked: Vec<&str> = line
+        .split(", SHA256:")
+        .filter(|e| e.ends_with(" (this device)"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{line}");
     assert!(
-        line[..this].contains(&fp2) && !line[this..].contains(&fp2),
+        marked[0].contains(fp2.trim_start_matches("SHA256:"))
+            && !marked[0].contains(fp1.trim_start_matches("SHA256:")),
         "{line}"
     );
     assert!(line.contains(&fp1), "{line}");
