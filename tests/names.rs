@@ -10,7 +10,7 @@ fn look_alikes_of_a_members_name_are_refused_as_taken() {
     let server = Server::start(&hs);
     let mut alice = join(&ha, &server, "alice");
     for twin in [
-        "\u{0430}lice",                             // Cyrillic а
+        "\u{0430}\u{04CF}\u{0456}\u{0441}\u{0435}", // all-Cyrillic look-alike
         "\u{FF41}\u{FF4C}\u{FF49}\u{FF43}\u{FF45}", // fullwidth
         "al\u{0131}ce",                             // dotless ı
         "ALICE",

@@ -147,6 +147,32 @@ impl Proc {
         }
     }
 
+    /// Waits for a line on either stream that satisfies `pred`: for an
+    /// attempt that may end either way (joined, or refused).
+    pub fn expect_any(
+        &mut self,
+        what: &str,
+        pred: impl Fn(Stream, &str) -> bool,
+    ) -> (Stream, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((s, line)) => {
+                    self.seen.push((s, line.clone()));
+                    if pred(s, &line) {
+                        return (s, line);
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no {what}\n--- transcript ---\n{}",
+                    self.label,
+                    self.transcript()
+                ),
+            }
+        }
+    }
+
     /// Waits for exactly this stdout line.
     pub fn expect_out(&mut self, line: &str) -> String {
         self.expect(Stream::Out, &format!("stdout line {line:?}"), |l| l == line)

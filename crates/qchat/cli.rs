@@ -36,8 +36,11 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Join the room on a server.
     Connect(ConnectArgs),
-    /// Print this machine's server fingerprint (created on first use).
+    /// Print this machine's server fingerprint, or with --mine your own
+    /// (each created on first use).
     Fingerprint(FingerprintArgs),
+    /// Manage your own key, which servers bind your name to.
+    Identity(IdentityArgs),
     /// List, remove, replace or verify the server keys this client has pinned.
     KnownHosts(KnownHostsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -129,6 +132,19 @@ pub struct ServeArgs {
     /// PORT means 127.0.0.1:PORT (off by default).
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
+    /// Refuse members who connect without a key (guests: older clients,
+    /// and clients told to connect as guests); they are told why.
+    #[arg(long)]
+    pub keys_required: bool,
+    /// How long a registered name stays bound to its key while unused;
+    /// then the next key to use it claims it. A number with s, m, h or d
+    /// (seconds, minutes, hours, days).
+    #[arg(long, value_name = "AGE", default_value_t = Age(limits::NAME_EXPIRY), value_parser = parse_age)]
+    pub name_expiry: Age,
+    /// How long a link code from /device link works (10 minutes). Hidden:
+    /// only the tests shorten it, to see an expired code refused.
+    #[arg(long, value_name = "AGE", default_value_t = Age(limits::LINK_TTL), value_parser = parse_link_ttl, hide = true)]
+    pub link_ttl: Age,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -227,6 +243,62 @@ pub struct Secs(pub Duration);
 impl std::fmt::Display for Secs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+/// A duration written with its unit (`2s`, `90m`, `12h`, `180d`), for
+/// settings measured in days as readily as in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Age(pub Duration);
+
+impl std::fmt::Display for Age {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        if self.0.subsec_nanos() != 0 || secs == 0 {
+            write!(f, "{}s", self.0.as_secs_f64())
+        } else if secs % 86_400 == 0 {
+            write!(f, "{}d", secs / 86_400)
+        } else if secs % 3_600 == 0 {
+            write!(f, "{}h", secs / 3_600)
+        } else if secs % 60 == 0 {
+            write!(f, "{}m", secs / 60)
+        } else {
+            write!(f, "{secs}s")
+        }
+    }
+}
+
+fn parse_age(s: &str) -> Result<Age, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let unit_secs = match unit {
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3_600.0,
+        "d" => 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}; use s, m, h or d (as in 180d)"
+            ))
+        }
+    };
+    let n: f64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a duration; write a number and s, m, h or d (as in 180d)")
+    })?;
+    let secs = n * unit_secs;
+    if !(0.1..=100.0 * 365.0 * 86_400.0).contains(&secs) {
+        return Err("must be between 0.1 seconds and 100 years".into());
+    }
+    Ok(Age(Duration::from_secs_f64(secs)))
+}
+
+/// As [`parse_age`], and `0` too: codes expired the moment they are made,
+/// so a test sees the refusal without waiting on a clock.
+fn parse_link_ttl(s: &str) -> Result<Age, String> {
+    match s.trim() {
+        "0" | "0s" => Ok(Age(Duration::ZERO)),
+        other => parse_age(other),
     }
 }
 
@@ -410,20 +482,53 @@ pub struct ConnectArgs {
     /// where this client left off with this server last time.
     #[arg(long)]
     pub no_resume: bool,
+    /// Connect without your key, as a guest: only names nobody has
+    /// registered, and servers started with --keys-required refuse you.
+    #[arg(long)]
+    pub guest: bool,
+    /// Join the registered name given with --name as a new device of it:
+    /// CODE is the one-time link code `/device link` printed on a device
+    /// that already has the name.
+    #[arg(long, value_name = "CODE", conflicts_with = "guest", requires = "name")]
+    pub link: Option<String>,
 }
 
 /// `qchat fingerprint`.
 #[derive(Debug, Args)]
 pub struct FingerprintArgs {
     /// Folder with the server identity.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "mine")]
     pub cert_dir: Option<PathBuf>,
+    /// Your own key's fingerprint ($QCHAT_HOME/identity), the one servers
+    /// bind your name to and `/whois` shows others.
+    #[arg(long)]
+    pub mine: bool,
     /// Print the read-aloud form instead.
     #[arg(long, conflicts_with = "hex")]
     pub read_aloud: bool,
     /// Print colon-separated hex instead.
     #[arg(long)]
     pub hex: bool,
+}
+
+/// `qchat identity`.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// What to do with your key.
+    #[command(subcommand)]
+    pub action: IdentityAction,
+}
+
+/// `qchat identity <action>`.
+#[derive(Debug, Subcommand)]
+pub enum IdentityAction {
+    /// Replace your key with a new one (the old files are kept beside it).
+    /// Names your old key registered stay bound to it until they expire.
+    New {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `qchat known-hosts`.

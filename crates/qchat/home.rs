@@ -24,6 +24,11 @@ pub fn cert_dir() -> Result<PathBuf> {
     Ok(home()?.join("certs"))
 }
 
+/// The person's own key (`qchat connect` presents it to servers).
+pub fn identity_dir() -> Result<PathBuf> {
+    Ok(home()?.join("identity"))
+}
+
 /// The client's default pin store.
 pub fn known_hosts() -> Result<PathBuf> {
     Ok(home()?.join("known_hosts"))

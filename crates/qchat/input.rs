@@ -3,6 +3,7 @@
 //! commands.
 
 use qchat_client::Command;
+use qchat_proto::DeviceOp;
 
 /// One typed line, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,18 @@ pub const COMMANDS: &[CommandHelp] = &[
         name: "/who",
         args: "",
         about: "who is in the room, and for how long",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/whois",
+        args: "NAME",
+        about: "a member's key fingerprint (to compare out of band), or that it is a guest",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/device",
+        args: "link | list | remove FP",
+        about: "your name's devices: a one-time code to link a new one, the list, or remove a key",
         operator: false,
     },
     CommandHelp {
@@ -102,6 +115,28 @@ pub fn parse(line: &str) -> Input {
         "help" | "?" => Input::Help,
         "fingerprint" => Input::Fingerprint,
         "who" | "names" => Input::Send(Command::Who),
+        "whois" => {
+            let (name, extra) = split_word(rest);
+            if name.is_empty() || !extra.is_empty() {
+                usage("/whois")
+            } else {
+                Input::Send(Command::Whois(name.to_string()))
+            }
+        }
+        "device" | "devices" => {
+            let (op, arg) = split_word(rest);
+            match op.to_ascii_lowercase().as_str() {
+                "link" if arg.is_empty() => Input::Send(Command::Device(DeviceOp::Link)),
+                "list" | "" if arg.is_empty() => Input::Send(Command::Device(DeviceOp::List)),
+                "remove" if !arg.is_empty() => match arg.parse::<qchat_tls::Fingerprint>() {
+                    Ok(fp) => Input::Send(Command::Device(DeviceOp::Remove {
+                        key: *fp.as_bytes(),
+                    })),
+                    Err(e) => Input::Error(format!("/device remove: {e}")),
+                },
+                _ => usage("/device"),
+            }
+        }
         "msg" | "query" => {
             let (to, text) = split_word(rest);
             if to.is_empty() || text.is_empty() {
@@ -206,6 +241,27 @@ mod tests {
         );
         assert_eq!(parse("/nick zed"), Input::Send(Command::Nick("zed".into())));
         assert_eq!(
+            parse("/whois alice"),
+            Input::Send(Command::Whois("alice".into()))
+        );
+        assert_eq!(
+            parse("/device link"),
+            Input::Send(Command::Device(DeviceOp::Link))
+        );
+        assert_eq!(
+            parse("/device list"),
+            Input::Send(Command::Device(DeviceOp::List))
+        );
+        let fp = qchat_tls::Fingerprint::from_bytes([7; 32]);
+        for spelling in [fp.canonical(), fp.read_aloud(), fp.hex()] {
+            assert_eq!(
+                parse(&format!("/device remove {spelling}")),
+                Input::Send(Command::Device(DeviceOp::Remove { key: [7; 32] })),
+                "{spelling}"
+            );
+        }
+        assert!(matches!(parse("/device remove nonsense"), Input::Error(_)));
+        assert_eq!(
             parse("/quit bye all"),
             Input::Send(Command::Quit("bye all".into()))
         );
@@ -223,7 +279,19 @@ mod tests {
 
     #[test]
     fn mistakes_are_explained() {
-        for bad in ["/msg", "/msg bob", "/me", "/nick", "/nick a b", "/kick"] {
+        for bad in [
+            "/msg",
+            "/msg bob",
+            "/me",
+            "/nick",
+            "/nick a b",
+            "/kick",
+            "/whois",
+            "/whois a b",
+            "/device remove",
+            "/device link now",
+            "/device frobnicate",
+        ] {
             assert!(
                 matches!(parse(bad), Input::Error(e) if e.starts_with("usage: ")),
                 "{bad}"

@@ -84,6 +84,18 @@ pub fn event(ev: &Event) -> Option<Words> {
             heading: format!("members ({}):", members.len()),
             entries: members.iter().map(member).collect(),
         },
+        Event::Whois {
+            name,
+            keys,
+            here,
+            guest,
+            since_ms,
+        } => Words::Info(whois(name, keys, *here, *guest, *since_ms)),
+        Event::LinkCode { code, expires_ms } => Words::Info(link_code(code, *expires_ms)),
+        Event::Devices { name, devices } => Words::Members {
+            heading: format!("devices of {} ({}):", s(name), devices.len()),
+            entries: devices.iter().map(device).collect(),
+        },
         Event::Notice { text } => Words::Info(format!("notice: {}", s(text))),
         Event::Kicked { by, reason } => Words::Removed(kicked(by, reason)),
         Event::ShuttingDown { reason, back } => Words::Info(shutting_down(reason, *back)),
@@ -237,6 +249,71 @@ fn member(m: &MemberInfo) -> String {
         item.push_str(" (operator)");
     }
     item
+}
+
+/// `/whois` on one line: every key in the canonical form (what `qchat
+/// fingerprint --mine` prints on that person's machine) and read aloud, or
+/// that the member is a guest; and since when.
+pub fn whois(
+    name: &str,
+    keys: &[qchat_tls::Fingerprint],
+    here: bool,
+    guest: bool,
+    since_ms: u64,
+) -> String {
+    let since = utc(since_ms);
+    let presence = if here { "here now" } else { "not here now" };
+    if guest || keys.is_empty() {
+        return format!(
+            "{}: a guest (no key; the name is not registered), here since {since}",
+            s(name)
+        );
+    }
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} (read aloud: {})", k.canonical(), k.read_aloud()))
+        .collect();
+    let noun = if keys.len() == 1 { "key" } else { "keys" };
+    format!(
+        "{}: registered to {noun} {} since {since}; {presence}",
+        s(name),
+        keys.join(" and ")
+    )
+}
+
+/// A new link code: the line `link code: CODE` and how to use it.
+pub fn link_code(code: &str, expires_ms: u64) -> String {
+    let code = s(code);
+    format!(
+        "link code: {code} (one use, until {}; on the new device: qchat connect HOST --name NAME --link {code}; \
+         anyone with it can add a key to your name until then, so pass it on only to yourself)",
+        utc(expires_ms)
+    )
+}
+
+/// One key of my name in `/device list`: both spellings, when added,
+/// when last used, and which one this device is.
+fn device(d: &qchat_proto::DeviceInfo) -> String {
+    let fp = qchat_tls::Fingerprint::from_bytes(d.key);
+    format!(
+        "{} (read aloud: {}) added {}, last seen {}{}",
+        fp.canonical(),
+        fp.read_aloud(),
+        utc(d.added_ms),
+        utc(d.last_ms),
+        if d.this { " (this device)" } else { "" }
+    )
+}
+
+/// A server timestamp (ms since the Unix epoch) as a UTC date and time to
+/// the minute.
+fn utc(ms: u64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    i128::from(ms)
+        .checked_mul(1_000_000)
+        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "an unknown time".into())
 }
 
 /// "5m", "2h", "12s": how long someone has been here.

@@ -376,6 +376,8 @@ pub fn trust_plan(target: &Target) -> TrustPlan {
         mode: TrustMode::Strict,
         interactive: false,
         warnings: vec![],
+        // Bench members join as guests: the load is about the fan-out.
+        me: None,
     }
 }
 

@@ -135,6 +135,9 @@ impl ConnectError {
                 RejectReason::NameTaken
                     | RejectReason::NameInvalid
                     | RejectReason::UnsupportedVersion
+                    | RejectReason::NameRegistered
+                    | RejectReason::KeyRequired
+                    | RejectReason::LinkRefused
             ),
             ConnectError::Hello(_) => false,
             _ => true,
@@ -316,7 +319,11 @@ where
     D: FnOnce(UnknownServer) -> Decision + Send + 'static,
 {
     let verifier = PinVerifier::new(plan.expectation());
-    let mut config = qchat_tls::quic_client_config(Arc::clone(&verifier), &[ALPN])
+    // A server the user has not yet decided to trust does not learn who
+    // the user is: the key is only shown to a pinned (or pinned-on-first-
+    // use) server.
+    let me = plan.me.as_deref().filter(|_| !plan.needs_decision());
+    let mut config = qchat_tls::quic_client_config(Arc::clone(&verifier), &[ALPN], me)
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     config.transport_config(client_transport());
     // The name only fills in SNI: with a pinned key it carries no trust.
@@ -482,6 +489,9 @@ pub struct Welcome {
 /// The version-3 part of a welcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WelcomeV3 {
+    /// The protocol version the server speaks on this connection (3 or
+    /// more): what it can be asked.
+    pub version: u32,
     /// The room log's identity.
     pub log_id: [u8; 16],
     /// The newest message id when we joined.
@@ -507,6 +517,17 @@ pub enum Greeting {
         instance: [u8; 16],
         /// Where to resume, if anywhere.
         resume: Option<ResumePoint>,
+    },
+    /// Version 4 with a link code (`HelloLink`): a new device joining a
+    /// registered name. Only for the first join: a reconnect greets as
+    /// `V3`, since the code is used up and the key already linked.
+    Link {
+        /// As for `V3`.
+        instance: [u8; 16],
+        /// As for `V3`.
+        resume: Option<ResumePoint>,
+        /// The code from `/device link`.
+        code: String,
     },
 }
 
@@ -562,6 +583,17 @@ where
             instance: *instance,
             resume: resume.clone(),
         },
+        Greeting::Link {
+            instance,
+            resume,
+            code,
+        } => ClientMsg::HelloLink {
+            version: PROTOCOL_VERSION.max(4),
+            name: name.to_string(),
+            instance: *instance,
+            resume: resume.clone(),
+            code: code.clone(),
+        },
     }
     .to_frame();
     send.write_all(&frame).await.map_err(HelloError::Io)?;
@@ -611,6 +643,7 @@ where
                 name,
                 members,
                 v3: Some(WelcomeV3 {
+                    version,
                     log_id,
                     last_id,
                     rate,
@@ -726,5 +759,35 @@ fn closed_error(conn: &quinn::Connection, addr: SocketAddr, e: &std::io::Error) 
             addr,
             reason: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(reason: RejectReason) -> ConnectError {
+        HelloError::Rejected {
+            reason,
+            detail: String::new(),
+        }
+        .into()
+    }
+
+    /// A reconnect that meets a name now registered to another key, or a
+    /// server that now requires keys, would be refused the same way for
+    /// ever: it ends instead of retrying.
+    #[test]
+    fn refusals_that_cannot_pass_by_waiting_are_fatal() {
+        for reason in [
+            RejectReason::NameTaken,
+            RejectReason::NameInvalid,
+            RejectReason::NameRegistered,
+            RejectReason::KeyRequired,
+            RejectReason::LinkRefused,
+        ] {
+            assert!(rejected(reason).is_fatal(), "{reason:?}");
+        }
+        assert!(!rejected(RejectReason::ShuttingDown).is_fatal());
     }
 }

@@ -47,6 +47,7 @@ pub struct Dialer {
     host: HostKey,
     known_hosts: PathBuf,
     given: Option<Fingerprint>,
+    me: Option<std::sync::Arc<qchat_tls::Identity>>,
     mode: TrustMode,
     accepted: Fingerprint,
     name: String,
@@ -73,6 +74,7 @@ impl Dialer {
             host: plan.host.clone(),
             known_hosts: plan.known_hosts.clone(),
             given: plan.given,
+            me: plan.me.clone(),
             mode: plan.mode,
             accepted,
             name,
@@ -111,7 +113,8 @@ impl Dialer {
             self.given,
             self.mode,
             false,
-        )?;
+        )?
+        .presenting(self.me.clone());
         if plan.expectation() != Expectation::Pinned(self.accepted) {
             return Err(ConnectError::PinGone {
                 host: self.host.clone(),

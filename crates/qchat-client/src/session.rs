@@ -47,6 +47,10 @@ pub enum Command {
     Nick(String),
     /// Ask for the member list.
     Who,
+    /// Ask who a member is: its key fingerprints (version 4).
+    Whois(String),
+    /// Manage the devices (keys) of my registered name (version 4).
+    Device(qchat_proto::DeviceOp),
     /// Remove a member (operators only).
     Kick {
         /// Who.
@@ -182,6 +186,35 @@ pub enum Event {
     },
     /// The member list, in answer to [`Command::Who`].
     Members(Vec<qchat_proto::MemberInfo>),
+    /// Who a member is, in answer to [`Command::Whois`].
+    Whois {
+        /// The name as the server knows it.
+        name: String,
+        /// The keys the name is registered to (empty for a guest).
+        keys: Vec<qchat_tls::Fingerprint>,
+        /// Whether someone is in the room under the name now.
+        here: bool,
+        /// Whether that one is a guest (no key).
+        guest: bool,
+        /// Registered since (or, for a guest, here since), ms since the
+        /// Unix epoch.
+        since_ms: u64,
+    },
+    /// A one-time link code for a new device, in answer to
+    /// `Command::Device(DeviceOp::Link)`.
+    LinkCode {
+        /// The code.
+        code: String,
+        /// When it stops working, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// The keys of my name, in answer to `/device list` and `/device remove`.
+    Devices {
+        /// The name as registered.
+        name: String,
+        /// Its keys, oldest first.
+        devices: Vec<qchat_proto::DeviceInfo>,
+    },
     /// A notice from the server.
     Notice {
         /// The text.
@@ -527,6 +560,8 @@ struct State {
     pacer: Pacer,
     /// Whether the server speaks version 3 on this connection.
     v3: bool,
+    /// The protocol version the server speaks on this connection.
+    version: u32,
     /// Our name as the server knows it.
     name: String,
     /// Liveness: the datagram count last seen and when it last grew.
@@ -553,6 +588,7 @@ impl State {
             connected: true,
             pacer: Pacer::unlimited(),
             v3: false,
+            version: 0,
             name: net.map(|n| n.name.clone()).unwrap_or_default(),
             rx_datagrams: 0,
             heard_at: Instant::now(),
@@ -580,6 +616,7 @@ impl State {
         self.heard_at = Instant::now();
         self.rx_datagrams = 0;
         self.v3 = welcome.is_some();
+        self.version = welcome.as_ref().map_or(2, |w| w.version);
         match &welcome {
             Some(w) => {
                 self.transcript.welcome(w.log_id);
@@ -765,6 +802,36 @@ impl State {
             },
             Some(Command::Nick(name)) => ClientMsg::Nick { name },
             Some(Command::Who) => ClientMsg::Who,
+            Some(Command::Whois(_)) if self.version < 4 && self.connected => {
+                let reason = format!(
+                    "this server speaks protocol version {}, which has no /whois (version 4 added it)",
+                    self.version
+                );
+                return emit(
+                    events,
+                    Event::Failed {
+                        what: "whois".into(),
+                        reason,
+                    },
+                )
+                .await;
+            }
+            Some(Command::Whois(name)) => ClientMsg::Whois { name },
+            Some(Command::Device(_)) if self.version < 4 && self.connected => {
+                let reason = format!(
+                    "this server speaks protocol version {}, which has no /device (version 4 added it)",
+                    self.version
+                );
+                return emit(
+                    events,
+                    Event::Failed {
+                        what: "device".into(),
+                        reason,
+                    },
+                )
+                .await;
+            }
+            Some(Command::Device(op)) => ClientMsg::Device { op },
             Some(Command::Kick { name, reason }) => ClientMsg::Kick { name, reason },
             Some(Command::Rebind) => {
                 if let Some(n) = net {
@@ -801,6 +868,8 @@ impl State {
         let what = match &msg {
             ClientMsg::Nick { .. } => "nick",
             ClientMsg::Kick { .. } => "kick",
+            ClientMsg::Whois { .. } => "whois",
+            ClientMsg::Device { .. } => "device",
             _ => "who",
         };
         if let Err(e) = msg.check_outgoing() {
@@ -1137,6 +1206,24 @@ impl State {
                 Event::Renamed { old, new }
             }
             ServerMsg::Members { members } => Event::Members(members),
+            ServerMsg::Whois {
+                name,
+                keys,
+                here,
+                guest,
+                since_ms,
+            } => Event::Whois {
+                name,
+                keys: keys
+                    .into_iter()
+                    .map(qchat_tls::Fingerprint::from_bytes)
+                    .collect(),
+                here,
+                guest,
+                since_ms,
+            },
+            ServerMsg::LinkCode { code, expires_ms } => Event::LinkCode { code, expires_ms },
+            ServerMsg::Devices { name, devices } => Event::Devices { name, devices },
             ServerMsg::Notice { text } => Event::Notice { text },
             ServerMsg::Failed { what, reason } => Event::Failed { what, reason },
             ServerMsg::Kicked { by, reason } => {
@@ -1478,6 +1565,7 @@ mod network_tests {
 
     fn welcome(rate: u32, burst: u32) -> WelcomeV3 {
         WelcomeV3 {
+            version: qchat_proto::PROTOCOL_VERSION,
             log_id: LOG,
             last_id: 0,
             rate,

@@ -39,6 +39,10 @@ pub struct TrustPlan {
     pub interactive: bool,
     /// Problems found while reading the pin store (reported, not fatal).
     pub warnings: Vec<String>,
+    /// The person's own key, presented as a client certificate to a server
+    /// that is already trusted; `None` for a guest. It travels with the
+    /// plan because every connection and reconnect needs both.
+    pub me: Option<std::sync::Arc<qchat_tls::Identity>>,
 }
 
 /// How far the server is trusted, shown in the status line.
@@ -144,7 +148,14 @@ impl TrustPlan {
             mode,
             interactive,
             warnings: store.warnings().to_vec(),
+            me: None,
         })
+    }
+
+    /// The same plan, presenting `me` (or nobody: a guest).
+    pub fn presenting(mut self, me: Option<std::sync::Arc<qchat_tls::Identity>>) -> Self {
+        self.me = me;
+        self
     }
 
     /// What the verifier enforces during the handshake.

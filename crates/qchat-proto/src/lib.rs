@@ -24,7 +24,8 @@ pub mod text;
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
-    ClientMsg, DecodeError, MemberInfo, RejectReason, ResumePoint, ServerMsg, TooLong,
+    ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, RejectReason, ResumePoint, ServerMsg,
+    TooLong,
 };
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
@@ -37,8 +38,12 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// raise it; the server accepts any version from 1 up to its own.
 /// Version 2 added private messages, actions, name changes, the member list
 /// and kicks; version 3 the room log's message ids, resuming after a
-/// reconnect, idempotent re-sends and the server's pacing in the welcome.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// reconnect, idempotent re-sends and the server's pacing in the welcome;
+/// version 4 `Whois` (members' keys), several devices (keys) per name
+/// with their link codes (`HelloLink`, `Device`), alongside names bound to keys and
+/// the refusals that go with them, which older clients receive as reasons
+/// they do not know.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest protocol version this build still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

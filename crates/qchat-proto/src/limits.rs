@@ -98,6 +98,22 @@ pub const REPLAY_MAX: usize = 1000;
 /// How long a server keeps a dropped member's name for its reconnect.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(60);
 
+/// How long a registered name stays bound to its key without being used;
+/// after that the first key to use it claims it anew.
+pub const NAME_EXPIRY: Duration = Duration::from_secs(180 * 24 * 60 * 60);
+
+/// Keys (devices) one registered name may have: a handful, as ergo allows
+/// per account, so that a leaked link code or a careless user cannot grow
+/// a name's key set without bound.
+pub const MAX_KEYS_PER_NAME: usize = 5;
+
+/// How long a link code from `/device link` works.
+pub const LINK_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Link codes one name may have live at once; asking for more is refused
+/// until one is used or expires.
+pub const LINK_CODES_PER_NAME: usize = 3;
+
 /// Public messages the server's room log keeps; older ones are deleted.
 pub const HISTORY_KEEP: u64 = 100_000;
 

@@ -85,6 +85,69 @@ pub enum ClientMsg {
         /// Where to resume, or `None` for a fresh join (the usual history).
         resume: Option<ResumePoint>,
     },
+    /// 9 (version 4): who is this member — answered with
+    /// [`ServerMsg::Whois`], or `Failed` with `what` = `whois`.
+    Whois {
+        /// The name, matched as the same name (see [`crate::names::fold`]).
+        name: String,
+    },
+    /// 10 (version 4): the first frame of a new device joining a
+    /// registered name with a link code, instead of `HelloV3`. The fields
+    /// are `HelloV3`'s, then the code: the server adds the key the client
+    /// presented to the name's keys if the code is live, unused and was
+    /// made for this name; otherwise it refuses with `LinkRefused` and
+    /// nothing is claimed.
+    HelloLink {
+        /// As in `HelloV3` (4 or more).
+        version: u32,
+        /// The registered name to join.
+        name: String,
+        /// As in `HelloV3`.
+        instance: [u8; 16],
+        /// As in `HelloV3`.
+        resume: Option<ResumePoint>,
+        /// The link code `/device link` printed on a device of the name.
+        code: String,
+    },
+    /// 11 (version 4): manage the keys (devices) of my registered name —
+    /// answered with [`ServerMsg::LinkCode`] or [`ServerMsg::Devices`], or
+    /// `Failed` with `what` = `device`.
+    Device {
+        /// What to do.
+        op: DeviceOp,
+    },
+}
+
+/// What [`ClientMsg::Device`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub enum DeviceOp {
+    /// 0: a new one-time link code for my name.
+    #[cfg_attr(test, default)]
+    Link,
+    /// 1: the keys of my name.
+    List,
+    /// 2: remove this key from my name (answered with the list that is
+    /// left).
+    Remove {
+        /// The key's fingerprint (SHA-256 of its SubjectPublicKeyInfo).
+        key: [u8; 32],
+    },
+}
+
+/// One key of a registered name, as listed in [`ServerMsg::Devices`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct DeviceInfo {
+    /// The key's fingerprint.
+    pub key: [u8; 32],
+    /// When it was added to the name, ms since the Unix epoch.
+    pub added_ms: u64,
+    /// When a device with it last joined or left under the name, ms since
+    /// the Unix epoch.
+    pub last_ms: u64,
+    /// Whether it is the key of the connection that asked.
+    pub this: bool,
 }
 
 /// Messages from the server to a client.
@@ -312,6 +375,39 @@ pub enum ServerMsg {
         /// reconnects and resumes.
         back: bool,
     },
+    /// 24 (version 4): the answer to `Whois`.
+    Whois {
+        /// The name as the server knows it: as registered, or as the
+        /// member in the room spells it.
+        name: String,
+        /// The fingerprints (SHA-256 of the SubjectPublicKeyInfo) of the
+        /// keys the name is registered to; empty for a guest.
+        keys: Vec<[u8; 32]>,
+        /// Whether someone is in the room under the name now.
+        here: bool,
+        /// Whether the one in the room is a guest (no key; the name is not
+        /// registered).
+        guest: bool,
+        /// Since when, ms since the Unix epoch: when the name was
+        /// registered, or for a guest when it joined.
+        since_ms: u64,
+    },
+    /// 25 (version 4): a new one-time link code, in answer to
+    /// `Device { op: Link }`.
+    LinkCode {
+        /// The code, for `qchat connect --link` on the new device.
+        code: String,
+        /// When it stops working, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// 26 (version 4): the keys of the asker's name, in answer to
+    /// `Device { op: List }` and `Device { op: Remove }`.
+    Devices {
+        /// The name as registered.
+        name: String,
+        /// Its keys, oldest first.
+        devices: Vec<DeviceInfo>,
+    },
 }
 
 /// Where a resuming client left off.
@@ -358,6 +454,15 @@ pub enum RejectReason {
     ServerFull,
     /// 4: the server is shutting down.
     ShuttingDown,
+    /// 5: the name is registered to another key (or, for a client without
+    /// a key, to any key); the detail says which rule made it the same name.
+    NameRegistered,
+    /// 6: the server admits only clients that present a key.
+    KeyRequired,
+    /// 7: a `HelloLink`'s code is wrong, used, expired or for another
+    /// name, or the key cannot be linked (no key, another name's key, the
+    /// name has its most keys); the detail says which.
+    LinkRefused,
     /// A cause this build does not know.
     Other(u32),
 }
@@ -370,6 +475,9 @@ impl From<u32> for RejectReason {
             2 => RejectReason::UnsupportedVersion,
             3 => RejectReason::ServerFull,
             4 => RejectReason::ShuttingDown,
+            5 => RejectReason::NameRegistered,
+            6 => RejectReason::KeyRequired,
+            7 => RejectReason::LinkRefused,
             other => RejectReason::Other(other),
         }
     }
@@ -383,6 +491,9 @@ impl From<RejectReason> for u32 {
             RejectReason::UnsupportedVersion => 2,
             RejectReason::ServerFull => 3,
             RejectReason::ShuttingDown => 4,
+            RejectReason::NameRegistered => 5,
+            RejectReason::KeyRequired => 6,
+            RejectReason::LinkRefused => 7,
             RejectReason::Other(v) => v,
         }
     }
@@ -450,11 +561,14 @@ impl ClientMsg {
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
         let len = match self {
             ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
+            ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
+            ClientMsg::Device { .. } => 0,
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
             ClientMsg::Nick { name } => name.len(),
             ClientMsg::Who => 0,
+            ClientMsg::Whois { name } => name.len(),
             ClientMsg::Kick { name, reason } => name.len() + reason.len(),
         };
         let max = crate::limits::MAX_SEND_BYTES;
@@ -528,8 +642,11 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[24]), Err(DecodeError::UnknownKind(24)));
-        assert_eq!(ClientMsg::decode(&[9, 0]), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(ServerMsg::decode(&[27]), Err(DecodeError::UnknownKind(27)));
+        assert_eq!(
+            ClientMsg::decode(&[12, 0]),
+            Err(DecodeError::UnknownKind(12))
+        );
     }
 
     /// Every variant, as the enum declares it, encodes with its position as

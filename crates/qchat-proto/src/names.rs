@@ -13,6 +13,14 @@
 //! confusable skeleton after compatibility normalisation and case folding,
 //! so `alice`, `ALICE`, `аlice` (Cyrillic а), `ａｌｉｃｅ` (fullwidth) and
 //! `alıce` (dotless ı) are one name and the second to ask for it is refused.
+//!
+//! And a name may not mix scripts in a way UTS #39 does not deem safe
+//! ([`validate`], the *moderately restrictive* level of its restriction
+//! levels): one script, or Latin with Han, Hiragana, Katakana, Hangul or
+//! Bopomofo as Japanese, Chinese and Korean are written, or Latin with one
+//! other recommended script that is neither Cyrillic nor Greek — the two
+//! whose letters pass for Latin ones. `аlice` with a Cyrillic `а` is
+//! refused by this rule before its look-alike is even compared.
 
 use unicode_normalization::UnicodeNormalization;
 
@@ -44,14 +52,30 @@ pub enum NameError {
         /// Its code point.
         code: u32,
     },
+    /// Letters from scripts that may not be mixed (UTS #39).
+    #[error(
+        "the name mixes {scripts} letters, which Unicode's security guidelines (UTS #39, \
+         moderately restrictive) do not deem a safe mix; use one script (Latin may go with one \
+         other script, but not with Cyrillic or Greek)"
+    )]
+    MixedScript {
+        /// The scripts found, for the user, e.g. `Latin and Cyrillic`.
+        scripts: String,
+    },
     /// A character the chat's line format puts around names.
     #[error("the name contains {0:?}, which qchat puts around names; leave out < > * [ ] ( ) {{ }} and ,")]
     Delimiter(char),
 }
 
 /// Checks a name against the rules: 1–32 characters, none of them a
-/// display hazard, whitespace, blank, zero-width or a name delimiter.
+/// display hazard, whitespace, blank, zero-width or a name delimiter, and
+/// no unsafe mix of scripts.
 pub fn validate(name: &str) -> Result<(), NameError> {
+    validate_chars(name)?;
+    script_mix(name)
+}
+
+fn validate_chars(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
@@ -74,6 +98,52 @@ pub fn validate(name: &str) -> Result<(), NameError> {
         }
     }
     Ok(())
+}
+
+/// UTS #39 restriction-level detection, up to *moderately restrictive*,
+/// as `unicode-security` computes it — without its identifier-profile
+/// check, which would refuse digits-and-emoji names that the character
+/// rules above already judge.
+fn script_mix(name: &str) -> Result<(), NameError> {
+    use unicode_script::{Script, UnicodeScript};
+    use unicode_security::mixed_script::AugmentedScriptSet;
+    let mut all = AugmentedScriptSet::default();
+    let mut without_latin = AugmentedScriptSet::default();
+    for c in name.chars() {
+        let set = AugmentedScriptSet::for_char(c);
+        all.intersect_with(set);
+        if !set.base.contains_script(Script::Latin) {
+            without_latin.intersect_with(set);
+        }
+    }
+    // One script (common characters such as digits and punctuation go
+    // with any), or Latin with the scripts of Chinese, Japanese or Korean.
+    if !all.is_empty() || without_latin.hanb || without_latin.jpan || without_latin.kore {
+        return Ok(());
+    }
+    if without_latin.base.len() == 1 {
+        if let Some(script) = without_latin.base.iter().next() {
+            if script.is_recommended() && script != Script::Cyrillic && script != Script::Greek {
+                return Ok(());
+            }
+        }
+    }
+    let mut found: Vec<&'static str> = Vec::new();
+    for c in name.chars() {
+        let script = c.script();
+        if !matches!(script, Script::Common | Script::Inherited | Script::Unknown) {
+            let name = script.full_name();
+            if !found.contains(&name) {
+                found.push(name);
+            }
+        }
+    }
+    let scripts = match found.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((only, _)) => (*only).to_string(),
+        None => "several scripts'".to_string(),
+    };
+    Err(NameError::MixedScript { scripts })
 }
 
 fn forbidden(c: char) -> Option<&'static str> {
@@ -216,6 +286,33 @@ mod tests {
     }
 
     #[test]
+    fn unsafe_script_mixes_are_refused_and_safe_ones_pass() {
+        for n in [
+            "\u{0430}lice",
+            "p\u{0430}ypal",
+            "\u{03B1}lpha-x",
+            "\u{0430}\u{03B2}",
+        ] {
+            let e = validate(n).expect_err(n);
+            assert!(matches!(e, NameError::MixedScript { .. }), "{n}: {e:?}");
+            assert!(e.to_string().contains("UTS #39"), "{e}");
+        }
+        let e = validate("\u{0430}lice").expect_err("Cyrillic а");
+        assert!(e.to_string().contains("Cyrillic and Latin"), "{e}");
+        for n in [
+            "\u{0430}\u{043B}\u{0438}\u{0441}\u{0430}", // алиса, all Cyrillic
+            "\u{03B1}\u{03BB}\u{03B5}\u{03BE}",         // αλεξ, all Greek
+            "tanaka\u{7530}\u{4E2D}",                   // Latin and Han
+            "kim\u{AE40}",                              // Latin and Hangul
+            "ali\u{0639}\u{0644}\u{064A}",              // Latin and Arabic
+            "bob42",
+            "👍🏽",
+        ] {
+            assert_eq!(validate(n), Ok(()), "{n}");
+        }
+    }
+
+    #[test]
     fn delimiters_of_the_line_format_are_refused() {
         for n in ["alice>", "<bob", "*x", "a[1]", "a(b)", "a,b", "{x}"] {
             let e = validate(n).expect_err(n);
@@ -233,14 +330,18 @@ mod tests {
     #[test]
     fn look_alikes_are_the_same_name() {
         for twin in [
-            "\u{0430}lice",                             // Cyrillic а
             "\u{FF41}\u{FF4C}\u{FF49}\u{FF43}\u{FF45}", // fullwidth
             "al\u{0131}ce",                             // dotless ı
             "ALICE",
+            "\u{0430}\u{04CF}\u{0456}\u{0441}\u{0435}", // all Cyrillic look-alikes
         ] {
             assert_eq!(validate(twin), Ok(()), "{twin}");
             assert!(same("alice", twin), "{twin} vs alice");
         }
+        // Mixed with Latin it is refused outright, and would still be
+        // the same name.
+        assert!(validate("\u{0430}lice").is_err());
+        assert!(same("alice", "\u{0430}lice"));
         assert!(same("\u{212A}im", "kim"), "Kelvin sign");
         assert!(same("b0b", "bob"), "digit zero");
         assert!(!same("alice", "alicia"));

@@ -12,6 +12,7 @@
 //!   only state shared between connections.
 //! - [`writer`]: a connection's writer loop, shared with the bench's relay.
 //! - [`store`]: the room log's storage (an embedded file, or memory).
+//! - [`registry`]: names bound to keys (an embedded file, or memory).
 //! - [`log`]: the log's writer task: group commit, then publish.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
@@ -21,6 +22,7 @@ pub mod gate;
 pub mod log;
 pub mod metrics;
 pub mod options;
+pub mod registry;
 pub mod room;
 mod session;
 #[cfg(test)]
@@ -144,6 +146,13 @@ impl Server {
     /// same protocol as a QUIC session stream: say hello on them
     /// (`qchat_client::hello`) and run a client session.
     pub fn join_local(&self) -> LocalLink {
+        self.join_local_as(None)
+    }
+
+    /// [`Server::join_local`] for an operator with a key of their own (the
+    /// person running the server): the name it joins under is registered to
+    /// that key, as for any member.
+    pub fn join_local_as(&self, key: Option<qchat_tls::Fingerprint>) -> LocalLink {
         let (client, server) = tokio::io::duplex(LOCAL_PIPE);
         let (server_recv, server_send) = tokio::io::split(server);
         let room = Arc::clone(&self.room);
@@ -157,6 +166,7 @@ impl Server {
                     version: qchat_proto::PROTOCOL_VERSION,
                     instance: None,
                     conn: None,
+                    key,
                 };
                 let deadline = tokio::time::Instant::now() + options.hello_timeout;
                 session::run_stream(

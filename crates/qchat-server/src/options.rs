@@ -64,6 +64,12 @@ pub struct ServerOptions {
     /// Whether a member's connection may move to a new address (QUIC
     /// migration: a NAT rebinding, a new network).
     pub migration: bool,
+    /// Refuse members without a key (guests) at the hello.
+    pub keys_required: bool,
+    /// How long a registered name stays its key's without being used.
+    pub name_expiry: Duration,
+    /// How long a link code from `/device link` works.
+    pub link_ttl: Duration,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +96,9 @@ impl Default for ServerOptions {
             grace: limits::RECONNECT_GRACE,
             log_queue: limits::LOG_QUEUE,
             migration: true,
+            keys_required: false,
+            name_expiry: limits::NAME_EXPIRY,
+            link_ttl: limits::LINK_TTL,
         }
     }
 }

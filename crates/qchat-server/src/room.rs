@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::log::{LogItem, Pending};
 use crate::metrics::Metrics;
 use crate::options::ServerOptions;
+use crate::registry::Registry;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
 
 /// Private message keys remembered per client instance for deduplication:
@@ -110,6 +111,9 @@ pub struct Peer {
     pub instance: Option<[u8; 16]>,
     /// The connection, to show its current address (it may migrate).
     pub conn: Option<quinn::Connection>,
+    /// The key the member proved in the handshake (its client
+    /// certificate); `None` for a guest and for the host's own link.
+    pub key: Option<qchat_tls::Fingerprint>,
 }
 
 impl Peer {
@@ -136,6 +140,9 @@ pub struct Room {
     /// For the grace timers, which outlive the session that started them.
     me: Weak<Room>,
     metrics: Metrics,
+    /// Names bound to keys; in memory unless the server sets a file-backed
+    /// one before the first join.
+    registry: OnceLock<Arc<Registry>>,
 }
 
 struct State {
@@ -240,6 +247,7 @@ impl Room {
             log_rx: Mutex::new(Some(log_rx)),
             me: me.clone(),
             metrics: Metrics::default(),
+            registry: OnceLock::new(),
         })
     }
 
@@ -251,6 +259,41 @@ impl Room {
     /// The room log.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The registered names.
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.registry.get_or_init(|| Arc::new(Registry::memory()))
+    }
+
+    /// Uses `registry` for names; only before the room has used one (a
+    /// join, a `/whois`): later it is refused, and `false` returned.
+    pub fn set_registry(&self, registry: Arc<Registry>) -> bool {
+        self.registry.set(registry).is_ok()
+    }
+
+    /// The key member `id` proved; `None` if it is gone, `Some(None)` for
+    /// a guest.
+    pub fn key_of(&self, id: MemberId) -> Option<Option<qchat_tls::Fingerprint>> {
+        self.lock().members.get(&id).map(|m| m.peer.key)
+    }
+
+    /// Member `id`'s name, if it is still here.
+    pub fn member_name(&self, id: MemberId) -> Option<String> {
+        self.lock().members.get(&id).map(|m| m.name.clone())
+    }
+
+    /// The member in the room under `name` (as the same name): its name,
+    /// its key (`None`: a guest) and how long it has been here.
+    pub fn member_named(
+        &self,
+        name: &str,
+    ) -> Option<(String, Option<qchat_tls::Fingerprint>, std::time::Duration)> {
+        let st = self.lock();
+        let id = st.by_name.get(&names::fold(name))?;
+        st.members
+            .get(id)
+            .map(|m| (m.name.clone(), m.peer.key, m.joined.elapsed()))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -698,8 +741,8 @@ impl Room {
     }
 
     /// Renames a member, under the same rules as a new name, and tells
-    /// everyone.
-    pub fn nick(&self, id: MemberId, new: &str) {
+    /// everyone; `false` if it was refused (the member is told why).
+    pub fn nick(&self, id: MemberId, new: &str) -> bool {
         let mut st = self.lock();
         let failed = |reason: String| {
             ServerMsg::Failed {
@@ -710,15 +753,15 @@ impl Room {
         };
         if let Err(e) = names::validate(new) {
             self.send_to(&mut st, id, failed(format!("invalid name: {e}")));
-            return;
+            return false;
         }
         let key = names::fold(new);
         if let Some(other) = taken(&st, &key, Some(id)) {
             self.send_to(&mut st, id, failed(names::clash(new, &other)));
-            return;
+            return false;
         }
         let Some(m) = st.members.get_mut(&id) else {
-            return;
+            return false;
         };
         let old = std::mem::replace(&mut m.name, new.to_string());
         st.by_name.remove(&names::fold(&old));
@@ -729,6 +772,7 @@ impl Room {
         }
         .to_frame();
         self.broadcast(&mut st, frame, None);
+        true
     }
 
     /// Answers `Who`: everyone, with addresses only for operators.
@@ -833,6 +877,36 @@ impl Room {
             format!("kicked by {by}: {reason}")
         };
         self.end(&mut st, target, CloseCode::Kicked, &why);
+    }
+
+    /// Ends the sessions of members who proved `key` — a key just removed
+    /// from its name by `by` — telling them why, as a kick; returns how
+    /// many there were.
+    pub fn end_key(&self, key: qchat_tls::Fingerprint, by: &str, reason: &str) -> usize {
+        let mut st = self.lock();
+        let ids: Vec<MemberId> = st
+            .members
+            .iter()
+            .filter(|(_, m)| m.peer.key == Some(key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            let frame = ServerMsg::Kicked {
+                by: by.to_string(),
+                reason: reason.to_string(),
+            }
+            .to_frame();
+            if let Some(m) = st.members.get(id) {
+                let _ = m.outbox.try_send(frame);
+            }
+            self.end(
+                &mut st,
+                *id,
+                CloseCode::Kicked,
+                "its device was removed from the name",
+            );
+        }
+        ids.len()
     }
 
     /// Sends one frame to one member.
@@ -1126,6 +1200,7 @@ pub(crate) mod tests {
             version: 2,
             instance: None,
             conn: None,
+            key: None,
         }
     }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use qchat_proto::rate::TokenBucket;
 use qchat_proto::{
-    frame::ReadError, ClientMsg, CloseCode, DecodeError, FrameDecoder, RejectReason, ServerMsg,
-    ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    frame::ReadError, ClientMsg, CloseCode, DecodeError, DeviceInfo, DeviceOp, FrameDecoder,
+    RejectReason, ServerMsg, ALPN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -25,7 +25,8 @@ use tracing::Instrument;
 
 use crate::gate::Permit;
 use crate::log::LogItem;
-use crate::room::{Ending, MemberId, Peer, Room};
+use crate::registry::{Claim, Claimed, Refusal};
+use crate::room::{Ending, MemberId, Peer, Rejection, Room};
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
@@ -107,6 +108,7 @@ pub(crate) fn serve_quic(
                     version: PROTOCOL_VERSION,
                     instance: None,
                     conn: Some(conn.clone()),
+                    key: client_key(&conn),
                 };
                 let sink = QuicSink(send);
                 run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await
@@ -123,6 +125,15 @@ pub(crate) fn serve_quic(
 #[allow(clippy::boxed_local)] // the box is the point: it is freed here
 fn unbox<T>(b: Box<T>) -> T {
     *b
+}
+
+/// The key the client proved in the handshake, if it presented one.
+fn client_key(conn: &quinn::Connection) -> Option<qchat_tls::Fingerprint> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<quinn::rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    qchat_tls::client_fingerprint(&chain)
 }
 
 /// Checks the ALPN and accepts the session stream within the hello deadline.
@@ -231,16 +242,29 @@ where
         }
         Ok(Ok(Some(f))) => f,
     };
-    let (version, name, instance, resume) = match ClientMsg::decode(&first) {
+    let (version, name, instance, resume, link) = match ClientMsg::decode(&first) {
         // The first hello speaks at most version 2, whatever number it
         // carries: version 3 starts with its own hello.
-        Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None),
+        Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None, None),
         Ok(ClientMsg::HelloV3 {
             version,
             name,
             instance,
             resume,
-        }) if version >= 3 => (version, name, Some(instance), resume),
+        }) if version >= 3 => (version, name, Some(instance), resume, None),
+        Ok(ClientMsg::HelloLink {
+            version,
+            name,
+            instance,
+            resume,
+            code,
+        }) if version >= 4 => (version, name, Some(instance), resume, Some(code)),
+        Ok(ClientMsg::HelloLink { .. }) => {
+            return before_join(
+                &SessionError::Protocol("a link hello with a version before 4"),
+                permit,
+            )
+        }
         Ok(ClientMsg::HelloV3 { .. }) => {
             return before_join(
                 &SessionError::Protocol("a version-3 hello with an older version"),
@@ -262,6 +286,16 @@ where
         instance,
         ..peer
     };
+    let key = peer.key;
+    let claimed = match admit(room, options, &peer, &name, link.as_deref()).await {
+        Ok(c) => c,
+        Err(rej) => {
+            if first_before_join(CloseCode::Rejected, permit) {
+                tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+            }
+            return reject(&mut send, rej.reason, rej.detail).await;
+        }
+    };
     // The new queue holds the welcome, the history or replay, and the end
     // of the replay, before anything else can fill it.
     let replay = if resume.is_some() {
@@ -274,6 +308,10 @@ where
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
         Ok(j) => j,
         Err(rej) => {
+            if let Some(c) = claimed {
+                let registry = Arc::clone(room.registry());
+                let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
+            }
             if first_before_join(CloseCode::Rejected, permit) {
                 tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
             }
@@ -323,6 +361,11 @@ where
             tokio::time::timeout(FLUSH_TIMEOUT, &mut both).await.unwrap_or(Ok(String::new()))
         }
     };
+    if let Some(key) = key {
+        // The name was in use until now: its expiry counts from here.
+        let registry = Arc::clone(room.registry());
+        let _ = tokio::task::spawn_blocking(move || registry.touch(key)).await;
+    }
     if let Some((code, reason)) = ending.get() {
         tracing::info!(code = code.code(), "removed: {reason}");
         return End {
@@ -345,6 +388,310 @@ where
         }
         Err(e) => failed(&e),
     }
+}
+
+/// Whether the hello's name may be used by this peer: a key claims it (or
+/// already holds it), a guest may use it only if nobody holds it, and a
+/// server that requires keys refuses guests — but never its own host, who
+/// sits at the server. `Some` is a claim to take back if the join fails.
+async fn admit(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+    link: Option<&str>,
+) -> Result<Option<Claimed>, Rejection> {
+    // An invalid name is the room's to refuse, with its own reason; it is
+    // never claimed.
+    if qchat_proto::names::validate(name).is_err() {
+        return Ok(None);
+    }
+    let other = other_device(room, options, peer, name);
+    let claimed = match link {
+        Some(code) => admit_link(room, options, peer, name, code).await,
+        None => admit_claim(room, options, peer, name, other.is_some()).await,
+    }?;
+    // Another device of the name is in the room under it: the newest
+    // device takes the name over (one member per name), and the older one
+    // is told why and stays away rather than taking it back.
+    let other = other.or_else(|| other_device(room, options, peer, name));
+    if let Some(other) = other {
+        room.end_key(
+            other,
+            name,
+            "you joined under this name from another of your devices; only one device can be in the room under a name",
+        );
+    }
+    Ok(claimed)
+}
+
+/// The key of the member in the room under `name` if it is another key
+/// of the same registered name as `peer`'s: another device of the same
+/// person.
+fn other_device(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+) -> Option<qchat_tls::Fingerprint> {
+    let mine = peer.key?;
+    let (_, Some(theirs), _) = room.member_named(name)? else {
+        return None;
+    };
+    let claim = room.registry().lookup(name, options.name_expiry)?;
+    (theirs != mine && claim.has(mine.as_bytes()) && claim.has(theirs.as_bytes())).then_some(theirs)
+}
+
+/// [`admit`] without a link code: the name is claimed, kept, or checked
+/// for a guest.
+async fn admit_claim(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+    other_device: bool,
+) -> Result<Option<Claimed>, Rejection> {
+    let guest_refused = peer.key.is_none() && options.keys_required && peer.addr.is_some();
+    // Someone in the room has the name: the room refuses it as taken (or
+    // lets the same client replace its old connection), which says more
+    // than the registry would.
+    if !guest_refused && !other_device && room.member_named(name).is_some() {
+        return Ok(None);
+    }
+    let registry = Arc::clone(room.registry());
+    let expiry = options.name_expiry;
+    let registered = |r: Refusal| Rejection {
+        reason: RejectReason::NameRegistered,
+        detail: r.detail,
+    };
+    match peer.key {
+        Some(key) => {
+            let name = name.to_string();
+            // The claim is committed to the registry's file: off the
+            // runtime's threads.
+            tokio::task::spawn_blocking(move || registry.claim(&name, key, expiry))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        detail: "the server could not check the name; try again".into(),
+                    })
+                })
+                .map(Some)
+                .map_err(registered)
+        }
+        None if options.keys_required && peer.addr.is_some() => Err(Rejection {
+            reason: RejectReason::KeyRequired,
+            detail: "this server admits only members who present a key, and you connected \
+                     without one (as a guest); connect with a qchat that has keys (version 4 or \
+                     later), without --guest"
+                .into(),
+        }),
+        None => registry
+            .check_guest(name, expiry)
+            .map(|()| None)
+            .map_err(registered),
+    }
+}
+
+/// A new device joining `name` with a link code: its key is added to the
+/// name's keys, or the hello is refused with `LinkRefused` and nothing
+/// changes. If the room then refuses the join (a device of the name is in
+/// it now, say), the link is taken back and the code works again.
+async fn admit_link(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+    code: &str,
+) -> Result<Option<Claimed>, Rejection> {
+    let refused = |detail: String| Rejection {
+        reason: RejectReason::LinkRefused,
+        detail,
+    };
+    let Some(key) = peer.key else {
+        return Err(refused(
+            "linking a device adds its key to the name, and you connected without one (as a guest)"
+                .into(),
+        ));
+    };
+    let registry = Arc::clone(room.registry());
+    let (expiry, name, code) = (options.name_expiry, name.to_string(), code.to_string());
+    tokio::task::spawn_blocking(move || registry.link(&name, &code, key, expiry))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Refusal {
+                detail: "the server could not check the link code; try again".into(),
+            })
+        })
+        .map(Some)
+        .map_err(|r| refused(r.detail))
+}
+
+/// `/device link|list|remove`: only for a device whose key holds a
+/// registered name; guests are told they have no devices to manage.
+async fn device(id: MemberId, op: DeviceOp, room: &Room, options: &ServerOptions) {
+    let failed = |reason: String| ServerMsg::Failed {
+        what: "device".into(),
+        reason,
+    };
+    let Some(me) = room.key_of(id) else {
+        return;
+    };
+    let Some(key) = me else {
+        room.reply(
+            id,
+            &failed(
+                "you connected without a key (as a guest): your name is not registered, so it has no devices"
+                    .into(),
+            ),
+        );
+        return;
+    };
+    let registry = Arc::clone(room.registry());
+    let (expiry, ttl) = (options.name_expiry, options.link_ttl);
+    let list = |c: &Claim| ServerMsg::Devices {
+        name: c.name.clone(),
+        devices: c
+            .keys
+            .iter()
+            .map(|d| DeviceInfo {
+                key: d.key,
+                added_ms: d.added_ms,
+                last_ms: d.last_ms,
+                this: d.key == *key.as_bytes(),
+            })
+            .collect(),
+    };
+    let answer = match op {
+        DeviceOp::Link => registry
+            .new_link_code(key, expiry, ttl)
+            .map(|(code, expires_ms)| ServerMsg::LinkCode { code, expires_ms }),
+        DeviceOp::List => registry
+            .claim_of(key, expiry)
+            .map(|c| list(&c))
+            .ok_or_else(|| Refusal {
+                detail: "this device's key holds no registered name".into(),
+            }),
+        DeviceOp::Remove { key: target } => {
+            let target = qchat_tls::Fingerprint::from_bytes(target);
+            let reg = Arc::clone(&registry);
+            let removed = tokio::task::spawn_blocking(move || reg.remove_key(key, target, expiry))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        detail: "the server could not remove the key; try again".into(),
+                    })
+                });
+            match removed {
+                Ok(left) => {
+                    room.reply(id, &list(&left));
+                    let by = room.member_name(id).unwrap_or_else(|| left.name.clone());
+                    let n = room.end_key(
+                        target,
+                        &by,
+                        &format!(
+                            "this device's key was removed from the name {:?}; it can no longer join under it",
+                            left.name
+                        ),
+                    );
+                    tracing::info!(key = %target, ended = n, "a device was removed from its name");
+                    return;
+                }
+                Err(r) => Err(r),
+            }
+        }
+    };
+    match answer {
+        Ok(msg) => room.reply(id, &msg),
+        Err(r) => room.reply(id, &failed(r.detail)),
+    }
+}
+
+/// `/nick` under the same rules as the hello's name: a key moves its claim
+/// to the new name (if nobody else holds it), a guest may take only a name
+/// nobody holds. The claim is taken back if the room refuses the rename.
+async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
+    let Some(key) = room.key_of(id) else {
+        return;
+    };
+    // An invalid name, or one somebody in the room has (another member:
+    // taken; ourselves: a change of case, which keeps the same claim), is
+    // the room's to decide.
+    if qchat_proto::names::validate(name).is_err() || room.member_named(name).is_some() {
+        room.nick(id, name);
+        return;
+    }
+    let registry = Arc::clone(room.registry());
+    let expiry = options.name_expiry;
+    let claimed = match key {
+        Some(key) => {
+            let (registry, name) = (Arc::clone(&registry), name.to_string());
+            tokio::task::spawn_blocking(move || registry.claim(&name, key, expiry))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        detail: "the server could not check the name; try again".into(),
+                    })
+                })
+        }
+        None => registry.check_guest(name, expiry).map(|()| Claimed::Kept),
+    };
+    match claimed {
+        Err(r) => room.reply(
+            id,
+            &ServerMsg::Failed {
+                what: "nick".into(),
+                reason: r.detail,
+            },
+        ),
+        Ok(c) => {
+            if !room.nick(id, name) {
+                registry.undo(c);
+            }
+        }
+    }
+}
+
+/// Answers `/whois`: the keys a name is registered to and since when, or
+/// that the one in the room under it is a guest.
+fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
+    let here = room.member_named(name);
+    let claim = room.registry().lookup(name, options.name_expiry);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let joined_ms = |d: Duration| now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(0));
+    let msg = match (here, claim) {
+        (None, None) => ServerMsg::Failed {
+            what: "whois".into(),
+            reason: format!("nobody called {name:?} is here, and nobody has registered the name"),
+        },
+        (Some((name, None, dur)), _) => ServerMsg::Whois {
+            name,
+            keys: Vec::new(),
+            here: true,
+            guest: true,
+            since_ms: joined_ms(dur),
+        },
+        (here, Some(c)) => ServerMsg::Whois {
+            name: here.as_ref().map_or(c.name.clone(), |h| h.0.clone()),
+            keys: c.keys.iter().map(|d| d.key).collect(),
+            here: here.is_some(),
+            guest: false,
+            since_ms: c.since_ms,
+        },
+        // In the room with a key but no live claim (the registry could not
+        // record it): the key is still the one it proved.
+        (Some((name, Some(key), dur)), None) => ServerMsg::Whois {
+            name,
+            keys: vec![*key.as_bytes()],
+            here: true,
+            guest: false,
+            since_ms: joined_ms(dur),
+        },
+    };
+    room.reply(id, &msg);
 }
 
 /// Reads until the member leaves. `Ok` carries the reason shown to the
@@ -430,10 +777,13 @@ fn costs_a_token(msg: &ClientMsg) -> bool {
 /// Kinds newer than the version the client announced are a protocol error.
 fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
     match msg {
-        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {
+        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } | ClientMsg::HelloLink { .. } => {
             Err(SessionError::Protocol("second hello"))
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
+        ClientMsg::Whois { .. } | ClientMsg::Device { .. } if version < 4 => Err(
+            SessionError::Protocol("message kind not in the negotiated version"),
+        ),
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
         )),
@@ -473,7 +823,9 @@ async fn handle(
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
         ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
         ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
-        ClientMsg::Nick { name } => room.nick(id, &name),
+        ClientMsg::Nick { name } => nick(id, &name, room, options).await,
+        ClientMsg::Whois { name } => whois(id, &name, room, options),
+        ClientMsg::Device { op } => device(id, op, room, options).await,
         ClientMsg::Who => room.who(id),
         ClientMsg::Kick { name, mut reason } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
@@ -484,7 +836,7 @@ async fn handle(
             return Some(reason);
         }
         // Refused by check_kind before it gets here.
-        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } => {}
+        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } | ClientMsg::HelloLink { .. } => {}
     }
     None
 }

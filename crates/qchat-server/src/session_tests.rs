@@ -456,6 +456,7 @@ fn network_peer() -> Peer {
         version: PROTOCOL_VERSION,
         instance: None,
         conn: None,
+        key: None,
     }
 }
 
@@ -933,5 +934,214 @@ async fn a_client_back_before_its_old_connection_died_replaces_it_silently() {
     assert!(
         matches!(&got, Some(ServerMsg::ChatV3 { from, text, .. }) if from == "alice" && text == "still here"),
         "{got:?}"
+    );
+}
+
+/// Says hello as `name` from `peer` and returns the server's first answer.
+async fn hello_from(server: &Server, peer: Peer, name: &str) -> Option<ServerMsg> {
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let (server_recv, server_send) = tokio::io::split(server_end);
+    let room = Arc::clone(&server.room);
+    let options = server.room.options();
+    let deadline = Instant::now() + options.hello_timeout;
+    tokio::spawn(async move {
+        run_stream(
+            PipeSink(server_send),
+            server_recv,
+            peer,
+            &room,
+            &options,
+            deadline,
+            None,
+        )
+        .await
+    });
+    let (recv, send) = tokio::io::split(client);
+    let mut c = Client {
+        send,
+        recv,
+        decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
+    };
+    c.send(ClientMsg::Hello {
+        version: 2,
+        name: name.into(),
+    })
+    .await;
+    c.next().await
+}
+
+fn from_afar(key: Option<u8>) -> Peer {
+    Peer {
+        addr: Some(std::net::SocketAddr::from(([192, 0, 2, 7], 4433))),
+        key: key.map(|k| qchat_tls::Fingerprint::from_bytes([k; 32])),
+        ..network_peer()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_required_refuses_guests_from_the_network_but_not_the_host() {
+    let s = server(ServerOptions {
+        keys_required: true,
+        ..ServerOptions::default()
+    });
+    match hello_from(&s, from_afar(None), "gus").await {
+        Some(ServerMsg::Rejected { reason, detail }) => {
+            assert_eq!(reason, qchat_proto::RejectReason::KeyRequired, "{detail}");
+            assert!(detail.contains("guest"), "{detail}");
+        }
+        other => panic!("a guest got in: {other:?}"),
+    }
+    let host = Peer {
+        operator: true,
+        ..network_peer()
+    };
+    assert!(matches!(
+        hello_from(&s, host, "host").await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    assert!(matches!(
+        hello_from(&s, from_afar(Some(1)), "alice").await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+    let claim = s
+        .room
+        .registry()
+        .lookup("ALICE", s.room.options().name_expiry);
+    assert_eq!(claim.map(|c| c.keys[0].key), Some([1; 32]));
+}
+
+/// A claim made for a join that then fails is taken back: the name stays
+/// free for whoever comes next.
+#[tokio::test(start_paused = true)]
+async fn a_claim_for_a_refused_join_is_taken_back() {
+    let s = server(ServerOptions::default());
+    s.room.shutdown("closing", false, false);
+    assert!(matches!(
+        hello_from(&s, from_afar(Some(2)), "zed").await,
+        Some(ServerMsg::Rejected {
+            reason: qchat_proto::RejectReason::ShuttingDown,
+            ..
+        })
+    ));
+    assert_eq!(
+        s.room
+            .registry()
+            .lookup("zed", s.room.options().name_expiry),
+        None
+    );
+}
+
+/// Opens a session from `peer` whose first frame is `first`; returns the
+/// client end and the server's first answer.
+async fn open_from(server: &Server, peer: Peer, first: ClientMsg) -> (Client, Option<ServerMsg>) {
+    let (client, server_end) = tokio::io::duplex(64 * 1024);
+    let (server_recv, server_send) = tokio::io::split(server_end);
+    let room = Arc::clone(&server.room);
+    let options = server.room.options();
+    let deadline = Instant::now() + options.hello_timeout;
+    tokio::spawn(async move {
+        run_stream(
+            PipeSink(server_send),
+            server_recv,
+            peer,
+            &room,
+            &options,
+            deadline,
+            None,
+        )
+        .await
+    });
+    let (recv, send) = tokio::io::split(client);
+    let mut c = Client {
+        send,
+        recv,
+        decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
+    };
+    c.send(first).await;
+    let answer = c.next().await;
+    (c, answer)
+}
+
+fn hello_v4(name: &str, instance: u8) -> ClientMsg {
+    ClientMsg::HelloV3 {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+        instance: [instance; 16],
+        resume: None,
+    }
+}
+
+fn hello_link(name: &str, instance: u8, code: &str) -> ClientMsg {
+    ClientMsg::HelloLink {
+        version: PROTOCOL_VERSION,
+        name: name.into(),
+        instance: [instance; 16],
+        resume: None,
+        code: code.into(),
+    }
+}
+
+/// A device in the room makes a code; a new device links with it and takes
+/// the name over (the old one is told why); the code is then used up, and a
+/// guest can neither link nor manage devices.
+#[tokio::test(start_paused = true)]
+async fn a_linked_device_takes_the_name_over_and_the_code_is_used_up() {
+    use qchat_proto::{DeviceOp, RejectReason};
+    let s = server(ServerOptions::default());
+    let (mut laptop, welcome) = open_from(&s, from_afar(Some(1)), hello_v4("alice", 1)).await;
+    assert!(
+        matches!(welcome, Some(ServerMsg::WelcomeV3 { .. })),
+        "{welcome:?}"
+    );
+    laptop.send(ClientMsg::Device { op: DeviceOp::Link }).await;
+    let code = match laptop
+        .until("the code", |m| matches!(m, ServerMsg::LinkCode { .. }))
+        .await
+    {
+        ServerMsg::LinkCode { code, .. } => code,
+        other => panic!("{other:?}"),
+    };
+
+    let (mut phone, welcome) =
+        open_from(&s, from_afar(Some(2)), hello_link("alice", 2, &code)).await;
+    assert!(
+        matches!(welcome, Some(ServerMsg::WelcomeV3 { .. })),
+        "{welcome:?}"
+    );
+    let kicked = laptop
+        .until("the hand-over", |m| matches!(m, ServerMsg::Kicked { .. }))
+        .await;
+    assert!(
+        matches!(&kicked, ServerMsg::Kicked { reason, .. } if reason.contains("another of your devices")),
+        "{kicked:?}"
+    );
+    phone.send(ClientMsg::Device { op: DeviceOp::List }).await;
+    let list = phone
+        .until("the list", |m| matches!(m, ServerMsg::Devices { .. }))
+        .await;
+    let ServerMsg::Devices { devices, .. } = list else {
+        unreachable!()
+    };
+    let keys: Vec<([u8; 32], bool)> = devices.iter().map(|d| (d.key, d.this)).collect();
+    assert_eq!(keys, vec![([1; 32], false), ([2; 32], true)]);
+
+    let (_, again) = open_from(&s, from_afar(Some(3)), hello_link("alice", 3, &code)).await;
+    assert!(
+        matches!(&again, Some(ServerMsg::Rejected { reason: RejectReason::LinkRefused, detail }) if detail.contains("already used")),
+        "{again:?}"
+    );
+    let (_, guest) = open_from(&s, from_afar(None), hello_link("alice", 4, &code)).await;
+    assert!(
+        matches!(&guest, Some(ServerMsg::Rejected { reason: RejectReason::LinkRefused, detail }) if detail.contains("guest")),
+        "{guest:?}"
+    );
+    let (mut gus, _) = open_from(&s, from_afar(None), hello_v4("gus", 5)).await;
+    gus.send(ClientMsg::Device { op: DeviceOp::Link }).await;
+    let failed = gus
+        .until("the refusal", |m| matches!(m, ServerMsg::Failed { .. }))
+        .await;
+    assert!(
+        matches!(&failed, ServerMsg::Failed { what, reason } if what == "device" && reason.contains("guest")),
+        "{failed:?}"
     );
 }

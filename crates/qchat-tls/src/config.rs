@@ -12,7 +12,7 @@ use std::sync::Arc;
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
 use rustls::crypto::CryptoProvider;
 
-use crate::{Identity, PinVerifier};
+use crate::{AnyClientKey, Identity, PinVerifier};
 
 /// The server name clients send. It is never checked (the pin is the
 /// trust), but it matches the certificate's subject alternative name so
@@ -36,14 +36,16 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// A TLS 1.3 server configuration presenting `identity`, offering `alpn`.
+/// A TLS 1.3 server configuration presenting `identity`, offering `alpn`,
+/// and asking (not requiring) each client for its certificate: a client that
+/// sends one must prove it holds the key ([`AnyClientKey`]).
 pub fn server_config(
     identity: &Identity,
     alpn: &[&[u8]],
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(AnyClientKey::new())
         .with_single_cert(
             vec![identity.cert_der.clone()],
             identity.key_der.clone_key(),
@@ -57,7 +59,9 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A TLS 1.3 client configuration that trusts exactly what `verifier` allows.
+/// A TLS 1.3 client configuration that trusts exactly what `verifier` allows
+/// and, if `me` is given, presents that person's certificate when the server
+/// asks for one.
 ///
 /// Session resumption is disabled: a resumed TLS 1.3 session skips the
 /// certificate, so the verifier would not run and could not report the
@@ -66,12 +70,18 @@ pub fn server_config(
 pub fn client_config(
     verifier: Arc<PinVerifier>,
     alpn: &[&[u8]],
+    me: Option<&Identity>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match me {
+        Some(me) => {
+            builder.with_client_auth_cert(vec![me.cert_der.clone()], me.key_der.clone_key())?
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
@@ -87,12 +97,14 @@ pub fn quic_server_config(
     Ok(quinn::ServerConfig::with_crypto(Arc::new(tls)))
 }
 
-/// A quinn client configuration that trusts exactly what `verifier` allows.
+/// A quinn client configuration that trusts exactly what `verifier` allows,
+/// presenting `me` if given.
 pub fn quic_client_config(
     verifier: Arc<PinVerifier>,
     alpn: &[&[u8]],
+    me: Option<&Identity>,
 ) -> Result<quinn::ClientConfig, TlsError> {
-    let tls = QuicClientConfig::try_from(Arc::new(client_config(verifier, alpn)?))?;
+    let tls = QuicClientConfig::try_from(Arc::new(client_config(verifier, alpn, me)?))?;
     Ok(quinn::ClientConfig::new(Arc::new(tls)))
 }
 
@@ -158,7 +170,7 @@ mod tests {
 
     fn pinned_client(fp: Fingerprint) -> (Arc<PinVerifier>, Arc<rustls::ClientConfig>) {
         let verifier = PinVerifier::new(Expectation::Pinned(fp));
-        let config = client_config(verifier.clone(), ALPN).expect("client config");
+        let config = client_config(verifier.clone(), ALPN, None).expect("client config");
         (verifier, Arc::new(config))
     }
 
@@ -258,7 +270,7 @@ mod tests {
     fn strict_mode_refuses_unknown_server() {
         let (_dir, id) = identity();
         let verifier = PinVerifier::new(Expectation::Unknown { accept: false });
-        let client = Arc::new(client_config(verifier.clone(), ALPN).expect("client config"));
+        let client = Arc::new(client_config(verifier.clone(), ALPN, None).expect("client config"));
         let server = Arc::new(server_config(&id, ALPN).expect("server config"));
         match handshake(client, server) {
             Err(Failure::Client(err)) => assert!(is_pin_failure(&err), "{err}"),
@@ -283,7 +295,7 @@ mod tests {
     fn server_issues_no_tickets_so_no_client_can_resume_past_the_pin() {
         let (_dir, id) = identity();
         let verifier = PinVerifier::new(Expectation::Pinned(id.fingerprint));
-        let mut resuming = client_config(verifier, ALPN).expect("client config");
+        let mut resuming = client_config(verifier, ALPN, None).expect("client config");
         resuming.resumption = rustls::client::Resumption::in_memory_sessions(8);
         let resuming = Arc::new(resuming);
         let server = Arc::new(server_config(&id, ALPN).expect("server config"));
@@ -304,11 +316,97 @@ mod tests {
         assert!(matches!(err, TlsError::Rustls(_)), "{err}");
     }
 
+    fn person() -> (tempfile::TempDir, Identity) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, _) = crate::identity::load_or_create_as(dir.path(), crate::Role::Person)
+            .expect("person identity");
+        (dir, id)
+    }
+
+    /// The server learns the person's key from the handshake, and the key
+    /// is an Ed25519 one proven with an Ed25519 signature.
+    #[test]
+    fn a_persons_certificate_reaches_the_server_as_its_fingerprint() {
+        let (_dir, server_id) = identity();
+        let (_pdir, me) = person();
+        let verifier = PinVerifier::new(Expectation::Pinned(server_id.fingerprint));
+        let client = Arc::new(client_config(verifier, ALPN, Some(&me)).expect("client config"));
+        let server = Arc::new(server_config(&server_id, ALPN).expect("server config"));
+        let (_c, s) = handshake(client, server).expect("handshake");
+        let chain = s.peer_certificates().expect("a client certificate");
+        assert_eq!(crate::client_fingerprint(chain), Some(me.fingerprint));
+        let (_, cert) = x509_parser::parse_x509_certificate(&me.cert_der).expect("parse");
+        assert_eq!(
+            cert.tbs_certificate.subject_pki.algorithm.algorithm,
+            x509_parser::oid_registry::OID_SIG_ED25519
+        );
+    }
+
+    #[test]
+    fn a_client_without_a_key_still_connects_and_presents_nothing() {
+        let (_dir, server_id) = identity();
+        let (_, client) = pinned_client(server_id.fingerprint);
+        let server = Arc::new(server_config(&server_id, ALPN).expect("server config"));
+        let (_c, s) = handshake(client, server).expect("handshake");
+        assert!(s.peer_certificates().is_none_or(|c| c.is_empty()));
+    }
+
+    /// Someone with alice's certificate but not her key cannot pass as her.
+    #[test]
+    fn a_persons_certificate_with_another_key_is_refused_by_the_server() {
+        let (_dir, server_id) = identity();
+        let (_a, alice) = person();
+        let (_m, mallory) = person();
+        let verifier = PinVerifier::new(Expectation::Pinned(server_id.fingerprint));
+        let mut stolen = alice.clone();
+        stolen.key_der = mallory.key_der.clone_key();
+        // rustls refuses a mismatched pair when it can tell; build the
+        // client around a resolver that skips that check, as an attacker
+        // would.
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(stolen.key_der.clone_key())
+            .expect("load key");
+        let certified = Arc::new(CertifiedKey::new(vec![alice.cert_der.clone()], signing_key));
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(StolenClientCert(certified)));
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        let server = Arc::new(server_config(&server_id, ALPN).expect("server config"));
+        match handshake(Arc::new(config), server) {
+            Err(Failure::Server(err)) => assert_eq!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+            ),
+            other => panic!("expected the server to refuse, got {other:?}"),
+        }
+    }
+
+    #[derive(Debug)]
+    struct StolenClientCert(Arc<CertifiedKey>);
+
+    impl rustls::client::ResolvesClientCert for StolenClientCert {
+        fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+
     #[test]
     fn quic_configs_build() {
         let (_dir, id) = identity();
         quic_server_config(&id, ALPN).expect("quic server config");
-        quic_client_config(PinVerifier::new(Expectation::Pinned(id.fingerprint)), ALPN)
-            .expect("quic client config");
+        quic_client_config(
+            PinVerifier::new(Expectation::Pinned(id.fingerprint)),
+            ALPN,
+            None,
+        )
+        .expect("quic client config");
     }
 }

@@ -1,12 +1,15 @@
-//! The server's self-signed identity on disk.
+//! Self-signed identities on disk: the server's, and each person's.
 //!
 //! An identity directory holds `cert.pem` (the self-signed certificate) and
-//! `key.pem` (its ECDSA P-256 private key, PKCS#8, mode 0600). Clients pin the
-//! fingerprint of the key, so losing or silently replacing these files would
-//! make every client see a changed key: this module therefore never
-//! regenerates an identity unless asked to with [`create_new`], never deletes
-//! an old identity, and refuses to guess when only one of the two files is
-//! present.
+//! `key.pem` (its private key, PKCS#8, mode 0600). A server's key is ECDSA
+//! P-256; a person's is Ed25519 (see [`Role`]). Others pin or register the
+//! fingerprint of the key — clients pin the server's, the server binds a
+//! person's name to theirs — so losing or silently replacing these files
+//! would look like a changed key to everyone: this module therefore never
+//! regenerates an identity unless asked to with [`create_new_as`], never
+//! deletes an old identity, and refuses to guess when only one of the two
+//! files is present. Both roles go through the same code; only the key
+//! algorithm, the certificate's name and the words of the errors differ.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -25,11 +28,60 @@ pub const CERT_FILE: &str = "cert.pem";
 /// File name of the private key inside an identity directory.
 pub const KEY_FILE: &str = "key.pem";
 
-/// What to tell a user whose identity files are damaged. Both ways out are
-/// explicit: restoring keeps clients' pins valid, a new identity does not.
-const RECOVERY_HINT: &str = "restore it from backup, or run `qchat serve --new-identity` to \
-                             create a new identity (the old files are kept, but clients will see \
-                             a changed key)";
+/// Whose identity a directory holds: it decides the key algorithm and what
+/// an error tells the user to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A server's: ECDSA P-256, which every TLS 1.3 client verifies.
+    Server,
+    /// A person's (`$QCHAT_HOME/identity`), presented as a TLS client
+    /// certificate. Ed25519: deterministic signatures (no randomness needed
+    /// at signing time), 64-byte signatures and 32-byte public keys, and in
+    /// aws-lc-rs faster to sign than P-256 — it will sign every message
+    /// once messages are signed. rustls' aws-lc-rs provider verifies it in
+    /// TLS 1.3 client authentication, and rcgen generates it.
+    Person,
+}
+
+impl Role {
+    /// What to tell a user whose identity files are damaged. Both ways out
+    /// are explicit: restoring keeps pins and names valid, a new identity
+    /// does not.
+    fn recovery(self) -> &'static str {
+        match self {
+            Role::Server => {
+                "restore it from backup, or run `qchat serve --new-identity` to create a new \
+                 identity (the old files are kept, but clients will see a changed key)"
+            }
+            Role::Person => {
+                "restore it from backup, or run `qchat identity new` to create a new key (the \
+                 old files are kept, but the names your old key registered on servers stay \
+                 theirs until they expire)"
+            }
+        }
+    }
+
+    fn create_hint(self) -> &'static str {
+        match self {
+            Role::Server => "start `qchat serve` once to create one",
+            Role::Person => "`qchat connect` creates one on first use",
+        }
+    }
+
+    fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Role::Server => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Role::Person => &rcgen::PKCS_ED25519,
+        }
+    }
+
+    fn common_name(self) -> &'static str {
+        match self {
+            Role::Server => "qchat server",
+            Role::Person => "qchat user",
+        }
+    }
+}
 
 /// A server identity: certificate, private key and the fingerprint clients pin.
 pub struct Identity {
@@ -115,44 +167,56 @@ pub enum IdentityError {
     },
     /// [`load`] was asked for an identity that does not exist.
     #[error(
-        "no identity in {}: neither {CERT_FILE} nor {KEY_FILE} exists; start `qchat serve` once to create one",
-        dir.display()
+        "no identity in {}: neither {CERT_FILE} nor {KEY_FILE} exists; {}",
+        dir.display(),
+        role.create_hint()
     )]
     NotFound {
         /// The directory that was searched.
         dir: PathBuf,
+        /// Whose identity was looked for.
+        role: Role,
     },
     /// Exactly one of the two identity files exists.
     #[error(
-        "{} is missing but {} exists; {RECOVERY_HINT}",
+        "{} is missing but {} exists; {}",
         missing.display(),
-        present.display()
+        present.display(),
+        role.recovery()
     )]
     Incomplete {
+        /// Whose identity it is.
+        role: Role,
         /// The file that exists.
         present: PathBuf,
         /// The file that is missing.
         missing: PathBuf,
     },
     /// An identity file exists but could not be read.
-    #[error("cannot read {}: {source}; check its permissions, or {RECOVERY_HINT}", path.display())]
+    #[error("cannot read {}: {source}; check its permissions, or {}", path.display(), role.recovery())]
     Read {
+        /// Whose identity it is.
+        role: Role,
         /// The file.
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
     },
     /// The certificate file does not contain a usable certificate.
-    #[error("{} does not contain a valid PEM certificate ({reason}); {RECOVERY_HINT}", path.display())]
+    #[error("{} does not contain a valid PEM certificate ({reason}); {}", path.display(), role.recovery())]
     BadCertificate {
+        /// Whose identity it is.
+        role: Role,
         /// The certificate file.
         path: PathBuf,
         /// What was wrong.
         reason: String,
     },
     /// The key file does not contain a usable private key.
-    #[error("{} does not contain a usable PEM private key ({reason}); {RECOVERY_HINT}", path.display())]
+    #[error("{} does not contain a usable PEM private key ({reason}); {}", path.display(), role.recovery())]
     BadKey {
+        /// Whose identity it is.
+        role: Role,
         /// The key file.
         path: PathBuf,
         /// What was wrong.
@@ -160,11 +224,14 @@ pub enum IdentityError {
     },
     /// The key and the certificate belong to different key pairs.
     #[error(
-        "{} does not belong to the certificate {} (their public keys differ); {RECOVERY_HINT}",
+        "{} does not belong to the certificate {} (their public keys differ); {}",
         key_path.display(),
-        cert_path.display()
+        cert_path.display(),
+        role.recovery()
     )]
     KeyMismatch {
+        /// Whose identity it is.
+        role: Role,
         /// The certificate file.
         cert_path: PathBuf,
         /// The key file.
@@ -197,84 +264,95 @@ pub enum IdentityError {
     },
 }
 
-/// Loads the identity in `dir`, creating a new one if neither file exists.
+/// Loads the server identity in `dir`, creating a new one if neither file
+/// exists (see [`load_or_create_as`]).
+pub fn load_or_create(dir: &Path) -> Result<(Identity, LoadOutcome), IdentityError> {
+    load_or_create_as(dir, Role::Server)
+}
+
+/// Loads the identity in `dir`, creating a new one for `role` if neither
+/// file exists.
 ///
 /// If only one of `cert.pem` / `key.pem` exists, or either is unreadable or
 /// corrupt, this fails without touching anything: regenerating would silently
-/// change the key every client has pinned.
-pub fn load_or_create(dir: &Path) -> Result<(Identity, LoadOutcome), IdentityError> {
+/// change the key everyone has pinned or registered.
+pub fn load_or_create_as(dir: &Path, role: Role) -> Result<(Identity, LoadOutcome), IdentityError> {
     let (cert_path, key_path) = paths(dir);
-    let cert_exists = exists(&cert_path)?;
-    let key_exists = exists(&key_path)?;
+    let cert_exists = exists(&cert_path, role)?;
+    let key_exists = exists(&key_path, role)?;
     if !cert_exists && !key_exists {
-        return Ok((create_in(dir)?, LoadOutcome::Created));
+        return Ok((create_in(dir, role)?, LoadOutcome::Created));
     }
-    Ok((load(dir)?, LoadOutcome::Loaded))
+    Ok((load_as(dir, role)?, LoadOutcome::Loaded))
+}
+
+/// Loads and validates the server identity in `dir`; never creates one.
+pub fn load(dir: &Path) -> Result<Identity, IdentityError> {
+    load_as(dir, Role::Server)
 }
 
 /// Loads and validates the identity in `dir`; never creates one.
 ///
 /// Validation checks that the certificate and key parse and that the key is
-/// the certificate's key.
-pub fn load(dir: &Path) -> Result<Identity, IdentityError> {
+/// the certificate's key. Either role's key algorithm is accepted: what
+/// matters is that the provider can sign with it.
+pub fn load_as(dir: &Path, role: Role) -> Result<Identity, IdentityError> {
     let (cert_path, key_path) = paths(dir);
-    match (exists(&cert_path)?, exists(&key_path)?) {
+    match (exists(&cert_path, role)?, exists(&key_path, role)?) {
         (true, true) => {}
         (false, false) => {
             return Err(IdentityError::NotFound {
                 dir: dir.to_path_buf(),
+                role,
             });
         }
         (true, false) => {
             return Err(IdentityError::Incomplete {
+                role,
                 present: cert_path,
                 missing: key_path,
             });
         }
         (false, true) => {
             return Err(IdentityError::Incomplete {
+                role,
                 present: key_path,
                 missing: cert_path,
             });
         }
     }
 
-    let cert_pem = read(&cert_path)?;
-    let key_pem = read(&key_path)?;
+    let cert_pem = read(&cert_path, role)?;
+    let key_pem = read(&key_path, role)?;
 
-    let cert_der =
-        CertificateDer::from_pem_slice(&cert_pem).map_err(|e| IdentityError::BadCertificate {
-            path: cert_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let fingerprint =
-        Fingerprint::from_cert_der(&cert_der).map_err(|e| IdentityError::BadCertificate {
-            path: cert_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| IdentityError::BadKey {
+    let bad_cert = |reason: String| IdentityError::BadCertificate {
+        role,
+        path: cert_path.clone(),
+        reason,
+    };
+    let bad_key = |reason: String| IdentityError::BadKey {
+        role,
         path: key_path.clone(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let cert_der =
+        CertificateDer::from_pem_slice(&cert_pem).map_err(|e| bad_cert(e.to_string()))?;
+    let fingerprint = Fingerprint::from_cert_der(&cert_der).map_err(|e| bad_cert(e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad_key(e.to_string()))?;
 
     // Load the key with the provider rustls will sign with, so a key that
-    // parses here is a key the server can actually use.
+    // parses here is a key the handshake can actually use.
     let signing_key = config::provider()
         .key_provider
         .load_private_key(key_der.clone_key())
-        .map_err(|e| IdentityError::BadKey {
-            path: key_path.clone(),
-            reason: e.to_string(),
-        })?;
-    let cert_spki = cert_spki(&cert_der).map_err(|reason| IdentityError::BadCertificate {
-        path: cert_path.clone(),
-        reason,
-    })?;
+        .map_err(|e| bad_key(e.to_string()))?;
+    let cert_spki = cert_spki(&cert_der).map_err(bad_cert)?;
     let key_matches = signing_key
         .public_key()
         .is_some_and(|key_spki| key_spki.as_ref() == cert_spki.as_slice());
     if !key_matches {
         return Err(IdentityError::KeyMismatch {
+            role,
             cert_path,
             key_path,
         });
@@ -289,12 +367,17 @@ pub fn load(dir: &Path) -> Result<Identity, IdentityError> {
     })
 }
 
-/// Creates a new identity in `dir`, keeping any existing one.
+/// Creates a new server identity in `dir` (see [`create_new_as`]).
+pub fn create_new(dir: &Path) -> Result<Identity, IdentityError> {
+    create_new_as(dir, Role::Server)
+}
+
+/// Creates a new identity for `role` in `dir`, keeping any existing one.
 ///
 /// Existing `cert.pem` / `key.pem` are renamed to `cert.pem.old-<unix time>` /
 /// `key.pem.old-<unix time>`; they are never deleted, so an accidental
 /// rotation can be undone by renaming them back.
-pub fn create_new(dir: &Path) -> Result<Identity, IdentityError> {
+pub fn create_new_as(dir: &Path, role: Role) -> Result<Identity, IdentityError> {
     let (cert_path, key_path) = paths(dir);
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -304,8 +387,8 @@ pub fn create_new(dir: &Path) -> Result<Identity, IdentityError> {
     // certificate, the same half-state creation can leave, and never a
     // certificate without its key.
     for path in [&cert_path, &key_path] {
-        if exists(path)? {
-            let to = aside_name(path, stamp)?;
+        if exists(path, role)? {
+            let to = aside_name(path, stamp, role)?;
             std::fs::rename(path, &to).map_err(|source| IdentityError::MoveAside {
                 from: path.clone(),
                 to: to.clone(),
@@ -313,7 +396,7 @@ pub fn create_new(dir: &Path) -> Result<Identity, IdentityError> {
             })?;
         }
     }
-    create_in(dir)
+    create_in(dir, role)
 }
 
 /// Warnings about identity files that other users could read or replace.
@@ -332,15 +415,17 @@ fn paths(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// Distinguishes "absent" from "cannot tell": an unreadable directory must
 /// not be mistaken for an empty one, or a new identity would be created.
-fn exists(path: &Path) -> Result<bool, IdentityError> {
+fn exists(path: &Path, role: Role) -> Result<bool, IdentityError> {
     path.try_exists().map_err(|source| IdentityError::Read {
+        role,
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+fn read(path: &Path, role: Role) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|source| IdentityError::Read {
+        role,
         path: path.to_path_buf(),
         source,
     })
@@ -353,11 +438,11 @@ fn cert_spki(cert_der: &[u8]) -> Result<Vec<u8>, String> {
 
 /// `<file>.old-<stamp>`, with a counter if that name is taken, because an
 /// existing old identity must never be overwritten.
-fn aside_name(path: &Path, stamp: u64) -> Result<PathBuf, IdentityError> {
+fn aside_name(path: &Path, stamp: u64, role: Role) -> Result<PathBuf, IdentityError> {
     let base = path.as_os_str().to_string_lossy().into_owned();
     let mut candidate = PathBuf::from(format!("{base}.old-{stamp}"));
     let mut n = 1u32;
-    while exists(&candidate)? {
+    while exists(&candidate, role)? {
         candidate = PathBuf::from(format!("{base}.old-{stamp}-{n}"));
         n += 1;
     }
@@ -365,21 +450,21 @@ fn aside_name(path: &Path, stamp: u64) -> Result<PathBuf, IdentityError> {
 }
 
 /// Generates a key pair and self-signed certificate and stores them in `dir`.
-fn create_in(dir: &Path) -> Result<Identity, IdentityError> {
+fn create_in(dir: &Path, role: Role) -> Result<Identity, IdentityError> {
     fsutil::create_private_dir(dir).map_err(|source| IdentityError::CreateDir {
         dir: dir.to_path_buf(),
         source,
     })?;
     let (cert_path, key_path) = paths(dir);
 
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let key = rcgen::KeyPair::generate_for(role.algorithm())?;
     let mut params = rcgen::CertificateParams::new(vec!["qchat".to_owned()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "qchat server");
-    // Clients trust the pinned key, not the validity period, so the dates
-    // only need to keep ordinary X.509 parsers happy: a day of slack for
+        .push(rcgen::DnType::CommonName, role.common_name());
+    // Peers trust the pinned or registered key, not the validity period,
+    // so the dates only need to keep ordinary X.509 parsers happy: a day of slack for
     // clock skew and a lifetime the server will never outlive.
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
@@ -389,6 +474,7 @@ fn create_in(dir: &Path) -> Result<Identity, IdentityError> {
     let cert_der = cert.der().clone();
     let fingerprint =
         Fingerprint::from_cert_der(&cert_der).map_err(|e| IdentityError::BadCertificate {
+            role,
             path: cert_path.clone(),
             reason: e.to_string(),
         })?;
@@ -653,6 +739,30 @@ mod tests {
         let debug = format!("{id:?}");
         assert!(debug.contains(&id.fingerprint.canonical()), "{debug}");
         assert!(!debug.contains("key_der"), "{debug}");
+    }
+
+    /// A person's key is created, kept and reported like the server's, with
+    /// its own algorithm and its own way out in the errors.
+    #[test]
+    fn a_persons_identity_is_ed25519_and_never_regenerated() {
+        let dir = tempdir();
+        let (id, outcome) = load_or_create_as(dir.path(), Role::Person).expect("create");
+        assert_eq!(outcome, LoadOutcome::Created);
+        let (_, cert) = x509_parser::parse_x509_certificate(&id.cert_der).expect("parse");
+        assert_eq!(
+            cert.tbs_certificate.subject_pki.algorithm.algorithm,
+            x509_parser::oid_registry::OID_SIG_ED25519
+        );
+        let (again, outcome) = load_or_create_as(dir.path(), Role::Person).expect("load");
+        assert_eq!(outcome, LoadOutcome::Loaded);
+        assert_eq!(again.fingerprint, id.fingerprint);
+        fs::write(&id.key_path, "garbage").expect("write");
+        let err = load_or_create_as(dir.path(), Role::Person).expect_err("corrupt");
+        assert!(matches!(err, IdentityError::BadKey { .. }), "{err}");
+        assert!(err.to_string().contains("qchat identity new"), "{err}");
+        assert_eq!(fs::read(&id.key_path).expect("read"), b"garbage");
+        let fresh = create_new_as(dir.path(), Role::Person).expect("rotate");
+        assert_ne!(fresh.fingerprint, id.fingerprint);
     }
 
     #[test]

@@ -51,7 +51,9 @@ async fn connect(
     verifier: Arc<PinVerifier>,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
     let mut endpoint = quinn::Endpoint::client(loopback()).expect("client endpoint");
-    endpoint.set_default_client_config(quic_client_config(verifier, ALPN).expect("client config"));
+    endpoint.set_default_client_config(
+        quic_client_config(verifier, ALPN, None).expect("client config"),
+    );
     endpoint
         .connect(addr, SERVER_NAME)
         .expect("connect parameters")

@@ -45,6 +45,11 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             qchat_proto::text::sanitize(&name)
         );
     }
+    let me = if args.guest {
+        None
+    } else {
+        Some(std::sync::Arc::new(super::my_identity()?))
+    };
     let load = || {
         TrustPlan::load(
             host.clone(),
@@ -53,6 +58,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             mode,
             interactive,
         )
+        .map(|plan| plan.presenting(me.clone()))
     };
     let plan = load()?;
     for w in &plan.warnings {
@@ -103,16 +109,29 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             if plan.pin.is_none() && plan.mode != TrustMode::Strict {
                 say_pinned(&plan, &fingerprint, trust);
             }
-            let greeting = if v3 {
-                Greeting::V3 {
+            let greeting = match (&args.link, v3) {
+                // Only the first join carries the code: the Dialer's
+                // reconnects greet as version 3, the key being linked.
+                (Some(code), _) => Greeting::Link {
                     instance,
                     resume: resume.clone(),
-                }
-            } else {
-                Greeting::V2
+                    code: code.clone(),
+                },
+                (None, true) => Greeting::V3 {
+                    instance,
+                    resume: resume.clone(),
+                },
+                (None, false) => Greeting::V2,
             };
             match qchat_client::join_as(conn.clone(), &name, &greeting).await {
                 Ok(joined) => break (joined, trust, fingerprint),
+                Err(e) if args.link.is_some() && e.wants_older_protocol() => {
+                    bail!(
+                        "{} does not know link codes (it speaks an older protocol than 4); \
+                         connect this device without --link",
+                        plan.host
+                    )
+                }
                 Err(e) if v3 && e.wants_older_protocol() => {
                     // An older server: greet it as version 2 on a new
                     // connection (the pin, if just accepted, is on disk).
@@ -120,7 +139,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                     plan = load()?;
                 }
                 Err(ConnectError::Hello(HelloError::Rejected {
-                    reason: RejectReason::NameTaken,
+                    reason: RejectReason::NameTaken | RejectReason::NameRegistered,
                     detail,
                 })) if asked && interactive => {
                     eprintln!("{}", qchat_proto::text::sanitize(&detail));

@@ -3,6 +3,7 @@
 mod completions;
 mod connect;
 mod fingerprint;
+mod identity;
 mod known_hosts;
 mod man;
 mod serve;
@@ -18,6 +19,7 @@ pub fn run(cli: Cli, server_events: Option<tokio::sync::mpsc::Receiver<String>>)
         Command::Serve(args) => serve::run(*args, server_events),
         Command::Connect(args) => connect::run(args),
         Command::Fingerprint(args) => fingerprint::run(args),
+        Command::Identity(args) => identity::run(args),
         Command::KnownHosts(args) => known_hosts::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Man => man::run(),
@@ -50,4 +52,25 @@ fn identity(dir: Option<std::path::PathBuf>, new: bool) -> Result<qchat_tls::Ide
         tracing::warn!("{w}");
     }
     Ok(identity)
+}
+
+/// Loads the person's own key, creating it on first use and saying so on
+/// stderr (with where it lives: it is worth a backup). Shared by `connect`
+/// and `fingerprint --mine`, which must agree on the key.
+fn my_identity() -> Result<qchat_tls::Identity> {
+    use anyhow::Context;
+    let dir = crate::home::identity_dir()?;
+    let (id, outcome) = qchat_tls::identity::load_or_create_as(&dir, qchat_tls::Role::Person)
+        .context("cannot load your key")?;
+    if outcome == qchat_tls::LoadOutcome::Created {
+        eprintln!(
+            "qchat: created your key {} in {}; servers bind your name to it, so keep a backup",
+            id.fingerprint,
+            dir.display()
+        );
+    }
+    for w in qchat_tls::identity::permission_warnings(&id) {
+        eprintln!("qchat: warning: {w}");
+    }
+    Ok(id)
 }

@@ -25,11 +25,17 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
     let options = server_options(&args)?;
     let operator = operator_name(&args)?;
+    // The host sits in the room as a person: with their own key, so their
+    // name is theirs as anyone's is.
+    let host_key = match &operator {
+        Some(_) => Some(super::my_identity()?.fingerprint),
+        None => None,
+    };
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let (endpoint, local, server) = start(&identity, options, args).await?;
         if let Some(name) = operator {
-            let link = server.join_local();
+            let link = server.join_local_as(host_key);
             tokio::spawn(operate(link, name, host_about(&identity, local)));
         }
         server.run_until(endpoint, shutdown_signal()).await;
@@ -289,6 +295,9 @@ fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
     let base = ServerOptions {
         server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
         migration: !args.no_migration,
+        keys_required: args.keys_required,
+        name_expiry: args.name_expiry.0,
+        link_ttl: args.link_ttl.0,
         ..ServerOptions::default()
     };
     Ok(args.limits.apply(base)?)
@@ -316,6 +325,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     }
     args.name = Some(name.clone());
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
+    let host_key = super::my_identity()?.fingerprint;
     let options = server_options(&args)?;
     let bell = !args.no_bell;
     let runtime = runtime(args.threads)?;
@@ -344,7 +354,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
                 server.run_until(endpoint, stop).await;
             })
         };
-        let (link, welcome) = join_as_operator(server.join_local(), &name)
+        let (link, welcome) = join_as_operator(server.join_local_as(Some(host_key)), &name)
             .await
             .context("cannot join the room as the operator")?;
         let about = host_about(&identity, local).welcomed(welcome);
@@ -370,10 +380,16 @@ async fn start(
     args: ServeArgs,
 ) -> Result<(quinn::Endpoint, SocketAddr, std::sync::Arc<Server>)> {
     let store = open_store(&args)?;
+    let registry = open_registry(&args)?;
     let hup = Hangup::listen();
     let metrics = bind_metrics(args.metrics).await?;
     let (endpoint, local) = listen(identity, &options, args.listen)?;
     let server = std::sync::Arc::new(Server::with_store(options, store));
+    // Before the endpoint accepts anyone: nobody has used the registry yet.
+    anyhow::ensure!(
+        server.room().set_registry(registry),
+        "internal error: the room used its name registry before the file was opened"
+    );
     if let Some(listener) = metrics {
         tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
     }
@@ -480,6 +496,21 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
     Ok(std::sync::Arc::new(store))
+}
+
+/// The registered names, kept where the room log is (`names.redb` in the
+/// data folder), or in memory with `--store memory`.
+fn open_registry(args: &ServeArgs) -> Result<std::sync::Arc<qchat_server::registry::Registry>> {
+    use qchat_server::registry::Registry;
+    if args.store == crate::cli::StoreKind::Memory {
+        return Ok(std::sync::Arc::new(Registry::memory()));
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::home::server_dir()?,
+    };
+    create_private_dir(&dir)?;
+    Ok(std::sync::Arc::new(Registry::open(&dir)?))
 }
 
 /// Creates the data folder readable by its owner alone: it holds everything

@@ -307,6 +307,7 @@ impl App {
             Event::Members(members) => {
                 self.members = members.iter().map(|m| m.name.clone()).collect();
             }
+            Event::Whois { .. } | Event::LinkCode { .. } | Event::Devices { .. } => {}
             Event::Kicked { by, reason } => self.conn = Conn::Closing(wording::kicked(by, reason)),
             Event::ShuttingDown { reason, back } => {
                 let words = wording::shutting_down(reason, *back);

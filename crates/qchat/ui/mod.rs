@@ -92,6 +92,7 @@ pub fn wanted(cli: &crate::cli::Cli) -> bool {
         Command::Connect(args) => !args.plain && on_terminal(),
         Command::Serve(args) => wanted_for_serve(args),
         Command::Fingerprint(_)
+        | Command::Identity(_)
         | Command::KnownHosts(_)
         | Command::Completions(_)
         | Command::Man => false,
