@@ -39,22 +39,38 @@ pub enum LogItem {
     Barrier(oneshot::Sender<()>),
 }
 
-/// Stores and publishes one batch, then answers its barriers.
-fn commit(room: &Room, items: Vec<LogItem>) {
-    let mut batch = Vec::with_capacity(items.len());
+/// Stores and publishes one batch, then answers its barriers; leaves
+/// `items` empty with its capacity, for the next batch. The messages go from
+/// the queue's vector to the room without being copied into another one.
+fn commit(room: &Room, items: &mut Vec<LogItem>) {
+    let entries: Vec<&NewEntry> = items
+        .iter()
+        .filter_map(|item| match item {
+            LogItem::Message(p) => Some(&p.entry),
+            LogItem::Barrier(_) => None,
+        })
+        .collect();
     let mut barriers = Vec::new();
-    for item in items {
-        match item {
-            LogItem::Message(p) => batch.push(p),
-            LogItem::Barrier(b) => barriers.push(b),
-        }
-    }
-    if !batch.is_empty() {
-        let entries: Vec<&NewEntry> = batch.iter().map(|p| &p.entry).collect();
+    if entries.is_empty() {
+        drop(entries);
+    } else {
         let started = std::time::Instant::now();
         let stored = room.store().append(&entries);
         room.metrics().log_batch(entries.len(), started.elapsed());
-        room.publish(batch, stored);
+        drop(entries);
+        let messages = items.drain(..).filter_map(|item| match item {
+            LogItem::Message(p) => Some(p),
+            LogItem::Barrier(b) => {
+                barriers.push(b);
+                None
+            }
+        });
+        room.publish(messages, stored);
+    }
+    for item in items.drain(..) {
+        if let LogItem::Barrier(b) = item {
+            barriers.push(b);
+        }
     }
     for b in barriers {
         let _ = b.send(());
@@ -63,15 +79,22 @@ fn commit(room: &Room, items: Vec<LogItem>) {
 
 /// Stores and publishes everything queued until every sender is gone. The
 /// store works synchronously (it waits for the disk), so each batch runs on
-/// a blocking thread, never on a runtime worker.
+/// a blocking thread, never on a runtime worker. The batch's vector goes
+/// there and comes back: at up to [`LOG_BATCH`] messages it is too large to
+/// allocate afresh for every batch.
 pub async fn run_writer(room: Arc<Room>, mut rx: mpsc::Receiver<LogItem>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
-        let b = std::mem::take(&mut batch);
         let r = Arc::clone(&room);
-        let done = tokio::task::spawn_blocking(move || commit(&r, b)).await;
-        if let Err(e) = done {
-            tracing::error!("the room log's writer failed: {e}");
+        let mut b = std::mem::take(&mut batch);
+        let done = tokio::task::spawn_blocking(move || {
+            commit(&r, &mut b);
+            b
+        })
+        .await;
+        match done {
+            Ok(b) => batch = b,
+            Err(e) => tracing::error!("the room log's writer failed: {e}"),
         }
     }
 }
@@ -84,5 +107,5 @@ pub(crate) fn drain_now(room: &Room, rx: &mut mpsc::Receiver<LogItem>) {
     while let Ok(p) = rx.try_recv() {
         batch.push(p);
     }
-    commit(room, batch);
+    commit(room, &mut batch);
 }

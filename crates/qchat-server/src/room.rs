@@ -506,15 +506,19 @@ impl Room {
     /// message to its author; a duplicate is only acknowledged. `stored` is
     /// what the store made of each message, or why it could not store them
     /// (then each author is told nothing was sent).
-    pub fn publish(&self, batch: Vec<Pending>, stored: Result<Vec<Appended>, StoreError>) {
+    pub fn publish(
+        &self,
+        batch: impl IntoIterator<Item = Pending>,
+        stored: Result<Vec<Appended>, StoreError>,
+    ) {
         let mut st = self.lock();
         let results = match stored {
             Ok(r) => r,
             Err(e) => {
                 let reason =
                     format!("the server could not store the message ({e}); nothing was sent");
-                self.metrics.messages_refused.inc_by(batch.len() as u64);
                 for p in batch {
+                    self.metrics.messages_refused.inc();
                     self.send_to(
                         &mut st,
                         p.member,
