@@ -43,13 +43,11 @@ pub enum LogItem {
 /// `items` empty with its capacity, for the next batch. The messages go from
 /// the queue's vector to the room without being copied into another one.
 fn commit(room: &Room, items: &mut Vec<LogItem>) {
-    let entries: Vec<&NewEntry> = items
-        .iter()
-        .filter_map(|item| match item {
-            LogItem::Message(p) => Some(&p.entry),
-            LogItem::Barrier(_) => None,
-        })
-        .collect();
+    let mut entries: Vec<&NewEntry> = Vec::with_capacity(items.len());
+    entries.extend(items.iter().filter_map(|item| match item {
+        LogItem::Message(p) => Some(&p.entry),
+        LogItem::Barrier(_) => None,
+    }));
     let mut barriers = Vec::new();
     if entries.is_empty() {
         drop(entries);
