@@ -602,6 +602,76 @@ impl ServerMsg {
     }
 }
 
+/// A public message as the server sends it live — [`ServerMsg::ChatV3`] to
+/// version-3 members, [`ServerMsg::Chat`] or [`ServerMsg::Action`] to older
+/// ones — with its strings borrowed: the server encodes each stored message
+/// for its recipients without first copying the sender's name and text into
+/// an owned [`ServerMsg`]. The bytes are exactly those of the owned message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveChat<'a> {
+    /// Its id in the log (sent to version-3 members only).
+    pub id: u64,
+    /// The sender's name.
+    pub from: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// When the server received it, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Whether it is an action (`/me`).
+    pub action: bool,
+}
+
+impl LiveChat<'_> {
+    /// The complete frame for a version-3 member (`v3`) or an older one.
+    pub fn to_frame(&self, v3: bool) -> Bytes {
+        // Sized for the whole frame (prefix, kind, varints at their
+        // longest), so the text is copied once and never reallocated.
+        let mut buf = bytes::BytesMut::with_capacity(48 + self.from.len() + self.text.len());
+        crate::frame::encode_frame_into(&LiveFor { msg: self, v3 }, &mut buf)
+            .expect(ENCODE_INFALLIBLE);
+        buf.freeze()
+    }
+}
+
+/// [`LiveChat`] with the version it is encoded for.
+struct LiveFor<'a, 'b> {
+    msg: &'b LiveChat<'a>,
+    v3: bool,
+}
+
+/// The kind indices of the three live forms in [`ServerMsg`]; the tests
+/// check them against the owned messages' encoding.
+const KIND_CHAT: u32 = 2;
+const KIND_ACTION: u32 = 10;
+const KIND_CHAT_V3: u32 = 17;
+
+impl Serialize for LiveFor<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        let m = self.msg;
+        if self.v3 {
+            let mut v = s.serialize_struct_variant("ServerMsg", KIND_CHAT_V3, "ChatV3", 5)?;
+            v.serialize_field("id", &m.id)?;
+            v.serialize_field("from", m.from)?;
+            v.serialize_field("text", m.text)?;
+            v.serialize_field("time_ms", &m.time_ms)?;
+            v.serialize_field("action", &m.action)?;
+            v.end()
+        } else {
+            let (kind, name) = if m.action {
+                (KIND_ACTION, "Action")
+            } else {
+                (KIND_CHAT, "Chat")
+            };
+            let mut v = s.serialize_struct_variant("ServerMsg", kind, name, 3)?;
+            v.serialize_field("from", m.from)?;
+            v.serialize_field("text", m.text)?;
+            v.serialize_field("time_ms", &m.time_ms)?;
+            v.end()
+        }
+    }
+}
+
 /// Serializing these types into a growable buffer has no failure mode:
 /// postcard only fails on a full fixed-size buffer or on types it cannot
 /// represent, and ours contain neither.
@@ -611,6 +681,29 @@ const ENCODE_INFALLIBLE: &str = "postcard encoding into a growable buffer cannot
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The borrowed live forms encode to exactly the owned messages'
+        /// bytes, for every version and kind.
+        #[test]
+        fn live_chat_encodes_as_the_owned_messages(
+            id in any::<u64>(),
+            from in ".{0,40}",
+            text in ".{0,300}",
+            time_ms in any::<u64>(),
+            action in any::<bool>(),
+        ) {
+            let live = LiveChat { id, from: &from, text: &text, time_ms, action };
+            let v3 = ServerMsg::ChatV3 { id, from: from.clone(), text: text.clone(), time_ms, action };
+            prop_assert_eq!(live.to_frame(true), v3.to_frame());
+            let older = if action {
+                ServerMsg::Action { from: from.clone(), text: text.clone(), time_ms }
+            } else {
+                ServerMsg::Chat { from: from.clone(), text: text.clone(), time_ms }
+            };
+            prop_assert_eq!(live.to_frame(false), older.to_frame());
+        }
+    }
 
     #[test]
     fn documented_byte_layouts() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::room::{MemberId, Room};
-use crate::store::NewEntry;
+use crate::store::{Appended, NewEntry, StoreError};
 
 /// Messages stored in one commit, at most.
 const LOG_BATCH: usize = 1024;
@@ -39,39 +39,108 @@ pub enum LogItem {
     Barrier(oneshot::Sender<()>),
 }
 
-/// Stores and publishes one batch, then answers its barriers.
-fn commit(room: &Room, items: Vec<LogItem>) {
-    let mut batch = Vec::with_capacity(items.len());
-    let mut barriers = Vec::new();
-    for item in items {
-        match item {
-            LogItem::Message(p) => batch.push(p),
-            LogItem::Barrier(b) => barriers.push(b),
-        }
+/// What the store made of a batch's messages; `None` for a batch of
+/// barriers only.
+type Outcome = Option<Result<Vec<Appended>, StoreError>>;
+
+/// Stores a batch's messages in one commit.
+fn store(room: &Room, items: &[LogItem]) -> Outcome {
+    let mut entries: Vec<&NewEntry> = Vec::with_capacity(items.len());
+    entries.extend(items.iter().filter_map(|item| match item {
+        LogItem::Message(p) => Some(&p.entry),
+        LogItem::Barrier(_) => None,
+    }));
+    if entries.is_empty() {
+        return None;
     }
-    if !batch.is_empty() {
-        let entries: Vec<&NewEntry> = batch.iter().map(|p| &p.entry).collect();
-        let started = std::time::Instant::now();
-        let stored = room.store().append(&entries);
-        room.metrics().log_batch(entries.len(), started.elapsed());
-        room.publish(batch, stored);
+    let started = std::time::Instant::now();
+    let stored = room.store().append(&entries);
+    room.metrics().log_batch(entries.len(), started.elapsed());
+    Some(stored)
+}
+
+/// Publishes a stored batch, then answers its barriers; leaves `items`
+/// empty with its capacity, for a later batch. The messages go from the
+/// queue's vector to the room without being copied into another one.
+fn publish(room: &Room, items: &mut Vec<LogItem>, stored: Outcome) {
+    let mut barriers = Vec::new();
+    if let Some(stored) = stored {
+        let messages = items.drain(..).filter_map(|item| match item {
+            LogItem::Message(p) => Some(p),
+            LogItem::Barrier(b) => {
+                barriers.push(b);
+                None
+            }
+        });
+        room.publish(messages, stored);
+    }
+    for item in items.drain(..) {
+        if let LogItem::Barrier(b) = item {
+            barriers.push(b);
+        }
     }
     for b in barriers {
         let _ = b.send(());
     }
 }
 
-/// Stores and publishes everything queued until every sender is gone. The
-/// store works synchronously (it waits for the disk), so each batch runs on
-/// a blocking thread, never on a runtime worker.
+/// Stores and publishes everything queued until every sender is gone.
+///
+/// Two stages, each batch through both in order: while one batch is being
+/// stored (its commit waits for the disk), the batch stored before it is
+/// published. So the sync overlaps the fan-out instead of adding to it, and
+/// still nothing is shown before it is durable, batches are published in id
+/// order, and a barrier is answered only after everything queued before it
+/// is published. Both stages are synchronous (the disk, the room's lock)
+/// and run on blocking threads, never on a runtime worker. The batches'
+/// vectors are reused: at up to [`LOG_BATCH`] messages they are too large
+/// to allocate afresh each time.
 pub async fn run_writer(room: Arc<Room>, mut rx: mpsc::Receiver<LogItem>) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
-        let b = std::mem::take(&mut batch);
-        let r = Arc::clone(&room);
-        let done = tokio::task::spawn_blocking(move || commit(&r, b)).await;
-        if let Err(e) = done {
-            tracing::error!("the room log's writer failed: {e}");
+    // The batch stored last, waiting to be published.
+    let mut stored: Option<(Vec<LogItem>, Outcome)> = None;
+    let mut spare = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut spare);
+        if stored.is_some() {
+            // A stored batch must not wait for new messages: take only
+            // what is queued already.
+            while batch.len() < LOG_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+        } else if rx.recv_many(&mut batch, LOG_BATCH).await == 0 {
+            // Every sender is gone and everything is published.
+            return;
+        }
+        let storing = if batch.is_empty() {
+            spare = batch;
+            None
+        } else {
+            let r = Arc::clone(&room);
+            Some(tokio::task::spawn_blocking(move || {
+                let outcome = store(&r, &batch);
+                (batch, outcome)
+            }))
+        };
+        if let Some((mut items, outcome)) = stored.take() {
+            let r = Arc::clone(&room);
+            let published = tokio::task::spawn_blocking(move || {
+                publish(&r, &mut items, outcome);
+                items
+            })
+            .await;
+            match published {
+                Ok(items) => spare = items,
+                Err(e) => tracing::error!("the room log's writer failed to publish: {e}"),
+            }
+        }
+        if let Some(storing) = storing {
+            match storing.await {
+                Ok(done) => stored = Some(done),
+                Err(e) => tracing::error!("the room log's writer failed to store: {e}"),
+            }
         }
     }
 }
@@ -84,5 +153,104 @@ pub(crate) fn drain_now(room: &Room, rx: &mut mpsc::Receiver<LogItem>) {
     while let Ok(p) = rx.try_recv() {
         batch.push(p);
     }
-    commit(room, batch);
+    let outcome = store(room, &batch);
+    publish(room, &mut batch, outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use bytes::Bytes;
+    use qchat_proto::ServerMsg;
+
+    use crate::room::{Ending, Peer};
+    use crate::store::MemoryStore;
+    use crate::ServerOptions;
+
+    fn join(room: &Room, name: &str) -> (MemberId, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(20_000);
+        let peer = Peer {
+            addr: None,
+            operator: false,
+            version: 2,
+            instance: None,
+            conn: None,
+        };
+        let j = room
+            .join(name, tx, Ending::new(), peer, None)
+            .expect("joins");
+        (j.id, rx)
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
+        let mut v = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
+        }
+        v
+    }
+
+    /// Many batches through the two stages (one stored while the one
+    /// before is published): every message is shown once and in order,
+    /// acknowledged in order, and every barrier is answered after what was
+    /// queued before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipeline_keeps_the_order_and_answers_every_barrier() {
+        let room = Room::new(
+            Arc::new(ServerOptions::default()),
+            Arc::new(MemoryStore::new(100_000)),
+        );
+        let rx = room.take_log().expect("the queue");
+        let writer = tokio::spawn(run_writer(Arc::clone(&room), rx));
+        let (a, mut ra) = join(&room, "a");
+        let (_b, mut rb) = join(&room, "b");
+        let queue = room.log_queue().clone();
+        let mut barriers = Vec::new();
+        for seq in 1..=5000u64 {
+            let p = room
+                .submit(a, seq, seq.to_string(), false)
+                .expect("a member");
+            queue
+                .send(LogItem::Message(p))
+                .await
+                .expect("the writer runs");
+            if seq % 700 == 0 || seq == 5000 {
+                let (tx, done) = oneshot::channel();
+                queue
+                    .send(LogItem::Barrier(tx))
+                    .await
+                    .expect("the writer runs");
+                barriers.push((seq, done));
+            }
+        }
+        for (seq, done) in barriers {
+            tokio::time::timeout(std::time::Duration::from_secs(30), done)
+                .await
+                .expect("answered in time")
+                .expect("answered, not dropped");
+            // Everything queued before the barrier is published by now:
+            // b has its welcome and at least `seq` messages.
+            assert!(rb.len() as u64 > seq, "{} frames at {seq}", rb.len());
+        }
+        // The room holds a sender itself: the writer lives as long as the
+        // runtime, as in the server.
+        writer.abort();
+        let shown: Vec<u64> = received(&mut rb)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Chat { text, .. } => text.parse().ok(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shown, (1..=5000).collect::<Vec<_>>());
+        let acked: Vec<u64> = received(&mut ra)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Ack { seq } => Some(seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acked, (1..=5000).collect::<Vec<_>>());
+    }
 }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use qchat_proto::message::LiveChat;
 use qchat_proto::{
     names, CloseCode, MemberInfo, RejectReason, ResumePoint, ServerMsg, PROTOCOL_VERSION,
 };
@@ -553,15 +554,19 @@ impl Room {
     /// message to its author; a duplicate is only acknowledged. `stored` is
     /// what the store made of each message, or why it could not store them
     /// (then each author is told nothing was sent).
-    pub fn publish(&self, batch: Vec<Pending>, stored: Result<Vec<Appended>, StoreError>) {
+    pub fn publish(
+        &self,
+        batch: impl IntoIterator<Item = Pending>,
+        stored: Result<Vec<Appended>, StoreError>,
+    ) {
         let mut st = self.lock();
         let results = match stored {
             Ok(r) => r,
             Err(e) => {
                 let reason =
                     format!("the server could not store the message ({e}); nothing was sent");
-                self.metrics.messages_refused.inc_by(batch.len() as u64);
                 for p in batch {
+                    self.metrics.messages_refused.inc();
                     self.send_to(
                         &mut st,
                         p.member,
@@ -637,32 +642,18 @@ impl Room {
         // instance, new member id): it gets its acknowledgement when it
         // re-sends, never its own message.
         let instance = e.key.map(|k| k.0);
+        let live = LiveChat {
+            id,
+            from: &e.from,
+            text: &e.text,
+            time_ms: e.time_ms,
+            action: e.action,
+        };
         for (mid, m) in &st.members {
             if *mid == author || (instance.is_some() && m.peer.instance == instance) {
                 continue;
             }
-            let frame = frames.frame(m.v3(), |v3| {
-                let (from, text, time_ms) = (e.from.clone(), e.text.clone(), e.time_ms);
-                match (v3, e.action) {
-                    (true, action) => ServerMsg::ChatV3 {
-                        id,
-                        from,
-                        text,
-                        time_ms,
-                        action,
-                    },
-                    (false, true) => ServerMsg::Action {
-                        from,
-                        text,
-                        time_ms,
-                    },
-                    (false, false) => ServerMsg::Chat {
-                        from,
-                        text,
-                        time_ms,
-                    },
-                }
-            });
+            let frame = frames.encoded(m.v3(), |v3| live.to_frame(v3));
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
             } else {
@@ -1118,8 +1109,14 @@ impl PerKind {
     /// The frame for a member (`v3` or older); `msg` builds the message
     /// for that kind the first time.
     fn frame(&mut self, v3: bool, msg: impl FnOnce(bool) -> ServerMsg) -> Bytes {
+        self.encoded(v3, |v3| msg(v3).to_frame())
+    }
+
+    /// The frame for a member (`v3` or older); `encode` makes it for that
+    /// kind the first time.
+    fn encoded(&mut self, v3: bool, encode: impl FnOnce(bool) -> Bytes) -> Bytes {
         let slot = if v3 { &mut self.v3 } else { &mut self.older };
-        slot.get_or_insert_with(|| msg(v3).to_frame()).clone()
+        slot.get_or_insert_with(|| encode(v3)).clone()
     }
 }
 

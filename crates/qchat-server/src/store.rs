@@ -112,26 +112,35 @@ pub trait Store: Send + std::marker::Sync {
 
 /// One stored message as the embedded store encodes it. The key travels
 /// with the message so that retention can drop both together: the dedupe
-/// table is never larger than the log.
+/// table is never larger than the log. The strings are borrowed both ways:
+/// storing copies nothing, and retention reads keys and times without
+/// allocating.
 #[derive(Serialize, Deserialize)]
-struct Record {
+struct Record<'a> {
     key: Option<Key>,
-    from: String,
-    text: String,
-    time_ms: u64,
-    action: bool,
-}
-
-/// [`Record`] borrowed, for writing without copying the strings.
-#[derive(Serialize)]
-struct RecordRef<'a> {
-    key: Option<Key>,
+    #[serde(borrow)]
     from: &'a str,
+    #[serde(borrow)]
     text: &'a str,
     time_ms: u64,
     action: bool,
 }
 
+/// The messages of one commit, oldest first: the first has the id the
+/// batch is stored under, each next one the id after.
+type Batch<'a> = Vec<Record<'a>>;
+
+fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// The log: each commit's new messages as one value under the first one's
+/// id. One B-tree insert per commit rather than one per message: the
+/// per-message inserts were most of what storing cost (docs/PERFORMANCE.md,
+/// "Round 6").
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+/// The log as files written before batches hold it: one [`Record`] per id.
+/// Moved into [`BATCHES`] when such a file is opened.
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -139,11 +148,25 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Deletions between two compactions of the file.
 const COMPACT_EVERY: u64 = 10_000;
 
+/// Messages per batch when an old file's messages are moved into batches:
+/// the size of the writer's largest commit.
+const MIGRATE_BATCH: usize = 1024;
+
 fn key_bytes(k: &Key) -> [u8; 24] {
     let mut b = [0u8; 24];
     b[..16].copy_from_slice(&k.0);
     b[16..].copy_from_slice(&k.1.to_be_bytes());
     b
+}
+
+fn meta_u64(
+    meta: &redb::Table<&str, &[u8]>,
+    name: &str,
+) -> Result<Option<u64>, redb::StorageError> {
+    Ok(meta
+        .get(name)?
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map(u64::from_be_bytes))
 }
 
 /// Messages received before this time (ms since the Unix epoch) are older
@@ -154,6 +177,55 @@ fn cutoff_ms(max_age: std::time::Duration) -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     now.saturating_sub(max_age.as_millis() as u64)
+}
+
+/// Moves a file's one-message-per-id log into batches, in the transaction
+/// that opens it, so the rest of the store knows only batches. A run of
+/// consecutive ids becomes one batch; a record that does not decode is left
+/// out and ends its batch (ids inside a batch leave no gaps).
+fn migrate(
+    old: &redb::Table<u64, &[u8]>,
+    batches: &mut redb::Table<u64, &[u8]>,
+) -> Result<u64, StoreError> {
+    let mut moved = 0u64;
+    let mut run: Vec<Vec<u8>> = Vec::new();
+    let mut run_start = 0u64;
+    let flush = |run: &mut Vec<Vec<u8>>,
+                 start: u64,
+                 batches: &mut redb::Table<u64, &[u8]>|
+     -> Result<(), StoreError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let records = run
+            .iter()
+            .map(|b| postcard::from_bytes::<Record>(b))
+            .collect::<Result<Batch, _>>()
+            .map_err(io)?;
+        let bytes = postcard::to_allocvec(&records).map_err(io)?;
+        batches.insert(start, bytes.as_slice()).map_err(io)?;
+        run.clear();
+        Ok(())
+    };
+    for item in old.iter().map_err(io)? {
+        let (k, v) = item.map_err(io)?;
+        let id = k.value();
+        if postcard::from_bytes::<Record>(v.value()).is_err() {
+            tracing::warn!(id, "room log: unreadable message left out");
+            flush(&mut run, run_start, batches)?;
+            continue;
+        }
+        if run.len() >= MIGRATE_BATCH || run_start + run.len() as u64 != id {
+            flush(&mut run, run_start, batches)?;
+        }
+        if run.is_empty() {
+            run_start = id;
+        }
+        run.push(v.value().to_vec());
+        moved += 1;
+    }
+    flush(&mut run, run_start, batches)?;
+    Ok(moved)
 }
 
 /// The default store: one redb file, `room.redb` in the data directory.
@@ -169,7 +241,9 @@ pub struct RedbStore {
 }
 
 struct Counters {
-    /// Oldest and newest stored ids; `first > last` when empty.
+    /// Oldest and newest ids in the log; `first > last` when empty.
+    /// Retention may have dropped the start of the oldest stored batch:
+    /// `first` is where the log starts, whatever the file still holds.
     first: u64,
     last: u64,
     deleted_since_compact: u64,
@@ -191,10 +265,18 @@ impl RedbStore {
         let tx = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         let (log_id, first, last) = {
             let mut meta = tx.open_table(META).map_err(|e| open_err(e.to_string()))?;
-            let msgs = tx
-                .open_table(MESSAGES)
+            let mut batches = tx
+                .open_table(BATCHES)
                 .map_err(|e| open_err(e.to_string()))?;
             tx.open_table(KEYS).map_err(|e| open_err(e.to_string()))?;
+            let old = tx
+                .open_table(MESSAGES)
+                .map_err(|e| open_err(e.to_string()))?;
+            let moved = migrate(&old, &mut batches).map_err(|e| open_err(e.to_string()))?;
+            if moved > 0 {
+                tracing::info!(messages = moved, path = %path.display(), "room log moved to the batched layout");
+            }
+            drop(old);
             let existing = meta
                 .get("log_id")
                 .map_err(|e| open_err(e.to_string()))?
@@ -212,24 +294,36 @@ impl RedbStore {
             };
             // The newest id is kept apart from the messages: retention may
             // delete every message, and ids must still never go back.
-            let last_meta = meta
-                .get("last_id")
+            let last_meta = meta_u64(&meta, "last_id")
                 .map_err(|e| open_err(e.to_string()))?
-                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-                .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            let first = msgs
+            let last_batch = match batches.last().map_err(|e| open_err(e.to_string()))? {
+                Some((k, v)) => {
+                    let n = decode_batch(v.value()).map_or(1, |b| b.len() as u64);
+                    k.value() + n.max(1) - 1
+                }
+                None => 0,
+            };
+            let last = last_meta.max(last_batch);
+            let first_batch = batches
                 .first()
                 .map_err(|e| open_err(e.to_string()))?
                 .map(|(k, _)| k.value());
-            let last_msg = msgs
-                .last()
-                .map_err(|e| open_err(e.to_string()))?
-                .map(|(k, _)| k.value())
-                .unwrap_or(0);
-            let last = last_meta.max(last_msg);
-            (log_id, first.unwrap_or(last + 1), last)
+            // Where retention last stopped, which may be inside the oldest
+            // batch; files from before batches do not have it.
+            let first = match (
+                meta_u64(&meta, "first_id").map_err(|e| open_err(e.to_string()))?,
+                first_batch,
+            ) {
+                (Some(f), Some(b)) => f.max(b),
+                (Some(f), None) => f.max(last + 1),
+                (None, Some(b)) => b,
+                (None, None) => last + 1,
+            };
+            (log_id, first, last)
         };
+        tx.delete_table(MESSAGES)
+            .map_err(|e| open_err(e.to_string()))?;
         tx.commit().map_err(|e| open_err(e.to_string()))?;
         Ok(RedbStore {
             db: RwLock::new(db),
@@ -273,6 +367,113 @@ impl RedbStore {
     }
 }
 
+/// What retention does with the oldest stored batch.
+enum Oldest {
+    /// Nothing more goes.
+    Stop,
+    /// The log starts at `first` now; `drop_batch` (its first id) is gone
+    /// from the file if all of it went; `more`: look at the next batch.
+    Advance {
+        first: u64,
+        drop_batch: Option<u64>,
+        more: bool,
+    },
+}
+
+/// Drops the oldest messages, with their keys: every id below `below`,
+/// then those received before `cutoff`. Returns the new first id. A batch
+/// leaves the file once all of its messages are gone; until then `first`
+/// hides its start.
+fn drop_oldest(
+    batches: &mut redb::Table<u64, &[u8]>,
+    keys: &mut redb::Table<&[u8], u64>,
+    mut first: u64,
+    last: u64,
+    below: u64,
+    cutoff: Option<u64>,
+) -> Result<u64, StoreError> {
+    while first <= last && (first < below || cutoff.is_some()) {
+        let step = {
+            let Some((k, v)) = batches.first().map_err(io)? else {
+                // Nothing stored at all: the log is empty.
+                first = last + 1;
+                break;
+            };
+            let start = k.value();
+            if start > first {
+                // Ids below the oldest stored one are gone already.
+                Oldest::Advance {
+                    first: start,
+                    drop_batch: None,
+                    more: true,
+                }
+            } else {
+                match decode_batch(v.value()) {
+                    Ok(recs) => {
+                        let end = start + recs.len() as u64;
+                        let mut to = first.max(start);
+                        let skip = usize::try_from(to - start).unwrap_or(usize::MAX);
+                        for r in recs.iter().skip(skip) {
+                            let old = to < below || cutoff.is_some_and(|c| r.time_ms < c);
+                            if !old {
+                                break;
+                            }
+                            if let Some(key) = &r.key {
+                                keys.remove(key_bytes(key).as_slice()).map_err(io)?;
+                            }
+                            to += 1;
+                        }
+                        match (to >= end, to == first) {
+                            (true, _) => Oldest::Advance {
+                                first: to,
+                                drop_batch: Some(start),
+                                more: true,
+                            },
+                            (false, true) => Oldest::Stop,
+                            // Stopped inside the batch: the rest of it
+                            // stays.
+                            (false, false) => Oldest::Advance {
+                                first: to,
+                                drop_batch: None,
+                                more: false,
+                            },
+                        }
+                    }
+                    // Unreadable: its messages' ages and keys are unknown;
+                    // it goes with its neighbours rather than block
+                    // retention, and the next batch says where the log
+                    // goes on.
+                    Err(e) => {
+                        tracing::warn!(id = start, "room log: unreadable batch dropped: {e}");
+                        Oldest::Advance {
+                            first: first.max(start + 1),
+                            drop_batch: Some(start),
+                            more: true,
+                        }
+                    }
+                }
+            }
+        };
+        match step {
+            Oldest::Stop => break,
+            Oldest::Advance {
+                first: f,
+                drop_batch,
+                more,
+            } => {
+                if let Some(start) = drop_batch {
+                    batches.remove(start).map_err(io)?;
+                }
+                first = f;
+                if !more {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(first)
+}
+
 impl Store for RedbStore {
     fn log_id(&self) -> [u8; 16] {
         self.log_id
@@ -293,9 +494,7 @@ impl Store for RedbStore {
             (c.first, c.last)
         };
         let mut out = Vec::with_capacity(batch.len());
-        // An empty log has `first == last + 1`: the first new id.
-        let mut new_first = first;
-        let deleted;
+        let new_first;
         {
             let db = self.db.read().unwrap_or_else(|p| p.into_inner());
             let mut tx = db.begin_write().map_err(io)?;
@@ -304,9 +503,10 @@ impl Store for RedbStore {
                 SyncPolicy::None => Durability::Eventual,
             });
             {
-                let mut msgs = tx.open_table(MESSAGES).map_err(io)?;
+                let mut batches = tx.open_table(BATCHES).map_err(io)?;
                 let mut keys = tx.open_table(KEYS).map_err(io)?;
                 let mut meta = tx.open_table(META).map_err(io)?;
+                let mut records: Batch = Vec::with_capacity(batch.len());
                 for e in batch {
                     if let Some(k) = &e.key {
                         let kb = key_bytes(k);
@@ -316,59 +516,35 @@ impl Store for RedbStore {
                         }
                     }
                     last += 1;
-                    let rec = RecordRef {
+                    records.push(Record {
                         key: e.key,
                         from: &e.from,
                         text: &e.text,
                         time_ms: e.time_ms,
                         action: e.action,
-                    };
-                    let bytes = postcard::to_allocvec(&rec).map_err(io)?;
-                    msgs.insert(last, bytes.as_slice()).map_err(io)?;
+                    });
                     if let Some(k) = &e.key {
                         keys.insert(key_bytes(k).as_slice(), last).map_err(io)?;
                     }
                     out.push(Appended::New(last));
                 }
+                if !records.is_empty() {
+                    let start = last + 1 - records.len() as u64;
+                    let bytes = postcard::to_allocvec(&records).map_err(io)?;
+                    batches.insert(start, bytes.as_slice()).map_err(io)?;
+                }
                 meta.insert("last_id", last.to_be_bytes().as_slice())
                     .map_err(io)?;
-                // Retention: the oldest go, with their keys.
-                let len = (last + 1).saturating_sub(new_first);
-                let excess = len.saturating_sub(self.keep);
-                for id in new_first..new_first + excess {
-                    if let Some(v) = msgs.remove(id).map_err(io)? {
-                        if let Ok(rec) = postcard::from_bytes::<Record>(v.value()) {
-                            if let Some(k) = rec.key {
-                                keys.remove(key_bytes(&k).as_slice()).map_err(io)?;
-                            }
-                        }
-                    }
+                // Retention: the oldest go, with their keys. An empty log
+                // has `first == last + 1`, the first new id.
+                let len = (last + 1).saturating_sub(first);
+                let below = first + len.saturating_sub(self.keep);
+                let cutoff = self.max_age.map(cutoff_ms);
+                new_first = drop_oldest(&mut batches, &mut keys, first, last, below, cutoff)?;
+                if new_first != first {
+                    meta.insert("first_id", new_first.to_be_bytes().as_slice())
+                        .map_err(io)?;
                 }
-                new_first += excess;
-                let mut aged = 0;
-                if let Some(cutoff) = self.max_age.map(cutoff_ms) {
-                    while new_first <= last {
-                        let old = match msgs.get(new_first).map_err(io)? {
-                            Some(v) => postcard::from_bytes::<Record>(v.value()).ok(),
-                            None => None,
-                        };
-                        match old {
-                            Some(rec) if rec.time_ms >= cutoff => break,
-                            Some(rec) => {
-                                if let Some(k) = rec.key {
-                                    keys.remove(key_bytes(&k).as_slice()).map_err(io)?;
-                                }
-                            }
-                            // Unreadable: its age is unknown; it goes with
-                            // its neighbours rather than block retention.
-                            None => {}
-                        }
-                        msgs.remove(new_first).map_err(io)?;
-                        new_first += 1;
-                        aged += 1;
-                    }
-                }
-                deleted = excess + aged;
             }
             tx.commit().map_err(io)?;
         }
@@ -376,7 +552,7 @@ impl Store for RedbStore {
             let mut c = self.counters();
             c.first = new_first;
             c.last = last;
-            c.deleted_since_compact += deleted;
+            c.deleted_since_compact += new_first.saturating_sub(first);
             let due = c.deleted_since_compact >= COMPACT_EVERY;
             if due {
                 c.deleted_since_compact = 0;
@@ -390,29 +566,53 @@ impl Store for RedbStore {
     }
 
     fn read(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
+        // Retention may have dropped the start of the oldest batch; and
+        // "the newest `max`" counts from the newest stored, not from `upto`.
+        let (first, last) = {
+            let c = self.counters();
+            (c.first, c.last)
+        };
+        let upto = upto.min(last);
         if upto <= after || max == 0 {
             return Ok(Vec::new());
         }
         let from = after
             .saturating_add(1)
-            .max(upto.saturating_sub(max as u64 - 1));
+            .max(upto.saturating_sub(max as u64 - 1))
+            .max(first);
         let db = self.db.read().unwrap_or_else(|p| p.into_inner());
         let tx = db.begin_read().map_err(io)?;
-        let msgs = tx.open_table(MESSAGES).map_err(io)?;
+        let batches = tx.open_table(BATCHES).map_err(io)?;
+        // The batch holding `from` starts at or before it.
+        let start = match batches.range(..=from).map_err(io)?.next_back() {
+            Some(item) => item.map_err(io)?.0.value(),
+            None => from,
+        };
         let mut out = Vec::new();
-        for item in msgs.range(from..=upto).map_err(io)? {
+        for item in batches.range(start..=upto).map_err(io)? {
             let (k, v) = item.map_err(io)?;
-            // A record that does not decode is skipped, not fatal: one bad
-            // message must not stop everyone's replay.
-            match postcard::from_bytes::<Record>(v.value()) {
-                Ok(r) => out.push(Entry {
-                    id: k.value(),
-                    from: r.from,
-                    text: r.text,
-                    time_ms: r.time_ms,
-                    action: r.action,
-                }),
-                Err(e) => tracing::warn!(id = k.value(), "room log: unreadable message: {e}"),
+            // A batch that does not decode is skipped, not fatal: one bad
+            // write must not stop everyone's replay.
+            let recs = match decode_batch(v.value()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(id = k.value(), "room log: unreadable batch: {e}");
+                    continue;
+                }
+            };
+            for (id, r) in (k.value()..).zip(recs) {
+                if id > upto {
+                    break;
+                }
+                if id >= from {
+                    out.push(Entry {
+                        id,
+                        from: r.from.to_owned(),
+                        text: r.text.to_owned(),
+                        time_ms: r.time_ms,
+                        action: r.action,
+                    });
+                }
             }
         }
         Ok(out)
@@ -677,6 +877,144 @@ mod tests {
         };
         assert!(err.to_string().contains("room.redb"), "{err}");
         assert_eq!(std::fs::read(&path).expect("reads"), garbage);
+    }
+
+    #[test]
+    fn retention_inside_a_batch_frees_its_keys_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |i| Some(([4; 16], i));
+        {
+            let s = RedbStore::open(dir.path(), 3, SyncPolicy::None).expect("opens");
+            let five: Vec<NewEntry> = (1..=5).map(|i| msg(key(i), &i.to_string())).collect();
+            s.append(&five.iter().collect::<Vec<_>>()).expect("appends");
+            assert_eq!(s.len(), 3);
+            assert_eq!(texts(&s.read(0, 5, 10).expect("reads")), ["3", "4", "5"]);
+            // Dropped from the log, though its batch is still in the file:
+            // its key is free again.
+            assert_eq!(
+                s.append(&[&msg(key(1), "1 again")]).expect("appends"),
+                [Appended::New(6)]
+            );
+            assert_eq!(
+                s.append(&[&msg(key(4), "4 again")]).expect("appends"),
+                [Appended::Duplicate(4)]
+            );
+        }
+        let s = RedbStore::open(dir.path(), 3, SyncPolicy::None).expect("reopens");
+        assert_eq!((s.len(), s.last_id()), (3, 6));
+        assert_eq!(
+            texts(&s.read(0, 6, 10).expect("reads")),
+            ["4", "5", "1 again"]
+        );
+    }
+
+    #[test]
+    fn a_file_from_before_batches_is_moved_into_batches_and_reads_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(RedbStore::FILE);
+        let log_id = [9u8; 16];
+        {
+            let db = Database::create(&path).expect("creates");
+            let tx = db.begin_write().expect("writes");
+            {
+                let mut msgs = tx.open_table(MESSAGES).expect("table");
+                let mut keys = tx.open_table(KEYS).expect("table");
+                let mut meta = tx.open_table(META).expect("table");
+                for id in 1..=5u64 {
+                    let k = ([5u8; 16], id);
+                    let text = id.to_string();
+                    let rec = Record {
+                        key: Some(k),
+                        from: "a",
+                        text: &text,
+                        time_ms: 1,
+                        action: false,
+                    };
+                    let bytes = if id == 3 {
+                        vec![0xff; 3]
+                    } else {
+                        postcard::to_allocvec(&rec).expect("encodes")
+                    };
+                    msgs.insert(id, bytes.as_slice()).expect("inserts");
+                    keys.insert(key_bytes(&k).as_slice(), id).expect("inserts");
+                }
+                meta.insert("log_id", log_id.as_slice()).expect("inserts");
+                meta.insert("last_id", 5u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+            }
+            tx.commit().expect("commits");
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+        assert_eq!((s.log_id(), s.last_id()), (log_id, 5));
+        // The unreadable message is left out; the others keep their ids.
+        let got: Vec<(u64, String)> = s
+            .read(0, 5, 10)
+            .expect("reads")
+            .into_iter()
+            .map(|e| (e.id, e.text))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "1".into()),
+                (2, "2".into()),
+                (4, "4".into()),
+                (5, "5".into())
+            ]
+        );
+        assert_eq!(texts(&s.read(3, 5, 10).expect("reads")), ["4", "5"]);
+        assert_eq!(
+            s.append(&[&msg(Some(([5; 16], 2)), "2"), &msg(None, "six")])
+                .expect("appends"),
+            [Appended::Duplicate(2), Appended::New(6)]
+        );
+        drop(s);
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
+        assert_eq!(texts(&s.read(4, 6, 10).expect("reads")), ["5", "six"]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+        /// Batches of any size, any retention and any read: the file store
+        /// answers exactly as the memory store, which keeps one message per
+        /// entry.
+        #[test]
+        fn batched_storage_reads_like_one_message_per_id(
+            sizes in proptest::collection::vec(1usize..12, 1..16),
+            // At least a batch: the memory store applies retention message
+            // by message, the file store once per batch, so a key re-sent
+            // in the very batch that drops its original would differ.
+            keep in 12u64..40,
+            reads in proptest::collection::vec((0u64..150, 0u64..150, 1usize..50), 1..8),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = RedbStore::open(dir.path(), keep, SyncPolicy::None).expect("opens");
+            let memory = MemoryStore::new(keep);
+            let mut n = 0u64;
+            for size in sizes {
+                let batch: Vec<NewEntry> = (0..size)
+                    .map(|i| {
+                        n += 1;
+                        // Every third message re-sends the one before.
+                        let seq = if i % 3 == 2 { n - 1 } else { n };
+                        msg(Some(([6; 16], seq)), &n.to_string())
+                    })
+                    .collect();
+                let refs: Vec<&NewEntry> = batch.iter().collect();
+                proptest::prop_assert_eq!(
+                    file.append(&refs).expect("appends"),
+                    memory.append(&refs).expect("appends")
+                );
+                proptest::prop_assert_eq!(file.len(), memory.len());
+            }
+            for (after, upto, max) in reads {
+                proptest::prop_assert_eq!(
+                    file.read(after, upto, max).expect("reads"),
+                    memory.read(after, upto, max).expect("reads"),
+                    "read({}, {}, {})", after, upto, max
+                );
+            }
+        }
     }
 
     #[test]
