@@ -176,6 +176,7 @@ mod tests {
             version: 2,
             instance: None,
             conn: None,
+            key: None,
         };
         let j = room
             .join(name, tx, Ending::new(), peer, None)

@@ -287,13 +287,13 @@ where
         ..peer
     };
     let key = peer.key;
-    let claimed = match admit(room, options, &peer, &name, link.as_deref()).await {
+    let claimed = match Box::pin(admit(room, options, &peer, &name, link.as_deref())).await {
         Ok(c) => c,
         Err(rej) => {
             if first_before_join(CloseCode::Rejected, permit) {
                 tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
             }
-            return reject(&mut send, rej.reason, rej.detail).await;
+            return Box::pin(reject(&mut send, rej.reason, rej.detail)).await;
         }
     };
     // The new queue holds the welcome, the history or replay, and the end
@@ -723,8 +723,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
-            if let Some(reason) = handle(id, msg, room, options).await {
-                published(room).await;
+            if let Some(reason) = Box::pin(handle(id, msg, room, options)).await {
+                Box::pin(published(room)).await;
                 return Ok(reason);
             }
         }
@@ -733,7 +733,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         if eof {
             if backlog.is_empty() {
-                published(room).await;
+                Box::pin(published(room)).await;
                 return Ok(String::new());
             }
             tokio::time::sleep_until(bucket.next_token()).await;
