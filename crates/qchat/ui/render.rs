@@ -69,7 +69,16 @@ fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
             if names::fold(n) == names::fold(&app.me) {
                 style = style.add_modifier(Modifier::BOLD);
             }
-            TextLine::from(Span::styled(shown, style))
+            let mut spans = vec![Span::styled(shown, style)];
+            if app.marks.verified(n) {
+                spans.push(Span::styled(
+                    format!(" {}", crate::wording::MARK),
+                    Style::default()
+                        .fg(Color::LightGreen)
+                        .add_modifier(Modifier::BOLD),
+                ));
+            }
+            TextLine::from(spans)
         })
         .collect();
     let block = Block::default()

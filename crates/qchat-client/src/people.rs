@@ -1,0 +1,680 @@
+//! The contacts layer: between an interface and the network task, it turns
+//! `/verify` into a checked contact, learns the key sets of members whose
+//! names are contacts, and tells the interface which names carry the
+//! verified mark and which contacts changed keys.
+//!
+//! It sits on the command and event channels rather than inside the network
+//! task because nothing it does is about the connection: it only reads what
+//! the server says (`Whois` answers) and adds events ([`Event::Mark`],
+//! [`Event::Verified`], [`Event::ContactChanged`]). [`Watch`] is the whole
+//! logic, as a plain type tested without channels; [`spawn`] wires it.
+//!
+//! What the mark proves: the server says the name's keys are exactly the
+//! set the user checked with that person. The server also decides which
+//! name a line carries, so a dishonest server can still put words under a
+//! verified name until messages are signed.
+//!
+//! No request storm: it asks only about names that are contacts, only when
+//! they appear (the roster at each join, a join, a rename), never twice at
+//! once for one name, and never more than [`MAX_CHECKS`] at a time.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+
+use qchat_proto::names;
+use qchat_tls::Fingerprint;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::contacts::{self, Contact, Contacts, ContactsError};
+use crate::session::{self, Command, Ended, Event, Link};
+
+/// The most key-set checks waiting for an answer at once; a room full of
+/// contacts is checked as answers come back, the rest at their next
+/// appearance.
+pub const MAX_CHECKS: usize = 32;
+
+/// Which names carry the verified mark now, as the interface keeps it from
+/// the [`Event::Mark`]s it is given.
+#[derive(Debug, Default, Clone)]
+pub struct Marks(HashSet<String>);
+
+impl Marks {
+    /// Takes in an event: only [`Event::Mark`] changes anything.
+    pub fn apply(&mut self, ev: &Event) {
+        if let Event::Mark { name, verified } = ev {
+            if *verified {
+                self.0.insert(names::fold(name));
+            } else {
+                self.0.remove(&names::fold(name));
+            }
+        }
+    }
+
+    /// Whether `name` carries the mark.
+    pub fn verified(&self, name: &str) -> bool {
+        !self.0.is_empty() && self.0.contains(&names::fold(name))
+    }
+}
+
+/// The channels between this layer and the network task: short, since
+/// this layer passes things on at once and the interface's own channels
+/// hold the backlog.
+const QUEUE: usize = 16;
+
+/// A `Whois` on its way, in the order they were sent: the server answers
+/// each with one `Whois` or one `Failed`, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Asked {
+    /// The user's `/whois`: the answer is theirs to see.
+    User,
+    /// Ours: does this contact still have the keys the user verified?
+    Check(String),
+    /// The user's `/verify`.
+    Verify {
+        name: String,
+        fingerprint: Fingerprint,
+    },
+}
+
+/// What [`Watch`] wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send this to the network task.
+    Send(Command),
+    /// Give this to the interface.
+    Show(Event),
+    /// Store this contact (as verified now), then call [`Watch::saved`].
+    Save(Contact),
+}
+
+/// The contacts layer's state.
+#[derive(Debug, Default)]
+pub struct Watch {
+    contacts: Vec<Contact>,
+    asked: VecDeque<Asked>,
+    /// Folded names shown with the mark now.
+    marked: HashSet<String>,
+    /// Changes already reported: folded name and the key set seen (empty
+    /// for a guest), so each one is said once, however often the member
+    /// comes and goes.
+    flagged: HashSet<(String, Vec<Fingerprint>)>,
+}
+
+impl Watch {
+    /// A watch over `contacts`.
+    pub fn new(contacts: Vec<Contact>) -> Self {
+        Watch {
+            contacts,
+            ..Watch::default()
+        }
+    }
+
+    /// Replaces the contacts (re-read from the file), e.g. before a new
+    /// roster, so a contact removed or added elsewhere counts.
+    pub fn set_contacts(&mut self, contacts: Vec<Contact>) {
+        self.contacts = contacts;
+    }
+
+    fn contact(&self, name: &str) -> Option<&Contact> {
+        self.contacts.iter().find(|c| c.is(name))
+    }
+
+    /// A command from the interface.
+    pub fn command(&mut self, cmd: Command) -> Vec<Step> {
+        match &cmd {
+            Command::Whois(_) => self.asked.push_back(Asked::User),
+            Command::Verify { name, fingerprint } => self.asked.push_back(Asked::Verify {
+                name: name.clone(),
+                fingerprint: *fingerprint,
+            }),
+            _ => {}
+        }
+        vec![Step::Send(cmd)]
+    }
+
+    /// An event from the network task.
+    pub fn event(&mut self, ev: Event) -> Vec<Step> {
+        let mut steps = Vec::new();
+        match &ev {
+            Event::Roster { members, .. } => {
+                // A new connection: answers to the old one never come, and
+                // the keys may have changed while we were away.
+                self.asked.clear();
+                for name in std::mem::take(&mut self.marked) {
+                    steps.push(Step::Show(Event::Mark {
+                        name,
+                        verified: false,
+                    }));
+                }
+                steps.push(Step::Show(ev.clone()));
+                for m in members {
+                    self.check(m, &mut steps);
+                }
+                return steps;
+            }
+            Event::Joined { name } => {
+                steps.push(Step::Show(ev.clone()));
+                self.check(name, &mut steps);
+                return steps;
+            }
+            Event::Renamed { old, new } => {
+                self.unmark(old, &mut steps);
+                steps.push(Step::Show(ev.clone()));
+                self.check(new, &mut steps);
+                return steps;
+            }
+            Event::Left { name, .. } => self.unmark(name, &mut steps),
+            Event::Whois {
+                name,
+                keys,
+                here,
+                guest,
+                ..
+            } => {
+                return match self.asked.pop_front() {
+                    Some(Asked::Check(_)) => {
+                        self.judge(name, keys, *here, *guest, &mut steps);
+                        steps
+                    }
+                    Some(Asked::Verify { fingerprint, .. }) => {
+                        verify(name, keys, *guest, fingerprint, &mut steps);
+                        steps
+                    }
+                    Some(Asked::User) | None => {
+                        steps.push(Step::Show(ev.clone()));
+                        self.judge(name, keys, *here, *guest, &mut steps);
+                        steps
+                    }
+                };
+            }
+            Event::Failed { what, reason } if what == "whois" => {
+                match self.asked.pop_front() {
+                    Some(Asked::Check(name)) => {
+                        tracing::debug!(name, reason, "cannot check a contact's keys");
+                    }
+                    Some(Asked::Verify { name, .. }) => steps.push(Step::Show(Event::Failed {
+                        what: "verify".into(),
+                        reason: format!("cannot look up {name}: {reason}; nothing was stored"),
+                    })),
+                    Some(Asked::User) | None => steps.push(Step::Show(ev.clone())),
+                }
+                return steps;
+            }
+            _ => {}
+        }
+        steps.push(Step::Show(ev));
+        steps
+    }
+
+    /// The contact from [`Step::Save`] was stored (`Ok` with the contact it
+    /// replaced, if any) or could not be.
+    pub fn saved(
+        &mut self,
+        contact: Contact,
+        result: Result<Option<Contact>, String>,
+    ) -> Vec<Step> {
+        let previous = match result {
+            Ok(previous) => previous,
+            Err(reason) => {
+                return vec![Step::Show(Event::Failed {
+                    what: "verify".into(),
+                    reason: format!("{} was not stored: {reason}", contact.name),
+                })]
+            }
+        };
+        let folded = names::fold(&contact.name);
+        self.flagged.retain(|(name, _)| name != &folded);
+        self.contacts.retain(|c| !c.is(&contact.name));
+        self.contacts.push(contact.clone());
+        let mut steps = vec![Step::Show(Event::Verified {
+            name: contact.name.clone(),
+            keys: contact.keys.clone(),
+            previous: previous.map(|p| p.keys),
+        })];
+        if self.marked.insert(folded) {
+            steps.push(Step::Show(Event::Mark {
+                name: contact.name,
+                verified: true,
+            }));
+        }
+        steps
+    }
+
+    /// Asks for `name`'s keys if it is a contact and not being asked about.
+    fn check(&mut self, name: &str, steps: &mut Vec<Step>) {
+        if self.contact(name).is_none() {
+            return;
+        }
+        let checks = self
+            .asked
+            .iter()
+            .filter(|a| matches!(a, Asked::Check(_)))
+            .count();
+        let pending = self
+            .asked
+            .iter()
+            .any(|a| matches!(a, Asked::Check(n) if names::same(n, name)));
+        if pending || checks >= MAX_CHECKS {
+            return;
+        }
+        self.asked.push_back(Asked::Check(name.to_owned()));
+        steps.push(Step::Send(Command::Whois(name.to_owned())));
+    }
+
+    fn unmark(&mut self, name: &str, steps: &mut Vec<Step>) {
+        if self.marked.remove(&names::fold(name)) {
+            steps.push(Step::Show(Event::Mark {
+                name: name.to_owned(),
+                verified: false,
+            }));
+        }
+    }
+
+    /// A `Whois` answer about a name: marks a contact whose keys are the
+    /// verified set, flags one whose keys are not.
+    fn judge(
+        &mut self,
+        name: &str,
+        keys: &[Fingerprint],
+        here: bool,
+        guest: bool,
+        steps: &mut Vec<Step>,
+    ) {
+        let Some(contact) = self.contact(name).cloned() else {
+            return;
+        };
+        if !guest && contact.holds(keys) {
+            if here && self.marked.insert(names::fold(name)) {
+                steps.push(Step::Show(Event::Mark {
+                    name: name.to_owned(),
+                    verified: true,
+                }));
+            }
+            return;
+        }
+        self.unmark(name, steps);
+        let now = if guest {
+            Vec::new()
+        } else {
+            contacts::key_set(keys)
+        };
+        if self.flagged.insert((names::fold(name), now.clone())) {
+            steps.push(Step::Show(Event::ContactChanged {
+                name: name.to_owned(),
+                verified: contact.keys,
+                now,
+                guest,
+            }));
+        }
+    }
+}
+
+/// The answer to a `/verify`: a contact to store, or why not.
+fn verify(
+    name: &str,
+    keys: &[Fingerprint],
+    guest: bool,
+    given: Fingerprint,
+    steps: &mut Vec<Step>,
+) {
+    let refuse = |reason: String| {
+        Step::Show(Event::Failed {
+            what: "verify".into(),
+            reason,
+        })
+    };
+    if guest || keys.is_empty() {
+        steps.push(refuse(format!(
+            "{name} is a guest (no key), so there is nothing to verify; nothing was stored"
+        )));
+    } else if !keys.contains(&given) {
+        steps.push(refuse(format!(
+            "the fingerprint you gave ({given}) is not {name}'s key here ({}); nothing was stored. \
+             Check it with them again: if it is theirs, someone else may be using the name",
+            contacts::list(keys)
+        )));
+    } else {
+        steps.push(Step::Save(Contact::new(name, keys)));
+    }
+}
+
+/// Loads the contacts at `path`, logging (not failing on) a file that
+/// cannot be read: a damaged contacts file must not keep anyone out of a
+/// chat, it only means no marks, and `/verify` then says what is wrong.
+fn load(path: &std::path::Path) -> Vec<Contact> {
+    match Contacts::load(path) {
+        Ok(file) => {
+            for w in file.warnings() {
+                tracing::warn!("{w}");
+            }
+            file.records().to_vec()
+        }
+        Err(e) => {
+            tracing::warn!("{e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Stores `contact` in the file at `path`, replacing any contact of the
+/// same name; returns the one replaced.
+fn store(path: PathBuf, contact: Contact) -> Result<Option<Contact>, ContactsError> {
+    Contacts::update(&path, |e| Ok(e.put(contact))).map(|(_, previous)| previous)
+}
+
+/// Starts the network task ([`session::run`]) behind the contacts layer,
+/// which keeps its contacts in `contacts` (`None`: no contacts, nothing is
+/// checked, `/verify` only asks). The channels and the result are the
+/// network task's.
+pub fn spawn<W, R>(
+    link: impl Into<Link<W, R>> + Send + 'static,
+    contacts: Option<PathBuf>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) -> JoinHandle<Ended>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let Some(path) = contacts else {
+        return tokio::spawn(session::run(link, commands, events));
+    };
+    let (net_tx, net_cmds) = mpsc::channel(QUEUE);
+    let (net_events, mut net_rx) = mpsc::channel(QUEUE);
+    let net = tokio::spawn(session::run(link, net_cmds, net_events));
+    tokio::spawn(async move {
+        let mut watch = Watch::new(load(&path));
+        // Dropped when the interface closes its side, which tells the
+        // network task to leave; events are still passed on until it has.
+        let mut net_tx = Some(net_tx);
+        loop {
+            let steps = tokio::select! {
+                cmd = commands.recv(), if net_tx.is_some() => match cmd {
+                    Some(cmd) => watch.command(cmd),
+                    None => {
+                        net_tx = None;
+                        continue;
+                    }
+                },
+                ev = net_rx.recv() => match ev {
+                    Some(ev) => {
+                        if matches!(ev, Event::Roster { .. }) {
+                            let path = path.clone();
+                            if let Ok(contacts) = tokio::task::spawn_blocking(move || load(&path)).await {
+                                watch.set_contacts(contacts);
+                            }
+                        }
+                        watch.event(ev)
+                    }
+                    None => return,
+                },
+            };
+            let mut queue: VecDeque<Step> = steps.into();
+            while let Some(step) = queue.pop_front() {
+                match step {
+                    Step::Send(cmd) => {
+                        if let Some(tx) = &net_tx {
+                            let _ = tx.send(cmd).await;
+                        }
+                    }
+                    Step::Show(ev) => {
+                        if events.send(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    Step::Save(contact) => {
+                        let (path, c) = (path.clone(), contact.clone());
+                        let result = match tokio::task::spawn_blocking(move || store(path, c)).await
+                        {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(e) => Err(format!("internal error: {e}")),
+                        };
+                        queue.extend(watch.saved(contact, result));
+                    }
+                }
+            }
+        }
+    });
+    net
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(n: u8) -> Fingerprint {
+        Fingerprint::from_bytes([n; 32])
+    }
+
+    fn whois(name: &str, keys: &[Fingerprint], guest: bool) -> Event {
+        Event::Whois {
+            name: name.into(),
+            keys: keys.to_vec(),
+            here: true,
+            guest,
+            since_ms: 0,
+        }
+    }
+
+    fn roster(members: &[&str]) -> Event {
+        Event::Roster {
+            members: members.iter().map(|m| m.to_string()).collect(),
+            max_message: None,
+        }
+    }
+
+    fn sent(steps: &[Step]) -> Vec<Command> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Send(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn shown(steps: &[Step]) -> Vec<Event> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Show(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn mark(name: &str, verified: bool) -> Event {
+        Event::Mark {
+            name: name.into(),
+            verified,
+        }
+    }
+
+    #[test]
+    fn only_contacts_are_checked_and_each_once_at_a_time() {
+        let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
+        let steps = w.event(roster(&["bob", "alice", "carol"]));
+        assert_eq!(sent(&steps), [Command::Whois("alice".into())]);
+        assert_eq!(shown(&steps), [roster(&["bob", "alice", "carol"])]);
+        // Alice flaps before the answer: no second question.
+        assert!(sent(&w.event(Event::Joined {
+            name: "ALICE".into()
+        }))
+        .is_empty());
+        assert!(sent(&w.event(Event::Joined {
+            name: "dave".into()
+        }))
+        .is_empty());
+    }
+
+    #[test]
+    fn checks_are_bounded() {
+        let contacts: Vec<Contact> = (0..100)
+            .map(|i| Contact::new(&format!("p{i}"), &[fp(1)]))
+            .collect();
+        let mut w = Watch::new(contacts);
+        let names: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(sent(&w.event(roster(&refs))).len(), MAX_CHECKS);
+    }
+
+    #[test]
+    fn the_verified_set_marks_and_the_check_is_not_shown() {
+        let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
+        w.event(roster(&["alice"]));
+        let steps = w.event(whois("alice", &[fp(1)], false));
+        assert_eq!(shown(&steps), [mark("alice", true)]);
+        // Leaving takes the mark away; a rename to a non-contact too.
+        assert_eq!(
+            shown(&w.event(Event::Left {
+                name: "alice".into(),
+                reason: String::new()
+            }))[0],
+            mark("alice", false)
+        );
+    }
+
+    #[test]
+    fn a_changed_key_set_is_flagged_once_with_both_sets_and_no_mark() {
+        let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
+        w.event(roster(&["alice"]));
+        w.event(whois("alice", &[fp(1)], false));
+        w.event(Event::Left {
+            name: "alice".into(),
+            reason: String::new(),
+        });
+        w.event(Event::Joined {
+            name: "alice".into(),
+        });
+        let steps = w.event(whois("alice", &[fp(2), fp(1)], false));
+        let changed = Event::ContactChanged {
+            name: "alice".into(),
+            verified: vec![fp(1)],
+            now: vec![fp(1), fp(2)],
+            guest: false,
+        };
+        assert_eq!(shown(&steps), [changed]);
+        // Seen again: not said again, still no mark.
+        w.event(Event::Joined {
+            name: "alice".into(),
+        });
+        assert!(shown(&w.event(whois("alice", &[fp(1), fp(2)], false))).is_empty());
+        // A guest under the name is another change.
+        w.event(Event::Joined {
+            name: "alice".into(),
+        });
+        let steps = w.event(whois("alice", &[], true));
+        assert!(
+            matches!(&shown(&steps)[..], [Event::ContactChanged { guest: true, now, .. }] if now.is_empty()),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn verify_stores_only_a_fingerprint_in_the_key_set() {
+        let mut w = Watch::new(Vec::new());
+        let cmd = Command::Verify {
+            name: "alice".into(),
+            fingerprint: fp(9),
+        };
+        assert_eq!(sent(&w.command(cmd.clone())), [cmd]);
+        let steps = w.event(whois("alice", &[fp(1)], false));
+        assert!(
+            matches!(&shown(&steps)[..], [Event::Failed { what, reason }] if what == "verify" && reason.contains(&fp(9).canonical()) && reason.contains(&fp(1).canonical())),
+            "{steps:?}"
+        );
+
+        w.command(Command::Verify {
+            name: "alice".into(),
+            fingerprint: fp(2),
+        });
+        let steps = w.event(whois("Alice", &[fp(1), fp(2)], false));
+        let [Step::Save(contact)] = &steps[..] else {
+            panic!("{steps:?}");
+        };
+        assert_eq!(contact.name, "Alice");
+        assert_eq!(contact.keys, [fp(1), fp(2)]);
+        let steps = w.saved(contact.clone(), Ok(None));
+        assert_eq!(
+            shown(&steps),
+            [
+                Event::Verified {
+                    name: "Alice".into(),
+                    keys: vec![fp(1), fp(2)],
+                    previous: None
+                },
+                mark("Alice", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_guest_cannot_be_verified_and_a_failed_lookup_says_verify() {
+        let mut w = Watch::new(Vec::new());
+        w.command(Command::Verify {
+            name: "gus".into(),
+            fingerprint: fp(1),
+        });
+        let steps = w.event(whois("gus", &[], true));
+        assert!(
+            matches!(&shown(&steps)[..], [Event::Failed { what, .. }] if what == "verify"),
+            "{steps:?}"
+        );
+        w.command(Command::Verify {
+            name: "nobody".into(),
+            fingerprint: fp(1),
+        });
+        let steps = w.event(Event::Failed {
+            what: "whois".into(),
+            reason: "no such member".into(),
+        });
+        assert!(
+            matches!(&shown(&steps)[..], [Event::Failed { what, reason }] if what == "verify" && reason.contains("no such member")),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn answers_pair_with_questions_in_order() {
+        let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
+        w.event(roster(&["alice"]));
+        w.command(Command::Whois("bob".into()));
+        // The check's answer is silent; the user's is shown.
+        assert_eq!(
+            shown(&w.event(whois("alice", &[fp(1)], false))),
+            [mark("alice", true)]
+        );
+        let bob = whois("bob", &[fp(5)], false);
+        assert_eq!(shown(&w.event(bob.clone())), [bob]);
+        // A failed check is not the user's business.
+        w.event(Event::Joined {
+            name: "alice".into(),
+        });
+        w.event(Event::Left {
+            name: "alice".into(),
+            reason: String::new(),
+        });
+        assert!(shown(&w.event(Event::Failed {
+            what: "whois".into(),
+            reason: "gone".into()
+        }))
+        .is_empty());
+    }
+
+    #[test]
+    fn a_new_roster_forgets_questions_and_marks() {
+        let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
+        w.event(roster(&["alice"]));
+        w.event(whois("alice", &[fp(1)], false));
+        w.command(Command::Whois("lost".into()));
+        let steps = w.event(roster(&["alice"]));
+        assert_eq!(shown(&steps)[0], mark("alice", false));
+        assert_eq!(sent(&steps), [Command::Whois("alice".into())]);
+        assert_eq!(
+            shown(&w.event(whois("alice", &[fp(1)], false))),
+            [mark("alice", true)]
+        );
+    }
+}
