@@ -10,7 +10,7 @@ use crate::raw::{runtime, Raw};
 use crate::util::{connect, join, Home, Proc, Server, Stream};
 
 /// What `qchat fingerprint --mine` prints in `home`.
-fn my_fingerprint(home: &Home, flag: Option<&str>) -> String {
+pub(crate) fn my_fingerprint(home: &Home, flag: Option<&str>) -> String {
     let mut cmd = home.command();
     cmd.args(["fingerprint", "--mine"]);
     if let Some(f) = flag {
@@ -26,7 +26,7 @@ fn my_fingerprint(home: &Home, flag: Option<&str>) -> String {
 
 /// Joins and leaves at once (an orderly goodbye, so no name is held for a
 /// reconnect): the name is now registered to `home`'s key.
-fn visit(home: &Home, server: &Server, name: &str) {
+pub(crate) fn visit(home: &Home, server: &Server, name: &str) {
     let mut p = join(home, server, name);
     p.close_stdin();
     assert!(p.wait().success(), "{}", p.transcript());

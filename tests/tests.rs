@@ -7,6 +7,7 @@ mod chat;
 mod client_resume;
 mod commands;
 mod config;
+mod contacts;
 mod hostile;
 mod identity;
 mod known_hosts;
