@@ -5,8 +5,8 @@
 //! mark until verified again; `qchat contacts` manages the file with the
 //! `known_hosts` rules.
 
-use crate::people::{my_fingerprint, visit};
-use crate::util::{connect, join, Home, Proc, Server, Stream};
+use crate::people::{join_after_expiry, my_fingerprint, visit};
+use crate::util::{join, Home, Proc, Server, Stream};
 
 /// Waits for `who` to say it stored `name` as a contact.
 fn verified(who: &mut Proc, name: &str) -> String {
@@ -122,25 +122,7 @@ fn a_contact_with_another_key_is_flagged_once_with_both_and_loses_the_mark() {
     let new_fp = my_fingerprint(&ha, None);
     assert_ne!(new_fp, old_fp);
 
-    // Refused while the old key's claim lasts; bounded attempts.
-    let mut alice = None;
-    for _ in 0..40 {
-        let mut p = connect(&ha, &server.target(), "alice", &["--accept-new"]);
-        let (stream, line) = p.expect_any("joined or refused", |s, l| {
-            (s == Stream::Out && l.starts_with("* connected to "))
-                || (s == Stream::Err && l.contains("refused"))
-        });
-        if stream == Stream::Out {
-            alice = Some(p);
-            break;
-        }
-        assert!(line.contains("registered to another key"), "{line}");
-        p.wait();
-        // A pause between attempts, each a process and a handshake, while
-        // the claim ages.
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    let mut alice: Proc = alice.expect("alice joined with her new key");
+    let mut alice = join_after_expiry(&ha, &server, "alice");
 
     let warning = bob.expect(Stream::Out, "the loud flag", |l| {
         l.starts_with("* WARNING: alice")

@@ -308,6 +308,36 @@ mod tests {
     }
 
     #[test]
+    fn a_verified_name_carries_the_mark_on_its_lines_and_in_the_list() {
+        let mut a = app((60, 8));
+        chat(&mut a, "alice", "before");
+        a.update(Msg::Net(Event::Mark {
+            name: "ALICE".into(),
+            verified: true,
+        }));
+        chat(&mut a, "alice", "after");
+        chat(&mut a, "bob", "not me");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        // The mark is decided when a line arrives, not after the fact.
+        assert!(all.contains("<alice> before"), "{all}");
+        assert!(all.contains("<alice ✓> after"), "{all}");
+        assert!(all.contains("<bob> not me"), "{all}");
+        assert!(rows.iter().any(|r| r.contains("│alice ✓")), "{all}");
+        assert!(!rows.iter().any(|r| r.contains("│bob ✓")), "{all}");
+        // Withheld again: new lines and the list lose it.
+        a.update(Msg::Net(Event::Mark {
+            name: "alice".into(),
+            verified: false,
+        }));
+        chat(&mut a, "alice", "later");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(all.contains("<alice> later"), "{all}");
+        assert!(!rows.iter().any(|r| r.contains("│alice ✓")), "{all}");
+    }
+
+    #[test]
     fn status_line_priorities_when_scrolled_and_narrow() {
         let mut a = app((30, 8));
         for i in 0..20 {
