@@ -288,7 +288,7 @@ pub fn verified(
 ) -> String {
     let name = s(name);
     let mut line = format!(
-        "verified {name} ({}): stored in your contacts; {name} now carries {MARK}",
+        "verified {name} ({}): stored in your contacts; the name carries {MARK} while its keys are exactly these",
         qchat_client::contacts::list(keys)
     );
     if let Some(previous) = previous.filter(|p| *p != keys) {

@@ -86,7 +86,12 @@ pub enum Step {
     /// Give this to the interface.
     Show(Event),
     /// Store this contact (as verified now), then call [`Watch::saved`].
-    Save(Contact),
+    Save {
+        /// The contact.
+        contact: Contact,
+        /// Whether its name is in the room now (and so gets the mark).
+        here: bool,
+    },
 }
 
 /// The contacts layer's state.
@@ -154,13 +159,17 @@ impl Watch {
                 }
                 return steps;
             }
+            // Whoever comes in under a name earns its mark afresh: only an
+            // answer about the member now in the room grants it.
             Event::Joined { name } => {
+                self.unmark(name, &mut steps);
                 steps.push(Step::Show(ev.clone()));
                 self.check(name, &mut steps);
                 return steps;
             }
             Event::Renamed { old, new } => {
                 self.unmark(old, &mut steps);
+                self.unmark(new, &mut steps);
                 steps.push(Step::Show(ev.clone()));
                 self.check(new, &mut steps);
                 return steps;
@@ -179,7 +188,7 @@ impl Watch {
                         steps
                     }
                     Some(Asked::Verify { fingerprint, .. }) => {
-                        verify(name, keys, *guest, fingerprint, &mut steps);
+                        verify(name, keys, *here, *guest, fingerprint, &mut steps);
                         steps
                     }
                     Some(Asked::User) | None => {
@@ -213,6 +222,7 @@ impl Watch {
     pub fn saved(
         &mut self,
         contact: Contact,
+        here: bool,
         result: Result<Option<Contact>, String>,
     ) -> Vec<Step> {
         let previous = match result {
@@ -233,7 +243,7 @@ impl Watch {
             keys: contact.keys.clone(),
             previous: previous.map(|p| p.keys),
         })];
-        if self.marked.insert(folded) {
+        if here && self.marked.insert(folded) {
             steps.push(Step::Show(Event::Mark {
                 name: contact.name,
                 verified: true,
@@ -315,6 +325,7 @@ impl Watch {
 fn verify(
     name: &str,
     keys: &[Fingerprint],
+    here: bool,
     guest: bool,
     given: Fingerprint,
     steps: &mut Vec<Step>,
@@ -336,7 +347,10 @@ fn verify(
             contacts::list(keys)
         )));
     } else {
-        steps.push(Step::Save(Contact::new(name, keys)));
+        steps.push(Step::Save {
+            contact: Contact::new(name, keys),
+            here,
+        });
     }
 }
 
@@ -424,14 +438,14 @@ where
                             return;
                         }
                     }
-                    Step::Save(contact) => {
+                    Step::Save { contact, here } => {
                         let (path, c) = (path.clone(), contact.clone());
                         let result = match tokio::task::spawn_blocking(move || store(path, c)).await
                         {
                             Ok(r) => r.map_err(|e| e.to_string()),
                             Err(e) => Err(format!("internal error: {e}")),
                         };
-                        queue.extend(watch.saved(contact, result));
+                        queue.extend(watch.saved(contact, here, result));
                     }
                 }
             }
@@ -591,12 +605,16 @@ mod tests {
             fingerprint: fp(2),
         });
         let steps = w.event(whois("Alice", &[fp(1), fp(2)], false));
-        let [Step::Save(contact)] = &steps[..] else {
+        let [Step::Save {
+            contact,
+            here: true,
+        }] = &steps[..]
+        else {
             panic!("{steps:?}");
         };
         assert_eq!(contact.name, "Alice");
         assert_eq!(contact.keys, [fp(1), fp(2)]);
-        let steps = w.saved(contact.clone(), Ok(None));
+        let steps = w.saved(contact.clone(), true, Ok(None));
         assert_eq!(
             shown(&steps),
             [
@@ -661,6 +679,43 @@ mod tests {
             reason: "gone".into()
         }))
         .is_empty());
+    }
+
+    #[test]
+    fn a_newcomer_under_a_verified_name_has_no_mark_until_checked() {
+        let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
+        w.event(roster(&["alice"]));
+        w.event(whois("alice", &[fp(1)], false));
+        // No Left seen (say, it was lost with a connection we resumed):
+        // a join under the name still takes the mark back first.
+        let steps = w.event(Event::Joined {
+            name: "alice".into(),
+        });
+        assert_eq!(shown(&steps)[0], mark("alice", false));
+        assert_eq!(sent(&steps), [Command::Whois("alice".into())]);
+        // Verified while away: stored, but marked only once here.
+        let mut w = Watch::new(Vec::new());
+        w.command(Command::Verify {
+            name: "bob".into(),
+            fingerprint: fp(2),
+        });
+        let mut away = whois("bob", &[fp(2)], false);
+        if let Event::Whois { here, .. } = &mut away {
+            *here = false;
+        }
+        let steps = w.event(away);
+        let [Step::Save {
+            contact,
+            here: false,
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}");
+        };
+        let steps = w.saved(contact.clone(), false, Ok(None));
+        assert!(
+            matches!(&shown(&steps)[..], [Event::Verified { .. }]),
+            "{steps:?}"
+        );
     }
 
     #[test]
