@@ -385,7 +385,7 @@ fn store(path: PathBuf, contact: Contact) -> Result<Option<Contact>, ContactsErr
 pub fn spawn<W, R>(
     link: impl Into<Link<W, R>> + Send + 'static,
     contacts: Option<PathBuf>,
-    mut commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
 ) -> JoinHandle<Ended>
 where
@@ -396,62 +396,100 @@ where
         return tokio::spawn(session::run(link, commands, events));
     };
     let (net_tx, net_cmds) = mpsc::channel(QUEUE);
-    let (net_events, mut net_rx) = mpsc::channel(QUEUE);
+    let (net_events, net_rx) = mpsc::channel(QUEUE);
     let net = tokio::spawn(session::run(link, net_cmds, net_events));
-    tokio::spawn(async move {
-        let mut watch = Watch::new(load(&path));
-        // Dropped when the interface closes its side, which tells the
-        // network task to leave; events are still passed on until it has.
-        let mut net_tx = Some(net_tx);
-        loop {
-            let steps = tokio::select! {
-                cmd = commands.recv(), if net_tx.is_some() => match cmd {
-                    Some(cmd) => watch.command(cmd),
-                    None => {
-                        net_tx = None;
-                        continue;
+    tokio::spawn(relay(path, commands, events, net_tx, net_rx));
+    net
+}
+
+/// Commands waiting for room in the network task's channel, at most: the
+/// interface's commands are read only while there are fewer.
+const OUTBOX: usize = 64;
+
+/// The contacts layer's task: passes commands on and events back through
+/// [`Watch`] until the network task ends.
+///
+/// It never waits to hand the network task a command: that task may itself
+/// be waiting for this one to take an event (a replay after a join is many
+/// events, each check one more command), and neither would move again.
+/// Commands wait in `outbox` instead, which the network task empties as it
+/// reads; the interface's commands wait in their own channel while it is
+/// full.
+async fn relay(
+    path: PathBuf,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    net_tx: mpsc::Sender<Command>,
+    mut net_rx: mpsc::Receiver<Event>,
+) {
+    let mut watch = Watch::new(load(&path));
+    let mut outbox: VecDeque<Command> = VecDeque::new();
+    // Dropped once the interface has closed its side and everything it
+    // sent is passed on, which tells the network task to leave; events are
+    // still passed back until it has.
+    let mut net_tx = Some(net_tx);
+    let mut interface_done = false;
+    loop {
+        if interface_done && outbox.is_empty() {
+            net_tx = None;
+        }
+        let room = async {
+            match &net_tx {
+                Some(tx) => tx.clone().reserve_owned().await.ok(),
+                None => None,
+            }
+        };
+        let steps = tokio::select! {
+            permit = room, if !outbox.is_empty() => {
+                match (permit, outbox.pop_front()) {
+                    (Some(permit), Some(cmd)) => {
+                        permit.send(cmd);
                     }
-                },
-                ev = net_rx.recv() => match ev {
-                    Some(ev) => {
-                        if matches!(ev, Event::Roster { .. }) {
-                            let path = path.clone();
-                            if let Ok(contacts) = tokio::task::spawn_blocking(move || load(&path)).await {
-                                watch.set_contacts(contacts);
-                            }
+                    // The network task is gone: its end comes as events.
+                    _ => outbox.clear(),
+                }
+                continue;
+            }
+            cmd = commands.recv(), if !interface_done && outbox.len() < OUTBOX => match cmd {
+                Some(cmd) => watch.command(cmd),
+                None => {
+                    interface_done = true;
+                    continue;
+                }
+            },
+            ev = net_rx.recv() => match ev {
+                Some(ev) => {
+                    if matches!(ev, Event::Roster { .. }) {
+                        let path = path.clone();
+                        if let Ok(contacts) = tokio::task::spawn_blocking(move || load(&path)).await {
+                            watch.set_contacts(contacts);
                         }
-                        watch.event(ev)
                     }
-                    None => return,
-                },
-            };
-            let mut queue: VecDeque<Step> = steps.into();
-            while let Some(step) = queue.pop_front() {
-                match step {
-                    Step::Send(cmd) => {
-                        if let Some(tx) = &net_tx {
-                            let _ = tx.send(cmd).await;
-                        }
+                    watch.event(ev)
+                }
+                None => return,
+            },
+        };
+        let mut queue: VecDeque<Step> = steps.into();
+        while let Some(step) = queue.pop_front() {
+            match step {
+                Step::Send(cmd) => outbox.push_back(cmd),
+                Step::Show(ev) => {
+                    if events.send(ev).await.is_err() {
+                        return;
                     }
-                    Step::Show(ev) => {
-                        if events.send(ev).await.is_err() {
-                            return;
-                        }
-                    }
-                    Step::Save { contact, here } => {
-                        let (path, c) = (path.clone(), contact.clone());
-                        let result = match tokio::task::spawn_blocking(move || store(path, c)).await
-                        {
-                            Ok(r) => r.map_err(|e| e.to_string()),
-                            Err(e) => Err(format!("internal error: {e}")),
-                        };
-                        queue.extend(watch.saved(contact, here, result));
-                    }
+                }
+                Step::Save { contact, here } => {
+                    let (path, c) = (path.clone(), contact.clone());
+                    let result = match tokio::task::spawn_blocking(move || store(path, c)).await {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(e) => Err(format!("internal error: {e}")),
+                    };
+                    queue.extend(watch.saved(contact, here, result));
                 }
             }
         }
-    });
-    net
+    }
 }
 
 #[cfg(test)]
@@ -731,5 +769,71 @@ mod tests {
             shown(&w.event(whois("alice", &[fp(1)], false))),
             [mark("alice", true)]
         );
+    }
+
+    /// A join into a room full of contacts, with a long replay: the
+    /// network task emits everything before it reads a command again, and
+    /// the relay must not wait on it meanwhile. Bounded by a timeout.
+    #[tokio::test]
+    async fn the_relay_never_waits_on_a_network_task_that_waits_on_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("contacts");
+        let names: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+        Contacts::update(&path, |e| {
+            for n in &names {
+                e.put(Contact::new(n, &[fp(1)]));
+            }
+            Ok(())
+        })
+        .expect("contacts");
+
+        let (ui_tx, ui_cmds) = mpsc::channel(QUEUE);
+        let (ui_events, mut ui_rx) = mpsc::channel(QUEUE);
+        let (net_tx, mut net_cmds) = mpsc::channel(QUEUE);
+        let (net_events, net_rx) = mpsc::channel(QUEUE);
+        let relay = tokio::spawn(relay(path, ui_cmds, ui_events, net_tx, net_rx));
+        let ui = tokio::spawn(async move {
+            let mut seen = 0;
+            while ui_rx.recv().await.is_some() {
+                seen += 1;
+            }
+            seen
+        });
+        let network = async move {
+            net_events
+                .send(Event::Roster {
+                    members: names.clone(),
+                    max_message: None,
+                })
+                .await
+                .expect("roster");
+            for i in 0..200 {
+                net_events
+                    .send(Event::History {
+                        from: "x".into(),
+                        text: format!("{i}"),
+                        time_ms: 0,
+                        action: false,
+                    })
+                    .await
+                    .expect("history");
+            }
+            let mut asked = 0;
+            while asked < MAX_CHECKS {
+                match net_cmds.recv().await {
+                    Some(Command::Whois(_)) => asked += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            drop(net_events);
+            asked
+        };
+        let asked = tokio::time::timeout(std::time::Duration::from_secs(10), network)
+            .await
+            .expect("no deadlock");
+        assert_eq!(asked, MAX_CHECKS);
+        drop(ui_tx);
+        relay.await.expect("relay");
+        assert_eq!(ui.await.expect("ui"), 201, "the roster and the replay");
     }
 }
