@@ -54,7 +54,7 @@ pub const COMMANDS: &[CommandHelp] = &[
     },
     CommandHelp {
         name: "/verify",
-        args: "NAME FINGERPRINT",
+        args: "NAME FP",
         about: "after checking NAME's fingerprint with them, mark their name verified (✓)",
         operator: false,
     },
@@ -257,7 +257,7 @@ mod tests {
         assert!(matches!(parse("/verify alice nonsense"), Input::Error(_)));
         assert_eq!(
             parse("/verify alice"),
-            Input::Error("usage: /verify NAME FINGERPRINT".into())
+            Input::Error("usage: /verify NAME FP".into())
         );
         assert_eq!(
             parse("/quit bye all"),
