@@ -19,8 +19,7 @@
 use std::fmt;
 
 use qchat_proto::names;
-use qchat_tls::known_hosts::timestamp;
-use qchat_tls::pinfile::{PinFile, PinFileError, Record};
+use qchat_tls::pinfile::{timestamp, PinFile, PinFileError, Record};
 use qchat_tls::Fingerprint;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

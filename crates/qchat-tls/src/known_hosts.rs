@@ -28,7 +28,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::host::HostKey;
-use crate::pinfile::{Edit, PinFile, PinFileError, Record};
+use crate::pinfile::{timestamp, Edit, PinFile, PinFileError, Record};
 use crate::Fingerprint;
 
 /// The version header; the first non-empty line of every file we write.
@@ -150,16 +150,6 @@ impl Record for Pin {
     fn line(&self) -> usize {
         self.line
     }
-}
-
-/// A record file's timestamp: RFC 3339 in UTC, to the second, which is all
-/// a human needs. Formatting only fails for years beyond 9999, which `now`
-/// and parsed values never are.
-pub fn timestamp(when: OffsetDateTime) -> String {
-    let when = when.to_offset(time::UtcOffset::UTC);
-    let when = when.replace_nanosecond(0).unwrap_or(when);
-    when.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 /// The parsed pin store.

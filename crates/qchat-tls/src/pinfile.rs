@@ -35,6 +35,9 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
 use crate::fsutil;
 
 /// One kind of record a [`PinFile`] holds, and how it is written.
@@ -112,6 +115,16 @@ pub enum PinFileError {
 /// The header line of a version-1 file of kind `kind`.
 pub fn header(kind: &str) -> String {
     format!("# qchat {kind} v1")
+}
+
+/// A record file's timestamp: RFC 3339 in UTC, to the second, which is all
+/// a human needs. Formatting only fails for years beyond 9999, which `now`
+/// and parsed values never are.
+pub fn timestamp(when: OffsetDateTime) -> String {
+    let when = when.to_offset(time::UtcOffset::UTC);
+    let when = when.replace_nanosecond(0).unwrap_or(when);
+    when.format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 /// A line of the file; everything but records is carried through untouched.

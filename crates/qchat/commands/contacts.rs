@@ -35,7 +35,7 @@ pub fn run(args: ContactsArgs) -> Result<u8> {
 }
 
 fn when(contact: &Contact) -> String {
-    qchat_tls::known_hosts::timestamp(contact.verified_at)
+    qchat_tls::pinfile::timestamp(contact.verified_at)
 }
 
 fn contact_json(c: &Contact) -> Value {
