@@ -122,7 +122,7 @@ fn a_contact_with_another_key_is_flagged_once_with_both_and_loses_the_mark() {
     let new_fp = my_fingerprint(&ha, None);
     assert_ne!(new_fp, old_fp);
 
-    let mut alice = join_after_expiry(&ha, &server, "alice");
+    let mut alice = join_after_expiry(&ha, &server, "alice", &[]);
 
     let warning = bob.expect(Stream::Out, "the loud flag", |l| {
         l.starts_with("* WARNING: alice")
@@ -158,6 +158,28 @@ fn a_contact_with_another_key_is_flagged_once_with_both_and_loses_the_mark() {
     alice.send_line("thanks");
     bob.expect_out("<alice ✓> thanks");
     for p in [&mut alice, &mut bob] {
+        p.close_stdin();
+        p.wait();
+    }
+}
+
+#[test]
+fn a_guest_under_a_verified_name_is_flagged() {
+    let (hs, ha, hb, hg) = (Home::new(), Home::new(), Home::new(), Home::new());
+    let server = Server::start_on(&hs, "127.0.0.1:0", &["--name-expiry", "2s"]);
+    visit(&ha, &server, "alice");
+    let fp = my_fingerprint(&ha, None);
+    let mut bob = join(&hb, &server, "bob");
+    bob.send_line(&format!("/verify alice {fp}"));
+    verified(&mut bob, "alice");
+    let mut guest = join_after_expiry(&hg, &server, "alice", &["--guest"]);
+    let warning = bob.expect(Stream::Out, "the loud flag", |l| {
+        l.starts_with("* WARNING: alice is held by a guest")
+    });
+    assert!(warning.contains(&fp), "{warning}");
+    guest.send_line("it is me, honest");
+    bob.expect_out("<alice> it is me, honest");
+    for p in [&mut guest, &mut bob] {
         p.close_stdin();
         p.wait();
     }

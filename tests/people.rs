@@ -35,9 +35,10 @@ pub(crate) fn visit(home: &Home, server: &Server, name: &str) {
 /// Joins as `name`, which another key holds on a server with a short
 /// `--name-expiry`: every attempt before the claim expires must be refused
 /// for the name's sake and nothing else. Bounded.
-pub(crate) fn join_after_expiry(home: &Home, server: &Server, name: &str) -> Proc {
+pub(crate) fn join_after_expiry(home: &Home, server: &Server, name: &str, extra: &[&str]) -> Proc {
+    let args: Vec<&str> = ["--accept-new"].iter().chain(extra).copied().collect();
     for _ in 0..40 {
-        let mut p = connect(home, &server.target(), name, &["--accept-new"]);
+        let mut p = connect(home, &server.target(), name, &args);
         let (stream, line) = p.expect_any("joined or refused", |s, l| {
             (s == Stream::Out && l.starts_with("* connected to "))
                 || (s == Stream::Err && l.contains("refused"))
@@ -98,7 +99,7 @@ fn the_name_is_free_again_after_it_expires_unused() {
     visit(&ha, &server, "alice");
     // Until the claim expires every attempt is refused for the name's sake
     // and nothing else; after it, mallory's key gets the name.
-    let mut mallory = join_after_expiry(&hm, &server, "alice");
+    let mut mallory = join_after_expiry(&hm, &server, "alice", &[]);
     mallory.send_line("/whois alice");
     let line = mallory.expect(Stream::Out, "the whois line", |l| {
         l.contains("registered to key")
