@@ -30,9 +30,8 @@ use tokio::task::JoinHandle;
 use crate::contacts::{self, Contact, Contacts, ContactsError};
 use crate::session::{self, Command, Ended, Event, Link};
 
-/// The most key-set checks waiting for an answer at once; a room full of
-/// contacts is checked as answers come back, the rest at their next
-/// appearance.
+/// The most key-set checks waiting for an answer at once; in a room full
+/// of contacts the others wait their turn, asked as answers come back.
 pub const MAX_CHECKS: usize = 32;
 
 /// Which names carry the verified mark now, as the interface keeps it from
@@ -99,6 +98,9 @@ pub enum Step {
 pub struct Watch {
     contacts: Vec<Contact>,
     asked: VecDeque<Asked>,
+    /// Contacts in the room still to be checked once fewer than
+    /// [`MAX_CHECKS`] are asked.
+    waiting: VecDeque<String>,
     /// Folded names shown with the mark now.
     marked: HashSet<String>,
     /// Changes already reported: folded name and the key set seen (empty
@@ -147,6 +149,7 @@ impl Watch {
                 // A new connection: answers to the old one never come, and
                 // the keys may have changed while we were away.
                 self.asked.clear();
+                self.waiting.clear();
                 for name in std::mem::take(&mut self.marked) {
                     steps.push(Step::Show(Event::Mark {
                         name,
@@ -168,13 +171,17 @@ impl Watch {
                 return steps;
             }
             Event::Renamed { old, new } => {
+                self.waiting.retain(|w| !names::same(w, old));
                 self.unmark(old, &mut steps);
                 self.unmark(new, &mut steps);
                 steps.push(Step::Show(ev.clone()));
                 self.check(new, &mut steps);
                 return steps;
             }
-            Event::Left { name, .. } => self.unmark(name, &mut steps),
+            Event::Left { name, .. } => {
+                self.waiting.retain(|w| !names::same(w, name));
+                self.unmark(name, &mut steps);
+            }
             Event::Whois {
                 name,
                 keys,
@@ -182,7 +189,9 @@ impl Watch {
                 guest,
                 ..
             } => {
-                return match self.asked.pop_front() {
+                let asked = self.asked.pop_front();
+                self.next_checks(&mut steps);
+                return match asked {
                     Some(Asked::Check(_)) => {
                         self.judge(name, keys, *here, *guest, &mut steps);
                         steps
@@ -199,7 +208,9 @@ impl Watch {
                 };
             }
             Event::Failed { what, reason } if what == "whois" => {
-                match self.asked.pop_front() {
+                let asked = self.asked.pop_front();
+                self.next_checks(&mut steps);
+                match asked {
                     Some(Asked::Check(name)) => {
                         tracing::debug!(name, reason, "cannot check a contact's keys");
                     }
@@ -266,11 +277,27 @@ impl Watch {
             .asked
             .iter()
             .any(|a| matches!(a, Asked::Check(n) if names::same(n, name)));
-        if pending || checks >= MAX_CHECKS {
+        if pending || self.waiting.iter().any(|w| names::same(w, name)) {
+            return;
+        }
+        if checks >= MAX_CHECKS {
+            self.waiting.push_back(name.to_owned());
             return;
         }
         self.asked.push_back(Asked::Check(name.to_owned()));
         steps.push(Step::Send(Command::Whois(name.to_owned())));
+    }
+
+    /// Asks about the contacts waiting their turn, as far as there is room.
+    fn next_checks(&mut self, steps: &mut Vec<Step>) {
+        while let Some(name) = self.waiting.pop_front() {
+            let before = self.asked.len();
+            self.check(&name, steps);
+            if self.asked.len() == before {
+                // Still no room: it went back to the end of the line.
+                break;
+            }
+        }
     }
 
     fn unmark(&mut self, name: &str, steps: &mut Vec<Step>) {
@@ -570,6 +597,14 @@ mod tests {
         let names: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         assert_eq!(sent(&w.event(roster(&refs))).len(), MAX_CHECKS);
+        // Each answer lets the next one waiting be asked, until all are.
+        let mut asked = MAX_CHECKS;
+        for i in 0..100 {
+            let steps = w.event(whois(&format!("p{i}"), &[fp(1)], false));
+            asked += sent(&steps).len();
+            assert!(asked <= 100);
+        }
+        assert_eq!(asked, 100);
     }
 
     #[test]
