@@ -34,13 +34,31 @@ fn verify_puts_the_mark_on_lines_and_in_the_list_and_refuses_a_wrong_key() {
     let mut alice = join(&ha, &server, "alice");
     let mut bob = join(&hb, &server, "bob");
     let alice_fp = my_fingerprint(&ha, None);
+    bob.send_line("/whois alice");
+    let line = bob.expect(Stream::Out, "alice's whois", |l| {
+        l.starts_with("* alice: registered to key")
+    });
+    assert!(line.contains(&alice_fp), "{line}");
+
+    // A contacts file bob's qchat cannot write (a newer version): the
+    // error says so and the file is left as it was.
+    let file = hb.path().join("contacts");
+    std::fs::write(&file, "# qchat contacts v9\nsomeone's data\n").expect("write");
+    bob.send_line(&format!("/verify alice {alice_fp}"));
+    let line = bob.expect_err_contains("/verify failed");
+    assert!(line.contains("upgrade qchat"), "{line}");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        "# qchat contacts v9\nsomeone's data\n"
+    );
+    std::fs::remove_file(&file).expect("remove");
 
     // Bob's own key is not alice's: refused, nothing stored, no mark.
     bob.send_line(&format!("/verify alice {}", my_fingerprint(&hb, None)));
     let line = bob.expect_err_contains("/verify failed");
     assert!(line.contains("is not alice's key"), "{line}");
     assert!(line.contains(&alice_fp), "{line}");
-    assert!(!hb.path().join("contacts").exists());
+    assert!(!file.exists());
     alice.send_line("before");
     bob.expect_out("<alice> before");
 
@@ -81,14 +99,17 @@ fn verify_puts_the_mark_on_lines_and_in_the_list_and_refuses_a_wrong_key() {
         "{listed}"
     );
 
-    // A fresh client of bob's checks alice when it joins (the roster) and
-    // marks her without being asked.
+    // A fresh client of bob's checks alice when it joins (the roster)
+    // without being asked. Bob's own /whois may overtake that check, but
+    // its answer counts the same, so once its line is out the mark is
+    // decided either way.
     bob.close_stdin();
     bob.wait();
     let mut bob = join(&hb, &server, "bob");
-    alice.send_line("again");
-    // The check is asked at the join; a line may still beat its answer,
-    // so wait for the mark by asking for the list, answered after it.
+    bob.send_line("/whois alice");
+    bob.expect(Stream::Out, "alice's whois", |l| {
+        l.starts_with("* alice: registered to key")
+    });
     bob.send_line("/who");
     let line = bob.expect(Stream::Out, "the member list", |l| {
         l.starts_with("* members (2):")

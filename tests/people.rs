@@ -46,7 +46,14 @@ pub(crate) fn join_after_expiry(home: &Home, server: &Server, name: &str, extra:
         if stream == Stream::Out {
             return p;
         }
-        assert!(line.contains("registered to another key"), "{line}");
+        // The claim, or the server's budget for connections from one
+        // address that have not joined (the refused attempts before this
+        // one may not all be closed yet): both pass with time.
+        assert!(
+            line.contains("registered to another key")
+                || line.contains("refused to accept a new connection"),
+            "{line}"
+        );
         p.wait();
         // Each attempt is a new process and a handshake; a pause between
         // them keeps this loop from spinning while the claim ages.
