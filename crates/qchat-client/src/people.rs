@@ -57,17 +57,25 @@ impl Marks {
     }
 }
 
+/// The most questions remembered: ones lost with a connection are never
+/// answered, and the oldest go first.
+const MAX_ASKED: usize = 256;
+
 /// The channels between this layer and the network task: short, since
 /// this layer passes things on at once and the interface's own channels
 /// hold the backlog.
 const QUEUE: usize = 16;
 
-/// A `Whois` on its way, in the order they were sent: the server answers
-/// each with one `Whois` or one `Failed`, in order.
+/// A `Whois` on its way. The server answers each with one `Whois` or one
+/// `Failed`, in order; but the answers and the interface's commands reach
+/// this layer on two channels, so a command may pass the event of a
+/// reconnect (the new roster) that came before it. A `Whois` answer is
+/// therefore paired by name (the oldest question about that name), and
+/// only a `Failed`, which names nothing, by order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Asked {
     /// The user's `/whois`: the answer is theirs to see.
-    User,
+    User(String),
     /// Ours: does this contact still have the keys the user verified?
     Check(String),
     /// The user's `/verify`.
@@ -75,6 +83,14 @@ enum Asked {
         name: String,
         fingerprint: Fingerprint,
     },
+}
+
+impl Asked {
+    fn name(&self) -> &str {
+        match self {
+            Asked::User(name) | Asked::Check(name) | Asked::Verify { name, .. } => name,
+        }
+    }
 }
 
 /// What [`Watch`] wants done.
@@ -131,8 +147,8 @@ impl Watch {
     /// A command from the interface.
     pub fn command(&mut self, cmd: Command) -> Vec<Step> {
         match &cmd {
-            Command::Whois(_) => self.asked.push_back(Asked::User),
-            Command::Verify { name, fingerprint } => self.asked.push_back(Asked::Verify {
+            Command::Whois(name) => self.ask(Asked::User(name.clone())),
+            Command::Verify { name, fingerprint } => self.ask(Asked::Verify {
                 name: name.clone(),
                 fingerprint: *fingerprint,
             }),
@@ -146,9 +162,12 @@ impl Watch {
         let mut steps = Vec::new();
         match &ev {
             Event::Roster { members, .. } => {
-                // A new connection: answers to the old one never come, and
-                // the keys may have changed while we were away.
-                self.asked.clear();
+                // A new connection: the keys may have changed while we were
+                // away, so every contact here is checked again (the old
+                // checks' answers, if any come, are taken silently). The
+                // user's questions stay: they may have been sent on this
+                // connection already.
+                self.asked.retain(|a| !matches!(a, Asked::Check(_)));
                 self.waiting.clear();
                 for name in std::mem::take(&mut self.marked) {
                     steps.push(Step::Show(Event::Mark {
@@ -189,23 +208,25 @@ impl Watch {
                 guest,
                 ..
             } => {
-                let asked = self.asked.pop_front();
+                let asked = self
+                    .asked
+                    .iter()
+                    .position(|a| names::same(a.name(), name))
+                    .and_then(|i| self.asked.remove(i));
                 self.next_checks(&mut steps);
-                return match asked {
-                    Some(Asked::Check(_)) => {
-                        self.judge(name, keys, *here, *guest, &mut steps);
-                        steps
-                    }
+                match asked {
                     Some(Asked::Verify { fingerprint, .. }) => {
                         verify(name, keys, *here, *guest, fingerprint, &mut steps);
-                        steps
                     }
-                    Some(Asked::User) | None => {
+                    Some(Asked::User(_)) => {
                         steps.push(Step::Show(ev.clone()));
                         self.judge(name, keys, *here, *guest, &mut steps);
-                        steps
                     }
-                };
+                    Some(Asked::Check(_)) | None => {
+                        self.judge(name, keys, *here, *guest, &mut steps);
+                    }
+                }
+                return steps;
             }
             Event::Failed { what, reason } if what == "whois" => {
                 let asked = self.asked.pop_front();
@@ -218,7 +239,7 @@ impl Watch {
                         what: "verify".into(),
                         reason: format!("cannot look up {name}: {reason}; nothing was stored"),
                     })),
-                    Some(Asked::User) | None => steps.push(Step::Show(ev.clone())),
+                    Some(Asked::User(_)) | None => steps.push(Step::Show(ev.clone())),
                 }
                 return steps;
             }
@@ -263,6 +284,13 @@ impl Watch {
         steps
     }
 
+    fn ask(&mut self, asked: Asked) {
+        if self.asked.len() >= MAX_ASKED {
+            self.asked.pop_front();
+        }
+        self.asked.push_back(asked);
+    }
+
     /// Asks for `name`'s keys if it is a contact and not being asked about.
     fn check(&mut self, name: &str, steps: &mut Vec<Step>) {
         if self.contact(name).is_none() {
@@ -284,7 +312,7 @@ impl Watch {
             self.waiting.push_back(name.to_owned());
             return;
         }
-        self.asked.push_back(Asked::Check(name.to_owned()));
+        self.ask(Asked::Check(name.to_owned()));
         steps.push(Step::Send(Command::Whois(name.to_owned())));
     }
 
@@ -792,7 +820,32 @@ mod tests {
     }
 
     #[test]
-    fn a_new_roster_forgets_questions_and_marks() {
+    fn a_verify_that_passes_the_roster_of_its_join_still_verifies() {
+        let mut w = Watch::new(Vec::new());
+        w.command(Command::Verify {
+            name: "alice".into(),
+            fingerprint: fp(1),
+        });
+        w.event(roster(&["bob"]));
+        let steps = w.event(whois("alice", &[fp(1)], false));
+        assert!(
+            matches!(&steps[..], [Step::Save { contact, .. }] if contact.name == "alice"),
+            "{steps:?}"
+        );
+        // And answers pair by name, whatever order they come in.
+        w.command(Command::Whois("carol".into()));
+        w.command(Command::Verify {
+            name: "dave".into(),
+            fingerprint: fp(4),
+        });
+        let steps = w.event(whois("DAVE", &[fp(4)], false));
+        assert!(matches!(&steps[..], [Step::Save { .. }]), "{steps:?}");
+        let carol = whois("carol", &[fp(3)], false);
+        assert_eq!(shown(&w.event(carol.clone())), [carol]);
+    }
+
+    #[test]
+    fn a_new_roster_checks_again() {
         let mut w = Watch::new(vec![Contact::new("alice", &[fp(1)])]);
         w.event(roster(&["alice"]));
         w.event(whois("alice", &[fp(1)], false));
