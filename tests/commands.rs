@@ -173,7 +173,9 @@ fn the_operator_chats_kicks_and_sees_addresses_from_standard_input() {
 
     // End of input: the operator leaves, the server keeps serving.
     server.proc.close_stdin();
-    let mut bob = connect(&Home::new(), &server.target(), "bob", &["--accept-new"]);
+    // Kept while bob runs: the client writes its key there as it starts.
+    let hb = Home::new();
+    let mut bob = connect(&hb, &server.target(), "bob", &["--accept-new"]);
     bob.expect_out("* in the room: bob");
 }
 

@@ -15,7 +15,10 @@ fn look_alikes_of_a_members_name_are_refused_as_taken() {
         "al\u{0131}ce",                             // dotless ı
         "ALICE",
     ] {
-        let mut p = connect(&Home::new(), &server.target(), twin, &["--accept-new"]);
+        // Kept until the attempt is over: the client writes its key there
+        // as it starts.
+        let home = Home::new();
+        let mut p = connect(&home, &server.target(), twin, &["--accept-new"]);
         let line = p.expect_err_contains("is taken");
         assert!(line.contains("\"alice\""), "{twin}: {line}");
         assert!(!p.wait().success(), "{twin}");

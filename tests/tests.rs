@@ -8,6 +8,7 @@ mod client_resume;
 mod commands;
 mod config;
 mod devices;
+mod contacts;
 mod hostile;
 mod identity;
 mod known_hosts;

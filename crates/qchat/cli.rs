@@ -43,6 +43,8 @@ pub enum Command {
     Identity(IdentityArgs),
     /// List, remove, replace or verify the server keys this client has pinned.
     KnownHosts(KnownHostsArgs),
+    /// List, remove or add the people you verified (shown with ✓ in chats).
+    Contacts(ContactsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Print the manual page (roff), for `man -l -` or a man directory.
@@ -573,6 +575,44 @@ pub enum KnownHostsAction {
         #[arg(value_parser = parse_host)]
         host: HostKey,
         /// The fingerprint the server's operator gave you; any spelling works.
+        #[arg(long, value_name = "FP")]
+        fingerprint: qchat_tls::Fingerprint,
+    },
+}
+
+/// `qchat contacts`.
+#[derive(Debug, Args)]
+pub struct ContactsArgs {
+    /// The contacts file (default: $QCHAT_HOME/contacts).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub contacts: Option<PathBuf>,
+    /// Print JSON on stdout instead of text, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do with the contacts.
+    #[command(subcommand)]
+    pub action: ContactsAction,
+}
+
+/// `qchat contacts <action>`.
+#[derive(Debug, Subcommand)]
+pub enum ContactsAction {
+    /// Show every contact: name, the keys you verified, when.
+    List,
+    /// Forget a contact; the name no longer carries the verified mark.
+    Remove {
+        /// The name (compared as the room compares names: case and
+        /// look-alikes).
+        name: String,
+    },
+    /// Record a person's fingerprint that they gave you out of band, without
+    /// connecting (in a chat, `/verify NAME FP` does this and checks it with
+    /// the server); refused if NAME is a contact with other keys.
+    Verify {
+        /// The name.
+        name: String,
+        /// Their fingerprint (`qchat fingerprint --mine` on their machine);
+        /// any spelling works.
         #[arg(long, value_name = "FP")]
         fingerprint: qchat_tls::Fingerprint,
     },

@@ -34,6 +34,11 @@ pub fn known_hosts() -> Result<PathBuf> {
     Ok(home()?.join("known_hosts"))
 }
 
+/// The people the user verified (`/verify`, `qchat contacts`).
+pub fn contacts() -> Result<PathBuf> {
+    Ok(home()?.join("contacts"))
+}
+
 /// The folder of per-server resume points (where each conversation left
 /// off), so a client restarted by hand catches up.
 pub fn resume_dir() -> Result<PathBuf> {

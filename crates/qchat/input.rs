@@ -60,6 +60,12 @@ pub const COMMANDS: &[CommandHelp] = &[
         operator: false,
     },
     CommandHelp {
+        name: "/verify",
+        args: "NAME FP",
+        about: "after checking NAME's fingerprint with them, mark their name verified (✓)",
+        operator: false,
+    },
+    CommandHelp {
         name: "/msg",
         args: "NAME TEXT",
         about: "a private message to one member",
@@ -135,6 +141,20 @@ pub fn parse(line: &str) -> Input {
                     Err(e) => Input::Error(format!("/device remove: {e}")),
                 },
                 _ => usage("/device"),
+            }
+        }
+        "verify" => {
+            let (name, fingerprint) = split_word(rest);
+            if name.is_empty() || fingerprint.is_empty() {
+                return usage("/verify");
+            }
+            // The rest of the line: the read-aloud form has spaces.
+            match fingerprint.parse() {
+                Ok(fingerprint) => Input::Send(Command::Verify {
+                    name: name.to_string(),
+                    fingerprint,
+                }),
+                Err(e) => Input::Error(format!("/verify: {e}")),
             }
         }
         "msg" | "query" => {
@@ -243,6 +263,22 @@ mod tests {
         assert_eq!(
             parse("/whois alice"),
             Input::Send(Command::Whois("alice".into()))
+        );
+        let fp = qchat_tls::Fingerprint::from_bytes([7; 32]);
+        for spelling in [fp.canonical(), fp.hex(), fp.read_aloud()] {
+            assert_eq!(
+                parse(&format!("/verify alice {spelling}")),
+                Input::Send(Command::Verify {
+                    name: "alice".into(),
+                    fingerprint: fp
+                }),
+                "{spelling}"
+            );
+        }
+        assert!(matches!(parse("/verify alice nonsense"), Input::Error(_)));
+        assert_eq!(
+            parse("/verify alice"),
+            Input::Error("usage: /verify NAME FP".into())
         );
         assert_eq!(
             parse("/device link"),

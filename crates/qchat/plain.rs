@@ -6,13 +6,16 @@
 //!
 //! ```text
 //! <alice> hello                    a message
+//! <alice ✓> hello                  …from a verified contact (`/verify`)
 //! * alice waves                    an action (/me)
 //! [alice -> bob] psst              a private message (to you, or yours)
 //! [history] <alice> earlier        a message from before you joined
 //! * bob joined                     join notice
 //! * bob left (reason)              leave notice (no parentheses if no reason)
 //! * alice is now known as alicia   a name change
-//! * members (2): alice 5m, bob 12s
+//! * members (2): alice ✓ 5m, bob 12s
+//! * verified alice (SHA256:…): …   /verify stored a contact
+//! * WARNING: alice's keys are not the ones you verified: verified …; now …
 //! * notice: TEXT                   a notice from the server
 //! * kicked by op: REASON           you were removed
 //! * server shutting down: REASON
@@ -33,7 +36,8 @@
 
 use std::io::{BufRead, Write};
 
-use qchat_client::{session, Command, Ended, Event, Link};
+use qchat_client::people::{self, Marks};
+use qchat_client::{Command, Ended, Event, Link};
 use qchat_proto::text::sanitize;
 
 use crate::wording::{self, About};
@@ -60,10 +64,12 @@ where
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
     spawn_stdin_reader(cmd_tx, about);
-    let net = tokio::spawn(session::run(link, cmd_rx, ev_tx));
+    let net = people::spawn(link, crate::home::contacts().ok(), cmd_rx, ev_tx);
 
     let mut transitions = wording::Transitions::default();
+    let mut marks = Marks::default();
     while let Some(ev) = ev_rx.recv().await {
+        marks.apply(&ev);
         match &ev {
             // One line per change, not one per report.
             Event::Connection(state) => {
@@ -72,7 +78,7 @@ where
                     let _ = out.flush();
                 }
             }
-            _ => print_event(&mut out, &ev),
+            _ => print_event(&mut out, &ev, &marks),
         }
     }
     let ended = match net.await {
@@ -121,8 +127,8 @@ fn warn_unconfirmed(n: usize) {
     }
 }
 
-fn print_event(out: &mut impl Write, ev: &Event) {
-    match wording::event(ev).as_ref().map(wording::plain) {
+fn print_event(out: &mut impl Write, ev: &Event, marks: &Marks) {
+    match wording::marked(ev, marks).as_ref().map(wording::plain) {
         Some(Ok(line)) if writeln!(out, "{line}").is_ok() => {
             let _ = out.flush();
         }

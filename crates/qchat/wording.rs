@@ -7,6 +7,7 @@
 //! Everything that came from the network is sanitised here, so neither
 //! interface has to remember to.
 
+use qchat_client::people::Marks;
 use qchat_client::{ConnectionState, Event, TrustState};
 use qchat_proto::text::sanitize;
 use qchat_proto::MemberInfo;
@@ -28,6 +29,11 @@ pub enum Words {
     /// Something failed (refused message, failed command): stderr in
     /// plain mode.
     Error(String),
+    /// Something the user must not miss about the conversation itself (a
+    /// verified contact's keys changed): stdout in plain mode, where the
+    /// record of the conversation is, as `* WARNING: …`; bad news in the
+    /// full-screen view.
+    Warning(String),
     /// We were removed from the room: part of the conversation's record
     /// (stdout in plain mode), shown as bad news in the full-screen view.
     Removed(String),
@@ -46,6 +52,21 @@ pub struct Said {
     pub action: bool,
     /// Whether it is from before we joined.
     pub history: bool,
+    /// Whether the sender's name carried the verified mark when the line
+    /// arrived.
+    pub verified: bool,
+}
+
+/// The verified mark, after a name: `<alice ✓>`, `alice ✓ 5m`.
+pub const MARK: &str = "✓";
+
+/// `name`, with the mark if `verified`.
+pub fn name_marked(name: &str, verified: bool) -> String {
+    if verified {
+        format!("{name} {MARK}")
+    } else {
+        name.to_owned()
+    }
 }
 
 /// Sanitised, owned.
@@ -54,8 +75,14 @@ pub fn s(text: &str) -> String {
 }
 
 /// The words for an event, or `None` for bookkeeping events no one reads
-/// (numbering and delivery marks).
+/// (numbering and delivery marks), with no name marked verified.
+#[cfg(test)]
 pub fn event(ev: &Event) -> Option<Words> {
+    marked(ev, &Marks::default())
+}
+
+/// The words for an event, names marked verified as `marks` says now.
+pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
     let said = |from: &str, to: Option<&str>, text: &str, action, history| {
         Words::Said(Said {
             from: s(from),
@@ -63,6 +90,7 @@ pub fn event(ev: &Event) -> Option<Words> {
             text: message_text(text),
             action,
             history,
+            verified: marks.verified(from),
         })
     };
     Some(match ev {
@@ -82,7 +110,10 @@ pub fn event(ev: &Event) -> Option<Words> {
         }
         Event::Members(members) => Words::Members {
             heading: format!("members ({}):", members.len()),
-            entries: members.iter().map(member).collect(),
+            entries: members
+                .iter()
+                .map(|m| member(m, marks.verified(&m.name)))
+                .collect(),
         },
         Event::Whois {
             name,
@@ -106,7 +137,21 @@ pub fn event(ev: &Event) -> Option<Words> {
         Event::Failed { what, reason } => {
             Words::Error(format!("/{} failed: {}", s(what), s(reason)))
         }
-        Event::Sent { .. } | Event::Delivered { .. } | Event::Roster { .. } => return None,
+        Event::Verified {
+            name,
+            keys,
+            previous,
+        } => Words::Info(verified(name, keys, previous.as_deref())),
+        Event::ContactChanged {
+            name,
+            verified,
+            now,
+            guest,
+        } => Words::Warning(contact_changed(name, verified, now, *guest)),
+        Event::Sent { .. }
+        | Event::Delivered { .. }
+        | Event::Roster { .. }
+        | Event::Mark { .. } => return None,
     })
 }
 
@@ -240,8 +285,58 @@ pub fn kicked(by: &str, reason: &str) -> String {
 }
 
 /// One member of a `/who` answer.
-fn member(m: &MemberInfo) -> String {
-    let mut item = format!("{} {}", s(&m.name), short_duration(m.connected_secs));
+/// `/verify` stored a contact.
+pub fn verified(
+    name: &str,
+    keys: &[qchat_tls::Fingerprint],
+    previous: Option<&[qchat_tls::Fingerprint]>,
+) -> String {
+    let name = s(name);
+    let mut line = format!(
+        "verified {name} ({}): stored in your contacts; the name carries {MARK} while its keys are exactly these",
+        qchat_client::contacts::list(keys)
+    );
+    if let Some(previous) = previous.filter(|p| *p != keys) {
+        line.push_str(&format!(
+            " (replacing the keys verified before: {})",
+            qchat_client::contacts::list(previous)
+        ));
+    }
+    line
+}
+
+/// A verified contact's keys are not the ones the user verified: both sets,
+/// and what to do, like a changed server key.
+pub fn contact_changed(
+    name: &str,
+    verified: &[qchat_tls::Fingerprint],
+    now: &[qchat_tls::Fingerprint],
+    guest: bool,
+) -> String {
+    let name = s(name);
+    let then = qchat_client::contacts::list(verified);
+    let what = if guest {
+        format!(
+            "{name} is held by a guest (no key), not by the key(s) you verified ({then}): this is not the {name} you verified"
+        )
+    } else {
+        format!(
+            "{name}'s keys are not the ones you verified: verified {then}; now {}. \
+             It may be {name} with a new device or key, or someone else",
+            qchat_client::contacts::list(now)
+        )
+    };
+    format!(
+        "WARNING: {what}. No {MARK} for {name} until you check the fingerprint with them and run /verify {name} FINGERPRINT"
+    )
+}
+
+fn member(m: &MemberInfo, verified: bool) -> String {
+    let mut item = format!(
+        "{} {}",
+        name_marked(&s(&m.name), verified),
+        short_duration(m.connected_secs)
+    );
     if !m.addr.is_empty() {
         item.push_str(&format!(" {}", s(&m.addr)));
     }
@@ -421,6 +516,7 @@ pub fn plain(words: &Words) -> Result<String, String> {
     match words {
         Words::Said(said) => Ok(plain_said(said)),
         Words::Info(text) | Words::Removed(text) => Ok(format!("* {text}")),
+        Words::Warning(text) => Ok(format!("* {text}")),
         Words::Members { heading, entries } => Ok(format!("* {heading} {}", entries.join(", "))),
         Words::Error(text) => Err(text.clone()),
     }
@@ -433,10 +529,11 @@ pub const CONTINUATION: &str = "  ";
 
 fn plain_said(m: &Said) -> String {
     let text = m.text.replace('\n', &format!("\n{CONTINUATION}"));
+    let from = name_marked(&m.from, m.verified);
     let body = match (&m.to, m.action) {
-        (Some(to), _) => format!("[{} -> {}] {}", m.from, to, text),
-        (None, true) => format!("* {} {}", m.from, text),
-        (None, false) => format!("<{}> {}", m.from, text),
+        (Some(to), _) => format!("[{from} -> {to}] {text}"),
+        (None, true) => format!("* {from} {text}"),
+        (None, false) => format!("<{from}> {text}"),
     };
     if m.history {
         format!("[history] {body}")

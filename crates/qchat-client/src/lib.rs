@@ -9,9 +9,13 @@
 //! - [`session`]: the network task that owns the connection once joined;
 //!   the user interface talks to it only through bounded channels of
 //!   [`Command`]s and [`Event`]s.
+//! - [`people`]: the contacts layer in front of the network task — `/verify`,
+//!   the verified marks, changed keys — over the [`contacts`] file.
 
 pub mod connection;
+pub mod contacts;
 pub mod pacing;
+pub mod people;
 pub mod reconnect;
 pub mod resume;
 pub mod session;

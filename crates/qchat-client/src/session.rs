@@ -51,6 +51,15 @@ pub enum Command {
     Whois(String),
     /// Manage the devices (keys) of my registered name (version 4).
     Device(qchat_proto::DeviceOp),
+    /// Record `name` as a verified contact if `fingerprint` is one of its
+    /// keys. The contacts layer ([`crate::people`]) asks the server
+    /// (`Whois`) and checks the answer; this task alone only asks.
+    Verify {
+        /// The member.
+        name: String,
+        /// The fingerprint the person gave the user out of band.
+        fingerprint: qchat_tls::Fingerprint,
+    },
     /// Remove a member (operators only).
     Kick {
         /// Who.
@@ -251,6 +260,37 @@ pub enum Event {
         /// The longest message text this server accepts, in bytes, when it
         /// said so (version 3); an interface splits long blocks by it.
         max_message: Option<u32>,
+    },
+    /// From the contacts layer ([`crate::people`]): from now on `name`
+    /// carries the verified mark (its key set is the one the user
+    /// verified), or no longer does.
+    Mark {
+        /// The member.
+        name: String,
+        /// Whether the mark is shown.
+        verified: bool,
+    },
+    /// From the contacts layer: `/verify` stored `name` as a contact.
+    Verified {
+        /// The name as the server spells it.
+        name: String,
+        /// Its keys, now the verified set.
+        keys: Vec<qchat_tls::Fingerprint>,
+        /// The set verified before, if the name was a contact already.
+        previous: Option<Vec<qchat_tls::Fingerprint>>,
+    },
+    /// From the contacts layer: a verified contact's name is now held by
+    /// other keys than the ones the user verified (or by a guest). Said
+    /// once per name and key set; the mark stays off until `/verify`.
+    ContactChanged {
+        /// The name.
+        name: String,
+        /// The keys the user verified.
+        verified: Vec<qchat_tls::Fingerprint>,
+        /// The keys the server says the name has now (empty for a guest).
+        now: Vec<qchat_tls::Fingerprint>,
+        /// Whether a guest (no key) holds the name now.
+        guest: bool,
     },
     /// Another member's connection dropped; the server holds its name for
     /// its reconnect.
@@ -802,7 +842,9 @@ impl State {
             },
             Some(Command::Nick(name)) => ClientMsg::Nick { name },
             Some(Command::Who) => ClientMsg::Who,
-            Some(Command::Whois(_)) if self.version < 4 && self.connected => {
+            Some(Command::Whois(_) | Command::Verify { .. })
+                if self.version < 4 && self.connected =>
+            {
                 let reason = format!(
                     "this server speaks protocol version {}, which has no /whois (version 4 added it)",
                     self.version
@@ -816,7 +858,7 @@ impl State {
                 )
                 .await;
             }
-            Some(Command::Whois(name)) => ClientMsg::Whois { name },
+            Some(Command::Whois(name) | Command::Verify { name, .. }) => ClientMsg::Whois { name },
             Some(Command::Device(_)) if self.version < 4 && self.connected => {
                 let reason = format!(
                     "this server speaks protocol version {}, which has no /device (version 4 added it)",

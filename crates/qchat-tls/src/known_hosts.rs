@@ -1,8 +1,11 @@
 //! The client's pin store: which key each server is expected to present.
 //!
-//! # File format
+//! A [`PinFile`] of [`Pin`]s: the locking, atomic rewrites, private mode,
+//! version header and tolerance of hand edits are that module's, shared with
+//! the contacts file; this one adds what a pin is and the rule that a
+//! server's key is never replaced implicitly.
 //!
-//! A UTF-8 text file, one pin per line:
+//! # File format
 //!
 //! ```text
 //! # qchat known_hosts v1
@@ -12,84 +15,34 @@
 //! chat.example.org:8080 SHA256:... 2026-11-25T19:56:07Z verified
 //! ```
 //!
-//! - The first non-empty line is the version header `# qchat known_hosts v1`.
-//!   A file without it (for example an empty file) is read as version 1 and
-//!   gets the header on the next write; a file claiming any other version is
-//!   refused rather than rewritten, since a newer qchat may have written it.
 //! - `host:port` has the host in lowercase; IPv6 addresses are bracketed.
 //! - The fingerprint is `SHA256:` plus unpadded base64 of the SHA-256 of the
 //!   server's SubjectPublicKeyInfo (see [`Fingerprint`]).
 //! - `first-seen` is an RFC 3339 UTC timestamp of when the pin was recorded.
 //! - `verified` means the user compared the fingerprint out of band; `tofu`
 //!   ("trust on first use") means it was accepted on first sight.
-//! - Comments (`#`), blank lines and lines that cannot be parsed are kept
-//!   verbatim when the file is rewritten and ignored for lookups; unparseable
-//!   lines are reported as warnings, so a hand edit gone wrong costs one pin,
-//!   not the whole file. If a host appears twice, the first line wins.
-//!
-//! # Concurrency
-//!
-//! Writers take an exclusive advisory lock on `<file>.lock`, re-read the file,
-//! change it, and atomically rename a complete new file over it, so two qchat
-//! processes pinning different servers at once never lose either pin, and
-//! readers (which take no lock) always see a complete file.
-
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+//! - Header, comments, malformed lines, duplicates and concurrency: see
+//!   [`crate::pinfile`].
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::fsutil;
 use crate::host::HostKey;
+use crate::pinfile::{timestamp, Edit, PinFile, PinFileError, Record};
 use crate::Fingerprint;
 
 /// The version header; the first non-empty line of every file we write.
 pub const HEADER: &str = "# qchat known_hosts v1";
-const HEADER_PREFIX: &str = "# qchat known_hosts ";
-const COLUMNS_COMMENT: &str = "# host:port fingerprint first-seen verified|tofu";
+#[cfg(test)]
+const COLUMNS_COMMENT: &str = <Pin as Record>::COLUMNS;
 
 /// Why the pin store could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum KnownHostsError {
-    /// The file exists but could not be read.
-    #[error("cannot read {}: {source}; check its permissions", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The new file (or its directory) could not be written.
-    #[error(
-        "cannot write {}: {source}; check free space and the directory's permissions (the old file is unchanged)",
-        path.display()
-    )]
-    Write {
-        /// The file or directory being written.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The lock file could not be opened or locked.
-    #[error("cannot lock {}: {source}; check the directory's permissions", path.display())]
-    Lock {
-        /// The lock file.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The file declares a format this version does not understand.
-    #[error(
-        "{} starts with `{found}`, but this qchat only understands `{HEADER}`; upgrade qchat, or move the file aside to start with an empty one",
-        path.display()
-    )]
-    UnsupportedVersion {
-        /// The file.
-        path: PathBuf,
-        /// The header line found.
-        found: String,
-    },
+    /// The file could not be read, locked or written, or is of a newer
+    /// version.
+    #[error(transparent)]
+    File(#[from] PinFileError),
     /// Adding a pin would replace a different existing pin.
     #[error(
         "{host} is already pinned to {pinned}, not {offered}; nothing was changed. If the server's key really changed, replace the pin explicitly"
@@ -140,189 +93,85 @@ pub struct Pin {
     pub line: usize,
 }
 
-impl Pin {
-    fn to_line(&self) -> Vec<u8> {
-        // Seconds precision is all a human needs; RFC 3339 formatting only
-        // fails for years beyond 9999, which `now` and parsed values never are.
-        let when = self.first_seen.to_offset(time::UtcOffset::UTC);
-        let when = when.replace_nanosecond(0).unwrap_or(when);
-        let when = when
-            .format(&Rfc3339)
-            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
+impl Record for Pin {
+    type Key = HostKey;
+    const KIND: &'static str = "known_hosts";
+    const COLUMNS: &'static str = "# host:port fingerprint first-seen verified|tofu";
+    type Error = KnownHostsError;
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let [host, fingerprint, first_seen, status] = fields[..] else {
+            return Err(format!(
+                "expected `host:port fingerprint first-seen verified|tofu`, found {} fields",
+                fields.len()
+            ));
+        };
+        let host: HostKey = host
+            .parse()
+            .map_err(|_| format!("`{host}` is not a host:port address"))?;
+        let fingerprint: Fingerprint = fingerprint
+            .parse()
+            .map_err(|_| format!("`{fingerprint}` is not a SHA256 fingerprint"))?;
+        let first_seen = OffsetDateTime::parse(first_seen, &Rfc3339)
+            .map_err(|_| format!("`{first_seen}` is not an RFC 3339 timestamp"))?;
+        let verified = match status {
+            "verified" => true,
+            "tofu" => false,
+            other => return Err(format!("`{other}` should be `verified` or `tofu`")),
+        };
+        Ok(Pin {
+            host,
+            fingerprint,
+            first_seen,
+            verified,
+            line: 0,
+        })
+    }
+
+    fn to_line(&self) -> String {
         let status = if self.verified { "verified" } else { "tofu" };
-        format!("{} {} {when} {status}", self.host, self.fingerprint).into_bytes()
-    }
-}
-
-/// A line of the file; everything but pins is carried through untouched.
-#[derive(Clone, Debug)]
-enum Entry {
-    Other(Vec<u8>),
-    Pin { raw: Vec<u8>, pin: Pin },
-}
-
-impl Entry {
-    fn pin(&self) -> Option<&Pin> {
-        match self {
-            Entry::Pin { pin, .. } => Some(pin),
-            Entry::Other(_) => None,
-        }
+        format!(
+            "{} {} {} {status}",
+            self.host,
+            self.fingerprint,
+            timestamp(self.first_seen)
+        )
     }
 
-    fn raw(&self) -> &[u8] {
-        match self {
-            Entry::Other(raw) | Entry::Pin { raw, .. } => raw,
-        }
+    fn key(&self) -> HostKey {
+        self.host.clone()
+    }
+
+    fn set_line(&mut self, line: usize) {
+        self.line = line;
+    }
+
+    fn line(&self) -> usize {
+        self.line
     }
 }
 
 /// The parsed pin store.
-#[derive(Clone, Debug)]
-pub struct KnownHosts {
-    path: PathBuf,
-    entries: Vec<Entry>,
-    has_header: bool,
-    pins: Vec<Pin>,
-    warnings: Vec<String>,
-}
-
-impl KnownHosts {
-    /// Reads the store at `path`; a missing file is an empty store.
-    ///
-    /// Takes no lock: writers replace the file atomically, so a reader sees
-    /// either the old or the new file, never a partial one.
-    pub fn load(path: &Path) -> Result<KnownHosts, KnownHostsError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(KnownHostsError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let mut store = parse(path, &bytes)?;
-        store.warnings.extend(fsutil::check_private_file_mode(path));
-        Ok(store)
-    }
-
-    /// The file this store was read from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The pin for `host`, if any.
-    pub fn get(&self, host: &HostKey) -> Option<&Pin> {
-        self.pins.iter().find(|p| &p.host == host)
-    }
-
-    /// All pins in file order (for duplicate hosts, only the one in effect).
-    pub fn pins(&self) -> &[Pin] {
-        &self.pins
-    }
-
-    /// Problems found while reading: malformed lines as `<path>:<line>: <what>`,
-    /// and a warning if other users can access the file.
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
-    }
-
-    /// Atomically changes the store at `path` and returns the result.
-    ///
-    /// Takes an exclusive lock on the sidecar `<path>.lock` (the data file
-    /// itself cannot carry the lock because it is replaced by rename), re-reads
-    /// the file under the lock so changes made by other processes are kept,
-    /// applies `f`, then writes a complete new file under a temporary name
-    /// (created 0600), syncs it, renames it over `path` and syncs the
-    /// directory. Nothing is written if `f` fails or changes nothing. The
-    /// directory is created (0700) if missing.
-    pub fn update<F, T>(path: &Path, f: F) -> Result<(KnownHosts, T), KnownHostsError>
-    where
-        F: FnOnce(&mut KnownHostsEdit) -> Result<T, KnownHostsError>,
-    {
-        let dir = fsutil::parent_dir(path);
-        fsutil::create_private_dir(dir).map_err(|source| KnownHostsError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-
-        let lock_path = lock_path_for(path);
-        let lock = fsutil::open_private(&lock_path).map_err(|source| KnownHostsError::Lock {
-            path: lock_path.clone(),
-            source,
-        })?;
-        // Fully qualified: std's `File::lock*` methods would otherwise shadow
-        // or clash with the trait's on newer toolchains.
-        fs4::fs_std::FileExt::lock_exclusive(&lock).map_err(|source| KnownHostsError::Lock {
-            path: lock_path.clone(),
-            source,
-        })?;
-        // The lock is released when `lock` is dropped, on every return path.
-
-        let current = KnownHosts::load(path)?;
-        let mut edit = KnownHostsEdit {
-            entries: current.entries.clone(),
-            changed: false,
-        };
-        if !current.has_header {
-            edit.entries
-                .insert(0, Entry::Other(HEADER.as_bytes().to_vec()));
-            if current
-                .entries
-                .iter()
-                .all(|e| e.raw().trim_ascii().is_empty())
-            {
-                edit.entries.truncate(1);
-                edit.entries
-                    .push(Entry::Other(COLUMNS_COMMENT.as_bytes().to_vec()));
-            }
-            edit.renumber();
-        }
-        let value = f(&mut edit)?;
-        if !edit.changed {
-            return Ok((current, value));
-        }
-
-        let mut contents = Vec::new();
-        for entry in &edit.entries {
-            contents.extend_from_slice(entry.raw());
-            contents.push(b'\n');
-        }
-        write_atomically(path, &contents)?;
-        let mut store = parse(path, &contents)?;
-        store.warnings.extend(fsutil::check_private_file_mode(path));
-        drop(lock);
-        Ok((store, value))
-    }
-}
+pub type KnownHosts = PinFile<Pin>;
 
 /// Changes to the store, applied inside [`KnownHosts::update`].
 ///
 /// No method ever replaces a pin implicitly: changing a host's key takes an
-/// explicit [`replace`](Self::replace).
-#[derive(Debug)]
-pub struct KnownHostsEdit {
-    entries: Vec<Entry>,
-    changed: bool,
+/// explicit [`replace`](Edit::replace).
+pub type KnownHostsEdit = Edit<Pin>;
+
+impl PinFile<Pin> {
+    /// All pins in file order (for duplicate hosts, only the one in effect).
+    pub fn pins(&self) -> &[Pin] {
+        self.records()
+    }
 }
 
-impl KnownHostsEdit {
-    /// The pin for `host`, if any.
-    pub fn get(&self, host: &HostKey) -> Option<&Pin> {
-        self.entries
-            .iter()
-            .filter_map(Entry::pin)
-            .find(|p| &p.host == host)
-    }
-
+impl Edit<Pin> {
     /// All pins in effect, in file order.
     pub fn pins(&self) -> impl Iterator<Item = &Pin> {
-        let mut seen = std::collections::HashSet::new();
-        self.entries
-            .iter()
-            .filter_map(Entry::pin)
-            .filter(move |p| seen.insert(&p.host))
+        self.records()
     }
 
     /// Pins `host` to `fingerprint`, first seen now.
@@ -349,19 +198,13 @@ impl KnownHostsEdit {
             }
             return Ok(());
         }
-        let pin = Pin {
+        self.put(Pin {
             host: host.clone(),
             fingerprint,
-            first_seen: now(),
+            first_seen: OffsetDateTime::now_utc(),
             verified,
             line: 0,
-        };
-        self.entries.push(Entry::Pin {
-            raw: pin.to_line(),
-            pin,
         });
-        self.changed = true;
-        self.renumber();
         Ok(())
     }
 
@@ -371,46 +214,13 @@ impl KnownHostsEdit {
     /// Meant for the user explicitly accepting a changed key after checking
     /// it, hence `verified`.
     pub fn replace(&mut self, host: &HostKey, fingerprint: Fingerprint) -> Option<Pin> {
-        let previous = self.get(host).cloned();
-        let pin = Pin {
+        self.put(Pin {
             host: host.clone(),
             fingerprint,
-            first_seen: now(),
+            first_seen: OffsetDateTime::now_utc(),
             verified: true,
             line: 0,
-        };
-        let new_entry = Entry::Pin {
-            raw: pin.to_line(),
-            pin,
-        };
-        match self.position(host) {
-            Some(index) => {
-                self.entries[index] = new_entry;
-                let mut i = 0;
-                self.entries.retain(|e| {
-                    let keep = i <= index || e.pin().is_none_or(|p| &p.host != host);
-                    i += 1;
-                    keep
-                });
-            }
-            None => self.entries.push(new_entry),
-        }
-        self.changed = true;
-        self.renumber();
-        previous
-    }
-
-    /// Removes every pin for `host`; returns whether there was one.
-    pub fn remove(&mut self, host: &HostKey) -> bool {
-        let before = self.entries.len();
-        self.entries
-            .retain(|e| e.pin().is_none_or(|p| &p.host != host));
-        let removed = self.entries.len() != before;
-        if removed {
-            self.changed = true;
-            self.renumber();
-        }
-        removed
+        })
     }
 
     /// Records that the user confirmed `fingerprint` for `host` out of band.
@@ -422,177 +232,27 @@ impl KnownHostsEdit {
         host: &HostKey,
         fingerprint: Fingerprint,
     ) -> Result<(), KnownHostsError> {
-        let index = self
-            .position(host)
-            .ok_or_else(|| KnownHostsError::NotPinned { host: host.clone() })?;
-        if let Entry::Pin { raw, pin } = &mut self.entries[index] {
-            if pin.fingerprint != fingerprint {
-                return Err(KnownHostsError::FingerprintMismatch {
-                    host: host.clone(),
-                    pinned: pin.fingerprint,
-                    given: fingerprint,
-                });
-            }
-            if !pin.verified {
-                pin.verified = true;
-                *raw = pin.to_line();
-                self.changed = true;
-            }
+        let pinned = self
+            .get(host)
+            .ok_or_else(|| KnownHostsError::NotPinned { host: host.clone() })?
+            .fingerprint;
+        if pinned != fingerprint {
+            return Err(KnownHostsError::FingerprintMismatch {
+                host: host.clone(),
+                pinned,
+                given: fingerprint,
+            });
         }
+        self.modify(host, |pin| !std::mem::replace(&mut pin.verified, true));
         Ok(())
     }
-
-    fn position(&self, host: &HostKey) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|e| e.pin().is_some_and(|p| &p.host == host))
-    }
-
-    fn renumber(&mut self) {
-        for (i, entry) in self.entries.iter_mut().enumerate() {
-            if let Entry::Pin { pin, .. } = entry {
-                pin.line = i + 1;
-            }
-        }
-    }
-}
-
-fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
-
-fn lock_path_for(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
-}
-
-/// Writes a complete new file beside the old one and renames it into place,
-/// so readers (which take no lock) see the old file or the new one, never a
-/// half-written one. tempfile creates it readable by the owner only and
-/// removes it if anything fails before the rename.
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), KnownHostsError> {
-    let dir = fsutil::parent_dir(path);
-    let write_err = |source| KnownHostsError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
-    file.write_all(contents).map_err(write_err)?;
-    file.as_file().sync_all().map_err(write_err)?;
-    file.persist(path).map_err(|e| write_err(e.error))?;
-    fsutil::sync_dir(dir).map_err(write_err)
-}
-
-fn parse(path: &Path, bytes: &[u8]) -> Result<KnownHosts, KnownHostsError> {
-    let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-    if lines.last().is_some_and(|l| l.is_empty()) {
-        lines.pop();
-    }
-
-    let mut store = KnownHosts {
-        path: path.to_path_buf(),
-        entries: Vec::with_capacity(lines.len()),
-        has_header: false,
-        pins: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let mut seen_content = false;
-    for (index, raw) in lines.into_iter().enumerate() {
-        let number = index + 1;
-        let mut warn = |what: String| {
-            store
-                .warnings
-                .push(format!("{}:{number}: {what}", path.display()));
-        };
-        let other = Entry::Other(raw.to_vec());
-        let Ok(text) = std::str::from_utf8(raw) else {
-            seen_content = true;
-            warn("not valid UTF-8; line ignored".to_owned());
-            store.entries.push(other);
-            continue;
-        };
-        let text = text.trim();
-        if text.is_empty() {
-            store.entries.push(other);
-            continue;
-        }
-        if !seen_content {
-            seen_content = true;
-            if let Some(version) = text.strip_prefix(HEADER_PREFIX) {
-                if version.trim() != "v1" {
-                    return Err(KnownHostsError::UnsupportedVersion {
-                        path: path.to_path_buf(),
-                        found: text.to_owned(),
-                    });
-                }
-                store.has_header = true;
-                store.entries.push(other);
-                continue;
-            }
-        }
-        if text.starts_with('#') {
-            store.entries.push(other);
-            continue;
-        }
-        match parse_pin_line(text, number) {
-            Ok(pin) => {
-                if let Some(first) = store.pins.iter().find(|p| p.host == pin.host) {
-                    warn(format!(
-                        "{} is already pinned on line {}; this line is ignored",
-                        pin.host, first.line
-                    ));
-                } else {
-                    store.pins.push(pin.clone());
-                }
-                store.entries.push(Entry::Pin {
-                    raw: raw.to_vec(),
-                    pin,
-                });
-            }
-            Err(what) => {
-                warn(format!("{what}; line ignored"));
-                store.entries.push(other);
-            }
-        }
-    }
-    Ok(store)
-}
-
-fn parse_pin_line(text: &str, line: usize) -> Result<Pin, String> {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let [host, fingerprint, first_seen, status] = fields[..] else {
-        return Err(format!(
-            "expected `host:port fingerprint first-seen verified|tofu`, found {} fields",
-            fields.len()
-        ));
-    };
-    let host: HostKey = host
-        .parse()
-        .map_err(|_| format!("`{host}` is not a host:port address"))?;
-    let fingerprint: Fingerprint = fingerprint
-        .parse()
-        .map_err(|_| format!("`{fingerprint}` is not a SHA256 fingerprint"))?;
-    let first_seen = OffsetDateTime::parse(first_seen, &Rfc3339)
-        .map_err(|_| format!("`{first_seen}` is not an RFC 3339 timestamp"))?;
-    let verified = match status {
-        "verified" => true,
-        "tofu" => false,
-        other => return Err(format!("`{other}` should be `verified` or `tofu`")),
-    };
-    Ok(Pin {
-        host,
-        fingerprint,
-        first_seen,
-        verified,
-        line,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::{Path, PathBuf};
 
     fn fp(n: u8) -> Fingerprint {
         Fingerprint::from_bytes([n; 32])
@@ -737,11 +397,11 @@ mod tests {
         let path = store_path(&dir);
         KnownHosts::update(&path, |e| e.add(&host("a:1"), fp(1), false)).expect("add");
         let (store, removed) =
-            KnownHosts::update(&path, |e| Ok(e.remove(&host("a:1")))).expect("remove");
+            KnownHosts::update(&path, |e| Ok(e.remove(&host("a:1")).is_some())).expect("remove");
         assert!(removed);
         assert!(store.get(&host("a:1")).is_none());
         let (_, removed) =
-            KnownHosts::update(&path, |e| Ok(e.remove(&host("a:1")))).expect("remove");
+            KnownHosts::update(&path, |e| Ok(e.remove(&host("a:1")).is_some())).expect("remove");
         assert!(!removed);
     }
 
@@ -831,12 +491,18 @@ mod tests {
         write_private(&path, "\n# qchat known_hosts v2\nwhatever\n").expect("write");
         let err = KnownHosts::load(&path).expect_err("v2");
         assert!(
-            matches!(err, KnownHostsError::UnsupportedVersion { .. }),
+            matches!(
+                err,
+                KnownHostsError::File(PinFileError::UnsupportedVersion { .. })
+            ),
             "{err}"
         );
         let err = KnownHosts::update(&path, |e| e.add(&host("a:1"), fp(1), false)).expect_err("v2");
         assert!(
-            matches!(err, KnownHostsError::UnsupportedVersion { .. }),
+            matches!(
+                err,
+                KnownHostsError::File(PinFileError::UnsupportedVersion { .. })
+            ),
             "{err}"
         );
         assert_eq!(
@@ -864,7 +530,7 @@ mod tests {
         assert_eq!(store.warnings().len(), 1, "{:?}", store.warnings());
 
         let (store, removed) =
-            KnownHosts::update(&path, |e| Ok(e.remove(&host("a:1")))).expect("remove");
+            KnownHosts::update(&path, |e| Ok(e.remove(&host("a:1")).is_some())).expect("remove");
         assert!(removed);
         assert!(store.get(&host("a:1")).is_none(), "all duplicates go");
     }

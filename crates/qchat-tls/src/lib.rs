@@ -14,7 +14,8 @@
 //!   type, and the one canonical form pins are stored under.
 //! - [`known_hosts`]: the client's pin store, a small text file that is
 //!   updated with locking and atomic replacement so concurrent clients never
-//!   lose a pin.
+//!   lose a pin; [`pinfile`] is that file's machinery, which the client's
+//!   contacts (the people the user verified) share.
 //! - [`verifier`]: the rustls certificate verifier that accepts exactly the
 //!   pinned key, and [`client_verifier`], the server's verifier of people's
 //!   self-signed client certificates; the only places qchat overrides
@@ -31,6 +32,7 @@ mod fsutil;
 pub mod host;
 pub mod identity;
 pub mod known_hosts;
+pub mod pinfile;
 pub mod verifier;
 
 pub use client_verifier::{client_fingerprint, AnyClientKey};
@@ -42,4 +44,5 @@ pub use fingerprint::{Fingerprint, FingerprintError};
 pub use host::{HostError, HostKey};
 pub use identity::{check_private_file_mode, Identity, IdentityError, LoadOutcome, Role};
 pub use known_hosts::{KnownHosts, KnownHostsEdit, KnownHostsError, Pin};
+pub use pinfile::{PinFile, PinFileError};
 pub use verifier::{is_pin_failure, pin_refusal, Expectation, PinRefusal, PinVerifier};

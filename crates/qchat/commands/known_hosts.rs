@@ -11,7 +11,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use qchat_proto::text::sanitize;
+
+use super::{print_json, shown};
 use qchat_tls::known_hosts::KnownHostsError;
 use qchat_tls::{Fingerprint, HostKey, KnownHosts, Pin};
 use serde_json::{json, Value};
@@ -35,12 +36,6 @@ pub fn run(args: KnownHostsArgs) -> Result<u8> {
             verify(&path, &host, fingerprint, args.json)
         }
     }
-}
-
-/// A path for display: it is the user's own, but a hostile directory name
-/// must not get to drive the terminal either.
-fn shown(path: &Path) -> String {
-    sanitize(&path.display().to_string()).into_owned()
 }
 
 fn when(pin: &Pin) -> String {
@@ -70,19 +65,8 @@ fn pin_json(pin: &Pin) -> Value {
     })
 }
 
-/// Problems with the file (malformed lines as `file:line: what`, loose
-/// permissions) go to stderr in every mode: they are for a person even when
-/// a script reads stdout. The file's contents are untrusted text.
 fn warn_all(store: &KnownHosts) {
-    for w in store.warnings() {
-        eprintln!("qchat: warning: {}", sanitize(w));
-    }
-}
-
-fn print_json(value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).context("cannot format JSON")?;
-    println!("{text}");
-    Ok(())
+    super::warn_file(store.warnings());
 }
 
 fn list(path: &Path, json: bool) -> Result<u8> {

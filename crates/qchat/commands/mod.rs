@@ -2,6 +2,7 @@
 
 mod completions;
 mod connect;
+mod contacts;
 mod fingerprint;
 mod identity;
 mod known_hosts;
@@ -21,6 +22,7 @@ pub fn run(cli: Cli, server_events: Option<tokio::sync::mpsc::Receiver<String>>)
         Command::Fingerprint(args) => fingerprint::run(args),
         Command::Identity(args) => identity::run(args),
         Command::KnownHosts(args) => known_hosts::run(args),
+        Command::Contacts(args) => contacts::run(args),
         Command::Completions(args) => completions::run(args),
         Command::Man => man::run(),
     }
@@ -73,4 +75,26 @@ fn my_identity() -> Result<qchat_tls::Identity> {
         eprintln!("qchat: warning: {w}");
     }
     Ok(id)
+}
+
+/// A path for display: it is the user's own, but a hostile directory name
+/// must not get to drive the terminal either.
+fn shown(path: &std::path::Path) -> String {
+    qchat_proto::text::sanitize(&path.display().to_string()).into_owned()
+}
+
+/// Problems with a record file (malformed lines as `file:line: what`, loose
+/// permissions) go to stderr in every mode: they are for a person even when
+/// a script reads stdout. The file's contents are untrusted text.
+fn warn_file(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("qchat: warning: {}", qchat_proto::text::sanitize(w));
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    use anyhow::Context;
+    let text = serde_json::to_string_pretty(value).context("cannot format JSON")?;
+    println!("{text}");
+    Ok(())
 }

@@ -104,6 +104,8 @@ pub struct App {
     /// Members whose connection dropped and whose name the server holds
     /// for their return (raw names).
     pub reconnecting: Vec<String>,
+    /// Which names carry the verified mark now.
+    pub marks: qchat_client::people::Marks,
     /// Why the server ended the session for good, to repeat on the normal
     /// screen once the view has closed (it closes at once).
     pub farewell: Option<String>,
@@ -175,6 +177,7 @@ impl App {
             conn: Conn::Online(CONNECTED),
             transitions: wording::Transitions::default(),
             reconnecting: Vec::new(),
+            marks: qchat_client::people::Marks::default(),
             farewell: None,
             quitting: false,
             quit_reason: String::new(),
@@ -266,6 +269,7 @@ impl App {
 
     fn on_network(&mut self, ev: Event) {
         // First what the event does to the state, then its words.
+        self.marks.apply(&ev);
         let mut mention = false;
         match &ev {
             Event::Chat { text, .. } | Event::Action { text, .. } => {
@@ -350,7 +354,12 @@ impl App {
                 }
                 return;
             }
-            Event::History { .. } | Event::Notice { .. } | Event::Failed { .. } => {}
+            Event::History { .. }
+            | Event::Notice { .. }
+            | Event::Failed { .. }
+            | Event::Mark { .. }
+            | Event::Verified { .. }
+            | Event::ContactChanged { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
@@ -359,10 +368,12 @@ impl App {
             | Event::History { time_ms, .. } => *time_ms,
             _ => now_ms(),
         };
-        match wording::event(&ev) {
+        match wording::marked(&ev, &self.marks) {
             Some(Words::Said(said)) => self.push_mention(Kind::Said(said), time_ms, mention),
             Some(Words::Info(text)) => self.info(text),
-            Some(Words::Error(text) | Words::Removed(text)) => self.error(text),
+            Some(Words::Error(text) | Words::Removed(text) | Words::Warning(text)) => {
+                self.error(text)
+            }
             Some(Words::Members { heading, entries }) => {
                 self.info(heading);
                 for e in entries {

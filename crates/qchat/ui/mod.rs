@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crossterm::event::EventStream;
 use futures_util::StreamExt;
-use qchat_client::{session, Ended, Link};
+use qchat_client::{Ended, Link};
 use qchat_proto::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -94,6 +94,7 @@ pub fn wanted(cli: &crate::cli::Cli) -> bool {
         Command::Fingerprint(_)
         | Command::Identity(_)
         | Command::KnownHosts(_)
+        | Command::Contacts(_)
         | Command::Completions(_)
         | Command::Man => false,
     }
@@ -137,7 +138,7 @@ where
     let operator = about.trust.is_none();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-    let net = tokio::spawn(session::run(link, cmd_rx, ev_tx));
+    let net = qchat_client::people::spawn(link, crate::home::contacts().ok(), cmd_rx, ev_tx);
 
     let size = crossterm::terminal::size().unwrap_or((80, 24));
     let mut app = App::new(about, options, local_offset(), size);

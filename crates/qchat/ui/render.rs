@@ -69,7 +69,16 @@ fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
             if names::fold(n) == names::fold(&app.me) {
                 style = style.add_modifier(Modifier::BOLD);
             }
-            TextLine::from(Span::styled(shown, style))
+            let mut spans = vec![Span::styled(shown, style)];
+            if app.marks.verified(n) {
+                spans.push(Span::styled(
+                    format!(" {}", crate::wording::MARK),
+                    Style::default()
+                        .fg(Color::LightGreen)
+                        .add_modifier(Modifier::BOLD),
+                ));
+            }
+            TextLine::from(spans)
         })
         .collect();
     let block = Block::default()
@@ -296,6 +305,36 @@ mod tests {
         })));
         let (rows, _) = screen(&a);
         assert!(rows[6].contains("reconnecting"), "{}", rows.join("\n"));
+    }
+
+    #[test]
+    fn a_verified_name_carries_the_mark_on_its_lines_and_in_the_list() {
+        let mut a = app((60, 8));
+        chat(&mut a, "alice", "before");
+        a.update(Msg::Net(Event::Mark {
+            name: "ALICE".into(),
+            verified: true,
+        }));
+        chat(&mut a, "alice", "after");
+        chat(&mut a, "bob", "not me");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        // The mark is decided when a line arrives, not after the fact.
+        assert!(all.contains("<alice> before"), "{all}");
+        assert!(all.contains("<alice ✓> after"), "{all}");
+        assert!(all.contains("<bob> not me"), "{all}");
+        assert!(rows.iter().any(|r| r.contains("│alice ✓")), "{all}");
+        assert!(!rows.iter().any(|r| r.contains("│bob ✓")), "{all}");
+        // Withheld again: new lines and the list lose it.
+        a.update(Msg::Net(Event::Mark {
+            name: "alice".into(),
+            verified: false,
+        }));
+        chat(&mut a, "alice", "later");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(all.contains("<alice> later"), "{all}");
+        assert!(!rows.iter().any(|r| r.contains("│alice ✓")), "{all}");
     }
 
     #[test]

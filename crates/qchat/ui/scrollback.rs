@@ -128,14 +128,29 @@ fn line_spans(line: &Line, offset: time::UtcOffset) -> Vec<Span<'static>> {
         Style::default()
     };
     let named = |n: &str| Span::styled(n.to_string(), Style::default().fg(name_color(n)));
+    // The verified mark goes right after the sender's name, in the same
+    // place as plain mode's `<alice ✓>`.
+    let mark = |verified: bool| {
+        Span::styled(
+            if verified {
+                format!(" {}", crate::wording::MARK)
+            } else {
+                String::new()
+            },
+            Style::default()
+                .fg(Color::LightGreen)
+                .add_modifier(Modifier::BOLD),
+        )
+    };
     match &line.kind {
         Kind::Said(said) if said.history => {
             let style = dim().add_modifier(Modifier::ITALIC);
             out.push(Span::styled("[history] ", style));
+            let from = crate::wording::name_marked(&said.from, said.verified);
             let body = if said.action {
-                format!("* {} {}", said.from, said.text)
+                format!("* {from} {}", said.text)
             } else {
-                format!("<{}> {}", said.from, said.text)
+                format!("<{from}> {}", said.text)
             };
             out.push(Span::styled(body, style));
         }
@@ -147,6 +162,7 @@ fn line_spans(line: &Line, offset: time::UtcOffset) -> Vec<Span<'static>> {
                 out.extend([
                     Span::styled("[private ", style),
                     named(&said.from),
+                    mark(said.verified),
                     Span::styled(" → ", style),
                     named(to),
                     Span::styled("] ", style),
@@ -156,12 +172,14 @@ fn line_spans(line: &Line, offset: time::UtcOffset) -> Vec<Span<'static>> {
             None if said.action => out.extend([
                 Span::raw("* "),
                 named(&said.from),
+                mark(said.verified),
                 Span::raw(" "),
                 Span::styled(said.text.clone(), text_style.add_modifier(Modifier::ITALIC)),
             ]),
             None => out.extend([
                 Span::raw("<"),
                 named(&said.from),
+                mark(said.verified),
                 Span::raw("> "),
                 Span::styled(said.text.clone(), text_style),
             ]),
@@ -291,6 +309,7 @@ mod tests {
         let line = Line {
             time_ms: 0,
             kind: Kind::Said(crate::wording::Said {
+                verified: false,
                 from: "alice".into(),
                 to: None,
                 text: "first\nsecond\n\nfourth".into(),
