@@ -868,6 +868,22 @@ impl Room {
             );
             return;
         }
+        // Operators at a distance are the host's helpers, not its
+        // replacement: the host's own link (at the server) stays.
+        if st
+            .members
+            .get(&target)
+            .is_some_and(|m| m.peer.operator && m.peer.addr.is_none())
+        {
+            self.send_to(
+                &mut st,
+                id,
+                failed(format!(
+                    "{name} is the host, at the server, and cannot be kicked"
+                )),
+            );
+            return;
+        }
         let frame = ServerMsg::Kicked {
             by: by.clone(),
             reason: reason.to_string(),
@@ -1413,6 +1429,23 @@ pub(crate) mod tests {
             .iter()
             .any(|m| matches!(m, ServerMsg::Left { name, reason } if name == "b" && reason.contains("spam"))));
         assert_eq!(r.len(), 2);
+        // An operator over the network (an --operator or /op key) kicks
+        // members, but not the host at the server.
+        let (tx, mut rr) = mpsc::channel(64);
+        let remote = Peer {
+            operator: true,
+            addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..peer(false)
+        };
+        let remote = r
+            .join("remote", tx, Ending::new(), remote, None)
+            .expect("joins");
+        r.kick(remote.id, "op", "coup");
+        assert!(drain(&mut rr)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Failed { reason, .. } if reason.contains("the host"))));
+        r.kick(remote.id, "c", "spam");
+        assert_eq!(ending_c.get().map(|e| e.0), Some(CloseCode::Kicked));
     }
 
     #[test]
