@@ -146,9 +146,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "AGE", default_value_t = Age(limits::LINK_TTL), value_parser = parse_link_ttl, hide = true)]
     pub link_ttl: Age,
     /// A key that is an operator (may /kick, /ban, /op), besides the
-    /// host's own: its fingerprint, in any spelling (as `qchat fingerprint
-    /// --mine` prints it in that person's home). Repeat for more. Chat can
-    /// neither take these rights away nor ban these keys.
+    /// host's own: its fingerprint, in any spelling (as `qchat fingerprint`
+    /// prints a person's own key in that person's home). Repeat for more.
+    /// Chat can neither take these rights away nor ban these keys.
     #[arg(long = "operator", value_name = "FP", value_parser = parse_fingerprint)]
     pub operators: Vec<qchat_tls::Fingerprint>,
     /// How long banning a guest (a member without a key) bans the address
