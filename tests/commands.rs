@@ -77,7 +77,7 @@ fn mistakes_get_one_line_of_explanation() {
     m[0].expect_err_contains("usage: /msg NAME TEXT");
     // Members cannot use operator commands...
     m[0].send_line("/kick alice");
-    m[0].expect_err_contains("/kick failed: only the server's operator can kick");
+    m[0].expect_err_contains("/kick failed: only operators can kick");
     m[0].send_line("/help");
     m[0].expect(Stream::Out, "the help", |l| {
         l.starts_with("* /msg NAME TEXT")

@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod names;
 mod nothing_lost;
+mod operators;
 mod people;
 mod prompt;
 mod raw;

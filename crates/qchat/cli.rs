@@ -147,6 +147,17 @@ pub struct ServeArgs {
     /// only the tests shorten it, to see an expired code refused.
     #[arg(long, value_name = "AGE", default_value_t = Age(limits::LINK_TTL), value_parser = parse_link_ttl, hide = true)]
     pub link_ttl: Age,
+    /// A key that is an operator (may /kick, /ban, /op), besides the
+    /// host's own: its fingerprint, in any spelling (as `qchat fingerprint`
+    /// prints a person's own key in that person's home). Repeat for more.
+    /// Chat can neither take these rights away nor ban these keys.
+    #[arg(long = "operator", value_name = "FP", value_parser = parse_fingerprint)]
+    pub operators: Vec<qchat_tls::Fingerprint>,
+    /// How long banning a guest (a member without a key) bans the address
+    /// it came from; such bans are kept in memory only. A number with s,
+    /// m, h or d.
+    #[arg(long, value_name = "AGE", default_value_t = Age(limits::GUEST_BAN), value_parser = parse_age)]
+    pub guest_ban: Age,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -293,6 +304,11 @@ fn parse_age(s: &str) -> Result<Age, String> {
         return Err("must be between 0.1 seconds and 100 years".into());
     }
     Ok(Age(Duration::from_secs_f64(secs)))
+}
+
+/// A fingerprint in any spelling (canonical, read aloud, hex).
+fn parse_fingerprint(s: &str) -> Result<qchat_tls::Fingerprint, String> {
+    s.parse().map_err(|e| format!("{e}"))
 }
 
 /// As [`parse_age`], and `0` too: codes expired the moment they are made,

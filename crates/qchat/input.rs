@@ -3,7 +3,7 @@
 //! commands.
 
 use qchat_client::Command;
-use qchat_proto::DeviceOp;
+use qchat_proto::{DeviceOp, ModOp};
 
 /// One typed line, understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +101,37 @@ pub const COMMANDS: &[CommandHelp] = &[
         about: "remove a member from the room",
         operator: true,
     },
+    CommandHelp {
+        name: "/ban",
+        args: "NAME [REASON]",
+        about:
+            "ban a member's keys (every device; a guest: its address, for a while) and remove it",
+        operator: true,
+    },
+    CommandHelp {
+        name: "/unban",
+        args: "NAME|FP|ADDRESS",
+        about: "lift a ban",
+        operator: true,
+    },
+    CommandHelp {
+        name: "/bans",
+        args: "",
+        about: "the bans in force: who, keys, by whom, when, why",
+        operator: true,
+    },
+    CommandHelp {
+        name: "/op",
+        args: "NAME",
+        about: "make a member's keys operators (kept across restarts)",
+        operator: true,
+    },
+    CommandHelp {
+        name: "/deop",
+        args: "NAME",
+        about: "take operator rights back from a member's keys",
+        operator: true,
+    },
 ];
 
 /// Parses one line. A line that starts with `/` is a command; `//` at the
@@ -191,6 +222,48 @@ pub fn parse(line: &str) -> Input {
                     name: name.to_string(),
                     reason: reason.to_string(),
                 })
+            }
+        }
+        "ban" => {
+            let (name, reason) = split_word(rest);
+            if name.is_empty() {
+                usage("/ban")
+            } else {
+                Input::Send(Command::Moderate(ModOp::Ban {
+                    name: name.to_string(),
+                    reason: reason.to_string(),
+                }))
+            }
+        }
+        "unban" => match split_word(rest) {
+            (target, "") if !target.is_empty() => {
+                Input::Send(Command::Moderate(ModOp::Unban {
+                    target: target.to_string(),
+                }))
+            }
+            // A fingerprint read aloud is several words.
+            _ if !rest.trim().is_empty() && rest.parse::<qchat_tls::Fingerprint>().is_ok() => {
+                Input::Send(Command::Moderate(ModOp::Unban {
+                    target: rest.trim().to_string(),
+                }))
+            }
+            _ => usage("/unban"),
+        },
+        "bans" if rest.trim().is_empty() => Input::Send(Command::Moderate(ModOp::Bans)),
+        "bans" => usage("/bans"),
+        "op" | "deop" => {
+            let op = cmd.eq_ignore_ascii_case("op");
+            match split_word(rest) {
+                (name, "") if !name.is_empty() => {
+                    let name = name.to_string();
+                    Input::Send(Command::Moderate(if op {
+                        ModOp::Op { name }
+                    } else {
+                        ModOp::Deop { name }
+                    }))
+                }
+                _ if op => usage("/op"),
+                _ => usage("/deop"),
             }
         }
         _ => Input::Error(format!(
@@ -298,6 +371,33 @@ mod tests {
         }
         assert!(matches!(parse("/device remove nonsense"), Input::Error(_)));
         assert_eq!(
+            parse("/ban mallory spamming links"),
+            Input::Send(Command::Moderate(ModOp::Ban {
+                name: "mallory".into(),
+                reason: "spamming links".into()
+            }))
+        );
+        assert_eq!(
+            parse("/OP bob"),
+            Input::Send(Command::Moderate(ModOp::Op { name: "bob".into() }))
+        );
+        assert_eq!(
+            parse("/deop bob"),
+            Input::Send(Command::Moderate(ModOp::Deop { name: "bob".into() }))
+        );
+        assert_eq!(parse("/bans"), Input::Send(Command::Moderate(ModOp::Bans)));
+        let aloud = fp.read_aloud();
+        assert_eq!(
+            parse(&format!("/unban {aloud}")),
+            Input::Send(Command::Moderate(ModOp::Unban { target: aloud }))
+        );
+        assert_eq!(
+            parse("/unban mallory"),
+            Input::Send(Command::Moderate(ModOp::Unban {
+                target: "mallory".into()
+            }))
+        );
+        assert_eq!(
             parse("/quit bye all"),
             Input::Send(Command::Quit("bye all".into()))
         );
@@ -327,6 +427,12 @@ mod tests {
             "/device remove",
             "/device link now",
             "/device frobnicate",
+            "/ban",
+            "/unban",
+            "/unban two words",
+            "/bans now",
+            "/op",
+            "/deop a b",
         ] {
             assert!(
                 matches!(parse(bad), Input::Error(e) if e.starts_with("usage: ")),

@@ -123,6 +123,11 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
             since_ms,
         } => Words::Info(whois(name, keys, *here, *guest, *since_ms)),
         Event::LinkCode { code, expires_ms } => Words::Info(link_code(code, *expires_ms)),
+        Event::Bans(bans) if bans.is_empty() => Words::Info("bans: none".into()),
+        Event::Bans(bans) => Words::Members {
+            heading: format!("bans ({}):", bans.len()),
+            entries: bans.iter().map(ban).collect(),
+        },
         Event::Devices { name, devices } => Words::Members {
             heading: format!("devices of {} ({}):", s(name), devices.len()),
             entries: devices.iter().map(device).collect(),
@@ -398,6 +403,33 @@ fn device(d: &qchat_proto::DeviceInfo) -> String {
         utc(d.last_ms),
         if d.this { " (this device)" } else { "" }
     )
+}
+
+/// One ban in `/bans`: who, which keys (or which address, until when),
+/// by whom, when, and why.
+fn ban(b: &qchat_proto::BanInfo) -> String {
+    let what = if b.keys.is_empty() {
+        format!(
+            "the guest {}'s address {} until {}",
+            s(&b.name),
+            s(&b.addr),
+            utc(b.until_ms)
+        )
+    } else {
+        let keys: Vec<String> = b
+            .keys
+            .iter()
+            .map(|k| qchat_tls::Fingerprint::from_bytes(*k).canonical())
+            .collect();
+        let noun = if keys.len() == 1 { "key" } else { "keys" };
+        format!("{} ({noun} {})", s(&b.name), keys.join(", "))
+    };
+    let why = if b.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", s(&b.reason))
+    };
+    format!("{what}, banned by {} on {}{why}", s(&b.by), utc(b.at_ms))
 }
 
 /// A server timestamp (ms since the Unix epoch) as a UTC date and time to

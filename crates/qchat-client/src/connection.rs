@@ -138,6 +138,7 @@ impl ConnectError {
                     | RejectReason::NameRegistered
                     | RejectReason::KeyRequired
                     | RejectReason::LinkRefused
+                    | RejectReason::Banned
             ),
             ConnectError::Hello(_) => false,
             _ => true,
@@ -785,6 +786,7 @@ mod tests {
             RejectReason::NameRegistered,
             RejectReason::KeyRequired,
             RejectReason::LinkRefused,
+            RejectReason::Banned,
         ] {
             assert!(rejected(reason).is_fatal(), "{reason:?}");
         }

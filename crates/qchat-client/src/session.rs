@@ -60,6 +60,8 @@ pub enum Command {
         /// The fingerprint the person gave the user out of band.
         fingerprint: qchat_tls::Fingerprint,
     },
+    /// An operator's request: /op, /deop, /ban, /unban, /bans (version 4).
+    Moderate(qchat_proto::ModOp),
     /// Remove a member (operators only).
     Kick {
         /// Who.
@@ -224,6 +226,8 @@ pub enum Event {
         /// Its keys, oldest first.
         devices: Vec<qchat_proto::DeviceInfo>,
     },
+    /// The bans in force, in answer to `/bans`.
+    Bans(Vec<qchat_proto::BanInfo>),
     /// A notice from the server.
     Notice {
         /// The text.
@@ -874,6 +878,22 @@ impl State {
                 .await;
             }
             Some(Command::Device(op)) => ClientMsg::Device { op },
+            Some(Command::Moderate(op)) if self.version < 4 && self.connected => {
+                let reason = format!(
+                    "this server speaks protocol version {}, which has no /{} (version 4 added it)",
+                    self.version,
+                    op.what()
+                );
+                return emit(
+                    events,
+                    Event::Failed {
+                        what: op.what().into(),
+                        reason,
+                    },
+                )
+                .await;
+            }
+            Some(Command::Moderate(op)) => ClientMsg::Moderate { op },
             Some(Command::Kick { name, reason }) => ClientMsg::Kick { name, reason },
             Some(Command::Rebind) => {
                 if let Some(n) = net {
@@ -912,6 +932,7 @@ impl State {
             ClientMsg::Kick { .. } => "kick",
             ClientMsg::Whois { .. } => "whois",
             ClientMsg::Device { .. } => "device",
+            ClientMsg::Moderate { op } => op.what(),
             _ => "who",
         };
         if let Err(e) = msg.check_outgoing() {
@@ -1266,6 +1287,9 @@ impl State {
             },
             ServerMsg::LinkCode { code, expires_ms } => Event::LinkCode { code, expires_ms },
             ServerMsg::Devices { name, devices } => Event::Devices { name, devices },
+            ServerMsg::Bans { bans } => Event::Bans(bans),
+            // Never sent by a server of this build's protocol.
+            ServerMsg::Reserved27 => return None,
             ServerMsg::Notice { text } => Event::Notice { text },
             ServerMsg::Failed { what, reason } => Event::Failed { what, reason },
             ServerMsg::Kicked { by, reason } => {

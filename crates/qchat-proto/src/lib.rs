@@ -24,8 +24,8 @@ pub mod text;
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
-    ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, RejectReason, ResumePoint, ServerMsg,
-    TooLong,
+    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, RejectReason,
+    ResumePoint, ServerMsg, TooLong,
 };
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so

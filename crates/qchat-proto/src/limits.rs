@@ -119,3 +119,8 @@ pub const HISTORY_KEEP: u64 = 100_000;
 
 /// Public messages waiting to be stored before senders wait their turn.
 pub const LOG_QUEUE: usize = 8192;
+
+/// How long banning a guest bans its address: long enough to end a bout of
+/// abuse, short enough that the next person to get the address (a shared
+/// or reassigned one) is not shut out for long.
+pub const GUEST_BAN: Duration = Duration::from_secs(60 * 60);

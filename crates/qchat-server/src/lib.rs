@@ -13,6 +13,7 @@
 //! - [`writer`]: a connection's writer loop, shared with the bench's relay.
 //! - [`store`]: the room log's storage (an embedded file, or memory).
 //! - [`registry`]: names bound to keys (an embedded file, or memory).
+//! - [`moderation`]: operators and bans by key, kept in the registry's file.
 //! - [`log`]: the log's writer task: group commit, then publish.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
@@ -21,6 +22,7 @@ pub mod endpoint;
 pub mod gate;
 pub mod log;
 pub mod metrics;
+pub mod moderation;
 pub mod options;
 pub mod registry;
 pub mod room;

@@ -70,6 +70,22 @@ pub struct ServerOptions {
     pub name_expiry: Duration,
     /// How long a link code from `/device link` works.
     pub link_ttl: Duration,
+    /// Keys that are operators by the server's settings (`--operator`):
+    /// chat can neither take their rights away nor ban them.
+    pub operators: Vec<qchat_tls::Fingerprint>,
+    /// The key of the person running the server, if known: an operator
+    /// wherever it connects from, and never banned.
+    pub host_key: Option<qchat_tls::Fingerprint>,
+    /// How long banning a guest (no key) bans its address.
+    pub guest_ban: Duration,
+}
+
+impl ServerOptions {
+    /// Whether `key` is an operator by the server's settings (the host's
+    /// key or an `--operator` key), which chat cannot change.
+    pub fn fixed_operator(&self, key: qchat_tls::Fingerprint) -> bool {
+        self.host_key == Some(key) || self.operators.contains(&key)
+    }
 }
 
 impl Default for ServerOptions {
@@ -99,6 +115,9 @@ impl Default for ServerOptions {
             keys_required: false,
             name_expiry: limits::NAME_EXPIRY,
             link_ttl: limits::LINK_TTL,
+            operators: Vec::new(),
+            host_key: None,
+            guest_ban: limits::GUEST_BAN,
         }
     }
 }

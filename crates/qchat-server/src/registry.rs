@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use qchat_proto::limits::{LINK_CODES_PER_NAME, LINK_TTL, MAX_KEYS_PER_NAME};
@@ -36,6 +36,8 @@ use qchat_proto::names;
 use qchat_tls::Fingerprint;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::moderation::Moderation;
 
 /// Same-name key → claim (postcard).
 const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("claims");
@@ -162,7 +164,9 @@ struct Maps {
 /// The registered names.
 pub struct Registry {
     maps: Mutex<Maps>,
-    db: Option<(Database, PathBuf)>,
+    db: Option<(Arc<Database>, PathBuf)>,
+    /// Operators and bans, by key, in the same file.
+    moderation: Moderation,
 }
 
 impl Registry {
@@ -174,6 +178,7 @@ impl Registry {
         Registry {
             maps: Mutex::new(Maps::default()),
             db: None,
+            moderation: Moderation::memory(),
         }
     }
 
@@ -200,10 +205,18 @@ impl Registry {
             }
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
+        let db = Arc::new(db);
+        let moderation = Moderation::open(Arc::clone(&db), path.clone())?;
         Ok(Registry {
             maps: Mutex::new(maps),
             db: Some((db, path)),
+            moderation,
         })
+    }
+
+    /// Operators granted in chat and bans, kept beside the claims.
+    pub fn moderation(&self) -> &Moderation {
+        &self.moderation
     }
 
     fn lock(&self) -> MutexGuard<'_, Maps> {

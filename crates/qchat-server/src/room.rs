@@ -297,6 +297,35 @@ impl Room {
             .map(|m| (m.name.clone(), m.peer.key, m.joined.elapsed()))
     }
 
+    /// Member `id`'s name and peer, if it is still here.
+    pub fn peer_of(&self, id: MemberId) -> Option<(String, Peer)> {
+        let st = self.lock();
+        st.members
+            .get(&id)
+            .map(|m| (m.name.clone(), m.peer.clone()))
+    }
+
+    /// The member in the room under `name` (as the same name): its id,
+    /// name and peer.
+    pub fn peer_named(&self, name: &str) -> Option<(MemberId, String, Peer)> {
+        let st = self.lock();
+        let id = *st.by_name.get(&names::fold(name))?;
+        st.members
+            .get(&id)
+            .map(|m| (id, m.name.clone(), m.peer.clone()))
+    }
+
+    /// Gives or takes operator rights to the members in the room with one
+    /// of `keys`, now; the host's own link keeps its rights.
+    pub fn set_operator(&self, keys: &[[u8; 32]], on: bool) {
+        let mut st = self.lock();
+        for m in st.members.values_mut() {
+            if m.peer.addr.is_some() && m.peer.key.is_some_and(|k| keys.contains(k.as_bytes())) {
+                m.peer.operator = on;
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps inconsistent
         // in a way that matters more than stopping the whole room would.
@@ -834,7 +863,11 @@ impl Room {
             self.send_to(
                 &mut st,
                 id,
-                failed("only the server's operator can kick".into()),
+                failed(
+                    "only operators can kick, and you are not one (operators are the host, \
+                     keys the server was started with --operator, and keys an operator gave /op)"
+                        .into(),
+                ),
             );
             return;
         }
@@ -851,6 +884,22 @@ impl Room {
                 &mut st,
                 id,
                 failed("you cannot kick yourself; use /quit".into()),
+            );
+            return;
+        }
+        // Operators at a distance are the host's helpers, not its
+        // replacement: the host's own link (at the server) stays.
+        if st
+            .members
+            .get(&target)
+            .is_some_and(|m| m.peer.operator && m.peer.addr.is_none())
+        {
+            self.send_to(
+                &mut st,
+                id,
+                failed(format!(
+                    "{name} is the host, at the server, and cannot be kicked"
+                )),
             );
             return;
         }
@@ -874,11 +923,29 @@ impl Room {
     /// from its name by `by` — telling them why, as a kick; returns how
     /// many there were.
     pub fn end_key(&self, key: qchat_tls::Fingerprint, by: &str, reason: &str) -> usize {
+        self.end_matching(
+            |p| p.key == Some(key),
+            by,
+            reason,
+            "its device was removed from the name",
+        )
+    }
+
+    /// Ends the sessions of the members whose peer `matches`, telling them
+    /// `reason` from `by` as a kick, and the room `why`; returns how many
+    /// there were.
+    pub fn end_matching(
+        &self,
+        matches: impl Fn(&Peer) -> bool,
+        by: &str,
+        reason: &str,
+        why: &str,
+    ) -> usize {
         let mut st = self.lock();
         let ids: Vec<MemberId> = st
             .members
             .iter()
-            .filter(|(_, m)| m.peer.key == Some(key))
+            .filter(|(_, m)| matches(&m.peer))
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
@@ -890,12 +957,7 @@ impl Room {
             if let Some(m) = st.members.get(id) {
                 let _ = m.outbox.try_send(frame);
             }
-            self.end(
-                &mut st,
-                *id,
-                CloseCode::Kicked,
-                "its device was removed from the name",
-            );
+            self.end(&mut st, *id, CloseCode::Kicked, why);
         }
         ids.len()
     }
@@ -1392,6 +1454,23 @@ pub(crate) mod tests {
             .iter()
             .any(|m| matches!(m, ServerMsg::Left { name, reason } if name == "b" && reason.contains("spam"))));
         assert_eq!(r.len(), 2);
+        // An operator over the network (an --operator or /op key) kicks
+        // members, but not the host at the server.
+        let (tx, mut rr) = mpsc::channel(64);
+        let remote = Peer {
+            operator: true,
+            addr: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..peer(false)
+        };
+        let remote = r
+            .join("remote", tx, Ending::new(), remote, None)
+            .expect("joins");
+        r.kick(remote.id, "op", "coup");
+        assert!(drain(&mut rr)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::Failed { reason, .. } if reason.contains("the host"))));
+        r.kick(remote.id, "c", "spam");
+        assert_eq!(ending_c.get().map(|e| e.0), Some(CloseCode::Kicked));
     }
 
     #[test]

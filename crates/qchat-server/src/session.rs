@@ -281,9 +281,11 @@ where
         return Box::pin(reject(&mut send, RejectReason::UnsupportedVersion, detail)).await;
     }
 
+    let operator = peer.operator || crate::moderation::is_operator(room, options, peer.key);
     let peer = Peer {
         version: version.min(PROTOCOL_VERSION),
         instance,
+        operator,
         ..peer
     };
     let key = peer.key;
@@ -403,6 +405,7 @@ async fn admit(
 ) -> Result<Option<Claimed>, Rejection> {
     // An invalid name is the room's to refuse, with its own reason; it is
     // never claimed.
+    crate::moderation::check_banned(room, peer)?;
     if qchat_proto::names::validate(name).is_err() {
         return Ok(None);
     }
@@ -781,9 +784,14 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
             Err(SessionError::Protocol("second hello"))
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
-        ClientMsg::Whois { .. } | ClientMsg::Device { .. } if version < 4 => Err(
-            SessionError::Protocol("message kind not in the negotiated version"),
-        ),
+        ClientMsg::Reserved12 => Err(SessionError::Protocol("a reserved message kind")),
+        ClientMsg::Whois { .. } | ClientMsg::Device { .. } | ClientMsg::Moderate { .. }
+            if version < 4 =>
+        {
+            Err(SessionError::Protocol(
+                "message kind not in the negotiated version",
+            ))
+        }
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
         )),
@@ -826,6 +834,7 @@ async fn handle(
         ClientMsg::Nick { name } => nick(id, &name, room, options).await,
         ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Device { op } => device(id, op, room, options).await,
+        ClientMsg::Moderate { op } => crate::moderation::handle(id, op, room, options).await,
         ClientMsg::Who => room.who(id),
         ClientMsg::Kick { name, mut reason } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
@@ -836,7 +845,10 @@ async fn handle(
             return Some(reason);
         }
         // Refused by check_kind before it gets here.
-        ClientMsg::Hello { .. } | ClientMsg::HelloV3 { .. } | ClientMsg::HelloLink { .. } => {}
+        ClientMsg::Hello { .. }
+        | ClientMsg::HelloV3 { .. }
+        | ClientMsg::HelloLink { .. }
+        | ClientMsg::Reserved12 => {}
     }
     None
 }

@@ -1145,3 +1145,52 @@ async fn a_linked_device_takes_the_name_over_and_the_code_is_used_up() {
         "{failed:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_banned_key_and_a_banned_guest_address_are_refused_at_the_hello() {
+    use crate::moderation::{AddrBan, Entry};
+    let s = server(ServerOptions::default());
+    let m = s.room.registry().moderation();
+    m.ban(Entry {
+        name: "mallory".into(),
+        keys: vec![[9; 32]],
+        by: "carol".into(),
+        at_ms: 0,
+        reason: "spam".into(),
+    })
+    .expect("ban");
+    m.ban_addr(AddrBan {
+        name: "gus".into(),
+        addr: std::net::IpAddr::from([192, 0, 2, 7]),
+        by: "carol".into(),
+        at_ms: 0,
+        until_ms: u64::MAX,
+        reason: "flood".into(),
+    });
+    // The key, under a name it never used: refused for the key's sake.
+    match hello_from(&s, from_afar(Some(9)), "newname").await {
+        Some(ServerMsg::Rejected { reason, detail }) => {
+            assert_eq!(reason, qchat_proto::RejectReason::Banned, "{detail}");
+            assert!(
+                detail.contains("by carol") && detail.contains("spam"),
+                "{detail}"
+            );
+        }
+        other => panic!("a banned key got in: {other:?}"),
+    }
+    match hello_from(&s, from_afar(None), "gus2").await {
+        Some(ServerMsg::Rejected { reason, detail }) => {
+            assert_eq!(reason, qchat_proto::RejectReason::Banned, "{detail}");
+            assert!(
+                detail.contains("address") && detail.contains("flood"),
+                "{detail}"
+            );
+        }
+        other => panic!("a guest from a banned address got in: {other:?}"),
+    }
+    // A key from the same address is judged by its key.
+    assert!(matches!(
+        hello_from(&s, from_afar(Some(1)), "alice").await,
+        Some(ServerMsg::Welcome { .. })
+    ));
+}

@@ -23,14 +23,15 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
         return run_with_ui(args, server_events);
     }
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
-    let options = server_options(&args)?;
+    let mut options = server_options(&args)?;
     let operator = operator_name(&args)?;
     // The host sits in the room as a person: with their own key, so their
-    // name is theirs as anyone's is.
+    // name is theirs as anyone's is, and that key is an operator's.
     let host_key = match &operator {
         Some(_) => Some(super::my_identity()?.fingerprint),
         None => None,
     };
+    options.host_key = host_key;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let (endpoint, local, server) = start(&identity, options, args).await?;
@@ -298,6 +299,8 @@ fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
         keys_required: args.keys_required,
         name_expiry: args.name_expiry.0,
         link_ttl: args.link_ttl.0,
+        operators: args.operators.clone(),
+        guest_ban: args.guest_ban.0,
         ..ServerOptions::default()
     };
     Ok(args.limits.apply(base)?)
@@ -326,7 +329,10 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     args.name = Some(name.clone());
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
     let host_key = super::my_identity()?.fingerprint;
-    let options = server_options(&args)?;
+    let options = ServerOptions {
+        host_key: Some(host_key),
+        ..server_options(&args)?
+    };
     let bell = !args.no_bell;
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {

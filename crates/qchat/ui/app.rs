@@ -311,7 +311,10 @@ impl App {
             Event::Members(members) => {
                 self.members = members.iter().map(|m| m.name.clone()).collect();
             }
-            Event::Whois { .. } | Event::LinkCode { .. } | Event::Devices { .. } => {}
+            Event::Whois { .. }
+            | Event::LinkCode { .. }
+            | Event::Devices { .. }
+            | Event::Bans(_) => {}
             Event::Kicked { by, reason } => self.conn = Conn::Closing(wording::kicked(by, reason)),
             Event::ShuttingDown { reason, back } => {
                 let words = wording::shutting_down(reason, *back);
