@@ -123,7 +123,21 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                 },
                 (None, false) => Greeting::V2,
             };
-            match qchat_client::join_as(conn.clone(), &name, &greeting).await {
+            let joined = qchat_client::join_as(conn.clone(), &name, &greeting).await;
+            if joined.is_err() {
+                // Said goodbye at once: a refused hello whose connection
+                // is merely dropped keeps the server waiting for an
+                // acknowledgement that never comes, and holds one of this
+                // address's few slots for connections not yet in the room
+                // meanwhile — a user retrying a name would be refused.
+                conn.close(qchat_proto::CloseCode::Normal.code().into(), b"");
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(500),
+                    endpoint.wait_idle(),
+                )
+                .await;
+            }
+            match joined {
                 Ok(joined) => break (joined, trust, fingerprint),
                 Err(e) if args.link.is_some() && e.wants_older_protocol() => {
                     bail!(
@@ -143,7 +157,6 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                     detail,
                 })) if asked && interactive => {
                     eprintln!("{}", qchat_proto::text::sanitize(&detail));
-                    conn.close(0u32.into(), b"");
                     name = tokio::task::spawn_blocking(crate::prompt::ask_name)
                         .await
                         .context("the name prompt failed")??;
