@@ -313,6 +313,29 @@ fn parse_fingerprint(s: &str) -> Result<qchat_tls::Fingerprint, String> {
 
 /// As [`parse_age`], and `0` too: codes expired the moment they are made,
 /// so a test sees the refusal without waiting on a clock.
+/// A link code as `/device link` printed it, in any case, with or without
+/// its dashes and spaces: checked here so that a mistyped code is a clear
+/// error before connecting rather than a refusal from the server (or, for
+/// a long paste, a frame the server will not read).
+fn parse_link_code(s: &str) -> Result<String, String> {
+    let letters: Vec<char> = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect();
+    let alphabet_ok = letters
+        .iter()
+        .all(|c| c.is_ascii() && limits::LINK_CODE_ALPHABET.contains(&(*c as u8)));
+    if letters.len() == limits::LINK_CODE_LETTERS && alphabet_ok {
+        Ok(s.trim().to_string())
+    } else {
+        Err(format!(
+            "a link code is {} letters a–z and digits 2–7, in groups of four as `/device link` printed it (like abcd-efgh-ijkl-mnop)",
+            limits::LINK_CODE_LETTERS
+        ))
+    }
+}
+
 fn parse_link_ttl(s: &str) -> Result<Age, String> {
     match s.trim() {
         "0" | "0s" => Ok(Age(Duration::ZERO)),
@@ -507,7 +530,7 @@ pub struct ConnectArgs {
     /// Join the registered name given with --name as a new device of it:
     /// CODE is the one-time link code `/device link` printed on a device
     /// that already has the name.
-    #[arg(long, value_name = "CODE", conflicts_with = "guest", requires = "name")]
+    #[arg(long, value_name = "CODE", conflicts_with = "guest", requires = "name", value_parser = parse_link_code)]
     pub link: Option<String>,
 }
 
@@ -649,5 +672,24 @@ mod tests {
             Ok("[::]:9464".parse().expect("an address"))
         );
         assert!(parse_metrics_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn a_link_code_is_checked_before_connecting() {
+        for ok in ["abcd-efgh-ijkl-mnop", "ABCD EFGH IJKL MNOP", "abcdefghijkl2345"] {
+            assert!(parse_link_code(ok).is_ok(), "{ok}");
+        }
+        // One letter short, one too many, a digit base32 lacks, a long paste.
+        let long = "a".repeat(20_000);
+        for bad in [
+            "abcd-efgh-ijkl-mno",
+            "abcd-efgh-ijkl-mnopq",
+            "abcd-efgh-ijkl-mn0p",
+            "",
+            long.as_str(),
+        ] {
+            let e = parse_link_code(bad).expect_err(bad);
+            assert!(e.contains("16 letters"), "{e}");
+        }
     }
 }

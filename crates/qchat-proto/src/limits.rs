@@ -114,6 +114,15 @@ pub const LINK_TTL: Duration = Duration::from_secs(10 * 60);
 /// until one is used or expires.
 pub const LINK_CODES_PER_NAME: usize = 3;
 
+/// Letters in a link code (lowercase base32, 5 bits each: 80 bits from the
+/// OS CSPRNG, far beyond what guessing at any connection rate reaches in a
+/// code's lifetime). Shown in groups of four joined by `-`.
+pub const LINK_CODE_LETTERS: usize = 16;
+
+/// The letters a link code is made of: RFC 4648 base32 in lowercase, which
+/// has no 0, 1 or 8 to mistake for o, l or b.
+pub const LINK_CODE_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
 /// Public messages the server's room log keeps; older ones are deleted.
 pub const HISTORY_KEEP: u64 = 100_000;
 

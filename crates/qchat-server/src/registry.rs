@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use qchat_proto::limits::{LINK_CODES_PER_NAME, LINK_TTL, MAX_KEYS_PER_NAME};
+use qchat_proto::limits::{
+    LINK_CODES_PER_NAME, LINK_CODE_ALPHABET as CODE_ALPHABET, LINK_CODE_LETTERS as CODE_CHARS,
+    LINK_TTL, MAX_KEYS_PER_NAME,
+};
 use qchat_proto::names;
 use qchat_tls::Fingerprint;
 use redb::{Database, ReadableTable, TableDefinition};
@@ -598,14 +601,6 @@ impl Registry {
         tx.commit().map_err(|e| err(e.to_string()))
     }
 }
-
-/// Link code letters: lowercase base32 (RFC 4648), which has no 0/1/8 to
-/// mistake for o/l/b.
-const CODE_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-
-/// Characters in a link code: 16 × 5 bits = 80 bits from the OS CSPRNG,
-/// far beyond what guessing at any connection rate reaches in a lifetime.
-const CODE_CHARS: usize = 16;
 
 /// A new code, in groups of four joined by `-`, easy to read and type.
 fn fresh_code() -> Result<String, getrandom::Error> {
