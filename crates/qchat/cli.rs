@@ -676,7 +676,11 @@ mod tests {
 
     #[test]
     fn a_link_code_is_checked_before_connecting() {
-        for ok in ["abcd-efgh-ijkl-mnop", "ABCD EFGH IJKL MNOP", "abcdefghijkl2345"] {
+        for ok in [
+            "abcd-efgh-ijkl-mnop",
+            "ABCD EFGH IJKL MNOP",
+            "abcdefghijkl2345",
+        ] {
             assert!(parse_link_code(ok).is_ok(), "{ok}");
         }
         // One letter short, one too many, a digit base32 lacks, a long paste.

@@ -9,6 +9,7 @@
 
 use qchat_client::people::Marks;
 use qchat_client::{ConnectionState, Event, TrustState};
+use qchat_proto::clock::utc_minute;
 use qchat_proto::text::sanitize;
 use qchat_proto::MemberInfo;
 
@@ -361,7 +362,7 @@ pub fn whois(
     guest: bool,
     since_ms: u64,
 ) -> String {
-    let since = utc(since_ms);
+    let since = utc_minute(since_ms);
     let presence = if here { "here now" } else { "not here now" };
     if guest || keys.is_empty() {
         return format!(
@@ -387,7 +388,7 @@ pub fn link_code(code: &str, expires_ms: u64) -> String {
     format!(
         "link code: {code} (one use, until {}; on the new device: qchat connect HOST --name NAME --link {code}; \
          anyone with it can add a key to your name until then, so pass it on only to yourself)",
-        utc(expires_ms)
+        utc_minute(expires_ms)
     )
 }
 
@@ -399,8 +400,8 @@ fn device(d: &qchat_proto::DeviceInfo) -> String {
         "{} (read aloud: {}) added {}, last seen {}{}",
         fp.canonical(),
         fp.read_aloud(),
-        utc(d.added_ms),
-        utc(d.last_ms),
+        utc_minute(d.added_ms),
+        utc_minute(d.last_ms),
         if d.this { " (this device)" } else { "" }
     )
 }
@@ -413,7 +414,7 @@ fn ban(b: &qchat_proto::BanInfo) -> String {
             "the guest {}'s address {} until {}",
             s(&b.name),
             s(&b.addr),
-            utc(b.until_ms)
+            utc_minute(b.until_ms)
         )
     } else {
         let keys: Vec<String> = b
@@ -429,18 +430,11 @@ fn ban(b: &qchat_proto::BanInfo) -> String {
     } else {
         format!(": {}", s(&b.reason))
     };
-    format!("{what}, banned by {} on {}{why}", s(&b.by), utc(b.at_ms))
-}
-
-/// A server timestamp (ms since the Unix epoch) as a UTC date and time to
-/// the minute.
-fn utc(ms: u64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    i128::from(ms)
-        .checked_mul(1_000_000)
-        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| "an unknown time".into())
+    format!(
+        "{what}, banned by {} on {}{why}",
+        s(&b.by),
+        utc_minute(b.at_ms)
+    )
 }
 
 /// "5m", "2h", "12s": how long someone has been here.

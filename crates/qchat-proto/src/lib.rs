@@ -13,6 +13,7 @@
 //! - [`text`]: neutralising network text before it reaches a terminal.
 //! - [`limits`]: the defaults every limit starts from.
 
+pub mod clock;
 pub mod close;
 pub mod frame;
 pub mod limits;

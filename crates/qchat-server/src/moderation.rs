@@ -19,11 +19,12 @@
 //! reassigned, so a lasting address ban would shut out the wrong people,
 //! and a restart forgetting one costs only banning again.
 
+use qchat_proto::clock::{now_ms, utc_minute};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use qchat_proto::{names, BanInfo, ModOp, RejectReason, ServerMsg};
 use qchat_tls::Fingerprint;
@@ -342,7 +343,7 @@ pub(crate) fn check_banned(room: &Room, peer: &Peer) -> Result<(), Rejection> {
                 "your key is banned from this server: banned as {:?} by {} on {}{}",
                 e.name,
                 e.by,
-                utc(e.at_ms),
+                utc_minute(e.at_ms),
                 because(&e.reason)
             ))),
             None => Ok(()),
@@ -351,10 +352,10 @@ pub(crate) fn check_banned(room: &Room, peer: &Peer) -> Result<(), Rejection> {
     match addr_of(peer).and_then(|a| m.banned_addr(a, now_ms())) {
         Some(b) => Err(banned(format!(
             "your address is banned from this server until {}: the guest {:?} was banned from it by {} on {}{}",
-            utc(b.until_ms),
+            utc_minute(b.until_ms),
             b.name,
             b.by,
-            utc(b.at_ms),
+            utc_minute(b.at_ms),
             because(&b.reason)
         ))),
         None => Ok(()),
@@ -586,7 +587,7 @@ async fn ban(
             Ok(notice(format!(
                 "banned the guest {name}'s address {addr} until {} (guests have no key; the address \
                  ban lasts {} and is forgotten at a restart){}",
-                utc(until_ms),
+                utc_minute(until_ms),
                 humanize(options.guest_ban),
                 because(reason)
             )))
@@ -695,23 +696,6 @@ fn humanize(d: Duration) -> String {
         s if s % 60 == 0 && s > 0 => format!("{} minutes", s / 60),
         s => format!("{s} seconds"),
     }
-}
-
-/// A time for a refusal or a notice: a UTC date and time to the minute.
-fn utc(ms: u64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    i128::from(ms)
-        .checked_mul(1_000_000)
-        .and_then(|ns| time::OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| "an unknown time".into())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -26,10 +26,11 @@
 //! is committed before it is acted on. The reverse index is rebuilt from
 //! the claims when the file is opened, so the two cannot disagree on disk.
 
+use qchat_proto::clock::now_ms;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use qchat_proto::limits::{
     LINK_CODES_PER_NAME, LINK_CODE_ALPHABET as CODE_ALPHABET, LINK_CODE_LETTERS as CODE_CHARS,
@@ -655,13 +656,6 @@ pub fn registered(wanted: &str, holder: &str) -> String {
              (Unicode's confusable look-alikes, fullwidth forms and the like count as the same name)"
         )
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -16,10 +16,11 @@
 //! everything up to that id comes from the log and everything after it
 //! arrives live, with no gap and no duplicate.
 
+use qchat_proto::clock::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use qchat_proto::message::LiveChat;
@@ -1201,13 +1202,6 @@ fn taken(st: &State, key: &str, except: Option<MemberId>) -> Option<String> {
         .and_then(|id| st.members.get(id))
         .map(|m| m.name.clone())
         .or_else(|| st.ghosts.get(key).map(|g| g.name.clone()))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! and updates the scrollback, the member list, the input line and the
 //! queue of commands for the network task. Rendering only reads this.
 
+use qchat_proto::clock::now_ms;
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossterm::event::{
     Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
@@ -132,13 +132,6 @@ const CONNECTED: ConnectionState = ConnectionState::Connected {
     replayed: 0,
     missed: 0,
 };
-
-/// Now, in ms since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// Whether `text` mentions `name` as a word, compared as names are.
 pub fn mentions(text: &str, name: &str) -> bool {
