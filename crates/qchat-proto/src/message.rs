@@ -116,6 +116,37 @@ pub enum ClientMsg {
         /// What to do.
         op: DeviceOp,
     },
+    /// 12: reserved for a kind of a parallel change (a server treats it as
+    /// a protocol error).
+    #[doc(hidden)]
+    Reserved12,
+    /// 13: reserved, as 12.
+    #[doc(hidden)]
+    Reserved13,
+    /// 14: reserved, as 12.
+    #[doc(hidden)]
+    Reserved14,
+    /// 15 (version 4): a public line or action signed by the sender's key,
+    /// instead of `Say`/`Action`; sent only to a server that speaks version
+    /// 4 or later, by a client that presented a key. The server checks that
+    /// `key` is the key of the connection's certificate and that `sig` is
+    /// [`crate::signed::SIGNATURE_LEN`] bytes, stores the proof with the
+    /// message and forwards it; it does not verify the signature (each
+    /// recipient does).
+    Signed {
+        /// As for `Say`.
+        seq: u64,
+        /// The text.
+        text: String,
+        /// Whether it is an action (`/me`).
+        action: bool,
+        /// The sender's clock when it wrote the line, ms since the epoch.
+        sent_ms: u64,
+        /// The sender's raw Ed25519 public key (32 bytes).
+        key: [u8; 32],
+        /// The Ed25519 signature over [`crate::signed::Signed::bytes`].
+        sig: Vec<u8>,
+    },
 }
 
 /// What [`ClientMsg::Device`] asks for.
@@ -408,6 +439,67 @@ pub enum ServerMsg {
         /// Its keys, oldest first.
         devices: Vec<DeviceInfo>,
     },
+    /// 27: reserved for a kind of a parallel change (a client skips it).
+    #[doc(hidden)]
+    Reserved27,
+    /// 28: reserved, as 27.
+    #[doc(hidden)]
+    Reserved28,
+    /// 29: reserved, as 27.
+    #[doc(hidden)]
+    Reserved29,
+    /// 30 (version 4): a signed public message, live (instead of `ChatV3`
+    /// for members that speak version 4).
+    ChatSigned {
+        /// Its id in the log.
+        id: u64,
+        /// The sender's name.
+        from: String,
+        /// The text.
+        text: String,
+        /// When the server received it, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it is an action (`/me`).
+        action: bool,
+        /// What the sender signed it with.
+        proof: Proof,
+    },
+    /// 31 (version 4): a signed public message replayed after the welcome
+    /// (instead of `HistoryV3`).
+    HistorySigned {
+        /// Its id in the log.
+        id: u64,
+        /// The sender's name at the time.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it was an action.
+        action: bool,
+        /// What the sender signed it with.
+        proof: Proof,
+    },
+}
+
+/// A sender's signature over a message, as the server stores and forwards
+/// it: with the fields of [`crate::signed::Signed`] that are not in the
+/// message itself, and the key to check it with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct Proof {
+    /// The sender's instance id.
+    pub instance: [u8; 16],
+    /// The sender's number for the message.
+    pub seq: u64,
+    /// The sender's clock, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// The sender's raw Ed25519 public key; its fingerprint (SHA-256 of
+    /// its SubjectPublicKeyInfo) is the key the server bound the sender's
+    /// name to.
+    pub key: [u8; 32],
+    /// The signature ([`crate::signed::SIGNATURE_LEN`] bytes).
+    pub sig: Vec<u8>,
 }
 
 /// Where a resuming client left off.
@@ -499,6 +591,11 @@ impl From<RejectReason> for u32 {
     }
 }
 
+/// The most bytes a `Signed` adds to its text beyond what a `Say` does:
+/// the action flag, the clock (a varint), the key and the signature with
+/// its length.
+const SIGNED_EXTRA: usize = 1 + 10 + 32 + 1 + crate::signed::SIGNATURE_LEN;
+
 /// A message too long to send: the client refuses it instead of letting the
 /// server end the connection over it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -564,6 +661,9 @@ impl ClientMsg {
             ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
             ClientMsg::Device { .. } => 0,
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
+            // The proof's fields take room in the frame like text would.
+            ClientMsg::Signed { text, .. } => text.len() + SIGNED_EXTRA,
+            ClientMsg::Reserved12 | ClientMsg::Reserved13 | ClientMsg::Reserved14 => 0,
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
             ClientMsg::Nick { name } => name.len(),
@@ -584,7 +684,8 @@ impl ClientMsg {
         match self {
             ClientMsg::Say { seq, .. }
             | ClientMsg::Action { seq, .. }
-            | ClientMsg::Private { seq, .. } => Some(*seq),
+            | ClientMsg::Private { seq, .. }
+            | ClientMsg::Signed { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -735,10 +836,10 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[27]), Err(DecodeError::UnknownKind(27)));
+        assert_eq!(ServerMsg::decode(&[32]), Err(DecodeError::UnknownKind(32)));
         assert_eq!(
-            ClientMsg::decode(&[12, 0]),
-            Err(DecodeError::UnknownKind(12))
+            ClientMsg::decode(&[16, 0]),
+            Err(DecodeError::UnknownKind(16))
         );
     }
 
@@ -817,6 +918,14 @@ mod tests {
             ClientMsg::Kick {
                 name: name.clone(),
                 reason: "x".repeat(MAX_SEND_BYTES - name.len()),
+            },
+            ClientMsg::Signed {
+                seq: u64::MAX,
+                text: "x".repeat(MAX_SEND_BYTES - SIGNED_EXTRA),
+                action: true,
+                sent_ms: u64::MAX,
+                key: [0xff; 32],
+                sig: vec![0xff; crate::signed::SIGNATURE_LEN],
             },
         ];
         for m in fits {
