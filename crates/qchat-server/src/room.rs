@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::registry::Registry;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
+use qchat_proto::Proof;
 
 /// Private message keys remembered per client instance for deduplication:
 /// a client re-sends only what was unacknowledged when its connection
@@ -444,8 +445,18 @@ impl Room {
         // room.
         let _ = outbox.try_send(welcome.to_frame());
         let count = replay.len() as u64;
+        let signed = peer.version >= 4;
         for e in replay {
-            let msg = if v3 {
+            let msg = if let (true, Some(proof)) = (signed, e.proof) {
+                ServerMsg::HistorySigned {
+                    id: e.id,
+                    from: e.from,
+                    text: e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                    proof: *proof,
+                }
+            } else if v3 {
                 ServerMsg::HistoryV3 {
                     id: e.id,
                     from: e.from,
@@ -529,7 +540,14 @@ impl Room {
     /// Takes a public message (or action) from `id` for the log; the log's
     /// writer stores it, then [`Room::publish`] shows it. `None` if the
     /// member is gone.
-    pub fn submit(&self, id: MemberId, seq: u64, text: String, action: bool) -> Option<Pending> {
+    pub fn submit(
+        &self,
+        id: MemberId,
+        seq: u64,
+        text: String,
+        action: bool,
+        proof: Option<Box<Proof>>,
+    ) -> Option<Pending> {
         let st = self.lock();
         let m = st.members.get(&id)?;
         Some(Pending {
@@ -541,8 +559,17 @@ impl Room {
                 text,
                 time_ms: now_ms(),
                 action,
+                proof,
             },
         })
+    }
+
+    /// The key member `id` proved in its handshake, and its instance: what
+    /// a signed message from it must name.
+    pub fn signer(&self, id: MemberId) -> Option<(qchat_tls::Fingerprint, [u8; 16])> {
+        let st = self.lock();
+        let peer = &st.members.get(&id)?.peer;
+        Some((peer.key?, peer.instance?))
     }
 
     /// The queue to the log's writer.
@@ -603,6 +630,7 @@ impl Room {
                             text,
                             time_ms,
                             action,
+                            proof,
                             ..
                         } = p.entry;
                         st.recent.push_back(Entry {
@@ -611,6 +639,7 @@ impl Room {
                             text,
                             time_ms,
                             action,
+                            proof,
                         });
                     }
                     let ack = match author_v3 {
@@ -649,11 +678,29 @@ impl Room {
             time_ms: e.time_ms,
             action: e.action,
         };
+        // Members that speak version 4 get a signed message's proof; it is
+        // encoded once, like the other forms.
+        let mut signed_frame: Option<Bytes> = None;
         for (mid, m) in &st.members {
             if *mid == author || (instance.is_some() && m.peer.instance == instance) {
                 continue;
             }
-            let frame = frames.encoded(m.v3(), |v3| live.to_frame(v3));
+            let frame = match &e.proof {
+                Some(proof) if m.peer.version >= 4 => signed_frame
+                    .get_or_insert_with(|| {
+                        ServerMsg::ChatSigned {
+                            id,
+                            from: e.from.clone(),
+                            text: e.text.clone(),
+                            time_ms: e.time_ms,
+                            action: e.action,
+                            proof: (**proof).clone(),
+                        }
+                        .to_frame()
+                    })
+                    .clone(),
+                _ => frames.encoded(m.v3(), |v3| live.to_frame(v3)),
+            };
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
             } else {
@@ -1171,7 +1218,7 @@ pub(crate) mod tests {
     impl TestRoom {
         /// Says something and lets the log's writer store and publish it.
         fn say(&mut self, id: MemberId, seq: u64, text: String, action: bool) {
-            if let Some(p) = self.room.submit(id, seq, text, action) {
+            if let Some(p) = self.room.submit(id, seq, text, action, None) {
                 self.room
                     .log_queue()
                     .try_send(LogItem::Message(p))
@@ -1464,14 +1511,14 @@ pub(crate) mod tests {
                     0 => {
                         let seq = next_seq;
                         next_seq += 1;
-                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false, None) {
                             r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
                         }
                     }
                     // A re-send of an earlier message.
                     1 if next_seq > 1 => {
                         let seq = next_seq / 2;
-                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false, None) {
                             r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
                         }
                     }
