@@ -11,8 +11,10 @@
 //!
 //! What the mark proves: the server says the name's keys are exactly the
 //! set the user checked with that person. The server also decides which
-//! name a line carries, so a dishonest server can still put words under a
-//! verified name until messages are signed.
+//! name a line carries, so the lines are checked too: a public line under
+//! a contact's name is shown as theirs only if it is signed by one of the
+//! keys the user verified, and otherwise as [`Event::Forged`] (private
+//! messages are not signed yet and pass as they come).
 //!
 //! No request storm: it asks only about names that are contacts, only when
 //! they appear (the roster at each join, a join, a rename), never twice at
@@ -243,10 +245,43 @@ impl Watch {
                 }
                 return steps;
             }
+            Event::Signed { .. } => {
+                steps.push(Step::Show(self.judge_line(ev)));
+                return steps;
+            }
+            Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. }
+                if self.contact(from).is_some() =>
+            {
+                steps.push(Step::Show(forged(ev, true)));
+                return steps;
+            }
             _ => {}
         }
         steps.push(Step::Show(ev));
         steps
+    }
+
+    /// A signed line: the line itself if it is provably its sender's, or
+    /// the same line as [`Event::Forged`]. A contact's line must be signed
+    /// by one of the keys the user verified for it (not merely by a key
+    /// the server says the name has: that is the server's word); anyone
+    /// else's only needs a signature that verifies under the key it names.
+    fn judge_line(&self, ev: Event) -> Event {
+        let Event::Signed { line, key, valid } = ev else {
+            return ev;
+        };
+        let from = match &*line {
+            Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. } => {
+                from.as_str()
+            }
+            _ => return *line,
+        };
+        match self.contact(from) {
+            Some(c) if valid && c.keys.contains(&key) => *line,
+            Some(_) => forged(*line, true),
+            None if valid => *line,
+            None => forged(*line, false),
+        }
     }
 
     /// The contact from [`Step::Save`] was stored (`Ok` with the contact it
@@ -373,6 +408,47 @@ impl Watch {
                 guest,
             }));
         }
+    }
+}
+
+/// `line` as a line that is not provably its sender's.
+fn forged(line: Event, contact: bool) -> Event {
+    match line {
+        Event::Chat {
+            from,
+            text,
+            time_ms,
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action: false,
+            contact,
+        },
+        Event::Action {
+            from,
+            text,
+            time_ms,
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action: true,
+            contact,
+        },
+        Event::History {
+            from,
+            text,
+            time_ms,
+            action,
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action,
+            contact,
+        },
+        other => other,
     }
 }
 

@@ -292,6 +292,36 @@ pub enum Event {
         /// Whether a guest (no key) holds the name now.
         guest: bool,
     },
+    /// From the network task: a line (a [`Event::Chat`], [`Event::Action`]
+    /// or [`Event::History`]) that came with its sender's signature, and
+    /// what checking it found. The contacts layer ([`crate::people`])
+    /// turns it into the line itself or into [`Event::Forged`]; an
+    /// interface never sees it.
+    Signed {
+        /// The line.
+        line: Box<Event>,
+        /// The fingerprint of the key the signature names.
+        key: qchat_tls::Fingerprint,
+        /// Whether the signature verifies under that key.
+        valid: bool,
+    },
+    /// From the contacts layer: a line under `from` that is not provably
+    /// theirs — for a verified contact, unsigned, signed by a key that is
+    /// not one the user verified, or with a signature that does not
+    /// verify; for anyone else, with a signature that does not verify.
+    Forged {
+        /// The name the line claims.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time.
+        time_ms: u64,
+        /// Whether it is an action.
+        action: bool,
+        /// Whether `from` is a verified contact (the line is shown as
+        /// forged) or not (shown as unverified).
+        contact: bool,
+    },
     /// Another member's connection dropped; the server holds its name for
     /// its reconnect.
     MemberReconnecting {
@@ -303,6 +333,30 @@ pub enum Event {
         /// Their name.
         name: String,
     },
+}
+
+/// A signed line with what checking its signature found.
+fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
+    let text = match &line {
+        Event::Chat { text, .. } | Event::Action { text, .. } | Event::History { text, .. } => {
+            text.as_str()
+        }
+        _ => "",
+    };
+    let signed = qchat_proto::signed::Signed {
+        kind: qchat_proto::signed::SignedKind::public(action),
+        to: "",
+        text,
+        instance: proof.instance,
+        seq: proof.seq,
+        sent_ms: proof.sent_ms,
+    };
+    let valid = qchat_tls::signing::verify(&proof.key, &signed.bytes(), &proof.sig);
+    Event::Signed {
+        line: Box::new(line),
+        key: qchat_tls::signing::fingerprint(&proof.key),
+        valid,
+    }
 }
 
 /// How the session ended.
@@ -434,6 +488,18 @@ pub struct Network {
     pub name: String,
     /// The room at the first join.
     pub members: Vec<String>,
+    /// Signs our public lines, if we have a key (`None`: a guest).
+    pub signing: Option<Signing>,
+}
+
+/// What a client signs its lines with.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    /// The person key.
+    pub signer: std::sync::Arc<qchat_tls::signing::Signer>,
+    /// The instance id of the hello, which with each line's number is
+    /// part of what is signed.
+    pub instance: [u8; 16],
 }
 
 /// Silence after which the server counts as not answering: with a
@@ -602,6 +668,8 @@ struct State {
     v3: bool,
     /// The protocol version the server speaks on this connection.
     version: u32,
+    /// Signs our public lines to a server that speaks version 4.
+    signing: Option<Signing>,
     /// Our name as the server knows it.
     name: String,
     /// Liveness: the datagram count last seen and when it last grew.
@@ -629,6 +697,7 @@ impl State {
             pacer: Pacer::unlimited(),
             v3: false,
             version: 0,
+            signing: net.and_then(|n| n.signing.clone()),
             name: net.map(|n| n.name.clone()).unwrap_or_default(),
             rx_datagrams: 0,
             heard_at: Instant::now(),
@@ -827,14 +896,8 @@ impl State {
         net: Option<&mut Network>,
     ) -> Result<(), Gone> {
         let msg = match cmd {
-            Some(Command::Say(text)) => ClientMsg::Say {
-                seq: self.seq(),
-                text,
-            },
-            Some(Command::Action(text)) => ClientMsg::Action {
-                seq: self.seq(),
-                text,
-            },
+            Some(Command::Say(text)) => self.public(text, false),
+            Some(Command::Action(text)) => self.public(text, true),
             Some(Command::Private { to, text }) => ClientMsg::Private {
                 seq: self.seq(),
                 to,
@@ -1125,10 +1188,90 @@ impl State {
         }
     }
 
+    /// A public line, signed when the server speaks version 4 and we have
+    /// a key.
+    fn public(&mut self, text: String, action: bool) -> ClientMsg {
+        let seq = self.seq();
+        match &self.signing {
+            Some(s) if self.version >= 4 => {
+                let sent_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let signed = qchat_proto::signed::Signed {
+                    kind: qchat_proto::signed::SignedKind::public(action),
+                    to: "",
+                    text: &text,
+                    instance: s.instance,
+                    seq,
+                    sent_ms,
+                };
+                let sig = s.signer.sign(&signed.bytes());
+                ClientMsg::Signed {
+                    seq,
+                    text,
+                    action,
+                    sent_ms,
+                    key: s.signer.public_key(),
+                    sig,
+                }
+            }
+            _ if action => ClientMsg::Action { seq, text },
+            _ => ClientMsg::Say { seq, text },
+        }
+    }
+
     /// The event, if any, for one message from the server: never more than
     /// one, so no `Vec` is allocated per message received.
     fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Option<Event> {
         let ev = match msg {
+            ServerMsg::ChatSigned {
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+                proof,
+            } => {
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
+                }
+                let line = if action {
+                    Event::Action {
+                        from,
+                        text,
+                        time_ms,
+                    }
+                } else {
+                    Event::Chat {
+                        from,
+                        text,
+                        time_ms,
+                    }
+                };
+                checked(line, action, &proof)
+            }
+            ServerMsg::HistorySigned {
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+                proof,
+            } => {
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
+                }
+                let line = Event::History {
+                    from,
+                    text,
+                    time_ms,
+                    action,
+                };
+                checked(line, action, &proof)
+            }
+            // Kinds of changes this build does not have.
+            ServerMsg::Reserved27 | ServerMsg::Reserved28 | ServerMsg::Reserved29 => return None,
             ServerMsg::ChatV3 {
                 id,
                 from,
@@ -1664,6 +1807,7 @@ mod network_tests {
             welcome: Some(welcome(rate, burst)),
             name: "me".into(),
             members: vec!["me".into()],
+            signing: None,
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(256);

@@ -359,13 +359,16 @@ impl App {
             | Event::Failed { .. }
             | Event::Mark { .. }
             | Event::Verified { .. }
-            | Event::ContactChanged { .. } => {}
+            | Event::ContactChanged { .. }
+            | Event::Signed { .. }
+            | Event::Forged { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
             | Event::Action { time_ms, .. }
             | Event::Private { time_ms, .. }
-            | Event::History { time_ms, .. } => *time_ms,
+            | Event::History { time_ms, .. }
+            | Event::Forged { time_ms, .. } => *time_ms,
             _ => now_ms(),
         };
         match wording::marked(&ev, &self.marks) {
