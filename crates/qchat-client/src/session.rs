@@ -336,7 +336,7 @@ pub enum Event {
 }
 
 /// A signed line with what checking its signature found.
-fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
+pub(crate) fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
     let text = match &line {
         Event::Chat { text, .. } | Event::Action { text, .. } | Event::History { text, .. } => {
             text.as_str()
