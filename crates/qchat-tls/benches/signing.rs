@@ -17,8 +17,8 @@ fn main() {
 
 fn signer() -> (tempfile::TempDir, Signer) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (id, _) = qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person)
-        .expect("a key");
+    let (id, _) =
+        qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person).expect("a key");
     let s = Signer::new(&id).expect("Ed25519");
     (dir, s)
 }
