@@ -591,11 +591,6 @@ impl From<RejectReason> for u32 {
     }
 }
 
-/// The most bytes a `Signed` adds to its text beyond what a `Say` does:
-/// the action flag, the clock (a varint), the key and the signature with
-/// its length.
-const SIGNED_EXTRA: usize = 1 + 10 + 32 + 1 + crate::signed::SIGNATURE_LEN;
-
 /// A message too long to send: the client refuses it instead of letting the
 /// server end the connection over it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -656,13 +651,25 @@ impl ClientMsg {
     /// server's frame limit. Call before sending; a message that fails was
     /// never going to be delivered, and sending it would end the connection.
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
+        if let ClientMsg::Signed { text, .. } = self {
+            // The proof takes room in the frame: a signed line's limit is
+            // lower, and the user is told that limit.
+            let max = crate::limits::MAX_SIGNED_SEND_BYTES;
+            return if text.len() > max {
+                Err(TooLong {
+                    len: text.len(),
+                    max,
+                })
+            } else {
+                Ok(())
+            };
+        }
         let len = match self {
             ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
             ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
             ClientMsg::Device { .. } => 0,
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
-            // The proof's fields take room in the frame like text would.
-            ClientMsg::Signed { text, .. } => text.len() + SIGNED_EXTRA,
+            ClientMsg::Signed { .. } => 0,
             ClientMsg::Reserved12 | ClientMsg::Reserved13 | ClientMsg::Reserved14 => 0,
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
@@ -921,7 +928,7 @@ mod tests {
             },
             ClientMsg::Signed {
                 seq: u64::MAX,
-                text: "x".repeat(MAX_SEND_BYTES - SIGNED_EXTRA),
+                text: "x".repeat(crate::limits::MAX_SIGNED_SEND_BYTES),
                 action: true,
                 sent_ms: u64::MAX,
                 key: [0xff; 32],
