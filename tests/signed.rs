@@ -176,3 +176,23 @@ fn a_bad_signature_from_someone_not_verified_is_shown_unverified() {
     bob.wait();
     drop(s);
 }
+
+/// The host (`qchat serve --name`) signs its lines like any member with a
+/// key: verified, they carry the mark rather than show as forged.
+#[test]
+fn the_hosts_lines_are_signed() {
+    let (hs, hb) = (Home::new(), Home::new());
+    let mut server = Server::start_on(&hs, "127.0.0.1:0", &["--name", "host"]);
+    server
+        .proc
+        .expect(Stream::Out, "the operator joining", |l| {
+            l.starts_with("* joined the room as host")
+        });
+    let mut bob = join(&hb, &server, "bob");
+    bob.send_line(&format!("/verify host {}", my_fingerprint(&hs, None)));
+    verified(&mut bob, "host");
+    server.proc.send_line("welcome, bob");
+    bob.expect_out("<host ✓> welcome, bob");
+    bob.close_stdin();
+    bob.wait();
+}

@@ -400,6 +400,10 @@ pub struct Link<W, R> {
     /// join said; `None`: the session ends with its connection (the
     /// operator's in-process link).
     pub network: Option<Network>,
+    /// Signs our public lines on a link without a [`Network`] (the
+    /// operator's in-process link); a network member's is in its
+    /// [`Network::signing`].
+    pub signing: Option<Signing>,
 }
 
 impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
@@ -410,6 +414,7 @@ impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
             decoder: j.decoder,
             conn: Some(j.conn),
             network: None,
+            signing: None,
         }
     }
 }
@@ -454,6 +459,7 @@ impl Redial for Dialer {
                 decoder: j.decoder,
                 conn: Some(j.conn),
                 network: None,
+                signing: None,
             };
             Ok(Rejoined {
                 link,
@@ -529,6 +535,7 @@ where
         decoder,
         conn,
         network,
+        signing,
     } = link.into();
     let mut net = network;
     let mut cur = Current {
@@ -538,6 +545,14 @@ where
         conn,
     };
     let mut st = State::new(net.as_ref());
+    if signing.is_some() {
+        st.signing = signing;
+        if net.is_none() {
+            // The operator's in-process link: its server is this very
+            // build (no welcome reaches this task to say so).
+            st.version = qchat_proto::PROTOCOL_VERSION;
+        }
+    }
     if let Some(n) = &net {
         let (welcome, members) = (n.welcome.clone(), n.members.clone());
         if st.joined(welcome, members, &events).await.is_err() {
@@ -1739,6 +1754,7 @@ mod network_tests {
             decoder: FrameDecoder::new(64 * 1024),
             conn: None,
             network: None,
+            signing: None,
         };
         let side = ServerSide {
             recv: s_recv,
