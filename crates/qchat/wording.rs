@@ -609,6 +609,26 @@ mod tests {
             "[history] * a waves"
         );
         assert_eq!(
+            line(Event::Forged {
+                from: "alice".into(),
+                text: "pay\nme\x1b[2J".into(),
+                time_ms: 0,
+                action: false,
+                contact: true,
+            }),
+            "* WARNING: forged line claiming to be alice: pay^Jme^[[2J"
+        );
+        assert_eq!(
+            line(Event::Forged {
+                from: "bob".into(),
+                text: "waves".into(),
+                time_ms: 0,
+                action: true,
+                contact: false,
+            }),
+            "* unverified action from bob (its signature does not verify): waves"
+        );
+        assert_eq!(
             line(Event::Left {
                 name: "bob".into(),
                 reason: String::new()
