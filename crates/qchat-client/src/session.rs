@@ -335,6 +335,25 @@ pub enum Event {
     },
 }
 
+/// A line signed for a version-4 server, re-sent after a reconnect to one
+/// that speaks an older version (a downgrade): sent unsigned, since that
+/// server would end the connection over a kind it does not know, and the
+/// re-send after that reconnect would do the same again.
+fn unsigned_for(msg: ClientMsg, version: u32) -> ClientMsg {
+    match msg {
+        ClientMsg::Signed {
+            seq, text, action, ..
+        } if version < 4 => {
+            if action {
+                ClientMsg::Action { seq, text }
+            } else {
+                ClientMsg::Say { seq, text }
+            }
+        }
+        other => other,
+    }
+}
+
 /// A signed line with what checking its signature found.
 pub(crate) fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
     let text = match &line {
@@ -884,6 +903,7 @@ impl State {
             let Some(msg) = self.outbox.next_to_send() else {
                 break;
             };
+            let msg = unsigned_for(msg, self.version);
             cur.send.write_all(&msg.to_frame()).await.map_err(|_| ())?;
         }
         if !self.outbox.has_unsent() && !self.bye_sent {
@@ -1604,6 +1624,35 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A signed line waiting in the outbox goes unsigned to a server that
+    /// came back speaking an older version, and as it is to a version-4 one.
+    #[test]
+    fn a_signed_line_is_resent_unsigned_to_an_older_server() {
+        let signed = |action| ClientMsg::Signed {
+            seq: 4,
+            text: "hi".into(),
+            action,
+            sent_ms: 1,
+            key: [2; 32],
+            sig: vec![3; 64],
+        };
+        assert_eq!(
+            unsigned_for(signed(false), 3),
+            ClientMsg::Say {
+                seq: 4,
+                text: "hi".into()
+            }
+        );
+        assert_eq!(
+            unsigned_for(signed(true), 2),
+            ClientMsg::Action {
+                seq: 4,
+                text: "hi".into()
+            }
+        );
+        assert_eq!(unsigned_for(signed(false), 4), signed(false));
     }
 
     /// Decisions end the session; the network and restarts do not.
