@@ -701,11 +701,15 @@ impl Room {
                     .clone(),
                 _ => frames.encoded(m.v3(), |v3| live.to_frame(v3)),
             };
+            // The depth this frame joins, read before it is queued: read
+            // after, the member's writer (on another thread) may already
+            // have taken it.
+            let depth = m.outbox.max_capacity() - m.outbox.capacity() + 1;
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
             } else {
                 delivered += 1;
-                deepest = deepest.max(m.outbox.max_capacity() - m.outbox.capacity());
+                deepest = deepest.max(depth);
             }
         }
         if delivered > 0 {
