@@ -151,8 +151,9 @@ fn a_contact_with_another_key_is_flagged_once_with_both_and_loses_the_mark() {
     assert!(warning.contains(&old_fp), "{warning}");
     assert!(warning.contains(&new_fp), "{warning}");
     assert!(warning.contains("/verify alice"), "{warning}");
+    // Signed by a key bob never verified: not shown as hers.
     alice.send_line("hi");
-    bob.expect_out("<alice> hi");
+    bob.expect_out("* WARNING: forged line claiming to be alice: hi");
 
     // She leaves and comes back: not said again, still no mark. Bob's own
     // /whois is answered after the check, so its line means the check is in.
@@ -166,11 +167,11 @@ fn a_contact_with_another_key_is_flagged_once_with_both_and_loses_the_mark() {
     let warnings = bob
         .stdout_so_far()
         .iter()
-        .filter(|l| l.starts_with("* WARNING:"))
+        .filter(|l| l.starts_with("* WARNING: alice"))
         .count();
     assert_eq!(warnings, 1, "{}", bob.transcript());
     alice.send_line("still me");
-    bob.expect_out("<alice> still me");
+    bob.expect_out("* WARNING: forged line claiming to be alice: still me");
 
     // Verified again (after checking with her): the mark is back.
     bob.send_line(&format!("/verify alice {new_fp}"));
@@ -198,8 +199,9 @@ fn a_guest_under_a_verified_name_is_flagged() {
         l.starts_with("* WARNING: alice is held by a guest")
     });
     assert!(warning.contains(&fp), "{warning}");
+    // Unsigned, under a verified contact's name: never shown as hers.
     guest.send_line("it is me, honest");
-    bob.expect_out("<alice> it is me, honest");
+    bob.expect_out("* WARNING: forged line claiming to be alice: it is me, honest");
     for p in [&mut guest, &mut bob] {
         p.close_stdin();
         p.wait();

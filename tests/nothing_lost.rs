@@ -123,8 +123,12 @@ fn a_server_crash_loses_nothing_and_duplicates_nothing() {
         loop {
             match s.next_msg().await {
                 Some(ServerMsg::WelcomeV3 { .. }) => {}
-                Some(ServerMsg::HistoryV3 { id, from, .. }) if from == "alice" => ids.push(id),
-                Some(ServerMsg::HistoryV3 { .. }) => {}
+                // Alice's real client signs her lines: signed history.
+                Some(
+                    ServerMsg::HistoryV3 { id, from, .. }
+                    | ServerMsg::HistorySigned { id, from, .. },
+                ) if from == "alice" => ids.push(id),
+                Some(ServerMsg::HistoryV3 { .. } | ServerMsg::HistorySigned { .. }) => {}
                 Some(ServerMsg::Replayed { .. }) => break ids,
                 other => panic!("unexpected while replaying: {other:?}"),
             }

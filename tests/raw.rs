@@ -80,15 +80,31 @@ impl Raw {
         server: &Server,
         transport: quinn::TransportConfig,
     ) -> Result<Raw, quinn::ConnectionError> {
+        Self::try_connect_as(server, transport, None).await
+    }
+
+    /// Connects presenting `me` as the client certificate: to the server,
+    /// a device of whoever holds that key.
+    pub async fn connect_as(server: &Server, me: &qchat_tls::Identity) -> Raw {
+        Self::try_connect_as(server, transport(), Some(me))
+            .await
+            .expect("the handshake succeeds")
+    }
+
+    async fn try_connect_as(
+        server: &Server,
+        transport: quinn::TransportConfig,
+        me: Option<&qchat_tls::Identity>,
+    ) -> Result<Raw, quinn::ConnectionError> {
         let fingerprint: Fingerprint = server
             .fingerprint
             .parse()
             .expect("the server announces a valid fingerprint");
         let verifier = PinVerifier::new(Expectation::Pinned(fingerprint));
         let mut config =
-            // No client certificate: a raw client is what an older client
+            // Without `me`, no client certificate: what an older client
             // without a key looks like to the server (a guest).
-            qchat_tls::quic_client_config(verifier, &[ALPN], None).expect("a client TLS config");
+            qchat_tls::quic_client_config(verifier, &[ALPN], me).expect("a client TLS config");
         config.transport_config(Arc::new(transport));
         let local: SocketAddr = "127.0.0.1:0".parse().expect("an address");
         let endpoint = quinn::Endpoint::client(local).expect("a client UDP socket");

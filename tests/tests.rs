@@ -23,6 +23,7 @@ mod prompt;
 mod raw;
 mod resume;
 mod service;
+mod signed;
 mod trust;
 mod tui;
 mod udp_relay;

@@ -154,6 +154,16 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
             now,
             guest,
         } => Words::Warning(contact_changed(name, verified, now, *guest)),
+        // The contacts layer always resolves these; should one pass, it is
+        // the line without any claim of having been checked.
+        Event::Signed { line, .. } => return marked(line, &Marks::default()),
+        Event::Forged {
+            from,
+            text,
+            action,
+            contact,
+            ..
+        } => Words::Warning(forged(from, text, *action, *contact)),
         Event::Sent { .. }
         | Event::Delivered { .. }
         | Event::Roster { .. }
@@ -165,6 +175,26 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
 /// a multi-line message is shown as lines (each one sanitised), never as
 /// `^J`. Names and reasons go through [`s`], where a line break is an
 /// escape, because they are one line by definition.
+/// A line that is not provably its sender's. The text is kept on one
+/// line, so it can never pass for a line of its own after the warning.
+pub fn forged(from: &str, text: &str, action: bool, contact: bool) -> String {
+    let what = if action { "action" } else { "line" };
+    if contact {
+        format!(
+            "WARNING: forged {what} claiming to be {}: {}",
+            s(from),
+            s(text)
+        )
+    } else {
+        format!(
+            "unverified {what} from {} (its signature does not verify): {}",
+            s(from),
+            s(text)
+        )
+    }
+}
+
+/// Message text, sanitised line by line.
 pub fn message_text(text: &str) -> String {
     if !text.contains('\n') {
         return s(text);
@@ -603,6 +633,26 @@ mod tests {
                 action: true
             }),
             "[history] * a waves"
+        );
+        assert_eq!(
+            line(Event::Forged {
+                from: "alice".into(),
+                text: "pay\nme\x1b[2J".into(),
+                time_ms: 0,
+                action: false,
+                contact: true,
+            }),
+            "* WARNING: forged line claiming to be alice: pay^Jme^[[2J"
+        );
+        assert_eq!(
+            line(Event::Forged {
+                from: "bob".into(),
+                text: "waves".into(),
+                time_ms: 0,
+                action: true,
+                contact: false,
+            }),
+            "* unverified action from bob (its signature does not verify): waves"
         );
         assert_eq!(
             line(Event::Left {

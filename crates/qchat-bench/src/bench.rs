@@ -81,6 +81,7 @@ impl Config {
                 size: a.size,
                 rate: a.rate,
                 window: (!a.flood).then_some(a.window),
+                signed: a.signed,
                 stalled: a.stalled,
                 endpoints: a.endpoints(),
                 timeout: a.timeout,

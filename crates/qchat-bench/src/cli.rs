@@ -70,6 +70,12 @@ pub struct BenchArgs {
     /// overload a server must survive by disconnecting slow readers).
     #[arg(long, conflicts_with = "window")]
     pub flood: bool,
+    /// Signed lines: every member greets as version 4 (the relay answers
+    /// it like any hello), and each sender presents a fresh person key and
+    /// signs every line (`Signed`), so qchat stores and forwards the
+    /// signatures (`ChatSigned`) — the cost of signatures on the fan-out.
+    #[arg(long)]
+    pub signed: bool,
     /// Members (not senders) that join and then never read: the
     /// slow-reader scenario.
     #[arg(long, default_value_t = 0)]

@@ -67,6 +67,8 @@ pub struct Plan {
     /// Messages each sender may have on their way (not yet delivered to
     /// every reading member); `None` is the unwindowed flood.
     pub window: Option<u64>,
+    /// Members greet as version 4 and senders sign their lines.
+    pub signed: bool,
     /// The last `stalled` members never read.
     pub stalled: usize,
     /// QUIC endpoints to spread members over.
@@ -184,6 +186,8 @@ const PHASE_DELIVER: u8 = 1;
 struct Member {
     conn: quinn::Connection,
     send: Option<quinn::SendStream>,
+    /// A signing sender's key and instance (`--signed`).
+    signing: Option<Signing>,
     /// Held unread by a stalled member, so the server's data piles up.
     stalled_recv: Option<quinn::RecvStream>,
     receiver: Option<JoinHandle<()>>,
@@ -271,6 +275,7 @@ pub async fn run(
         if let Some(send) = m.send.take() {
             senders.push(tokio::spawn(send_loop(
                 send,
+                m.signing.take(),
                 i,
                 Arc::clone(&shared),
                 plan.clone(),
@@ -362,6 +367,53 @@ pub async fn run(
     })
 }
 
+/// A signing sender's key and instance (`--signed`).
+struct Signing {
+    identity: Arc<qchat_tls::Identity>,
+    signer: qchat_tls::signing::Signer,
+    instance: [u8; 16],
+}
+
+impl Signing {
+    /// A fresh person key; its files live only while it is loaded.
+    fn new() -> Result<Self> {
+        let dir = tempfile::tempdir().context("a temporary directory for a key")?;
+        let (identity, _) =
+            qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person)?;
+        let signer = qchat_tls::signing::Signer::new(&identity)?;
+        Ok(Signing {
+            identity: Arc::new(identity),
+            signer,
+            instance: qchat_client::new_instance(),
+        })
+    }
+
+    /// `text` as line `seq`, signed as the real client signs it.
+    fn line(&self, seq: u64, text: String) -> ClientMsg {
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let bytes = qchat_proto::signed::Signed {
+            kind: qchat_proto::signed::SignedKind::Say,
+            to: "",
+            text: &text,
+            instance: self.instance,
+            seq,
+            sent_ms,
+        }
+        .bytes();
+        ClientMsg::Signed {
+            seq,
+            sig: self.signer.sign(&bytes),
+            text,
+            action: false,
+            sent_ms,
+            key: self.signer.public_key(),
+        }
+    }
+}
+
 /// Trust exactly the target's fingerprint, without any pin file.
 pub fn trust_plan(target: &Target) -> TrustPlan {
     TrustPlan {
@@ -397,8 +449,22 @@ async fn connect_all(
         let (trust, gate, shared) = (Arc::clone(&trust), Arc::clone(&gate), Arc::clone(shared));
         let addr = target.addr;
         let stalled = i >= plan.clients - plan.stalled;
+        let signed = plan.signed;
+        // A fresh key per signing sender, made before the clock starts.
+        let signing = if signed && i < plan.senders {
+            Some(Signing::new().with_context(|| format!("member {i}'s key"))?)
+        } else {
+            None
+        };
+        let trust = match &signing {
+            Some(s) => Arc::new(trust_plan(target).presenting(Some(Arc::clone(&s.identity)))),
+            None => trust,
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
+            let instance = signing
+                .as_ref()
+                .map_or_else(qchat_client::new_instance, |s| s.instance);
             let mut attempt = 1;
             let joined = loop {
                 let tried = async {
@@ -406,9 +472,17 @@ async fn connect_all(
                         qchat_client::connect(&endpoint, addr, &trust, |_| Decision::Refuse)
                             .await
                             .with_context(|| format!("member {i} could not connect"))?;
-                    qchat_client::join(conn, &format!("m{i}"))
-                        .await
-                        .with_context(|| format!("member {i} could not join"))
+                    let name = format!("m{i}");
+                    let joined = if signed {
+                        let greeting = qchat_client::Greeting::V3 {
+                            instance,
+                            resume: None,
+                        };
+                        qchat_client::join_as(conn, &name, &greeting).await
+                    } else {
+                        qchat_client::join(conn, &name).await
+                    };
+                    joined.with_context(|| format!("member {i} could not join"))
                 };
                 match tried.await {
                     Ok(j) => break j,
@@ -434,6 +508,7 @@ async fn connect_all(
             Ok::<_, anyhow::Error>(Member {
                 conn: joined.conn,
                 send: Some(joined.send),
+                signing,
                 stalled_recv,
                 receiver,
                 watcher,
@@ -460,6 +535,7 @@ async fn watch(conn: quinn::Connection, member: usize, shared: Arc<Shared>) {
 /// run ends.
 async fn send_loop(
     mut send: quinn::SendStream,
+    signing: Option<Signing>,
     me: usize,
     shared: Arc<Shared>,
     plan: Plan,
@@ -470,12 +546,16 @@ async fn send_loop(
     let mut encode = |buf: &mut BytesMut, seq: u64| {
         let now = shared.epoch.elapsed().as_nanos() as u64;
         payload(&mut text, me, seq, now, plan.size);
-        let msg = ClientMsg::Say {
-            seq,
-            text: std::mem::take(&mut text),
+        let text_now = std::mem::take(&mut text);
+        let msg = match &signing {
+            Some(s) => s.line(seq, text_now),
+            None => ClientMsg::Say {
+                seq,
+                text: text_now,
+            },
         };
         encode_frame_into(&msg, buf).expect("encoding into a growable buffer cannot fail");
-        if let ClientMsg::Say { text: t, .. } = msg {
+        if let ClientMsg::Say { text: t, .. } | ClientMsg::Signed { text: t, .. } = msg {
             text = t;
         }
     };
@@ -558,7 +638,7 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
         let now = shared.epoch.elapsed().as_nanos() as u64;
         let text = if shared.relay {
             match ClientMsg::decode(&frame) {
-                Ok(ClientMsg::Say { text, .. }) => text,
+                Ok(ClientMsg::Say { text, .. } | ClientMsg::Signed { text, .. }) => text,
                 _ => {
                     shared.malformed.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -566,7 +646,11 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
             }
         } else {
             match ServerMsg::decode(&frame) {
-                Ok(ServerMsg::Chat { text, .. }) => text,
+                Ok(
+                    ServerMsg::Chat { text, .. }
+                    | ServerMsg::ChatV3 { text, .. }
+                    | ServerMsg::ChatSigned { text, .. },
+                ) => text,
                 // What the server says before it disconnects someone.
                 Ok(ServerMsg::Notice { text } | ServerMsg::ShuttingDown { reason: text }) => {
                     shared.evictions.notice(&text);
@@ -660,6 +744,7 @@ mod tests {
             size: 100,
             rate: None,
             window: Some(32),
+            signed: false,
             stalled: 3,
             endpoints: 1,
             timeout: Duration::from_secs(1),

@@ -99,7 +99,11 @@ async fn relay(conn: &quinn::Connection, hub: &Hub, queue: usize) -> Result<()> 
     let (mut send, mut recv) = conn.accept_bi().await?;
     let mut decoder = FrameDecoder::new(limits::MAX_CLIENT_FRAME);
     let hello = decoder.read_frame(&mut recv).await?.context("no hello")?;
-    let ClientMsg::Hello { name, .. } = ClientMsg::decode(&hello)? else {
+    // A version-4 member (`--signed`) is answered like any other: the
+    // relay forwards frames as they come, signed or not.
+    let (ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. }) =
+        ClientMsg::decode(&hello)?
+    else {
         anyhow::bail!("data before the hello");
     };
     let welcome = ServerMsg::Welcome {

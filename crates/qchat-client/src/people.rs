@@ -11,8 +11,10 @@
 //!
 //! What the mark proves: the server says the name's keys are exactly the
 //! set the user checked with that person. The server also decides which
-//! name a line carries, so a dishonest server can still put words under a
-//! verified name until messages are signed.
+//! name a line carries, so the lines are checked too: a public line under
+//! a contact's name is shown as theirs only if it is signed by one of the
+//! keys the user verified, and otherwise as [`Event::Forged`] (private
+//! messages are not signed yet and pass as they come).
 //!
 //! No request storm: it asks only about names that are contacts, only when
 //! they appear (the roster at each join, a join, a rename), never twice at
@@ -243,10 +245,43 @@ impl Watch {
                 }
                 return steps;
             }
+            Event::Signed { .. } => {
+                steps.push(Step::Show(self.judge_line(ev)));
+                return steps;
+            }
+            Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. }
+                if self.contact(from).is_some() =>
+            {
+                steps.push(Step::Show(forged(ev, true)));
+                return steps;
+            }
             _ => {}
         }
         steps.push(Step::Show(ev));
         steps
+    }
+
+    /// A signed line: the line itself if it is provably its sender's, or
+    /// the same line as [`Event::Forged`]. A contact's line must be signed
+    /// by one of the keys the user verified for it (not merely by a key
+    /// the server says the name has: that is the server's word); anyone
+    /// else's only needs a signature that verifies under the key it names.
+    fn judge_line(&self, ev: Event) -> Event {
+        let Event::Signed { line, key, valid } = ev else {
+            return ev;
+        };
+        let from = match &*line {
+            Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. } => {
+                from.as_str()
+            }
+            _ => return *line,
+        };
+        match self.contact(from) {
+            Some(c) if valid && c.keys.contains(&key) => *line,
+            Some(_) => forged(*line, true),
+            None if valid => *line,
+            None => forged(*line, false),
+        }
     }
 
     /// The contact from [`Step::Save`] was stored (`Ok` with the contact it
@@ -373,6 +408,47 @@ impl Watch {
                 guest,
             }));
         }
+    }
+}
+
+/// `line` as a line that is not provably its sender's.
+fn forged(line: Event, contact: bool) -> Event {
+    match line {
+        Event::Chat {
+            from,
+            text,
+            time_ms,
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action: false,
+            contact,
+        },
+        Event::Action {
+            from,
+            text,
+            time_ms,
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action: true,
+            contact,
+        },
+        Event::History {
+            from,
+            text,
+            time_ms,
+            action,
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action,
+            contact,
+        },
+        other => other,
     }
 }
 
@@ -597,6 +673,138 @@ mod tests {
             name: name.into(),
             verified,
         }
+    }
+
+    /// A person key in a temporary directory, as a signer.
+    fn person() -> (tempfile::TempDir, qchat_tls::signing::Signer) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (id, _) = qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person)
+            .expect("a key");
+        (dir, qchat_tls::signing::Signer::new(&id).expect("Ed25519"))
+    }
+
+    /// What a signed line looks like when it reaches the contacts layer:
+    /// signed by `by` over `signed_text`, delivered under `from` carrying
+    /// `text` (a server may change both), checked by the network task.
+    fn delivered(
+        by: &qchat_tls::signing::Signer,
+        from: &str,
+        text: &str,
+        signed_text: &str,
+        history: bool,
+    ) -> Event {
+        use qchat_proto::signed::{Signed, SignedKind};
+        let proof = qchat_proto::Proof {
+            instance: [3; 16],
+            seq: 9,
+            sent_ms: 1234,
+            key: by.public_key(),
+            sig: by.sign(
+                &Signed {
+                    kind: SignedKind::Say,
+                    to: "",
+                    text: signed_text,
+                    instance: [3; 16],
+                    seq: 9,
+                    sent_ms: 1234,
+                }
+                .bytes(),
+            ),
+        };
+        let line = if history {
+            Event::History {
+                from: from.into(),
+                text: text.into(),
+                time_ms: 1,
+                action: false,
+            }
+        } else {
+            Event::Chat {
+                from: from.into(),
+                text: text.into(),
+                time_ms: 1,
+            }
+        };
+        crate::session::checked(line, false, &proof)
+    }
+
+    fn is_forged(ev: &Event, as_contact: bool) -> bool {
+        matches!(ev, Event::Forged { contact, .. } if *contact == as_contact)
+    }
+
+    /// The forgery cases, through the real signature check: a line whose
+    /// text was altered after signing, or that was put under another
+    /// contact's name, or that a verified contact did not sign at all, is
+    /// shown as forged; the unchanged line is shown as the contact's, live
+    /// and replayed.
+    #[test]
+    fn altered_or_reattributed_or_unsigned_lines_of_contacts_are_forged() {
+        let (_a, alice) = person();
+        let (_c, carol) = person();
+        let alice_fp = qchat_tls::signing::fingerprint(&alice.public_key());
+        let carol_fp = qchat_tls::signing::fingerprint(&carol.public_key());
+        let mut w = Watch::new(vec![
+            Contact::new("alice", &[alice_fp]),
+            Contact::new("carol", &[carol_fp]),
+        ]);
+        for history in [false, true] {
+            let genuine = delivered(&alice, "alice", "hi", "hi", history);
+            let Event::Signed { line, .. } = &genuine else {
+                panic!("a signed line: {genuine:?}");
+            };
+            let want = (**line).clone();
+            assert_eq!(shown(&w.event(genuine)), [want]);
+            // Another spelling of the same name is the same contact.
+            let shown_as = shown(&w.event(delivered(&alice, "ALICE", "hi", "hi", history)));
+            assert!(!is_forged(&shown_as[0], true), "{shown_as:?}");
+
+            let altered = shown(&w.event(delivered(&alice, "alice", "pay bob", "hi", history)));
+            assert!(is_forged(&altered[0], true), "{altered:?}");
+            // Alice's genuine signature under carol's name: not carol's key.
+            let moved = shown(&w.event(delivered(&alice, "carol", "hi", "hi", history)));
+            assert!(is_forged(&moved[0], true), "{moved:?}");
+            // Carol's genuine line under alice's name.
+            let moved = shown(&w.event(delivered(&carol, "alice", "hi", "hi", history)));
+            assert!(is_forged(&moved[0], true), "{moved:?}");
+        }
+        let unsigned = Event::Chat {
+            from: "alice".into(),
+            text: "trust me".into(),
+            time_ms: 1,
+        };
+        let steps = shown(&w.event(unsigned));
+        assert_eq!(
+            steps,
+            [Event::Forged {
+                from: "alice".into(),
+                text: "trust me".into(),
+                time_ms: 1,
+                action: false,
+                contact: true,
+            }]
+        );
+    }
+
+    /// Someone not verified: a signature that verifies is enough (there is
+    /// no key set to hold it to), one that does not is shown unverified,
+    /// and an unsigned line passes as it is (older clients, guests).
+    #[test]
+    fn lines_of_others_are_unverified_only_when_their_signature_fails() {
+        let (_d, dave) = person();
+        let mut w = Watch::new(vec![]);
+        let ok = shown(&w.event(delivered(&dave, "dave", "hi", "hi", false)));
+        assert!(
+            matches!(&ok[0], Event::Chat { from, .. } if from == "dave"),
+            "{ok:?}"
+        );
+        let bad = shown(&w.event(delivered(&dave, "dave", "hj", "hi", false)));
+        assert!(is_forged(&bad[0], false), "{bad:?}");
+        let plain = Event::Chat {
+            from: "erin".into(),
+            text: "hi".into(),
+            time_ms: 1,
+        };
+        assert_eq!(shown(&w.event(plain.clone())), [plain]);
     }
 
     #[test]

@@ -296,6 +296,36 @@ pub enum Event {
         /// Whether a guest (no key) holds the name now.
         guest: bool,
     },
+    /// From the network task: a line (a [`Event::Chat`], [`Event::Action`]
+    /// or [`Event::History`]) that came with its sender's signature, and
+    /// what checking it found. The contacts layer ([`crate::people`])
+    /// turns it into the line itself or into [`Event::Forged`]; an
+    /// interface never sees it.
+    Signed {
+        /// The line.
+        line: Box<Event>,
+        /// The fingerprint of the key the signature names.
+        key: qchat_tls::Fingerprint,
+        /// Whether the signature verifies under that key.
+        valid: bool,
+    },
+    /// From the contacts layer: a line under `from` that is not provably
+    /// theirs — for a verified contact, unsigned, signed by a key that is
+    /// not one the user verified, or with a signature that does not
+    /// verify; for anyone else, with a signature that does not verify.
+    Forged {
+        /// The name the line claims.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time.
+        time_ms: u64,
+        /// Whether it is an action.
+        action: bool,
+        /// Whether `from` is a verified contact (the line is shown as
+        /// forged) or not (shown as unverified).
+        contact: bool,
+    },
     /// Another member's connection dropped; the server holds its name for
     /// its reconnect.
     MemberReconnecting {
@@ -307,6 +337,49 @@ pub enum Event {
         /// Their name.
         name: String,
     },
+}
+
+/// A line signed for a version-4 server, re-sent after a reconnect to one
+/// that speaks an older version (a downgrade): sent unsigned, since that
+/// server would end the connection over a kind it does not know, and the
+/// re-send after that reconnect would do the same again.
+fn unsigned_for(msg: ClientMsg, version: u32) -> ClientMsg {
+    match msg {
+        ClientMsg::Signed {
+            seq, text, action, ..
+        } if version < 4 => {
+            if action {
+                ClientMsg::Action { seq, text }
+            } else {
+                ClientMsg::Say { seq, text }
+            }
+        }
+        other => other,
+    }
+}
+
+/// A signed line with what checking its signature found.
+pub(crate) fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
+    let text = match &line {
+        Event::Chat { text, .. } | Event::Action { text, .. } | Event::History { text, .. } => {
+            text.as_str()
+        }
+        _ => "",
+    };
+    let signed = qchat_proto::signed::Signed {
+        kind: qchat_proto::signed::SignedKind::public(action),
+        to: "",
+        text,
+        instance: proof.instance,
+        seq: proof.seq,
+        sent_ms: proof.sent_ms,
+    };
+    let valid = qchat_tls::signing::verify(&proof.key, &signed.bytes(), &proof.sig);
+    Event::Signed {
+        line: Box::new(line),
+        key: qchat_tls::signing::fingerprint(&proof.key),
+        valid,
+    }
 }
 
 /// How the session ended.
@@ -350,6 +423,10 @@ pub struct Link<W, R> {
     /// join said; `None`: the session ends with its connection (the
     /// operator's in-process link).
     pub network: Option<Network>,
+    /// Signs our public lines on a link without a [`Network`] (the
+    /// operator's in-process link); a network member's is in its
+    /// [`Network::signing`].
+    pub signing: Option<Signing>,
 }
 
 impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
@@ -360,6 +437,7 @@ impl From<Joined> for Link<quinn::SendStream, quinn::RecvStream> {
             decoder: j.decoder,
             conn: Some(j.conn),
             network: None,
+            signing: None,
         }
     }
 }
@@ -404,6 +482,7 @@ impl Redial for Dialer {
                 decoder: j.decoder,
                 conn: Some(j.conn),
                 network: None,
+                signing: None,
             };
             Ok(Rejoined {
                 link,
@@ -438,6 +517,18 @@ pub struct Network {
     pub name: String,
     /// The room at the first join.
     pub members: Vec<String>,
+    /// Signs our public lines, if we have a key (`None`: a guest).
+    pub signing: Option<Signing>,
+}
+
+/// What a client signs its lines with.
+#[derive(Debug, Clone)]
+pub struct Signing {
+    /// The person key.
+    pub signer: std::sync::Arc<qchat_tls::signing::Signer>,
+    /// The instance id of the hello, which with each line's number is
+    /// part of what is signed.
+    pub instance: [u8; 16],
 }
 
 /// Silence after which the server counts as not answering: with a
@@ -467,6 +558,7 @@ where
         decoder,
         conn,
         network,
+        signing,
     } = link.into();
     let mut net = network;
     let mut cur = Current {
@@ -476,6 +568,14 @@ where
         conn,
     };
     let mut st = State::new(net.as_ref());
+    if signing.is_some() {
+        st.signing = signing;
+        if net.is_none() {
+            // The operator's in-process link: its server is this very
+            // build (no welcome reaches this task to say so).
+            st.version = qchat_proto::PROTOCOL_VERSION;
+        }
+    }
     if let Some(n) = &net {
         let (welcome, members) = (n.welcome.clone(), n.members.clone());
         if st.joined(welcome, members, &events).await.is_err() {
@@ -606,6 +706,8 @@ struct State {
     v3: bool,
     /// The protocol version the server speaks on this connection.
     version: u32,
+    /// Signs our public lines to a server that speaks version 4.
+    signing: Option<Signing>,
     /// Our name as the server knows it.
     name: String,
     /// Liveness: the datagram count last seen and when it last grew.
@@ -633,6 +735,7 @@ impl State {
             pacer: Pacer::unlimited(),
             v3: false,
             version: 0,
+            signing: net.and_then(|n| n.signing.clone()),
             name: net.map(|n| n.name.clone()).unwrap_or_default(),
             rx_datagrams: 0,
             heard_at: Instant::now(),
@@ -804,6 +907,7 @@ impl State {
             let Some(msg) = self.outbox.next_to_send() else {
                 break;
             };
+            let msg = unsigned_for(msg, self.version);
             cur.send.write_all(&msg.to_frame()).await.map_err(|_| ())?;
         }
         if !self.outbox.has_unsent() && !self.bye_sent {
@@ -831,14 +935,8 @@ impl State {
         net: Option<&mut Network>,
     ) -> Result<(), Gone> {
         let msg = match cmd {
-            Some(Command::Say(text)) => ClientMsg::Say {
-                seq: self.seq(),
-                text,
-            },
-            Some(Command::Action(text)) => ClientMsg::Action {
-                seq: self.seq(),
-                text,
-            },
+            Some(Command::Say(text)) => self.public(text, false),
+            Some(Command::Action(text)) => self.public(text, true),
             Some(Command::Private { to, text }) => ClientMsg::Private {
                 seq: self.seq(),
                 to,
@@ -1146,10 +1244,90 @@ impl State {
         }
     }
 
+    /// A public line, signed when the server speaks version 4 and we have
+    /// a key.
+    fn public(&mut self, text: String, action: bool) -> ClientMsg {
+        let seq = self.seq();
+        match &self.signing {
+            Some(s) if self.version >= 4 => {
+                let sent_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let signed = qchat_proto::signed::Signed {
+                    kind: qchat_proto::signed::SignedKind::public(action),
+                    to: "",
+                    text: &text,
+                    instance: s.instance,
+                    seq,
+                    sent_ms,
+                };
+                let sig = s.signer.sign(&signed.bytes());
+                ClientMsg::Signed {
+                    seq,
+                    text,
+                    action,
+                    sent_ms,
+                    key: s.signer.public_key(),
+                    sig,
+                }
+            }
+            _ if action => ClientMsg::Action { seq, text },
+            _ => ClientMsg::Say { seq, text },
+        }
+    }
+
     /// The event, if any, for one message from the server: never more than
     /// one, so no `Vec` is allocated per message received.
     fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Option<Event> {
         let ev = match msg {
+            ServerMsg::ChatSigned {
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+                proof,
+            } => {
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
+                }
+                let line = if action {
+                    Event::Action {
+                        from,
+                        text,
+                        time_ms,
+                    }
+                } else {
+                    Event::Chat {
+                        from,
+                        text,
+                        time_ms,
+                    }
+                };
+                checked(line, action, &proof)
+            }
+            ServerMsg::HistorySigned {
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+                proof,
+            } => {
+                if !self.fresh(id, &from, &text, action) {
+                    return None;
+                }
+                let line = Event::History {
+                    from,
+                    text,
+                    time_ms,
+                    action,
+                };
+                checked(line, action, &proof)
+            }
+            // Kinds of changes this build does not have.
+            ServerMsg::Reserved27 | ServerMsg::Reserved29 => return None,
             ServerMsg::ChatV3 {
                 id,
                 from,
@@ -1288,8 +1466,6 @@ impl State {
             ServerMsg::LinkCode { code, expires_ms } => Event::LinkCode { code, expires_ms },
             ServerMsg::Devices { name, devices } => Event::Devices { name, devices },
             ServerMsg::Bans { bans } => Event::Bans(bans),
-            // Never sent by a server of this build's protocol.
-            ServerMsg::Reserved27 => return None,
             ServerMsg::Notice { text } => Event::Notice { text },
             ServerMsg::Failed { what, reason } => Event::Failed { what, reason },
             ServerMsg::Kicked { by, reason } => {
@@ -1472,6 +1648,35 @@ mod tests {
         );
     }
 
+    /// A signed line waiting in the outbox goes unsigned to a server that
+    /// came back speaking an older version, and as it is to a version-4 one.
+    #[test]
+    fn a_signed_line_is_resent_unsigned_to_an_older_server() {
+        let signed = |action| ClientMsg::Signed {
+            seq: 4,
+            text: "hi".into(),
+            action,
+            sent_ms: 1,
+            key: [2; 32],
+            sig: vec![3; 64],
+        };
+        assert_eq!(
+            unsigned_for(signed(false), 3),
+            ClientMsg::Say {
+                seq: 4,
+                text: "hi".into()
+            }
+        );
+        assert_eq!(
+            unsigned_for(signed(true), 2),
+            ClientMsg::Action {
+                seq: 4,
+                text: "hi".into()
+            }
+        );
+        assert_eq!(unsigned_for(signed(false), 4), signed(false));
+    }
+
     /// Decisions end the session; the network and restarts do not.
     #[test]
     fn which_ends_are_worth_a_reconnect() {
@@ -1620,6 +1825,7 @@ mod network_tests {
             decoder: FrameDecoder::new(64 * 1024),
             conn: None,
             network: None,
+            signing: None,
         };
         let side = ServerSide {
             recv: s_recv,
@@ -1688,6 +1894,7 @@ mod network_tests {
             welcome: Some(welcome(rate, burst)),
             name: "me".into(),
             members: vec!["me".into()],
+            signing: None,
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(256);

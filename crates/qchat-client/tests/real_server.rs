@@ -144,6 +144,7 @@ async fn alice(
         welcome: joined.welcome.v3.clone(),
         name: joined.name.clone(),
         members: joined.members.clone(),
+        signing: None,
     };
     let mut link = Link::from(joined);
     link.network = Some(network);

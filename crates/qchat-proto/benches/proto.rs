@@ -40,6 +40,63 @@ fn encode_chat(bencher: Bencher, len: usize) {
 }
 
 /// Encoding many frames into one buffer, as a batching sender does.
+/// The live frame of an unsigned public message (`ChatV3`, what the room
+/// sends to version-3 members), once per message.
+#[divan::bench(args = [100, 4096])]
+fn encode_live_v3(bencher: Bencher, len: usize) {
+    let text = text_of(len);
+    bencher.bench_local(|| {
+        qchat_proto::message::LiveChat {
+            id: 7,
+            from: "alice",
+            text: black_box(&text),
+            time_ms: 1_750_000_000_000,
+            action: false,
+        }
+        .to_frame(true)
+    });
+}
+
+/// The same message signed (`ChatSigned`, for version-4 members): the
+/// server's extra encoding work per signed message.
+#[divan::bench(args = [100, 4096])]
+fn encode_live_signed(bencher: Bencher, len: usize) {
+    let text = text_of(len);
+    let proof = qchat_proto::Proof {
+        instance: [7; 16],
+        seq: 42,
+        sent_ms: 1_750_000_000_000,
+        key: [9; 32],
+        sig: vec![1; 64],
+    };
+    bencher.bench_local(|| {
+        ServerMsg::ChatSigned {
+            id: 7,
+            from: "alice".into(),
+            text: black_box(&text).clone(),
+            time_ms: 1_750_000_000_000,
+            action: false,
+            proof: proof.clone(),
+        }
+        .to_frame()
+    });
+}
+
+/// Decoding a signed line as the server reads it.
+#[divan::bench(args = [100, 4096])]
+fn decode_signed(bencher: Bencher, len: usize) {
+    let frame = ClientMsg::Signed {
+        seq: 42,
+        text: text_of(len),
+        action: false,
+        sent_ms: 1_750_000_000_000,
+        key: [9; 32],
+        sig: vec![1; 64],
+    }
+    .to_frame();
+    bencher.bench_local(|| ClientMsg::decode(black_box(&frame[4..])));
+}
+
 #[divan::bench]
 fn encode_say_into_batch(bencher: Bencher) {
     let msg = ClientMsg::Say {

@@ -12,6 +12,7 @@
 //! - [`names`]: what a member name may be, and how uniqueness is decided.
 //! - [`text`]: neutralising network text before it reaches a terminal.
 //! - [`limits`]: the defaults every limit starts from.
+//! - [`signed`]: the bytes a member signs for each message.
 
 pub mod clock;
 pub mod close;
@@ -20,12 +21,13 @@ pub mod limits;
 pub mod message;
 pub mod names;
 pub mod rate;
+pub mod signed;
 pub mod text;
 
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
-    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, RejectReason,
+    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, Proof, RejectReason,
     ResumePoint, ServerMsg, TooLong,
 };
 
@@ -43,7 +45,8 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// version 4 `Whois` (members' keys), several devices (keys) per name
 /// with their link codes (`HelloLink`, `Device`), alongside names bound to keys and
 /// the refusals that go with them, which older clients receive as reasons
-/// they do not know.
+/// they do not know, and signed public messages (`Signed`, `ChatSigned`,
+/// `HistorySigned`).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest protocol version this build still serves.

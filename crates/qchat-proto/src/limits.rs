@@ -33,6 +33,14 @@ pub const MESSAGE_OVERHEAD: usize = ENVELOPE + 4 * MAX_NAME_CHARS;
 /// server's `--max-message` and this, the server refuses the message.
 pub const MAX_SEND_BYTES: usize = MAX_CLIENT_FRAME - ENVELOPE;
 
+/// The most bytes a signed line (`Signed`) adds to its text beyond what a
+/// `Say` does: the action flag, the clock (a varint), the key and the
+/// signature with its length.
+pub const SIGNED_EXTRA: usize = 1 + 10 + 32 + 1 + crate::signed::SIGNATURE_LEN;
+
+/// [`MAX_SEND_BYTES`] for a signed line: its proof takes the rest.
+pub const MAX_SIGNED_SEND_BYTES: usize = MAX_SEND_BYTES - SIGNED_EXTRA;
+
 /// Longest chat message, in bytes of UTF-8. Longer messages are refused with
 /// a reason rather than truncated, so nothing is silently lost.
 pub const MAX_MESSAGE_BYTES: usize = 4096;

@@ -127,6 +127,30 @@ pub enum ClientMsg {
         /// What to do.
         op: ModOp,
     },
+    /// 14: reserved (a server treats it as a protocol error).
+    #[doc(hidden)]
+    Reserved14,
+    /// 15 (version 4): a public line or action signed by the sender's key,
+    /// instead of `Say`/`Action`; sent only to a server that speaks version
+    /// 4 or later, by a client that presented a key. The server checks that
+    /// `key` is the key of the connection's certificate and that `sig` is
+    /// [`crate::signed::SIGNATURE_LEN`] bytes, stores the proof with the
+    /// message and forwards it; it does not verify the signature (each
+    /// recipient does).
+    Signed {
+        /// As for `Say`.
+        seq: u64,
+        /// The text.
+        text: String,
+        /// Whether it is an action (`/me`).
+        action: bool,
+        /// The sender's clock when it wrote the line, ms since the epoch.
+        sent_ms: u64,
+        /// The sender's raw Ed25519 public key (32 bytes).
+        key: [u8; 32],
+        /// The Ed25519 signature over [`crate::signed::Signed::bytes`].
+        sig: Vec<u8>,
+    },
 }
 
 /// What [`ClientMsg::Moderate`] asks for.
@@ -494,6 +518,61 @@ pub enum ServerMsg {
         /// Oldest first.
         bans: Vec<BanInfo>,
     },
+    /// 29: reserved (a client skips it).
+    #[doc(hidden)]
+    Reserved29,
+    /// 30 (version 4): a signed public message, live (instead of `ChatV3`
+    /// for members that speak version 4).
+    ChatSigned {
+        /// Its id in the log.
+        id: u64,
+        /// The sender's name.
+        from: String,
+        /// The text.
+        text: String,
+        /// When the server received it, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it is an action (`/me`).
+        action: bool,
+        /// What the sender signed it with.
+        proof: Proof,
+    },
+    /// 31 (version 4): a signed public message replayed after the welcome
+    /// (instead of `HistoryV3`).
+    HistorySigned {
+        /// Its id in the log.
+        id: u64,
+        /// The sender's name at the time.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it was an action.
+        action: bool,
+        /// What the sender signed it with.
+        proof: Proof,
+    },
+}
+
+/// A sender's signature over a message, as the server stores and forwards
+/// it: with the fields of [`crate::signed::Signed`] that are not in the
+/// message itself, and the key to check it with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct Proof {
+    /// The sender's instance id.
+    pub instance: [u8; 16],
+    /// The sender's number for the message.
+    pub seq: u64,
+    /// The sender's clock, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// The sender's raw Ed25519 public key; its fingerprint (SHA-256 of
+    /// its SubjectPublicKeyInfo) is the key the server bound the sender's
+    /// name to.
+    pub key: [u8; 32],
+    /// The signature ([`crate::signed::SIGNATURE_LEN`] bytes).
+    pub sig: Vec<u8>,
 }
 
 /// Where a resuming client left off.
@@ -651,6 +730,19 @@ impl ClientMsg {
     /// server's frame limit. Call before sending; a message that fails was
     /// never going to be delivered, and sending it would end the connection.
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
+        if let ClientMsg::Signed { text, .. } = self {
+            // The proof takes room in the frame: a signed line's limit is
+            // lower, and the user is told that limit.
+            let max = crate::limits::MAX_SIGNED_SEND_BYTES;
+            return if text.len() > max {
+                Err(TooLong {
+                    len: text.len(),
+                    max,
+                })
+            } else {
+                Ok(())
+            };
+        }
         let len = match self {
             ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
             ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
@@ -662,6 +754,8 @@ impl ClientMsg {
                 ModOp::Unban { target } => target.len(),
             },
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
+            ClientMsg::Signed { .. } => 0,
+            ClientMsg::Reserved14 => 0,
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
             ClientMsg::Nick { name } => name.len(),
@@ -682,7 +776,8 @@ impl ClientMsg {
         match self {
             ClientMsg::Say { seq, .. }
             | ClientMsg::Action { seq, .. }
-            | ClientMsg::Private { seq, .. } => Some(*seq),
+            | ClientMsg::Private { seq, .. }
+            | ClientMsg::Signed { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -833,10 +928,10 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[29]), Err(DecodeError::UnknownKind(29)));
+        assert_eq!(ServerMsg::decode(&[32]), Err(DecodeError::UnknownKind(32)));
         assert_eq!(
-            ClientMsg::decode(&[14, 0]),
-            Err(DecodeError::UnknownKind(14))
+            ClientMsg::decode(&[16, 0]),
+            Err(DecodeError::UnknownKind(16))
         );
     }
 
@@ -915,6 +1010,14 @@ mod tests {
             ClientMsg::Kick {
                 name: name.clone(),
                 reason: "x".repeat(MAX_SEND_BYTES - name.len()),
+            },
+            ClientMsg::Signed {
+                seq: u64::MAX,
+                text: "x".repeat(crate::limits::MAX_SIGNED_SEND_BYTES),
+                action: true,
+                sent_ms: u64::MAX,
+                key: [0xff; 32],
+                sig: vec![0xff; crate::signed::SIGNATURE_LEN],
             },
         ];
         for m in fits {

@@ -210,7 +210,7 @@ mod tests {
         let mut barriers = Vec::new();
         for seq in 1..=5000u64 {
             let p = room
-                .submit(a, seq, seq.to_string(), false)
+                .submit(a, seq, seq.to_string(), false, None)
                 .expect("a member");
             queue
                 .send(LogItem::Message(p))

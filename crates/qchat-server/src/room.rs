@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::registry::Registry;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
+use qchat_proto::Proof;
 
 /// Private message keys remembered per client instance for deduplication:
 /// a client re-sends only what was unacknowledged when its connection
@@ -474,8 +475,18 @@ impl Room {
         // room.
         let _ = outbox.try_send(welcome.to_frame());
         let count = replay.len() as u64;
+        let signed = peer.version >= 4;
         for e in replay {
-            let msg = if v3 {
+            let msg = if let (true, Some(proof)) = (signed, e.proof) {
+                ServerMsg::HistorySigned {
+                    id: e.id,
+                    from: e.from,
+                    text: e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                    proof: *proof,
+                }
+            } else if v3 {
                 ServerMsg::HistoryV3 {
                     id: e.id,
                     from: e.from,
@@ -559,7 +570,14 @@ impl Room {
     /// Takes a public message (or action) from `id` for the log; the log's
     /// writer stores it, then [`Room::publish`] shows it. `None` if the
     /// member is gone.
-    pub fn submit(&self, id: MemberId, seq: u64, text: String, action: bool) -> Option<Pending> {
+    pub fn submit(
+        &self,
+        id: MemberId,
+        seq: u64,
+        text: String,
+        action: bool,
+        proof: Option<Box<Proof>>,
+    ) -> Option<Pending> {
         let st = self.lock();
         let m = st.members.get(&id)?;
         Some(Pending {
@@ -571,8 +589,17 @@ impl Room {
                 text,
                 time_ms: now_ms(),
                 action,
+                proof,
             },
         })
+    }
+
+    /// The key member `id` proved in its handshake, and its instance: what
+    /// a signed message from it must name.
+    pub fn signer(&self, id: MemberId) -> Option<(qchat_tls::Fingerprint, [u8; 16])> {
+        let st = self.lock();
+        let peer = &st.members.get(&id)?.peer;
+        Some((peer.key?, peer.instance?))
     }
 
     /// The queue to the log's writer.
@@ -633,6 +660,7 @@ impl Room {
                             text,
                             time_ms,
                             action,
+                            proof,
                             ..
                         } = p.entry;
                         st.recent.push_back(Entry {
@@ -641,6 +669,7 @@ impl Room {
                             text,
                             time_ms,
                             action,
+                            proof,
                         });
                     }
                     let ack = match author_v3 {
@@ -679,16 +708,38 @@ impl Room {
             time_ms: e.time_ms,
             action: e.action,
         };
+        // Members that speak version 4 get a signed message's proof; it is
+        // encoded once, like the other forms.
+        let mut signed_frame: Option<Bytes> = None;
         for (mid, m) in &st.members {
             if *mid == author || (instance.is_some() && m.peer.instance == instance) {
                 continue;
             }
-            let frame = frames.encoded(m.v3(), |v3| live.to_frame(v3));
+            let frame = match &e.proof {
+                Some(proof) if m.peer.version >= 4 => signed_frame
+                    .get_or_insert_with(|| {
+                        ServerMsg::ChatSigned {
+                            id,
+                            from: e.from.clone(),
+                            text: e.text.clone(),
+                            time_ms: e.time_ms,
+                            action: e.action,
+                            proof: (**proof).clone(),
+                        }
+                        .to_frame()
+                    })
+                    .clone(),
+                _ => frames.encoded(m.v3(), |v3| live.to_frame(v3)),
+            };
+            // The depth this frame joins, read before it is queued: read
+            // after, the member's writer (on another thread) may already
+            // have taken it.
+            let depth = m.outbox.max_capacity() - m.outbox.capacity() + 1;
             if is_full(m.outbox.try_send(frame)) {
                 slow.push(*mid);
             } else {
                 delivered += 1;
-                deepest = deepest.max(m.outbox.max_capacity() - m.outbox.capacity());
+                deepest = deepest.max(depth);
             }
         }
         if delivered > 0 {
@@ -1227,7 +1278,7 @@ pub(crate) mod tests {
     impl TestRoom {
         /// Says something and lets the log's writer store and publish it.
         fn say(&mut self, id: MemberId, seq: u64, text: String, action: bool) {
-            if let Some(p) = self.room.submit(id, seq, text, action) {
+            if let Some(p) = self.room.submit(id, seq, text, action, None) {
                 self.room
                     .log_queue()
                     .try_send(LogItem::Message(p))
@@ -1537,14 +1588,14 @@ pub(crate) mod tests {
                     0 => {
                         let seq = next_seq;
                         next_seq += 1;
-                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false, None) {
                             r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
                         }
                     }
                     // A re-send of an earlier message.
                     1 if next_seq > 1 => {
                         let seq = next_seq / 2;
-                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false) {
+                        if let Some(p) = r.room.submit(writer.id, seq, seq.to_string(), false, None) {
                             r.room.log_queue().try_send(LogItem::Message(p)).expect("room");
                         }
                     }

@@ -784,8 +784,13 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
             Err(SessionError::Protocol("second hello"))
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
-        ClientMsg::Reserved12 => Err(SessionError::Protocol("a reserved message kind")),
-        ClientMsg::Whois { .. } | ClientMsg::Device { .. } | ClientMsg::Moderate { .. }
+        ClientMsg::Reserved12 | ClientMsg::Reserved14 => {
+            Err(SessionError::Protocol("a reserved message kind"))
+        }
+        ClientMsg::Whois { .. }
+        | ClientMsg::Device { .. }
+        | ClientMsg::Moderate { .. }
+        | ClientMsg::Signed { .. }
             if version < 4 =>
         {
             Err(SessionError::Protocol(
@@ -810,7 +815,10 @@ async fn handle(
 ) -> Option<String> {
     if matches!(
         msg,
-        ClientMsg::Say { .. } | ClientMsg::Action { .. } | ClientMsg::Private { .. }
+        ClientMsg::Say { .. }
+            | ClientMsg::Action { .. }
+            | ClientMsg::Private { .. }
+            | ClientMsg::Signed { .. }
     ) {
         room.metrics().messages_received.inc();
     }
@@ -818,6 +826,7 @@ async fn handle(
         ClientMsg::Say { seq, text }
         | ClientMsg::Action { seq, text }
         | ClientMsg::Private { seq, text, .. }
+        | ClientMsg::Signed { seq, text, .. }
             if text.len() > options.max_message =>
         {
             let reason = format!(
@@ -831,6 +840,20 @@ async fn handle(
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
         ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
         ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
+        ClientMsg::Signed {
+            seq,
+            text,
+            action,
+            sent_ms,
+            key,
+            sig,
+        } => match proof(id, room, seq, sent_ms, key, sig) {
+            Ok(p) => submit_signed(room, id, seq, text, action, p).await,
+            Err(reason) => {
+                room.metrics().messages_refused.inc();
+                room.reply(id, &ServerMsg::Refused { seq, reason });
+            }
+        },
         ClientMsg::Nick { name } => nick(id, &name, room, options).await,
         ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Device { op } => device(id, op, room, options).await,
@@ -848,9 +871,65 @@ async fn handle(
         ClientMsg::Hello { .. }
         | ClientMsg::HelloV3 { .. }
         | ClientMsg::HelloLink { .. }
-        | ClientMsg::Reserved12 => {}
+        | ClientMsg::Reserved12
+        | ClientMsg::Reserved14 => {}
     }
     None
+}
+
+/// The proof to store with a signed message, or why it is refused. The
+/// signature itself is not checked here (each recipient checks it; see
+/// docs/PERFORMANCE.md): only what is cheap and bounds what is stored —
+/// its length, and that the key is the one this connection proved, so an
+/// honest server never forwards a line under a key its sender does not
+/// hold.
+fn proof(
+    id: MemberId,
+    room: &Room,
+    seq: u64,
+    sent_ms: u64,
+    key: [u8; 32],
+    sig: Vec<u8>,
+) -> Result<Box<qchat_proto::Proof>, String> {
+    if sig.len() != qchat_proto::signed::SIGNATURE_LEN {
+        return Err(format!(
+            "a signature is {} bytes, not {}; nothing was sent",
+            qchat_proto::signed::SIGNATURE_LEN,
+            sig.len()
+        ));
+    }
+    let Some((proved, instance)) = room.signer(id) else {
+        return Err(
+            "only a client that presented a key (and a version-3 instance) can sign; nothing was sent"
+                .into(),
+        );
+    };
+    if qchat_tls::signing::fingerprint(&key) != proved {
+        return Err(
+            "the message is signed with another key than this connection's; nothing was sent"
+                .into(),
+        );
+    }
+    Ok(Box::new(qchat_proto::Proof {
+        instance,
+        seq,
+        sent_ms,
+        key,
+        sig,
+    }))
+}
+
+async fn submit_signed(
+    room: &Room,
+    id: MemberId,
+    seq: u64,
+    text: String,
+    action: bool,
+    proof: Box<qchat_proto::Proof>,
+) {
+    if let Some(p) = room.submit(id, seq, text, action, Some(proof)) {
+        let _ = room.log_queue().send(LogItem::Message(p)).await;
+    }
 }
 
 /// Waits until everything this member said is published (and so
@@ -863,7 +942,7 @@ async fn published(room: &Room) {
 }
 
 async fn submit(room: &Room, id: MemberId, seq: u64, text: String, action: bool) {
-    if let Some(p) = room.submit(id, seq, text, action) {
+    if let Some(p) = room.submit(id, seq, text, action, None) {
         // Only fails once the writer is gone, when the server is stopping.
         let _ = room.log_queue().send(LogItem::Message(p)).await;
     }

@@ -1194,3 +1194,117 @@ async fn a_banned_key_and_a_banned_guest_address_are_refused_at_the_hello() {
         Some(ServerMsg::Welcome { .. })
     ));
 }
+
+/// Reads until `want` matches a message, bounded by the client's wait.
+async fn until(c: &mut Client, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+    loop {
+        match c.next().await {
+            Some(m) if want(&m) => return m,
+            Some(_) => {}
+            None => panic!("the stream ended first"),
+        }
+    }
+}
+
+/// A signed line is checked only for what is cheap (the signature's
+/// length, the connection's own key), stored with its proof, and
+/// forwarded with it — live and in the replay — to members that speak
+/// version 4; a version-3 member gets the line as before.
+#[tokio::test(start_paused = true)]
+async fn a_signed_line_is_stored_and_forwarded_with_its_proof() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (id, _) =
+        qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person).expect("a key");
+    let signer = qchat_tls::signing::Signer::new(&id).expect("Ed25519");
+    let s = server(ServerOptions::default());
+    let alice_peer = Peer {
+        key: Some(id.fingerprint),
+        ..from_afar(None)
+    };
+    let (mut alice, _) = open_from(&s, alice_peer, hello_v4("alice", 1)).await;
+    until(&mut alice, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut bob, _) = open_from(&s, from_afar(Some(9)), hello_v4("bob", 2)).await;
+    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut old, _) = open_from(
+        &s,
+        from_afar(None),
+        ClientMsg::HelloV3 {
+            version: 3,
+            name: "old".into(),
+            instance: [3; 16],
+            resume: None,
+        },
+    )
+    .await;
+    until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+
+    let signed = |seq: u64, key: [u8; 32], sig: Vec<u8>| ClientMsg::Signed {
+        seq,
+        text: "hi".into(),
+        action: false,
+        sent_ms: 77,
+        key,
+        sig,
+    };
+    // Another key than the connection's, and a signature of another length.
+    alice.send(signed(1, [5; 32], vec![0; 64])).await;
+    match until(&mut alice, |m| matches!(m, ServerMsg::Refused { .. })).await {
+        ServerMsg::Refused { seq, reason } => {
+            assert_eq!(seq, 1);
+            assert!(reason.contains("another key"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    alice
+        .send(signed(2, signer.public_key(), vec![0; 10]))
+        .await;
+    match until(&mut alice, |m| matches!(m, ServerMsg::Refused { .. })).await {
+        ServerMsg::Refused { seq, reason } => {
+            assert_eq!(seq, 2);
+            assert!(reason.contains("64"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The server forwards whatever signature bytes it got (the
+    // recipients check them); these are not a real signature.
+    let sig: Vec<u8> = (0..64).collect();
+    alice
+        .send(signed(3, signer.public_key(), sig.clone()))
+        .await;
+    until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { seq: 3, .. })).await;
+    let want = qchat_proto::Proof {
+        instance: [1; 16],
+        seq: 3,
+        sent_ms: 77,
+        key: signer.public_key(),
+        sig,
+    };
+    match until(&mut bob, |m| matches!(m, ServerMsg::ChatSigned { .. })).await {
+        ServerMsg::ChatSigned {
+            from, text, proof, ..
+        } => {
+            assert_eq!((from.as_str(), text.as_str()), ("alice", "hi"));
+            assert_eq!(proof, want);
+        }
+        other => panic!("{other:?}"),
+    }
+    match until(&mut old, |m| matches!(m, ServerMsg::ChatV3 { .. })).await {
+        ServerMsg::ChatV3 { text, .. } => assert_eq!(text, "hi"),
+        other => panic!("{other:?}"),
+    }
+    let (mut carol, _) = open_from(&s, from_afar(Some(8)), hello_v4("carol", 4)).await;
+    match until(&mut carol, |m| {
+        matches!(
+            m,
+            ServerMsg::HistorySigned { .. } | ServerMsg::Replayed { .. }
+        )
+    })
+    .await
+    {
+        ServerMsg::HistorySigned { text, proof, .. } => {
+            assert_eq!(text, "hi");
+            assert_eq!(proof, want);
+        }
+        other => panic!("no signed history: {other:?}"),
+    }
+}

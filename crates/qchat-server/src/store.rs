@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
+use qchat_proto::Proof;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,9 @@ pub struct NewEntry {
     pub time_ms: u64,
     /// Whether it is an action.
     pub action: bool,
+    /// The sender's signature, if it signed (boxed: most of a message's
+    /// life is spent in queues, where an absent proof should cost a word).
+    pub proof: Option<Box<Proof>>,
 }
 
 /// A stored message.
@@ -46,6 +50,8 @@ pub struct Entry {
     pub time_ms: u64,
     /// Whether it is an action.
     pub action: bool,
+    /// The sender's signature, if it signed.
+    pub proof: Option<Box<Proof>>,
 }
 
 /// What became of one message of a batch.
@@ -124,14 +130,95 @@ struct Record<'a> {
     text: &'a str,
     time_ms: u64,
     action: bool,
+    /// The sender's signature. postcard is not self-describing, so a field
+    /// cannot simply be added: records with it are written in batches of
+    /// the second format ([`BATCH_V2`]); older batches decode as
+    /// [`RecordV1`] and have none.
+    proof: Option<StoredProof<'a>>,
+}
+
+/// [`Proof`] as stored, its signature borrowed like the strings.
+#[derive(Serialize, Deserialize)]
+struct StoredProof<'a> {
+    instance: [u8; 16],
+    seq: u64,
+    sent_ms: u64,
+    key: [u8; 32],
+    #[serde(borrow)]
+    sig: &'a [u8],
+}
+
+impl<'a> StoredProof<'a> {
+    fn of(p: &'a Proof) -> Self {
+        StoredProof {
+            instance: p.instance,
+            seq: p.seq,
+            sent_ms: p.sent_ms,
+            key: p.key,
+            sig: &p.sig,
+        }
+    }
+
+    fn owned(&self) -> Box<Proof> {
+        Box::new(Proof {
+            instance: self.instance,
+            seq: self.seq,
+            sent_ms: self.sent_ms,
+            key: self.key,
+            sig: self.sig.to_vec(),
+        })
+    }
+}
+
+/// A record as files written before signatures hold it.
+#[derive(Serialize, Deserialize)]
+struct RecordV1<'a> {
+    key: Option<Key>,
+    #[serde(borrow)]
+    from: &'a str,
+    #[serde(borrow)]
+    text: &'a str,
+    time_ms: u64,
+    action: bool,
+}
+
+impl<'a> From<RecordV1<'a>> for Record<'a> {
+    fn from(r: RecordV1<'a>) -> Self {
+        Record {
+            key: r.key,
+            from: r.from,
+            text: r.text,
+            time_ms: r.time_ms,
+            action: r.action,
+            proof: None,
+        }
+    }
 }
 
 /// The messages of one commit, oldest first: the first has the id the
 /// batch is stored under, each next one the id after.
 type Batch<'a> = Vec<Record<'a>>;
 
+/// The first byte of a batch in the second format, followed by the
+/// postcard encoding of its [`Record`]s. A batch of the first format is
+/// the postcard encoding of its [`RecordV1`]s, which starts with their
+/// count: never 0, since a batch is only written with messages in it.
+const BATCH_V2: u8 = 0;
+
+fn encode_batch(records: &Batch<'_>) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![BATCH_V2];
+    postcard::to_io(records, &mut out)?;
+    Ok(out)
+}
+
 fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, postcard::Error> {
-    postcard::from_bytes(bytes)
+    match bytes.split_first() {
+        Some((&BATCH_V2, rest)) if !rest.is_empty() => postcard::from_bytes(rest),
+        _ => Ok(postcard::from_bytes::<Vec<RecordV1>>(bytes)?
+            .into_iter()
+            .map(Record::from)
+            .collect()),
+    }
 }
 
 /// The log: each commit's new messages as one value under the first one's
@@ -199,10 +286,10 @@ fn migrate(
         }
         let records = run
             .iter()
-            .map(|b| postcard::from_bytes::<Record>(b))
+            .map(|b| postcard::from_bytes::<RecordV1>(b).map(Record::from))
             .collect::<Result<Batch, _>>()
             .map_err(io)?;
-        let bytes = postcard::to_allocvec(&records).map_err(io)?;
+        let bytes = encode_batch(&records).map_err(io)?;
         batches.insert(start, bytes.as_slice()).map_err(io)?;
         run.clear();
         Ok(())
@@ -210,7 +297,7 @@ fn migrate(
     for item in old.iter().map_err(io)? {
         let (k, v) = item.map_err(io)?;
         let id = k.value();
-        if postcard::from_bytes::<Record>(v.value()).is_err() {
+        if postcard::from_bytes::<RecordV1>(v.value()).is_err() {
             tracing::warn!(id, "room log: unreadable message left out");
             flush(&mut run, run_start, batches)?;
             continue;
@@ -522,6 +609,7 @@ impl Store for RedbStore {
                         text: &e.text,
                         time_ms: e.time_ms,
                         action: e.action,
+                        proof: e.proof.as_deref().map(StoredProof::of),
                     });
                     if let Some(k) = &e.key {
                         keys.insert(key_bytes(k).as_slice(), last).map_err(io)?;
@@ -530,7 +618,7 @@ impl Store for RedbStore {
                 }
                 if !records.is_empty() {
                     let start = last + 1 - records.len() as u64;
-                    let bytes = postcard::to_allocvec(&records).map_err(io)?;
+                    let bytes = encode_batch(&records).map_err(io)?;
                     batches.insert(start, bytes.as_slice()).map_err(io)?;
                 }
                 meta.insert("last_id", last.to_be_bytes().as_slice())
@@ -611,6 +699,7 @@ impl Store for RedbStore {
                         text: r.text.to_owned(),
                         time_ms: r.time_ms,
                         action: r.action,
+                        proof: r.proof.as_ref().map(StoredProof::owned),
                     });
                 }
             }
@@ -700,6 +789,7 @@ impl Store for MemoryStore {
                     text: e.text.clone(),
                     time_ms: e.time_ms,
                     action: e.action,
+                    proof: e.proof.clone(),
                 },
                 e.key,
             ));
@@ -748,6 +838,7 @@ mod tests {
             text: text.into(),
             time_ms: 1,
             action: false,
+            proof: None,
         }
     }
 
@@ -908,6 +999,100 @@ mod tests {
         );
     }
 
+    fn proof(n: u8) -> Box<Proof> {
+        Box::new(Proof {
+            instance: [n; 16],
+            seq: u64::from(n),
+            sent_ms: 1000 + u64::from(n),
+            key: [n; 32],
+            sig: vec![n; 64],
+        })
+    }
+
+    #[test]
+    fn signatures_are_stored_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for s in stores(dir.path(), 100) {
+            let signed = NewEntry {
+                proof: Some(proof(7)),
+                ..msg(Some(([7; 16], 7)), "signed")
+            };
+            s.append(&[&signed, &msg(None, "plain")]).expect("appends");
+            let got = s.read(0, 2, 10).expect("reads");
+            assert_eq!(got[0].proof, Some(proof(7)));
+            assert_eq!(got[1].proof, None);
+        }
+        // And after reopening the file.
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::Full).expect("reopens");
+        assert_eq!(s.read(0, 1, 10).expect("reads")[0].proof, Some(proof(7)));
+    }
+
+    /// Batches written before records carried signatures (the first batch
+    /// format) still read, and new signed batches go beside them.
+    #[test]
+    fn a_file_with_batches_from_before_signatures_reads_and_takes_signed_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(RedbStore::FILE);
+        let log_id = [8u8; 16];
+        {
+            let db = Database::create(&path).expect("creates");
+            let tx = db.begin_write().expect("writes");
+            {
+                let mut batches = tx.open_table(BATCHES).expect("table");
+                let mut keys = tx.open_table(KEYS).expect("table");
+                let mut meta = tx.open_table(META).expect("table");
+                let texts: Vec<String> = (1..=3).map(|i: u64| i.to_string()).collect();
+                let recs: Vec<RecordV1> = texts
+                    .iter()
+                    .zip(1u64..)
+                    .map(|(t, id)| RecordV1 {
+                        key: Some(([6u8; 16], id)),
+                        from: "a",
+                        text: t,
+                        time_ms: 1,
+                        action: id == 2,
+                    })
+                    .collect();
+                let bytes = postcard::to_allocvec(&recs).expect("encodes");
+                batches.insert(1u64, bytes.as_slice()).expect("inserts");
+                for id in 1..=3u64 {
+                    keys.insert(key_bytes(&([6u8; 16], id)).as_slice(), id)
+                        .expect("inserts");
+                }
+                meta.insert("log_id", log_id.as_slice()).expect("inserts");
+                meta.insert("last_id", 3u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+            }
+            tx.commit().expect("commits");
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+        assert_eq!((s.log_id(), s.last_id()), (log_id, 3));
+        let old = s.read(0, 3, 10).expect("reads");
+        assert_eq!(texts(&old), ["1", "2", "3"]);
+        assert!(old[1].action && old.iter().all(|e| e.proof.is_none()));
+        let signed = NewEntry {
+            proof: Some(proof(4)),
+            ..msg(Some(([6; 16], 4)), "4")
+        };
+        assert_eq!(
+            s.append(&[&msg(Some(([6; 16], 2)), "2"), &signed])
+                .expect("appends"),
+            [Appended::Duplicate(2), Appended::New(4)]
+        );
+        drop(s);
+        let s = RedbStore::open(dir.path(), 2, SyncPolicy::None).expect("reopens");
+        // Retention reads the old batch's keys to drop them.
+        s.append(&[&msg(None, "5")]).expect("appends");
+        let got = s.read(0, 5, 10).expect("reads");
+        assert_eq!(texts(&got), ["4", "5"]);
+        assert_eq!(got[0].proof, Some(proof(4)));
+        assert_eq!(
+            s.append(&[&msg(Some(([6; 16], 1)), "1 again")])
+                .expect("appends"),
+            [Appended::New(6)]
+        );
+    }
+
     #[test]
     fn a_file_from_before_batches_is_moved_into_batches_and_reads_the_same() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -923,7 +1108,7 @@ mod tests {
                 for id in 1..=5u64 {
                     let k = ([5u8; 16], id);
                     let text = id.to_string();
-                    let rec = Record {
+                    let rec = RecordV1 {
                         key: Some(k),
                         from: "a",
                         text: &text,

@@ -33,6 +33,7 @@ pub mod host;
 pub mod identity;
 pub mod known_hosts;
 pub mod pinfile;
+pub mod signing;
 pub mod verifier;
 
 pub use client_verifier::{client_fingerprint, AnyClientKey};

@@ -50,6 +50,22 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
     } else {
         Some(std::sync::Arc::new(super::my_identity()?))
     };
+    // One per process, kept across reconnects: with each message's number
+    // it is what makes a re-send harmless.
+    let instance = qchat_client::new_instance();
+    let signing = match &me {
+        Some(id) => match qchat_tls::signing::Signer::new(id) {
+            Ok(signer) => Some(qchat_client::session::Signing {
+                signer: std::sync::Arc::new(signer),
+                instance,
+            }),
+            Err(e) => {
+                eprintln!("qchat: warning: your lines will not be signed: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let load = || {
         TrustPlan::load(
             host.clone(),
@@ -81,9 +97,6 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
         }),
         _ => None,
     };
-    // One per process, kept across reconnects: with each message's number
-    // it is what makes a re-send harmless.
-    let instance = qchat_client::new_instance();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -193,6 +206,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             welcome: joined.welcome.v3.clone(),
             name: joined.name.clone(),
             members: joined.members.clone(),
+            signing: signing.clone(),
         };
         let mut link = Link::from(joined);
         link.network = Some(network);

@@ -28,16 +28,16 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
     // The host sits in the room as a person: with their own key, so their
     // name is theirs as anyone's is, and that key is an operator's.
     let host_key = match &operator {
-        Some(_) => Some(super::my_identity()?.fingerprint),
+        Some(_) => Some(std::sync::Arc::new(super::my_identity()?)),
         None => None,
     };
-    options.host_key = host_key;
+    options.host_key = host_key.as_ref().map(|k| k.fingerprint);
     let runtime = runtime(args.threads)?;
     runtime.block_on(async move {
         let (endpoint, local, server) = start(&identity, options, args).await?;
         if let Some(name) = operator {
-            let link = server.join_local_as(host_key);
-            tokio::spawn(operate(link, name, host_about(&identity, local)));
+            let link = server.join_local_as(host_key.as_ref().map(|k| k.fingerprint));
+            tokio::spawn(operate(link, name, host_key, host_about(&identity, local)));
         }
         server.run_until(endpoint, shutdown_signal()).await;
         tracing::info!("stopped");
@@ -278,8 +278,13 @@ fn operator_name(args: &ServeArgs) -> Result<Option<String>> {
 
 /// The operator, in plain mode: lines from stdin, events on stdout. When
 /// the operator leaves (end of input, /quit) the server keeps serving.
-async fn operate(link: qchat_server::LocalLink, name: String, about: About) {
-    let (link, welcome) = match join_as_operator(link, &name).await {
+async fn operate(
+    link: qchat_server::LocalLink,
+    name: String,
+    me: Option<std::sync::Arc<qchat_tls::Identity>>,
+    about: About,
+) {
+    let (link, welcome) = match join_as_operator(link, &name, me.as_deref()).await {
         Ok(joined) => joined,
         Err(e) => {
             tracing::warn!("the operator could not join the room: {e}");
@@ -328,9 +333,9 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
     }
     args.name = Some(name.clone());
     let identity = super::identity(args.cert_dir.clone(), args.new_identity)?;
-    let host_key = super::my_identity()?.fingerprint;
+    let host_key = super::my_identity()?;
     let options = ServerOptions {
-        host_key: Some(host_key),
+        host_key: Some(host_key.fingerprint),
         ..server_options(&args)?
     };
     let bell = !args.no_bell;
@@ -360,7 +365,8 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
                 server.run_until(endpoint, stop).await;
             })
         };
-        let (link, welcome) = join_as_operator(server.join_local_as(Some(host_key)), &name)
+        let local_link = server.join_local_as(Some(host_key.fingerprint));
+        let (link, welcome) = join_as_operator(local_link, &name, Some(&host_key))
             .await
             .context("cannot join the room as the operator")?;
         let about = host_about(&identity, local).welcomed(welcome);
@@ -416,11 +422,24 @@ type OperatorLink = qchat_client::Link<
 async fn join_as_operator(
     mut local: qchat_server::LocalLink,
     name: &str,
+    me: Option<&qchat_tls::Identity>,
 ) -> Result<(OperatorLink, qchat_client::Welcome), qchat_client::HelloError> {
+    let instance = qchat_client::new_instance();
     let greeting = qchat_client::Greeting::V3 {
-        instance: qchat_client::new_instance(),
+        instance,
         resume: None,
     };
+    // The host signs its lines like any member with a key.
+    let signing = me.and_then(|id| match qchat_tls::signing::Signer::new(id) {
+        Ok(signer) => Some(qchat_client::session::Signing {
+            signer: std::sync::Arc::new(signer),
+            instance,
+        }),
+        Err(e) => {
+            tracing::warn!("the host's lines will not be signed: {e}");
+            None
+        }
+    });
     let (decoder, welcome) =
         qchat_client::hello_as(&mut local.send, &mut local.recv, name, &greeting).await?;
     let link = qchat_client::Link {
@@ -429,6 +448,7 @@ async fn join_as_operator(
         decoder,
         conn: None,
         network: None,
+        signing,
     };
     Ok((link, welcome))
 }

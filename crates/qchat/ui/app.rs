@@ -355,13 +355,16 @@ impl App {
             | Event::Failed { .. }
             | Event::Mark { .. }
             | Event::Verified { .. }
-            | Event::ContactChanged { .. } => {}
+            | Event::ContactChanged { .. }
+            | Event::Signed { .. }
+            | Event::Forged { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
             | Event::Action { time_ms, .. }
             | Event::Private { time_ms, .. }
-            | Event::History { time_ms, .. } => *time_ms,
+            | Event::History { time_ms, .. }
+            | Event::Forged { time_ms, .. } => *time_ms,
             _ => now_ms(),
         };
         match wording::marked(&ev, &self.marks) {
@@ -792,6 +795,31 @@ pub(crate) mod tests {
         assert!(mentions("bob", "bob"));
         assert!(!mentions("bobby tables", "bob"));
         assert!(!mentions("kebob", "bob"));
+    }
+
+    /// A forged line is an error line (red), never a line of the name it
+    /// claims.
+    #[test]
+    fn a_forged_line_is_shown_as_an_error_not_as_theirs() {
+        let mut a = app();
+        a.update(Msg::Net(Event::Forged {
+            from: "alice".into(),
+            text: "pay mallory".into(),
+            time_ms: 5,
+            action: false,
+            contact: true,
+        }));
+        let last = a.lines.back().expect("a line");
+        match &last.kind {
+            Kind::Error(t) => {
+                assert_eq!(t, "WARNING: forged line claiming to be alice: pay mallory")
+            }
+            other => panic!("not an error line: {other:?}"),
+        }
+        assert!(!a
+            .lines
+            .iter()
+            .any(|l| matches!(&l.kind, Kind::Said(s) if s.from == "alice")));
     }
 
     #[test]
