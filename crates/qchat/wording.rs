@@ -161,9 +161,10 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
             from,
             text,
             action,
+            private,
             contact,
             ..
-        } => Words::Warning(forged(from, text, *action, *contact)),
+        } => Words::Warning(forged(from, text, *action, *private, *contact)),
         Event::Sent { .. }
         | Event::Delivered { .. }
         | Event::Roster { .. }
@@ -177,8 +178,12 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
 /// escape, because they are one line by definition.
 /// A line that is not provably its sender's. The text is kept on one
 /// line, so it can never pass for a line of its own after the warning.
-pub fn forged(from: &str, text: &str, action: bool, contact: bool) -> String {
-    let what = if action { "action" } else { "line" };
+pub fn forged(from: &str, text: &str, action: bool, private: bool, contact: bool) -> String {
+    let what = match (private, action) {
+        (true, _) => "private message",
+        (false, true) => "action",
+        (false, false) => "line",
+    };
     if contact {
         format!(
             "WARNING: forged {what} claiming to be {}: {}",
@@ -640,9 +645,32 @@ mod tests {
                 text: "pay\nme\x1b[2J".into(),
                 time_ms: 0,
                 action: false,
+                private: false,
                 contact: true,
             }),
             "* WARNING: forged line claiming to be alice: pay^Jme^[[2J"
+        );
+        assert_eq!(
+            line(Event::Forged {
+                from: "alice".into(),
+                text: "psst".into(),
+                time_ms: 0,
+                action: false,
+                private: true,
+                contact: true,
+            }),
+            "* WARNING: forged private message claiming to be alice: psst"
+        );
+        assert_eq!(
+            line(Event::Forged {
+                from: "bob".into(),
+                text: "psst".into(),
+                time_ms: 0,
+                action: false,
+                private: true,
+                contact: false,
+            }),
+            "* unverified private message from bob (its signature does not verify): psst"
         );
         assert_eq!(
             line(Event::Forged {
@@ -650,6 +678,7 @@ mod tests {
                 text: "waves".into(),
                 time_ms: 0,
                 action: true,
+                private: false,
                 contact: false,
             }),
             "* unverified action from bob (its signature does not verify): waves"

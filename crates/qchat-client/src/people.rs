@@ -11,10 +11,10 @@
 //!
 //! What the mark proves: the server says the name's keys are exactly the
 //! set the user checked with that person. The server also decides which
-//! name a line carries, so the lines are checked too: a public line under
-//! a contact's name is shown as theirs only if it is signed by one of the
-//! keys the user verified, and otherwise as [`Event::Forged`] (private
-//! messages are not signed yet and pass as they come).
+//! name a line carries, so the lines are checked too: a public line or a
+//! private message under a contact's name is shown as theirs only if it is
+//! signed by one of the keys the user verified, and otherwise as
+//! [`Event::Forged`].
 //!
 //! No request storm: it asks only about names that are contacts, only when
 //! they appear (the roster at each join, a join, a rename), never twice at
@@ -249,7 +249,10 @@ impl Watch {
                 steps.push(Step::Show(self.judge_line(ev)));
                 return steps;
             }
-            Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. }
+            Event::Chat { from, .. }
+            | Event::Action { from, .. }
+            | Event::History { from, .. }
+            | Event::Private { from, .. }
                 if self.contact(from).is_some() =>
             {
                 steps.push(Step::Show(forged(ev, true)));
@@ -271,9 +274,10 @@ impl Watch {
             return ev;
         };
         let from = match &*line {
-            Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. } => {
-                from.as_str()
-            }
+            Event::Chat { from, .. }
+            | Event::Action { from, .. }
+            | Event::History { from, .. }
+            | Event::Private { from, .. } => from.as_str(),
             _ => return *line,
         };
         match self.contact(from) {
@@ -423,6 +427,7 @@ fn forged(line: Event, contact: bool) -> Event {
             text,
             time_ms,
             action: false,
+            private: false,
             contact,
         },
         Event::Action {
@@ -434,6 +439,7 @@ fn forged(line: Event, contact: bool) -> Event {
             text,
             time_ms,
             action: true,
+            private: false,
             contact,
         },
         Event::History {
@@ -446,6 +452,20 @@ fn forged(line: Event, contact: bool) -> Event {
             text,
             time_ms,
             action,
+            private: false,
+            contact,
+        },
+        Event::Private {
+            from,
+            text,
+            time_ms,
+            ..
+        } => Event::Forged {
+            from,
+            text,
+            time_ms,
+            action: false,
+            private: true,
             contact,
         },
         other => other,
@@ -780,8 +800,82 @@ mod tests {
                 text: "trust me".into(),
                 time_ms: 1,
                 action: false,
+                private: false,
                 contact: true,
             }]
+        );
+    }
+
+    /// A private message signed by `by` over `signed_text` to `signed_to`,
+    /// delivered under `from` carrying `text`.
+    fn private_delivered(
+        by: &qchat_tls::signing::Signer,
+        from: &str,
+        text: &str,
+        signed_to: &str,
+        signed_text: &str,
+    ) -> Event {
+        use qchat_proto::signed::{Signed, SignedKind};
+        let bytes = Signed {
+            kind: SignedKind::Private,
+            to: signed_to,
+            text: signed_text,
+            instance: [3; 16],
+            seq: 9,
+            sent_ms: 1234,
+        }
+        .bytes();
+        let proof = qchat_proto::Proof {
+            instance: [3; 16],
+            seq: 9,
+            sent_ms: 1234,
+            key: by.public_key(),
+            sig: by.sign(&bytes),
+        };
+        let line = Event::Private {
+            from: from.into(),
+            to: "bob".into(),
+            text: text.into(),
+            time_ms: 1,
+        };
+        crate::session::checked(line, false, &proof)
+    }
+
+    /// Private messages are judged like public lines: a contact's is
+    /// theirs only when signed by a verified key over exactly this text
+    /// and recipient, otherwise a forged private message; a bad signature
+    /// from anyone else is an unverified one.
+    #[test]
+    fn private_messages_of_contacts_are_checked_like_lines() {
+        let (_a, alice) = person();
+        let (_d, dave) = person();
+        let alice_fp = qchat_tls::signing::fingerprint(&alice.public_key());
+        let mut w = Watch::new(vec![Contact::new("alice", &[alice_fp])]);
+        let genuine = private_delivered(&alice, "alice", "hi", "bob", "hi");
+        let Event::Signed { line, .. } = &genuine else {
+            panic!("a signed private message: {genuine:?}");
+        };
+        let want = (**line).clone();
+        assert_eq!(shown(&w.event(genuine)), [want]);
+        let private_forged = |ev: &Event, as_contact: bool| matches!(ev, Event::Forged { private: true, contact, .. } if *contact == as_contact);
+        let altered = shown(&w.event(private_delivered(&alice, "alice", "pay", "bob", "hi")));
+        assert!(private_forged(&altered[0], true), "{altered:?}");
+        // Signed for carol: the recipient is covered too.
+        let redirected = shown(&w.event(private_delivered(&alice, "alice", "hi", "carol", "hi")));
+        assert!(private_forged(&redirected[0], true), "{redirected:?}");
+        let unsigned = shown(&w.event(Event::Private {
+            from: "alice".into(),
+            to: "bob".into(),
+            text: "trust me".into(),
+            time_ms: 1,
+        }));
+        assert!(private_forged(&unsigned[0], true), "{unsigned:?}");
+        let bad = shown(&w.event(private_delivered(&dave, "dave", "pay", "bob", "hi")));
+        assert!(private_forged(&bad[0], false), "{bad:?}");
+        let good = shown(&w.event(private_delivered(&dave, "dave", "hi", "bob", "hi")));
+        assert!(
+            matches!(&good[0], Event::Private { from, .. } if from == "dave"),
+            "{good:?}"
         );
     }
 

@@ -296,8 +296,9 @@ pub enum Event {
         /// Whether a guest (no key) holds the name now.
         guest: bool,
     },
-    /// From the network task: a line (a [`Event::Chat`], [`Event::Action`]
-    /// or [`Event::History`]) that came with its sender's signature, and
+    /// From the network task: a line (a [`Event::Chat`], [`Event::Action`],
+    /// [`Event::History`] or [`Event::Private`]) that came with its
+    /// sender's signature, and
     /// what checking it found. The contacts layer ([`crate::people`])
     /// turns it into the line itself or into [`Event::Forged`]; an
     /// interface never sees it.
@@ -322,6 +323,8 @@ pub enum Event {
         time_ms: u64,
         /// Whether it is an action.
         action: bool,
+        /// Whether it is a private message (to the user).
+        private: bool,
         /// Whether `from` is a verified contact (the line is shown as
         /// forged) or not (shown as unverified).
         contact: bool,
@@ -354,21 +357,31 @@ fn unsigned_for(msg: ClientMsg, version: u32) -> ClientMsg {
                 ClientMsg::Say { seq, text }
             }
         }
+        ClientMsg::SignedPrivate { seq, to, text, .. } if version < 4 => {
+            ClientMsg::Private { seq, to, text }
+        }
         other => other,
     }
 }
 
 /// A signed line with what checking its signature found.
 pub(crate) fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
-    let text = match &line {
-        Event::Chat { text, .. } | Event::Action { text, .. } | Event::History { text, .. } => {
-            text.as_str()
-        }
-        _ => "",
+    let (kind, to, text) = match &line {
+        Event::Chat { text, .. } | Event::Action { text, .. } | Event::History { text, .. } => (
+            qchat_proto::signed::SignedKind::public(action),
+            "",
+            text.as_str(),
+        ),
+        Event::Private { to, text, .. } => (
+            qchat_proto::signed::SignedKind::Private,
+            to.as_str(),
+            text.as_str(),
+        ),
+        _ => (qchat_proto::signed::SignedKind::public(action), "", ""),
     };
     let signed = qchat_proto::signed::Signed {
-        kind: qchat_proto::signed::SignedKind::public(action),
-        to: "",
+        kind,
+        to,
         text,
         instance: proof.instance,
         seq: proof.seq,
@@ -937,11 +950,7 @@ impl State {
         let msg = match cmd {
             Some(Command::Say(text)) => self.public(text, false),
             Some(Command::Action(text)) => self.public(text, true),
-            Some(Command::Private { to, text }) => ClientMsg::Private {
-                seq: self.seq(),
-                to,
-                text,
-            },
+            Some(Command::Private { to, text }) => self.private(to, text),
             Some(Command::Nick(name)) => ClientMsg::Nick { name },
             Some(Command::Who) => ClientMsg::Who,
             Some(Command::Whois(_) | Command::Verify { .. })
@@ -1277,6 +1286,38 @@ impl State {
         }
     }
 
+    /// A private message, signed under the same conditions as a public
+    /// line; the signature covers the recipient's name as typed.
+    fn private(&mut self, to: String, text: String) -> ClientMsg {
+        let seq = self.seq();
+        match &self.signing {
+            Some(s) if self.version >= 4 => {
+                let sent_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let signed = qchat_proto::signed::Signed {
+                    kind: qchat_proto::signed::SignedKind::Private,
+                    to: &to,
+                    text: &text,
+                    instance: s.instance,
+                    seq,
+                    sent_ms,
+                };
+                let sig = s.signer.sign(&signed.bytes());
+                ClientMsg::SignedPrivate {
+                    seq,
+                    to,
+                    text,
+                    sent_ms,
+                    key: s.signer.public_key(),
+                    sig,
+                }
+            }
+            _ => ClientMsg::Private { seq, to, text },
+        }
+    }
+
     /// The event, if any, for one message from the server: never more than
     /// one, so no `Vec` is allocated per message received.
     fn event(&mut self, msg: ServerMsg, net: Option<&mut Network>) -> Option<Event> {
@@ -1326,8 +1367,35 @@ impl State {
                 };
                 checked(line, action, &proof)
             }
+            ServerMsg::PrivateSigned {
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            } => {
+                // Addressed to someone else (or not from us, for our own
+                // echo): a server that redirects a private message to
+                // another member makes it fail here, as a wrong signature.
+                let ours = qchat_proto::names::same(&to, &self.name)
+                    || qchat_proto::names::same(&from, &self.name);
+                let line = Event::Private {
+                    from,
+                    to,
+                    text,
+                    time_ms,
+                };
+                match checked(line, false, &proof) {
+                    Event::Signed { line, key, valid } => Event::Signed {
+                        line,
+                        key,
+                        valid: valid && ours,
+                    },
+                    other => other,
+                }
+            }
             // Kinds of changes this build does not have.
-            ServerMsg::Reserved27 | ServerMsg::Reserved29 => return None,
+            ServerMsg::Reserved29 => return None,
             ServerMsg::ChatV3 {
                 id,
                 from,

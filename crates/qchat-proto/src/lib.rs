@@ -45,8 +45,9 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// version 4 `Whois` (members' keys), several devices (keys) per name
 /// with their link codes (`HelloLink`, `Device`), alongside names bound to keys and
 /// the refusals that go with them, which older clients receive as reasons
-/// they do not know, and signed public messages (`Signed`, `ChatSigned`,
-/// `HistorySigned`).
+/// they do not know, signed public messages (`Signed`, `ChatSigned`,
+/// `HistorySigned`) and signed private messages (`SignedPrivate`,
+/// `PrivateSigned`).
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The oldest protocol version this build still serves.

@@ -33,9 +33,9 @@ pub const MESSAGE_OVERHEAD: usize = ENVELOPE + 4 * MAX_NAME_CHARS;
 /// server's `--max-message` and this, the server refuses the message.
 pub const MAX_SEND_BYTES: usize = MAX_CLIENT_FRAME - ENVELOPE;
 
-/// The most bytes a signed line (`Signed`) adds to its text beyond what a
-/// `Say` does: the action flag, the clock (a varint), the key and the
-/// signature with its length.
+/// The most bytes a signed message (`Signed`, `SignedPrivate`) adds to its
+/// strings beyond what a `Say` or `Private` does: the action flag, the
+/// clock (a varint), the key and the signature with its length.
 pub const SIGNED_EXTRA: usize = 1 + 10 + 32 + 1 + crate::signed::SIGNATURE_LEN;
 
 /// [`MAX_SEND_BYTES`] for a signed line: its proof takes the rest.

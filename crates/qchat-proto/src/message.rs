@@ -116,9 +116,25 @@ pub enum ClientMsg {
         /// What to do.
         op: DeviceOp,
     },
-    /// 12: reserved for a kind being added beside this one (contacts);
-    /// never sent. A server treats it as a kind outside the version.
-    Reserved12,
+    /// 12 (version 4): a private message signed by the sender's key,
+    /// instead of `Private`; sent under the same conditions as
+    /// [`ClientMsg::Signed`] and checked by the server the same way (the
+    /// key is the connection's, the signature has the right length). The
+    /// signature covers `to` exactly as sent.
+    SignedPrivate {
+        /// As for `Say`.
+        seq: u64,
+        /// As for `Private`.
+        to: String,
+        /// The text.
+        text: String,
+        /// The sender's clock when it wrote the message, ms since the epoch.
+        sent_ms: u64,
+        /// The sender's raw Ed25519 public key (32 bytes).
+        key: [u8; 32],
+        /// The Ed25519 signature over [`crate::signed::Signed::bytes`].
+        sig: Vec<u8>,
+    },
     /// 13 (version 4): an operator's request — `/op`, `/deop`, `/ban`,
     /// `/unban`, `/bans` — answered with [`ServerMsg::Bans`] (for `Bans`)
     /// or `Notice`, or `Failed` with `what` = `op`, `deop`, `ban`, `unban`
@@ -509,9 +525,22 @@ pub enum ServerMsg {
         /// Its keys, oldest first.
         devices: Vec<DeviceInfo>,
     },
-    /// 27: reserved for a kind being added beside this one (contacts);
-    /// never sent by this build.
-    Reserved27,
+    /// 27 (version 4): a signed private message, sent to its recipient
+    /// (instead of `Private`, for recipients that speak version 4) and
+    /// echoed to its sender.
+    PrivateSigned {
+        /// The sender's name.
+        from: String,
+        /// The recipient's name as the sender addressed it: the name the
+        /// signature covers.
+        to: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// What the sender signed it with.
+        proof: Proof,
+    },
     /// 28 (version 4): the bans in force, in answer to
     /// `Moderate { op: Bans }`.
     Bans {
@@ -730,15 +759,17 @@ impl ClientMsg {
     /// server's frame limit. Call before sending; a message that fails was
     /// never going to be delivered, and sending it would end the connection.
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
-        if let ClientMsg::Signed { text, .. } = self {
+        let signed_len = match self {
+            ClientMsg::Signed { text, .. } => Some(text.len()),
+            ClientMsg::SignedPrivate { to, text, .. } => Some(to.len() + text.len()),
+            _ => None,
+        };
+        if let Some(len) = signed_len {
             // The proof takes room in the frame: a signed line's limit is
             // lower, and the user is told that limit.
             let max = crate::limits::MAX_SIGNED_SEND_BYTES;
-            return if text.len() > max {
-                Err(TooLong {
-                    len: text.len(),
-                    max,
-                })
+            return if len > max {
+                Err(TooLong { len, max })
             } else {
                 Ok(())
             };
@@ -746,7 +777,7 @@ impl ClientMsg {
         let len = match self {
             ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
             ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
-            ClientMsg::Device { .. } | ClientMsg::Reserved12 => 0,
+            ClientMsg::Device { .. } => 0,
             ClientMsg::Moderate { op } => match op {
                 ModOp::Bans => 0,
                 ModOp::Op { name } | ModOp::Deop { name } => name.len(),
@@ -754,7 +785,7 @@ impl ClientMsg {
                 ModOp::Unban { target } => target.len(),
             },
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
-            ClientMsg::Signed { .. } => 0,
+            ClientMsg::Signed { .. } | ClientMsg::SignedPrivate { .. } => 0,
             ClientMsg::Reserved14 => 0,
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
@@ -777,7 +808,8 @@ impl ClientMsg {
             ClientMsg::Say { seq, .. }
             | ClientMsg::Action { seq, .. }
             | ClientMsg::Private { seq, .. }
-            | ClientMsg::Signed { seq, .. } => Some(*seq),
+            | ClientMsg::Signed { seq, .. }
+            | ClientMsg::SignedPrivate { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -1015,6 +1047,14 @@ mod tests {
                 seq: u64::MAX,
                 text: "x".repeat(crate::limits::MAX_SIGNED_SEND_BYTES),
                 action: true,
+                sent_ms: u64::MAX,
+                key: [0xff; 32],
+                sig: vec![0xff; crate::signed::SIGNATURE_LEN],
+            },
+            ClientMsg::SignedPrivate {
+                seq: u64::MAX,
+                to: name.clone(),
+                text: "x".repeat(crate::limits::MAX_SIGNED_SEND_BYTES - name.len()),
                 sent_ms: u64::MAX,
                 key: [0xff; 32],
                 sig: vec![0xff; crate::signed::SIGNATURE_LEN],

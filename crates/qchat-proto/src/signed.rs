@@ -128,6 +128,29 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_layout_of_a_private_message() {
+        let s = Signed {
+            kind: SignedKind::Private,
+            to: "Bob",
+            text: "hi",
+            instance: [7; 16],
+            seq: 1,
+            sent_ms: 2,
+        };
+        let mut want = b"qchat message v1\0".to_vec();
+        want.push(2);
+        want.extend_from_slice(&[0, 0, 0, 3, b'B', b'o', b'b']);
+        want.extend_from_slice(&[0, 0, 0, 2, b'h', b'i']);
+        want.extend_from_slice(&[7; 16]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(s.bytes(), want);
+        // The recipient is signed as addressed: another spelling of the
+        // same name is other bytes.
+        assert_ne!(Signed { to: "bob", ..s }.bytes(), want);
+    }
+
+    #[test]
     fn every_field_changes_the_bytes() {
         let base = Signed {
             kind: SignedKind::Private,

@@ -752,8 +752,17 @@ impl Room {
     }
 
     /// Delivers a private message to one member, echoes it to the sender,
-    /// and acknowledges it; or refuses it if there is no such member.
-    pub fn private(&self, id: MemberId, seq: u64, to: &str, text: String) {
+    /// and acknowledges it; or refuses it if there is no such member. A
+    /// signed one goes with its proof to members that speak version 4 and
+    /// as a plain `Private` to the others, who could not check it.
+    pub fn private(
+        &self,
+        id: MemberId,
+        seq: u64,
+        to: &str,
+        text: String,
+        proof: Option<Box<Proof>>,
+    ) {
         let mut st = self.lock();
         let Some((from, instance)) = st
             .members
@@ -778,20 +787,41 @@ impl Room {
             self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
             return;
         };
-        let to = st
-            .members
-            .get(&target)
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        let frame = ServerMsg::Private {
-            from,
-            to,
-            text,
-            time_ms: now_ms(),
-        }
-        .to_frame();
-        self.send_to(&mut st, target, frame.clone());
+        let version = |st: &State, m: MemberId| st.members.get(&m).map_or(0, |m| m.peer.version);
+        let time_ms = now_ms();
+        let plain = |st: &State| {
+            ServerMsg::Private {
+                from: from.clone(),
+                to: st
+                    .members
+                    .get(&target)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default(),
+                text: text.clone(),
+                time_ms,
+            }
+            .to_frame()
+        };
+        // The signed form keeps the recipient's name as it was addressed:
+        // that is what the signature covers.
+        let signed = proof.map(|p| {
+            ServerMsg::PrivateSigned {
+                from: from.clone(),
+                to: to.to_owned(),
+                text: text.clone(),
+                time_ms,
+                proof: *p,
+            }
+            .to_frame()
+        });
+        let frame_for = |st: &State, m: MemberId| match &signed {
+            Some(f) if version(st, m) >= 4 => f.clone(),
+            _ => plain(st),
+        };
+        let frame = frame_for(&st, target);
+        self.send_to(&mut st, target, frame);
         if target != id {
+            let frame = frame_for(&st, id);
             self.send_to(&mut st, id, frame);
         }
         let ack = match instance {
@@ -1424,7 +1454,7 @@ pub(crate) mod tests {
         let (a, _ra, _) = member(&r, "a", 64);
         let (_b, _rb, _) = member(&r, "b", 64);
         r.say(a.id, 1, "public".into(), false);
-        r.private(a.id, 2, "b", "secret".into());
+        r.private(a.id, 2, "b", "secret".into(), None);
         r.say(a.id, 3, "waves".into(), true);
         let (_c, mut rc, _) = member(&r, "c", 64);
         let got = drain(&mut rc);
@@ -1444,13 +1474,13 @@ pub(crate) mod tests {
         let (a, mut ra, _) = member(&r, "a", 64);
         let (_b, mut rb, _) = member(&r, "b", 64);
         let (_c, mut rc, _) = member(&r, "c", 64);
-        r.private(a.id, 1, "B", "psst".into());
+        r.private(a.id, 1, "B", "psst".into(), None);
         let is_private =
             |m: &ServerMsg| matches!(m, ServerMsg::Private { text, .. } if text == "psst");
         assert!(drain(&mut rb).iter().any(is_private));
         assert!(drain(&mut ra).iter().any(is_private));
         assert!(!drain(&mut rc).iter().any(is_private));
-        r.private(a.id, 2, "nobody", "x".into());
+        r.private(a.id, 2, "nobody", "x".into(), None);
         assert!(drain(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::Refused { seq: 2, .. })));

@@ -784,13 +784,12 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
             Err(SessionError::Protocol("second hello"))
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
-        ClientMsg::Reserved12 | ClientMsg::Reserved14 => {
-            Err(SessionError::Protocol("a reserved message kind"))
-        }
+        ClientMsg::Reserved14 => Err(SessionError::Protocol("a reserved message kind")),
         ClientMsg::Whois { .. }
         | ClientMsg::Device { .. }
         | ClientMsg::Moderate { .. }
         | ClientMsg::Signed { .. }
+        | ClientMsg::SignedPrivate { .. }
             if version < 4 =>
         {
             Err(SessionError::Protocol(
@@ -819,6 +818,7 @@ async fn handle(
             | ClientMsg::Action { .. }
             | ClientMsg::Private { .. }
             | ClientMsg::Signed { .. }
+            | ClientMsg::SignedPrivate { .. }
     ) {
         room.metrics().messages_received.inc();
     }
@@ -827,6 +827,7 @@ async fn handle(
         | ClientMsg::Action { seq, text }
         | ClientMsg::Private { seq, text, .. }
         | ClientMsg::Signed { seq, text, .. }
+        | ClientMsg::SignedPrivate { seq, text, .. }
             if text.len() > options.max_message =>
         {
             let reason = format!(
@@ -839,7 +840,21 @@ async fn handle(
         }
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
         ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
-        ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text),
+        ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text, None),
+        ClientMsg::SignedPrivate {
+            seq,
+            to,
+            text,
+            sent_ms,
+            key,
+            sig,
+        } => match proof(id, room, seq, sent_ms, key, sig) {
+            Ok(p) => room.private(id, seq, &to, text, Some(p)),
+            Err(reason) => {
+                room.metrics().messages_refused.inc();
+                room.reply(id, &ServerMsg::Refused { seq, reason });
+            }
+        },
         ClientMsg::Signed {
             seq,
             text,
@@ -871,7 +886,6 @@ async fn handle(
         ClientMsg::Hello { .. }
         | ClientMsg::HelloV3 { .. }
         | ClientMsg::HelloLink { .. }
-        | ClientMsg::Reserved12
         | ClientMsg::Reserved14 => {}
     }
     None

@@ -1308,3 +1308,108 @@ async fn a_signed_line_is_stored_and_forwarded_with_its_proof() {
         other => panic!("no signed history: {other:?}"),
     }
 }
+
+/// A signed private message is checked like a signed line (the
+/// connection's own key, the signature's length), then delivered with its
+/// proof and the recipient's name as addressed to a member that speaks
+/// version 4, echoed the same way to its sender, and delivered as a plain
+/// `Private` to a version-3 member, which could not check it.
+#[tokio::test(start_paused = true)]
+async fn a_signed_private_message_is_forwarded_with_its_proof() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (id, _) =
+        qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person).expect("a key");
+    let signer = qchat_tls::signing::Signer::new(&id).expect("Ed25519");
+    let s = server(ServerOptions::default());
+    let alice_peer = Peer {
+        key: Some(id.fingerprint),
+        ..from_afar(None)
+    };
+    let (mut alice, _) = open_from(&s, alice_peer, hello_v4("alice", 1)).await;
+    until(&mut alice, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut bob, _) = open_from(&s, from_afar(Some(9)), hello_v4("bob", 2)).await;
+    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut old, _) = open_from(
+        &s,
+        from_afar(None),
+        ClientMsg::HelloV3 {
+            version: 3,
+            name: "old".into(),
+            instance: [3; 16],
+            resume: None,
+        },
+    )
+    .await;
+    until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+
+    let private = |seq: u64, to: &str, key: [u8; 32], sig: Vec<u8>| ClientMsg::SignedPrivate {
+        seq,
+        to: to.into(),
+        text: "psst".into(),
+        sent_ms: 77,
+        key,
+        sig,
+    };
+    alice.send(private(1, "BOB", [5; 32], vec![0; 64])).await;
+    match until(&mut alice, |m| matches!(m, ServerMsg::Refused { .. })).await {
+        ServerMsg::Refused { seq, reason } => {
+            assert_eq!(seq, 1);
+            assert!(reason.contains("another key"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    alice
+        .send(private(2, "BOB", signer.public_key(), vec![0; 63]))
+        .await;
+    match until(&mut alice, |m| matches!(m, ServerMsg::Refused { .. })).await {
+        ServerMsg::Refused { seq, reason } => {
+            assert_eq!(seq, 2);
+            assert!(reason.contains("64"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let sig: Vec<u8> = (0..64).collect();
+    alice
+        .send(private(3, "BOB", signer.public_key(), sig.clone()))
+        .await;
+    let want = qchat_proto::Proof {
+        instance: [1; 16],
+        seq: 3,
+        sent_ms: 77,
+        key: signer.public_key(),
+        sig: sig.clone(),
+    };
+    for c in [&mut bob, &mut alice] {
+        match until(c, |m| matches!(m, ServerMsg::PrivateSigned { .. })).await {
+            ServerMsg::PrivateSigned {
+                from,
+                to,
+                text,
+                proof,
+                ..
+            } => {
+                assert_eq!(
+                    (from.as_str(), to.as_str(), text.as_str()),
+                    ("alice", "BOB", "psst")
+                );
+                assert_eq!(proof, want);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { seq: 3, .. })).await;
+
+    alice
+        .send(private(4, "old", signer.public_key(), sig))
+        .await;
+    match until(&mut old, |m| matches!(m, ServerMsg::Private { .. })).await {
+        ServerMsg::Private { from, to, text, .. } => {
+            assert_eq!(
+                (from.as_str(), to.as_str(), text.as_str()),
+                ("alice", "old", "psst")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { seq: 4, .. })).await;
+}

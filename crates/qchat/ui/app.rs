@@ -807,6 +807,7 @@ pub(crate) mod tests {
             text: "pay mallory".into(),
             time_ms: 5,
             action: false,
+            private: false,
             contact: true,
         }));
         let last = a.lines.back().expect("a line");
