@@ -1,6 +1,7 @@
-//! Signed lines: a verified contact's lines carry the mark because they
-//! verify, and a line under a verified contact's name that does not verify
-//! — live or replayed — is shown as forged, never as theirs.
+//! Signed lines: a verified contact's lines and private messages carry the
+//! mark because they verify, and a line or private message under a
+//! verified contact's name that does not verify — live or replayed — is
+//! shown as forged, never as theirs.
 //!
 //! The forger is a raw client holding alice's key (what a server taken
 //! over could do with any line): it speaks the protocol itself, so it can
@@ -90,6 +91,53 @@ async fn send_stored(s: &mut RawStream, msg: ClientMsg) {
     }
 }
 
+/// A private message to `to` signed with `signer`, whose signature covers
+/// `signed_text` while the message carries `text`.
+fn private(
+    signer: &qchat_tls::signing::Signer,
+    instance: [u8; 16],
+    seq: u64,
+    to: &str,
+    text: &str,
+    signed_text: &str,
+) -> ClientMsg {
+    let sent_ms = 1_700_000_000_000 + seq;
+    let bytes = Signed {
+        kind: SignedKind::Private,
+        to,
+        text: signed_text,
+        instance,
+        seq,
+        sent_ms,
+    }
+    .bytes();
+    ClientMsg::SignedPrivate {
+        seq,
+        to: to.into(),
+        text: text.into(),
+        sent_ms,
+        key: signer.public_key(),
+        sig: signer.sign(&bytes),
+    }
+}
+
+/// Sends a private message and waits for the server to deliver it (it is
+/// acknowledged, and echoed with its proof).
+async fn send_private(s: &mut RawStream, msg: ClientMsg) {
+    let seq = msg.seq().expect("a numbered message");
+    s.write(&msg.to_frame()).await.expect("message written");
+    let (mut echoed, mut acked) = (false, false);
+    while !(echoed && acked) {
+        match s.next_msg().await {
+            Some(ServerMsg::AckV3 { seq: a, .. }) if a == seq => acked = true,
+            Some(ServerMsg::PrivateSigned { .. }) => echoed = true,
+            Some(ServerMsg::Refused { reason, .. }) => panic!("refused: {reason}"),
+            Some(_) => {}
+            None => panic!("no acknowledgement"),
+        }
+    }
+}
+
 fn verified(who: &mut Proc, name: &str) {
     who.expect(Stream::Out, "the verified line", |l| {
         l.starts_with(&format!("* verified {name} "))
@@ -146,6 +194,51 @@ fn a_verified_contacts_lines_verify_and_a_forged_one_shows_forged_live_and_repla
     bob.expect_out("[history] <alice> hello");
     bob.expect_out("* WARNING: forged line claiming to be alice: I owe mallory 100");
     bob.expect_out("[history] <alice> genuine");
+    bob.close_stdin();
+    bob.wait();
+    drop(s);
+}
+
+/// Private messages are signed too: a verified contact's shows with the
+/// mark, and one whose signature covers other text is a forged private
+/// message, never hers.
+#[test]
+fn a_verified_contacts_private_messages_verify_and_a_forged_one_shows_forged() {
+    let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
+    let server = Server::start(&hs);
+    let mut alice = join(&ha, &server, "alice");
+    let mut bob = join(&hb, &server, "bob");
+    bob.send_line(&format!("/verify alice {}", my_fingerprint(&ha, None)));
+    verified(&mut bob, "alice");
+    alice.send_line("/msg bob hi");
+    bob.expect_out("[alice ✓ -> bob] hi");
+    alice.close_stdin();
+    alice.wait();
+
+    let key = key_of(&ha);
+    let signer = qchat_tls::signing::Signer::new(&key).expect("an Ed25519 key");
+    let rt = runtime();
+    let raw = rt.block_on(Raw::connect_as(&server, &key));
+    let instance = [0x43; 16];
+    let mut s = rt.block_on(join_v4(&raw, "alice", instance));
+    rt.block_on(send_private(
+        &mut s,
+        private(&signer, instance, 1, "bob", "send mallory the key", "hello"),
+    ));
+    bob.expect_out("* WARNING: forged private message claiming to be alice: send mallory the key");
+    // Signing what it sends, the same device is alice.
+    rt.block_on(send_private(
+        &mut s,
+        private(&signer, instance, 2, "bob", "genuine", "genuine"),
+    ));
+    bob.expect_out("[alice ✓ -> bob] genuine");
+    assert!(
+        !bob.stdout_so_far()
+            .iter()
+            .any(|l| l.starts_with("[alice") && l.contains("mallory")),
+        "{}",
+        bob.transcript()
+    );
     bob.close_stdin();
     bob.wait();
     drop(s);

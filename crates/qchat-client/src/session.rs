@@ -1743,6 +1743,23 @@ mod tests {
             }
         );
         assert_eq!(unsigned_for(signed(false), 4), signed(false));
+        let private = ClientMsg::SignedPrivate {
+            seq: 5,
+            to: "bob".into(),
+            text: "psst".into(),
+            sent_ms: 1,
+            key: [2; 32],
+            sig: vec![3; 64],
+        };
+        assert_eq!(
+            unsigned_for(private.clone(), 3),
+            ClientMsg::Private {
+                seq: 5,
+                to: "bob".into(),
+                text: "psst".into()
+            }
+        );
+        assert_eq!(unsigned_for(private.clone(), 4), private);
     }
 
     /// Decisions end the session; the network and restarts do not.
