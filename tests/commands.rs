@@ -25,7 +25,8 @@ fn msg_reaches_only_its_target_and_is_shown_to_both() {
     let (_server, mut m, _homes) = room(3);
     m[0].send_line("/msg BOB meet me at noon");
     m[1].expect_out("[alice -> bob] meet me at noon");
-    m[0].expect_out("[alice -> bob] meet me at noon");
+    // The sender's copy keeps the name as she addressed (and signed) it.
+    m[0].expect_out("[alice -> BOB] meet me at noon");
     // carol hears what comes after, and never the private line.
     m[0].send_line("public again");
     m[2].expect_out("<alice> public again");

@@ -1377,8 +1377,8 @@ impl State {
                 // Addressed to someone else (or not from us, for our own
                 // echo): a server that redirects a private message to
                 // another member makes it fail here, as a wrong signature.
-                let ours = qchat_proto::names::same(&to, &self.name)
-                    || qchat_proto::names::same(&from, &self.name);
+                let to_us = qchat_proto::names::same(&to, &self.name);
+                let ours = to_us || qchat_proto::names::same(&from, &self.name);
                 let line = Event::Private {
                     from,
                     to,
@@ -1386,11 +1386,25 @@ impl State {
                     time_ms,
                 };
                 match checked(line, false, &proof) {
-                    Event::Signed { line, key, valid } => Event::Signed {
-                        line,
+                    Event::Signed {
+                        mut line,
                         key,
-                        valid: valid && ours,
-                    },
+                        valid,
+                    } => {
+                        // Checked against the spelling the sender signed;
+                        // shown to us under our name as the room knows it,
+                        // as an unsigned `Private` would be.
+                        if let Event::Private { to, .. } = &mut *line {
+                            if to_us {
+                                to.clone_from(&self.name);
+                            }
+                        }
+                        Event::Signed {
+                            line,
+                            key,
+                            valid: valid && ours,
+                        }
+                    }
                     other => other,
                 }
             }
