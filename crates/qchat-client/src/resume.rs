@@ -156,6 +156,9 @@ impl Outbox {
         let same = |m: &ClientMsg| match m {
             ClientMsg::Say { text: t, .. } => !action && t == text,
             ClientMsg::Action { text: t, .. } => action && t == text,
+            ClientMsg::Signed {
+                text: t, action: a, ..
+            } => *a == action && t == text,
             _ => false,
         };
         self.in_flight.values().any(same) || self.unsent.iter().any(|(_, m)| same(m))
@@ -310,6 +313,29 @@ mod tests {
             seq,
             text: seq.to_string(),
         }
+    }
+
+    /// A signed line waiting for its answer is recognised in the replay
+    /// like a plain one: otherwise a line stored just before the connection
+    /// dropped would be shown twice, pending and replayed.
+    #[test]
+    fn a_signed_line_waiting_for_its_answer_is_held() {
+        let mut o = Outbox::default();
+        o.push(
+            1,
+            ClientMsg::Signed {
+                seq: 1,
+                text: "hi".into(),
+                action: false,
+                sent_ms: 0,
+                key: [0; 32],
+                sig: vec![0; 64],
+            },
+        )
+        .expect("room in the outbox");
+        assert!(o.holds_public("hi", false));
+        assert!(!o.holds_public("hi", true));
+        assert!(!o.holds_public("other", false));
     }
 
     #[test]
