@@ -390,10 +390,7 @@ impl Signing {
 
     /// `text` as line `seq`, signed as the real client signs it.
     fn line(&self, seq: u64, text: String) -> ClientMsg {
-        let sent_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let sent_ms = qchat_proto::clock::now_ms();
         let bytes = qchat_proto::signed::Signed {
             kind: qchat_proto::signed::SignedKind::Say,
             to: "",

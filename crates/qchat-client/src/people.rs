@@ -417,58 +417,38 @@ impl Watch {
 
 /// `line` as a line that is not provably its sender's.
 fn forged(line: Event, contact: bool) -> Event {
-    match line {
+    let (from, text, time_ms, action, private) = match line {
         Event::Chat {
             from,
             text,
             time_ms,
-        } => Event::Forged {
-            from,
-            text,
-            time_ms,
-            action: false,
-            private: false,
-            contact,
-        },
+        } => (from, text, time_ms, false, false),
         Event::Action {
             from,
             text,
             time_ms,
-        } => Event::Forged {
-            from,
-            text,
-            time_ms,
-            action: true,
-            private: false,
-            contact,
-        },
+        } => (from, text, time_ms, true, false),
         Event::History {
             from,
             text,
             time_ms,
             action,
-        } => Event::Forged {
-            from,
-            text,
-            time_ms,
-            action,
-            private: false,
-            contact,
-        },
+        } => (from, text, time_ms, action, false),
         Event::Private {
             from,
             text,
             time_ms,
             ..
-        } => Event::Forged {
-            from,
-            text,
-            time_ms,
-            action: false,
-            private: true,
-            contact,
-        },
-        other => other,
+        } => (from, text, time_ms, false, true),
+        other => return other,
+    };
+    Event::Forged {
+        from,
+        text,
+        time_ms,
+        action,
+        private,
+        contact,
     }
 }
 

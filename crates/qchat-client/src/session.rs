@@ -364,6 +364,23 @@ fn unsigned_for(msg: ClientMsg, version: u32) -> ClientMsg {
     }
 }
 
+/// A public message as it arrives live: an action or a chat line.
+fn live_line(from: String, text: String, time_ms: u64, action: bool) -> Event {
+    if action {
+        Event::Action {
+            from,
+            text,
+            time_ms,
+        }
+    } else {
+        Event::Chat {
+            from,
+            text,
+            time_ms,
+        }
+    }
+}
+
 /// A signed line with what checking its signature found.
 pub(crate) fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
     let (kind, to, text) = match &line {
@@ -1253,36 +1270,49 @@ impl State {
         }
     }
 
-    /// A public line, signed when the server speaks version 4 and we have
-    /// a key.
+    /// The proof for a line this client sends, when the server speaks
+    /// version 4 and we have a key: the sender's clock, the public key and
+    /// the signature over the signed bytes (`to` is empty for a public line;
+    /// for a private one, the recipient as typed).
+    fn sign(
+        &self,
+        kind: qchat_proto::signed::SignedKind,
+        to: &str,
+        text: &str,
+        seq: u64,
+    ) -> Option<(u64, [u8; 32], Vec<u8>)> {
+        let s = self.signing.as_ref().filter(|_| self.version >= 4)?;
+        let sent_ms = qchat_proto::clock::now_ms();
+        let signed = qchat_proto::signed::Signed {
+            kind,
+            to,
+            text,
+            instance: s.instance,
+            seq,
+            sent_ms,
+        };
+        Some((
+            sent_ms,
+            s.signer.public_key(),
+            s.signer.sign(&signed.bytes()),
+        ))
+    }
+
+    /// A public line, signed when [`Self::sign`] can.
     fn public(&mut self, text: String, action: bool) -> ClientMsg {
         let seq = self.seq();
-        match &self.signing {
-            Some(s) if self.version >= 4 => {
-                let sent_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                let signed = qchat_proto::signed::Signed {
-                    kind: qchat_proto::signed::SignedKind::public(action),
-                    to: "",
-                    text: &text,
-                    instance: s.instance,
-                    seq,
-                    sent_ms,
-                };
-                let sig = s.signer.sign(&signed.bytes());
-                ClientMsg::Signed {
-                    seq,
-                    text,
-                    action,
-                    sent_ms,
-                    key: s.signer.public_key(),
-                    sig,
-                }
-            }
-            _ if action => ClientMsg::Action { seq, text },
-            _ => ClientMsg::Say { seq, text },
+        let kind = qchat_proto::signed::SignedKind::public(action);
+        match self.sign(kind, "", &text, seq) {
+            Some((sent_ms, key, sig)) => ClientMsg::Signed {
+                seq,
+                text,
+                action,
+                sent_ms,
+                key,
+                sig,
+            },
+            None if action => ClientMsg::Action { seq, text },
+            None => ClientMsg::Say { seq, text },
         }
     }
 
@@ -1290,31 +1320,17 @@ impl State {
     /// line; the signature covers the recipient's name as typed.
     fn private(&mut self, to: String, text: String) -> ClientMsg {
         let seq = self.seq();
-        match &self.signing {
-            Some(s) if self.version >= 4 => {
-                let sent_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                let signed = qchat_proto::signed::Signed {
-                    kind: qchat_proto::signed::SignedKind::Private,
-                    to: &to,
-                    text: &text,
-                    instance: s.instance,
-                    seq,
-                    sent_ms,
-                };
-                let sig = s.signer.sign(&signed.bytes());
-                ClientMsg::SignedPrivate {
-                    seq,
-                    to,
-                    text,
-                    sent_ms,
-                    key: s.signer.public_key(),
-                    sig,
-                }
-            }
-            _ => ClientMsg::Private { seq, to, text },
+        let kind = qchat_proto::signed::SignedKind::Private;
+        match self.sign(kind, &to, &text, seq) {
+            Some((sent_ms, key, sig)) => ClientMsg::SignedPrivate {
+                seq,
+                to,
+                text,
+                sent_ms,
+                key,
+                sig,
+            },
+            None => ClientMsg::Private { seq, to, text },
         }
     }
 
@@ -1333,20 +1349,7 @@ impl State {
                 if !self.fresh(id, &from, &text, action) {
                     return None;
                 }
-                let line = if action {
-                    Event::Action {
-                        from,
-                        text,
-                        time_ms,
-                    }
-                } else {
-                    Event::Chat {
-                        from,
-                        text,
-                        time_ms,
-                    }
-                };
-                checked(line, action, &proof)
+                checked(live_line(from, text, time_ms, action), action, &proof)
             }
             ServerMsg::HistorySigned {
                 id,
@@ -1420,19 +1423,7 @@ impl State {
                 if !self.fresh(id, &from, &text, action) {
                     return None;
                 }
-                if action {
-                    Event::Action {
-                        from,
-                        text,
-                        time_ms,
-                    }
-                } else {
-                    Event::Chat {
-                        from,
-                        text,
-                        time_ms,
-                    }
-                }
+                live_line(from, text, time_ms, action)
             }
             ServerMsg::HistoryV3 {
                 id,

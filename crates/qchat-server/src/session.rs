@@ -660,10 +660,7 @@ async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
 fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
     let here = room.member_named(name);
     let claim = room.registry().lookup(name, options.name_expiry);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let now = qchat_proto::clock::now_ms();
     let joined_ms = |d: Duration| now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(0));
     let msg = match (here, claim) {
         (None, None) => ServerMsg::Failed {

@@ -259,11 +259,7 @@ fn meta_u64(
 /// Messages received before this time (ms since the Unix epoch) are older
 /// than `max_age`.
 fn cutoff_ms(max_age: std::time::Duration) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    now.saturating_sub(max_age.as_millis() as u64)
+    qchat_proto::clock::now_ms().saturating_sub(max_age.as_millis() as u64)
 }
 
 /// Moves a file's one-message-per-id log into batches, in the transaction
