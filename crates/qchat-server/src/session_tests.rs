@@ -1206,12 +1206,20 @@ async fn until(c: &mut Client, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
     }
 }
 
-/// A signed line is checked only for what is cheap (the signature's
-/// length, the connection's own key), stored with its proof, and
-/// forwarded with it — live and in the replay — to members that speak
-/// version 4; a version-3 member gets the line as before.
-#[tokio::test(start_paused = true)]
-async fn a_signed_line_is_stored_and_forwarded_with_its_proof() {
+/// A room for the signing tests: alice with a person key (the signer),
+/// bob speaking version 4, and `old` speaking version 3, all past their
+/// replay.
+struct SignedRoom {
+    /// Holds alice's key files for as long as the test runs.
+    _dir: tempfile::TempDir,
+    signer: qchat_tls::signing::Signer,
+    s: Server,
+    alice: Client,
+    bob: Client,
+    old: Client,
+}
+
+async fn signed_room() -> SignedRoom {
     let dir = tempfile::tempdir().expect("tempdir");
     let (id, _) =
         qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person).expect("a key");
@@ -1237,6 +1245,30 @@ async fn a_signed_line_is_stored_and_forwarded_with_its_proof() {
     )
     .await;
     until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    SignedRoom {
+        _dir: dir,
+        signer,
+        s,
+        alice,
+        bob,
+        old,
+    }
+}
+
+/// A signed line is checked only for what is cheap (the signature's
+/// length, the connection's own key), stored with its proof, and
+/// forwarded with it — live and in the replay — to members that speak
+/// version 4; a version-3 member gets the line as before.
+#[tokio::test(start_paused = true)]
+async fn a_signed_line_is_stored_and_forwarded_with_its_proof() {
+    let SignedRoom {
+        _dir,
+        signer,
+        s,
+        mut alice,
+        mut bob,
+        mut old,
+    } = signed_room().await;
 
     let signed = |seq: u64, key: [u8; 32], sig: Vec<u8>| ClientMsg::Signed {
         seq,
@@ -1316,31 +1348,14 @@ async fn a_signed_line_is_stored_and_forwarded_with_its_proof() {
 /// `Private` to a version-3 member, which could not check it.
 #[tokio::test(start_paused = true)]
 async fn a_signed_private_message_is_forwarded_with_its_proof() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (id, _) =
-        qchat_tls::identity::load_or_create_as(dir.path(), qchat_tls::Role::Person).expect("a key");
-    let signer = qchat_tls::signing::Signer::new(&id).expect("Ed25519");
-    let s = server(ServerOptions::default());
-    let alice_peer = Peer {
-        key: Some(id.fingerprint),
-        ..from_afar(None)
-    };
-    let (mut alice, _) = open_from(&s, alice_peer, hello_v4("alice", 1)).await;
-    until(&mut alice, |m| matches!(m, ServerMsg::Replayed { .. })).await;
-    let (mut bob, _) = open_from(&s, from_afar(Some(9)), hello_v4("bob", 2)).await;
-    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
-    let (mut old, _) = open_from(
-        &s,
-        from_afar(None),
-        ClientMsg::HelloV3 {
-            version: 3,
-            name: "old".into(),
-            instance: [3; 16],
-            resume: None,
-        },
-    )
-    .await;
-    until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let SignedRoom {
+        _dir,
+        signer,
+        s: _server,
+        mut alice,
+        mut bob,
+        mut old,
+    } = signed_room().await;
 
     let private = |seq: u64, to: &str, key: [u8; 32], sig: Vec<u8>| ClientMsg::SignedPrivate {
         seq,
