@@ -693,7 +693,25 @@ pub async fn join(conn: quinn::Connection, name: &str) -> Result<Joined, Connect
 /// a protocol error: that is reported as
 /// [`RejectReason::UnsupportedVersion`] (see
 /// [`ConnectError::wants_older_protocol`]).
+///
+/// A hello that fails closes its connection at once: merely dropped, it
+/// would keep the server waiting for an acknowledgement that never comes,
+/// holding one of this address's few slots for connections not yet in the
+/// room — and a user retrying a name, or a client reconnecting, would be
+/// refused meanwhile.
 pub async fn join_as(
+    conn: quinn::Connection,
+    name: &str,
+    greeting: &Greeting,
+) -> Result<Joined, ConnectError> {
+    let joined = hello_on(conn.clone(), name, greeting).await;
+    if joined.is_err() {
+        conn.close(qchat_proto::CloseCode::Normal.code().into(), b"");
+    }
+    joined
+}
+
+async fn hello_on(
     conn: quinn::Connection,
     name: &str,
     greeting: &Greeting,

@@ -138,12 +138,8 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             };
             let joined = qchat_client::join_as(conn.clone(), &name, &greeting).await;
             if joined.is_err() {
-                // Said goodbye at once: a refused hello whose connection
-                // is merely dropped keeps the server waiting for an
-                // acknowledgement that never comes, and holds one of this
-                // address's few slots for connections not yet in the room
-                // meanwhile — a user retrying a name would be refused.
-                conn.close(qchat_proto::CloseCode::Normal.code().into(), b"");
+                // join_as closed the connection; the process may exit
+                // next, so let the close leave this machine first.
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_millis(500),
                     endpoint.wait_idle(),
