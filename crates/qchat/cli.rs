@@ -197,6 +197,16 @@ pub struct LimitArgs {
     /// joined (still in the handshake or waiting for their hello).
     #[arg(long, default_value_t = limits::MAX_UNJOINED_PER_IP, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_unjoined_per_ip: usize,
+    /// Rooms the server keeps at most, #lobby included; /join of a new
+    /// room beyond it is refused with the reason.
+    #[arg(long, default_value_t = limits::MAX_ROOMS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_rooms: usize,
+    /// Rooms besides #lobby one member may be in at once.
+    #[arg(long, default_value_t = limits::MAX_ROOMS_PER_MEMBER, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
+    pub max_rooms_per_member: usize,
+    /// Members a room besides #lobby admits at once.
+    #[arg(long, default_value_t = limits::MAX_ROOM_MEMBERS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_room_members: usize,
     /// Messages per second a member may send on average (0 = unlimited).
     #[arg(long, default_value_t = limits::RATE)]
     pub rate: u32,
@@ -387,6 +397,9 @@ impl LimitArgs {
             history: self.history,
             replay_max: self.replay_max,
             grace: self.reconnect_grace.0,
+            max_rooms: self.max_rooms,
+            max_rooms_per_member: self.max_rooms_per_member,
+            max_room_members: self.max_room_members,
             ..options
         };
         options.validate()?;

@@ -15,6 +15,8 @@ pub enum Input {
     /// Show the server's fingerprint (and how far it is trusted, or how
     /// others connect).
     Fingerprint,
+    /// Make another room the current one: where typed lines go.
+    Switch(String),
     /// Nothing to do (an empty line).
     Nothing,
     /// A mistake, explained in one line.
@@ -63,6 +65,49 @@ pub const COMMANDS: &[CommandHelp] = &[
         name: "/verify",
         args: "NAME FP",
         about: "after checking NAME's fingerprint with them, mark their name verified (✓)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/join",
+        args: "#ROOM",
+        about:
+            "join a room (created if it does not exist: you are its operator); typed lines go there",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/part",
+        args: "[#ROOM] [REASON]",
+        about: "leave a room (the current one if none is named)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/switch",
+        args: "#ROOM",
+        about: "send typed lines to another room you are in (#lobby included)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/rooms",
+        args: "",
+        about: "the rooms, with their members and topics",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/topic",
+        args: "TEXT",
+        about: "set the current room's topic (its operators)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/invite",
+        args: "NAME",
+        about: "let a member into the current room when it is invite-only (its operators)",
+        operator: false,
+    },
+    CommandHelp {
+        name: "/room",
+        args: "invite-only on|off",
+        about: "make the current room invite-only, or open (its operators)",
         operator: false,
     },
     CommandHelp {
@@ -134,6 +179,117 @@ pub const COMMANDS: &[CommandHelp] = &[
     },
 ];
 
+/// Parses one line typed while `room` is the current room: a message
+/// goes to it, and the room commands (`/part`, `/topic`, `/invite`,
+/// `/room`, `/kick`) apply to it unless they name another. In `#lobby`
+/// this is [`parse`].
+pub fn parse_in(line: &str, room: &str) -> Input {
+    use qchat_proto::names::{is_lobby, validate_room, LOBBY};
+    let in_lobby = is_lobby(room);
+    let trimmed = line.trim_end_matches(['\r', '\n']);
+    let (cmd, rest) = match trimmed.strip_prefix('/') {
+        Some(c) if !c.starts_with('/') => split_word(c),
+        _ => ("", ""),
+    };
+    let needs_room = |what: &str| {
+        Input::Error(format!(
+            "{what} applies to the current room, and {LOBBY} is the server's own room; /join or /switch to a room first"
+        ))
+    };
+    match cmd.to_ascii_lowercase().as_str() {
+        "join" | "switch" => {
+            let (name, extra) = split_word(rest);
+            if name.is_empty() || !extra.is_empty() {
+                return usage(if cmd.eq_ignore_ascii_case("join") {
+                    "/join"
+                } else {
+                    "/switch"
+                });
+            }
+            if let Err(e) = validate_room(name) {
+                return Input::Error(format!("{}: {e}", qchat_proto::text::sanitize(name)));
+            }
+            if is_lobby(name) {
+                Input::Switch(LOBBY.into())
+            } else if cmd.eq_ignore_ascii_case("join") {
+                Input::Send(Command::Join(name.to_string()))
+            } else {
+                Input::Switch(name.to_string())
+            }
+        }
+        "part" | "leave" => {
+            let (first, after) = split_word(rest);
+            let (target, reason) = if first.starts_with('#') {
+                (first, after)
+            } else {
+                (room, rest)
+            };
+            if is_lobby(target) {
+                return Input::Error(format!(
+                    "everyone is always in {LOBBY}; /quit leaves the server"
+                ));
+            }
+            Input::Send(Command::Part {
+                room: target.to_string(),
+                reason: reason.to_string(),
+            })
+        }
+        "rooms" if rest.is_empty() => Input::Send(Command::Rooms),
+        "rooms" => usage("/rooms"),
+        "topic" if in_lobby => needs_room("/topic"),
+        "topic" => Input::Send(Command::Topic {
+            room: room.to_string(),
+            text: rest.to_string(),
+        }),
+        "invite" if in_lobby => needs_room("/invite"),
+        "invite" => match split_word(rest) {
+            (name, "") if !name.is_empty() => Input::Send(Command::Invite {
+                room: room.to_string(),
+                name: name.to_string(),
+            }),
+            _ => usage("/invite"),
+        },
+        "room" if in_lobby => needs_room("/room"),
+        "room" => {
+            let (what, on) = split_word(rest);
+            match (
+                what.to_ascii_lowercase().as_str(),
+                on.to_ascii_lowercase().as_str(),
+            ) {
+                ("invite-only", "on") => Input::Send(Command::RoomMode {
+                    room: room.to_string(),
+                    invite_only: true,
+                }),
+                ("invite-only", "off") => Input::Send(Command::RoomMode {
+                    room: room.to_string(),
+                    invite_only: false,
+                }),
+                _ => usage("/room"),
+            }
+        }
+        _ => match parse(line) {
+            Input::Send(Command::Say(text)) if !in_lobby => Input::Send(Command::RoomSay {
+                room: room.to_string(),
+                text,
+                action: false,
+            }),
+            Input::Send(Command::Action(text)) if !in_lobby => Input::Send(Command::RoomSay {
+                room: room.to_string(),
+                text,
+                action: true,
+            }),
+            Input::Send(Command::Kick { name, reason }) if !in_lobby => {
+                Input::Send(Command::RoomKick {
+                    room: room.to_string(),
+                    name,
+                    reason,
+                })
+            }
+            other => other,
+        },
+    }
+}
+
 /// Parses one line. A line that starts with `/` is a command; `//` at the
 /// start sends the rest, slash included, as a message.
 pub fn parse(line: &str) -> Input {
@@ -149,6 +305,9 @@ pub fn parse(line: &str) -> Input {
     };
     let (cmd, rest) = split_word(cmdline);
     match cmd.to_ascii_lowercase().as_str() {
+        "join" | "switch" | "part" | "leave" | "rooms" | "topic" | "invite" | "room" => {
+            parse_in(line, qchat_proto::names::LOBBY)
+        }
         "help" | "?" => Input::Help,
         "fingerprint" => Input::Fingerprint,
         "who" | "names" => Input::Send(Command::Who),
@@ -309,6 +468,74 @@ pub fn help_lines(operator: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_typed_line_goes_to_the_current_room() {
+        let say = |room: &str, text: &str, action| {
+            Input::Send(Command::RoomSay {
+                room: room.into(),
+                text: text.into(),
+                action,
+            })
+        };
+        assert_eq!(parse_in("hi", "#dev"), say("#dev", "hi", false));
+        assert_eq!(parse_in("/me waves", "#dev"), say("#dev", "waves", true));
+        assert_eq!(
+            parse_in("hi", "#lobby"),
+            Input::Send(Command::Say("hi".into()))
+        );
+        assert_eq!(parse("hi"), Input::Send(Command::Say("hi".into())));
+        assert_eq!(
+            parse("/join #dev"),
+            Input::Send(Command::Join("#dev".into()))
+        );
+        assert_eq!(
+            parse_in("/join #Lobby", "#dev"),
+            Input::Switch("#lobby".into())
+        );
+        assert_eq!(parse("/switch #dev"), Input::Switch("#dev".into()));
+        assert!(matches!(parse("/join dev"), Input::Error(_)));
+        assert_eq!(
+            parse_in("/part", "#dev"),
+            Input::Send(Command::Part {
+                room: "#dev".into(),
+                reason: String::new()
+            })
+        );
+        assert_eq!(
+            parse_in("/part #ops bye now", "#dev"),
+            Input::Send(Command::Part {
+                room: "#ops".into(),
+                reason: "bye now".into()
+            })
+        );
+        assert!(matches!(parse("/part"), Input::Error(_)), "not the lobby");
+        assert!(matches!(parse("/topic x"), Input::Error(_)));
+        assert_eq!(parse("/rooms"), Input::Send(Command::Rooms));
+        assert!(matches!(parse("/rooms x"), Input::Error(_)));
+        assert_eq!(
+            parse_in("/room invite-only on", "#dev"),
+            Input::Send(Command::RoomMode {
+                room: "#dev".into(),
+                invite_only: true
+            })
+        );
+        assert_eq!(
+            parse_in("/kick bob spam", "#dev"),
+            Input::Send(Command::RoomKick {
+                room: "#dev".into(),
+                name: "bob".into(),
+                reason: "spam".into()
+            })
+        );
+        assert_eq!(
+            parse("/kick bob"),
+            Input::Send(Command::Kick {
+                name: "bob".into(),
+                reason: String::new()
+            })
+        );
+    }
 
     #[test]
     fn messages_and_commands() {

@@ -28,7 +28,18 @@
 //! * reconnected, 3 missed          back; ", N missed" only if some could not be replayed
 //! <alice> first line               a multi-line message: continuation lines
 //!   second line                    start with two spaces
+//! #dev <alice> hi                  a line of another room: the room first
+//! #dev * alice waves               (every line of a room has its name first,
+//! #dev [history] <bob> earlier      and once you are in another room the
+//! * #dev bob joined                 lobby's own lines and notices start with
+//! #lobby <carol> hello              #lobby the same way)
+//! * you joined #dev (2 members: alice, bob); topic: TEXT
+//! * rooms (2): #lobby 3 members, #dev 2 members: TEXT
 //! ```
+//!
+//! A typed line goes to the current room: `#lobby` at first, then the room
+//! of the last `/join` or `/switch` (and `#lobby` again after `/part` of
+//! the current room).
 //!
 //! The words come from [`crate::wording`], shared with the full-screen
 //! view; this module only decides that they are lines. Errors, including
@@ -68,8 +79,20 @@ where
 
     let mut transitions = wording::Transitions::default();
     let mut marks = Marks::default();
+    // Once in another room, the lobby's lines say they are the lobby's; a
+    // client that never joined one prints exactly what it always did.
+    let mut in_rooms = false;
     while let Some(ev) = ev_rx.recv().await {
         marks.apply(&ev);
+        in_rooms |= matches!(ev, Event::RoomJoined { .. });
+        let ev = if in_rooms && lobby_line(&ev) {
+            Event::InRoom {
+                room: qchat_proto::names::LOBBY.into(),
+                event: Box::new(ev),
+            }
+        } else {
+            ev
+        };
         match &ev {
             // One line per change, not one per report.
             Event::Connection(state) => {
@@ -127,6 +150,22 @@ fn warn_unconfirmed(n: usize) {
     }
 }
 
+/// Whether `ev` happened in the lobby itself: its lines, and members
+/// coming and going.
+fn lobby_line(ev: &Event) -> bool {
+    match ev {
+        Event::Chat { .. }
+        | Event::Action { .. }
+        | Event::History { .. }
+        | Event::Joined { .. }
+        | Event::Left { .. }
+        | Event::MemberReconnecting { .. }
+        | Event::MemberReturned { .. } => true,
+        Event::Forged { private, .. } => !private,
+        _ => false,
+    }
+}
+
 fn print_event(out: &mut impl Write, ev: &Event, marks: &Marks) {
     match wording::marked(ev, marks).as_ref().map(wording::plain) {
         Some(Ok(line)) if writeln!(out, "{line}").is_ok() => {
@@ -150,6 +189,8 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Command>, about: About) {
             let mut lock = stdin.lock();
             let mut buf = Vec::new();
             let mut line_no = 0u64;
+            // Where a typed line goes: the last /join or /switch.
+            let mut room = qchat_proto::names::LOBBY.to_string();
             loop {
                 buf.clear();
                 match lock.read_until(b'\n', &mut buf) {
@@ -165,8 +206,24 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Command>, about: About) {
                     eprintln!("qchat: input line {line_no} is not valid UTF-8; not sent");
                     continue;
                 };
-                let cmd = match input::parse(line) {
-                    Input::Send(cmd) => cmd,
+                let cmd = match input::parse_in(line, &room) {
+                    Input::Send(cmd) => {
+                        match &cmd {
+                            Command::Join(r) => room.clone_from(r),
+                            Command::Part { room: r, .. }
+                                if qchat_proto::names::fold_room(r)
+                                    == qchat_proto::names::fold_room(&room) =>
+                            {
+                                room = qchat_proto::names::LOBBY.to_string();
+                            }
+                            _ => {}
+                        }
+                        cmd
+                    }
+                    Input::Switch(r) => {
+                        room = r;
+                        continue;
+                    }
                     Input::Nothing => continue,
                     shown @ (Input::Help | Input::Fingerprint) => {
                         let lines = if shown == Input::Help {

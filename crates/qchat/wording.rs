@@ -56,6 +56,9 @@ pub struct Said {
     /// Whether the sender's name carried the verified mark when the line
     /// arrived.
     pub verified: bool,
+    /// The room it was said in, for a room besides the lobby (shown
+    /// before the line: `#dev <alice> hi`).
+    pub room: Option<String>,
 }
 
 /// The verified mark, after a name: `<alice ✓>`, `alice ✓ 5m`.
@@ -92,6 +95,7 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
             action,
             history,
             verified: marks.verified(from),
+            room: None,
         })
     };
     Some(match ev {
@@ -165,11 +169,122 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
             contact,
             ..
         } => Words::Warning(forged(from, text, *action, *private, *contact)),
+        Event::InRoom { room, event } => {
+            let room = s(room);
+            match marked(event, marks)? {
+                Words::Said(said) => Words::Said(Said {
+                    room: Some(room),
+                    ..said
+                }),
+                Words::Info(t) => Words::Info(format!("{room} {t}")),
+                Words::Warning(t) => Words::Warning(format!("{room} {t}")),
+                Words::Error(t) => Words::Error(format!("{room}: {t}")),
+                Words::Removed(t) => Words::Removed(format!("{room} {t}")),
+                Words::Members { heading, entries } => Words::Members {
+                    heading: format!("{room} {heading}"),
+                    entries,
+                },
+            }
+        }
+        Event::RoomJoined {
+            room,
+            topic,
+            members,
+            operator,
+            invite_only,
+        } => Words::Info(room_joined(room, topic, members, *operator, *invite_only)),
+        Event::RoomReplayed { .. } => return None,
+        Event::Parted { room, by, reason } if by.is_empty() => {
+            Words::Info(format!("you left {}", s(room))).with_reason(reason)
+        }
+        Event::Parted { room, by, reason } => {
+            Words::Removed(format!("{} {}", s(room), kicked(by, reason)))
+        }
+        Event::RoomList(rooms) => Words::Members {
+            heading: format!("rooms ({}):", rooms.len()),
+            entries: rooms.iter().map(room_entry).collect(),
+        },
+        Event::Topic { room, by, text } if text.is_empty() => {
+            Words::Info(format!("{} {} cleared the topic", s(room), s(by)))
+        }
+        Event::Topic { room, by, text } => {
+            Words::Info(format!("{} {} set the topic: {}", s(room), s(by), s(text)))
+        }
+        Event::Invited { room, by } => Words::Info(format!(
+            "{} invited you to {}; /join {} to enter",
+            s(by),
+            s(room),
+            s(room)
+        )),
+        Event::RoomMode {
+            room,
+            by,
+            invite_only,
+        } => Words::Info(format!(
+            "{} {} made the room {}",
+            s(room),
+            s(by),
+            if *invite_only { "invite-only" } else { "open" }
+        )),
         Event::Sent { .. }
         | Event::Delivered { .. }
         | Event::Roster { .. }
         | Event::Mark { .. } => return None,
     })
+}
+
+impl Words {
+    /// An info line with ` (REASON)` after it when there is a reason.
+    fn with_reason(self, reason: &str) -> Words {
+        match self {
+            Words::Info(t) if !reason.is_empty() => Words::Info(format!("{t} ({})", s(reason))),
+            other => other,
+        }
+    }
+}
+
+/// Joining a room: `you joined #dev (3 members: …); topic: …`.
+fn room_joined(
+    room: &str,
+    topic: &str,
+    members: &[String],
+    operator: bool,
+    invite_only: bool,
+) -> String {
+    let names: Vec<String> = members.iter().map(|m| s(m)).collect();
+    let mut line = format!(
+        "you joined {} ({} members: {})",
+        s(room),
+        members.len(),
+        names.join(", ")
+    );
+    if operator {
+        line.push_str(", you are its operator");
+    }
+    if invite_only {
+        line.push_str(", invite-only");
+    }
+    if !topic.is_empty() {
+        line.push_str(&format!("; topic: {}", s(topic)));
+    }
+    line
+}
+
+/// One room of a `/rooms` answer: `#dev 2 members (invite-only): topic`.
+fn room_entry(r: &qchat_proto::RoomInfo) -> String {
+    let mut e = format!(
+        "{} {} member{}",
+        s(&r.name),
+        r.members,
+        if r.members == 1 { "" } else { "s" }
+    );
+    if r.invite_only {
+        e.push_str(" (invite-only)");
+    }
+    if !r.topic.is_empty() {
+        e.push_str(&format!(": {}", s(&r.topic)));
+    }
+    e
 }
 
 /// Sanitised like [`s`], except that a line break stays a line break:
@@ -596,10 +711,14 @@ fn plain_said(m: &Said) -> String {
         (None, true) => format!("* {from} {text}"),
         (None, false) => format!("<{from}> {text}"),
     };
-    if m.history {
+    let body = if m.history {
         format!("[history] {body}")
     } else {
         body
+    };
+    match &m.room {
+        Some(room) => format!("{room} {body}"),
+        None => body,
     }
 }
 

@@ -161,6 +161,23 @@ impl Watch {
 
     /// An event from the network task.
     pub fn event(&mut self, ev: Event) -> Vec<Step> {
+        if let Event::InRoom { room, event } = ev {
+            // A room's line is judged as a lobby line would be; it keeps
+            // its room.
+            let judged = match *event {
+                line @ Event::Signed { .. } => self.judge_line(line),
+                line @ (Event::Chat { .. } | Event::Action { .. } | Event::History { .. })
+                    if line_from(&line).is_some_and(|f| self.contact(f).is_some()) =>
+                {
+                    forged(line, true)
+                }
+                other => other,
+            };
+            return vec![Step::Show(Event::InRoom {
+                room,
+                event: Box::new(judged),
+            })];
+        }
         let mut steps = Vec::new();
         match &ev {
             Event::Roster { members, .. } => {
@@ -620,6 +637,16 @@ async fn relay(
                 }
             }
         }
+    }
+}
+
+/// The sender of a public line.
+fn line_from(ev: &Event) -> Option<&str> {
+    match ev {
+        Event::Chat { from, .. } | Event::Action { from, .. } | Event::History { from, .. } => {
+            Some(from)
+        }
+        _ => None,
     }
 }
 

@@ -73,6 +73,69 @@ impl Transcript {
     }
 }
 
+/// What the client has shown of each room besides the lobby: one
+/// [`Transcript`] per room, by the room's folded name, with the room's
+/// name as the server spells it. A reconnect (or a restart of the client)
+/// rejoins each one from its point, so every room resumes exactly as the
+/// lobby does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomTranscripts {
+    rooms: BTreeMap<String, (String, Transcript)>,
+}
+
+impl RoomTranscripts {
+    /// Starts from saved points (room name and point).
+    pub fn new(saved: Vec<(String, ResumePoint)>) -> Self {
+        let rooms = saved
+            .into_iter()
+            .map(|(name, p)| {
+                (
+                    qchat_proto::names::fold_room(&name),
+                    (name, Transcript::new(Some(p))),
+                )
+            })
+            .collect();
+        RoomTranscripts { rooms }
+    }
+
+    /// The server put us in `room`, whose log is `log_id` (kept or fresh,
+    /// as [`Transcript::welcome`] decides).
+    pub fn joined(&mut self, room: &str, log_id: [u8; 16]) {
+        let entry = self
+            .rooms
+            .entry(qchat_proto::names::fold_room(room))
+            .or_insert_with(|| (room.to_string(), Transcript::default()));
+        entry.0 = room.to_string();
+        entry.1.welcome(log_id);
+    }
+
+    /// We are no longer in `room`: nothing of it is resumed any more.
+    pub fn parted(&mut self, room: &str) {
+        self.rooms.remove(&qchat_proto::names::fold_room(room));
+    }
+
+    /// Whether message `id` of `room` is new (see [`Transcript::accept`]);
+    /// a room we are not in shows nothing.
+    pub fn accept(&mut self, room: &str, id: u64) -> bool {
+        self.rooms
+            .get_mut(&qchat_proto::names::fold_room(room))
+            .is_some_and(|(_, t)| t.accept(id))
+    }
+
+    /// Every room with the point to rejoin it from.
+    pub fn points(&self) -> Vec<(String, Option<ResumePoint>)> {
+        self.rooms
+            .values()
+            .map(|(name, t)| (name.clone(), t.point()))
+            .collect()
+    }
+
+    /// Whether we are in no room besides the lobby.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+}
+
 /// The outbox is full: the message was not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{OUTBOX_CAP} messages are already waiting for the server; this one was not sent")]
@@ -164,6 +227,28 @@ impl Outbox {
         self.in_flight.values().any(same) || self.unsent.iter().any(|(_, m)| same(m))
     }
 
+    /// As [`Outbox::holds_public`], for a line of `room` (compared as the
+    /// same room name).
+    pub fn holds_in_room(&self, room: &str, text: &str, action: bool) -> bool {
+        let room = qchat_proto::names::fold_room(room);
+        let same = |m: &ClientMsg| match m {
+            ClientMsg::RoomSay {
+                room: r,
+                text: t,
+                action: a,
+                ..
+            }
+            | ClientMsg::RoomSigned {
+                room: r,
+                text: t,
+                action: a,
+                ..
+            } => *a == action && t == text && qchat_proto::names::fold_room(r) == room,
+            _ => false,
+        };
+        self.in_flight.values().any(same) || self.unsent.iter().any(|(_, m)| same(m))
+    }
+
     /// Messages not yet answered.
     pub fn len(&self) -> usize {
         self.unsent.len() + self.in_flight.len()
@@ -244,7 +329,7 @@ impl ResumeStore {
         };
         std::str::from_utf8(&bytes)
             .map_err(|_| "not text".to_string())
-            .and_then(parse_point)
+            .and_then(|t| parse_point(t.lines().next().unwrap_or_default()))
             .map(Some)
             .map_err(|why| StoreError::Corrupt {
                 path: self.path.clone(),
@@ -252,9 +337,35 @@ impl ResumeStore {
             })
     }
 
+    /// The rooms besides the lobby saved with the point (the lines after
+    /// the first, `#room <log id> <id>`): a line that does not parse is
+    /// skipped, costing that room its resume, not the others theirs.
+    pub fn load_rooms(&self) -> Vec<(String, ResumePoint)> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let (room, rest) = line.split_once(' ')?;
+                qchat_proto::names::validate_room(room).ok()?;
+                Some((room.to_string(), parse_point(rest).ok()?))
+            })
+            .collect()
+    }
+
     /// Saves `point`, replacing the file atomically; the folder is created
     /// private to the user (it says which servers they talk to).
     pub fn save(&self, point: &ResumePoint) -> Result<(), StoreError> {
+        self.save_all(point, &[])
+    }
+
+    /// Saves the lobby's `point` and each room's, one line each.
+    pub fn save_all(
+        &self,
+        point: &ResumePoint,
+        rooms: &[(String, ResumePoint)],
+    ) -> Result<(), StoreError> {
         let io = |source| StoreError::Io {
             path: self.path.clone(),
             source,
@@ -264,6 +375,10 @@ impl ResumeStore {
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         let hex: String = point.log_id.iter().map(|b| format!("{b:02x}")).collect();
         writeln!(tmp, "{hex} {}", point.after).map_err(io)?;
+        for (room, p) in rooms {
+            let hex: String = p.log_id.iter().map(|b| format!("{b:02x}")).collect();
+            writeln!(tmp, "{room} {hex} {}", p.after).map_err(io)?;
+        }
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(&self.path).map_err(|e| io(e.error))?;
         Ok(())
@@ -393,6 +508,40 @@ mod tests {
         o.next_to_send();
         assert!(o.answered(1));
         o.push(3, say(3)).expect("room again");
+    }
+
+    #[test]
+    fn each_room_resumes_from_its_own_point_and_survives_a_restart() {
+        let mut rooms = RoomTranscripts::default();
+        rooms.joined("#dev", [1; 16]);
+        rooms.joined("#ops", [2; 16]);
+        assert!(rooms.accept("#dev", 1) && rooms.accept("#dev", 2));
+        assert!(rooms.accept("#OPS", 1), "the same room, another spelling");
+        assert!(!rooms.accept("#dev", 2), "a copy is dropped");
+        assert!(!rooms.accept("#elsewhere", 9), "not in it: nothing shown");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ResumeStore::new(dir.path(), "h:1");
+        let lobby = ResumePoint {
+            log_id: [9; 16],
+            after: 7,
+        };
+        let saved: Vec<(String, ResumePoint)> = rooms
+            .points()
+            .into_iter()
+            .filter_map(|(r, p)| Some((r, p?)))
+            .collect();
+        store.save_all(&lobby, &saved).expect("saved");
+        assert_eq!(store.load().expect("loads"), Some(lobby));
+        let mut back = RoomTranscripts::new(store.load_rooms());
+        assert_eq!(back, rooms);
+        // Reconnected to the same logs: what was shown stays shown.
+        back.joined("#dev", [1; 16]);
+        assert!(!back.accept("#dev", 2) && back.accept("#dev", 3));
+        // A room whose log was replaced starts afresh.
+        back.joined("#ops", [3; 16]);
+        assert!(back.accept("#ops", 1));
+        back.parted("#dev");
+        assert_eq!(back.points().len(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::connection::{ConnectError, Joined, WelcomeV3};
 use crate::pacing::Pacer;
 use crate::reconnect::{Backoff, Dialer};
-use crate::resume::{Outbox, ResumeStore, Transcript};
+use crate::resume::{Outbox, ResumeStore, RoomTranscripts, Transcript};
 
 /// What the user interface asks of the network task.
 ///
@@ -77,6 +77,58 @@ pub enum Command {
     /// A debugging aid (`/rebind`); without a network connection it does
     /// nothing.
     Rebind,
+    /// Join a room, creating it if it does not exist (version 5). After
+    /// every reconnect the task rejoins each room it is in by itself.
+    Join(String),
+    /// Leave a room (version 5).
+    Part {
+        /// The room.
+        room: String,
+        /// Why, shown to the room.
+        reason: String,
+    },
+    /// List the rooms (version 5).
+    Rooms,
+    /// Set a room's topic (its operators; version 5).
+    Topic {
+        /// The room.
+        room: String,
+        /// The topic.
+        text: String,
+    },
+    /// Let a member into an invite-only room (its operators; version 5).
+    Invite {
+        /// The room.
+        room: String,
+        /// Who.
+        name: String,
+    },
+    /// Make a room invite-only or open (its operators; version 5).
+    RoomMode {
+        /// The room.
+        room: String,
+        /// Invite-only.
+        invite_only: bool,
+    },
+    /// Remove a member from a room (its operators; version 5).
+    RoomKick {
+        /// The room.
+        room: String,
+        /// Who.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A line (or action) for a room besides the lobby, numbered like
+    /// `Say` (version 5).
+    RoomSay {
+        /// The room.
+        room: String,
+        /// The text.
+        text: String,
+        /// Whether it is an action (`/me`).
+        action: bool,
+    },
 }
 
 /// The state of the connection to the server, for the status line and the
@@ -340,6 +392,78 @@ pub enum Event {
         /// Their name.
         name: String,
     },
+    /// Something that happened in a room besides the lobby: `event` is a
+    /// line ([`Event::Chat`], [`Event::Action`], [`Event::History`], or
+    /// [`Event::Signed`] / [`Event::Forged`] around one), or a member
+    /// entering ([`Event::Joined`]) or leaving ([`Event::Left`]) the room.
+    /// Events without it are the lobby's.
+    InRoom {
+        /// The room's name as the server spells it.
+        room: String,
+        /// What happened there.
+        event: Box<Event>,
+    },
+    /// We are in a room now (joined, or rejoined after a reconnect); its
+    /// replay and [`Event::RoomReplayed`] follow.
+    RoomJoined {
+        /// The room.
+        room: String,
+        /// Its topic (empty: none).
+        topic: String,
+        /// Its members, us included.
+        members: Vec<String>,
+        /// Whether we are one of its operators.
+        operator: bool,
+        /// Whether it is invite-only.
+        invite_only: bool,
+    },
+    /// A room's replay is complete.
+    RoomReplayed {
+        /// The room.
+        room: String,
+        /// Whether it resumed from where we left off.
+        resumed: bool,
+        /// Messages replayed.
+        replayed: u64,
+        /// Messages after our point the server did not replay.
+        missed: u64,
+    },
+    /// We are no longer in a room: we left it, or `by` kicked us.
+    Parted {
+        /// The room.
+        room: String,
+        /// Who kicked us; empty if we left.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// The rooms, in answer to [`Command::Rooms`], `#lobby` first.
+    RoomList(Vec<qchat_proto::RoomInfo>),
+    /// A room's topic was set.
+    Topic {
+        /// The room.
+        room: String,
+        /// Who set it.
+        by: String,
+        /// The topic (empty: none).
+        text: String,
+    },
+    /// We were invited to a room.
+    Invited {
+        /// The room.
+        room: String,
+        /// Who invited us.
+        by: String,
+    },
+    /// A room became invite-only, or open.
+    RoomMode {
+        /// The room.
+        room: String,
+        /// Who changed it.
+        by: String,
+        /// Invite-only now.
+        invite_only: bool,
+    },
 }
 
 /// A line signed for a version-4 server, re-sent after a reconnect to one
@@ -381,12 +505,32 @@ fn live_line(from: String, text: String, time_ms: u64, action: bool) -> Event {
     }
 }
 
+/// A room's line, with what checking its signature found if it came with
+/// one.
+fn in_room(room: String, line: Event, action: bool, proof: Option<qchat_proto::Proof>) -> Event {
+    let event = match proof {
+        Some(p) => checked_in(line, action, &room, &p),
+        None => line,
+    };
+    Event::InRoom {
+        room,
+        event: Box::new(event),
+    }
+}
+
 /// A signed line with what checking its signature found.
 pub(crate) fn checked(line: Event, action: bool, proof: &qchat_proto::Proof) -> Event {
+    checked_in(line, action, "", proof)
+}
+
+/// [`checked`] for a line of `room` (empty: the lobby): a room's line is
+/// signed with the room's name where a private message has its recipient,
+/// so a line moved to another room does not verify.
+fn checked_in(line: Event, action: bool, room: &str, proof: &qchat_proto::Proof) -> Event {
     let (kind, to, text) = match &line {
         Event::Chat { text, .. } | Event::Action { text, .. } | Event::History { text, .. } => (
             qchat_proto::signed::SignedKind::public(action),
-            "",
+            room,
             text.as_str(),
         ),
         Event::Private { to, text, .. } => (
@@ -720,6 +864,10 @@ struct State {
     outbox: Outbox,
     /// What was displayed of the room's log.
     transcript: Transcript,
+    /// What was displayed of each other room we are in.
+    rooms: RoomTranscripts,
+    /// The rooms to rejoin, written first on a new connection.
+    rejoin: Vec<ClientMsg>,
     /// The goodbye to send once the outbox is empty.
     quitting: Option<String>,
     /// The goodbye is written on this connection.
@@ -757,6 +905,14 @@ impl State {
             next_seq: 0,
             outbox: Outbox::default(),
             transcript: Transcript::new(resumed_from),
+            // A restarted client rejoins the rooms it was in, each from
+            // where it left off.
+            rooms: RoomTranscripts::new(
+                net.and_then(|n| n.store.as_ref())
+                    .map(ResumeStore::load_rooms)
+                    .unwrap_or_default(),
+            ),
+            rejoin: Vec::new(),
             quitting: None,
             bye_sent: false,
             server_end: None,
@@ -794,6 +950,17 @@ impl State {
         self.rx_datagrams = 0;
         self.v3 = welcome.is_some();
         self.version = welcome.as_ref().map_or(2, |w| w.version);
+        // Every room resumes on the new connection: its join, with its
+        // point, goes before anything else we write.
+        self.rejoin = if self.version >= 5 {
+            self.rooms
+                .points()
+                .into_iter()
+                .map(|(room, resume)| ClientMsg::Join { room, resume })
+                .collect()
+        } else {
+            Vec::new()
+        };
         match &welcome {
             Some(w) => {
                 self.transcript.welcome(w.log_id);
@@ -933,6 +1100,9 @@ impl State {
 
     /// Writes queued messages while the pacer allows, then the goodbye.
     async fn flush(&mut self, cur: &mut Current) -> Result<(), ()> {
+        for join in std::mem::take(&mut self.rejoin) {
+            cur.send.write_all(&join.to_frame()).await.map_err(|_| ())?;
+        }
         while self.outbox.has_unsent() && self.pacer.try_take(Instant::now()) {
             let Some(msg) = self.outbox.next_to_send() else {
                 break;
@@ -1018,6 +1188,47 @@ impl State {
                 .await;
             }
             Some(Command::Moderate(op)) => ClientMsg::Moderate { op },
+            Some(
+                cmd @ (Command::Join(_)
+                | Command::Part { .. }
+                | Command::Rooms
+                | Command::Topic { .. }
+                | Command::Invite { .. }
+                | Command::RoomMode { .. }
+                | Command::RoomKick { .. }
+                | Command::RoomSay { .. }),
+            ) if self.version < 5 && self.connected => {
+                let reason = format!(
+                    "this server speaks protocol version {}, which has only {} (version 5 added rooms)",
+                    self.version,
+                    qchat_proto::names::LOBBY
+                );
+                if let Command::RoomSay { .. } = cmd {
+                    let seq = self.seq();
+                    emit(events, Event::Sent { seq }).await?;
+                    return emit(events, Event::Refused { seq, reason }).await;
+                }
+                return emit(
+                    events,
+                    Event::Failed {
+                        what: "join".into(),
+                        reason,
+                    },
+                )
+                .await;
+            }
+            Some(Command::Join(room)) => ClientMsg::Join { room, resume: None },
+            Some(Command::Part { room, reason }) => ClientMsg::Part { room, reason },
+            Some(Command::Rooms) => ClientMsg::Rooms,
+            Some(Command::Topic { room, text }) => ClientMsg::Topic { room, text },
+            Some(Command::Invite { room, name }) => ClientMsg::Invite { room, name },
+            Some(Command::RoomMode { room, invite_only }) => {
+                ClientMsg::RoomMode { room, invite_only }
+            }
+            Some(Command::RoomKick { room, name, reason }) => {
+                ClientMsg::RoomKick { room, name, reason }
+            }
+            Some(Command::RoomSay { room, text, action }) => self.in_room(room, text, action),
             Some(Command::Kick { name, reason }) => ClientMsg::Kick { name, reason },
             Some(Command::Rebind) => {
                 if let Some(n) = net {
@@ -1057,6 +1268,13 @@ impl State {
             ClientMsg::Whois { .. } => "whois",
             ClientMsg::Device { .. } => "device",
             ClientMsg::Moderate { op } => op.what(),
+            ClientMsg::Join { .. } => "join",
+            ClientMsg::Part { .. } => "part",
+            ClientMsg::Rooms => "rooms",
+            ClientMsg::Topic { .. } => "topic",
+            ClientMsg::Invite { .. } => "invite",
+            ClientMsg::RoomMode { .. } => "room",
+            ClientMsg::RoomKick { .. } => "kick",
             _ => "who",
         };
         if let Err(e) = msg.check_outgoing() {
@@ -1183,7 +1401,13 @@ impl State {
         };
         self.dirty = false;
         self.saved_at = Some(Instant::now());
-        if let Err(e) = store.save(&point) {
+        let rooms: Vec<(String, ResumePoint)> = self
+            .rooms
+            .points()
+            .into_iter()
+            .filter_map(|(room, p)| Some((room, p?)))
+            .collect();
+        if let Err(e) = store.save_all(&point, &rooms) {
             tracing::warn!("{e}");
         }
     }
@@ -1316,6 +1540,30 @@ impl State {
         }
     }
 
+    /// A line for a room, signed under the same conditions as a lobby
+    /// line; the signature covers the room's name as sent.
+    fn in_room(&mut self, room: String, text: String, action: bool) -> ClientMsg {
+        let seq = self.seq();
+        let kind = qchat_proto::signed::SignedKind::public(action);
+        match self.sign(kind, &room, &text, seq) {
+            Some((sent_ms, key, sig)) => ClientMsg::RoomSigned {
+                room,
+                seq,
+                text,
+                action,
+                sent_ms,
+                key,
+                sig,
+            },
+            None => ClientMsg::RoomSay {
+                room,
+                seq,
+                text,
+                action,
+            },
+        }
+    }
+
     /// A private message, signed under the same conditions as a public
     /// line; the signature covers the recipient's name as typed.
     fn private(&mut self, to: String, text: String) -> ClientMsg {
@@ -1413,6 +1661,99 @@ impl State {
             }
             // Kinds of changes this build does not have.
             ServerMsg::Reserved29 => return None,
+            ServerMsg::RoomJoined {
+                room,
+                log_id,
+                topic,
+                members,
+                operator,
+                invite_only,
+                ..
+            } => {
+                self.rooms.joined(&room, log_id);
+                self.dirty = true;
+                Event::RoomJoined {
+                    room,
+                    topic,
+                    members,
+                    operator,
+                    invite_only,
+                }
+            }
+            ServerMsg::RoomHistory {
+                room,
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+                proof,
+            } => {
+                if !self.fresh_in(&room, id, &from, &text, action) {
+                    return None;
+                }
+                let line = Event::History {
+                    from,
+                    text,
+                    time_ms,
+                    action,
+                };
+                in_room(room, line, action, proof)
+            }
+            ServerMsg::RoomChat {
+                room,
+                id,
+                from,
+                text,
+                time_ms,
+                action,
+                proof,
+            } => {
+                if !self.fresh_in(&room, id, &from, &text, action) {
+                    return None;
+                }
+                in_room(room, live_line(from, text, time_ms, action), action, proof)
+            }
+            ServerMsg::RoomReplayed {
+                room,
+                resumed,
+                count,
+                missed,
+            } => Event::RoomReplayed {
+                room,
+                resumed,
+                replayed: count,
+                missed,
+            },
+            ServerMsg::RoomAck { room, seq, id } => {
+                self.dirty |= self.rooms.accept(&room, id);
+                return self.answer(seq, Event::Delivered { seq });
+            }
+            ServerMsg::RoomEntered { room, name } => Event::InRoom {
+                room,
+                event: Box::new(Event::Joined { name }),
+            },
+            ServerMsg::RoomLeft { room, name, reason } => Event::InRoom {
+                room,
+                event: Box::new(Event::Left { name, reason }),
+            },
+            ServerMsg::Parted { room, by, reason } => {
+                self.rooms.parted(&room);
+                self.dirty = true;
+                Event::Parted { room, by, reason }
+            }
+            ServerMsg::RoomList { rooms } => Event::RoomList(rooms),
+            ServerMsg::TopicSet { room, by, text } => Event::Topic { room, by, text },
+            ServerMsg::Invited { room, by } => Event::Invited { room, by },
+            ServerMsg::ModeSet {
+                room,
+                by,
+                invite_only,
+            } => Event::RoomMode {
+                room,
+                by,
+                invite_only,
+            },
             ServerMsg::ChatV3 {
                 id,
                 from,
@@ -1565,6 +1906,14 @@ impl State {
     /// coming back in a replay while its re-sent copy is pending.
     fn fresh(&mut self, id: u64, from: &str, text: &str, action: bool) -> bool {
         self.display(id) && !self.own_pending(from, text, action)
+    }
+
+    /// As [`Self::fresh`], for a message of `room`'s log.
+    fn fresh_in(&mut self, room: &str, id: u64, from: &str, text: &str, action: bool) -> bool {
+        let new = self.rooms.accept(room, id);
+        self.dirty |= new;
+        new && !(self.outbox.holds_in_room(room, text, action)
+            && qchat_proto::names::same(from, &self.name))
     }
 
     /// `ev`, the answer to message `seq`, unless that was already answered

@@ -28,7 +28,7 @@ pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
     BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, Proof, RejectReason,
-    ResumePoint, ServerMsg, TooLong,
+    ResumePoint, RoomInfo, ServerMsg, TooLong,
 };
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
@@ -47,8 +47,9 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// the refusals that go with them, which older clients receive as reasons
 /// they do not know, signed public messages (`Signed`, `ChatSigned`,
 /// `HistorySigned`) and signed private messages (`SignedPrivate`,
-/// `PrivateSigned`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `PrivateSigned`); version 5 rooms besides `#lobby` (`Join`, `Part`,
+/// `RoomSay`, `RoomChat` and the rest of the room kinds).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest protocol version this build still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

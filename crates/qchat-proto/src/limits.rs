@@ -141,3 +141,19 @@ pub const LOG_QUEUE: usize = 8192;
 /// abuse, short enough that the next person to get the address (a shared
 /// or reassigned one) is not shut out for long.
 pub const GUEST_BAN: Duration = Duration::from_secs(60 * 60);
+
+/// Rooms a server keeps at most (`--max-rooms`), `#lobby` included: each
+/// has its own log file and in-memory window, so their number is bounded
+/// like everything else a member can create.
+pub const MAX_ROOMS: usize = 1_000;
+
+/// Rooms one member may be in at once besides `#lobby`
+/// (`--max-rooms-per-member`).
+pub const MAX_ROOMS_PER_MEMBER: usize = 20;
+
+/// Members one room other than `#lobby` admits at once
+/// (`--max-room-members`); the lobby is bounded by the connection limit.
+pub const MAX_ROOM_MEMBERS: usize = 1_000;
+
+/// Longest room topic, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 256;

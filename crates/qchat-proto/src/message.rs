@@ -167,6 +167,96 @@ pub enum ClientMsg {
         /// The Ed25519 signature over [`crate::signed::Signed::bytes`].
         sig: Vec<u8>,
     },
+    /// 16 (version 5): join a room, creating it if it does not exist (the
+    /// creator is its operator). Answered with [`ServerMsg::RoomJoined`],
+    /// the room's history or what came after `resume`, and
+    /// [`ServerMsg::RoomReplayed`]; or `Failed` with `what` = `join`. A
+    /// client that was in rooms sends one `Join` per room, with its point,
+    /// right after the welcome of each (re)connection: that is how every
+    /// room resumes.
+    Join {
+        /// The room, `#` and a name (see [`crate::names::validate_room`]).
+        room: String,
+        /// Where the client left off in this room's log, or `None`.
+        resume: Option<ResumePoint>,
+    },
+    /// 17 (version 5): leave a room; answered with [`ServerMsg::Parted`],
+    /// or `Failed` with `what` = `part`.
+    Part {
+        /// The room.
+        room: String,
+        /// Why, shown to the room's members (may be empty).
+        reason: String,
+    },
+    /// 18 (version 5): list the rooms: answered with
+    /// [`ServerMsg::RoomList`].
+    Rooms,
+    /// 19 (version 5): set a room's topic (its operators, and server
+    /// operators); `Failed` with `what` = `topic` otherwise.
+    Topic {
+        /// The room.
+        room: String,
+        /// The topic (may be empty: no topic).
+        text: String,
+    },
+    /// 20 (version 5): a line (or action) for a room the member is in;
+    /// acknowledged with [`ServerMsg::RoomAck`] or refused with `Refused`.
+    RoomSay {
+        /// The room.
+        room: String,
+        /// As for `Say`: numbered in the same sequence as every other kind.
+        seq: u64,
+        /// The text.
+        text: String,
+        /// Whether it is an action (`/me`).
+        action: bool,
+    },
+    /// 21 (version 5): [`ClientMsg::RoomSay`] signed by the sender's key,
+    /// as [`ClientMsg::Signed`] is for the lobby. The signed bytes'
+    /// recipient field holds the room's name as sent, so the signature
+    /// binds the line to its room.
+    RoomSigned {
+        /// The room.
+        room: String,
+        /// As for `Say`.
+        seq: u64,
+        /// The text.
+        text: String,
+        /// Whether it is an action.
+        action: bool,
+        /// The sender's clock, ms since the epoch.
+        sent_ms: u64,
+        /// The sender's raw Ed25519 public key.
+        key: [u8; 32],
+        /// The signature over [`crate::signed::Signed::bytes`].
+        sig: Vec<u8>,
+    },
+    /// 22 (version 5): remove a member from a room (its operators, and
+    /// server operators); `Failed` with `what` = `kick` otherwise.
+    RoomKick {
+        /// The room.
+        room: String,
+        /// Who.
+        name: String,
+        /// Why, shown to the room.
+        reason: String,
+    },
+    /// 23 (version 5): let a member into an invite-only room (its
+    /// operators); `Failed` with `what` = `invite` otherwise.
+    Invite {
+        /// The room.
+        room: String,
+        /// Who, matched as the same name.
+        name: String,
+    },
+    /// 24 (version 5): make a room invite-only or open (its operators);
+    /// `Failed` with `what` = `room` otherwise.
+    RoomMode {
+        /// The room.
+        room: String,
+        /// Invite-only from now on, or open.
+        invite_only: bool,
+    },
 }
 
 /// What [`ClientMsg::Moderate`] asks for.
@@ -582,6 +672,154 @@ pub enum ServerMsg {
         /// What the sender signed it with.
         proof: Proof,
     },
+    /// 32 (version 5): the member is in a room now (its `Join`
+    /// succeeded); the room's replay and [`ServerMsg::RoomReplayed`]
+    /// follow.
+    RoomJoined {
+        /// The room, as its creator spelt it.
+        room: String,
+        /// The room log's identity (each room has its own log).
+        log_id: [u8; 16],
+        /// The newest id in the room's log at the join.
+        last_id: u64,
+        /// The topic (empty: none).
+        topic: String,
+        /// The room's members, the joiner included.
+        members: Vec<String>,
+        /// Whether the joiner is one of the room's operators.
+        operator: bool,
+        /// Whether the room is invite-only.
+        invite_only: bool,
+    },
+    /// 33 (version 5): a stored message of a room, replayed after
+    /// [`ServerMsg::RoomJoined`].
+    RoomHistory {
+        /// The room.
+        room: String,
+        /// Its id in the room's log.
+        id: u64,
+        /// The sender's name at the time.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it was an action.
+        action: bool,
+        /// The sender's signature, if it signed.
+        proof: Option<Proof>,
+    },
+    /// 34 (version 5): a room's replay is complete.
+    RoomReplayed {
+        /// The room.
+        room: String,
+        /// As in [`ServerMsg::Replayed`].
+        resumed: bool,
+        /// Messages replayed.
+        count: u64,
+        /// Messages after the point that were not replayed.
+        missed: u64,
+    },
+    /// 35 (version 5): a room's message, live, to every member of the room
+    /// but its author (who gets [`ServerMsg::RoomAck`]).
+    RoomChat {
+        /// The room.
+        room: String,
+        /// Its id in the room's log.
+        id: u64,
+        /// The sender's name.
+        from: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// Whether it is an action.
+        action: bool,
+        /// The sender's signature, if it signed.
+        proof: Option<Proof>,
+    },
+    /// 36 (version 5): the author's `RoomSay`/`RoomSigned` was stored.
+    RoomAck {
+        /// The room.
+        room: String,
+        /// The acknowledged sequence number.
+        seq: u64,
+        /// The message's id in the room's log.
+        id: u64,
+    },
+    /// 37 (version 5): someone entered a room the member is in.
+    RoomEntered {
+        /// The room.
+        room: String,
+        /// Their name.
+        name: String,
+    },
+    /// 38 (version 5): someone left a room the member is in (parted,
+    /// kicked, disconnected).
+    RoomLeft {
+        /// The room.
+        room: String,
+        /// Their name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// 39 (version 5): the member is no longer in a room: it parted
+    /// (`by` empty) or was kicked by `by`.
+    Parted {
+        /// The room.
+        room: String,
+        /// The operator who kicked, or empty.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// 40 (version 5): the rooms, in answer to `Rooms`: the public ones
+    /// and those the asker is in or invited to.
+    RoomList {
+        /// By name.
+        rooms: Vec<RoomInfo>,
+    },
+    /// 41 (version 5): a room's topic changed.
+    TopicSet {
+        /// The room.
+        room: String,
+        /// Who set it.
+        by: String,
+        /// The topic (empty: none).
+        text: String,
+    },
+    /// 42 (version 5): the member was invited to a room.
+    Invited {
+        /// The room.
+        room: String,
+        /// Who invited.
+        by: String,
+    },
+    /// 43 (version 5): a room became invite-only, or open.
+    ModeSet {
+        /// The room.
+        room: String,
+        /// Who changed it.
+        by: String,
+        /// Invite-only now.
+        invite_only: bool,
+    },
+}
+
+/// One room, as listed in [`ServerMsg::RoomList`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct RoomInfo {
+    /// The room's name.
+    pub name: String,
+    /// Members in it now.
+    pub members: u32,
+    /// Its topic.
+    pub topic: String,
+    /// Whether it is invite-only (listed only to its members and those
+    /// invited).
+    pub invite_only: bool,
 }
 
 /// A sender's signature over a message, as the server stores and forwards
@@ -761,6 +999,7 @@ impl ClientMsg {
     pub fn check_outgoing(&self) -> Result<(), TooLong> {
         let signed_len = match self {
             ClientMsg::Signed { text, .. } => Some(text.len()),
+            ClientMsg::RoomSigned { room, text, .. } => Some(room.len() + text.len()),
             ClientMsg::SignedPrivate { to, text, .. } => Some(to.len() + text.len()),
             _ => None,
         };
@@ -785,7 +1024,17 @@ impl ClientMsg {
                 ModOp::Unban { target } => target.len(),
             },
             ClientMsg::Say { text, .. } | ClientMsg::Action { text, .. } => text.len(),
-            ClientMsg::Signed { .. } | ClientMsg::SignedPrivate { .. } => 0,
+            ClientMsg::Signed { .. }
+            | ClientMsg::SignedPrivate { .. }
+            | ClientMsg::RoomSigned { .. } => 0,
+            ClientMsg::Join { room, .. } => room.len(),
+            ClientMsg::Part { room, reason } => room.len() + reason.len(),
+            ClientMsg::Rooms => 0,
+            ClientMsg::Topic { room, text } => room.len() + text.len(),
+            ClientMsg::RoomSay { room, text, .. } => room.len() + text.len(),
+            ClientMsg::RoomKick { room, name, reason } => room.len() + name.len() + reason.len(),
+            ClientMsg::Invite { room, name } => room.len() + name.len(),
+            ClientMsg::RoomMode { room, .. } => room.len(),
             ClientMsg::Reserved14 => 0,
             ClientMsg::Private { to, text, .. } => to.len() + text.len(),
             ClientMsg::Bye { reason } => reason.len(),
@@ -809,7 +1058,9 @@ impl ClientMsg {
             | ClientMsg::Action { seq, .. }
             | ClientMsg::Private { seq, .. }
             | ClientMsg::Signed { seq, .. }
-            | ClientMsg::SignedPrivate { seq, .. } => Some(*seq),
+            | ClientMsg::SignedPrivate { seq, .. }
+            | ClientMsg::RoomSay { seq, .. }
+            | ClientMsg::RoomSigned { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -960,10 +1211,10 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[32]), Err(DecodeError::UnknownKind(32)));
+        assert_eq!(ServerMsg::decode(&[44]), Err(DecodeError::UnknownKind(44)));
         assert_eq!(
-            ClientMsg::decode(&[16, 0]),
-            Err(DecodeError::UnknownKind(16))
+            ClientMsg::decode(&[25, 0]),
+            Err(DecodeError::UnknownKind(25))
         );
     }
 

@@ -179,6 +179,46 @@ pub fn fold(name: &str) -> String {
         .collect()
 }
 
+/// The room everyone is in, and the only one clients before version 5
+/// know: the room the server had before it had several.
+pub const LOBBY: &str = "#lobby";
+
+/// Why a room name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoomNameError {
+    /// The name does not start with `#`.
+    #[error("a room's name starts with # (for example #dev)")]
+    NoHash,
+    /// What follows the `#` breaks the name rules.
+    #[error("after the #, {0}")]
+    Name(NameError),
+}
+
+/// Checks a room name: `#` and then 1–32 characters under the same rules
+/// as a member's name ([`validate`]), so a room name cannot fake the line
+/// format either, and look-alike rooms fold together ([`fold_room`]).
+pub fn validate_room(room: &str) -> Result<(), RoomNameError> {
+    let rest = room.strip_prefix('#').ok_or(RoomNameError::NoHash)?;
+    if rest.starts_with('#') {
+        return Err(RoomNameError::Name(NameError::BadChar {
+            what: "a second #",
+            code: u32::from('#'),
+        }));
+    }
+    validate(rest).map_err(RoomNameError::Name)
+}
+
+/// The key for "the same room": `#` and the [`fold`] of the rest, so
+/// `#Dev`, `#dev` and `#ԁev` (Cyrillic ԁ) are one room.
+pub fn fold_room(room: &str) -> String {
+    format!("#{}", fold(room.strip_prefix('#').unwrap_or(room)))
+}
+
+/// Whether `room` is the lobby, however it is spelt.
+pub fn is_lobby(room: &str) -> bool {
+    room.eq_ignore_ascii_case(LOBBY) || fold_room(room) == fold_room(LOBBY)
+}
+
 /// Whether two names are the same name (see [`fold`]).
 pub fn same(a: &str, b: &str) -> bool {
     a == b || fold(a) == fold(b)
@@ -349,5 +389,26 @@ mod tests {
         assert!(clash("ALICE", "alice").contains("letter case"));
         assert_eq!(clash("alice", "alice"), "the name \"alice\" is taken");
         assert!(!same("bob", "rob"));
+    }
+
+    #[test]
+    fn room_names_follow_the_name_rules_after_the_hash() {
+        assert_eq!(validate_room("#dev"), Ok(()));
+        assert_eq!(validate_room("dev"), Err(RoomNameError::NoHash));
+        assert!(matches!(
+            validate_room("#"),
+            Err(RoomNameError::Name(NameError::Empty))
+        ));
+        assert!(matches!(
+            validate_room("##dev"),
+            Err(RoomNameError::Name(_))
+        ));
+        assert!(matches!(validate_room("#a b"), Err(RoomNameError::Name(_))));
+        assert!(validate_room(&format!("#{}", "x".repeat(MAX_NAME_CHARS))).is_ok());
+        assert!(validate_room(&format!("#{}", "x".repeat(MAX_NAME_CHARS + 1))).is_err());
+        assert_eq!(fold_room("#Dev"), fold_room("#dev"));
+        assert_eq!(fold_room("#\u{FF44}ev"), fold_room("#dev"));
+        assert_ne!(fold_room("#dev"), fold_room("#ops"));
+        assert!(is_lobby("#Lobby") && !is_lobby("#dev"));
     }
 }

@@ -26,6 +26,7 @@ pub mod moderation;
 pub mod options;
 pub mod registry;
 pub mod room;
+pub mod rooms;
 mod session;
 #[cfg(test)]
 mod session_tests;

@@ -2,7 +2,7 @@
 //!
 //! Sessions queue what their members say; the writer drains the queue in
 //! batches and stores each batch in one transaction with one sync (group
-//! commit), and only then hands it to [`Room::publish`], which shows it to
+//! commit), and only then hands it to [`crate::room::Room::publish`], which shows it to
 //! the room and acknowledges it. So nothing is ever shown or acknowledged
 //! that a crash could take back, and under load the cost of a sync is shared
 //! by every message that arrived while the previous one ran.
@@ -11,8 +11,29 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::room::{MemberId, Room};
-use crate::store::{Appended, NewEntry, StoreError};
+use crate::metrics::Metrics;
+use crate::room::MemberId;
+#[cfg(test)]
+use crate::room::Room;
+use crate::store::{Appended, NewEntry, Store, StoreError};
+
+/// What a log writer stores into and publishes to: the lobby
+/// ([`crate::room::Room`])
+/// or another room ([`crate::rooms::Channel`]), each with its own log and
+/// its own writer.
+pub trait Log: Send + Sync + 'static {
+    /// The log.
+    fn store(&self) -> &Arc<dyn Store>;
+    /// The counters the writer updates.
+    fn metrics(&self) -> &Metrics;
+    /// Shows a stored batch to the room and acknowledges it (see
+    /// [`crate::room::Room::publish`]).
+    fn publish(
+        &self,
+        batch: impl Iterator<Item = Pending>,
+        stored: Result<Vec<Appended>, StoreError>,
+    );
+}
 
 /// Messages stored in one commit, at most.
 const LOG_BATCH: usize = 1024;
@@ -44,7 +65,7 @@ pub enum LogItem {
 type Outcome = Option<Result<Vec<Appended>, StoreError>>;
 
 /// Stores a batch's messages in one commit.
-fn store(room: &Room, items: &[LogItem]) -> Outcome {
+fn store<L: Log>(room: &L, items: &[LogItem]) -> Outcome {
     let mut entries: Vec<&NewEntry> = Vec::with_capacity(items.len());
     entries.extend(items.iter().filter_map(|item| match item {
         LogItem::Message(p) => Some(&p.entry),
@@ -62,7 +83,7 @@ fn store(room: &Room, items: &[LogItem]) -> Outcome {
 /// Publishes a stored batch, then answers its barriers; leaves `items`
 /// empty with its capacity, for a later batch. The messages go from the
 /// queue's vector to the room without being copied into another one.
-fn publish(room: &Room, items: &mut Vec<LogItem>, stored: Outcome) {
+fn publish<L: Log>(room: &L, items: &mut Vec<LogItem>, stored: Outcome) {
     let mut barriers = Vec::new();
     if let Some(stored) = stored {
         let messages = items.drain(..).filter_map(|item| match item {
@@ -95,7 +116,7 @@ fn publish(room: &Room, items: &mut Vec<LogItem>, stored: Outcome) {
 /// and run on blocking threads, never on a runtime worker. The batches'
 /// vectors are reused: at up to [`LOG_BATCH`] messages they are too large
 /// to allocate afresh each time.
-pub async fn run_writer(room: Arc<Room>, mut rx: mpsc::Receiver<LogItem>) {
+pub async fn run_writer<L: Log>(room: Arc<L>, mut rx: mpsc::Receiver<LogItem>) {
     // The batch stored last, waiting to be published.
     let mut stored: Option<(Vec<LogItem>, Outcome)> = None;
     let mut spare = Vec::new();
@@ -120,14 +141,14 @@ pub async fn run_writer(room: Arc<Room>, mut rx: mpsc::Receiver<LogItem>) {
         } else {
             let r = Arc::clone(&room);
             Some(tokio::task::spawn_blocking(move || {
-                let outcome = store(&r, &batch);
+                let outcome = store(&*r, &batch);
                 (batch, outcome)
             }))
         };
         if let Some((mut items, outcome)) = stored.take() {
             let r = Arc::clone(&room);
             let published = tokio::task::spawn_blocking(move || {
-                publish(&r, &mut items, outcome);
+                publish(&*r, &mut items, outcome);
                 items
             })
             .await;

@@ -78,6 +78,12 @@ pub struct ServerOptions {
     pub host_key: Option<qchat_tls::Fingerprint>,
     /// How long banning a guest (no key) bans its address.
     pub guest_ban: Duration,
+    /// Rooms the server keeps at most, `#lobby` included (`--max-rooms`).
+    pub max_rooms: usize,
+    /// Rooms besides `#lobby` one member may be in (`--max-rooms-per-member`).
+    pub max_rooms_per_member: usize,
+    /// Members a room besides `#lobby` admits (`--max-room-members`).
+    pub max_room_members: usize,
 }
 
 impl ServerOptions {
@@ -118,6 +124,9 @@ impl Default for ServerOptions {
             operators: Vec::new(),
             host_key: None,
             guest_ban: limits::GUEST_BAN,
+            max_rooms: limits::MAX_ROOMS,
+            max_rooms_per_member: limits::MAX_ROOMS_PER_MEMBER,
+            max_room_members: limits::MAX_ROOM_MEMBERS,
         }
     }
 }

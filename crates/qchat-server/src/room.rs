@@ -146,6 +146,9 @@ pub struct Room {
     /// Names bound to keys; in memory unless the server sets a file-backed
     /// one before the first join.
     registry: OnceLock<Arc<Registry>>,
+    /// The other rooms; in memory unless the server sets stored ones
+    /// before the first join.
+    rooms: OnceLock<Arc<crate::rooms::Rooms>>,
 }
 
 struct State {
@@ -251,7 +254,33 @@ impl Room {
             me: me.clone(),
             metrics: Metrics::default(),
             registry: OnceLock::new(),
+            rooms: OnceLock::new(),
         })
+    }
+
+    /// The rooms besides this one.
+    pub fn rooms(&self) -> &Arc<crate::rooms::Rooms> {
+        self.rooms
+            .get_or_init(|| crate::rooms::Rooms::memory(self.me.clone(), self.metrics.clone()))
+    }
+
+    /// Uses `rooms`; only before the rooms were first used (otherwise
+    /// `false`).
+    pub fn set_rooms(&self, rooms: Arc<crate::rooms::Rooms>) -> bool {
+        self.rooms.set(rooms).is_ok()
+    }
+
+    /// Disconnects members a room found not reading (their queue is
+    /// full), as the lobby's own fan-out does.
+    pub fn evict(&self, ids: Vec<MemberId>) {
+        let mut st = self.lock();
+        let ids: Vec<MemberId> = ids
+            .into_iter()
+            .filter(|id| st.members.contains_key(id))
+            .collect();
+        if !ids.is_empty() {
+            self.evict_slow(&mut st, ids);
+        }
     }
 
     /// The log writer's end of the queue; `None` once taken.
@@ -1237,6 +1266,24 @@ impl Room {
             .to_frame();
             self.broadcast(st, frame, None);
         }
+    }
+}
+
+impl crate::log::Log for Room {
+    fn store(&self) -> &Arc<dyn Store> {
+        Room::store(self)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        Room::metrics(self)
+    }
+
+    fn publish(
+        &self,
+        batch: impl Iterator<Item = Pending>,
+        stored: Result<Vec<Appended>, StoreError>,
+    ) {
+        Room::publish(self, batch, stored);
     }
 }
 

@@ -27,6 +27,7 @@ use crate::gate::Permit;
 use crate::log::LogItem;
 use crate::registry::{Claim, Claimed, Refusal};
 use crate::room::{Ending, MemberId, Peer, Rejection, Room};
+use crate::rooms::{Actor, Channel};
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
@@ -306,6 +307,9 @@ where
         options.history
     };
     let (tx, rx) = mpsc::channel(options.queue_for(replay));
+    // Weak: the lobby owns the queue (its removal of the member must close
+    // it); the session only needs it to put the member in other rooms.
+    let queue = tx.downgrade();
     let ending = Ending::new();
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
         Ok(j) => j,
@@ -336,19 +340,35 @@ where
     // times over for as long as the member stays (a 4.6 KiB task instead of
     // 1.1 KiB plus the two boxes).
     let reader = Box::pin(async {
+        // The rooms besides the lobby this member is in.
+        let mut mine: Vec<Arc<Channel>> = Vec::new();
         let outcome = tokio::select! {
-            outcome = read_loop(id, version, &mut decoder, &mut recv, room, options) => outcome,
+            outcome = read_loop(id, version, &mut decoder, &mut recv, room, options, &queue, &mut mine) => Some(outcome),
             // Removed by the room (kick, shutdown): nothing more the member
             // sends matters, and waiting for it to stop talking would only
             // hold the session open; the writer delivers the last words.
-            () = ending.wait() => return Ok(String::new()),
+            () = ending.wait() => None,
         };
+        let Some(outcome) = outcome else {
+            let why = ending.get().map_or(String::new(), |(_, r)| r.clone());
+            for ch in &mine {
+                ch.leave(id, None, &why, false);
+            }
+            return Ok(String::new());
+        };
+        let why = match &outcome {
+            Ok(reason) => reason.clone(),
+            Err(e) => format!("disconnected: {e}"),
+        };
+        for ch in &mine {
+            ch.leave(id, None, &why, false);
+        }
         match &outcome {
             Ok(reason) => room.leave(id, reason),
             // A connection that dropped may come back: the room keeps the
             // member's name for a while.
-            Err(e @ SessionError::Lost(_)) => room.lose(id, &format!("disconnected: {e}")),
-            Err(e) => room.leave(id, &format!("disconnected: {e}")),
+            Err(SessionError::Lost(_)) => room.lose(id, &why),
+            Err(_) => room.leave(id, &why),
         }
         outcome
     });
@@ -702,6 +722,7 @@ fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
 /// a member that keeps the backlog full is flooding and is disconnected
 /// (after a notice at half). Requests wait in the same backlog so that
 /// everything keeps the order it was sent in.
+#[allow(clippy::too_many_arguments)] // the session's parts, each used
 async fn read_loop<R: AsyncRead + Unpin>(
     id: MemberId,
     version: u32,
@@ -709,6 +730,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     recv: &mut R,
     room: &Room,
     options: &ServerOptions,
+    queue: &mpsc::WeakSender<Bytes>,
+    mine: &mut Vec<Arc<Channel>>,
 ) -> Result<String, SessionError> {
     let mut bucket = TokenBucket::new(options.rate, options.burst);
     let mut backlog: VecDeque<ClientMsg> = VecDeque::new();
@@ -723,8 +746,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
-            if let Some(reason) = Box::pin(handle(id, msg, room, options)).await {
+            let rooms = InRooms {
+                queue,
+                mine: &mut *mine,
+            };
+            if let Some(reason) = Box::pin(handle(id, msg, room, options, rooms)).await {
                 Box::pin(published(room)).await;
+                for ch in mine.iter() {
+                    rooms_published(ch).await;
+                }
                 return Ok(reason);
             }
         }
@@ -734,6 +764,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if eof {
             if backlog.is_empty() {
                 Box::pin(published(room)).await;
+                for ch in mine.iter() {
+                    rooms_published(ch).await;
+                }
                 return Ok(String::new());
             }
             tokio::time::sleep_until(bucket.next_token()).await;
@@ -771,7 +804,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// Sending to the room costs a token; asking for the member list or
 /// leaving does not.
 fn costs_a_token(msg: &ClientMsg) -> bool {
-    !matches!(msg, ClientMsg::Who | ClientMsg::Bye { .. })
+    !matches!(
+        msg,
+        ClientMsg::Who | ClientMsg::Bye { .. } | ClientMsg::Rooms | ClientMsg::Part { .. }
+    )
 }
 
 /// Kinds newer than the version the client announced are a protocol error.
@@ -782,6 +818,21 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
         }
         ClientMsg::Say { .. } | ClientMsg::Bye { .. } => Ok(()),
         ClientMsg::Reserved14 => Err(SessionError::Protocol("a reserved message kind")),
+        ClientMsg::Join { .. }
+        | ClientMsg::Part { .. }
+        | ClientMsg::Rooms
+        | ClientMsg::Topic { .. }
+        | ClientMsg::RoomSay { .. }
+        | ClientMsg::RoomSigned { .. }
+        | ClientMsg::RoomKick { .. }
+        | ClientMsg::Invite { .. }
+        | ClientMsg::RoomMode { .. }
+            if version < 5 =>
+        {
+            Err(SessionError::Protocol(
+                "message kind not in the negotiated version",
+            ))
+        }
         ClientMsg::Whois { .. }
         | ClientMsg::Device { .. }
         | ClientMsg::Moderate { .. }
@@ -808,6 +859,7 @@ async fn handle(
     msg: ClientMsg,
     room: &Room,
     options: &ServerOptions,
+    rooms: InRooms<'_>,
 ) -> Option<String> {
     if matches!(
         msg,
@@ -816,6 +868,8 @@ async fn handle(
             | ClientMsg::Private { .. }
             | ClientMsg::Signed { .. }
             | ClientMsg::SignedPrivate { .. }
+            | ClientMsg::RoomSay { .. }
+            | ClientMsg::RoomSigned { .. }
     ) {
         room.metrics().messages_received.inc();
     }
@@ -825,6 +879,8 @@ async fn handle(
         | ClientMsg::Private { seq, text, .. }
         | ClientMsg::Signed { seq, text, .. }
         | ClientMsg::SignedPrivate { seq, text, .. }
+        | ClientMsg::RoomSay { seq, text, .. }
+        | ClientMsg::RoomSigned { seq, text, .. }
             if text.len() > options.max_message =>
         {
             let reason = format!(
@@ -866,7 +922,93 @@ async fn handle(
                 room.reply(id, &ServerMsg::Refused { seq, reason });
             }
         },
-        ClientMsg::Nick { name } => nick(id, &name, room, options).await,
+        ClientMsg::Nick { name } => {
+            nick(id, &name, room, options).await;
+            if let Some(now) = room.member_name(id) {
+                for ch in rooms.mine.iter() {
+                    ch.rename(id, &now);
+                }
+            }
+        }
+        ClientMsg::RoomSay {
+            room: name,
+            seq,
+            text,
+            action,
+        } => in_room(id, room, rooms, &name, seq, text, action, None).await,
+        ClientMsg::RoomSigned {
+            room: name,
+            seq,
+            text,
+            action,
+            sent_ms,
+            key,
+            sig,
+        } => match proof(id, room, seq, sent_ms, key, sig) {
+            Ok(p) => in_room(id, room, rooms, &name, seq, text, action, Some(p)).await,
+            Err(reason) => {
+                room.metrics().messages_refused.inc();
+                room.reply(id, &ServerMsg::Refused { seq, reason });
+            }
+        },
+        ClientMsg::Join { room: name, resume } => {
+            join_room(id, room, options, rooms, &name, resume).await;
+        }
+        ClientMsg::Part { room: name, reason } => part_room(id, room, rooms, &name, reason),
+        ClientMsg::Rooms => list_rooms(id, room),
+        ClientMsg::Topic { room: name, text } => {
+            room_request(id, room, "topic", &name, |ch, who| {
+                let mut text = text.clone();
+                truncate_utf8(&mut text, qchat_proto::limits::MAX_TOPIC_BYTES);
+                ch.set_topic(who, &text)
+            })
+            .await;
+        }
+        ClientMsg::RoomMode {
+            room: name,
+            invite_only,
+        } => {
+            room_request(id, room, "room", &name, |ch, who| {
+                ch.set_invite_only(who, invite_only)
+            })
+            .await;
+        }
+        ClientMsg::RoomKick {
+            room: name,
+            name: target,
+            mut reason,
+        } => {
+            truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
+            room_request(id, room, "kick", &name, |ch, who| {
+                ch.kick(who, &target, &reason)
+            })
+            .await;
+        }
+        ClientMsg::Invite {
+            room: name,
+            name: target,
+        } => {
+            let done =
+                room_request(id, room, "invite", &name, |ch, who| ch.invite(who, &target)).await;
+            if let Some((ch, who)) = done {
+                let invited = room.peer_named(&target);
+                if let Some((tid, _, _)) = &invited {
+                    let msg = ServerMsg::Invited {
+                        room: ch.name().to_string(),
+                        by: who.name.clone(),
+                    };
+                    room.reply(*tid, &msg);
+                }
+                let text = match invited {
+                    Some((_, tname, _)) => format!("{tname} may now join {}", ch.name()),
+                    None => format!(
+                        "{target} may now join {} (nobody is here under that name now)",
+                        ch.name()
+                    ),
+                };
+                room.reply(id, &ServerMsg::Notice { text });
+            }
+        }
         ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Device { op } => device(id, op, room, options).await,
         ClientMsg::Moderate { op } => crate::moderation::handle(id, op, room, options).await,
@@ -940,6 +1082,221 @@ async fn submit_signed(
 ) {
     if let Some(p) = room.submit(id, seq, text, action, Some(proof)) {
         let _ = room.log_queue().send(LogItem::Message(p)).await;
+    }
+}
+
+/// What a session knows of the rooms besides the lobby: the member's
+/// queue (to put it in another room) and the rooms it is in.
+struct InRooms<'a> {
+    queue: &'a mpsc::WeakSender<Bytes>,
+    mine: &'a mut Vec<Arc<Channel>>,
+}
+
+/// Member `id` as a room sees it; `None` if it is gone.
+fn actor(id: MemberId, room: &Room) -> Option<(Actor, Option<[u8; 16]>)> {
+    let (name, peer) = room.peer_of(id)?;
+    Some((
+        Actor {
+            id,
+            name,
+            key: peer.key.map(|k| *k.as_bytes()),
+            server_op: peer.operator,
+        },
+        peer.instance,
+    ))
+}
+
+fn room_failed(room: &Room, id: MemberId, what: &str, reason: String) {
+    room.reply(
+        id,
+        &ServerMsg::Failed {
+            what: what.into(),
+            reason,
+        },
+    );
+}
+
+/// Writes the rooms' descriptions (a topic, an operator, an invitation
+/// changed) on a blocking thread: the write syncs the file.
+async fn persist(room: &Room) {
+    let rooms = Arc::clone(room.rooms());
+    match tokio::task::spawn_blocking(move || rooms.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot save the rooms: {e}"),
+        Err(e) => tracing::warn!("cannot save the rooms: {e}"),
+    }
+}
+
+/// `/join #room`: creates the room if it does not exist (the member is
+/// its operator), then puts the member in it. The lobby is not joined:
+/// every member is always in it.
+async fn join_room(
+    id: MemberId,
+    room: &Room,
+    options: &ServerOptions,
+    rooms: InRooms<'_>,
+    name: &str,
+    resume: Option<qchat_proto::ResumePoint>,
+) {
+    if let Err(e) = qchat_proto::names::validate_room(name) {
+        return room_failed(
+            room,
+            id,
+            "join",
+            format!("{name:?} is not a room's name: {e}"),
+        );
+    }
+    if qchat_proto::names::is_lobby(name) {
+        return room_failed(
+            room,
+            id,
+            "join",
+            format!("everyone is always in {}", qchat_proto::names::LOBBY),
+        );
+    }
+    let Some((who, instance)) = actor(id, room) else {
+        return;
+    };
+    // A kick takes the member out of a room behind the session's back.
+    rooms.mine.retain(|ch| ch.has(id));
+    if rooms.mine.len() >= options.max_rooms_per_member {
+        return room_failed(
+            room,
+            id,
+            "join",
+            format!(
+                "you are in {} rooms besides {}, the most this server allows; /part one first",
+                options.max_rooms_per_member,
+                qchat_proto::names::LOBBY
+            ),
+        );
+    }
+    let (ch, created) = match room.rooms().get_or_create(name, &who, options.max_rooms) {
+        Ok(c) => c,
+        Err(reason) => return room_failed(room, id, "join", reason),
+    };
+    if created {
+        persist(room).await;
+    }
+    let Some(queue) = rooms.queue.upgrade() else {
+        return;
+    };
+    let max = options.max_room_members;
+    match ch.join(&who, instance, &queue, resume, options.history, max) {
+        Ok(()) => rooms.mine.push(ch),
+        Err(reason) => room_failed(room, id, "join", reason),
+    }
+}
+
+/// `/part #room [REASON]`.
+fn part_room(id: MemberId, room: &Room, rooms: InRooms<'_>, name: &str, mut reason: String) {
+    truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
+    let key = qchat_proto::names::fold_room(name);
+    let pos = rooms
+        .mine
+        .iter()
+        .position(|ch| qchat_proto::names::fold_room(ch.name()) == key);
+    match pos {
+        Some(i) if rooms.mine[i].leave(id, None, &reason, true) => {
+            rooms.mine.remove(i);
+        }
+        _ if qchat_proto::names::is_lobby(name) => room_failed(
+            room,
+            id,
+            "part",
+            format!(
+                "everyone is always in {}; /quit leaves the server",
+                qchat_proto::names::LOBBY
+            ),
+        ),
+        _ => room_failed(room, id, "part", format!("you are not in {name}")),
+    }
+}
+
+/// `/rooms`: the lobby first, then the rooms the member may see.
+fn list_rooms(id: MemberId, room: &Room) {
+    let Some((who, _)) = actor(id, room) else {
+        return;
+    };
+    let mut list = vec![qchat_proto::RoomInfo {
+        name: qchat_proto::names::LOBBY.into(),
+        members: u32::try_from(room.len()).unwrap_or(u32::MAX),
+        topic: String::new(),
+        invite_only: false,
+    }];
+    list.extend(room.rooms().list(&who));
+    room.reply(id, &ServerMsg::RoomList { rooms: list });
+}
+
+/// An operator's request in a room (`what` names it in a refusal):
+/// `act` decides and does it; what changed is saved. The room and the
+/// asker when it was done.
+async fn room_request(
+    id: MemberId,
+    room: &Room,
+    what: &str,
+    name: &str,
+    act: impl FnOnce(&Channel, &Actor) -> Result<(), String>,
+) -> Option<(Arc<Channel>, Actor)> {
+    let (who, _) = actor(id, room)?;
+    let Some(ch) = room.rooms().get(name) else {
+        let reason = if qchat_proto::names::is_lobby(name) {
+            format!(
+                "{} is the server's own room: /kick and the server's operators govern it",
+                qchat_proto::names::LOBBY
+            )
+        } else {
+            format!("there is no room called {name:?} (see /rooms)")
+        };
+        room_failed(room, id, what, reason);
+        return None;
+    };
+    match act(&ch, &who) {
+        Ok(()) => {
+            persist(room).await;
+            Some((ch, who))
+        }
+        Err(reason) => {
+            room_failed(room, id, what, reason);
+            None
+        }
+    }
+}
+
+/// A line for a room the member is in, to that room's log.
+#[allow(clippy::too_many_arguments)] // one line's parts
+async fn in_room(
+    id: MemberId,
+    room: &Room,
+    rooms: InRooms<'_>,
+    name: &str,
+    seq: u64,
+    text: String,
+    action: bool,
+    proof: Option<Box<qchat_proto::Proof>>,
+) {
+    let key = qchat_proto::names::fold_room(name);
+    let ch = rooms
+        .mine
+        .iter()
+        .find(|ch| qchat_proto::names::fold_room(ch.name()) == key);
+    match ch.and_then(|ch| Some((ch, ch.submit(id, seq, text, action, proof)?))) {
+        Some((ch, p)) => {
+            let _ = ch.log_queue().send(LogItem::Message(p)).await;
+        }
+        None => {
+            room.metrics().messages_refused.inc();
+            let reason = format!("you are not in {name}; nothing was sent (/join it first)");
+            room.reply(id, &ServerMsg::Refused { seq, reason });
+        }
+    }
+}
+
+/// Waits until everything the member said in a room is published.
+async fn rooms_published(ch: &Channel) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if ch.log_queue().send(LogItem::Barrier(tx)).await.is_ok() {
+        let _ = rx.await;
     }
 }
 

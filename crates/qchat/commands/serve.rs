@@ -393,6 +393,7 @@ async fn start(
 ) -> Result<(quinn::Endpoint, SocketAddr, std::sync::Arc<Server>)> {
     let store = open_store(&args)?;
     let registry = open_registry(&args)?;
+    let room_stores = room_stores(&args)?;
     let hup = Hangup::listen();
     let metrics = bind_metrics(args.metrics).await?;
     let (endpoint, local) = listen(identity, &options, args.listen)?;
@@ -402,6 +403,14 @@ async fn start(
         server.room().set_registry(registry),
         "internal error: the room used its name registry before the file was opened"
     );
+    if let Some((stores, meta)) = room_stores {
+        let rooms = qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?;
+        tracing::info!(rooms = rooms.len(), "rooms open");
+        anyhow::ensure!(
+            server.room().set_rooms(rooms),
+            "internal error: the room used its rooms before their file was opened"
+        );
+    }
     if let Some(listener) = metrics {
         tokio::spawn(serve_metrics(listener, std::sync::Arc::clone(&server)));
     }
@@ -522,6 +531,45 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
     Ok(std::sync::Arc::new(store))
+}
+
+/// Where the rooms besides #lobby keep their logs and descriptions: a
+/// `rooms` folder in the data folder, one log per room (in a folder named
+/// by the SHA-256 of its folded name: any name, in any script and of any
+/// length, makes a short and safe file name) and
+/// `rooms.meta`. `None` with `--store memory`: the rooms live in memory.
+fn room_stores(
+    args: &ServeArgs,
+) -> Result<Option<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)>> {
+    use qchat_server::store::{RedbStore, Store, SyncPolicy};
+    if args.store == crate::cli::StoreKind::Memory {
+        return Ok(None);
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.join("rooms"),
+        None => crate::home::server_dir()?.join("rooms"),
+    };
+    create_private_dir(&dir)?;
+    let sync = match args.sync {
+        crate::cli::SyncArg::Full => SyncPolicy::Full,
+        crate::cli::SyncArg::None => SyncPolicy::None,
+    };
+    let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
+    let base = dir.clone();
+    let stores: Box<qchat_server::rooms::StoreFactory> = Box::new(move |key: &str| {
+        // A fingerprint is SHA-256 over the bytes given; here, the name's.
+        let digest = qchat_tls::Fingerprint::from_spki_der(key.as_bytes());
+        let hex: String = digest.as_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = base.join(hex);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| qchat_server::store::StoreError::Io(format!("{}: {e}", dir.display())))?;
+        let store = RedbStore::open(&dir, keep, sync)?.with_max_age(max_age);
+        Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Store>)
+    });
+    Ok(Some((stores, dir.join("rooms.meta"))))
 }
 
 /// The registered names, kept where the room log is (`names.redb` in the

@@ -268,6 +268,16 @@ impl App {
             Event::Chat { text, .. } | Event::Action { text, .. } => {
                 mention = mentions(text, &self.me);
             }
+            // Rooms besides the lobby: shown in the one view, each line
+            // with its room first, as plain mode shows them.
+            Event::InRoom { .. }
+            | Event::RoomJoined { .. }
+            | Event::RoomReplayed { .. }
+            | Event::Parted { .. }
+            | Event::RoomList(_)
+            | Event::Topic { .. }
+            | Event::Invited { .. }
+            | Event::RoomMode { .. } => {}
             // A private message to us is as good as a mention; our own,
             // echoed by the server, is not.
             Event::Private { from, .. } => mention = !same(from, &self.me),
@@ -565,6 +575,11 @@ impl App {
         for line in text.split('\n') {
             match input::parse(line) {
                 Input::Nothing => {}
+                Input::Switch(_) => self.error(
+                    "this view shows every room's lines in one place, and typed lines go to #lobby; \
+                     use plain mode (--plain) to talk in another room"
+                        .into(),
+                ),
                 Input::Help => {
                     for l in help_lines(self.operator) {
                         self.info(l);

@@ -142,6 +142,10 @@ fn line_spans(line: &Line, offset: time::UtcOffset) -> Vec<Span<'static>> {
                 .add_modifier(Modifier::BOLD),
         )
     };
+    // A room besides the lobby goes first, as in plain mode.
+    if let Kind::Said(crate::wording::Said { room: Some(r), .. }) = &line.kind {
+        out.push(Span::styled(format!("{r} "), dim()));
+    }
     match &line.kind {
         Kind::Said(said) if said.history => {
             let style = dim().add_modifier(Modifier::ITALIC);
@@ -315,6 +319,7 @@ mod tests {
                 text: "first\nsecond\n\nfourth".into(),
                 action: false,
                 history: false,
+                room: None,
             }),
             mention: false,
             seq: None,

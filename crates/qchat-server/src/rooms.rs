@@ -1,0 +1,862 @@
+//! Rooms besides `#lobby`: each its own log, its own lock and its own log
+//! writer, so rooms never wait for each other.
+//!
+//! `#lobby` is [`Room`] itself — the members, their names and connections,
+//! the reconnect grace — and every member is in it. A room here ([`Channel`])
+//! only holds which of those members are in it (a weak handle to each one's
+//! queue, so leaving the lobby closes the queue whatever rooms still list
+//! it), its own log ([`Store`], written by its own [`crate::log::run_writer`])
+//! and the in-memory window of its newest messages, its topic, operators,
+//! invite-only flag and invitations. The map of rooms ([`Rooms`]) is behind
+//! a read-write lock taken only to find, create or list a room; a session
+//! keeps an `Arc` to each room it is in, so saying something in a room
+//! touches that room's lock alone.
+//!
+//! What a room is (name, topic, operators, invite-only, invitations)
+//! survives a restart in one small file beside the log, `rooms/rooms.meta`,
+//! rewritten atomically whenever it changes; each room's messages are in
+//! its own log under `rooms/<hex of the folded name>/`. Who is in a room is
+//! not stored: a client rejoins each of its rooms, with its resume point,
+//! right after every welcome.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+
+use bytes::Bytes;
+use qchat_proto::clock::now_ms;
+use qchat_proto::{names, Proof, ResumePoint, RoomInfo, ServerMsg};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::log::{Log, LogItem, Pending};
+use crate::metrics::Metrics;
+use crate::room::{MemberId, Room};
+use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
+
+/// Makes (or opens) the log of the room whose folded name is given.
+pub type StoreFactory = dyn Fn(&str) -> Result<Arc<dyn Store>, StoreError> + Send + Sync;
+
+/// Who a room's operator is: a key when the member had one, otherwise a
+/// (folded) name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum OpId {
+    Key([u8; 32]),
+    Name(String),
+}
+
+/// What survives a restart of one room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    name: String,
+    topic: String,
+    ops: Vec<OpId>,
+    invite_only: bool,
+    /// Folded names.
+    invited: Vec<String>,
+}
+
+/// Who is asking, as a room needs to know it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The member.
+    pub id: MemberId,
+    /// Its name now.
+    pub name: String,
+    /// Its key, if it has one.
+    pub key: Option<[u8; 32]>,
+    /// Whether it is a server operator (may do anything in every room).
+    pub server_op: bool,
+}
+
+impl Actor {
+    fn op_id(&self) -> OpId {
+        match self.key {
+            Some(k) => OpId::Key(k),
+            None => OpId::Name(names::fold(&self.name)),
+        }
+    }
+}
+
+/// Every room but the lobby.
+pub struct Rooms {
+    map: RwLock<HashMap<String, Arc<Channel>>>,
+    stores: Box<StoreFactory>,
+    /// Where the rooms' descriptions are kept; `None`: memory only.
+    meta: Option<PathBuf>,
+    /// Serialises rewrites of the description file.
+    saving: Mutex<()>,
+    lobby: Weak<Room>,
+    metrics: Metrics,
+}
+
+impl Rooms {
+    /// Rooms whose logs `stores` makes and whose descriptions live in
+    /// `meta` (`None`: in memory). Rooms described there are opened now.
+    pub fn open(
+        lobby: &Arc<Room>,
+        stores: Box<StoreFactory>,
+        meta: Option<PathBuf>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let rooms = Rooms::build(Arc::downgrade(lobby), lobby.metrics().clone(), stores, meta);
+        if let Some(path) = &rooms.meta {
+            for m in load(path)? {
+                let key = names::fold_room(&m.name);
+                let ch = rooms.channel(&key, m)?;
+                rooms.write().insert(key, ch);
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// Rooms in memory only, their logs too (`--store memory`, tests).
+    pub fn memory(lobby: Weak<Room>, metrics: Metrics) -> Arc<Self> {
+        let keep = qchat_proto::limits::HISTORY_KEEP;
+        let stores: Box<StoreFactory> =
+            Box::new(move |_| Ok(Arc::new(crate::store::MemoryStore::new(keep)) as Arc<dyn Store>));
+        Rooms::build(lobby, metrics, stores, None)
+    }
+
+    fn build(
+        lobby: Weak<Room>,
+        metrics: Metrics,
+        stores: Box<StoreFactory>,
+        meta: Option<PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new(Rooms {
+            map: RwLock::new(HashMap::new()),
+            stores,
+            meta,
+            saving: Mutex::new(()),
+            lobby,
+            metrics,
+        })
+    }
+
+    fn channel(&self, key: &str, meta: Meta) -> Result<Arc<Channel>, StoreError> {
+        let store = (self.stores)(key)?;
+        let (log, rx) = mpsc::channel(qchat_proto::limits::LOG_QUEUE);
+        let published = store.last_id();
+        let ch = Arc::new(Channel {
+            name: meta.name.clone(),
+            state: Mutex::new(ChanState {
+                members: BTreeMap::new(),
+                published,
+                recent: VecDeque::new(),
+                meta,
+            }),
+            store,
+            log,
+            lobby: self.lobby.clone(),
+            metrics: self.metrics.clone(),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(crate::log::run_writer(Arc::clone(&ch), rx));
+        }
+        Ok(ch)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Channel>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Channel>>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room called `room` (as the same name), if it exists.
+    pub fn get(&self, room: &str) -> Option<Arc<Channel>> {
+        self.read().get(&names::fold_room(room)).cloned()
+    }
+
+    /// The room called `room`, created with `creator` as its operator if
+    /// it does not exist (`true`: it was created, and the descriptions
+    /// need saving). Refused past `max` rooms.
+    pub fn get_or_create(
+        &self,
+        room: &str,
+        creator: &Actor,
+        max: usize,
+    ) -> Result<(Arc<Channel>, bool), String> {
+        let key = names::fold_room(room);
+        if let Some(ch) = self.read().get(&key) {
+            return Ok((Arc::clone(ch), false));
+        }
+        let mut map = self.write();
+        if let Some(ch) = map.get(&key) {
+            return Ok((Arc::clone(ch), false));
+        }
+        // The lobby counts as one of the server's rooms.
+        if map.len() + 1 >= max {
+            return Err(format!(
+                "this server has its most rooms ({max}); join one of /rooms instead"
+            ));
+        }
+        let meta = Meta {
+            name: room.to_string(),
+            topic: String::new(),
+            ops: vec![creator.op_id()],
+            invite_only: false,
+            invited: Vec::new(),
+        };
+        let ch = self
+            .channel(&key, meta)
+            .map_err(|e| format!("the server could not create the room: {e}"))?;
+        map.insert(key, Arc::clone(&ch));
+        Ok((ch, true))
+    }
+
+    /// The rooms `asker` may see: the public ones, and invite-only ones it
+    /// is in, invited to or operates; a server operator sees every one.
+    pub fn list(&self, asker: &Actor) -> Vec<RoomInfo> {
+        let mut rooms: Vec<RoomInfo> = self
+            .read()
+            .values()
+            .filter_map(|ch| ch.info_for(asker))
+            .collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name));
+        rooms
+    }
+
+    /// Rooms now, the lobby not counted.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether there are none besides the lobby.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes every room's description, replacing the file atomically.
+    /// Call off the runtime's threads (it syncs the file).
+    pub fn save(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.meta else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Meta> = self
+            .read()
+            .values()
+            .map(|ch| ch.lock().meta.clone())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        save(path, &all)
+    }
+}
+
+/// The descriptions' file format: a version byte, then postcard.
+const META_VERSION: u8 = 1;
+
+fn load(path: &Path) -> Result<Vec<Meta>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    match bytes.split_first() {
+        Some((&META_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            detail: format!("the rooms' descriptions do not decode: {e}"),
+        }),
+        _ => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            detail: "not a rooms file this version knows".into(),
+        }),
+    }
+}
+
+fn save(path: &Path, all: &[Meta]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut body = vec![META_VERSION];
+    body.extend(postcard::to_allocvec(all).map_err(|e| StoreError::Io(e.to_string()))?);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(&body).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// One room besides the lobby.
+pub struct Channel {
+    /// As its creator spelt it.
+    name: String,
+    state: Mutex<ChanState>,
+    store: Arc<dyn Store>,
+    log: mpsc::Sender<LogItem>,
+    lobby: Weak<Room>,
+    metrics: Metrics,
+}
+
+struct ChanState {
+    /// Keyed by id, so iteration is join order.
+    members: BTreeMap<MemberId, ChanMember>,
+    /// The newest id shown to the room.
+    published: u64,
+    /// The newest published messages (see the lobby's window).
+    recent: VecDeque<Entry>,
+    meta: Meta,
+}
+
+struct ChanMember {
+    name: String,
+    /// Weak: the lobby holds the queue; once the member leaves it, the
+    /// queue closes even if a room still lists the member for a moment.
+    outbox: mpsc::WeakSender<Bytes>,
+    instance: Option<[u8; 16]>,
+}
+
+/// How many messages a room keeps in memory for joins and resumes.
+const RECENT: usize = 1024;
+
+impl Channel {
+    fn lock(&self) -> MutexGuard<'_, ChanState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The room's name, as its creator spelt it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue to this room's log writer.
+    pub fn log_queue(&self) -> &mpsc::Sender<LogItem> {
+        &self.log
+    }
+
+    fn is_op(st: &ChanState, who: &Actor) -> bool {
+        who.server_op || st.meta.ops.contains(&who.op_id())
+    }
+
+    fn info_for(&self, asker: &Actor) -> Option<RoomInfo> {
+        let st = self.lock();
+        let visible = !st.meta.invite_only
+            || Self::is_op(&st, asker)
+            || st.members.contains_key(&asker.id)
+            || st.meta.invited.contains(&names::fold(&asker.name));
+        visible.then(|| RoomInfo {
+            name: self.name.clone(),
+            members: u32::try_from(st.members.len()).unwrap_or(u32::MAX),
+            topic: st.meta.topic.clone(),
+            invite_only: st.meta.invite_only,
+        })
+    }
+
+    /// Adds `who` (whose lobby queue is `outbox`) to the room: the
+    /// [`ServerMsg::RoomJoined`], the replay and its end go to it, and the
+    /// room hears that it entered. Refused (with the reason) if it is in
+    /// already, the room is invite-only and it is not invited, or the room
+    /// is full.
+    pub fn join(
+        &self,
+        who: &Actor,
+        instance: Option<[u8; 16]>,
+        outbox: &mpsc::Sender<Bytes>,
+        resume: Option<ResumePoint>,
+        history: usize,
+        max_members: usize,
+    ) -> Result<(), String> {
+        let mut st = self.lock();
+        if st.members.contains_key(&who.id) {
+            return Err(format!("you are in {} already", self.name));
+        }
+        let op = Self::is_op(&st, who);
+        if st.meta.invite_only && !op && !st.meta.invited.contains(&names::fold(&who.name)) {
+            return Err(format!(
+                "{} is invite-only, and nobody invited you (its operators can, with /invite)",
+                self.name
+            ));
+        }
+        if st.members.len() >= max_members && !who.server_op {
+            return Err(format!("{} is full ({max_members} members)", self.name));
+        }
+        let upto = st.published;
+        // What the queue can still take, less the two frames around the
+        // replay: a replay that does not fit is cut short (and counted as
+        // missed), never a reason to drop the member.
+        let room_for = outbox.capacity().saturating_sub(2);
+        let (replay, resumed, missed) = match &resume {
+            Some(p) if p.log_id == self.store.log_id() => {
+                let after = p.after.min(upto);
+                let got = self.read_log(&st, after, upto, room_for);
+                let missed = (upto - after).saturating_sub(got.len() as u64);
+                (got, true, missed)
+            }
+            _ => (self.read_log(&st, 0, upto, history.min(room_for)), false, 0),
+        };
+        let mut members: Vec<String> = st.members.values().map(|m| m.name.clone()).collect();
+        members.push(who.name.clone());
+        let joined = ServerMsg::RoomJoined {
+            room: self.name.clone(),
+            log_id: self.store.log_id(),
+            last_id: upto,
+            topic: st.meta.topic.clone(),
+            members,
+            operator: op,
+            invite_only: st.meta.invite_only,
+        };
+        if outbox.try_send(joined.to_frame()).is_err() {
+            return Err("the server could not queue the room for you; try again".into());
+        }
+        let count = replay.len() as u64;
+        for e in replay {
+            let msg = ServerMsg::RoomHistory {
+                room: self.name.clone(),
+                id: e.id,
+                from: e.from,
+                text: e.text,
+                time_ms: e.time_ms,
+                action: e.action,
+                proof: e.proof.map(|p| *p),
+            };
+            let _ = outbox.try_send(msg.to_frame());
+        }
+        let done = ServerMsg::RoomReplayed {
+            room: self.name.clone(),
+            resumed,
+            count,
+            missed,
+        };
+        let _ = outbox.try_send(done.to_frame());
+        let entered = ServerMsg::RoomEntered {
+            room: self.name.clone(),
+            name: who.name.clone(),
+        }
+        .to_frame();
+        let slow = self.broadcast(&st, &entered, None);
+        st.members.insert(
+            who.id,
+            ChanMember {
+                name: who.name.clone(),
+                outbox: outbox.downgrade(),
+                instance,
+            },
+        );
+        drop(st);
+        self.evict(slow);
+        Ok(())
+    }
+
+    /// Reads the log for a join: from the window when it covers the
+    /// request, otherwise from the store.
+    fn read_log(&self, st: &ChanState, after: u64, upto: u64, max: usize) -> Vec<Entry> {
+        if max == 0 || upto <= after {
+            return Vec::new();
+        }
+        let from = (after + 1).max(upto.saturating_sub(max as u64).saturating_add(1));
+        if st.recent.front().is_some_and(|e| e.id <= from) {
+            return st.recent.iter().filter(|e| e.id >= from).cloned().collect();
+        }
+        match self.store.read(after, upto, max) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("cannot replay a room's log: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Removes member `id`; `by` kicked it (`None`: it left), and `reason`
+    /// is shown to the room. `tell`: the member itself is told it is out
+    /// (not when its connection is gone). `false` if it was not in.
+    pub fn leave(&self, id: MemberId, by: Option<&str>, reason: &str, tell: bool) -> bool {
+        let mut st = self.lock();
+        let Some(m) = st.members.remove(&id) else {
+            return false;
+        };
+        if tell {
+            let parted = ServerMsg::Parted {
+                room: self.name.clone(),
+                by: by.unwrap_or_default().to_string(),
+                reason: reason.to_string(),
+            };
+            if let Some(tx) = m.outbox.upgrade() {
+                let _ = tx.try_send(parted.to_frame());
+            }
+        }
+        let why = match by {
+            Some(by) if reason.is_empty() => format!("kicked by {by}"),
+            Some(by) => format!("kicked by {by}: {reason}"),
+            None => reason.to_string(),
+        };
+        let left = ServerMsg::RoomLeft {
+            room: self.name.clone(),
+            name: m.name,
+            reason: why,
+        }
+        .to_frame();
+        let slow = self.broadcast(&st, &left, None);
+        drop(st);
+        self.evict(slow);
+        true
+    }
+
+    /// Whether member `id` is in the room.
+    pub fn has(&self, id: MemberId) -> bool {
+        self.lock().members.contains_key(&id)
+    }
+
+    /// The member in the room under `name`, as the same name.
+    fn member_named(st: &ChanState, name: &str) -> Option<MemberId> {
+        let key = names::fold(name);
+        st.members
+            .iter()
+            .find(|(_, m)| names::fold(&m.name) == key)
+            .map(|(id, _)| *id)
+    }
+
+    /// A member's new name, shown in the room's lists from now on.
+    pub fn rename(&self, id: MemberId, new: &str) {
+        if let Some(m) = self.lock().members.get_mut(&id) {
+            m.name = new.to_string();
+        }
+    }
+
+    /// Takes a message from member `id` for the room's log; `None` if it
+    /// is not in the room.
+    pub fn submit(
+        &self,
+        id: MemberId,
+        seq: u64,
+        text: String,
+        action: bool,
+        proof: Option<Box<Proof>>,
+    ) -> Option<Pending> {
+        let st = self.lock();
+        let m = st.members.get(&id)?;
+        Some(Pending {
+            member: id,
+            seq,
+            entry: NewEntry {
+                key: m.instance.map(|i| (i, seq)),
+                from: m.name.clone(),
+                text,
+                time_ms: now_ms(),
+                action,
+                proof,
+            },
+        })
+    }
+
+    /// `/topic`: the room's operators (and server operators) only.
+    pub fn set_topic(&self, who: &Actor, text: &str) -> Result<(), String> {
+        let mut st = self.lock();
+        if !Self::is_op(&st, who) {
+            return Err(format!("only {}'s operators can set its topic", self.name));
+        }
+        st.meta.topic = text.to_string();
+        let frame = ServerMsg::TopicSet {
+            room: self.name.clone(),
+            by: who.name.clone(),
+            text: text.to_string(),
+        }
+        .to_frame();
+        let slow = self.broadcast(&st, &frame, None);
+        drop(st);
+        self.evict(slow);
+        Ok(())
+    }
+
+    /// `/room invite-only on|off`: operators only.
+    pub fn set_invite_only(&self, who: &Actor, on: bool) -> Result<(), String> {
+        let mut st = self.lock();
+        if !Self::is_op(&st, who) {
+            return Err(format!(
+                "only {}'s operators can make it invite-only or open",
+                self.name
+            ));
+        }
+        st.meta.invite_only = on;
+        let frame = ServerMsg::ModeSet {
+            room: self.name.clone(),
+            by: who.name.clone(),
+            invite_only: on,
+        }
+        .to_frame();
+        let slow = self.broadcast(&st, &frame, None);
+        drop(st);
+        self.evict(slow);
+        Ok(())
+    }
+
+    /// `/invite NAME`: operators only; the invitation is kept (it is what
+    /// lets the member back in after a reconnect or a restart) until the
+    /// member is kicked.
+    pub fn invite(&self, who: &Actor, name: &str) -> Result<(), String> {
+        let mut st = self.lock();
+        if !Self::is_op(&st, who) {
+            return Err(format!("only {}'s operators can invite to it", self.name));
+        }
+        let key = names::fold(name);
+        if !st.meta.invited.contains(&key) {
+            st.meta.invited.push(key);
+        }
+        Ok(())
+    }
+
+    /// `/kick NAME` in the room: operators only; the member leaves the room
+    /// (not the server) and loses its invitation.
+    pub fn kick(&self, who: &Actor, name: &str, reason: &str) -> Result<(), String> {
+        let target = {
+            let mut st = self.lock();
+            if !Self::is_op(&st, who) {
+                return Err(format!("only {}'s operators can kick from it", self.name));
+            }
+            let Some(target) = Self::member_named(&st, name) else {
+                return Err(format!("there is nobody called {name:?} in {}", self.name));
+            };
+            if target == who.id {
+                return Err(format!("you cannot kick yourself; use /part {}", self.name));
+            }
+            let key = names::fold(name);
+            st.meta.invited.retain(|k| *k != key);
+            target
+        };
+        self.leave(target, Some(&who.name), reason, true);
+        Ok(())
+    }
+
+    /// Queues `frame` for every member but `except`; the ids whose queue is
+    /// full (not reading), for [`Channel::evict`] once the lock is released.
+    fn broadcast(&self, st: &ChanState, frame: &Bytes, except: Option<MemberId>) -> Vec<MemberId> {
+        let mut slow = Vec::new();
+        for (id, m) in &st.members {
+            if Some(*id) == except {
+                continue;
+            }
+            if let Some(tx) = m.outbox.upgrade() {
+                if matches!(
+                    tx.try_send(frame.clone()),
+                    Err(mpsc::error::TrySendError::Full(_))
+                ) {
+                    slow.push(*id);
+                }
+            }
+        }
+        slow
+    }
+
+    /// Members not reading are disconnected by the lobby, as they would
+    /// be for a full queue there; never under this room's lock, so the
+    /// lobby's lock is never taken inside a room's.
+    fn evict(&self, slow: Vec<MemberId>) {
+        if slow.is_empty() {
+            return;
+        }
+        if let Some(lobby) = self.lobby.upgrade() {
+            lobby.evict(slow);
+        }
+    }
+
+    /// Empties the room of members (the server is stopping).
+    pub fn clear(&self) {
+        self.lock().members.clear();
+    }
+}
+
+impl Log for Channel {
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn publish(
+        &self,
+        batch: impl Iterator<Item = Pending>,
+        stored: Result<Vec<Appended>, StoreError>,
+    ) {
+        let mut st = self.lock();
+        let mut slow = Vec::new();
+        let results = match stored {
+            Ok(r) => r,
+            Err(e) => {
+                let reason =
+                    format!("the server could not store the message ({e}); nothing was sent");
+                for p in batch {
+                    self.metrics.messages_refused.inc();
+                    if let Some(tx) = st.members.get(&p.member).and_then(|m| m.outbox.upgrade()) {
+                        let refused = ServerMsg::Refused {
+                            seq: p.seq,
+                            reason: reason.clone(),
+                        };
+                        let _ = tx.try_send(refused.to_frame());
+                    }
+                }
+                return;
+            }
+        };
+        let mut delivered = 0u64;
+        for (p, r) in batch.zip(results) {
+            let id = match r {
+                Appended::Duplicate(id) => id,
+                Appended::New(id) => {
+                    st.published = st.published.max(id);
+                    let e = &p.entry;
+                    let frame = ServerMsg::RoomChat {
+                        room: self.name.clone(),
+                        id,
+                        from: e.from.clone(),
+                        text: e.text.clone(),
+                        time_ms: e.time_ms,
+                        action: e.action,
+                        proof: e.proof.as_deref().cloned(),
+                    }
+                    .to_frame();
+                    let instance = e.key.map(|k| k.0);
+                    for (mid, m) in &st.members {
+                        // Not to the author, nor to the author's new
+                        // connection (same instance) after a reconnect.
+                        if *mid == p.member || (instance.is_some() && m.instance == instance) {
+                            continue;
+                        }
+                        if let Some(tx) = m.outbox.upgrade() {
+                            match tx.try_send(frame.clone()) {
+                                Ok(()) => delivered += 1,
+                                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*mid),
+                                Err(_) => {}
+                            }
+                        }
+                    }
+                    if st.recent.len() >= RECENT {
+                        st.recent.pop_front();
+                    }
+                    let NewEntry {
+                        from,
+                        text,
+                        time_ms,
+                        action,
+                        proof,
+                        ..
+                    } = p.entry;
+                    st.recent.push_back(Entry {
+                        id,
+                        from,
+                        text,
+                        time_ms,
+                        action,
+                        proof,
+                    });
+                    id
+                }
+            };
+            if let Some(tx) = st.members.get(&p.member).and_then(|m| m.outbox.upgrade()) {
+                let ack = ServerMsg::RoomAck {
+                    room: self.name.clone(),
+                    seq: p.seq,
+                    id,
+                };
+                if matches!(
+                    tx.try_send(ack.to_frame()),
+                    Err(mpsc::error::TrySendError::Full(_))
+                ) {
+                    slow.push(p.member);
+                }
+            }
+        }
+        if delivered > 0 {
+            self.metrics.messages_delivered.inc_by(delivered);
+        }
+        drop(st);
+        self.evict(slow);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServerOptions;
+
+    fn actor(id: MemberId, name: &str) -> Actor {
+        Actor {
+            id,
+            name: name.into(),
+            key: None,
+            server_op: false,
+        }
+    }
+
+    fn frames(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
+        let mut v = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
+        }
+        v
+    }
+
+    fn lobby() -> Arc<Room> {
+        Room::new(
+            Arc::new(ServerOptions::default()),
+            Arc::new(crate::store::MemoryStore::new(1000)),
+        )
+    }
+
+    #[test]
+    fn an_invite_only_room_is_hidden_and_closed_until_an_invitation() {
+        let lobby = lobby();
+        let rooms = lobby.rooms();
+        let (alice, carol) = (actor(1, "alice"), actor(2, "carol"));
+        let (ch, created) = rooms.get_or_create("#dev", &alice, 10).expect("created");
+        assert!(created);
+        let (ta, mut ra) = mpsc::channel(64);
+        ch.join(&alice, None, &ta, None, 50, 10)
+            .expect("the creator joins");
+        ch.set_invite_only(&alice, true)
+            .expect("the creator is its operator");
+        assert!(
+            ch.set_topic(&carol, "mine").is_err(),
+            "carol is no operator"
+        );
+        assert!(rooms.list(&carol).is_empty(), "hidden from carol");
+        assert_eq!(rooms.list(&alice).len(), 1);
+        let (tc, _rc) = mpsc::channel(64);
+        let refused = ch
+            .join(&carol, None, &tc, None, 50, 10)
+            .expect_err("closed");
+        assert!(refused.contains("invite-only"), "{refused}");
+        ch.invite(&alice, "CAROL")
+            .expect("invited, as the same name");
+        assert_eq!(rooms.list(&carol).len(), 1, "visible once invited");
+        ch.join(&carol, None, &tc, None, 50, 10)
+            .expect("invited joins");
+        assert!(frames(&mut ra)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::RoomEntered { name, .. } if name == "carol")));
+        ch.kick(&alice, "carol", "bye").expect("kicked");
+        assert!(!ch.has(2));
+        assert!(
+            ch.join(&carol, None, &tc, None, 50, 10).is_err(),
+            "the kick took the invitation"
+        );
+    }
+
+    #[test]
+    fn the_room_limits_refuse_with_reasons() {
+        let lobby = lobby();
+        let rooms = lobby.rooms();
+        let a = actor(1, "a");
+        rooms.get_or_create("#one", &a, 3).expect("room 2 of 3");
+        rooms
+            .get_or_create("#two", &a, 3)
+            .expect_err("the lobby is the third");
+        let (ch, _) = rooms
+            .get_or_create("#ONE", &a, 3)
+            .expect("exists, as the same name");
+        let (t, _r) = mpsc::channel(64);
+        ch.join(&a, None, &t, None, 50, 1).expect("first member");
+        let b = actor(2, "b");
+        let (tb, _rb) = mpsc::channel(64);
+        let full = ch.join(&b, None, &tb, None, 50, 1).expect_err("full");
+        assert!(full.contains("full"), "{full}");
+    }
+}
