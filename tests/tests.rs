@@ -22,6 +22,7 @@ mod people;
 mod prompt;
 mod raw;
 mod resume;
+mod rooms;
 mod service;
 mod signed;
 mod trust;

@@ -317,6 +317,12 @@ struct ChanMember {
 /// How many messages a room keeps in memory for joins and resumes.
 const RECENT: usize = 1024;
 
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("name", &self.name).finish()
+    }
+}
+
 impl Channel {
     fn lock(&self) -> MutexGuard<'_, ChanState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
