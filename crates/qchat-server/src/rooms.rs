@@ -852,9 +852,11 @@ mod tests {
         let rooms = lobby.rooms();
         let a = actor(1, "a");
         rooms.get_or_create("#one", &a, 3).expect("room 2 of 3");
-        rooms
-            .get_or_create("#two", &a, 3)
-            .expect_err("the lobby is the third");
+        rooms.get_or_create("#two", &a, 3).expect("room 3 of 3");
+        let most = rooms
+            .get_or_create("#three", &a, 3)
+            .expect_err("the lobby counts as one");
+        assert!(most.contains("most rooms (3)"), "{most}");
         let (ch, _) = rooms
             .get_or_create("#ONE", &a, 3)
             .expect("exists, as the same name");

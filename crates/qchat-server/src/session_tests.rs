@@ -1428,3 +1428,181 @@ async fn a_signed_private_message_is_forwarded_with_its_proof() {
     }
     until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { seq: 4, .. })).await;
 }
+
+fn failed_what(m: &ServerMsg) -> Option<&str> {
+    match m {
+        ServerMsg::Failed { what, .. } => Some(what),
+        _ => None,
+    }
+}
+
+/// A request about a room the server does not know, or one the member is
+/// not in, is answered with a reason; the session goes on. A member below
+/// version 5 that sends a room kind broke the protocol, as for any kind
+/// newer than its version.
+#[tokio::test(start_paused = true)]
+async fn a_room_the_server_does_not_know_is_a_reason_not_a_closed_connection() {
+    let s = server(ServerOptions::default());
+    let (mut alice, _) = open_from(&s, from_afar(None), hello_v4("alice", 1)).await;
+    until(&mut alice, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    for (msg, what) in [
+        (
+            ClientMsg::Topic {
+                room: "#nowhere".into(),
+                text: "x".into(),
+            },
+            "topic",
+        ),
+        (
+            ClientMsg::Part {
+                room: "#nowhere".into(),
+                reason: String::new(),
+            },
+            "part",
+        ),
+        (
+            ClientMsg::Join {
+                room: "nohash".into(),
+                resume: None,
+            },
+            "join",
+        ),
+        (
+            ClientMsg::Join {
+                room: "#lobby".into(),
+                resume: None,
+            },
+            "join",
+        ),
+        (
+            ClientMsg::Invite {
+                room: "#nowhere".into(),
+                name: "bob".into(),
+            },
+            "invite",
+        ),
+    ] {
+        alice.send(msg).await;
+        let m = until(&mut alice, |m| failed_what(m).is_some()).await;
+        assert_eq!(failed_what(&m), Some(what), "{m:?}");
+    }
+    alice
+        .send(ClientMsg::RoomSay {
+            room: "#nowhere".into(),
+            seq: 1,
+            text: "hi".into(),
+            action: false,
+        })
+        .await;
+    match until(&mut alice, |m| matches!(m, ServerMsg::Refused { .. })).await {
+        ServerMsg::Refused { seq, reason } => {
+            assert_eq!(seq, 1);
+            assert!(reason.contains("not in #nowhere"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Still in the server, and rooms work.
+    alice
+        .send(ClientMsg::Join {
+            room: "#dev".into(),
+            resume: None,
+        })
+        .await;
+    until(&mut alice, |m| matches!(m, ServerMsg::RoomReplayed { .. })).await;
+    alice
+        .send(ClientMsg::RoomSay {
+            room: "#DEV".into(),
+            seq: 2,
+            text: "hi".into(),
+            action: false,
+        })
+        .await;
+    let ack = until(&mut alice, |m| matches!(m, ServerMsg::RoomAck { .. })).await;
+    assert_eq!(
+        ack,
+        ServerMsg::RoomAck {
+            room: "#dev".into(),
+            seq: 2,
+            id: 1
+        }
+    );
+
+    let (mut old, _) = open_from(
+        &s,
+        from_afar(None),
+        ClientMsg::HelloV3 {
+            version: 4,
+            name: "old".into(),
+            instance: [4; 16],
+            resume: None,
+        },
+    )
+    .await;
+    until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    old.send(ClientMsg::Rooms).await;
+    let rest = old.rest().await;
+    assert!(
+        !rest.iter().any(|m| matches!(m, ServerMsg::RoomList { .. })),
+        "{rest:?}"
+    );
+}
+
+/// A room's signed line goes to the room's members with its proof, and
+/// the proof verifies with the room's name where a private message has
+/// its recipient — not as a lobby line: the signature binds the line to
+/// its room.
+#[tokio::test(start_paused = true)]
+async fn a_signed_room_line_is_bound_to_its_room() {
+    let SignedRoom {
+        _dir,
+        signer,
+        s: _s,
+        mut alice,
+        mut bob,
+        old: _old,
+    } = signed_room().await;
+    for c in [&mut alice, &mut bob] {
+        c.send(ClientMsg::Join {
+            room: "#dev".into(),
+            resume: None,
+        })
+        .await;
+        until(c, |m| matches!(m, ServerMsg::RoomReplayed { .. })).await;
+    }
+    let bytes = |to: &str| {
+        qchat_proto::signed::Signed {
+            kind: qchat_proto::signed::SignedKind::Say,
+            to,
+            text: "hi",
+            instance: [1; 16],
+            seq: 1,
+            sent_ms: 77,
+        }
+        .bytes()
+    };
+    alice
+        .send(ClientMsg::RoomSigned {
+            room: "#dev".into(),
+            seq: 1,
+            text: "hi".into(),
+            action: false,
+            sent_ms: 77,
+            key: signer.public_key(),
+            sig: signer.sign(&bytes("#dev")),
+        })
+        .await;
+    match until(&mut bob, |m| matches!(m, ServerMsg::RoomChat { .. })).await {
+        ServerMsg::RoomChat {
+            room,
+            proof: Some(p),
+            text,
+            ..
+        } => {
+            assert_eq!((room.as_str(), text.as_str()), ("#dev", "hi"));
+            assert!(qchat_tls::signing::verify(&p.key, &bytes(&room), &p.sig));
+            assert!(!qchat_tls::signing::verify(&p.key, &bytes(""), &p.sig));
+            assert!(!qchat_tls::signing::verify(&p.key, &bytes("#ops"), &p.sig));
+        }
+        other => panic!("{other:?}"),
+    }
+}
