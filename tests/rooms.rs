@@ -28,7 +28,10 @@ fn expect_said(p: &mut Proc, room: &str, from: &str, text: &str) {
     let replayed = format!("{room} [history] <{from}> {text}");
     // The replay comes before the join line of the next room, so waiting
     // for that line may already have read this one.
-    if p.stdout_so_far().iter().any(|l| *l == live || *l == replayed) {
+    if p.stdout_so_far()
+        .iter()
+        .any(|l| *l == live || *l == replayed)
+    {
         return;
     }
     p.expect(Stream::Out, &format!("{live:?}"), |l| {

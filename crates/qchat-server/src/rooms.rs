@@ -144,6 +144,7 @@ impl Rooms {
                 published,
                 recent: VecDeque::new(),
                 meta,
+                away: HashMap::new(),
             }),
             store,
             log,
@@ -304,6 +305,10 @@ struct ChanState {
     /// The newest published messages (see the lobby's window).
     recent: VecDeque<Entry>,
     meta: Meta,
+    /// Members whose connection dropped, by folded name: the name as
+    /// spelt and the member it was. Still in the room for everyone else
+    /// until the lobby's grace ends, as in the lobby.
+    away: HashMap<String, (String, MemberId)>,
 }
 
 struct ChanMember {
@@ -350,7 +355,7 @@ impl Channel {
             || st.meta.invited.contains(&names::fold(&asker.name));
         visible.then(|| RoomInfo {
             name: self.name.clone(),
-            members: u32::try_from(st.members.len()).unwrap_or(u32::MAX),
+            members: u32::try_from(st.members.len() + st.away.len()).unwrap_or(u32::MAX),
             topic: st.meta.topic.clone(),
             invite_only: st.meta.invite_only,
         })
@@ -375,7 +380,9 @@ impl Channel {
             return Err(format!("you are in {} already", self.name));
         }
         let op = Self::is_op(&st, who);
-        if st.meta.invite_only && !op && !st.meta.invited.contains(&names::fold(&who.name)) {
+        let away = st.away.contains_key(&names::fold(&who.name));
+        if st.meta.invite_only && !op && !away && !st.meta.invited.contains(&names::fold(&who.name))
+        {
             return Err(format!(
                 "{} is invite-only, and nobody invited you (its operators can, with /invite)",
                 self.name
@@ -398,7 +405,14 @@ impl Channel {
             }
             _ => (self.read_log(&st, 0, upto, history.min(room_for)), false, 0),
         };
-        let mut members: Vec<String> = st.members.values().map(|m| m.name.clone()).collect();
+        // Back within its grace: for the others it never left.
+        let returning = st.away.remove(&names::fold(&who.name)).is_some();
+        let mut members: Vec<String> = st
+            .members
+            .values()
+            .map(|m| m.name.clone())
+            .chain(st.away.values().map(|a| a.0.clone()))
+            .collect();
         members.push(who.name.clone());
         let joined = ServerMsg::RoomJoined {
             room: self.name.clone(),
@@ -432,12 +446,16 @@ impl Channel {
             missed,
         };
         let _ = outbox.try_send(done.to_frame());
-        let entered = ServerMsg::RoomEntered {
-            room: self.name.clone(),
-            name: who.name.clone(),
-        }
-        .to_frame();
-        let slow = self.broadcast(&st, &entered, None);
+        let slow = if returning {
+            Vec::new()
+        } else {
+            let entered = ServerMsg::RoomEntered {
+                room: self.name.clone(),
+                name: who.name.clone(),
+            }
+            .to_frame();
+            self.broadcast(&st, &entered, None)
+        };
         st.members.insert(
             who.id,
             ChanMember {
@@ -503,6 +521,55 @@ impl Channel {
         drop(st);
         self.evict(slow);
         true
+    }
+
+    /// Member `id`'s connection dropped: it stays in the room for the
+    /// others (nobody is told) for `grace`, the time the lobby keeps its
+    /// name; if it has not rejoined by then, the room hears it left with
+    /// `reason`. No grace: it leaves now.
+    pub fn lose(self: &Arc<Self>, id: MemberId, reason: &str, grace: std::time::Duration) {
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(rt)) = (!grace.is_zero(), runtime) else {
+            self.leave(id, None, reason, false);
+            return;
+        };
+        let key = {
+            let mut st = self.lock();
+            let Some(m) = st.members.remove(&id) else {
+                return;
+            };
+            let key = names::fold(&m.name);
+            st.away.insert(key.clone(), (m.name, id));
+            key
+        };
+        let me = Arc::downgrade(self);
+        let reason = reason.to_string();
+        rt.spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(ch) = me.upgrade() {
+                ch.expire(&key, id, &reason);
+            }
+        });
+    }
+
+    /// The grace of the member that was `was`, away under `key`, is over.
+    fn expire(&self, key: &str, was: MemberId, reason: &str) {
+        let mut st = self.lock();
+        if st.away.get(key).map(|a| a.1) != Some(was) {
+            return;
+        }
+        let Some((name, _)) = st.away.remove(key) else {
+            return;
+        };
+        let left = ServerMsg::RoomLeft {
+            room: self.name.clone(),
+            name,
+            reason: reason.to_string(),
+        }
+        .to_frame();
+        let slow = self.broadcast(&st, &left, None);
+        drop(st);
+        self.evict(slow);
     }
 
     /// Whether member `id` is in the room.
@@ -581,6 +648,16 @@ impl Channel {
             ));
         }
         st.meta.invite_only = on;
+        if on {
+            // Those in the room now are as good as invited: a reconnect,
+            // or the server's restart, must not lock them out.
+            let here: Vec<String> = st.members.values().map(|m| names::fold(&m.name)).collect();
+            for key in here {
+                if !st.meta.invited.contains(&key) {
+                    st.meta.invited.push(key);
+                }
+            }
+        }
         let frame = ServerMsg::ModeSet {
             room: self.name.clone(),
             by: who.name.clone(),
@@ -843,6 +920,39 @@ mod tests {
         assert!(
             ch.join(&carol, None, &tc, None, 50, 10).is_err(),
             "the kick took the invitation"
+        );
+    }
+
+    /// A member whose connection dropped is still in the room for the
+    /// others through the grace: rejoining says nothing, and only a
+    /// member that does not come back is announced as gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_member_rejoins_silently_within_the_grace() {
+        let lobby = lobby();
+        let rooms = lobby.rooms();
+        let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
+        let (ch, _) = rooms.get_or_create("#dev", &alice, 10).expect("created");
+        let (ta, mut ra) = mpsc::channel(64);
+        let (tb, _rb) = mpsc::channel(64);
+        ch.join(&alice, None, &ta, None, 50, 10).expect("joins");
+        ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
+        frames(&mut ra);
+        let grace = std::time::Duration::from_secs(60);
+        ch.lose(2, "disconnected", grace);
+        let bob_again = actor(3, "bob");
+        let (tb2, mut rb2) = mpsc::channel(64);
+        ch.join(&bob_again, None, &tb2, None, 50, 10)
+            .expect("rejoins");
+        assert!(frames(&mut ra).is_empty(), "nothing to tell alice");
+        assert!(frames(&mut rb2)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::RoomJoined { members, .. } if members.len() == 2)));
+        ch.lose(3, "disconnected", grace);
+        tokio::time::sleep(grace * 2).await;
+        let left = frames(&mut ra);
+        assert!(
+            matches!(&left[..], [ServerMsg::RoomLeft { name, reason, .. }] if name == "bob" && reason == "disconnected"),
+            "{left:?}"
         );
     }
 

@@ -361,7 +361,14 @@ where
             Err(e) => format!("disconnected: {e}"),
         };
         for ch in &mine {
-            ch.leave(id, None, &why, false);
+            match &outcome {
+                // Its client rejoins with the room's point: as in the
+                // lobby, the room keeps its place meanwhile.
+                Err(SessionError::Lost(_)) => ch.lose(id, &why, options.grace),
+                _ => {
+                    ch.leave(id, None, &why, false);
+                }
+            }
         }
         match &outcome {
             Ok(reason) => room.leave(id, reason),
