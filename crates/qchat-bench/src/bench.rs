@@ -53,6 +53,19 @@ impl Config {
                 a.clients
             );
         }
+        let (rooms, per_member) = (a.rooms.unwrap_or(0), a.rooms_per_member);
+        if rooms > 0 {
+            if per_member > rooms {
+                bail!("--rooms-per-member {per_member} is more than --rooms {rooms}");
+            }
+            if (a.clients * per_member) % rooms != 0 || a.stalled > 0 {
+                bail!(
+                    "--clients × --rooms-per-member ({}) must be a multiple of --rooms {rooms}, \
+                     without --stalled, so that every room has as many members",
+                    a.clients * per_member
+                );
+            }
+        }
         let mode = match (&a.target, a.compare, a.baseline) {
             (Some(t), _, _) => {
                 let addr = t
@@ -83,6 +96,8 @@ impl Config {
                 window: (!a.flood).then_some(a.window),
                 signed: a.signed,
                 stalled: a.stalled,
+                rooms,
+                rooms_per_member: per_member,
                 endpoints: a.endpoints(),
                 timeout: a.timeout,
                 settle: a.settle,
@@ -99,7 +114,23 @@ impl Config {
                 Some(path) => path,
                 None => qchat_beside_me()?,
             },
-            server_args: a.server_arg,
+            server_args: {
+                let mut args = a.server_arg;
+                if rooms > 0 {
+                    // The server's room limits, lifted to the plan's (the
+                    // user's --server-arg come after and win).
+                    let raised = [
+                        "--max-rooms".to_string(),
+                        (rooms + 1).max(qchat_proto::limits::MAX_ROOMS).to_string(),
+                        "--max-rooms-per-member".into(),
+                        per_member.to_string(),
+                        "--max-room-members".into(),
+                        a.clients.to_string(),
+                    ];
+                    args.splice(0..0, raised);
+                }
+                args
+            },
         })
     }
 }
@@ -135,6 +166,10 @@ struct Report {
     /// Messages per sender on their way at most; `null` with `--flood`.
     window: Option<u64>,
     stalled: usize,
+    /// Rooms besides #lobby the members were spread over (0: none).
+    rooms: usize,
+    /// Rooms each member joined.
+    rooms_per_member: usize,
     /// Whether the run succeeded: everything delivered once and in order,
     /// in time, and nobody disconnected by the server.
     ok: bool,
@@ -349,6 +384,8 @@ fn report(
         rate: plan.rate,
         window: plan.window,
         stalled: plan.stalled,
+        rooms: plan.rooms,
+        rooms_per_member: plan.rooms_per_member,
         ok: succeeded(&deliveries, &o.evicted),
         deliveries,
         evicted: o.evicted.clone(),
@@ -415,12 +452,16 @@ fn print_table(r: &Report) {
         (
             "load",
             format!(
-                "{} members, {} senders × {} messages of {} B, {load}{}",
+                "{} members, {} senders × {} messages of {} B, {load}{}{}",
                 r.clients,
                 r.senders,
                 r.messages,
                 r.size,
                 counted(r.stalled as u64, |n| format!(", {n} stalled")),
+                counted(r.rooms as u64, |n| format!(
+                    ", in {n} rooms ({} each, sending in the first)",
+                    r.rooms_per_member
+                )),
             ),
         ),
         (

@@ -80,6 +80,15 @@ pub struct BenchArgs {
     /// slow-reader scenario.
     #[arg(long, default_value_t = 0)]
     pub stalled: usize,
+    /// Spread the members over this many rooms besides #lobby (qchat only:
+    /// the relay has no rooms): each member joins --rooms-per-member of
+    /// them, member i the rooms i*K, i*K+1, … (mod N), and sends in the
+    /// first; the connect time then includes joining them.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000), conflicts_with_all = ["baseline", "compare", "restart", "replay", "signed"])]
+    pub rooms: Option<usize>,
+    /// Rooms each member joins with --rooms (K).
+    #[arg(long, default_value_t = 1, requires = "rooms", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000))]
+    pub rooms_per_member: usize,
     /// Measure the minimal QUIC relay instead of qchat.
     #[arg(long, conflicts_with_all = ["compare", "target"])]
     pub baseline: bool,
@@ -216,6 +225,15 @@ mod tests {
         assert_eq!(endpoints(&["--clients", "10000"]), 16);
         assert_eq!(endpoints(&["--clients", "10001"]), 17);
         assert_eq!(endpoints(&["--clients", "10000", "--endpoints", "2"]), 2);
+    }
+
+    #[test]
+    fn rooms_are_for_qchat_alone() {
+        assert!(Cli::try_parse_from(["qchat-bench", "--rooms", "4", "--compare"]).is_err());
+        assert!(Cli::try_parse_from(["qchat-bench", "--rooms-per-member", "2"]).is_err());
+        let cli = Cli::try_parse_from(["qchat-bench", "--rooms", "4", "--rooms-per-member", "2"])
+            .expect("valid flags");
+        assert_eq!((cli.bench.rooms, cli.bench.rooms_per_member), (Some(4), 2));
     }
 
     #[test]

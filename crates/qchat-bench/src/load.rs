@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use qchat_client::{Decision, TrustMode, TrustPlan};
 use qchat_proto::frame::encode_frame_into;
@@ -71,6 +71,12 @@ pub struct Plan {
     pub signed: bool,
     /// The last `stalled` members never read.
     pub stalled: usize,
+    /// Rooms besides #lobby the members are spread over (0: all in
+    /// #lobby); each member joins `rooms_per_member` and sends in the
+    /// first.
+    pub rooms: usize,
+    /// Rooms each member joins (with `rooms`).
+    pub rooms_per_member: usize,
     /// QUIC endpoints to spread members over.
     pub endpoints: usize,
     /// Bound on connecting, and on delivering after the last send.
@@ -85,7 +91,18 @@ impl Plan {
     /// Members that read each sender's messages: every member but the
     /// sender and the stalled ones.
     pub fn receivers(&self) -> u64 {
+        // Every room has as many members (checked with the flags).
+        if let Some(per_room) = (self.clients * self.rooms_per_member).checked_div(self.rooms) {
+            return per_room.saturating_sub(1) as u64;
+        }
         (self.clients - self.stalled).saturating_sub(1) as u64
+    }
+
+    /// The rooms member `i` joins, the one it sends in first.
+    pub fn rooms_of(&self, i: usize) -> Vec<String> {
+        (0..self.rooms_per_member)
+            .map(|j| format!("#r{}", (i * self.rooms_per_member + j) % self.rooms.max(1)))
+            .collect()
     }
 
     /// Deliveries if nothing is lost.
@@ -186,6 +203,8 @@ const PHASE_DELIVER: u8 = 1;
 struct Member {
     conn: quinn::Connection,
     send: Option<quinn::SendStream>,
+    /// The room it sends in (`--rooms`); `None`: the lobby.
+    room: Option<String>,
     /// A signing sender's key and instance (`--signed`).
     signing: Option<Signing>,
     /// Held unread by a stalled member, so the server's data piles up.
@@ -275,6 +294,7 @@ pub async fn run(
         if let Some(send) = m.send.take() {
             senders.push(tokio::spawn(send_loop(
                 send,
+                m.room.take(),
                 m.signing.take(),
                 i,
                 Arc::clone(&shared),
@@ -447,6 +467,11 @@ async fn connect_all(
         let addr = target.addr;
         let stalled = i >= plan.clients - plan.stalled;
         let signed = plan.signed;
+        let my_rooms = if plan.rooms > 0 {
+            plan.rooms_of(i)
+        } else {
+            Vec::new()
+        };
         // A fresh key per signing sender, made before the clock starts.
         let signing = if signed && i < plan.senders {
             Some(Signing::new().with_context(|| format!("member {i}'s key"))?)
@@ -470,7 +495,7 @@ async fn connect_all(
                             .await
                             .with_context(|| format!("member {i} could not connect"))?;
                     let name = format!("m{i}");
-                    let joined = if signed {
+                    let joined = if signed || !my_rooms.is_empty() {
                         let greeting = qchat_client::Greeting::V3 {
                             instance,
                             resume: None,
@@ -493,6 +518,12 @@ async fn connect_all(
                     Err(e) => return Err(e),
                 }
             };
+            let mut joined = joined;
+            if !my_rooms.is_empty() {
+                join_rooms(&mut joined, &my_rooms)
+                    .await
+                    .with_context(|| format!("member {i} could not join its rooms"))?;
+            }
             shared.connected.fetch_add(1, Ordering::Relaxed);
             let (receiver, stalled_recv, watcher) = if stalled {
                 // Their disconnection is the scenario, counted apart.
@@ -505,6 +536,7 @@ async fn connect_all(
             Ok::<_, anyhow::Error>(Member {
                 conn: joined.conn,
                 send: Some(joined.send),
+                room: my_rooms.into_iter().next(),
                 signing,
                 stalled_recv,
                 receiver,
@@ -519,6 +551,37 @@ async fn connect_all(
     Ok(members)
 }
 
+/// Joins `rooms` (one `Join` each, written at once) and reads until each
+/// one's replay is over; anything else read meanwhile (the lobby's
+/// replay, presence) is not a delivery.
+async fn join_rooms(joined: &mut qchat_client::Joined, rooms: &[String]) -> Result<()> {
+    let mut buf = BytesMut::new();
+    for room in rooms {
+        let join = ClientMsg::Join {
+            room: room.clone(),
+            resume: None,
+        };
+        encode_frame_into(&join, &mut buf).expect("encoding into a growable buffer cannot fail");
+    }
+    joined.send.write_all(&buf).await?;
+    let mut left = rooms.len();
+    while left > 0 {
+        let frame = joined
+            .decoder
+            .read_frame(&mut joined.recv)
+            .await?
+            .context("the server ended the stream while joining rooms")?;
+        match ServerMsg::decode(&frame) {
+            Ok(ServerMsg::RoomReplayed { .. }) => left -= 1,
+            Ok(ServerMsg::Failed { what, reason }) if what == "join" => {
+                bail!("the server refused a room: {reason}")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Records the end of a member's connection unless the bench ended it.
 async fn watch(conn: quinn::Connection, member: usize, shared: Arc<Shared>) {
     if let Some(cause) = Cause::of(&conn.closed().await) {
@@ -530,8 +593,10 @@ async fn watch(conn: quinn::Connection, member: usize, shared: Arc<Shared>) {
 /// in flood mode, flow control) allows, or one per tick and still within
 /// the window — and hands the stream back so that it stays open until the
 /// run ends.
+#[allow(clippy::too_many_arguments)] // a sender's parts
 async fn send_loop(
     mut send: quinn::SendStream,
+    room: Option<String>,
     signing: Option<Signing>,
     me: usize,
     shared: Arc<Shared>,
@@ -544,15 +609,24 @@ async fn send_loop(
         let now = shared.epoch.elapsed().as_nanos() as u64;
         payload(&mut text, me, seq, now, plan.size);
         let text_now = std::mem::take(&mut text);
-        let msg = match &signing {
-            Some(s) => s.line(seq, text_now),
-            None => ClientMsg::Say {
+        let msg = match (&signing, &room) {
+            (Some(s), _) => s.line(seq, text_now),
+            (None, Some(room)) => ClientMsg::RoomSay {
+                room: room.clone(),
+                seq,
+                text: text_now,
+                action: false,
+            },
+            (None, None) => ClientMsg::Say {
                 seq,
                 text: text_now,
             },
         };
         encode_frame_into(&msg, buf).expect("encoding into a growable buffer cannot fail");
-        if let ClientMsg::Say { text: t, .. } | ClientMsg::Signed { text: t, .. } = msg {
+        if let ClientMsg::Say { text: t, .. }
+        | ClientMsg::Signed { text: t, .. }
+        | ClientMsg::RoomSay { text: t, .. } = msg
+        {
             text = t;
         }
     };
@@ -646,7 +720,8 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
                 Ok(
                     ServerMsg::Chat { text, .. }
                     | ServerMsg::ChatV3 { text, .. }
-                    | ServerMsg::ChatSigned { text, .. },
+                    | ServerMsg::ChatSigned { text, .. }
+                    | ServerMsg::RoomChat { text, .. },
                 ) => text,
                 // What the server says before it disconnects someone.
                 Ok(ServerMsg::Notice { text } | ServerMsg::ShuttingDown { reason: text }) => {
@@ -743,11 +818,30 @@ mod tests {
             window: Some(32),
             signed: false,
             stalled: 3,
+            rooms: 0,
+            rooms_per_member: 1,
             endpoints: 1,
             timeout: Duration::from_secs(1),
             settle: Duration::ZERO,
             progress: false,
         };
         assert_eq!(plan.expected(), 2 * 5 * 6);
+        // 12 members in 4 rooms, 2 each: 6 per room, 5 besides the sender.
+        let rooms = Plan {
+            clients: 12,
+            stalled: 0,
+            rooms: 4,
+            rooms_per_member: 2,
+            ..plan
+        };
+        assert_eq!(rooms.expected(), 2 * 5 * 5);
+        assert_eq!(rooms.rooms_of(3), ["#r2", "#r3"]);
+        let mut count = std::collections::HashMap::new();
+        for i in 0..12 {
+            for r in rooms.rooms_of(i) {
+                *count.entry(r).or_insert(0) += 1;
+            }
+        }
+        assert!(count.values().all(|&n| n == 6), "{count:?}");
     }
 }
