@@ -1178,7 +1178,23 @@ async fn join_room(
             ),
         );
     }
-    let (ch, created) = match room.rooms().get_or_create(name, &who, options.max_rooms) {
+    let found = match room.rooms().get(name) {
+        Some(ch) => Ok((ch, false)),
+        None => {
+            // Creating a room opens (and syncs) its log file: off the
+            // runtime's threads.
+            let (rooms, name, who, max) = (
+                Arc::clone(room.rooms()),
+                name.to_string(),
+                who.clone(),
+                options.max_rooms,
+            );
+            tokio::task::spawn_blocking(move || rooms.get_or_create(&name, &who, max))
+                .await
+                .unwrap_or_else(|_| Err("the server could not create the room; try again".into()))
+        }
+    };
+    let (ch, created) = match found {
         Ok(c) => c,
         Err(reason) => return room_failed(room, id, "join", reason),
     };
