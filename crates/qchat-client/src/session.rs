@@ -905,10 +905,11 @@ impl State {
             next_seq: 0,
             outbox: Outbox::default(),
             transcript: Transcript::new(resumed_from),
-            // A restarted client rejoins the rooms it was in, each from
-            // where it left off.
+            // A restarted client that resumes (not `--no-resume`) rejoins
+            // the rooms it was in, each from where it left off.
             rooms: RoomTranscripts::new(
-                net.and_then(|n| n.store.as_ref())
+                net.filter(|n| n.resumed_from.is_some())
+                    .and_then(|n| n.store.as_ref())
                     .map(ResumeStore::load_rooms)
                     .unwrap_or_default(),
             ),
