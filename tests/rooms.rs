@@ -242,3 +242,40 @@ fn a_version_2_client_lands_in_the_lobby_and_sees_only_it() {
         }
     });
 }
+
+#[test]
+fn a_restarted_client_rejoins_its_rooms_from_where_it_left_off() {
+    let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
+    let server = Server::start(&hs);
+    let mut alice = join(&ha, &server, "alice");
+    let mut bob = join(&hb, &server, "bob");
+    join_room(&mut alice, "#dev");
+    join_room(&mut bob, "#dev");
+    for i in 1..=3 {
+        alice.send_line(&format!("seen {i}"));
+    }
+    expect_line(&mut bob, "#dev <alice> seen 3");
+    bob.close_stdin();
+    assert!(bob.wait().success(), "{}", bob.transcript());
+    expect_line(&mut alice, "* #dev bob left");
+    for i in 1..=2 {
+        alice.send_line(&format!("missed {i}"));
+    }
+    let mut bob = join(&hb, &server, "bob");
+    expect_start(&mut bob, "* you joined #dev ");
+    expect_said(&mut bob, "#dev", "alice", "missed 2");
+    let dev: Vec<String> = bob
+        .stdout_so_far()
+        .into_iter()
+        .filter(|l| l.starts_with("#dev "))
+        .collect();
+    assert_eq!(
+        dev,
+        [
+            "#dev [history] <alice> missed 1",
+            "#dev [history] <alice> missed 2"
+        ],
+        "{}",
+        bob.transcript()
+    );
+}
