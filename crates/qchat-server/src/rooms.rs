@@ -319,6 +319,9 @@ struct ChanMember {
     instance: Option<[u8; 16]>,
 }
 
+/// Invitations one room keeps at most.
+const MAX_INVITED: usize = 1_000;
+
 /// How many messages a room keeps in memory for joins and resumes.
 const RECENT: usize = 1024;
 
@@ -678,8 +681,19 @@ impl Channel {
         if !Self::is_op(&st, who) {
             return Err(format!("only {}'s operators can invite to it", self.name));
         }
+        if let Err(e) = names::validate(name) {
+            return Err(format!("nobody can be called {name:?}: {e}"));
+        }
         let key = names::fold(name);
         if !st.meta.invited.contains(&key) {
+            // Kept in the rooms' file: bounded like everything a member
+            // can make the server store.
+            if st.meta.invited.len() >= MAX_INVITED {
+                return Err(format!(
+                    "{} has its most invitations ({MAX_INVITED}); /kick someone from it to free one",
+                    self.name
+                ));
+            }
             st.meta.invited.push(key);
         }
         Ok(())
