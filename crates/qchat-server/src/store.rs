@@ -339,12 +339,28 @@ impl RedbStore {
     /// Opens (or creates) the log in `dir`, keeping at most `keep` messages.
     /// A file that cannot be read is an error naming it, never replaced.
     pub fn open(dir: &Path, keep: u64, sync: SyncPolicy) -> Result<Self, StoreError> {
+        Self::open_cached(dir, keep, sync, None)
+    }
+
+    /// [`RedbStore::open`] with the engine's cache limited to `cache`
+    /// bytes (`None`: the engine's default): a room besides the lobby is
+    /// one of many logs, most of them small and quiet.
+    pub fn open_cached(
+        dir: &Path,
+        keep: u64,
+        sync: SyncPolicy,
+        cache: Option<usize>,
+    ) -> Result<Self, StoreError> {
         let path = dir.join(Self::FILE);
         let open_err = |detail: String| StoreError::Open {
             path: path.clone(),
             detail,
         };
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        let mut builder = redb::Builder::new();
+        if let Some(bytes) = cache {
+            builder.set_cache_size(bytes);
+        }
+        let db = builder.create(&path).map_err(|e| open_err(e.to_string()))?;
         let tx = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         let (log_id, first, last) = {
             let mut meta = tx.open_table(META).map_err(|e| open_err(e.to_string()))?;

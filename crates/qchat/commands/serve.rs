@@ -533,6 +533,9 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     Ok(std::sync::Arc::new(store))
 }
 
+/// The storage engine's cache for each room's log, in bytes.
+const ROOM_LOG_CACHE: usize = 64 * 1024;
+
 /// Where the rooms besides #lobby keep their logs and descriptions: a
 /// `rooms` folder in the data folder, one log per room (in a folder named
 /// by the SHA-256 of its folded name: any name, in any script and of any
@@ -566,7 +569,11 @@ fn room_stores(
         let dir = base.join(hex);
         std::fs::create_dir_all(&dir)
             .map_err(|e| qchat_server::store::StoreError::Io(format!("{}: {e}", dir.display())))?;
-        let store = RedbStore::open(&dir, keep, sync)?.with_max_age(max_age);
+        // redb's default cache (half of an empty room's 1.1 MiB) is for
+        // the lobby's log; a room's gets 64 KiB (about 570 KiB each is
+        // the engine's floor per file).
+        let store =
+            RedbStore::open_cached(&dir, keep, sync, Some(ROOM_LOG_CACHE))?.with_max_age(max_age);
         Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Store>)
     });
     Ok(Some((stores, dir.join("rooms.meta"))))
