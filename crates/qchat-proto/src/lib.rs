@@ -27,8 +27,8 @@ pub mod text;
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
-    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, Proof, RejectReason,
-    ResumePoint, ServerMsg, TooLong,
+    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, PrivatePoint, Proof,
+    RejectReason, ResumePoint, ServerMsg, TooLong,
 };
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
@@ -47,8 +47,10 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// the refusals that go with them, which older clients receive as reasons
 /// they do not know, signed public messages (`Signed`, `ChatSigned`,
 /// `HistorySigned`) and signed private messages (`SignedPrivate`,
-/// `PrivateSigned`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// `PrivateSigned`); version 5 private conversations with their own stored
+/// history and resume points (`PrivateResume`, `PrivateReplay`,
+/// `PrivateHistory`, `PrivateReplayed`, `PrivateLive`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest protocol version this build still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

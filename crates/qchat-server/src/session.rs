@@ -771,7 +771,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// Sending to the room costs a token; asking for the member list or
 /// leaving does not.
 fn costs_a_token(msg: &ClientMsg) -> bool {
-    !matches!(msg, ClientMsg::Who | ClientMsg::Bye { .. })
+    !matches!(
+        msg,
+        ClientMsg::Who | ClientMsg::Bye { .. } | ClientMsg::PrivateResume { .. }
+    )
 }
 
 /// Kinds newer than the version the client announced are a protocol error.
@@ -793,6 +796,9 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
                 "message kind not in the negotiated version",
             ))
         }
+        ClientMsg::PrivateResume { .. } if version < 5 => Err(SessionError::Protocol(
+            "message kind not in the negotiated version",
+        )),
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
         )),
@@ -837,7 +843,9 @@ async fn handle(
         }
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
         ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
-        ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text, None),
+        ClientMsg::Private { seq, to, text } => {
+            crate::private::send(room, options, id, seq, &to, text, None).await;
+        }
         ClientMsg::SignedPrivate {
             seq,
             to,
@@ -846,7 +854,7 @@ async fn handle(
             key,
             sig,
         } => match proof(id, room, seq, sent_ms, key, sig) {
-            Ok(p) => room.private(id, seq, &to, text, Some(p)),
+            Ok(p) => crate::private::send(room, options, id, seq, &to, text, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
                 room.reply(id, &ServerMsg::Refused { seq, reason });
@@ -870,6 +878,9 @@ async fn handle(
         ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Device { op } => device(id, op, room, options).await,
         ClientMsg::Moderate { op } => crate::moderation::handle(id, op, room, options).await,
+        ClientMsg::PrivateResume { log_id, points } => {
+            crate::private::resume(room, options, id, log_id, points).await;
+        }
         ClientMsg::Who => room.who(id),
         ClientMsg::Kick { name, mut reason } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
