@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::connection::{ConnectError, Joined, WelcomeV3};
+use crate::conversations::{Conversations, PrivateFile};
 use crate::pacing::Pacer;
 use crate::reconnect::{Backoff, Dialer};
 use crate::resume::{Outbox, ResumeStore, Transcript};
@@ -144,6 +145,9 @@ pub enum Event {
         text: String,
         /// Server receive time.
         time_ms: u64,
+        /// Replayed from the conversation's history (sent while we were
+        /// away, or before this device joined), not live.
+        history: bool,
     },
     /// A message from before we joined.
     History {
@@ -748,11 +752,29 @@ struct State {
     /// The resume point changed since it was last written.
     dirty: bool,
     saved_at: Option<Instant>,
+    /// What was shown of the private conversations.
+    private: Conversations,
+    /// Where their points are kept between runs.
+    private_file: Option<PrivateFile>,
+    /// The private replay is still to be asked for on this connection.
+    private_due: bool,
 }
 
 impl State {
     fn new(net: Option<&Network>) -> Self {
         let resumed_from = net.and_then(|n| n.resumed_from.clone());
+        let private_file = net
+            .and_then(|n| n.store.as_ref())
+            .map(|s| PrivateFile::beside(s.path()));
+        // Only a client that resumes its room resumes its conversations:
+        // `--fresh` (no room point) starts both afresh.
+        let private_saved = match (&private_file, &resumed_from) {
+            (Some(f), Some(_)) => f.load().unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                None
+            }),
+            _ => None,
+        };
         State {
             next_seq: 0,
             outbox: Outbox::default(),
@@ -773,6 +795,9 @@ impl State {
             rebound: false,
             dirty: false,
             saved_at: None,
+            private: Conversations::new(private_saved),
+            private_file,
+            private_due: false,
         }
     }
 
@@ -794,6 +819,7 @@ impl State {
         self.rx_datagrams = 0;
         self.v3 = welcome.is_some();
         self.version = welcome.as_ref().map_or(2, |w| w.version);
+        self.private_due = self.version >= 5;
         match &welcome {
             Some(w) => {
                 self.transcript.welcome(w.log_id);
@@ -827,6 +853,7 @@ impl State {
 
     fn disconnected(&mut self) {
         self.connected = false;
+        self.private.disconnected();
     }
 
     /// Whether a connection that ended this way is worth coming back to.
@@ -933,6 +960,12 @@ impl State {
 
     /// Writes queued messages while the pacer allows, then the goodbye.
     async fn flush(&mut self, cur: &mut Current) -> Result<(), ()> {
+        if std::mem::take(&mut self.private_due) {
+            // First on the connection, so the replay is asked for before
+            // anything typed meanwhile is answered.
+            let ask = self.private.request();
+            cur.send.write_all(&ask.to_frame()).await.map_err(|_| ())?;
+        }
         while self.outbox.has_unsent() && self.pacer.try_take(Instant::now()) {
             let Some(msg) = self.outbox.next_to_send() else {
                 break;
@@ -1173,6 +1206,13 @@ impl State {
     }
 
     fn save_now(&mut self, net: Option<&Network>) {
+        if self.private.take_dirty() {
+            if let (Some(f), Some(saved)) = (&self.private_file, self.private.saved()) {
+                if let Err(e) = f.save(&saved) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         if !self.dirty {
             return;
         }
@@ -1370,47 +1410,49 @@ impl State {
                 };
                 checked(line, action, &proof)
             }
-            ServerMsg::PrivateSigned {
+            ServerMsg::PrivateReplay { log_id, kept } => {
+                self.private.replay_start(log_id, kept);
+                return None;
+            }
+            ServerMsg::PrivateReplayed { .. } => {
+                self.private.replayed();
+                return None;
+            }
+            ServerMsg::PrivateHistory {
+                conv,
+                id,
                 from,
                 to,
                 text,
                 time_ms,
                 proof,
             } => {
-                // Addressed to someone else (or not from us, for our own
-                // echo): a server that redirects a private message to
-                // another member makes it fail here, as a wrong signature.
-                let to_us = qchat_proto::names::same(&to, &self.name);
-                let ours = to_us || qchat_proto::names::same(&from, &self.name);
-                let line = Event::Private {
-                    from,
-                    to,
-                    text,
-                    time_ms,
-                };
-                match checked(line, false, &proof) {
-                    Event::Signed {
-                        mut line,
-                        key,
-                        valid,
-                    } => {
-                        // Checked against the spelling the sender signed;
-                        // shown to us under our name as the room knows it,
-                        // as an unsigned `Private` would be.
-                        if let Event::Private { to, .. } = &mut *line {
-                            if to_us {
-                                to.clone_from(&self.name);
-                            }
-                        }
-                        Event::Signed {
-                            line,
-                            key,
-                            valid: valid && ours,
-                        }
-                    }
-                    other => other,
+                if !self.private.history(conv, id) {
+                    return None;
                 }
+                self.private_line(from, to, text, time_ms, true, proof)
             }
+            ServerMsg::PrivateLive {
+                conv,
+                id,
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            } => {
+                if !self.private.live(conv, id) {
+                    return None;
+                }
+                self.private_line(from, to, text, time_ms, false, proof)
+            }
+            ServerMsg::PrivateSigned {
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            } => self.private_line(from, to, text, time_ms, false, Some(proof)),
             // Kinds of changes this build does not have.
             ServerMsg::Reserved29 => return None,
             ServerMsg::ChatV3 {
@@ -1492,6 +1534,7 @@ impl State {
                 to,
                 text,
                 time_ms,
+                history: false,
             },
             ServerMsg::History {
                 from,
@@ -1565,6 +1608,55 @@ impl State {
     /// coming back in a replay while its re-sent copy is pending.
     fn fresh(&mut self, id: u64, from: &str, text: &str, action: bool) -> bool {
         self.display(id) && !self.own_pending(from, text, action)
+    }
+
+    /// A private message as shown: with its signature checked if it has
+    /// one. Addressed to someone else (or, for our own echo, not from us),
+    /// it fails the check as a wrong signature would: a server that
+    /// redirects a private message to another member is caught here.
+    fn private_line(
+        &self,
+        from: String,
+        to: String,
+        text: String,
+        time_ms: u64,
+        history: bool,
+        proof: Option<qchat_proto::Proof>,
+    ) -> Event {
+        let to_us = qchat_proto::names::same(&to, &self.name);
+        let ours = to_us || qchat_proto::names::same(&from, &self.name);
+        let line = Event::Private {
+            from,
+            to,
+            text,
+            time_ms,
+            history,
+        };
+        let Some(proof) = proof else {
+            return line;
+        };
+        match checked(line, false, &proof) {
+            Event::Signed {
+                mut line,
+                key,
+                valid,
+            } => {
+                // Checked against the spelling the sender signed; shown to
+                // us under our name as the room knows it, as an unsigned
+                // `Private` would be.
+                if let Event::Private { to, .. } = &mut *line {
+                    if to_us {
+                        to.clone_from(&self.name);
+                    }
+                }
+                Event::Signed {
+                    line,
+                    key,
+                    valid: valid && ours,
+                }
+            }
+            other => other,
+        }
     }
 
     /// `ev`, the answer to message `seq`, unless that was already answered

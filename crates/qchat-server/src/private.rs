@@ -399,7 +399,7 @@ impl Conversations {
             .collect();
         // Most recently active first, by the newest message's time would
         // need a read; the id count is a fair, free stand-in.
-        convs.sort_by(|x, y| y.last.cmp(&x.last));
+        convs.sort_by_key(|c| std::cmp::Reverse(c.last));
         convs.truncate(PRIVATE_POINTS);
         let same_store = log_id == self.log_id;
         let mut out = Replay::default();
