@@ -247,3 +247,47 @@ fn a_server_killed_and_restarted_keeps_the_private_history() {
     expect_private(&mut bob, "alice", "bob", "durable words", true);
     expect_private(&mut bob, "alice", "bob", "after the restart", true);
 }
+
+#[test]
+fn a_new_device_of_the_person_sees_the_conversation_and_a_rename_keeps_it() {
+    let (hs, ha, hb, hp) = (Home::new(), Home::new(), Home::new(), Home::new());
+    let server = Server::start(&hs);
+    let mut alice = join_synced(&ha, &server, "alice");
+    let mut laptop = join_synced(&hb, &server, "bob");
+    alice.send_line("/msg bob before the phone");
+    expect_private(&mut laptop, "alice", "bob", "before the phone", false);
+
+    // Bob's phone joins his name with a link code from the laptop: it is
+    // bob, by his first key, and the conversation is its own.
+    laptop.send_line("/device link");
+    let line = laptop.expect(Stream::Out, "the link code line", |l| {
+        l.contains("link code: ")
+    });
+    let code = line
+        .split("link code: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in {line:?}"))
+        .to_string();
+    let mut phone = connect(
+        &hp,
+        &server.target(),
+        "bob",
+        &["--accept-new", "--link", &code],
+    );
+    expect_private(&mut phone, "alice", "bob", "before the phone", true);
+    sync(&mut phone);
+
+    // Alice renames: her key's claim moves, the conversation stays hers.
+    alice.send_line("/nick alicia");
+    phone.expect(Stream::Out, "the rename", |l| {
+        l == "* alice is now known as alicia"
+    });
+    phone.send_line("/msg alicia after the rename");
+    expect_private(&mut alice, "bob", "alicia", "after the rename", false);
+    alice.close_stdin();
+    assert!(alice.wait().success(), "{}", alice.transcript());
+    let mut alicia = connect(&ha, &server.target(), "alicia", &["--no-resume"]);
+    expect_private(&mut alicia, "alice", "bob", "before the phone", true);
+    expect_private(&mut alicia, "bob", "alicia", "after the rename", true);
+}

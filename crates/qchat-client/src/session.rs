@@ -1611,9 +1611,9 @@ impl State {
     }
 
     /// A private message as shown: with its signature checked if it has
-    /// one. Addressed to someone else (or, for our own echo, not from us),
-    /// it fails the check as a wrong signature would: a server that
-    /// redirects a private message to another member is caught here.
+    /// one. Live and addressed to someone else (or, for our own echo, not
+    /// from us), it fails the check as a wrong signature would: a server
+    /// that redirects a private message to another member is caught here.
     fn private_line(
         &self,
         from: String,
@@ -1624,7 +1624,10 @@ impl State {
         proof: Option<qchat_proto::Proof>,
     ) -> Event {
         let to_us = qchat_proto::names::same(&to, &self.name);
-        let ours = to_us || qchat_proto::names::same(&from, &self.name);
+        // A replayed one may name us, or be from us, under a name we had
+        // then: it shows the recipient it was signed for, so a message
+        // for someone else cannot pass as one to us.
+        let ours = to_us || history || qchat_proto::names::same(&from, &self.name);
         let line = Event::Private {
             from,
             to,
