@@ -1428,3 +1428,121 @@ async fn a_signed_private_message_is_forwarded_with_its_proof() {
     }
     until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { seq: 4, .. })).await;
 }
+
+/// Frames up to and including the first that `last` matches.
+async fn collect_until(c: &mut Client, last: impl Fn(&ServerMsg) -> bool) -> Vec<ServerMsg> {
+    let mut got = Vec::new();
+    loop {
+        let m = c.next().await.expect("a frame before the end");
+        let done = last(&m);
+        got.push(m);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// With private history kept, a private message is stored and then shown
+/// in each member's own kind — `PrivateLive`, with its conversation and
+/// id, to version 5; `Private` to version 3 — and a member that asks for
+/// the private replay gets its own conversations after its point, never
+/// anyone else's.
+#[tokio::test(start_paused = true)]
+async fn private_history_is_stored_and_replayed_to_its_members_only() {
+    let s = server(ServerOptions::default());
+    let store = crate::private::Conversations::memory(100).expect("a store");
+    let log_id = store.log_id();
+    assert!(s.room.set_conversations(Arc::new(store)));
+    let (mut alice, _) = open_from(&s, from_afar(Some(1)), hello_v4("alice", 1)).await;
+    until(&mut alice, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut bob, _) = open_from(&s, from_afar(Some(2)), hello_v4("bob", 2)).await;
+    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut old, _) = open_from(
+        &s,
+        from_afar(None),
+        ClientMsg::HelloV3 {
+            version: 3,
+            name: "old".into(),
+            instance: [3; 16],
+            resume: None,
+        },
+    )
+    .await;
+    until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+
+    let private = |seq: u64, to: &str, text: &str| ClientMsg::Private {
+        seq,
+        to: to.into(),
+        text: text.into(),
+    };
+    alice.send(private(1, "BOB", "for bob")).await;
+    let live = until(&mut bob, |m| matches!(m, ServerMsg::PrivateLive { .. })).await;
+    let ServerMsg::PrivateLive {
+        conv, id, from, to, ..
+    } = live
+    else {
+        unreachable!("until() returns what it waited for");
+    };
+    assert_eq!((id, from.as_str(), to.as_str()), (1, "alice", "bob"));
+    let echo = collect_until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { .. })).await;
+    assert!(
+        echo.iter().any(
+            |m| matches!(m, ServerMsg::PrivateLive { conv: c, id: 1, text, .. } if *c == conv && text == "for bob")
+        ),
+        "{echo:?}"
+    );
+    assert!(matches!(
+        echo.last(),
+        Some(ServerMsg::AckV3 { seq: 1, id: 0 })
+    ));
+
+    alice.send(private(2, "old", "for old")).await;
+    match until(&mut old, |m| matches!(m, ServerMsg::Private { .. })).await {
+        ServerMsg::Private { from, text, .. } => {
+            assert_eq!((from.as_str(), text.as_str()), ("alice", "for old"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another conversation: its own ids.
+    match until(&mut alice, |m| matches!(m, ServerMsg::PrivateLive { .. })).await {
+        ServerMsg::PrivateLive { conv: c, id, .. } => assert_eq!((c != conv, id), (true, 1)),
+        other => panic!("{other:?}"),
+    }
+
+    // A fresh replay: bob's conversation with alice, not alice's with old.
+    bob.send(ClientMsg::PrivateResume {
+        log_id: [0; 16],
+        points: Vec::new(),
+    })
+    .await;
+    let replay = collect_until(&mut bob, |m| matches!(m, ServerMsg::PrivateReplayed { .. })).await;
+    let texts: Vec<&str> = replay
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::PrivateHistory { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["for bob"], "{replay:?}");
+    assert_eq!(
+        replay.first(),
+        Some(&ServerMsg::PrivateReplay { log_id, kept: true })
+    );
+    // From bob's point: nothing more.
+    bob.send(ClientMsg::PrivateResume {
+        log_id,
+        points: vec![qchat_proto::PrivatePoint { conv, after: 1 }],
+    })
+    .await;
+    let replay = collect_until(&mut bob, |m| matches!(m, ServerMsg::PrivateReplayed { .. })).await;
+    assert_eq!(
+        replay.last(),
+        Some(&ServerMsg::PrivateReplayed {
+            conversations: 0,
+            count: 0,
+            missed: 0
+        }),
+        "{replay:?}"
+    );
+    assert_eq!(replay.len(), 2, "{replay:?}");
+}
