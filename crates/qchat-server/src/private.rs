@@ -58,6 +58,8 @@ const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages")
 pub const SEEN_MAX: usize = 65_536;
 /// Messages per conversation whose keys are reloaded at start.
 pub const SEEN_REBUILD: u64 = 64;
+/// Most messages one private replay holds, all conversations together.
+pub const REPLAY_TOTAL: usize = 10_000;
 
 /// One stored private message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,10 +417,16 @@ impl Conversations {
                 ),
                 None => (c.last.saturating_sub(fresh as u64) + 1, 0),
             };
-            if from > c.last {
-                continue;
-            }
-            let got = read(&inner.backend, &c.id, from, c.last)?;
+            // One member's replay is bounded as a whole too: beyond it,
+            // the rest of the least active conversations is counted as
+            // missed.
+            let room_left = REPLAY_TOTAL.saturating_sub(out.messages.len()) as u64;
+            let from = from.max(c.last.saturating_sub(room_left) + 1);
+            let got = if from > c.last {
+                Vec::new()
+            } else {
+                read(&inner.backend, &c.id, from, c.last)?
+            };
             out.missed += wanted.saturating_sub(got.len() as u64);
             if !got.is_empty() {
                 out.conversations += 1;
@@ -770,6 +778,19 @@ mod tests {
         let point = [PrivatePoint { conv, after: 0 }];
         let r = c.replay("n:b", c.log_id(), &point, 1, 2).expect("replay");
         assert_eq!((texts(&r), r.missed), (vec!["4".into(), "5".into()], 3));
+    }
+
+    #[test]
+    fn a_replay_of_nothing_at_once_still_counts_what_was_missed() {
+        let c = Conversations::memory(100).expect("memory");
+        let a = c.append("n:a", "n:b", &rec("a", "1", None)).expect("a");
+        c.append("n:a", "n:b", &rec("a", "2", None)).expect("b");
+        let point = [PrivatePoint {
+            conv: a.conv,
+            after: 0,
+        }];
+        let r = c.replay("n:b", c.log_id(), &point, 50, 0).expect("replay");
+        assert_eq!((r.messages.len(), r.missed), (0, 2));
     }
 
     #[test]
