@@ -21,10 +21,13 @@
 //! room log may be wiped or replaced without anyone's conversations going
 //! with it, and the other way round), or in memory (`--store memory`).
 //! A message is committed — with the room log's durability — before anyone
-//! sees it or its sender is acknowledged. Appends are serialised by one
+//! sees it or its sender is acknowledged. Commits are serialised by one
 //! lock held from the commit to the delivery, so both parties receive a
-//! conversation's messages in id order; private messages are few next to
-//! a room's, and one commit each (no group commit) is their whole cost.
+//! conversation's messages in id order, and grouped: the holder of the
+//! lock takes every message that arrived meanwhile, from any session, and
+//! stores them in one commit (one disk sync), then delivers and answers
+//! each. A session waits for the commit that holds its message, so one
+//! member's private messages cost a commit each; many members' share.
 //!
 //! Re-sends after a reconnect are recognised by their `(instance, seq)`,
 //! kept in memory for the newest [`SEEN_MAX`] messages and rebuilt at
@@ -178,9 +181,27 @@ pub struct Conversations {
     keep: u64,
     sync: SyncPolicy,
     path: Option<PathBuf>,
-    /// Held from a message's commit to its delivery: both parties get a
+    /// Held from a batch's commit to its delivery: both parties get a
     /// conversation's messages in id order.
     order: tokio::sync::Mutex<()>,
+    /// Messages waiting for the next commit.
+    queue: Mutex<Vec<Waiting>>,
+}
+
+/// A private message waiting for its commit, with what its delivery needs.
+struct Waiting {
+    from_party: String,
+    to_party: String,
+    record: Record,
+    /// The recipient in the room, and its protocol version.
+    target: Option<(MemberId, u32)>,
+    sender: MemberId,
+    sender_version: u32,
+    seq: u64,
+    /// The sender speaks version 3 or later (its answer is `AckV3`).
+    v3: bool,
+    /// Set once it was stored (or refused) and answered.
+    done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn msg_key(conv: &[u8; 16], id: u64) -> [u8; 24] {
@@ -220,6 +241,7 @@ impl Conversations {
             sync: SyncPolicy::None,
             path: None,
             order: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(Vec::new()),
         })
     }
 
@@ -286,6 +308,7 @@ impl Conversations {
             sync,
             path: Some(path),
             order: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(Vec::new()),
         })
     }
 
@@ -319,32 +342,84 @@ impl Conversations {
     /// if new), deleting what falls out of retention, in one commit; or
     /// finds that it is a re-send of a stored message.
     pub fn append(&self, a: &str, b: &str, record: &Record) -> Result<Appended, PrivateError> {
+        let mut done = self.append_batch([(a, b, record)])?;
+        done.pop()
+            .ok_or_else(|| PrivateError::Io("a batch of one stored nothing".into()))
+    }
+
+    /// Stores a batch of messages, each `(a, b, record)` as for
+    /// [`Conversations::append`], in one commit (group commit: one disk
+    /// sync for every message that arrived while the last one was
+    /// written). The answers are in the batch's order.
+    pub fn append_batch<'r>(
+        &self,
+        batch: impl IntoIterator<Item = (&'r str, &'r str, &'r Record)>,
+    ) -> Result<Vec<Appended>, PrivateError> {
         let mut inner = self.lock();
-        if let Some(&(conv, id)) = record.key.as_ref().and_then(|k| inner.seen.get(k)) {
-            return Ok(Appended {
-                conv,
-                id,
-                new: false,
+        let mut metas: HashMap<String, ConvMeta> = HashMap::new();
+        // Each new message: its conversation's pair, id, and bytes.
+        let mut rows: Vec<(String, u64, Vec<u8>, &Record)> = Vec::new();
+        let mut out = Vec::new();
+        let mut keys: HashMap<([u8; 16], u64), ([u8; 16], u64)> = HashMap::new();
+        for (a, b, record) in batch {
+            let seen = record
+                .key
+                .as_ref()
+                .and_then(|k| inner.seen.get(k).or_else(|| keys.get(k)));
+            if let Some(&(conv, id)) = seen {
+                out.push(Appended {
+                    conv,
+                    id,
+                    new: false,
+                });
+                continue;
+            }
+            let (pair, parties) = pair_key(a, b);
+            let meta = match metas.get_mut(&pair) {
+                Some(m) => m,
+                None => {
+                    let m = match inner.convs.get(&pair) {
+                        Some(m) => m.clone(),
+                        None => ConvMeta {
+                            id: random_id()?,
+                            parties,
+                            last: 0,
+                        },
+                    };
+                    metas.entry(pair.clone()).or_insert(m)
+                }
+            };
+            meta.last += 1;
+            let at = (meta.id, meta.last);
+            if let Some(k) = record.key {
+                keys.insert(k, at);
+            }
+            rows.push((
+                pair,
+                at.1,
+                postcard::to_allocvec(record).map_err(io)?,
+                record,
+            ));
+            out.push(Appended {
+                conv: at.0,
+                id: at.1,
+                new: true,
             });
         }
-        let (pair, parties) = pair_key(a, b);
-        let mut meta = match inner.convs.get(&pair) {
-            Some(m) => m.clone(),
-            None => ConvMeta {
-                id: random_id()?,
-                parties,
-                last: 0,
-            },
-        };
-        meta.last += 1;
-        let id = meta.last;
-        let gone = id.checked_sub(self.keep).filter(|g| *g > 0);
-        let bytes = postcard::to_allocvec(record).map_err(io)?;
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let keep = self.keep;
+        // The oldest id kept after `id` is stored: the one before it goes.
+        let gone = |id: u64| id.checked_sub(keep).filter(|g| *g > 0);
         match &mut inner.backend {
             Backend::Memory(m) => {
-                m.insert((meta.id, id), record.clone());
-                if let Some(g) = gone {
-                    m.remove(&(meta.id, g));
+                for (pair, id, _, record) in &rows {
+                    let conv = metas[pair].id;
+                    m.insert((conv, *id), (*record).clone());
+                    if let Some(g) = gone(*id) {
+                        m.remove(&(conv, g));
+                    }
                 }
             }
             Backend::File(db) => {
@@ -355,28 +430,30 @@ impl Conversations {
                 });
                 {
                     let mut msgs = tx.open_table(MESSAGES).map_err(io)?;
-                    msgs.insert(msg_key(&meta.id, id).as_slice(), bytes.as_slice())
-                        .map_err(io)?;
-                    if let Some(g) = gone {
-                        msgs.remove(msg_key(&meta.id, g).as_slice()).map_err(io)?;
+                    for (pair, id, bytes, _) in &rows {
+                        let conv = metas[pair].id;
+                        msgs.insert(msg_key(&conv, *id).as_slice(), bytes.as_slice())
+                            .map_err(io)?;
+                        if let Some(g) = gone(*id) {
+                            msgs.remove(msg_key(&conv, g).as_slice()).map_err(io)?;
+                        }
                     }
                     let mut convs = tx.open_table(CONVS).map_err(io)?;
-                    let m = postcard::to_allocvec(&meta).map_err(io)?;
-                    convs.insert(pair.as_str(), m.as_slice()).map_err(io)?;
+                    for (pair, meta) in &metas {
+                        let m = postcard::to_allocvec(meta).map_err(io)?;
+                        convs.insert(pair.as_str(), m.as_slice()).map_err(io)?;
+                    }
                 }
                 tx.commit().map_err(io)?;
             }
         }
-        let conv = meta.id;
-        if let Some(k) = record.key {
-            inner.remember(k, (conv, id));
+        for (k, at) in keys {
+            inner.remember(k, at);
         }
-        inner.index(pair, meta);
-        Ok(Appended {
-            conv,
-            id,
-            new: true,
-        })
+        for (pair, meta) in metas {
+            inner.index(pair, meta);
+        }
+        Ok(out)
     }
 
     /// What `party` should be shown of its conversations: after each
@@ -584,41 +661,104 @@ pub(crate) async fn send(
         proof: proof.map(|p| *p),
         key: peer.instance.map(|i| (i, seq)),
     };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    store
+        .queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Waiting {
+            from_party,
+            to_party,
+            record,
+            target,
+            sender: id,
+            sender_version: peer.version,
+            seq,
+            v3: peer.instance.is_some(),
+            done: Arc::clone(&done),
+        });
+    // The commit and the deliveries run in a task of their own: a session
+    // that ends meanwhile must not strand the other messages of its batch.
+    let Some(shared) = room.shared() else {
+        return;
+    };
+    let _ = tokio::spawn(commit(shared, store, done)).await;
+}
+
+/// Group commit: whoever holds the order lock first takes every waiting
+/// message, stores them in one commit, and delivers and answers each; the
+/// others find theirs done.
+async fn commit(
+    room: Arc<Room>,
+    store: Arc<Conversations>,
+    mine: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
     let _order = store.order.lock().await;
+    if mine.load(Ordering::Acquire) {
+        return;
+    }
+    let batch = std::mem::take(&mut *store.queue.lock().unwrap_or_else(|p| p.into_inner()));
+    if batch.is_empty() {
+        return;
+    }
     let stored = {
         let store = Arc::clone(&store);
         tokio::task::spawn_blocking(move || {
-            let r = store.append(&from_party, &to_party, &record);
-            (r, record)
+            let r = store.append_batch(
+                batch
+                    .iter()
+                    .map(|w| (w.from_party.as_str(), w.to_party.as_str(), &w.record)),
+            );
+            (r, batch)
         })
         .await
     };
-    let (appended, record) = match stored {
-        Ok((Ok(a), r)) => (a, r),
-        Ok((Err(e), _)) => {
-            tracing::warn!("{e}");
-            return refuse(format!(
-                "the server could not store the message ({e}); nothing was sent"
-            ));
-        }
-        Err(_) => return refuse("the server could not store the message; nothing was sent".into()),
+    let (result, batch) = match stored {
+        Ok(r) => r,
+        // The blocking task panicked and took the batch with it: its
+        // senders get no answer, and re-send after their reconnect.
+        Err(_) => return,
     };
-    if appended.new {
-        if let Some((rid, version)) = target {
-            room.deliver(rid, frame_for(version, appended.conv, appended.id, &record));
+    match result {
+        Ok(appended) => {
+            for (w, a) in batch.iter().zip(appended) {
+                if a.new {
+                    if let Some((rid, version)) = w.target {
+                        room.deliver(rid, frame_for(version, a.conv, a.id, &w.record));
+                    }
+                    if w.target.map(|t| t.0) != Some(w.sender) {
+                        room.deliver(
+                            w.sender,
+                            frame_for(w.sender_version, a.conv, a.id, &w.record),
+                        );
+                    }
+                }
+                let ack = if w.v3 {
+                    ServerMsg::AckV3 { seq: w.seq, id: 0 }
+                } else {
+                    ServerMsg::Ack { seq: w.seq }
+                };
+                room.reply(w.sender, &ack);
+                w.done.store(true, Ordering::Release);
+            }
         }
-        if target.map(|t| t.0) != Some(id) {
-            room.deliver(
-                id,
-                frame_for(peer.version, appended.conv, appended.id, &record),
-            );
+        Err(e) => {
+            tracing::warn!("{e}");
+            let reason = format!("the server could not store the message ({e}); nothing was sent");
+            for w in &batch {
+                room.metrics().messages_refused.inc();
+                room.reply(
+                    w.sender,
+                    &ServerMsg::Refused {
+                        seq: w.seq,
+                        reason: reason.clone(),
+                    },
+                );
+                w.done.store(true, Ordering::Release);
+            }
         }
     }
-    let ack = match peer.instance {
-        Some(_) => ServerMsg::AckV3 { seq, id: 0 },
-        None => ServerMsg::Ack { seq },
-    };
-    room.reply(id, &ack);
 }
 
 /// Answers `PrivateResume`: what member `id` missed in each of its
@@ -809,6 +949,34 @@ mod tests {
             .expect("replay");
         assert_eq!(texts(&r), ["8", "9", "10"]);
         assert_eq!(r.missed, 5);
+    }
+
+    #[test]
+    fn a_batch_is_one_commit_with_each_conversations_ids_in_order() {
+        let dir = tempfile::tempdir().expect("dir");
+        let c = Conversations::open(dir.path(), 100, SyncPolicy::None).expect("open");
+        let key = Some(([4; 16], 1));
+        let (ab1, cd, ab2, again) = (
+            rec("a", "ab1", key),
+            rec("c", "cd", None),
+            rec("b", "ab2", None),
+            rec("a", "ab1", key),
+        );
+        let got = c
+            .append_batch([
+                ("n:a", "n:b", &ab1),
+                ("n:c", "n:d", &cd),
+                ("n:b", "n:a", &ab2),
+                ("n:a", "n:b", &again),
+            ])
+            .expect("batch");
+        let ids: Vec<(u64, bool)> = got.iter().map(|a| (a.id, a.new)).collect();
+        assert_eq!(ids, [(1, true), (1, true), (2, true), (1, false)]);
+        assert_eq!(got[0].conv, got[2].conv);
+        assert_eq!(got[3].conv, got[0].conv, "the copy points at the first");
+        assert_ne!(got[0].conv, got[1].conv);
+        let r = c.replay("n:a", c.log_id(), &[], 50, 1000).expect("replay");
+        assert_eq!(texts(&r), ["ab1", "ab2"]);
     }
 
     #[test]

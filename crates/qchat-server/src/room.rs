@@ -289,6 +289,12 @@ impl Room {
         self.conversations.set(store).is_ok()
     }
 
+    /// The room itself, shared, for work that must finish even if the
+    /// session that started it ends; `None` only while it is dropped.
+    pub fn shared(&self) -> Option<Arc<Room>> {
+        self.me.upgrade()
+    }
+
     /// Queues `frame` for member `id`, if it is still here.
     pub fn deliver(&self, id: MemberId, frame: Bytes) {
         let mut st = self.lock();

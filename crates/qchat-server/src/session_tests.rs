@@ -1546,3 +1546,56 @@ async fn private_history_is_stored_and_replayed_to_its_members_only() {
     );
     assert_eq!(replay.len(), 2, "{replay:?}");
 }
+
+/// Members writing private messages all at once (their commits grouped):
+/// every message is answered, and each member receives each of its
+/// conversations' messages once, in id order, with no gap.
+#[tokio::test(start_paused = true)]
+async fn concurrent_private_messages_reach_both_parties_in_each_conversations_order() {
+    let s = server(ServerOptions {
+        rate: 0,
+        ..ServerOptions::default()
+    });
+    let store = crate::private::Conversations::memory(1000).expect("a store");
+    assert!(s.room.set_conversations(Arc::new(store)));
+    let names = ["ann", "ben", "cat"];
+    let mut members = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = u8::try_from(i + 1).expect("a few members");
+        let (mut c, _) = open_from(&s, from_afar(Some(key)), hello_v4(name, key)).await;
+        until(&mut c, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+        members.push(c);
+    }
+    const EACH: u64 = 20;
+    for seq in 1..=EACH {
+        for (i, c) in members.iter_mut().enumerate() {
+            let to = names[(i + 1 + (seq as usize % 2)) % names.len()];
+            c.send(ClientMsg::Private {
+                seq,
+                to: to.into(),
+                text: format!("{seq}"),
+            })
+            .await;
+        }
+    }
+    for (i, c) in members.iter_mut().enumerate() {
+        let mut acked = 0;
+        let mut last: std::collections::HashMap<[u8; 16], u64> = Default::default();
+        // Each member sends EACH and receives EACH (two neighbours, half
+        // each), and sees its own EACH echoed: 2 * EACH private frames.
+        let mut privates = 0;
+        while acked < EACH || privates < 2 * EACH {
+            match c.next().await.expect("a frame") {
+                ServerMsg::AckV3 { id: 0, .. } => acked += 1,
+                ServerMsg::PrivateLive { conv, id, .. } => {
+                    let prev = last.insert(conv, id).unwrap_or(0);
+                    assert_eq!(id, prev + 1, "{}: conversation out of order", names[i]);
+                    privates += 1;
+                }
+                ServerMsg::Refused { reason, .. } => panic!("refused: {reason}"),
+                _ => {}
+            }
+        }
+        assert_eq!(last.len(), 2, "{} talks with both others", names[i]);
+    }
+}
