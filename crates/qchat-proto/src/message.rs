@@ -390,7 +390,8 @@ pub enum ServerMsg {
         members: Vec<MemberInfo>,
     },
     /// 13: a message from before the member joined, replayed right after the
-    /// welcome. Private messages are never replayed.
+    /// welcome. Private messages are never replayed here (see
+    /// [`ServerMsg::PrivateHistory`]).
     History {
         /// The sender's name at the time.
         from: String,
