@@ -714,6 +714,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut backlog: VecDeque<ClientMsg> = VecDeque::new();
     let mut warned = false;
     let mut eof = false;
+    // The private replay is free of the rate limit, so it is given once
+    // per connection: asked for again, it would be a cheap way to make the
+    // server read thousands of stored messages.
+    let mut private_replayed = false;
     loop {
         // Hand over whatever the bucket allows.
         while let Some(msg) = backlog.front() {
@@ -723,6 +727,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
+            if matches!(msg, ClientMsg::PrivateResume { .. })
+                && std::mem::replace(&mut private_replayed, true)
+            {
+                let reason = "the private replay was already sent on this connection".into();
+                let what = "private".into();
+                room.reply(id, &ServerMsg::Failed { what, reason });
+                continue;
+            }
             if let Some(reason) = Box::pin(handle(id, msg, room, options)).await {
                 Box::pin(published(room)).await;
                 return Ok(reason);

@@ -1528,7 +1528,10 @@ async fn private_history_is_stored_and_replayed_to_its_members_only() {
         replay.first(),
         Some(&ServerMsg::PrivateReplay { log_id, kept: true })
     );
-    // From bob's point: nothing more.
+    // Bob's next connection (the same client, back): from his point,
+    // nothing more.
+    let (mut bob, _) = open_from(&s, from_afar(Some(2)), hello_v4("bob", 2)).await;
+    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
     bob.send(ClientMsg::PrivateResume {
         log_id,
         points: vec![qchat_proto::PrivatePoint { conv, after: 1 }],
@@ -1597,5 +1600,26 @@ async fn concurrent_private_messages_reach_both_parties_in_each_conversations_or
             }
         }
         assert_eq!(last.len(), 2, "{} talks with both others", names[i]);
+    }
+}
+
+/// The private replay costs no token, so it is given once per connection.
+#[tokio::test(start_paused = true)]
+async fn the_private_replay_is_given_once_per_connection() {
+    let s = server(ServerOptions::default());
+    let store = crate::private::Conversations::memory(10).expect("a store");
+    assert!(s.room.set_conversations(Arc::new(store)));
+    let (mut c, _) = open_from(&s, from_afar(Some(1)), hello_v4("ann", 1)).await;
+    until(&mut c, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let ask = ClientMsg::PrivateResume {
+        log_id: [0; 16],
+        points: Vec::new(),
+    };
+    c.send(ask.clone()).await;
+    until(&mut c, |m| matches!(m, ServerMsg::PrivateReplayed { .. })).await;
+    c.send(ask).await;
+    match until(&mut c, |m| matches!(m, ServerMsg::Failed { .. })).await {
+        ServerMsg::Failed { what, .. } => assert_eq!(what, "private"),
+        other => panic!("{other:?}"),
     }
 }
