@@ -130,7 +130,10 @@ async fn send_private(s: &mut RawStream, msg: ClientMsg) {
     while !(echoed && acked) {
         match s.next_msg().await {
             Some(ServerMsg::AckV3 { seq: a, .. }) if a == seq => acked = true,
-            Some(ServerMsg::PrivateSigned { .. }) => echoed = true,
+            // Version 5 and later echo it as a stored private message.
+            Some(
+                ServerMsg::PrivateSigned { .. } | ServerMsg::PrivateLive { proof: Some(_), .. },
+            ) => echoed = true,
             Some(ServerMsg::Refused { reason, .. }) => panic!("refused: {reason}"),
             Some(_) => {}
             None => panic!("no acknowledgement"),

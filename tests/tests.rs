@@ -19,6 +19,7 @@ mod names;
 mod nothing_lost;
 mod operators;
 mod people;
+mod private;
 mod prompt;
 mod raw;
 mod resume;

@@ -126,6 +126,15 @@ pub struct ServeArgs {
     /// whenever a message is stored).
     #[arg(long, value_name = "SECS", value_parser = parse_secs_arg)]
     pub history_max_age: Option<Secs>,
+    /// Keep private conversations' history (`on`: stored like the room log,
+    /// in `private.redb` or memory as `--store` says, and replayed to their
+    /// two members after a reconnect; `off`: delivered live only, never
+    /// stored).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub private_history: Switch,
+    /// Private messages each conversation keeps; older ones are deleted.
+    #[arg(long, default_value_t = limits::PRIVATE_KEEP, value_parser = clap::value_parser!(u64).range(1..))]
+    pub private_keep: u64,
     /// Do not let a member's connection move to a new address (QUIC
     /// migration); a member whose address changes then reconnects.
     #[arg(long)]
@@ -241,6 +250,15 @@ pub enum StoreKind {
     File,
     /// Memory only.
     Memory,
+}
+
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// `--sync`.

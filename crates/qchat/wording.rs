@@ -101,7 +101,13 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
     Some(match ev {
         Event::Chat { from, text, .. } => said(from, None, text, false, false),
         Event::Action { from, text, .. } => said(from, None, text, true, false),
-        Event::Private { from, to, text, .. } => said(from, Some(to), text, false, false),
+        Event::Private {
+            from,
+            to,
+            text,
+            history,
+            ..
+        } => said(from, Some(to), text, false, *history),
         Event::History {
             from, text, action, ..
         } => said(from, None, text, *action, true),
@@ -745,9 +751,20 @@ mod tests {
                 from: "a".into(),
                 to: "b".into(),
                 text: "psst".into(),
-                time_ms: 0
+                time_ms: 0,
+                history: false,
             }),
             "[a -> b] psst"
+        );
+        assert_eq!(
+            line(Event::Private {
+                from: "a".into(),
+                to: "b".into(),
+                text: "earlier".into(),
+                time_ms: 0,
+                history: true,
+            }),
+            "[history] [a -> b] earlier"
         );
         assert_eq!(
             line(Event::History {

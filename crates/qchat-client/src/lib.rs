@@ -9,11 +9,14 @@
 //! - [`session`]: the network task that owns the connection once joined;
 //!   the user interface talks to it only through bounded channels of
 //!   [`Command`]s and [`Event`]s.
+//! - [`conversations`]: what was shown of each private conversation, and
+//!   its points on disk.
 //! - [`people`]: the contacts layer in front of the network task — `/verify`,
 //!   the verified marks, changed keys — over the [`contacts`] file.
 
 pub mod connection;
 pub mod contacts;
+pub mod conversations;
 pub mod pacing;
 pub mod people;
 pub mod reconnect;

@@ -844,6 +844,7 @@ mod tests {
             to: "bob".into(),
             text: text.into(),
             time_ms: 1,
+            history: false,
         };
         crate::session::checked(line, false, &proof)
     }
@@ -875,6 +876,7 @@ mod tests {
             to: "bob".into(),
             text: "trust me".into(),
             time_ms: 1,
+            history: false,
         }));
         assert!(private_forged(&unsigned[0], true), "{unsigned:?}");
         let bad = shown(&w.event(private_delivered(&dave, "dave", "pay", "bob", "hi")));

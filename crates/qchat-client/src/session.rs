@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::connection::{ConnectError, Joined, WelcomeV3};
+use crate::conversations::{Conversations, PrivateFile};
 use crate::pacing::Pacer;
 use crate::reconnect::{Backoff, Dialer};
 use crate::resume::{Outbox, ResumeStore, RoomTranscripts, Transcript};
@@ -196,6 +197,9 @@ pub enum Event {
         text: String,
         /// Server receive time.
         time_ms: u64,
+        /// Replayed from the conversation's history (sent while we were
+        /// away, or before this device joined), not live.
+        history: bool,
     },
     /// A message from before we joined.
     History {
@@ -896,11 +900,29 @@ struct State {
     /// The resume point changed since it was last written.
     dirty: bool,
     saved_at: Option<Instant>,
+    /// What was shown of the private conversations.
+    private: Conversations,
+    /// Where their points are kept between runs.
+    private_file: Option<PrivateFile>,
+    /// The private replay is still to be asked for on this connection.
+    private_due: bool,
 }
 
 impl State {
     fn new(net: Option<&Network>) -> Self {
         let resumed_from = net.and_then(|n| n.resumed_from.clone());
+        let private_file = net
+            .and_then(|n| n.store.as_ref())
+            .map(|s| PrivateFile::beside(s.path()));
+        // Only a client that resumes its room resumes its conversations:
+        // `--fresh` (no room point) starts both afresh.
+        let private_saved = match (&private_file, &resumed_from) {
+            (Some(f), Some(_)) => f.load().unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                None
+            }),
+            _ => None,
+        };
         State {
             next_seq: 0,
             outbox: Outbox::default(),
@@ -930,6 +952,9 @@ impl State {
             rebound: false,
             dirty: false,
             saved_at: None,
+            private: Conversations::new(private_saved),
+            private_file,
+            private_due: false,
         }
     }
 
@@ -962,6 +987,7 @@ impl State {
         } else {
             Vec::new()
         };
+        self.private_due = self.version >= 5;
         match &welcome {
             Some(w) => {
                 self.transcript.welcome(w.log_id);
@@ -995,6 +1021,7 @@ impl State {
 
     fn disconnected(&mut self) {
         self.connected = false;
+        self.private.disconnected();
     }
 
     /// Whether a connection that ended this way is worth coming back to.
@@ -1103,6 +1130,12 @@ impl State {
     async fn flush(&mut self, cur: &mut Current) -> Result<(), ()> {
         for join in std::mem::take(&mut self.rejoin) {
             cur.send.write_all(&join.to_frame()).await.map_err(|_| ())?;
+        }
+        if std::mem::take(&mut self.private_due) {
+            // First on the connection, so the replay is asked for before
+            // anything typed meanwhile is answered.
+            let ask = self.private.request();
+            cur.send.write_all(&ask.to_frame()).await.map_err(|_| ())?;
         }
         while self.outbox.has_unsent() && self.pacer.try_take(Instant::now()) {
             let Some(msg) = self.outbox.next_to_send() else {
@@ -1392,6 +1425,13 @@ impl State {
     }
 
     fn save_now(&mut self, net: Option<&Network>) {
+        if self.private.take_dirty() {
+            if let (Some(f), Some(saved)) = (&self.private_file, self.private.saved()) {
+                if let Err(e) = f.save(&saved) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         if !self.dirty {
             return;
         }
@@ -1619,47 +1659,49 @@ impl State {
                 };
                 checked(line, action, &proof)
             }
-            ServerMsg::PrivateSigned {
+            ServerMsg::PrivateReplay { log_id, kept } => {
+                self.private.replay_start(log_id, kept);
+                return None;
+            }
+            ServerMsg::PrivateReplayed { .. } => {
+                self.private.replayed();
+                return None;
+            }
+            ServerMsg::PrivateHistory {
+                conv,
+                id,
                 from,
                 to,
                 text,
                 time_ms,
                 proof,
             } => {
-                // Addressed to someone else (or not from us, for our own
-                // echo): a server that redirects a private message to
-                // another member makes it fail here, as a wrong signature.
-                let to_us = qchat_proto::names::same(&to, &self.name);
-                let ours = to_us || qchat_proto::names::same(&from, &self.name);
-                let line = Event::Private {
-                    from,
-                    to,
-                    text,
-                    time_ms,
-                };
-                match checked(line, false, &proof) {
-                    Event::Signed {
-                        mut line,
-                        key,
-                        valid,
-                    } => {
-                        // Checked against the spelling the sender signed;
-                        // shown to us under our name as the room knows it,
-                        // as an unsigned `Private` would be.
-                        if let Event::Private { to, .. } = &mut *line {
-                            if to_us {
-                                to.clone_from(&self.name);
-                            }
-                        }
-                        Event::Signed {
-                            line,
-                            key,
-                            valid: valid && ours,
-                        }
-                    }
-                    other => other,
+                if !self.private.history(conv, id) {
+                    return None;
                 }
+                self.private_line(from, to, text, time_ms, true, proof)
             }
+            ServerMsg::PrivateLive {
+                conv,
+                id,
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            } => {
+                if !self.private.live(conv, id) {
+                    return None;
+                }
+                self.private_line(from, to, text, time_ms, false, proof)
+            }
+            ServerMsg::PrivateSigned {
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            } => self.private_line(from, to, text, time_ms, false, Some(proof)),
             // Kinds of changes this build does not have.
             ServerMsg::Reserved29 => return None,
             ServerMsg::RoomJoined {
@@ -1834,6 +1876,7 @@ impl State {
                 to,
                 text,
                 time_ms,
+                history: false,
             },
             ServerMsg::History {
                 from,
@@ -1915,6 +1958,58 @@ impl State {
         self.dirty |= new;
         new && !(self.outbox.holds_in_room(room, text, action)
             && qchat_proto::names::same(from, &self.name))
+    }
+
+    /// A private message as shown: with its signature checked if it has
+    /// one. Live and addressed to someone else (or, for our own echo, not
+    /// from us), it fails the check as a wrong signature would: a server
+    /// that redirects a private message to another member is caught here.
+    fn private_line(
+        &self,
+        from: String,
+        to: String,
+        text: String,
+        time_ms: u64,
+        history: bool,
+        proof: Option<qchat_proto::Proof>,
+    ) -> Event {
+        let to_us = qchat_proto::names::same(&to, &self.name);
+        // A replayed one may name us, or be from us, under a name we had
+        // then: it shows the recipient it was signed for, so a message
+        // for someone else cannot pass as one to us.
+        let ours = to_us || history || qchat_proto::names::same(&from, &self.name);
+        let line = Event::Private {
+            from,
+            to,
+            text,
+            time_ms,
+            history,
+        };
+        let Some(proof) = proof else {
+            return line;
+        };
+        match checked(line, false, &proof) {
+            Event::Signed {
+                mut line,
+                key,
+                valid,
+            } => {
+                // Checked against the spelling the sender signed; shown to
+                // us under our name as the room knows it, as an unsigned
+                // `Private` would be.
+                if let Event::Private { to, .. } = &mut *line {
+                    if to_us {
+                        to.clone_from(&self.name);
+                    }
+                }
+                Event::Signed {
+                    line,
+                    key,
+                    valid: valid && ours,
+                }
+            }
+            other => other,
+        }
     }
 
     /// `ev`, the answer to message `seq`, unless that was already answered
@@ -2240,7 +2335,19 @@ mod network_tests {
     }
 
     impl ServerSide {
+        /// The next message but the private replay's request, which a
+        /// version-5 client sends after every welcome and the tests of
+        /// other things do not answer.
         pub(super) async fn read(&mut self) -> ClientMsg {
+            loop {
+                match self.read_any().await {
+                    ClientMsg::PrivateResume { .. } => continue,
+                    m => return m,
+                }
+            }
+        }
+
+        pub(super) async fn read_any(&mut self) -> ClientMsg {
             let frame = tokio::time::timeout(WAIT, self.decoder.read_frame(&mut self.recv))
                 .await
                 .expect("a frame in time")
@@ -2421,6 +2528,99 @@ mod network_tests {
     /// message is written again with the same number after the reconnect,
     /// the resume asks for what came after the last message displayed, and
     /// the replay's overlap with what was already shown is not shown again.
+    fn private_msg(history: bool, conv: [u8; 16], id: u64, text: &str) -> ServerMsg {
+        let (from, to, text, time_ms, proof) = ("bob".into(), "me".into(), text.into(), 0, None);
+        if history {
+            ServerMsg::PrivateHistory {
+                conv,
+                id,
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            }
+        } else {
+            ServerMsg::PrivateLive {
+                conv,
+                id,
+                from,
+                to,
+                text,
+                time_ms,
+                proof,
+            }
+        }
+    }
+
+    /// After every welcome the client asks for its conversations' replay
+    /// from its points; a live message that overtakes the replay is shown
+    /// once, the older ones the replay brings are not lost, and the next
+    /// connection resumes past all of them.
+    #[tokio::test]
+    async fn private_conversations_resume_from_their_points_with_no_gap_or_copy() {
+        const STORE: [u8; 16] = [5; 16];
+        const C: [u8; 16] = [6; 16];
+        let mut h = start(0, 0);
+        let server = h.server.as_mut().expect("connected");
+        assert_eq!(
+            server.read_any().await,
+            ClientMsg::PrivateResume {
+                log_id: [0; 16],
+                points: Vec::new()
+            }
+        );
+        server
+            .write(ServerMsg::PrivateReplay {
+                log_id: STORE,
+                kept: true,
+            })
+            .await;
+        // 3 is stored while the replay is read: it arrives live first.
+        server.write(private_msg(false, C, 3, "three")).await;
+        for (id, text) in [(1, "one"), (2, "two"), (3, "three")] {
+            server.write(private_msg(true, C, id, text)).await;
+        }
+        server
+            .write(ServerMsg::PrivateReplayed {
+                conversations: 1,
+                count: 3,
+                missed: 0,
+            })
+            .await;
+        server.write(private_msg(false, C, 3, "three")).await;
+        server.write(private_msg(false, C, 4, "four")).await;
+        let seen = h
+            .until(|e| matches!(e, Event::Private { text, .. } if text == "four"))
+            .await;
+        let shown: Vec<(&str, bool)> = seen
+            .iter()
+            .filter_map(|e| match e {
+                Event::Private { text, history, .. } => Some((text.as_str(), *history)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("three", false),
+                ("one", true),
+                ("two", true),
+                ("four", false)
+            ]
+        );
+        h.drop_connection().await;
+        let (mut server, _) = h.redial().await;
+        assert_eq!(
+            server.read_any().await,
+            ClientMsg::PrivateResume {
+                log_id: STORE,
+                points: vec![qchat_proto::PrivatePoint { conv: C, after: 4 }]
+            }
+        );
+        h.task.abort();
+    }
+
     #[tokio::test]
     async fn a_drop_resends_the_unacknowledged_and_the_replay_never_duplicates() {
         let mut h = start(0, 0);

@@ -27,8 +27,8 @@ pub mod text;
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
-    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, Proof, RejectReason,
-    ResumePoint, RoomInfo, ServerMsg, TooLong,
+    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, PrivatePoint, Proof,
+    RejectReason, ResumePoint, RoomInfo, ServerMsg, TooLong,
 };
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
@@ -48,7 +48,10 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// they do not know, signed public messages (`Signed`, `ChatSigned`,
 /// `HistorySigned`) and signed private messages (`SignedPrivate`,
 /// `PrivateSigned`); version 5 rooms besides `#lobby` (`Join`, `Part`,
-/// `RoomSay`, `RoomChat` and the rest of the room kinds).
+/// `RoomSay`, `RoomChat` and the rest of the room kinds) and private
+/// conversations with their own stored history and resume points
+/// (`PrivateResume`, `PrivateReplay`, `PrivateHistory`, `PrivateReplayed`,
+/// `PrivateLive`).
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The oldest protocol version this build still serves.

@@ -134,6 +134,14 @@ pub const LINK_CODE_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Public messages the server's room log keeps; older ones are deleted.
 pub const HISTORY_KEEP: u64 = 100_000;
 
+/// Private messages each conversation keeps when the server keeps private
+/// history; older ones are deleted.
+pub const PRIVATE_KEEP: u64 = 1000;
+
+/// Most private conversations a client resumes (and sends points for) at
+/// once: its newest ones. Their points fit a default frame.
+pub const PRIVATE_POINTS: usize = 500;
+
 /// Public messages waiting to be stored before senders wait their turn.
 pub const LOG_QUEUE: usize = 8192;
 

@@ -257,6 +257,28 @@ pub enum ClientMsg {
         /// Invite-only from now on, or open.
         invite_only: bool,
     },
+    /// 25 (version 5): the private conversations' replay, asked for right
+    /// after each welcome: the server answers [`ServerMsg::PrivateReplay`],
+    /// then [`ServerMsg::PrivateHistory`] frames, then
+    /// [`ServerMsg::PrivateReplayed`].
+    PrivateResume {
+        /// [`ServerMsg::PrivateReplay::log_id`] of the store the points
+        /// belong to (zeros: none yet). Points of another store are ignored.
+        log_id: [u8; 16],
+        /// Where the client left off in each conversation it has seen; a
+        /// conversation without a point gets its newest messages.
+        points: Vec<PrivatePoint>,
+    },
+}
+
+/// Where a client left off in one private conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct PrivatePoint {
+    /// The conversation ([`ServerMsg::PrivateLive::conv`]).
+    pub conv: [u8; 16],
+    /// The last message id of it the client displayed.
+    pub after: u64,
 }
 
 /// What [`ClientMsg::Moderate`] asks for.
@@ -458,7 +480,8 @@ pub enum ServerMsg {
         members: Vec<MemberInfo>,
     },
     /// 13: a message from before the member joined, replayed right after the
-    /// welcome. Private messages are never replayed.
+    /// welcome. Private messages are never replayed here (see
+    /// [`ServerMsg::PrivateHistory`]).
     History {
         /// The sender's name at the time.
         from: String,
@@ -805,6 +828,65 @@ pub enum ServerMsg {
         /// Invite-only now.
         invite_only: bool,
     },
+    /// 44 (version 5): the start of the answer to
+    /// [`ClientMsg::PrivateResume`]: which store the conversations' ids
+    /// belong to.
+    PrivateReplay {
+        /// The private store's identity: random, made once with the store.
+        /// A client whose points name another store starts afresh.
+        log_id: [u8; 16],
+        /// Whether the server keeps private history at all (`false`:
+        /// `--private-history off`; nothing is replayed, and private
+        /// messages come live only, as `Private`/`PrivateSigned`).
+        kept: bool,
+    },
+    /// 45 (version 5): a stored private message replayed after
+    /// `PrivateReplay`, oldest first within each conversation.
+    PrivateHistory {
+        /// The conversation, the same for both of its parties.
+        conv: [u8; 16],
+        /// Its id in the conversation: from 1, increasing by 1.
+        id: u64,
+        /// The sender's name when it was sent.
+        from: String,
+        /// The recipient's name as the sender addressed it.
+        to: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// The sender's signature, if it signed the message.
+        proof: Option<Proof>,
+    },
+    /// 46 (version 5): the private replay is complete.
+    PrivateReplayed {
+        /// Conversations replayed (those with anything to replay).
+        conversations: u64,
+        /// `PrivateHistory` frames sent.
+        count: u64,
+        /// Messages after the client's points that were not replayed
+        /// (deleted by retention, or beyond what is replayed at once).
+        missed: u64,
+    },
+    /// 47 (version 5): a stored private message, live: sent to its
+    /// recipient and echoed to its sender, instead of `Private` and
+    /// `PrivateSigned` to members that speak version 5.
+    PrivateLive {
+        /// As in `PrivateHistory`.
+        conv: [u8; 16],
+        /// As in `PrivateHistory`.
+        id: u64,
+        /// The sender's name.
+        from: String,
+        /// The recipient's name as the sender addressed it.
+        to: String,
+        /// The text.
+        text: String,
+        /// Server receive time, ms since the Unix epoch.
+        time_ms: u64,
+        /// The sender's signature, if it signed the message.
+        proof: Option<Proof>,
+    },
 }
 
 /// One room, as listed in [`ServerMsg::RoomList`].
@@ -1017,6 +1099,9 @@ impl ClientMsg {
             ClientMsg::Hello { name, .. } | ClientMsg::HelloV3 { name, .. } => name.len(),
             ClientMsg::HelloLink { name, code, .. } => name.len() + code.len(),
             ClientMsg::Device { .. } => 0,
+            // Each point is a fixed 16 bytes and a varint: at the client's
+            // cap of points, well inside a frame.
+            ClientMsg::PrivateResume { points, .. } => points.len() * 26,
             ClientMsg::Moderate { op } => match op {
                 ModOp::Bans => 0,
                 ModOp::Op { name } | ModOp::Deop { name } => name.len(),
@@ -1211,10 +1296,10 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[44]), Err(DecodeError::UnknownKind(44)));
+        assert_eq!(ServerMsg::decode(&[48]), Err(DecodeError::UnknownKind(48)));
         assert_eq!(
-            ClientMsg::decode(&[25, 0]),
-            Err(DecodeError::UnknownKind(25))
+            ClientMsg::decode(&[26, 0]),
+            Err(DecodeError::UnknownKind(26))
         );
     }
 

@@ -15,6 +15,7 @@
 //! - [`registry`]: names bound to keys (an embedded file, or memory).
 //! - [`moderation`]: operators and bans by key, kept in the registry's file.
 //! - [`log`]: the log's writer task: group commit, then publish.
+//! - [`private`]: private conversations and their own stored history.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
 
@@ -24,6 +25,7 @@ pub mod log;
 pub mod metrics;
 pub mod moderation;
 pub mod options;
+pub mod private;
 pub mod registry;
 pub mod room;
 pub mod rooms;

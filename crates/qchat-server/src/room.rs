@@ -149,6 +149,8 @@ pub struct Room {
     /// The other rooms; in memory unless the server sets stored ones
     /// before the first join.
     rooms: OnceLock<Arc<crate::rooms::Rooms>>,
+    /// Private conversations' history; unset: none is kept (live only).
+    conversations: OnceLock<Arc<crate::private::Conversations>>,
 }
 
 struct State {
@@ -255,6 +257,7 @@ impl Room {
             metrics: Metrics::default(),
             registry: OnceLock::new(),
             rooms: OnceLock::new(),
+            conversations: OnceLock::new(),
         })
     }
 
@@ -302,6 +305,45 @@ impl Room {
     /// join, a `/whois`): later it is refused, and `false` returned.
     pub fn set_registry(&self, registry: Arc<Registry>) -> bool {
         self.registry.set(registry).is_ok()
+    }
+
+    /// The private conversations' store, if the server keeps private
+    /// history.
+    pub fn conversations(&self) -> Option<&Arc<crate::private::Conversations>> {
+        self.conversations.get()
+    }
+
+    /// Keeps private history in `store`; only once (`false` after).
+    pub fn set_conversations(&self, store: Arc<crate::private::Conversations>) -> bool {
+        self.conversations.set(store).is_ok()
+    }
+
+    /// The room itself, shared, for work that must finish even if the
+    /// session that started it ends; `None` only while it is dropped.
+    pub fn shared(&self) -> Option<Arc<Room>> {
+        self.me.upgrade()
+    }
+
+    /// Queues `frame` for member `id`, if it is still here.
+    pub fn deliver(&self, id: MemberId, frame: Bytes) {
+        let mut st = self.lock();
+        self.send_to(&mut st, id, frame);
+    }
+
+    /// Queues `frames` for member `id` in order, waiting for room in its
+    /// queue instead of taking a full one for a reader that stopped: for
+    /// answers longer than a queue is sure to hold. `false` if the member
+    /// is gone.
+    pub async fn deliver_waiting(&self, id: MemberId, frames: Vec<Bytes>) -> bool {
+        let Some(outbox) = self.lock().members.get(&id).map(|m| m.outbox.clone()) else {
+            return false;
+        };
+        for f in frames {
+            if outbox.send(f).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// The key member `id` proved; `None` if it is gone, `Some(None)` for

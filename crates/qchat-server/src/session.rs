@@ -744,6 +744,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut backlog: VecDeque<ClientMsg> = VecDeque::new();
     let mut warned = false;
     let mut eof = false;
+    // The private replay is free of the rate limit, so it is given once
+    // per connection: asked for again, it would be a cheap way to make the
+    // server read thousands of stored messages.
+    let mut private_replayed = false;
     loop {
         // Hand over whatever the bucket allows.
         while let Some(msg) = backlog.front() {
@@ -753,6 +757,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
+            if matches!(msg, ClientMsg::PrivateResume { .. })
+                && std::mem::replace(&mut private_replayed, true)
+            {
+                let reason = "the private replay was already sent on this connection".into();
+                let what = "private".into();
+                room.reply(id, &ServerMsg::Failed { what, reason });
+                continue;
+            }
             let rooms = InRooms {
                 queue,
                 mine: &mut *mine,
@@ -813,7 +825,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
 fn costs_a_token(msg: &ClientMsg) -> bool {
     !matches!(
         msg,
-        ClientMsg::Who | ClientMsg::Bye { .. } | ClientMsg::Rooms | ClientMsg::Part { .. }
+        ClientMsg::Who
+            | ClientMsg::Bye { .. }
+            | ClientMsg::Rooms
+            | ClientMsg::Part { .. }
+            | ClientMsg::PrivateResume { .. }
     )
 }
 
@@ -851,6 +867,9 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
                 "message kind not in the negotiated version",
             ))
         }
+        ClientMsg::PrivateResume { .. } if version < 5 => Err(SessionError::Protocol(
+            "message kind not in the negotiated version",
+        )),
         _ if version < 2 => Err(SessionError::Protocol(
             "message kind not in the negotiated version",
         )),
@@ -900,7 +919,9 @@ async fn handle(
         }
         ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
         ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
-        ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text, None),
+        ClientMsg::Private { seq, to, text } => {
+            crate::private::send(room, options, id, seq, &to, text, None).await;
+        }
         ClientMsg::SignedPrivate {
             seq,
             to,
@@ -909,7 +930,7 @@ async fn handle(
             key,
             sig,
         } => match proof(id, room, seq, sent_ms, key, sig) {
-            Ok(p) => room.private(id, seq, &to, text, Some(p)),
+            Ok(p) => crate::private::send(room, options, id, seq, &to, text, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
                 room.reply(id, &ServerMsg::Refused { seq, reason });
@@ -1019,6 +1040,9 @@ async fn handle(
         ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Device { op } => device(id, op, room, options).await,
         ClientMsg::Moderate { op } => crate::moderation::handle(id, op, room, options).await,
+        ClientMsg::PrivateResume { log_id, points } => {
+            crate::private::resume(room, options, id, log_id, points).await;
+        }
         ClientMsg::Who => room.who(id),
         ClientMsg::Kick { name, mut reason } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);

@@ -1606,3 +1606,198 @@ async fn a_signed_room_line_is_bound_to_its_room() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Frames up to and including the first that `last` matches.
+async fn collect_until(c: &mut Client, last: impl Fn(&ServerMsg) -> bool) -> Vec<ServerMsg> {
+    let mut got = Vec::new();
+    loop {
+        let m = c.next().await.expect("a frame before the end");
+        let done = last(&m);
+        got.push(m);
+        if done {
+            return got;
+        }
+    }
+}
+
+/// With private history kept, a private message is stored and then shown
+/// in each member's own kind — `PrivateLive`, with its conversation and
+/// id, to version 5; `Private` to version 3 — and a member that asks for
+/// the private replay gets its own conversations after its point, never
+/// anyone else's.
+#[tokio::test(start_paused = true)]
+async fn private_history_is_stored_and_replayed_to_its_members_only() {
+    let s = server(ServerOptions::default());
+    let store = crate::private::Conversations::memory(100).expect("a store");
+    let log_id = store.log_id();
+    assert!(s.room.set_conversations(Arc::new(store)));
+    let (mut alice, _) = open_from(&s, from_afar(Some(1)), hello_v4("alice", 1)).await;
+    until(&mut alice, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut bob, _) = open_from(&s, from_afar(Some(2)), hello_v4("bob", 2)).await;
+    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let (mut old, _) = open_from(
+        &s,
+        from_afar(None),
+        ClientMsg::HelloV3 {
+            version: 3,
+            name: "old".into(),
+            instance: [3; 16],
+            resume: None,
+        },
+    )
+    .await;
+    until(&mut old, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+
+    let private = |seq: u64, to: &str, text: &str| ClientMsg::Private {
+        seq,
+        to: to.into(),
+        text: text.into(),
+    };
+    alice.send(private(1, "BOB", "for bob")).await;
+    let live = until(&mut bob, |m| matches!(m, ServerMsg::PrivateLive { .. })).await;
+    let ServerMsg::PrivateLive {
+        conv, id, from, to, ..
+    } = live
+    else {
+        unreachable!("until() returns what it waited for");
+    };
+    assert_eq!((id, from.as_str(), to.as_str()), (1, "alice", "bob"));
+    let echo = collect_until(&mut alice, |m| matches!(m, ServerMsg::AckV3 { .. })).await;
+    assert!(
+        echo.iter().any(
+            |m| matches!(m, ServerMsg::PrivateLive { conv: c, id: 1, text, .. } if *c == conv && text == "for bob")
+        ),
+        "{echo:?}"
+    );
+    assert!(matches!(
+        echo.last(),
+        Some(ServerMsg::AckV3 { seq: 1, id: 0 })
+    ));
+
+    alice.send(private(2, "old", "for old")).await;
+    match until(&mut old, |m| matches!(m, ServerMsg::Private { .. })).await {
+        ServerMsg::Private { from, text, .. } => {
+            assert_eq!((from.as_str(), text.as_str()), ("alice", "for old"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another conversation: its own ids.
+    match until(&mut alice, |m| matches!(m, ServerMsg::PrivateLive { .. })).await {
+        ServerMsg::PrivateLive { conv: c, id, .. } => assert_eq!((c != conv, id), (true, 1)),
+        other => panic!("{other:?}"),
+    }
+
+    // A fresh replay: bob's conversation with alice, not alice's with old.
+    bob.send(ClientMsg::PrivateResume {
+        log_id: [0; 16],
+        points: Vec::new(),
+    })
+    .await;
+    let replay = collect_until(&mut bob, |m| matches!(m, ServerMsg::PrivateReplayed { .. })).await;
+    let texts: Vec<&str> = replay
+        .iter()
+        .filter_map(|m| match m {
+            ServerMsg::PrivateHistory { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["for bob"], "{replay:?}");
+    assert_eq!(
+        replay.first(),
+        Some(&ServerMsg::PrivateReplay { log_id, kept: true })
+    );
+    // Bob's next connection (the same client, back): from his point,
+    // nothing more.
+    let (mut bob, _) = open_from(&s, from_afar(Some(2)), hello_v4("bob", 2)).await;
+    until(&mut bob, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    bob.send(ClientMsg::PrivateResume {
+        log_id,
+        points: vec![qchat_proto::PrivatePoint { conv, after: 1 }],
+    })
+    .await;
+    let replay = collect_until(&mut bob, |m| matches!(m, ServerMsg::PrivateReplayed { .. })).await;
+    assert_eq!(
+        replay.last(),
+        Some(&ServerMsg::PrivateReplayed {
+            conversations: 0,
+            count: 0,
+            missed: 0
+        }),
+        "{replay:?}"
+    );
+    assert_eq!(replay.len(), 2, "{replay:?}");
+}
+
+/// Members writing private messages all at once (their commits grouped):
+/// every message is answered, and each member receives each of its
+/// conversations' messages once, in id order, with no gap.
+#[tokio::test(start_paused = true)]
+async fn concurrent_private_messages_reach_both_parties_in_each_conversations_order() {
+    let s = server(ServerOptions {
+        rate: 0,
+        ..ServerOptions::default()
+    });
+    let store = crate::private::Conversations::memory(1000).expect("a store");
+    assert!(s.room.set_conversations(Arc::new(store)));
+    let names = ["ann", "ben", "cat"];
+    let mut members = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = u8::try_from(i + 1).expect("a few members");
+        let (mut c, _) = open_from(&s, from_afar(Some(key)), hello_v4(name, key)).await;
+        until(&mut c, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+        members.push(c);
+    }
+    const EACH: u64 = 20;
+    for seq in 1..=EACH {
+        for (i, c) in members.iter_mut().enumerate() {
+            let to = names[(i + 1 + (seq as usize % 2)) % names.len()];
+            c.send(ClientMsg::Private {
+                seq,
+                to: to.into(),
+                text: format!("{seq}"),
+            })
+            .await;
+        }
+    }
+    for (i, c) in members.iter_mut().enumerate() {
+        let mut acked = 0;
+        let mut last: std::collections::HashMap<[u8; 16], u64> = Default::default();
+        // Each member sends EACH and receives EACH (two neighbours, half
+        // each), and sees its own EACH echoed: 2 * EACH private frames.
+        let mut privates = 0;
+        while acked < EACH || privates < 2 * EACH {
+            match c.next().await.expect("a frame") {
+                ServerMsg::AckV3 { id: 0, .. } => acked += 1,
+                ServerMsg::PrivateLive { conv, id, .. } => {
+                    let prev = last.insert(conv, id).unwrap_or(0);
+                    assert_eq!(id, prev + 1, "{}: conversation out of order", names[i]);
+                    privates += 1;
+                }
+                ServerMsg::Refused { reason, .. } => panic!("refused: {reason}"),
+                _ => {}
+            }
+        }
+        assert_eq!(last.len(), 2, "{} talks with both others", names[i]);
+    }
+}
+
+/// The private replay costs no token, so it is given once per connection.
+#[tokio::test(start_paused = true)]
+async fn the_private_replay_is_given_once_per_connection() {
+    let s = server(ServerOptions::default());
+    let store = crate::private::Conversations::memory(10).expect("a store");
+    assert!(s.room.set_conversations(Arc::new(store)));
+    let (mut c, _) = open_from(&s, from_afar(Some(1)), hello_v4("ann", 1)).await;
+    until(&mut c, |m| matches!(m, ServerMsg::Replayed { .. })).await;
+    let ask = ClientMsg::PrivateResume {
+        log_id: [0; 16],
+        points: Vec::new(),
+    };
+    c.send(ask.clone()).await;
+    until(&mut c, |m| matches!(m, ServerMsg::PrivateReplayed { .. })).await;
+    c.send(ask).await;
+    match until(&mut c, |m| matches!(m, ServerMsg::Failed { .. })).await {
+        ServerMsg::Failed { what, .. } => assert_eq!(what, "private"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -394,6 +394,7 @@ async fn start(
     let store = open_store(&args)?;
     let registry = open_registry(&args)?;
     let room_stores = room_stores(&args)?;
+    let conversations = open_conversations(&args)?;
     let hup = Hangup::listen();
     let metrics = bind_metrics(args.metrics).await?;
     let (endpoint, local) = listen(identity, &options, args.listen)?;
@@ -409,6 +410,12 @@ async fn start(
         anyhow::ensure!(
             server.room().set_rooms(rooms),
             "internal error: the room used its rooms before their file was opened"
+        );
+    }
+    if let Some(c) = conversations {
+        anyhow::ensure!(
+            server.room().set_conversations(c),
+            "internal error: the private conversations were set twice"
         );
     }
     if let Some(listener) = metrics {
@@ -592,6 +599,35 @@ fn open_registry(args: &ServeArgs) -> Result<std::sync::Arc<qchat_server::regist
     };
     create_private_dir(&dir)?;
     Ok(std::sync::Arc::new(Registry::open(&dir)?))
+}
+
+/// The private conversations' store (`private.redb` in the data folder, or
+/// memory with `--store memory`), or `None` with `--private-history off`.
+fn open_conversations(
+    args: &ServeArgs,
+) -> Result<Option<std::sync::Arc<qchat_server::private::Conversations>>> {
+    use qchat_server::private::Conversations;
+    use qchat_server::store::SyncPolicy;
+    if args.private_history == crate::cli::Switch::Off {
+        return Ok(None);
+    }
+    if args.store == crate::cli::StoreKind::Memory {
+        return Ok(Some(std::sync::Arc::new(Conversations::memory(
+            args.private_keep,
+        )?)));
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::home::server_dir()?,
+    };
+    create_private_dir(&dir)?;
+    let sync = match args.sync {
+        crate::cli::SyncArg::Full => SyncPolicy::Full,
+        crate::cli::SyncArg::None => SyncPolicy::None,
+    };
+    let c = Conversations::open(&dir, args.private_keep, sync)?;
+    tracing::info!(path = ?c.path(), conversations = c.len(), "private conversations open");
+    Ok(Some(std::sync::Arc::new(c)))
 }
 
 /// Creates the data folder readable by its owner alone: it holds everything

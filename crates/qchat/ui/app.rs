@@ -279,8 +279,11 @@ impl App {
             | Event::Invited { .. }
             | Event::RoomMode { .. } => {}
             // A private message to us is as good as a mention; our own,
-            // echoed by the server, is not.
-            Event::Private { from, .. } => mention = !same(from, &self.me),
+            // echoed by the server, is not, nor one replayed from the
+            // conversation's history (room history is no mention either).
+            Event::Private { from, history, .. } => {
+                mention = !*history && !same(from, &self.me);
+            }
             Event::Sent { seq } => self.numbered(*seq),
             Event::Delivered { seq } => self.set_delivery(*seq, Delivery::Delivered),
             Event::Refused { seq, .. } => self.set_delivery(*seq, Delivery::Refused),

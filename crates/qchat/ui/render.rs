@@ -500,6 +500,7 @@ mod tests {
             to: "bob".into(),
             text: "psst".into(),
             time_ms: 0,
+            history: false,
         }));
         chat(&mut a, "alice", "\u{1b}[2J bob!");
         let (rows, _) = screen(&a);
