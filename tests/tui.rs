@@ -314,6 +314,18 @@ fn ctrl_c_restores_the_terminal() {
     // The alternate screen was entered and, as the very last thing qchat
     // wrote, left.
     assert!(qchat_part.contains("\x1b[?1049h"), "never entered");
+    // The window title was saved on the terminal's stack, ours set, and
+    // the saved one brought back on the way out.
+    let (push, pop) = ("\x1b[22;0t", "\x1b[23;0t");
+    let title = qchat_part.find("\x1b]0;qchat — ").expect("our title");
+    assert!(
+        qchat_part.find(push).is_some_and(|at| at < title),
+        "title saved"
+    );
+    assert!(
+        qchat_part.rfind(pop).is_some_and(|at| at > title),
+        "title restored"
+    );
     assert!(
         qchat_part.trim_end().ends_with("\x1b[?1049l"),
         "did not end by leaving the alternate screen: {:?}",

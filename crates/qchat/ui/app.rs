@@ -30,6 +30,11 @@ use super::UiOptions;
 use crate::input::{self, Input};
 use crate::wording::{self, s, About, Words};
 
+/// Conversations kept at most: each comes from the network (anyone can
+/// write to us under any number of names), so their number is bounded like
+/// every other thing the network can make us keep.
+const MAX_CONVERSATIONS: usize = 100;
+
 /// Rows one mouse-wheel notch scrolls.
 const WHEEL_ROWS: usize = 3;
 
@@ -96,6 +101,9 @@ pub struct App {
     pub convs: Vec<Conversation>,
     /// The one on the screen, an index into `convs`.
     pub current: usize,
+    /// Lines added so far, in every conversation: a clock for which one
+    /// was quiet for longest.
+    touches: u64,
     /// The input line.
     pub editor: Editor,
     completion: Option<Completion>,
@@ -170,6 +178,7 @@ impl App {
             me: about.name.clone(),
             convs: vec![Conversation::new(Conv::lobby())],
             current: 0,
+            touches: 0,
             about,
             editor: Editor::default(),
             completion: None,
@@ -260,6 +269,8 @@ impl App {
             0
         };
         let on_screen = at == self.current;
+        self.touches += 1;
+        self.convs[at].touched = self.touches;
         self.convs[at].push(line, on_screen, message, rows);
     }
 
@@ -296,14 +307,29 @@ impl App {
     }
 
     /// The index of `conv`, which begins (empty) if it had not.
+    /// At the limit of conversations, the private one quiet for longest
+    /// (never the one on the screen, never a room) makes way.
     fn find_or_add(&mut self, conv: Conv) -> usize {
-        match self.convs.iter().position(|c| c.conv == conv) {
-            Some(i) => i,
-            None => {
-                self.convs.push(Conversation::new(conv));
-                self.convs.len() - 1
+        if let Some(i) = self.convs.iter().position(|c| c.conv == conv) {
+            return i;
+        }
+        if self.convs.len() >= MAX_CONVERSATIONS {
+            let quietest = self
+                .convs
+                .iter()
+                .enumerate()
+                .filter(|&(i, c)| i != self.current && matches!(c.conv, Conv::Private(_)))
+                .min_by_key(|(_, c)| c.touched)
+                .map(|(i, _)| i);
+            if let Some(i) = quietest {
+                self.convs.remove(i);
+                if i < self.current {
+                    self.current -= 1;
+                }
             }
         }
+        self.convs.push(Conversation::new(conv));
+        self.convs.len() - 1
     }
 
     /// Puts `conv` on the screen, beginning it if need be. What `/join`,
@@ -1836,5 +1862,24 @@ pub(crate) mod tests {
             own_lines(&a),
             [("in the lobby".into(), Some(3), Delivery::Refused)]
         );
+    }
+
+    #[test]
+    fn conversations_are_bounded_and_the_quietest_private_one_goes() {
+        let mut a = app();
+        a.update(private("first", "bob", "hi"));
+        a.update(alt('2'));
+        for i in 0..MAX_CONVERSATIONS + 20 {
+            a.update(private(&format!("n{i}"), "bob", "spam"));
+        }
+        assert_eq!(a.convs.len(), MAX_CONVERSATIONS);
+        // The lobby and the one on the screen stay; the oldest others go.
+        assert_eq!(a.convs[0].conv, Conv::lobby());
+        assert_eq!(a.conv().conv, Conv::Private("first".into()));
+        assert!(!a.convs.iter().any(|c| c.conv == Conv::Private("n0".into())));
+        assert!(a
+            .convs
+            .iter()
+            .any(|c| c.conv == Conv::Private(format!("n{}", MAX_CONVERSATIONS + 19))));
     }
 }

@@ -77,6 +77,8 @@ pub struct Conversation {
     pub unread: usize,
     /// Whether one of those mentioned us.
     pub mentioned: bool,
+    /// When a line last came (the app's count of lines added).
+    pub touched: u64,
     /// The user left this conversation: the next line that arrives gets
     /// the marker before it.
     armed: bool,
@@ -93,6 +95,7 @@ impl Conversation {
             unseen: 0,
             unread: 0,
             mentioned: false,
+            touched: 0,
             armed: false,
         }
     }

@@ -13,6 +13,7 @@ use ratatui::Frame;
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::app::{App, Conn};
+use super::conv::Conv;
 use super::layout::{cluster_width, input_rows, text_width, NEWLINE_MARK, PROMPT};
 use super::scrollback::{dim, line_rows, name_color};
 
@@ -110,17 +111,21 @@ fn draw_convs(frame: &mut Frame, app: &App, area: Rect, left: bool) {
 
 fn draw_members(frame: &mut Frame, app: &App, members: &[String], area: Rect) {
     let count = members.len();
+    let private = matches!(app.conv().conv, Conv::Private(_));
     let mut members: Vec<&String> = members.iter().collect();
     members.sort_by_key(|n| names::fold(n));
     let lines: Vec<TextLine> = members
         .into_iter()
         .map(|n| {
             let shown = sanitize(n).into_owned();
+            // Presence is asked only of a private conversation's two
+            // people: for a room's list it would cost a search of every
+            // room per member.
             let away = app
                 .reconnecting
                 .iter()
                 .any(|r| names::fold(r) == names::fold(n))
-                || !app.present(n);
+                || (private && !app.present(n));
             let mut style = if away {
                 // Still in the room (the server holds the name), not
                 // there right now.
