@@ -569,7 +569,7 @@ fn a_private_message_waits_in_its_conversation_with_an_unread_count() {
     // the left) with its two unread messages and the mention mark, and
     // its lines are not in the lobby's scrollback.
     bob.wait_for("alice's conversation with 2 unread", |rows| {
-        rows.iter().any(|r| r.starts_with("2 alice 2 @"))
+        rows.iter().any(|r| r.starts_with("2 @alice 2 !"))
     });
     assert!(!bob.screen().contains("psst"), "{}", bob.screen());
     // The terminal's title counts them.
@@ -581,7 +581,7 @@ fn a_private_message_waits_in_its_conversation_with_an_unread_count() {
     bob.type_keys("\x1b2");
     bob.wait_text("[private alice → bob] bob, are you there?");
     bob.wait_for("the count gone", |rows| {
-        rows.iter().any(|r| r.starts_with("2 alice   "))
+        rows.iter().any(|r| r.starts_with("2 @alice   "))
     });
     // Typing here answers alice, privately.
     bob.type_keys("right here\r");

@@ -386,7 +386,7 @@ impl App {
     }
 
     /// The conversation list's entries as drawn: Alt's number (1–9), the
-    /// name, the unread count and `@` if we were mentioned.
+    /// name, the unread count and `!` if we were mentioned.
     pub fn conv_entries(&self) -> Vec<String> {
         self.convs
             .iter()
@@ -402,7 +402,7 @@ impl App {
                     entry.push_str(&format!(" {}", c.unread));
                 }
                 if c.mentioned {
-                    entry.push_str(" @");
+                    entry.push_str(" !");
                 }
                 entry
             })
@@ -1652,7 +1652,7 @@ pub(crate) mod tests {
             list(&a),
             (
                 "#lobby".into(),
-                vec!["1 #lobby".into(), "2 alice 2 @".into()]
+                vec!["1 #lobby".into(), "2 @alice 2 !".into()]
             )
         );
         assert_eq!(texts(&a), ["hello all"]);
@@ -1662,7 +1662,7 @@ pub(crate) mod tests {
         a.update(alt('2'));
         assert_eq!(
             list(&a),
-            ("alice".into(), vec!["1 #lobby".into(), "2 alice".into()])
+            ("@alice".into(), vec!["1 #lobby".into(), "2 @alice".into()])
         );
         assert_eq!(texts(&a), ["psst", "are you there?"]);
         assert_eq!(a.title(), "qchat — 127.0.0.1:8080");
@@ -1686,7 +1686,7 @@ pub(crate) mod tests {
         // A room message mentioning us, while away, marks the room.
         a.update(alt('2'));
         a.update(chat("carol", "bob: lunch?"));
-        assert_eq!(a.conv_entries()[0], "1 #lobby 1 @");
+        assert_eq!(a.conv_entries()[0], "1 #lobby 1 !");
     }
 
     #[test]
@@ -1819,7 +1819,7 @@ pub(crate) mod tests {
             old: "alice".into(),
             new: "alicia".into(),
         }));
-        assert_eq!(a.conv_entries()[1], "2 alicia 1 @");
+        assert_eq!(a.conv_entries()[1], "2 @alicia 1 !");
         a.update(private("alicia", "bob", "it is me"));
         assert_eq!(a.convs.len(), 2);
         a.update(alt('2'));

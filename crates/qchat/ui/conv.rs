@@ -51,10 +51,14 @@ impl Conv {
         Conv::Room(LOBBY.into())
     }
 
-    /// The name the list and the status line show, sanitised.
+    /// The name the list and the status line show, sanitised. A private
+    /// conversation's has an `@` before the person's name, which a room's
+    /// never has: a member may be called `#lobby`, and must not pass for
+    /// the room in the list.
     pub fn label(&self) -> String {
         match self {
-            Conv::Room(name) | Conv::Private(name) => s(name),
+            Conv::Room(name) => s(name),
+            Conv::Private(name) => format!("@{}", s(name)),
         }
     }
 }
@@ -206,7 +210,9 @@ mod tests {
         assert_eq!(Conv::Room("#Lobby".into()), Conv::lobby());
         assert_eq!(Conv::Private("ALICE".into()), Conv::Private("alice".into()));
         assert_ne!(Conv::Private("lobby".into()), Conv::Room("lobby".into()));
-        assert_eq!(Conv::Private("a\u{1b}b".into()).label(), "a^[b");
+        assert_eq!(Conv::Private("a\u{1b}b".into()).label(), "@a^[b");
+        // Never taken for the room.
+        assert_ne!(Conv::Private(LOBBY.into()).label(), LOBBY);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! ┌ conversations ┬ scrollback ─────────────────────┬ members ┐
 //! │1 #lobby       │ 12:01 <alice> hello             │ alice   │
-//! │2 carol 3 @    │ 12:02 * bob joined              │ bob     │
+//! │2 @carol 3 !   │ 12:02 * bob joined              │ bob     │
 //! ├ status: server, trust, connection, members ─────────────────┤
 //! │ > the input line, wrapped, with ⏎ for newlines              │
 //! ```
@@ -233,7 +233,7 @@ mod tests {
     fn the_areas_fill_the_screen_at_any_size() {
         let e = Editor::default();
         let members = vec!["alice".to_string()];
-        let convs = vec!["1 #lobby".to_string(), "2 carol 3 @".to_string()];
+        let convs = vec!["1 #lobby".to_string(), "2 @carol 3 !".to_string()];
         for (w, h) in [
             (120, 24),
             (80, 24),
@@ -259,7 +259,7 @@ mod tests {
     fn the_lists_collapse_as_the_terminal_narrows() {
         let e = Editor::default();
         let members = vec!["alice".to_string(), "bob".to_string()];
-        let convs = vec!["1 #lobby".to_string(), "2 carol".to_string()];
+        let convs = vec!["1 #lobby".to_string(), "2 @carol".to_string()];
         let at = |w| areas(Rect::new(0, 0, w, 20), &members, &convs, &e);
         // Wide: conversations on the left, members on the right.
         let wide = at(SPLIT_MIN_TERMINAL_WIDTH);

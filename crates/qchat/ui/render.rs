@@ -55,7 +55,7 @@ fn draw_scrollback(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 /// The conversation list: Alt's number, the name, the unread count in
-/// bold and `@` reversed if we were mentioned; the one on the screen in
+/// bold and `!` reversed if we were mentioned; the one on the screen in
 /// reverse video. `left`: it has a column of its own on the left (its
 /// border on the right), rather than the top of the member list's.
 fn draw_convs(frame: &mut Frame, app: &App, area: Rect, left: bool) {
@@ -94,7 +94,7 @@ fn draw_convs(frame: &mut Frame, app: &App, area: Rect, left: bool) {
             if c.mentioned {
                 spans.push(Span::raw(" "));
                 spans.push(Span::styled(
-                    "@",
+                    "!",
                     Style::default()
                         .fg(Color::LightRed)
                         .add_modifier(Modifier::BOLD | Modifier::REVERSED),
@@ -649,17 +649,17 @@ mod tests {
         let (rows, _) = screen(&a);
         let all = rows.join("\n");
         // A column of its own on the left, the current one highlighted.
-        assert!(rows[0].starts_with("1 #lobby      │"), "{all}");
-        assert!(rows[1].starts_with("2 carol 2 @   │"), "{all}");
+        assert!(rows[0].starts_with("1 #lobby       │"), "{all}");
+        assert!(rows[1].starts_with("2 @carol 2 !   │"), "{all}");
         assert!(rows[0].ends_with("│ 2         "), "{all}");
         let t = Terminal::new(TestBackend::new(100, 10));
         let mut t = t.expect("test terminal");
         let buf = t.draw(|f| draw(f, &a)).expect("draw").buffer.clone();
         assert!(buf[(2, 0)].modifier.contains(Modifier::REVERSED), "{all}");
         assert!(!buf[(2, 1)].modifier.contains(Modifier::REVERSED), "{all}");
-        assert_eq!(buf[(8, 1)].fg, Color::LightYellow, "the count");
+        assert_eq!(buf[(9, 1)].fg, Color::LightYellow, "the count");
         assert!(
-            buf[(10, 1)].modifier.contains(Modifier::REVERSED),
+            buf[(11, 1)].modifier.contains(Modifier::REVERSED),
             "the mark"
         );
         // There: the lines, the list's highlight moved, the count gone.
@@ -667,7 +667,7 @@ mod tests {
         let (rows, _) = screen(&a);
         let all = rows.join("\n");
         assert!(all.contains("[private carol → bob] still there?"), "{all}");
-        assert!(rows[1].starts_with("2 carol    │"), "{all}");
+        assert!(rows[1].starts_with("2 @carol   │"), "{all}");
         // The member list is the conversation's two people.
         assert!(rows[1].trim_end().ends_with("│bob"), "{all}");
         assert!(rows[2].trim_end().ends_with("│carol"), "{all}");
@@ -704,6 +704,6 @@ mod tests {
         assert!(rows[6].contains("│ #lobby +1"), "{all}");
         alt(&mut a, '2');
         let (rows, _) = screen(&a);
-        assert!(rows[6].contains("│ carol │"), "{}", rows.join("\n"));
+        assert!(rows[6].contains("│ @carol │"), "{}", rows.join("\n"));
     }
 }
