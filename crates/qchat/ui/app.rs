@@ -797,12 +797,18 @@ impl App {
             .filter(|c| self.operator || !c.operator)
             .map(|c| c.name)
             .collect();
-        let names: Vec<String> = self
-            .members()
-            .iter()
-            .filter(|m| !same(m, &self.me))
-            .cloned()
-            .collect();
+        // The conversation's own people first, then everyone else we
+        // know of: `/msg` from a private conversation names someone else.
+        let others = self.convs.iter().flat_map(|c| match &c.conv {
+            Conv::Room(_) => c.members.iter(),
+            Conv::Private(peer) => std::slice::from_ref(peer).iter(),
+        });
+        let mut names: Vec<String> = Vec::new();
+        for m in self.members().iter().chain(others) {
+            if !same(m, &self.me) && !names.iter().any(|n| same(n, m)) {
+                names.push(m.clone());
+            }
+        }
         if let Some(c) =
             complete::complete(self.editor.chars(), self.editor.cursor(), &commands, &names)
         {
@@ -1601,6 +1607,17 @@ pub(crate) mod tests {
         typed(&mut a, "/ni");
         a.update(key(KeyCode::Tab));
         assert_eq!(a.editor.text(), "/nick ");
+        // In a private conversation: its person, and the room's people.
+        let mut a = app();
+        a.update(private("carol", "bob", "hi"));
+        a.update(alt('2'));
+        typed(&mut a, "/msg al");
+        a.update(key(KeyCode::Tab));
+        assert_eq!(a.editor.text(), "/msg alice ");
+        a.editor.clear();
+        typed(&mut a, "c");
+        a.update(key(KeyCode::Tab));
+        assert_eq!(a.editor.text(), "carol: ");
     }
 
     fn private(from: &str, to: &str, text: &str) -> Msg {
