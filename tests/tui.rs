@@ -231,8 +231,13 @@ fn a_private_message_reaches_only_its_target() {
     bob.type_keys("/msg alice secret words\r");
     alice.expect_out("[bob -> alice] secret words");
     bob.wait_text("[private bob → alice] secret words");
+    // /msg opened the conversation with alice; Alt-1 is the room again.
     // Bob's messages reach carol in order: once she has the next one, she
     // would have had the private one too.
+    bob.type_keys("\x1b1");
+    bob.wait_for("the room on the screen", |rows| {
+        !rows.iter().any(|r| r.contains("secret words"))
+    });
     bob.type_keys("after\r");
     carol.expect_out("<bob> after");
     let seen = carol.stdout_so_far();
@@ -309,6 +314,18 @@ fn ctrl_c_restores_the_terminal() {
     // The alternate screen was entered and, as the very last thing qchat
     // wrote, left.
     assert!(qchat_part.contains("\x1b[?1049h"), "never entered");
+    // The window title was saved on the terminal's stack, ours set, and
+    // the saved one brought back on the way out.
+    let (push, pop) = ("\x1b[22;0t", "\x1b[23;0t");
+    let title = qchat_part.find("\x1b]0;qchat — ").expect("our title");
+    assert!(
+        qchat_part.find(push).is_some_and(|at| at < title),
+        "title saved"
+    );
+    assert!(
+        qchat_part.rfind(pop).is_some_and(|at| at > title),
+        "title restored"
+    );
     assert!(
         qchat_part.trim_end().ends_with("\x1b[?1049l"),
         "did not end by leaving the alternate screen: {:?}",
@@ -488,14 +505,15 @@ fn a_pasted_block_is_one_message_shown_indented() {
     bob.type_keys("after\r");
     alice.expect_out("<bob> after");
     // In the view, the continuation lines sit under the text.
+    // (The scrollback starts after the conversation list's border.)
     bob.wait_for("the block indented under its author", |rows| {
         let at = rows.iter().position(|r| r.contains("<bob> first line"));
         at.is_some_and(|i| {
             rows.get(i + 1)
-                .is_some_and(|r| r.starts_with("      second line"))
+                .is_some_and(|r| r.contains("│      second line"))
                 && rows
                     .get(i + 2)
-                    .is_some_and(|r| r.starts_with("      third line"))
+                    .is_some_and(|r| r.contains("│      third line"))
         })
     });
 }
@@ -536,4 +554,43 @@ fn a_150_line_paste_arrives_whole_and_nobody_is_disconnected() {
         .count();
     assert!((2..=3).contains(&messages), "{messages} messages: {seen:?}");
     assert!(!seen.iter().any(|l| l.contains("bob left")), "{seen:?}");
+}
+
+#[test]
+fn a_private_message_waits_in_its_conversation_with_an_unread_count() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut alice = util::join(&ah, &server, "alice");
+    let mut bob = connect_tui(&bh, &server, "bob", false);
+    alice.expect_out("* bob joined");
+    alice.send_line("/msg bob psst");
+    alice.send_line("/msg bob bob, are you there?");
+    // Bob looks at the lobby: the conversation with alice is listed (on
+    // the left) with its two unread messages and the mention mark, and
+    // its lines are not in the lobby's scrollback.
+    bob.wait_for("alice's conversation with 2 unread", |rows| {
+        rows.iter().any(|r| r.starts_with("2 @alice 2 !"))
+    });
+    assert!(!bob.screen().contains("psst"), "{}", bob.screen());
+    // The terminal's title counts them.
+    let title = format!("\x1b]0;(2) qchat — {}\x07", server.target());
+    bob.wait_for("the unread count in the title", |_| {
+        String::from_utf8_lossy(&bob.out.lock().expect("lock").raw).contains(&title)
+    });
+    // Alt-2 shows the conversation; nothing is unread any more.
+    bob.type_keys("\x1b2");
+    bob.wait_text("[private alice → bob] bob, are you there?");
+    bob.wait_for("the count gone", |rows| {
+        rows.iter().any(|r| r.starts_with("2 @alice   "))
+    });
+    // Typing here answers alice, privately.
+    bob.type_keys("right here\r");
+    alice.expect_out("[bob -> alice] right here");
+    // A click on the lobby's entry (row 1, column 2) goes back to it.
+    bob.type_keys("\x1b[<0;2;1M\x1b[<0;2;1m");
+    bob.wait_for("the lobby again", |rows| {
+        !rows.iter().any(|r| r.contains("right here"))
+    });
+    bob.type_keys("to everyone\r");
+    alice.expect_out("<bob> to everyone");
 }

@@ -1,13 +1,20 @@
 //! The UI's state and the only place it changes: [`App::update`] takes one
 //! thing that happened (a key, a paste, a network event, a server log line)
-//! and updates the scrollback, the member list, the input line and the
-//! queue of commands for the network task. Rendering only reads this.
+//! and updates the conversations (each with its scrollback and unread
+//! count), the member lists, the input line and the queue of commands for
+//! the network task. Rendering only reads this.
+//!
+//! Which conversation an event belongs to is decided in one place,
+//! [`App::route`]; what the user types goes to the conversation on the
+//! screen ([`App::switch_to`] changes it).
 
 use qchat_proto::clock::now_ms;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use crossterm::event::{
-    Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
+    Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent,
+    MouseEventKind,
 };
 use qchat_client::{Command, ConnectionState, Event};
 use qchat_proto::names;
@@ -15,6 +22,7 @@ use ratatui::layout::Rect;
 use time::UtcOffset;
 
 use super::complete::{self, Completion};
+use super::conv::{Conv, Conversation};
 use super::editor::Editor;
 use super::layout;
 use super::scrollback::{line_rows, Delivery, Kind, Line};
@@ -22,8 +30,10 @@ use super::UiOptions;
 use crate::input::{self, Input};
 use crate::wording::{self, s, About, Words};
 
-/// Scrollback lines kept; older ones are dropped.
-const SCROLLBACK: usize = 5_000;
+/// Conversations kept at most: each comes from the network (anyone can
+/// write to us under any number of names), so their number is bounded like
+/// every other thing the network can make us keep.
+const MAX_CONVERSATIONS: usize = 100;
 
 /// Rows one mouse-wheel notch scrolls.
 const WHEEL_ROWS: usize = 3;
@@ -53,6 +63,15 @@ pub struct Effects {
     pub clear: bool,
 }
 
+/// Where an event's lines go (see [`App::route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To this conversation, begun if need be.
+    To(Conv),
+    /// To the conversation on the screen.
+    Current,
+}
+
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conn {
@@ -77,14 +96,14 @@ pub struct App {
     pub operator: bool,
     /// Our name as the server knows it (raw, for comparisons).
     pub me: String,
-    /// The room (raw names), in the order they came.
-    pub members: Vec<String>,
-    /// The scrollback, oldest first.
-    pub lines: VecDeque<Line>,
-    /// How many rows the view is scrolled up from the bottom.
-    pub scroll: usize,
-    /// Lines that arrived while scrolled up.
-    pub unseen: usize,
+    /// The conversations, in the order they began (the list's order, and
+    /// Alt-1..9's); the lobby is first and always there.
+    pub convs: Vec<Conversation>,
+    /// The one on the screen, an index into `convs`.
+    pub current: usize,
+    /// Lines added so far, in every conversation: a clock for which one
+    /// was quiet for longest.
+    touches: u64,
     /// The input line.
     pub editor: Editor,
     completion: Option<Completion>,
@@ -157,11 +176,10 @@ impl App {
             server_addr: s(&about.server_addr),
             operator: about.trust.is_none(),
             me: about.name.clone(),
-            members: about.members.clone(),
+            convs: vec![Conversation::new(Conv::lobby())],
+            current: 0,
+            touches: 0,
             about,
-            lines: VecDeque::new(),
-            scroll: 0,
-            unseen: 0,
             editor: Editor::default(),
             completion: None,
             unnumbered: VecDeque::new(),
@@ -180,6 +198,7 @@ impl App {
             options,
             effects: Effects::default(),
         };
+        app.convs[0].members = app.about.members.clone();
         let mut header = app.about.header();
         if let Some(first) = header.first_mut() {
             first.push_str("; /help lists the commands");
@@ -225,48 +244,255 @@ impl App {
         self.push(Kind::Error(text), now_ms());
     }
 
-    /// Adds a line, keeping the view where it is if the user scrolled up.
+    /// Adds a line to the conversation on the screen.
     fn push(&mut self, kind: Kind, time_ms: u64) {
-        self.push_mention(kind, time_ms, false);
-    }
-
-    fn push_mention(&mut self, kind: Kind, time_ms: u64, mention: bool) {
-        self.push_line(Line {
+        let line = Line {
             time_ms,
             kind,
-            mention,
+            mention: false,
             seq: None,
-        });
+        };
+        self.push_to(self.current, line, false);
     }
 
-    fn push_line(&mut self, line: Line) {
+    /// Adds a line to conversation `at`, keeping its view where it is if
+    /// the user scrolled up there. `message`: someone wrote it (it counts
+    /// as unread while another conversation is on the screen).
+    fn push_to(&mut self, at: usize, line: Line, message: bool) {
         if line.mention && self.options.bell {
             self.effects.ring = true;
         }
-        if self.scroll > 0 {
+        let rows = if self.convs[at].scroll > 0 {
             let width = self.areas().scrollback.width;
-            self.scroll += line_rows(&line, self.offset, width).len();
-            self.unseen += 1;
+            line_rows(&line, self.offset, width).len()
+        } else {
+            0
+        };
+        let on_screen = at == self.current;
+        self.touches += 1;
+        self.convs[at].touched = self.touches;
+        self.convs[at].push(line, on_screen, message, rows);
+    }
+
+    /// The conversation on the screen.
+    pub fn conv(&self) -> &Conversation {
+        &self.convs[self.current]
+    }
+
+    fn conv_mut(&mut self) -> &mut Conversation {
+        &mut self.convs[self.current]
+    }
+
+    /// The scrollback on the screen, oldest first.
+    pub fn lines(&self) -> &VecDeque<Line> {
+        &self.conv().lines
+    }
+
+    /// The members of the conversation on the screen (raw names): a
+    /// room's list, or the two people of a private conversation.
+    pub fn members(&self) -> Cow<'_, [String]> {
+        match &self.conv().conv {
+            Conv::Room(_) => Cow::Borrowed(&self.conv().members),
+            Conv::Private(peer) => Cow::Owned(vec![self.me.clone(), peer.clone()]),
         }
-        self.lines.push_back(line);
-        if self.lines.len() > SCROLLBACK {
-            self.lines.pop_front();
+    }
+
+    /// Whether `name` is in any room we are in: a private conversation's
+    /// other person is shown as absent otherwise.
+    pub fn present(&self, name: &str) -> bool {
+        self.convs
+            .iter()
+            .filter(|c| matches!(c.conv, Conv::Room(_)))
+            .any(|c| c.members.iter().any(|m| same(m, name)))
+    }
+
+    /// The index of `conv`, which begins (empty) if it had not.
+    /// At the limit of conversations, the private one quiet for longest
+    /// (never the one on the screen, never a room) makes way.
+    fn find_or_add(&mut self, conv: Conv) -> usize {
+        if let Some(i) = self.convs.iter().position(|c| c.conv == conv) {
+            return i;
         }
+        if self.convs.len() >= MAX_CONVERSATIONS {
+            let quietest = self
+                .convs
+                .iter()
+                .enumerate()
+                .filter(|&(i, c)| i != self.current && matches!(c.conv, Conv::Private(_)))
+                .min_by_key(|(_, c)| c.touched)
+                .map(|(i, _)| i);
+            if let Some(i) = quietest {
+                self.convs.remove(i);
+                if i < self.current {
+                    self.current -= 1;
+                }
+            }
+        }
+        self.convs.push(Conversation::new(conv));
+        self.convs.len() - 1
+    }
+
+    /// Puts `conv` on the screen, beginning it if need be. What `/join`,
+    /// `/switch`, `/msg`, the keys and a click all come to. The one left
+    /// gets its marker on the next line that arrives there; the one shown
+    /// has nothing unread any more.
+    pub fn switch_to(&mut self, conv: Conv) {
+        let at = self.find_or_add(conv);
+        self.switch_index(at);
+    }
+
+    fn switch_index(&mut self, at: usize) {
+        if at == self.current || at >= self.convs.len() {
+            return;
+        }
+        self.completion = None;
+        let (offset, width) = (self.offset, self.areas().scrollback.width);
+        let rows_below = |lines: &VecDeque<Line>, from: usize| {
+            lines
+                .iter()
+                .skip(from)
+                .map(|l| line_rows(l, offset, width).len())
+                .sum()
+        };
+        self.conv_mut().left(rows_below);
+        self.current = at;
+        self.conv_mut().looked_at();
+        // The new one may be narrower (another member list).
+        let max = self.max_scroll();
+        let c = self.conv_mut();
+        c.scroll = c.scroll.min(max);
+    }
+
+    /// Ctrl-N / Ctrl-P: the next or previous conversation, round the list.
+    fn switch_by(&mut self, step: isize) {
+        let n = self.convs.len();
+        let at = (self.current + n).saturating_add_signed(step) % n;
+        self.switch_index(at);
+    }
+
+    /// Messages unread in every conversation together.
+    pub fn unread(&self) -> usize {
+        self.convs.iter().map(|c| c.unread).sum()
+    }
+
+    /// The terminal's title: the unread count first, so it shows in a
+    /// task bar or a tab even when the window is elsewhere.
+    pub fn title(&self) -> String {
+        let base = format!("qchat — {}", self.server_addr);
+        match self.unread() {
+            0 => base,
+            n => format!("({n}) {base}"),
+        }
+    }
+
+    /// The conversation list's entries as drawn: Alt's number (1–9), the
+    /// name, the unread count and `!` if we were mentioned.
+    pub fn conv_entries(&self) -> Vec<String> {
+        self.convs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let number = if i < 9 {
+                    (i + 1).to_string()
+                } else {
+                    " ".into()
+                };
+                let mut entry = format!("{number} {}", c.conv.label());
+                if c.unread > 0 {
+                    entry.push_str(&format!(" {}", c.unread));
+                }
+                if c.mentioned {
+                    entry.push_str(" !");
+                }
+                entry
+            })
+            .collect()
     }
 
     /// The screen's areas at the current size.
     pub fn areas(&self) -> layout::Areas {
         let (w, h) = self.size;
-        layout::areas(Rect::new(0, 0, w, h), &self.members, &self.editor)
+        layout::areas(
+            Rect::new(0, 0, w, h),
+            &self.members(),
+            &self.conv_entries(),
+            &self.editor,
+        )
+    }
+
+    /// Where an event's lines go: the one place that decides it. Messages
+    /// and member news of the room go to the room (every room event is the
+    /// lobby's until events carry their room), a private message to the
+    /// conversation with the other person (in both directions), a refusal
+    /// to the conversation where the refused line is; answers to commands,
+    /// the connection's state and the server's notices to the
+    /// conversation on the screen, where the user is looking.
+    pub fn route(&self, ev: &Event) -> Route {
+        match ev {
+            Event::Chat { .. }
+            | Event::Action { .. }
+            | Event::History { .. }
+            | Event::Forged { private: false, .. }
+            | Event::Joined { .. }
+            | Event::Left { .. }
+            | Event::Renamed { .. }
+            | Event::Members(_)
+            | Event::Roster { .. }
+            | Event::MemberReconnecting { .. }
+            | Event::MemberReturned { .. } => Route::To(Conv::lobby()),
+            Event::Private { from, to, .. } => {
+                let peer = if same(from, &self.me) { to } else { from };
+                Route::To(Conv::Private(peer.clone()))
+            }
+            Event::Forged {
+                private: true,
+                from,
+                ..
+            } => Route::To(Conv::Private(from.clone())),
+            Event::Refused { seq, .. } => self
+                .convs
+                .iter()
+                .find(|c| c.lines.iter().rev().any(|l| l.seq == Some(*seq)))
+                .map_or(Route::Current, |c| Route::To(c.conv.clone())),
+            Event::Sent { .. }
+            | Event::Delivered { .. }
+            | Event::Whois { .. }
+            | Event::LinkCode { .. }
+            | Event::Devices { .. }
+            | Event::Bans(_)
+            | Event::Notice { .. }
+            | Event::Failed { .. }
+            | Event::Kicked { .. }
+            | Event::ShuttingDown { .. }
+            | Event::Connection(_)
+            | Event::Mark { .. }
+            | Event::Verified { .. }
+            | Event::ContactChanged { .. }
+            | Event::Signed { .. }
+            | Event::InRoom { .. }
+            | Event::RoomJoined { .. }
+            | Event::RoomReplayed { .. }
+            | Event::Parted { .. }
+            | Event::RoomList(_)
+            | Event::Topic { .. }
+            | Event::Invited { .. }
+            | Event::RoomMode { .. } => Route::Current,
+        }
     }
 
     fn on_network(&mut self, ev: Event) {
         // First what the event does to the state, then its words.
         self.marks.apply(&ev);
+        let at = match self.route(&ev) {
+            Route::To(conv) => self.find_or_add(conv),
+            Route::Current => self.current,
+        };
         let mut mention = false;
+        let mut message = false;
         match &ev {
             Event::Chat { text, .. } | Event::Action { text, .. } => {
                 mention = mentions(text, &self.me);
+                message = true;
             }
             // Rooms besides the lobby: shown in the one view, each line
             // with its room first, as plain mode shows them.
@@ -278,36 +504,52 @@ impl App {
             | Event::Topic { .. }
             | Event::Invited { .. }
             | Event::RoomMode { .. } => {}
+            Event::History { .. } | Event::Forged { .. } => message = true,
             // A private message to us is as good as a mention; our own,
-            // echoed by the server, is not, nor one replayed from the
-            // conversation's history (room history is no mention either).
+            // echoed by the server, is not, nor is it news to us; nor is
+            // one replayed from the conversation's history.
             Event::Private { from, history, .. } => {
                 mention = !*history && !same(from, &self.me);
+                message = mention;
             }
             Event::Sent { seq } => self.numbered(*seq),
             Event::Delivered { seq } => self.set_delivery(*seq, Delivery::Delivered),
             Event::Refused { seq, .. } => self.set_delivery(*seq, Delivery::Refused),
             Event::Joined { name } => {
-                if !self.members.iter().any(|m| same(m, name)) {
-                    self.members.push(name.clone());
+                let members = &mut self.convs[at].members;
+                if !members.iter().any(|m| same(m, name)) {
+                    members.push(name.clone());
                 }
             }
             Event::Left { name, .. } => {
-                self.members.retain(|m| !same(m, name));
+                self.convs[at].members.retain(|m| !same(m, name));
                 self.reconnecting.retain(|m| !same(m, name));
             }
             Event::Renamed { old, new } => {
                 if let Some(m) = self.reconnecting.iter_mut().find(|m| same(m, old)) {
                     *m = new.clone();
                 }
+                // A name is the server's, not a room's: the private
+                // conversation follows its person.
+                let renamed = Conv::Private(new.clone());
+                if !self.convs.iter().any(|c| c.conv == renamed) {
+                    if let Some(c) = self
+                        .convs
+                        .iter_mut()
+                        .find(|c| c.conv == Conv::Private(old.clone()))
+                    {
+                        c.conv = renamed;
+                    }
+                }
                 if same(old, &self.me) {
                     self.info(format!("you are now known as {}", s(new)));
                     self.me = new.clone();
                     self.about.name = new.clone();
                 }
-                match self.members.iter_mut().find(|m| same(m, old)) {
+                let members = &mut self.convs[at].members;
+                match members.iter_mut().find(|m| same(m, old)) {
                     Some(m) => *m = new.clone(),
-                    None => self.members.push(new.clone()),
+                    None => members.push(new.clone()),
                 }
                 if same(old, &self.me) || same(new, &self.me) {
                     // Said above, in the second person.
@@ -315,7 +557,7 @@ impl App {
                 }
             }
             Event::Members(members) => {
-                self.members = members.iter().map(|m| m.name.clone()).collect();
+                self.convs[at].members = members.iter().map(|m| m.name.clone()).collect();
             }
             Event::Whois { .. }
             | Event::LinkCode { .. }
@@ -338,15 +580,16 @@ impl App {
                 if let Some(max) = max_message {
                     self.max_message = usize::try_from(*max).unwrap_or(usize::MAX);
                 }
-                self.members = members.clone();
+                self.convs[at].members = members.clone();
                 self.reconnecting.clear();
             }
             Event::MemberReconnecting { name } => {
                 if !self.reconnecting.iter().any(|m| same(m, name)) {
                     self.reconnecting.push(name.clone());
                 }
-                if !self.members.iter().any(|m| same(m, name)) {
-                    self.members.push(name.clone());
+                let members = &mut self.convs[at].members;
+                if !members.iter().any(|m| same(m, name)) {
+                    members.push(name.clone());
                 }
             }
             Event::MemberReturned { name } => self.reconnecting.retain(|m| !same(m, name)),
@@ -363,14 +606,12 @@ impl App {
                 }
                 return;
             }
-            Event::History { .. }
-            | Event::Notice { .. }
+            Event::Notice { .. }
             | Event::Failed { .. }
             | Event::Mark { .. }
             | Event::Verified { .. }
             | Event::ContactChanged { .. }
-            | Event::Signed { .. }
-            | Event::Forged { .. } => {}
+            | Event::Signed { .. } => {}
         }
         let time_ms = match &ev {
             Event::Chat { time_ms, .. }
@@ -380,16 +621,22 @@ impl App {
             | Event::Forged { time_ms, .. } => *time_ms,
             _ => now_ms(),
         };
+        let line = |kind| Line {
+            time_ms,
+            kind,
+            mention,
+            seq: None,
+        };
         match wording::marked(&ev, &self.marks) {
-            Some(Words::Said(said)) => self.push_mention(Kind::Said(said), time_ms, mention),
-            Some(Words::Info(text)) => self.info(text),
+            Some(Words::Said(said)) => self.push_to(at, line(Kind::Said(said)), message),
+            Some(Words::Info(text)) => self.push_to(at, line(Kind::Info(text)), false),
             Some(Words::Error(text) | Words::Removed(text) | Words::Warning(text)) => {
-                self.error(text)
+                self.push_to(at, line(Kind::Error(text)), message)
             }
             Some(Words::Members { heading, entries }) => {
-                self.info(heading);
+                self.push_to(at, line(Kind::Info(heading)), false);
                 for e in entries {
-                    self.info(format!("  {e}"));
+                    self.push_to(at, line(Kind::Info(format!("  {e}"))), false);
                 }
             }
             None => {}
@@ -401,22 +648,30 @@ impl App {
         let Some(Some(local)) = self.unnumbered.pop_front() else {
             return;
         };
-        // Recent: search from the newest.
-        let line = self
-            .lines
-            .iter_mut()
-            .rev()
-            .find(|l| matches!(l.kind, Kind::Own { local: id, .. } if id == local));
-        if let Some(line) = line {
-            line.seq = Some(seq);
+        // Recent, and most likely where the user still is: search from the
+        // newest, the conversation on the screen first.
+        let order = std::iter::once(self.current).chain(0..self.convs.len());
+        for at in order {
+            let line = self.convs[at]
+                .lines
+                .iter_mut()
+                .rev()
+                .find(|l| matches!(l.kind, Kind::Own { local: id, .. } if id == local));
+            if let Some(line) = line {
+                line.seq = Some(seq);
+                return;
+            }
         }
     }
 
     fn set_delivery(&mut self, seq: u64, delivery: Delivery) {
         // Pending lines are recent: search from the newest.
-        if let Some(line) = self.lines.iter_mut().rev().find(|l| l.seq == Some(seq)) {
-            if let Kind::Own { delivery: d, .. } = &mut line.kind {
-                *d = delivery;
+        for c in &mut self.convs {
+            if let Some(line) = c.lines.iter_mut().rev().find(|l| l.seq == Some(seq)) {
+                if let Kind::Own { delivery: d, .. } = &mut line.kind {
+                    *d = delivery;
+                }
+                return;
             }
         }
     }
@@ -429,14 +684,24 @@ impl App {
                 self.confirm_quit = false;
                 self.editor.paste(&text);
             }
-            TermEvent::Mouse(MouseEvent { kind, .. }) => match kind {
+            TermEvent::Mouse(MouseEvent {
+                kind, column, row, ..
+            }) => match kind {
                 MouseEventKind::ScrollUp => self.scroll_up(WHEEL_ROWS),
                 MouseEventKind::ScrollDown => self.scroll_down(WHEEL_ROWS),
+                MouseEventKind::Down(MouseButton::Left) => {
+                    let (current, count) = (self.current, self.convs.len());
+                    if let Some(at) = layout::conv_at(&self.areas(), current, count, column, row) {
+                        self.switch_index(at);
+                    }
+                }
                 _ => {}
             },
             TermEvent::Resize(w, h) => {
                 self.size = (w, h);
-                self.scroll = self.scroll.min(self.max_scroll());
+                let max = self.max_scroll();
+                let c = self.conv_mut();
+                c.scroll = c.scroll.min(max);
             }
             _ => {}
         }
@@ -450,9 +715,10 @@ impl App {
         let area = self.areas().scrollback;
         let height = usize::from(area.height);
         let mut rows = 0;
-        for line in self.lines.iter().rev() {
+        let scroll = self.conv().scroll;
+        for line in self.lines().iter().rev() {
             rows += line_rows(line, self.offset, area.width).len();
-            if rows > self.scroll + height * 2 + 1 {
+            if rows > scroll + height * 2 + 1 {
                 // Enough to know the limit is not here; no need to wrap the
                 // whole scrollback.
                 return usize::MAX;
@@ -462,13 +728,16 @@ impl App {
     }
 
     fn scroll_up(&mut self, rows: usize) {
-        self.scroll = (self.scroll + rows).min(self.max_scroll());
+        let max = self.max_scroll();
+        let c = self.conv_mut();
+        c.scroll = (c.scroll + rows).min(max);
     }
 
     fn scroll_down(&mut self, rows: usize) {
-        self.scroll = self.scroll.saturating_sub(rows);
-        if self.scroll == 0 {
-            self.unseen = 0;
+        let c = self.conv_mut();
+        c.scroll = c.scroll.saturating_sub(rows);
+        if c.scroll == 0 {
+            c.unseen = 0;
         }
     }
 
@@ -501,12 +770,15 @@ impl App {
             KeyCode::Char('k') if ctrl => e.kill_to_end(),
             KeyCode::Char('w') if ctrl => e.delete_word_before(),
             KeyCode::Char('h') if ctrl => e.backspace(),
-            KeyCode::Char('p') if ctrl => e.history_up(),
-            KeyCode::Char('n') if ctrl => e.history_down(),
+            KeyCode::Char('p') if ctrl => self.switch_by(-1),
+            KeyCode::Char('n') if ctrl => self.switch_by(1),
             KeyCode::Char('l') if ctrl => self.effects.clear = true,
             KeyCode::Char('b') if alt => e.word_left(),
             KeyCode::Char('f') if alt => e.word_right(),
             KeyCode::Char('d') if alt => e.delete_word_after(),
+            KeyCode::Char(c @ '1'..='9') if alt => {
+                self.switch_index(usize::from(c as u8 - b'1'));
+            }
             KeyCode::Char(_) if ctrl => {}
             KeyCode::Char(c) => e.insert(c),
             KeyCode::Backspace if alt || ctrl => e.delete_word_before(),
@@ -544,12 +816,18 @@ impl App {
             .filter(|c| self.operator || !c.operator)
             .map(|c| c.name)
             .collect();
-        let names: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| !same(m, &self.me))
-            .cloned()
-            .collect();
+        // The conversation's own people first, then everyone else we
+        // know of: `/msg` from a private conversation names someone else.
+        let others = self.convs.iter().flat_map(|c| match &c.conv {
+            Conv::Room(_) => c.members.iter(),
+            Conv::Private(peer) => std::slice::from_ref(peer).iter(),
+        });
+        let mut names: Vec<String> = Vec::new();
+        for m in self.members().iter().chain(others) {
+            if !same(m, &self.me) && !names.iter().any(|n| same(n, m)) {
+                names.push(m.clone());
+            }
+        }
         if let Some(c) =
             complete::complete(self.editor.chars(), self.editor.cursor(), &commands, &names)
         {
@@ -566,9 +844,11 @@ impl App {
         }
         let text = self.editor.submit();
         // Sending brings the view back to the newest line, where the
-        // message will appear.
-        self.scroll = 0;
-        self.unseen = 0;
+        // message will appear; and the user has read this conversation.
+        let c = self.conv_mut();
+        c.scroll = 0;
+        c.unseen = 0;
+        c.clear_marker(|_, _| 0);
         if let Some(cmd) = block(&text) {
             for cmd in split_block(cmd, self.max_message) {
                 self.send(cmd);
@@ -598,18 +878,59 @@ impl App {
                     self.quit(reason);
                     return;
                 }
+                Input::Send(Command::Who) => self.who(),
                 Input::Send(cmd) => self.send(cmd),
             }
         }
     }
 
+    /// `/who`: the room's members from the server (the answer comes to
+    /// the conversation on the screen); a private conversation's two
+    /// people are known here.
+    fn who(&mut self) {
+        let Conv::Private(peer) = &self.conv().conv else {
+            self.send(Command::Who);
+            return;
+        };
+        let here = if self.present(peer) {
+            ""
+        } else {
+            " (not here)"
+        };
+        let line = format!("  {}{here}", s(peer));
+        self.info("in this private conversation: you and".into());
+        self.info(line);
+    }
+
+    /// A typed message, to whom the conversation on the screen says: in a
+    /// private one, to its other person.
+    fn addressed(&mut self, cmd: Command) -> Option<Command> {
+        let Conv::Private(peer) = &self.conv().conv else {
+            return Some(cmd);
+        };
+        match cmd {
+            Command::Say(text) => Some(Command::Private {
+                to: peer.clone(),
+                text,
+            }),
+            Command::Action(_) => {
+                self.error("/me is for rooms; a private message is text".into());
+                None
+            }
+            other => Some(other),
+        }
+    }
+
     fn send(&mut self, cmd: Command) {
+        let Some(cmd) = self.addressed(cmd) else {
+            return;
+        };
         match &cmd {
             Command::Say(text) | Command::Action(text) => {
                 self.next_local += 1;
                 let local = self.next_local;
                 self.unnumbered.push_back(Some(local));
-                self.push_line(Line {
+                let line = Line {
                     time_ms: now_ms(),
                     kind: Kind::Own {
                         name: s(&self.me),
@@ -620,11 +941,18 @@ impl App {
                     },
                     mention: false,
                     seq: None,
-                });
+                };
+                self.push_to(self.current, line, false);
             }
             // Numbered too, but shown when the server echoes it, which
-            // also proves it went.
-            Command::Private { .. } => self.unnumbered.push_back(None),
+            // also proves it went. `/msg` opens the conversation, where
+            // the echo will be and the next lines go.
+            Command::Private { to, .. } => {
+                self.unnumbered.push_back(None);
+                if !same(to, &self.me) {
+                    self.switch_to(Conv::Private(to.clone()));
+                }
+            }
             Command::Kick { .. } if !self.operator => {
                 self.error("/kick is for the server's operator".into());
                 return;
@@ -738,6 +1066,10 @@ pub fn help_lines(operator: bool) -> Vec<String> {
         "keys: Tab completes, Up/Down history, PageUp/PageDown scroll, Ctrl-W deletes a word, Alt-Enter a new line, Ctrl-C clears the line or quits"
             .into(),
     );
+    lines.push(
+        "conversations: Alt-1..9 or a click picks one, Ctrl-N/Ctrl-P the next or previous; /msg NAME TEXT opens a private one, where what you type goes to NAME"
+            .into(),
+    );
     lines
 }
 
@@ -777,6 +1109,13 @@ pub(crate) mod tests {
         Msg::Term(TermEvent::Key(KeyEvent::new(code, KeyModifiers::NONE)))
     }
 
+    fn alt(c: char) -> Msg {
+        Msg::Term(TermEvent::Key(KeyEvent::new(
+            KeyCode::Char(c),
+            KeyModifiers::ALT,
+        )))
+    }
+
     fn ctrl(c: char) -> Msg {
         Msg::Term(TermEvent::Key(KeyEvent::new(
             KeyCode::Char(c),
@@ -798,7 +1137,7 @@ pub(crate) mod tests {
     }
 
     fn own_lines(app: &App) -> Vec<(String, Option<u64>, Delivery)> {
-        app.lines
+        app.lines()
             .iter()
             .filter_map(|l| match &l.kind {
                 Kind::Own { text, delivery, .. } => Some((text.clone(), l.seq, *delivery)),
@@ -828,7 +1167,7 @@ pub(crate) mod tests {
             private: false,
             contact: true,
         }));
-        let last = a.lines.back().expect("a line");
+        let last = a.lines().back().expect("a line");
         match &last.kind {
             Kind::Error(t) => {
                 assert_eq!(t, "WARNING: forged line claiming to be alice: pay mallory")
@@ -836,7 +1175,7 @@ pub(crate) mod tests {
             other => panic!("not an error line: {other:?}"),
         }
         assert!(!a
-            .lines
+            .lines()
             .iter()
             .any(|l| matches!(&l.kind, Kind::Said(s) if s.from == "alice")));
     }
@@ -869,6 +1208,8 @@ pub(crate) mod tests {
         enter(&mut a);
         typed(&mut a, "/msg alice psst");
         enter(&mut a);
+        // Back in the room.
+        a.update(alt('1'));
         typed(&mut a, "two");
         enter(&mut a);
         assert_eq!(
@@ -896,7 +1237,7 @@ pub(crate) mod tests {
             ]
         );
         assert!(matches!(
-            &a.lines.back().map(|l| &l.kind),
+            &a.lines().back().map(|l| &l.kind),
             Some(Kind::Error(e)) if e == "message not sent: too fast"
         ));
     }
@@ -929,6 +1270,7 @@ pub(crate) mod tests {
             }]
         );
         // A pasted list of commands is still commands, one a line.
+        a.update(alt('1'));
         a.update(Msg::Term(TermEvent::Paste("/nick robert\n/who".into())));
         assert_eq!(
             enter(&mut a),
@@ -973,7 +1315,7 @@ pub(crate) mod tests {
     }
 
     fn infos(a: &App) -> Vec<String> {
-        a.lines
+        a.lines()
             .iter()
             .filter_map(|l| match &l.kind {
                 Kind::Info(t) | Kind::Error(t) => Some(t.clone()),
@@ -1085,7 +1427,7 @@ pub(crate) mod tests {
             name: "alice".into(),
         }));
         assert_eq!(a.reconnecting, ["alice"]);
-        assert_eq!(a.members, ["alice", "bob"], "still in the room");
+        assert_eq!(*a.members(), ["alice", "bob"], "still in the room");
         assert_eq!(
             infos(&a).last().map(String::as_str),
             Some("alice is reconnecting")
@@ -1103,7 +1445,7 @@ pub(crate) mod tests {
             reason: String::new(),
         }));
         assert!(a.reconnecting.is_empty());
-        assert_eq!(a.members, ["bob"]);
+        assert_eq!(*a.members(), ["bob"]);
         // A new roster (our own rejoin) replaces the room.
         a.update(Msg::Net(Event::MemberReconnecting {
             name: "carol".into(),
@@ -1112,7 +1454,7 @@ pub(crate) mod tests {
             members: vec!["bob".into(), "dave".into()],
             max_message: None,
         }));
-        assert_eq!(a.members, ["bob", "dave"]);
+        assert_eq!(*a.members(), ["bob", "dave"]);
         assert!(a.reconnecting.is_empty());
     }
 
@@ -1163,7 +1505,7 @@ pub(crate) mod tests {
             name: "CAROL".into(),
             reason: String::new(),
         }));
-        assert_eq!(a.members, ["alicia", "bob"]);
+        assert_eq!(*a.members(), ["alicia", "bob"]);
         let fx = a.update(Msg::Net(Event::Chat {
             from: "alicia".into(),
             text: "bob: ping".into(),
@@ -1182,7 +1524,7 @@ pub(crate) mod tests {
         }));
         assert_eq!(a.me, "robert");
         assert!(matches!(
-            &a.lines.back().map(|l| &l.kind),
+            &a.lines().back().map(|l| &l.kind),
             Some(Kind::Info(t)) if t == "you are now known as robert"
         ));
     }
@@ -1199,7 +1541,7 @@ pub(crate) mod tests {
         typed(&mut a, "after");
         enter(&mut a);
         let names: Vec<&str> = a
-            .lines
+            .lines()
             .iter()
             .filter_map(|l| match &l.kind {
                 Kind::Own { name, .. } => Some(name.as_str()),
@@ -1260,7 +1602,7 @@ pub(crate) mod tests {
         );
         let connect = "  qchat connect 127.0.0.1:8080 --fingerprint SHA256:abc";
         let count = |a: &App| {
-            a.lines
+            a.lines()
                 .iter()
                 .filter(|l| matches!(&l.kind, Kind::Info(t) if t == connect))
                 .count()
@@ -1274,7 +1616,7 @@ pub(crate) mod tests {
         typed(&mut a, "/fingerprint");
         enter(&mut a);
         assert!(a
-            .lines
+            .lines()
             .iter()
             .any(|l| matches!(&l.kind, Kind::Info(t) if t.starts_with("trust: verified"))));
     }
@@ -1289,5 +1631,297 @@ pub(crate) mod tests {
         typed(&mut a, "/ni");
         a.update(key(KeyCode::Tab));
         assert_eq!(a.editor.text(), "/nick ");
+        // In a private conversation: its person, and the room's people.
+        let mut a = app();
+        a.update(private("carol", "bob", "hi"));
+        a.update(alt('2'));
+        typed(&mut a, "/msg al");
+        a.update(key(KeyCode::Tab));
+        assert_eq!(a.editor.text(), "/msg alice ");
+        a.editor.clear();
+        typed(&mut a, "c");
+        a.update(key(KeyCode::Tab));
+        assert_eq!(a.editor.text(), "carol: ");
+    }
+
+    fn private(from: &str, to: &str, text: &str) -> Msg {
+        Msg::Net(Event::Private {
+            from: from.into(),
+            to: to.into(),
+            text: text.into(),
+            history: false,
+            time_ms: 0,
+        })
+    }
+
+    fn chat(from: &str, text: &str) -> Msg {
+        Msg::Net(Event::Chat {
+            from: from.into(),
+            text: text.into(),
+            time_ms: 0,
+        })
+    }
+
+    /// The conversation on the screen, and every one's unread count and
+    /// mention mark, as the list shows them.
+    fn list(a: &App) -> (String, Vec<String>) {
+        (a.conv().conv.label(), a.conv_entries())
+    }
+
+    /// The scrollback's text on the screen, the marker as `--`.
+    fn texts(a: &App) -> Vec<String> {
+        a.lines()
+            .iter()
+            .filter_map(|l| match &l.kind {
+                Kind::Said(s) => Some(s.text.clone()),
+                Kind::Own { text, .. } => Some(text.clone()),
+                Kind::Marker => Some("--".into()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_private_message_waits_in_its_own_conversation_with_an_unread_count() {
+        let mut a = app();
+        assert_eq!(list(&a), ("#lobby".into(), vec!["1 #lobby".into()]));
+        let fx = a.update(private("alice", "bob", "psst"));
+        assert!(fx.ring, "a private message rings like a mention");
+        a.update(private("alice", "bob", "are you there?"));
+        a.update(chat("carol", "hello all"));
+        // Still looking at the lobby, where the private lines are not.
+        assert_eq!(
+            list(&a),
+            (
+                "#lobby".into(),
+                vec!["1 #lobby".into(), "2 @alice 2 !".into()]
+            )
+        );
+        assert_eq!(texts(&a), ["hello all"]);
+        assert_eq!(a.unread(), 2);
+        assert_eq!(a.title(), "(2) qchat — 127.0.0.1:8080");
+        // Alt-2: the conversation, read, with nothing left unread.
+        a.update(alt('2'));
+        assert_eq!(
+            list(&a),
+            ("@alice".into(), vec!["1 #lobby".into(), "2 @alice".into()])
+        );
+        assert_eq!(texts(&a), ["psst", "are you there?"]);
+        assert_eq!(a.title(), "qchat — 127.0.0.1:8080");
+        // What is typed here goes to alice, privately.
+        typed(&mut a, "yes");
+        assert_eq!(
+            enter(&mut a),
+            [Command::Private {
+                to: "alice".into(),
+                text: "yes".into()
+            }]
+        );
+        typed(&mut a, "/me waves");
+        assert!(enter(&mut a).is_empty(), "no private actions");
+        // Our own echo lands here and is not news.
+        a.update(private("bob", "Alice", "yes"));
+        assert_eq!(texts(&a), ["psst", "are you there?", "yes"]);
+        a.update(alt('1'));
+        a.update(private("bob", "alice", "from elsewhere"));
+        assert_eq!(a.unread(), 0);
+        // A room message mentioning us, while away, marks the room.
+        a.update(alt('2'));
+        a.update(chat("carol", "bob: lunch?"));
+        assert_eq!(a.conv_entries()[0], "1 #lobby 1 !");
+    }
+
+    #[test]
+    fn the_marker_shows_where_the_user_stopped_reading() {
+        let mut a = app();
+        a.update(chat("alice", "read"));
+        a.update(private("carol", "bob", "hi"));
+        a.update(alt('2'));
+        a.update(chat("alice", "new one"));
+        a.update(chat("alice", "new two"));
+        a.update(alt('1'));
+        assert_eq!(texts(&a), ["read", "--", "new one", "new two"]);
+        // Still there while reading on.
+        a.update(chat("alice", "live"));
+        assert_eq!(texts(&a), ["read", "--", "new one", "new two", "live"]);
+        // Away and back with nothing new: no marker.
+        a.update(alt('2'));
+        a.update(alt('1'));
+        assert_eq!(texts(&a), ["read", "new one", "new two", "live"]);
+        // Away again: it moves to where we left this time.
+        a.update(alt('2'));
+        a.update(chat("alice", "later"));
+        a.update(alt('1'));
+        assert_eq!(
+            texts(&a),
+            ["read", "new one", "new two", "live", "--", "later"]
+        );
+        // Writing here says we have caught up.
+        typed(&mut a, "ok");
+        enter(&mut a);
+        assert_eq!(
+            texts(&a),
+            ["read", "new one", "new two", "live", "later", "ok"]
+        );
+    }
+
+    #[test]
+    fn switching_by_keys_and_by_msg_and_by_click() {
+        let mut a = app_with((60, 20), false);
+        a.update(private("alice", "bob", "one"));
+        a.update(private("carol", "bob", "two"));
+        // Ctrl-N and Ctrl-P go round the list.
+        a.update(ctrl('n'));
+        assert_eq!(a.current, 1);
+        a.update(ctrl('n'));
+        a.update(ctrl('n'));
+        assert_eq!(a.current, 0);
+        a.update(ctrl('p'));
+        assert_eq!(a.conv().conv, Conv::Private("carol".into()));
+        // Alt with a number past the end does nothing.
+        a.update(alt('9'));
+        assert_eq!(a.current, 2);
+        // /msg opens (or continues) the conversation with its person.
+        typed(&mut a, "/msg dave hi");
+        enter(&mut a);
+        assert_eq!(a.conv().conv, Conv::Private("dave".into()));
+        typed(&mut a, "/msg ALICE again");
+        enter(&mut a);
+        assert_eq!(a.current, 1);
+        // The entry point /join and /switch use.
+        a.switch_to(Conv::Room("#dev".into()));
+        assert_eq!(a.conv_entries().len(), 5);
+        assert_eq!(a.current, 4);
+        // A click on an entry in the list.
+        let area = a.areas().convs.expect("a conversation list");
+        a.update(Msg::Term(TermEvent::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: area.x + 2,
+            row: area.y + 2,
+            modifiers: KeyModifiers::NONE,
+        })));
+        assert_eq!(a.conv().conv, Conv::Private("carol".into()));
+        // A click in the scrollback does not switch.
+        a.update(Msg::Term(TermEvent::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: 0,
+            row: area.y,
+            modifiers: KeyModifiers::NONE,
+        })));
+        assert_eq!(a.current, 2);
+    }
+
+    #[test]
+    fn each_conversation_keeps_its_scroll_and_its_people() {
+        let mut a = app_with((60, 10), false);
+        for i in 0..30 {
+            a.update(chat("alice", &format!("line {i}")));
+        }
+        a.update(key(KeyCode::PageUp));
+        let scrolled = a.conv().scroll;
+        assert!(scrolled > 0);
+        a.update(private("alice", "bob", "psst"));
+        a.update(alt('2'));
+        assert_eq!(a.conv().scroll, 0);
+        assert_eq!(*a.members(), ["bob", "alice"]);
+        // /who here is answered here: the two people, and whether the
+        // other one is in a room with us.
+        typed(&mut a, "/who");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(
+            infos(&a)[infos(&a).len() - 2..],
+            ["in this private conversation: you and", "  alice"]
+        );
+        a.update(Msg::Net(Event::Left {
+            name: "alice".into(),
+            reason: String::new(),
+        }));
+        typed(&mut a, "/who");
+        enter(&mut a);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("  alice (not here)")
+        );
+        a.update(alt('1'));
+        // Where it was: two rows further up, as the marker and "alice
+        // left" came in below.
+        assert_eq!(a.conv().scroll, scrolled + 2);
+        assert_eq!(a.conv().unseen, 1);
+        assert_eq!(*a.members(), ["bob"]);
+        // In a room, /who asks the server.
+        typed(&mut a, "/who");
+        assert_eq!(enter(&mut a), [Command::Who]);
+    }
+
+    #[test]
+    fn a_rename_takes_the_private_conversation_along() {
+        let mut a = app();
+        a.update(private("alice", "bob", "psst"));
+        a.update(Msg::Net(Event::Renamed {
+            old: "alice".into(),
+            new: "alicia".into(),
+        }));
+        assert_eq!(a.conv_entries()[1], "2 @alicia 1 !");
+        a.update(private("alicia", "bob", "it is me"));
+        assert_eq!(a.convs.len(), 2);
+        a.update(alt('2'));
+        typed(&mut a, "hi");
+        assert_eq!(
+            enter(&mut a),
+            [Command::Private {
+                to: "alicia".into(),
+                text: "hi".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn answers_go_where_the_user_is_and_a_refusal_to_its_line() {
+        let mut a = app();
+        typed(&mut a, "in the lobby");
+        enter(&mut a);
+        a.update(Msg::Net(Event::Sent { seq: 3 }));
+        a.update(private("alice", "bob", "psst"));
+        a.update(alt('2'));
+        assert_eq!(a.route(&Event::Notice { text: "x".into() }), Route::Current);
+        a.update(Msg::Net(Event::Failed {
+            what: "whois".into(),
+            reason: "no such name".into(),
+        }));
+        assert!(infos(&a).iter().any(|l| l.contains("no such name")));
+        // The refusal of a lobby line is said in the lobby, beside it.
+        a.update(Msg::Net(Event::Refused {
+            seq: 3,
+            reason: "too fast".into(),
+        }));
+        assert!(!infos(&a).iter().any(|l| l.contains("too fast")));
+        a.update(alt('1'));
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("message not sent: too fast")
+        );
+        assert_eq!(
+            own_lines(&a),
+            [("in the lobby".into(), Some(3), Delivery::Refused)]
+        );
+    }
+
+    #[test]
+    fn conversations_are_bounded_and_the_quietest_private_one_goes() {
+        let mut a = app();
+        a.update(private("first", "bob", "hi"));
+        a.update(alt('2'));
+        for i in 0..MAX_CONVERSATIONS + 20 {
+            a.update(private(&format!("n{i}"), "bob", "spam"));
+        }
+        assert_eq!(a.convs.len(), MAX_CONVERSATIONS);
+        // The lobby and the one on the screen stay; the oldest others go.
+        assert_eq!(a.convs[0].conv, Conv::lobby());
+        assert_eq!(a.conv().conv, Conv::Private("first".into()));
+        assert!(!a.convs.iter().any(|c| c.conv == Conv::Private("n0".into())));
+        assert!(a
+            .convs
+            .iter()
+            .any(|c| c.conv == Conv::Private(format!("n{}", MAX_CONVERSATIONS + 19))));
     }
 }

@@ -9,7 +9,8 @@
 //! [`app::App::update`], which returns what the loop must do (commands to
 //! send, the bell, a full redraw); [`render::draw`] only reads it.
 //!
-//! - `app`: state and update.
+//! - `app`: state and update, and which conversation an event goes to.
+//! - `conv`: a conversation's scrollback, unread count and marker line.
 //! - `layout`: where things go on the screen, and text widths.
 //! - `scrollback`: what a scrollback line is and how it wraps into rows.
 //! - `render`: drawing.
@@ -19,6 +20,7 @@
 
 mod app;
 mod complete;
+mod conv;
 mod editor;
 mod layout;
 mod render;
@@ -213,6 +215,8 @@ async fn event_loop(
     let mut outbox: VecDeque<qchat_client::Command> = VecDeque::new();
     let mut clear = false;
     let mut ring = false;
+    // The title as last set: written only when it changes.
+    let mut title = String::new();
     loop {
         let mut msgs = Vec::new();
         tokio::select! {
@@ -255,6 +259,11 @@ async fn event_loop(
                         guard.terminal.clear()?;
                     }
                     guard.terminal.draw(|f| render::draw(f, app))?;
+                    let now = app.title();
+                    if now != title {
+                        terminal::set_title(&now);
+                        title = now;
+                    }
                     if std::mem::take(&mut ring) {
                         let mut out = std::io::stdout();
                         let _ = out.write_all(b"\x07");

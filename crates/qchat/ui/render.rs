@@ -13,17 +13,23 @@ use ratatui::Frame;
 use unicode_segmentation::UnicodeSegmentation;
 
 use super::app::{App, Conn};
+use super::conv::Conv;
 use super::layout::{cluster_width, input_rows, text_width, NEWLINE_MARK, PROMPT};
 use super::scrollback::{dim, line_rows, name_color};
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame, app: &App) {
-    let areas = super::layout::areas(frame.area(), &app.members, &app.editor);
+    let members = app.members();
+    let entries = app.conv_entries();
+    let areas = super::layout::areas(frame.area(), &members, &entries, &app.editor);
     draw_scrollback(frame, app, areas.scrollback);
     if let Some(area) = areas.members {
-        draw_members(frame, app, area);
+        draw_members(frame, app, &members, area);
     }
-    draw_status(frame, app, areas.status);
+    if let Some(area) = areas.convs {
+        draw_convs(frame, app, area, area.x == 0);
+    }
+    draw_status(frame, app, areas.status, areas.convs.is_some());
     draw_input(frame, app, areas.input);
 }
 
@@ -32,33 +38,94 @@ fn draw_scrollback(frame: &mut Frame, app: &App, area: Rect) {
     if height == 0 {
         return;
     }
-    let need = app.scroll + height;
+    let need = app.conv().scroll + height;
     // Newest row first, only as far back as the view needs.
     let mut rev: Vec<TextLine<'static>> = Vec::with_capacity(need);
-    for line in app.lines.iter().rev() {
+    for line in app.lines().iter().rev() {
         let rows = line_rows(line, app.offset, area.width);
         rev.extend(rows.into_iter().rev());
         if rev.len() >= need {
             break;
         }
     }
-    let scroll = app.scroll.min(rev.len().saturating_sub(height));
+    let scroll = app.conv().scroll.min(rev.len().saturating_sub(height));
     let end = (scroll + height).min(rev.len());
     let visible: Vec<TextLine<'static>> = rev[scroll..end].iter().rev().cloned().collect();
     frame.render_widget(Paragraph::new(visible), area);
 }
 
-fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
-    let mut members: Vec<&String> = app.members.iter().collect();
+/// The conversation list: Alt's number, the name, the unread count in
+/// bold and `!` reversed if we were mentioned; the one on the screen in
+/// reverse video. `left`: it has a column of its own on the left (its
+/// border on the right), rather than the top of the member list's.
+fn draw_convs(frame: &mut Frame, app: &App, area: Rect, left: bool) {
+    let count = app.convs.len();
+    let first = super::layout::list_offset(app.current, count, area.height);
+    let lines: Vec<TextLine> = app
+        .convs
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(usize::from(area.height))
+        .map(|(i, c)| {
+            let current = i == app.current;
+            let base = if current {
+                Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD)
+            } else if c.unread > 0 {
+                Style::default().add_modifier(Modifier::BOLD)
+            } else {
+                Style::default()
+            };
+            let number = if i < 9 {
+                (i + 1).to_string()
+            } else {
+                " ".into()
+            };
+            let mut spans = vec![
+                Span::styled(format!("{number} "), if current { base } else { dim() }),
+                Span::styled(c.conv.label(), base),
+            ];
+            if c.unread > 0 {
+                spans.push(Span::styled(
+                    format!(" {}", c.unread),
+                    base.fg(Color::LightYellow).add_modifier(Modifier::BOLD),
+                ));
+            }
+            if c.mentioned {
+                spans.push(Span::raw(" "));
+                spans.push(Span::styled(
+                    "!",
+                    Style::default()
+                        .fg(Color::LightRed)
+                        .add_modifier(Modifier::BOLD | Modifier::REVERSED),
+                ));
+            }
+            TextLine::from(spans)
+        })
+        .collect();
+    let block = Block::default()
+        .borders(if left { Borders::RIGHT } else { Borders::LEFT })
+        .border_style(dim());
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn draw_members(frame: &mut Frame, app: &App, members: &[String], area: Rect) {
+    let count = members.len();
+    let private = matches!(app.conv().conv, Conv::Private(_));
+    let mut members: Vec<&String> = members.iter().collect();
     members.sort_by_key(|n| names::fold(n));
     let lines: Vec<TextLine> = members
         .into_iter()
         .map(|n| {
             let shown = sanitize(n).into_owned();
+            // Presence is asked only of a private conversation's two
+            // people: for a room's list it would cost a search of every
+            // room per member.
             let away = app
                 .reconnecting
                 .iter()
-                .any(|r| names::fold(r) == names::fold(n));
+                .any(|r| names::fold(r) == names::fold(n))
+                || (private && !app.present(n));
             let mut style = if away {
                 // Still in the room (the server holds the name), not
                 // there right now.
@@ -84,16 +151,17 @@ fn draw_members(frame: &mut Frame, app: &App, area: Rect) {
     let block = Block::default()
         .borders(Borders::LEFT)
         .border_style(dim())
-        .title(Span::styled(format!(" {} ", app.members.len()), dim()));
+        .title(Span::styled(format!(" {count} "), dim()));
     frame.render_widget(Paragraph::new(lines).block(block), area);
 }
 
 /// The status line. What it must never lose, however narrow the
 /// terminal: whether we are scrolled up, the connection and the trust
-/// state (in short words if need be). The member count and our name go
-/// next, and the server's name and address take what is left (cut short
-/// with `…`).
-fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
+/// state (in short words if need be). Then, when the lists are hidden
+/// (`!lists`), the conversation on the screen and the unread count; the
+/// member count and our name go next, and the server's name and address
+/// take what is left (cut short with `…`).
+fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
     if area.height == 0 {
         return;
     }
@@ -103,11 +171,12 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     let width = |spans: &[Span]| spans.iter().map(|s| text_width(&s.content)).sum::<usize>();
     let essentials = |short: bool| {
         let mut head = Vec::new();
-        if app.scroll > 0 {
+        let c = app.conv();
+        if c.scroll > 0 {
             let text = if short {
-                format!(" ↓{} ", app.unseen)
+                format!(" ↓{} ", c.unseen)
             } else {
-                format!(" ↓ scrolled up, {} new ", app.unseen)
+                format!(" ↓ scrolled up, {} new ", c.unseen)
             };
             head.push(Span::styled(
                 text,
@@ -152,7 +221,20 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     if width(&head) + width(&tail) > avail {
         (head, tail) = essentials(true);
     }
-    let n = app.members.len();
+    // Without the lists (a narrow terminal) the status line says where
+    // typing goes and whether anything waits elsewhere, before all else
+    // that is not essential.
+    if !lists {
+        let mut here = app.conv().conv.label();
+        let unread = app.unread();
+        if unread > 0 {
+            here.push_str(&format!(" +{unread}"));
+        }
+        if width(&head) + width(&tail) + 3 + text_width(&here) <= avail {
+            tail.extend([sep(), Span::styled(here, base.add_modifier(Modifier::BOLD))]);
+        }
+    }
+    let n = app.members().len();
     for extra in [
         format!("{n} member{}", if n == 1 { "" } else { "s" }),
         format!("as {}", sanitize(&app.me)),
@@ -399,10 +481,12 @@ mod tests {
         let (rows, cursor) = screen(&a);
         let all = rows.join("\n");
         assert!(rows[3].starts_with("12:34 <alice> hello there"), "{all}");
-        // The member list on the right, sorted, with its count.
-        assert!(rows[0].ends_with("│ 2         "), "{all}");
-        assert!(rows[1].contains("│alice"), "{all}");
-        assert!(rows[2].contains("│bob"), "{all}");
+        // One column on the right: the conversations, then the member
+        // list, sorted, with its count.
+        assert!(rows[0].ends_with("│1 #lobby   "), "{all}");
+        assert!(rows[1].ends_with("│ 2         "), "{all}");
+        assert!(rows[2].contains("│alice"), "{all}");
+        assert!(rows[3].contains("│bob"), "{all}");
         let status = &rows[8];
         for part in [
             "den 127.0.0.1:8080",
@@ -506,9 +590,17 @@ mod tests {
         let (rows, _) = screen(&a);
         let all = rows.join("\n");
         assert!(all.contains("00:00 [history] <alice> earlier"), "{all}");
-        assert!(all.contains("[private alice → bob] psst"), "{all}");
         // Escape sequences from the network are shown, not obeyed.
         assert!(all.contains("<alice> ^[[2J bob!"), "{all}");
+        // The private message is in its own conversation.
+        assert!(!all.contains("psst"), "{all}");
+        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
+            KeyCode::Char('2'),
+            KeyModifiers::ALT,
+        ))));
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(all.contains("[private alice → bob] psst"), "{all}");
     }
 
     #[test]
@@ -532,5 +624,88 @@ mod tests {
         let (rows, _) = screen(&a);
         assert!(rows[7].contains("line 40"), "{}", rows.join("\n"));
         assert!(!rows[8].contains("scrolled"), "{}", rows[8]);
+    }
+
+    fn alt(a: &mut App, c: char) {
+        a.update(Msg::Term(TermEvent::Key(KeyEvent::new(
+            KeyCode::Char(c),
+            KeyModifiers::ALT,
+        ))));
+    }
+
+    fn private(a: &mut App, from: &str, text: &str) {
+        a.update(Msg::Net(Event::Private {
+            from: from.into(),
+            to: "bob".into(),
+            text: text.into(),
+            time_ms: 45_240_000,
+            history: false,
+        }));
+    }
+
+    #[test]
+    fn the_conversation_list_shows_unread_counts_mentions_and_where_we_are() {
+        let mut a = app((100, 10));
+        private(&mut a, "carol", "psst");
+        private(&mut a, "carol", "still there?");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        // A column of its own on the left, the current one highlighted.
+        assert!(rows[0].starts_with("1 #lobby       │"), "{all}");
+        assert!(rows[1].starts_with("2 @carol 2 !   │"), "{all}");
+        assert!(rows[0].ends_with("│ 2         "), "{all}");
+        let t = Terminal::new(TestBackend::new(100, 10));
+        let mut t = t.expect("test terminal");
+        let buf = t.draw(|f| draw(f, &a)).expect("draw").buffer.clone();
+        assert!(buf[(2, 0)].modifier.contains(Modifier::REVERSED), "{all}");
+        assert!(!buf[(2, 1)].modifier.contains(Modifier::REVERSED), "{all}");
+        assert_eq!(buf[(9, 1)].fg, Color::LightYellow, "the count");
+        assert!(
+            buf[(11, 1)].modifier.contains(Modifier::REVERSED),
+            "the mark"
+        );
+        // There: the lines, the list's highlight moved, the count gone.
+        alt(&mut a, '2');
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(all.contains("[private carol → bob] still there?"), "{all}");
+        assert!(rows[1].starts_with("2 @carol   │"), "{all}");
+        // The member list is the conversation's two people.
+        assert!(rows[1].trim_end().ends_with("│bob"), "{all}");
+        assert!(rows[2].trim_end().ends_with("│carol"), "{all}");
+    }
+
+    #[test]
+    fn the_marker_is_a_row_across_the_scrollback() {
+        let mut a = app((70, 12));
+        chat(&mut a, "alice", "old");
+        private(&mut a, "carol", "psst");
+        alt(&mut a, '2');
+        chat(&mut a, "alice", "new");
+        alt(&mut a, '1');
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        let at = rows
+            .iter()
+            .position(|r| r.starts_with("12:34 <alice> new"))
+            .expect("the new line");
+        assert!(
+            rows[at - 1].starts_with("──── new since you last looked ───"),
+            "{all}"
+        );
+        assert!(rows[at - 2].starts_with("12:34 <alice> old"), "{all}");
+    }
+
+    #[test]
+    fn a_narrow_terminal_names_the_conversation_in_the_status_line() {
+        let mut a = app((49, 8));
+        private(&mut a, "carol", "psst");
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        assert!(!all.contains("│1 #lobby"), "no lists: {all}");
+        assert!(rows[6].contains("│ #lobby +1"), "{all}");
+        alt(&mut a, '2');
+        let (rows, _) = screen(&a);
+        assert!(rows[6].contains("│ @carol │"), "{}", rows.join("\n"));
     }
 }

@@ -14,7 +14,7 @@ use ratatui::text::{Line as TextLine, Span};
 use time::OffsetDateTime;
 use unicode_segmentation::UnicodeSegmentation;
 
-use super::layout::cluster_width;
+use super::layout::{cluster_width, text_width};
 
 /// Whether our message reached the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,9 @@ pub enum Kind {
     Info(String),
     /// Something went wrong (refused message, failed command, typo).
     Error(String),
+    /// Where the user stopped reading when they turned to another
+    /// conversation: the lines below it came while they were away.
+    Marker,
 }
 
 /// One scrollback line.
@@ -227,8 +230,34 @@ fn line_spans(line: &Line, offset: time::UtcOffset) -> Vec<Span<'static>> {
             format!("! {text}"),
             Style::default().fg(Color::Red),
         )),
+        // Drawn whole by `marker_row`, which knows the width.
+        Kind::Marker => {}
     }
     out
+}
+
+/// What the marker line says.
+pub const MARKER_TEXT: &str = " new since you last looked ";
+
+/// The marker: one row across the whole width, with no timestamp, so it
+/// reads as a divider rather than as something somebody said.
+fn marker_row(width: usize) -> TextLine<'static> {
+    let label = if width >= text_width(MARKER_TEXT) + 4 {
+        MARKER_TEXT
+    } else {
+        " new "
+    };
+    let side = width.saturating_sub(text_width(label));
+    let left = (side / 2).min(4);
+    let right = side - left;
+    let text: String = "─".repeat(left) + label + &"─".repeat(right);
+    let text: String = text.chars().take(width).collect();
+    TextLine::from(Span::styled(
+        text,
+        Style::default()
+            .fg(Color::LightRed)
+            .add_modifier(Modifier::BOLD),
+    ))
 }
 
 /// Continuation rows start under the text, past the timestamp.
@@ -295,6 +324,9 @@ fn wrap(spans: Vec<Span<'static>>, width: usize) -> Vec<TextLine<'static>> {
 
 /// One scrollback line as the rows it takes at `width`.
 pub fn line_rows(line: &Line, offset: time::UtcOffset, width: u16) -> Vec<TextLine<'static>> {
+    if line.kind == Kind::Marker {
+        return vec![marker_row(usize::from(width))];
+    }
     wrap(line_spans(line, offset), usize::from(width))
 }
 

@@ -1,10 +1,22 @@
 //! Taking over the terminal and giving it back.
 //!
 //! Entering switches to the alternate screen, raw mode, bracketed paste and
-//! mouse reporting. Every way out must undo all of it, or the user's shell
-//! is left unusable: the [`Guard`] restores on drop (normal exit, `?`,
-//! unwinding), and a panic hook restores *before* the panic message is
-//! printed, so the message lands on the normal screen where it can be read.
+//! mouse reporting, and saves the window title. Every way out must undo all
+//! of it, or the user's shell is left unusable: the [`Guard`] restores on
+//! drop (normal exit, `?`, unwinding), and a panic hook restores *before*
+//! the panic message is printed, so the message lands on the normal screen
+//! where it can be read.
+//!
+//! Mouse reporting is what lets a click pick a conversation and the wheel
+//! scroll; its price is that the terminal no longer selects text on a
+//! plain drag. Terminals keep selection on Shift-drag (Option-drag in
+//! macOS Terminal, Fn in some others) while an application has the mouse,
+//! which README.md says.
+//!
+//! The title cannot be read back from a terminal, so it is saved on the
+//! terminal's own title stack (xterm's `CSI 22 t`, which most terminals
+//! share) and popped on the way out; one without the stack ignores both,
+//! and keeps our last title until something else sets one.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +25,7 @@ use std::sync::Once;
 use crossterm::event::{
     DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
 };
+use crossterm::terminal::SetTitle;
 use crossterm::{cursor, execute};
 use ratatui::DefaultTerminal;
 
@@ -20,6 +33,12 @@ use ratatui::DefaultTerminal;
 /// print the leave sequences twice, and drawing after a panic hook has
 /// restored would scribble on the normal screen.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Saves the window and icon titles on the terminal's title stack.
+const PUSH_TITLE: &[u8] = b"\x1b[22;0t";
+
+/// Brings back the titles saved by [`PUSH_TITLE`].
+const POP_TITLE: &[u8] = b"\x1b[23;0t";
 
 /// The terminal while the UI owns it; restores it when dropped.
 pub struct Guard {
@@ -43,11 +62,23 @@ pub fn enter() -> io::Result<Guard> {
     // After ratatui's hook, so it runs first: paste and mouse modes off
     // before ratatui leaves the alternate screen.
     install_panic_hook();
-    if let Err(e) = execute!(io::stdout(), EnableBracketedPaste, EnableMouseCapture) {
+    let mut out = io::stdout();
+    let set = out
+        .write_all(PUSH_TITLE)
+        .and_then(|()| execute!(out, EnableBracketedPaste, EnableMouseCapture));
+    if let Err(e) = set {
         restore();
         return Err(e);
     }
     Ok(Guard { terminal })
+}
+
+/// Sets the window title. `title` must be sanitised: a title is written
+/// inside an escape sequence.
+pub fn set_title(title: &str) {
+    if active() {
+        let _ = execute!(io::stdout(), SetTitle(title));
+    }
 }
 
 /// Whether the UI still owns the terminal (a panic hook may have given it
@@ -70,6 +101,7 @@ pub fn restore() {
         DisableBracketedPaste,
         cursor::Show
     );
+    let _ = out.write_all(POP_TITLE);
     let _ = out.flush();
     let _ = ratatui::try_restore();
 }
