@@ -330,6 +330,7 @@ where
     }
 
     let id = joined.id;
+    let signer = Signer::new(key.zip(instance));
     // Reader and writer are boxed because they are moved (into the join
     // below): the compiler keeps a moved-from future's space in the task
     // as well as its new home, so unboxed each would be stored two or three
@@ -337,7 +338,7 @@ where
     // 1.1 KiB plus the two boxes).
     let reader = Box::pin(async {
         let outcome = tokio::select! {
-            outcome = read_loop(id, version, &mut decoder, &mut recv, room, options) => outcome,
+            outcome = read_loop(id, version, signer, &mut decoder, &mut recv, room, options) => outcome,
             // Removed by the room (kick, shutdown): nothing more the member
             // sends matters, and waiting for it to stop talking would only
             // hold the session open; the writer delivers the last words.
@@ -705,6 +706,7 @@ fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
 async fn read_loop<R: AsyncRead + Unpin>(
     id: MemberId,
     version: u32,
+    mut signer: Signer,
     decoder: &mut FrameDecoder,
     recv: &mut R,
     room: &Room,
@@ -723,7 +725,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
-            if let Some(reason) = Box::pin(handle(id, msg, room, options)).await {
+            if let Some(reason) = Box::pin(handle(id, &mut signer, msg, room, options)).await {
                 Box::pin(published(room)).await;
                 return Ok(reason);
             }
@@ -805,6 +807,7 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
 /// its senders down instead of dropping anything.
 async fn handle(
     id: MemberId,
+    signer: &mut Signer,
     msg: ClientMsg,
     room: &Room,
     options: &ServerOptions,
@@ -845,7 +848,7 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match proof(id, room, seq, sent_ms, key, sig) {
+        } => match signer.proof(seq, sent_ms, key, sig) {
             Ok(p) => room.private(id, seq, &to, text, Some(p)),
             Err(reason) => {
                 room.metrics().messages_refused.inc();
@@ -859,7 +862,7 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match proof(id, room, seq, sent_ms, key, sig) {
+        } => match signer.proof(seq, sent_ms, key, sig) {
             Ok(p) => submit_signed(room, id, seq, text, action, p).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
@@ -888,46 +891,70 @@ async fn handle(
     None
 }
 
-/// The proof to store with a signed message, or why it is refused. The
-/// signature itself is not checked here (each recipient checks it; see
-/// docs/PERFORMANCE.md): only what is cheap and bounds what is stored —
-/// its length, and that the key is the one this connection proved, so an
-/// honest server never forwards a line under a key its sender does not
-/// hold.
-fn proof(
-    id: MemberId,
-    room: &Room,
-    seq: u64,
-    sent_ms: u64,
-    key: [u8; 32],
-    sig: Vec<u8>,
-) -> Result<Box<qchat_proto::Proof>, String> {
-    if sig.len() != qchat_proto::signed::SIGNATURE_LEN {
-        return Err(format!(
-            "a signature is {} bytes, not {}; nothing was sent",
-            qchat_proto::signed::SIGNATURE_LEN,
-            sig.len()
-        ));
+/// What a signed line from this connection must name: the key it proved
+/// in its handshake and its client instance, both fixed for the
+/// connection's life. Kept by the session rather than asked of the room,
+/// so that a signed line costs no room lock, and once a line's key has
+/// matched, the next lines' no hash.
+#[derive(Debug, Clone, Copy)]
+struct Signer {
+    /// `None`: a guest, or a client before version 3, which cannot sign.
+    proved: Option<(qchat_tls::Fingerprint, [u8; 16])>,
+    /// The last key a line named that hashed to the proved one.
+    matched: Option<[u8; 32]>,
+}
+
+impl Signer {
+    fn new(proved: Option<(qchat_tls::Fingerprint, [u8; 16])>) -> Self {
+        Signer {
+            proved,
+            matched: None,
+        }
     }
-    let Some((proved, instance)) = room.signer(id) else {
-        return Err(
-            "only a client that presented a key (and a version-3 instance) can sign; nothing was sent"
-                .into(),
-        );
-    };
-    if qchat_tls::signing::fingerprint(&key) != proved {
-        return Err(
-            "the message is signed with another key than this connection's; nothing was sent"
-                .into(),
-        );
+
+    /// The proof to store with a signed message, or why it is refused.
+    /// The signature itself is not checked here (each recipient checks
+    /// it; see docs/PERFORMANCE.md): only what is cheap and bounds what is
+    /// stored — its length, and that the key is the one this connection
+    /// proved, so an honest server never forwards a line under a key its
+    /// sender does not hold.
+    fn proof(
+        &mut self,
+        seq: u64,
+        sent_ms: u64,
+        key: [u8; 32],
+        sig: Vec<u8>,
+    ) -> Result<Box<qchat_proto::Proof>, String> {
+        if sig.len() != qchat_proto::signed::SIGNATURE_LEN {
+            return Err(format!(
+                "a signature is {} bytes, not {}; nothing was sent",
+                qchat_proto::signed::SIGNATURE_LEN,
+                sig.len()
+            ));
+        }
+        let Some((proved, instance)) = self.proved else {
+            return Err(
+                "only a client that presented a key (and a version-3 instance) can sign; nothing was sent"
+                    .into(),
+            );
+        };
+        if self.matched != Some(key) {
+            if qchat_tls::signing::fingerprint(&key) != proved {
+                return Err(
+                    "the message is signed with another key than this connection's; nothing was sent"
+                        .into(),
+                );
+            }
+            self.matched = Some(key);
+        }
+        Ok(Box::new(qchat_proto::Proof {
+            instance,
+            seq,
+            sent_ms,
+            key,
+            sig,
+        }))
     }
-    Ok(Box::new(qchat_proto::Proof {
-        instance,
-        seq,
-        sent_ms,
-        key,
-        sig,
-    }))
 }
 
 async fn submit_signed(
