@@ -24,9 +24,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::gate::Permit;
-use crate::log::LogItem;
+use crate::log::{LogItem, Pending};
 use crate::registry::{Claim, Claimed, Refusal};
 use crate::room::{Ending, MemberId, Peer, Rejection, Room};
+use crate::store::NewEntry;
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
@@ -330,7 +331,12 @@ where
     }
 
     let id = joined.id;
-    let signer = Signer::new(key.zip(instance));
+    let me = Speaker {
+        name: joined.name.clone(),
+        instance,
+        ending: Arc::clone(&ending),
+        signer: Signer::new(key.zip(instance)),
+    };
     // Reader and writer are boxed because they are moved (into the join
     // below): the compiler keeps a moved-from future's space in the task
     // as well as its new home, so unboxed each would be stored two or three
@@ -338,7 +344,7 @@ where
     // 1.1 KiB plus the two boxes).
     let reader = Box::pin(async {
         let outcome = tokio::select! {
-            outcome = read_loop(id, version, signer, &mut decoder, &mut recv, room, options) => outcome,
+            outcome = read_loop(id, version, me, &mut decoder, &mut recv, room, options) => outcome,
             // Removed by the room (kick, shutdown): nothing more the member
             // sends matters, and waiting for it to stop talking would only
             // hold the session open; the writer delivers the last words.
@@ -706,7 +712,7 @@ fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
 async fn read_loop<R: AsyncRead + Unpin>(
     id: MemberId,
     version: u32,
-    mut signer: Signer,
+    mut me: Speaker,
     decoder: &mut FrameDecoder,
     recv: &mut R,
     room: &Room,
@@ -725,7 +731,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             let msg = backlog
                 .pop_front()
                 .ok_or(SessionError::Protocol("backlog"))?;
-            if let Some(reason) = Box::pin(handle(id, &mut signer, msg, room, options)).await {
+            if let Some(reason) = Box::pin(handle(id, &mut me, msg, room, options)).await {
                 Box::pin(published(room)).await;
                 return Ok(reason);
             }
@@ -807,7 +813,7 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
 /// its senders down instead of dropping anything.
 async fn handle(
     id: MemberId,
-    signer: &mut Signer,
+    me: &mut Speaker,
     msg: ClientMsg,
     room: &Room,
     options: &ServerOptions,
@@ -838,8 +844,8 @@ async fn handle(
             room.metrics().messages_refused.inc();
             room.reply(id, &ServerMsg::Refused { seq, reason });
         }
-        ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
-        ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
+        ClientMsg::Say { seq, text } => submit(room, id, me, seq, text, false, None).await,
+        ClientMsg::Action { seq, text } => submit(room, id, me, seq, text, true, None).await,
         ClientMsg::Private { seq, to, text } => room.private(id, seq, &to, text, None),
         ClientMsg::SignedPrivate {
             seq,
@@ -848,7 +854,7 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match signer.proof(seq, sent_ms, key, sig) {
+        } => match me.signer.proof(seq, sent_ms, key, sig) {
             Ok(p) => room.private(id, seq, &to, text, Some(p)),
             Err(reason) => {
                 room.metrics().messages_refused.inc();
@@ -862,14 +868,20 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match signer.proof(seq, sent_ms, key, sig) {
-            Ok(p) => submit_signed(room, id, seq, text, action, p).await,
+        } => match me.signer.proof(seq, sent_ms, key, sig) {
+            Ok(p) => submit(room, id, me, seq, text, action, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
                 room.reply(id, &ServerMsg::Refused { seq, reason });
             }
         },
-        ClientMsg::Nick { name } => nick(id, &name, room, options).await,
+        ClientMsg::Nick { name } => {
+            nick(id, &name, room, options).await;
+            // The name the member's next lines are stored under.
+            if let Some(name) = room.member_name(id) {
+                me.name = name;
+            }
+        }
         ClientMsg::Whois { name } => whois(id, &name, room, options),
         ClientMsg::Device { op } => device(id, op, room, options).await,
         ClientMsg::Moderate { op } => crate::moderation::handle(id, op, room, options).await,
@@ -889,6 +901,18 @@ async fn handle(
         | ClientMsg::Reserved14 => {}
     }
     None
+}
+
+/// The member as its session knows it, for what it says: kept here so that
+/// a message costs no room lock. The name changes only by the member's own
+/// `/nick`, after which the session reads it back from the room.
+struct Speaker {
+    name: String,
+    instance: Option<[u8; 16]>,
+    /// Triggered once the room has removed the member: nothing it sends
+    /// after that is stored.
+    ending: Arc<Ending>,
+    signer: Signer,
 }
 
 /// What a signed line from this connection must name: the key it proved
@@ -957,19 +981,6 @@ impl Signer {
     }
 }
 
-async fn submit_signed(
-    room: &Room,
-    id: MemberId,
-    seq: u64,
-    text: String,
-    action: bool,
-    proof: Box<qchat_proto::Proof>,
-) {
-    if let Some(p) = room.submit(id, seq, text, action, Some(proof)) {
-        let _ = room.log_queue().send(LogItem::Message(p)).await;
-    }
-}
-
 /// Waits until everything this member said is published (and so
 /// acknowledged), before it leaves.
 async fn published(room: &Room) {
@@ -979,11 +990,37 @@ async fn published(room: &Room) {
     }
 }
 
-async fn submit(room: &Room, id: MemberId, seq: u64, text: String, action: bool) {
-    if let Some(p) = room.submit(id, seq, text, action, None) {
-        // Only fails once the writer is gone, when the server is stopping.
-        let _ = room.log_queue().send(LogItem::Message(p)).await;
+/// Queues a public message (or action) for the log; the log's writer
+/// stores it, then the room shows it. Built from the session's own copy of
+/// the member (its name, instance, whether the room has removed it), not
+/// under the room's lock: the log's writer holds that lock while it fans a
+/// batch out, and a session waiting for it would block its runtime thread.
+async fn submit(
+    room: &Room,
+    id: MemberId,
+    me: &Speaker,
+    seq: u64,
+    text: String,
+    action: bool,
+    proof: Option<Box<qchat_proto::Proof>>,
+) {
+    if me.ending.get().is_some() {
+        return;
     }
+    let p = Pending {
+        member: id,
+        seq,
+        entry: NewEntry {
+            key: me.instance.map(|i| (i, seq)),
+            from: me.name.clone(),
+            text,
+            time_ms: qchat_proto::clock::now_ms(),
+            action,
+            proof,
+        },
+    };
+    // Only fails once the writer is gone, when the server is stopping.
+    let _ = room.log_queue().send(LogItem::Message(p)).await;
 }
 
 async fn read<R: AsyncRead + Unpin>(
