@@ -1,5 +1,4 @@
-//! The room log's writer: the one thread that stores public messages, and
-//! the task that then shows them.
+//! The room log's writer: the one thread that stores public messages.
 //!
 //! Sessions queue what their members say; the writer drains the queue in
 //! batches and stores each batch in one transaction with one sync (group
@@ -17,6 +16,9 @@ use crate::store::{Appended, NewEntry, StoreError};
 
 /// Messages stored in one commit, at most.
 const LOG_BATCH: usize = 1024;
+
+/// The batch vector kept between batches; a larger one is let go.
+const SMALL_BATCH: usize = 64;
 
 /// A public message on its way to the log.
 #[derive(Debug)]
@@ -85,55 +87,40 @@ fn publish(room: &Room, items: &mut Vec<LogItem>, stored: Outcome) {
     }
 }
 
-/// Batches stored and waiting to be published, at most: enough that the
-/// store goes on while the room fans the last one out, few enough that a
-/// slow fan-out holds the store back rather than memory growing.
-const STORED_AHEAD: usize = 2;
-
-/// Starts the room's log writer: the store on a thread of its own
-/// ([`run_store`]), the fan-out as a task on the runtime ([`run_publish`]).
-/// Must be called inside a runtime. Both hold the room only weakly: the
-/// room holds the queue's sender, so the store ends when the room is
-/// dropped, and the publisher when the store has ended; none keeps another
-/// alive.
+/// Starts the room's log writer on a thread of its own
+/// ([`run_writer`]). The thread holds the room only weakly: the room holds
+/// the queue's sender, so the writer ends when the room is dropped, and
+/// the two do not keep each other alive.
 pub fn spawn_writer(
     room: &Arc<Room>,
     rx: mpsc::Receiver<LogItem>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let (stored_tx, stored_rx) = mpsc::channel(STORED_AHEAD);
-    let store_room = Arc::downgrade(room);
-    let thread = std::thread::Builder::new()
+    let room = Arc::downgrade(room);
+    std::thread::Builder::new()
         .name("qchat-log".into())
-        .spawn(move || run_store(&store_room, rx, &stored_tx))?;
-    tokio::spawn(run_publish(Arc::downgrade(room), stored_rx));
-    Ok(thread)
+        .spawn(move || run_writer(&room, rx))
 }
 
-/// A batch stored, on its way to be published.
-type Stored = (Vec<LogItem>, Outcome);
-
-/// Stores everything queued, batch by batch, until every sender is gone
-/// (the room dropped), on the calling thread, which it blocks: a thread of
-/// its own ([`spawn_writer`]), never a runtime worker. Each stored batch
-/// goes to `stored`, in order, to be published.
+/// Stores and publishes everything queued until every sender is gone (the
+/// room dropped), on the calling thread, which it blocks: a thread of its
+/// own ([`spawn_writer`]), never a runtime worker.
 ///
-/// Each batch is everything queued when the store comes back for more (up
-/// to [`LOG_BATCH`]), in one commit. The store is one long-lived thread
-/// rather than a blocking task per batch: with a few hundred messages in
-/// flight the batches are small, and the hand-overs to the blocking pool
-/// and back cost more than the commit. While one batch is stored the one
-/// before is fanned out on the runtime, whose wake-ups of the members'
-/// writers are cheap from inside it (and cost a thread's wake-up each from
-/// outside). Nothing is shown before it is durable, batches are published
-/// in id order, and a barrier is answered only after everything queued
-/// before it is published.
-pub fn run_store(
-    room: &Weak<Room>,
-    mut rx: mpsc::Receiver<LogItem>,
-    stored: &mpsc::Sender<Stored>,
-) {
+/// Each batch is everything queued when the writer comes back for more
+/// (up to [`LOG_BATCH`]): stored in one commit, then published, then the
+/// next. One long-lived thread rather than a blocking task per stage and
+/// batch: with a few hundred messages in flight the batches are small, and
+/// two hand-overs between threads per batch (to the blocking pool and
+/// back) cost more than the commit they would overlap with the fan-out.
+/// Under load the batches grow instead, and the commit's cost is shared by
+/// more messages. Publishing from a task on the runtime instead (the store
+/// going on meanwhile) was measured too: less CPU, but the published batch
+/// waited for a busy runtime thread, and a small room's throughput fell by
+/// half (docs/PERFORMANCE.md, round 8). Nothing is shown before it is durable, batches are
+/// published in id order, and a barrier is answered only after everything
+/// queued before it is published.
+pub fn run_writer(room: &Weak<Room>, mut rx: mpsc::Receiver<LogItem>) {
+    let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        let mut batch = Vec::with_capacity(rx.len() + 1);
         batch.push(first);
         while batch.len() < LOG_BATCH {
             match rx.try_recv() {
@@ -147,25 +134,15 @@ pub fn run_store(
             return;
         };
         let outcome = store(&room, &batch);
-        drop(room);
-        if stored.blocking_send((batch, outcome)).is_err() {
-            return;
+        publish(&room, &mut batch, outcome);
+        // A burst's large vector is not kept for the quiet that follows.
+        if batch.capacity() > 2 * SMALL_BATCH {
+            batch.shrink_to(SMALL_BATCH);
         }
     }
 }
 
-/// Publishes the stored batches in the order they come, until the store
-/// has ended.
-pub async fn run_publish(room: Weak<Room>, mut stored: mpsc::Receiver<Stored>) {
-    while let Some((mut items, outcome)) = stored.recv().await {
-        let Some(room) = room.upgrade() else {
-            return;
-        };
-        publish(&room, &mut items, outcome);
-    }
-}
-
-/// The writer's steps (a batch stored, then published)
+/// The writer's steps ([`run_writer`]'s batches, stored then published)
 /// driven by a task on the runtime, each batch on a blocking thread, for
 /// the crate's tests. Their clock is paused and jumps ahead whenever the
 /// runtime has nothing to do: a writer on a thread of its own would look

@@ -227,7 +227,7 @@ impl Room {
     }
 
     /// An empty room over a log. Its writer must be started
-    /// ([`crate::log::spawn_writer`] with [`Room::take_log`]) for public
+    /// ([`crate::log::run_writer`] with [`Room::take_log`]) for public
     /// messages to reach anyone.
     pub fn new(options: Arc<ServerOptions>, store: Arc<dyn Store>) -> Arc<Self> {
         let (log, log_rx) = mpsc::channel(options.log_queue.max(1));
