@@ -1422,6 +1422,52 @@ pub(crate) mod tests {
         assert_eq!(err.reason, RejectReason::NameTaken);
     }
 
+    /// One batch from two authors, fanned out member by member: each
+    /// member gets the others' messages and its own acknowledgements
+    /// interleaved in id order, exactly as if they had come one by one.
+    #[test]
+    fn a_batch_reaches_each_member_in_id_order_with_its_acks_in_place() {
+        let mut r = room();
+        let (a, mut ra) = v3_member(&r, "a", 1, None);
+        let (b, mut rb) = v3_member(&r, "b", 2, None);
+        let (_c, mut rc) = v3_member(&r, "c", 3, None);
+        for rx in [&mut ra, &mut rb, &mut rc] {
+            drain(rx);
+        }
+        let said = [(a.id, 1), (b.id, 1), (a.id, 2), (a.id, 3), (b.id, 2)];
+        for (who, seq) in said {
+            let p = r
+                .room
+                .submit(who, seq, format!("{who}/{seq}"), false, None)
+                .expect("a member");
+            r.room
+                .log_queue()
+                .try_send(LogItem::Message(p))
+                .expect("room in the queue");
+        }
+        drain_now(&r.room, &mut r.log);
+        // What member `me` should see: ids 1..=5 in order, its own as
+        // acknowledgements, the others' as messages.
+        let expect = |me: MemberId| -> Vec<(bool, u64)> {
+            said.iter()
+                .zip(1u64..)
+                .map(|(&(who, _), id)| (who == me, id))
+                .collect()
+        };
+        let seen = |msgs: Vec<ServerMsg>| -> Vec<(bool, u64)> {
+            msgs.into_iter()
+                .filter_map(|m| match m {
+                    ServerMsg::AckV3 { id, .. } => Some((true, id)),
+                    ServerMsg::ChatV3 { id, .. } => Some((false, id)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(seen(drain(&mut ra)), expect(a.id));
+        assert_eq!(seen(drain(&mut rb)), expect(b.id));
+        assert_eq!(seen(drain(&mut rc)), expect(u64::MAX));
+    }
+
     #[test]
     fn broadcast_reaches_others_in_order_and_acks_sender() {
         let mut r = room();
