@@ -262,6 +262,7 @@ impl Server {
         }
         tracing::info!(members = self.room.len(), "shutting down");
         endpoint.set_server_config(None);
+        flush_log(&self.room).await;
         self.room.shutdown(&stop.reason, stop.back, stop.from_host);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while sessions.join_next().await.is_some() {}
@@ -278,10 +279,38 @@ impl Server {
     }
 }
 
+/// Waits (bounded) until everything queued for the log is stored and
+/// published: the writer is a thread of its own, and what members said
+/// before the stop should reach them, acknowledged, before they are told
+/// the server is going, not be cut off when the process ends.
+async fn flush_log(room: &Room) {
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        if room
+            .log_queue()
+            .send(log::LogItem::Barrier(tx))
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+    })
+    .await;
+}
+
 /// Starts the room log's writer, once.
 fn start_writer(room: &Arc<Room>) {
     if let Some(rx) = room.take_log() {
-        tokio::spawn(log::run_writer(Arc::clone(room), rx));
+        #[cfg(test)]
+        {
+            tokio::spawn(log::run_writer_on_runtime(Arc::clone(room), rx));
+        }
+        #[cfg(not(test))]
+        if let Err(e) = log::spawn_writer(room, rx) {
+            // Then nothing public is stored or shown: members' messages
+            // wait in the full queue, and the log says why.
+            tracing::error!("cannot start the room log's writer: {e}");
+        }
     }
 }
 

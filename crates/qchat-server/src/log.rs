@@ -1,4 +1,4 @@
-//! The room log's writer: the one task that stores public messages.
+//! The room log's writer: the one thread that stores public messages.
 //!
 //! Sessions queue what their members say; the writer drains the queue in
 //! batches and stores each batch in one transaction with one sync (group
@@ -7,7 +7,7 @@
 //! that a crash could take back, and under load the cost of a sync is shared
 //! by every message that arrived while the previous one ran.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,6 +37,9 @@ pub trait Log: Send + Sync + 'static {
 
 /// Messages stored in one commit, at most.
 const LOG_BATCH: usize = 1024;
+
+/// The batch vector kept between batches; a larger one is let go.
+const SMALL_BATCH: usize = 64;
 
 /// A public message on its way to the log.
 #[derive(Debug)]
@@ -105,62 +108,83 @@ fn publish<L: Log>(room: &L, items: &mut Vec<LogItem>, stored: Outcome) {
     }
 }
 
-/// Stores and publishes everything queued until every sender is gone.
+/// Starts the room's log writer on a thread of its own
+/// ([`run_writer`]). The thread holds the room only weakly: the room holds
+/// the queue's sender, so the writer ends when the room is dropped, and
+/// the two do not keep each other alive.
+pub fn spawn_writer<L: Log>(
+    room: &Arc<L>,
+    rx: mpsc::Receiver<LogItem>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let room = Arc::downgrade(room);
+    std::thread::Builder::new()
+        .name("qchat-log".into())
+        .spawn(move || run_writer(&room, rx))
+}
+
+/// Stores and publishes everything queued until every sender is gone (the
+/// room dropped), on the calling thread, which it blocks: a thread of its
+/// own ([`spawn_writer`]), never a runtime worker.
 ///
-/// Two stages, each batch through both in order: while one batch is being
-/// stored (its commit waits for the disk), the batch stored before it is
-/// published. So the sync overlaps the fan-out instead of adding to it, and
-/// still nothing is shown before it is durable, batches are published in id
-/// order, and a barrier is answered only after everything queued before it
-/// is published. Both stages are synchronous (the disk, the room's lock)
-/// and run on blocking threads, never on a runtime worker. The batches'
-/// vectors are reused: at up to [`LOG_BATCH`] messages they are too large
-/// to allocate afresh each time.
-pub async fn run_writer<L: Log>(room: Arc<L>, mut rx: mpsc::Receiver<LogItem>) {
-    // The batch stored last, waiting to be published.
-    let mut stored: Option<(Vec<LogItem>, Outcome)> = None;
-    let mut spare = Vec::new();
-    loop {
-        let mut batch = std::mem::take(&mut spare);
-        if stored.is_some() {
-            // A stored batch must not wait for new messages: take only
-            // what is queued already.
-            while batch.len() < LOG_BATCH {
-                match rx.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
+/// Each batch is everything queued when the writer comes back for more
+/// (up to [`LOG_BATCH`]): stored in one commit, then published, then the
+/// next. One long-lived thread rather than a blocking task per stage and
+/// batch: with a few hundred messages in flight the batches are small, and
+/// two hand-overs between threads per batch (to the blocking pool and
+/// back) cost more than the commit they would overlap with the fan-out.
+/// Under load the batches grow instead, and the commit's cost is shared by
+/// more messages. Publishing from a task on the runtime instead (the store
+/// going on meanwhile) was measured too: less CPU, but the published batch
+/// waited for a busy runtime thread, and a small room's throughput fell by
+/// half (docs/PERFORMANCE.md, round 8). Nothing is shown before it is durable, batches are
+/// published in id order, and a barrier is answered only after everything
+/// queued before it is published.
+pub fn run_writer<L: Log>(room: &Weak<L>, mut rx: mpsc::Receiver<LogItem>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < LOG_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
             }
-        } else if rx.recv_many(&mut batch, LOG_BATCH).await == 0 {
-            // Every sender is gone and everything is published.
+        }
+        // Gone only while it is being dropped: nobody is left to show
+        // anything to.
+        let Some(room) = room.upgrade() else {
             return;
-        }
-        let storing = if batch.is_empty() {
-            spare = batch;
-            None
-        } else {
-            let r = Arc::clone(&room);
-            Some(tokio::task::spawn_blocking(move || {
-                let outcome = store(&*r, &batch);
-                (batch, outcome)
-            }))
         };
-        if let Some((mut items, outcome)) = stored.take() {
-            let r = Arc::clone(&room);
-            let published = tokio::task::spawn_blocking(move || {
-                publish(&*r, &mut items, outcome);
-                items
-            })
-            .await;
-            match published {
-                Ok(items) => spare = items,
-                Err(e) => tracing::error!("the room log's writer failed to publish: {e}"),
-            }
+        let outcome = store(&*room, &batch);
+        publish(&*room, &mut batch, outcome);
+        // A burst's large vector is not kept for the quiet that follows.
+        if batch.capacity() > 2 * SMALL_BATCH {
+            batch.shrink_to(SMALL_BATCH);
         }
-        if let Some(storing) = storing {
-            match storing.await {
-                Ok(done) => stored = Some(done),
-                Err(e) => tracing::error!("the room log's writer failed to store: {e}"),
+    }
+}
+
+/// The writer's steps ([`run_writer`]'s batches, stored then published)
+/// driven by a task on the runtime, each batch on a blocking thread, for
+/// the crate's tests. Their clock is paused and jumps ahead whenever the
+/// runtime has nothing to do: a writer on a thread of its own would look
+/// idle to it, and every wait for a published message would time out at
+/// once. A blocking task holds the clock while it runs.
+#[cfg(test)]
+pub(crate) async fn run_writer_on_runtime<L: Log>(room: Arc<L>, mut rx: mpsc::Receiver<LogItem>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
+        let r = Arc::clone(&room);
+        let mut items = std::mem::take(&mut batch);
+        let done = tokio::task::spawn_blocking(move || {
+            let outcome = store(&*r, &items);
+            publish(&*r, &mut items, outcome);
+            items
+        });
+        match done.await {
+            Ok(items) => batch = items,
+            Err(e) => {
+                tracing::error!("the room log's writer failed: {e}");
+                return;
             }
         }
     }
@@ -224,7 +248,7 @@ mod tests {
             Arc::new(MemoryStore::new(100_000)),
         );
         let rx = room.take_log().expect("the queue");
-        let writer = tokio::spawn(run_writer(Arc::clone(&room), rx));
+        let writer = spawn_writer(&room, rx).expect("a thread");
         let (a, mut ra) = join(&room, "a");
         let (_b, mut rb) = join(&room, "b");
         let queue = room.log_queue().clone();
@@ -255,9 +279,15 @@ mod tests {
             // b has its welcome and at least `seq` messages.
             assert!(rb.len() as u64 > seq, "{} frames at {seq}", rb.len());
         }
-        // The room holds a sender itself: the writer lives as long as the
-        // runtime, as in the server.
-        writer.abort();
+        // The room holds the queue's sender and the writer holds the room
+        // only weakly: with the room gone, the writer ends.
+        drop(queue);
+        drop(room);
+        let ended = tokio::task::spawn_blocking(move || writer.join().is_ok());
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(30), ended)
+            .await
+            .expect("the writer ends once the room is dropped");
+        assert!(ended.expect("joined"), "the writer did not panic");
         let shown: Vec<u64> = received(&mut rb)
             .into_iter()
             .filter_map(|m| match m {

@@ -665,14 +665,6 @@ impl Room {
         })
     }
 
-    /// The key member `id` proved in its handshake, and its instance: what
-    /// a signed message from it must name.
-    pub fn signer(&self, id: MemberId) -> Option<(qchat_tls::Fingerprint, [u8; 16])> {
-        let st = self.lock();
-        let peer = &st.members.get(&id)?.peer;
-        Some((peer.key?, peer.instance?))
-    }
-
     /// The queue to the log's writer.
     pub fn log_queue(&self) -> &mpsc::Sender<LogItem> {
         &self.log
@@ -708,49 +700,15 @@ impl Room {
                 return;
             }
         };
-        // Read once per batch, not per message: it takes the options' lock.
-        let keep = self.recent_len();
-        for (p, r) in batch.into_iter().zip(results) {
-            let author_v3 = st.members.get(&p.member).map(Member::v3);
-            match r {
-                Appended::Duplicate(id) => {
-                    if author_v3 == Some(true) {
-                        let ack = ServerMsg::AckV3 { seq: p.seq, id }.to_frame();
-                        self.send_to(&mut st, p.member, ack);
-                    }
-                }
-                Appended::New(id) => {
-                    st.published = st.published.max(id);
-                    self.fan_out(&mut st, id, p.member, &p.entry);
-                    if keep > 0 {
-                        if st.recent.len() >= keep {
-                            st.recent.pop_front();
-                        }
-                        let NewEntry {
-                            from,
-                            text,
-                            time_ms,
-                            action,
-                            proof,
-                            ..
-                        } = p.entry;
-                        st.recent.push_back(Entry {
-                            id,
-                            from,
-                            text,
-                            time_ms,
-                            action,
-                            proof,
-                        });
-                    }
-                    let ack = match author_v3 {
-                        Some(true) => ServerMsg::AckV3 { seq: p.seq, id },
-                        _ => ServerMsg::Ack { seq: p.seq },
-                    };
-                    self.send_to(&mut st, p.member, ack.to_frame());
-                }
-            }
+        let outgoing: Vec<Outgoing> = batch
+            .into_iter()
+            .zip(results)
+            .map(|(p, r)| Outgoing::new(&st, p, r))
+            .collect();
+        if let Some(id) = outgoing.iter().filter_map(|o| o.id).max() {
+            st.published = st.published.max(id);
         }
+        self.fan_out(&mut st, outgoing);
     }
 
     /// Messages kept in the in-memory window: what a fresh join needs, and
@@ -760,62 +718,64 @@ impl Room {
         options.history.max(options.replay_max.min(RECENT_MAX))
     }
 
-    /// Queues one stored message for everyone but its author: encoded once
-    /// for version-3 members and once for the others, each only if needed.
-    fn fan_out(&self, st: &mut State, id: u64, author: MemberId, e: &NewEntry) {
-        let mut frames = PerKind::default();
+    /// Queues a stored batch for the room, member by member: each member
+    /// gets the batch's messages by others and the acknowledgements of its
+    /// own, in id order, one after another. So a member's writer, woken by
+    /// the first frame, finds the rest of the batch queued behind it and
+    /// sends it in one write, instead of being woken once per message. Each
+    /// message is encoded once per kind of member (version 3 or older, and
+    /// signed for version 4), and only if such a member exists. A member
+    /// whose queue is full is not reading: it gets nothing more and is
+    /// removed once the batch is queued.
+    fn fan_out(&self, st: &mut State, mut outgoing: Vec<Outgoing>) {
         let mut slow = Vec::new();
         // Summed here and recorded once after the loop: two atomic updates
-        // per message rather than two per recipient.
+        // per batch rather than per recipient.
         let (mut delivered, mut deepest) = (0u64, 0usize);
-        // The author may already be back on a new connection (same
-        // instance, new member id): it gets its acknowledgement when it
-        // re-sends, never its own message.
-        let instance = e.key.map(|k| k.0);
-        let live = LiveChat {
-            id,
-            from: &e.from,
-            text: &e.text,
-            time_ms: e.time_ms,
-            action: e.action,
-        };
-        // Members that speak version 4 get a signed message's proof; it is
-        // encoded once, like the other forms.
-        let mut signed_frame: Option<Bytes> = None;
         for (mid, m) in &st.members {
-            if *mid == author || (instance.is_some() && m.peer.instance == instance) {
-                continue;
+            // The depth of the queue this batch joins, read before any of it
+            // is queued (the member's writer, on another thread, may take
+            // frames meanwhile, so `depth + queued` is at most the deepest
+            // it got).
+            let depth = m.outbox.max_capacity() - m.outbox.capacity();
+            let mut queued = 0;
+            for o in &mut outgoing {
+                let Some(frame) = o.frame_for(*mid, m) else {
+                    continue;
+                };
+                if is_full(m.outbox.try_send(frame)) {
+                    slow.push(*mid);
+                    break;
+                }
+                queued += 1;
+                if *mid != o.author {
+                    delivered += 1;
+                }
             }
-            let frame = match &e.proof {
-                Some(proof) if m.peer.version >= 4 => signed_frame
-                    .get_or_insert_with(|| {
-                        ServerMsg::ChatSigned {
-                            id,
-                            from: e.from.clone(),
-                            text: e.text.clone(),
-                            time_ms: e.time_ms,
-                            action: e.action,
-                            proof: (**proof).clone(),
-                        }
-                        .to_frame()
-                    })
-                    .clone(),
-                _ => frames.encoded(m.v3(), |v3| live.to_frame(v3)),
-            };
-            // The depth this frame joins, read before it is queued: read
-            // after, the member's writer (on another thread) may already
-            // have taken it.
-            let depth = m.outbox.max_capacity() - m.outbox.capacity() + 1;
-            if is_full(m.outbox.try_send(frame)) {
-                slow.push(*mid);
-            } else {
-                delivered += 1;
-                deepest = deepest.max(depth);
-            }
+            deepest = deepest.max(depth + queued);
         }
         if delivered > 0 {
             self.metrics.messages_delivered.inc_by(delivered);
             self.metrics.queue_depth(deepest);
+        }
+        // Read once per batch, not per message: it takes the options' lock.
+        let keep = self.recent_len();
+        if keep > 0 {
+            for o in outgoing {
+                if let (Some(id), Some(e)) = (o.id, o.entry) {
+                    if st.recent.len() >= keep {
+                        st.recent.pop_front();
+                    }
+                    st.recent.push_back(Entry {
+                        id,
+                        from: e.from,
+                        text: e.text,
+                        time_ms: e.time_ms,
+                        action: e.action,
+                        proof: e.proof,
+                    });
+                }
+            }
         }
         if !slow.is_empty() {
             self.evict_slow(st, slow);
@@ -1329,6 +1289,98 @@ impl crate::log::Log for Room {
     }
 }
 
+/// One message of a batch being published, and what each member gets of
+/// it: its author the acknowledgement, the others the message (if it is
+/// new), each kind of frame encoded the first time a member needs it.
+struct Outgoing {
+    author: MemberId,
+    /// The author's client instance: the author may already be back on a
+    /// new connection (same instance, new member id), which gets its
+    /// acknowledgement when it re-sends, never its own message.
+    instance: Option<[u8; 16]>,
+    seq: u64,
+    /// Its id in the log if it was stored anew; `None` for a duplicate,
+    /// which is only acknowledged.
+    id: Option<u64>,
+    /// Its id in the log, new or not, for the acknowledgement.
+    acked_id: u64,
+    /// Whether its author speaks version 3 (`None`: the author is gone).
+    author_v3: Option<bool>,
+    entry: Option<NewEntry>,
+    frames: PerKind,
+    /// For version-4 members, a signed message with its proof.
+    signed: Option<Bytes>,
+}
+
+impl Outgoing {
+    fn new(st: &State, p: Pending, appended: Appended) -> Self {
+        let (id, acked_id) = match appended {
+            Appended::New(id) => (Some(id), id),
+            Appended::Duplicate(id) => (None, id),
+        };
+        Outgoing {
+            author: p.member,
+            instance: p.entry.key.map(|k| k.0),
+            seq: p.seq,
+            id,
+            acked_id,
+            author_v3: st.members.get(&p.member).map(Member::v3),
+            entry: id.map(|_| p.entry),
+            frames: PerKind::default(),
+            signed: None,
+        }
+    }
+
+    /// What member `mid` gets of this message, if anything.
+    fn frame_for(&mut self, mid: MemberId, m: &Member) -> Option<Bytes> {
+        if mid == self.author {
+            return match (self.id, self.author_v3) {
+                (_, Some(true)) => Some(
+                    ServerMsg::AckV3 {
+                        seq: self.seq,
+                        id: self.acked_id,
+                    }
+                    .to_frame(),
+                ),
+                (Some(_), _) => Some(ServerMsg::Ack { seq: self.seq }.to_frame()),
+                // A duplicate from a client before version 3 cannot have
+                // happened (only version 3 re-sends); nothing to say.
+                (None, _) => None,
+            };
+        }
+        let (id, e) = (self.id?, self.entry.as_ref()?);
+        if self.instance.is_some() && m.peer.instance == self.instance {
+            return None;
+        }
+        Some(match &e.proof {
+            Some(proof) if m.peer.version >= 4 => self
+                .signed
+                .get_or_insert_with(|| {
+                    ServerMsg::ChatSigned {
+                        id,
+                        from: e.from.clone(),
+                        text: e.text.clone(),
+                        time_ms: e.time_ms,
+                        action: e.action,
+                        proof: (**proof).clone(),
+                    }
+                    .to_frame()
+                })
+                .clone(),
+            _ => self.frames.encoded(m.v3(), |v3| {
+                LiveChat {
+                    id,
+                    from: &e.from,
+                    text: &e.text,
+                    time_ms: e.time_ms,
+                    action: e.action,
+                }
+                .to_frame(v3)
+            }),
+        })
+    }
+}
+
 /// One broadcast, encoded at most once per kind of member: version-3
 /// members get one encoding, older members another, each made only when the
 /// first member of its kind needs it.
@@ -1457,6 +1509,52 @@ pub(crate) mod tests {
             .join("aLICE", tx2, Ending::new(), peer(false), None)
             .expect_err("taken");
         assert_eq!(err.reason, RejectReason::NameTaken);
+    }
+
+    /// One batch from two authors, fanned out member by member: each
+    /// member gets the others' messages and its own acknowledgements
+    /// interleaved in id order, exactly as if they had come one by one.
+    #[test]
+    fn a_batch_reaches_each_member_in_id_order_with_its_acks_in_place() {
+        let mut r = room();
+        let (a, mut ra) = v3_member(&r, "a", 1, None);
+        let (b, mut rb) = v3_member(&r, "b", 2, None);
+        let (_c, mut rc) = v3_member(&r, "c", 3, None);
+        for rx in [&mut ra, &mut rb, &mut rc] {
+            drain(rx);
+        }
+        let said = [(a.id, 1), (b.id, 1), (a.id, 2), (a.id, 3), (b.id, 2)];
+        for (who, seq) in said {
+            let p = r
+                .room
+                .submit(who, seq, format!("{who}/{seq}"), false, None)
+                .expect("a member");
+            r.room
+                .log_queue()
+                .try_send(LogItem::Message(p))
+                .expect("room in the queue");
+        }
+        drain_now(&r.room, &mut r.log);
+        // What member `me` should see: ids 1..=5 in order, its own as
+        // acknowledgements, the others' as messages.
+        let expect = |me: MemberId| -> Vec<(bool, u64)> {
+            said.iter()
+                .zip(1u64..)
+                .map(|(&(who, _), id)| (who == me, id))
+                .collect()
+        };
+        let seen = |msgs: Vec<ServerMsg>| -> Vec<(bool, u64)> {
+            msgs.into_iter()
+                .filter_map(|m| match m {
+                    ServerMsg::AckV3 { id, .. } => Some((true, id)),
+                    ServerMsg::ChatV3 { id, .. } => Some((false, id)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(seen(drain(&mut ra)), expect(a.id));
+        assert_eq!(seen(drain(&mut rb)), expect(b.id));
+        assert_eq!(seen(drain(&mut rc)), expect(u64::MAX));
     }
 
     #[test]

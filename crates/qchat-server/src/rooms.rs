@@ -151,9 +151,7 @@ impl Rooms {
             lobby: self.lobby.clone(),
             metrics: self.metrics.clone(),
         });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(crate::log::run_writer(Arc::clone(&ch), rx));
-        }
+        start_writer(&ch, rx);
         Ok(ch)
     }
 
@@ -866,6 +864,22 @@ impl Log for Channel {
         }
         drop(st);
         self.evict(slow);
+    }
+}
+
+/// Starts a room's log writer: a thread of its own, holding the room only
+/// weakly ([`crate::log::spawn_writer`]); in the crate's tests, whose
+/// clock is paused, a task on the runtime instead.
+fn start_writer(ch: &Arc<Channel>, rx: mpsc::Receiver<LogItem>) {
+    #[cfg(test)]
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(crate::log::run_writer_on_runtime(Arc::clone(ch), rx));
+    }
+    #[cfg(not(test))]
+    if let Err(e) = crate::log::spawn_writer(ch, rx) {
+        // Then nothing said in this room is stored or shown: its members'
+        // lines wait in the full queue, and the log says why.
+        tracing::error!(room = %ch.name, "cannot start the room log's writer: {e}");
     }
 }
 

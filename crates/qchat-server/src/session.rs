@@ -24,10 +24,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::gate::Permit;
-use crate::log::LogItem;
+use crate::log::{LogItem, Pending};
 use crate::registry::{Claim, Claimed, Refusal};
 use crate::room::{Ending, MemberId, Peer, Rejection, Room};
 use crate::rooms::{Actor, Channel};
+use crate::store::NewEntry;
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
@@ -334,6 +335,12 @@ where
     }
 
     let id = joined.id;
+    let me = Speaker {
+        name: joined.name.clone(),
+        instance,
+        ending: Arc::clone(&ending),
+        signer: Signer::new(key.zip(instance)),
+    };
     // Reader and writer are boxed because they are moved (into the join
     // below): the compiler keeps a moved-from future's space in the task
     // as well as its new home, so unboxed each would be stored two or three
@@ -343,7 +350,7 @@ where
         // The rooms besides the lobby this member is in.
         let mut mine: Vec<Arc<Channel>> = Vec::new();
         let outcome = tokio::select! {
-            outcome = read_loop(id, version, &mut decoder, &mut recv, room, options, &queue, &mut mine) => Some(outcome),
+            outcome = read_loop(id, version, me, &mut decoder, &mut recv, room, options, &queue, &mut mine) => Some(outcome),
             // Removed by the room (kick, shutdown): nothing more the member
             // sends matters, and waiting for it to stop talking would only
             // hold the session open; the writer delivers the last words.
@@ -733,6 +740,7 @@ fn whois(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
 async fn read_loop<R: AsyncRead + Unpin>(
     id: MemberId,
     version: u32,
+    mut me: Speaker,
     decoder: &mut FrameDecoder,
     recv: &mut R,
     room: &Room,
@@ -769,7 +777,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 queue,
                 mine: &mut *mine,
             };
-            if let Some(reason) = Box::pin(handle(id, msg, room, options, rooms)).await {
+            if let Some(reason) = Box::pin(handle(id, &mut me, msg, room, options, rooms)).await {
                 Box::pin(published(room)).await;
                 for ch in mine.iter() {
                     rooms_published(ch).await;
@@ -882,6 +890,7 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
 /// its senders down instead of dropping anything.
 async fn handle(
     id: MemberId,
+    me: &mut Speaker,
     msg: ClientMsg,
     room: &Room,
     options: &ServerOptions,
@@ -917,8 +926,8 @@ async fn handle(
             room.metrics().messages_refused.inc();
             room.reply(id, &ServerMsg::Refused { seq, reason });
         }
-        ClientMsg::Say { seq, text } => submit(room, id, seq, text, false).await,
-        ClientMsg::Action { seq, text } => submit(room, id, seq, text, true).await,
+        ClientMsg::Say { seq, text } => submit(room, id, me, seq, text, false, None).await,
+        ClientMsg::Action { seq, text } => submit(room, id, me, seq, text, true, None).await,
         ClientMsg::Private { seq, to, text } => {
             crate::private::send(room, options, id, seq, &to, text, None).await;
         }
@@ -929,7 +938,7 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match proof(id, room, seq, sent_ms, key, sig) {
+        } => match me.signer.proof(seq, sent_ms, key, sig) {
             Ok(p) => crate::private::send(room, options, id, seq, &to, text, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
@@ -943,8 +952,8 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match proof(id, room, seq, sent_ms, key, sig) {
-            Ok(p) => submit_signed(room, id, seq, text, action, p).await,
+        } => match me.signer.proof(seq, sent_ms, key, sig) {
+            Ok(p) => submit(room, id, me, seq, text, action, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
                 room.reply(id, &ServerMsg::Refused { seq, reason });
@@ -956,6 +965,8 @@ async fn handle(
                 for ch in rooms.mine.iter() {
                     ch.rename(id, &now);
                 }
+                // The name the member's next lines are stored under.
+                me.name = now;
             }
         }
         ClientMsg::RoomSay {
@@ -972,7 +983,7 @@ async fn handle(
             sent_ms,
             key,
             sig,
-        } => match proof(id, room, seq, sent_ms, key, sig) {
+        } => match me.signer.proof(seq, sent_ms, key, sig) {
             Ok(p) => in_room(id, room, rooms, &name, seq, text, action, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
@@ -1061,58 +1072,81 @@ async fn handle(
     None
 }
 
-/// The proof to store with a signed message, or why it is refused. The
-/// signature itself is not checked here (each recipient checks it; see
-/// docs/PERFORMANCE.md): only what is cheap and bounds what is stored —
-/// its length, and that the key is the one this connection proved, so an
-/// honest server never forwards a line under a key its sender does not
-/// hold.
-fn proof(
-    id: MemberId,
-    room: &Room,
-    seq: u64,
-    sent_ms: u64,
-    key: [u8; 32],
-    sig: Vec<u8>,
-) -> Result<Box<qchat_proto::Proof>, String> {
-    if sig.len() != qchat_proto::signed::SIGNATURE_LEN {
-        return Err(format!(
-            "a signature is {} bytes, not {}; nothing was sent",
-            qchat_proto::signed::SIGNATURE_LEN,
-            sig.len()
-        ));
-    }
-    let Some((proved, instance)) = room.signer(id) else {
-        return Err(
-            "only a client that presented a key (and a version-3 instance) can sign; nothing was sent"
-                .into(),
-        );
-    };
-    if qchat_tls::signing::fingerprint(&key) != proved {
-        return Err(
-            "the message is signed with another key than this connection's; nothing was sent"
-                .into(),
-        );
-    }
-    Ok(Box::new(qchat_proto::Proof {
-        instance,
-        seq,
-        sent_ms,
-        key,
-        sig,
-    }))
+/// The member as its session knows it, for what it says: kept here so that
+/// a message costs no room lock. The name changes only by the member's own
+/// `/nick`, after which the session reads it back from the room.
+struct Speaker {
+    name: String,
+    instance: Option<[u8; 16]>,
+    /// Triggered once the room has removed the member: nothing it sends
+    /// after that is stored.
+    ending: Arc<Ending>,
+    signer: Signer,
 }
 
-async fn submit_signed(
-    room: &Room,
-    id: MemberId,
-    seq: u64,
-    text: String,
-    action: bool,
-    proof: Box<qchat_proto::Proof>,
-) {
-    if let Some(p) = room.submit(id, seq, text, action, Some(proof)) {
-        let _ = room.log_queue().send(LogItem::Message(p)).await;
+/// What a signed line from this connection must name: the key it proved
+/// in its handshake and its client instance, both fixed for the
+/// connection's life. Kept by the session rather than asked of the room,
+/// so that a signed line costs no room lock, and once a line's key has
+/// matched, the next lines' no hash.
+#[derive(Debug, Clone, Copy)]
+struct Signer {
+    /// `None`: a guest, or a client before version 3, which cannot sign.
+    proved: Option<(qchat_tls::Fingerprint, [u8; 16])>,
+    /// The last key a line named that hashed to the proved one.
+    matched: Option<[u8; 32]>,
+}
+
+impl Signer {
+    fn new(proved: Option<(qchat_tls::Fingerprint, [u8; 16])>) -> Self {
+        Signer {
+            proved,
+            matched: None,
+        }
+    }
+
+    /// The proof to store with a signed message, or why it is refused.
+    /// The signature itself is not checked here (each recipient checks
+    /// it; see docs/PERFORMANCE.md): only what is cheap and bounds what is
+    /// stored — its length, and that the key is the one this connection
+    /// proved, so an honest server never forwards a line under a key its
+    /// sender does not hold.
+    fn proof(
+        &mut self,
+        seq: u64,
+        sent_ms: u64,
+        key: [u8; 32],
+        sig: Vec<u8>,
+    ) -> Result<Box<qchat_proto::Proof>, String> {
+        if sig.len() != qchat_proto::signed::SIGNATURE_LEN {
+            return Err(format!(
+                "a signature is {} bytes, not {}; nothing was sent",
+                qchat_proto::signed::SIGNATURE_LEN,
+                sig.len()
+            ));
+        }
+        let Some((proved, instance)) = self.proved else {
+            return Err(
+                "only a client that presented a key (and a version-3 instance) can sign; nothing was sent"
+                    .into(),
+            );
+        };
+        if self.matched != Some(key) {
+            if qchat_tls::signing::fingerprint(&key) != proved {
+                return Err(
+                    "the message is signed with another key than this connection's; nothing was sent"
+                        .into(),
+                );
+            }
+            self.matched = Some(key);
+        }
+        Ok(Box::new(qchat_proto::Proof {
+            instance,
+            seq,
+            sent_ms,
+            key,
+            sig,
+        }))
     }
 }
 
@@ -1356,11 +1390,37 @@ async fn published(room: &Room) {
     }
 }
 
-async fn submit(room: &Room, id: MemberId, seq: u64, text: String, action: bool) {
-    if let Some(p) = room.submit(id, seq, text, action, None) {
-        // Only fails once the writer is gone, when the server is stopping.
-        let _ = room.log_queue().send(LogItem::Message(p)).await;
+/// Queues a public message (or action) for the log; the log's writer
+/// stores it, then the room shows it. Built from the session's own copy of
+/// the member (its name, instance, whether the room has removed it), not
+/// under the room's lock: the log's writer holds that lock while it fans a
+/// batch out, and a session waiting for it would block its runtime thread.
+async fn submit(
+    room: &Room,
+    id: MemberId,
+    me: &Speaker,
+    seq: u64,
+    text: String,
+    action: bool,
+    proof: Option<Box<qchat_proto::Proof>>,
+) {
+    if me.ending.get().is_some() {
+        return;
     }
+    let p = Pending {
+        member: id,
+        seq,
+        entry: NewEntry {
+            key: me.instance.map(|i| (i, seq)),
+            from: me.name.clone(),
+            text,
+            time_ms: qchat_proto::clock::now_ms(),
+            action,
+            proof,
+        },
+    };
+    // Only fails once the writer is gone, when the server is stopping.
+    let _ = room.log_queue().send(LogItem::Message(p)).await;
 }
 
 async fn read<R: AsyncRead + Unpin>(
