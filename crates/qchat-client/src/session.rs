@@ -872,6 +872,11 @@ struct State {
     rooms: RoomTranscripts,
     /// The rooms to rejoin, written first on a new connection.
     rejoin: Vec<ClientMsg>,
+    /// Room lines that waited for a connection to a server that turned
+    /// out to have no rooms (an older server after a reconnect): not
+    /// written (the server would end the connection over them), and
+    /// reported refused.
+    roomless: Vec<u64>,
     /// The goodbye to send once the outbox is empty.
     quitting: Option<String>,
     /// The goodbye is written on this connection.
@@ -936,6 +941,7 @@ impl State {
                     .unwrap_or_default(),
             ),
             rejoin: Vec::new(),
+            roomless: Vec::new(),
             quitting: None,
             bye_sent: false,
             server_end: None,
@@ -1063,6 +1069,16 @@ impl State {
                 Ok(()) => {}
                 Err(()) => return Served::Ended(self.ended(cur.conn.as_ref()).await),
             }
+            for seq in std::mem::take(&mut self.roomless) {
+                let reason = format!(
+                    "this server speaks protocol version {}, which has only {} (version 5 added rooms)",
+                    self.version,
+                    qchat_proto::names::LOBBY
+                );
+                if emit(events, Event::Refused { seq, reason }).await.is_err() {
+                    return Served::Gone;
+                }
+            }
             let next_send = if self.outbox.has_unsent() {
                 Some(self.pacer.ready_at(Instant::now()))
             } else {
@@ -1141,6 +1157,13 @@ impl State {
             let Some(msg) = self.outbox.next_to_send() else {
                 break;
             };
+            if let (ClientMsg::RoomSay { seq, .. } | ClientMsg::RoomSigned { seq, .. }, true) =
+                (&msg, self.version < 5)
+            {
+                self.outbox.answered(*seq);
+                self.roomless.push(*seq);
+                continue;
+            }
             let msg = unsigned_for(msg, self.version);
             cur.send.write_all(&msg.to_frame()).await.map_err(|_| ())?;
         }
@@ -2704,6 +2727,102 @@ mod network_tests {
 
     /// Typed while disconnected: numbered at once, held, and sent on the
     /// next connection in order.
+    #[tokio::test]
+    async fn a_reconnect_rejoins_each_room_from_its_point_before_resending_its_lines() {
+        let mut h = start(0, 0);
+        let room_log = [7; 16];
+        let server = h.server.as_mut().expect("connected");
+        server
+            .write(ServerMsg::RoomJoined {
+                room: "#dev".into(),
+                log_id: room_log,
+                last_id: 0,
+                topic: String::new(),
+                members: vec!["me".into(), "bob".into()],
+                operator: true,
+                invite_only: false,
+            })
+            .await;
+        for id in 1..=2 {
+            server
+                .write(ServerMsg::RoomChat {
+                    room: "#dev".into(),
+                    id,
+                    from: "bob".into(),
+                    text: format!("dev {id}"),
+                    time_ms: 0,
+                    action: false,
+                    proof: None,
+                })
+                .await;
+        }
+        // Ids of the lobby's log are another log's: no effect on the room.
+        server.write(chat(5, "bob", "lobby")).await;
+        let shown = h
+            .until(|e| matches!(e, Event::Chat { text, .. } if text == "lobby"))
+            .await;
+        let in_dev = shown
+            .iter()
+            .filter(|e| matches!(e, Event::InRoom { room, .. } if room == "#dev"))
+            .count();
+        assert_eq!(in_dev, 2, "{shown:?}");
+        h.drop_connection().await;
+        h.commands
+            .send(Command::RoomSay {
+                room: "#dev".into(),
+                text: "while away".into(),
+                action: false,
+            })
+            .await
+            .expect("the task runs");
+        h.until(|e| *e == Event::Sent { seq: 1 }).await;
+        let (mut server, _) = h.redial().await;
+        assert_eq!(
+            server.read().await,
+            ClientMsg::Join {
+                room: "#dev".into(),
+                resume: Some(ResumePoint {
+                    log_id: room_log,
+                    after: 2
+                })
+            }
+        );
+        assert!(
+            matches!(server.read().await, ClientMsg::RoomSay { seq: 1, room, .. } if room == "#dev")
+        );
+        // The replay overlapping what was shown shows nothing twice.
+        server
+            .write(ServerMsg::RoomHistory {
+                room: "#dev".into(),
+                id: 2,
+                from: "bob".into(),
+                text: "dev 2".into(),
+                time_ms: 0,
+                action: false,
+                proof: None,
+            })
+            .await;
+        server
+            .write(ServerMsg::RoomHistory {
+                room: "#dev".into(),
+                id: 3,
+                from: "bob".into(),
+                text: "dev 3".into(),
+                time_ms: 0,
+                action: false,
+                proof: None,
+            })
+            .await;
+        let replay = h
+            .until(|e| matches!(e, Event::InRoom { event, .. } if matches!(&**event, Event::History { text, .. } if text == "dev 3")))
+            .await;
+        assert!(
+            !replay.iter().any(|e| matches!(e, Event::InRoom { event, .. } if matches!(&**event, Event::History { text, .. } if text == "dev 2"))),
+            "{replay:?}"
+        );
+        h.task.abort();
+    }
+
     #[tokio::test]
     async fn messages_typed_while_disconnected_leave_on_reconnect() {
         let mut h = start(0, 0);

@@ -139,6 +139,7 @@ impl Rooms {
         let published = store.last_id();
         let ch = Arc::new(Channel {
             name: meta.name.clone(),
+            key: key.to_string(),
             state: Mutex::new(ChanState {
                 members: BTreeMap::new(),
                 published,
@@ -288,6 +289,9 @@ fn save(path: &Path, all: &[Meta]) -> Result<(), StoreError> {
 pub struct Channel {
     /// As its creator spelt it.
     name: String,
+    /// Its folded name ([`names::fold_room`]), made once: folding is
+    /// Unicode normalisation and a confusables table, too dear per line.
+    key: String,
     state: Mutex<ChanState>,
     store: Arc<dyn Store>,
     log: mpsc::Sender<LogItem>,
@@ -337,6 +341,16 @@ impl Channel {
     /// The room's name, as its creator spelt it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether `room` names this room: as spelt, or as the same name.
+    pub fn is_called(&self, room: &str) -> bool {
+        self.name == room || self.key == names::fold_room(room)
+    }
+
+    /// Its folded name.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The queue to this room's log writer.

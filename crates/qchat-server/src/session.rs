@@ -1272,11 +1272,7 @@ async fn join_room(
 /// `/part #room [REASON]`.
 fn part_room(id: MemberId, room: &Room, rooms: InRooms<'_>, name: &str, mut reason: String) {
     truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
-    let key = qchat_proto::names::fold_room(name);
-    let pos = rooms
-        .mine
-        .iter()
-        .position(|ch| qchat_proto::names::fold_room(ch.name()) == key);
+    let pos = rooms.mine.iter().position(|ch| ch.is_called(name));
     match pos {
         Some(i) if rooms.mine[i].leave(id, None, &reason, true) => {
             rooms.mine.remove(i);
@@ -1356,11 +1352,12 @@ async fn in_room(
     action: bool,
     proof: Option<Box<qchat_proto::Proof>>,
 ) {
-    let key = qchat_proto::names::fold_room(name);
-    let ch = rooms
-        .mine
-        .iter()
-        .find(|ch| qchat_proto::names::fold_room(ch.name()) == key);
+    // Clients send the room's name as the server spells it: compared as
+    // it is first, folded only when that fails.
+    let ch = rooms.mine.iter().find(|ch| ch.name() == name).or_else(|| {
+        let key = qchat_proto::names::fold_room(name);
+        rooms.mine.iter().find(|ch| ch.key() == key)
+    });
     match ch.and_then(|ch| Some((ch, ch.submit(id, seq, text, action, proof)?))) {
         Some((ch, p)) => {
             let _ = ch.log_queue().send(LogItem::Message(p)).await;
