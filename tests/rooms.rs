@@ -279,3 +279,24 @@ fn a_restarted_client_rejoins_its_rooms_from_where_it_left_off() {
         bob.transcript()
     );
 }
+
+/// A member who types a room's name in another case still signs its lines
+/// under the server's spelling: the others see them as hers, never as
+/// forgeries.
+#[test]
+fn a_room_joined_in_another_spelling_still_carries_signed_lines() {
+    let (hs, ha, hb) = (Home::new(), Home::new(), Home::new());
+    let server = Server::start(&hs);
+    let mut bob = join(&hb, &server, "bob");
+    let mut alice = join(&ha, &server, "alice");
+
+    join_room(&mut bob, "#dev");
+    alice.send_line("/join #DEV");
+    expect_start(&mut alice, "* you joined #dev ");
+    expect_line(&mut bob, "* #dev alice joined");
+
+    alice.send_line("signed in any spelling");
+    expect_line(&mut bob, "#dev <alice> signed in any spelling");
+    never_saw(&bob, "unverified");
+    never_saw(&bob, "forged");
+}

@@ -109,6 +109,15 @@ impl RoomTranscripts {
         entry.1.welcome(log_id);
     }
 
+    /// `room` as the server spells it, if we are in it: a line is sent and
+    /// signed under that spelling, since the signature covers the room's
+    /// name and every member checks it against the server's spelling.
+    pub fn spelling(&self, room: &str) -> Option<&str> {
+        self.rooms
+            .get(&qchat_proto::names::fold_room(room))
+            .map(|(name, _)| name.as_str())
+    }
+
     /// We are no longer in `room`: nothing of it is resumed any more.
     pub fn parted(&mut self, room: &str) {
         self.rooms.remove(&qchat_proto::names::fold_room(room));
@@ -508,6 +517,16 @@ mod tests {
         o.next_to_send();
         assert!(o.answered(1));
         o.push(3, say(3)).expect("room again");
+    }
+
+    #[test]
+    fn a_room_is_spelt_as_the_server_spells_it() {
+        let mut rooms = RoomTranscripts::default();
+        assert_eq!(rooms.spelling("#Dev"), None);
+        rooms.joined("#dev", [1; 16]);
+        assert_eq!(rooms.spelling("#DEV"), Some("#dev"));
+        rooms.parted("#Dev");
+        assert_eq!(rooms.spelling("#dev"), None);
     }
 
     #[test]

@@ -1605,8 +1605,10 @@ impl State {
     }
 
     /// A line for a room, signed under the same conditions as a lobby
-    /// line; the signature covers the room's name as sent.
+    /// line; the signature covers the room's name as the server spells it
+    /// (however the user typed it), which is what the others check.
     fn in_room(&mut self, room: String, text: String, action: bool) -> ClientMsg {
+        let room = self.rooms.spelling(&room).map_or(room, str::to_string);
         let seq = self.seq();
         let kind = qchat_proto::signed::SignedKind::public(action);
         match self.sign(kind, &room, &text, seq) {

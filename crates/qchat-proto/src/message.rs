@@ -213,8 +213,9 @@ pub enum ClientMsg {
     },
     /// 21 (version 5): [`ClientMsg::RoomSay`] signed by the sender's key,
     /// as [`ClientMsg::Signed`] is for the lobby. The signed bytes'
-    /// recipient field holds the room's name as sent, so the signature
-    /// binds the line to its room.
+    /// recipient field holds the room's name as the server spells it
+    /// (`RoomJoined`'s), which `room` repeats, so the signature binds the
+    /// line to its room.
     RoomSigned {
         /// The room.
         room: String,

@@ -1358,6 +1358,20 @@ async fn in_room(
         let key = qchat_proto::names::fold_room(name);
         rooms.mine.iter().find(|ch| ch.key() == key)
     });
+    // A signature covers the room's name as the sender spelt it, and every
+    // member checks it against the server's spelling: another spelling
+    // would reach them as a forgery, so it is refused here, with the reason.
+    if let (Some(ch), Some(_)) = (ch, &proof) {
+        if ch.name() != name {
+            room.metrics().messages_refused.inc();
+            let reason = format!(
+                "a signed line must name the room as the server spells it ({}), not {name}; nothing was sent",
+                ch.name()
+            );
+            room.reply(id, &ServerMsg::Refused { seq, reason });
+            return;
+        }
+    }
     match ch.and_then(|ch| Some((ch, ch.submit(id, seq, text, action, proof)?))) {
         Some((ch, p)) => {
             let _ = ch.log_queue().send(LogItem::Message(p)).await;

@@ -1605,6 +1605,29 @@ async fn a_signed_room_line_is_bound_to_its_room() {
         }
         other => panic!("{other:?}"),
     }
+    // Signed under another spelling of the room, it would reach bob as a
+    // forgery: it is refused instead, and says why.
+    alice
+        .send(ClientMsg::RoomSigned {
+            room: "#DEV".into(),
+            seq: 2,
+            text: "hi".into(),
+            action: false,
+            sent_ms: 77,
+            key: signer.public_key(),
+            sig: signer.sign(&bytes("#DEV")),
+        })
+        .await;
+    match until(&mut alice, |m| matches!(m, ServerMsg::Refused { .. })).await {
+        ServerMsg::Refused { seq, reason } => {
+            assert_eq!(seq, 2);
+            assert!(
+                reason.contains("as the server spells it (#dev)"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Frames up to and including the first that `last` matches.
