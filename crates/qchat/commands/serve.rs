@@ -626,7 +626,15 @@ fn open_conversations(
         crate::cli::SyncArg::None => SyncPolicy::None,
     };
     let c = Conversations::open(&dir, args.private_keep, sync)?;
-    tracing::info!(path = ?c.path(), conversations = c.len(), "private conversations open");
+    match c.path() {
+        Some(path) => {
+            tracing::info!(path = %path.display(), conversations = c.len(), "private conversations open");
+        }
+        None => tracing::info!(
+            conversations = c.len(),
+            "private conversations open, in memory"
+        ),
+    }
     Ok(Some(std::sync::Arc::new(c)))
 }
 
