@@ -259,9 +259,10 @@ fn room_joined(
 ) -> String {
     let names: Vec<String> = members.iter().map(|m| s(m)).collect();
     let mut line = format!(
-        "you joined {} ({} members: {})",
+        "you joined {} ({} {}: {})",
         s(room),
         members.len(),
+        if members.len() == 1 { "member" } else { "members" },
         names.join(", ")
     );
     if operator {
