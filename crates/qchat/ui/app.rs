@@ -17,7 +17,7 @@ use crossterm::event::{
     MouseEventKind,
 };
 use qchat_client::{Command, ConnectionState, Event};
-use qchat_proto::names;
+use qchat_proto::names::{self, is_lobby, LOBBY};
 use ratatui::layout::Rect;
 use time::UtcOffset;
 
@@ -101,6 +101,10 @@ pub struct App {
     pub convs: Vec<Conversation>,
     /// The one on the screen, an index into `convs`.
     pub current: usize,
+    /// Rooms the user asked to `/join` that the server has not yet said
+    /// we are in: the answer for one of these puts it on the screen, while
+    /// the rejoins after a reconnect (not asked for) leave the view alone.
+    joining: Vec<String>,
     /// Lines added so far, in every conversation: a clock for which one
     /// was quiet for longest.
     touches: u64,
@@ -178,6 +182,7 @@ impl App {
             me: about.name.clone(),
             convs: vec![Conversation::new(Conv::lobby())],
             current: 0,
+            joining: Vec::new(),
             touches: 0,
             about,
             editor: Editor::default(),
@@ -307,8 +312,9 @@ impl App {
     }
 
     /// The index of `conv`, which begins (empty) if it had not.
-    /// At the limit of conversations, the private one quiet for longest
-    /// (never the one on the screen, never a room) makes way.
+    /// At the limit of conversations, the private one (or room we left)
+    /// quiet for longest makes way; never the one on the screen, never a
+    /// room we are in.
     fn find_or_add(&mut self, conv: Conv) -> usize {
         if let Some(i) = self.convs.iter().position(|c| c.conv == conv) {
             return i;
@@ -318,7 +324,9 @@ impl App {
                 .convs
                 .iter()
                 .enumerate()
-                .filter(|&(i, c)| i != self.current && matches!(c.conv, Conv::Private(_)))
+                .filter(|&(i, c)| {
+                    i != self.current && (c.parted || matches!(c.conv, Conv::Private(_)))
+                })
                 .min_by_key(|(_, c)| c.touched)
                 .map(|(i, _)| i);
             if let Some(i) = quietest {
@@ -386,7 +394,8 @@ impl App {
     }
 
     /// The conversation list's entries as drawn: Alt's number (1–9), the
-    /// name, the unread count and `!` if we were mentioned.
+    /// name, `(left)` for a room we are no longer in, the unread count and
+    /// `!` if we were mentioned.
     pub fn conv_entries(&self) -> Vec<String> {
         self.convs
             .iter()
@@ -398,6 +407,9 @@ impl App {
                     " ".into()
                 };
                 let mut entry = format!("{number} {}", c.conv.label());
+                if c.parted {
+                    entry.push_str(" (left)");
+                }
                 if c.unread > 0 {
                     entry.push_str(&format!(" {}", c.unread));
                 }
@@ -420,13 +432,14 @@ impl App {
         )
     }
 
-    /// Where an event's lines go: the one place that decides it. Messages
-    /// and member news of the room go to the room (every room event is the
-    /// lobby's until events carry their room), a private message to the
-    /// conversation with the other person (in both directions), a refusal
-    /// to the conversation where the refused line is; answers to commands,
-    /// the connection's state and the server's notices to the
-    /// conversation on the screen, where the user is looking.
+    /// Where an event's lines go: the one place that decides it. A room's
+    /// lines, member news, topic and mode go to that room (events without
+    /// a room are the lobby's), a private message to the conversation with
+    /// the other person (in both directions), a refusal to the
+    /// conversation where the refused line is; answers to commands (the
+    /// room list, an invitation to a room we are not in), the connection's
+    /// state and the server's notices to the conversation on the screen,
+    /// where the user is looking.
     pub fn route(&self, ev: &Event) -> Route {
         match ev {
             Event::Chat { .. }
@@ -440,6 +453,12 @@ impl App {
             | Event::Roster { .. }
             | Event::MemberReconnecting { .. }
             | Event::MemberReturned { .. } => Route::To(Conv::lobby()),
+            Event::InRoom { room, .. }
+            | Event::RoomJoined { room, .. }
+            | Event::RoomReplayed { room, .. }
+            | Event::Parted { room, .. }
+            | Event::Topic { room, .. }
+            | Event::RoomMode { room, .. } => Route::To(Conv::Room(room.clone())),
             Event::Private { from, to, .. } => {
                 let peer = if same(from, &self.me) { to } else { from };
                 Route::To(Conv::Private(peer.clone()))
@@ -469,14 +488,8 @@ impl App {
             | Event::Verified { .. }
             | Event::ContactChanged { .. }
             | Event::Signed { .. }
-            | Event::InRoom { .. }
-            | Event::RoomJoined { .. }
-            | Event::RoomReplayed { .. }
-            | Event::Parted { .. }
             | Event::RoomList(_)
-            | Event::Topic { .. }
-            | Event::Invited { .. }
-            | Event::RoomMode { .. } => Route::Current,
+            | Event::Invited { .. } => Route::Current,
         }
     }
 
@@ -487,21 +500,51 @@ impl App {
             Route::To(conv) => self.find_or_add(conv),
             Route::Current => self.current,
         };
+        // A room's line or member news is, in the room's own conversation,
+        // what the same event is in the lobby's: its room is said by where
+        // it is, not by a prefix on every line.
+        let (ev, in_room) = match ev {
+            Event::InRoom { event, .. } => (*event, true),
+            other => (other, false),
+        };
         let mut mention = false;
         let mut message = false;
+        // Put the conversation on the screen once its line is in.
+        let mut focus = false;
         match &ev {
             Event::Chat { text, .. } | Event::Action { text, .. } => {
                 mention = mentions(text, &self.me);
                 message = true;
             }
-            // Rooms besides the lobby: shown in the one view, each line
-            // with its room first, as plain mode shows them.
+            Event::RoomJoined {
+                room,
+                topic,
+                members,
+                ..
+            } => {
+                let c = &mut self.convs[at];
+                c.members.clone_from(members);
+                c.topic.clone_from(topic);
+                c.parted = false;
+                let asked = Conv::Room(room.clone());
+                let before = self.joining.len();
+                self.joining.retain(|r| Conv::Room(r.clone()) != asked);
+                focus = self.joining.len() < before;
+            }
+            Event::Parted { room, .. } => {
+                let c = &mut self.convs[at];
+                c.parted = true;
+                c.members.clear();
+                let gone = Conv::Room(room.clone());
+                self.joining.retain(|r| Conv::Room(r.clone()) != gone);
+            }
+            Event::Topic { text, .. } => self.convs[at].topic.clone_from(text),
+            // A refused join will not be answered with the room: the next
+            // rejoin (after a reconnect) must not take the screen for it.
+            Event::Failed { what, .. } if what == "join" => self.joining.clear(),
             Event::InRoom { .. }
-            | Event::RoomJoined { .. }
             | Event::RoomReplayed { .. }
-            | Event::Parted { .. }
             | Event::RoomList(_)
-            | Event::Topic { .. }
             | Event::Invited { .. }
             | Event::RoomMode { .. } => {}
             Event::History { .. } | Event::Forged { .. } => message = true,
@@ -523,7 +566,10 @@ impl App {
             }
             Event::Left { name, .. } => {
                 self.convs[at].members.retain(|m| !same(m, name));
-                self.reconnecting.retain(|m| !same(m, name));
+                // Leaving a room is not leaving the server.
+                if !in_room {
+                    self.reconnecting.retain(|m| !same(m, name));
+                }
             }
             Event::Renamed { old, new } => {
                 if let Some(m) = self.reconnecting.iter_mut().find(|m| same(m, old)) {
@@ -545,6 +591,15 @@ impl App {
                     self.info(format!("you are now known as {}", s(new)));
                     self.me = new.clone();
                     self.about.name = new.clone();
+                }
+                // The name changes in every room the person is in.
+                for (i, c) in self.convs.iter_mut().enumerate() {
+                    if i == at || matches!(c.conv, Conv::Private(_)) {
+                        continue;
+                    }
+                    if let Some(m) = c.members.iter_mut().find(|m| same(m, old)) {
+                        *m = new.clone();
+                    }
                 }
                 let members = &mut self.convs[at].members;
                 match members.iter_mut().find(|m| same(m, old)) {
@@ -640,6 +695,9 @@ impl App {
                 }
             }
             None => {}
+        }
+        if focus {
+            self.switch_index(at);
         }
     }
 
@@ -855,14 +913,17 @@ impl App {
             }
             return;
         }
+        // The room commands (/part, /topic, /invite, /room, /kick) apply to
+        // the room on the screen; a private conversation is nobody's room.
+        let room = match &self.conv().conv {
+            Conv::Room(room) => room.clone(),
+            Conv::Private(_) => LOBBY.to_string(),
+        };
         for line in text.split('\n') {
-            match input::parse(line) {
+            match input::parse_in(line, &room) {
                 Input::Nothing => {}
-                Input::Switch(_) => self.error(
-                    "this view shows every room's lines in one place, and typed lines go to #lobby; \
-                     use plain mode (--plain) to talk in another room"
-                        .into(),
-                ),
+                Input::Switch(room) => self.switch_room(&room),
+                Input::Send(Command::Join(room)) => self.join(room),
                 Input::Help => {
                     for l in help_lines(self.operator) {
                         self.info(l);
@@ -884,13 +945,45 @@ impl App {
         }
     }
 
-    /// `/who`: the room's members from the server (the answer comes to
-    /// the conversation on the screen); a private conversation's two
-    /// people are known here.
-    fn who(&mut self) {
-        let Conv::Private(peer) = &self.conv().conv else {
-            self.send(Command::Who);
+    /// `/switch #room`: only to a room we are in, since typing there must
+    /// reach it.
+    fn switch_room(&mut self, room: &str) {
+        let conv = Conv::Room(room.to_string());
+        match self.convs.iter().position(|c| c.conv == conv) {
+            Some(at) if !self.convs[at].parted => self.switch_index(at),
+            _ => self.error(format!("you are not in {0}; /join {0} first", s(room))),
+        }
+    }
+
+    /// `/join #room`: a room we are in is only put on the screen; another
+    /// is asked for, and goes on the screen when the server says we are in.
+    fn join(&mut self, room: String) {
+        let conv = Conv::Room(room.clone());
+        if let Some(at) = self.convs.iter().position(|c| c.conv == conv && !c.parted) {
+            self.switch_index(at);
             return;
+        }
+        if !self.joining.iter().any(|r| Conv::Room(r.clone()) == conv) {
+            self.joining.push(room.clone());
+        }
+        self.effects.commands.push(Command::Join(room));
+    }
+
+    /// `/who`: the lobby's members from the server, with how long each has
+    /// been there (the answer comes to the conversation on the screen);
+    /// another room's from its list here, kept from the server's events; a
+    /// private conversation's two people are known here.
+    fn who(&mut self) {
+        let peer = match &self.conv().conv {
+            Conv::Room(room) if is_lobby(room) => {
+                self.send(Command::Who);
+                return;
+            }
+            Conv::Room(_) => {
+                self.room_members();
+                return;
+            }
+            Conv::Private(peer) => peer,
         };
         let here = if self.present(peer) {
             ""
@@ -902,11 +995,61 @@ impl App {
         self.info(line);
     }
 
+    /// `/who` in a room besides the lobby.
+    fn room_members(&mut self) {
+        let c = self.conv();
+        let label = c.conv.label();
+        if c.parted {
+            let line = format!("you are no longer in {label}");
+            self.info(line);
+            return;
+        }
+        let mut members = c.members.clone();
+        members.sort_by_key(|m| names::fold(m));
+        self.info(format!("{label} members ({}):", members.len()));
+        for m in members {
+            let line = format!(
+                "  {}",
+                wording::name_marked(&s(&m), self.marks.verified(&m))
+            );
+            self.info(line);
+        }
+    }
+
     /// A typed message, to whom the conversation on the screen says: in a
-    /// private one, to its other person.
+    /// room besides the lobby, to that room; in a private one, to its
+    /// other person. In a room we left it goes nowhere, and says so.
     fn addressed(&mut self, cmd: Command) -> Option<Command> {
-        let Conv::Private(peer) = &self.conv().conv else {
-            return Some(cmd);
+        let peer = match &self.conv().conv {
+            Conv::Room(room) if is_lobby(room) => return Some(cmd),
+            Conv::Room(room) => {
+                let room = room.clone();
+                let typed = matches!(
+                    cmd,
+                    Command::Say(_) | Command::Action(_) | Command::RoomSay { .. }
+                );
+                if typed && self.conv().parted {
+                    self.error(format!(
+                        "not sent: you are no longer in {0}; /join {0} to go back, or Alt-1 for {LOBBY}",
+                        s(&room)
+                    ));
+                    return None;
+                }
+                return Some(match cmd {
+                    Command::Say(text) => Command::RoomSay {
+                        room,
+                        text,
+                        action: false,
+                    },
+                    Command::Action(text) => Command::RoomSay {
+                        room,
+                        text,
+                        action: true,
+                    },
+                    other => other,
+                });
+            }
+            Conv::Private(peer) => peer,
         };
         match cmd {
             Command::Say(text) => Some(Command::Private {
@@ -926,7 +1069,7 @@ impl App {
             return;
         };
         match &cmd {
-            Command::Say(text) | Command::Action(text) => {
+            Command::Say(text) | Command::Action(text) | Command::RoomSay { text, .. } => {
                 self.next_local += 1;
                 let local = self.next_local;
                 self.unnumbered.push_back(Some(local));
@@ -935,7 +1078,10 @@ impl App {
                     kind: Kind::Own {
                         name: s(&self.me),
                         text: wording::message_text(text),
-                        action: matches!(cmd, Command::Action(_)),
+                        action: matches!(
+                            cmd,
+                            Command::Action(_) | Command::RoomSay { action: true, .. }
+                        ),
                         delivery: Delivery::Pending,
                         local,
                     },
@@ -1068,6 +1214,10 @@ pub fn help_lines(operator: bool) -> Vec<String> {
     );
     lines.push(
         "conversations: Alt-1..9 or a click picks one, Ctrl-N/Ctrl-P the next or previous; /msg NAME TEXT opens a private one, where what you type goes to NAME"
+            .into(),
+    );
+    lines.push(
+        "rooms: /join #ROOM enters one and shows it, /switch #ROOM shows one you are in, /part leaves the one on the screen (it stays in the list, marked left); what you type goes to the room on the screen"
             .into(),
     );
     lines

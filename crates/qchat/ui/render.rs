@@ -85,6 +85,9 @@ fn draw_convs(frame: &mut Frame, app: &App, area: Rect, left: bool) {
                 Span::styled(format!("{number} "), if current { base } else { dim() }),
                 Span::styled(c.conv.label(), base),
             ];
+            if c.parted {
+                spans.push(Span::styled(" (left)", if current { base } else { dim() }));
+            }
             if c.unread > 0 {
                 spans.push(Span::styled(
                     format!(" {}", c.unread),
@@ -160,7 +163,9 @@ fn draw_members(frame: &mut Frame, app: &App, members: &[String], area: Rect) {
 /// state (in short words if need be). Then, when the lists are hidden
 /// (`!lists`), the conversation on the screen and the unread count; the
 /// member count and our name go next, and the server's name and address
-/// take what is left (cut short with `…`).
+/// take what is left (cut short with `…`); in a room with a topic, the
+/// topic takes that place, since it is what the room is about and the
+/// server is named in the title and the first lines.
 fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
     if area.height == 0 {
         return;
@@ -245,7 +250,12 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
         }
     }
     let room = avail.saturating_sub(width(&head) + width(&tail));
-    let server = fit(&format!(" {} {}", app.server_name, app.server_addr), room);
+    let c = app.conv();
+    let what = match &c.conv {
+        Conv::Room(_) if !c.topic.is_empty() => format!(" topic: {}", sanitize(&c.topic)),
+        _ => format!(" {} {}", app.server_name, app.server_addr),
+    };
+    let server = fit(&what, room);
     let mut spans = head;
     if server.chars().count() < 3 {
         // No room for the server: start with the trust state.
