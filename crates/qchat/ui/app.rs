@@ -2056,6 +2056,384 @@ pub(crate) mod tests {
         );
     }
 
+    fn in_room(room: &str, event: Event) -> Msg {
+        Msg::Net(Event::InRoom {
+            room: room.into(),
+            event: Box::new(event),
+        })
+    }
+
+    fn room_joined(room: &str, members: &[&str], topic: &str) -> Msg {
+        Msg::Net(Event::RoomJoined {
+            room: room.into(),
+            topic: topic.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            operator: false,
+            invite_only: false,
+        })
+    }
+
+    fn chat_event(from: &str, text: &str) -> Event {
+        Event::Chat {
+            from: from.into(),
+            text: text.into(),
+            time_ms: 0,
+        }
+    }
+
+    /// The index of `room`'s conversation.
+    fn room_at(a: &App, room: &str) -> usize {
+        a.convs
+            .iter()
+            .position(|c| c.conv == Conv::Room(room.into()))
+            .expect("the room's conversation")
+    }
+
+    /// Every line's words in conversation `at`, the marker as `--`.
+    fn words_in(a: &App, at: usize) -> Vec<String> {
+        a.convs[at]
+            .lines
+            .iter()
+            .map(|l| match &l.kind {
+                Kind::Said(s) => format!("<{}> {}", s.from, s.text),
+                Kind::Own { text, .. } => format!("own {text}"),
+                Kind::Info(t) | Kind::Error(t) => t.clone(),
+                Kind::Marker => "--".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_room_event_goes_to_its_room() {
+        let mut a = app();
+        a.update(room_joined("#dev", &["alice", "bob"], "builds"));
+        // Not asked for here (a rejoin): listed, not put on the screen.
+        assert_eq!(a.current, 0);
+        let dev = room_at(&a, "#dev");
+        assert_eq!(a.convs[dev].topic, "builds");
+        assert_eq!(a.convs[dev].members, ["alice", "bob"]);
+        a.update(in_room("#dev", chat_event("alice", "in dev")));
+        a.update(in_room("#Dev", chat_event("alice", "bob: look")));
+        a.update(chat("carol", "in the lobby"));
+        assert_eq!(
+            a.conv_entries(),
+            ["1 #lobby".to_string(), "2 #dev 2 !".to_string()]
+        );
+        assert_eq!(texts(&a), ["in the lobby"]);
+        // The room's lines carry no room: they are in it.
+        assert!(a.convs[dev].lines.iter().any(|l| matches!(
+            &l.kind,
+            Kind::Said(s) if s.text == "in dev" && s.room.is_none()
+        )));
+        // Its members come and go there, and only there.
+        a.update(in_room(
+            "#dev",
+            Event::Joined {
+                name: "dave".into(),
+            },
+        ));
+        a.update(in_room(
+            "#dev",
+            Event::Left {
+                name: "alice".into(),
+                reason: String::new(),
+            },
+        ));
+        assert_eq!(a.convs[dev].members, ["bob", "dave"]);
+        assert_eq!(*a.members(), ["alice", "bob"]);
+        // A new name is a new name in every room.
+        a.update(in_room(
+            "#dev",
+            Event::Joined {
+                name: "carol".into(),
+            },
+        ));
+        a.update(Msg::Net(Event::Renamed {
+            old: "carol".into(),
+            new: "caroline".into(),
+        }));
+        assert_eq!(a.convs[dev].members, ["bob", "dave", "caroline"]);
+        // Topic, mode and the end of a replay are the room's; the room
+        // list and an invitation answer where the user is.
+        for ev in [
+            Event::Topic {
+                room: "#dev".into(),
+                by: "dave".into(),
+                text: "releases".into(),
+            },
+            Event::RoomMode {
+                room: "#dev".into(),
+                by: "dave".into(),
+                invite_only: true,
+            },
+            Event::RoomReplayed {
+                room: "#dev".into(),
+                resumed: true,
+                replayed: 0,
+                missed: 0,
+            },
+        ] {
+            assert_eq!(a.route(&ev), Route::To(Conv::Room("#dev".into())));
+            a.update(Msg::Net(ev));
+        }
+        assert_eq!(a.convs[dev].topic, "releases");
+        for ev in [
+            Event::RoomList(Vec::new()),
+            Event::Invited {
+                room: "#ops".into(),
+                by: "dave".into(),
+            },
+        ] {
+            assert_eq!(a.route(&ev), Route::Current);
+        }
+        let news = words_in(&a, dev);
+        assert!(
+            news.contains(&"#dev dave set the topic: releases".to_string()),
+            "{news:?}"
+        );
+        assert!(
+            news.contains(&"#dev dave made the room invite-only".to_string()),
+            "{news:?}"
+        );
+        // Still two messages unread there: news is not messages.
+        assert_eq!(a.convs[dev].unread, 2);
+        // Removed from the room: it says so there, and stays listed.
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: "dave".into(),
+            reason: "enough".into(),
+        }));
+        assert!(a.convs[dev].parted);
+        assert!(a.convs[dev].members.is_empty());
+        assert_eq!(a.conv_entries()[1], "2 #dev (left) 2 !");
+        assert_eq!(
+            words_in(&a, dev).last().map(String::as_str),
+            Some("#dev kicked by dave: enough")
+        );
+    }
+
+    #[test]
+    fn join_shows_the_room_when_it_is_answered_but_a_rejoin_does_not() {
+        let mut a = app();
+        typed(&mut a, "/join #dev");
+        assert_eq!(enter(&mut a), [Command::Join("#dev".into())]);
+        // Not yet: the server may refuse.
+        assert_eq!(a.current, 0);
+        a.update(room_joined("#Dev", &["bob"], ""));
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        assert_eq!(
+            words_in(&a, a.current),
+            ["you joined #Dev (1 members: bob)"]
+        );
+        a.update(alt('1'));
+        // After a reconnect the network task rejoins by itself: the view
+        // stays where the user is.
+        a.update(room_joined("#dev", &["bob", "alice"], ""));
+        assert_eq!(a.current, 0);
+        assert_eq!(a.convs.len(), 2);
+        // A refused join does not make a later rejoin take the screen.
+        typed(&mut a, "/join #ops");
+        assert_eq!(enter(&mut a), [Command::Join("#ops".into())]);
+        a.update(Msg::Net(Event::Failed {
+            what: "join".into(),
+            reason: "#ops is invite-only".into(),
+        }));
+        a.update(room_joined("#ops", &["bob"], ""));
+        assert_eq!(a.current, 0);
+        // /join of a room we are in, and /switch, only show it.
+        typed(&mut a, "/join #DEV");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        typed(&mut a, "/switch #lobby");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.current, 0);
+        typed(&mut a, "/switch #dev");
+        enter(&mut a);
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        typed(&mut a, "/join #lobby");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.current, 0);
+        typed(&mut a, "/switch #nowhere");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.current, 0);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("you are not in #nowhere; /join #nowhere first")
+        );
+    }
+
+    #[test]
+    fn typing_in_a_room_goes_to_it_until_it_is_left() {
+        let mut a = app();
+        typed(&mut a, "/join #dev");
+        enter(&mut a);
+        a.update(room_joined("#dev", &["bob", "carol"], "builds"));
+        typed(&mut a, "hi dev");
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "hi dev".into(),
+                action: false
+            }]
+        );
+        typed(&mut a, "/me waves");
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "waves".into(),
+                action: true
+            }]
+        );
+        // Shown here at once, and marked as the server answers.
+        a.update(Msg::Net(Event::Sent { seq: 1 }));
+        a.update(Msg::Net(Event::Delivered { seq: 1 }));
+        assert_eq!(
+            own_lines(&a),
+            [
+                ("hi dev".into(), Some(1), Delivery::Delivered),
+                ("waves".into(), None, Delivery::Pending)
+            ]
+        );
+        // A pasted block goes to the room too.
+        a.update(Msg::Term(TermEvent::Paste("one\ntwo".into())));
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "one\ntwo".into(),
+                action: false
+            }]
+        );
+        // The room commands apply to the room on the screen.
+        for (line, cmd) in [
+            (
+                "/topic releases",
+                Command::Topic {
+                    room: "#dev".into(),
+                    text: "releases".into(),
+                },
+            ),
+            (
+                "/invite dave",
+                Command::Invite {
+                    room: "#dev".into(),
+                    name: "dave".into(),
+                },
+            ),
+            (
+                "/room invite-only on",
+                Command::RoomMode {
+                    room: "#dev".into(),
+                    invite_only: true,
+                },
+            ),
+            (
+                "/kick carol noisy",
+                Command::RoomKick {
+                    room: "#dev".into(),
+                    name: "carol".into(),
+                    reason: "noisy".into(),
+                },
+            ),
+            (
+                "/part done here",
+                Command::Part {
+                    room: "#dev".into(),
+                    reason: "done here".into(),
+                },
+            ),
+        ] {
+            typed(&mut a, line);
+            assert_eq!(enter(&mut a), [cmd], "{line}");
+        }
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: "done here".into(),
+        }));
+        // Still on the screen, listed as left, and nothing typed here goes.
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        assert_eq!(a.conv_entries()[1], "2 #dev (left)");
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("you left #dev (done here)")
+        );
+        typed(&mut a, "anyone?");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("not sent: you are no longer in #dev; /join #dev to go back, or Alt-1 for #lobby")
+        );
+        typed(&mut a, "/switch #dev");
+        enter(&mut a);
+        assert!(infos(&a)
+            .last()
+            .is_some_and(|l| l.starts_with("you are not in #dev")));
+        // /join brings it back, in its place in the list.
+        typed(&mut a, "/join #dev");
+        assert_eq!(enter(&mut a), [Command::Join("#dev".into())]);
+        a.update(room_joined("#dev", &["bob"], ""));
+        assert_eq!(a.conv_entries()[1], "2 #dev");
+        typed(&mut a, "back");
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "back".into(),
+                action: false
+            }]
+        );
+        // In the lobby, today's commands.
+        a.update(alt('1'));
+        typed(&mut a, "lobby line");
+        assert_eq!(enter(&mut a), [Command::Say("lobby line".into())]);
+        typed(&mut a, "/topic x");
+        assert!(enter(&mut a).is_empty(), "the lobby has no topic to set");
+    }
+
+    #[test]
+    fn who_in_a_room_lists_the_members_kept_from_its_events() {
+        let mut a = app();
+        typed(&mut a, "/join #dev");
+        enter(&mut a);
+        a.update(room_joined("#dev", &["bob", "carol", "alice"], ""));
+        a.update(in_room(
+            "#dev",
+            Event::Joined {
+                name: "Dave".into(),
+            },
+        ));
+        a.update(in_room(
+            "#dev",
+            Event::Left {
+                name: "carol".into(),
+                reason: "bye".into(),
+            },
+        ));
+        // The list beside the scrollback is the room's.
+        assert_eq!(*a.members(), ["bob", "alice", "Dave"]);
+        typed(&mut a, "/who");
+        assert!(enter(&mut a).is_empty(), "answered here, not by the server");
+        let said = infos(&a);
+        assert_eq!(
+            said[said.len() - 4..],
+            ["#dev members (3):", "  alice", "  bob", "  Dave"]
+        );
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: String::new(),
+        }));
+        typed(&mut a, "/who");
+        enter(&mut a);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("you are no longer in #dev")
+        );
+    }
+
     #[test]
     fn conversations_are_bounded_and_the_quietest_private_one_goes() {
         let mut a = app();
