@@ -718,4 +718,51 @@ mod tests {
         let (rows, _) = screen(&a);
         assert!(rows[6].contains("│ @carol │"), "{}", rows.join("\n"));
     }
+
+    #[test]
+    fn a_room_shows_its_topic_its_members_and_whether_we_left() {
+        let mut a = app((100, 10));
+        for c in "/join #dev".chars() {
+            key(&mut a, KeyCode::Char(c));
+        }
+        key(&mut a, KeyCode::Enter);
+        a.update(Msg::Net(Event::RoomJoined {
+            room: "#dev".into(),
+            topic: "ship\u{1b}[2J it".into(),
+            members: vec!["bob".into(), "zed".into()],
+            operator: true,
+            invite_only: false,
+        }));
+        a.update(Msg::Net(Event::InRoom {
+            room: "#dev".into(),
+            event: Box::new(Event::Chat {
+                from: "zed".into(),
+                text: "hello dev".into(),
+                time_ms: 45_240_000,
+            }),
+        }));
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        // Its line without a room before it, its people beside it, its
+        // topic (sanitised) in the status line.
+        assert!(all.contains("12:34 <zed> hello dev"), "{all}");
+        assert!(!all.contains("#dev <zed>"), "{all}");
+        assert!(rows[2].trim_end().ends_with("│zed"), "{all}");
+        assert!(rows[8].contains(" topic: ship^[[2J it"), "{all}");
+        // The lobby's status line names the server instead.
+        alt(&mut a, '1');
+        let (rows, _) = screen(&a);
+        assert!(
+            rows[8].contains("den 127.0.0.1:8080"),
+            "{}",
+            rows.join("\n")
+        );
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: String::new(),
+        }));
+        let (rows, _) = screen(&a);
+        assert!(rows[1].starts_with("2 #dev (left)"), "{}", rows.join("\n"));
+    }
 }
