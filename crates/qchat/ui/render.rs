@@ -231,6 +231,9 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
     // that is not essential.
     if !lists {
         let mut here = app.conv().conv.label();
+        if app.conv().parted {
+            here.push_str(" (left)");
+        }
         let unread = app.unread();
         if unread > 0 {
             here.push_str(&format!(" +{unread}"));
