@@ -934,6 +934,15 @@ impl App {
                         self.info(l);
                     }
                 }
+                // In a private conversation a bare /part would name the
+                // lobby, whose refusal would not say what went wrong here.
+                Input::Error(_)
+                    if matches!(self.conv().conv, Conv::Private(_)) && bare_part(line) =>
+                {
+                    self.error(format!(
+                        "a private conversation is not a room: /part #ROOM leaves a room, Alt-1 shows {LOBBY}"
+                    ));
+                }
                 Input::Error(e) => self.error(e),
                 Input::Send(Command::Quit(reason)) => {
                     self.quit(reason);
@@ -1191,6 +1200,15 @@ fn split_block(cmd: Command, max: usize) -> Vec<Command> {
             _ => Command::Say(text),
         })
         .collect()
+}
+
+/// Whether `line` is `/part` (or `/leave`) without a room.
+fn bare_part(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let is_part = words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("/part") || w.eq_ignore_ascii_case("/leave"));
+    is_part && !words.next().is_some_and(|w| w.starts_with('#'))
 }
 
 /// Whether two names are the same name, as the server decides it.
@@ -2391,6 +2409,22 @@ pub(crate) mod tests {
         assert_eq!(enter(&mut a), [Command::Say("lobby line".into())]);
         typed(&mut a, "/topic x");
         assert!(enter(&mut a).is_empty(), "the lobby has no topic to set");
+        // A private conversation is not a room to leave.
+        a.update(private("carol", "bob", "hi"));
+        a.update(alt('3'));
+        typed(&mut a, "/part bye");
+        assert!(enter(&mut a).is_empty());
+        assert!(infos(&a)
+            .last()
+            .is_some_and(|l| l.starts_with("a private conversation is not a room")));
+        typed(&mut a, "/part #dev bye");
+        assert_eq!(
+            enter(&mut a),
+            [Command::Part {
+                room: "#dev".into(),
+                reason: "bye".into()
+            }]
+        );
     }
 
     #[test]
