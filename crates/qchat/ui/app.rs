@@ -886,6 +886,15 @@ impl App {
                 names.push(m.clone());
             }
         }
+        // And our rooms, for `/switch #d` and `/part #d`: a word that
+        // starts with `#` matches no name but a room's (or one spelt so).
+        for c in &self.convs {
+            if let Conv::Room(room) = &c.conv {
+                if !names.iter().any(|n| same(n, room)) {
+                    names.push(room.clone());
+                }
+            }
+        }
         if let Some(c) =
             complete::complete(self.editor.chars(), self.editor.cursor(), &commands, &names)
         {
@@ -2271,6 +2280,12 @@ pub(crate) mod tests {
         typed(&mut a, "/join #lobby");
         assert!(enter(&mut a).is_empty());
         assert_eq!(a.current, 0);
+        // Tab completes the rooms we know.
+        typed(&mut a, "/switch #d");
+        a.update(key(KeyCode::Tab));
+        // As the server spells it.
+        assert_eq!(a.editor.text(), "/switch #Dev ");
+        a.editor.clear();
         typed(&mut a, "/switch #nowhere");
         assert!(enter(&mut a).is_empty());
         assert_eq!(a.current, 0);
