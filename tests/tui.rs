@@ -594,3 +594,53 @@ fn a_private_message_waits_in_its_conversation_with_an_unread_count() {
     bob.type_keys("to everyone\r");
     alice.expect_out("<bob> to everyone");
 }
+
+#[test]
+fn a_room_is_a_conversation_of_its_own() {
+    let (sh, ah, bh) = (Home::new(), Home::new(), Home::new());
+    let server = util::Server::start(&sh);
+    let mut bob = util::join(&bh, &server, "bob");
+    let mut alice = connect_tui(&ah, &server, "alice", false);
+    bob.expect_out("* alice joined");
+    // /join puts the room on the screen once the server has said so.
+    alice.type_keys("/join #dev\r");
+    alice.wait_text("you joined #dev (1 members: alice), you are its operator");
+    alice.wait_for("#dev in the list", |rows| {
+        rows.iter().any(|r| r.starts_with("2 #dev "))
+    });
+    bob.send_line("/join #dev");
+    bob.expect(Stream::Out, "bob's join", |l| {
+        l.starts_with("* you joined #dev (2 members")
+    });
+    alice.wait_text("bob joined");
+    // Away in the lobby, bob's line waits in #dev, counted.
+    alice.type_keys("\x1b1");
+    alice.wait_for("the lobby on the screen", |rows| {
+        !rows.iter().any(|r| r.contains("you joined #dev"))
+    });
+    bob.send_line("hello from bob");
+    alice.wait_for("#dev with 1 unread", |rows| {
+        rows.iter().any(|r| r.starts_with("2 #dev 1 "))
+    });
+    assert!(
+        !alice.screen().contains("hello from bob"),
+        "{}",
+        alice.screen()
+    );
+    // There: the line without its room before it, nothing unread.
+    alice.type_keys("\x1b2");
+    alice.wait_text("<bob> hello from bob");
+    alice.wait_for("the count gone", |rows| {
+        rows.iter().any(|r| r.starts_with("2 #dev   "))
+    });
+    assert!(!alice.screen().contains("#dev <bob>"), "{}", alice.screen());
+    // What alice types here goes to the room.
+    alice.type_keys("hi bob\r");
+    bob.expect_out("#dev <alice> hi bob");
+    // /part leaves it listed as left, and typing there is refused.
+    alice.type_keys("/part\r");
+    bob.expect_out("* #dev alice left");
+    alice.wait_text("2 #dev (left)");
+    alice.type_keys("still here?\r");
+    alice.wait_text("not sent: you are no longer in #dev");
+}

@@ -17,7 +17,7 @@ use crossterm::event::{
     MouseEventKind,
 };
 use qchat_client::{Command, ConnectionState, Event};
-use qchat_proto::names;
+use qchat_proto::names::{self, is_lobby, LOBBY};
 use ratatui::layout::Rect;
 use time::UtcOffset;
 
@@ -101,6 +101,10 @@ pub struct App {
     pub convs: Vec<Conversation>,
     /// The one on the screen, an index into `convs`.
     pub current: usize,
+    /// Rooms the user asked to `/join` that the server has not yet said
+    /// we are in: the answer for one of these puts it on the screen, while
+    /// the rejoins after a reconnect (not asked for) leave the view alone.
+    joining: Vec<String>,
     /// Lines added so far, in every conversation: a clock for which one
     /// was quiet for longest.
     touches: u64,
@@ -178,6 +182,7 @@ impl App {
             me: about.name.clone(),
             convs: vec![Conversation::new(Conv::lobby())],
             current: 0,
+            joining: Vec::new(),
             touches: 0,
             about,
             editor: Editor::default(),
@@ -307,8 +312,9 @@ impl App {
     }
 
     /// The index of `conv`, which begins (empty) if it had not.
-    /// At the limit of conversations, the private one quiet for longest
-    /// (never the one on the screen, never a room) makes way.
+    /// At the limit of conversations, the private one (or room we left)
+    /// quiet for longest makes way; never the one on the screen, never a
+    /// room we are in.
     fn find_or_add(&mut self, conv: Conv) -> usize {
         if let Some(i) = self.convs.iter().position(|c| c.conv == conv) {
             return i;
@@ -318,7 +324,9 @@ impl App {
                 .convs
                 .iter()
                 .enumerate()
-                .filter(|&(i, c)| i != self.current && matches!(c.conv, Conv::Private(_)))
+                .filter(|&(i, c)| {
+                    i != self.current && (c.parted || matches!(c.conv, Conv::Private(_)))
+                })
                 .min_by_key(|(_, c)| c.touched)
                 .map(|(i, _)| i);
             if let Some(i) = quietest {
@@ -386,7 +394,8 @@ impl App {
     }
 
     /// The conversation list's entries as drawn: Alt's number (1–9), the
-    /// name, the unread count and `!` if we were mentioned.
+    /// name, `(left)` for a room we are no longer in, the unread count and
+    /// `!` if we were mentioned.
     pub fn conv_entries(&self) -> Vec<String> {
         self.convs
             .iter()
@@ -398,6 +407,9 @@ impl App {
                     " ".into()
                 };
                 let mut entry = format!("{number} {}", c.conv.label());
+                if c.parted {
+                    entry.push_str(" (left)");
+                }
                 if c.unread > 0 {
                     entry.push_str(&format!(" {}", c.unread));
                 }
@@ -420,13 +432,14 @@ impl App {
         )
     }
 
-    /// Where an event's lines go: the one place that decides it. Messages
-    /// and member news of the room go to the room (every room event is the
-    /// lobby's until events carry their room), a private message to the
-    /// conversation with the other person (in both directions), a refusal
-    /// to the conversation where the refused line is; answers to commands,
-    /// the connection's state and the server's notices to the
-    /// conversation on the screen, where the user is looking.
+    /// Where an event's lines go: the one place that decides it. A room's
+    /// lines, member news, topic and mode go to that room (events without
+    /// a room are the lobby's), a private message to the conversation with
+    /// the other person (in both directions), a refusal to the
+    /// conversation where the refused line is; answers to commands (the
+    /// room list, an invitation to a room we are not in), the connection's
+    /// state and the server's notices to the conversation on the screen,
+    /// where the user is looking.
     pub fn route(&self, ev: &Event) -> Route {
         match ev {
             Event::Chat { .. }
@@ -440,6 +453,12 @@ impl App {
             | Event::Roster { .. }
             | Event::MemberReconnecting { .. }
             | Event::MemberReturned { .. } => Route::To(Conv::lobby()),
+            Event::InRoom { room, .. }
+            | Event::RoomJoined { room, .. }
+            | Event::RoomReplayed { room, .. }
+            | Event::Parted { room, .. }
+            | Event::Topic { room, .. }
+            | Event::RoomMode { room, .. } => Route::To(Conv::Room(room.clone())),
             Event::Private { from, to, .. } => {
                 let peer = if same(from, &self.me) { to } else { from };
                 Route::To(Conv::Private(peer.clone()))
@@ -469,14 +488,8 @@ impl App {
             | Event::Verified { .. }
             | Event::ContactChanged { .. }
             | Event::Signed { .. }
-            | Event::InRoom { .. }
-            | Event::RoomJoined { .. }
-            | Event::RoomReplayed { .. }
-            | Event::Parted { .. }
             | Event::RoomList(_)
-            | Event::Topic { .. }
-            | Event::Invited { .. }
-            | Event::RoomMode { .. } => Route::Current,
+            | Event::Invited { .. } => Route::Current,
         }
     }
 
@@ -487,21 +500,51 @@ impl App {
             Route::To(conv) => self.find_or_add(conv),
             Route::Current => self.current,
         };
+        // A room's line or member news is, in the room's own conversation,
+        // what the same event is in the lobby's: its room is said by where
+        // it is, not by a prefix on every line.
+        let (ev, in_room) = match ev {
+            Event::InRoom { event, .. } => (*event, true),
+            other => (other, false),
+        };
         let mut mention = false;
         let mut message = false;
+        // Put the conversation on the screen once its line is in.
+        let mut focus = false;
         match &ev {
             Event::Chat { text, .. } | Event::Action { text, .. } => {
                 mention = mentions(text, &self.me);
                 message = true;
             }
-            // Rooms besides the lobby: shown in the one view, each line
-            // with its room first, as plain mode shows them.
+            Event::RoomJoined {
+                room,
+                topic,
+                members,
+                ..
+            } => {
+                let c = &mut self.convs[at];
+                c.members.clone_from(members);
+                c.topic.clone_from(topic);
+                c.parted = false;
+                let asked = Conv::Room(room.clone());
+                let before = self.joining.len();
+                self.joining.retain(|r| Conv::Room(r.clone()) != asked);
+                focus = self.joining.len() < before;
+            }
+            Event::Parted { room, .. } => {
+                let c = &mut self.convs[at];
+                c.parted = true;
+                c.members.clear();
+                let gone = Conv::Room(room.clone());
+                self.joining.retain(|r| Conv::Room(r.clone()) != gone);
+            }
+            Event::Topic { text, .. } => self.convs[at].topic.clone_from(text),
+            // A refused join will not be answered with the room: the next
+            // rejoin (after a reconnect) must not take the screen for it.
+            Event::Failed { what, .. } if what == "join" => self.joining.clear(),
             Event::InRoom { .. }
-            | Event::RoomJoined { .. }
             | Event::RoomReplayed { .. }
-            | Event::Parted { .. }
             | Event::RoomList(_)
-            | Event::Topic { .. }
             | Event::Invited { .. }
             | Event::RoomMode { .. } => {}
             Event::History { .. } | Event::Forged { .. } => message = true,
@@ -523,7 +566,10 @@ impl App {
             }
             Event::Left { name, .. } => {
                 self.convs[at].members.retain(|m| !same(m, name));
-                self.reconnecting.retain(|m| !same(m, name));
+                // Leaving a room is not leaving the server.
+                if !in_room {
+                    self.reconnecting.retain(|m| !same(m, name));
+                }
             }
             Event::Renamed { old, new } => {
                 if let Some(m) = self.reconnecting.iter_mut().find(|m| same(m, old)) {
@@ -545,6 +591,15 @@ impl App {
                     self.info(format!("you are now known as {}", s(new)));
                     self.me = new.clone();
                     self.about.name = new.clone();
+                }
+                // The name changes in every room the person is in.
+                for (i, c) in self.convs.iter_mut().enumerate() {
+                    if i == at || matches!(c.conv, Conv::Private(_)) {
+                        continue;
+                    }
+                    if let Some(m) = c.members.iter_mut().find(|m| same(m, old)) {
+                        *m = new.clone();
+                    }
                 }
                 let members = &mut self.convs[at].members;
                 match members.iter_mut().find(|m| same(m, old)) {
@@ -640,6 +695,9 @@ impl App {
                 }
             }
             None => {}
+        }
+        if focus {
+            self.switch_index(at);
         }
     }
 
@@ -828,6 +886,15 @@ impl App {
                 names.push(m.clone());
             }
         }
+        // And our rooms, for `/switch #d` and `/part #d`: a word that
+        // starts with `#` matches no name but a room's (or one spelt so).
+        for c in &self.convs {
+            if let Conv::Room(room) = &c.conv {
+                if !names.iter().any(|n| same(n, room)) {
+                    names.push(room.clone());
+                }
+            }
+        }
         if let Some(c) =
             complete::complete(self.editor.chars(), self.editor.cursor(), &commands, &names)
         {
@@ -855,14 +922,17 @@ impl App {
             }
             return;
         }
+        // The room commands (/part, /topic, /invite, /room, /kick) apply to
+        // the room on the screen; a private conversation is nobody's room.
+        let room = match &self.conv().conv {
+            Conv::Room(room) => room.clone(),
+            Conv::Private(_) => LOBBY.to_string(),
+        };
         for line in text.split('\n') {
-            match input::parse(line) {
+            match input::parse_in(line, &room) {
                 Input::Nothing => {}
-                Input::Switch(_) => self.error(
-                    "this view shows every room's lines in one place, and typed lines go to #lobby; \
-                     use plain mode (--plain) to talk in another room"
-                        .into(),
-                ),
+                Input::Switch(room) => self.switch_room(&room),
+                Input::Send(Command::Join(room)) => self.join(room),
                 Input::Help => {
                     for l in help_lines(self.operator) {
                         self.info(l);
@@ -872,6 +942,15 @@ impl App {
                     for l in self.about.fingerprint_lines() {
                         self.info(l);
                     }
+                }
+                // In a private conversation a bare /part would name the
+                // lobby, whose refusal would not say what went wrong here.
+                Input::Error(_)
+                    if matches!(self.conv().conv, Conv::Private(_)) && bare_part(line) =>
+                {
+                    self.error(format!(
+                        "a private conversation is not a room: /part #ROOM leaves a room, Alt-1 shows {LOBBY}"
+                    ));
                 }
                 Input::Error(e) => self.error(e),
                 Input::Send(Command::Quit(reason)) => {
@@ -884,13 +963,45 @@ impl App {
         }
     }
 
-    /// `/who`: the room's members from the server (the answer comes to
-    /// the conversation on the screen); a private conversation's two
-    /// people are known here.
-    fn who(&mut self) {
-        let Conv::Private(peer) = &self.conv().conv else {
-            self.send(Command::Who);
+    /// `/switch #room`: only to a room we are in, since typing there must
+    /// reach it.
+    fn switch_room(&mut self, room: &str) {
+        let conv = Conv::Room(room.to_string());
+        match self.convs.iter().position(|c| c.conv == conv) {
+            Some(at) if !self.convs[at].parted => self.switch_index(at),
+            _ => self.error(format!("you are not in {0}; /join {0} first", s(room))),
+        }
+    }
+
+    /// `/join #room`: a room we are in is only put on the screen; another
+    /// is asked for, and goes on the screen when the server says we are in.
+    fn join(&mut self, room: String) {
+        let conv = Conv::Room(room.clone());
+        if let Some(at) = self.convs.iter().position(|c| c.conv == conv && !c.parted) {
+            self.switch_index(at);
             return;
+        }
+        if !self.joining.iter().any(|r| Conv::Room(r.clone()) == conv) {
+            self.joining.push(room.clone());
+        }
+        self.effects.commands.push(Command::Join(room));
+    }
+
+    /// `/who`: the lobby's members from the server, with how long each has
+    /// been there (the answer comes to the conversation on the screen);
+    /// another room's from its list here, kept from the server's events; a
+    /// private conversation's two people are known here.
+    fn who(&mut self) {
+        let peer = match &self.conv().conv {
+            Conv::Room(room) if is_lobby(room) => {
+                self.send(Command::Who);
+                return;
+            }
+            Conv::Room(_) => {
+                self.room_members();
+                return;
+            }
+            Conv::Private(peer) => peer,
         };
         let here = if self.present(peer) {
             ""
@@ -902,11 +1013,61 @@ impl App {
         self.info(line);
     }
 
+    /// `/who` in a room besides the lobby.
+    fn room_members(&mut self) {
+        let c = self.conv();
+        let label = c.conv.label();
+        if c.parted {
+            let line = format!("you are no longer in {label}");
+            self.info(line);
+            return;
+        }
+        let mut members = c.members.clone();
+        members.sort_by_key(|m| names::fold(m));
+        self.info(format!("{label} members ({}):", members.len()));
+        for m in members {
+            let line = format!(
+                "  {}",
+                wording::name_marked(&s(&m), self.marks.verified(&m))
+            );
+            self.info(line);
+        }
+    }
+
     /// A typed message, to whom the conversation on the screen says: in a
-    /// private one, to its other person.
+    /// room besides the lobby, to that room; in a private one, to its
+    /// other person. In a room we left it goes nowhere, and says so.
     fn addressed(&mut self, cmd: Command) -> Option<Command> {
-        let Conv::Private(peer) = &self.conv().conv else {
-            return Some(cmd);
+        let peer = match &self.conv().conv {
+            Conv::Room(room) if is_lobby(room) => return Some(cmd),
+            Conv::Room(room) => {
+                let room = room.clone();
+                let typed = matches!(
+                    cmd,
+                    Command::Say(_) | Command::Action(_) | Command::RoomSay { .. }
+                );
+                if typed && self.conv().parted {
+                    self.error(format!(
+                        "not sent: you are no longer in {0}; /join {0} to go back, or Alt-1 for {LOBBY}",
+                        s(&room)
+                    ));
+                    return None;
+                }
+                return Some(match cmd {
+                    Command::Say(text) => Command::RoomSay {
+                        room,
+                        text,
+                        action: false,
+                    },
+                    Command::Action(text) => Command::RoomSay {
+                        room,
+                        text,
+                        action: true,
+                    },
+                    other => other,
+                });
+            }
+            Conv::Private(peer) => peer,
         };
         match cmd {
             Command::Say(text) => Some(Command::Private {
@@ -926,7 +1087,7 @@ impl App {
             return;
         };
         match &cmd {
-            Command::Say(text) | Command::Action(text) => {
+            Command::Say(text) | Command::Action(text) | Command::RoomSay { text, .. } => {
                 self.next_local += 1;
                 let local = self.next_local;
                 self.unnumbered.push_back(Some(local));
@@ -935,7 +1096,10 @@ impl App {
                     kind: Kind::Own {
                         name: s(&self.me),
                         text: wording::message_text(text),
-                        action: matches!(cmd, Command::Action(_)),
+                        action: matches!(
+                            cmd,
+                            Command::Action(_) | Command::RoomSay { action: true, .. }
+                        ),
                         delivery: Delivery::Pending,
                         local,
                     },
@@ -1047,6 +1211,15 @@ fn split_block(cmd: Command, max: usize) -> Vec<Command> {
         .collect()
 }
 
+/// Whether `line` is `/part` (or `/leave`) without a room.
+fn bare_part(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let is_part = words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("/part") || w.eq_ignore_ascii_case("/leave"));
+    is_part && !words.next().is_some_and(|w| w.starts_with('#'))
+}
+
 /// Whether two names are the same name, as the server decides it.
 fn same(a: &str, b: &str) -> bool {
     names::fold(a) == names::fold(b)
@@ -1068,6 +1241,10 @@ pub fn help_lines(operator: bool) -> Vec<String> {
     );
     lines.push(
         "conversations: Alt-1..9 or a click picks one, Ctrl-N/Ctrl-P the next or previous; /msg NAME TEXT opens a private one, where what you type goes to NAME"
+            .into(),
+    );
+    lines.push(
+        "rooms: /join #ROOM enters one and shows it, /switch #ROOM shows one you are in, /part leaves the one on the screen (it stays in the list, marked left); what you type goes to the room on the screen"
             .into(),
     );
     lines
@@ -1903,6 +2080,406 @@ pub(crate) mod tests {
         assert_eq!(
             own_lines(&a),
             [("in the lobby".into(), Some(3), Delivery::Refused)]
+        );
+    }
+
+    fn in_room(room: &str, event: Event) -> Msg {
+        Msg::Net(Event::InRoom {
+            room: room.into(),
+            event: Box::new(event),
+        })
+    }
+
+    fn room_joined(room: &str, members: &[&str], topic: &str) -> Msg {
+        Msg::Net(Event::RoomJoined {
+            room: room.into(),
+            topic: topic.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            operator: false,
+            invite_only: false,
+        })
+    }
+
+    fn chat_event(from: &str, text: &str) -> Event {
+        Event::Chat {
+            from: from.into(),
+            text: text.into(),
+            time_ms: 0,
+        }
+    }
+
+    /// The index of `room`'s conversation.
+    fn room_at(a: &App, room: &str) -> usize {
+        a.convs
+            .iter()
+            .position(|c| c.conv == Conv::Room(room.into()))
+            .expect("the room's conversation")
+    }
+
+    /// Every line's words in conversation `at`, the marker as `--`.
+    fn words_in(a: &App, at: usize) -> Vec<String> {
+        a.convs[at]
+            .lines
+            .iter()
+            .map(|l| match &l.kind {
+                Kind::Said(s) => format!("<{}> {}", s.from, s.text),
+                Kind::Own { text, .. } => format!("own {text}"),
+                Kind::Info(t) | Kind::Error(t) => t.clone(),
+                Kind::Marker => "--".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_room_event_goes_to_its_room() {
+        let mut a = app();
+        a.update(room_joined("#dev", &["alice", "bob"], "builds"));
+        // Not asked for here (a rejoin): listed, not put on the screen.
+        assert_eq!(a.current, 0);
+        let dev = room_at(&a, "#dev");
+        assert_eq!(a.convs[dev].topic, "builds");
+        assert_eq!(a.convs[dev].members, ["alice", "bob"]);
+        a.update(in_room("#dev", chat_event("alice", "in dev")));
+        a.update(in_room("#Dev", chat_event("alice", "bob: look")));
+        a.update(chat("carol", "in the lobby"));
+        assert_eq!(
+            a.conv_entries(),
+            ["1 #lobby".to_string(), "2 #dev 2 !".to_string()]
+        );
+        assert_eq!(texts(&a), ["in the lobby"]);
+        // The room's lines carry no room: they are in it.
+        assert!(a.convs[dev].lines.iter().any(|l| matches!(
+            &l.kind,
+            Kind::Said(s) if s.text == "in dev" && s.room.is_none()
+        )));
+        // Its members come and go there, and only there.
+        a.update(in_room(
+            "#dev",
+            Event::Joined {
+                name: "dave".into(),
+            },
+        ));
+        a.update(in_room(
+            "#dev",
+            Event::Left {
+                name: "alice".into(),
+                reason: String::new(),
+            },
+        ));
+        assert_eq!(a.convs[dev].members, ["bob", "dave"]);
+        assert_eq!(*a.members(), ["alice", "bob"]);
+        // A new name is a new name in every room.
+        a.update(in_room(
+            "#dev",
+            Event::Joined {
+                name: "carol".into(),
+            },
+        ));
+        a.update(Msg::Net(Event::Renamed {
+            old: "carol".into(),
+            new: "caroline".into(),
+        }));
+        assert_eq!(a.convs[dev].members, ["bob", "dave", "caroline"]);
+        // Topic, mode and the end of a replay are the room's; the room
+        // list and an invitation answer where the user is.
+        for ev in [
+            Event::Topic {
+                room: "#dev".into(),
+                by: "dave".into(),
+                text: "releases".into(),
+            },
+            Event::RoomMode {
+                room: "#dev".into(),
+                by: "dave".into(),
+                invite_only: true,
+            },
+            Event::RoomReplayed {
+                room: "#dev".into(),
+                resumed: true,
+                replayed: 0,
+                missed: 0,
+            },
+        ] {
+            assert_eq!(a.route(&ev), Route::To(Conv::Room("#dev".into())));
+            a.update(Msg::Net(ev));
+        }
+        assert_eq!(a.convs[dev].topic, "releases");
+        for ev in [
+            Event::RoomList(Vec::new()),
+            Event::Invited {
+                room: "#ops".into(),
+                by: "dave".into(),
+            },
+        ] {
+            assert_eq!(a.route(&ev), Route::Current);
+        }
+        let news = words_in(&a, dev);
+        assert!(
+            news.contains(&"#dev dave set the topic: releases".to_string()),
+            "{news:?}"
+        );
+        assert!(
+            news.contains(&"#dev dave made the room invite-only".to_string()),
+            "{news:?}"
+        );
+        // Still two messages unread there: news is not messages.
+        assert_eq!(a.convs[dev].unread, 2);
+        // Removed from the room: it says so there, and stays listed.
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: "dave".into(),
+            reason: "enough".into(),
+        }));
+        assert!(a.convs[dev].parted);
+        assert!(a.convs[dev].members.is_empty());
+        assert_eq!(a.conv_entries()[1], "2 #dev (left) 2 !");
+        assert_eq!(
+            words_in(&a, dev).last().map(String::as_str),
+            Some("#dev kicked by dave: enough")
+        );
+    }
+
+    #[test]
+    fn join_shows_the_room_when_it_is_answered_but_a_rejoin_does_not() {
+        let mut a = app();
+        typed(&mut a, "/join #dev");
+        assert_eq!(enter(&mut a), [Command::Join("#dev".into())]);
+        // Not yet: the server may refuse.
+        assert_eq!(a.current, 0);
+        a.update(room_joined("#Dev", &["bob"], ""));
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        assert_eq!(
+            words_in(&a, a.current),
+            ["you joined #Dev (1 members: bob)"]
+        );
+        a.update(alt('1'));
+        // After a reconnect the network task rejoins by itself: the view
+        // stays where the user is.
+        a.update(room_joined("#dev", &["bob", "alice"], ""));
+        assert_eq!(a.current, 0);
+        assert_eq!(a.convs.len(), 2);
+        // A refused join does not make a later rejoin take the screen.
+        typed(&mut a, "/join #ops");
+        assert_eq!(enter(&mut a), [Command::Join("#ops".into())]);
+        a.update(Msg::Net(Event::Failed {
+            what: "join".into(),
+            reason: "#ops is invite-only".into(),
+        }));
+        a.update(room_joined("#ops", &["bob"], ""));
+        assert_eq!(a.current, 0);
+        // /join of a room we are in, and /switch, only show it.
+        typed(&mut a, "/join #DEV");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        typed(&mut a, "/switch #lobby");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.current, 0);
+        typed(&mut a, "/switch #dev");
+        enter(&mut a);
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        typed(&mut a, "/join #lobby");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.current, 0);
+        // Tab completes the rooms we know.
+        typed(&mut a, "/switch #d");
+        a.update(key(KeyCode::Tab));
+        // As the server spells it.
+        assert_eq!(a.editor.text(), "/switch #Dev ");
+        a.editor.clear();
+        typed(&mut a, "/switch #nowhere");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(a.current, 0);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("you are not in #nowhere; /join #nowhere first")
+        );
+    }
+
+    #[test]
+    fn typing_in_a_room_goes_to_it_until_it_is_left() {
+        let mut a = app();
+        typed(&mut a, "/join #dev");
+        enter(&mut a);
+        a.update(room_joined("#dev", &["bob", "carol"], "builds"));
+        typed(&mut a, "hi dev");
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "hi dev".into(),
+                action: false
+            }]
+        );
+        typed(&mut a, "/me waves");
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "waves".into(),
+                action: true
+            }]
+        );
+        // Shown here at once, and marked as the server answers.
+        a.update(Msg::Net(Event::Sent { seq: 1 }));
+        a.update(Msg::Net(Event::Delivered { seq: 1 }));
+        assert_eq!(
+            own_lines(&a),
+            [
+                ("hi dev".into(), Some(1), Delivery::Delivered),
+                ("waves".into(), None, Delivery::Pending)
+            ]
+        );
+        // A pasted block goes to the room too.
+        a.update(Msg::Term(TermEvent::Paste("one\ntwo".into())));
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "one\ntwo".into(),
+                action: false
+            }]
+        );
+        // The room commands apply to the room on the screen.
+        for (line, cmd) in [
+            (
+                "/topic releases",
+                Command::Topic {
+                    room: "#dev".into(),
+                    text: "releases".into(),
+                },
+            ),
+            (
+                "/invite dave",
+                Command::Invite {
+                    room: "#dev".into(),
+                    name: "dave".into(),
+                },
+            ),
+            (
+                "/room invite-only on",
+                Command::RoomMode {
+                    room: "#dev".into(),
+                    invite_only: true,
+                },
+            ),
+            (
+                "/kick carol noisy",
+                Command::RoomKick {
+                    room: "#dev".into(),
+                    name: "carol".into(),
+                    reason: "noisy".into(),
+                },
+            ),
+            (
+                "/part done here",
+                Command::Part {
+                    room: "#dev".into(),
+                    reason: "done here".into(),
+                },
+            ),
+        ] {
+            typed(&mut a, line);
+            assert_eq!(enter(&mut a), [cmd], "{line}");
+        }
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: "done here".into(),
+        }));
+        // Still on the screen, listed as left, and nothing typed here goes.
+        assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
+        assert_eq!(a.conv_entries()[1], "2 #dev (left)");
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("you left #dev (done here)")
+        );
+        typed(&mut a, "anyone?");
+        assert!(enter(&mut a).is_empty());
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("not sent: you are no longer in #dev; /join #dev to go back, or Alt-1 for #lobby")
+        );
+        typed(&mut a, "/switch #dev");
+        enter(&mut a);
+        assert!(infos(&a)
+            .last()
+            .is_some_and(|l| l.starts_with("you are not in #dev")));
+        // /join brings it back, in its place in the list.
+        typed(&mut a, "/join #dev");
+        assert_eq!(enter(&mut a), [Command::Join("#dev".into())]);
+        a.update(room_joined("#dev", &["bob"], ""));
+        assert_eq!(a.conv_entries()[1], "2 #dev");
+        typed(&mut a, "back");
+        assert_eq!(
+            enter(&mut a),
+            [Command::RoomSay {
+                room: "#dev".into(),
+                text: "back".into(),
+                action: false
+            }]
+        );
+        // In the lobby, today's commands.
+        a.update(alt('1'));
+        typed(&mut a, "lobby line");
+        assert_eq!(enter(&mut a), [Command::Say("lobby line".into())]);
+        typed(&mut a, "/topic x");
+        assert!(enter(&mut a).is_empty(), "the lobby has no topic to set");
+        // A private conversation is not a room to leave.
+        a.update(private("carol", "bob", "hi"));
+        a.update(alt('3'));
+        typed(&mut a, "/part bye");
+        assert!(enter(&mut a).is_empty());
+        assert!(infos(&a)
+            .last()
+            .is_some_and(|l| l.starts_with("a private conversation is not a room")));
+        typed(&mut a, "/part #dev bye");
+        assert_eq!(
+            enter(&mut a),
+            [Command::Part {
+                room: "#dev".into(),
+                reason: "bye".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn who_in_a_room_lists_the_members_kept_from_its_events() {
+        let mut a = app();
+        typed(&mut a, "/join #dev");
+        enter(&mut a);
+        a.update(room_joined("#dev", &["bob", "carol", "alice"], ""));
+        a.update(in_room(
+            "#dev",
+            Event::Joined {
+                name: "Dave".into(),
+            },
+        ));
+        a.update(in_room(
+            "#dev",
+            Event::Left {
+                name: "carol".into(),
+                reason: "bye".into(),
+            },
+        ));
+        // The list beside the scrollback is the room's.
+        assert_eq!(*a.members(), ["bob", "alice", "Dave"]);
+        typed(&mut a, "/who");
+        assert!(enter(&mut a).is_empty(), "answered here, not by the server");
+        let said = infos(&a);
+        assert_eq!(
+            said[said.len() - 4..],
+            ["#dev members (3):", "  alice", "  bob", "  Dave"]
+        );
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: String::new(),
+        }));
+        typed(&mut a, "/who");
+        enter(&mut a);
+        assert_eq!(
+            infos(&a).last().map(String::as_str),
+            Some("you are no longer in #dev")
         );
     }
 

@@ -83,6 +83,11 @@ pub struct Conversation {
     pub mentioned: bool,
     /// When a line last came (the app's count of lines added).
     pub touched: u64,
+    /// A room's topic (empty: none), as the server last said it.
+    pub topic: String,
+    /// We are no longer in this room (we left it, or were removed): its
+    /// lines stay to be read, but nothing typed here can go anywhere.
+    pub parted: bool,
     /// The user left this conversation: the next line that arrives gets
     /// the marker before it.
     armed: bool,
@@ -100,6 +105,8 @@ impl Conversation {
             unread: 0,
             mentioned: false,
             touched: 0,
+            topic: String::new(),
+            parted: false,
             armed: false,
         }
     }

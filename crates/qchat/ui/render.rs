@@ -85,6 +85,9 @@ fn draw_convs(frame: &mut Frame, app: &App, area: Rect, left: bool) {
                 Span::styled(format!("{number} "), if current { base } else { dim() }),
                 Span::styled(c.conv.label(), base),
             ];
+            if c.parted {
+                spans.push(Span::styled(" (left)", if current { base } else { dim() }));
+            }
             if c.unread > 0 {
                 spans.push(Span::styled(
                     format!(" {}", c.unread),
@@ -160,7 +163,9 @@ fn draw_members(frame: &mut Frame, app: &App, members: &[String], area: Rect) {
 /// state (in short words if need be). Then, when the lists are hidden
 /// (`!lists`), the conversation on the screen and the unread count; the
 /// member count and our name go next, and the server's name and address
-/// take what is left (cut short with `…`).
+/// take what is left (cut short with `…`); in a room with a topic, the
+/// topic takes that place, since it is what the room is about and the
+/// server is named in the title and the first lines.
 fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
     if area.height == 0 {
         return;
@@ -226,6 +231,9 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
     // that is not essential.
     if !lists {
         let mut here = app.conv().conv.label();
+        if app.conv().parted {
+            here.push_str(" (left)");
+        }
         let unread = app.unread();
         if unread > 0 {
             here.push_str(&format!(" +{unread}"));
@@ -245,7 +253,12 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
         }
     }
     let room = avail.saturating_sub(width(&head) + width(&tail));
-    let server = fit(&format!(" {} {}", app.server_name, app.server_addr), room);
+    let c = app.conv();
+    let what = match &c.conv {
+        Conv::Room(_) if !c.topic.is_empty() => format!(" topic: {}", sanitize(&c.topic)),
+        _ => format!(" {} {}", app.server_name, app.server_addr),
+    };
+    let server = fit(&what, room);
     let mut spans = head;
     if server.chars().count() < 3 {
         // No room for the server: start with the trust state.
@@ -707,5 +720,52 @@ mod tests {
         alt(&mut a, '2');
         let (rows, _) = screen(&a);
         assert!(rows[6].contains("│ @carol │"), "{}", rows.join("\n"));
+    }
+
+    #[test]
+    fn a_room_shows_its_topic_its_members_and_whether_we_left() {
+        let mut a = app((100, 10));
+        for c in "/join #dev".chars() {
+            key(&mut a, KeyCode::Char(c));
+        }
+        key(&mut a, KeyCode::Enter);
+        a.update(Msg::Net(Event::RoomJoined {
+            room: "#dev".into(),
+            topic: "ship\u{1b}[2J it".into(),
+            members: vec!["bob".into(), "zed".into()],
+            operator: true,
+            invite_only: false,
+        }));
+        a.update(Msg::Net(Event::InRoom {
+            room: "#dev".into(),
+            event: Box::new(Event::Chat {
+                from: "zed".into(),
+                text: "hello dev".into(),
+                time_ms: 45_240_000,
+            }),
+        }));
+        let (rows, _) = screen(&a);
+        let all = rows.join("\n");
+        // Its line without a room before it, its people beside it, its
+        // topic (sanitised) in the status line.
+        assert!(all.contains("12:34 <zed> hello dev"), "{all}");
+        assert!(!all.contains("#dev <zed>"), "{all}");
+        assert!(rows[2].trim_end().ends_with("│zed"), "{all}");
+        assert!(rows[8].contains(" topic: ship^[[2J it"), "{all}");
+        // The lobby's status line names the server instead.
+        alt(&mut a, '1');
+        let (rows, _) = screen(&a);
+        assert!(
+            rows[8].contains("den 127.0.0.1:8080"),
+            "{}",
+            rows.join("\n")
+        );
+        a.update(Msg::Net(Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: String::new(),
+        }));
+        let (rows, _) = screen(&a);
+        assert!(rows[1].starts_with("2 #dev (left)"), "{}", rows.join("\n"));
     }
 }

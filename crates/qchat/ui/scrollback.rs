@@ -145,10 +145,6 @@ fn line_spans(line: &Line, offset: time::UtcOffset) -> Vec<Span<'static>> {
                 .add_modifier(Modifier::BOLD),
         )
     };
-    // A room besides the lobby goes first, as in plain mode.
-    if let Kind::Said(crate::wording::Said { room: Some(r), .. }) = &line.kind {
-        out.push(Span::styled(format!("{r} "), dim()));
-    }
     match &line.kind {
         Kind::Said(said) if said.history => {
             let style = dim().add_modifier(Modifier::ITALIC);
