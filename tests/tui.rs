@@ -604,7 +604,7 @@ fn a_room_is_a_conversation_of_its_own() {
     bob.expect_out("* alice joined");
     // /join puts the room on the screen once the server has said so.
     alice.type_keys("/join #dev\r");
-    alice.wait_text("you joined #dev (1 members: alice), you are its operator");
+    alice.wait_text("you joined #dev (1 member: alice), you are its operator");
     alice.wait_for("#dev in the list", |rows| {
         rows.iter().any(|r| r.starts_with("2 #dev "))
     });

@@ -262,7 +262,11 @@ fn room_joined(
         "you joined {} ({} {}: {})",
         s(room),
         members.len(),
-        if members.len() == 1 { "member" } else { "members" },
+        if members.len() == 1 {
+            "member"
+        } else {
+            "members"
+        },
         names.join(", ")
     );
     if operator {

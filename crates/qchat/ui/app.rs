@@ -2248,10 +2248,7 @@ pub(crate) mod tests {
         assert_eq!(a.current, 0);
         a.update(room_joined("#Dev", &["bob"], ""));
         assert_eq!(a.conv().conv, Conv::Room("#dev".into()));
-        assert_eq!(
-            words_in(&a, a.current),
-            ["you joined #Dev (1 members: bob)"]
-        );
+        assert_eq!(words_in(&a, a.current), ["you joined #Dev (1 member: bob)"]);
         a.update(alt('1'));
         // After a reconnect the network task rejoins by itself: the view
         // stays where the user is.
