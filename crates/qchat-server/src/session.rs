@@ -996,12 +996,18 @@ async fn handle(
         ClientMsg::Part { room: name, reason } => part_room(id, room, rooms, &name, reason),
         ClientMsg::Rooms => list_rooms(id, room),
         ClientMsg::Topic { room: name, text } => {
-            room_request(id, room, "topic", &name, |ch, who| {
-                let mut text = text.clone();
-                truncate_utf8(&mut text, qchat_proto::limits::MAX_TOPIC_BYTES);
-                ch.set_topic(who, &text)
-            })
-            .await;
+            // Refused, never cut: a topic is something its setter means to
+            // be read whole.
+            let max = qchat_proto::limits::MAX_TOPIC_BYTES;
+            if text.len() > max {
+                let reason = format!(
+                    "a topic of {} bytes is longer than the limit of {max} bytes; the topic is unchanged",
+                    text.len()
+                );
+                room_failed(room, id, "topic", reason);
+            } else {
+                room_request(id, room, "topic", &name, |ch, who| ch.set_topic(who, &text)).await;
+            }
         }
         ClientMsg::RoomMode {
             room: name,

@@ -1526,6 +1526,29 @@ async fn a_room_the_server_does_not_know_is_a_reason_not_a_closed_connection() {
             id: 1
         }
     );
+    // A topic at the limit is set; one byte past it is refused whole, and
+    // the topic stays as it was.
+    let max = qchat_proto::limits::MAX_TOPIC_BYTES;
+    for (len, set) in [(max, true), (max + 1, false)] {
+        alice
+            .send(ClientMsg::Topic {
+                room: "#dev".into(),
+                text: "t".repeat(len),
+            })
+            .await;
+        let m = until(&mut alice, |m| {
+            matches!(m, ServerMsg::TopicSet { .. }) || failed_what(m).is_some()
+        })
+        .await;
+        match m {
+            ServerMsg::TopicSet { text, .. } if set => assert_eq!(text.len(), max),
+            ServerMsg::Failed { what, reason } if !set => {
+                assert_eq!(what, "topic");
+                assert!(reason.contains(&format!("{} bytes", max + 1)), "{reason}");
+            }
+            other => panic!("{len} bytes: {other:?}"),
+        }
+    }
 
     let (mut old, _) = open_from(
         &s,
