@@ -263,6 +263,7 @@ impl Server {
         tracing::info!(members = self.room.len(), "shutting down");
         endpoint.set_server_config(None);
         flush_log(&self.room).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.room.rooms().flush()).await;
         self.room.shutdown(&stop.reason, stop.back, stop.from_host);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while sessions.join_next().await.is_some() {}

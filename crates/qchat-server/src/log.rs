@@ -15,12 +15,13 @@ use crate::metrics::Metrics;
 use crate::room::MemberId;
 #[cfg(test)]
 use crate::room::Room;
-use crate::store::{Appended, NewEntry, Store, StoreError};
+use crate::store::{append_together, Appended, NewEntry, Store, StoreError};
 
 /// What a log writer stores into and publishes to: the lobby
 /// ([`crate::room::Room`])
-/// or another room ([`crate::rooms::Channel`]), each with its own log and
-/// its own writer.
+/// or another room ([`crate::rooms::Channel`]), each with its own log; the
+/// lobby has a writer of its own ([`run_writer`]), the other rooms share
+/// one ([`run_shared_writer`]).
 pub trait Log: Send + Sync + 'static {
     /// The log.
     fn store(&self) -> &Arc<dyn Store>;
@@ -159,6 +160,125 @@ pub fn run_writer<L: Log>(room: &Weak<L>, mut rx: mpsc::Receiver<LogItem>) {
         // A burst's large vector is not kept for the quiet that follows.
         if batch.capacity() > 2 * SMALL_BATCH {
             batch.shrink_to(SMALL_BATCH);
+        }
+    }
+}
+
+/// What the shared writer's queue carries: an item and the room it is
+/// for (held weakly, like a room's own writer holds its room). An item
+/// for no room (`Weak::new()`) is a barrier for all of them.
+pub type RoomItem<L> = (Weak<L>, LogItem);
+
+/// One batch of the writer shared by many rooms: whatever was queued for
+/// any room, stored in one commit where the rooms share a file
+/// ([`append_together`]), then published room by room, each room's part
+/// in id order under that room's lock. A barrier is answered once its
+/// room's part is published; a barrier for no room, or for a room that is
+/// gone, once every part is.
+fn shared_batch<L: Log>(batch: &mut Vec<RoomItem<L>>) {
+    let mut rooms: Vec<(Arc<L>, Vec<LogItem>)> = Vec::new();
+    // Room by address: a batch may hold a thousand rooms.
+    let mut at: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    let mut last_barriers = Vec::new();
+    for (room, item) in batch.drain(..) {
+        let Some(room) = room.upgrade() else {
+            // Nobody is left to show a message to; a barrier still waits
+            // for everything queued before it.
+            if let LogItem::Barrier(b) = item {
+                last_barriers.push(b);
+            }
+            continue;
+        };
+        let i = *at
+            .entry(Arc::as_ptr(&room) as *const () as usize)
+            .or_insert_with(|| {
+                rooms.push((Arc::clone(&room), Vec::new()));
+                rooms.len() - 1
+            });
+        rooms[i].1.push(item);
+    }
+    let outcomes = {
+        let parts: Vec<(&dyn Store, Vec<&NewEntry>)> = rooms
+            .iter()
+            .map(|(room, items)| {
+                let entries = items
+                    .iter()
+                    .filter_map(|item| match item {
+                        LogItem::Message(p) => Some(&p.entry),
+                        LogItem::Barrier(_) => None,
+                    })
+                    .collect();
+                (&**room.store(), entries)
+            })
+            .collect();
+        let messages: usize = parts.iter().map(|(_, e)| e.len()).sum();
+        let started = std::time::Instant::now();
+        let outcomes = append_together(&parts);
+        if let (Some((room, _)), true) = (rooms.first(), messages > 0) {
+            room.metrics().log_batch(messages, started.elapsed());
+        }
+        outcomes
+    };
+    for ((room, mut items), outcome) in rooms.into_iter().zip(outcomes) {
+        publish(&*room, &mut items, outcome);
+    }
+    for b in last_barriers {
+        let _ = b.send(());
+    }
+}
+
+/// Starts the writer shared by many rooms ([`run_shared_writer`]) on a
+/// thread of its own. It holds no room: it ends when every sender of the
+/// queue is gone.
+pub fn spawn_shared_writer<L: Log>(
+    rx: mpsc::Receiver<RoomItem<L>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("qchat-rooms-log".into())
+        .spawn(move || run_shared_writer(rx))
+}
+
+/// Stores and publishes everything queued for any of the rooms, until
+/// every sender is gone, on the calling thread (see [`run_writer`]: the
+/// same batches, the same guarantees, per room). One writer for all the
+/// rooms of one file is not a bottleneck a writer per room would avoid:
+/// the engine takes one write transaction at a time, so per-room writers
+/// would only queue for it, each with its own sync; one writer syncs once
+/// for every room with something to store.
+pub fn run_shared_writer<L: Log>(mut rx: mpsc::Receiver<RoomItem<L>>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < LOG_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        shared_batch(&mut batch);
+        if batch.capacity() > 2 * SMALL_BATCH {
+            batch.shrink_to(SMALL_BATCH);
+        }
+    }
+}
+
+/// [`run_shared_writer`] driven by a task on the runtime, each batch on a
+/// blocking thread, for the crate's tests (see [`run_writer_on_runtime`]).
+#[cfg(test)]
+pub(crate) async fn run_shared_writer_on_runtime<L: Log>(mut rx: mpsc::Receiver<RoomItem<L>>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
+        let mut items = std::mem::take(&mut batch);
+        let done = tokio::task::spawn_blocking(move || {
+            shared_batch(&mut items);
+            items
+        });
+        match done.await {
+            Ok(items) => batch = items,
+            Err(e) => {
+                tracing::error!("the rooms' log writer failed: {e}");
+                return;
+            }
         }
     }
 }

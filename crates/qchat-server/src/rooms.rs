@@ -1,12 +1,14 @@
-//! Rooms besides `#lobby`: each its own log, its own lock and its own log
-//! writer, so rooms never wait for each other.
+//! Rooms besides `#lobby`: each its own log and its own lock, so rooms
+//! never wait for each other's members; one log writer for all of them
+//! ([`crate::log::run_shared_writer`]), which stores whatever any room has
+//! queued in one commit and then publishes each room's part.
 //!
 //! `#lobby` is [`Room`] itself — the members, their names and connections,
 //! the reconnect grace — and every member is in it. A room here ([`Channel`])
 //! only holds which of those members are in it (a weak handle to each one's
 //! queue, so leaving the lobby closes the queue whatever rooms still list
-//! it), its own log ([`Store`], written by its own [`crate::log::run_writer`])
-//! and the in-memory window of its newest messages, its topic, operators,
+//! it), its own log ([`Store`], written by the rooms' shared writer) and
+//! the in-memory window of its newest messages, its topic, operators,
 //! invite-only flag and invitations. The map of rooms ([`Rooms`]) is behind
 //! a read-write lock taken only to find, create or list a room; a session
 //! keeps an `Arc` to each room it is in, so saying something in a room
@@ -14,8 +16,9 @@
 //!
 //! What a room is (name, topic, operators, invite-only, invitations)
 //! survives a restart in one small file beside the log, `rooms/rooms.meta`,
-//! rewritten atomically whenever it changes; each room's messages are in
-//! its own log under `rooms/<hex of the folded name>/`. Who is in a room is
+//! rewritten atomically whenever it changes; every room's messages are in
+//! one file, `rooms/rooms.redb`, each room in tables of its own
+//! ([`crate::store::SharedRedb`]). Who is in a room is
 //! not stored: a client rejoins each of its rooms, with its resume point,
 //! right after every welcome.
 
@@ -29,7 +32,7 @@ use qchat_proto::{names, Proof, ResumePoint, RoomInfo, ServerMsg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::log::{Log, LogItem, Pending};
+use crate::log::{Log, LogItem, Pending, RoomItem};
 use crate::metrics::Metrics;
 use crate::room::{MemberId, Room};
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
@@ -88,6 +91,8 @@ pub struct Rooms {
     saving: Mutex<()>,
     lobby: Weak<Room>,
     metrics: Metrics,
+    /// The queue of the one writer of every room's log.
+    queue: mpsc::Sender<RoomItem<Channel>>,
 }
 
 impl Rooms {
@@ -123,6 +128,8 @@ impl Rooms {
         stores: Box<StoreFactory>,
         meta: Option<PathBuf>,
     ) -> Arc<Self> {
+        let (queue, rx) = mpsc::channel(qchat_proto::limits::LOG_QUEUE);
+        start_writer(rx);
         Arc::new(Rooms {
             map: RwLock::new(HashMap::new()),
             stores,
@@ -130,14 +137,29 @@ impl Rooms {
             saving: Mutex::new(()),
             lobby,
             metrics,
+            queue,
         })
+    }
+
+    /// Waits until everything queued for any room's log before now is
+    /// stored and published (the server is stopping: what members said
+    /// should reach them, acknowledged, first).
+    pub async fn flush(&self) {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        if self
+            .queue
+            .send((Weak::new(), LogItem::Barrier(tx)))
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
     }
 
     fn channel(&self, key: &str, meta: Meta) -> Result<Arc<Channel>, StoreError> {
         let store = (self.stores)(key)?;
-        let (log, rx) = mpsc::channel(qchat_proto::limits::LOG_QUEUE);
         let published = store.last_id();
-        let ch = Arc::new(Channel {
+        let ch = Arc::new_cyclic(|me| Channel {
             name: meta.name.clone(),
             key: key.to_string(),
             state: Mutex::new(ChanState {
@@ -148,11 +170,13 @@ impl Rooms {
                 away: HashMap::new(),
             }),
             store,
-            log,
+            log: RoomQueue {
+                tx: self.queue.clone(),
+                room: me.clone(),
+            },
             lobby: self.lobby.clone(),
             metrics: self.metrics.clone(),
         });
-        start_writer(&ch, rx);
         Ok(ch)
     }
 
@@ -285,6 +309,24 @@ fn save(path: &Path, all: &[Meta]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One room's way into the rooms' shared log writer: the writer's queue,
+/// each item marked with the room.
+pub struct RoomQueue {
+    tx: mpsc::Sender<RoomItem<Channel>>,
+    room: Weak<Channel>,
+}
+
+impl RoomQueue {
+    /// Queues `item` for the room's log, waiting while the queue is full;
+    /// an error (giving the item back) once the writer is gone.
+    pub async fn send(&self, item: LogItem) -> Result<(), mpsc::error::SendError<LogItem>> {
+        self.tx
+            .send((self.room.clone(), item))
+            .await
+            .map_err(|e| mpsc::error::SendError(e.0 .1))
+    }
+}
+
 /// One room besides the lobby.
 pub struct Channel {
     /// As its creator spelt it.
@@ -294,7 +336,7 @@ pub struct Channel {
     key: String,
     state: Mutex<ChanState>,
     store: Arc<dyn Store>,
-    log: mpsc::Sender<LogItem>,
+    log: RoomQueue,
     lobby: Weak<Room>,
     metrics: Metrics,
 }
@@ -353,8 +395,8 @@ impl Channel {
         &self.key
     }
 
-    /// The queue to this room's log writer.
-    pub fn log_queue(&self) -> &mpsc::Sender<LogItem> {
+    /// The queue to the rooms' log writer, for this room.
+    pub fn log_queue(&self) -> &RoomQueue {
         &self.log
     }
 
@@ -881,19 +923,20 @@ impl Log for Channel {
     }
 }
 
-/// Starts a room's log writer: a thread of its own, holding the room only
-/// weakly ([`crate::log::spawn_writer`]); in the crate's tests, whose
-/// clock is paused, a task on the runtime instead.
-fn start_writer(ch: &Arc<Channel>, rx: mpsc::Receiver<LogItem>) {
+/// Starts the rooms' log writer: a thread of its own
+/// ([`crate::log::spawn_shared_writer`]); in the crate's tests, whose
+/// clock is paused, a task on the runtime instead (none without a
+/// runtime: such tests say nothing in rooms).
+fn start_writer(rx: mpsc::Receiver<RoomItem<Channel>>) {
     #[cfg(test)]
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(crate::log::run_writer_on_runtime(Arc::clone(ch), rx));
+        rt.spawn(crate::log::run_shared_writer_on_runtime(rx));
     }
     #[cfg(not(test))]
-    if let Err(e) = crate::log::spawn_writer(ch, rx) {
-        // Then nothing said in this room is stored or shown: its members'
+    if let Err(e) = crate::log::spawn_shared_writer(rx) {
+        // Then nothing said in any room is stored or shown: members'
         // lines wait in the full queue, and the log says why.
-        tracing::error!(room = %ch.name, "cannot start the room log's writer: {e}");
+        tracing::error!("cannot start the rooms' log writer: {e}");
     }
 }
 
@@ -996,6 +1039,105 @@ mod tests {
             matches!(&left[..], [ServerMsg::RoomLeft { name, reason, .. }] if name == "bob" && reason == "disconnected"),
             "{left:?}"
         );
+    }
+
+    /// Two rooms in the shared file, both members saying things in both
+    /// at once through the one writer: each room's messages reach the
+    /// other member in that room's own id order, each author has every
+    /// acknowledgement in order, and a barrier for all rooms comes after
+    /// everything queued before it. Reopened, each room keeps its log.
+    #[tokio::test]
+    async fn rooms_share_one_writer_and_keep_their_own_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = crate::store::SharedRedb::open(
+            dir.path(),
+            1000,
+            None,
+            crate::store::SyncPolicy::None,
+            1 << 20,
+        )
+        .expect("opens");
+        let lobby = lobby();
+        let f = Arc::clone(&file);
+        let stores: Box<StoreFactory> =
+            Box::new(move |key: &str| Ok(f.open_room(key)? as Arc<dyn Store>));
+        let meta = dir.path().join("rooms.meta");
+        let rooms = Rooms::open(&lobby, stores, Some(meta.clone())).expect("opens");
+        let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
+        let (ta, mut ra) = mpsc::channel(10_000);
+        let (tb, mut rb) = mpsc::channel(10_000);
+        let mut chans = Vec::new();
+        for name in ["#one", "#two"] {
+            let (ch, _) = rooms.get_or_create(name, &alice, 10).expect("created");
+            ch.join(&alice, None, &ta, None, 50, 10).expect("joins");
+            ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
+            chans.push(ch);
+        }
+        rooms.save().expect("saves");
+        frames(&mut ra);
+        frames(&mut rb);
+        for seq in 1..=300u64 {
+            for (ch, who) in chans.iter().zip([1, 2]) {
+                let p = ch
+                    .submit(who, seq, format!("{}{seq}", ch.name()), false, None)
+                    .expect("a member");
+                ch.log_queue()
+                    .send(LogItem::Message(p))
+                    .await
+                    .expect("the writer runs");
+            }
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(60), rooms.flush())
+            .await
+            .expect("flushed in time");
+        // Alice says everything in #one, bob in #two.
+        let (a, b) = (frames(&mut ra), frames(&mut rb));
+        let chat = |v: &[ServerMsg], room: &str| -> Vec<(u64, String)> {
+            v.iter()
+                .filter_map(|m| match m {
+                    ServerMsg::RoomChat {
+                        room: r, id, text, ..
+                    } if r == room => Some((*id, text.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let acks = |v: &[ServerMsg], room: &str| -> Vec<(u64, u64)> {
+            v.iter()
+                .filter_map(|m| match m {
+                    ServerMsg::RoomAck { room: r, seq, id } if r == room => Some((*seq, *id)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let want = |room: &str| -> Vec<(u64, String)> {
+            (1..=300u64).map(|i| (i, format!("{room}{i}"))).collect()
+        };
+        assert_eq!(chat(&b, "#one"), want("#one"));
+        assert_eq!(chat(&a, "#two"), want("#two"));
+        assert!(chat(&a, "#one").is_empty() && chat(&b, "#two").is_empty());
+        let ordered: Vec<(u64, u64)> = (1..=300).map(|i| (i, i)).collect();
+        assert_eq!(acks(&a, "#one"), ordered);
+        assert_eq!(acks(&b, "#two"), ordered);
+        let ids: Vec<[u8; 16]> = chans.iter().map(|c| c.store.log_id()).collect();
+        drop((chans, rooms, lobby));
+        drop(file);
+        let file = crate::store::SharedRedb::open(
+            dir.path(),
+            1000,
+            None,
+            crate::store::SyncPolicy::None,
+            1 << 20,
+        )
+        .expect("reopens");
+        let lobby2 = super::tests::lobby();
+        let stores: Box<StoreFactory> =
+            Box::new(move |key: &str| Ok(file.open_room(key)? as Arc<dyn Store>));
+        let rooms = Rooms::open(&lobby2, stores, Some(meta)).expect("reopens");
+        for (name, id) in ["#one", "#two"].into_iter().zip(ids) {
+            let ch = rooms.get(name).expect("kept");
+            assert_eq!((ch.store.log_id(), ch.store.last_id()), (id, 300));
+        }
     }
 
     #[test]

@@ -10,10 +10,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use qchat_proto::Proof;
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 /// The idempotency key of a message: the client instance and its `seq`.
@@ -74,6 +74,15 @@ pub enum SyncPolicy {
     None,
 }
 
+impl SyncPolicy {
+    fn durability(self) -> Durability {
+        match self {
+            SyncPolicy::Full => Durability::Immediate,
+            SyncPolicy::None => Durability::Eventual,
+        }
+    }
+}
+
 /// A store that cannot be used. The message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,6 +122,12 @@ pub trait Store: Send + std::marker::Sync {
     /// Whether nothing is stored.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// This log as one room of a [`SharedRedb`], whose rooms' batches can
+    /// be stored together ([`append_together`]); `None` for a log of its
+    /// own.
+    fn shared(&self) -> Option<&RoomLog> {
+        None
     }
 }
 
@@ -311,6 +326,225 @@ fn migrate(
     Ok(moved)
 }
 
+/// Where one log lives inside a redb file: its two tables and the prefix
+/// of its entries in the file's `meta` table. The lobby's file holds one
+/// log under the plain names (as files always did); the rooms' shared
+/// file ([`SharedRedb`]) holds one pair of tables per room, each room's
+/// name in its tables' names, so a room's retention, reads and id
+/// lookups stay within its own B-trees.
+struct Names {
+    batches: String,
+    keys: String,
+    prefix: String,
+}
+
+impl Names {
+    fn lobby() -> Self {
+        Names {
+            batches: BATCHES.name().into(),
+            keys: KEYS.name().into(),
+            prefix: String::new(),
+        }
+    }
+
+    /// A room's, by its folded name. The separator cannot make two rooms'
+    /// names meet: every name ends with a fixed suffix that has no `:`.
+    fn room(key: &str) -> Self {
+        Names {
+            batches: format!("room:{key}:batches"),
+            keys: format!("room:{key}:keys"),
+            prefix: format!("room:{key}:"),
+        }
+    }
+
+    fn batches(&self) -> TableDefinition<'_, u64, &'static [u8]> {
+        TableDefinition::new(&self.batches)
+    }
+
+    fn keys(&self) -> TableDefinition<'_, &'static [u8], u64> {
+        TableDefinition::new(&self.keys)
+    }
+
+    fn meta(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// Opens (creating them if needed) one log's tables in `tx`, and reads
+/// its identity (made now for a new log) and its first and last ids.
+fn init_log(tx: &redb::WriteTransaction, n: &Names) -> Result<([u8; 16], u64, u64), StoreError> {
+    let mut meta = tx.open_table(META).map_err(io)?;
+    let batches = tx.open_table(n.batches()).map_err(io)?;
+    tx.open_table(n.keys()).map_err(io)?;
+    let existing = meta
+        .get(n.meta("log_id").as_str())
+        .map_err(io)?
+        .map(|v| v.value().to_vec());
+    let log_id = match existing {
+        Some(v) => <[u8; 16]>::try_from(v.as_slice())
+            .map_err(|_| StoreError::Io("the log id is damaged".into()))?,
+        None => {
+            let mut id = [0u8; 16];
+            getrandom::fill(&mut id).map_err(io)?;
+            meta.insert(n.meta("log_id").as_str(), id.as_slice())
+                .map_err(io)?;
+            id
+        }
+    };
+    // The newest id is kept apart from the messages: retention may
+    // delete every message, and ids must still never go back.
+    let last_meta = meta_u64(&meta, &n.meta("last_id"))
+        .map_err(io)?
+        .unwrap_or(0);
+    let last_batch = match batches.last().map_err(io)? {
+        Some((k, v)) => {
+            let len = decode_batch(v.value()).map_or(1, |b| b.len() as u64);
+            k.value() + len.max(1) - 1
+        }
+        None => 0,
+    };
+    let last = last_meta.max(last_batch);
+    let first_batch = batches.first().map_err(io)?.map(|(k, _)| k.value());
+    // Where retention last stopped, which may be inside the oldest
+    // batch; files from before batches do not have it.
+    let first = match (
+        meta_u64(&meta, &n.meta("first_id")).map_err(io)?,
+        first_batch,
+    ) {
+        (Some(f), Some(b)) => f.max(b),
+        (Some(f), None) => f.max(last + 1),
+        (None, Some(b)) => b,
+        (None, None) => last + 1,
+    };
+    Ok((log_id, first, last))
+}
+
+/// How a log keeps its messages: at most `keep`, none older than
+/// `max_age`.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    keep: u64,
+    max_age: Option<std::time::Duration>,
+}
+
+/// Stores one log's batch in `tx` (not committed here): its new ids
+/// start after `last`, and retention runs from `first`. Returns what
+/// became of each message, the log's new first id and its last.
+fn append_in(
+    tx: &redb::WriteTransaction,
+    n: &Names,
+    (first, mut last): (u64, u64),
+    retention: Retention,
+    batch: &[&NewEntry],
+) -> Result<(Vec<Appended>, u64, u64), StoreError> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut batches = tx.open_table(n.batches()).map_err(io)?;
+    let mut keys = tx.open_table(n.keys()).map_err(io)?;
+    let mut meta = tx.open_table(META).map_err(io)?;
+    let mut records: Batch = Vec::with_capacity(batch.len());
+    for e in batch {
+        if let Some(k) = &e.key {
+            let kb = key_bytes(k);
+            if let Some(id) = keys.get(kb.as_slice()).map_err(io)? {
+                out.push(Appended::Duplicate(id.value()));
+                continue;
+            }
+        }
+        last += 1;
+        records.push(Record {
+            key: e.key,
+            from: &e.from,
+            text: &e.text,
+            time_ms: e.time_ms,
+            action: e.action,
+            proof: e.proof.as_deref().map(StoredProof::of),
+        });
+        if let Some(k) = &e.key {
+            keys.insert(key_bytes(k).as_slice(), last).map_err(io)?;
+        }
+        out.push(Appended::New(last));
+    }
+    if !records.is_empty() {
+        let start = last + 1 - records.len() as u64;
+        let bytes = encode_batch(&records).map_err(io)?;
+        batches.insert(start, bytes.as_slice()).map_err(io)?;
+    }
+    meta.insert(n.meta("last_id").as_str(), last.to_be_bytes().as_slice())
+        .map_err(io)?;
+    // Retention: the oldest go, with their keys. An empty log has
+    // `first == last + 1`, the first new id.
+    let len = (last + 1).saturating_sub(first);
+    let below = first + len.saturating_sub(retention.keep);
+    let cutoff = retention.max_age.map(cutoff_ms);
+    let new_first = drop_oldest(&mut batches, &mut keys, first, last, below, cutoff)?;
+    if new_first != first {
+        meta.insert(
+            n.meta("first_id").as_str(),
+            new_first.to_be_bytes().as_slice(),
+        )
+        .map_err(io)?;
+    }
+    Ok((out, new_first, last))
+}
+
+/// Reads one log's messages with ids in `(after, upto]` (at most `max`,
+/// the newest), the log spanning `first..=last`.
+fn read_in(
+    db: &Database,
+    n: &Names,
+    (first, last): (u64, u64),
+    after: u64,
+    upto: u64,
+    max: usize,
+) -> Result<Vec<Entry>, StoreError> {
+    // Retention may have dropped the start of the oldest batch; and
+    // "the newest `max`" counts from the newest stored, not from `upto`.
+    let upto = upto.min(last);
+    if upto <= after || max == 0 {
+        return Ok(Vec::new());
+    }
+    let from = after
+        .saturating_add(1)
+        .max(upto.saturating_sub(max as u64 - 1))
+        .max(first);
+    let tx = db.begin_read().map_err(io)?;
+    let batches = tx.open_table(n.batches()).map_err(io)?;
+    // The batch holding `from` starts at or before it.
+    let start = match batches.range(..=from).map_err(io)?.next_back() {
+        Some(item) => item.map_err(io)?.0.value(),
+        None => from,
+    };
+    let mut out = Vec::new();
+    for item in batches.range(start..=upto).map_err(io)? {
+        let (k, v) = item.map_err(io)?;
+        // A batch that does not decode is skipped, not fatal: one bad
+        // write must not stop everyone's replay.
+        let recs = match decode_batch(v.value()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(id = k.value(), "room log: unreadable batch: {e}");
+                continue;
+            }
+        };
+        for (id, r) in (k.value()..).zip(recs) {
+            if id > upto {
+                break;
+            }
+            if id >= from {
+                out.push(Entry {
+                    id,
+                    from: r.from.to_owned(),
+                    text: r.text.to_owned(),
+                    time_ms: r.time_ms,
+                    action: r.action,
+                    proof: r.proof.as_ref().map(StoredProof::owned),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The default store: one redb file, `room.redb` in the data directory.
 pub struct RedbStore {
     /// Compaction needs the database to itself; everything else shares it.
@@ -362,12 +596,10 @@ impl RedbStore {
         }
         let db = builder.create(&path).map_err(|e| open_err(e.to_string()))?;
         let tx = db.begin_write().map_err(|e| open_err(e.to_string()))?;
-        let (log_id, first, last) = {
-            let mut meta = tx.open_table(META).map_err(|e| open_err(e.to_string()))?;
+        {
             let mut batches = tx
                 .open_table(BATCHES)
                 .map_err(|e| open_err(e.to_string()))?;
-            tx.open_table(KEYS).map_err(|e| open_err(e.to_string()))?;
             let old = tx
                 .open_table(MESSAGES)
                 .map_err(|e| open_err(e.to_string()))?;
@@ -375,52 +607,9 @@ impl RedbStore {
             if moved > 0 {
                 tracing::info!(messages = moved, path = %path.display(), "room log moved to the batched layout");
             }
-            drop(old);
-            let existing = meta
-                .get("log_id")
-                .map_err(|e| open_err(e.to_string()))?
-                .map(|v| v.value().to_vec());
-            let log_id = match existing {
-                Some(v) => <[u8; 16]>::try_from(v.as_slice())
-                    .map_err(|_| open_err("the log id is damaged".into()))?,
-                None => {
-                    let mut id = [0u8; 16];
-                    getrandom::fill(&mut id).map_err(|e| open_err(e.to_string()))?;
-                    meta.insert("log_id", id.as_slice())
-                        .map_err(|e| open_err(e.to_string()))?;
-                    id
-                }
-            };
-            // The newest id is kept apart from the messages: retention may
-            // delete every message, and ids must still never go back.
-            let last_meta = meta_u64(&meta, "last_id")
-                .map_err(|e| open_err(e.to_string()))?
-                .unwrap_or(0);
-            let last_batch = match batches.last().map_err(|e| open_err(e.to_string()))? {
-                Some((k, v)) => {
-                    let n = decode_batch(v.value()).map_or(1, |b| b.len() as u64);
-                    k.value() + n.max(1) - 1
-                }
-                None => 0,
-            };
-            let last = last_meta.max(last_batch);
-            let first_batch = batches
-                .first()
-                .map_err(|e| open_err(e.to_string()))?
-                .map(|(k, _)| k.value());
-            // Where retention last stopped, which may be inside the oldest
-            // batch; files from before batches do not have it.
-            let first = match (
-                meta_u64(&meta, "first_id").map_err(|e| open_err(e.to_string()))?,
-                first_batch,
-            ) {
-                (Some(f), Some(b)) => f.max(b),
-                (Some(f), None) => f.max(last + 1),
-                (None, Some(b)) => b,
-                (None, None) => last + 1,
-            };
-            (log_id, first, last)
-        };
+        }
+        let (log_id, first, last) =
+            init_log(&tx, &Names::lobby()).map_err(|e| open_err(e.to_string()))?;
         tx.delete_table(MESSAGES)
             .map_err(|e| open_err(e.to_string()))?;
         tx.commit().map_err(|e| open_err(e.to_string()))?;
@@ -453,6 +642,13 @@ impl RedbStore {
 
     fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            keep: self.keep,
+            max_age: self.max_age,
+        }
     }
 
     fn compact(&self) {
@@ -588,71 +784,23 @@ impl Store for RedbStore {
     }
 
     fn append(&self, batch: &[&NewEntry]) -> Result<Vec<Appended>, StoreError> {
-        let (first, mut last) = {
+        let span = {
             let c = self.counters();
             (c.first, c.last)
         };
-        let mut out = Vec::with_capacity(batch.len());
-        let new_first;
-        {
+        let (out, new_first, last) = {
             let db = self.db.read().unwrap_or_else(|p| p.into_inner());
             let mut tx = db.begin_write().map_err(io)?;
-            tx.set_durability(match self.sync {
-                SyncPolicy::Full => Durability::Immediate,
-                SyncPolicy::None => Durability::Eventual,
-            });
-            {
-                let mut batches = tx.open_table(BATCHES).map_err(io)?;
-                let mut keys = tx.open_table(KEYS).map_err(io)?;
-                let mut meta = tx.open_table(META).map_err(io)?;
-                let mut records: Batch = Vec::with_capacity(batch.len());
-                for e in batch {
-                    if let Some(k) = &e.key {
-                        let kb = key_bytes(k);
-                        if let Some(id) = keys.get(kb.as_slice()).map_err(io)? {
-                            out.push(Appended::Duplicate(id.value()));
-                            continue;
-                        }
-                    }
-                    last += 1;
-                    records.push(Record {
-                        key: e.key,
-                        from: &e.from,
-                        text: &e.text,
-                        time_ms: e.time_ms,
-                        action: e.action,
-                        proof: e.proof.as_deref().map(StoredProof::of),
-                    });
-                    if let Some(k) = &e.key {
-                        keys.insert(key_bytes(k).as_slice(), last).map_err(io)?;
-                    }
-                    out.push(Appended::New(last));
-                }
-                if !records.is_empty() {
-                    let start = last + 1 - records.len() as u64;
-                    let bytes = encode_batch(&records).map_err(io)?;
-                    batches.insert(start, bytes.as_slice()).map_err(io)?;
-                }
-                meta.insert("last_id", last.to_be_bytes().as_slice())
-                    .map_err(io)?;
-                // Retention: the oldest go, with their keys. An empty log
-                // has `first == last + 1`, the first new id.
-                let len = (last + 1).saturating_sub(first);
-                let below = first + len.saturating_sub(self.keep);
-                let cutoff = self.max_age.map(cutoff_ms);
-                new_first = drop_oldest(&mut batches, &mut keys, first, last, below, cutoff)?;
-                if new_first != first {
-                    meta.insert("first_id", new_first.to_be_bytes().as_slice())
-                        .map_err(io)?;
-                }
-            }
+            tx.set_durability(self.sync.durability());
+            let done = append_in(&tx, &Names::lobby(), span, self.retention(), batch)?;
             tx.commit().map_err(io)?;
-        }
+            done
+        };
         let compact = {
             let mut c = self.counters();
             c.first = new_first;
             c.last = last;
-            c.deleted_since_compact += new_first.saturating_sub(first);
+            c.deleted_since_compact += new_first.saturating_sub(span.0);
             let due = c.deleted_since_compact >= COMPACT_EVERY;
             if due {
                 c.deleted_since_compact = 0;
@@ -666,58 +814,265 @@ impl Store for RedbStore {
     }
 
     fn read(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
-        // Retention may have dropped the start of the oldest batch; and
-        // "the newest `max`" counts from the newest stored, not from `upto`.
-        let (first, last) = {
+        let span = {
             let c = self.counters();
             (c.first, c.last)
         };
-        let upto = upto.min(last);
-        if upto <= after || max == 0 {
-            return Ok(Vec::new());
-        }
-        let from = after
-            .saturating_add(1)
-            .max(upto.saturating_sub(max as u64 - 1))
-            .max(first);
         let db = self.db.read().unwrap_or_else(|p| p.into_inner());
-        let tx = db.begin_read().map_err(io)?;
-        let batches = tx.open_table(BATCHES).map_err(io)?;
-        // The batch holding `from` starts at or before it.
-        let start = match batches.range(..=from).map_err(io)?.next_back() {
-            Some(item) => item.map_err(io)?.0.value(),
-            None => from,
+        read_in(&db, &Names::lobby(), span, after, upto, max)
+    }
+}
+
+/// The logs of every room besides the lobby, in one redb file: one
+/// engine, one cache and one writer for all of them, rather than a file
+/// (≈ 0.58 MiB of the engine's memory) and a writer thread per room, each
+/// syncing its own small batches. Each room's messages and keys are in a
+/// table pair of their own ([`RoomLog`]); a commit may hold many rooms'
+/// batches ([`SharedRedb::append_all`]), with one sync for all of them.
+pub struct SharedRedb {
+    /// Compaction needs the database to itself; everything else shares it.
+    db: RwLock<Database>,
+    path: PathBuf,
+    retention: Retention,
+    sync: SyncPolicy,
+    deleted_since_compact: Mutex<u64>,
+}
+
+/// One room's log in a [`SharedRedb`].
+pub struct RoomLog {
+    shared: Arc<SharedRedb>,
+    names: Names,
+    log_id: [u8; 16],
+    /// Only `first` and `last`: compaction is counted for the whole file.
+    state: Mutex<Counters>,
+}
+
+impl SharedRedb {
+    /// The file name inside the rooms' folder.
+    pub const FILE: &'static str = "rooms.redb";
+
+    /// Opens (or creates) the rooms' file `FILE` in `dir`; every room keeps
+    /// at most `keep` messages, none older than `max_age`. The engine's
+    /// cache is limited to `cache` bytes. A file that cannot be read is
+    /// an error naming it, never replaced.
+    ///
+    /// Rooms' logs were one file each (`<dir>/<hex>/room.redb`) only on
+    /// a development branch that never shipped: nothing is migrated from
+    /// there, and such folders are left alone.
+    pub fn open(
+        dir: &Path,
+        keep: u64,
+        max_age: Option<std::time::Duration>,
+        sync: SyncPolicy,
+        cache: usize,
+    ) -> Result<Arc<Self>, StoreError> {
+        let path = dir.join(Self::FILE);
+        let db = redb::Builder::new()
+            .set_cache_size(cache)
+            .create(&path)
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(Arc::new(SharedRedb {
+            db: RwLock::new(db),
+            path,
+            retention: Retention {
+                keep: keep.max(1),
+                max_age,
+            },
+            sync,
+            deleted_since_compact: Mutex::new(0),
+        }))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens (or creates) the log of the room whose folded name is `key`.
+    pub fn open_room(self: &Arc<Self>, key: &str) -> Result<Arc<RoomLog>, StoreError> {
+        let names = Names::room(key);
+        let open_err = |e: StoreError| StoreError::Open {
+            path: self.path.clone(),
+            detail: format!("the log of {key}: {e}"),
         };
-        let mut out = Vec::new();
-        for item in batches.range(start..=upto).map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            // A batch that does not decode is skipped, not fatal: one bad
-            // write must not stop everyone's replay.
-            let recs = match decode_batch(v.value()) {
-                Ok(r) => r,
+        let (log_id, first, last) = {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            let mut tx = db.begin_write().map_err(|e| open_err(io(e)))?;
+            // A new room's tables and identity need no sync of their own:
+            // the first commit of a message makes them durable with it,
+            // and a crash before that loses an empty log (its members
+            // then rejoin it as new, with nothing to miss).
+            tx.set_durability(Durability::None);
+            let got = init_log(&tx, &names).map_err(open_err)?;
+            tx.commit().map_err(|e| open_err(io(e)))?;
+            got
+        };
+        Ok(Arc::new(RoomLog {
+            shared: Arc::clone(self),
+            names,
+            log_id,
+            state: Mutex::new(Counters {
+                first,
+                last,
+                deleted_since_compact: 0,
+            }),
+        }))
+    }
+
+    /// Stores several rooms' batches in one transaction with one sync:
+    /// each room's new messages take that room's next ids, in order, and
+    /// retention runs per room. All or nothing: if the commit fails, every
+    /// room's part failed. Results are in the order of `parts`. The logs
+    /// must be this file's, and each at most once.
+    pub fn append_all(
+        &self,
+        parts: &[(&RoomLog, &[&NewEntry])],
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
+        if let Some((log, _)) = parts
+            .iter()
+            .find(|(log, _)| !std::ptr::eq(Arc::as_ptr(&log.shared), self))
+        {
+            return Err(StoreError::Io(format!(
+                "{} is not a log of {}",
+                log.names.prefix,
+                self.path.display()
+            )));
+        }
+        let mut done = Vec::with_capacity(parts.len());
+        {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            let mut tx = db.begin_write().map_err(io)?;
+            tx.set_durability(self.sync.durability());
+            for (log, batch) in parts {
+                let span = {
+                    let c = log.counters();
+                    (c.first, c.last)
+                };
+                let (out, first, last) = append_in(&tx, &log.names, span, self.retention, batch)?;
+                done.push((out, span.0, first, last));
+            }
+            tx.commit().map_err(io)?;
+        }
+        let mut deleted = 0;
+        let mut results = Vec::with_capacity(parts.len());
+        for ((log, _), (out, old_first, first, last)) in parts.iter().zip(done) {
+            let mut c = log.counters();
+            c.first = first;
+            c.last = last;
+            deleted += first.saturating_sub(old_first);
+            results.push(out);
+        }
+        let compact = {
+            let mut d = self
+                .deleted_since_compact
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *d += deleted;
+            let due = *d >= COMPACT_EVERY;
+            if due {
+                *d = 0;
+            }
+            due
+        };
+        if compact {
+            let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+            match db.compact() {
+                Ok(_) => tracing::debug!(path = %self.path.display(), "rooms' log compacted"),
                 Err(e) => {
-                    tracing::warn!(id = k.value(), "room log: unreadable batch: {e}");
-                    continue;
-                }
-            };
-            for (id, r) in (k.value()..).zip(recs) {
-                if id > upto {
-                    break;
-                }
-                if id >= from {
-                    out.push(Entry {
-                        id,
-                        from: r.from.to_owned(),
-                        text: r.text.to_owned(),
-                        time_ms: r.time_ms,
-                        action: r.action,
-                        proof: r.proof.as_ref().map(StoredProof::owned),
-                    });
+                    tracing::warn!(path = %self.path.display(), "rooms' log compaction failed: {e}")
                 }
             }
         }
-        Ok(out)
+        Ok(results)
     }
+}
+
+impl RoomLog {
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for RoomLog {
+    fn log_id(&self) -> [u8; 16] {
+        self.log_id
+    }
+
+    fn last_id(&self) -> u64 {
+        self.counters().last
+    }
+
+    fn len(&self) -> u64 {
+        let c = self.counters();
+        (c.last + 1).saturating_sub(c.first)
+    }
+
+    fn append(&self, batch: &[&NewEntry]) -> Result<Vec<Appended>, StoreError> {
+        let mut all = self.shared.append_all(&[(self, batch)])?;
+        all.pop()
+            .ok_or_else(|| StoreError::Io("the store answered for no room".into()))
+    }
+
+    fn read(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
+        let span = {
+            let c = self.counters();
+            (c.first, c.last)
+        };
+        let db = self.shared.db.read().unwrap_or_else(|p| p.into_inner());
+        read_in(&db, &self.names, span, after, upto, max)
+    }
+
+    fn shared(&self) -> Option<&RoomLog> {
+        Some(self)
+    }
+}
+
+/// Stores several logs' batches, each log once: the rooms of one
+/// [`SharedRedb`] in one commit together, any other log on its own.
+/// Results are in the order of `parts`; an empty batch stores nothing
+/// and answers `None`.
+pub fn append_together(
+    parts: &[(&dyn Store, Vec<&NewEntry>)],
+) -> Vec<Option<Result<Vec<Appended>, StoreError>>> {
+    let mut out: Vec<Option<Result<Vec<Appended>, StoreError>>> =
+        parts.iter().map(|_| None).collect();
+    // The shared files among the parts, each with its parts' positions.
+    let mut files: Vec<(&Arc<SharedRedb>, Vec<usize>)> = Vec::new();
+    for (i, (store, batch)) in parts.iter().enumerate() {
+        if batch.is_empty() {
+            continue;
+        }
+        match store.shared() {
+            Some(log) => match files.iter_mut().find(|(f, _)| Arc::ptr_eq(f, &log.shared)) {
+                Some((_, at)) => at.push(i),
+                None => files.push((&log.shared, vec![i])),
+            },
+            None => out[i] = Some(store.append(batch)),
+        }
+    }
+    for (file, at) in files {
+        let group: Vec<(&RoomLog, &[&NewEntry])> = at
+            .iter()
+            .filter_map(|&i| Some((parts[i].0.shared()?, parts[i].1.as_slice())))
+            .collect();
+        match file.append_all(&group) {
+            Ok(results) => {
+                for (i, r) in at.into_iter().zip(results) {
+                    out[i] = Some(Ok(r));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for i in at {
+                    out[i] = Some(Err(StoreError::Io(why.clone())));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The store in memory: lost with the process. For tests and for measuring
@@ -1212,6 +1567,182 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn shared(dir: &Path, keep: u64) -> Arc<SharedRedb> {
+        SharedRedb::open(dir, keep, None, SyncPolicy::None, 1 << 20).expect("opens")
+    }
+
+    fn refs(v: &[NewEntry]) -> Vec<&NewEntry> {
+        v.iter().collect()
+    }
+
+    fn news(v: &[Appended]) -> Vec<u64> {
+        v.iter()
+            .map(|a| match a {
+                Appended::New(id) | Appended::Duplicate(id) => *id,
+            })
+            .collect()
+    }
+
+    /// Two rooms' batches in one commit: each room numbers its own
+    /// messages from its own last id, in the order given, and reads back
+    /// only its own.
+    #[test]
+    fn two_rooms_in_one_commit_keep_their_own_ids_and_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = shared(dir.path(), 100);
+        let a = file.open_room("#a").expect("opens");
+        let b = file.open_room("#b").expect("opens");
+        a.append(&[&msg(None, "a0")]).expect("appends");
+        let (ma, mb): (Vec<NewEntry>, Vec<NewEntry>) = (
+            (1..=3).map(|i| msg(None, &format!("a{i}"))).collect(),
+            (1..=2).map(|i| msg(None, &format!("b{i}"))).collect(),
+        );
+        let got = file
+            .append_all(&[(&b, &refs(&mb)), (&a, &refs(&ma))])
+            .expect("commits");
+        assert_eq!(news(&got[0]), [1, 2]);
+        assert_eq!(news(&got[1]), [2, 3, 4]);
+        assert_eq!(
+            texts(&a.read(0, 10, 10).expect("reads")),
+            ["a0", "a1", "a2", "a3"]
+        );
+        assert_eq!(texts(&b.read(0, 10, 10).expect("reads")), ["b1", "b2"]);
+        assert_ne!(a.log_id(), b.log_id());
+        // Through the writer's entry point, which groups by file.
+        let (one, two) = (msg(None, "a4"), msg(None, "b3"));
+        let parts: Vec<(&dyn Store, Vec<&NewEntry>)> =
+            vec![(&*a, vec![&one]), (&*b, vec![&two]), (&*b, vec![])];
+        let got = append_together(&parts);
+        assert!(matches!(&got[0], Some(Ok(v)) if news(v) == [5]), "{got:?}");
+        assert!(matches!(&got[1], Some(Ok(v)) if news(v) == [3]), "{got:?}");
+        assert!(got[2].is_none(), "an empty part stores nothing");
+    }
+
+    /// One room's part cannot be stored (its table is not a log's): the
+    /// commit fails, and with it the other room's part, which is not
+    /// stored either.
+    #[test]
+    fn a_failed_commit_fails_every_rooms_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = shared(dir.path(), 100);
+        let a = file.open_room("#a").expect("opens");
+        let b = file.open_room("#b").expect("opens");
+        {
+            let db = file.db.read().expect("the lock");
+            let tx = db.begin_write().expect("writes");
+            tx.delete_table(b.names.batches()).expect("deletes");
+            let wrong: TableDefinition<u64, u64> = TableDefinition::new(&b.names.batches);
+            tx.open_table(wrong).expect("creates");
+            tx.commit().expect("commits");
+        }
+        let (ma, mb) = (msg(Some(([1; 16], 1)), "a"), msg(None, "b"));
+        let parts: Vec<(&dyn Store, Vec<&NewEntry>)> = vec![(&*a, vec![&ma]), (&*b, vec![&mb])];
+        let got = append_together(&parts);
+        assert!(
+            got.iter().all(|r| matches!(r, Some(Err(_)))),
+            "{:?}",
+            got.iter()
+                .map(|r| r.as_ref().map(|r| r.is_ok()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!((a.last_id(), a.len()), (0, 0));
+        assert!(a.read(0, 10, 10).expect("reads").is_empty());
+        // Its key was not kept either: the message is new when sent again.
+        let c = file.open_room("#c").expect("opens");
+        let got = file
+            .append_all(&[(&a, &[&ma][..]), (&c, &[&mb][..])])
+            .expect("commits");
+        assert_eq!(got, [vec![Appended::New(1)], vec![Appended::New(1)]]);
+        // A log of another file is refused before anything is stored.
+        let other = shared(tempfile::tempdir().expect("tempdir").path(), 100);
+        let stranger = other.open_room("#a").expect("opens");
+        assert!(file
+            .append_all(&[(&a, &[&ma][..]), (&stranger, &[&mb][..])])
+            .is_err());
+        assert_eq!(a.last_id(), 1);
+    }
+
+    /// Retention and dedupe are per room: one room's traffic never drops
+    /// another's messages, and the same key is new in each room.
+    #[test]
+    fn retention_and_dedupe_are_per_room_in_the_shared_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = shared(dir.path(), 3);
+        let a = file.open_room("#a").expect("opens");
+        let b = file.open_room("#b").expect("opens");
+        let key = |i| Some(([9; 16], i));
+        b.append(&[&msg(key(1), "b1"), &msg(key(2), "b2")])
+            .expect("appends");
+        for i in 1..=5 {
+            let m = msg(key(i), &format!("a{i}"));
+            let got = file
+                .append_all(&[(&a, &[&m][..]), (&b, &[][..])])
+                .expect("commits");
+            assert_eq!(got[0], [Appended::New(i)], "new in #a, though #b has it");
+        }
+        assert_eq!(
+            texts(&a.read(0, 10, 10).expect("reads")),
+            ["a3", "a4", "a5"]
+        );
+        assert_eq!(texts(&b.read(0, 10, 10).expect("reads")), ["b1", "b2"]);
+        assert_eq!(
+            a.append(&[&msg(key(1), "a1 again"), &msg(key(4), "a4 again")])
+                .expect("appends"),
+            [Appended::New(6), Appended::Duplicate(4)]
+        );
+        assert_eq!(
+            b.append(&[&msg(key(1), "b1 again")]).expect("appends"),
+            [Appended::Duplicate(1)]
+        );
+    }
+
+    /// Reopening the file: every room keeps its log id, its last id and
+    /// its messages; a room opened for the first time is empty.
+    #[test]
+    fn reopening_keeps_each_rooms_log_id_and_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let before = {
+            let file = shared(dir.path(), 2);
+            let a = file.open_room("#a").expect("opens");
+            let b = file.open_room("#b").expect("opens");
+            let ma: Vec<NewEntry> = (1..=3).map(|i| msg(None, &format!("a{i}"))).collect();
+            let mb = [msg(None, "b1")];
+            file.append_all(&[(&a, &refs(&ma)), (&b, &refs(&mb))])
+                .expect("commits");
+            [(a.log_id(), a.last_id()), (b.log_id(), b.last_id())]
+        };
+        let file =
+            SharedRedb::open(dir.path(), 2, None, SyncPolicy::Full, 1 << 20).expect("reopens");
+        let a = file.open_room("#a").expect("opens");
+        let b = file.open_room("#b").expect("opens");
+        assert_eq!(
+            [(a.log_id(), a.last_id()), (b.log_id(), b.last_id())],
+            before
+        );
+        assert_eq!(before[0].1, 3);
+        assert_eq!(texts(&a.read(0, 3, 10).expect("reads")), ["a2", "a3"]);
+        assert_eq!(texts(&b.read(0, 1, 10).expect("reads")), ["b1"]);
+        assert_eq!(
+            a.append(&[&msg(None, "a4")]).expect("appends"),
+            [Appended::New(4)]
+        );
+        let c = file.open_room("#c").expect("opens");
+        assert_eq!((c.last_id(), c.len()), (0, 0));
+        assert!(![a.log_id(), b.log_id()].contains(&c.log_id()));
+    }
+
+    #[test]
+    fn a_corrupt_rooms_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(SharedRedb::FILE);
+        std::fs::write(&path, vec![0x5au8; 8192]).expect("writes");
+        let err = match SharedRedb::open(dir.path(), 10, None, SyncPolicy::Full, 1 << 20) {
+            Err(e) => e,
+            Ok(_) => panic!("a corrupt file must not open"),
+        };
+        assert!(err.to_string().contains("rooms.redb"), "{err}");
     }
 
     #[test]

@@ -540,18 +540,20 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     Ok(std::sync::Arc::new(store))
 }
 
-/// The storage engine's cache for each room's log, in bytes.
-const ROOM_LOG_CACHE: usize = 64 * 1024;
+/// The storage engine's cache for the rooms' shared log, in bytes: one
+/// cache for every room, sized for the pages a commit touching many rooms
+/// rewrites (each room's newest leaf and its tables' roots), not per room.
+const ROOMS_LOG_CACHE: usize = 16 * 1024 * 1024;
 
 /// Where the rooms besides #lobby keep their logs and descriptions: a
-/// `rooms` folder in the data folder, one log per room (in a folder named
-/// by the SHA-256 of its folded name: any name, in any script and of any
-/// length, makes a short and safe file name) and
-/// `rooms.meta`. `None` with `--store memory`: the rooms live in memory.
+/// `rooms` folder in the data folder, with every room's log in one file,
+/// `rooms.redb` (a table pair per room, one writer for all), and their
+/// descriptions in `rooms.meta`. `None` with `--store memory`: the rooms
+/// live in memory.
 fn room_stores(
     args: &ServeArgs,
 ) -> Result<Option<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)>> {
-    use qchat_server::store::{RedbStore, Store, SyncPolicy};
+    use qchat_server::store::{SharedRedb, Store, SyncPolicy};
     if args.store == crate::cli::StoreKind::Memory {
         return Ok(None);
     }
@@ -565,24 +567,9 @@ fn room_stores(
         crate::cli::SyncArg::None => SyncPolicy::None,
     };
     let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
-    let base = dir.clone();
-    let stores: Box<qchat_server::rooms::StoreFactory> = Box::new(move |key: &str| {
-        // A fingerprint is SHA-256 over the bytes given; here, the name's.
-        let digest = qchat_tls::Fingerprint::from_spki_der(key.as_bytes());
-        let hex: String = digest.as_bytes()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let dir = base.join(hex);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| qchat_server::store::StoreError::Io(format!("{}: {e}", dir.display())))?;
-        // redb's default cache (half of an empty room's 1.1 MiB) is for
-        // the lobby's log; a room's gets 64 KiB (about 570 KiB each is
-        // the engine's floor per file).
-        let store =
-            RedbStore::open_cached(&dir, keep, sync, Some(ROOM_LOG_CACHE))?.with_max_age(max_age);
-        Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn Store>)
-    });
+    let shared = SharedRedb::open(&dir, keep, max_age, sync, ROOMS_LOG_CACHE)?;
+    let stores: Box<qchat_server::rooms::StoreFactory> =
+        Box::new(move |key: &str| Ok(shared.open_room(key)? as std::sync::Arc<dyn Store>));
     Ok(Some((stores, dir.join("rooms.meta"))))
 }
 
