@@ -41,7 +41,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qchat_proto::CloseCode;
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 pub use options::{OptionsError, ServerOptions};
@@ -207,7 +206,6 @@ impl Server {
     pub async fn run_until(&self, endpoint: quinn::Endpoint, shutdown: impl Future<Output = Stop>) {
         start_writer(&self.room);
         let mut stop = Stop::default();
-        let mut sessions = JoinSet::new();
         let mut summaries = tokio::time::interval(tally::WINDOW);
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut moves = tokio::time::interval(room::ADDRESS_CHECK);
@@ -238,7 +236,11 @@ impl Server {
                     match self.gate.admit(peer.ip()) {
                         Ok(permit) => {
                             self.room.metrics().handshakes_accepted.inc();
-                            sessions.spawn(session::serve_quic(
+                            // Not kept in a set: the permit it holds is
+                            // counted by the gate, which is all shutdown
+                            // waits on, and a set costs an entry per member
+                            // and a wake-up of this loop per session's end.
+                            tokio::spawn(session::serve_quic(
                                 incoming,
                                 permit,
                                 Arc::clone(&self.room),
@@ -257,20 +259,15 @@ impl Server {
                         }
                     }
                 }
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
         tracing::info!(members = self.room.len(), "shutting down");
         endpoint.set_server_config(None);
         flush_log(&self.room).await;
         self.room.shutdown(&stop.reason, stop.back, stop.from_host);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            sessions.abort_all();
-        }
+        // Sessions still running after the grace end with their
+        // connections, which the endpoint's close below cuts.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.gate.emptied()).await;
         endpoint.close(
             CloseCode::ShuttingDown.code().into(),
             b"server shutting down",
