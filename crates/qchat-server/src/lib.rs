@@ -164,14 +164,14 @@ impl Server {
         let span = tracing::info_span!("operator", name = tracing::field::Empty);
         tokio::spawn(
             async move {
-                let peer = room::Peer {
+                let peer = Box::new(room::Peer {
                     addr: None,
                     operator: true,
                     version: qchat_proto::PROTOCOL_VERSION,
                     instance: None,
                     conn: None,
                     key,
-                };
+                });
                 let deadline = tokio::time::Instant::now() + options.hello_timeout;
                 session::run_stream(
                     session::PipeSink(server_send),
@@ -323,8 +323,11 @@ mod tests {
     /// A member's session task is allocated once per connection and lives
     /// as long as the member: at ten thousand idle members each KiB of it
     /// is 10 MiB. It was 4.6 KiB while its reader and writer were stored
-    /// unboxed (each two or three times over); a future that grows past
-    /// this bound again is most likely a large wait held inline.
+    /// unboxed (each two or three times over), and 1,432 bytes (unoptimised
+    /// build) before the hello's locals were scoped to a block and the peer
+    /// boxed; tokio rounds a task up to 128 bytes, so a little growth costs
+    /// a whole step. A future that grows past this bound again is most
+    /// likely a large wait or a long-lived local held inline.
     #[test]
     fn a_members_session_task_stays_small() {
         fn serve(
@@ -337,7 +340,7 @@ mod tests {
         }
         let size = returned_size(serve as fn(_, _, _, _) -> _);
         assert!(
-            size <= 1536,
+            size <= 1344,
             "the session task's future is {size} bytes; box what it holds across waits"
         );
     }
