@@ -3,6 +3,8 @@
 //!
 //! Besides the room, this is the server's only state shared between
 //! connections: how many each address holds, and the tally of refusals.
+//! Its count of live permits is also how shutdown knows every session has
+//! ended.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
