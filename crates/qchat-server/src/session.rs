@@ -841,7 +841,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     room.reply(id, &ServerMsg::Notice { text });
                 }
             }
-            () = tokio::time::sleep_until(next_token.unwrap_or_else(Instant::now)), if next_token.is_some() => {}
+            // Boxed, and only made when there is a backlog: `select!` builds
+            // every branch's future even when its condition is false, and an
+            // inline timer (~100 bytes) would sit in every idle member's
+            // reader.
+            () = async {
+                if let Some(t) = next_token {
+                    Box::pin(tokio::time::sleep_until(t)).await;
+                }
+            }, if next_token.is_some() => {}
         }
     }
 }
