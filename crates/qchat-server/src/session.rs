@@ -798,7 +798,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if let Some(reason) = Box::pin(handle(id, &mut me, msg, room, options, rooms)).await {
                 Box::pin(published(room)).await;
                 for ch in mine.iter() {
-                    rooms_published(ch).await;
+                    Box::pin(rooms_published(ch)).await;
                 }
                 return Ok(reason);
             }
@@ -810,11 +810,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if backlog.is_empty() {
                 Box::pin(published(room)).await;
                 for ch in mine.iter() {
-                    rooms_published(ch).await;
+                    Box::pin(rooms_published(ch)).await;
                 }
                 return Ok(String::new());
             }
-            tokio::time::sleep_until(bucket.next_token()).await;
+            Box::pin(tokio::time::sleep_until(bucket.next_token())).await;
             continue;
         }
         let next_token = (!backlog.is_empty()).then(|| bucket.next_token());
