@@ -3,12 +3,16 @@
 //!
 //! Besides the room, this is the server's only state shared between
 //! connections: how many each address holds, and the tally of refusals.
+//! Its count of live permits is also how shutdown knows every session has
+//! ended.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::tally::{Kind, Tally};
 
@@ -23,6 +27,10 @@ pub struct Gate {
     counts: Mutex<Counts>,
     attempts: Mutex<Window>,
     tally: Tally,
+    /// Woken when the last permit goes. Every session task holds a permit
+    /// for its whole life, so this count is also what shutdown waits on:
+    /// no set of tasks with an entry per member is needed beside it.
+    emptied: Notify,
 }
 
 /// Connection attempts in the current one-second window.
@@ -87,6 +95,7 @@ impl Gate {
                 count: 0,
             }),
             tally: Tally::default(),
+            emptied: Notify::new(),
         })
     }
 
@@ -139,6 +148,22 @@ impl Gate {
     /// Live connections.
     pub fn live(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    /// Completes once no connection holds a permit: every session that
+    /// was admitted has ended.
+    pub async fn emptied(&self) {
+        loop {
+            // Registered before the count is read, so a last permit that
+            // goes in between is not missed.
+            let notified = self.emptied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Counts a refused attempt or a hello timeout from `ip`; `true` means
@@ -202,6 +227,9 @@ impl Drop for Permit {
                 c.per_ip.remove(&self.ip);
             }
         }
+        if c.total == 0 {
+            self.gate.emptied.notify_waiters();
+        }
     }
 }
 
@@ -246,6 +274,31 @@ mod tests {
         drop((first, third, fourth, fifth));
         assert_eq!(g.live(), 0);
         assert!(g.counts.lock().expect("lock").per_ip.is_empty());
+    }
+
+    /// Shutdown waits on this for the sessions to end: it must complete
+    /// when the last permit goes, and not before.
+    #[tokio::test]
+    async fn emptied_completes_when_the_last_permit_goes() {
+        let g = Gate::new(10, 10, 10, 100);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let (first, second) = (g.admit(a).expect("free"), g.admit(a).expect("free"));
+        let waiter = tokio::spawn({
+            let g = Arc::clone(&g);
+            async move { g.emptied().await }
+        });
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one permit is still held");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("emptied once no permit is held")
+            .expect("the waiter does not panic");
+        // With nothing held it completes at once.
+        tokio::time::timeout(Duration::from_secs(10), g.emptied())
+            .await
+            .expect("nothing held");
     }
 
     #[test]

@@ -104,14 +104,14 @@ pub(crate) fn serve_quic(
         let deadline = Instant::now() + options.hello_timeout;
         let end = match open_session(&conn, &options, deadline).await {
             Ok((send, recv)) => {
-                let peer = Peer {
+                let peer = Box::new(Peer {
                     addr: Some(conn.remote_address()),
                     operator: false,
                     version: PROTOCOL_VERSION,
                     instance: None,
                     conn: Some(conn.clone()),
                     key: client_key(&conn),
-                };
+                });
                 let sink = QuicSink(send);
                 run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await
             }
@@ -214,7 +214,7 @@ impl<W: AsyncWrite + Unpin + Send> Sink for PipeSink<W> {
 pub(crate) async fn run_stream<S, R>(
     mut send: S,
     mut recv: R,
-    peer: Peer,
+    peer: Box<Peer>,
     room: &Room,
     options: &ServerOptions,
     hello_deadline: Instant,
@@ -225,118 +225,136 @@ where
     R: AsyncRead + Unpin,
 {
     let mut decoder = FrameDecoder::new(options.max_frame);
-    // Boxed, as are the replies to a refused hello below: these waits
-    // happen once, and unboxed their space would stay in the task for the
-    // member's whole stay.
-    let first = match Box::pin(tokio::time::timeout_at(
-        hello_deadline,
-        read(&mut decoder, &mut recv),
-    ))
-    .await
-    {
-        Err(_) => return before_join(&SessionError::HelloTimeout(options.hello_timeout), permit),
-        Ok(Err(e)) => return before_join(&e, permit),
-        Ok(Ok(None)) => {
-            return before_join(
-                &SessionError::Lost("stream closed before the hello".into()),
-                permit,
-            )
-        }
-        Ok(Ok(Some(f))) => f,
-    };
-    let (version, name, instance, resume, link) = match ClientMsg::decode(&first) {
-        // The first hello speaks at most version 2, whatever number it
-        // carries: version 3 starts with its own hello.
-        Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None, None),
-        Ok(ClientMsg::HelloV3 {
-            version,
-            name,
-            instance,
-            resume,
-        }) if version >= 3 => (version, name, Some(instance), resume, None),
-        Ok(ClientMsg::HelloLink {
-            version,
-            name,
-            instance,
-            resume,
-            code,
-        }) if version >= 4 => (version, name, Some(instance), resume, Some(code)),
-        Ok(ClientMsg::HelloLink { .. }) => {
-            return before_join(
-                &SessionError::Protocol("a link hello with a version before 4"),
-                permit,
-            )
-        }
-        Ok(ClientMsg::HelloV3 { .. }) => {
-            return before_join(
-                &SessionError::Protocol("a version-3 hello with an older version"),
-                permit,
-            )
-        }
-        Ok(_) => return before_join(&SessionError::Protocol("data before the hello"), permit),
-        Err(e) => return before_join(&e.into(), permit),
-    };
-    if version < MIN_PROTOCOL_VERSION {
-        let detail = format!(
+    // Everything up to the join happens in this block: the compiler keeps a
+    // local's space in the task for as long as it is in scope, so the hello's
+    // frame, its name and link code, the claim and the peer (boxed, as an
+    // argument's slot lasts as long as the task) would otherwise stay in
+    // every member's task for its whole stay.
+    let (version, instance, key, queue, ending, rx, id, name) = {
+        // Boxed, as are the replies to a refused hello below: these waits
+        // happen once, and unboxed their space would stay in the task for the
+        // member's whole stay.
+        let first = match Box::pin(tokio::time::timeout_at(
+            hello_deadline,
+            read(&mut decoder, &mut recv),
+        ))
+        .await
+        {
+            Err(_) => {
+                return before_join(&SessionError::HelloTimeout(options.hello_timeout), permit)
+            }
+            Ok(Err(e)) => return before_join(&e, permit),
+            Ok(Ok(None)) => {
+                return before_join(
+                    &SessionError::Lost("stream closed before the hello".into()),
+                    permit,
+                )
+            }
+            Ok(Ok(Some(f))) => f,
+        };
+        let (version, name, instance, resume, link) = match ClientMsg::decode(&first) {
+            // The first hello speaks at most version 2, whatever number it
+            // carries: version 3 starts with its own hello.
+            Ok(ClientMsg::Hello { version, name }) => (version.min(2), name, None, None, None),
+            Ok(ClientMsg::HelloV3 {
+                version,
+                name,
+                instance,
+                resume,
+            }) if version >= 3 => (version, name, Some(instance), resume, None),
+            Ok(ClientMsg::HelloLink {
+                version,
+                name,
+                instance,
+                resume,
+                code,
+            }) if version >= 4 => (version, name, Some(instance), resume, Some(code)),
+            Ok(ClientMsg::HelloLink { .. }) => {
+                return before_join(
+                    &SessionError::Protocol("a link hello with a version before 4"),
+                    permit,
+                )
+            }
+            Ok(ClientMsg::HelloV3 { .. }) => {
+                return before_join(
+                    &SessionError::Protocol("a version-3 hello with an older version"),
+                    permit,
+                )
+            }
+            Ok(_) => return before_join(&SessionError::Protocol("data before the hello"), permit),
+            Err(e) => return before_join(&e.into(), permit),
+        };
+        if version < MIN_PROTOCOL_VERSION {
+            let detail = format!(
             "protocol version {version} is not supported; this server speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
         );
-        return Box::pin(reject(&mut send, RejectReason::UnsupportedVersion, detail)).await;
-    }
+            return Box::pin(reject(&mut send, RejectReason::UnsupportedVersion, detail)).await;
+        }
 
-    let operator = peer.operator || crate::moderation::is_operator(room, options, peer.key);
-    let peer = Peer {
-        version: version.min(PROTOCOL_VERSION),
-        instance,
-        operator,
-        ..peer
-    };
-    let key = peer.key;
-    let claimed = match Box::pin(admit(room, options, &peer, &name, link.as_deref())).await {
-        Ok(c) => c,
-        Err(rej) => {
-            if first_before_join(CloseCode::Rejected, permit) {
-                tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+        let operator = peer.operator || crate::moderation::is_operator(room, options, peer.key);
+        let peer = Peer {
+            version: version.min(PROTOCOL_VERSION),
+            instance,
+            operator,
+            ..*peer
+        };
+        let key = peer.key;
+        let claimed = match Box::pin(admit(room, options, &peer, &name, link.as_deref())).await {
+            Ok(c) => c,
+            Err(rej) => {
+                if first_before_join(CloseCode::Rejected, permit) {
+                    tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+                }
+                return Box::pin(reject(&mut send, rej.reason, rej.detail)).await;
             }
-            return Box::pin(reject(&mut send, rej.reason, rej.detail)).await;
-        }
-    };
-    // The new queue holds the welcome, the history or replay, and the end
-    // of the replay, before anything else can fill it.
-    let replay = if resume.is_some() {
-        options.replay_max
-    } else {
-        options.history
-    };
-    let (tx, rx) = mpsc::channel(options.queue_for(replay));
-    // Weak: the lobby owns the queue (its removal of the member must close
-    // it); the session only needs it to put the member in other rooms.
-    let queue = tx.downgrade();
-    let ending = Ending::new();
-    let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
-        Ok(j) => j,
-        Err(rej) => {
-            if let Some(c) = claimed {
-                let registry = Arc::clone(room.registry());
-                let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
+        };
+        // The new queue holds the welcome, the history or replay, and the end
+        // of the replay, before anything else can fill it.
+        let replay = if resume.is_some() {
+            options.replay_max
+        } else {
+            options.history
+        };
+        let (tx, rx) = mpsc::channel(options.queue_for(replay));
+        // Weak: the lobby owns the queue (its removal of the member must close
+        // it); the session only needs it to put the member in other rooms.
+        let queue = tx.downgrade();
+        let ending = Ending::new();
+        let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
+            Ok(j) => j,
+            Err(rej) => {
+                if let Some(c) = claimed {
+                    let registry = Arc::clone(room.registry());
+                    let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
+                }
+                if first_before_join(CloseCode::Rejected, permit) {
+                    tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
+                }
+                return Box::pin(reject(&mut send, rej.reason, rej.detail)).await;
             }
-            if first_before_join(CloseCode::Rejected, permit) {
-                tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
-            }
-            return Box::pin(reject(&mut send, rej.reason, rej.detail)).await;
-        }
+        };
+        (
+            version,
+            instance,
+            key,
+            queue,
+            ending,
+            rx,
+            joined.id,
+            joined.name,
+        )
     };
     tracing::Span::current().record(
         "name",
-        tracing::field::display(qchat_proto::text::sanitize(&joined.name)),
+        tracing::field::display(qchat_proto::text::sanitize(&name)),
     );
     tracing::info!("joined");
     if let Some(permit) = permit {
         permit.joined();
     }
 
-    let id = joined.id;
     let me = Speaker {
-        name: joined.name.clone(),
+        name,
         instance,
         ending: Arc::clone(&ending),
         signer: Signer::new(key.zip(instance)),
@@ -780,7 +798,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if let Some(reason) = Box::pin(handle(id, &mut me, msg, room, options, rooms)).await {
                 Box::pin(published(room)).await;
                 for ch in mine.iter() {
-                    rooms_published(ch).await;
+                    Box::pin(rooms_published(ch)).await;
                 }
                 return Ok(reason);
             }
@@ -792,11 +810,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if backlog.is_empty() {
                 Box::pin(published(room)).await;
                 for ch in mine.iter() {
-                    rooms_published(ch).await;
+                    Box::pin(rooms_published(ch)).await;
                 }
                 return Ok(String::new());
             }
-            tokio::time::sleep_until(bucket.next_token()).await;
+            Box::pin(tokio::time::sleep_until(bucket.next_token())).await;
             continue;
         }
         let next_token = (!backlog.is_empty()).then(|| bucket.next_token());
@@ -823,7 +841,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     room.reply(id, &ServerMsg::Notice { text });
                 }
             }
-            () = tokio::time::sleep_until(next_token.unwrap_or_else(Instant::now)), if next_token.is_some() => {}
+            // Boxed, and only made when there is a backlog: `select!` builds
+            // every branch's future even when its condition is false, and an
+            // inline timer (~100 bytes) would sit in every idle member's
+            // reader.
+            () = async {
+                if let Some(t) = next_token {
+                    Box::pin(tokio::time::sleep_until(t)).await;
+                }
+            }, if next_token.is_some() => {}
         }
     }
 }

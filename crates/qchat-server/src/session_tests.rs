@@ -101,7 +101,7 @@ where
         run_stream(
             sink,
             server_recv,
-            network_peer(),
+            Box::new(network_peer()),
             &room,
             &options,
             deadline,
@@ -426,7 +426,7 @@ async fn connections_that_never_join_are_summed_up_not_logged_one_by_one() {
             let end = run_stream(
                 sink,
                 server_recv,
-                network_peer(),
+                Box::new(network_peer()),
                 &room,
                 &options,
                 deadline,
@@ -948,7 +948,7 @@ async fn hello_from(server: &Server, peer: Peer, name: &str) -> Option<ServerMsg
         run_stream(
             PipeSink(server_send),
             server_recv,
-            peer,
+            Box::new(peer),
             &room,
             &options,
             deadline,
@@ -1043,7 +1043,7 @@ async fn open_from(server: &Server, peer: Peer, first: ClientMsg) -> (Client, Op
         run_stream(
             PipeSink(server_send),
             server_recv,
-            peer,
+            Box::new(peer),
             &room,
             &options,
             deadline,
