@@ -175,23 +175,7 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
             contact,
             ..
         } => Words::Warning(forged(from, text, *action, *private, *contact)),
-        Event::InRoom { room, event } => {
-            let room = s(room);
-            match marked(event, marks)? {
-                Words::Said(said) => Words::Said(Said {
-                    room: Some(room),
-                    ..said
-                }),
-                Words::Info(t) => Words::Info(format!("{room} {t}")),
-                Words::Warning(t) => Words::Warning(format!("{room} {t}")),
-                Words::Error(t) => Words::Error(format!("{room}: {t}")),
-                Words::Removed(t) => Words::Removed(format!("{room} {t}")),
-                Words::Members { heading, entries } => Words::Members {
-                    heading: format!("{room} {heading}"),
-                    entries,
-                },
-            }
-        }
+        Event::InRoom { room, event } => prefixed(room, marked(event, marks)?),
         Event::RoomJoined {
             room,
             topic,
@@ -203,40 +187,69 @@ pub fn marked(ev: &Event, marks: &Marks) -> Option<Words> {
         Event::Parted { room, by, reason } if by.is_empty() => {
             Words::Info(format!("you left {}", s(room))).with_reason(reason)
         }
-        Event::Parted { room, by, reason } => {
-            Words::Removed(format!("{} {}", s(room), kicked(by, reason)))
+        // (A part without `by` is ours, said above.)
+        Event::Parted { room, .. } | Event::Topic { room, .. } | Event::RoomMode { room, .. } => {
+            prefixed(room, in_own_room(ev)?)
         }
         Event::RoomList(rooms) => Words::Members {
             heading: format!("rooms ({}):", rooms.len()),
             entries: rooms.iter().map(room_entry).collect(),
         },
-        Event::Topic { room, by, text } if text.is_empty() => {
-            Words::Info(format!("{} {} cleared the topic", s(room), s(by)))
-        }
-        Event::Topic { room, by, text } => {
-            Words::Info(format!("{} {} set the topic: {}", s(room), s(by), s(text)))
-        }
         Event::Invited { room, by } => Words::Info(format!(
             "{} invited you to {}; /join {} to enter",
             s(by),
             s(room),
             s(room)
         )),
-        Event::RoomMode {
-            room,
-            by,
-            invite_only,
-        } => Words::Info(format!(
-            "{} {} made the room {}",
-            s(room),
-            s(by),
-            if *invite_only { "invite-only" } else { "open" }
-        )),
         Event::Sent { .. }
         | Event::Delivered { .. }
         | Event::Roster { .. }
         | Event::Mark { .. } => return None,
     })
+}
+
+/// A room's own news — its topic or mode changed, or we were kicked from
+/// it — as said where the room is already named by where the line stands
+/// (the full-screen client's conversation of that room): without the
+/// room's name. `None` for any other event.
+pub fn in_own_room(ev: &Event) -> Option<Words> {
+    Some(match ev {
+        Event::Parted { by, reason, .. } if !by.is_empty() => Words::Removed(kicked(by, reason)),
+        Event::Topic { by, text, .. } if text.is_empty() => {
+            Words::Info(format!("{} cleared the topic", s(by)))
+        }
+        Event::Topic { by, text, .. } => {
+            Words::Info(format!("{} set the topic: {}", s(by), s(text)))
+        }
+        Event::RoomMode {
+            by, invite_only, ..
+        } => Words::Info(format!(
+            "{} made the room {}",
+            s(by),
+            if *invite_only { "invite-only" } else { "open" }
+        )),
+        _ => return None,
+    })
+}
+
+/// `words` of `room`, said where rooms share one view (plain mode): the
+/// room's name first.
+fn prefixed(room: &str, words: Words) -> Words {
+    let room = s(room);
+    match words {
+        Words::Said(said) => Words::Said(Said {
+            room: Some(room),
+            ..said
+        }),
+        Words::Info(t) => Words::Info(format!("{room} {t}")),
+        Words::Warning(t) => Words::Warning(format!("{room} {t}")),
+        Words::Error(t) => Words::Error(format!("{room}: {t}")),
+        Words::Removed(t) => Words::Removed(format!("{room} {t}")),
+        Words::Members { heading, entries } => Words::Members {
+            heading: format!("{room} {heading}"),
+            entries,
+        },
+    }
 }
 
 impl Words {
@@ -978,6 +991,52 @@ mod tests {
         })
         .expect("shown");
         assert_eq!(plain(&kicked), Ok("* kicked by op".into()));
+    }
+
+    #[test]
+    fn a_rooms_news_names_the_room_in_plain_mode_but_not_in_its_own_view() {
+        let topic = Event::Topic {
+            room: "#dev".into(),
+            by: "dave".into(),
+            text: "releases".into(),
+        };
+        let mode = Event::RoomMode {
+            room: "#dev".into(),
+            by: "dave".into(),
+            invite_only: false,
+        };
+        let kicked = Event::Parted {
+            room: "#dev".into(),
+            by: "dave".into(),
+            reason: "enough".into(),
+        };
+        let own = |ev: &Event| in_own_room(ev).map(|w| plain(&w));
+        assert_eq!(
+            event(&topic).map(|w| plain(&w)),
+            Some(Ok("* #dev dave set the topic: releases".into()))
+        );
+        assert_eq!(
+            own(&topic),
+            Some(Ok("* dave set the topic: releases".into()))
+        );
+        assert_eq!(
+            event(&mode).map(|w| plain(&w)),
+            Some(Ok("* #dev dave made the room open".into()))
+        );
+        assert_eq!(own(&mode), Some(Ok("* dave made the room open".into())));
+        assert_eq!(own(&kicked), Some(Ok("* kicked by dave: enough".into())));
+        assert!(matches!(
+            event(&kicked).map(|w| plain(&w)),
+            Some(Ok(l)) if l.contains("#dev kicked by dave: enough")
+        ));
+        // Our own part, and anything else, is worded the one way.
+        let left = Event::Parted {
+            room: "#dev".into(),
+            by: String::new(),
+            reason: String::new(),
+        };
+        assert_eq!(in_own_room(&left), None);
+        assert_eq!(in_own_room(&Event::Sent { seq: 1 }), None);
     }
 
     #[test]

@@ -682,7 +682,9 @@ impl App {
             mention,
             seq: None,
         };
-        match wording::marked(&ev, &self.marks) {
+        // A room's own news goes to its conversation, which names it.
+        let words = wording::in_own_room(&ev).or_else(|| wording::marked(&ev, &self.marks));
+        match words {
             Some(Words::Said(said)) => self.push_to(at, line(Kind::Said(said)), message),
             Some(Words::Info(text)) => self.push_to(at, line(Kind::Info(text)), false),
             Some(Words::Error(text) | Words::Removed(text) | Words::Warning(text)) => {
@@ -2215,11 +2217,11 @@ pub(crate) mod tests {
         }
         let news = words_in(&a, dev);
         assert!(
-            news.contains(&"#dev dave set the topic: releases".to_string()),
+            news.contains(&"dave set the topic: releases".to_string()),
             "{news:?}"
         );
         assert!(
-            news.contains(&"#dev dave made the room invite-only".to_string()),
+            news.contains(&"dave made the room invite-only".to_string()),
             "{news:?}"
         );
         // Still two messages unread there: news is not messages.
@@ -2235,7 +2237,7 @@ pub(crate) mod tests {
         assert_eq!(a.conv_entries()[1], "2 #dev (left) 2 !");
         assert_eq!(
             words_in(&a, dev).last().map(String::as_str),
-            Some("#dev kicked by dave: enough")
+            Some("kicked by dave: enough")
         );
     }
 
