@@ -53,6 +53,35 @@ pub struct Pending {
     pub entry: NewEntry,
 }
 
+impl Pending {
+    /// A line `member` says now, under `from`: the one place a line gets
+    /// its receive time and its idempotency key (the client's instance and
+    /// `seq`, when the client sent an instance), for the lobby and every
+    /// other room alike.
+    pub fn said(
+        member: MemberId,
+        instance: Option<[u8; 16]>,
+        from: String,
+        seq: u64,
+        text: String,
+        action: bool,
+        proof: Option<Box<qchat_proto::Proof>>,
+    ) -> Self {
+        Pending {
+            member,
+            seq,
+            entry: NewEntry {
+                key: instance.map(|i| (i, seq)),
+                from,
+                text,
+                time_ms: qchat_proto::clock::now_ms(),
+                action,
+                proof,
+            },
+        }
+    }
+}
+
 /// What the log's queue carries.
 #[derive(Debug)]
 pub enum LogItem {

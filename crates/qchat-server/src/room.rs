@@ -643,8 +643,11 @@ impl Room {
 
     /// Takes a public message (or action) from `id` for the log; the log's
     /// writer stores it, then [`Room::publish`] shows it. `None` if the
-    /// member is gone.
-    pub fn submit(
+    /// member is gone. For the crate's tests: a session builds its lines
+    /// from its own copy of the member, without the room's lock
+    /// (`session.rs::submit`).
+    #[cfg(test)]
+    pub(crate) fn submit(
         &self,
         id: MemberId,
         seq: u64,
@@ -654,18 +657,15 @@ impl Room {
     ) -> Option<Pending> {
         let st = self.lock();
         let m = st.members.get(&id)?;
-        Some(Pending {
-            member: id,
+        Some(Pending::said(
+            id,
+            m.peer.instance,
+            m.name.clone(),
             seq,
-            entry: NewEntry {
-                key: m.peer.instance.map(|i| (i, seq)),
-                from: m.name.clone(),
-                text,
-                time_ms: now_ms(),
-                action,
-                proof,
-            },
-        })
+            text,
+            action,
+            proof,
+        ))
     }
 
     /// The queue to the log's writer.

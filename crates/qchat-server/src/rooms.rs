@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use bytes::Bytes;
-use qchat_proto::clock::now_ms;
 use qchat_proto::{names, Proof, ResumePoint, RoomInfo, ServerMsg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -662,18 +661,15 @@ impl Channel {
     ) -> Option<Pending> {
         let st = self.lock();
         let m = st.members.get(&id)?;
-        Some(Pending {
-            member: id,
+        Some(Pending::said(
+            id,
+            m.instance,
+            m.name.clone(),
             seq,
-            entry: NewEntry {
-                key: m.instance.map(|i| (i, seq)),
-                from: m.name.clone(),
-                text,
-                time_ms: now_ms(),
-                action,
-                proof,
-            },
-        })
+            text,
+            action,
+            proof,
+        ))
     }
 
     /// `/topic`: the room's operators (and server operators) only.

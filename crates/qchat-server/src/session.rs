@@ -28,7 +28,6 @@ use crate::log::{LogItem, Pending};
 use crate::registry::{Claim, Claimed, Refusal};
 use crate::room::{Ending, MemberId, Peer, Rejection, Room};
 use crate::rooms::{Actor, Channel};
-use crate::store::NewEntry;
 use crate::tally::Kind;
 use crate::writer::{write_loop, QuicSink, Sink, FLUSH_TIMEOUT};
 use crate::ServerOptions;
@@ -1450,18 +1449,7 @@ async fn submit(
     if me.ending.get().is_some() {
         return;
     }
-    let p = Pending {
-        member: id,
-        seq,
-        entry: NewEntry {
-            key: me.instance.map(|i| (i, seq)),
-            from: me.name.clone(),
-            text,
-            time_ms: qchat_proto::clock::now_ms(),
-            action,
-            proof,
-        },
-    };
+    let p = Pending::said(id, me.instance, me.name.clone(), seq, text, action, proof);
     // Only fails once the writer is gone, when the server is stopping.
     let _ = room.log_queue().send(LogItem::Message(p)).await;
 }
