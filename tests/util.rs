@@ -319,3 +319,70 @@ pub fn connect(home: &Home, target: &str, name: &str, extra: &[&str]) -> Proc {
         .args(extra);
     Proc::spawn(name, cmd)
 }
+
+/// The NATS server a cluster's nodes share: Debian's `nats-server` (which
+/// `.ci/run` installs) on 127.0.0.1, with JetStream and its store in a
+/// temporary folder. It listens on a port it picks itself; a restart keeps
+/// that port and the store, as a restarted production server would.
+pub struct Nats {
+    pub proc: Proc,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+/// The NATS server program, overridable where it lives elsewhere.
+fn nats_server_bin() -> String {
+    std::env::var("QCHAT_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().expect("temp dir for JetStream");
+        let (proc, port) = Self::launch(store.path(), None);
+        Nats { proc, port, store }
+    }
+
+    fn launch(store: &Path, port: Option<u16>) -> (Proc, u16) {
+        let mut cmd = Command::new(nats_server_bin());
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        cmd.args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(store);
+        // Asked first, so a missing program says what to install rather
+        // than failing inside Proc::spawn.
+        if let Err(e) = Command::new(nats_server_bin()).arg("--version").output() {
+            panic!(
+                "cannot run {}: {e}; the cluster tests need a NATS server \
+                 (apt-get install nats-server, as .ci/run does)",
+                nats_server_bin()
+            );
+        }
+        let mut proc = Proc::spawn("nats", cmd);
+        let line = proc.expect(Stream::Err, "NATS listening", |l| {
+            l.contains("Listening for client connections on ")
+        });
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse the NATS port from {line:?}"));
+        proc.expect(Stream::Err, "NATS ready", |l| l.contains("Server is ready"));
+        (proc, port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server hard and starts it again on the same port with the
+    /// same store.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let (proc, _) = Self::launch(self.store.path(), Some(self.port));
+        self.proc = proc;
+    }
+
+    /// Stops the server hard, leaving the store for [`Nats::restart`].
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+}

@@ -16,9 +16,11 @@
 //! - [`moderation`]: operators and bans by key, kept in the registry's file.
 //! - [`log`]: the log's writer task: group commit, then publish.
 //! - [`private`]: private conversations and their own stored history.
+//! - [`cluster`]: several servers sharing rooms through NATS JetStream.
 //!
 //! The binary calls [`Server::run`]; tests call the same function.
 
+pub mod cluster;
 pub mod endpoint;
 pub mod gate;
 pub mod log;
