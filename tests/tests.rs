@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod contacts;
 mod devices;
+mod failover;
 mod hostile;
 mod identity;
 mod known_hosts;

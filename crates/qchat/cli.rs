@@ -522,9 +522,18 @@ pub enum Trust {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The server: an IPv4 address, [IPv6] address or DNS name, with an
-    /// optional :PORT (default 8080).
-    #[arg(value_parser = parse_host)]
-    pub host: HostKey,
+    /// optional :PORT (default 8080). For a cluster, several nodes'
+    /// addresses separated by commas: tried in order, and gone round when
+    /// a node is lost; the first is the one its key is pinned under, and
+    /// every node must present that key.
+    #[arg(
+        value_parser = parse_host,
+        value_delimiter = ',',
+        num_args = 1,
+        required = true,
+        value_name = "HOST[,HOST...]"
+    )]
+    pub hosts: Vec<HostKey>,
     /// Your name in the room (asked for on a terminal if not given).
     #[arg(long)]
     pub name: Option<String>,
@@ -691,6 +700,40 @@ pub enum ContactsAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn connect_hosts(arg: &str) -> Result<Vec<HostKey>, String> {
+        let argv = ["qchat", "connect", arg, "--name", "a"].map(std::ffi::OsString::from);
+        match resolve(argv.to_vec()) {
+            Ok(Cli {
+                command: Command::Connect(c),
+                ..
+            }) => Ok(c.hosts),
+            Ok(_) => Err("not connect".into()),
+            Err(Rejected::Usage(e)) => Err(e.to_string()),
+            Err(Rejected::File(e)) => Err(e),
+        }
+    }
+
+    #[test]
+    fn connect_takes_one_address_or_several_separated_by_commas() {
+        let h = |s: &str| HostKey::parse(s, qchat_proto::DEFAULT_PORT).expect("an address");
+        assert_eq!(
+            connect_hosts("example.org"),
+            Ok(vec![h("example.org:8080")])
+        );
+        assert_eq!(
+            connect_hosts("a.example:9000,10.0.0.2,[::1]:7000"),
+            Ok(vec![
+                h("a.example:9000"),
+                h("10.0.0.2:8080"),
+                h("[::1]:7000")
+            ])
+        );
+        // Each is checked as one address would be.
+        let e = connect_hosts("a.example,b.example:99999").expect_err("a bad port");
+        assert!(e.contains("b.example:99999"), "{e}");
+        assert!(connect_hosts("a.example,,b.example").is_err());
+    }
 
     #[test]
     fn a_bare_metrics_port_is_loopback() {

@@ -388,6 +388,9 @@ pub struct Transitions {
     down: bool,
     /// The server has not answered for a while (already said).
     silent: bool,
+    /// The node of a cluster the session just moved to, for the line that
+    /// says it is back.
+    moved_to: Option<String>,
 }
 
 impl Transitions {
@@ -404,6 +407,11 @@ impl Transitions {
                 self.silent = false;
                 Some(connection(state))
             }
+            // Said with the "reconnected" that follows at once.
+            ConnectionState::Moved { node } => {
+                self.moved_to = Some(node.clone());
+                None
+            }
             // Every attempt is in the status line; the conversation (and a
             // script reading plain mode) gets the first and then every
             // tenth, so a long outage is visible without burying the talk.
@@ -417,9 +425,13 @@ impl Transitions {
                 let (down, silent) = (self.down, self.silent);
                 self.down = false;
                 self.silent = false;
+                let back = match self.moved_to.take() {
+                    Some(node) => format!("reconnected to {}", s(&node)),
+                    None => "reconnected".into(),
+                };
                 match (down, missed) {
-                    (true, 0) => Some("reconnected".into()),
-                    (true, n) => Some(format!("reconnected, {n} missed")),
+                    (true, 0) => Some(back),
+                    (true, n) => Some(format!("{back}, {n} missed")),
                     // A resume after a start by hand (the resume point
                     // was on disk): worth saying how much came back.
                     (false, n) if *resumed && *n > 0 => Some(format!("resumed, {n} missed")),
@@ -447,7 +459,12 @@ pub fn connection(state: &ConnectionState) -> String {
         } => format!("reconnected, {missed} missed"),
         ConnectionState::Connected { .. } => "connected".into(),
         ConnectionState::NoAnswer { secs } => format!("no answer for {secs}s"),
+        ConnectionState::Moved { node } => format!("moved to {}", s(node)),
         ConnectionState::Lost { reason } => format!("connection lost: {}", s(reason)),
+        // A cluster's node that shut down: another node, without a wait.
+        ConnectionState::Reconnecting { attempt, next_in } if next_in.is_zero() => {
+            format!("reconnecting (attempt {attempt}, now)")
+        }
         ConnectionState::Reconnecting { attempt, next_in } => format!(
             "reconnecting (attempt {attempt}, next in {}s)",
             secs_up(*next_in)
@@ -960,6 +977,30 @@ mod tests {
             t.line(&connected(true, 4)).as_deref(),
             Some("reconnected, 4 missed")
         );
+        // A cluster's failover: the line names the node it moved to, once.
+        t.line(&ConnectionState::Lost {
+            reason: String::new(),
+        });
+        assert_eq!(
+            t.line(&ConnectionState::Reconnecting {
+                attempt: 1,
+                next_in: Duration::ZERO
+            })
+            .as_deref(),
+            Some("reconnecting (attempt 1, now)")
+        );
+        let moved = ConnectionState::Moved {
+            node: "10.0.0.2:8080".into(),
+        };
+        assert_eq!(t.line(&moved), None);
+        assert_eq!(
+            t.line(&connected(true, 0)).as_deref(),
+            Some("reconnected to 10.0.0.2:8080")
+        );
+        t.line(&ConnectionState::Lost {
+            reason: String::new(),
+        });
+        assert_eq!(t.line(&connected(true, 0)).as_deref(), Some("reconnected"));
         // Silence that ends without a drop.
         t.line(&ConnectionState::NoAnswer { secs: 2 });
         assert_eq!(

@@ -161,8 +161,11 @@ impl ConnectError {
 /// Everything the user needs to judge a changed key.
 #[derive(Debug)]
 pub struct KeyChange {
-    /// The server.
+    /// The server: the address the pin is stored under.
     pub host: HostKey,
+    /// The node of the server's cluster that presented the key, when it
+    /// is not `host` itself (one pin covers every node).
+    pub node: Option<HostKey>,
     /// The pinned fingerprint.
     pub pinned: Fingerprint,
     /// What the server presented.
@@ -181,6 +184,7 @@ impl std::fmt::Display for KeyChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let KeyChange {
             host,
+            node,
             pinned,
             presented,
             first_seen,
@@ -190,13 +194,22 @@ impl std::fmt::Display for KeyChange {
         } = self;
         let (file, line, verified) = (file.as_path(), *line, *verified);
         f.write_str(&key_changed_message(
-            host, pinned, presented, first_seen, verified, file, line,
+            host,
+            node.as_ref(),
+            pinned,
+            presented,
+            first_seen,
+            verified,
+            file,
+            line,
         ))
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn key_changed_message(
     host: &HostKey,
+    node: Option<&HostKey>,
     pinned: &Fingerprint,
     presented: &Fingerprint,
     first_seen: &Option<String>,
@@ -219,9 +232,17 @@ fn key_changed_message(
             }
         )
     };
+    // A node of a cluster answers to the pin of the address the user
+    // gave: every node must present that one key.
+    let who = match node {
+        Some(node) if node != host => {
+            format!("{node} (a node of {host}, which must present the key pinned for {host})")
+        }
+        _ => host.to_string(),
+    };
     format!(
         "@@@ WARNING: THE SERVER'S KEY HAS CHANGED @@@\n\
-         The key {host} presented does not match {origin}.\n\
+         The key {who} presented does not match {origin}.\n\
          Someone may be intercepting this connection (a man-in-the-middle attack), or the \
          operator may have replaced the server's key on purpose. Nothing was sent.\n  \
          pinned:    {pinned}\n  \
@@ -307,12 +328,42 @@ pub async fn resolve(host: &HostKey) -> Result<SocketAddr, ConnectError> {
     })
 }
 
+/// Moves `endpoint` to a socket of `target`'s address family if it is on
+/// the other one: a cluster's nodes may be listed by IPv4 and IPv6
+/// addresses alike. Only between connections (a rebind migrates a live
+/// one).
+pub fn aim(endpoint: &quinn::Endpoint, target: SocketAddr) -> Result<(), ConnectError> {
+    match endpoint.local_addr() {
+        Ok(local) if local.is_ipv6() != target.is_ipv6() => endpoint
+            .rebind(client_socket(target)?)
+            .map_err(ConnectError::Socket),
+        _ => Ok(()),
+    }
+}
+
 /// Performs the QUIC handshake, enforcing `plan`, and — for an unknown
 /// server — asks `decide` before anything else is sent. Returns the
 /// connection and how far the server is trusted.
 pub async fn connect<D>(
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
+    plan: &TrustPlan,
+    decide: D,
+) -> Result<(quinn::Connection, TrustState, Fingerprint), ConnectError>
+where
+    D: FnOnce(UnknownServer) -> Decision + Send + 'static,
+{
+    connect_to(endpoint, addr, &plan.host, plan, decide).await
+}
+
+/// [`connect`] to `node`, an address of the server `plan` is for (a node
+/// of its cluster, or its own address): the handshake must show the key
+/// pinned for `plan.host`, and a pin made on first use is stored under
+/// `plan.host`, whichever node answered.
+pub async fn connect_to<D>(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    node: &HostKey,
     plan: &TrustPlan,
     decide: D,
 ) -> Result<(quinn::Connection, TrustState, Fingerprint), ConnectError>
@@ -329,7 +380,7 @@ where
     config.transport_config(client_transport());
     // The name only fills in SNI: with a pinned key it carries no trust.
     let connecting = endpoint
-        .connect_with(config, addr, &plan.host.host)
+        .connect_with(config, addr, &node.host)
         .map_err(|e| ConnectError::Transport {
             addr,
             reason: e.to_string(),
@@ -337,7 +388,7 @@ where
     let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Err(_) => return Err(ConnectError::Timeout { addr }),
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(handshake_error(plan, &verifier, addr, e)),
+        Ok(Err(e)) => return Err(handshake_error(plan, node, &verifier, addr, e)),
     };
     let presented = verifier
         .presented()
@@ -377,6 +428,7 @@ where
 
 fn handshake_error(
     plan: &TrustPlan,
+    node: &HostKey,
     verifier: &PinVerifier,
     addr: SocketAddr,
     e: quinn::ConnectionError,
@@ -396,6 +448,7 @@ fn handshake_error(
                 };
                 return ConnectError::KeyChanged(Box::new(KeyChange {
                     host: plan.host.clone(),
+                    node: (*node != plan.host).then(|| node.clone()),
                     pinned,
                     presented,
                     first_seen,

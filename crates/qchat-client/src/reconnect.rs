@@ -1,6 +1,7 @@
-//! Coming back after a lost connection: the backoff between attempts, and
-//! the [`Dialer`] that makes each attempt — the same pinned key (never a
-//! prompt mid-session), the same name and instance, and the resume point.
+//! Coming back after a lost connection: the backoff between attempts, the
+//! [`Nodes`] a session may go to (a cluster's), and the [`Dialer`] that
+//! makes each attempt — the same pinned key on every node (never a prompt
+//! mid-session), the same name and instance, and the resume point.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,11 +41,103 @@ impl Backoff {
     }
 }
 
+/// The addresses a session may connect to: those the user gave (the home
+/// address, under which the pin lives, first) and those the cluster listed
+/// last ([`qchat_proto::ServerMsg::Nodes`]). A plain list with a cursor, so
+/// the order of attempts is tested without a socket.
+///
+/// Nothing here is trusted for being listed: every address must present
+/// the key pinned for the home address, checked on each attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nodes {
+    given: Vec<HostKey>,
+    learned: Vec<HostKey>,
+    current: HostKey,
+}
+
+impl Nodes {
+    /// The addresses given (the home one first), and the one connected to
+    /// now (or to try first).
+    pub fn new(given: Vec<HostKey>, current: HostKey) -> Self {
+        let given = if given.is_empty() {
+            vec![current.clone()]
+        } else {
+            given
+        };
+        Nodes {
+            given,
+            learned: Vec::new(),
+            current,
+        }
+    }
+
+    /// Every address, given ones first, each once.
+    pub fn all(&self) -> Vec<HostKey> {
+        let mut all: Vec<HostKey> = Vec::with_capacity(self.given.len() + self.learned.len());
+        for h in self.given.iter().chain(&self.learned) {
+            if !all.contains(h) {
+                all.push(h.clone());
+            }
+        }
+        all
+    }
+
+    /// The address to try (or connected to) now.
+    pub fn current(&self) -> &HostKey {
+        &self.current
+    }
+
+    /// Whether there is anywhere to go besides the current address.
+    pub fn elsewhere(&self) -> bool {
+        self.all().iter().any(|h| *h != self.current)
+    }
+
+    /// Moves to the next address, round the list; an address no longer
+    /// listed moves to the first.
+    pub fn advance(&mut self) -> &HostKey {
+        let all = self.all();
+        let next = match all.iter().position(|h| *h == self.current) {
+            Some(i) => (i + 1) % all.len(),
+            None => 0,
+        };
+        if let Some(h) = all.get(next) {
+            self.current = h.clone();
+        }
+        &self.current
+    }
+
+    /// Takes the cluster's new list in place of the last one. A list beyond
+    /// the protocol's limits is ignored whole (a server that sends one is
+    /// broken or hostile, and none of it is worth parsing); an address that
+    /// is not `host:port` is left out. Returns how many were kept.
+    pub fn learn(&mut self, addrs: &[String]) -> Result<usize, qchat_proto::NodesError> {
+        qchat_proto::check_nodes(addrs)?;
+        self.learned = addrs
+            .iter()
+            .filter_map(|a| match a.parse::<HostKey>() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!("ignoring a node the server listed: {e}");
+                    None
+                }
+            })
+            .collect();
+        Ok(self.learned.len())
+    }
+}
+
 /// Makes the connections after the first: everything needed to reach the
-/// same server as the same member.
+/// same server, or another node of its cluster, as the same member.
 pub struct Dialer {
     endpoint: quinn::Endpoint,
+    /// The home address: the pin is read under it for every node.
     host: HostKey,
+    nodes: Nodes,
+    /// Connected now (through the last dial or before the first): the next
+    /// dial follows a loss and starts at another node.
+    connected: bool,
+    /// The node of the last connection that joined.
+    joined_at: HostKey,
     known_hosts: PathBuf,
     given: Option<Fingerprint>,
     me: Option<std::sync::Arc<qchat_tls::Identity>>,
@@ -72,6 +165,9 @@ impl Dialer {
         Dialer {
             endpoint,
             host: plan.host.clone(),
+            nodes: Nodes::new(vec![plan.host.clone()], plan.host.clone()),
+            connected: false,
+            joined_at: plan.host.clone(),
             known_hosts: plan.known_hosts.clone(),
             given: plan.given,
             me: plan.me.clone(),
@@ -82,6 +178,34 @@ impl Dialer {
             v3,
             last_addr: addr,
         }
+    }
+
+    /// The addresses given up front (`given`, the home one first) and the
+    /// one the session is connected to now (`at`): later dials go round
+    /// them, and round those the cluster lists, starting after `at`.
+    pub fn with_nodes(mut self, given: Vec<HostKey>, at: HostKey) -> Self {
+        self.nodes = Nodes::new(given, at.clone());
+        self.joined_at = at;
+        self.connected = true;
+        self
+    }
+
+    /// The addresses known now.
+    pub fn nodes(&self) -> &Nodes {
+        &self.nodes
+    }
+
+    /// The cluster's new node list (see [`Nodes::learn`]).
+    pub fn learn(&mut self, addrs: &[String]) {
+        match self.nodes.learn(addrs) {
+            Ok(n) => tracing::debug!(nodes = n, "the cluster listed its nodes"),
+            Err(e) => tracing::warn!("ignoring the server's node list: {e}"),
+        }
+    }
+
+    /// The node of the last connection that joined.
+    pub fn joined_at(&self) -> &HostKey {
+        &self.joined_at
     }
 
     /// The endpoint, for liveness and rebinding.
@@ -101,9 +225,34 @@ impl Dialer {
         self.name = name;
     }
 
-    /// One attempt: handshake under the pin, then the hello (version 3
-    /// with `resume`, or version 2 to an older server).
+    /// One attempt at one node: handshake under the pin, then the hello
+    /// (version 3 with `resume`, or version 2 to an older server). The
+    /// first attempt after a loss goes to the next node (in a cluster the
+    /// others are up, and the lost one may be gone for good); each failed
+    /// attempt moves on to the next, round the list.
     pub async fn dial(&mut self, resume: Option<ResumePoint>) -> Result<Joined, ConnectError> {
+        if std::mem::take(&mut self.connected) {
+            self.nodes.advance();
+        }
+        let node = self.nodes.current().clone();
+        let joined = self.dial_node(&node, resume).await;
+        match &joined {
+            Ok(_) => {
+                self.connected = true;
+                self.joined_at = node;
+            }
+            Err(_) => {
+                self.nodes.advance();
+            }
+        }
+        joined
+    }
+
+    async fn dial_node(
+        &mut self,
+        node: &HostKey,
+        resume: Option<ResumePoint>,
+    ) -> Result<Joined, ConnectError> {
         // The pin is read again from disk, so one removed or replaced
         // meanwhile is noticed; a key other than the accepted one is never
         // asked about again.
@@ -121,13 +270,15 @@ impl Dialer {
                 file: self.known_hosts.clone(),
             });
         }
-        let addr = match connection::resolve(&self.host).await {
+        let addr = match connection::resolve(node).await {
             Ok(a) => a,
-            Err(e) => {
+            Err(e) if *node == self.joined_at => {
                 tracing::debug!(error = %e, "resolving again failed; using the last address");
                 self.last_addr
             }
+            Err(e) => return Err(e),
         };
+        connection::aim(&self.endpoint, addr)?;
         self.last_addr = addr;
         let greeting = if self.v3 {
             Greeting::V3 {
@@ -138,13 +289,14 @@ impl Dialer {
             Greeting::V2
         };
         let (conn, _, _) =
-            connection::connect(&self.endpoint, addr, &plan, |_| Decision::Refuse).await?;
+            connection::connect_to(&self.endpoint, addr, node, &plan, |_| Decision::Refuse).await?;
         let joined = match connection::join_as(conn, &self.name, &greeting).await {
             Err(e) if e.wants_older_protocol() && self.v3 => {
                 // The server was replaced by an older one.
                 self.v3 = false;
                 let (conn, _, _) =
-                    connection::connect(&self.endpoint, addr, &plan, |_| Decision::Refuse).await?;
+                    connection::connect_to(&self.endpoint, addr, node, &plan, |_| Decision::Refuse)
+                        .await?;
                 connection::join_as(conn, &self.name, &Greeting::V2).await
             }
             other => other,
@@ -168,6 +320,55 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn h(s: &str) -> HostKey {
+        s.parse().expect("a valid address")
+    }
+
+    #[test]
+    fn a_lost_node_is_followed_by_the_next_round_the_list() {
+        let mut n = Nodes::new(vec![h("a:1"), h("b:1"), h("c:1")], h("a:1"));
+        assert!(n.elsewhere());
+        assert_eq!(n.advance(), &h("b:1"));
+        assert_eq!(n.advance(), &h("c:1"));
+        assert_eq!(n.advance(), &h("a:1"));
+        let mut alone = Nodes::new(vec![h("a:1")], h("a:1"));
+        assert!(!alone.elsewhere());
+        assert_eq!(alone.advance(), &h("a:1"), "one server is always the one");
+    }
+
+    #[test]
+    fn learned_nodes_follow_the_given_ones_once_each_and_replace_the_last_list() {
+        let mut n = Nodes::new(vec![h("a:1"), h("b:1")], h("b:1"));
+        let got = n.learn(&["b:1".into(), "C:1".into(), "d:1".into()]);
+        assert_eq!(got, Ok(3));
+        assert_eq!(n.all(), vec![h("a:1"), h("b:1"), h("c:1"), h("d:1")]);
+        assert_eq!(n.advance(), &h("c:1"));
+        // The next list replaces this one: c is gone, so after it comes
+        // the first address again.
+        assert_eq!(n.learn(&["e:1".into()]), Ok(1));
+        assert_eq!(n.all(), vec![h("a:1"), h("b:1"), h("e:1")]);
+        assert_eq!(n.advance(), &h("a:1"));
+    }
+
+    #[test]
+    fn a_list_beyond_the_limits_is_ignored_whole_and_bad_addresses_one_by_one() {
+        let mut n = Nodes::new(vec![h("a:1")], h("a:1"));
+        assert_eq!(n.learn(&["b:1".into()]), Ok(1));
+        let before = n.clone();
+        let many: Vec<String> = (0..10_000).map(|i| format!("10.0.0.1:{}", i + 1)).collect();
+        assert!(n.learn(&many).is_err());
+        assert!(n.learn(&["x".repeat(10 * 1024) + ":1"]).is_err());
+        assert_eq!(n, before, "a refused list changes nothing");
+        let kept = n.learn(&[
+            "no-port".into(),
+            "bad host:1".into(),
+            "\u{1b}[31m:1".into(),
+            "[::1]:8080".into(),
+        ]);
+        assert_eq!(kept, Ok(1));
+        assert_eq!(n.all(), vec![h("a:1"), h("[::1]:8080")]);
+    }
 
     #[test]
     fn backoff_starts_under_a_second_and_caps_at_thirty() {

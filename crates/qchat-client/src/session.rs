@@ -156,6 +156,13 @@ pub enum ConnectionState {
         /// What happened.
         reason: String,
     },
+    /// The next connection joined at another node of the server's cluster
+    /// than the last one: reported just before that connection's
+    /// `Connected`.
+    Moved {
+        /// The node's address, as `host:port`.
+        node: String,
+    },
     /// Waiting before the next connection attempt.
     Reconnecting {
         /// Attempts made since the connection was lost, the next included.
@@ -631,6 +638,9 @@ pub type DialFuture<'a> = Pin<Box<dyn Future<Output = Result<Rejoined, ConnectEr
 pub struct Rejoined {
     /// The streams (the connection inside for a network member).
     pub link: Link<BoxSend, BoxRecv>,
+    /// The node it joined at, when that is another than the last
+    /// connection's (a cluster's failover); `None`: the same server.
+    pub moved: Option<String>,
     /// The welcome's version-3 part (`None`: an older server).
     pub welcome: Option<WelcomeV3>,
     /// The room.
@@ -646,12 +656,22 @@ pub trait Redial: Send {
     fn rebind(&mut self) -> Result<(), ConnectError>;
     /// Our name changed: rejoin under the new one.
     fn renamed(&mut self, name: String);
+    /// The server listed its cluster's nodes ([`ServerMsg::Nodes`]): the
+    /// places to go when this one is lost. Ignored by a dialer that knows
+    /// only one server.
+    fn learned(&mut self, _nodes: &[String]) {}
+    /// Whether there is another node to go to than the current one.
+    fn elsewhere(&self) -> bool {
+        false
+    }
 }
 
 impl Redial for Dialer {
     fn dial(&mut self, resume: Option<ResumePoint>) -> DialFuture<'_> {
         Box::pin(async move {
+            let before = self.joined_at().clone();
             let j = Dialer::dial(self, resume).await?;
+            let moved = (*self.joined_at() != before).then(|| self.joined_at().to_string());
             let welcome = j.welcome.v3.clone();
             let members = j.members.clone();
             let link = Link {
@@ -664,6 +684,7 @@ impl Redial for Dialer {
             };
             Ok(Rejoined {
                 link,
+                moved,
                 welcome,
                 members,
             })
@@ -676,6 +697,14 @@ impl Redial for Dialer {
 
     fn renamed(&mut self, name: String) {
         self.set_name(name);
+    }
+
+    fn learned(&mut self, nodes: &[String]) {
+        self.learn(nodes);
+    }
+
+    fn elsewhere(&self) -> bool {
+        self.nodes().elsewhere()
     }
 }
 
@@ -775,10 +804,14 @@ where
             Served::Ended(e) => e,
         };
         st.save_now(net.as_ref());
+        let elsewhere = net.as_ref().is_some_and(|n| n.redial.elsewhere());
         let retry = match &mut net {
-            Some(n) if n.reconnect && st.may_retry(&end) => n,
+            Some(n) if n.reconnect && st.may_retry(&end, elsewhere) => n,
             _ => return end,
         };
+        // A node that shuts down while others are up: go to one of them
+        // at once, as a cluster expects of its clients.
+        let hurry = elsewhere && st.told_to_go(&end);
         if st.quitting.is_some() && st.outbox.is_empty() {
             // Leaving, and nothing is waiting for the server: no reason
             // to come back.
@@ -797,15 +830,23 @@ where
         st.outbox.requeue();
         st.disconnected();
         match st
-            .reconnect(retry, &mut backoff, &mut commands, &events)
+            .reconnect(retry, &mut backoff, hurry, &mut commands, &events)
             .await
         {
             Reconnected::Yes(r) => {
                 let Rejoined {
                     link,
+                    moved,
                     welcome,
                     members,
                 } = *r;
+                if let Some(node) = moved {
+                    let moved = Event::Connection(ConnectionState::Moved { node });
+                    if emit(&events, moved).await.is_err() {
+                        close(link.conn.as_ref(), CloseCode::Normal);
+                        return Ended::Quit;
+                    }
+                }
                 cur = Current {
                     send: link.send,
                     recv: link.recv,
@@ -1030,8 +1071,26 @@ impl State {
         self.private.disconnected();
     }
 
-    /// Whether a connection that ended this way is worth coming back to.
-    fn may_retry(&self, end: &Ended) -> bool {
+    /// Whether the server ended the session by shutting down (its close
+    /// code, or its notice before an ordinary close).
+    fn told_to_go(&self, end: &Ended) -> bool {
+        match end {
+            Ended::ByServer { code, .. } => {
+                *code == Some(CloseCode::ShuttingDown)
+                    || (*code == Some(CloseCode::Normal) || code.is_none())
+                        && matches!(self.server_end, Some((CloseCode::ShuttingDown, _)))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a connection that ended this way is worth coming back to;
+    /// `elsewhere`: there is another node of the server's cluster to go
+    /// to, which makes a shutdown worth it too.
+    fn may_retry(&self, end: &Ended, elsewhere: bool) -> bool {
+        if elsewhere && self.told_to_go(end) {
+            return true;
+        }
         match end {
             Ended::Quit => false,
             Ended::Lost { .. } => true,
@@ -1478,16 +1537,23 @@ impl State {
 
     /// Waits and dials until joined again, taking commands meanwhile
     /// (messages are queued; they leave once connected).
+    /// `hurry`: the first attempt goes at once, without the backoff's wait.
     async fn reconnect(
         &mut self,
         net: &mut Network,
         backoff: &mut Backoff,
+        mut hurry: bool,
         commands: &mut mpsc::Receiver<Command>,
         events: &mpsc::Sender<Event>,
     ) -> Reconnected {
         let gone = Reconnected::No(Ended::Quit);
         loop {
             let (attempt, wait) = backoff.next_wait();
+            let wait = if std::mem::take(&mut hurry) {
+                Duration::ZERO
+            } else {
+                wait
+            };
             if emit(
                 events,
                 Event::Connection(ConnectionState::Reconnecting {
@@ -1867,6 +1933,12 @@ impl State {
                 missed,
             }),
             ServerMsg::Reconnecting { name } => Event::MemberReconnecting { name },
+            ServerMsg::Nodes { addrs } => {
+                if let Some(n) = net {
+                    n.redial.learned(&addrs);
+                }
+                return None;
+            }
             ServerMsg::Returned { name } => Event::MemberReturned { name },
             ServerMsg::ShuttingDownV3 { reason, back } => {
                 self.back = back;
@@ -2250,12 +2322,12 @@ mod tests {
             reason: "timed out".into(),
             unconfirmed: 0,
         };
-        assert!(st.may_retry(&lost));
-        assert!(st.may_retry(&by(CloseCode::SlowReader)));
-        assert!(!st.may_retry(&by(CloseCode::Kicked)));
-        assert!(!st.may_retry(&by(CloseCode::Flood)));
-        assert!(!st.may_retry(&by(CloseCode::ProtocolError)));
-        assert!(!st.may_retry(&Ended::Quit));
+        assert!(st.may_retry(&lost, false));
+        assert!(st.may_retry(&by(CloseCode::SlowReader), false));
+        assert!(!st.may_retry(&by(CloseCode::Kicked), false));
+        assert!(!st.may_retry(&by(CloseCode::Flood), false));
+        assert!(!st.may_retry(&by(CloseCode::ProtocolError), false));
+        assert!(!st.may_retry(&Ended::Quit, false));
         // Shutting down for good, then the same with "back soon".
         st.event(
             ServerMsg::ShuttingDownV3 {
@@ -2264,7 +2336,7 @@ mod tests {
             },
             None,
         );
-        assert!(!st.may_retry(&by(CloseCode::ShuttingDown)));
+        assert!(!st.may_retry(&by(CloseCode::ShuttingDown), false));
         st.event(
             ServerMsg::ShuttingDownV3 {
                 reason: "restart".into(),
@@ -2272,7 +2344,13 @@ mod tests {
             },
             None,
         );
-        assert!(st.may_retry(&by(CloseCode::ShuttingDown)));
+        assert!(st.may_retry(&by(CloseCode::ShuttingDown), false));
+        // With another node of a cluster to go to, a shutdown for good is
+        // worth a reconnect too (there), but a kick or a flood is not.
+        st.back = false;
+        assert!(st.may_retry(&by(CloseCode::ShuttingDown), true));
+        assert!(!st.may_retry(&by(CloseCode::Kicked), true));
+        assert!(!st.may_retry(&by(CloseCode::Flood), true));
         st.event(
             ServerMsg::Kicked {
                 by: "op".into(),
@@ -2280,7 +2358,7 @@ mod tests {
             },
             None,
         );
-        assert!(!st.may_retry(&by(CloseCode::Normal)));
+        assert!(!st.may_retry(&by(CloseCode::Normal), false));
     }
 
     /// The session over an in-memory pipe, the test playing the server.
@@ -2424,6 +2502,14 @@ mod network_tests {
     struct PipeDialer {
         sides: mpsc::Sender<(ServerSide, Option<ResumePoint>)>,
         welcome: WelcomeV3,
+        /// The node list the session passed on, shared with the test.
+        learned: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl PipeDialer {
+        fn list(&self) -> Vec<String> {
+            self.learned.lock().map(|l| l.clone()).unwrap_or_default()
+        }
     }
 
     impl Redial for PipeDialer {
@@ -2431,8 +2517,11 @@ mod network_tests {
             Box::pin(async move {
                 let (link, side) = pipe();
                 let _ = self.sides.send((side, resume)).await;
+                // With a list, the pipe plays its first node.
+                let moved = self.list().first().cloned();
                 Ok(Rejoined {
                     link,
+                    moved,
                     welcome: Some(self.welcome.clone()),
                     members: vec!["me".into()],
                 })
@@ -2442,6 +2531,14 @@ mod network_tests {
             Ok(())
         }
         fn renamed(&mut self, _: String) {}
+        fn learned(&mut self, nodes: &[String]) {
+            if let Ok(mut l) = self.learned.lock() {
+                *l = nodes.to_vec();
+            }
+        }
+        fn elsewhere(&self) -> bool {
+            !self.list().is_empty()
+        }
     }
 
     struct Harness {
@@ -2450,15 +2547,18 @@ mod network_tests {
         server: Option<ServerSide>,
         redials: mpsc::Receiver<(ServerSide, Option<ResumePoint>)>,
         task: tokio::task::JoinHandle<Ended>,
+        learned: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     fn start(rate: u32, burst: u32) -> Harness {
         let (mut link, server) = pipe();
         let (sides, redials) = mpsc::channel(4);
+        let learned = std::sync::Arc::default();
         link.network = Some(Network {
             redial: Box::new(PipeDialer {
                 sides,
                 welcome: welcome(rate, burst),
+                learned: std::sync::Arc::clone(&learned),
             }),
             reconnect: true,
             store: None,
@@ -2477,6 +2577,7 @@ mod network_tests {
             server: Some(server),
             redials,
             task,
+            learned,
         }
     }
 
@@ -2823,6 +2924,81 @@ mod network_tests {
             "{replay:?}"
         );
         h.task.abort();
+    }
+
+    /// A node of a cluster that shuts down for good sends its members to
+    /// another node at once: the list it gave reaches the dialer, the first
+    /// attempt waits for nothing, and the user is told where the session
+    /// went.
+    #[tokio::test]
+    async fn a_node_shutting_down_sends_the_session_to_another_at_once() {
+        let mut h = start(0, 0);
+        let server = h.server.as_mut().expect("connected");
+        server
+            .write(ServerMsg::Nodes {
+                addrs: vec!["10.0.0.2:8080".into()],
+            })
+            .await;
+        server
+            .write(ServerMsg::ShuttingDownV3 {
+                reason: "node leaving".into(),
+                back: false,
+            })
+            .await;
+        h.until(|e| matches!(e, Event::ShuttingDown { .. })).await;
+        let seen = h.drop_connection().await;
+        assert_eq!(
+            seen.last(),
+            Some(&Event::Connection(ConnectionState::Reconnecting {
+                attempt: 1,
+                next_in: Duration::ZERO
+            }))
+        );
+        assert_eq!(
+            *h.learned.lock().expect("not poisoned"),
+            vec!["10.0.0.2:8080".to_string()]
+        );
+        let (_server, _) = h.redial().await;
+        let seen = h
+            .until(|e| matches!(e, Event::Connection(ConnectionState::Moved { .. })))
+            .await;
+        assert_eq!(
+            seen.last(),
+            Some(&Event::Connection(ConnectionState::Moved {
+                node: "10.0.0.2:8080".into()
+            }))
+        );
+        h.task.abort();
+    }
+
+    /// The same shutdown from a server alone ends the session: there is
+    /// nowhere else to go, and it said it is not coming back.
+    #[tokio::test]
+    async fn a_server_alone_shutting_down_for_good_ends_the_session() {
+        let mut h = start(0, 0);
+        let server = h.server.as_mut().expect("connected");
+        server
+            .write(ServerMsg::ShuttingDownV3 {
+                reason: "closing".into(),
+                back: false,
+            })
+            .await;
+        h.until(|e| matches!(e, Event::ShuttingDown { .. })).await;
+        h.server = None;
+        let ended = tokio::time::timeout(WAIT, &mut h.task)
+            .await
+            .expect("the session ends in time")
+            .expect("the session does not panic");
+        assert!(
+            matches!(
+                ended,
+                Ended::ByServer {
+                    code: Some(CloseCode::ShuttingDown),
+                    ..
+                }
+            ),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test]

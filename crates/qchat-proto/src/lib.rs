@@ -27,8 +27,8 @@ pub mod text;
 pub use close::CloseCode;
 pub use frame::{encode_frame, FrameDecoder, FrameError, ReadError};
 pub use message::{
-    BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp, PrivatePoint, Proof,
-    RejectReason, ResumePoint, RoomInfo, ServerMsg, TooLong,
+    check_nodes, BanInfo, ClientMsg, DecodeError, DeviceInfo, DeviceOp, MemberInfo, ModOp,
+    NodesError, PrivatePoint, Proof, RejectReason, ResumePoint, RoomInfo, ServerMsg, TooLong,
 };
 
 /// The ALPN protocol identifier. The major protocol version is part of it, so
@@ -51,8 +51,9 @@ pub const ALPN: &[u8] = b"qchat/1";
 /// `RoomSay`, `RoomChat` and the rest of the room kinds) and private
 /// conversations with their own stored history and resume points
 /// (`PrivateResume`, `PrivateReplay`, `PrivateHistory`, `PrivateReplayed`,
-/// `PrivateLive`).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// `PrivateLive`); version 6 the cluster's node list (`Nodes`), which a
+/// client moves along when it loses its node.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The oldest protocol version this build still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

@@ -165,3 +165,12 @@ pub const MAX_ROOM_MEMBERS: usize = 1_000;
 
 /// Longest room topic, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 256;
+
+/// Node addresses a cluster's node list (`Nodes`) may hold. More than any
+/// cluster this design serves, few enough that a client walks the whole
+/// list in one round of reconnect attempts.
+pub const MAX_NODES: usize = 64;
+
+/// Longest node address in a node list, in bytes: a DNS name's 253 bytes
+/// and a port fit in this, with room to spare for `[v6]:port`.
+pub const MAX_NODE_ADDR_BYTES: usize = 255;

@@ -888,6 +888,45 @@ pub enum ServerMsg {
         /// The sender's signature, if it signed the message.
         proof: Option<Proof>,
     },
+    /// 48 (version 6): the cluster's nodes, each a `host:port` where a
+    /// node of this cluster accepts QUIC, for a client to move to when it
+    /// loses its node. Sent after the welcome when the server knows of
+    /// nodes, and again whenever the list changes; each list replaces the
+    /// one before. Every node presents the same key, so the list adds
+    /// places to connect to, never anyone to trust: a receiver checks it
+    /// with [`check_nodes`] and ignores one beyond the limits.
+    Nodes {
+        /// The addresses, at most [`crate::limits::MAX_NODES`] of at most
+        /// [`crate::limits::MAX_NODE_ADDR_BYTES`] bytes each.
+        addrs: Vec<String>,
+    },
+}
+
+/// A node list ([`ServerMsg::Nodes`]) beyond the limits: a server sends
+/// none, a client ignores one.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum NodesError {
+    /// More addresses than [`crate::limits::MAX_NODES`].
+    #[error("{0} node addresses, more than the {max} a list may hold", max = crate::limits::MAX_NODES)]
+    TooMany(usize),
+    /// An address longer than [`crate::limits::MAX_NODE_ADDR_BYTES`].
+    #[error("a node address of {0} bytes, longer than the {max} an address may have", max = crate::limits::MAX_NODE_ADDR_BYTES)]
+    TooLong(usize),
+}
+
+/// Whether a node list is within the limits: its length first, so a
+/// hostile list costs one comparison, then each address.
+pub fn check_nodes(addrs: &[String]) -> Result<(), NodesError> {
+    if addrs.len() > crate::limits::MAX_NODES {
+        return Err(NodesError::TooMany(addrs.len()));
+    }
+    match addrs
+        .iter()
+        .find(|a| a.len() > crate::limits::MAX_NODE_ADDR_BYTES)
+    {
+        Some(long) => Err(NodesError::TooLong(long.len())),
+        None => Ok(()),
+    }
 }
 
 /// One room, as listed in [`ServerMsg::RoomList`].
@@ -1297,7 +1336,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_distinguished() {
-        assert_eq!(ServerMsg::decode(&[48]), Err(DecodeError::UnknownKind(48)));
+        assert_eq!(ServerMsg::decode(&[49]), Err(DecodeError::UnknownKind(49)));
         assert_eq!(
             ClientMsg::decode(&[26, 0]),
             Err(DecodeError::UnknownKind(26))
@@ -1416,6 +1455,61 @@ mod tests {
             d.next_frame().is_err(),
             "the check exists because this fails"
         );
+    }
+
+    #[test]
+    fn a_node_list_round_trips_and_is_checked_against_its_limits() {
+        use crate::limits::{MAX_NODES, MAX_NODE_ADDR_BYTES};
+        let nodes = ServerMsg::Nodes {
+            addrs: vec!["10.0.0.1:8080".into(), "[2001:db8::1]:8080".into()],
+        };
+        let f = nodes.to_frame();
+        assert_eq!(f[4], 48, "the kind is the 49th server message");
+        assert_eq!(ServerMsg::decode(&f[4..]), Ok(nodes));
+        let full: Vec<String> = (0..MAX_NODES)
+            .map(|i| format!("{}:{}", "h".repeat(MAX_NODE_ADDR_BYTES - 6), 10_000 + i))
+            .collect();
+        assert!(full.iter().all(|a| a.len() == MAX_NODE_ADDR_BYTES));
+        assert_eq!(check_nodes(&full), Ok(()));
+        assert_eq!(check_nodes(&[]), Ok(()));
+        let mut over = full.clone();
+        over.push("x:1".into());
+        assert_eq!(check_nodes(&over), Err(NodesError::TooMany(MAX_NODES + 1)));
+        let mut long = full;
+        long[3].push('9');
+        assert_eq!(
+            check_nodes(&long),
+            Err(NodesError::TooLong(MAX_NODE_ADDR_BYTES + 1))
+        );
+    }
+
+    /// What a hostile server could send: a list of 10,000 addresses or one
+    /// address of 10 KB. Both fit a frame and decode (the frame limit bounds
+    /// the memory), and both are refused by the check a client applies.
+    #[test]
+    fn a_hostile_node_list_decodes_without_panic_and_is_refused() {
+        let many = ServerMsg::Nodes {
+            addrs: (0..10_000)
+                .map(|i| format!("10.0.{}.{}:8080", i / 256, i % 256))
+                .collect(),
+        };
+        let f = many.to_frame();
+        assert!(f.len() <= crate::limits::MAX_SERVER_FRAME);
+        let Ok(ServerMsg::Nodes { addrs }) = ServerMsg::decode(&f[4..]) else {
+            panic!("a long list is still a well-formed message");
+        };
+        assert_eq!(check_nodes(&addrs), Err(NodesError::TooMany(10_000)));
+        let huge = vec!["a".repeat(10 * 1024)];
+        let f = ServerMsg::Nodes { addrs: huge }.to_frame();
+        let Ok(ServerMsg::Nodes { addrs }) = ServerMsg::decode(&f[4..]) else {
+            panic!("a long address is still a well-formed message");
+        };
+        assert_eq!(check_nodes(&addrs), Err(NodesError::TooLong(10 * 1024)));
+        // Cut short or lying about its length: an error, not a panic.
+        for cut in [5, f.len() / 2, f.len() - 1] {
+            assert!(ServerMsg::decode(&f[4..cut]).is_err());
+        }
+        assert!(ServerMsg::decode(&[48, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 
     proptest! {

@@ -181,6 +181,9 @@ struct State {
     /// The host's `/quit` reason, for the shutdown that follows it.
     host_reason: Option<String>,
     closed: bool,
+    /// The cluster's node addresses ([`Room::set_nodes`]); empty on a
+    /// server alone, which then sends no list.
+    nodes: Vec<String>,
 }
 
 struct Member {
@@ -251,6 +254,7 @@ impl Room {
                 private_seen: HashMap::new(),
                 host_reason: None,
                 closed: false,
+                nodes: Vec::new(),
             }),
             options: std::sync::RwLock::new(options),
             store,
@@ -548,6 +552,14 @@ impl Room {
         // (the options guarantee it), so none of this can fail for lack of
         // room.
         let _ = outbox.try_send(welcome.to_frame());
+        // Under the same lock as `set_nodes`: a list that changes during
+        // the join reaches the newcomer after this one, never before it.
+        if peer.version >= 6 && !st.nodes.is_empty() {
+            let nodes = ServerMsg::Nodes {
+                addrs: st.nodes.clone(),
+            };
+            let _ = outbox.try_send(nodes.to_frame());
+        }
         let count = replay.len() as u64;
         let signed = peer.version >= 4;
         for e in replay {
@@ -1195,6 +1207,45 @@ impl Room {
         st.members.clear();
         st.by_name.clear();
         st.ghosts.clear();
+    }
+
+    /// Sets the cluster's node addresses (`host:port`, each where a node
+    /// accepts QUIC) and, when the list changed, sends it to every member
+    /// that speaks version 6; members joining later get it after their
+    /// welcome. Addresses beyond the protocol's limits are left out (a
+    /// client would ignore the whole list otherwise). Returns whether the
+    /// list changed.
+    pub fn set_nodes(&self, addrs: Vec<String>) -> bool {
+        use qchat_proto::limits::{MAX_NODES, MAX_NODE_ADDR_BYTES};
+        let mut addrs: Vec<String> = addrs
+            .into_iter()
+            .filter(|a| !a.is_empty() && a.len() <= MAX_NODE_ADDR_BYTES)
+            .collect();
+        addrs.truncate(MAX_NODES);
+        let mut st = self.lock();
+        if st.nodes == addrs {
+            return false;
+        }
+        let frame = ServerMsg::Nodes {
+            addrs: addrs.clone(),
+        }
+        .to_frame();
+        st.nodes = addrs;
+        let mut slow = Vec::new();
+        for (id, m) in &st.members {
+            if m.peer.version >= 6 && is_full(m.outbox.try_send(frame.clone())) {
+                slow.push(*id);
+            }
+        }
+        if !slow.is_empty() {
+            self.evict_slow(&mut st, slow);
+        }
+        true
+    }
+
+    /// The cluster's node addresses as last set (empty: no cluster).
+    pub fn nodes(&self) -> Vec<String> {
+        self.lock().nodes.clone()
     }
 
     fn send_to(&self, st: &mut State, id: MemberId, frame: Bytes) {

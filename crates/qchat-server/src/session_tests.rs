@@ -1847,3 +1847,114 @@ async fn the_private_replay_is_given_once_per_connection() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Says a version-3-style hello announcing `version`, and reads up to the
+/// end of the replay: what a client of that version sees first.
+async fn hello_at(server: &Server, name: &str, version: u32) -> (Client, Vec<ServerMsg>) {
+    let deadline = Instant::now() + server.room.options().hello_timeout;
+    let (mut client, _task) = session(server, 1 << 20, deadline);
+    client
+        .send(ClientMsg::HelloV3 {
+            version,
+            name: name.into(),
+            instance: [version as u8; 16],
+            resume: None,
+        })
+        .await;
+    let mut start = Vec::new();
+    loop {
+        match client.next().await {
+            Some(m @ ServerMsg::Replayed { .. }) => {
+                start.push(m);
+                return (client, start);
+            }
+            Some(m) => start.push(m),
+            None => panic!("{name}: the stream ended during the join: {start:?}"),
+        }
+    }
+}
+
+/// A member that speaks version 6 hears the cluster's nodes right after
+/// its welcome and again whenever they change; a version-5 member never
+/// gets the kind it would not know, not even when the list changes.
+#[tokio::test(start_paused = true)]
+async fn a_v6_member_learns_the_nodes_after_its_welcome_and_a_v5_member_does_not() {
+    let s = server(ServerOptions {
+        rate: 0,
+        ..ServerOptions::default()
+    });
+    let (_, start) = hello_at(&s, "early", 6).await;
+    assert!(
+        !start.iter().any(|m| matches!(m, ServerMsg::Nodes { .. })),
+        "a server alone sends no list: {start:?}"
+    );
+    let nodes = vec!["10.0.0.1:8080".to_string(), "10.0.0.2:8080".to_string()];
+    assert!(s.room.set_nodes(nodes.clone()));
+    assert!(
+        !s.room.set_nodes(nodes.clone()),
+        "the same list is no change"
+    );
+
+    let (mut six, start) = hello_at(&s, "six", 6).await;
+    assert!(
+        matches!(start[0], ServerMsg::WelcomeV3 { version: 6, .. }),
+        "{start:?}"
+    );
+    assert_eq!(
+        start[1],
+        ServerMsg::Nodes {
+            addrs: nodes.clone()
+        }
+    );
+    let (mut five, start) = hello_at(&s, "five", 5).await;
+    assert!(
+        matches!(start[0], ServerMsg::WelcomeV3 { version: 5, .. }),
+        "{start:?}"
+    );
+    assert!(
+        !start.iter().any(|m| matches!(m, ServerMsg::Nodes { .. })),
+        "{start:?}"
+    );
+
+    let moved = vec!["10.0.0.2:8080".to_string()];
+    assert!(s.room.set_nodes(moved.clone()));
+    assert_eq!(
+        six.until("the new list", |m| matches!(m, ServerMsg::Nodes { .. }))
+            .await,
+        ServerMsg::Nodes { addrs: moved }
+    );
+    // Something said after the change reaches the version-5 member with
+    // nothing of the list before it.
+    six.say(1, "after the change").await;
+    let mut seen = Vec::new();
+    loop {
+        match five.next().await {
+            Some(ServerMsg::ChatV3 { text, .. }) if text == "after the change" => break,
+            Some(m) => seen.push(m),
+            None => panic!("five's stream ended: {seen:?}"),
+        }
+    }
+    assert!(
+        !seen.iter().any(|m| matches!(m, ServerMsg::Nodes { .. })),
+        "{seen:?}"
+    );
+}
+
+/// A list beyond the protocol's limits is cut to them by the server, so
+/// that clients, which ignore a list beyond them, still get one.
+#[tokio::test(start_paused = true)]
+async fn the_node_list_is_kept_within_the_protocol_limits() {
+    use qchat_proto::limits::{MAX_NODES, MAX_NODE_ADDR_BYTES};
+    let s = server(ServerOptions::default());
+    let mut addrs: Vec<String> = (0..10_000)
+        .map(|i| format!("10.0.0.1:{}", 1000 + i))
+        .collect();
+    addrs.insert(0, "h".repeat(10 * 1024));
+    addrs.insert(1, String::new());
+    assert!(s.room.set_nodes(addrs.clone()));
+    let kept = s.room.nodes();
+    assert_eq!(kept.len(), MAX_NODES);
+    assert_eq!(kept[..], addrs[2..2 + MAX_NODES]);
+    assert!(kept.iter().all(|a| a.len() <= MAX_NODE_ADDR_BYTES));
+    assert_eq!(qchat_proto::check_nodes(&kept), Ok(()));
+}

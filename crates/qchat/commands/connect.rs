@@ -16,7 +16,20 @@ use crate::cli::{ConnectArgs, Trust};
 use crate::wording::About;
 
 pub fn run(args: ConnectArgs) -> Result<u8> {
-    let host = args.host.clone();
+    // The nodes of one server (a cluster), in the order given: the first is
+    // home, under which the pin and the resume points live, whichever
+    // node answers.
+    let nodes = args.hosts.clone();
+    let Some(host) = nodes.first().cloned() else {
+        bail!("no server given");
+    };
+    if nodes.len() > qchat_proto::limits::MAX_NODES {
+        bail!(
+            "{} addresses given; a server's cluster is reached through at most {}",
+            nodes.len(),
+            qchat_proto::limits::MAX_NODES
+        );
+    }
     let known_hosts = match &args.known_hosts {
         Some(p) => p.clone(),
         None => crate::home::known_hosts()?,
@@ -102,23 +115,40 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let addr = qchat_client::connection::resolve(&plan.host).await?;
-        let endpoint = qchat_client::client_endpoint(addr)?;
+        let mut endpoint: Option<quinn::Endpoint> = None;
         let mut plan = plan;
         let mut v3 = true;
-        let (joined, trust, fingerprint) = loop {
-            if std::io::stderr().is_terminal() {
-                // Otherwise a slow or silent server is a blank screen.
-                eprintln!("connecting to {}…", plan.host);
+        // The node to try first: the first given, then whichever answered
+        // (a retry after a refused name goes back to it).
+        let mut start = 0;
+        let (joined, trust, fingerprint, at, addr, endpoint) = loop {
+            let mut reached = None;
+            for i in (start..nodes.len()).chain(0..start) {
+                let node = &nodes[i];
+                if std::io::stderr().is_terminal() {
+                    // Otherwise a slow or silent server is a blank screen.
+                    eprintln!("connecting to {node}…");
+                }
+                match reach(&mut endpoint, node, &mut plan, &load).await {
+                    Ok(got) => {
+                        reached = Some((i, got));
+                        break;
+                    }
+                    Err(e) if unreachable(&e) && nodes.len() > 1 => {
+                        eprintln!("qchat: {e:#}");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            if plan.needs_decision() {
-                // The new pin is on disk now: connect with it below.
-                first_contact(&endpoint, addr, &plan).await?;
-                plan = load()?;
-            }
-            let (conn, trust, fingerprint) =
-                qchat_client::connect(&endpoint, addr, &plan, crate::prompt::confirm_unknown)
-                    .await?;
+            let Some((i, (conn, trust, fingerprint, addr, endpoint))) = reached else {
+                bail!(
+                    "none of the {} addresses given for {} answered",
+                    nodes.len(),
+                    plan.host
+                );
+            };
+            start = i;
+            let at = nodes[i].clone();
             if plan.pin.is_none() && plan.mode != TrustMode::Strict {
                 say_pinned(&plan, &fingerprint, trust);
             }
@@ -147,13 +177,23 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
                 .await;
             }
             match joined {
-                Ok(joined) => break (joined, trust, fingerprint),
+                Ok(joined) => break (joined, trust, fingerprint, at, addr, endpoint),
                 Err(e) if args.link.is_some() && e.wants_older_protocol() => {
                     bail!(
                         "{} does not know link codes (it speaks an older protocol than 4); \
                          connect this device without --link",
                         plan.host
                     )
+                }
+                // A node of a cluster that is leaving it (or cut off from
+                // it) refuses newcomers: another node may take us.
+                Err(ConnectError::Hello(HelloError::Rejected {
+                    reason: RejectReason::ShuttingDown,
+                    detail,
+                })) if nodes.len() > 1 => {
+                    eprintln!("qchat: {at}: {}", qchat_proto::text::sanitize(&detail));
+                    start = (i + 1) % nodes.len();
+                    plan = load()?;
                 }
                 Err(e) if v3 && e.wants_older_protocol() => {
                     // An older server: greet it as version 2 on a new
@@ -187,15 +227,18 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
             connect_lines: Vec::new(),
         };
         let network = Network {
-            redial: Box::new(Dialer::new(
-                endpoint.clone(),
-                addr,
-                &plan,
-                fingerprint,
-                joined.name.clone(),
-                instance,
-                joined.welcome.v3.is_some(),
-            )),
+            redial: Box::new(
+                Dialer::new(
+                    endpoint.clone(),
+                    addr,
+                    &plan,
+                    fingerprint,
+                    joined.name.clone(),
+                    instance,
+                    joined.welcome.v3.is_some(),
+                )
+                .with_nodes(nodes.clone(), at),
+            ),
             reconnect,
             store,
             resumed_from: if v3 { resume } else { None },
@@ -219,6 +262,65 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
     })
 }
 
+/// What reaching one node gives: the connection, how far it is trusted,
+/// its key, its address and the endpoint (made for the first address
+/// resolved, moved to another family when a node needs it).
+type Reached = (
+    quinn::Connection,
+    TrustState,
+    qchat_tls::Fingerprint,
+    std::net::SocketAddr,
+    quinn::Endpoint,
+);
+
+/// One node's handshake under `plan` (the home address's pin), asking the
+/// user first if nothing is pinned yet: the pin, stored under the home
+/// address, then covers every other node.
+async fn reach(
+    endpoint: &mut Option<quinn::Endpoint>,
+    node: &qchat_tls::HostKey,
+    plan: &mut TrustPlan,
+    load: &impl Fn() -> Result<TrustPlan, qchat_client::trust::TrustError>,
+) -> Result<Reached> {
+    let addr = qchat_client::connection::resolve(node).await?;
+    let endpoint = match endpoint {
+        Some(e) => {
+            qchat_client::connection::aim(e, addr)?;
+            e.clone()
+        }
+        None => endpoint
+            .insert(qchat_client::client_endpoint(addr)?)
+            .clone(),
+    };
+    if plan.needs_decision() {
+        // The new pin is on disk now: connect with it below.
+        first_contact(&endpoint, addr, node, plan).await?;
+        *plan = load()?;
+    }
+    let (conn, trust, fingerprint) = qchat_client::connection::connect_to(
+        &endpoint,
+        addr,
+        node,
+        plan,
+        crate::prompt::confirm_unknown,
+    )
+    .await?;
+    Ok((conn, trust, fingerprint, addr, endpoint))
+}
+
+/// Whether a node failed by not being there (another may answer), rather
+/// than by being refused (which no other node changes).
+fn unreachable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ConnectError>(),
+        Some(
+            ConnectError::Resolve { .. }
+                | ConnectError::Timeout { .. }
+                | ConnectError::Transport { .. }
+        )
+    )
+}
+
 /// The first contact with an unknown server, when the user is to decide:
 /// look at the key the server presents, close that connection politely,
 /// and only then ask. A person may take as long as they like to compare
@@ -227,6 +329,7 @@ pub fn run(args: ConnectArgs) -> Result<u8> {
 async fn first_contact(
     endpoint: &quinn::Endpoint,
     addr: std::net::SocketAddr,
+    node: &qchat_tls::HostKey,
     plan: &TrustPlan,
 ) -> Result<()> {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<UnknownServer>));
@@ -239,7 +342,7 @@ async fn first_contact(
         }
         Decision::Refuse
     };
-    match qchat_client::connect(endpoint, addr, plan, look).await {
+    match qchat_client::connection::connect_to(endpoint, addr, node, plan, look).await {
         Err(ConnectError::Declined { .. }) => {}
         Err(e) => return Err(e.into()),
         Ok(_) => bail!(

@@ -203,7 +203,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect, lists: bool) {
         let conn = match &app.conn {
             Conn::Online(state) => {
                 let style = match state {
-                    ConnectionState::Connected { .. } => base,
+                    ConnectionState::Connected { .. } | ConnectionState::Moved { .. } => base,
                     ConnectionState::NoAnswer { .. } => base.fg(Color::LightYellow),
                     ConnectionState::Lost { .. } | ConnectionState::Reconnecting { .. } => {
                         base.fg(Color::LightRed).add_modifier(Modifier::BOLD)
