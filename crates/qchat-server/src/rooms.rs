@@ -176,6 +176,7 @@ impl Rooms {
             lobby: self.lobby.clone(),
             metrics: self.metrics.clone(),
         });
+        crate::cluster::feed::start(&ch);
         Ok(ch)
     }
 

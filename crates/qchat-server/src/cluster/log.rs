@@ -233,6 +233,11 @@ impl JetStreamLog {
         self.last.fetch_max(id, Ordering::Relaxed);
     }
 
+    /// The cluster the log is in.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// The stream's subject.
     pub fn subject(&self) -> &str {
         &self.subject

@@ -8,6 +8,7 @@
 //! own identity, whether NATS is reachable right now, and the buckets
 //! (JetStream key-value stores) the parts keep their shared state in.
 
+pub mod feed;
 pub mod log;
 #[cfg(test)]
 pub(crate) mod testing;
