@@ -111,6 +111,7 @@ impl Server {
         fit_queue(&mut options);
         let options = Arc::new(options);
         let room = Room::new(Arc::clone(&options), store);
+        cluster::feed::start(&room);
         if tokio::runtime::Handle::try_current().is_ok() {
             start_writer(&room);
         }

@@ -715,9 +715,12 @@ impl Room {
                 return;
             }
         };
+        // Lines stored in a cluster's log are shown by the room's feed, in
+        // the log's order, on every server alike.
         let outgoing: Vec<Outgoing> = batch
             .into_iter()
             .zip(results)
+            .filter(|(_, r)| !matches!(r, Appended::Ordered(_)))
             .map(|(p, r)| Outgoing::new(&st, p, r))
             .collect();
         if let Some(id) = outgoing.iter().filter_map(|o| o.id).max() {
@@ -1370,7 +1373,9 @@ impl Outgoing {
     fn new(st: &State, p: Pending, appended: Appended) -> Self {
         let (id, acked_id) = match appended {
             Appended::New(id) => (Some(id), id),
-            Appended::Duplicate(id) => (None, id),
+            // Filtered out before (`Room::publish`): only acknowledged if
+            // it ever got here.
+            Appended::Duplicate(id) | Appended::Ordered(id) => (None, id),
         };
         Outgoing {
             author: p.member,

@@ -176,6 +176,7 @@ impl Rooms {
             lobby: self.lobby.clone(),
             metrics: self.metrics.clone(),
         });
+        crate::cluster::feed::start(&ch);
         Ok(ch)
     }
 
@@ -846,6 +847,8 @@ impl Log for Channel {
         let mut delivered = 0u64;
         for (p, r) in batch.zip(results) {
             let id = match r {
+                // The room's feed shows it, in the cluster's order.
+                Appended::Ordered(_) => continue,
                 Appended::Duplicate(id) => id,
                 Appended::New(id) => {
                     st.published = st.published.max(id);

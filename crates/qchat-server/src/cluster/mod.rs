@@ -8,7 +8,13 @@
 //! own identity, whether NATS is reachable right now, and the buckets
 //! (JetStream key-value stores) the parts keep their shared state in.
 
+pub mod feed;
+pub mod log;
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,12 +69,17 @@ pub enum ClusterError {
 /// rather than left waiting when NATS is gone.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a node without NATS refuses lines and members: what they are told.
+pub const LOST: &str = "this node lost its connection to the cluster; \
+     nothing was sent (connect to another node of the cluster)";
+
 /// A node's connection to its cluster, shared by every clustered part.
 pub struct Cluster {
     client: async_nats::Client,
     js: jetstream::Context,
     node: String,
     connected: watch::Receiver<bool>,
+    published: AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -147,6 +158,7 @@ impl Cluster {
             js,
             node,
             connected,
+            published: AtomicU64::new(0),
         }))
     }
 
@@ -164,6 +176,16 @@ impl Cluster {
     /// so a restarted node never inherits a dead one's presence.
     pub fn node_id(&self) -> &str {
         &self.node
+    }
+
+    /// Counts lines this node stored in the cluster.
+    pub fn note_published(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Lines this node stored in the cluster since it started.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
     }
 
     /// Whether the node is connected to NATS now, and every change of it.
