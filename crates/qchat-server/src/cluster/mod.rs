@@ -8,6 +8,11 @@
 //! own identity, whether NATS is reachable right now, and the buckets
 //! (JetStream key-value stores) the parts keep their shared state in.
 
+pub mod names;
+pub mod presence;
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
