@@ -36,6 +36,58 @@ pub const ONLINE_BUCKET: &str = "qchat_online";
 /// not drop live members (each entry is rewritten three times within it).
 pub const ONLINE_TTL: Duration = Duration::from_secs(30);
 
+/// The bucket of registered names (claims), key bans and operators
+/// granted in chat: `claim.<token>`, `ban.<token>`, `op.<token>`, each
+/// token the hash of a same-name key ([`token`]).
+pub const NAMES_BUCKET: &str = "qchat_names";
+
+/// The registry's bucket, and a way to use it from the registry's
+/// synchronous calls (which run off the runtime's threads, as they did
+/// when they wrote only to a file).
+pub struct Bucket {
+    kv: kv::Store,
+    rt: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bucket")
+            .field("name", &self.kv.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bucket {
+    /// Opens (or creates) [`NAMES_BUCKET`]: entries never expire (a
+    /// claim's own expiry is the registry's rule), one value per key.
+    pub async fn open(cluster: &Cluster) -> Result<Arc<Bucket>, ClusterError> {
+        let kv = cluster.bucket(NAMES_BUCKET, None, 1).await?;
+        Ok(Arc::new(Bucket {
+            kv,
+            rt: tokio::runtime::Handle::current(),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    /// Runs `work` on the runtime and waits for it, at most twice the
+    /// request timeout (`None` then). For the registry's calls, which run
+    /// on blocking threads: waiting there holds up no session.
+    pub(crate) fn block<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.rt.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        rx.recv_timeout(super::REQUEST_TIMEOUT * 2).ok()
+    }
+}
+
 /// One name in use, as every node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnlineEntry {
