@@ -151,6 +151,9 @@ pub struct Room {
     rooms: OnceLock<Arc<crate::rooms::Rooms>>,
     /// Private conversations' history; unset: none is kept (live only).
     conversations: OnceLock<Arc<crate::private::Conversations>>,
+    /// Who is online on the cluster's other nodes; unset without a
+    /// cluster.
+    presence: OnceLock<Arc<crate::cluster::presence::Presence>>,
 }
 
 struct State {
@@ -263,6 +266,7 @@ impl Room {
             me: me.clone(),
             metrics: Metrics::default(),
             registry: OnceLock::new(),
+            presence: OnceLock::new(),
             rooms: OnceLock::new(),
             conversations: OnceLock::new(),
         })
@@ -323,6 +327,42 @@ impl Room {
     /// Keeps private history in `store`; only once (`false` after).
     pub fn set_conversations(&self, store: Arc<crate::private::Conversations>) -> bool {
         self.conversations.set(store).is_ok()
+    }
+
+    /// Lists the cluster's other nodes' members in `/who` and is the
+    /// source of their notices; only once (`false` after).
+    pub fn set_presence(&self, presence: Arc<crate::cluster::presence::Presence>) -> bool {
+        self.presence.set(presence).is_ok()
+    }
+
+    /// Whether a member of this node holds `name`: `Some(false)` one is
+    /// here under it, `Some(true)` one whose connection dropped is within
+    /// its grace, `None` neither.
+    pub(crate) fn holds(&self, name: &str) -> Option<bool> {
+        let st = self.lock();
+        let key = names::fold(name);
+        if st.by_name.contains_key(&key) {
+            Some(false)
+        } else {
+            st.ghosts.contains_key(&key).then_some(true)
+        }
+    }
+
+    /// Tells the room of another node's member joining, leaving,
+    /// reconnecting or returning, as it would be told of its own (and
+    /// under the same limit on announcements).
+    pub(crate) fn announce(&self, msg: &ServerMsg) {
+        let mut st = self.lock();
+        if st.closed || st.members.len() >= self.options().announce_limit {
+            return;
+        }
+        let frame = msg.to_frame();
+        match msg {
+            ServerMsg::Reconnecting { .. } | ServerMsg::Returned { .. } => {
+                self.broadcast_v3(&mut st, frame, None);
+            }
+            _ => self.broadcast(&mut st, frame, None),
+        }
     }
 
     /// The room itself, shared, for work that must finish even if the
@@ -932,7 +972,7 @@ impl Room {
         let Some(asker_is_op) = st.members.get(&id).map(|m| m.peer.operator) else {
             return;
         };
-        let members = st
+        let mut members: Vec<MemberInfo> = st
             .members
             .values()
             .map(|m| MemberInfo {
@@ -946,6 +986,9 @@ impl Room {
                 operator: m.peer.operator,
             })
             .collect();
+        if let Some(p) = self.presence.get() {
+            members.extend(p.others(asker_is_op));
+        }
         self.send_to(&mut st, id, ServerMsg::Members { members }.to_frame());
     }
 

@@ -10,6 +10,8 @@
 
 pub mod feed;
 pub mod log;
+pub mod names;
+pub mod presence;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -1,0 +1,284 @@
+//! Who is online on the cluster's other nodes, from the names-in-use
+//! bucket ([`super::names::ONLINE_BUCKET`]): the lobby's `/who` lists
+//! them beside the node's own members, and their joins, departures and
+//! reconnects reach this node's members as the node's own do.
+//!
+//! The bucket is watched. A new entry is a join; a deleted one a
+//! departure; a change of state a reconnect or a return. An entry that
+//! expires (its node died and stopped rewriting it) leaves no event in
+//! the bucket, so each entry also counts as gone when it has not been
+//! rewritten for the TTL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use qchat_proto::clock::now_ms;
+use qchat_proto::{MemberInfo, ServerMsg};
+use tokio::time::Instant;
+
+use super::names::{Online, OnlineEntry, State};
+use crate::room::Room;
+
+/// Why a member of a node that died is said to have left.
+pub const NODE_GONE: &str = "its server stopped answering";
+
+/// How long to wait before watching again after NATS went away.
+const REWATCH: Duration = Duration::from_secs(1);
+
+/// An entry another node wrote, and when it was last seen rewritten.
+struct Seen {
+    entry: OnlineEntry,
+    at: Instant,
+}
+
+/// The other nodes' members, as last seen in the bucket.
+pub struct Presence {
+    node: String,
+    ttl: Duration,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence")
+            .field("node", &self.node)
+            .field("others", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Presence {
+    /// Starts watching `online`'s bucket for `room`'s notices; the watch
+    /// ends when the room is gone. The entries already in the bucket are
+    /// taken in without a notice (nobody joined just now).
+    pub async fn start(online: &Arc<Online>, room: &Arc<Room>) -> Arc<Presence> {
+        let presence = Arc::new(Presence {
+            node: online.cluster().node_id().to_string(),
+            ttl: online.ttl(),
+            seen: Mutex::new(HashMap::new()),
+        });
+        let store = online.store().clone();
+        // What was there before now is history, told without notices.
+        let mut stream = store.stream.clone();
+        let before = match stream.info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                tracing::warn!("cannot read the names bucket's state: {e}");
+                0
+            }
+        };
+        let (p, r) = (Arc::downgrade(&presence), Arc::downgrade(room));
+        tokio::spawn(watch(store, before, p, r));
+        let (p, r) = (Arc::downgrade(&presence), Arc::downgrade(room));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(online_sweep(presence_ttl(&p)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(p), Some(r)) = (p.upgrade(), r.upgrade()) else {
+                    return;
+                };
+                p.sweep(&r);
+            }
+        });
+        presence
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Seen>> {
+        // Only whole entries go in or out.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The other nodes' connected members, for `/who`; operators also see
+    /// which node each is on.
+    pub fn others(&self, asker_is_op: bool) -> Vec<MemberInfo> {
+        let now = now_ms();
+        let mut list: Vec<MemberInfo> = self
+            .lock()
+            .values()
+            .filter(|s| s.entry.state == State::Online)
+            .map(|s| MemberInfo {
+                name: s.entry.name.clone(),
+                connected_secs: now.saturating_sub(s.entry.since_ms) / 1000,
+                addr: if asker_is_op {
+                    format!("node {}", s.entry.node)
+                } else {
+                    String::new()
+                },
+                operator: s.entry.operator,
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Takes in one change of the bucket; returns the notice it is worth.
+    fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<ServerMsg> {
+        let mut seen = self.lock();
+        let before = seen.get(&e.key).map(|s| s.entry.clone());
+        let now: Option<OnlineEntry> = match e.operation {
+            kv::Operation::Put => postcard::from_bytes(&e.value).ok(),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        match &now {
+            Some(entry) if entry.node != self.node => {
+                seen.insert(
+                    e.key.clone(),
+                    Seen {
+                        entry: entry.clone(),
+                        at: Instant::now(),
+                    },
+                );
+            }
+            // Gone, or this node's own member (the room speaks for those).
+            _ => {
+                seen.remove(&e.key);
+            }
+        }
+        drop(seen);
+        if quiet {
+            return None;
+        }
+        let before = before.filter(|b| b.node != self.node);
+        let now = now.filter(|n| n.node != self.node);
+        notice(before.as_ref(), now.as_ref())
+    }
+
+    /// Forgets the entries no node rewrote for the TTL, telling the room.
+    fn sweep(&self, room: &Room) {
+        let gone: Vec<OnlineEntry> = {
+            let mut seen = self.lock();
+            let dead: Vec<String> = seen
+                .iter()
+                .filter(|(_, s)| s.at.elapsed() > self.ttl)
+                .map(|(k, _)| k.clone())
+                .collect();
+            dead.iter()
+                .filter_map(|k| seen.remove(k))
+                .map(|s| s.entry)
+                .collect()
+        };
+        for entry in gone {
+            room.announce(&ServerMsg::Left {
+                name: entry.name,
+                reason: NODE_GONE.into(),
+            });
+        }
+    }
+}
+
+fn presence_ttl(p: &Weak<Presence>) -> Duration {
+    p.upgrade().map_or(super::names::ONLINE_TTL, |p| p.ttl)
+}
+
+/// How often to look for entries nobody rewrites: as often as they are
+/// rewritten.
+fn online_sweep(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
+}
+
+/// The notice a change from `before` to `now` (another node's entries
+/// only) is worth, in the words the room uses for its own members.
+fn notice(before: Option<&OnlineEntry>, now: Option<&OnlineEntry>) -> Option<ServerMsg> {
+    match (before, now) {
+        (None, Some(n)) if n.state == State::Online => Some(ServerMsg::Joined {
+            name: n.name.clone(),
+        }),
+        (Some(b), Some(n)) if b.state == State::Online && n.state != State::Online => {
+            Some(ServerMsg::Reconnecting {
+                name: n.name.clone(),
+            })
+        }
+        (Some(b), Some(n)) if b.state != State::Online && n.state == State::Online => {
+            Some(ServerMsg::Returned {
+                name: n.name.clone(),
+            })
+        }
+        (Some(b), None) => Some(ServerMsg::Left {
+            name: b.name.clone(),
+            reason: String::new(),
+        }),
+        _ => None,
+    }
+}
+
+/// Follows the bucket for as long as both ends live, watching again from
+/// the last change seen whenever NATS goes away and comes back.
+async fn watch(store: kv::Store, before: u64, presence: Weak<Presence>, room: Weak<Room>) {
+    let mut last = 0u64;
+    loop {
+        let watched = if last == 0 {
+            store.watch_with_history(">").await
+        } else {
+            store.watch_all_from_revision(last + 1).await
+        };
+        match watched {
+            Ok(mut changes) => {
+                while let Some(change) = changes.next().await {
+                    let (Some(p), Some(r)) = (presence.upgrade(), room.upgrade()) else {
+                        return;
+                    };
+                    let change = match change {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("watching the names in use: {e}");
+                            break;
+                        }
+                    };
+                    last = last.max(change.revision);
+                    if let Some(msg) = p.apply(&change, change.revision <= before) {
+                        r.announce(&msg);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cannot watch the names in use: {e}"),
+        }
+        if presence.strong_count() == 0 || room.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(REWATCH).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, state: State) -> OnlineEntry {
+        OnlineEntry {
+            name: name.into(),
+            node: "b".into(),
+            key: None,
+            instance: None,
+            operator: false,
+            since_ms: 0,
+            state,
+        }
+    }
+
+    #[test]
+    fn each_change_of_another_nodes_entry_is_the_notice_the_room_gives_its_own() {
+        let on = entry("bob", State::Online);
+        let away = entry("bob", State::Reconnecting { until_ms: 5 });
+        assert!(
+            matches!(notice(None, Some(&on)), Some(ServerMsg::Joined { name }) if name == "bob")
+        );
+        assert!(notice(None, Some(&away)).is_none());
+        assert!(matches!(
+            notice(Some(&on), Some(&away)),
+            Some(ServerMsg::Reconnecting { .. })
+        ));
+        assert!(matches!(
+            notice(Some(&away), Some(&on)),
+            Some(ServerMsg::Returned { .. })
+        ));
+        assert!(notice(Some(&on), Some(&on)).is_none(), "a rewrite");
+        assert!(matches!(
+            notice(Some(&away), None),
+            Some(ServerMsg::Left { .. })
+        ));
+    }
+}
