@@ -741,6 +741,10 @@ pub struct Signing {
 /// Silence after which the server counts as not answering: with a
 /// keep-alive every second, three unanswered ones.
 pub const NO_ANSWER_AFTER: Duration = Duration::from_secs(3);
+/// Silence after which a client that knows other nodes of the server's
+/// cluster leaves this one for them: well under the idle timeout, which
+/// a server alone is still given to come back in.
+pub const MOVE_AFTER: Duration = Duration::from_secs(3);
 /// Silence after which the client moves to a fresh socket once, in case
 /// its address changed under it (a NAT rebinding, a new network).
 pub const REBIND_AFTER: Duration = Duration::from_secs(5);
@@ -1157,10 +1161,26 @@ impl State {
                 } => {}
                 _ = tick.tick() => {
                     let received = cur.conn.as_ref().map(|c| c.stats().udp_rx.datagrams);
-                    if self.liveness(received, events, net.as_deref_mut()).await.is_err() {
-                        return Served::Gone;
-                    }
+                    let silent = match self.liveness(received, events, net.as_deref_mut()).await {
+                        Ok(silent) => silent,
+                        Err(Gone) => return Served::Gone,
+                    };
                     self.save(net.as_deref());
+                    // In a cluster, a node that stopped answering is left
+                    // for another at once rather than after the idle
+                    // timeout: the others serve the same rooms, and the
+                    // resume brings back whatever was in flight.
+                    let elsewhere = net.as_deref().is_some_and(|n| n.reconnect && n.redial.elsewhere());
+                    if elsewhere && silent.is_some_and(|s| s >= MOVE_AFTER) {
+                        close(cur.conn.as_ref(), CloseCode::Normal);
+                        return Served::Ended(Ended::Lost {
+                            reason: format!(
+                                "no answer from this node for {} s; trying another",
+                                MOVE_AFTER.as_secs()
+                            ),
+                            unconfirmed: self.outbox.len(),
+                        });
+                    }
                 }
                 frame = cur.decoder.read_frame(&mut cur.recv) => {
                     let frame = match frame {
@@ -1444,17 +1464,19 @@ impl State {
 
     /// Once a second: has the server been heard? Reports silence, moves to
     /// a fresh socket once if it lasts, and reports the answer's return.
+    /// Returns how long the server has been silent, if it has been for
+    /// long enough to say so.
     async fn liveness(
         &mut self,
         received: Option<u64>,
         events: &mpsc::Sender<Event>,
         net: Option<&mut Network>,
-    ) -> Result<(), Gone> {
+    ) -> Result<Option<Duration>, Gone> {
         // Datagrams received, from the connection's statistics: every
         // keep-alive a live server acknowledges counts, so silence here
         // means no answer, not a quiet room.
         let Some(received) = received else {
-            return Ok(());
+            return Ok(None);
         };
         let now = Instant::now();
         if received != self.rx_datagrams {
@@ -1472,11 +1494,11 @@ impl State {
                 )
                 .await?;
             }
-            return Ok(());
+            return Ok(None);
         }
         let silent = now.saturating_duration_since(self.heard_at);
         if silent < NO_ANSWER_AFTER {
-            return Ok(());
+            return Ok(None);
         }
         self.no_answer = true;
         if silent >= REBIND_AFTER && !self.rebound {
@@ -1494,7 +1516,8 @@ impl State {
                 secs: silent.as_secs(),
             }),
         )
-        .await
+        .await?;
+        Ok(Some(silent))
     }
 
     /// Writes the resume point if it changed and the last write is old
