@@ -150,17 +150,14 @@ fn members_spread_over_three_nodes_see_every_room_in_one_order() {
         .enumerate()
         .map(|(i, n)| member(&cluster, i % 3, n))
         .collect();
+    // A member whose join reaches its node after some lines were stored
+    // gets those as the room's history, in the log's order too: the order
+    // compared below is the same either way.
     for (p, _) in &mut members {
         p.send_line("/join #room");
         p.expect(Stream::Out, "the room's join line", |l| {
             l.starts_with("* you joined #room")
         });
-    }
-    // Everyone is in #room on every node before anyone speaks (dave joined
-    // last, and every node has told its members): a member still joining
-    // would see the lines before its join as history instead.
-    for (p, _) in members.iter_mut().take(3) {
-        p.expect_out("* #room dave joined");
     }
 
     const N: u32 = 25;
@@ -223,7 +220,20 @@ fn members_spread_over_three_nodes_see_every_room_in_one_order() {
 
 #[test]
 fn fifty_concurrent_joins_of_one_name_over_three_nodes_admit_exactly_one() {
-    let cluster = Cluster::start(3, &[]);
+    // All 50 come from 127.0.0.1, handshakes at once: the per-address
+    // limits and the Retry threshold would otherwise refuse the crowd
+    // before any claim is made.
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--max-per-ip",
+            "64",
+            "--max-unjoined-per-ip",
+            "64",
+            "--retry-threshold",
+            "1000",
+        ],
+    );
     let rt = runtime();
     let answers = rt.block_on(async {
         let mut raws = Vec::new();
@@ -287,8 +297,6 @@ fn a_node_killed_mid_flood_costs_its_members_no_acknowledged_word() {
         .enumerate()
         .map(|(i, n)| member(&cluster, i, n))
         .collect();
-    members[0].0.expect_out("* carol joined");
-    members[1].0.expect_out("* carol joined");
 
     const N: u32 = 200;
     for (p, _) in &mut members {
@@ -334,7 +342,6 @@ fn nodes_carry_on_after_nats_restarts_and_refuse_without_it() {
     let mut cluster = Cluster::start(2, &[]);
     let (mut alice, _ha) = member(&cluster, 0, "alice");
     let (mut bob, _hb) = member(&cluster, 1, "bob");
-    alice.expect_out("* bob joined");
     alice.send_line("before");
     expect_seen(&mut bob, "#lobby", "alice", "before");
 

@@ -644,7 +644,7 @@ fn print_table(r: &Report) {
         (None, Some(w)) => format!("window of {w} per sender"),
         (None, None) => "flood (no window)".into(),
     };
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         (
             "load",
             format!(
@@ -725,6 +725,16 @@ fn print_table(r: &Report) {
             ),
         ),
     ];
+    if let (Some(c), Some(per)) = (r.nats_cpu_s, r.nats_cpu_us_per_delivery) {
+        // Beside the server CPU row, which counts it too.
+        rows.insert(
+            6,
+            (
+                "NATS CPU",
+                format!("{c:.2} s ({per:.2} µs per delivery), within the server CPU above"),
+            ),
+        );
+    }
     for (k, v) in rows {
         println!("  {k:<14} {v}");
     }

@@ -740,7 +740,17 @@ fn print(r: &StormReport) {
             ),
         ),
         ("connect", format!("{:.3} s for all members", r.connect_s)),
-        ("server down", opt(r.server_down_s, "s")),
+        (
+            if r.nodes.is_some() {
+                "killed"
+            } else {
+                "server down"
+            },
+            match r.nodes {
+                Some(_) => "the first node, SIGKILL; the clock starts there".into(),
+                None => opt(r.server_down_s, "s"),
+            },
+        ),
         (
             "resumed",
             format!(
