@@ -141,3 +141,33 @@ fn the_first_address_that_answers_is_pinned_under_the_first_address() {
     alice.close_stdin();
     assert!(alice.wait().success(), "{}", alice.transcript());
 }
+
+/// The same stop that ends a session with a server alone (SIGINT: a person
+/// stopping it, not coming back) sends a client that knows another node
+/// there instead, at once, with no backoff's wait: in a cluster the others
+/// are up.
+#[test]
+fn a_node_stopped_for_good_sends_its_members_to_the_next_one() {
+    let (ha, alice_home, bob_home) = (Home::new(), Home::new(), Home::new());
+    let mut a = Server::start(&ha);
+    let (_hb, b) = twin(&ha);
+    let mut bob = join(&bob_home, &b, "bob");
+    let nodes = format!("{},{}", a.target(), b.target());
+    let mut alice = connect(&alice_home, &nodes, "alice", &["--accept-new"]);
+    alice.expect(Stream::Out, "the connected line", |l| {
+        l.starts_with("* connected to ")
+    });
+
+    a.proc.signal("INT");
+    alice.expect(Stream::Out, "the shutdown notice", |l| {
+        l.starts_with("* server shutting down")
+    });
+    alice.expect_out("* reconnecting (attempt 1, now)");
+    alice.expect_out(&format!("* reconnected to {}", b.target()));
+    bob.expect_out("* alice joined");
+    alice.send_line("moved along");
+    bob.expect_out("<alice> moved along");
+    assert_eq!(a.proc.wait().code(), Some(0));
+    alice.close_stdin();
+    assert!(alice.wait().success(), "{}", alice.transcript());
+}

@@ -117,7 +117,12 @@ impl Nodes {
             .filter_map(|a| match a.parse::<HostKey>() {
                 Ok(h) => Some(h),
                 Err(e) => {
-                    tracing::warn!("ignoring a node the server listed: {e}");
+                    // The server's text, so shown sanitised, not as given.
+                    tracing::warn!(
+                        node = %qchat_proto::text::sanitize(a),
+                        "ignoring a node the server listed: {}",
+                        e.reason
+                    );
                     None
                 }
             })
