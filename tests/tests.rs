@@ -5,6 +5,7 @@ mod util;
 
 mod chat;
 mod client_resume;
+mod cluster;
 mod commands;
 mod config;
 mod contacts;

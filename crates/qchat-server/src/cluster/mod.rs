@@ -9,12 +9,13 @@
 //! (JetStream key-value stores) the parts keep their shared state in.
 
 pub mod feed;
+pub mod guard;
 pub mod log;
+pub mod nodes;
 #[cfg(test)]
 pub(crate) mod testing;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +80,6 @@ pub struct Cluster {
     js: jetstream::Context,
     node: String,
     connected: watch::Receiver<bool>,
-    published: AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -158,7 +158,6 @@ impl Cluster {
             js,
             node,
             connected,
-            published: AtomicU64::new(0),
         }))
     }
 
@@ -176,16 +175,6 @@ impl Cluster {
     /// so a restarted node never inherits a dead one's presence.
     pub fn node_id(&self) -> &str {
         &self.node
-    }
-
-    /// Counts lines this node stored in the cluster.
-    pub fn note_published(&self, n: u64) {
-        self.published.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Lines this node stored in the cluster since it started.
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
     }
 
     /// Whether the node is connected to NATS now, and every change of it.
