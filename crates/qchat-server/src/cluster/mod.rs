@@ -71,8 +71,8 @@ pub enum ClusterError {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a node without NATS refuses lines and members: what they are told.
-pub const LOST: &str = "this node lost its connection to the cluster; \
-     nothing was sent (connect to another node of the cluster)";
+pub const LOST: &str =
+    "this node lost its connection to the cluster; move to another node of the cluster";
 
 /// A node's connection to its cluster, shared by every clustered part.
 pub struct Cluster {

@@ -80,3 +80,37 @@ pub async fn leave(cluster: &Cluster) {
         let _ = bucket.delete(cluster.node_id()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::testing::NatsServer;
+    use crate::cluster::ClusterOptions;
+
+    /// Two nodes write their addresses: each reads both; one that leaves
+    /// is gone from the list at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_node_reads_every_nodes_address() {
+        let nats = NatsServer::start().await;
+        let options = ClusterOptions {
+            urls: nats.url(),
+            ..Default::default()
+        };
+        let a = Cluster::connect(&options).await.expect("connects");
+        let b = Cluster::connect(&options).await.expect("connects");
+        let ka = a.bucket(BUCKET, Some(TTL), 1).await.expect("the bucket");
+        let kb = b.bucket(BUCKET, Some(TTL), 1).await.expect("the bucket");
+        refresh(&ka, a.node_id(), "a.example:8080")
+            .await
+            .expect("refreshes");
+        let both = refresh(&kb, b.node_id(), "b.example:8080")
+            .await
+            .expect("refreshes");
+        assert_eq!(both, ["a.example:8080", "b.example:8080"]);
+        leave(&b).await;
+        let one = refresh(&ka, a.node_id(), "a.example:8080")
+            .await
+            .expect("refreshes");
+        assert_eq!(one, ["a.example:8080"]);
+    }
+}
