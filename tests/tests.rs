@@ -5,6 +5,7 @@ mod util;
 
 mod chat;
 mod client_resume;
+mod cluster;
 mod cluster_e2e;
 mod commands;
 mod config;

@@ -110,6 +110,15 @@ fn store<L: Log>(room: &L, items: &[LogItem]) -> Outcome {
     let entries = lines.len();
     let started = std::time::Instant::now();
     let stored = room.store().append_said(&lines);
+    if let Ok(results) = &stored {
+        let ordered = results
+            .iter()
+            .filter(|r| matches!(r, Appended::Ordered(_)))
+            .count();
+        if ordered > 0 {
+            room.metrics().cluster_published.inc_by(ordered as u64);
+        }
+    }
     room.metrics().log_batch(entries, started.elapsed());
     Some(stored)
 }

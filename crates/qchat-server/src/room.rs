@@ -154,6 +154,9 @@ pub struct Room {
     /// Who is online on the cluster's other nodes; unset without a
     /// cluster.
     presence: OnceLock<Arc<crate::cluster::presence::Presence>>,
+    /// Why the server admits nobody for now (a cluster's node cut off
+    /// from NATS); `None`: it admits.
+    cut_off: Mutex<Option<String>>,
 }
 
 struct State {
@@ -269,6 +272,7 @@ impl Room {
             presence: OnceLock::new(),
             rooms: OnceLock::new(),
             conversations: OnceLock::new(),
+            cut_off: Mutex::new(None),
         })
     }
 
@@ -467,6 +471,48 @@ impl Room {
         self.lock().closed
     }
 
+    /// The server can no longer keep its word (a cluster's node cut off
+    /// from NATS: nothing said here would be stored or seen elsewhere):
+    /// every member is told `reason` and that the server will be back, so
+    /// that its client moves on (to another node) and resumes there, and
+    /// its session ends with the shutting-down code; nobody is admitted
+    /// until [`Room::restore`].
+    pub fn cut_off(&self, reason: &str) {
+        *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        let mut st = self.lock();
+        let mut frames = PerKind::default();
+        for m in st.members.values() {
+            let frame = frames.frame(m.v3(), |v3| {
+                let reason = reason.to_string();
+                if v3 {
+                    ServerMsg::ShuttingDownV3 { reason, back: true }
+                } else {
+                    ServerMsg::ShuttingDown { reason }
+                }
+            });
+            let _ = m.outbox.try_send(frame);
+            m.ending.trigger(CloseCode::ShuttingDown, reason);
+        }
+        st.members.clear();
+        st.by_name.clear();
+        st.ghosts.clear();
+        drop(st);
+        self.rooms().clear_members();
+    }
+
+    /// Admits members again after [`Room::cut_off`].
+    pub fn restore(&self) {
+        *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why nobody is admitted now, if so ([`Room::cut_off`]).
+    pub fn cut_off_reason(&self) -> Option<String> {
+        self.cut_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Adds a member, if its name is valid and free (or held for this very
     /// client, whose connection dropped). The welcome, then the replay, are
     /// the first frames in its queue, before anything published afterwards.
@@ -493,6 +539,12 @@ impl Room {
             return Err(Rejection {
                 reason: RejectReason::ShuttingDown,
                 detail: "the server is shutting down".into(),
+            });
+        }
+        if let Some(why) = self.cut_off_reason() {
+            return Err(Rejection {
+                reason: RejectReason::ShuttingDown,
+                detail: why,
             });
         }
         let key = names::fold(name);

@@ -140,6 +140,13 @@ impl Rooms {
         })
     }
 
+    /// Empties every room of members (the server sent them all away).
+    pub fn clear_members(&self) {
+        for ch in self.read().values() {
+            ch.clear();
+        }
+    }
+
     /// Waits until everything queued for any room's log before now is
     /// stored and published (the server is stopping: what members said
     /// should reach them, acknowledged, first).
@@ -701,6 +708,16 @@ impl Channel {
                 self.name
             ));
         }
+        // A room's description (and so its invitations) is kept by each
+        // node of a cluster on its own: invite-only on one node would
+        // leave the room open on the others.
+        if on && self.store.ordered().is_some() {
+            return Err(format!(
+                "{} cannot be made invite-only: this server is a node of a cluster, and \
+                 invitations are not shared between its nodes yet",
+                self.name
+            ));
+        }
         st.meta.invite_only = on;
         if on {
             // Those in the room now are as good as invited: a reconnect,
@@ -806,7 +823,9 @@ impl Channel {
 
     /// Empties the room of members (the server is stopping).
     pub fn clear(&self) {
-        self.lock().members.clear();
+        let mut st = self.lock();
+        st.members.clear();
+        st.away.clear();
     }
 }
 

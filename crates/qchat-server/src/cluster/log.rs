@@ -291,7 +291,6 @@ impl JetStreamLog {
         let len = self.len.load(Ordering::Relaxed);
         self.len
             .store((len + new).min(self.keep), Ordering::Relaxed);
-        self.cluster.note_published(new);
         Ok(out)
     }
 

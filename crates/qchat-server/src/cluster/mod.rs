@@ -9,14 +9,15 @@
 //! (JetStream key-value stores) the parts keep their shared state in.
 
 pub mod feed;
+pub mod guard;
 pub mod log;
 pub mod names;
+pub mod nodes;
 pub mod presence;
 #[cfg(test)]
 pub(crate) mod testing;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,8 +73,8 @@ pub enum ClusterError {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a node without NATS refuses lines and members: what they are told.
-pub const LOST: &str = "this node lost its connection to the cluster; \
-     nothing was sent (connect to another node of the cluster)";
+pub const LOST: &str =
+    "this node lost its connection to the cluster; move to another node of the cluster";
 
 /// A node's connection to its cluster, shared by every clustered part.
 pub struct Cluster {
@@ -81,7 +82,6 @@ pub struct Cluster {
     js: jetstream::Context,
     node: String,
     connected: watch::Receiver<bool>,
-    published: AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -160,7 +160,6 @@ impl Cluster {
             js,
             node,
             connected,
-            published: AtomicU64::new(0),
         }))
     }
 
@@ -178,16 +177,6 @@ impl Cluster {
     /// so a restarted node never inherits a dead one's presence.
     pub fn node_id(&self) -> &str {
         &self.node
-    }
-
-    /// Counts lines this node stored in the cluster.
-    pub fn note_published(&self, n: u64) {
-        self.published.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Lines this node stored in the cluster since it started.
-    pub fn published(&self) -> u64 {
-        self.published.load(Ordering::Relaxed)
     }
 
     /// Whether the node is connected to NATS now, and every change of it.
