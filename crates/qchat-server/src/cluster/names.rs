@@ -282,14 +282,18 @@ impl Online {
                     Err(_) => continue,
                 },
             };
-            if theirs.node == entry.node {
+            // This node's own entry: the room decides between its members.
+            // One this node no longer keeps (its release failed) is taken
+            // back, so that it is rewritten again.
+            if theirs.node == entry.node && self.lock().contains_key(&key) {
                 return Ok(());
             }
-            let same_member = match (who.key, theirs.key) {
-                (Some(mine), Some(old)) => mine == old,
-                (None, None) => who.instance.is_some() && who.instance == theirs.instance,
-                _ => false,
-            };
+            let same_member = theirs.node == entry.node
+                || match (who.key, theirs.key) {
+                    (Some(mine), Some(old)) => mine == old,
+                    (None, None) => who.instance.is_some() && who.instance == theirs.instance,
+                    _ => false,
+                };
             if !same_member {
                 return Err(Refused::Taken {
                     holder: theirs.name,

@@ -170,6 +170,24 @@ impl Presence {
     }
 }
 
+/// Ties a clustered registry's shared parts to the node's room: the names
+/// in use follow the room's members, `/who` and the join and leave
+/// notices take in the other nodes' members, and bans and grants made on
+/// another node are carried out here. Does nothing for a registry that is
+/// not clustered.
+pub async fn attach(room: &Arc<Room>) {
+    let registry = Arc::clone(room.registry());
+    let Some(online) = registry.online() else {
+        return;
+    };
+    online.attach(room);
+    let presence = Presence::start(online, room).await;
+    if !room.set_presence(presence) {
+        tracing::warn!("the room's presence was attached twice");
+    }
+    crate::moderation::enforce(room);
+}
+
 fn presence_ttl(p: &Weak<Presence>) -> Duration {
     p.upgrade().map_or(super::names::ONLINE_TTL, |p| p.ttl)
 }
@@ -280,5 +298,167 @@ mod tests {
             notice(Some(&away), None),
             Some(ServerMsg::Left { .. })
         ));
+    }
+
+    mod nodes {
+        //! Two nodes in process, sharing a real nats-server: members join
+        //! each through the same session code a QUIC member runs.
+
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use qchat_proto::{
+            limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, PROTOCOL_VERSION,
+        };
+        use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+        use tokio::time::{timeout, Instant};
+
+        use crate::cluster::names::ONLINE_TTL;
+        use crate::cluster::testing::Nats;
+        use crate::registry::Registry;
+        use crate::room::Peer;
+        use crate::session::{run_stream, PipeSink};
+        use crate::{Server, ServerOptions};
+
+        const WAIT: Duration = Duration::from_secs(10);
+
+        async fn node(nats: &Nats) -> Server {
+            let server = Server::new(ServerOptions::default());
+            let registry = Registry::clustered(nats.node().await, ONLINE_TTL)
+                .await
+                .expect("clustered registry");
+            assert!(server.room().set_registry(Arc::new(registry)));
+            super::super::attach(server.room()).await;
+            server
+        }
+
+        struct Client {
+            send: WriteHalf<DuplexStream>,
+            recv: ReadHalf<DuplexStream>,
+            decoder: FrameDecoder,
+        }
+
+        impl Client {
+            async fn send(&mut self, msg: ClientMsg) {
+                self.send
+                    .write_all(&msg.to_frame())
+                    .await
+                    .expect("the pipe is open");
+            }
+
+            async fn next(&mut self) -> Option<ServerMsg> {
+                let frame = timeout(WAIT, self.decoder.read_frame(&mut self.recv))
+                    .await
+                    .expect("the server answers in time")
+                    .expect("whole frames");
+                frame.map(|f| ServerMsg::decode(&f).expect("valid messages"))
+            }
+
+            async fn until(&mut self, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+                loop {
+                    match self.next().await {
+                        Some(m) if pred(&m) => return m,
+                        Some(_) => {}
+                        None => panic!("the stream ended before {what}"),
+                    }
+                }
+            }
+        }
+
+        /// A guest's session on `server`, its hello sent.
+        async fn hello(server: &Server, name: &str, instance: u8) -> Client {
+            let (client, server_end) = tokio::io::duplex(64 * 1024);
+            let (server_recv, server_send) = tokio::io::split(server_end);
+            let room = Arc::clone(server.room());
+            let options = room.options();
+            tokio::spawn(async move {
+                let peer = Peer {
+                    addr: None,
+                    operator: false,
+                    version: PROTOCOL_VERSION,
+                    instance: None,
+                    conn: None,
+                    key: None,
+                };
+                let deadline = Instant::now() + options.hello_timeout;
+                run_stream(
+                    PipeSink(server_send),
+                    server_recv,
+                    Box::new(peer),
+                    &room,
+                    &options,
+                    deadline,
+                    None,
+                )
+                .await
+            });
+            let (recv, send) = tokio::io::split(client);
+            let mut c = Client {
+                send,
+                recv,
+                decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
+            };
+            c.send(ClientMsg::HelloV3 {
+                version: PROTOCOL_VERSION,
+                name: name.into(),
+                instance: [instance; 16],
+                resume: None,
+            })
+            .await;
+            c
+        }
+
+        async fn member(server: &Server, name: &str, instance: u8) -> Client {
+            let mut c = hello(server, name, instance).await;
+            c.until("the end of the replay", |m| {
+                matches!(m, ServerMsg::Replayed { .. })
+            })
+            .await;
+            c
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_name_in_use_on_one_node_is_refused_on_another_and_presence_crosses() {
+            let nats = Nats::start();
+            let (a, b) = (node(&nats).await, node(&nats).await);
+            let mut bob = member(&b, "bob", 2).await;
+            let mut alice = member(&a, "alice", 1).await;
+            bob.until(
+                "alice's join",
+                |m| matches!(m, ServerMsg::Joined { name } if name == "alice"),
+            )
+            .await;
+            // Another member wanting her name on the other node.
+            let mut other = hello(&b, "ALICE", 3).await;
+            match other.next().await {
+                Some(ServerMsg::Rejected { reason, detail }) => {
+                    assert_eq!(reason, RejectReason::NameTaken);
+                    assert!(detail.contains("another server"), "{detail}");
+                }
+                got => panic!("not refused: {got:?}"),
+            }
+            // /who on b lists both nodes' members.
+            bob.send(ClientMsg::Who).await;
+            let list = bob
+                .until("the list", |m| matches!(m, ServerMsg::Members { .. }))
+                .await;
+            let ServerMsg::Members { members } = list else {
+                unreachable!()
+            };
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, ["bob", "alice"]);
+            // She leaves: b hears it, and the name is free there.
+            alice
+                .send(ClientMsg::Bye {
+                    reason: "bye".into(),
+                })
+                .await;
+            bob.until(
+                "alice's departure",
+                |m| matches!(m, ServerMsg::Left { name, .. } if name == "alice"),
+            )
+            .await;
+            let _alice_on_b = member(&b, "Alice", 3).await;
+        }
     }
 }
