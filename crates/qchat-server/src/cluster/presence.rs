@@ -117,33 +117,33 @@ impl Presence {
 
     /// Takes in one change of the bucket; returns the notice it is worth.
     fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<ServerMsg> {
-        let mut seen = self.lock();
-        let before = seen.get(&e.key).map(|s| s.entry.clone());
         let now: Option<OnlineEntry> = match e.operation {
             kv::Operation::Put => postcard::from_bytes(&e.value).ok(),
             kv::Operation::Delete | kv::Operation::Purge => None,
         };
-        match &now {
-            Some(entry) if entry.node != self.node => {
-                seen.insert(
+        let mut seen = self.lock();
+        let before = match &now {
+            Some(entry) if entry.node != self.node => seen
+                .insert(
                     e.key.clone(),
                     Seen {
                         entry: entry.clone(),
                         at: Instant::now(),
                     },
-                );
-            }
-            // Gone, or this node's own member (the room speaks for those).
-            _ => {
+                )
+                .map(|s| s.entry),
+            // This node's own member, back here from another node: the
+            // room speaks for it now, and has already.
+            Some(_) => {
                 seen.remove(&e.key);
+                return None;
             }
-        }
+            None => seen.remove(&e.key).map(|s| s.entry),
+        };
         drop(seen);
         if quiet {
             return None;
         }
-        let before = before.filter(|b| b.node != self.node);
-        let now = now.filter(|n| n.node != self.node);
         notice(before.as_ref(), now.as_ref())
     }
 
@@ -247,8 +247,15 @@ async fn watch(store: kv::Store, before: u64, presence: Weak<Presence>, room: We
                         }
                     };
                     last = last.max(change.revision);
-                    if let Some(msg) = p.apply(&change, change.revision <= before) {
-                        r.announce(&msg);
+                    match p.apply(&change, change.revision <= before) {
+                        // This node's own member, reconnecting, came back on
+                        // another node: to this room it returned, and its
+                        // place here is not kept for it any longer.
+                        Some(ServerMsg::Joined { name }) if r.forget_ghost(&name) => {
+                            r.announce(&ServerMsg::Returned { name });
+                        }
+                        Some(msg) => r.announce(&msg),
+                        None => {}
                     }
                 }
             }
