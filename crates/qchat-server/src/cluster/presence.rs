@@ -372,10 +372,31 @@ mod tests {
             }
         }
 
+        /// A reading end whose end of stream is a lost connection (as a
+        /// network drop is), not a member's goodbye.
+        struct Dropping(ReadHalf<DuplexStream>);
+
+        impl tokio::io::AsyncRead for Dropping {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let before = buf.filled().len();
+                match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                    std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                        std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+                    }
+                    other => other,
+                }
+            }
+        }
+
         /// A guest's session on `server`, its hello sent.
         async fn hello(server: &Server, name: &str, instance: u8) -> Client {
             let (client, server_end) = tokio::io::duplex(64 * 1024);
             let (server_recv, server_send) = tokio::io::split(server_end);
+            let server_recv = Dropping(server_recv);
             let room = Arc::clone(server.room());
             let options = room.options();
             tokio::spawn(async move {
@@ -466,6 +487,63 @@ mod tests {
             )
             .await;
             let _alice_on_b = member(&b, "Alice", 3).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_member_lost_on_one_node_and_back_on_another_returns_there() {
+            let nats = Nats::start();
+            let (a, b) = (node(&nats).await, node(&nats).await);
+            let mut carol = member(&a, "carol", 3).await;
+            let mut bob = member(&b, "bob", 2).await;
+            let alice = member(&a, "alice", 1).await;
+            bob.until(
+                "alice's join",
+                |m| matches!(m, ServerMsg::Joined { name } if name == "alice"),
+            )
+            .await;
+            // Her connection to a drops.
+            drop(alice);
+            carol
+                .until(
+                    "alice reconnecting",
+                    |m| matches!(m, ServerMsg::Reconnecting { name } if name == "alice"),
+                )
+                .await;
+            bob.until(
+                "alice reconnecting, on the other node",
+                |m| matches!(m, ServerMsg::Reconnecting { name } if name == "alice"),
+            )
+            .await;
+            // Within her grace nobody else may take the name on b.
+            let mut other = hello(&b, "alice", 9).await;
+            match other.next().await {
+                Some(ServerMsg::Rejected { reason, detail }) => {
+                    assert_eq!(reason, RejectReason::NameTaken);
+                    assert!(detail.contains("connection dropped"), "{detail}");
+                }
+                got => panic!("not refused: {got:?}"),
+            }
+            // She comes back on b: the same client instance takes her name.
+            let _alice = member(&b, "alice", 1).await;
+            carol
+                .until(
+                    "alice's return, on the other node",
+                    |m| matches!(m, ServerMsg::Returned { name } if name == "alice"),
+                )
+                .await;
+            assert_eq!(a.room().holds("alice"), None, "a keeps no place for her");
+            carol.send(ClientMsg::Who).await;
+            let list = carol
+                .until("the list", |m| matches!(m, ServerMsg::Members { .. }))
+                .await;
+            let ServerMsg::Members { members } = list else {
+                unreachable!()
+            };
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            assert!(
+                names.contains(&"alice") && names.contains(&"bob"),
+                "{names:?}"
+            );
         }
     }
 }
