@@ -394,6 +394,18 @@ mod tests {
 
         /// A guest's session on `server`, its hello sent.
         async fn hello(server: &Server, name: &str, instance: u8) -> Client {
+            hello_as(server, name, instance, None, false).await
+        }
+
+        /// A session on `server` with the key `[key; 32]` (`None`: a
+        /// guest), an operator or not, its hello sent.
+        async fn hello_as(
+            server: &Server,
+            name: &str,
+            instance: u8,
+            key: Option<u8>,
+            operator: bool,
+        ) -> Client {
             let (client, server_end) = tokio::io::duplex(64 * 1024);
             let (server_recv, server_send) = tokio::io::split(server_end);
             let server_recv = Dropping(server_recv);
@@ -402,11 +414,11 @@ mod tests {
             tokio::spawn(async move {
                 let peer = Peer {
                     addr: None,
-                    operator: false,
+                    operator,
                     version: PROTOCOL_VERSION,
                     instance: None,
                     conn: None,
-                    key: None,
+                    key: key.map(|k| qchat_tls::Fingerprint::from_bytes([k; 32])),
                 };
                 let deadline = Instant::now() + options.hello_timeout;
                 run_stream(
@@ -544,6 +556,65 @@ mod tests {
                 names.contains(&"alice") && names.contains(&"bob"),
                 "{names:?}"
             );
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_ban_on_one_node_ends_the_session_on_another_and_refuses_it_there() {
+            let nats = Nats::start();
+            let (a, b) = (node(&nats).await, node(&nats).await);
+            let mut op = hello_as(&a, "op", 1, Some(1), true).await;
+            op.until("the end of the replay", |m| {
+                matches!(m, ServerMsg::Replayed { .. })
+            })
+            .await;
+            let mut mallory = hello_as(&b, "mallory", 2, Some(2), false).await;
+            mallory
+                .until("the end of the replay", |m| {
+                    matches!(m, ServerMsg::Replayed { .. })
+                })
+                .await;
+            op.until(
+                "mallory's join",
+                |m| matches!(m, ServerMsg::Joined { name } if name == "mallory"),
+            )
+            .await;
+            // Her claim has reached a, so a knows her key.
+            let deadline = Instant::now() + WAIT;
+            while a
+                .room()
+                .registry()
+                .lookup("mallory", ServerOptions::default().name_expiry)
+                .is_none()
+            {
+                assert!(Instant::now() < deadline, "a never saw mallory's claim");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            op.send(ClientMsg::Moderate {
+                op: qchat_proto::ModOp::Ban {
+                    name: "mallory".into(),
+                    reason: "spam".into(),
+                },
+            })
+            .await;
+            op.until(
+                "the ban's answer",
+                |m| matches!(m, ServerMsg::Notice { text } if text.contains("banned mallory")),
+            )
+            .await;
+            let told = mallory
+                .until("the ban, on the other node", |m| {
+                    matches!(m, ServerMsg::Kicked { .. })
+                })
+                .await;
+            assert!(matches!(told, ServerMsg::Kicked { reason, .. } if reason.contains("banned")));
+            // And her key is refused at b's door from now on.
+            let mut again = hello_as(&b, "mallory", 3, Some(2), false).await;
+            match again.next().await {
+                Some(ServerMsg::Rejected { reason, .. }) => {
+                    assert_eq!(reason, RejectReason::Banned);
+                }
+                got => panic!("not refused: {got:?}"),
+            }
         }
     }
 }
