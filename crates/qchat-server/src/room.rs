@@ -352,6 +352,20 @@ impl Room {
         }
     }
 
+    /// Drops the place kept for a member whose connection dropped, without
+    /// a word: it came back on another node of the cluster. `false` if
+    /// there was none.
+    pub(crate) fn forget_ghost(&self, name: &str) -> bool {
+        let mut st = self.lock();
+        match st.ghosts.remove(&names::fold(name)) {
+            Some(g) => {
+                st.private_seen.remove(&g.instance);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Tells the room of another node's member joining, leaving,
     /// reconnecting or returning, as it would be told of its own (and
     /// under the same limit on announcements).

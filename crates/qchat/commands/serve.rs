@@ -430,6 +430,9 @@ async fn start(
         server.room().set_registry(registry),
         "internal error: the room used its name registry before the file was opened"
     );
+    // A clustered registry follows the room's members (names in use,
+    // presence, bans from other nodes); any other does nothing here.
+    qchat_server::cluster::presence::attach(server.room()).await;
     if let Some((stores, meta)) = room_stores {
         let rooms = qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?;
         tracing::info!(rooms = rooms.len(), "rooms open");

@@ -120,6 +120,9 @@ pub enum State {
     },
 }
 
+/// How many rewrites of a refresh round are in flight at once.
+const REFRESH_AT_ONCE: usize = 64;
+
 /// Who wants a name: what the hello says about the member.
 #[derive(Clone, Copy, Debug)]
 pub struct Claimant<'a> {
@@ -282,14 +285,18 @@ impl Online {
                     Err(_) => continue,
                 },
             };
-            if theirs.node == entry.node {
+            // This node's own entry: the room decides between its members.
+            // One this node no longer keeps (its release failed) is taken
+            // back, so that it is rewritten again.
+            if theirs.node == entry.node && self.lock().contains_key(&key) {
                 return Ok(());
             }
-            let same_member = match (who.key, theirs.key) {
-                (Some(mine), Some(old)) => mine == old,
-                (None, None) => who.instance.is_some() && who.instance == theirs.instance,
-                _ => false,
-            };
+            let same_member = theirs.node == entry.node
+                || match (who.key, theirs.key) {
+                    (Some(mine), Some(old)) => mine == old,
+                    (None, None) => who.instance.is_some() && who.instance == theirs.instance,
+                    _ => false,
+                };
             if !same_member {
                 return Err(Refused::Taken {
                     holder: theirs.name,
@@ -411,24 +418,27 @@ impl Online {
     }
 
     /// Rewrites (or releases) every held entry, so that it outlives the
-    /// TTL only while its member is on this node. Sequential: each write
-    /// is one small request, and a thousand within a third of the TTL is
-    /// far below what one NATS server answers.
+    /// TTL only while its member is on this node. Many at a time: each
+    /// write is one small request, and waiting for each answer before the
+    /// next would make a round for ten thousand members take seconds.
     async fn refresh(&self) {
+        use futures_util::StreamExt;
         let all: Vec<(String, u64, OnlineEntry)> = self
             .lock()
             .iter()
             .map(|(k, h)| (k.clone(), h.revision, h.entry.clone()))
             .collect();
-        for (key, revision, entry) in all {
-            match self.wanted(&entry) {
-                Some(state) => {
-                    let entry = OnlineEntry { state, ..entry };
-                    self.write(key, revision, entry).await;
+        futures_util::stream::iter(all)
+            .for_each_concurrent(REFRESH_AT_ONCE, |(key, revision, entry)| async move {
+                match self.wanted(&entry) {
+                    Some(state) => {
+                        let entry = OnlineEntry { state, ..entry };
+                        self.write(key, revision, entry).await;
+                    }
+                    None => self.release(key, revision).await,
                 }
-                None => self.release(key, revision).await,
-            }
-        }
+            })
+            .await;
     }
 
     /// How many entries this node holds.

@@ -117,33 +117,33 @@ impl Presence {
 
     /// Takes in one change of the bucket; returns the notice it is worth.
     fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<ServerMsg> {
-        let mut seen = self.lock();
-        let before = seen.get(&e.key).map(|s| s.entry.clone());
         let now: Option<OnlineEntry> = match e.operation {
             kv::Operation::Put => postcard::from_bytes(&e.value).ok(),
             kv::Operation::Delete | kv::Operation::Purge => None,
         };
-        match &now {
-            Some(entry) if entry.node != self.node => {
-                seen.insert(
+        let mut seen = self.lock();
+        let before = match &now {
+            Some(entry) if entry.node != self.node => seen
+                .insert(
                     e.key.clone(),
                     Seen {
                         entry: entry.clone(),
                         at: Instant::now(),
                     },
-                );
-            }
-            // Gone, or this node's own member (the room speaks for those).
-            _ => {
+                )
+                .map(|s| s.entry),
+            // This node's own member, back here from another node: the
+            // room speaks for it now, and has already.
+            Some(_) => {
                 seen.remove(&e.key);
+                return None;
             }
-        }
+            None => seen.remove(&e.key).map(|s| s.entry),
+        };
         drop(seen);
         if quiet {
             return None;
         }
-        let before = before.filter(|b| b.node != self.node);
-        let now = now.filter(|n| n.node != self.node);
         notice(before.as_ref(), now.as_ref())
     }
 
@@ -168,6 +168,24 @@ impl Presence {
             });
         }
     }
+}
+
+/// Ties a clustered registry's shared parts to the node's room: the names
+/// in use follow the room's members, `/who` and the join and leave
+/// notices take in the other nodes' members, and bans and grants made on
+/// another node are carried out here. Does nothing for a registry that is
+/// not clustered.
+pub async fn attach(room: &Arc<Room>) {
+    let registry = Arc::clone(room.registry());
+    let Some(online) = registry.online() else {
+        return;
+    };
+    online.attach(room);
+    let presence = Presence::start(online, room).await;
+    if !room.set_presence(presence) {
+        tracing::warn!("the room's presence was attached twice");
+    }
+    crate::moderation::enforce(room);
 }
 
 fn presence_ttl(p: &Weak<Presence>) -> Duration {
@@ -229,8 +247,15 @@ async fn watch(store: kv::Store, before: u64, presence: Weak<Presence>, room: We
                         }
                     };
                     last = last.max(change.revision);
-                    if let Some(msg) = p.apply(&change, change.revision <= before) {
-                        r.announce(&msg);
+                    match p.apply(&change, change.revision <= before) {
+                        // This node's own member, reconnecting, came back on
+                        // another node: to this room it returned, and its
+                        // place here is not kept for it any longer.
+                        Some(ServerMsg::Joined { name }) if r.forget_ghost(&name) => {
+                            r.announce(&ServerMsg::Returned { name });
+                        }
+                        Some(msg) => r.announce(&msg),
+                        None => {}
                     }
                 }
             }
@@ -280,5 +305,316 @@ mod tests {
             notice(Some(&away), None),
             Some(ServerMsg::Left { .. })
         ));
+    }
+
+    mod nodes {
+        //! Two nodes in process, sharing a real nats-server: members join
+        //! each through the same session code a QUIC member runs.
+
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use qchat_proto::{
+            limits, ClientMsg, FrameDecoder, RejectReason, ServerMsg, PROTOCOL_VERSION,
+        };
+        use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+        use tokio::time::{timeout, Instant};
+
+        use crate::cluster::names::ONLINE_TTL;
+        use crate::cluster::testing::Nats;
+        use crate::registry::Registry;
+        use crate::room::Peer;
+        use crate::session::{run_stream, PipeSink};
+        use crate::{Server, ServerOptions};
+
+        const WAIT: Duration = Duration::from_secs(10);
+
+        async fn node(nats: &Nats) -> Server {
+            let server = Server::new(ServerOptions::default());
+            let registry = Registry::clustered(nats.node().await, ONLINE_TTL)
+                .await
+                .expect("clustered registry");
+            assert!(server.room().set_registry(Arc::new(registry)));
+            super::super::attach(server.room()).await;
+            server
+        }
+
+        struct Client {
+            send: WriteHalf<DuplexStream>,
+            recv: ReadHalf<DuplexStream>,
+            decoder: FrameDecoder,
+        }
+
+        impl Client {
+            async fn send(&mut self, msg: ClientMsg) {
+                self.send
+                    .write_all(&msg.to_frame())
+                    .await
+                    .expect("the pipe is open");
+            }
+
+            async fn next(&mut self) -> Option<ServerMsg> {
+                let frame = timeout(WAIT, self.decoder.read_frame(&mut self.recv))
+                    .await
+                    .expect("the server answers in time")
+                    .expect("whole frames");
+                frame.map(|f| ServerMsg::decode(&f).expect("valid messages"))
+            }
+
+            async fn until(&mut self, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+                loop {
+                    match self.next().await {
+                        Some(m) if pred(&m) => return m,
+                        Some(_) => {}
+                        None => panic!("the stream ended before {what}"),
+                    }
+                }
+            }
+        }
+
+        /// A reading end whose end of stream is a lost connection (as a
+        /// network drop is), not a member's goodbye.
+        struct Dropping(ReadHalf<DuplexStream>);
+
+        impl tokio::io::AsyncRead for Dropping {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let before = buf.filled().len();
+                match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+                    std::task::Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                        std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+                    }
+                    other => other,
+                }
+            }
+        }
+
+        /// A guest's session on `server`, its hello sent.
+        async fn hello(server: &Server, name: &str, instance: u8) -> Client {
+            hello_as(server, name, instance, None, false).await
+        }
+
+        /// A session on `server` with the key `[key; 32]` (`None`: a
+        /// guest), an operator or not, its hello sent.
+        async fn hello_as(
+            server: &Server,
+            name: &str,
+            instance: u8,
+            key: Option<u8>,
+            operator: bool,
+        ) -> Client {
+            let (client, server_end) = tokio::io::duplex(64 * 1024);
+            let (server_recv, server_send) = tokio::io::split(server_end);
+            let server_recv = Dropping(server_recv);
+            let room = Arc::clone(server.room());
+            let options = room.options();
+            tokio::spawn(async move {
+                let peer = Peer {
+                    addr: None,
+                    operator,
+                    version: PROTOCOL_VERSION,
+                    instance: None,
+                    conn: None,
+                    key: key.map(|k| qchat_tls::Fingerprint::from_bytes([k; 32])),
+                };
+                let deadline = Instant::now() + options.hello_timeout;
+                run_stream(
+                    PipeSink(server_send),
+                    server_recv,
+                    Box::new(peer),
+                    &room,
+                    &options,
+                    deadline,
+                    None,
+                )
+                .await
+            });
+            let (recv, send) = tokio::io::split(client);
+            let mut c = Client {
+                send,
+                recv,
+                decoder: FrameDecoder::new(limits::MAX_SERVER_FRAME),
+            };
+            c.send(ClientMsg::HelloV3 {
+                version: PROTOCOL_VERSION,
+                name: name.into(),
+                instance: [instance; 16],
+                resume: None,
+            })
+            .await;
+            c
+        }
+
+        async fn member(server: &Server, name: &str, instance: u8) -> Client {
+            let mut c = hello(server, name, instance).await;
+            c.until("the end of the replay", |m| {
+                matches!(m, ServerMsg::Replayed { .. })
+            })
+            .await;
+            c
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_name_in_use_on_one_node_is_refused_on_another_and_presence_crosses() {
+            let nats = Nats::start();
+            let (a, b) = (node(&nats).await, node(&nats).await);
+            let mut bob = member(&b, "bob", 2).await;
+            let mut alice = member(&a, "alice", 1).await;
+            bob.until(
+                "alice's join",
+                |m| matches!(m, ServerMsg::Joined { name } if name == "alice"),
+            )
+            .await;
+            // Another member wanting her name on the other node.
+            let mut other = hello(&b, "ALICE", 3).await;
+            match other.next().await {
+                Some(ServerMsg::Rejected { reason, detail }) => {
+                    assert_eq!(reason, RejectReason::NameTaken);
+                    assert!(detail.contains("another server"), "{detail}");
+                }
+                got => panic!("not refused: {got:?}"),
+            }
+            // /who on b lists both nodes' members.
+            bob.send(ClientMsg::Who).await;
+            let list = bob
+                .until("the list", |m| matches!(m, ServerMsg::Members { .. }))
+                .await;
+            let ServerMsg::Members { members } = list else {
+                unreachable!()
+            };
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, ["bob", "alice"]);
+            // She leaves: b hears it, and the name is free there.
+            alice
+                .send(ClientMsg::Bye {
+                    reason: "bye".into(),
+                })
+                .await;
+            bob.until(
+                "alice's departure",
+                |m| matches!(m, ServerMsg::Left { name, .. } if name == "alice"),
+            )
+            .await;
+            let _alice_on_b = member(&b, "Alice", 3).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_member_lost_on_one_node_and_back_on_another_returns_there() {
+            let nats = Nats::start();
+            let (a, b) = (node(&nats).await, node(&nats).await);
+            let mut carol = member(&a, "carol", 3).await;
+            let mut bob = member(&b, "bob", 2).await;
+            let alice = member(&a, "alice", 1).await;
+            bob.until(
+                "alice's join",
+                |m| matches!(m, ServerMsg::Joined { name } if name == "alice"),
+            )
+            .await;
+            // Her connection to a drops.
+            drop(alice);
+            carol
+                .until(
+                    "alice reconnecting",
+                    |m| matches!(m, ServerMsg::Reconnecting { name } if name == "alice"),
+                )
+                .await;
+            bob.until(
+                "alice reconnecting, on the other node",
+                |m| matches!(m, ServerMsg::Reconnecting { name } if name == "alice"),
+            )
+            .await;
+            // Within her grace nobody else may take the name on b.
+            let mut other = hello(&b, "alice", 9).await;
+            match other.next().await {
+                Some(ServerMsg::Rejected { reason, detail }) => {
+                    assert_eq!(reason, RejectReason::NameTaken);
+                    assert!(detail.contains("connection dropped"), "{detail}");
+                }
+                got => panic!("not refused: {got:?}"),
+            }
+            // She comes back on b: the same client instance takes her name.
+            let _alice = member(&b, "alice", 1).await;
+            carol
+                .until(
+                    "alice's return, on the other node",
+                    |m| matches!(m, ServerMsg::Returned { name } if name == "alice"),
+                )
+                .await;
+            assert_eq!(a.room().holds("alice"), None, "a keeps no place for her");
+            carol.send(ClientMsg::Who).await;
+            let list = carol
+                .until("the list", |m| matches!(m, ServerMsg::Members { .. }))
+                .await;
+            let ServerMsg::Members { members } = list else {
+                unreachable!()
+            };
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            assert!(
+                names.contains(&"alice") && names.contains(&"bob"),
+                "{names:?}"
+            );
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_ban_on_one_node_ends_the_session_on_another_and_refuses_it_there() {
+            let nats = Nats::start();
+            let (a, b) = (node(&nats).await, node(&nats).await);
+            let mut op = hello_as(&a, "op", 1, Some(1), true).await;
+            op.until("the end of the replay", |m| {
+                matches!(m, ServerMsg::Replayed { .. })
+            })
+            .await;
+            let mut mallory = hello_as(&b, "mallory", 2, Some(2), false).await;
+            mallory
+                .until("the end of the replay", |m| {
+                    matches!(m, ServerMsg::Replayed { .. })
+                })
+                .await;
+            op.until(
+                "mallory's join",
+                |m| matches!(m, ServerMsg::Joined { name } if name == "mallory"),
+            )
+            .await;
+            // Her claim has reached a, so a knows her key.
+            let deadline = Instant::now() + WAIT;
+            while a
+                .room()
+                .registry()
+                .lookup("mallory", ServerOptions::default().name_expiry)
+                .is_none()
+            {
+                assert!(Instant::now() < deadline, "a never saw mallory's claim");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            op.send(ClientMsg::Moderate {
+                op: qchat_proto::ModOp::Ban {
+                    name: "mallory".into(),
+                    reason: "spam".into(),
+                },
+            })
+            .await;
+            op.until(
+                "the ban's answer",
+                |m| matches!(m, ServerMsg::Notice { text } if text.contains("banned mallory")),
+            )
+            .await;
+            let told = mallory
+                .until("the ban, on the other node", |m| {
+                    matches!(m, ServerMsg::Kicked { .. })
+                })
+                .await;
+            assert!(matches!(told, ServerMsg::Kicked { reason, .. } if reason.contains("banned")));
+            // And her key is refused at b's door from now on.
+            let mut again = hello_as(&b, "mallory", 3, Some(2), false).await;
+            match again.next().await {
+                Some(ServerMsg::Rejected { reason, .. }) => {
+                    assert_eq!(reason, RejectReason::Banned);
+                }
+                got => panic!("not refused: {got:?}"),
+            }
+        }
     }
 }
