@@ -461,6 +461,14 @@ async fn admit(
     name: &str,
     link: Option<&str>,
 ) -> Result<Option<Claimed>, Rejection> {
+    // A node cut off from its cluster admits nobody, and says so, before
+    // it tries the cluster's names it cannot reach.
+    if let Some(why) = room.cut_off_reason() {
+        return Err(Rejection {
+            reason: RejectReason::ShuttingDown,
+            detail: why,
+        });
+    }
     // An invalid name is the room's to refuse, with its own reason; it is
     // never claimed.
     crate::moderation::check_banned(room, peer)?;

@@ -396,7 +396,19 @@ async fn start(
         Some(c) => cluster_store(c, &args).await?,
         None => open_store(&args)?,
     };
-    let registry = open_registry(&args)?;
+    // A node's names, bans and operators are the cluster's, and so are the
+    // names in use on every node.
+    let registry = match &cluster {
+        Some(c) => std::sync::Arc::new(
+            qchat_server::registry::Registry::clustered(
+                std::sync::Arc::clone(c),
+                qchat_server::cluster::names::ONLINE_TTL,
+            )
+            .await
+            .context("cannot open the cluster's name registry")?,
+        ),
+        None => open_registry(&args)?,
+    };
     let room_stores = match &cluster {
         Some(c) => Some(cluster_room_stores(c, &args)?),
         None => room_stores(&args)?,
