@@ -170,7 +170,8 @@ pub struct BenchArgs {
     pub failover: bool,
     /// With --failover: how long a member hears nothing from its node (a
     /// keep-alive is answered every second) before it moves to the next
-    /// one; the client's own threshold for "no answer" by default.
+    /// one; the client's own threshold for "no answer" by default, and
+    /// at least 1.5 (a keep-alive is answered about once a second).
     #[arg(long, default_value = "3", value_parser = parse_secs, requires = "failover")]
     pub failover_silence: Duration,
     /// The NATS server program for the clustered runs.

@@ -58,6 +58,10 @@ const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between failed join attempts.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
+/// The shortest `--failover-silence`: above the client's 1 s keep-alive
+/// with room for an answer delayed by a busy machine.
+const MIN_SILENCE: Duration = Duration::from_millis(1500);
+
 /// How often a `--failover` member looks whether its node still answers.
 const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 
@@ -191,6 +195,13 @@ impl Under {
 pub fn run(a: BenchArgs) -> Result<u8> {
     if a.messages == 0 {
         bail!("--restart, --replay and --failover need --messages of at least 1");
+    }
+    if a.failover && a.failover_silence < MIN_SILENCE {
+        bail!(
+            "--failover-silence must be at least {} s: a live node is heard about once a second \
+             (the keep-alive), so a shorter silence moves members off nodes that are up",
+            MIN_SILENCE.as_secs_f64()
+        );
     }
     let qchat = match &a.qchat {
         Some(p) => p.clone(),

@@ -380,7 +380,7 @@ fn bench_failover_moves_the_killed_nodes_members_and_loses_nothing() {
             "2",
             "--failover",
             "--failover-silence",
-            "1",
+            "2",
             "--nats-server",
             &nats_server(),
         ],
