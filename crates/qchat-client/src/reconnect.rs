@@ -106,6 +106,22 @@ impl Nodes {
         &self.current
     }
 
+    /// Leaves the current address for another: the `r`-th of the others
+    /// (modulo their number), `r` being random in use, so that the members
+    /// of a node that died spread over the rest instead of all landing on
+    /// the one after it. With no other address, stays.
+    pub fn leave(&mut self, r: usize) -> &HostKey {
+        let others: Vec<HostKey> = self
+            .all()
+            .into_iter()
+            .filter(|h| *h != self.current)
+            .collect();
+        if !others.is_empty() {
+            self.current = others[r % others.len()].clone();
+        }
+        &self.current
+    }
+
     /// Takes the cluster's new list in place of the last one. A list beyond
     /// the protocol's limits is ignored whole (a server that sends one is
     /// broken or hostile, and none of it is worth parsing); an address that
@@ -232,12 +248,12 @@ impl Dialer {
 
     /// One attempt at one node: handshake under the pin, then the hello
     /// (version 3 with `resume`, or version 2 to an older server). The
-    /// first attempt after a loss goes to the next node (in a cluster the
-    /// others are up, and the lost one may be gone for good); each failed
-    /// attempt moves on to the next, round the list.
+    /// first attempt after a loss goes to another node, picked at random
+    /// (in a cluster the others are up, and the lost one may be gone for
+    /// good); each failed attempt moves on to the next, round the list.
     pub async fn dial(&mut self, resume: Option<ResumePoint>) -> Result<Joined, ConnectError> {
         if std::mem::take(&mut self.connected) {
-            self.nodes.advance();
+            self.nodes.leave(fastrand::usize(..));
         }
         let node = self.nodes.current().clone();
         let joined = self.dial_node(&node, resume).await;
@@ -340,6 +356,24 @@ mod tests {
         let mut alone = Nodes::new(vec![h("a:1")], h("a:1"));
         assert!(!alone.elsewhere());
         assert_eq!(alone.advance(), &h("a:1"), "one server is always the one");
+        assert_eq!(alone.leave(7), &h("a:1"));
+    }
+
+    #[test]
+    fn leaving_a_node_goes_to_any_other_one_never_back_to_it() {
+        let all = vec![h("a:1"), h("b:1"), h("c:1"), h("d:1")];
+        let mut reached = Vec::new();
+        for r in 0..6 {
+            let mut n = Nodes::new(all.clone(), h("b:1"));
+            let to = n.leave(r).clone();
+            assert_ne!(to, h("b:1"), "r = {r}");
+            reached.push(to);
+        }
+        // Every other node is somebody's pick: a dead node's members
+        // spread over all the rest.
+        for other in [h("a:1"), h("c:1"), h("d:1")] {
+            assert!(reached.contains(&other), "{other} in {reached:?}");
+        }
     }
 
     #[test]
