@@ -130,7 +130,9 @@ fn msg_id(key: &Key) -> String {
 /// Runs `f` to completion from synchronous code: the log writer's own
 /// thread (no runtime there), or a runtime worker, such as a session
 /// joining a room (then the worker is handed over while it waits, so the
-/// runtime, and the NATS client on it, keep running).
+/// runtime, and the NATS client on it, keep running). A clustered server
+/// runs the multi-threaded runtime: a current-thread one could not wait
+/// for its own NATS client from inside one of its tasks.
 pub fn block_on<F: Future>(handle: &tokio::runtime::Handle, f: F) -> F::Output {
     match tokio::runtime::Handle::try_current() {
         Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
