@@ -134,7 +134,10 @@ async fn feed<L: Log>(room: &Weak<L>, log: &JetStreamLog, next: &mut u64) -> Res
             return Ok(());
         };
         let (lines, ids): (Vec<Pending>, Vec<Appended>) = batch.drain(..).unzip();
-        room.publish(lines.into_iter(), Ok(ids));
+        if !lines.is_empty() {
+            room.publish(lines.into_iter(), Ok(ids));
+        }
+        log.shown(*next - 1);
     }
 }
 
@@ -255,6 +258,34 @@ mod tests {
                 (1..=20).map(|i| format!("{me}{i}")).collect::<Vec<_>>()
             );
         }
+        // A barrier (a member leaving, the server stopping) is answered
+        // only once the feed has shown, and so acknowledged, every line
+        // queued before it.
+        for seq in 21..=25u64 {
+            let p = a
+                .submit(alice, seq, format!("a{seq}"), false, None)
+                .expect("a member");
+            qa.send(LogItem::Message(p)).await.expect("the writer runs");
+        }
+        let (tx, done) = tokio::sync::oneshot::channel();
+        qa.send(LogItem::Barrier(tx))
+            .await
+            .expect("the writer runs");
+        tokio::time::timeout(Duration::from_secs(20), done)
+            .await
+            .expect("in time")
+            .expect("answered");
+        let mut acked = Vec::new();
+        while let Ok(frame) = ra.try_recv() {
+            if let Ok(ServerMsg::AckV3 { seq, .. }) = ServerMsg::decode(&frame[4..]) {
+                acked.push(seq);
+            }
+        }
+        assert_eq!(acked, (21..=25).collect::<Vec<_>>());
+        let oa: Vec<(u64, String)> = oa
+            .into_iter()
+            .chain((21..=25u64).map(|i| (20 + i, format!("a{i}"))))
+            .collect();
         // A node started later has none of it in memory: a member joining
         // it gets the history from the stream, with the same ids and log id.
         let c = node(&nats).await;

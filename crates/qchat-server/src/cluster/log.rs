@@ -160,6 +160,10 @@ pub struct JetStreamLog {
     /// Messages in the stream when last asked, plus this node's appends
     /// since, at most `keep`.
     len: AtomicU64,
+    /// The newest id this node stored.
+    stored: AtomicU64,
+    /// The newest id the room's feed has shown.
+    shown: tokio::sync::watch::Sender<u64>,
     keep: u64,
     handle: tokio::runtime::Handle,
 }
@@ -224,6 +228,8 @@ impl JetStreamLog {
             log_id,
             last: AtomicU64::new(last),
             len: AtomicU64::new(len),
+            stored: AtomicU64::new(last),
+            shown: tokio::sync::watch::Sender::new(last),
             keep,
             handle: tokio::runtime::Handle::current(),
         }))
@@ -233,6 +239,33 @@ impl JetStreamLog {
     /// never runs behind what the room shows.
     pub fn saw(&self, id: u64) {
         self.last.fetch_max(id, Ordering::Relaxed);
+    }
+
+    /// Notes that the room's feed has shown every line up to `id`.
+    pub fn shown(&self, id: u64) {
+        self.shown.send_if_modified(|s| {
+            let newer = id > *s;
+            *s = (*s).max(id);
+            newer
+        });
+    }
+
+    /// Waits (at most [`super::REQUEST_TIMEOUT`]) until the room's feed
+    /// has shown every line this node stored so far: their authors have
+    /// their acknowledgements. For a member leaving, or the server
+    /// stopping, as the log's writer's barriers are for a server's own log.
+    pub fn until_shown(&self) -> impl Future<Output = ()> + Send + 'static {
+        let upto = self.stored.load(Ordering::Relaxed);
+        let mut shown = self.shown.subscribe();
+        async move {
+            let _ =
+                tokio::time::timeout(super::REQUEST_TIMEOUT, shown.wait_for(|s| *s >= upto)).await;
+        }
+    }
+
+    /// Whether the room's feed has shown every line this node stored.
+    pub fn all_shown(&self) -> bool {
+        *self.shown.borrow() >= self.stored.load(Ordering::Relaxed)
     }
 
     /// The cluster the log is in.
@@ -283,6 +316,7 @@ impl JetStreamLog {
                 .await
                 .map_err(|e| StoreError::Io(format!("the cluster did not confirm it: {e}")))?;
             self.saw(ack.sequence);
+            self.stored.fetch_max(ack.sequence, Ordering::Relaxed);
             if ack.duplicate {
                 out.push(Appended::Duplicate(ack.sequence));
             } else {
