@@ -209,7 +209,7 @@ impl JetStreamLog {
         let js = cluster.jetstream();
         // Nodes opening a room at once: the same config twice is not an
         // error, and whoever loses opens the winner's stream.
-        let mut stream = match js.get_or_create_stream(config).await {
+        let mut stream = match js.get_or_create_stream(config.clone()).await {
             Ok(s) => s,
             Err(e) => js.get_stream(&name).await.map_err(|_| {
                 StoreError::Io(format!("cannot open the room's stream {name}: {e}"))
@@ -219,6 +219,18 @@ impl JetStreamLog {
             .info()
             .await
             .map_err(|e| StoreError::Io(format!("the room's stream {name}: {e}")))?;
+        // Retention is the operator's to change (--history-keep,
+        // --history-max-age): the node started last sets it for everyone.
+        let had = &info.config;
+        if had.max_messages != config.max_messages
+            || had.max_age != config.max_age
+            || had.duplicate_window != config.duplicate_window
+        {
+            match js.update_stream(&config).await {
+                Ok(_) => tracing::info!(stream = %name, keep, "the room's retention changed"),
+                Err(e) => tracing::warn!(stream = %name, "cannot change the room's retention: {e}"),
+            }
+        }
         let log_id = log_id(&name, info.created.unix_timestamp_nanos());
         let (last, len) = (info.state.last_sequence, info.state.messages);
         Ok(Arc::new(JetStreamLog {
@@ -538,6 +550,18 @@ mod tests {
             .collect();
         assert_eq!(got, [3, 4]);
         assert_eq!(log.len(), 2);
+        // A node started with less to keep changes it for every node.
+        let again = JetStreamLog::open(&a, "#lobby", 1, None)
+            .await
+            .expect("opens");
+        assert_eq!(again.log_id(), log.log_id(), "the same log");
+        let got: Vec<u64> = again
+            .read(0, 4, 10)
+            .expect("reads")
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(got, [4]);
     }
 
     #[test]
