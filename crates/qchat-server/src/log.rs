@@ -143,6 +143,20 @@ fn publish<L: Log>(room: &L, items: &mut Vec<LogItem>, stored: Outcome) {
             barriers.push(b);
         }
     }
+    // A cluster's lines are acknowledged by the room's feed: a barrier
+    // waits (bounded) until the feed has shown what this node stored.
+    if let Some(log) = room.store().ordered() {
+        if !barriers.is_empty() && !log.all_shown() {
+            let shown = log.until_shown();
+            log.handle().spawn(async move {
+                shown.await;
+                for b in barriers {
+                    let _ = b.send(());
+                }
+            });
+            return;
+        }
+    }
     for b in barriers {
         let _ = b.send(());
     }

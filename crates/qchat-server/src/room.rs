@@ -495,7 +495,18 @@ impl Room {
         *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
         let mut st = self.lock();
         let mut frames = PerKind::default();
-        for m in st.members.values() {
+        // The host at the server's own interface stays: it has no other
+        // node to go to, and its session ending would stop the server.
+        let away: Vec<MemberId> = st
+            .members
+            .iter()
+            .filter(|(_, m)| m.peer.conn.is_some() || m.peer.addr.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in away {
+            let Some(m) = st.members.remove(&id) else {
+                continue;
+            };
             let frame = frames.frame(m.v3(), |v3| {
                 let reason = reason.to_string();
                 if v3 {
@@ -506,12 +517,12 @@ impl Room {
             });
             let _ = m.outbox.try_send(frame);
             m.ending.trigger(CloseCode::ShuttingDown, reason);
+            st.by_name.remove(&names::fold(&m.name));
         }
-        st.members.clear();
-        st.by_name.clear();
         st.ghosts.clear();
+        let keep: Vec<MemberId> = st.members.keys().copied().collect();
         drop(st);
-        self.rooms().clear_members();
+        self.rooms().clear_members(&keep);
     }
 
     /// Admits members again after [`Room::cut_off`].
@@ -1666,6 +1677,53 @@ pub(crate) mod tests {
             v.push(decode(&f));
         }
         v
+    }
+
+    /// A node cut off from its cluster: every member over the network is
+    /// told to move and removed (the shutting-down code), the host at the
+    /// server's own interface stays, nobody is admitted and is told why;
+    /// once restored, members are admitted again.
+    #[test]
+    fn a_cut_off_room_sends_members_away_and_admits_nobody_until_restored() {
+        let r = room();
+        let (tx, mut rx) = mpsc::channel(8);
+        let ending = Ending::new();
+        let remote = Peer {
+            addr: Some("127.0.0.1:9".parse().expect("an address")),
+            version: 3,
+            instance: Some([1; 16]),
+            ..peer(false)
+        };
+        r.join("alice", tx, Arc::clone(&ending), remote, None)
+            .expect("joins");
+        let (_op, _rop, op_ending) = member(&r, "op", 8);
+        drain(&mut rx);
+        r.cut_off("no cluster; move");
+        assert_eq!(
+            drain(&mut rx),
+            [ServerMsg::ShuttingDownV3 {
+                reason: "no cluster; move".into(),
+                back: true
+            }]
+        );
+        assert_eq!(
+            ending.get().map(|(code, _)| *code),
+            Some(CloseCode::ShuttingDown)
+        );
+        assert!(op_ending.get().is_none(), "the host stays");
+        assert_eq!(r.len(), 1);
+        let (tx, _rx) = mpsc::channel(8);
+        let refused = r
+            .join("bob", tx, Ending::new(), peer(false), None)
+            .expect_err("nobody is admitted");
+        assert_eq!(
+            (refused.reason, refused.detail.as_str()),
+            (RejectReason::ShuttingDown, "no cluster; move")
+        );
+        r.restore();
+        let (tx, _rx) = mpsc::channel(8);
+        r.join("alice", tx, Ending::new(), peer(false), None)
+            .expect("the name is free again, and the room admits");
     }
 
     #[test]

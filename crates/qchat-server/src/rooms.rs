@@ -140,10 +140,13 @@ impl Rooms {
         })
     }
 
-    /// Empties every room of members (the server sent them all away).
-    pub fn clear_members(&self) {
+    /// Empties every room of members but `keep` (the server sent the
+    /// others away).
+    pub fn clear_members(&self, keep: &[MemberId]) {
         for ch in self.read().values() {
-            ch.clear();
+            let mut st = ch.lock();
+            st.members.retain(|id, _| keep.contains(id));
+            st.away.clear();
         }
     }
 
@@ -823,9 +826,7 @@ impl Channel {
 
     /// Empties the room of members (the server is stopping).
     pub fn clear(&self) {
-        let mut st = self.lock();
-        st.members.clear();
-        st.away.clear();
+        self.lock().members.clear();
     }
 }
 

@@ -134,7 +134,10 @@ async fn feed<L: Log>(room: &Weak<L>, log: &JetStreamLog, next: &mut u64) -> Res
             return Ok(());
         };
         let (lines, ids): (Vec<Pending>, Vec<Appended>) = batch.drain(..).unzip();
-        room.publish(lines.into_iter(), Ok(ids));
+        if !lines.is_empty() {
+            room.publish(lines.into_iter(), Ok(ids));
+        }
+        log.shown(*next - 1);
     }
 }
 
@@ -255,6 +258,34 @@ mod tests {
                 (1..=20).map(|i| format!("{me}{i}")).collect::<Vec<_>>()
             );
         }
+        // A barrier (a member leaving, the server stopping) is answered
+        // only once the feed has shown, and so acknowledged, every line
+        // queued before it.
+        for seq in 21..=25u64 {
+            let p = a
+                .submit(alice, seq, format!("a{seq}"), false, None)
+                .expect("a member");
+            qa.send(LogItem::Message(p)).await.expect("the writer runs");
+        }
+        let (tx, done) = tokio::sync::oneshot::channel();
+        qa.send(LogItem::Barrier(tx))
+            .await
+            .expect("the writer runs");
+        tokio::time::timeout(Duration::from_secs(20), done)
+            .await
+            .expect("in time")
+            .expect("answered");
+        let mut acked = Vec::new();
+        while let Ok(frame) = ra.try_recv() {
+            if let Ok(ServerMsg::AckV3 { seq, .. }) = ServerMsg::decode(&frame[4..]) {
+                acked.push(seq);
+            }
+        }
+        assert_eq!(acked, (21..=25).collect::<Vec<_>>());
+        let oa: Vec<(u64, String)> = oa
+            .into_iter()
+            .chain((21..=25u64).map(|i| (20 + i, format!("a{i}"))))
+            .collect();
         // A node started later has none of it in memory: a member joining
         // it gets the history from the stream, with the same ids and log id.
         let c = node(&nats).await;
@@ -274,5 +305,45 @@ mod tests {
             .collect();
         assert!(!history.is_empty(), "the history is replayed");
         assert_eq!(history, wanted);
+    }
+
+    /// A room's invitations are kept by each node: a clustered room is
+    /// not made invite-only (it would be on one node only), and says why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clustered_room_is_not_made_invite_only() {
+        use crate::cluster::log::block_on;
+        use crate::rooms::{Actor, Rooms, StoreFactory};
+        use crate::store::Store;
+        let nats = NatsServer::start().await;
+        let lobby = node(&nats).await;
+        let cluster = Cluster::connect(&ClusterOptions {
+            urls: nats.url(),
+            ..Default::default()
+        })
+        .await
+        .expect("connects");
+        let handle = tokio::runtime::Handle::current();
+        let stores: Box<StoreFactory> = Box::new(move |key: &str| {
+            let log = block_on(&handle, JetStreamLog::open(&cluster, key, 100, None))?;
+            Ok(log as Arc<dyn Store>)
+        });
+        let rooms = Rooms::open(&lobby, stores, None).expect("opens");
+        let alice = Actor {
+            id: 1,
+            name: "alice".into(),
+            key: None,
+            server_op: false,
+        };
+        let (ch, created) = rooms.get_or_create("#dev", &alice, 10).expect("created");
+        assert!(created);
+        assert!(
+            ch.store().ordered().is_some(),
+            "the room's log is the cluster's"
+        );
+        let refused = ch
+            .set_invite_only(&alice, true)
+            .expect_err("not in a cluster");
+        assert!(refused.contains("cluster"), "{refused}");
+        ch.set_invite_only(&alice, false).expect("open stays open");
     }
 }

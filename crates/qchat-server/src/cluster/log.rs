@@ -130,7 +130,9 @@ fn msg_id(key: &Key) -> String {
 /// Runs `f` to completion from synchronous code: the log writer's own
 /// thread (no runtime there), or a runtime worker, such as a session
 /// joining a room (then the worker is handed over while it waits, so the
-/// runtime, and the NATS client on it, keep running).
+/// runtime, and the NATS client on it, keep running). A clustered server
+/// runs the multi-threaded runtime: a current-thread one could not wait
+/// for its own NATS client from inside one of its tasks.
 pub fn block_on<F: Future>(handle: &tokio::runtime::Handle, f: F) -> F::Output {
     match tokio::runtime::Handle::try_current() {
         Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -158,6 +160,10 @@ pub struct JetStreamLog {
     /// Messages in the stream when last asked, plus this node's appends
     /// since, at most `keep`.
     len: AtomicU64,
+    /// The newest id this node stored.
+    stored: AtomicU64,
+    /// The newest id the room's feed has shown.
+    shown: tokio::sync::watch::Sender<u64>,
     keep: u64,
     handle: tokio::runtime::Handle,
 }
@@ -203,7 +209,7 @@ impl JetStreamLog {
         let js = cluster.jetstream();
         // Nodes opening a room at once: the same config twice is not an
         // error, and whoever loses opens the winner's stream.
-        let mut stream = match js.get_or_create_stream(config).await {
+        let mut stream = match js.get_or_create_stream(config.clone()).await {
             Ok(s) => s,
             Err(e) => js.get_stream(&name).await.map_err(|_| {
                 StoreError::Io(format!("cannot open the room's stream {name}: {e}"))
@@ -213,6 +219,18 @@ impl JetStreamLog {
             .info()
             .await
             .map_err(|e| StoreError::Io(format!("the room's stream {name}: {e}")))?;
+        // Retention is the operator's to change (--history-keep,
+        // --history-max-age): the node started last sets it for everyone.
+        let had = &info.config;
+        if had.max_messages != config.max_messages
+            || had.max_age != config.max_age
+            || had.duplicate_window != config.duplicate_window
+        {
+            match js.update_stream(&config).await {
+                Ok(_) => tracing::info!(stream = %name, keep, "the room's retention changed"),
+                Err(e) => tracing::warn!(stream = %name, "cannot change the room's retention: {e}"),
+            }
+        }
         let log_id = log_id(&name, info.created.unix_timestamp_nanos());
         let (last, len) = (info.state.last_sequence, info.state.messages);
         Ok(Arc::new(JetStreamLog {
@@ -222,6 +240,8 @@ impl JetStreamLog {
             log_id,
             last: AtomicU64::new(last),
             len: AtomicU64::new(len),
+            stored: AtomicU64::new(last),
+            shown: tokio::sync::watch::Sender::new(last),
             keep,
             handle: tokio::runtime::Handle::current(),
         }))
@@ -231,6 +251,33 @@ impl JetStreamLog {
     /// never runs behind what the room shows.
     pub fn saw(&self, id: u64) {
         self.last.fetch_max(id, Ordering::Relaxed);
+    }
+
+    /// Notes that the room's feed has shown every line up to `id`.
+    pub fn shown(&self, id: u64) {
+        self.shown.send_if_modified(|s| {
+            let newer = id > *s;
+            *s = (*s).max(id);
+            newer
+        });
+    }
+
+    /// Waits (at most [`super::REQUEST_TIMEOUT`]) until the room's feed
+    /// has shown every line this node stored so far: their authors have
+    /// their acknowledgements. For a member leaving, or the server
+    /// stopping, as the log's writer's barriers are for a server's own log.
+    pub fn until_shown(&self) -> impl Future<Output = ()> + Send + 'static {
+        let upto = self.stored.load(Ordering::Relaxed);
+        let mut shown = self.shown.subscribe();
+        async move {
+            let _ =
+                tokio::time::timeout(super::REQUEST_TIMEOUT, shown.wait_for(|s| *s >= upto)).await;
+        }
+    }
+
+    /// Whether the room's feed has shown every line this node stored.
+    pub fn all_shown(&self) -> bool {
+        *self.shown.borrow() >= self.stored.load(Ordering::Relaxed)
     }
 
     /// The cluster the log is in.
@@ -281,6 +328,7 @@ impl JetStreamLog {
                 .await
                 .map_err(|e| StoreError::Io(format!("the cluster did not confirm it: {e}")))?;
             self.saw(ack.sequence);
+            self.stored.fetch_max(ack.sequence, Ordering::Relaxed);
             if ack.duplicate {
                 out.push(Appended::Duplicate(ack.sequence));
             } else {
@@ -502,6 +550,18 @@ mod tests {
             .collect();
         assert_eq!(got, [3, 4]);
         assert_eq!(log.len(), 2);
+        // A node started with less to keep changes it for every node.
+        let again = JetStreamLog::open(&a, "#lobby", 1, None)
+            .await
+            .expect("opens");
+        assert_eq!(again.log_id(), log.log_id(), "the same log");
+        let got: Vec<u64> = again
+            .read(0, 4, 10)
+            .expect("reads")
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(got, [4]);
     }
 
     #[test]
