@@ -462,7 +462,23 @@ mod tests {
             let nats = Nats::start();
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut bob = member(&b, "bob", 2).await;
-            let mut alice = member(&a, "alice", 1).await;
+            // The watch brings bob to a in its own time; nothing to await.
+            let deadline = Instant::now() + WAIT;
+            while a.room().presence().map_or(0, |p| p.others(false).len()) == 0 {
+                assert!(Instant::now() < deadline, "a never saw bob");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut alice = hello(&a, "alice", 1).await;
+            // Her welcome lists bob, on the other node.
+            match alice.next().await {
+                Some(ServerMsg::WelcomeV3 { members, .. }) => assert_eq!(members, ["bob", "alice"]),
+                got => panic!("no welcome: {got:?}"),
+            }
+            alice
+                .until("the end of the replay", |m| {
+                    matches!(m, ServerMsg::Replayed { .. })
+                })
+                .await;
             bob.until(
                 "alice's join",
                 |m| matches!(m, ServerMsg::Joined { name } if name == "alice"),
