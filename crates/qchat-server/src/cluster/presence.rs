@@ -123,15 +123,40 @@ impl Presence {
         };
         let mut seen = self.lock();
         let before = match &now {
-            Some(entry) if entry.node != self.node => seen
-                .insert(
-                    e.key.clone(),
-                    Seen {
-                        entry: entry.clone(),
-                        at: Instant::now(),
-                    },
-                )
-                .map(|s| s.entry),
+            Some(entry) if entry.node != self.node => {
+                let before = seen
+                    .insert(
+                        e.key.clone(),
+                        Seen {
+                            entry: entry.clone(),
+                            at: Instant::now(),
+                        },
+                    )
+                    .map(|s| s.entry);
+                // A new name for a client that holds another on the same
+                // node: a rename (`/nick` holds the new name, then lets the
+                // old go). The old one's deletion then says nothing more.
+                let renamed = (before.is_none() && !quiet && entry.instance.is_some())
+                    .then(|| {
+                        seen.iter()
+                            .find(|(k, s)| {
+                                **k != e.key
+                                    && s.entry.node == entry.node
+                                    && s.entry.instance == entry.instance
+                                    && s.entry.state == State::Online
+                            })
+                            .map(|(k, _)| k.clone())
+                    })
+                    .flatten()
+                    .and_then(|k| seen.remove(&k));
+                if let Some(old) = renamed {
+                    return Some(ServerMsg::Renamed {
+                        old: old.entry.name,
+                        new: entry.name.clone(),
+                    });
+                }
+                before
+            }
             // This node's own member, back here from another node: the
             // room speaks for it now, and has already.
             Some(_) => {
@@ -503,17 +528,43 @@ mod tests {
             };
             let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
             assert_eq!(names, ["bob", "alice"]);
-            // She leaves: b hears it, and the name is free there.
+            // She renames on a: b hears a rename, as a's members do.
+            alice
+                .send(ClientMsg::Nick {
+                    name: "alicia".into(),
+                })
+                .await;
+            match bob
+                .until("the rename", |m| {
+                    matches!(
+                        m,
+                        ServerMsg::Renamed { .. }
+                            | ServerMsg::Joined { .. }
+                            | ServerMsg::Left { .. }
+                    )
+                })
+                .await
+            {
+                ServerMsg::Renamed { old, new } => {
+                    assert_eq!((old.as_str(), new.as_str()), ("alice", "alicia"))
+                }
+                got => panic!("not a rename: {got:?}"),
+            }
+            // She leaves: b hears it, and her first name is free there.
             alice
                 .send(ClientMsg::Bye {
                     reason: "bye".into(),
                 })
                 .await;
-            bob.until(
-                "alice's departure",
-                |m| matches!(m, ServerMsg::Left { name, .. } if name == "alice"),
-            )
-            .await;
+            match bob
+                .until("a departure", |m| {
+                    matches!(m, ServerMsg::Left { .. } | ServerMsg::Joined { .. })
+                })
+                .await
+            {
+                ServerMsg::Left { name, .. } => assert_eq!(name, "alicia"),
+                got => panic!("not her departure: {got:?}"),
+            }
             let _alice_on_b = member(&b, "Alice", 3).await;
         }
 
