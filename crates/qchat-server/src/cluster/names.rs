@@ -468,9 +468,20 @@ fn encode(entry: &OnlineEntry) -> Result<Bytes, Refused> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::cluster::testing::Nats;
+    use crate::cluster::testing::NatsServer;
+    use crate::cluster::ClusterOptions;
+
+    /// A new node's connection to `nats`.
+    pub(crate) async fn node(nats: &NatsServer) -> Arc<Cluster> {
+        Cluster::connect(&ClusterOptions {
+            urls: nats.url(),
+            ..Default::default()
+        })
+        .await
+        .expect("connect to the test nats-server")
+    }
 
     fn guest(name: &str, instance: u8) -> Claimant<'_> {
         Claimant {
@@ -483,10 +494,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn of_fifty_concurrent_claims_of_one_name_on_fifty_nodes_exactly_one_wins() {
-        let nats = Nats::start();
+        let nats = NatsServer::start().await;
         let mut nodes = Vec::new();
         for _ in 0..50 {
-            let node = nats.node().await;
+            let node = node(&nats).await;
             nodes.push(Online::start(node, ONLINE_TTL).await.expect("online"));
         }
         let mut tasks = tokio::task::JoinSet::new();
@@ -518,11 +529,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_takes_its_own_entry_over_on_another_node_and_others_cannot() {
-        let nats = Nats::start();
-        let a = Online::start(nats.node().await, ONLINE_TTL)
+        let nats = NatsServer::start().await;
+        let a = Online::start(node(&nats).await, ONLINE_TTL)
             .await
             .expect("a");
-        let b = Online::start(nats.node().await, ONLINE_TTL)
+        let b = Online::start(node(&nats).await, ONLINE_TTL)
             .await
             .expect("b");
         let carol = Claimant {
@@ -561,10 +572,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_entry_nobody_rewrites_expires_within_the_ttl() {
-        let nats = Nats::start();
+        let nats = NatsServer::start().await;
         let ttl = Duration::from_secs(2);
-        let dead = Online::start(nats.node().await, ttl).await.expect("a");
-        let live = Online::start(nats.node().await, ttl).await.expect("b");
+        let dead = Online::start(node(&nats).await, ttl).await.expect("a");
+        let live = Online::start(node(&nats).await, ttl).await.expect("b");
         dead.claim(guest("dave", 1)).await.expect("claim");
         assert!(matches!(
             live.claim(guest("dave", 2)).await,
@@ -591,9 +602,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_entry_that_expired_while_nats_was_away_is_made_again() {
-        let nats = Nats::start();
+        let nats = NatsServer::start().await;
         let ttl = Duration::from_secs(1);
-        let a = Online::start(nats.node().await, ttl).await.expect("a");
+        let a = Online::start(node(&nats).await, ttl).await.expect("a");
         a.claim(guest("erin", 1)).await.expect("claim");
         // As if NATS had been out of reach: the entry ages out unrewritten.
         let store = a.store().clone();

@@ -345,8 +345,9 @@ mod tests {
         use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
         use tokio::time::{timeout, Instant};
 
+        use crate::cluster::names::tests::node as cluster_node;
         use crate::cluster::names::ONLINE_TTL;
-        use crate::cluster::testing::Nats;
+        use crate::cluster::testing::NatsServer as Nats;
         use crate::registry::Registry;
         use crate::room::Peer;
         use crate::session::{run_stream, PipeSink};
@@ -356,7 +357,7 @@ mod tests {
 
         async fn node(nats: &Nats) -> Server {
             let server = Server::new(ServerOptions::default());
-            let registry = Registry::clustered(nats.node().await, ONLINE_TTL)
+            let registry = Registry::clustered(cluster_node(nats).await, ONLINE_TTL)
                 .await
                 .expect("clustered registry");
             assert!(server.room().set_registry(Arc::new(registry)));
@@ -484,7 +485,7 @@ mod tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_name_in_use_on_one_node_is_refused_on_another_and_presence_crosses() {
-            let nats = Nats::start();
+            let nats = Nats::start().await;
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut bob = member(&b, "bob", 2).await;
             // The watch brings bob to a in its own time; nothing to await.
@@ -570,7 +571,7 @@ mod tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_member_lost_on_one_node_and_back_on_another_returns_there() {
-            let nats = Nats::start();
+            let nats = Nats::start().await;
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut carol = member(&a, "carol", 3).await;
             let mut bob = member(&b, "bob", 2).await;
@@ -627,7 +628,7 @@ mod tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_ban_on_one_node_ends_the_session_on_another_and_refuses_it_there() {
-            let nats = Nats::start();
+            let nats = Nats::start().await;
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut op = hello_as(&a, "op", 1, Some(1), true).await;
             op.until("the end of the replay", |m| {
