@@ -587,13 +587,7 @@ impl Room {
                 .welcome_members
                 .saturating_sub(1)
                 .saturating_sub(members.len());
-            members.extend(
-                p.others(false)
-                    .into_iter()
-                    .map(|m| m.name)
-                    .filter(|n| names::fold(n) != key)
-                    .take(room_left),
-            );
+            members.extend(p.names(room_left, &key));
         }
         members.push(name.to_string());
         let welcome = if v3 {

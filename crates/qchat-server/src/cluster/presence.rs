@@ -115,6 +115,20 @@ impl Presence {
         list
     }
 
+    /// Up to `max` of the other nodes' connected members' names, but
+    /// `except` (a same-name key), for a welcome: no sorting, and no more
+    /// of the list read than the welcome takes.
+    pub fn names(&self, max: usize, except: &str) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|s| s.entry.state == State::Online)
+            .map(|s| &s.entry.name)
+            .filter(|n| qchat_proto::names::fold(n) != except)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
     /// Takes in one change of the bucket; returns the notice it is worth.
     fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<ServerMsg> {
         let now: Option<OnlineEntry> = match e.operation {
