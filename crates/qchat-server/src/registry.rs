@@ -1281,8 +1281,9 @@ mod tests {
 #[cfg(test)]
 mod cluster_tests {
     use super::*;
+    use crate::cluster::names::tests::node as cluster_node;
     use crate::cluster::names::ONLINE_TTL;
-    use crate::cluster::testing::Nats;
+    use crate::cluster::testing::NatsServer as Nats;
     use crate::moderation::{Change, Entry};
 
     const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -1293,7 +1294,7 @@ mod cluster_tests {
 
     async fn node(nats: &Nats) -> Arc<Registry> {
         Arc::new(
-            Registry::clustered(nats.node().await, ONLINE_TTL)
+            Registry::clustered(cluster_node(nats).await, ONLINE_TTL)
                 .await
                 .expect("clustered registry"),
         )
@@ -1311,7 +1312,7 @@ mod cluster_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_nodes_claiming_one_name_at_once_exactly_one_wins_and_both_see_it() {
-        let nats = Nats::start();
+        let nats = Nats::start().await;
         let (a, b) = (node(&nats).await, node(&nats).await);
         for round in 0..10u8 {
             let name = format!("name{round}");
@@ -1366,7 +1367,7 @@ mod cluster_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ban_or_grant_on_one_node_reaches_the_other() {
-        let nats = Nats::start();
+        let nats = Nats::start().await;
         let (a, b) = (node(&nats).await, node(&nats).await);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         b.moderation().on_change(move |c| {

@@ -339,6 +339,11 @@ impl Room {
         self.presence.set(presence).is_ok()
     }
 
+    /// Who is online on the cluster's other nodes, if in a cluster.
+    pub fn presence(&self) -> Option<&Arc<crate::cluster::presence::Presence>> {
+        self.presence.get()
+    }
+
     /// Whether a member of this node holds `name`: `Some(false)` one is
     /// here under it, `Some(true)` one whose connection dropped is within
     /// its grace, `None` neither.
@@ -643,6 +648,14 @@ impl Room {
             )
             .take(options.welcome_members.saturating_sub(1))
             .collect();
+        // In a cluster, the other nodes' members are in the room too.
+        if let Some(p) = self.presence.get() {
+            let room_left = options
+                .welcome_members
+                .saturating_sub(1)
+                .saturating_sub(members.len());
+            members.extend(p.names(room_left, &key));
+        }
         members.push(name.to_string());
         let welcome = if v3 {
             ServerMsg::WelcomeV3 {

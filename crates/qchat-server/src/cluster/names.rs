@@ -374,12 +374,26 @@ impl Online {
 
     /// Rewrites a held entry over `revision`. Refused because another
     /// node wrote since (its member took its own entry over there): the
-    /// entry is no longer this node's to keep.
+    /// entry is no longer this node's to keep. Refused because it expired
+    /// (NATS was out of reach for longer than the TTL): it is created
+    /// again, unless someone else took the name meanwhile.
     async fn write(&self, key: String, revision: u64, entry: OnlineEntry) {
         let Ok(bytes) = encode(&entry) else {
             return;
         };
-        match self.kv.update(&key, bytes, revision).await {
+        let written = match self.kv.update(&key, bytes.clone(), revision).await {
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                self.kv.create(&key, bytes).await.map_err(|e| {
+                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                        kv::UpdateError::new(kv::UpdateErrorKind::WrongLastRevision)
+                    } else {
+                        kv::UpdateError::new(kv::UpdateErrorKind::Other)
+                    }
+                })
+            }
+            other => other,
+        };
+        match written {
             Ok(revision) => {
                 let mut held = self.lock();
                 // Still ours, and not replaced by a newer claim meanwhile.
@@ -454,9 +468,20 @@ fn encode(entry: &OnlineEntry) -> Result<Bytes, Refused> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::cluster::testing::Nats;
+    use crate::cluster::testing::NatsServer;
+    use crate::cluster::ClusterOptions;
+
+    /// A new node's connection to `nats`.
+    pub(crate) async fn node(nats: &NatsServer) -> Arc<Cluster> {
+        Cluster::connect(&ClusterOptions {
+            urls: nats.url(),
+            ..Default::default()
+        })
+        .await
+        .expect("connect to the test nats-server")
+    }
 
     fn guest(name: &str, instance: u8) -> Claimant<'_> {
         Claimant {
@@ -469,10 +494,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn of_fifty_concurrent_claims_of_one_name_on_fifty_nodes_exactly_one_wins() {
-        let nats = Nats::start();
+        let nats = NatsServer::start().await;
         let mut nodes = Vec::new();
         for _ in 0..50 {
-            let node = nats.node().await;
+            let node = node(&nats).await;
             nodes.push(Online::start(node, ONLINE_TTL).await.expect("online"));
         }
         let mut tasks = tokio::task::JoinSet::new();
@@ -504,11 +529,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_member_takes_its_own_entry_over_on_another_node_and_others_cannot() {
-        let nats = Nats::start();
-        let a = Online::start(nats.node().await, ONLINE_TTL)
+        let nats = NatsServer::start().await;
+        let a = Online::start(node(&nats).await, ONLINE_TTL)
             .await
             .expect("a");
-        let b = Online::start(nats.node().await, ONLINE_TTL)
+        let b = Online::start(node(&nats).await, ONLINE_TTL)
             .await
             .expect("b");
         let carol = Claimant {
@@ -547,10 +572,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_entry_nobody_rewrites_expires_within_the_ttl() {
-        let nats = Nats::start();
+        let nats = NatsServer::start().await;
         let ttl = Duration::from_secs(2);
-        let dead = Online::start(nats.node().await, ttl).await.expect("a");
-        let live = Online::start(nats.node().await, ttl).await.expect("b");
+        let dead = Online::start(node(&nats).await, ttl).await.expect("a");
+        let live = Online::start(node(&nats).await, ttl).await.expect("b");
         dead.claim(guest("dave", 1)).await.expect("claim");
         assert!(matches!(
             live.claim(guest("dave", 2)).await,
@@ -573,5 +598,28 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_that_expired_while_nats_was_away_is_made_again() {
+        let nats = NatsServer::start().await;
+        let ttl = Duration::from_secs(1);
+        let a = Online::start(node(&nats).await, ttl).await.expect("a");
+        a.claim(guest("erin", 1)).await.expect("claim");
+        // As if NATS had been out of reach: the entry ages out unrewritten.
+        let store = a.store().clone();
+        let deadline = tokio::time::Instant::now() + ttl * 10;
+        // The node's own rewrites keep it alive; stop them by forgetting
+        // the revision they would replace, then let it expire.
+        let held = a.lock().remove(&key_of("erin")).expect("held");
+        while store.entry(key_of("erin")).await.expect("read").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        a.lock().insert(key_of("erin"), held);
+        a.refresh().await;
+        assert_eq!(a.held(), 1, "still held");
+        let entry = store.entry(key_of("erin")).await.expect("read");
+        assert!(entry.is_some(), "made again");
     }
 }

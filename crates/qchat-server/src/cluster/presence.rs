@@ -115,6 +115,20 @@ impl Presence {
         list
     }
 
+    /// Up to `max` of the other nodes' connected members' names, but
+    /// `except` (a same-name key), for a welcome: no sorting, and no more
+    /// of the list read than the welcome takes.
+    pub fn names(&self, max: usize, except: &str) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|s| s.entry.state == State::Online)
+            .map(|s| &s.entry.name)
+            .filter(|n| qchat_proto::names::fold(n) != except)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
     /// Takes in one change of the bucket; returns the notice it is worth.
     fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<ServerMsg> {
         let now: Option<OnlineEntry> = match e.operation {
@@ -123,15 +137,40 @@ impl Presence {
         };
         let mut seen = self.lock();
         let before = match &now {
-            Some(entry) if entry.node != self.node => seen
-                .insert(
-                    e.key.clone(),
-                    Seen {
-                        entry: entry.clone(),
-                        at: Instant::now(),
-                    },
-                )
-                .map(|s| s.entry),
+            Some(entry) if entry.node != self.node => {
+                let before = seen
+                    .insert(
+                        e.key.clone(),
+                        Seen {
+                            entry: entry.clone(),
+                            at: Instant::now(),
+                        },
+                    )
+                    .map(|s| s.entry);
+                // A new name for a client that holds another on the same
+                // node: a rename (`/nick` holds the new name, then lets the
+                // old go). The old one's deletion then says nothing more.
+                let renamed = (before.is_none() && !quiet && entry.instance.is_some())
+                    .then(|| {
+                        seen.iter()
+                            .find(|(k, s)| {
+                                **k != e.key
+                                    && s.entry.node == entry.node
+                                    && s.entry.instance == entry.instance
+                                    && s.entry.state == State::Online
+                            })
+                            .map(|(k, _)| k.clone())
+                    })
+                    .flatten()
+                    .and_then(|k| seen.remove(&k));
+                if let Some(old) = renamed {
+                    return Some(ServerMsg::Renamed {
+                        old: old.entry.name,
+                        new: entry.name.clone(),
+                    });
+                }
+                before
+            }
             // This node's own member, back here from another node: the
             // room speaks for it now, and has already.
             Some(_) => {
@@ -320,8 +359,9 @@ mod tests {
         use tokio::io::{AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
         use tokio::time::{timeout, Instant};
 
+        use crate::cluster::names::tests::node as cluster_node;
         use crate::cluster::names::ONLINE_TTL;
-        use crate::cluster::testing::Nats;
+        use crate::cluster::testing::NatsServer as Nats;
         use crate::registry::Registry;
         use crate::room::Peer;
         use crate::session::{run_stream, PipeSink};
@@ -331,7 +371,7 @@ mod tests {
 
         async fn node(nats: &Nats) -> Server {
             let server = Server::new(ServerOptions::default());
-            let registry = Registry::clustered(nats.node().await, ONLINE_TTL)
+            let registry = Registry::clustered(cluster_node(nats).await, ONLINE_TTL)
                 .await
                 .expect("clustered registry");
             assert!(server.room().set_registry(Arc::new(registry)));
@@ -459,10 +499,26 @@ mod tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_name_in_use_on_one_node_is_refused_on_another_and_presence_crosses() {
-            let nats = Nats::start();
+            let nats = Nats::start().await;
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut bob = member(&b, "bob", 2).await;
-            let mut alice = member(&a, "alice", 1).await;
+            // The watch brings bob to a in its own time; nothing to await.
+            let deadline = Instant::now() + WAIT;
+            while a.room().presence().map_or(0, |p| p.others(false).len()) == 0 {
+                assert!(Instant::now() < deadline, "a never saw bob");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut alice = hello(&a, "alice", 1).await;
+            // Her welcome lists bob, on the other node.
+            match alice.next().await {
+                Some(ServerMsg::WelcomeV3 { members, .. }) => assert_eq!(members, ["bob", "alice"]),
+                got => panic!("no welcome: {got:?}"),
+            }
+            alice
+                .until("the end of the replay", |m| {
+                    matches!(m, ServerMsg::Replayed { .. })
+                })
+                .await;
             bob.until(
                 "alice's join",
                 |m| matches!(m, ServerMsg::Joined { name } if name == "alice"),
@@ -487,23 +543,49 @@ mod tests {
             };
             let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
             assert_eq!(names, ["bob", "alice"]);
-            // She leaves: b hears it, and the name is free there.
+            // She renames on a: b hears a rename, as a's members do.
+            alice
+                .send(ClientMsg::Nick {
+                    name: "alicia".into(),
+                })
+                .await;
+            match bob
+                .until("the rename", |m| {
+                    matches!(
+                        m,
+                        ServerMsg::Renamed { .. }
+                            | ServerMsg::Joined { .. }
+                            | ServerMsg::Left { .. }
+                    )
+                })
+                .await
+            {
+                ServerMsg::Renamed { old, new } => {
+                    assert_eq!((old.as_str(), new.as_str()), ("alice", "alicia"))
+                }
+                got => panic!("not a rename: {got:?}"),
+            }
+            // She leaves: b hears it, and her first name is free there.
             alice
                 .send(ClientMsg::Bye {
                     reason: "bye".into(),
                 })
                 .await;
-            bob.until(
-                "alice's departure",
-                |m| matches!(m, ServerMsg::Left { name, .. } if name == "alice"),
-            )
-            .await;
+            match bob
+                .until("a departure", |m| {
+                    matches!(m, ServerMsg::Left { .. } | ServerMsg::Joined { .. })
+                })
+                .await
+            {
+                ServerMsg::Left { name, .. } => assert_eq!(name, "alicia"),
+                got => panic!("not her departure: {got:?}"),
+            }
             let _alice_on_b = member(&b, "Alice", 3).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_member_lost_on_one_node_and_back_on_another_returns_there() {
-            let nats = Nats::start();
+            let nats = Nats::start().await;
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut carol = member(&a, "carol", 3).await;
             let mut bob = member(&b, "bob", 2).await;
@@ -560,7 +642,7 @@ mod tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_ban_on_one_node_ends_the_session_on_another_and_refuses_it_there() {
-            let nats = Nats::start();
+            let nats = Nats::start().await;
             let (a, b) = (node(&nats).await, node(&nats).await);
             let mut op = hello_as(&a, "op", 1, Some(1), true).await;
             op.until("the end of the replay", |m| {
