@@ -118,7 +118,7 @@ fn expect_seen(p: &mut Proc, room: &str, from: &str, text: &str) {
     );
 }
 
-/// The texts `from` said that `p` printed, in order, across every room.
+/// The texts `from` said in `room` that `p` printed, in order.
 fn said_by(p: &Proc, room: &str, from: &str) -> Vec<String> {
     seen_in(p, room)
         .into_iter()
