@@ -41,7 +41,10 @@ pub fn start<L: Log>(room: &Arc<L>) {
         return;
     };
     let from = store.last_id() + 1;
-    let handle = log.handle().clone();
+    // On the server's runtime, where the room's other work runs: showing
+    // a line takes the room's lock, which may be held by a join waiting
+    // for NATS on the cluster's runtime.
+    let handle = tokio::runtime::Handle::try_current().unwrap_or_else(|_| log.handle().clone());
     handle.spawn(run(Arc::downgrade(room), store, from));
 }
 
@@ -311,7 +314,6 @@ mod tests {
     /// not made invite-only (it would be on one node only), and says why.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clustered_room_is_not_made_invite_only() {
-        use crate::cluster::log::block_on;
         use crate::rooms::{Actor, Rooms, StoreFactory};
         use crate::store::Store;
         let nats = NatsServer::start().await;
@@ -322,9 +324,8 @@ mod tests {
         })
         .await
         .expect("connects");
-        let handle = tokio::runtime::Handle::current();
         let stores: Box<StoreFactory> = Box::new(move |key: &str| {
-            let log = block_on(&handle, JetStreamLog::open(&cluster, key, 100, None))?;
+            let log = JetStreamLog::open_blocking(&cluster, key, 100, None)?;
             Ok(log as Arc<dyn Store>)
         });
         let rooms = Rooms::open(&lobby, stores, None).expect("opens");
