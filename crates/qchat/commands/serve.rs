@@ -604,7 +604,7 @@ async fn join_cluster(
         ca: args.cluster_ca.clone(),
         cert: args.cluster_cert.clone().zip(args.cluster_key.clone()),
     };
-    let cluster = qchat_server::cluster::Cluster::connect(&options)
+    let cluster = qchat_server::cluster::Cluster::connect_apart(&options)
         .await
         .context("cannot join the cluster")?;
     Ok(Some(cluster))
@@ -635,7 +635,7 @@ fn cluster_room_stores(
     cluster: &std::sync::Arc<qchat_server::cluster::Cluster>,
     args: &ServeArgs,
 ) -> Result<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)> {
-    use qchat_server::cluster::log::{block_on, JetStreamLog};
+    use qchat_server::cluster::log::JetStreamLog;
     use qchat_server::store::Store;
     let dir = match &args.data_dir {
         Some(d) => d.join("rooms"),
@@ -644,9 +644,8 @@ fn cluster_room_stores(
     create_private_dir(&dir)?;
     let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
     let cluster = std::sync::Arc::clone(cluster);
-    let handle = tokio::runtime::Handle::current();
     let stores: Box<qchat_server::rooms::StoreFactory> = Box::new(move |key: &str| {
-        let log = block_on(&handle, JetStreamLog::open(&cluster, key, keep, max_age))?;
+        let log = JetStreamLog::open_blocking(&cluster, key, keep, max_age)?;
         Ok(log as std::sync::Arc<dyn Store>)
     });
     Ok((stores, dir.join("rooms.meta")))

@@ -41,7 +41,10 @@ pub fn start<L: Log>(room: &Arc<L>) {
         return;
     };
     let from = store.last_id() + 1;
-    let handle = log.handle().clone();
+    // On the server's runtime, where the room's other work runs: showing
+    // a line takes the room's lock, which may be held by a join waiting
+    // for NATS on the cluster's runtime.
+    let handle = tokio::runtime::Handle::try_current().unwrap_or_else(|_| log.handle().clone());
     handle.spawn(run(Arc::downgrade(room), store, from));
 }
 
@@ -311,7 +314,6 @@ mod tests {
     /// not made invite-only (it would be on one node only), and says why.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clustered_room_is_not_made_invite_only() {
-        use crate::cluster::log::block_on;
         use crate::rooms::{Actor, Rooms, StoreFactory};
         use crate::store::Store;
         let nats = NatsServer::start().await;
@@ -322,9 +324,8 @@ mod tests {
         })
         .await
         .expect("connects");
-        let handle = tokio::runtime::Handle::current();
         let stores: Box<StoreFactory> = Box::new(move |key: &str| {
-            let log = block_on(&handle, JetStreamLog::open(&cluster, key, 100, None))?;
+            let log = JetStreamLog::open_blocking(&cluster, key, 100, None)?;
             Ok(log as Arc<dyn Store>)
         });
         let rooms = Rooms::open(&lobby, stores, None).expect("opens");
@@ -345,5 +346,62 @@ mod tests {
             .expect_err("not in a cluster");
         assert!(refused.contains("cluster"), "{refused}");
         ch.set_invite_only(&alice, false).expect("open stays open");
+    }
+
+    /// Many members joining at once a room whose history is only in the
+    /// stream: each join reads it under the room's lock, with the
+    /// server's workers all waiting for that lock; the cluster's own
+    /// runtime still answers, and every join completes with the history.
+    /// (With the connection on the server's runtime this hung for good.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joins_reading_history_from_the_stream_all_complete() {
+        let nats = NatsServer::start().await;
+        let cluster = Cluster::connect_apart(&ClusterOptions {
+            urls: nats.url(),
+            ..Default::default()
+        })
+        .await
+        .expect("connects");
+        let log = JetStreamLog::open_blocking(&cluster, "#lobby", 1000, None).expect("opens");
+        let lines: Vec<crate::store::NewEntry> = (0..100)
+            .map(|i| crate::store::NewEntry {
+                key: None,
+                from: "old".into(),
+                text: format!("line {i}"),
+                time_ms: 1,
+                action: false,
+                proof: None,
+            })
+            .collect();
+        let l = Arc::clone(&log);
+        tokio::task::spawn_blocking(move || {
+            l.append(&lines.iter().collect::<Vec<_>>())
+                .expect("appends")
+        })
+        .await
+        .expect("ran");
+        let room = Room::new(Arc::new(ServerOptions::default()), log);
+        let joins: Vec<_> = (0..16u8)
+            .map(|i| {
+                let r = Arc::clone(&room);
+                tokio::spawn(async move {
+                    let (_, mut rx) = join(&r, &format!("m{i}"), i + 1);
+                    let mut history = 0;
+                    while let Ok(frame) = rx.try_recv() {
+                        if let Ok(ServerMsg::HistoryV3 { .. }) = ServerMsg::decode(&frame[4..]) {
+                            history += 1;
+                        }
+                    }
+                    history
+                })
+            })
+            .collect();
+        for j in joins {
+            let history = tokio::time::timeout(Duration::from_secs(30), j)
+                .await
+                .expect("every join completes")
+                .expect("ran");
+            assert_eq!(history, ServerOptions::default().history);
+        }
     }
 }

@@ -127,18 +127,35 @@ fn msg_id(key: &Key) -> String {
     s
 }
 
-/// Runs `f` to completion from synchronous code: the log writer's own
-/// thread (no runtime there), or a runtime worker, such as a session
-/// joining a room (then the worker is handed over while it waits, so the
-/// runtime, and the NATS client on it, keep running). A clustered server
-/// runs the multi-threaded runtime: a current-thread one could not wait
-/// for its own NATS client from inside one of its tasks.
-pub fn block_on<F: Future>(handle: &tokio::runtime::Handle, f: F) -> F::Output {
-    match tokio::runtime::Handle::try_current() {
-        Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| handle.block_on(f))
-        }
-        _ => handle.block_on(f),
+/// Runs `f` to completion from synchronous code, on the cluster's runtime
+/// (`handle`, [`Cluster::handle`]): from the log writer's own thread (no
+/// runtime there) it simply waits; from a runtime's worker, such as a
+/// session joining a room under the room's lock, the future is sent to
+/// the cluster's runtime and the worker waits for the answer, handed over
+/// first where the runtime allows it (multi-threaded) so its other tasks
+/// go on elsewhere. The cluster's runtime is one of its own in a server
+/// ([`Cluster::connect_apart`]): however many workers wait for the room's
+/// lock, NATS's answers still arrive.
+pub fn block_on<T, F>(handle: &tokio::runtime::Handle, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, StoreError>> + Send + 'static,
+{
+    let Ok(current) = tokio::runtime::Handle::try_current() else {
+        return handle.block_on(f);
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    let wait = move || {
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Io("the cluster's runtime stopped".into())))
+    };
+    if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
     }
 }
 
@@ -243,8 +260,22 @@ impl JetStreamLog {
             stored: AtomicU64::new(last),
             shown: tokio::sync::watch::Sender::new(last),
             keep,
-            handle: tokio::runtime::Handle::current(),
+            handle: cluster.handle().clone(),
         }))
+    }
+
+    /// [`JetStreamLog::open`] from synchronous code (see [`block_on`]):
+    /// a room opened when its first member joins it.
+    pub fn open_blocking(
+        cluster: &Arc<Cluster>,
+        folded: &str,
+        keep: u64,
+        max_age: Option<Duration>,
+    ) -> Result<Arc<JetStreamLog>, StoreError> {
+        let (c, folded) = (Arc::clone(cluster), folded.to_string());
+        block_on(cluster.handle(), async move {
+            JetStreamLog::open(&c, &folded, keep, max_age).await
+        })
     }
 
     /// Notes that the stream holds `id` (the feed read it): [`Store::last_id`]
@@ -300,48 +331,6 @@ impl JetStreamLog {
         &self.handle
     }
 
-    async fn publish_all(
-        &self,
-        batch: &[(&NewEntry, MemberId, u64)],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let js = self.cluster.jetstream();
-        let node = self.cluster.node_id();
-        // All published before any acknowledgement is awaited: one round
-        // trip per batch, not per message.
-        let mut acks = Vec::with_capacity(batch.len());
-        for (e, member, seq) in batch {
-            let mut publish = jetstream::message::PublishMessage::build()
-                .payload(encode(node, *member, *seq, e)?.into());
-            if let Some(k) = &e.key {
-                publish = publish.message_id(msg_id(k));
-            }
-            let ack = js
-                .send_publish(self.subject.clone(), publish)
-                .await
-                .map_err(|e| StoreError::Io(format!("the cluster did not take it: {e}")))?;
-            acks.push(ack);
-        }
-        let mut out = Vec::with_capacity(acks.len());
-        let mut new = 0;
-        for ack in acks {
-            let ack = ack
-                .await
-                .map_err(|e| StoreError::Io(format!("the cluster did not confirm it: {e}")))?;
-            self.saw(ack.sequence);
-            self.stored.fetch_max(ack.sequence, Ordering::Relaxed);
-            if ack.duplicate {
-                out.push(Appended::Duplicate(ack.sequence));
-            } else {
-                new += 1;
-                out.push(Appended::Ordered(ack.sequence));
-            }
-        }
-        let len = self.len.load(Ordering::Relaxed);
-        self.len
-            .store((len + new).min(self.keep), Ordering::Relaxed);
-        Ok(out)
-    }
-
     fn append_authored(
         &self,
         batch: &[(&NewEntry, MemberId, u64)],
@@ -349,53 +338,105 @@ impl JetStreamLog {
         if !*self.cluster.connected().borrow() {
             return Err(StoreError::Io(super::LOST.into()));
         }
-        block_on(&self.handle, self.publish_all(batch))
-    }
-
-    async fn read_async(
-        &self,
-        after: u64,
-        upto: u64,
-        max: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let upto = upto.min(self.last_id());
-        if upto <= after || max == 0 {
-            return Ok(Vec::new());
+        let node = self.cluster.node_id();
+        let mut messages = Vec::with_capacity(batch.len());
+        for (e, member, seq) in batch {
+            let payload = bytes::Bytes::from(encode(node, *member, *seq, e)?);
+            messages.push((payload, e.key.as_ref().map(msg_id)));
         }
-        let from = after
-            .saturating_add(1)
-            .max(upto.saturating_sub(max as u64 - 1));
-        let mut out = Vec::new();
-        let mut next = from;
-        while next <= upto {
-            let end = upto.min(next + READ_AHEAD as u64 - 1);
-            let gets = (next..=end).map(|seq| self.stream.direct_get(seq));
-            for got in futures_util::future::join_all(gets).await {
-                match got {
-                    Ok(m) => {
-                        if let Some(l) = decode(&m.payload) {
-                            let e = l.entry;
-                            out.push(Entry {
-                                id: m.sequence,
-                                from: e.from,
-                                text: e.text,
-                                time_ms: e.time_ms,
-                                action: e.action,
-                                proof: e.proof,
-                            });
-                        }
-                    }
-                    // Retention removed it: a gap, as in any log.
-                    Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(StoreError::Io(format!("reading the room's stream: {e}")))
-                    }
-                }
+        let acks = block_on(
+            &self.handle,
+            publish_all(
+                self.cluster.jetstream().clone(),
+                self.subject.clone(),
+                messages,
+            ),
+        )?;
+        let mut out = Vec::with_capacity(acks.len());
+        let mut new = 0;
+        for (sequence, duplicate) in acks {
+            self.saw(sequence);
+            self.stored.fetch_max(sequence, Ordering::Relaxed);
+            if duplicate {
+                out.push(Appended::Duplicate(sequence));
+            } else {
+                new += 1;
+                out.push(Appended::Ordered(sequence));
             }
-            next = end + 1;
         }
+        let len = self.len.load(Ordering::Relaxed);
+        self.len
+            .store((len + new).min(self.keep), Ordering::Relaxed);
         Ok(out)
     }
+}
+
+/// Publishes each message (its payload and `Nats-Msg-Id`) to `subject`:
+/// all of them sent before any acknowledgement is awaited, one round trip
+/// per batch rather than per message. Each message's sequence, and
+/// whether JetStream had it already.
+async fn publish_all(
+    js: jetstream::Context,
+    subject: String,
+    messages: Vec<(bytes::Bytes, Option<String>)>,
+) -> Result<Vec<(u64, bool)>, StoreError> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (payload, id) in messages {
+        let mut publish = jetstream::message::PublishMessage::build().payload(payload);
+        if let Some(id) = id {
+            publish = publish.message_id(id);
+        }
+        let ack = js
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| StoreError::Io(format!("the cluster did not take it: {e}")))?;
+        acks.push(ack);
+    }
+    let mut out = Vec::with_capacity(acks.len());
+    for ack in acks {
+        let ack = ack
+            .await
+            .map_err(|e| StoreError::Io(format!("the cluster did not confirm it: {e}")))?;
+        out.push((ack.sequence, ack.duplicate));
+    }
+    Ok(out)
+}
+
+/// Reads the messages with sequences `from..=upto` from `stream`, skipping
+/// those retention removed.
+async fn read_range(
+    stream: jetstream::stream::Stream,
+    from: u64,
+    upto: u64,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next <= upto {
+        let end = upto.min(next + READ_AHEAD as u64 - 1);
+        let gets = (next..=end).map(|seq| stream.direct_get(seq));
+        for got in futures_util::future::join_all(gets).await {
+            match got {
+                Ok(m) => {
+                    if let Some(l) = decode(&m.payload) {
+                        let e = l.entry;
+                        out.push(Entry {
+                            id: m.sequence,
+                            from: e.from,
+                            text: e.text,
+                            time_ms: e.time_ms,
+                            action: e.action,
+                            proof: e.proof,
+                        });
+                    }
+                }
+                // Retention removed it: a gap, as in any log.
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io(format!("reading the room's stream: {e}"))),
+            }
+        }
+        next = end + 1;
+    }
+    Ok(out)
 }
 
 /// The log's identity, the same on every node: the stream's name and the
@@ -432,7 +473,14 @@ impl Store for JetStreamLog {
     }
 
     fn read(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
-        block_on(&self.handle, self.read_async(after, upto, max))
+        let upto = upto.min(self.last_id());
+        if upto <= after || max == 0 {
+            return Ok(Vec::new());
+        }
+        let from = after
+            .saturating_add(1)
+            .max(upto.saturating_sub(max as u64 - 1));
+        block_on(&self.handle, read_range(self.stream.clone(), from, upto))
     }
 
     fn len(&self) -> u64 {
