@@ -42,7 +42,9 @@ pub async fn run(cluster: Arc<Cluster>, room: Weak<Room>, advertise: String) {
         }
         let Some(bucket) = &kv else { continue };
         match refresh(bucket, cluster.node_id(), &advertise).await {
-            Ok(list) => r.set_nodes(list),
+            Ok(list) => {
+                r.set_nodes(list);
+            }
             Err(e) => tracing::debug!("the cluster's node list: {e}"),
         }
     }
