@@ -250,13 +250,15 @@ async fn parts(options: &ClusterOptions) -> Result<Parts, ClusterError> {
             let tx = Arc::clone(&tx);
             async move {
                 match event {
+                    // The state first, then the word: whoever reads the
+                    // log line finds the node already acting on it.
                     async_nats::Event::Connected => {
-                        tracing::info!("connected to NATS");
                         tx.send_replace(true);
+                        tracing::info!("connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
-                        tracing::warn!("lost the connection to NATS");
                         tx.send_replace(false);
+                        tracing::warn!("lost the connection to NATS");
                     }
                     other => tracing::debug!(event = %other, "NATS"),
                 }
