@@ -5,6 +5,9 @@ mod util;
 
 mod chat;
 mod client_resume;
+mod cluster;
+mod cluster_e2e;
+mod cluster_names;
 mod commands;
 mod config;
 mod contacts;

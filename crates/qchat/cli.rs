@@ -167,9 +167,46 @@ pub struct ServeArgs {
     /// m, h or d.
     #[arg(long, value_name = "AGE", default_value_t = Age(limits::GUEST_BAN), value_parser = parse_age)]
     pub guest_ban: Age,
+    /// Be a node of a cluster: the NATS server (with JetStream) every node
+    /// connects to, as nats://HOST:PORT or tls://HOST:PORT, several
+    /// comma-separated. The rooms' logs are then kept in JetStream and
+    /// shared by every node (not with --store memory).
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
+    /// A NATS credentials file (user JWT and nkey seed) to connect with.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_creds: Option<PathBuf>,
+    /// PEM certificate authorities that sign the NATS server's certificate
+    /// (then TLS is required).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_ca: Option<PathBuf>,
+    /// A PEM client certificate for a NATS server that authenticates nodes
+    /// by certificate (with --cluster-key).
+    #[arg(long, value_name = "FILE", requires_all = ["cluster", "cluster_key"])]
+    pub cluster_cert: Option<PathBuf>,
+    /// The key of --cluster-cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["cluster", "cluster_cert"])]
+    pub cluster_key: Option<PathBuf>,
+    /// The address clients reach this node at, HOST:PORT, for the
+    /// cluster's node list (default: the listen address, or the first
+    /// address the server announces when it listens on all of them).
+    #[arg(long, value_name = "HOST:PORT", requires = "cluster", value_parser = parse_advertise)]
+    pub advertise: Option<String>,
     /// Limits.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// A HOST:PORT: a host (name or address) and a port, as a client would
+/// connect to it.
+fn parse_advertise(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not HOST:PORT")),
+    }
 }
 
 /// Limits a server enforces; each is described in docs/SECURITY.md.

@@ -9,9 +9,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::cli::BenchArgs;
+use crate::cluster::Nodes;
 use crate::evict::Evicted;
 use crate::load::{self, Outcome, Plan, Target};
-use crate::proc::{Kind, ServerProc, Spawn};
+use crate::proc::{Kind, ServerProc, Spawn, Watched};
 use crate::stats::{median, Deliveries, Latency};
 
 /// Connections the started server admits beyond the members: headroom for
@@ -32,6 +33,8 @@ struct Config {
     qchat: PathBuf,
     /// `--server-arg`s.
     server_args: Vec<String>,
+    /// The NATS server program for clustered runs.
+    nats_server: PathBuf,
 }
 
 enum Mode {
@@ -41,6 +44,8 @@ enum Mode {
     Compare,
     /// A server someone else started.
     External(Target),
+    /// Clusters of these many nodes, each round beside the single server.
+    Cluster(Vec<usize>),
 }
 
 impl Config {
@@ -67,6 +72,7 @@ impl Config {
             }
         }
         let mode = match (&a.target, a.compare, a.baseline) {
+            _ if !a.cluster_nodes.is_empty() => Mode::Cluster(a.cluster_nodes.clone()),
             (Some(t), _, _) => {
                 let addr = t
                     .to_socket_addrs()
@@ -80,6 +86,7 @@ impl Config {
                     addr,
                     fingerprint,
                     relay: false,
+                    nodes: Vec::new(),
                 })
             }
             (None, true, _) => Mode::Compare,
@@ -114,6 +121,7 @@ impl Config {
                 Some(path) => path,
                 None => qchat_beside_me()?,
             },
+            nats_server: a.nats_server.clone(),
             server_args: {
                 let mut args = a.server_arg;
                 if rooms > 0 {
@@ -153,8 +161,19 @@ pub fn qchat_beside_me() -> Result<PathBuf> {
 /// One run's results: the JSON object printed with `--json`.
 #[derive(Debug, Serialize)]
 struct Report {
-    /// `qchat`, `baseline` or `external`.
+    /// `qchat`, `baseline`, `external`, or `cluster-N` for N clustered
+    /// nodes.
     target: &'static str,
+    /// Clustered nodes the members were spread over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// nats-server's CPU time over the measured phase (clustered runs; it
+    /// is included in `server_cpu_s`, the nodes' and NATS's together).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_cpu_s: Option<f64>,
+    /// `nats_cpu_s` per delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_cpu_us_per_delivery: Option<f64>,
     /// The run's number within `--compare`.
     #[serde(skip_serializing_if = "Option::is_none")]
     round: Option<usize>,
@@ -242,7 +261,7 @@ impl Report {
 /// missing, duplicated or out of order, a timeout, a member disconnected
 /// by the server), so scripts can rely on the status.
 pub fn run(args: BenchArgs) -> Result<u8> {
-    if args.restart.is_some() || args.replay {
+    if args.restart.is_some() || args.replay || args.failover {
         return crate::storm::run(args);
     }
     let config = Config::from_args(args)?;
@@ -254,6 +273,18 @@ pub fn run(args: BenchArgs) -> Result<u8> {
     let reports = match &config.mode {
         Mode::One(kind) => vec![run_one(&runtime, &config, Some(*kind), None)?],
         Mode::External(_) => vec![run_one(&runtime, &config, None, None)?],
+        Mode::Cluster(counts) => {
+            let mut all = Vec::new();
+            // Alternating, as with --compare, so that the machine's drift
+            // spreads over every configuration.
+            for round in 1..=config.rounds {
+                all.push(run_one(&runtime, &config, Some(Kind::Qchat), Some(round))?);
+                for &n in counts {
+                    all.push(run_cluster(&runtime, &config, n, Some(round))?);
+                }
+            }
+            all
+        }
         Mode::Compare => {
             let mut all = Vec::new();
             // Alternating spreads slow drifts of the machine (other load,
@@ -266,6 +297,14 @@ pub fn run(args: BenchArgs) -> Result<u8> {
             all
         }
     };
+    if let Mode::Cluster(counts) = &config.mode {
+        let summary = cluster_summary(counts, &reports);
+        if config.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        } else {
+            print_cluster_summary(&summary, config.rounds);
+        }
+    }
     if matches!(config.mode, Mode::Compare) {
         let summary = compare(&reports);
         if config.json {
@@ -307,6 +346,7 @@ fn run_one(
             addr: s.addr,
             fingerprint: s.fingerprint,
             relay: kind == Some(Kind::Baseline),
+            nodes: Vec::new(),
         },
         (None, Mode::External(t)) => t.clone(),
         (None, _) => bail!("no server to measure"),
@@ -330,7 +370,12 @@ fn run_one(
         }
     }
     let outcome = runtime
-        .block_on(load::run(&target, plan, server.as_ref(), label))
+        .block_on(load::run(
+            &target,
+            plan,
+            server.as_ref().map(|s| s as &dyn Watched),
+            label,
+        ))
         .map_err(|e| match &server {
             Some(s) => e.context(format!("the {label} run failed{}", s.stderr_excerpt())),
             None => e,
@@ -344,15 +389,163 @@ fn run_one(
         s.stop();
     }
     let report = report(config, label, round, &outcome, peak, raised);
+    emit(config, &report)?;
+    Ok(report)
+}
+
+/// Prints one run's report and, when it failed, why.
+fn emit(config: &Config, report: &Report) -> Result<()> {
     if config.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_table(&report);
+        print_table(report);
     }
     if let Some(why) = report.failure() {
         eprintln!("qchat-bench: FAILED ({}): {why}", report.name());
     }
+    Ok(())
+}
+
+/// Starts nats-server and `n` clustered nodes, spreads the members over
+/// them, runs the load once, prints and returns the report.
+fn run_cluster(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    n: usize,
+    round: Option<usize>,
+) -> Result<Report> {
+    let plan = &config.plan;
+    let spawn = Spawn {
+        kind: Kind::Qchat,
+        connections: plan.clients + CONNECTION_HEADROOM,
+        queue: config.queue,
+        threads: config.server_threads,
+        retry_threshold: config.retry_threshold,
+        qchat: config.qchat.clone(),
+        extra: config.server_args.clone(),
+    };
+    let nodes = Nodes::start(n, &spawn, &config.nats_server)?;
+    let label: &'static str = Box::leak(format!("cluster-{n}").into_boxed_str());
+    if !config.json {
+        eprintln!(
+            "qchat-bench: started nats-server on {} and {n} clustered node(s) on {}",
+            nodes.nats.url(),
+            nodes
+                .addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let first = &nodes.nodes[0];
+    let target = Target {
+        addr: first.addr,
+        fingerprint: first.fingerprint,
+        relay: false,
+        nodes: nodes.addrs(),
+    };
+    let raised = first.raised.clone();
+    let outcome = runtime
+        .block_on(load::run(
+            &target,
+            plan,
+            Some(&nodes as &dyn Watched),
+            label,
+        ))
+        .map_err(|e| e.context(format!("the {label} run failed{}", nodes.excerpt())))?;
+    let peak = nodes.peak_rss_kib();
+    let nats_cpu = nodes.nats_cpu_last_span().map(|c| c.as_secs_f64());
+    nodes.stop();
+    let mut report = report(config, label, round, &outcome, peak, raised);
+    report.nodes = Some(n);
+    report.nats_cpu_s = nats_cpu;
+    report.nats_cpu_us_per_delivery = nats_cpu
+        .filter(|_| outcome.received > 0)
+        .map(|c| c * 1e6 / outcome.received as f64);
+    emit(config, &report)?;
     Ok(report)
+}
+
+/// One configuration's medians in a clustered comparison.
+#[derive(Debug, Serialize)]
+struct ClusterRow {
+    /// `qchat` (the single server, embedded store) or `cluster-N`.
+    target: String,
+    /// Runs that succeeded, of the rounds.
+    ok_runs: usize,
+    #[serde(flatten)]
+    figures: Figures,
+    /// nats-server's CPU µs per delivery (clustered rows).
+    nats_cpu_us_per_delivery: Option<f64>,
+}
+
+/// `--cluster-nodes`' summary (`--json`: this object, after the runs').
+#[derive(Debug, Serialize)]
+struct ClusterSummary {
+    cluster: bool,
+    rows: Vec<ClusterRow>,
+    failed: Vec<String>,
+}
+
+fn cluster_summary(counts: &[usize], reports: &[Report]) -> ClusterSummary {
+    let mut targets = vec!["qchat".to_string()];
+    targets.extend(counts.iter().map(|n| format!("cluster-{n}")));
+    let rows = targets
+        .into_iter()
+        .map(|t| {
+            let rs: Vec<&Report> = reports.iter().filter(|r| r.target == t && r.ok()).collect();
+            let m = |f: &dyn Fn(&Report) -> Option<f64>| {
+                median(rs.iter().filter_map(|r| f(r)).collect())
+            };
+            ClusterRow {
+                ok_runs: rs.len(),
+                figures: Figures {
+                    deliveries_per_s: m(&|r| Some(r.deliveries_per_s)),
+                    latency_p50_ms: m(&|r| r.latency_ms.map(|l| l.p50)),
+                    latency_p99_ms: m(&|r| r.latency_ms.map(|l| l.p99)),
+                    server_cpu_us_per_delivery: m(&|r| r.server_cpu_us_per_delivery),
+                    connect_s: m(&|r| Some(r.connect_s)),
+                    server_peak_rss_kib: m(&|r| r.server_peak_rss_kib.map(|k| k as f64)),
+                },
+                nats_cpu_us_per_delivery: m(&|r| r.nats_cpu_us_per_delivery),
+                target: t,
+            }
+        })
+        .collect();
+    ClusterSummary {
+        cluster: true,
+        rows,
+        failed: reports
+            .iter()
+            .filter_map(|r| Some(format!("{}: {}", r.name(), r.failure()?)))
+            .collect(),
+    }
+}
+
+fn print_cluster_summary(s: &ClusterSummary, rounds: usize) {
+    println!("== clustered: medians of the runs that succeeded, of {rounds} each");
+    for f in &s.failed {
+        println!("  FAILED {f}");
+    }
+    println!(
+        "  {:<10} {:>4} {:>13} {:>9} {:>9} {:>12} {:>12} {:>10}",
+        "", "ok", "deliveries/s", "p50 ms", "p99 ms", "CPU µs/del", "NATS µs/del", "connect s"
+    );
+    let f = |v: Option<f64>, prec: usize| v.map_or_else(|| "—".into(), |v| format!("{v:.prec$}"));
+    for r in &s.rows {
+        println!(
+            "  {:<10} {:>4} {:>13} {:>9} {:>9} {:>12} {:>12} {:>10}",
+            r.target,
+            r.ok_runs,
+            f(r.figures.deliveries_per_s, 0),
+            f(r.figures.latency_p50_ms, 3),
+            f(r.figures.latency_p99_ms, 3),
+            f(r.figures.server_cpu_us_per_delivery, 2),
+            f(r.nats_cpu_us_per_delivery, 2),
+            f(r.figures.connect_s, 3),
+        );
+    }
 }
 
 fn report(
@@ -376,6 +569,9 @@ fn report(
     );
     Report {
         target: label,
+        nodes: None,
+        nats_cpu_s: None,
+        nats_cpu_us_per_delivery: None,
         round,
         clients: plan.clients,
         senders: plan.senders,
@@ -448,7 +644,7 @@ fn print_table(r: &Report) {
         (None, Some(w)) => format!("window of {w} per sender"),
         (None, None) => "flood (no window)".into(),
     };
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         (
             "load",
             format!(
@@ -529,6 +725,16 @@ fn print_table(r: &Report) {
             ),
         ),
     ];
+    if let (Some(c), Some(per)) = (r.nats_cpu_s, r.nats_cpu_us_per_delivery) {
+        // Beside the server CPU row, which counts it too.
+        rows.insert(
+            6,
+            (
+                "NATS CPU",
+                format!("{c:.2} s ({per:.2} µs per delivery), within the server CPU above"),
+            ),
+        );
+    }
     for (k, v) in rows {
         println!("  {k:<14} {v}");
     }

@@ -150,6 +150,33 @@ pub struct BenchArgs {
     /// Reports messages replayed per second and the server's peak memory.
     #[arg(long, conflicts_with_all = ["baseline", "compare", "target"])]
     pub replay: bool,
+    /// Clustered runs: for each count in the list (e.g. `1,2,3`), start
+    /// one nats-server (JetStream, loopback, temporary store) and that many
+    /// `qchat serve --cluster` nodes sharing one identity, and spread the
+    /// members round-robin over the nodes; each round also runs the
+    /// single server with its embedded store, for comparison. Medians over
+    /// --rounds are reported. With --failover, the largest count (at least
+    /// 2) is the cluster.
+    #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16), conflicts_with_all = ["baseline", "compare", "target", "restart", "replay"])]
+    pub cluster_nodes: Vec<usize>,
+    /// Failover: `--clients` members join over version 3 spread over the
+    /// cluster's nodes, one more member on another node sends --messages,
+    /// then the first node is killed (SIGKILL) and the sender sends
+    /// --messages more at once. Its members notice (no datagram for
+    /// --failover-silence), rejoin the next node with their resume point
+    /// and replay what they missed. Reports the time from the kill until
+    /// every one of them has resumed, and anything missed or duplicated.
+    #[arg(long, requires = "cluster_nodes")]
+    pub failover: bool,
+    /// With --failover: how long a member hears nothing from its node (a
+    /// keep-alive is answered every second) before it moves to the next
+    /// one; the client's own threshold for "no answer" by default, and
+    /// at least 1.5 (a keep-alive is answered about once a second).
+    #[arg(long, default_value = "3", value_parser = parse_secs, requires = "failover")]
+    pub failover_silence: Duration,
+    /// The NATS server program for the clustered runs.
+    #[arg(long, value_name = "PATH", default_value = "nats-server")]
+    pub nats_server: PathBuf,
     /// One JSON object per run on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -234,6 +261,19 @@ mod tests {
         let cli = Cli::try_parse_from(["qchat-bench", "--rooms", "4", "--rooms-per-member", "2"])
             .expect("valid flags");
         assert_eq!((cli.bench.rooms, cli.bench.rooms_per_member), (Some(4), 2));
+    }
+
+    #[test]
+    fn cluster_nodes_are_a_list_and_failover_needs_them() {
+        let cli =
+            Cli::try_parse_from(["qchat-bench", "--cluster-nodes", "1,2,3"]).expect("valid flags");
+        assert_eq!(cli.bench.cluster_nodes, [1, 2, 3]);
+        assert!(Cli::try_parse_from(["qchat-bench", "--failover"]).is_err());
+        assert!(Cli::try_parse_from(["qchat-bench", "--cluster-nodes", "0"]).is_err());
+        assert!(Cli::try_parse_from(["qchat-bench", "--cluster-nodes", "2", "--compare"]).is_err());
+        let cli = Cli::try_parse_from(["qchat-bench", "--cluster-nodes", "3", "--failover"])
+            .expect("valid flags");
+        assert!(cli.bench.failover);
     }
 
     #[test]

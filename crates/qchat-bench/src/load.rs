@@ -29,7 +29,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::evict::{Cause, Evicted, Evictions};
-use crate::proc::ServerProc;
+use crate::proc::Watched;
 use crate::stats::{Histogram, Latency};
 use crate::window::Windows;
 
@@ -129,6 +129,19 @@ pub struct Target {
     /// The baseline relay forwards the client's `Say` frames verbatim
     /// instead of sending `Chat`.
     pub relay: bool,
+    /// A cluster's nodes, all presenting `fingerprint`: member `i` joins
+    /// node `i % len`. Empty: every member joins `addr`.
+    pub nodes: Vec<SocketAddr>,
+}
+
+impl Target {
+    /// Where member `i` joins: the nodes round-robin, or the one server.
+    pub fn addr_of(&self, i: usize) -> SocketAddr {
+        match self.nodes.len() {
+            0 => self.addr,
+            n => self.nodes[i % n],
+        }
+    }
 }
 
 /// What one run measured.
@@ -227,7 +240,7 @@ enum End {
 pub async fn run(
     target: &Target,
     plan: &Plan,
-    server: Option<&ServerProc>,
+    server: Option<&dyn Watched>,
     label: &'static str,
 ) -> Result<Outcome> {
     let shared = Arc::new(Shared {
@@ -260,8 +273,8 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()
         .context("cannot open the client endpoints")?;
 
-    let server_rss_start_kib = server.and_then(ServerProc::rss_kib);
-    let cpu_start = server.and_then(ServerProc::cpu);
+    let server_rss_start_kib = server.and_then(|s| s.rss_kib());
+    let cpu_start = server.and_then(|s| s.cpu());
     let connect_start = Instant::now();
     let members =
         tokio::time::timeout(plan.timeout, connect_all(target, plan, &endpoints, &shared))
@@ -275,15 +288,15 @@ pub async fn run(
                 )
             })??;
     let connect = connect_start.elapsed();
-    let cpu_connected = server.and_then(ServerProc::cpu);
+    let cpu_connected = server.and_then(|s| s.cpu());
 
     // Let join notices and welcomes drain before memory is read and the
     // measured phase starts.
     tokio::time::sleep(plan.settle).await;
-    let server_rss_connected_kib = server.and_then(ServerProc::rss_kib);
+    let server_rss_connected_kib = server.and_then(|s| s.rss_kib());
 
     let mut members = members;
-    let cpu_before = server.and_then(ServerProc::cpu);
+    let cpu_before = server.and_then(|s| s.cpu());
     let me = std::process::id();
     let bench_cpu_before = crate::proc::cpu_of(me);
     shared.phase.store(PHASE_DELIVER, Ordering::Relaxed);
@@ -321,7 +334,7 @@ pub async fn run(
     }
     let timed_out = end == End::Deadline;
     let duration = start.elapsed();
-    let cpu_after = server.and_then(ServerProc::cpu);
+    let cpu_after = server.and_then(|s| s.cpu());
     let bench_cpu_after = crate::proc::cpu_of(me);
 
     if let Some(p) = progress {
@@ -464,7 +477,7 @@ async fn connect_all(
     for i in 0..plan.clients {
         let endpoint = endpoints[i % endpoints.len()].clone();
         let (trust, gate, shared) = (Arc::clone(&trust), Arc::clone(&gate), Arc::clone(shared));
-        let addr = target.addr;
+        let addr = target.addr_of(i);
         let stalled = i >= plan.clients - plan.stalled;
         let signed = plan.signed;
         let my_rooms = if plan.rooms > 0 {

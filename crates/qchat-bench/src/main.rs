@@ -13,12 +13,15 @@
 //! - `proc`: the server under test as its own process, read through
 //!   `/proc`.
 //! - `storm`: a restart or a mass disconnect, and every member resuming.
+//! - `cluster`: a nats-server and `qchat serve --cluster` nodes
+//!   (`--cluster-nodes`, `--failover`).
 //! - `relay`: the baseline (`qchat-bench relay`, hidden).
 //!
 //! How to reproduce the published numbers is in docs/PERFORMANCE.md.
 
 mod bench;
 mod cli;
+mod cluster;
 mod evict;
 mod load;
 mod proc;

@@ -73,6 +73,24 @@ pub enum Stop {
     Kill,
 }
 
+/// What the load reads of the servers under test: one process, or a
+/// cluster's nodes and its NATS server together.
+pub trait Watched {
+    /// CPU time used so far (user + system).
+    fn cpu(&self) -> Option<Duration>;
+    /// Resident memory now, in KiB.
+    fn rss_kib(&self) -> Option<u64>;
+}
+
+impl Watched for ServerProc {
+    fn cpu(&self) -> Option<Duration> {
+        ServerProc::cpu(self)
+    }
+    fn rss_kib(&self) -> Option<u64> {
+        ServerProc::rss_kib(self)
+    }
+}
+
 /// A running server process.
 pub struct ServerProc {
     child: Child,
@@ -96,6 +114,11 @@ impl ServerProc {
     /// Starts the server and waits until it announces its address.
     pub fn start(spawn: &Spawn) -> Result<ServerProc> {
         let home = tempfile::tempdir().context("cannot create a temporary home")?;
+        Self::start_in(spawn, home)
+    }
+
+    /// [`ServerProc::start`] with a home made by the caller.
+    pub fn start_in(spawn: &Spawn, home: tempfile::TempDir) -> Result<ServerProc> {
         let listen = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut server = ServerProc::launch(spawn, home, listen)?;
         server.wait_ready()?;
@@ -326,6 +349,13 @@ impl ServerProc {
             let lines: Vec<&str> = t.iter().map(String::as_str).collect();
             format!("; its last output:\n  {}", lines.join("\n  "))
         }
+    }
+
+    /// Kills the server outright (SIGKILL), as a crash or a pulled plug
+    /// would, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Asks the server to stop (SIGTERM, so a qchat server says goodbye as

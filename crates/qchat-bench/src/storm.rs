@@ -19,6 +19,14 @@
 //! "time to resume" starts when the restarted server announces itself
 //! (or, with `--replay`, when the members are let back). Rejoins go
 //! through the same gate of concurrent handshakes as the first joins.
+//!
+//! `--failover` is the same shape on a cluster: the members are spread
+//! over its nodes, the sender sits on the second, and the disruption is
+//! the first node killed outright. Nothing resets its members'
+//! connections, so each notices the silence itself (no datagram for
+//! `--failover-silence`, as the client does), joins the next node with its
+//! resume point, and replays what it missed there, while the sender sends
+//! its second half at once. The clock starts at the kill.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +43,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::bench::qchat_beside_me;
 use crate::cli::BenchArgs;
+use crate::cluster::Nodes;
 use crate::load::{parse_payload, payload, trust_plan, Target, CONNECT_CONCURRENCY};
 use crate::proc::{Kind, ServerProc, Spawn, Stop};
 use crate::stats::{Deliveries, Histogram, Latency};
@@ -48,6 +57,13 @@ const JOIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause between failed join attempts.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// The shortest `--failover-silence`: above the client's 1 s keep-alive
+/// with room for an answer delayed by a busy machine.
+const MIN_SILENCE: Duration = Duration::from_millis(1500);
+
+/// How often a `--failover` member looks whether its node still answers.
+const LIVENESS_CHECK: Duration = Duration::from_millis(100);
 
 /// How often the coordinator looks at the counters while it waits.
 const POLL: Duration = Duration::from_millis(5);
@@ -89,13 +105,20 @@ struct Shared {
     last_resumed: Mutex<Option<Instant>>,
 }
 
-/// What `--restart` / `--replay` report (`--json`: this object).
+/// What `--restart` / `--replay` / `--failover` report (`--json`: this
+/// object).
 #[derive(Debug, Serialize)]
 struct StormReport {
-    /// `restart` or `replay`.
+    /// `restart`, `replay` or `failover`.
     mode: &'static str,
     restart: Option<Stop>,
     clients: usize,
+    /// Clustered nodes (`--failover`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// Members that had to resume: all of them, or with `--failover` those
+    /// of the killed node.
+    moved: u64,
     /// Messages the sender sent in all (twice `--messages`).
     messages: u64,
     server_args: Vec<String>,
@@ -106,9 +129,10 @@ struct StormReport {
     resumed: u64,
     /// Members the server treated as a fresh join instead.
     fresh_joins: u64,
-    /// From the server being back to every member's `Replayed`.
+    /// From the server being back (with `--failover`: from the kill) to
+    /// every member's `Replayed`.
     all_resumed_s: Option<f64>,
-    /// From the server being back to each member's `Replayed`.
+    /// From the server being back (the kill) to each member's `Replayed`.
     resume_ms: Option<Latency>,
     /// Messages the server replayed to resuming members, in all.
     replayed: u64,
@@ -124,16 +148,60 @@ struct StormReport {
 
 impl StormReport {
     fn ok(&self) -> bool {
-        self.deliveries.intact()
-            && self.resumed == self.clients as u64
-            && !self.deliveries.timed_out
+        self.deliveries.intact() && self.resumed == self.moved && !self.deliveries.timed_out
     }
 }
 
-/// Runs `--restart` or `--replay` once and prints the report.
+/// The servers a storm runs against.
+enum Under {
+    /// One server (`--restart`, `--replay`).
+    One(ServerProc),
+    /// A cluster whose first node is killed (`--failover`).
+    Cluster(Nodes),
+}
+
+impl Under {
+    fn excerpt(&self) -> String {
+        match self {
+            Under::One(s) => s.stderr_excerpt(),
+            Under::Cluster(c) => c.excerpt(),
+        }
+    }
+
+    /// The nodes still running: their peak memory and memory now, summed.
+    fn memory(&self) -> (Option<u64>, Option<u64>) {
+        match self {
+            Under::One(s) => (s.peak_rss_kib(), s.rss_kib()),
+            Under::Cluster(c) => {
+                let alive = || c.nodes.iter().skip(1);
+                (
+                    alive().map(ServerProc::peak_rss_kib).sum(),
+                    alive().map(ServerProc::rss_kib).sum(),
+                )
+            }
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Under::One(s) => s.stop(),
+            Under::Cluster(c) => c.stop(),
+        }
+    }
+}
+
+/// Runs `--restart`, `--replay` or `--failover` once and prints the
+/// report.
 pub fn run(a: BenchArgs) -> Result<u8> {
     if a.messages == 0 {
-        bail!("--restart and --replay need --messages of at least 1");
+        bail!("--restart, --replay and --failover need --messages of at least 1");
+    }
+    if a.failover && a.failover_silence < MIN_SILENCE {
+        bail!(
+            "--failover-silence must be at least {} s: a live node is heard about once a second \
+             (the keep-alive), so a shorter silence moves members off nodes that are up",
+            MIN_SILENCE.as_secs_f64()
+        );
     }
     let qchat = match &a.qchat {
         Some(p) => p.clone(),
@@ -144,7 +212,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mut server = ServerProc::start(&Spawn {
+    let spawn = Spawn {
         kind: Kind::Qchat,
         // The sender, and the old connections a restart leaves behind.
         connections: 2 * a.clients + 10,
@@ -153,19 +221,36 @@ pub fn run(a: BenchArgs) -> Result<u8> {
         retry_threshold: a.retry_threshold,
         qchat,
         extra: a.server_arg.clone(),
-    })?;
-    if !a.json {
-        eprintln!(
-            "qchat-bench: started the qchat server (pid {}) on {} with {}",
-            server.pid(),
-            server.addr,
-            server.raised.join(" ")
-        );
-    }
-    let result = runtime.block_on(scenario(&a, &mut server));
-    let report =
-        result.map_err(|e| e.context(format!("the run failed{}", server.stderr_excerpt())))?;
-    server.stop();
+    };
+    let mut under = if a.failover {
+        let n = a.cluster_nodes.iter().copied().max().unwrap_or(0);
+        if n < 2 {
+            bail!("--failover needs a cluster of at least 2 nodes (--cluster-nodes 2 or 3)");
+        }
+        let nodes = Nodes::start(n, &spawn, &a.nats_server)?;
+        if !a.json {
+            eprintln!(
+                "qchat-bench: started nats-server on {} and {n} clustered nodes with {}",
+                nodes.nats.url(),
+                nodes.nodes[0].raised.join(" ")
+            );
+        }
+        Under::Cluster(nodes)
+    } else {
+        let server = ServerProc::start(&spawn)?;
+        if !a.json {
+            eprintln!(
+                "qchat-bench: started the qchat server (pid {}) on {} with {}",
+                server.pid(),
+                server.addr,
+                server.raised.join(" ")
+            );
+        }
+        Under::One(server)
+    };
+    let result = runtime.block_on(scenario(&a, &mut under));
+    let report = result.map_err(|e| e.context(format!("the run failed{}", under.excerpt())))?;
+    under.stop();
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -178,12 +263,29 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     })
 }
 
-async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport> {
-    let target = Target {
-        addr: server.addr,
-        fingerprint: server.fingerprint,
-        relay: false,
+async fn scenario(a: &BenchArgs, under: &mut Under) -> Result<StormReport> {
+    let target = match &*under {
+        Under::One(s) => Target {
+            addr: s.addr,
+            fingerprint: s.fingerprint,
+            relay: false,
+            nodes: vec![s.addr],
+        },
+        Under::Cluster(c) => Target {
+            addr: c.nodes[0].addr,
+            fingerprint: c.nodes[0].fingerprint,
+            relay: false,
+            nodes: c.addrs(),
+        },
     };
+    let nodes = target.nodes.len();
+    // Members that must resume: all of them, or the killed node's.
+    let moved = if a.failover {
+        (0..a.clients).filter(|i| i % nodes == 0).count() as u64
+    } else {
+        a.clients as u64
+    };
+    let silence = a.failover.then_some(a.failover_silence);
     let trust = Arc::new(trust_plan(&target));
     let endpoints = (0..a.endpoints().min(a.clients))
         .map(|_| qchat_client::client_endpoint(target.addr))
@@ -215,7 +317,7 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
     for i in 0..a.clients {
         let dial = Dial {
             endpoint: endpoints[i % endpoints.len()].clone(),
-            addr: target.addr,
+            addrs: target.nodes.clone(),
             trust: Arc::clone(&trust),
             gate: Arc::clone(&gate),
         };
@@ -224,6 +326,7 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
             dial,
             Arc::clone(&shared),
             ctl_rx.clone(),
+            silence,
         )));
     }
     wait_until(a.timeout, "every member to join", || {
@@ -232,9 +335,10 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
     .await?;
     let connect = start.elapsed();
 
+    // On the second node with --failover, which stays up.
     let sender_dial = Dial {
         endpoint: endpoints[0].clone(),
-        addr: target.addr,
+        addrs: vec![target.addr_of(usize::from(a.failover))],
         trust: Arc::clone(&trust),
         gate: Arc::clone(&gate),
     };
@@ -246,14 +350,30 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
     .await?;
 
     let mut server_down = None;
-    let back = match a.restart {
-        Some(how) => {
+    let back = match (a.restart, &mut *under) {
+        (_, Under::Cluster(c)) => {
+            let killed = Instant::now();
+            tokio::task::block_in_place(|| c.nodes[0].kill());
+            let _ = ctl.send(Ctl::Back(killed));
+            // At once, while the killed node's members are moving: what
+            // they miss meanwhile is theirs to replay on another node.
+            send(
+                &mut sender,
+                a.messages + 1,
+                2 * a.messages,
+                a.size,
+                a.timeout,
+            )
+            .await?;
+            killed
+        }
+        (Some(how), Under::One(server)) => {
             let stopped = Instant::now();
             tokio::task::block_in_place(|| server.restart(how))?;
             server_down = Some(stopped.elapsed());
             Instant::now()
         }
-        None => {
+        (None, Under::One(_)) => {
             let _ = ctl.send(Ctl::Disconnect);
             wait_until(a.timeout, "every member to disconnect", || {
                 shared.disconnected.load(Ordering::Relaxed) >= n
@@ -272,7 +392,7 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
     };
     let _ = ctl.send(Ctl::Back(back));
     let mut timed_out = wait_until(a.timeout, "every member to resume", || {
-        shared.rejoined.load(Ordering::Relaxed) >= n
+        shared.rejoined.load(Ordering::Relaxed) >= moved
     })
     .await
     .is_err();
@@ -301,8 +421,7 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
         .await
         .is_err();
     }
-    let peak = server.peak_rss_kib();
-    let rss_after = server.rss_kib();
+    let (peak, rss_after) = under.memory();
     let _ = ctl.send(Ctl::Done);
     sender
         .conn
@@ -321,13 +440,17 @@ async fn scenario(a: &BenchArgs, server: &mut ServerProc) -> Result<StormReport>
     let replayed = shared.replayed.load(Ordering::Relaxed);
     let received = shared.received.load(Ordering::Relaxed);
     Ok(StormReport {
-        mode: if a.restart.is_some() {
+        mode: if a.failover {
+            "failover"
+        } else if a.restart.is_some() {
             "restart"
         } else {
             "replay"
         },
         restart: a.restart,
         clients: a.clients,
+        nodes: a.failover.then_some(nodes),
+        moved,
         messages: shared.total,
         server_args: a.server_arg.clone(),
         connect_s: connect.as_secs_f64(),
@@ -373,7 +496,8 @@ async fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) -> Res
 /// Everything a member needs to (re)join.
 struct Dial {
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
+    /// Where it may join: one server, or a cluster's nodes.
+    addrs: Vec<SocketAddr>,
     trust: Arc<TrustPlan>,
     gate: Arc<Semaphore>,
 }
@@ -381,25 +505,29 @@ struct Dial {
 impl Dial {
     /// Joins over version 3 as `name` with `instance`, fresh.
     async fn join(&self, name: &str, shared: &Shared, instance: [u8; 16]) -> Result<Joined> {
-        self.join_at(name, shared, instance, None).await
+        Ok(self.join_at(name, shared, instance, None, 0).await?.0)
     }
 
-    /// Joins over version 3, resuming from `resume` if given; retried,
-    /// because after a restart the first tries may reach no one.
+    /// Joins over version 3, resuming from `resume` if given, at address
+    /// `first` and, should that fail, the next ones in turn; retried,
+    /// because after a restart the first tries may reach no one. Returns
+    /// the connection and the index of the address that took it.
     async fn join_at(
         &self,
         name: &str,
         shared: &Shared,
         instance: [u8; 16],
         resume: Option<ResumePoint>,
-    ) -> Result<Joined> {
+        first: usize,
+    ) -> Result<(Joined, usize)> {
         let _permit = self.gate.acquire().await;
         let greeting = Greeting::V3 { instance, resume };
         let mut attempt = 1;
         loop {
+            let at = (first + attempt as usize - 1) % self.addrs.len();
             let tried = tokio::time::timeout(JOIN_ATTEMPT_TIMEOUT, async {
                 let (conn, _, _) =
-                    qchat_client::connect(&self.endpoint, self.addr, &self.trust, |_| {
+                    qchat_client::connect(&self.endpoint, self.addrs[at], &self.trust, |_| {
                         Decision::Refuse
                     })
                     .await?;
@@ -408,7 +536,7 @@ impl Dial {
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer")));
             match tried {
-                Ok(j) => return Ok(j),
+                Ok(j) => return Ok((j, at)),
                 Err(e) if attempt < JOIN_ATTEMPTS => {
                     tracing::debug!(name, attempt, "join failed, retrying: {e:#}");
                     shared.retries.fetch_add(1, Ordering::Relaxed);
@@ -463,11 +591,14 @@ async fn send(j: &mut Joined, from: u64, to: u64, size: usize, limit: Duration) 
 
 /// One member: joins, reads and checks every message, and after the
 /// disruption resumes from the last id it saw, until told the run is over.
+/// With `silence`, a connection that hears nothing for that long counts as
+/// lost, and the member moves on to the next address.
 async fn member(
     i: usize,
     dial: Dial,
     shared: Arc<Shared>,
     mut ctl: watch::Receiver<Ctl>,
+    silence: Option<Duration>,
 ) -> Result<()> {
     let name = format!("m{i}");
     let instance = new_instance();
@@ -475,10 +606,12 @@ async fn member(
     let mut last_id = 0u64;
     let mut resume: Option<ResumePoint> = None;
     let mut back: Option<Instant> = None;
+    let mut node = i;
     loop {
-        let mut j = dial
-            .join_at(&name, &shared, instance, resume.clone())
+        let (mut j, at) = dial
+            .join_at(&name, &shared, instance, resume.clone(), node)
             .await?;
+        node = at;
         let log_id = j
             .welcome
             .v3
@@ -496,6 +629,8 @@ async fn member(
                 .await;
         });
         let mut done = false;
+        let mut heard = (j.conn.stats().udp_rx.datagrams, Instant::now());
+        let mut check = tokio::time::interval(LIVENESS_CHECK);
         loop {
             tokio::select! {
                 biased;
@@ -503,6 +638,17 @@ async fn member(
                     j.conn.close(CloseCode::Normal.code().into(), b"bench");
                     done = true;
                     break;
+                }
+                _ = check.tick(), if silence.is_some() => {
+                    // Datagrams received, as the client counts them: every
+                    // keep-alive a live node acknowledges is one.
+                    let rx = j.conn.stats().udp_rx.datagrams;
+                    if rx != heard.0 {
+                        heard = (rx, Instant::now());
+                    } else if silence.is_some_and(|s| heard.1.elapsed() >= s) {
+                        j.conn.close(CloseCode::Normal.code().into(), b"no answer");
+                        break;
+                    }
                 }
                 frame = j.decoder.read_frame(&mut j.recv) => {
                     let Ok(Some(frame)) = frame else { break };
@@ -558,6 +704,8 @@ async fn member(
             log_id,
             after: last_id,
         });
+        // The node that went silent is the last to try again.
+        node += 1;
         let t = {
             let c = ctl
                 .wait_for(|c| matches!(c, Ctl::Back(_) | Ctl::Done))
@@ -593,16 +741,33 @@ fn print(r: &StormReport) {
     let rows: Vec<(&str, String)> = vec![
         (
             "load",
-            format!("{} members, 1 sender × {} messages", r.clients, r.messages),
+            format!(
+                "{} members{}, 1 sender × {} messages",
+                r.clients,
+                r.nodes
+                    .map(|n| format!(" over {n} nodes ({} on the node killed)", r.moved))
+                    .unwrap_or_default(),
+                r.messages
+            ),
         ),
         ("connect", format!("{:.3} s for all members", r.connect_s)),
-        ("server down", opt(r.server_down_s, "s")),
+        (
+            if r.nodes.is_some() {
+                "killed"
+            } else {
+                "server down"
+            },
+            match r.nodes {
+                Some(_) => "the first node, SIGKILL; the clock starts there".into(),
+                None => opt(r.server_down_s, "s"),
+            },
+        ),
         (
             "resumed",
             format!(
                 "{} of {} ({} fresh joins, {} join attempts retried){}",
                 r.resumed,
-                r.clients,
+                r.moved,
                 r.fresh_joins,
                 r.rejoin_retries,
                 if r.deliveries.timed_out {

@@ -307,3 +307,100 @@ fn bench_replay_resumes_what_each_member_missed() {
     assert_eq!(r["replayed"].as_u64(), Some(15), "{r}");
     assert_eq!(r["server_missed"].as_u64(), Some(0), "{r}");
 }
+
+/// Clustered runs need a NATS server, as the end-to-end tests do
+/// (`.ci/run` installs Debian's `nats-server`).
+fn nats_server() -> String {
+    std::env::var("QCHAT_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+#[test]
+fn bench_cluster_runs_deliver_everything_beside_the_embedded_store() {
+    let home = tempfile::tempdir().expect("temporary home");
+    let out = command(&home)
+        .args([
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--messages",
+            "20",
+            "--timeout",
+            "20",
+            "--settle",
+            "0.1",
+            "--cluster-nodes",
+            "1,2",
+            "--rounds",
+            "1",
+            "--nats-server",
+            &nats_server(),
+            "--json",
+        ])
+        .output()
+        .expect("run qchat-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let transcript = format!(
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{transcript}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}\n{transcript}")))
+        .collect();
+    // The embedded store, one node, two nodes, then the summary.
+    assert_eq!(lines.len(), 4, "{transcript}");
+    assert_complete(&lines[0], "qchat");
+    for (r, n) in [(&lines[1], 1), (&lines[2], 2)] {
+        assert_complete(r, &format!("cluster-{n}"));
+        assert_eq!(r["nodes"].as_u64(), Some(n), "{r}");
+        assert!(r["nats_cpu_us_per_delivery"].is_number(), "{r}");
+    }
+    let summary = &lines[3];
+    assert_eq!(summary["cluster"], true, "{summary}");
+    let rows = summary["rows"].as_array().expect("rows");
+    let targets: Vec<&str> = rows.iter().filter_map(|r| r["target"].as_str()).collect();
+    assert_eq!(targets, ["qchat", "cluster-1", "cluster-2"], "{summary}");
+    assert!(rows.iter().all(|r| r["ok_runs"] == 1), "{summary}");
+}
+
+#[test]
+fn bench_failover_moves_the_killed_nodes_members_and_loses_nothing() {
+    let r = run_json(
+        &[
+            "--clients",
+            "4",
+            "--messages",
+            "5",
+            "--timeout",
+            "30",
+            "--cluster-nodes",
+            "2",
+            "--failover",
+            "--failover-silence",
+            "2",
+            "--nats-server",
+            &nats_server(),
+        ],
+        &[],
+    );
+    let n = |k: &str| {
+        r[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} is not a count in {r}"))
+    };
+    assert_eq!(r["mode"], "failover", "{r}");
+    assert_eq!(n("nodes"), 2, "{r}");
+    // Members 0 and 2 were on the first node, the one killed; each resumed
+    // on the other from where it was.
+    assert_eq!(n("moved"), 2, "{r}");
+    assert_eq!(n("resumed"), 2, "{r}");
+    assert_eq!(n("fresh_joins"), 0, "{r}");
+    // Every member holds each of the 2 × 5 acknowledged messages once.
+    assert_eq!(n("deliveries_expected"), 40, "{r}");
+    assert_eq!(n("deliveries_received"), 40, "{r}");
+    assert_eq!(n("duplicates"), 0, "{r}");
+    assert_eq!(n("out_of_order"), 0, "{r}");
+    assert!(r["all_resumed_s"].is_number(), "{r}");
+}

@@ -95,6 +95,8 @@ fn fit_queue(options: &mut ServerOptions) {
 pub struct Server {
     room: Arc<Room>,
     gate: Arc<gate::Gate>,
+    /// The cluster the server is a node of, if any.
+    cluster: std::sync::OnceLock<Arc<cluster::Cluster>>,
 }
 
 impl Server {
@@ -111,6 +113,7 @@ impl Server {
         fit_queue(&mut options);
         let options = Arc::new(options);
         let room = Room::new(Arc::clone(&options), store);
+        cluster::feed::start(&room);
         if tokio::runtime::Handle::try_current().is_ok() {
             start_writer(&room);
         }
@@ -122,7 +125,26 @@ impl Server {
                 options.max_unjoined_per_ip,
                 options.retry_threshold,
             ),
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes the server a node of `cluster` (its logs must be the
+    /// cluster's: [`cluster::log::JetStreamLog`]): it keeps `advertise`,
+    /// the address clients reach it at, in the cluster's node list, and
+    /// sends its members away while it is cut off from NATS. Once, inside
+    /// the runtime; `false` if it already is a node.
+    pub fn join_cluster(&self, cluster: Arc<cluster::Cluster>, advertise: String) -> bool {
+        if self.cluster.set(Arc::clone(&cluster)).is_err() {
+            return false;
+        }
+        self.room
+            .metrics()
+            .cluster_connected(*cluster.connected().borrow());
+        let room = Arc::downgrade(&self.room);
+        tokio::spawn(cluster::guard::run(Arc::clone(&cluster), room.clone()));
+        tokio::spawn(cluster::nodes::run(cluster, room, advertise));
+        true
     }
 
     /// The metrics in Prometheus text format.
@@ -267,6 +289,9 @@ impl Server {
         endpoint.set_server_config(None);
         flush_log(&self.room).await;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.room.rooms().flush()).await;
+        if let Some(c) = self.cluster.get() {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, cluster::nodes::leave(c)).await;
+        }
         self.room.shutdown(&stop.reason, stop.back, stop.from_host);
         // Sessions still running after the grace end with their
         // connections, which the endpoint's close below cuts.

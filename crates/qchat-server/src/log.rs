@@ -99,17 +99,27 @@ type Outcome = Option<Result<Vec<Appended>, StoreError>>;
 
 /// Stores a batch's messages in one commit.
 fn store<L: Log>(room: &L, items: &[LogItem]) -> Outcome {
-    let mut entries: Vec<&NewEntry> = Vec::with_capacity(items.len());
-    entries.extend(items.iter().filter_map(|item| match item {
-        LogItem::Message(p) => Some(&p.entry),
+    let mut lines: Vec<&Pending> = Vec::with_capacity(items.len());
+    lines.extend(items.iter().filter_map(|item| match item {
+        LogItem::Message(p) => Some(p),
         LogItem::Barrier(_) => None,
     }));
-    if entries.is_empty() {
+    if lines.is_empty() {
         return None;
     }
+    let entries = lines.len();
     let started = std::time::Instant::now();
-    let stored = room.store().append(&entries);
-    room.metrics().log_batch(entries.len(), started.elapsed());
+    let stored = room.store().append_said(&lines);
+    if let Ok(results) = &stored {
+        let ordered = results
+            .iter()
+            .filter(|r| matches!(r, Appended::Ordered(_)))
+            .count();
+        if ordered > 0 {
+            room.metrics().cluster_published.inc_by(ordered as u64);
+        }
+    }
+    room.metrics().log_batch(entries, started.elapsed());
     Some(stored)
 }
 
@@ -131,6 +141,20 @@ fn publish<L: Log>(room: &L, items: &mut Vec<LogItem>, stored: Outcome) {
     for item in items.drain(..) {
         if let LogItem::Barrier(b) = item {
             barriers.push(b);
+        }
+    }
+    // A cluster's lines are acknowledged by the room's feed: a barrier
+    // waits (bounded) until the feed has shown what this node stored.
+    if let Some(log) = room.store().ordered() {
+        if !barriers.is_empty() && !log.all_shown() {
+            let shown = log.until_shown();
+            log.handle().spawn(async move {
+                shown.await;
+                for b in barriers {
+                    let _ = b.send(());
+                }
+            });
+            return;
         }
     }
     for b in barriers {
@@ -227,8 +251,18 @@ fn shared_batch<L: Log>(batch: &mut Vec<RoomItem<L>>) {
         rooms[i].1.push(item);
     }
     let outcomes = {
+        // A cluster's logs are stored one by one, each line with its
+        // author (no shared commit to make); a server's own go together.
+        let ordered: Vec<Outcome> = rooms
+            .iter()
+            .map(|(room, items)| match room.store().ordered() {
+                Some(_) => store(&**room, items),
+                None => None,
+            })
+            .collect();
         let parts: Vec<(&dyn Store, Vec<&NewEntry>)> = rooms
             .iter()
+            .filter(|(room, _)| room.store().ordered().is_none())
             .map(|(room, items)| {
                 let entries = items
                     .iter()
@@ -242,11 +276,18 @@ fn shared_batch<L: Log>(batch: &mut Vec<RoomItem<L>>) {
             .collect();
         let messages: usize = parts.iter().map(|(_, e)| e.len()).sum();
         let started = std::time::Instant::now();
-        let outcomes = append_together(&parts);
+        let mut together = append_together(&parts).into_iter();
         if let (Some((room, _)), true) = (rooms.first(), messages > 0) {
             room.metrics().log_batch(messages, started.elapsed());
         }
-        outcomes
+        rooms
+            .iter()
+            .zip(ordered)
+            .map(|((room, _), outcome)| match room.store().ordered() {
+                Some(_) => outcome,
+                None => together.next().flatten(),
+            })
+            .collect::<Vec<Outcome>>()
     };
     for ((room, mut items), outcome) in rooms.into_iter().zip(outcomes) {
         publish(&*room, &mut items, outcome);

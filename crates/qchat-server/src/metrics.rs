@@ -37,6 +37,12 @@ pub struct Metrics {
     pub log_write_seconds: Histogram,
     /// Messages in each room-log batch.
     pub log_batch_size: Histogram,
+    /// Lines this node stored in its cluster's JetStream.
+    pub cluster_published: Counter,
+    /// 1 while the node is connected to NATS; reported only by a node of
+    /// a cluster (`clustered`).
+    pub cluster_connected: Gauge,
+    clustered: Gauge,
     members: Gauge,
 }
 
@@ -56,6 +62,9 @@ impl Default for Metrics {
             log_write_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             // 1 to 1,024: the writer takes at most its batch limit (`log::LOG_BATCH`) at once.
             log_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            cluster_published: Counter::default(),
+            cluster_connected: Gauge::default(),
+            clustered: Gauge::default(),
             members: Gauge::default(),
         }
     }
@@ -73,6 +82,13 @@ impl Metrics {
     pub fn log_batch(&self, messages: usize, took: Duration) {
         self.log_batch_size.observe(messages as f64);
         self.log_write_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records whether the node is connected to its cluster's NATS now
+    /// (from then on the cluster's metrics are reported).
+    pub fn cluster_connected(&self, connected: bool) {
+        self.clustered.set(1);
+        self.cluster_connected.set(i64::from(connected));
     }
 
     /// The Prometheus text exposition, with `members` members in the room.
@@ -136,6 +152,18 @@ impl Metrics {
             "Messages per room-log batch",
             m.log_batch_size,
         );
+        if m.clustered.get() == 1 {
+            r.register(
+                "cluster_published",
+                "Lines this node stored in the cluster's JetStream",
+                m.cluster_published,
+            );
+            r.register(
+                "cluster_connected",
+                "1 while the node is connected to NATS",
+                m.cluster_connected,
+            );
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &r);
@@ -162,5 +190,11 @@ mod tests {
         assert!(text.contains("qchat_log_batch_size_count 1\n"), "{text}");
         assert!(text.contains("qchat_flood_disconnects_total 0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(!text.contains("cluster"), "{text}");
+        m.cluster_connected(true);
+        m.cluster_published.inc();
+        let text = m.encode(5);
+        assert!(text.contains("qchat_cluster_connected 1\n"), "{text}");
+        assert!(text.contains("qchat_cluster_published_total 1\n"), "{text}");
     }
 }

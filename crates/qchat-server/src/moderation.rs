@@ -23,7 +23,7 @@ use qchat_proto::clock::{now_ms, utc_minute};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use qchat_proto::{names, BanInfo, ModOp, RejectReason, ServerMsg};
@@ -31,6 +31,7 @@ use qchat_tls::Fingerprint;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::names::Bucket;
 use crate::options::ServerOptions;
 use crate::registry::RegistryError;
 use crate::room::{MemberId, Peer, Rejection, Room};
@@ -123,17 +124,125 @@ struct Lists {
 
 /// Operators granted in chat, key bans and guest address bans.
 pub struct Moderation {
-    lists: Mutex<Lists>,
+    lists: Arc<Mutex<Lists>>,
     db: Option<(Arc<Database>, PathBuf)>,
+    /// In a cluster: the bucket shared with the claims.
+    kv: Option<Arc<Bucket>>,
+    /// What to do when another node bans or grants (set once the room
+    /// exists).
+    hook: Arc<OnceLock<Hook>>,
 }
+
+/// A change made on another node, for this node's room to carry out.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Keys were banned: their sessions here end.
+    Ban(Entry),
+    /// Keys were made operators (`true`) or no longer are (`false`).
+    Op(Entry, bool),
+}
+
+type Hook = Box<dyn Fn(Change) + Send + Sync>;
+
+/// The watch's way into the lists: every node's operators and key bans,
+/// as the bucket reports them.
+pub(crate) struct Remote {
+    lists: Weak<Mutex<Lists>>,
+    hook: Arc<OnceLock<Hook>>,
+    /// Bucket key to same-name key: a deletion names only its key.
+    folds: Mutex<HashMap<String, String>>,
+}
+
+impl Remote {
+    /// Takes in one change of the bucket's `ban.` or `op.` keys; `quiet`:
+    /// one already there when the node started, not news to act on.
+    pub(crate) fn changed(&self, e: &async_nats::jetstream::kv::Entry, quiet: bool) {
+        let kind = if e.key.starts_with(BAN_PREFIX) {
+            Kind::Ban
+        } else if e.key.starts_with(OP_PREFIX) {
+            Kind::Op
+        } else {
+            return;
+        };
+        let Some(lists) = self.lists.upgrade() else {
+            return;
+        };
+        let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = match e.operation {
+            async_nats::jetstream::kv::Operation::Put => {
+                match postcard::from_bytes::<Entry>(&e.value) {
+                    Ok(entry) => Some(entry),
+                    Err(_) => return,
+                }
+            }
+            _ => None,
+        };
+        let fold = match &entry {
+            Some(entry) => names::fold(&entry.name),
+            None => match folds.get(&e.key) {
+                Some(f) => f.clone(),
+                None => return,
+            },
+        };
+        folds.insert(e.key.clone(), fold.clone());
+        drop(folds);
+        let old = {
+            let mut lists = lists.lock().unwrap_or_else(|p| p.into_inner());
+            kind.list(&mut lists).set(&fold, entry.clone())
+        };
+        if quiet {
+            return;
+        }
+        let Some(hook) = self.hook.get() else {
+            return;
+        };
+        match (kind, entry, old) {
+            (Kind::Ban, Some(e), _) => hook(Change::Ban(e)),
+            (Kind::Op, Some(e), _) => hook(Change::Op(e, true)),
+            (Kind::Op, None, Some(old)) => hook(Change::Op(old, false)),
+            _ => {}
+        }
+    }
+}
+
+/// Bucket key prefixes.
+const BAN_PREFIX: &str = "ban.";
+const OP_PREFIX: &str = "op.";
 
 impl Moderation {
     /// Everything in memory only.
     pub fn memory() -> Self {
         Moderation {
-            lists: Mutex::new(Lists::default()),
+            lists: Arc::new(Mutex::new(Lists::default())),
             db: None,
+            kv: None,
+            hook: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Operators and key bans in a cluster's bucket, shared by every
+    /// node; guests' address bans stay with each node (an address is
+    /// where a guest met this node, and such bans are short and in memory
+    /// anyway).
+    pub(crate) fn clustered(bucket: Arc<Bucket>) -> Self {
+        Moderation {
+            kv: Some(bucket),
+            ..Moderation::memory()
+        }
+    }
+
+    /// The way for the bucket's watch into the lists.
+    pub(crate) fn remote(&self) -> Remote {
+        Remote {
+            lists: Arc::downgrade(&self.lists),
+            hook: Arc::clone(&self.hook),
+            folds: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sets what is done when another node bans or grants; once.
+    pub fn on_change(&self, hook: impl Fn(Change) + Send + Sync + 'static) {
+        let _ = self.hook.set(Box::new(hook));
     }
 
     /// Loads the stored operators and bans from the registry's file.
@@ -155,8 +264,10 @@ impl Moderation {
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
         Ok(Moderation {
-            lists: Mutex::new(lists),
+            lists: Arc::new(Mutex::new(lists)),
             db: Some((db, path)),
+            kv: None,
+            hook: Arc::new(OnceLock::new()),
         })
     }
 
@@ -251,6 +362,11 @@ impl Moderation {
 
     fn put(&self, kind: Kind, entry: Entry) -> Result<Option<Entry>, RegistryError> {
         let fold = names::fold(&entry.name);
+        if self.kv.is_some() {
+            // A round trip to NATS, without holding up every check.
+            self.write(kind, &fold, Some(&entry))?;
+            return Ok(kind.list(&mut self.lock()).set(&fold, Some(entry)));
+        }
         let mut lists = self.lock();
         self.write(kind, &fold, Some(&entry))?;
         Ok(kind.list(&mut lists).set(&fold, Some(entry)))
@@ -261,12 +377,45 @@ impl Moderation {
         let Some(fold) = kind.list(&mut lists).find(target) else {
             return Ok(None);
         };
+        if self.kv.is_some() {
+            drop(lists);
+            self.write(kind, &fold, None)?;
+            return Ok(kind.list(&mut self.lock()).set(&fold, None));
+        }
         self.write(kind, &fold, None)?;
         Ok(kind.list(&mut lists).set(&fold, None))
     }
 
     /// Stores (or, for `None`, deletes) one entry, before the lists change.
     fn write(&self, kind: Kind, fold: &str, entry: Option<&Entry>) -> Result<(), RegistryError> {
+        if let Some(bucket) = &self.kv {
+            let prefix = match kind {
+                Kind::Op => OP_PREFIX,
+                Kind::Ban => BAN_PREFIX,
+            };
+            let key = format!("{prefix}{}", crate::cluster::token(fold));
+            let bytes = entry
+                .map(postcard::to_allocvec)
+                .transpose()
+                .map_err(|e| RegistryError::Cluster(e.to_string()))?;
+            let store = bucket.store().clone();
+            // Last writer wins: a ban or grant replaces the one before.
+            let done = bucket.block(async move {
+                match bytes {
+                    Some(b) => store
+                        .put(&key, b.into())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    None => store.delete(&key).await.map_err(|e| e.to_string()),
+                }
+            });
+            return match done {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(RegistryError::Cluster(e)),
+                None => Err(RegistryError::Cluster("NATS did not answer".into())),
+            };
+        }
         let Some((db, path)) = &self.db else {
             return Ok(());
         };
@@ -516,8 +665,7 @@ async fn ban(
     if names::fold(name) == names::fold(me) {
         return Err("you cannot ban yourself".into());
     }
-    let told = format!("you are banned from this server{}", because(reason));
-    let why = format!("banned by {me}{}", because(reason));
+    let (told, why) = ban_words(me, reason);
     match target(room, options, name)? {
         Target::Keys { name, keys } => {
             if keys.iter().any(|k| fixed(options, k)) {
@@ -593,6 +741,48 @@ async fn ban(
             )))
         }
     }
+}
+
+/// What a banned member is told, and what the room is told of it.
+fn ban_words(by: &str, reason: &str) -> (String, String) {
+    (
+        format!("you are banned from this server{}", because(reason)),
+        format!("banned by {by}{}", because(reason)),
+    )
+}
+
+/// Carries out on this node's room what another node's operator did:
+/// a ban ends the banned keys' sessions here too, a grant or its taking
+/// back changes the rights of the keys' members here. The server's own
+/// operators (`--operator`, the host) keep theirs whatever chat does.
+pub fn enforce(room: &Arc<Room>) {
+    let weak = Arc::downgrade(room);
+    room.registry().moderation().on_change(move |change| {
+        let Some(room) = weak.upgrade() else {
+            return;
+        };
+        match change {
+            Change::Ban(e) => {
+                let (told, why) = ban_words(&e.by, &e.reason);
+                let ended = room.end_matching(
+                    |p| p.key.is_some_and(|k| e.keys.contains(k.as_bytes())),
+                    &e.by,
+                    &told,
+                    &why,
+                );
+                if ended > 0 {
+                    tracing::info!(ended, "banned on another node");
+                }
+            }
+            Change::Op(e, true) => room.set_operator(&e.keys, true),
+            Change::Op(e, false) => {
+                let options = room.options();
+                let keys: Vec<[u8; 32]> =
+                    e.keys.into_iter().filter(|k| !fixed(&options, k)).collect();
+                room.set_operator(&keys, false);
+            }
+        }
+    });
 }
 
 /// `/unban NAME-or-FP-or-ADDRESS`.

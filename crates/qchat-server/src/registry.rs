@@ -144,6 +144,13 @@ pub enum RegistryError {
         /// What went wrong.
         detail: String,
     },
+    /// The cluster's bucket could not be read or written.
+    #[error("the name registry in the cluster: {0}")]
+    Cluster(String),
+    /// Another node changed the name's claim since this node last saw it;
+    /// the claim is read again, and the change may be tried again.
+    #[error("the claim on a name changed on another node meanwhile")]
+    Conflict,
 }
 
 /// A link code, known by its hash.
@@ -155,7 +162,7 @@ struct Code {
 }
 
 #[derive(Default)]
-struct Maps {
+pub(crate) struct Maps {
     by_name: HashMap<String, Claim>,
     /// The reverse index: each key holds at most one name.
     by_key: HashMap<[u8; 32], String>,
@@ -163,12 +170,20 @@ struct Maps {
     /// ones stay a while (a lifetime past their end) so that a refusal
     /// can say "used" or "expired" rather than "wrong".
     codes: HashMap<[u8; 32], Code>,
+    /// In a cluster: the bucket's revision of each claim this node last
+    /// saw or wrote, which its next write must replace (and older news
+    /// from the watch must not undo).
+    revs: HashMap<String, u64>,
 }
 
 /// The registered names.
 pub struct Registry {
-    maps: Mutex<Maps>,
+    maps: Arc<Mutex<Maps>>,
     db: Option<(Arc<Database>, PathBuf)>,
+    /// In a cluster: the bucket every node's claims are in.
+    kv: Option<Arc<crate::cluster::names::Bucket>>,
+    /// In a cluster: the names in use on every node.
+    online: Option<Arc<crate::cluster::names::Online>>,
     /// Operators and bans, by key, in the same file.
     moderation: Moderation,
 }
@@ -180,8 +195,10 @@ impl Registry {
     /// Claims kept in memory only (`--store memory`, tests).
     pub fn memory() -> Self {
         Registry {
-            maps: Mutex::new(Maps::default()),
+            maps: Arc::new(Mutex::new(Maps::default())),
             db: None,
+            kv: None,
+            online: None,
             moderation: Moderation::memory(),
         }
     }
@@ -212,10 +229,48 @@ impl Registry {
         let db = Arc::new(db);
         let moderation = Moderation::open(Arc::clone(&db), path.clone())?;
         Ok(Registry {
-            maps: Mutex::new(maps),
+            maps: Arc::new(Mutex::new(maps)),
             db: Some((db, path)),
+            kv: None,
+            online: None,
             moderation,
         })
+    }
+
+    /// The registry of a cluster's node: claims, operators and key bans
+    /// in the bucket [`NAMES_BUCKET`](crate::cluster::names::NAMES_BUCKET),
+    /// which every node reads and writes, and the names in use on every
+    /// node (entries living `online_ttl` unless rewritten). Returns once
+    /// everything already in the bucket is loaded; a watch keeps the
+    /// node's copy up to date after that.
+    pub async fn clustered(
+        cluster: Arc<crate::cluster::Cluster>,
+        online_ttl: Duration,
+    ) -> Result<Self, RegistryError> {
+        let cl = |e: crate::cluster::ClusterError| RegistryError::Cluster(e.to_string());
+        let online = crate::cluster::names::Online::start(Arc::clone(&cluster), online_ttl)
+            .await
+            .map_err(cl)?;
+        let bucket = crate::cluster::names::Bucket::open(&cluster)
+            .await
+            .map_err(cl)?;
+        let moderation = Moderation::clustered(Arc::clone(&bucket));
+        let maps = Arc::new(Mutex::new(Maps::default()));
+        follow(&bucket, Arc::downgrade(&maps), moderation.remote())
+            .await
+            .map_err(cl)?;
+        Ok(Registry {
+            maps,
+            db: None,
+            kv: Some(bucket),
+            online: Some(online),
+            moderation,
+        })
+    }
+
+    /// In a cluster, the names in use on every node.
+    pub fn online(&self) -> Option<&Arc<crate::cluster::names::Online>> {
+        self.online.as_ref()
     }
 
     /// Operators granted in chat and bans, kept beside the claims.
@@ -279,22 +334,33 @@ impl Registry {
         expiry: Duration,
         now: u64,
     ) -> Result<Claimed, Refusal> {
+        // Another node's change met on writing is read in by the failed
+        // write; the claim is then judged again on what is there now.
+        retry(|| self.claim_once(name, key, expiry, now))
+    }
+
+    fn claim_once(
+        &self,
+        name: &str,
+        key: Fingerprint,
+        expiry: Duration,
+        now: u64,
+    ) -> Result<Claimed, Retry> {
         let fold = names::fold(name);
         let key = *key.as_bytes();
-        let mut maps = self.lock();
+        let maps = self.lock();
         match maps.by_name.get(&fold) {
             Some(c) if c.has(&key) => {
                 let mut kept = c.clone();
                 kept.used_by(&key, now);
-                self.apply(&mut maps, vec![(fold, Some(kept))])
-                    .map_err(unavailable)?;
+                self.apply(maps, vec![(fold, Some(kept))]).1?;
                 return Ok(Claimed::Kept);
             }
             Some(c) if c.live(now, expiry) => {
-                return Err(Refusal::new(format!(
+                return Err(Retry::No(Refusal::new(format!(
                     "{}; choose another name",
                     registered(name, &c.name)
-                )));
+                ))));
             }
             _ => {}
         }
@@ -315,8 +381,11 @@ impl Registry {
                 rows.push((old.clone(), c.without(&key)));
             }
         }
-        let before = self.apply(&mut maps, rows).map_err(unavailable)?;
-        Ok(Claimed::New { before, code: None })
+        let written = self.apply(maps, rows).1;
+        Ok(Claimed::New {
+            before: written?,
+            code: None,
+        })
     }
 
     /// A new link code for the name `key` holds: `(code, expires_ms)`.
@@ -403,37 +472,48 @@ impl Registry {
         expiry: Duration,
         now: u64,
     ) -> Result<Claimed, Refusal> {
+        retry(|| self.link_once(name, code, key, expiry, now))
+    }
+
+    fn link_once(
+        &self,
+        name: &str,
+        code: &str,
+        key: Fingerprint,
+        expiry: Duration,
+        now: u64,
+    ) -> Result<Claimed, Retry> {
         let fold = names::fold(name);
         let hash = code_hash(code);
         let key = *key.as_bytes();
-        let mut maps = self.lock();
+        let maps = self.lock();
         match maps.codes.get(&hash) {
             None => {
-                return Err(Refusal::new(
+                return Err(Retry::No(Refusal::new(
                     "the link code is wrong: no such code (check it, or make a new one with /device link)",
-                ))
+                )))
             }
             Some(c) if c.used => {
-                return Err(Refusal::new(
+                return Err(Retry::No(Refusal::new(
                     "the link code was already used; a code links one device (make a new one with /device link)",
-                ))
+                )))
             }
             Some(c) if c.expires_ms <= now => {
-                return Err(Refusal::new(
+                return Err(Retry::No(Refusal::new(
                     "the link code has expired (make a new one with /device link)",
-                ))
+                )))
             }
             Some(c) if c.fold != fold => {
-                return Err(Refusal::new(format!(
+                return Err(Retry::No(Refusal::new(format!(
                     "the link code was made for another name than {name:?}"
-                )))
+                ))))
             }
             Some(_) => {}
         }
         let Some(claim) = maps.by_name.get(&fold).filter(|c| c.live(now, expiry)) else {
-            return Err(Refusal::new(format!(
+            return Err(Retry::No(Refusal::new(format!(
                 "the name {name:?} is no longer registered; connect without --link to claim it"
-            )));
+            ))));
         };
         let mut claim = claim.clone();
         let mut rows = Vec::new();
@@ -442,19 +522,19 @@ impl Registry {
             // still counts on it.
             if let Some(old) = maps.by_key.get(&key).and_then(|f| maps.by_name.get(f)) {
                 if old.live(now, expiry) {
-                    return Err(Refusal::new(format!(
+                    return Err(Retry::No(Refusal::new(format!(
                         "this device's key already holds the name {:?}, and a key belongs to one name; \
                          remove it there first (/device remove), or link from a device with a key of its own",
                         old.name
-                    )));
+                    ))));
                 }
                 rows.push((names::fold(&old.name), old.without(&key)));
             }
             if claim.keys.len() >= MAX_KEYS_PER_NAME {
-                return Err(Refusal::new(format!(
+                return Err(Retry::No(Refusal::new(format!(
                     "{} already has {MAX_KEYS_PER_NAME} keys, the most a name may have; remove one first (/device remove)",
                     claim.name
-                )));
+                ))));
             }
             claim.keys.push(Device {
                 key,
@@ -464,7 +544,8 @@ impl Registry {
         }
         claim.used_by(&key, now);
         rows.insert(0, (fold, Some(claim)));
-        let before = self.apply(&mut maps, rows).map_err(unavailable)?;
+        let (mut maps, written) = self.apply(maps, rows);
+        let before = written?;
         if let Some(c) = maps.codes.get_mut(&hash) {
             c.used = true;
         }
@@ -484,7 +565,7 @@ impl Registry {
         expiry: Duration,
     ) -> Result<Claim, Refusal> {
         let now = now_ms();
-        let mut maps = self.lock();
+        let maps = self.lock();
         let Some((fold, claim)) = maps
             .by_key
             .get(asker.as_bytes())
@@ -506,7 +587,8 @@ impl Registry {
                 claim.name
             )));
         };
-        self.apply(&mut maps, vec![(fold, Some(left.clone()))])
+        self.apply(maps, vec![(fold, Some(left.clone()))])
+            .1
             .map_err(unavailable)?;
         Ok(left)
     }
@@ -516,9 +598,9 @@ impl Registry {
         let Claimed::New { before, code } = claimed else {
             return;
         };
-        let mut maps = self.lock();
         let rows = before.into_iter().rev().collect();
-        if let Err(e) = self.apply(&mut maps, rows) {
+        let (mut maps, written) = self.apply(self.lock(), rows);
+        if let Err(e) = written {
             tracing::warn!("cannot take back a name claim: {e}");
         }
         if let Some(c) = code.and_then(|h| maps.codes.get_mut(&h)) {
@@ -530,7 +612,7 @@ impl Registry {
     /// counts as used from this moment.
     pub fn touch(&self, key: Fingerprint) {
         let key = *key.as_bytes();
-        let mut maps = self.lock();
+        let maps = self.lock();
         let Some(fold) = maps.by_key.get(&key).cloned() else {
             return;
         };
@@ -538,37 +620,76 @@ impl Registry {
             return;
         };
         claim.used_by(&key, now_ms());
-        if let Err(e) = self.apply(&mut maps, vec![(fold, Some(claim))]) {
+        if let Err(e) = self.apply(maps, vec![(fold, Some(claim))]).1 {
             tracing::warn!("cannot record a name's use: {e}");
         }
     }
 
     /// Writes `rows` (a claim, or `None` to delete) in one transaction,
     /// then to the maps, keeping the reverse index in step; returns the
-    /// rows as they were, in the same order.
-    fn apply(
-        &self,
-        maps: &mut Maps,
+    /// rows as they were, in the same order, and the lock again.
+    ///
+    /// In a cluster the rows go to the bucket one by one, each replacing
+    /// the revision this node last saw, with the lock let go meanwhile (a
+    /// round trip to NATS must not stall every lookup); a row another node
+    /// changed first is read in and the write fails with
+    /// [`RegistryError::Conflict`], for the caller to judge again.
+    fn apply<'a>(
+        &'a self,
+        mut maps: MutexGuard<'a, Maps>,
         rows: Vec<(String, Option<Claim>)>,
-    ) -> Result<Vec<(String, Option<Claim>)>, RegistryError> {
-        self.write(&rows)?;
+    ) -> (MutexGuard<'a, Maps>, Result<Rows, RegistryError>) {
+        if let Some(bucket) = &self.kv {
+            let plan: Vec<(String, Option<Claim>, Option<u64>)> = rows
+                .iter()
+                .map(|(fold, claim)| {
+                    let rev = maps
+                        .revs
+                        .get(fold)
+                        .copied()
+                        .filter(|_| maps.by_name.contains_key(fold));
+                    (fold.clone(), claim.clone(), rev)
+                })
+                .collect();
+            drop(maps);
+            let written = write_kv(bucket, &plan);
+            maps = self.lock();
+            let done = match &written {
+                Ok(_) => plan.len(),
+                Err((n, _)) => *n,
+            };
+            let mut before = Vec::with_capacity(done);
+            for ((fold, claim, _), rev) in plan.into_iter().zip(revisions(&written)).take(done) {
+                if let Some(rev) = rev {
+                    maps.revs.insert(fold.clone(), rev);
+                }
+                let old = maps.set(&fold, claim);
+                before.push((fold, old));
+            }
+            return match written {
+                Ok(_) => (maps, Ok(before)),
+                Err((n, e)) => {
+                    if matches!(e, RegistryError::Conflict) {
+                        if let Some((fold, ..)) = rows.get(n) {
+                            reload(bucket, &mut maps, fold);
+                        }
+                    }
+                    if n > 0 {
+                        tracing::warn!("a change of names was written in part: {e}");
+                    }
+                    (maps, Err(e))
+                }
+            };
+        }
+        if let Err(e) = self.write(&rows) {
+            return (maps, Err(e));
+        }
         let mut before = Vec::with_capacity(rows.len());
         for (fold, claim) in rows {
-            let old = maps.by_name.remove(&fold);
-            for d in old.iter().flat_map(|c| &c.keys) {
-                if maps.by_key.get(&d.key) == Some(&fold) {
-                    maps.by_key.remove(&d.key);
-                }
-            }
-            if let Some(c) = claim {
-                for d in &c.keys {
-                    maps.by_key.insert(d.key, fold.clone());
-                }
-                maps.by_name.insert(fold.clone(), c);
-            }
+            let old = maps.set(&fold, claim);
             before.push((fold, old));
         }
-        Ok(before)
+        (maps, Ok(before))
     }
 
     /// Writes claims (or deletes them, for `None`) in one transaction.
@@ -601,6 +722,268 @@ impl Registry {
         }
         tx.commit().map_err(|e| err(e.to_string()))
     }
+}
+
+impl Maps {
+    /// Puts `claim` under `fold` (or removes it, for `None`), keeping the
+    /// reverse index in step; returns what was there.
+    fn set(&mut self, fold: &str, claim: Option<Claim>) -> Option<Claim> {
+        let old = self.by_name.remove(fold);
+        for d in old.iter().flat_map(|c| &c.keys) {
+            if self.by_key.get(&d.key).map(String::as_str) == Some(fold) {
+                self.by_key.remove(&d.key);
+            }
+        }
+        if let Some(c) = claim {
+            for d in &c.keys {
+                self.by_key.insert(d.key, fold.to_string());
+            }
+            self.by_name.insert(fold.to_string(), c);
+        }
+        old
+    }
+}
+
+/// Claims by same-name key (`None`: absent), as written or as they were.
+type Rows = Vec<(String, Option<Claim>)>;
+
+/// Why a claim or link did not happen: a refusal, or a write that failed
+/// (and, if it met another node's change, may be tried again).
+enum Retry {
+    No(Refusal),
+    Write(RegistryError),
+}
+
+impl From<RegistryError> for Retry {
+    fn from(e: RegistryError) -> Self {
+        Retry::Write(e)
+    }
+}
+
+/// Runs a claim or link until it is not undone by another node's change
+/// met on writing (a few rounds: each round has read that change in).
+fn retry(mut once: impl FnMut() -> Result<Claimed, Retry>) -> Result<Claimed, Refusal> {
+    for _ in 0..4 {
+        match once() {
+            Ok(c) => return Ok(c),
+            Err(Retry::No(r)) => return Err(r),
+            Err(Retry::Write(RegistryError::Conflict)) => {}
+            Err(Retry::Write(e)) => return Err(unavailable(e)),
+        }
+    }
+    Err(unavailable(RegistryError::Conflict))
+}
+
+/// The bucket key of a claim.
+fn claim_key(fold: &str) -> String {
+    format!("{CLAIM_PREFIX}{}", crate::cluster::token(fold))
+}
+
+/// Prefix of the bucket's claim keys.
+const CLAIM_PREFIX: &str = "claim.";
+
+/// What [`write_kv`] wrote: each row's new revision (`None`: deleted), or
+/// how many rows were written before the error.
+type Written = Result<Vec<Option<u64>>, (usize, RegistryError)>;
+
+fn revisions(written: &Written) -> Vec<Option<u64>> {
+    match written {
+        Ok(v) => v.clone(),
+        Err((n, _)) => vec![None; *n],
+    }
+}
+
+/// Writes claims to the cluster's bucket in order: a claim over the
+/// revision this node saw (`None`: it saw none, so the key must be empty),
+/// a deletion only of that revision.
+fn write_kv(
+    bucket: &crate::cluster::names::Bucket,
+    plan: &[(String, Option<Claim>, Option<u64>)],
+) -> Written {
+    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    let mut revs = Vec::with_capacity(plan.len());
+    for (i, (fold, claim, rev)) in plan.iter().enumerate() {
+        let key = claim_key(fold);
+        let store = bucket.store().clone();
+        let fail = |e: RegistryError| Err((i, e));
+        let outcome = match (claim, *rev) {
+            (Some(c), rev) => {
+                let bytes = match postcard::to_allocvec(c) {
+                    Ok(b) => bytes::Bytes::from(b),
+                    Err(e) => return fail(RegistryError::Cluster(e.to_string())),
+                };
+                bucket.block(async move {
+                    match rev {
+                        Some(rev) => store.update(&key, bytes, rev).await.map(Some).map_err(|e| {
+                            (
+                                e.kind() == UpdateErrorKind::WrongLastRevision,
+                                e.to_string(),
+                            )
+                        }),
+                        None => store.create(&key, bytes).await.map(Some).map_err(|e| {
+                            (e.kind() == CreateErrorKind::AlreadyExists, e.to_string())
+                        }),
+                    }
+                })
+            }
+            (None, Some(rev)) => bucket.block(async move {
+                store
+                    .delete_expect_revision(&key, Some(rev))
+                    .await
+                    .map(|()| None)
+                    .map_err(|e| {
+                        (
+                            e.kind() == UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    })
+            }),
+            (None, None) => Some(Ok(None)),
+        };
+        match outcome {
+            Some(Ok(r)) => revs.push(r),
+            Some(Err((true, _))) => return fail(RegistryError::Conflict),
+            Some(Err((false, e))) => return fail(RegistryError::Cluster(e)),
+            None => return fail(RegistryError::Cluster("NATS did not answer".into())),
+        }
+    }
+    Ok(revs)
+}
+
+/// Reads one claim from the bucket into the maps, after a write found it
+/// changed by another node.
+fn reload(bucket: &crate::cluster::names::Bucket, maps: &mut Maps, fold: &str) {
+    let store = bucket.store().clone();
+    let key = claim_key(fold);
+    let got = bucket.block(async move { store.entry(key).await });
+    let entry = match got {
+        Some(Ok(e)) => e,
+        Some(Err(e)) => return tracing::debug!("cannot read a claim: {e}"),
+        None => return,
+    };
+    claim_changed(maps, fold, entry.as_ref());
+}
+
+/// Takes in a claim's change as the bucket reports it, unless this node
+/// already knows a newer one.
+fn claim_changed(maps: &mut Maps, fold: &str, entry: Option<&async_nats::jetstream::kv::Entry>) {
+    let Some(e) = entry else {
+        maps.set(fold, None);
+        maps.revs.remove(fold);
+        return;
+    };
+    if maps.revs.get(fold).is_some_and(|r| *r >= e.revision) {
+        return;
+    }
+    maps.revs.insert(fold.to_string(), e.revision);
+    let claim = match e.operation {
+        async_nats::jetstream::kv::Operation::Put => postcard::from_bytes::<Claim>(&e.value).ok(),
+        _ => None,
+    };
+    maps.set(fold, claim);
+}
+
+/// Follows the bucket: every node's claims, operators and bans, into this
+/// node's copy. Returns once what was there is loaded (bounded), and
+/// keeps following in a task for as long as `maps` lives.
+pub(crate) async fn follow(
+    bucket: &crate::cluster::names::Bucket,
+    maps: std::sync::Weak<Mutex<Maps>>,
+    remote: crate::moderation::Remote,
+) -> Result<(), crate::cluster::ClusterError> {
+    use async_nats::jetstream::kv::Operation;
+    use futures_util::StreamExt;
+    let store = bucket.store().clone();
+    let mut stream = store.stream.clone();
+    let last = stream
+        .info()
+        .await
+        .map_err(|e| crate::cluster::ClusterError::JetStream(e.to_string()))?
+        .state
+        .last_sequence;
+    // Claims' keys are hashes: which name a deletion is of is known from
+    // the claim put before it.
+    let mut folds: HashMap<String, String> = HashMap::new();
+    let mut seen = 0u64;
+    let mut take = move |e: async_nats::jetstream::kv::Entry, quiet: bool| -> bool {
+        seen = seen.max(e.revision);
+        if e.key.starts_with(CLAIM_PREFIX) {
+            let Some(maps) = maps.upgrade() else {
+                return false;
+            };
+            let fold = match e.operation {
+                Operation::Put => match postcard::from_bytes::<Claim>(&e.value) {
+                    Ok(c) => names::fold(&c.name),
+                    Err(_) => return true,
+                },
+                _ => match folds.get(&e.key) {
+                    Some(f) => f.clone(),
+                    None => return true,
+                },
+            };
+            folds.insert(e.key.clone(), fold.clone());
+            let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
+            if maps.revs.get(&fold).is_some_and(|r| *r >= e.revision) {
+                return true;
+            }
+            maps.revs.insert(fold.clone(), e.revision);
+            let claim = match e.operation {
+                Operation::Put => postcard::from_bytes::<Claim>(&e.value).ok(),
+                _ => None,
+            };
+            maps.set(&fold, claim);
+        } else {
+            remote.changed(&e, quiet);
+        }
+        true
+    };
+    let mut changes = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| crate::cluster::ClusterError::JetStream(e.to_string()))?;
+    let mut at = 0u64;
+    if last > 0 {
+        let deadline = tokio::time::Instant::now() + crate::cluster::REQUEST_TIMEOUT;
+        while at < last {
+            match tokio::time::timeout_at(deadline, changes.next()).await {
+                Ok(Some(Ok(e))) => {
+                    at = e.revision;
+                    let more = e.delta > 0;
+                    take(e, true);
+                    if !more {
+                        break;
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(crate::cluster::ClusterError::JetStream(e.to_string()))
+                }
+                Ok(None) | Err(_) => {
+                    return Err(crate::cluster::ClusterError::JetStream(
+                        "the names bucket did not load in time".into(),
+                    ))
+                }
+            }
+        }
+    }
+    let store = bucket.store().clone();
+    tokio::spawn(async move {
+        let mut last = at;
+        loop {
+            while let Some(change) = changes.next().await {
+                let Ok(e) = change else { break };
+                last = last.max(e.revision);
+                if !take(e, false) {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match store.watch_all_from_revision(last + 1).await {
+                Ok(w) => changes = w,
+                Err(e) => tracing::debug!("cannot watch the names bucket: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// A new code, in groups of four joined by `-`, easy to read and type.
@@ -892,5 +1275,155 @@ mod tests {
             vec![[1; 32], [2; 32]]
         );
         assert!(r.lookup("alicia", YEAR).is_none());
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::cluster::names::tests::node as cluster_node;
+    use crate::cluster::names::ONLINE_TTL;
+    use crate::cluster::testing::NatsServer as Nats;
+    use crate::moderation::{Change, Entry};
+
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    fn key(n: u8) -> Fingerprint {
+        Fingerprint::from_bytes([n; 32])
+    }
+
+    async fn node(nats: &Nats) -> Arc<Registry> {
+        Arc::new(
+            Registry::clustered(cluster_node(nats).await, ONLINE_TTL)
+                .await
+                .expect("clustered registry"),
+        )
+    }
+
+    /// Waits (bounded) until `ok` holds of `r`: the watch brings another
+    /// node's change in its own time, and gives nothing to await here.
+    async fn until(r: &Arc<Registry>, what: &str, ok: impl Fn(&Registry) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !ok(r) {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_claiming_one_name_at_once_exactly_one_wins_and_both_see_it() {
+        let nats = Nats::start().await;
+        let (a, b) = (node(&nats).await, node(&nats).await);
+        for round in 0..10u8 {
+            let name = format!("name{round}");
+            let (ra, rb) = (Arc::clone(&a), Arc::clone(&b));
+            let (na, nb) = (name.clone(), name.to_uppercase());
+            let ta = tokio::task::spawn_blocking(move || ra.claim(&na, key(1), YEAR));
+            let tb = tokio::task::spawn_blocking(move || rb.claim(&nb, key(2), YEAR));
+            let (ga, gb) = (ta.await.expect("a"), tb.await.expect("b"));
+            assert!(ga.is_ok() != gb.is_ok(), "round {round}: {ga:?} {gb:?}");
+            let loser = ga.err().or(gb.err()).expect("a refusal");
+            assert!(
+                loser.detail.contains("registered to another key"),
+                "{loser:?}"
+            );
+            let winner = if a.lookup(&name, YEAR).is_some_and(|c| c.has(&[1; 32])) {
+                [1; 32]
+            } else {
+                [2; 32]
+            };
+            for r in [&a, &b] {
+                until(r, "both see the winner", |r| {
+                    r.lookup(&name, YEAR)
+                        .is_some_and(|c| c.keys.len() == 1 && c.has(&winner))
+                })
+                .await;
+            }
+        }
+        // A claim on one is refused on the other to a guest and another key.
+        let ra = Arc::clone(&a);
+        let _ = tokio::task::spawn_blocking(move || ra.claim("zed", key(5), YEAR))
+            .await
+            .expect("task")
+            .expect("claim");
+        until(&b, "b sees zed", |r| r.check_guest("zed", YEAR).is_err()).await;
+        let rb = Arc::clone(&b);
+        let other = tokio::task::spawn_blocking(move || rb.claim("Zed", key(6), YEAR))
+            .await
+            .expect("task");
+        assert!(other.is_err(), "{other:?}");
+        // The key moves to another name on b: a sees zed free again.
+        let rb = Arc::clone(&b);
+        let _ = tokio::task::spawn_blocking(move || rb.claim("zora", key(5), YEAR))
+            .await
+            .expect("task")
+            .expect("move");
+        until(&a, "a sees the move", |r| {
+            r.lookup("zed", YEAR).is_none()
+                && r.claim_of(key(5), YEAR).map(|c| c.name) == Some("zora".into())
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ban_or_grant_on_one_node_reaches_the_other() {
+        let nats = Nats::start().await;
+        let (a, b) = (node(&nats).await, node(&nats).await);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        b.moderation().on_change(move |c| {
+            let _ = tx.send(c);
+        });
+        let ra = Arc::clone(&a);
+        tokio::task::spawn_blocking(move || {
+            ra.moderation().ban(Entry {
+                name: "mallory".into(),
+                keys: vec![[9; 32], [8; 32]],
+                by: "host".into(),
+                at_ms: 1,
+                reason: "spam".into(),
+            })
+        })
+        .await
+        .expect("task")
+        .expect("ban");
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("b heard of the ban in time");
+        assert!(matches!(got, Some(Change::Ban(e)) if e.keys.contains(&[8; 32])));
+        assert_eq!(
+            b.moderation().banned(key(8)).map(|e| e.reason),
+            Some("spam".into())
+        );
+        let ra = Arc::clone(&a);
+        tokio::task::spawn_blocking(move || {
+            ra.moderation().grant(Entry {
+                name: "bob".into(),
+                keys: vec![[5; 32]],
+                by: "host".into(),
+                at_ms: 1,
+                reason: String::new(),
+            })
+        })
+        .await
+        .expect("task")
+        .expect("grant");
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("b heard of the grant in time");
+        assert!(matches!(got, Some(Change::Op(_, true))));
+        assert!(b.moderation().is_operator(key(5)));
+        let ra = Arc::clone(&a);
+        tokio::task::spawn_blocking(move || ra.moderation().unban("Mallory"))
+            .await
+            .expect("task")
+            .expect("unban");
+        until(&b, "b sees the unban", |r| {
+            r.moderation().banned(key(9)).is_none()
+        })
+        .await;
+        // A node started now loads what is there, without news to act on.
+        let c = node(&nats).await;
+        assert!(c.moderation().is_operator(key(5)));
+        assert!(c.moderation().banned(key(9)).is_none());
     }
 }

@@ -151,6 +151,12 @@ pub struct Room {
     rooms: OnceLock<Arc<crate::rooms::Rooms>>,
     /// Private conversations' history; unset: none is kept (live only).
     conversations: OnceLock<Arc<crate::private::Conversations>>,
+    /// Who is online on the cluster's other nodes; unset without a
+    /// cluster.
+    presence: OnceLock<Arc<crate::cluster::presence::Presence>>,
+    /// Why the server admits nobody for now (a cluster's node cut off
+    /// from NATS); `None`: it admits.
+    cut_off: Mutex<Option<String>>,
 }
 
 struct State {
@@ -263,8 +269,10 @@ impl Room {
             me: me.clone(),
             metrics: Metrics::default(),
             registry: OnceLock::new(),
+            presence: OnceLock::new(),
             rooms: OnceLock::new(),
             conversations: OnceLock::new(),
+            cut_off: Mutex::new(None),
         })
     }
 
@@ -323,6 +331,61 @@ impl Room {
     /// Keeps private history in `store`; only once (`false` after).
     pub fn set_conversations(&self, store: Arc<crate::private::Conversations>) -> bool {
         self.conversations.set(store).is_ok()
+    }
+
+    /// Lists the cluster's other nodes' members in `/who` and is the
+    /// source of their notices; only once (`false` after).
+    pub fn set_presence(&self, presence: Arc<crate::cluster::presence::Presence>) -> bool {
+        self.presence.set(presence).is_ok()
+    }
+
+    /// Who is online on the cluster's other nodes, if in a cluster.
+    pub fn presence(&self) -> Option<&Arc<crate::cluster::presence::Presence>> {
+        self.presence.get()
+    }
+
+    /// Whether a member of this node holds `name`: `Some(false)` one is
+    /// here under it, `Some(true)` one whose connection dropped is within
+    /// its grace, `None` neither.
+    pub(crate) fn holds(&self, name: &str) -> Option<bool> {
+        let st = self.lock();
+        let key = names::fold(name);
+        if st.by_name.contains_key(&key) {
+            Some(false)
+        } else {
+            st.ghosts.contains_key(&key).then_some(true)
+        }
+    }
+
+    /// Drops the place kept for a member whose connection dropped, without
+    /// a word: it came back on another node of the cluster. `false` if
+    /// there was none.
+    pub(crate) fn forget_ghost(&self, name: &str) -> bool {
+        let mut st = self.lock();
+        match st.ghosts.remove(&names::fold(name)) {
+            Some(g) => {
+                st.private_seen.remove(&g.instance);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tells the room of another node's member joining, leaving,
+    /// reconnecting or returning, as it would be told of its own (and
+    /// under the same limit on announcements).
+    pub(crate) fn announce(&self, msg: &ServerMsg) {
+        let mut st = self.lock();
+        if st.closed || st.members.len() >= self.options().announce_limit {
+            return;
+        }
+        let frame = msg.to_frame();
+        match msg {
+            ServerMsg::Reconnecting { .. } | ServerMsg::Returned { .. } => {
+                self.broadcast_v3(&mut st, frame, None);
+            }
+            _ => self.broadcast(&mut st, frame, None),
+        }
     }
 
     /// The room itself, shared, for work that must finish even if the
@@ -427,6 +490,59 @@ impl Room {
         self.lock().closed
     }
 
+    /// The server can no longer keep its word (a cluster's node cut off
+    /// from NATS: nothing said here would be stored or seen elsewhere):
+    /// every member is told `reason` and that the server will be back, so
+    /// that its client moves on (to another node) and resumes there, and
+    /// its session ends with the shutting-down code; nobody is admitted
+    /// until [`Room::restore`].
+    pub fn cut_off(&self, reason: &str) {
+        *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        let mut st = self.lock();
+        let mut frames = PerKind::default();
+        // The host at the server's own interface stays: it has no other
+        // node to go to, and its session ending would stop the server.
+        let away: Vec<MemberId> = st
+            .members
+            .iter()
+            .filter(|(_, m)| m.peer.conn.is_some() || m.peer.addr.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in away {
+            let Some(m) = st.members.remove(&id) else {
+                continue;
+            };
+            let frame = frames.frame(m.v3(), |v3| {
+                let reason = reason.to_string();
+                if v3 {
+                    ServerMsg::ShuttingDownV3 { reason, back: true }
+                } else {
+                    ServerMsg::ShuttingDown { reason }
+                }
+            });
+            let _ = m.outbox.try_send(frame);
+            m.ending.trigger(CloseCode::ShuttingDown, reason);
+            st.by_name.remove(&names::fold(&m.name));
+        }
+        st.ghosts.clear();
+        let keep: Vec<MemberId> = st.members.keys().copied().collect();
+        drop(st);
+        self.rooms().clear_members(&keep);
+    }
+
+    /// Admits members again after [`Room::cut_off`].
+    pub fn restore(&self) {
+        *self.cut_off.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why nobody is admitted now, if so ([`Room::cut_off`]).
+    pub fn cut_off_reason(&self) -> Option<String> {
+        self.cut_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Adds a member, if its name is valid and free (or held for this very
     /// client, whose connection dropped). The welcome, then the replay, are
     /// the first frames in its queue, before anything published afterwards.
@@ -453,6 +569,12 @@ impl Room {
             return Err(Rejection {
                 reason: RejectReason::ShuttingDown,
                 detail: "the server is shutting down".into(),
+            });
+        }
+        if let Some(why) = self.cut_off_reason() {
+            return Err(Rejection {
+                reason: RejectReason::ShuttingDown,
+                detail: why,
             });
         }
         let key = names::fold(name);
@@ -526,6 +648,14 @@ impl Room {
             )
             .take(options.welcome_members.saturating_sub(1))
             .collect();
+        // In a cluster, the other nodes' members are in the room too.
+        if let Some(p) = self.presence.get() {
+            let room_left = options
+                .welcome_members
+                .saturating_sub(1)
+                .saturating_sub(members.len());
+            members.extend(p.names(room_left, &key));
+        }
         members.push(name.to_string());
         let welcome = if v3 {
             ServerMsg::WelcomeV3 {
@@ -715,9 +845,12 @@ impl Room {
                 return;
             }
         };
+        // Lines stored in a cluster's log are shown by the room's feed, in
+        // the log's order, on every server alike.
         let outgoing: Vec<Outgoing> = batch
             .into_iter()
             .zip(results)
+            .filter(|(_, r)| !matches!(r, Appended::Ordered(_)))
             .map(|(p, r)| Outgoing::new(&st, p, r))
             .collect();
         if let Some(id) = outgoing.iter().filter_map(|o| o.id).max() {
@@ -929,7 +1062,7 @@ impl Room {
         let Some(asker_is_op) = st.members.get(&id).map(|m| m.peer.operator) else {
             return;
         };
-        let members = st
+        let mut members: Vec<MemberInfo> = st
             .members
             .values()
             .map(|m| MemberInfo {
@@ -943,6 +1076,9 @@ impl Room {
                 operator: m.peer.operator,
             })
             .collect();
+        if let Some(p) = self.presence.get() {
+            members.extend(p.others(asker_is_op));
+        }
         self.send_to(&mut st, id, ServerMsg::Members { members }.to_frame());
     }
 
@@ -1370,7 +1506,9 @@ impl Outgoing {
     fn new(st: &State, p: Pending, appended: Appended) -> Self {
         let (id, acked_id) = match appended {
             Appended::New(id) => (Some(id), id),
-            Appended::Duplicate(id) => (None, id),
+            // Filtered out before (`Room::publish`): only acknowledged if
+            // it ever got here.
+            Appended::Duplicate(id) | Appended::Ordered(id) => (None, id),
         };
         Outgoing {
             author: p.member,
@@ -1552,6 +1690,53 @@ pub(crate) mod tests {
             v.push(decode(&f));
         }
         v
+    }
+
+    /// A node cut off from its cluster: every member over the network is
+    /// told to move and removed (the shutting-down code), the host at the
+    /// server's own interface stays, nobody is admitted and is told why;
+    /// once restored, members are admitted again.
+    #[test]
+    fn a_cut_off_room_sends_members_away_and_admits_nobody_until_restored() {
+        let r = room();
+        let (tx, mut rx) = mpsc::channel(8);
+        let ending = Ending::new();
+        let remote = Peer {
+            addr: Some("127.0.0.1:9".parse().expect("an address")),
+            version: 3,
+            instance: Some([1; 16]),
+            ..peer(false)
+        };
+        r.join("alice", tx, Arc::clone(&ending), remote, None)
+            .expect("joins");
+        let (_op, _rop, op_ending) = member(&r, "op", 8);
+        drain(&mut rx);
+        r.cut_off("no cluster; move");
+        assert_eq!(
+            drain(&mut rx),
+            [ServerMsg::ShuttingDownV3 {
+                reason: "no cluster; move".into(),
+                back: true
+            }]
+        );
+        assert_eq!(
+            ending.get().map(|(code, _)| *code),
+            Some(CloseCode::ShuttingDown)
+        );
+        assert!(op_ending.get().is_none(), "the host stays");
+        assert_eq!(r.len(), 1);
+        let (tx, _rx) = mpsc::channel(8);
+        let refused = r
+            .join("bob", tx, Ending::new(), peer(false), None)
+            .expect_err("nobody is admitted");
+        assert_eq!(
+            (refused.reason, refused.detail.as_str()),
+            (RejectReason::ShuttingDown, "no cluster; move")
+        );
+        r.restore();
+        let (tx, _rx) = mpsc::channel(8);
+        r.join("alice", tx, Ending::new(), peer(false), None)
+            .expect("the name is free again, and the room admits");
     }
 
     #[test]

@@ -140,6 +140,16 @@ impl Rooms {
         })
     }
 
+    /// Empties every room of members but `keep` (the server sent the
+    /// others away).
+    pub fn clear_members(&self, keep: &[MemberId]) {
+        for ch in self.read().values() {
+            let mut st = ch.lock();
+            st.members.retain(|id, _| keep.contains(id));
+            st.away.clear();
+        }
+    }
+
     /// Waits until everything queued for any room's log before now is
     /// stored and published (the server is stopping: what members said
     /// should reach them, acknowledged, first).
@@ -176,6 +186,7 @@ impl Rooms {
             lobby: self.lobby.clone(),
             metrics: self.metrics.clone(),
         });
+        crate::cluster::feed::start(&ch);
         Ok(ch)
     }
 
@@ -700,6 +711,16 @@ impl Channel {
                 self.name
             ));
         }
+        // A room's description (and so its invitations) is kept by each
+        // node of a cluster on its own: invite-only on one node would
+        // leave the room open on the others.
+        if on && self.store.ordered().is_some() {
+            return Err(format!(
+                "{} cannot be made invite-only: this server is a node of a cluster, and \
+                 invitations are not shared between its nodes yet",
+                self.name
+            ));
+        }
         st.meta.invite_only = on;
         if on {
             // Those in the room now are as good as invited: a reconnect,
@@ -846,6 +867,8 @@ impl Log for Channel {
         let mut delivered = 0u64;
         for (p, r) in batch.zip(results) {
             let id = match r {
+                // The room's feed shows it, in the cluster's order.
+                Appended::Ordered(_) => continue,
                 Appended::Duplicate(id) => id,
                 Appended::New(id) => {
                     st.published = st.published.max(id);

@@ -326,12 +326,15 @@ where
                     let registry = Arc::clone(room.registry());
                     let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
                 }
+                Box::pin(settle_online(room, &name)).await;
                 if first_before_join(CloseCode::Rejected, permit) {
                     tracing::info!(name = %qchat_proto::text::sanitize(&name), "hello refused: {}", rej.detail);
                 }
                 return Box::pin(reject(&mut send, rej.reason, rej.detail)).await;
             }
         };
+        // Back within its grace: the name's entry says so at once.
+        Box::pin(settle_online(room, &joined.name)).await;
         (
             version,
             instance,
@@ -394,12 +397,16 @@ where
                 }
             }
         }
+        let last = room.member_name(id);
         match &outcome {
             Ok(reason) => room.leave(id, reason),
             // A connection that dropped may come back: the room keeps the
             // member's name for a while.
             Err(SessionError::Lost(_)) => room.lose(id, &why),
             Err(_) => room.leave(id, &why),
+        }
+        if let Some(last) = last {
+            settle_online(room, &last).await;
         }
         outcome
     });
@@ -454,6 +461,14 @@ async fn admit(
     name: &str,
     link: Option<&str>,
 ) -> Result<Option<Claimed>, Rejection> {
+    // A node cut off from its cluster admits nobody, and says so, before
+    // it tries the cluster's names it cannot reach.
+    if let Some(why) = room.cut_off_reason() {
+        return Err(Rejection {
+            reason: RejectReason::ShuttingDown,
+            detail: why,
+        });
+    }
     // An invalid name is the room's to refuse, with its own reason; it is
     // never claimed.
     crate::moderation::check_banned(room, peer)?;
@@ -465,6 +480,14 @@ async fn admit(
         Some(code) => admit_link(room, options, peer, name, code).await,
         None => admit_claim(room, options, peer, name, other.is_some()).await,
     }?;
+    // In a cluster the name must also be free on every other node.
+    if let Err(rej) = hold_online(room, options, peer, name).await {
+        if let Some(c) = claimed {
+            let registry = Arc::clone(room.registry());
+            let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
+        }
+        return Err(rej);
+    }
     // Another device of the name is in the room under it: the newest
     // device takes the name over (one member per name), and the older one
     // is told why and stays away rather than taking it back.
@@ -477,6 +500,67 @@ async fn admit(
         );
     }
     Ok(claimed)
+}
+
+/// In a cluster, holds `name` for this member across the nodes (see
+/// [`crate::cluster::names`]): a member of another node under it refuses
+/// the name here as a member of this node would.
+async fn hold_online(
+    room: &Room,
+    options: &ServerOptions,
+    peer: &Peer,
+    name: &str,
+) -> Result<(), Rejection> {
+    use crate::cluster::names::{Claimant, Refused};
+    let Some(online) = room.registry().online() else {
+        return Ok(());
+    };
+    let who = Claimant {
+        name,
+        key: peer.key.map(|k| *k.as_bytes()),
+        instance: peer.instance,
+        operator: peer.operator,
+    };
+    match online.claim(who).await {
+        Ok(()) => Ok(()),
+        Err(Refused::Taken {
+            holder,
+            reconnecting,
+            ..
+        }) => Err(Rejection {
+            reason: RejectReason::NameTaken,
+            detail: if reconnecting {
+                format!(
+                    "{} on another server of this cluster (their connection dropped; the name is \
+                     kept for them for {} s); choose another",
+                    qchat_proto::names::clash(name, &holder),
+                    options.grace.as_secs()
+                )
+            } else {
+                format!(
+                    "{} on another server of this cluster; choose another",
+                    qchat_proto::names::clash(name, &holder)
+                )
+            },
+        }),
+        Err(Refused::Unavailable(e)) => {
+            tracing::warn!("cannot hold a name in the cluster: {e}");
+            Err(Rejection {
+                reason: RejectReason::ServerFull,
+                detail: "this server cannot reach its cluster to check the name right now; try \
+                         again soon, or another server of the cluster"
+                    .into(),
+            })
+        }
+    }
+}
+
+/// In a cluster, brings the entry for `name` in line with the room after
+/// a member left, was lost, renamed or failed to join.
+async fn settle_online(room: &Room, name: &str) {
+    if let Some(online) = room.registry().online() {
+        online.settle(name).await;
+    }
 }
 
 /// The key of the member in the room under `name` if it is another key
@@ -675,6 +759,19 @@ async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
         room.nick(id, name);
         return;
     }
+    let Some((_, peer)) = room.peer_of(id) else {
+        return;
+    };
+    if let Err(rej) = hold_online(room, options, &peer, name).await {
+        room.reply(
+            id,
+            &ServerMsg::Failed {
+                what: "nick".into(),
+                reason: rej.detail,
+            },
+        );
+        return;
+    }
     let registry = Arc::clone(room.registry());
     let expiry = options.name_expiry;
     let claimed = match key {
@@ -690,6 +787,7 @@ async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
         }
         None => registry.check_guest(name, expiry).map(|()| Claimed::Kept),
     };
+    let old = room.member_name(id);
     match claimed {
         Err(r) => room.reply(
             id,
@@ -700,9 +798,16 @@ async fn nick(id: MemberId, name: &str, room: &Room, options: &ServerOptions) {
         ),
         Ok(c) => {
             if !room.nick(id, name) {
-                registry.undo(c);
+                // Off the runtime's threads: in a cluster the undo is a
+                // write to NATS.
+                let _ = tokio::task::spawn_blocking(move || registry.undo(c)).await;
             }
         }
+    }
+    // The name not taken is let go; the one left behind too.
+    settle_online(room, name).await;
+    if let Some(old) = old {
+        settle_online(room, &old).await;
     }
 }
 

@@ -61,6 +61,12 @@ pub enum Appended {
     New(u64),
     /// Its key was already stored, under this id: nothing new was written.
     Duplicate(u64),
+    /// Stored under this id in a log shared by several servers
+    /// ([`crate::cluster::log::JetStreamLog`]): not shown or acknowledged
+    /// by the writer; the room's feed does, when it reads the id in the
+    /// log's one order, so that every server shows every room's lines in
+    /// the same order.
+    Ordered(u64),
 }
 
 /// How hard a commit tries to reach the disk.
@@ -117,6 +123,18 @@ pub trait Store: Send + std::marker::Sync {
     /// The stored messages with ids in `(after, upto]`, oldest first; at most
     /// `max`, the newest ones if there are more.
     fn read(&self, after: u64, upto: u64, max: usize) -> Result<Vec<Entry>, StoreError>;
+    /// [`Store::append`] for lines members said, their authors known: a
+    /// log shared by several servers keeps who said each on which server,
+    /// for the acknowledgement.
+    fn append_said(&self, batch: &[&crate::log::Pending]) -> Result<Vec<Appended>, StoreError> {
+        let entries: Vec<&NewEntry> = batch.iter().map(|p| &p.entry).collect();
+        self.append(&entries)
+    }
+    /// This log as a log shared by the servers of a cluster, whose lines a
+    /// feed shows ([`Appended::Ordered`]); `None` for a server's own log.
+    fn ordered(&self) -> Option<&crate::cluster::log::JetStreamLog> {
+        None
+    }
     /// Messages stored now.
     fn len(&self) -> u64;
     /// Whether nothing is stored.
@@ -1580,7 +1598,7 @@ mod tests {
     fn news(v: &[Appended]) -> Vec<u64> {
         v.iter()
             .map(|a| match a {
-                Appended::New(id) | Appended::Duplicate(id) => *id,
+                Appended::New(id) | Appended::Duplicate(id) | Appended::Ordered(id) => *id,
             })
             .collect()
     }

@@ -32,7 +32,7 @@ pub fn run(args: ServeArgs, server_events: Option<mpsc::Receiver<String>>) -> Re
         None => None,
     };
     options.host_key = host_key.as_ref().map(|k| k.fingerprint);
-    let runtime = runtime(args.threads)?;
+    let runtime = runtime(args.threads, args.cluster.is_some())?;
     runtime.block_on(async move {
         let (endpoint, local, server) = start(&identity, options, args).await?;
         if let Some(name) = operator {
@@ -339,7 +339,7 @@ fn run_with_ui(mut args: ServeArgs, events_rx: Option<mpsc::Receiver<String>>) -
         ..server_options(&args)?
     };
     let bell = !args.no_bell;
-    let runtime = runtime(args.threads)?;
+    let runtime = runtime(args.threads, args.cluster.is_some())?;
     runtime.block_on(async move {
         // Announced on the normal screen too, so it is there after the
         // interface closes.
@@ -391,19 +391,60 @@ async fn start(
     options: ServerOptions,
     args: ServeArgs,
 ) -> Result<(quinn::Endpoint, SocketAddr, std::sync::Arc<Server>)> {
-    let store = open_store(&args)?;
-    let registry = open_registry(&args)?;
-    let room_stores = room_stores(&args)?;
+    let cluster = join_cluster(&args).await?;
+    let store = match &cluster {
+        Some(c) => cluster_store(c, &args).await?,
+        None => open_store(&args)?,
+    };
+    // A node's names, bans and operators are the cluster's, and so are the
+    // names in use on every node.
+    let registry = match &cluster {
+        Some(c) => std::sync::Arc::new(
+            qchat_server::registry::Registry::clustered(
+                std::sync::Arc::clone(c),
+                qchat_server::cluster::names::ONLINE_TTL,
+            )
+            .await
+            .context("cannot open the cluster's name registry")?,
+        ),
+        None => open_registry(&args)?,
+    };
+    let room_stores = match &cluster {
+        Some(c) => Some(cluster_room_stores(c, &args)?),
+        None => room_stores(&args)?,
+    };
     let conversations = open_conversations(&args)?;
     let hup = Hangup::listen();
     let metrics = bind_metrics(args.metrics).await?;
     let (endpoint, local) = listen(identity, &options, args.listen)?;
     let server = std::sync::Arc::new(Server::with_store(options, store));
+    if let Some(c) = cluster {
+        let advertise = match &args.advertise {
+            Some(a) => a.clone(),
+            None => connect_addresses(local)
+                .first()
+                .copied()
+                .unwrap_or(local)
+                .to_string(),
+        };
+        println!(
+            "node {} of the cluster at {}, advertised as {advertise}",
+            c.node_id(),
+            args.cluster.as_deref().unwrap_or_default()
+        );
+        anyhow::ensure!(
+            server.join_cluster(c, advertise),
+            "internal error: the server joined its cluster twice"
+        );
+    }
     // Before the endpoint accepts anyone: nobody has used the registry yet.
     anyhow::ensure!(
         server.room().set_registry(registry),
         "internal error: the room used its name registry before the file was opened"
     );
+    // A clustered registry follows the room's members (names in use,
+    // presence, bans from other nodes); any other does nothing here.
+    qchat_server::cluster::presence::attach(server.room()).await;
     if let Some((stores, meta)) = room_stores {
         let rooms = qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?;
         tracing::info!(rooms = rooms.len(), "rooms open");
@@ -470,8 +511,13 @@ async fn join_as_operator(
 }
 
 /// A measured choice, not a guess: see docs/PERFORMANCE.md.
-fn runtime(threads: u16) -> Result<tokio::runtime::Runtime> {
-    let mut b = if threads == 1 {
+///
+/// A node of a cluster always runs the multi-threaded runtime, one worker
+/// or more: its room logs wait for NATS from synchronous code (a joining
+/// member's history), which hands its worker over while it waits, and
+/// only that runtime can.
+fn runtime(threads: u16, cluster: bool) -> Result<tokio::runtime::Runtime> {
+    let mut b = if threads == 1 && !cluster {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -538,6 +584,71 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
     Ok(std::sync::Arc::new(store))
+}
+
+/// Connects to the cluster `--cluster` names, if any: a node that cannot
+/// reach NATS does not start (it would serve rooms nobody else sees).
+async fn join_cluster(
+    args: &ServeArgs,
+) -> Result<Option<std::sync::Arc<qchat_server::cluster::Cluster>>> {
+    let Some(urls) = &args.cluster else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        args.store != crate::cli::StoreKind::Memory,
+        "--cluster keeps the rooms' logs in the cluster's JetStream; it cannot be used with --store memory"
+    );
+    let options = qchat_server::cluster::ClusterOptions {
+        urls: urls.clone(),
+        creds: args.cluster_creds.clone(),
+        ca: args.cluster_ca.clone(),
+        cert: args.cluster_cert.clone().zip(args.cluster_key.clone()),
+    };
+    let cluster = qchat_server::cluster::Cluster::connect_apart(&options)
+        .await
+        .context("cannot join the cluster")?;
+    Ok(Some(cluster))
+}
+
+/// The lobby's log in the cluster: the stream of `#lobby`.
+async fn cluster_store(
+    cluster: &std::sync::Arc<qchat_server::cluster::Cluster>,
+    args: &ServeArgs,
+) -> Result<std::sync::Arc<dyn qchat_server::store::Store>> {
+    let lobby = qchat_proto::names::fold_room("#lobby");
+    let max_age = args.history_max_age.map(|s| s.0);
+    let log =
+        qchat_server::cluster::log::JetStreamLog::open(cluster, &lobby, args.history_keep, max_age)
+            .await
+            .context("cannot open #lobby's log in the cluster")?;
+    tracing::info!(
+        messages = qchat_server::store::Store::len(&*log),
+        "room log open in the cluster"
+    );
+    Ok(log)
+}
+
+/// The other rooms' logs in the cluster, each its own stream, opened when
+/// the room is; their descriptions (topic, operators, invitations) stay in
+/// this node's data folder.
+fn cluster_room_stores(
+    cluster: &std::sync::Arc<qchat_server::cluster::Cluster>,
+    args: &ServeArgs,
+) -> Result<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)> {
+    use qchat_server::cluster::log::JetStreamLog;
+    use qchat_server::store::Store;
+    let dir = match &args.data_dir {
+        Some(d) => d.join("rooms"),
+        None => crate::home::server_dir()?.join("rooms"),
+    };
+    create_private_dir(&dir)?;
+    let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
+    let cluster = std::sync::Arc::clone(cluster);
+    let stores: Box<qchat_server::rooms::StoreFactory> = Box::new(move |key: &str| {
+        let log = JetStreamLog::open_blocking(&cluster, key, keep, max_age)?;
+        Ok(log as std::sync::Arc<dyn Store>)
+    });
+    Ok((stores, dir.join("rooms.meta")))
 }
 
 /// The storage engine's cache for the rooms' shared log, in bytes: one

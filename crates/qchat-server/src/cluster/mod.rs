@@ -8,6 +8,15 @@
 //! own identity, whether NATS is reachable right now, and the buckets
 //! (JetStream key-value stores) the parts keep their shared state in.
 
+pub mod feed;
+pub mod guard;
+pub mod log;
+pub mod names;
+pub mod nodes;
+pub mod presence;
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,13 +72,42 @@ pub enum ClusterError {
 /// rather than left waiting when NATS is gone.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a node without NATS refuses lines and members: what they are told.
+pub const LOST: &str =
+    "this node lost its connection to the cluster; move to another node of the cluster";
+
 /// A node's connection to its cluster, shared by every clustered part.
 pub struct Cluster {
     client: async_nats::Client,
     js: jetstream::Context,
     node: String,
     connected: watch::Receiver<bool>,
+    /// The runtime the client's connection runs on.
+    handle: tokio::runtime::Handle,
+    /// That runtime, when it is the cluster's own ([`Cluster::connect_apart`]).
+    _own: OwnRuntime,
 }
+
+/// A runtime owned by the cluster, stopped without waiting when the
+/// cluster goes (which may happen inside another runtime, where waiting
+/// is not allowed).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// What a connection to NATS is made of.
+type Parts = (
+    async_nats::Client,
+    jetstream::Context,
+    String,
+    watch::Receiver<bool>,
+);
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,68 +124,52 @@ impl Cluster {
     /// after that the client reconnects for ever, and
     /// [`Cluster::connected`] says whether it is connected now.
     pub async fn connect(options: &ClusterOptions) -> Result<Arc<Cluster>, ClusterError> {
-        let node = node_id();
-        let (tx, connected) = watch::channel(true);
-        let tx = Arc::new(tx);
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(format!("qchat node {node}"))
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .max_reconnects(None::<usize>)
-            .event_callback(move |event| {
-                let tx = Arc::clone(&tx);
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            tracing::info!("connected to NATS");
-                            tx.send_replace(true);
-                        }
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("lost the connection to NATS");
-                            tx.send_replace(false);
-                        }
-                        other => tracing::debug!(event = %other, "NATS"),
-                    }
-                }
-            });
-        if let Some(path) = &options.creds {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(|source| ClusterError::Creds {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        if let Some(ca) = &options.ca {
-            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let Some((cert, key)) = &options.cert {
-            opts = opts
-                .add_client_certificate(cert.clone(), key.clone())
-                .require_tls(true);
-        }
-        let urls: Vec<String> = options
-            .urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let client = opts
-            .connect(urls.as_slice())
-            .await
-            .map_err(|e| ClusterError::Connect {
-                urls: options.urls.clone(),
-                detail: e.to_string(),
-            })?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(REQUEST_TIMEOUT);
+        let (client, js, node, connected) = parts(options).await?;
         Ok(Arc::new(Cluster {
             client,
             js,
             node,
             connected,
+            handle: tokio::runtime::Handle::current(),
+            _own: OwnRuntime(None),
         }))
+    }
+
+    /// [`Cluster::connect`], the connection running on a runtime of its
+    /// own (one thread): a server's room waits for NATS under its lock (a
+    /// join reading history beyond what it holds in memory), and every
+    /// worker of the server's runtime may then be waiting for that lock;
+    /// the connection must not need one of them to answer.
+    pub async fn connect_apart(options: &ClusterOptions) -> Result<Arc<Cluster>, ClusterError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("qchat-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| ClusterError::Connect {
+                urls: options.urls.clone(),
+                detail: format!("cannot start its runtime: {e}"),
+            })?;
+        let opts = options.clone();
+        let joined = rt.spawn(async move { parts(&opts).await }).await;
+        let (client, js, node, connected) = joined.map_err(|e| ClusterError::Connect {
+            urls: options.urls.clone(),
+            detail: e.to_string(),
+        })??;
+        Ok(Arc::new(Cluster {
+            client,
+            js,
+            node,
+            connected,
+            handle: rt.handle().clone(),
+            _own: OwnRuntime(Some(rt)),
+        }))
+    }
+
+    /// The runtime the connection runs on: where waiting for NATS from
+    /// synchronous code is sent ([`log::block_on`]).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
     /// The core NATS client, for subjects outside JetStream.
@@ -212,6 +234,70 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::JetStream(format!("the bucket {name}: {e}")))
     }
+}
+
+/// Connects to NATS: the client, its JetStream context, a new node id, and
+/// whether it is connected (kept current by the client's events).
+async fn parts(options: &ClusterOptions) -> Result<Parts, ClusterError> {
+    let node = node_id();
+    let (tx, connected) = watch::channel(true);
+    let tx = Arc::new(tx);
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("qchat node {node}"))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .max_reconnects(None::<usize>)
+        .event_callback(move |event| {
+            let tx = Arc::clone(&tx);
+            async move {
+                match event {
+                    // The state first, then the word: whoever reads the
+                    // log line finds the node already acting on it.
+                    async_nats::Event::Connected => {
+                        tx.send_replace(true);
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        tx.send_replace(false);
+                        tracing::warn!("lost the connection to NATS");
+                    }
+                    other => tracing::debug!(event = %other, "NATS"),
+                }
+            }
+        });
+    if let Some(path) = &options.creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| ClusterError::Creds {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    if let Some(ca) = &options.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &options.cert {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    let urls: Vec<String> = options
+        .urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let client = opts
+        .connect(urls.as_slice())
+        .await
+        .map_err(|e| ClusterError::Connect {
+            urls: options.urls.clone(),
+            detail: e.to_string(),
+        })?;
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(REQUEST_TIMEOUT);
+    Ok((client, js, node, connected))
 }
 
 /// A subject token, stream name part or key for a folded name: names may
