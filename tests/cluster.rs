@@ -279,3 +279,41 @@ fn a_node_cut_off_from_nats_refuses_lines_sends_members_away_and_comes_back() {
         );
     });
 }
+
+/// What a node cannot start with says why and exits: NATS unreachable, a
+/// cluster with a store in memory, cluster flags without --cluster (from
+/// the settings file too).
+#[test]
+fn a_node_that_cannot_join_its_cluster_does_not_start_and_says_why() {
+    let run = |home: &Home, args: &[&str]| {
+        let out = home
+            .command()
+            .args(["serve", "--headless", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let home = Home::new();
+    // Port 1 on loopback: nothing listens there.
+    let err = run(&home, &["--cluster", "nats://127.0.0.1:1"]);
+    assert!(err.contains("cannot join the cluster"), "{err}");
+    let err = run(
+        &home,
+        &["--cluster", "nats://127.0.0.1:1", "--store", "memory"],
+    );
+    assert!(err.contains("cannot be used with --store memory"), "{err}");
+    let err = run(&home, &["--advertise", "chat.example:8080"]);
+    assert!(err.contains("give --cluster too"), "{err}");
+    std::fs::write(
+        home.path().join("server.toml"),
+        "cluster-cert = \"/nonexistent.pem\"\ncluster = \"nats://127.0.0.1:1\"\n",
+    )
+    .expect("writes");
+    let err = run(&home, &[]);
+    assert!(
+        err.contains("--cluster-cert and --cluster-key go together"),
+        "{err}"
+    );
+}

@@ -174,23 +174,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URLS")]
     pub cluster: Option<String>,
     /// A NATS credentials file (user JWT and nkey seed) to connect with.
-    #[arg(long, value_name = "FILE", requires = "cluster")]
+    #[arg(long, value_name = "FILE")]
     pub cluster_creds: Option<PathBuf>,
     /// PEM certificate authorities that sign the NATS server's certificate
     /// (then TLS is required).
-    #[arg(long, value_name = "FILE", requires = "cluster")]
+    #[arg(long, value_name = "FILE")]
     pub cluster_ca: Option<PathBuf>,
     /// A PEM client certificate for a NATS server that authenticates nodes
     /// by certificate (with --cluster-key).
-    #[arg(long, value_name = "FILE", requires_all = ["cluster", "cluster_key"])]
+    #[arg(long, value_name = "FILE")]
     pub cluster_cert: Option<PathBuf>,
     /// The key of --cluster-cert (PEM).
-    #[arg(long, value_name = "FILE", requires_all = ["cluster", "cluster_cert"])]
+    #[arg(long, value_name = "FILE")]
     pub cluster_key: Option<PathBuf>,
     /// The address clients reach this node at, HOST:PORT, for the
     /// cluster's node list (default: the listen address, or the first
     /// address the server announces when it listens on all of them).
-    #[arg(long, value_name = "HOST:PORT", requires = "cluster", value_parser = parse_advertise)]
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_advertise)]
     pub advertise: Option<String>,
     /// Limits.
     #[command(flatten)]

@@ -298,6 +298,7 @@ async fn operate(
 /// The server's settings from the flags (checked against each other when
 /// the command line was parsed).
 fn server_options(args: &ServeArgs) -> Result<ServerOptions> {
+    check_cluster_flags(args)?;
     let base = ServerOptions {
         server_name: args.name.clone().unwrap_or_else(|| "qchat".into()),
         migration: !args.no_migration,
@@ -586,6 +587,32 @@ fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store
     Ok(std::sync::Arc::new(store))
 }
 
+/// The cluster's flags belong together. Checked here rather than by clap,
+/// which checks each value of the settings file on its own.
+fn check_cluster_flags(args: &ServeArgs) -> Result<()> {
+    if args.cluster.is_none() {
+        let given = [
+            ("--cluster-creds", args.cluster_creds.is_some()),
+            ("--cluster-ca", args.cluster_ca.is_some()),
+            ("--cluster-cert", args.cluster_cert.is_some()),
+            ("--cluster-key", args.cluster_key.is_some()),
+            ("--advertise", args.advertise.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            anyhow::bail!("{flag} is for a node of a cluster; give --cluster too");
+        }
+    }
+    anyhow::ensure!(
+        args.cluster_cert.is_some() == args.cluster_key.is_some(),
+        "--cluster-cert and --cluster-key go together (a client certificate and its key)"
+    );
+    anyhow::ensure!(
+        args.cluster.is_none() || args.store != crate::cli::StoreKind::Memory,
+        "--cluster keeps the rooms' logs in the cluster's JetStream; it cannot be used with --store memory"
+    );
+    Ok(())
+}
+
 /// Connects to the cluster `--cluster` names, if any: a node that cannot
 /// reach NATS does not start (it would serve rooms nobody else sees).
 async fn join_cluster(
@@ -594,10 +621,6 @@ async fn join_cluster(
     let Some(urls) = &args.cluster else {
         return Ok(None);
     };
-    anyhow::ensure!(
-        args.store != crate::cli::StoreKind::Memory,
-        "--cluster keeps the rooms' logs in the cluster's JetStream; it cannot be used with --store memory"
-    );
     let options = qchat_server::cluster::ClusterOptions {
         urls: urls.clone(),
         creds: args.cluster_creds.clone(),

@@ -150,8 +150,12 @@ impl Cluster {
                 urls: options.urls.clone(),
                 detail: format!("cannot start its runtime: {e}"),
             })?;
+        let handle = rt.handle().clone();
+        // Owned at once: a runtime dropped inside another (a failed
+        // connection returning) must not wait for its threads.
+        let own = OwnRuntime(Some(rt));
         let opts = options.clone();
-        let joined = rt.spawn(async move { parts(&opts).await }).await;
+        let joined = handle.spawn(async move { parts(&opts).await }).await;
         let (client, js, node, connected) = joined.map_err(|e| ClusterError::Connect {
             urls: options.urls.clone(),
             detail: e.to_string(),
@@ -161,8 +165,8 @@ impl Cluster {
             js,
             node,
             connected,
-            handle: rt.handle().clone(),
-            _own: OwnRuntime(Some(rt)),
+            handle,
+            _own: own,
         }))
     }
 
