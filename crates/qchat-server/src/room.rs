@@ -961,7 +961,16 @@ impl Room {
         }
         let target = st.by_name.get(&names::fold(to)).copied();
         let Some(target) = target else {
-            let reason = format!("there is nobody called {to:?} here");
+            // Private messages travel only within a node for now: say so
+            // rather than "nobody", which would be untrue.
+            let reason = if self.presence().is_some_and(|p| p.is_elsewhere(to)) {
+                format!(
+                    "{to:?} is on another server of this cluster, and private messages \
+                     do not cross servers yet"
+                )
+            } else {
+                format!("there is nobody called {to:?} here")
+            };
             self.metrics.messages_refused.inc();
             self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
             return;

@@ -732,6 +732,14 @@ fn open_conversations(
     if args.private_history == crate::cli::Switch::Off {
         return Ok(None);
     }
+    // A node's private store is its own: a message stored for someone on
+    // another node would wait there unseen. In a cluster private messages
+    // are live, between members of one node, until conversations are kept
+    // in the cluster too.
+    if args.cluster.is_some() {
+        tracing::info!("private history is not kept in a cluster: private messages are live only");
+        return Ok(None);
+    }
     if args.store == crate::cli::StoreKind::Memory {
         return Ok(Some(std::sync::Arc::new(Conversations::memory(
             args.private_keep,

@@ -129,6 +129,14 @@ impl Presence {
             .collect()
     }
 
+    /// Whether `name` (any spelling of it) is connected to another node.
+    pub fn is_elsewhere(&self, name: &str) -> bool {
+        let wanted = qchat_proto::names::fold(name);
+        self.lock().values().any(|s| {
+            s.entry.state == State::Online && qchat_proto::names::fold(&s.entry.name) == wanted
+        })
+    }
+
     /// Takes in one change of the bucket; returns the notice it is worth.
     fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<ServerMsg> {
         let now: Option<OnlineEntry> = match e.operation {
