@@ -111,6 +111,12 @@ fn a_long_message_is_refused_not_truncated() {
 #[test]
 fn history_is_replayed_on_join_and_marked() {
     let (server, mut m, _homes) = room(2);
+    // A session's messages are handled in order, so once bob's line is
+    // through, so is the private replay his client asked for on joining:
+    // alice's private message below then reaches him live, never inside
+    // that replay (where it would be marked as history).
+    m[1].send_line("ready");
+    m[0].expect_out("<bob> ready");
     m[0].send_line("first");
     m[0].send_line("/me arrives early");
     m[0].send_line("/msg bob private, never replayed");
