@@ -129,12 +129,16 @@ impl Presence {
             .collect()
     }
 
-    /// Whether `name` (any spelling of it) is connected to another node.
-    pub fn is_elsewhere(&self, name: &str) -> bool {
+    /// The node `name` (any spelling of it) is connected to, when that is
+    /// another node: where a private message to it is sent.
+    pub fn node_of(&self, name: &str) -> Option<String> {
         let wanted = qchat_proto::names::fold(name);
-        self.lock().values().any(|s| {
-            s.entry.state == State::Online && qchat_proto::names::fold(&s.entry.name) == wanted
-        })
+        self.lock()
+            .values()
+            .find(|s| {
+                s.entry.state == State::Online && qchat_proto::names::fold(&s.entry.name) == wanted
+            })
+            .map(|s| s.entry.node.clone())
     }
 
     /// Takes in one change of the bucket; returns the notice it is worth.
