@@ -156,3 +156,180 @@ async fn request(client: &async_nats::Client, away: &Away) -> Result<String, Str
         Err(_) => Err("gave an answer that could not be read".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Two nodes in process over a real nats-server, members joined through
+    //! the same session code a QUIC member runs.
+
+    use std::time::Duration;
+
+    use qchat_proto::{ClientMsg, ServerMsg};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::cluster::presence::tests::nodes::{member, node, Client};
+    use crate::cluster::testing::NatsServer;
+    use crate::Server;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Waits until `server` sees `name` online on another node.
+    async fn sees(server: &Server, name: &str) {
+        let deadline = Instant::now() + WAIT;
+        // Presence arrives by the bucket's watch, in its own time.
+        while server
+            .room()
+            .presence()
+            .and_then(|p| p.node_of(name))
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the node never saw {name}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn private(seq: u64, to: &str, text: &str) -> ClientMsg {
+        ClientMsg::Private {
+            seq,
+            to: to.into(),
+            text: text.into(),
+        }
+    }
+
+    /// The next private line or refusal `c` is sent (the rest is presence).
+    async fn next_private(c: &mut Client) -> ServerMsg {
+        c.until("a private line, an ack or a refusal", |m| {
+            matches!(
+                m,
+                ServerMsg::Private { .. } | ServerMsg::AckV3 { .. } | ServerMsg::Refused { .. }
+            )
+        })
+        .await
+    }
+
+    fn text_of(m: &ServerMsg) -> Option<(&str, &str, &str)> {
+        match m {
+            ServerMsg::Private { from, to, text, .. } => Some((from, to, text)),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_private_message_reaches_a_member_of_another_node_once() {
+        let nats = NatsServer::start().await;
+        let (a, b) = (node(&nats).await, node(&nats).await);
+        attach(a.room()).await.expect("a answers");
+        attach(b.room()).await.expect("b answers");
+        let mut alice = member(&a, "alice", 1).await;
+        let mut bob = member(&b, "bob", 2).await;
+        sees(&b, "alice").await;
+
+        bob.send(private(1, "ALICE", "across")).await;
+        let got = next_private(&mut alice).await;
+        assert_eq!(text_of(&got), Some(("bob", "alice", "across")), "{got:?}");
+        // His echo names her as her node knows her, then the ack.
+        let echo = next_private(&mut bob).await;
+        assert_eq!(text_of(&echo), Some(("bob", "alice", "across")), "{echo:?}");
+        let ack = next_private(&mut bob).await;
+        assert!(matches!(ack, ServerMsg::AckV3 { seq: 1, id: 0 }), "{ack:?}");
+
+        // A re-send of the same line is acknowledged, not delivered again:
+        // the next line alice gets is the one after it.
+        bob.send(private(1, "alice", "across")).await;
+        let ack = next_private(&mut bob).await;
+        assert!(matches!(ack, ServerMsg::AckV3 { seq: 1, .. }), "{ack:?}");
+        bob.send(private(2, "alice", "and again")).await;
+        let got = next_private(&mut alice).await;
+        assert_eq!(text_of(&got), Some(("bob", "alice", "and again")), "{got:?}");
+        let echo = next_private(&mut bob).await;
+        assert_eq!(text_of(&echo), Some(("bob", "alice", "and again")), "{echo:?}");
+        let ack = next_private(&mut bob).await;
+        assert!(matches!(ack, ServerMsg::AckV3 { seq: 2, .. }), "{ack:?}");
+
+        // Nobody by that name anywhere: refused as on a single node.
+        bob.send(private(3, "nobody", "hello?")).await;
+        let refused = next_private(&mut bob).await;
+        assert!(
+            matches!(&refused, ServerMsg::Refused { seq: 3, reason } if reason.contains("nobody called")),
+            "{refused:?}"
+        );
+    }
+
+    /// A node that does not answer (here: one that never subscribed) is
+    /// not taken to have delivered: the sender is refused, not acked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_nobody_answers_for_is_refused_not_acknowledged() {
+        let nats = NatsServer::start().await;
+        let (a, b) = (node(&nats).await, node(&nats).await);
+        attach(b.room()).await.expect("b answers");
+        let mut alice = member(&a, "alice", 1).await;
+        let mut bob = member(&b, "bob", 2).await;
+        sees(&b, "alice").await;
+        bob.send(private(1, "alice", "lost?")).await;
+        let refused = next_private(&mut bob).await;
+        assert!(
+            matches!(&refused, ServerMsg::Refused { seq: 1, reason }
+                if reason.contains("another server") && reason.contains("nothing was sent")),
+            "{refused:?}"
+        );
+        // Alice got nothing: the first private line she sees is a later,
+        // local one.
+        let mut carol = member(&a, "carol", 3).await;
+        carol.send(private(1, "alice", "local")).await;
+        let got = next_private(&mut alice).await;
+        assert_eq!(text_of(&got), Some(("carol", "alice", "local")), "{got:?}");
+    }
+
+    /// What arrives on a node's subject is never trusted: unreadable,
+    /// oversized or misaddressed requests are answered "not here" and the
+    /// node carries on delivering.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_are_answered_and_harm_nothing() {
+        let nats = NatsServer::start().await;
+        let a = node(&nats).await;
+        attach(a.room()).await.expect("a answers");
+        let mut alice = member(&a, "alice", 1).await;
+        let online = a.room().registry().online().expect("clustered").clone();
+        let client = online.cluster().client().clone();
+        let subject = subject(online.cluster().node_id());
+        let ask = |payload: Vec<u8>| {
+            let (client, subject) = (client.clone(), subject.clone());
+            async move {
+                let m = tokio::time::timeout(WAIT, client.request(subject, payload.into()))
+                    .await
+                    .expect("answered in time")
+                    .expect("answered");
+                postcard::from_bytes::<Reply>(&m.payload).expect("a reply")
+            }
+        };
+        let line = |to: &str, text: String| PrivateLine {
+            from: "bob".into(),
+            to: to.into(),
+            text,
+            time_ms: 1,
+            proof: None,
+        };
+        let bytes = |l: &PrivateLine| postcard::to_allocvec(l).expect("encodes");
+        let not_here = |r: Reply, want: &str| match r {
+            Reply::NotHere { reason } => assert!(reason.contains(want), "{reason}"),
+            other => panic!("{other:?}"),
+        };
+
+        not_here(ask(vec![0xff; 7]).await, "could not be read");
+        let max = a.room().options().max_message;
+        not_here(
+            ask(bytes(&line("alice", "x".repeat(max + 1)))).await,
+            "longer than the limit",
+        );
+        not_here(ask(bytes(&line("zed", "hi".into()))).await, "nobody called");
+        let mut bad = line("alice", "hi".into());
+        bad.from = String::new();
+        not_here(ask(bytes(&bad)).await, "not valid");
+
+        let r = ask(bytes(&line("Alice", "fine".into()))).await;
+        assert_eq!(r, Reply::Delivered { to: "alice".into() });
+        let got = next_private(&mut alice).await;
+        assert_eq!(text_of(&got), Some(("bob", "alice", "fine")), "{got:?}");
+    }
+}
