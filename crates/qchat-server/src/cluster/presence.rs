@@ -413,7 +413,11 @@ pub(crate) mod tests {
                 frame.map(|f| ServerMsg::decode(&f).expect("valid messages"))
             }
 
-            pub(crate) async fn until(&mut self, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+            pub(crate) async fn until(
+                &mut self,
+                what: &str,
+                pred: impl Fn(&ServerMsg) -> bool,
+            ) -> ServerMsg {
                 loop {
                     match self.next().await {
                         Some(m) if pred(&m) => return m,

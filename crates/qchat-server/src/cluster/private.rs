@@ -241,9 +241,17 @@ mod tests {
         assert!(matches!(ack, ServerMsg::AckV3 { seq: 1, .. }), "{ack:?}");
         bob.send(private(2, "alice", "and again")).await;
         let got = next_private(&mut alice).await;
-        assert_eq!(text_of(&got), Some(("bob", "alice", "and again")), "{got:?}");
+        assert_eq!(
+            text_of(&got),
+            Some(("bob", "alice", "and again")),
+            "{got:?}"
+        );
         let echo = next_private(&mut bob).await;
-        assert_eq!(text_of(&echo), Some(("bob", "alice", "and again")), "{echo:?}");
+        assert_eq!(
+            text_of(&echo),
+            Some(("bob", "alice", "and again")),
+            "{echo:?}"
+        );
         let ack = next_private(&mut bob).await;
         assert!(matches!(ack, ServerMsg::AckV3 { seq: 2, .. }), "{ack:?}");
 
