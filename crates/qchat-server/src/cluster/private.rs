@@ -215,6 +215,51 @@ mod tests {
         }
     }
 
+    /// A signed line survives the trip between nodes whole, and reaches
+    /// its recipient as a local one would: with its proof and the name as
+    /// addressed from version 4, plain (the name as known) before.
+    #[test]
+    fn a_signed_line_crosses_whole_and_is_shown_by_the_recipients_version() {
+        let proof = qchat_proto::Proof {
+            instance: [7; 16],
+            seq: 9,
+            sent_ms: 5,
+            key: [3; 32],
+            sig: vec![1; 64],
+        };
+        let line = PrivateLine {
+            from: "bob".into(),
+            to: "ALICE".into(),
+            text: "signed".into(),
+            time_ms: 42,
+            proof: Some(proof.clone()),
+        };
+        let bytes = postcard::to_allocvec(&line).expect("encodes");
+        let back: PrivateLine = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(back, line);
+        let shown =
+            |version| ServerMsg::decode(&back.frame("alice", version)[4..]).expect("a valid frame");
+        assert_eq!(
+            shown(qchat_proto::PROTOCOL_VERSION),
+            ServerMsg::PrivateSigned {
+                from: "bob".into(),
+                to: "ALICE".into(),
+                text: "signed".into(),
+                time_ms: 42,
+                proof,
+            }
+        );
+        assert_eq!(
+            shown(3),
+            ServerMsg::Private {
+                from: "bob".into(),
+                to: "alice".into(),
+                text: "signed".into(),
+                time_ms: 42,
+            }
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_private_message_reaches_a_member_of_another_node_once() {
         let nats = NatsServer::start().await;
