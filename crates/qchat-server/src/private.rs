@@ -618,7 +618,9 @@ pub(crate) async fn send(
     proof: Option<Box<Proof>>,
 ) {
     let Some(store) = room.conversations().cloned() else {
-        room.private(id, seq, to, text, proof);
+        if let Some(away) = room.private(id, seq, to, text, proof) {
+            crate::cluster::private::send(room, id, seq, away).await;
+        }
         return;
     };
     let Some((from, peer)) = room.peer_of(id) else {

@@ -52,6 +52,58 @@ pub const ADDRESS_CHECK: Duration = Duration::from_secs(2);
 /// A member's identity inside this server process; never reused.
 pub type MemberId = u64;
 
+/// A private message as it travels: to its recipient on this node, or
+/// to the node the recipient is on (postcard, the same encoding as the
+/// wire's).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrivateLine {
+    /// The sender's name.
+    pub from: String,
+    /// The recipient's name as the sender wrote it: what a signature
+    /// covers.
+    pub to: String,
+    /// What was said.
+    pub text: String,
+    /// When the sender's node took it.
+    pub time_ms: u64,
+    /// The sender's signature, when it signed.
+    pub proof: Option<Proof>,
+}
+
+impl PrivateLine {
+    /// The frame that shows it to a member speaking `version`, whose copy
+    /// names the recipient `to_name`: signed with its proof (and the name
+    /// as addressed, which the signature covers) from version 4, plain
+    /// before, for members that could not check it.
+    pub fn frame(&self, to_name: &str, version: u32) -> Bytes {
+        match &self.proof {
+            Some(proof) if version >= 4 => ServerMsg::PrivateSigned {
+                from: self.from.clone(),
+                to: self.to.clone(),
+                text: self.text.clone(),
+                time_ms: self.time_ms,
+                proof: proof.clone(),
+            },
+            _ => ServerMsg::Private {
+                from: self.from.clone(),
+                to: to_name.to_owned(),
+                text: self.text.clone(),
+                time_ms: self.time_ms,
+            },
+        }
+        .to_frame()
+    }
+}
+
+/// A private message whose recipient is on another node of the cluster.
+#[derive(Debug)]
+pub struct Away {
+    /// That node's id.
+    pub node: String,
+    /// The message.
+    pub line: PrivateLine,
+}
+
 /// A refused hello: the cause and one sentence for the user.
 #[derive(Debug, Clone)]
 pub struct Rejection {
@@ -934,6 +986,11 @@ impl Room {
     /// and acknowledges it; or refuses it if there is no such member. A
     /// signed one goes with its proof to members that speak version 4 and
     /// as a plain `Private` to the others, who could not check it.
+    ///
+    /// A recipient connected to another node of the cluster is not
+    /// reached here: the message comes back as [`Away`], for the caller to
+    /// send to that node without holding the room's lock, and to finish
+    /// with [`Room::private_sent`]. Nothing is acknowledged before then.
     pub fn private(
         &self,
         id: MemberId,
@@ -941,77 +998,110 @@ impl Room {
         to: &str,
         text: String,
         proof: Option<Box<Proof>>,
-    ) {
+    ) -> Option<Away> {
         let mut st = self.lock();
-        let Some((from, instance)) = st
+        let (from, instance) = st
             .members
             .get(&id)
-            .map(|m| (m.name.clone(), m.peer.instance))
-        else {
-            return;
-        };
+            .map(|m| (m.name.clone(), m.peer.instance))?;
         // Private messages are not logged; a re-send after a reconnect is
         // recognised in memory instead.
         if let Some(i) = instance {
             let seen = st.private_seen.entry(i).or_default();
             if seen.0.contains(&seq) {
                 self.send_to(&mut st, id, ServerMsg::AckV3 { seq, id: 0 }.to_frame());
-                return;
+                return None;
             }
         }
+        let line = PrivateLine {
+            from,
+            to: to.to_owned(),
+            text,
+            time_ms: now_ms(),
+            proof: proof.map(|p| *p),
+        };
         let target = st.by_name.get(&names::fold(to)).copied();
         let Some(target) = target else {
-            // Private messages travel only within a node for now: say so
-            // rather than "nobody", which would be untrue.
-            let reason = if self.presence().is_some_and(|p| p.is_elsewhere(to)) {
-                format!(
-                    "{to:?} is on another server of this cluster, and private messages \
-                     do not cross servers yet"
-                )
-            } else {
-                format!("there is nobody called {to:?} here")
-            };
+            if let Some(node) = self.presence().and_then(|p| p.node_of(to)) {
+                return Some(Away { node, line });
+            }
+            let reason = format!("there is nobody called {to:?} here");
             self.metrics.messages_refused.inc();
             self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
+            return None;
+        };
+        let to_name = self.deliver_private(&mut st, target, &line);
+        if target != id {
+            self.echo_and_ack(&mut st, id, seq, &line, &to_name);
+        } else {
+            self.ack_private(&mut st, id, seq);
+        }
+        None
+    }
+
+    /// Delivers a private message another node sent to one of this
+    /// node's members (it is addressed by name); the recipient's name as
+    /// this node knows it, or why it could not be delivered.
+    pub fn private_from_afar(&self, line: &PrivateLine) -> Result<String, String> {
+        let mut st = self.lock();
+        let target = st.by_name.get(&names::fold(&line.to)).copied();
+        let Some(target) = target else {
+            return Err(format!("there is nobody called {:?} here", line.to));
+        };
+        Ok(self.deliver_private(&mut st, target, line))
+    }
+
+    /// Finishes a private message sent to another node: on delivery (the
+    /// recipient's name as that node knows it) the sender gets its echo
+    /// and acknowledgement, otherwise the refusal.
+    pub fn private_sent(
+        &self,
+        id: MemberId,
+        seq: u64,
+        line: &PrivateLine,
+        outcome: Result<String, String>,
+    ) {
+        let mut st = self.lock();
+        match outcome {
+            Ok(to_name) => self.echo_and_ack(&mut st, id, seq, line, &to_name),
+            Err(reason) => {
+                self.metrics.messages_refused.inc();
+                self.send_to(&mut st, id, ServerMsg::Refused { seq, reason }.to_frame());
+            }
+        }
+    }
+
+    /// Queues `line` for `target`; the target's name.
+    fn deliver_private(&self, st: &mut State, target: MemberId, line: &PrivateLine) -> String {
+        let (to_name, version) = st
+            .members
+            .get(&target)
+            .map(|m| (m.name.clone(), m.peer.version))
+            .unwrap_or_default();
+        self.send_to(st, target, line.frame(&to_name, version));
+        to_name
+    }
+
+    /// The sender's copy of its private line, then its acknowledgement.
+    fn echo_and_ack(
+        &self,
+        st: &mut State,
+        id: MemberId,
+        seq: u64,
+        line: &PrivateLine,
+        to_name: &str,
+    ) {
+        let version = st.members.get(&id).map_or(0, |m| m.peer.version);
+        self.send_to(st, id, line.frame(to_name, version));
+        self.ack_private(st, id, seq);
+    }
+
+    /// Acknowledges a delivered private message, remembering it so a
+    /// re-send is acknowledged without a second delivery.
+    fn ack_private(&self, st: &mut State, id: MemberId, seq: u64) {
+        let Some(instance) = st.members.get(&id).map(|m| m.peer.instance) else {
             return;
         };
-        let version = |st: &State, m: MemberId| st.members.get(&m).map_or(0, |m| m.peer.version);
-        let time_ms = now_ms();
-        let plain = |st: &State| {
-            ServerMsg::Private {
-                from: from.clone(),
-                to: st
-                    .members
-                    .get(&target)
-                    .map(|m| m.name.clone())
-                    .unwrap_or_default(),
-                text: text.clone(),
-                time_ms,
-            }
-            .to_frame()
-        };
-        // The signed form keeps the recipient's name as it was addressed:
-        // that is what the signature covers.
-        let signed = proof.map(|p| {
-            ServerMsg::PrivateSigned {
-                from: from.clone(),
-                to: to.to_owned(),
-                text: text.clone(),
-                time_ms,
-                proof: *p,
-            }
-            .to_frame()
-        });
-        let frame_for = |st: &State, m: MemberId| match &signed {
-            Some(f) if version(st, m) >= 4 => f.clone(),
-            _ => plain(st),
-        };
-        let frame = frame_for(&st, target);
-        self.send_to(&mut st, target, frame);
-        if target != id {
-            let frame = frame_for(&st, id);
-            self.send_to(&mut st, id, frame);
-        }
         let ack = match instance {
             Some(i) => {
                 let seen = st.private_seen.entry(i).or_default();
@@ -1027,7 +1117,7 @@ impl Room {
             }
             None => ServerMsg::Ack { seq },
         };
-        self.send_to(&mut st, id, ack.to_frame());
+        self.send_to(st, id, ack.to_frame());
     }
 
     /// Renames a member, under the same rules as a new name, and tells

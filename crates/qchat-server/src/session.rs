@@ -1015,6 +1015,11 @@ fn check_kind(msg: &ClientMsg, version: u32) -> Result<(), SessionError> {
     }
 }
 
+/// Why a message of `len` bytes is refused under the limit of `max`.
+pub(crate) fn too_long(len: usize, max: usize) -> String {
+    format!("message of {len} bytes is longer than the limit of {max} bytes; nothing was sent")
+}
+
 /// Carries out one message. `Some(reason)` means the member is leaving.
 /// A public message waits for room in the log's queue: a full queue slows
 /// its senders down instead of dropping anything.
@@ -1048,11 +1053,7 @@ async fn handle(
         | ClientMsg::RoomSigned { seq, text, .. }
             if text.len() > options.max_message =>
         {
-            let reason = format!(
-                "message of {} bytes is longer than the limit of {} bytes; nothing was sent",
-                text.len(),
-                options.max_message
-            );
+            let reason = too_long(text.len(), options.max_message);
             room.metrics().messages_refused.inc();
             room.reply(id, &ServerMsg::Refused { seq, reason });
         }

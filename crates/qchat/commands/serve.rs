@@ -446,6 +446,8 @@ async fn start(
     // A clustered registry follows the room's members (names in use,
     // presence, bans from other nodes); any other does nothing here.
     qchat_server::cluster::presence::attach(server.room()).await;
+    // Private messages from members of the other nodes.
+    qchat_server::cluster::private::attach(server.room()).await?;
     if let Some((stores, meta)) = room_stores {
         let rooms = qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?;
         tracing::info!(rooms = rooms.len(), "rooms open");
@@ -734,8 +736,8 @@ fn open_conversations(
     }
     // A node's private store is its own: a message stored for someone on
     // another node would wait there unseen. In a cluster private messages
-    // are live, between members of one node, until conversations are kept
-    // in the cluster too.
+    // are live only (they cross nodes as they are said), until
+    // conversations are kept in the cluster too.
     if args.cluster.is_some() {
         tracing::info!("private history is not kept in a cluster: private messages are live only");
         return Ok(None);

@@ -129,12 +129,16 @@ impl Presence {
             .collect()
     }
 
-    /// Whether `name` (any spelling of it) is connected to another node.
-    pub fn is_elsewhere(&self, name: &str) -> bool {
+    /// The node `name` (any spelling of it) is connected to, when that is
+    /// another node: where a private message to it is sent.
+    pub fn node_of(&self, name: &str) -> Option<String> {
         let wanted = qchat_proto::names::fold(name);
-        self.lock().values().any(|s| {
-            s.entry.state == State::Online && qchat_proto::names::fold(&s.entry.name) == wanted
-        })
+        self.lock()
+            .values()
+            .find(|s| {
+                s.entry.state == State::Online && qchat_proto::names::fold(&s.entry.name) == wanted
+            })
+            .map(|s| s.entry.node.clone())
     }
 
     /// Takes in one change of the bucket; returns the notice it is worth.
@@ -316,7 +320,7 @@ async fn watch(store: kv::Store, before: u64, presence: Weak<Presence>, room: We
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn entry(name: &str, state: State) -> OnlineEntry {
@@ -354,7 +358,7 @@ mod tests {
         ));
     }
 
-    mod nodes {
+    pub(crate) mod nodes {
         //! Two nodes in process, sharing a real nats-server: members join
         //! each through the same session code a QUIC member runs.
 
@@ -377,7 +381,7 @@ mod tests {
 
         const WAIT: Duration = Duration::from_secs(10);
 
-        async fn node(nats: &Nats) -> Server {
+        pub(crate) async fn node(nats: &Nats) -> Server {
             let server = Server::new(ServerOptions::default());
             let registry = Registry::clustered(cluster_node(nats).await, ONLINE_TTL)
                 .await
@@ -387,21 +391,21 @@ mod tests {
             server
         }
 
-        struct Client {
+        pub(crate) struct Client {
             send: WriteHalf<DuplexStream>,
             recv: ReadHalf<DuplexStream>,
             decoder: FrameDecoder,
         }
 
         impl Client {
-            async fn send(&mut self, msg: ClientMsg) {
+            pub(crate) async fn send(&mut self, msg: ClientMsg) {
                 self.send
                     .write_all(&msg.to_frame())
                     .await
                     .expect("the pipe is open");
             }
 
-            async fn next(&mut self) -> Option<ServerMsg> {
+            pub(crate) async fn next(&mut self) -> Option<ServerMsg> {
                 let frame = timeout(WAIT, self.decoder.read_frame(&mut self.recv))
                     .await
                     .expect("the server answers in time")
@@ -409,7 +413,11 @@ mod tests {
                 frame.map(|f| ServerMsg::decode(&f).expect("valid messages"))
             }
 
-            async fn until(&mut self, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
+            pub(crate) async fn until(
+                &mut self,
+                what: &str,
+                pred: impl Fn(&ServerMsg) -> bool,
+            ) -> ServerMsg {
                 loop {
                     match self.next().await {
                         Some(m) if pred(&m) => return m,
@@ -441,7 +449,7 @@ mod tests {
         }
 
         /// A guest's session on `server`, its hello sent.
-        async fn hello(server: &Server, name: &str, instance: u8) -> Client {
+        pub(crate) async fn hello(server: &Server, name: &str, instance: u8) -> Client {
             hello_as(server, name, instance, None, false).await
         }
 
@@ -496,7 +504,7 @@ mod tests {
             c
         }
 
-        async fn member(server: &Server, name: &str, instance: u8) -> Client {
+        pub(crate) async fn member(server: &Server, name: &str, instance: u8) -> Client {
             let mut c = hello(server, name, instance).await;
             c.until("the end of the replay", |m| {
                 matches!(m, ServerMsg::Replayed { .. })
