@@ -17,6 +17,16 @@ use crate::trust::{Decision, TrustMode, TrustPlan};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
+/// How long a node's handshake may take while other nodes are known (with
+/// one address only, [`connection::CONNECT_TIMEOUT`] still holds: there is
+/// nowhere better to wait). A live node answers a QUIC handshake in one
+/// round trip, and quinn resends a lost first packet after about a second
+/// (its initial round-trip estimate is 333 ms), so 3 s covers a slow link
+/// and a lost packet or two; a node that has not answered by then is more
+/// likely dead than slow, and the next node is a better bet than 7 s more
+/// of waiting. It is tried again once the others were.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Exponential backoff with jitter: attempt `n` waits between half and all
 /// of `min(0.5 s × 2ⁿ⁻¹, 30 s)`, so a room of clients whose server came
 /// back does not return all in the same instant.
@@ -48,11 +58,18 @@ impl Backoff {
 ///
 /// Nothing here is trusted for being listed: every address must present
 /// the key pinned for the home address, checked on each attempt.
+///
+/// An address that failed (lost, or did not answer) is not tried again
+/// before every other known address was tried once since the last join:
+/// a dead node is the likeliest to fail again, and each try of it costs a
+/// timeout while a live node waits further down the list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nodes {
     given: Vec<HostKey>,
     learned: Vec<HostKey>,
     current: HostKey,
+    /// The addresses that failed since the last join.
+    failed: Vec<HostKey>,
 }
 
 impl Nodes {
@@ -68,6 +85,7 @@ impl Nodes {
             given,
             learned: Vec::new(),
             current,
+            failed: Vec::new(),
         }
     }
 
@@ -92,34 +110,59 @@ impl Nodes {
         self.all().iter().any(|h| *h != self.current)
     }
 
-    /// Moves to the next address, round the list; an address no longer
+    /// The current address failed: moves to the next one round the list
+    /// that has not failed since the last join; once every one has, a new
+    /// round starts from the one after the current. An address no longer
     /// listed moves to the first.
     pub fn advance(&mut self) -> &HostKey {
+        self.fail_current();
         let all = self.all();
-        let next = match all.iter().position(|h| *h == self.current) {
-            Some(i) => (i + 1) % all.len(),
-            None => 0,
+        let start = all
+            .iter()
+            .position(|h| *h == self.current)
+            .map_or(0, |i| i + 1);
+        let untried = (0..all.len())
+            .map(|k| &all[(start + k) % all.len()])
+            .find(|h| !self.failed.contains(h));
+        let next = match untried {
+            Some(h) => Some(h.clone()),
+            None => {
+                self.failed.clear();
+                all.get(start % all.len().max(1)).cloned()
+            }
         };
-        if let Some(h) = all.get(next) {
-            self.current = h.clone();
+        if let Some(h) = next {
+            self.current = h;
         }
         &self.current
     }
 
-    /// Leaves the current address for another: the `r`-th of the others
-    /// (modulo their number), `r` being random in use, so that the members
-    /// of a node that died spread over the rest instead of all landing on
-    /// the one after it. With no other address, stays.
+    /// Leaves the current address (lost) for another: the `r`-th of the
+    /// others (modulo their number), `r` being random in use, so that the
+    /// members of a node that died spread over the rest instead of all
+    /// landing on the one after it. With no other address, stays.
     pub fn leave(&mut self, r: usize) -> &HostKey {
+        self.fail_current();
         let others: Vec<HostKey> = self
             .all()
             .into_iter()
-            .filter(|h| *h != self.current)
+            .filter(|h| !self.failed.contains(h))
             .collect();
         if !others.is_empty() {
             self.current = others[r % others.len()].clone();
         }
         &self.current
+    }
+
+    /// Joined at the current address: every address is worth a try again.
+    pub fn joined(&mut self) {
+        self.failed.clear();
+    }
+
+    fn fail_current(&mut self) {
+        if !self.failed.contains(&self.current) {
+            self.failed.push(self.current.clone());
+        }
     }
 
     /// Takes the cluster's new list in place of the last one. A list beyond
@@ -261,6 +304,7 @@ impl Dialer {
             Ok(_) => {
                 self.connected = true;
                 self.joined_at = node;
+                self.nodes.joined();
             }
             Err(_) => {
                 self.nodes.advance();
@@ -309,8 +353,21 @@ impl Dialer {
         } else {
             Greeting::V2
         };
-        let (conn, _, _) =
-            connection::connect_to(&self.endpoint, addr, node, &plan, |_| Decision::Refuse).await?;
+        let handshake =
+            connection::connect_to(&self.endpoint, addr, node, &plan, |_| Decision::Refuse);
+        let (conn, _, _) = if self.nodes.elsewhere() {
+            tokio::time::timeout(NODE_TIMEOUT, handshake)
+                .await
+                .map_err(|_| ConnectError::Transport {
+                    addr,
+                    reason: format!(
+                        "no answer within {} s; trying another node",
+                        NODE_TIMEOUT.as_secs()
+                    ),
+                })??
+        } else {
+            handshake.await?
+        };
         let joined = match connection::join_as(conn, &self.name, &greeting).await {
             Err(e) if e.wants_older_protocol() && self.v3 => {
                 // The server was replaced by an older one.
@@ -374,6 +431,34 @@ mod tests {
         for other in [h("a:1"), h("c:1"), h("d:1")] {
             assert!(reached.contains(&other), "{other} in {reached:?}");
         }
+    }
+
+    #[test]
+    fn a_failed_node_is_tried_again_only_after_every_other_one() {
+        let all = vec![h("a:1"), h("b:1"), h("c:1"), h("d:1")];
+        for r in 0..4 {
+            let mut n = Nodes::new(all.clone(), h("b:1"));
+            let mut tried = vec![n.leave(r).clone()];
+            for _ in 0..2 {
+                tried.push(n.advance().clone());
+            }
+            tried.sort();
+            assert_eq!(tried, [h("a:1"), h("c:1"), h("d:1")], "r = {r}");
+            // Every other one failed too: a new round, the lost one included.
+            let again: Vec<HostKey> = (0..4).map(|_| n.advance().clone()).collect();
+            assert!(again.contains(&h("b:1")), "r = {r}: {again:?}");
+        }
+        // A join forgets the failures: the next loss may go anywhere else.
+        let mut n = Nodes::new(all.clone(), h("a:1"));
+        n.advance();
+        n.advance();
+        n.joined();
+        assert_eq!(n.current(), &h("c:1"));
+        assert_eq!(
+            n.leave(0),
+            &h("a:1"),
+            "a failed before the join, and counts again"
+        );
     }
 
     #[test]

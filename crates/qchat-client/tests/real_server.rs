@@ -317,3 +317,48 @@ async fn silence_is_reported_and_so_is_the_answer_coming_back() {
         delivered(&mut events, 2).await;
     }
 }
+
+/// While another node is known, one that does not answer is given up
+/// after the short node timeout (its error says so, rather than waiting
+/// the full connect timeout), and the next attempt reaches the live one.
+#[tokio::test]
+async fn a_silent_node_is_left_for_a_live_one() {
+    let room = room();
+    // Bound and never read: a node that died with its address still held.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dead = silent.local_addr().expect("addr");
+    let home = tempfile::tempdir().expect("temp dir");
+    let host = qchat_tls::HostKey::parse(&dead.to_string(), 8080).expect("host");
+    let plan = TrustPlan::load(
+        host.clone(),
+        &home.path().join("known_hosts"),
+        Some(room.fingerprint),
+        TrustMode::Strict,
+        false,
+    )
+    .expect("plan");
+    let endpoint = qchat_client::client_endpoint(dead).expect("endpoint");
+    let mut dialer = Dialer::new(
+        endpoint,
+        dead,
+        &plan,
+        room.fingerprint,
+        "alice".into(),
+        qchat_client::new_instance(),
+        true,
+    );
+    dialer.learn(&[room.addr.to_string()]);
+    let first = tokio::time::timeout(WAIT, dialer.dial(None))
+        .await
+        .expect("gives up on the silent node in time");
+    match first {
+        Err(e) => assert!(e.to_string().contains("trying another node"), "{e}"),
+        Ok(_) => panic!("a silent node cannot be joined"),
+    }
+    let joined = tokio::time::timeout(WAIT, dialer.dial(None))
+        .await
+        .expect("joins in time")
+        .expect("the live node takes alice");
+    assert_eq!(joined.name, "alice");
+    assert_ne!(dialer.joined_at(), &host, "joined at the live node");
+}

@@ -672,6 +672,11 @@ impl Room {
                 detail: format!("{}; choose another", names::clash(name, &other)),
             });
         }
+        // In a cluster, a member back from another node (its node died or
+        // it was reconnecting there) was never said to leave: it returns.
+        let from_elsewhere = !returning
+            && replaced.is_none()
+            && self.registry().online().is_some_and(|o| o.returned(name));
         let upto = st.published;
         let v3 = peer.version >= 3;
         let (replay, resumed, missed) = match &resume {
@@ -780,7 +785,7 @@ impl Room {
             };
             let _ = outbox.try_send(done.to_frame());
         }
-        if returning {
+        if returning || from_elsewhere {
             st.ghosts.remove(&key);
             if st.members.len() < options.announce_limit {
                 let frame = ServerMsg::Returned {

@@ -653,6 +653,11 @@ impl App {
                 if !self.quitting {
                     self.conn = Conn::Online(state.clone());
                 }
+                // The header and the title name the node we are on, not
+                // the one we started at (which may be dead).
+                if let ConnectionState::Moved { node } = state {
+                    self.server_addr = s(node);
+                }
                 if let Some(line) = self.transitions.line(state) {
                     match state {
                         ConnectionState::Lost { .. } => self.error(line),
@@ -1501,6 +1506,25 @@ pub(crate) mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn after_a_move_the_header_names_the_node_connected_to() {
+        let mut a = app();
+        assert_eq!(a.server_addr, "127.0.0.1:8080");
+        a.update(connection(ConnectionState::Lost {
+            reason: "timed out".into(),
+        }));
+        a.update(connection(ConnectionState::Moved {
+            node: "127.0.0.1:8091".into(),
+        }));
+        a.update(connection(CONNECTED));
+        assert_eq!(a.server_addr, "127.0.0.1:8091");
+        // A node's address is the server's text: shown sanitised.
+        a.update(connection(ConnectionState::Moved {
+            node: "evil\u{1b}[31m:1".into(),
+        }));
+        assert!(!a.server_addr.contains('\u{1b}'), "{:?}", a.server_addr);
     }
 
     #[test]

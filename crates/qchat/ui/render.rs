@@ -357,6 +357,20 @@ mod tests {
     }
 
     #[test]
+    fn after_a_move_the_status_line_names_the_node_connected_to() {
+        use qchat_client::ConnectionState;
+        let mut a = app((100, 8));
+        let (rows, _) = screen(&a);
+        assert!(rows[6].contains("127.0.0.1:8080"), "{}", rows.join("\n"));
+        a.update(Msg::Net(Event::Connection(ConnectionState::Moved {
+            node: "127.0.0.1:8091".into(),
+        })));
+        let (rows, _) = screen(&a);
+        assert!(rows[6].contains("127.0.0.1:8091"), "{}", rows.join("\n"));
+        assert!(!rows[6].contains("127.0.0.1:8080"), "{}", rows.join("\n"));
+    }
+
+    #[test]
     fn the_status_line_says_reconnecting_and_the_list_marks_the_absent() {
         use qchat_client::ConnectionState;
         let mut a = app((100, 8));

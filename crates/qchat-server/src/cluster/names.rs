@@ -36,6 +36,11 @@ pub const ONLINE_BUCKET: &str = "qchat_online";
 /// not drop live members (each entry is rewritten three times within it).
 pub const ONLINE_TTL: Duration = Duration::from_secs(30);
 
+/// How long after a member took its entry over from another node its
+/// joins here (the lobby's, then each room's again) read as a return: the
+/// rejoins of one reconnect follow its claim within this.
+pub const RETURN_WINDOW: Duration = Duration::from_secs(30);
+
 /// The bucket of registered names (claims), key bans and operators
 /// granted in chat: `claim.<token>`, `ban.<token>`, `op.<token>`, each
 /// token the hash of a same-name key ([`token`]).
@@ -165,6 +170,9 @@ pub struct Online {
     ttl: Duration,
     /// Entries this node holds, by key.
     held: Mutex<HashMap<String, Held>>,
+    /// Keys whose member came here from another node, and when: its join
+    /// is a return, not a join ([`Online::returned`]).
+    returns: Mutex<HashMap<String, tokio::time::Instant>>,
     /// The room whose members and reconnecting members hold them: what
     /// decides whether a held entry is still wanted.
     room: OnceLock<Weak<Room>>,
@@ -195,6 +203,7 @@ impl Online {
             kv,
             ttl,
             held: Mutex::new(HashMap::new()),
+            returns: Mutex::new(HashMap::new()),
             room: OnceLock::new(),
         });
         let weak = Arc::downgrade(&online);
@@ -238,6 +247,33 @@ impl Online {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn returns(&self) -> MutexGuard<'_, HashMap<String, tokio::time::Instant>> {
+        // Only whole entries are put in or taken out.
+        self.returns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes whether the member now claiming `key` came from another node.
+    fn note_return(&self, key: &str, from_elsewhere: bool) {
+        let mut returns = self.returns();
+        returns.retain(|_, at| at.elapsed() <= RETURN_WINDOW);
+        if from_elsewhere {
+            returns.insert(key.to_string(), tokio::time::Instant::now());
+        } else {
+            returns.remove(key);
+        }
+    }
+
+    /// Whether `name`'s member took its entry over from another node
+    /// within [`RETURN_WINDOW`]: a member of a node that died (its entry
+    /// still online, since no node marked it reconnecting) or one that
+    /// left a node while reconnecting. To this node's members it returned:
+    /// the others' nodes already told them it was there.
+    pub fn returned(&self, name: &str) -> bool {
+        self.returns()
+            .get(&key_of(name))
+            .is_some_and(|at| at.elapsed() <= RETURN_WINDOW)
+    }
+
     /// Claims `who.name` for a member joining this node. Another node's
     /// entry is refused unless it is this very member back on a new node
     /// (the same key, or for a guest the same client instance), which
@@ -260,6 +296,7 @@ impl Online {
         for _ in 0..4 {
             match self.kv.create(&key, bytes.clone()).await {
                 Ok(revision) => {
+                    self.note_return(&key, false);
                     self.lock().insert(key, Held { revision, entry });
                     return Ok(());
                 }
@@ -311,6 +348,7 @@ impl Online {
             let took_bytes = encode(&took)?;
             match self.kv.update(&key, took_bytes, current.revision).await {
                 Ok(revision) => {
+                    self.note_return(&key, theirs.node != entry.node);
                     self.lock().insert(
                         key,
                         Held {
@@ -559,7 +597,10 @@ pub(crate) mod tests {
             instance: Some([2; 16]),
             ..carol
         };
+        assert!(!b.returned("carol"), "not here yet");
         b.claim(back).await.expect("her own entry");
+        assert!(b.returned("Carol"), "back from another node: a return");
+        assert!(!a.returned("carol"));
         let entry = b.store().entry(key_of("carol")).await.expect("read");
         let entry: OnlineEntry =
             postcard::from_bytes(&entry.expect("present").value).expect("decode");

@@ -1,0 +1,56 @@
+//! Failover as the people who stay see it: a member whose node was killed
+//! comes back on another node, and the members there are told it is back,
+//! not that it joined (to them it never left).
+
+use crate::util::{connect, Home, Nats, Server, Stream};
+
+/// A node of the cluster at `nats`, with the identity in `certs` or a new
+/// one.
+fn node(home: &Home, nats: &Nats, certs: Option<&Home>) -> Server {
+    let url = nats.url();
+    let mut flags = vec!["--headless", "--cluster", url.as_str()];
+    let dir;
+    if let Some(c) = certs {
+        dir = c.path().join("certs").display().to_string();
+        flags.extend(["--cert-dir", dir.as_str()]);
+    }
+    Server::start_on(home, "127.0.0.1:0", &flags)
+}
+
+#[test]
+fn a_member_back_from_a_killed_node_is_back_not_joined() {
+    let nats = Nats::start();
+    let (ha, hb) = (Home::new(), Home::new());
+    let mut a = node(&ha, &nats, None);
+    let b = node(&hb, &nats, Some(&ha));
+    let (alice_home, bob_home) = (Home::new(), Home::new());
+    let both = format!("{},{}", a.target(), b.target());
+    let mut alice = connect(&alice_home, &both, "alice", &["--accept-new"]);
+    alice.expect(Stream::Out, "alice connected", |l| {
+        l.starts_with("* connected to ")
+    });
+    let mut bob = connect(&bob_home, &b.target(), "bob", &["--accept-new"]);
+    bob.expect(Stream::Out, "bob connected", |l| {
+        l.starts_with("* connected to ")
+    });
+    // Alice is in bob's room already: one line from her proves it.
+    alice.send_line("before");
+    bob.expect(Stream::Out, "alice's line", |l| {
+        l.ends_with("<alice> before")
+    });
+
+    // Her node dies without a word: nothing marks her reconnecting.
+    a.proc.kill();
+    alice.expect(Stream::Out, "the reconnected line", |l| {
+        l.starts_with("* reconnected")
+    });
+    bob.expect(Stream::Out, "alice back", |l| {
+        l.ends_with("* alice is back")
+    });
+    alice.send_line("after");
+    bob.expect(Stream::Out, "alice's line after", |l| {
+        l.ends_with("<alice> after")
+    });
+    let said = bob.transcript();
+    assert!(!said.contains("alice joined"), "{said}");
+}
