@@ -14,6 +14,7 @@ pub mod log;
 pub mod names;
 pub mod nodes;
 pub mod presence;
+pub mod rooms;
 #[cfg(test)]
 pub(crate) mod testing;
 
