@@ -8,6 +8,7 @@ mod client_resume;
 mod cluster;
 mod cluster_e2e;
 mod cluster_names;
+mod cluster_rooms;
 mod commands;
 mod config;
 mod contacts;

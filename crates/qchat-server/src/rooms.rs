@@ -324,10 +324,12 @@ impl Rooms {
                 shared
                     .all()
                     .into_iter()
-                    .filter_map(|(_, rec)| match open.get(&names::fold_room(&rec.meta.name)) {
-                        Some(ch) => ch.info_for(asker),
-                        None => info(&rec.meta, asker, false, 0),
-                    })
+                    .filter_map(
+                        |(_, rec)| match open.get(&names::fold_room(&rec.meta.name)) {
+                            Some(ch) => ch.info_for(asker),
+                            None => info(&rec.meta, asker, false, 0),
+                        },
+                    )
                     .collect()
             }
         };

@@ -117,9 +117,7 @@ impl SharedRooms {
             all: Mutex::new(HashMap::new()),
             rooms: OnceLock::new(),
         });
-        cluster
-            .handle()
-            .spawn(watch(kv, Arc::downgrade(&shared)));
+        cluster.handle().spawn(watch(kv, Arc::downgrade(&shared)));
         Ok(shared)
     }
 
@@ -378,7 +376,8 @@ mod tests {
         chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         let refused = chb.set_topic(&bob, "mine").expect_err("bob is no operator");
         assert!(refused.contains("operators"), "{refused}");
-        cha.set_topic(&alice, "deploys only").expect("the creator's");
+        cha.set_topic(&alice, "deploys only")
+            .expect("the creator's");
         let seen = until(&mut rb, |m| matches!(m, ServerMsg::TopicSet { .. })).await;
         assert!(
             matches!(&seen, ServerMsg::TopicSet { room, by, text } if room == "#dev" && by == "alice" && text == "deploys only"),
