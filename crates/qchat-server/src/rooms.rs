@@ -16,11 +16,12 @@
 //!
 //! What a room is (name, topic, operators, invite-only, invitations)
 //! survives a restart in one small file beside the log, `rooms/rooms.meta`,
-//! rewritten atomically whenever it changes; every room's messages are in
-//! one file, `rooms/rooms.redb`, each room in tables of its own
-//! ([`crate::store::SharedRedb`]). Who is in a room is
-//! not stored: a client rejoins each of its rooms, with its resume point,
-//! right after every welcome.
+//! rewritten atomically whenever it changes (on a node of a cluster, in
+//! the cluster's bucket instead: [`crate::cluster::rooms`]); every room's
+//! messages are in one file, `rooms/rooms.redb`, each room in tables of
+//! its own ([`crate::store::SharedRedb`]). Who is in a room is not stored:
+//! a client rejoins each of its rooms, with its resume point, right after
+//! every welcome.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
