@@ -109,6 +109,11 @@ impl SharedRooms {
     /// Opens (or creates) [`ROOMS_BUCKET`] and starts watching it, for as
     /// long as the returned value lives. Entries never expire: a room is
     /// kept as a node's `rooms.meta` kept it.
+    ///
+    /// Changes are applied to the rooms on the runtime this is called on,
+    /// never on the connection's: a room's lock may be held by a join
+    /// waiting for NATS, and the connection's one thread must stay free to
+    /// answer it.
     pub async fn start(cluster: Arc<Cluster>) -> Result<Arc<SharedRooms>, ClusterError> {
         let kv = cluster.bucket(ROOMS_BUCKET, None, 1).await?;
         let shared = Arc::new(SharedRooms {
@@ -117,7 +122,11 @@ impl SharedRooms {
             all: Mutex::new(HashMap::new()),
             rooms: OnceLock::new(),
         });
-        cluster.handle().spawn(watch(kv, Arc::downgrade(&shared)));
+        let (tx, rx) = tokio::sync::mpsc::channel(APPLY_QUEUE);
+        tokio::spawn(apply(rx, Arc::downgrade(&shared)));
+        cluster
+            .handle()
+            .spawn(watch(kv, Arc::downgrade(&shared), tx));
         Ok(shared)
     }
 
@@ -247,9 +256,30 @@ pub(crate) enum CreateResult {
     Exists(u64, Record),
 }
 
+/// Changes on their way from the watch to the rooms: bounded, the watch
+/// waits when the rooms fall behind.
+const APPLY_QUEUE: usize = 256;
+
+/// Hands each change the watch saw to this node's open rooms.
+async fn apply(mut rx: tokio::sync::mpsc::Receiver<(u64, Record)>, shared: Weak<SharedRooms>) {
+    while let Some((rev, rec)) = rx.recv().await {
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
+        if let Some(rooms) = s.rooms.get().and_then(Weak::upgrade) {
+            rooms.apply_shared(rev, rec);
+        }
+    }
+}
+
 /// Follows the bucket for as long as `shared` lives, watching again from
-/// the last revision seen whenever the watch ends.
-async fn watch(kv: kv::Store, shared: Weak<SharedRooms>) {
+/// the last revision seen whenever the watch ends; keeps the list of rooms
+/// and sends each change on to `rooms`.
+async fn watch(
+    kv: kv::Store,
+    shared: Weak<SharedRooms>,
+    rooms: tokio::sync::mpsc::Sender<(u64, Record)>,
+) {
     let mut last = 0u64;
     loop {
         let watched = if last == 0 {
@@ -279,8 +309,9 @@ async fn watch(kv: kv::Store, shared: Weak<SharedRooms>) {
                         continue;
                     };
                     s.seen(&entry.key, entry.revision, &rec);
-                    if let Some(rooms) = s.rooms.get().and_then(Weak::upgrade) {
-                        rooms.apply_shared(entry.revision, rec);
+                    drop(s);
+                    if rooms.send((entry.revision, rec)).await.is_err() {
+                        return;
                     }
                 }
             }
