@@ -178,7 +178,12 @@ impl Rooms {
     pub(crate) fn apply_shared(&self, rev: u64, rec: Record) {
         let ch = self.read().get(&names::fold_room(&rec.meta.name)).cloned();
         if let Some(ch) = ch {
+            let closed =
+                (rec.change == Change::Mode && rec.meta.invite_only).then(|| rec.by.clone());
             ch.apply(rev, rec);
+            if let Some(by) = closed {
+                ch.invite_members_here(by);
+            }
         }
     }
 
@@ -928,6 +933,49 @@ impl Channel {
         st.rev = rev;
         let before = std::mem::replace(&mut st.meta, rec.meta);
         self.announce(st, &before, &rec.by, rec.change);
+    }
+
+    /// The room was made invite-only on another node: those in it on this
+    /// node are as good as invited, as those on that node were, so a
+    /// reconnect (to any node) does not lock them out. Written off the
+    /// runtime's threads, as the cluster's entry it changes; in the name
+    /// of `by`, who closed the room.
+    fn invite_members_here(self: &Arc<Self>, by: String) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let here: Vec<String> = {
+            let st = self.lock();
+            st.members
+                .values()
+                .map(|m| names::fold(&m.name))
+                .filter(|k| !st.meta.invited.contains(k))
+                .collect()
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if here.is_empty() {
+            return;
+        }
+        let me = Arc::clone(self);
+        rt.spawn_blocking(move || {
+            let done = shared.update(&me.token, &by, Change::Invited, |meta| {
+                if !meta.invite_only {
+                    return Err("opened again meanwhile".into());
+                }
+                for key in &here {
+                    if !meta.invited.contains(key) && meta.invited.len() < MAX_INVITED {
+                        meta.invited.push(key.clone());
+                    }
+                }
+                Ok(())
+            });
+            match done {
+                Ok((rev, rec)) => me.apply(rev, rec),
+                Err(e) => tracing::debug!(room = me.name, "cannot invite its members here: {e}"),
+            }
+        });
     }
 
     /// Reads the cluster's entry now, when there is one: what a join is

@@ -457,6 +457,35 @@ mod tests {
         assert!(cha.join(&carol, None, &tc2, None, 50, 10).is_err());
     }
 
+    /// Those in a room on one node when it is made invite-only on another
+    /// are as good as invited: after a move to the other node they get in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_on_every_node_keep_their_place_when_a_room_closes() {
+        let nats = NatsServer::start().await;
+        let ((_la, a), (_lb, b)) = (node(&nats).await, node(&nats).await);
+        let (alice, dave) = (actor(1, "alice"), actor(2, "dave"));
+        let (cha, _) = a.get_or_create("#ops", &alice, 10).expect("created");
+        let (chb, _) = b.get_or_create("#ops", &dave, 10).expect("opened");
+        let (td, mut rd) = mpsc::channel(64);
+        chb.join(&dave, None, &td, None, 50, 10).expect("open yet");
+        cha.set_invite_only(&alice, true).expect("its operator");
+        until(&mut rd, |m| matches!(m, ServerMsg::ModeSet { .. })).await;
+        assert!(chb.leave(2, None, "moving", false));
+        // Node B writes dave's invitation once it has seen the change.
+        let wait = async {
+            loop {
+                let (td2, _rd2) = mpsc::channel(64);
+                if cha.join(&dave, None, &td2, None, 50, 10).is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("dave gets in on node A");
+    }
+
     /// Two nodes creating the same rooms at the same moment: each room has
     /// exactly one creator, and it is that room's operator on both nodes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
