@@ -9,6 +9,7 @@ mod cluster;
 mod cluster_e2e;
 mod cluster_names;
 mod cluster_polish;
+mod cluster_rooms;
 mod commands;
 mod config;
 mod contacts;

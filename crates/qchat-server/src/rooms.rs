@@ -16,11 +16,12 @@
 //!
 //! What a room is (name, topic, operators, invite-only, invitations)
 //! survives a restart in one small file beside the log, `rooms/rooms.meta`,
-//! rewritten atomically whenever it changes; every room's messages are in
-//! one file, `rooms/rooms.redb`, each room in tables of its own
-//! ([`crate::store::SharedRedb`]). Who is in a room is
-//! not stored: a client rejoins each of its rooms, with its resume point,
-//! right after every welcome.
+//! rewritten atomically whenever it changes (on a node of a cluster, in
+//! the cluster's bucket instead: [`crate::cluster::rooms`]); every room's
+//! messages are in one file, `rooms/rooms.redb`, each room in tables of
+//! its own ([`crate::store::SharedRedb`]). Who is in a room is not stored:
+//! a client rejoins each of its rooms, with its resume point, right after
+//! every welcome.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use qchat_proto::{names, Proof, ResumePoint, RoomInfo, ServerMsg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::cluster::rooms::{Change, CreateResult, Record, SharedRooms};
 use crate::log::{Log, LogItem, Pending, RoomItem};
 use crate::metrics::Metrics;
 use crate::room::{MemberId, Room};
@@ -42,14 +44,15 @@ pub type StoreFactory = dyn Fn(&str) -> Result<Arc<dyn Store>, StoreError> + Sen
 /// Who a room's operator is: a key when the member had one, otherwise a
 /// (folded) name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum OpId {
+pub(crate) enum OpId {
     Key([u8; 32]),
     Name(String),
 }
 
-/// What survives a restart of one room.
+/// What survives a restart of one room (in a cluster: what every node
+/// shares of it, [`crate::cluster::rooms`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Meta {
+pub(crate) struct Meta {
     name: String,
     topic: String,
     ops: Vec<OpId>,
@@ -92,6 +95,9 @@ pub struct Rooms {
     metrics: Metrics,
     /// The queue of the one writer of every room's log.
     queue: mpsc::Sender<RoomItem<Channel>>,
+    /// The cluster's rooms, when the server is a node of one: the rooms'
+    /// descriptions are then there, not in `meta`.
+    shared: Option<Arc<SharedRooms>>,
 }
 
 impl Rooms {
@@ -102,11 +108,17 @@ impl Rooms {
         stores: Box<StoreFactory>,
         meta: Option<PathBuf>,
     ) -> Result<Arc<Self>, StoreError> {
-        let rooms = Rooms::build(Arc::downgrade(lobby), lobby.metrics().clone(), stores, meta);
+        let rooms = Rooms::build(
+            Arc::downgrade(lobby),
+            lobby.metrics().clone(),
+            stores,
+            meta,
+            None,
+        );
         if let Some(path) = &rooms.meta {
             for m in load(path)? {
                 let key = names::fold_room(&m.name);
-                let ch = rooms.channel(&key, m)?;
+                let ch = rooms.channel(&key, m, 0)?;
                 rooms.write().insert(key, ch);
             }
         }
@@ -118,7 +130,26 @@ impl Rooms {
         let keep = qchat_proto::limits::HISTORY_KEEP;
         let stores: Box<StoreFactory> =
             Box::new(move |_| Ok(Arc::new(crate::store::MemoryStore::new(keep)) as Arc<dyn Store>));
-        Rooms::build(lobby, metrics, stores, None)
+        Rooms::build(lobby, metrics, stores, None, None)
+    }
+
+    /// The rooms of a node of a cluster: their logs from `stores`, their
+    /// descriptions from the cluster's bucket. A room is opened on this
+    /// node when one of its members first joins it here.
+    pub fn clustered(
+        lobby: &Arc<Room>,
+        stores: Box<StoreFactory>,
+        shared: Arc<SharedRooms>,
+    ) -> Arc<Self> {
+        let rooms = Rooms::build(
+            Arc::downgrade(lobby),
+            lobby.metrics().clone(),
+            stores,
+            None,
+            Some(Arc::clone(&shared)),
+        );
+        shared.attach(Arc::downgrade(&rooms));
+        rooms
     }
 
     fn build(
@@ -126,6 +157,7 @@ impl Rooms {
         metrics: Metrics,
         stores: Box<StoreFactory>,
         meta: Option<PathBuf>,
+        shared: Option<Arc<SharedRooms>>,
     ) -> Arc<Self> {
         let (queue, rx) = mpsc::channel(qchat_proto::limits::LOG_QUEUE);
         start_writer(rx);
@@ -137,7 +169,22 @@ impl Rooms {
             lobby,
             metrics,
             queue,
+            shared,
         })
+    }
+
+    /// Another node (or this one) changed a room in the cluster's bucket:
+    /// the room, if open here, takes the change and tells its members.
+    pub(crate) fn apply_shared(&self, rev: u64, rec: Record) {
+        let ch = self.read().get(&names::fold_room(&rec.meta.name)).cloned();
+        if let Some(ch) = ch {
+            let closed =
+                (rec.change == Change::Mode && rec.meta.invite_only).then(|| rec.by.clone());
+            ch.apply(rev, rec);
+            if let Some(by) = closed {
+                ch.invite_members_here(by);
+            }
+        }
     }
 
     /// Empties every room of members but `keep` (the server sent the
@@ -165,7 +212,7 @@ impl Rooms {
         }
     }
 
-    fn channel(&self, key: &str, meta: Meta) -> Result<Arc<Channel>, StoreError> {
+    fn channel(&self, key: &str, meta: Meta, rev: u64) -> Result<Arc<Channel>, StoreError> {
         let store = (self.stores)(key)?;
         let published = store.last_id();
         let ch = Arc::new_cyclic(|me| Channel {
@@ -176,6 +223,7 @@ impl Rooms {
                 published,
                 recent: VecDeque::new(),
                 meta,
+                rev,
                 away: HashMap::new(),
             }),
             store,
@@ -185,6 +233,11 @@ impl Rooms {
             },
             lobby: self.lobby.clone(),
             metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
+            token: match self.shared {
+                Some(_) => crate::cluster::token(key),
+                None => String::new(),
+            },
         });
         crate::cluster::feed::start(&ch);
         Ok(ch)
@@ -216,16 +269,6 @@ impl Rooms {
         if let Some(ch) = self.read().get(&key) {
             return Ok((Arc::clone(ch), false));
         }
-        let mut map = self.write();
-        if let Some(ch) = map.get(&key) {
-            return Ok((Arc::clone(ch), false));
-        }
-        // The lobby counts as one of the server's rooms.
-        if map.len() + 1 >= max {
-            return Err(format!(
-                "this server has its most rooms ({max}); join one of /rooms instead"
-            ));
-        }
         let meta = Meta {
             name: room.to_string(),
             topic: String::new(),
@@ -233,21 +276,69 @@ impl Rooms {
             invite_only: false,
             invited: Vec::new(),
         };
+        let most = || format!("this server has its most rooms ({max}); join one of /rooms instead");
+        // In a cluster the room may exist on other nodes: it is the
+        // cluster's, created by whichever node's create landed first, and
+        // the limit counts the cluster's rooms.
+        let (meta, rev, created) = match &self.shared {
+            None => (meta, 0, true),
+            Some(shared) => {
+                let token = crate::cluster::token(&key);
+                let (known, count) = shared.known(&token);
+                if !known && count + 1 >= max {
+                    return Err(most());
+                }
+                let rec = Record {
+                    meta,
+                    by: creator.name.clone(),
+                    change: Change::Created,
+                };
+                match shared.create(&token, &rec)? {
+                    CreateResult::Created(rev) => (rec.meta, rev, true),
+                    CreateResult::Exists(rev, theirs) => (theirs.meta, rev, false),
+                }
+            }
+        };
+        let mut map = self.write();
+        if let Some(ch) = map.get(&key) {
+            return Ok((Arc::clone(ch), false));
+        }
+        // The lobby counts as one of the server's rooms.
+        if self.shared.is_none() && map.len() + 1 >= max {
+            return Err(most());
+        }
         let ch = self
-            .channel(&key, meta)
+            .channel(&key, meta, rev)
             .map_err(|e| format!("the server could not create the room: {e}"))?;
         map.insert(key, Arc::clone(&ch));
-        Ok((ch, true))
+        Ok((ch, created))
     }
 
     /// The rooms `asker` may see: the public ones, and invite-only ones it
     /// is in, invited to or operates; a server operator sees every one.
+    /// In a cluster, every room of the cluster, with the members on this
+    /// node: the others are not counted here.
     pub fn list(&self, asker: &Actor) -> Vec<RoomInfo> {
-        let mut rooms: Vec<RoomInfo> = self
-            .read()
-            .values()
-            .filter_map(|ch| ch.info_for(asker))
-            .collect();
+        let mut rooms: Vec<RoomInfo> = match &self.shared {
+            None => self
+                .read()
+                .values()
+                .filter_map(|ch| ch.info_for(asker))
+                .collect(),
+            Some(shared) => {
+                let open = self.read();
+                shared
+                    .all()
+                    .into_iter()
+                    .filter_map(
+                        |(_, rec)| match open.get(&names::fold_room(&rec.meta.name)) {
+                            Some(ch) => ch.info_for(asker),
+                            None => info(&rec.meta, asker, false, 0),
+                        },
+                    )
+                    .collect()
+            }
+        };
         rooms.sort_by(|a, b| a.name.cmp(&b.name));
         rooms
     }
@@ -277,6 +368,26 @@ impl Rooms {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         save(path, &all)
     }
+}
+
+/// How `asker` sees a room described by `meta` (`inside`: it is in it),
+/// `members` counted: nothing if the room is hidden from it.
+fn info(meta: &Meta, asker: &Actor, inside: bool, members: usize) -> Option<RoomInfo> {
+    let visible = !meta.invite_only
+        || is_op(meta, asker)
+        || inside
+        || meta.invited.contains(&names::fold(&asker.name));
+    visible.then(|| RoomInfo {
+        name: meta.name.clone(),
+        members: u32::try_from(members).unwrap_or(u32::MAX),
+        topic: meta.topic.clone(),
+        invite_only: meta.invite_only,
+    })
+}
+
+/// Whether `who` may govern a room described by `meta`.
+fn is_op(meta: &Meta, who: &Actor) -> bool {
+    who.server_op || meta.ops.contains(&who.op_id())
 }
 
 /// The descriptions' file format: a version byte, then postcard.
@@ -349,6 +460,11 @@ pub struct Channel {
     log: RoomQueue,
     lobby: Weak<Room>,
     metrics: Metrics,
+    /// The cluster's rooms, when the server is a node of one.
+    shared: Option<Arc<SharedRooms>>,
+    /// The room's key in the cluster's bucket ([`crate::cluster::token`]
+    /// of its folded name); empty outside a cluster.
+    token: String,
 }
 
 struct ChanState {
@@ -359,6 +475,9 @@ struct ChanState {
     /// The newest published messages (see the lobby's window).
     recent: VecDeque<Entry>,
     meta: Meta,
+    /// The revision of the cluster's entry `meta` is (0 outside a
+    /// cluster): an older one arriving late is not applied.
+    rev: u64,
     /// Members whose connection dropped, by folded name: the name as
     /// spelt and the member it was. Still in the room for everyone else
     /// until the lobby's grace ends, as in the lobby.
@@ -411,21 +530,17 @@ impl Channel {
     }
 
     fn is_op(st: &ChanState, who: &Actor) -> bool {
-        who.server_op || st.meta.ops.contains(&who.op_id())
+        is_op(&st.meta, who)
     }
 
     fn info_for(&self, asker: &Actor) -> Option<RoomInfo> {
         let st = self.lock();
-        let visible = !st.meta.invite_only
-            || Self::is_op(&st, asker)
-            || st.members.contains_key(&asker.id)
-            || st.meta.invited.contains(&names::fold(&asker.name));
-        visible.then(|| RoomInfo {
-            name: self.name.clone(),
-            members: u32::try_from(st.members.len() + st.away.len()).unwrap_or(u32::MAX),
-            topic: st.meta.topic.clone(),
-            invite_only: st.meta.invite_only,
-        })
+        info(
+            &st.meta,
+            asker,
+            st.members.contains_key(&asker.id),
+            st.members.len() + st.away.len(),
+        )
     }
 
     /// Adds `who` (whose lobby queue is `outbox`) to the room: the
@@ -442,6 +557,7 @@ impl Channel {
         history: usize,
         max_members: usize,
     ) -> Result<(), String> {
+        self.refresh();
         let mut st = self.lock();
         if st.members.contains_key(&who.id) {
             return Err(format!("you are in {} already", self.name));
@@ -685,111 +801,224 @@ impl Channel {
 
     /// `/topic`: the room's operators (and server operators) only.
     pub fn set_topic(&self, who: &Actor, text: &str) -> Result<(), String> {
-        let mut st = self.lock();
-        if !Self::is_op(&st, who) {
-            return Err(format!("only {}'s operators can set its topic", self.name));
-        }
-        st.meta.topic = text.to_string();
-        let frame = ServerMsg::TopicSet {
-            room: self.name.clone(),
-            by: who.name.clone(),
-            text: text.to_string(),
-        }
-        .to_frame();
-        let slow = self.broadcast(&st, &frame, None);
-        drop(st);
-        self.evict(slow);
-        Ok(())
+        let name = &self.name;
+        self.modify(who, Change::Topic, |meta| {
+            if !is_op(meta, who) {
+                return Err(format!("only {name}'s operators can set its topic"));
+            }
+            meta.topic = text.to_string();
+            Ok(())
+        })
     }
 
     /// `/room invite-only on|off`: operators only.
     pub fn set_invite_only(&self, who: &Actor, on: bool) -> Result<(), String> {
-        let mut st = self.lock();
-        if !Self::is_op(&st, who) {
-            return Err(format!(
-                "only {}'s operators can make it invite-only or open",
-                self.name
-            ));
-        }
-        // A room's description (and so its invitations) is kept by each
-        // node of a cluster on its own: invite-only on one node would
-        // leave the room open on the others.
-        if on && self.store.ordered().is_some() {
-            return Err(format!(
-                "{} cannot be made invite-only: this server is a node of a cluster, and \
-                 invitations are not shared between its nodes yet",
-                self.name
-            ));
-        }
-        st.meta.invite_only = on;
-        if on {
-            // Those in the room now are as good as invited: a reconnect,
-            // or the server's restart, must not lock them out.
-            let here: Vec<String> = st.members.values().map(|m| names::fold(&m.name)).collect();
-            for key in here {
-                if !st.meta.invited.contains(&key) {
-                    st.meta.invited.push(key);
+        let name = &self.name;
+        // Those in the room on this node now are as good as invited: a
+        // reconnect, or the server's restart, must not lock them out.
+        let here: Vec<String> = self
+            .lock()
+            .members
+            .values()
+            .map(|m| names::fold(&m.name))
+            .collect();
+        self.modify(who, Change::Mode, |meta| {
+            if !is_op(meta, who) {
+                return Err(format!(
+                    "only {name}'s operators can make it invite-only or open"
+                ));
+            }
+            meta.invite_only = on;
+            if on {
+                for key in &here {
+                    if !meta.invited.contains(key) {
+                        meta.invited.push(key.clone());
+                    }
                 }
             }
-        }
-        let frame = ServerMsg::ModeSet {
-            room: self.name.clone(),
-            by: who.name.clone(),
-            invite_only: on,
-        }
-        .to_frame();
-        let slow = self.broadcast(&st, &frame, None);
-        drop(st);
-        self.evict(slow);
-        Ok(())
+            Ok(())
+        })
     }
 
     /// `/invite NAME`: operators only; the invitation is kept (it is what
     /// lets the member back in after a reconnect or a restart) until the
     /// member is kicked.
     pub fn invite(&self, who: &Actor, name: &str) -> Result<(), String> {
-        let mut st = self.lock();
-        if !Self::is_op(&st, who) {
-            return Err(format!("only {}'s operators can invite to it", self.name));
-        }
         if let Err(e) = names::validate(name) {
             return Err(format!("nobody can be called {name:?}: {e}"));
         }
+        let room = &self.name;
         let key = names::fold(name);
-        if !st.meta.invited.contains(&key) {
-            // Kept in the rooms' file: bounded like everything a member
-            // can make the server store.
-            if st.meta.invited.len() >= MAX_INVITED {
-                return Err(format!(
-                    "{} has its most invitations ({MAX_INVITED}); /kick someone from it to free one",
-                    self.name
-                ));
+        self.modify(who, Change::Invited, |meta| {
+            if !is_op(meta, who) {
+                return Err(format!("only {room}'s operators can invite to it"));
             }
-            st.meta.invited.push(key);
-        }
-        Ok(())
+            if !meta.invited.contains(&key) {
+                // Kept in the rooms' file (or the cluster's bucket):
+                // bounded like everything a member can make the server
+                // store.
+                if meta.invited.len() >= MAX_INVITED {
+                    return Err(format!(
+                        "{room} has its most invitations ({MAX_INVITED}); /kick someone from it to free one"
+                    ));
+                }
+                meta.invited.push(key.clone());
+            }
+            Ok(())
+        })
     }
 
     /// `/kick NAME` in the room: operators only; the member leaves the room
     /// (not the server) and loses its invitation.
     pub fn kick(&self, who: &Actor, name: &str, reason: &str) -> Result<(), String> {
+        let room = &self.name;
         let target = {
-            let mut st = self.lock();
-            if !Self::is_op(&st, who) {
-                return Err(format!("only {}'s operators can kick from it", self.name));
-            }
+            let st = self.lock();
             let Some(target) = Self::member_named(&st, name) else {
-                return Err(format!("there is nobody called {name:?} in {}", self.name));
+                if !Self::is_op(&st, who) {
+                    return Err(format!("only {room}'s operators can kick from it"));
+                }
+                return Err(format!("there is nobody called {name:?} in {room}"));
             };
             if target == who.id {
-                return Err(format!("you cannot kick yourself; use /part {}", self.name));
+                return Err(format!("you cannot kick yourself; use /part {room}"));
             }
-            let key = names::fold(name);
-            st.meta.invited.retain(|k| *k != key);
             target
         };
+        let key = names::fold(name);
+        self.modify(who, Change::Kicked, |meta| {
+            if !is_op(meta, who) {
+                return Err(format!("only {room}'s operators can kick from it"));
+            }
+            meta.invited.retain(|k| *k != key);
+            Ok(())
+        })?;
         self.leave(target, Some(&who.name), reason, true);
         Ok(())
+    }
+
+    /// Makes a change to what the room is: here, or in a cluster in the
+    /// cluster's entry (decided on the newest entry, so an operator removed
+    /// on another node is no operator here), then applied here as any
+    /// node's change is.
+    fn modify(
+        &self,
+        who: &Actor,
+        kind: Change,
+        mut change: impl FnMut(&mut Meta) -> Result<(), String>,
+    ) -> Result<(), String> {
+        match &self.shared {
+            None => {
+                let mut st = self.lock();
+                let before = st.meta.clone();
+                change(&mut st.meta)?;
+                self.announce(st, &before, &who.name, kind);
+                Ok(())
+            }
+            Some(shared) => {
+                let (rev, rec) = shared.update(&self.token, &who.name, kind, change)?;
+                self.apply(rev, rec);
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the cluster's entry at revision `rev` unless a newer one is
+    /// here already, and tells the members what changed.
+    pub(crate) fn apply(&self, rev: u64, rec: Record) {
+        let mut st = self.lock();
+        if rev <= st.rev {
+            return;
+        }
+        st.rev = rev;
+        let before = std::mem::replace(&mut st.meta, rec.meta);
+        self.announce(st, &before, &rec.by, rec.change);
+    }
+
+    /// The room was made invite-only on another node: those in it on this
+    /// node are as good as invited, as those on that node were, so a
+    /// reconnect (to any node) does not lock them out. Written off the
+    /// runtime's threads, as the cluster's entry it changes; in the name
+    /// of `by`, who closed the room.
+    fn invite_members_here(self: &Arc<Self>, by: String) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let here: Vec<String> = {
+            let st = self.lock();
+            st.members
+                .values()
+                .map(|m| names::fold(&m.name))
+                .filter(|k| !st.meta.invited.contains(k))
+                .collect()
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if here.is_empty() {
+            return;
+        }
+        let me = Arc::clone(self);
+        rt.spawn_blocking(move || {
+            let done = shared.update(&me.token, &by, Change::Invited, |meta| {
+                if !meta.invite_only {
+                    return Err("opened again meanwhile".into());
+                }
+                for key in &here {
+                    if !meta.invited.contains(key) && meta.invited.len() < MAX_INVITED {
+                        meta.invited.push(key.clone());
+                    }
+                }
+                Ok(())
+            });
+            match done {
+                Ok((rev, rec)) => me.apply(rev, rec),
+                Err(e) => tracing::debug!(room = me.name, "cannot invite its members here: {e}"),
+            }
+        });
+    }
+
+    /// Reads the cluster's entry now, when there is one: what a join is
+    /// decided on, so a room made invite-only on another node a moment ago
+    /// is closed here too. Without an answer the entry last seen stands.
+    fn refresh(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        match shared.read(&self.token) {
+            Ok(Some((rev, rec))) => self.apply(rev, rec),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(room = self.name, "cannot read the room's entry: {e}"),
+        }
+    }
+
+    /// Tells the members of a change from `before` to what the room is now
+    /// (`kind` by `by`, and whatever else differs: entries seen in a
+    /// cluster may skip revisions), then releases the lock.
+    fn announce(&self, st: MutexGuard<'_, ChanState>, before: &Meta, by: &str, kind: Change) {
+        let mut frames = Vec::new();
+        if kind == Change::Topic || before.topic != st.meta.topic {
+            frames.push(ServerMsg::TopicSet {
+                room: self.name.clone(),
+                by: by.to_string(),
+                text: st.meta.topic.clone(),
+            });
+        }
+        if kind == Change::Mode || before.invite_only != st.meta.invite_only {
+            frames.push(ServerMsg::ModeSet {
+                room: self.name.clone(),
+                by: by.to_string(),
+                invite_only: st.meta.invite_only,
+            });
+        }
+        let mut slow = Vec::new();
+        for msg in frames {
+            slow.extend(self.broadcast(&st, &msg.to_frame(), None));
+        }
+        drop(st);
+        slow.sort_unstable();
+        slow.dedup();
+        self.evict(slow);
     }
 
     /// Queues `frame` for every member but `except`; the ids whose queue is

@@ -414,6 +414,16 @@ async fn start(
         Some(c) => Some(cluster_room_stores(c, &args)?),
         None => room_stores(&args)?,
     };
+    // A node's rooms are the cluster's: what each is (topic, operators,
+    // invitations) is in the cluster's bucket, not in its own file.
+    let shared_rooms = match &cluster {
+        Some(c) => Some(
+            qchat_server::cluster::rooms::SharedRooms::start(std::sync::Arc::clone(c))
+                .await
+                .context("cannot open the cluster's rooms")?,
+        ),
+        None => None,
+    };
     let conversations = open_conversations(&args)?;
     let hup = Hangup::listen();
     let metrics = bind_metrics(args.metrics).await?;
@@ -449,7 +459,10 @@ async fn start(
     // Private messages from members of the other nodes.
     qchat_server::cluster::private::attach(server.room()).await?;
     if let Some((stores, meta)) = room_stores {
-        let rooms = qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?;
+        let rooms = match shared_rooms {
+            Some(shared) => qchat_server::rooms::Rooms::clustered(server.room(), stores, shared),
+            None => qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?,
+        };
         tracing::info!(rooms = rooms.len(), "rooms open");
         anyhow::ensure!(
             server.room().set_rooms(rooms),
@@ -654,8 +667,9 @@ async fn cluster_store(
 }
 
 /// The other rooms' logs in the cluster, each its own stream, opened when
-/// the room is; their descriptions (topic, operators, invitations) stay in
-/// this node's data folder.
+/// the room is. Their descriptions (topic, operators, invitations) are the
+/// cluster's ([`qchat_server::cluster::rooms`]); the file path beside the
+/// logs is what a node outside a cluster would use, and goes unused.
 fn cluster_room_stores(
     cluster: &std::sync::Arc<qchat_server::cluster::Cluster>,
     args: &ServeArgs,

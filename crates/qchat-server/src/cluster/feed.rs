@@ -310,44 +310,6 @@ mod tests {
         assert_eq!(history, wanted);
     }
 
-    /// A room's invitations are kept by each node: a clustered room is
-    /// not made invite-only (it would be on one node only), and says why.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_clustered_room_is_not_made_invite_only() {
-        use crate::rooms::{Actor, Rooms, StoreFactory};
-        use crate::store::Store;
-        let nats = NatsServer::start().await;
-        let lobby = node(&nats).await;
-        let cluster = Cluster::connect(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects");
-        let stores: Box<StoreFactory> = Box::new(move |key: &str| {
-            let log = JetStreamLog::open_blocking(&cluster, key, 100, None)?;
-            Ok(log as Arc<dyn Store>)
-        });
-        let rooms = Rooms::open(&lobby, stores, None).expect("opens");
-        let alice = Actor {
-            id: 1,
-            name: "alice".into(),
-            key: None,
-            server_op: false,
-        };
-        let (ch, created) = rooms.get_or_create("#dev", &alice, 10).expect("created");
-        assert!(created);
-        assert!(
-            ch.store().ordered().is_some(),
-            "the room's log is the cluster's"
-        );
-        let refused = ch
-            .set_invite_only(&alice, true)
-            .expect_err("not in a cluster");
-        assert!(refused.contains("cluster"), "{refused}");
-        ch.set_invite_only(&alice, false).expect("open stays open");
-    }
-
     /// Many members joining at once a room whose history is only in the
     /// stream: each join reads it under the room's lock, with the
     /// server's workers all waiting for that lock; the cluster's own

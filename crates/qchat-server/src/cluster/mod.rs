@@ -15,6 +15,7 @@ pub mod names;
 pub mod nodes;
 pub mod presence;
 pub mod private;
+pub mod rooms;
 #[cfg(test)]
 pub(crate) mod testing;
 
