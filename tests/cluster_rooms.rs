@@ -46,6 +46,8 @@ fn a_rooms_topic_and_invitations_hold_on_every_node() {
     let mut alice = join(&halice, &a, "alice");
     let mut bob = join(&hbob, &b, "bob");
     let mut carol = join(&hcarol, &b, "carol");
+    // A knows bob is on B (its invitation notice below depends on it).
+    alice.expect(Stream::Out, "bob's arrival on B", |l| l == "* bob joined");
 
     // A topic set on A reaches a member of the room on B.
     let made = join_room(&mut alice, "#dev");
@@ -77,7 +79,9 @@ fn a_rooms_topic_and_invitations_hold_on_every_node() {
 
     // An invitation given on A lets bob in on B.
     alice.send_line("/invite bob");
-    expect_start(&mut alice, "* notice: bob may now join #ops");
+    let told = expect_start(&mut alice, "* notice: bob may now join #ops");
+    // Bob is on the other node: alice learns that he was not told.
+    assert!(told.contains("another server of this cluster"), "{told}");
     join_room(&mut bob, "#ops");
     bob.send_line("/rooms");
     let listed = expect_start(&mut bob, "* rooms (");

@@ -1177,6 +1177,19 @@ async fn handle(
                 }
                 let text = match invited {
                     Some((_, tname, _)) => format!("{tname} may now join {}", ch.name()),
+                    // The invitation is the cluster's, but its notice
+                    // reaches only this node's members: say so rather
+                    // than "nobody", which would be untrue.
+                    None if room
+                        .presence()
+                        .is_some_and(|p| p.node_of(&target).is_some()) =>
+                    {
+                        format!(
+                            "{target} may now join {} ({target} is on another server of this \
+                             cluster and is not told: tell them yourself)",
+                            ch.name()
+                        )
+                    }
                     None => format!(
                         "{target} may now join {} (nobody is here under that name now)",
                         ch.name()
