@@ -12,20 +12,8 @@ use qchat_proto::{ClientMsg, CloseCode, ResumePoint, ServerMsg, PROTOCOL_VERSION
 use crate::raw::{runtime, say, Raw, RawStream};
 use crate::util::{Home, Nats, Server, Stream};
 
-/// A node of the cluster at `nats`, with the identity in `certs` (the
-/// operator's copy of the first node's cert dir), or a new one.
 fn node(home: &Home, nats: &Nats, certs: Option<&Home>) -> Server {
-    let url = nats.url();
-    let mut flags = vec!["--headless", "--cluster", url.as_str()];
-    let dir;
-    if let Some(c) = certs {
-        dir = c.path().join("certs").display().to_string();
-        flags.extend(["--cert-dir", dir.as_str()]);
-    }
-    let mut s = Server::start_on(home, "127.0.0.1:0", &flags);
-    s.proc
-        .expect(Stream::Out, "the node line", |l| l.starts_with("node "));
-    s
+    Server::node(home, nats, certs, &[])
 }
 
 /// A version-5 member's session: its stream, the lobby log's id and what

@@ -3,37 +3,20 @@
 //! node, and exactly one gets it (the others are told it is taken); a
 //! member on one node is in the other node's `/who` and its join and
 //! departure are told there.
-//!
-//! Registered in `tests.rs` (`mod cluster_names;`) once `serve --cluster`
-//! is in the tree: it runs nodes with that flag.
 
 use qchat_proto::{ClientMsg, RejectReason, ServerMsg, PROTOCOL_VERSION};
 
 use crate::raw::{runtime, Raw, RawStream};
-use crate::util::{Home, Nats, Server, Stream};
+use crate::util::{Home, Nats, Server};
 
-/// A node of the cluster at `nats`, admitting fifty hellos at once from
-/// one address (the test's), with the identity in `certs` or a new one.
 fn node(home: &Home, nats: &Nats, certs: Option<&Home>) -> Server {
-    let url = nats.url();
-    let mut flags = vec![
-        "--headless",
-        "--cluster",
-        url.as_str(),
-        "--max-per-ip",
-        "100",
-        "--max-unjoined-per-ip",
-        "100",
-    ];
-    let dir;
-    if let Some(c) = certs {
-        dir = c.path().join("certs").display().to_string();
-        flags.extend(["--cert-dir", dir.as_str()]);
-    }
-    let mut s = Server::start_on(home, "127.0.0.1:0", &flags);
-    s.proc
-        .expect(Stream::Out, "the node line", |l| l.starts_with("node "));
-    s
+    // The fifty joins come from one address.
+    Server::node(
+        home,
+        nats,
+        certs,
+        &["--max-per-ip", "100", "--max-unjoined-per-ip", "100"],
+    )
 }
 
 async fn hello(raw: &Raw, name: &str, instance: u8) -> RawStream {

@@ -4,17 +4,8 @@
 
 use crate::util::{connect, Home, Nats, Server, Stream};
 
-/// A node of the cluster at `nats`, with the identity in `certs` or a new
-/// one.
 fn node(home: &Home, nats: &Nats, certs: Option<&Home>) -> Server {
-    let url = nats.url();
-    let mut flags = vec!["--headless", "--cluster", url.as_str()];
-    let dir;
-    if let Some(c) = certs {
-        dir = c.path().join("certs").display().to_string();
-        flags.extend(["--cert-dir", dir.as_str()]);
-    }
-    Server::start_on(home, "127.0.0.1:0", &flags)
+    Server::node(home, nats, certs, &[])
 }
 
 #[test]

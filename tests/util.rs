@@ -294,6 +294,24 @@ impl Server {
     pub fn target(&self) -> String {
         self.addr.to_string()
     }
+
+    /// A node of the cluster at `nats` (`serve --headless --cluster`),
+    /// with the identity in `certs`' cert dir — the operator's copy of the
+    /// first node's — or, without it, an identity of its own; `extra`
+    /// flags after those. Returns once the node has said it joined.
+    pub fn node(home: &Home, nats: &Nats, certs: Option<&Home>, extra: &[&str]) -> Server {
+        let url = nats.url();
+        let dir = certs.map(|c| c.path().join("certs").display().to_string());
+        let mut flags = vec!["--headless", "--cluster", url.as_str()];
+        if let Some(dir) = &dir {
+            flags.extend(["--cert-dir", dir.as_str()]);
+        }
+        flags.extend(extra);
+        let mut s = Server::start_on(home, "127.0.0.1:0", &flags);
+        s.proc
+            .expect(Stream::Out, "the node line", |l| l.starts_with("node "));
+        s
+    }
 }
 
 /// Starts `qchat connect` in plain mode as `name`, trusting the server on

@@ -582,21 +582,14 @@ async fn shutdown_signal() -> Stop {
 /// The room log the flags ask for. A log that cannot be opened stops the
 /// server with the reason and the file's name; the file is left as it is.
 fn open_store(args: &ServeArgs) -> Result<std::sync::Arc<dyn qchat_server::store::Store>> {
-    use qchat_server::store::{MemoryStore, RedbStore, Store, SyncPolicy};
+    use qchat_server::store::{MemoryStore, RedbStore, Store};
     let max_age = args.history_max_age.map(|s| s.0);
     if args.store == crate::cli::StoreKind::Memory {
         let store = MemoryStore::new(args.history_keep).with_max_age(max_age);
         return Ok(std::sync::Arc::new(store));
     }
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => crate::home::server_dir()?,
-    };
-    create_private_dir(&dir)?;
-    let sync = match args.sync {
-        crate::cli::SyncArg::Full => SyncPolicy::Full,
-        crate::cli::SyncArg::None => SyncPolicy::None,
-    };
+    let dir = data_dir(args, "")?;
+    let sync = sync_policy(args);
     let store = RedbStore::open(&dir, args.history_keep, sync)?.with_max_age(max_age);
     tracing::info!(path = %store.path().display(), messages = store.len(), "room log open");
     Ok(std::sync::Arc::new(store))
@@ -676,11 +669,7 @@ fn cluster_room_stores(
 ) -> Result<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)> {
     use qchat_server::cluster::log::JetStreamLog;
     use qchat_server::store::Store;
-    let dir = match &args.data_dir {
-        Some(d) => d.join("rooms"),
-        None => crate::home::server_dir()?.join("rooms"),
-    };
-    create_private_dir(&dir)?;
+    let dir = data_dir(args, "rooms")?;
     let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
     let cluster = std::sync::Arc::clone(cluster);
     let stores: Box<qchat_server::rooms::StoreFactory> = Box::new(move |key: &str| {
@@ -688,6 +677,29 @@ fn cluster_room_stores(
         Ok(log as std::sync::Arc<dyn Store>)
     });
     Ok((stores, dir.join("rooms.meta")))
+}
+
+/// The server's data folder (`--data-dir`, or the default under the
+/// home), or the folder `sub` in it, made private (0700) if it is new.
+fn data_dir(args: &ServeArgs, sub: &str) -> Result<std::path::PathBuf> {
+    let mut dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::home::server_dir()?,
+    };
+    // Joining "" would add a trailing separator to every path shown.
+    if !sub.is_empty() {
+        dir.push(sub);
+    }
+    create_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// `--sync` as the stores take it.
+fn sync_policy(args: &ServeArgs) -> qchat_server::store::SyncPolicy {
+    match args.sync {
+        crate::cli::SyncArg::Full => qchat_server::store::SyncPolicy::Full,
+        crate::cli::SyncArg::None => qchat_server::store::SyncPolicy::None,
+    }
 }
 
 /// The storage engine's cache for the rooms' shared log, in bytes: one
@@ -703,19 +715,12 @@ const ROOMS_LOG_CACHE: usize = 16 * 1024 * 1024;
 fn room_stores(
     args: &ServeArgs,
 ) -> Result<Option<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)>> {
-    use qchat_server::store::{SharedRedb, Store, SyncPolicy};
+    use qchat_server::store::{SharedRedb, Store};
     if args.store == crate::cli::StoreKind::Memory {
         return Ok(None);
     }
-    let dir = match &args.data_dir {
-        Some(d) => d.join("rooms"),
-        None => crate::home::server_dir()?.join("rooms"),
-    };
-    create_private_dir(&dir)?;
-    let sync = match args.sync {
-        crate::cli::SyncArg::Full => SyncPolicy::Full,
-        crate::cli::SyncArg::None => SyncPolicy::None,
-    };
+    let dir = data_dir(args, "rooms")?;
+    let sync = sync_policy(args);
     let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
     let shared = SharedRedb::open(&dir, keep, max_age, sync, ROOMS_LOG_CACHE)?;
     let stores: Box<qchat_server::rooms::StoreFactory> =
@@ -730,11 +735,7 @@ fn open_registry(args: &ServeArgs) -> Result<std::sync::Arc<qchat_server::regist
     if args.store == crate::cli::StoreKind::Memory {
         return Ok(std::sync::Arc::new(Registry::memory()));
     }
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => crate::home::server_dir()?,
-    };
-    create_private_dir(&dir)?;
+    let dir = data_dir(args, "")?;
     Ok(std::sync::Arc::new(Registry::open(&dir)?))
 }
 
@@ -744,7 +745,6 @@ fn open_conversations(
     args: &ServeArgs,
 ) -> Result<Option<std::sync::Arc<qchat_server::private::Conversations>>> {
     use qchat_server::private::Conversations;
-    use qchat_server::store::SyncPolicy;
     if args.private_history == crate::cli::Switch::Off {
         return Ok(None);
     }
@@ -761,15 +761,8 @@ fn open_conversations(
             args.private_keep,
         )?)));
     }
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => crate::home::server_dir()?,
-    };
-    create_private_dir(&dir)?;
-    let sync = match args.sync {
-        crate::cli::SyncArg::Full => SyncPolicy::Full,
-        crate::cli::SyncArg::None => SyncPolicy::None,
-    };
+    let dir = data_dir(args, "")?;
+    let sync = sync_policy(args);
     let c = Conversations::open(&dir, args.private_keep, sync)?;
     match c.path() {
         Some(path) => {
