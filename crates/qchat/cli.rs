@@ -200,6 +200,15 @@ pub struct ServeArgs {
 /// A HOST:PORT: a host (name or address) and a port, as a client would
 /// connect to it.
 fn parse_advertise(s: &str) -> Result<String, String> {
+    // The node list clients are sent leaves out a longer entry, so such a
+    // node would be silently missing from every client's list.
+    let max = qchat_proto::limits::MAX_NODE_ADDR_BYTES;
+    if s.len() > max {
+        return Err(format!(
+            "{} bytes is longer than the {max} bytes a node's address may have",
+            s.len()
+        ));
+    }
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(s.to_string());
     }
@@ -749,6 +758,15 @@ mod tests {
             Err(Rejected::Usage(e)) => Err(e.to_string()),
             Err(Rejected::File(e)) => Err(e),
         }
+    }
+
+    #[test]
+    fn an_advertised_address_one_byte_past_the_node_list_limit_is_refused() {
+        let max = qchat_proto::limits::MAX_NODE_ADDR_BYTES;
+        let host = |len: usize| format!("{}:8080", "a".repeat(len - ":8080".len()));
+        assert_eq!(parse_advertise(&host(max)), Ok(host(max)));
+        let err = parse_advertise(&host(max + 1)).expect_err("one byte too long");
+        assert!(err.contains(&format!("{max} bytes")), "{err}");
     }
 
     #[test]
