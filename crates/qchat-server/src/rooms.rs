@@ -32,6 +32,8 @@ use qchat_proto::{names, Proof, ResumePoint, RoomInfo, ServerMsg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::cluster::forward::Afar;
+use crate::cluster::members::{Notice, Why};
 use crate::cluster::rooms::{Change, CreateResult, Record, SharedRooms};
 use crate::log::{Log, LogItem, Pending, RoomItem};
 use crate::metrics::Metrics;
@@ -192,9 +194,25 @@ impl Rooms {
     pub fn clear_members(&self, keep: &[MemberId]) {
         for ch in self.read().values() {
             let mut st = ch.lock();
-            st.members.retain(|id, _| keep.contains(id));
-            st.away.clear();
+            let mut gone: Vec<String> = Vec::new();
+            st.members.retain(|id, m| {
+                let stays = keep.contains(id);
+                if !stays {
+                    gone.push(m.name.clone());
+                }
+                stays
+            });
+            gone.extend(st.away.drain().map(|(_, (name, _))| name));
+            drop(st);
+            for name in gone {
+                ch.touch(&name, Why::Changed);
+            }
         }
+    }
+
+    /// The lobby, while the server lives.
+    pub(crate) fn lobby(&self) -> Option<Arc<Room>> {
+        self.lobby.upgrade()
     }
 
     /// Waits until everything queued for any room's log before now is
@@ -316,8 +334,8 @@ impl Rooms {
 
     /// The rooms `asker` may see: the public ones, and invite-only ones it
     /// is in, invited to or operates; a server operator sees every one.
-    /// In a cluster, every room of the cluster, with the members on this
-    /// node: the others are not counted here.
+    /// In a cluster, every room of the cluster, its members on every node
+    /// counted.
     pub fn list(&self, asker: &Actor) -> Vec<RoomInfo> {
         let mut rooms: Vec<RoomInfo> = match &self.shared {
             None => self
@@ -333,7 +351,17 @@ impl Rooms {
                     .filter_map(
                         |(_, rec)| match open.get(&names::fold_room(&rec.meta.name)) {
                             Some(ch) => ch.info_for(asker),
-                            None => info(&rec.meta, asker, false, 0),
+                            None => info(
+                                &rec.meta,
+                                asker,
+                                false,
+                                shared
+                                    .members()
+                                    .others(&crate::cluster::token(&names::fold_room(
+                                        &rec.meta.name,
+                                    )))
+                                    .len(),
+                            ),
                         },
                     )
                     .collect()
@@ -535,12 +563,95 @@ impl Channel {
 
     fn info_for(&self, asker: &Actor) -> Option<RoomInfo> {
         let st = self.lock();
+        let afar = self.afar_members(&st).len();
         info(
             &st.meta,
             asker,
             st.members.contains_key(&asker.id),
-            st.members.len() + st.away.len(),
+            st.members.len() + st.away.len() + afar,
         )
+    }
+
+    /// The cluster's other nodes' members of the room (none outside a
+    /// cluster), but those this node has too: a member moving between
+    /// nodes is listed once.
+    fn afar_members(&self, st: &ChanState) -> Vec<String> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
+        };
+        let mut afar = shared.members().others(&self.token);
+        if !afar.is_empty() {
+            afar.retain(|n| {
+                let key = names::fold(n);
+                !st.away.contains_key(&key)
+                    && !st.members.values().any(|m| names::fold(&m.name) == key)
+            });
+        }
+        afar
+    }
+
+    /// The cluster's rooms, when the server is a node of one.
+    pub(crate) fn shared(&self) -> Option<&Arc<SharedRooms>> {
+        self.shared.as_ref()
+    }
+
+    /// Has the cluster's entry of `name` in this room brought in line with
+    /// the room (nothing outside a cluster).
+    fn touch(&self, name: &str, why: Why) {
+        if let Some(shared) = &self.shared {
+            shared
+                .members()
+                .touch(&self.log.room, &self.token, name, why);
+        }
+    }
+
+    /// Whether `name` (any spelling of it) is in the room on this node:
+    /// its name as spelt, and whether it is connected (`false`: within its
+    /// grace after its connection dropped).
+    pub(crate) fn holds(&self, name: &str) -> Option<(String, bool)> {
+        let st = self.lock();
+        let key = names::fold(name);
+        if let Some(m) = st.members.values().find(|m| names::fold(&m.name) == key) {
+            return Some((m.name.clone(), true));
+        }
+        st.away.get(&key).map(|(n, _)| (n.clone(), false))
+    }
+
+    /// Another node's member entered or left the room: this node's
+    /// members are told as they are of their own node's. Nothing when the
+    /// member is in the room here (it moved here, and the room spoke for
+    /// it already); one whose place was kept here after its connection
+    /// dropped and that entered on another node is there now, silently.
+    pub(crate) fn afar(&self, notice: Notice) {
+        let mut st = self.lock();
+        let (frame, name) = match notice {
+            Notice::Entered { name, .. } => {
+                let key = names::fold(&name);
+                if st.away.remove(&key).is_some() {
+                    return;
+                }
+                let frame = ServerMsg::RoomEntered {
+                    room: self.name.clone(),
+                    name: name.clone(),
+                };
+                (frame, name)
+            }
+            Notice::Left { name, reason, .. } => {
+                st.away.remove(&names::fold(&name));
+                let frame = ServerMsg::RoomLeft {
+                    room: self.name.clone(),
+                    name: name.clone(),
+                    reason,
+                };
+                (frame, name)
+            }
+        };
+        if Self::member_named(&st, &name).is_some() {
+            return;
+        }
+        let slow = self.broadcast(&st, &frame.to_frame(), None);
+        drop(st);
+        self.evict(slow);
     }
 
     /// Adds `who` (whose lobby queue is `outbox`) to the room: the
@@ -571,7 +682,16 @@ impl Channel {
                 self.name
             ));
         }
-        if st.members.len() >= max_members && !who.server_op {
+        let mut afar = self.afar_members(&st);
+        // Back from another node (its own died, or its connection moved):
+        // for the others it never left.
+        let moved = {
+            let key = names::fold(&who.name);
+            let before = afar.len();
+            afar.retain(|n| names::fold(n) != key);
+            afar.len() < before
+        };
+        if st.members.len() + afar.len() >= max_members && !who.server_op {
             return Err(format!("{} is full ({max_members} members)", self.name));
         }
         let upto = st.published;
@@ -589,12 +709,13 @@ impl Channel {
             _ => (self.read_log(&st, 0, upto, history.min(room_for)), false, 0),
         };
         // Back within its grace: for the others it never left.
-        let returning = st.away.remove(&names::fold(&who.name)).is_some();
+        let returning = st.away.remove(&names::fold(&who.name)).is_some() || moved;
         let mut members: Vec<String> = st
             .members
             .values()
             .map(|m| m.name.clone())
             .chain(st.away.values().map(|a| a.0.clone()))
+            .chain(afar)
             .collect();
         members.push(who.name.clone());
         let joined = ServerMsg::RoomJoined {
@@ -648,6 +769,7 @@ impl Channel {
             },
         );
         drop(st);
+        self.touch(&who.name, Why::Changed);
         self.evict(slow);
         Ok(())
     }
@@ -696,12 +818,13 @@ impl Channel {
         };
         let left = ServerMsg::RoomLeft {
             room: self.name.clone(),
-            name: m.name,
-            reason: why,
+            name: m.name.clone(),
+            reason: why.clone(),
         }
         .to_frame();
         let slow = self.broadcast(&st, &left, None);
         drop(st);
+        self.touch(&m.name, Why::Left(why));
         self.evict(slow);
         true
     }
@@ -746,12 +869,13 @@ impl Channel {
         };
         let left = ServerMsg::RoomLeft {
             room: self.name.clone(),
-            name,
+            name: name.clone(),
             reason: reason.to_string(),
         }
         .to_frame();
         let slow = self.broadcast(&st, &left, None);
         drop(st);
+        self.touch(&name, Why::Left(reason.to_string()));
         self.evict(slow);
     }
 
@@ -771,9 +895,20 @@ impl Channel {
 
     /// A member's new name, shown in the room's lists from now on.
     pub fn rename(&self, id: MemberId, new: &str) {
-        if let Some(m) = self.lock().members.get_mut(&id) {
-            m.name = new.to_string();
+        let old = match self.lock().members.get_mut(&id) {
+            Some(m) => std::mem::replace(&mut m.name, new.to_string()),
+            None => return,
+        };
+        // The lobby's notice tells every node's members of the new name.
+        if names::fold(&old) != names::fold(new) {
+            self.touch(
+                &old,
+                Why::Renamed {
+                    to: new.to_string(),
+                },
+            );
         }
+        self.touch(new, Why::RenamedIn);
     }
 
     /// Takes a message from member `id` for the room's log; `None` if it
@@ -869,21 +1004,30 @@ impl Channel {
     }
 
     /// `/kick NAME` in the room: operators only; the member leaves the room
-    /// (not the server) and loses its invitation.
-    pub fn kick(&self, who: &Actor, name: &str, reason: &str) -> Result<(), String> {
+    /// (not the server) and loses its invitation. A member in the room on
+    /// another node of the cluster is left to that node: `Some` says
+    /// where.
+    pub fn kick(&self, who: &Actor, name: &str, reason: &str) -> Result<Option<Afar>, String> {
         let room = &self.name;
         let target = {
             let st = self.lock();
-            let Some(target) = Self::member_named(&st, name) else {
-                if !Self::is_op(&st, who) {
-                    return Err(format!("only {room}'s operators can kick from it"));
+            match Self::member_named(&st, name) {
+                Some(target) if target == who.id => {
+                    return Err(format!("you cannot kick yourself; use /part {room}"));
                 }
-                return Err(format!("there is nobody called {name:?} in {room}"));
-            };
-            if target == who.id {
-                return Err(format!("you cannot kick yourself; use /part {room}"));
+                Some(target) => Ok(target),
+                None => match self
+                    .shared
+                    .as_ref()
+                    .and_then(|s| s.members().node_of(&self.token, name))
+                {
+                    Some((node, name)) => Err(Afar { node, name }),
+                    None if !Self::is_op(&st, who) => {
+                        return Err(format!("only {room}'s operators can kick from it"));
+                    }
+                    None => return Err(format!("there is nobody called {name:?} in {room}")),
+                },
             }
-            target
         };
         let key = names::fold(name);
         self.modify(who, Change::Kicked, |meta| {
@@ -893,8 +1037,31 @@ impl Channel {
             meta.invited.retain(|k| *k != key);
             Ok(())
         })?;
-        self.leave(target, Some(&who.name), reason, true);
-        Ok(())
+        match target {
+            Ok(target) => {
+                self.leave(target, Some(&who.name), reason, true);
+                Ok(None)
+            }
+            Err(afar) => Ok(Some(afar)),
+        }
+    }
+
+    /// Another node's operator `by` kicked `name` from the room (its
+    /// rights checked there): the member here leaves as from a kick made
+    /// here. Its name as spelt, or why not.
+    pub(crate) fn kick_here(&self, name: &str, by: &str, reason: &str) -> Result<String, String> {
+        let target = {
+            let st = self.lock();
+            Self::member_named(&st, name)
+                .map(|id| (id, st.members.get(&id).map(|m| m.name.clone())))
+        };
+        match target {
+            Some((id, Some(spelt))) if self.leave(id, Some(by), reason, true) => Ok(spelt),
+            _ => Err(format!(
+                "nobody called {name:?} is in {} there now",
+                self.name
+            )),
+        }
     }
 
     /// Makes a change to what the room is: here, or in a cluster in the

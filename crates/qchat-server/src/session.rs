@@ -1155,10 +1155,17 @@ async fn handle(
             mut reason,
         } => {
             truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
-            room_request(id, room, "kick", &name, |ch, who| {
-                ch.kick(who, &target, &reason)
+            let mut afar = None;
+            let done = room_request(id, room, "kick", &name, |ch, who| {
+                afar = ch.kick(who, &target, &reason)?;
+                Ok(())
             })
             .await;
+            // In the room on another node of the cluster: that node takes
+            // the member out.
+            if let (Some((ch, who)), Some(afar)) = (done, afar) {
+                crate::cluster::forward::kick(room, id, &ch, &who.name, afar, &reason).await;
+            }
         }
         ClientMsg::Invite {
             room: name,
@@ -1175,22 +1182,21 @@ async fn handle(
                     };
                     room.reply(*tid, &msg);
                 }
-                let text = match invited {
-                    Some((_, tname, _)) => format!("{tname} may now join {}", ch.name()),
-                    // The invitation is the cluster's, but its notice
-                    // reaches only this node's members: say so rather
-                    // than "nobody", which would be untrue.
-                    None if room
-                        .presence()
-                        .is_some_and(|p| p.node_of(&target).is_some()) =>
-                    {
-                        format!(
-                            "{target} may now join {} ({target} is on another server of this \
-                             cluster and is not told: tell them yourself)",
-                            ch.name()
-                        )
+                let afar = match invited {
+                    Some(_) => None,
+                    // Connected to another node of the cluster: told there.
+                    None => crate::cluster::forward::invite(room, &ch, &who.name, &target).await,
+                };
+                let text = match (invited, afar) {
+                    (Some((_, tname, _)), _) | (None, Some(Ok(tname))) => {
+                        format!("{tname} may now join {}", ch.name())
                     }
-                    None => format!(
+                    (None, Some(Err(why))) => format!(
+                        "{target} may now join {} ({target} is on another server of this \
+                         cluster, which {why}: they were not told)",
+                        ch.name()
+                    ),
+                    (None, None) => format!(
                         "{target} may now join {} (nobody is here under that name now)",
                         ch.name()
                     ),

@@ -411,7 +411,7 @@ async fn start(
         None => open_registry(&args)?,
     };
     let room_stores = match &cluster {
-        Some(c) => Some(cluster_room_stores(c, &args)?),
+        Some(c) => Some(cluster_room_stores(c, &args)),
         None => room_stores(&args)?,
     };
     // A node's rooms are the cluster's: what each is (topic, operators,
@@ -461,7 +461,7 @@ async fn start(
     if let Some((stores, meta)) = room_stores {
         let rooms = match shared_rooms {
             Some(shared) => qchat_server::rooms::Rooms::clustered(server.room(), stores, shared),
-            None => qchat_server::rooms::Rooms::open(server.room(), stores, Some(meta))?,
+            None => qchat_server::rooms::Rooms::open(server.room(), stores, meta)?,
         };
         tracing::info!(rooms = rooms.len(), "rooms open");
         anyhow::ensure!(
@@ -661,22 +661,24 @@ async fn cluster_store(
 
 /// The other rooms' logs in the cluster, each its own stream, opened when
 /// the room is. Their descriptions (topic, operators, invitations) are the
-/// cluster's ([`qchat_server::cluster::rooms`]); the file path beside the
-/// logs is what a node outside a cluster would use, and goes unused.
+/// cluster's ([`qchat_server::cluster::rooms`]): a node keeps no file of
+/// them, nor a folder for one (`None`).
 fn cluster_room_stores(
     cluster: &std::sync::Arc<qchat_server::cluster::Cluster>,
     args: &ServeArgs,
-) -> Result<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)> {
+) -> (
+    Box<qchat_server::rooms::StoreFactory>,
+    Option<std::path::PathBuf>,
+) {
     use qchat_server::cluster::log::JetStreamLog;
     use qchat_server::store::Store;
-    let dir = data_dir(args, "rooms")?;
     let (keep, max_age) = (args.history_keep, args.history_max_age.map(|s| s.0));
     let cluster = std::sync::Arc::clone(cluster);
     let stores: Box<qchat_server::rooms::StoreFactory> = Box::new(move |key: &str| {
         let log = JetStreamLog::open_blocking(&cluster, key, keep, max_age)?;
         Ok(log as std::sync::Arc<dyn Store>)
     });
-    Ok((stores, dir.join("rooms.meta")))
+    (stores, None)
 }
 
 /// The server's data folder (`--data-dir`, or the default under the
@@ -714,7 +716,12 @@ const ROOMS_LOG_CACHE: usize = 16 * 1024 * 1024;
 /// live in memory.
 fn room_stores(
     args: &ServeArgs,
-) -> Result<Option<(Box<qchat_server::rooms::StoreFactory>, std::path::PathBuf)>> {
+) -> Result<
+    Option<(
+        Box<qchat_server::rooms::StoreFactory>,
+        Option<std::path::PathBuf>,
+    )>,
+> {
     use qchat_server::store::{SharedRedb, Store};
     if args.store == crate::cli::StoreKind::Memory {
         return Ok(None);
@@ -725,7 +732,7 @@ fn room_stores(
     let shared = SharedRedb::open(&dir, keep, max_age, sync, ROOMS_LOG_CACHE)?;
     let stores: Box<qchat_server::rooms::StoreFactory> =
         Box::new(move |key: &str| Ok(shared.open_room(key)? as std::sync::Arc<dyn Store>));
-    Ok(Some((stores, dir.join("rooms.meta"))))
+    Ok(Some((stores, Some(dir.join("rooms.meta")))))
 }
 
 /// The registered names, kept where the room log is (`names.redb` in the

@@ -9,8 +9,10 @@
 //! (JetStream key-value stores) the parts keep their shared state in.
 
 pub mod feed;
+pub mod forward;
 pub mod guard;
 pub mod log;
+pub mod members;
 pub mod names;
 pub mod nodes;
 pub mod presence;

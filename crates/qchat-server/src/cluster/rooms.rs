@@ -90,6 +90,8 @@ pub struct SharedRooms {
     all: Mutex<HashMap<String, (u64, Record)>>,
     /// This node's open rooms, told of every change.
     rooms: OnceLock<Weak<Rooms>>,
+    /// Who is in each room on every node.
+    members: Arc<super::members::Members>,
 }
 
 impl std::fmt::Debug for SharedRooms {
@@ -115,12 +117,25 @@ impl SharedRooms {
     /// waiting for NATS, and the connection's one thread must stay free to
     /// answer it.
     pub async fn start(cluster: Arc<Cluster>) -> Result<Arc<SharedRooms>, ClusterError> {
+        SharedRooms::start_with(cluster, super::names::ONLINE_TTL).await
+    }
+
+    /// [`SharedRooms::start`], a room's member on another node counting
+    /// as gone `ttl` after its node last rewrote its entry (presence's
+    /// TTL; shorter in tests).
+    pub async fn start_with(
+        cluster: Arc<Cluster>,
+        ttl: Duration,
+    ) -> Result<Arc<SharedRooms>, ClusterError> {
         let kv = cluster.bucket(ROOMS_BUCKET, None, 1).await?;
+        let members = super::members::Members::start(&cluster, ttl).await?;
+        super::forward::attach(&cluster, Arc::downgrade(&members)).await?;
         let shared = Arc::new(SharedRooms {
             cluster: Arc::clone(&cluster),
             kv: kv.clone(),
             all: Mutex::new(HashMap::new()),
             rooms: OnceLock::new(),
+            members,
         });
         let (tx, rx) = tokio::sync::mpsc::channel(APPLY_QUEUE);
         tokio::spawn(apply(rx, Arc::downgrade(&shared)));
@@ -136,7 +151,18 @@ impl SharedRooms {
 
     /// Tells `rooms` of every change from now on (once).
     pub(crate) fn attach(&self, rooms: Weak<Rooms>) {
+        self.members.attach(rooms.clone());
         let _ = self.rooms.set(rooms);
+    }
+
+    /// Who is in each room on every node.
+    pub fn members(&self) -> &Arc<super::members::Members> {
+        &self.members
+    }
+
+    /// The node's connection.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// Every room of the cluster as last seen: its revision and entry.
