@@ -119,7 +119,19 @@ impl Proc {
 
     /// Waits for a line on `stream` that satisfies `pred`; returns it.
     pub fn expect(&mut self, stream: Stream, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        self.expect_within(WAIT, stream, what, pred)
+    }
+
+    /// [`Proc::expect`] with a bound of its own: for what is due only after
+    /// a known delay longer than [`WAIT`] (an expiry, say).
+    pub fn expect_within(
+        &mut self,
+        wait: Duration,
+        stream: Stream,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {

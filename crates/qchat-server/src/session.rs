@@ -1451,9 +1451,11 @@ fn list_rooms(id: MemberId, room: &Room) {
     let Some((who, _)) = actor(id, room) else {
         return;
     };
+    // Everyone is in the lobby, on every node of a cluster.
+    let afar = room.presence().map_or(0, |p| p.count());
     let mut list = vec![qchat_proto::RoomInfo {
         name: qchat_proto::names::LOBBY.into(),
-        members: u32::try_from(room.len()).unwrap_or(u32::MAX),
+        members: u32::try_from(room.len() + afar).unwrap_or(u32::MAX),
         topic: String::new(),
         invite_only: false,
     }];

@@ -115,6 +115,15 @@ impl Presence {
         list
     }
 
+    /// How many members the other nodes have connected, for the lobby's
+    /// line of `/rooms`.
+    pub fn count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.entry.state == State::Online)
+            .count()
+    }
+
     /// Up to `max` of the other nodes' connected members' names, but
     /// `except` (a same-name key), for a welcome: no sorting, and no more
     /// of the list read than the welcome takes.
