@@ -21,7 +21,10 @@
 //! messages are in one file, `rooms/rooms.redb`, each room in tables of
 //! its own ([`crate::store::SharedRedb`]). Who is in a room is not stored:
 //! a client rejoins each of its rooms, with its resume point, right after
-//! every welcome.
+//! every welcome. On a node of a cluster, each member's place in each room
+//! is shared with the other nodes while it lasts
+//! ([`crate::cluster::members`]), so a room's list, count and notices are
+//! the cluster's.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
