@@ -351,22 +351,16 @@ impl Rooms {
                 shared
                     .all()
                     .into_iter()
-                    .filter_map(
-                        |(_, rec)| match open.get(&names::fold_room(&rec.meta.name)) {
+                    .filter_map(|(_, rec)| {
+                        let key = names::fold_room(&rec.meta.name);
+                        match open.get(&key) {
                             Some(ch) => ch.info_for(asker),
-                            None => info(
-                                &rec.meta,
-                                asker,
-                                false,
-                                shared
-                                    .members()
-                                    .others(&crate::cluster::token(&names::fold_room(
-                                        &rec.meta.name,
-                                    )))
-                                    .len(),
-                            ),
-                        },
-                    )
+                            None => {
+                                let afar = shared.members().count(&crate::cluster::token(&key));
+                                info(&rec.meta, asker, false, afar)
+                            }
+                        }
+                    })
                     .collect()
             }
         };
@@ -566,7 +560,10 @@ impl Channel {
 
     fn info_for(&self, asker: &Actor) -> Option<RoomInfo> {
         let st = self.lock();
-        let afar = self.afar_members(&st).len();
+        let afar = self
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.members().count(&self.token));
         info(
             &st.meta,
             asker,
@@ -576,21 +573,14 @@ impl Channel {
     }
 
     /// The cluster's other nodes' members of the room (none outside a
-    /// cluster), but those this node has too: a member moving between
-    /// nodes is listed once.
-    fn afar_members(&self, st: &ChanState) -> Vec<String> {
-        let Some(shared) = &self.shared else {
-            return Vec::new();
-        };
-        let mut afar = shared.members().others(&self.token);
-        if !afar.is_empty() {
-            afar.retain(|n| {
-                let key = names::fold(n);
-                !st.away.contains_key(&key)
-                    && !st.members.values().any(|m| names::fold(&m.name) == key)
-            });
+    /// cluster), but `except`. A member moving to this node may be listed
+    /// under both for the moment its entry takes to come back from NATS;
+    /// not worth folding every name of the room to hide.
+    fn afar_members(&self, except: Option<&str>) -> Vec<String> {
+        match &self.shared {
+            Some(shared) => shared.members().others(&self.token, except),
+            None => Vec::new(),
         }
-        afar
     }
 
     /// The cluster's rooms, when the server is a node of one.
@@ -613,11 +603,14 @@ impl Channel {
     /// grace after its connection dropped).
     pub(crate) fn holds(&self, name: &str) -> Option<(String, bool)> {
         let st = self.lock();
-        let key = names::fold(name);
-        if let Some(m) = st.members.values().find(|m| names::fold(&m.name) == key) {
-            return Some((m.name.clone(), true));
+        // As spelt: a member is noted under the name the room has for it
+        // (one fold, not one per member, under the room's lock).
+        if st.members.values().any(|m| m.name == name) {
+            return Some((name.to_string(), true));
         }
-        st.away.get(&key).map(|(n, _)| (n.clone(), false))
+        st.away
+            .get(&names::fold(name))
+            .map(|(n, _)| (n.clone(), false))
     }
 
     /// Another node's member entered or left the room: this node's
@@ -649,7 +642,8 @@ impl Channel {
                 (frame, name)
             }
         };
-        if Self::member_named(&st, &name).is_some() {
+        // As spelt: a member moving between nodes keeps its spelling.
+        if st.members.values().any(|m| m.name == name) {
             return;
         }
         let slow = self.broadcast(&st, &frame.to_frame(), None);
@@ -685,15 +679,13 @@ impl Channel {
                 self.name
             ));
         }
-        let mut afar = self.afar_members(&st);
         // Back from another node (its own died, or its connection moved):
         // for the others it never left.
-        let moved = {
-            let key = names::fold(&who.name);
-            let before = afar.len();
-            afar.retain(|n| names::fold(n) != key);
-            afar.len() < before
-        };
+        let moved = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.members().node_of(&self.token, &who.name).is_some());
+        let afar = self.afar_members(moved.then_some(who.name.as_str()));
         if st.members.len() + afar.len() >= max_members && !who.server_op {
             return Err(format!("{} is full ({max_members} members)", self.name));
         }

@@ -469,12 +469,23 @@ impl Members {
     }
 
     /// The other nodes' members of the room whose token is `room`, by name
-    /// as each spells it.
-    pub(crate) fn others(&self, room: &str) -> Vec<String> {
+    /// as each spells it, but `except` (any spelling of it).
+    pub(crate) fn others(&self, room: &str, except: Option<&str>) -> Vec<String> {
+        let except = except.map(|n| key(room, n));
         lock(&self.seen)
             .get(room)
-            .map(|m| m.values().map(|s| s.entry.name.clone()).collect())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| except.as_ref() != Some(*k))
+                    .map(|(_, s)| s.entry.name.clone())
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// How many members the other nodes have in the room `room`.
+    pub(crate) fn count(&self, room: &str) -> usize {
+        lock(&self.seen).get(room).map_or(0, HashMap::len)
     }
 
     /// The node `name` is in the room `room` on, when another one.
