@@ -216,3 +216,48 @@ fn a_dead_nodes_member_leaves_the_room_on_the_others_within_the_ttl() {
     bob.send_line("/rooms");
     bob.expect_out("* rooms (2): #lobby 1 member, #dev 1 member");
 }
+
+/// A member whose node dies moves to another node and rejoins its rooms
+/// there: to the room's members it never left (no departure, no second
+/// arrival), and its next line reaches them.
+#[test]
+fn a_member_moving_to_another_node_stays_in_its_rooms_for_the_others() {
+    let nats = Nats::start();
+    let (ha, hb) = (Home::new(), Home::new());
+    let mut a = node(&ha, &nats, None);
+    let b = node(&hb, &nats, Some(&ha));
+    let (halice, hbob) = (Home::new(), Home::new());
+    let both = format!("{},{}", a.target(), b.target());
+    let mut alice = crate::util::connect(&halice, &both, "alice", &["--accept-new"]);
+    alice.expect(Stream::Out, "alice connected", |l| {
+        l.starts_with("* connected to ")
+    });
+    let mut bob = join(&hbob, &b, "bob");
+    join_room(&mut bob, "#dev");
+    join_room(&mut alice, "#dev");
+    bob.expect_out("* #dev alice joined");
+
+    a.proc.kill();
+    alice.expect(Stream::Out, "the reconnected line", |l| {
+        l.starts_with("* reconnected")
+    });
+    // Her client rejoins #dev on B by itself; her line proves she is in.
+    expect_start(&mut alice, "* you joined #dev ");
+    alice.send_line("moved");
+    bob.expect_out("#dev <alice> moved");
+    bob.send_line("/rooms");
+    bob.expect_out("* rooms (2): #lobby 2 members, #dev 2 members");
+    assert_eq!(
+        count(&bob, "* #dev alice joined"),
+        1,
+        "{}",
+        bob.transcript()
+    );
+    assert!(
+        !bob.stdout_so_far()
+            .iter()
+            .any(|l| l.starts_with("* #dev alice left")),
+        "{}",
+        bob.transcript()
+    );
+}

@@ -764,6 +764,11 @@ impl Channel {
             },
         );
         drop(st);
+        if moved {
+            if let Some(shared) = &self.shared {
+                shared.members().forget(&self.token, &who.name);
+            }
+        }
         self.touch(&who.name, Why::Changed);
         self.evict(slow);
         Ok(())

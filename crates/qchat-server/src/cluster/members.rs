@@ -128,7 +128,14 @@ struct Dirty {
     room: Weak<Channel>,
     name: String,
     why: Why,
+    /// Rounds a rename waited for its new name's departure.
+    waited: u8,
 }
+
+/// How many rounds a rename waits for the departure of a member that
+/// renamed and left at once: its leaving is noted just after the room
+/// lets it go, so it is there by the next round.
+const RENAME_WAITS: u8 = 3;
 
 /// An entry this node wrote, with the revision its next write replaces.
 struct Held {
@@ -265,6 +272,7 @@ impl Members {
                             room: room.clone(),
                             name: name.to_string(),
                             why,
+                            waited: 0,
                         },
                     );
                 }
@@ -286,6 +294,7 @@ impl Members {
                     room,
                     name,
                     why: Why::Refresh,
+                    waited: 0,
                 });
             }
         }
@@ -357,12 +366,17 @@ impl Members {
     /// one written (saying nothing: the lobby tells of renames) before the
     /// old one is marked gone (saying nothing either), so that every node
     /// always lists the member under one name or the other. A member that
-    /// left the room under its new name before either was written is gone
-    /// under the new name, with the reason it left for (`round`'s).
-    async fn rename(&self, old_key: String, d: Dirty, to: String, round: &HashMap<String, Dirty>) {
-        let Some(ch) = d.room.upgrade() else {
-            return;
-        };
+    /// left the room under its new name before it was written is gone
+    /// under the new name, with the reason it left for (`round`'s): if
+    /// that is not noted yet, the rename is given back to wait a round.
+    async fn rename(
+        &self,
+        old_key: String,
+        d: Dirty,
+        to: String,
+        round: &HashMap<String, Dirty>,
+    ) -> Option<Dirty> {
+        let ch = d.room.upgrade()?;
         // The old name is in the room again (renamed back, or another
         // member took it): an ordinary change.
         if ch.holds(&d.name).is_some() {
@@ -370,11 +384,10 @@ impl Members {
                 why: Why::Changed,
                 ..d
             };
-            return self.settle(old_key, d).await;
+            self.settle(old_key, d).await;
+            return None;
         }
-        let Some((room, _)) = old_key.split_once('.') else {
-            return;
-        };
+        let (room, _) = old_key.split_once('.')?;
         let new_key = key(room, &to);
         let held_old = lock(&self.held)
             .get(&old_key)
@@ -390,13 +403,26 @@ impl Members {
                     since_ms: now_ms(),
                     state: InRoom::In { renamed: false },
                 };
-                return self.put(new_key, entry, d.room).await;
+                self.put(new_key, entry, d.room).await;
+                return None;
             }
-            (None, _) => return,
+            (None, _) => return None,
             (Some(old), _) => old,
         };
+        let now = ch.holds(&to);
+        let left = match round.get(&new_key).map(|d| &d.why) {
+            Some(Why::Left(r)) => Some(r.clone()),
+            _ => None,
+        };
+        if now.is_none() && left.is_none() && d.waited < RENAME_WAITS {
+            return Some(Dirty {
+                waited: d.waited + 1,
+                why: Why::Renamed { to },
+                ..d
+            });
+        }
         lock(&self.held).remove(&old_key);
-        let gone = match ch.holds(&to) {
+        let gone = match now {
             Some((name, true)) => {
                 if !held_new {
                     let entry = MemberEntry {
@@ -414,15 +440,13 @@ impl Members {
             _ => MemberEntry {
                 name: to,
                 state: InRoom::Gone {
-                    reason: Some(match round.get(&new_key).map(|d| &d.why) {
-                        Some(Why::Left(r)) => r.clone(),
-                        _ => String::new(),
-                    }),
+                    reason: Some(left.unwrap_or_default()),
                 },
                 ..before
             },
         };
         let _ = self.update(&old_key, &gone, revision).await;
+        None
     }
 
     fn keep(&self, key: String, revision: u64, entry: MemberEntry, room: Weak<Channel>) {
@@ -481,6 +505,20 @@ impl Members {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Forgets another node's entry of `name` in `room`: the member is in
+    /// the room on this node now (its own entry, once written, would say
+    /// so a moment later; till then it would count twice).
+    pub(crate) fn forget(&self, room: &str, name: &str) {
+        let k = key(room, name);
+        let mut seen = lock(&self.seen);
+        if let Some(map) = seen.get_mut(room) {
+            map.remove(&k);
+            if map.is_empty() {
+                seen.remove(room);
+            }
+        }
     }
 
     /// How many members the other nodes have in the room `room`.
@@ -610,6 +648,8 @@ impl Members {
 /// Writes the entries rooms asked for, a round at a time: every key once
 /// per round, many keys at once.
 async fn write_all(members: Weak<Members>) {
+    // Renames waiting a round for their new name's departure.
+    let mut waiting: HashMap<String, Dirty> = HashMap::new();
     loop {
         let Some(m) = members.upgrade() else {
             return;
@@ -619,7 +659,19 @@ async fn write_all(members: Weak<Members>) {
             // A wish noted since the drain left a permit: no wait then.
             // Bounded, so that the node's end is noticed.
             let _ = tokio::time::timeout(Duration::from_secs(1), m.wake.notified()).await;
-            continue;
+            if waiting.is_empty() {
+                continue;
+            }
+            round = std::mem::take(&mut *lock(&m.dirty));
+        }
+        // A newer wish for the same key stands (a rewrite is no wish).
+        for (k, d) in waiting.drain() {
+            match round.get(&k) {
+                Some(newer) if newer.why != Why::Refresh => {}
+                _ => {
+                    round.insert(k, d);
+                }
+            }
         }
         // Renames first, one by one: each writes two keys, and the new
         // name's own change (in this round too) must find it written.
@@ -636,7 +688,9 @@ async fn write_all(members: Weak<Members>) {
         }
         for (k, d) in moved {
             if let Why::Renamed { to } = d.why.clone() {
-                m.rename(k, d, to, &round).await;
+                if let Some(d) = m.rename(k.clone(), d, to, &round).await {
+                    waiting.insert(k, d);
+                }
             }
         }
         futures_util::stream::iter(round)
