@@ -137,6 +137,13 @@ fn a_rooms_members_are_counted_listed_and_announced_on_every_node() {
     alice.send_line("/rooms");
     alice.expect_out("* rooms (2): #lobby 3 members, #dev 1 member");
 
+    // A node keeps no room of its own on disk: no rooms folder, no
+    // descriptions file (rooms were made and joined on both).
+    for home in [&ha, &hb] {
+        let rooms = home.path().join("server").join("rooms");
+        assert!(!rooms.exists(), "{} exists", rooms.display());
+    }
+
     // Each notice came once: nobody heard a member twice, whether from
     // its own node or another.
     for (p, line) in [
