@@ -100,6 +100,9 @@ fn a_rooms_members_are_counted_listed_and_announced_on_every_node() {
     let mut alice = join(&halice, &a, "alice");
     let mut bob = join(&hbob, &b, "bob");
     let mut carol = join(&hcarol, &b, "carol");
+    // A has seen both arrive (its count of the lobby below depends on it).
+    alice.expect_out("* bob joined");
+    alice.expect_out("* carol joined");
 
     join_room(&mut alice, "#dev");
     join_room(&mut bob, "#dev");
