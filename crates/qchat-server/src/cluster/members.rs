@@ -539,7 +539,12 @@ impl Members {
     fn apply(&self, e: &kv::Entry, quiet: bool) -> Option<Notice> {
         let (room, _) = e.key.split_once('.')?;
         let now = match e.operation {
-            kv::Operation::Put => Some(MemberEntry::decode(&e.value)?),
+            // A name shown to members passes the rules a hello's does,
+            // whoever wrote it.
+            kv::Operation::Put => Some(
+                MemberEntry::decode(&e.value)
+                    .filter(|n| qchat_proto::names::validate(&n.name).is_ok())?,
+            ),
             kv::Operation::Delete | kv::Operation::Purge => None,
         };
         let mut seen = lock(&self.seen);
@@ -995,5 +1000,54 @@ pub(crate) mod tests {
                 "carol was told of alice's move: {msg:?}"
             );
         }
+    }
+
+    /// What another writer puts in the bucket is not trusted: entries
+    /// that do not decode or name nobody valid are passed over, and the
+    /// room carries on with the next good one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn foreign_entries_are_passed_over() {
+        let nats = NatsServer::start().await;
+        let (_la, a) = node(&nats, ONLINE_TTL).await;
+        let bob = actor(2, "bob");
+        let (ch, _) = a.get_or_create("#dev", &bob, 10).expect("created");
+        let (tb, mut rb) = mpsc::channel(64);
+        ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
+        let other = Cluster::connect(&ClusterOptions {
+            urls: nats.url(),
+            ..Default::default()
+        })
+        .await
+        .expect("connects");
+        let kv = other
+            .bucket(MEMBERS_BUCKET, Some(ONLINE_TTL), 1)
+            .await
+            .expect("the bucket");
+        let room = crate::cluster::token(&qchat_proto::names::fold_room("#dev"));
+        let entry = |name: &str| MemberEntry {
+            room: "#dev".into(),
+            name: name.into(),
+            node: "elsewhere".into(),
+            since_ms: 1,
+            state: InRoom::In { renamed: false },
+        };
+        let put = |k: String, v: Bytes| {
+            let kv = kv.clone();
+            async move { kv.put(k, v).await.expect("written") }
+        };
+        put(format!("{room}.a"), Bytes::from_static(&[0xff, 1, 2])).await;
+        put(format!("{room}.b"), entry("").encode().expect("encodes")).await;
+        put(
+            format!("{room}.c"),
+            entry("e\u{7}ve").encode().expect("encodes"),
+        )
+        .await;
+        put("nodot".into(), entry("mallory").encode().expect("encodes")).await;
+        put(key(&room, "zed"), entry("zed").encode().expect("encodes")).await;
+        match next_move(&mut rb).await {
+            ServerMsg::RoomEntered { name, .. } => assert_eq!(name, "zed"),
+            other => panic!("{other:?}"),
+        }
+        counts(&a, &bob, "#dev", 2).await;
     }
 }
