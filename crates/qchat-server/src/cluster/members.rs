@@ -1050,4 +1050,38 @@ pub(crate) mod tests {
         }
         counts(&a, &bob, "#dev", 2).await;
     }
+
+    /// Not a test but a measurement (run by hand, `--run-ignored only`,
+    /// `N` members): how long after the last of N joins on one node the
+    /// other node counts them all, i.e. how far the entries' writes and
+    /// the watch trail the joins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, run by hand"]
+    async fn measure_how_far_the_other_node_trails_a_burst_of_joins() {
+        let nats = NatsServer::start().await;
+        let ((_la, a), (_lb, b)) = (node(&nats, ONLINE_TTL).await, node(&nats, ONLINE_TTL).await);
+        let n: u64 = std::env::var("N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let (ch, _) = a
+            .get_or_create("#big", &actor(0, "m0"), 10)
+            .expect("created");
+        let mut queues = Vec::new();
+        let start = std::time::Instant::now();
+        for i in 1..=n {
+            let (tx, rx) = mpsc::channel(8);
+            ch.join(&actor(i, &format!("m{i}")), None, &tx, None, 0, usize::MAX)
+                .expect("joins");
+            queues.push((tx, rx));
+        }
+        let joined = start.elapsed();
+        let asker = actor(u64::MAX, "asker");
+        counts(&b, &asker, "#big", u32::try_from(n).expect("fits")).await;
+        let seen = start.elapsed();
+        println!(
+            "{n} joins on one node: {joined:?}; all counted on the other {:?} after the last",
+            seen.saturating_sub(joined)
+        );
+    }
 }
