@@ -899,6 +899,9 @@ impl Channel {
             Some(m) => std::mem::replace(&mut m.name, new.to_string()),
             None => return,
         };
+        if self.shared.is_none() {
+            return;
+        }
         // The lobby's notice tells every node's members of the new name.
         if names::fold(&old) != names::fold(new) {
             self.touch(
