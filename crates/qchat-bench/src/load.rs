@@ -126,8 +126,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Its key, given to the pinning verifier.
     pub fingerprint: Fingerprint,
-    /// The baseline relay forwards the client's `Say` frames verbatim
-    /// instead of sending `Chat`.
+    /// The baseline relay forwards the client's `Say` and `RoomSay` frames
+    /// verbatim instead of sending `Chat` and `RoomChat`.
     pub relay: bool,
     /// A cluster's nodes, all presenting `fingerprint`: member `i` joins
     /// node `i % len`. Empty: every member joins `addr`.
@@ -161,7 +161,8 @@ pub struct Outcome {
     pub duplicates: u64,
     /// Deliveries that arrived after a later message from the same sender.
     pub out_of_order: u64,
-    /// Frames that were not a bench message (should be zero).
+    /// Frames that were not a bench message, or a line from a room the
+    /// member is not in (should be zero).
     pub malformed: u64,
     /// Delivery latency.
     pub latency: Option<Latency>,
@@ -191,6 +192,10 @@ struct Shared {
     expected: u64,
     senders: usize,
     messages: u64,
+    /// `Plan::rooms` and `Plan::rooms_per_member`: which senders' lines
+    /// each member may hear.
+    rooms: usize,
+    rooms_per_member: usize,
     relay: bool,
     received: AtomicU64,
     duplicates: AtomicU64,
@@ -248,6 +253,8 @@ pub async fn run(
         expected: plan.expected(),
         senders: plan.senders,
         messages: plan.messages,
+        rooms: plan.rooms,
+        rooms_per_member: plan.rooms_per_member,
         relay: target.relay,
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -542,7 +549,7 @@ async fn connect_all(
                 // Their disconnection is the scenario, counted apart.
                 (None, Some(joined.recv), None)
             } else {
-                let task = receive(joined.recv, joined.decoder, Arc::clone(&shared));
+                let task = receive(joined.recv, joined.decoder, i, Arc::clone(&shared));
                 let watch = watch(joined.conn.clone(), i, Arc::clone(&shared));
                 (Some(tokio::spawn(task)), None, Some(tokio::spawn(watch)))
             };
@@ -711,9 +718,26 @@ pub fn parse_payload(text: &str) -> Option<(usize, u64, u64)> {
     Some((sender, seq, sent))
 }
 
-/// Reads every frame for one member and checks each delivery: per sender,
-/// each sequence number exactly once and in order.
-async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared: Arc<Shared>) {
+/// Whether member `me` is in the room where `sender` sends (always, without
+/// rooms): member i is in the rooms i·K … i·K+K−1 (mod N), and sends in
+/// the first ([`Plan::rooms_of`]).
+fn hears(rooms: usize, per_member: usize, me: usize, sender: usize) -> bool {
+    if rooms == 0 {
+        return true;
+    }
+    let said_in = sender * per_member % rooms;
+    (said_in + rooms - me * per_member % rooms) % rooms < per_member
+}
+
+/// Reads every frame for member `me` and checks each delivery: per sender,
+/// each sequence number exactly once and in order, and only from a room
+/// the member is in.
+async fn receive(
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    me: usize,
+    shared: Arc<Shared>,
+) {
     let (senders, messages) = (shared.senders, shared.messages);
     // One bit per (sender, seq): tells a duplicate from a late arrival.
     let mut seen = vec![0u64; (senders * messages as usize).div_ceil(64)];
@@ -721,9 +745,10 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
     while let Ok(Some(frame)) = decoder.read_frame(&mut recv).await {
         let now = shared.epoch.elapsed().as_nanos() as u64;
         let text = if shared.relay {
-            match ClientMsg::decode(&frame) {
-                Ok(ClientMsg::Say { text, .. } | ClientMsg::Signed { text, .. }) => text,
-                _ => {
+            match relayed(&frame) {
+                Relayed::Line(text) => text,
+                Relayed::Ack => continue,
+                Relayed::Other => {
                     shared.malformed.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -749,9 +774,13 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
                 }
             }
         };
-        let Some((s, seq, sent)) = parse_payload(&text)
-            .filter(|&(s, seq, _)| s < senders && (1..=messages).contains(&seq))
-        else {
+        // A line from another room is not one this member should get: the
+        // server (or the relay) routed it wrong.
+        let Some((s, seq, sent)) = parse_payload(&text).filter(|&(s, seq, _)| {
+            s < senders
+                && (1..=messages).contains(&seq)
+                && hears(shared.rooms, shared.rooms_per_member, me, s)
+        }) else {
             shared.malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -774,6 +803,36 @@ async fn receive(mut recv: quinn::RecvStream, mut decoder: FrameDecoder, shared:
         if shared.received.fetch_add(1, Ordering::Relaxed) + 1 == shared.expected {
             shared.done.notify_one();
         }
+    }
+}
+
+/// A frame from the baseline relay, which forwards members' frames as
+/// they came and answers a room line with its own `RoomAck`.
+#[derive(Debug, PartialEq, Eq)]
+enum Relayed {
+    /// A member's line (`Say`, `Signed`, `RoomSay`): its text.
+    Line(String),
+    /// The relay's acknowledgement of this member's own room line.
+    Ack,
+    /// Anything else.
+    Other,
+}
+
+/// Tells what the relay sent. The relay's `RoomAck` is a server kind whose
+/// index no client kind has (an unknown kind to `ClientMsg::decode`), so a
+/// forwarded line is never mistaken for it, nor it for a line.
+fn relayed(frame: &[u8]) -> Relayed {
+    match ClientMsg::decode(frame) {
+        Ok(
+            ClientMsg::Say { text, .. }
+            | ClientMsg::Signed { text, .. }
+            | ClientMsg::RoomSay { text, .. },
+        ) => Relayed::Line(text),
+        Ok(_) => Relayed::Other,
+        Err(_) => match ServerMsg::decode(frame) {
+            Ok(ServerMsg::RoomAck { .. }) => Relayed::Ack,
+            _ => Relayed::Other,
+        },
     }
 }
 
@@ -820,6 +879,35 @@ mod tests {
         assert_eq!(parse_payload(&t), Some((12, 34, u64::MAX)));
     }
 
+    /// What the relay forwards and what it answers, told apart on the
+    /// bytes a member reads (a frame body: the 4-byte prefix cut off).
+    #[test]
+    fn relayed_lines_and_acks_are_told_apart() {
+        let body = |frame: bytes::Bytes| frame.slice(4..);
+        let line = ClientMsg::RoomSay {
+            room: "#r0".into(),
+            seq: 7,
+            text: "hi".into(),
+            action: false,
+        };
+        assert_eq!(relayed(&body(line.to_frame())), Relayed::Line("hi".into()));
+        let lobby = ClientMsg::Say {
+            seq: 7,
+            text: "yo".into(),
+        };
+        assert_eq!(relayed(&body(lobby.to_frame())), Relayed::Line("yo".into()));
+        let ack = ServerMsg::RoomAck {
+            room: "#r0".into(),
+            seq: 7,
+            id: 0,
+        };
+        assert_eq!(relayed(&body(ack.to_frame())), Relayed::Ack);
+        let bye = ClientMsg::Bye {
+            reason: String::new(),
+        };
+        assert_eq!(relayed(&body(bye.to_frame())), Relayed::Other);
+    }
+
     #[test]
     fn expected_excludes_sender_and_stalled() {
         let plan = Plan {
@@ -856,5 +944,18 @@ mod tests {
             }
         }
         assert!(count.values().all(|&n| n == 6), "{count:?}");
+        // `hears` agrees with the rooms each member joins.
+        for me in 0..12 {
+            let mine = rooms.rooms_of(me);
+            for sender in 0..12 {
+                let said_in = &rooms.rooms_of(sender)[0];
+                assert_eq!(
+                    hears(4, 2, me, sender),
+                    mine.contains(said_in),
+                    "{me} {sender}"
+                );
+            }
+        }
+        assert!(hears(0, 1, 3, 5));
     }
 }

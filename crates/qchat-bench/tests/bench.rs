@@ -245,6 +245,66 @@ fn bench_baseline_relay_delivers_everything_once_and_in_order() {
     assert_complete(&bench(&["--baseline"]), "baseline");
 }
 
+/// Members 0 and 2 in `#r0`, 1 and 3 in `#r1`; the senders 0 and 1 each
+/// reach the one other member of their room, and a line routed to the
+/// other room would count as malformed.
+fn assert_rooms_complete(r: &serde_json::Value, target: &str) {
+    let n = |k: &str| {
+        r[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} is not a count in {r}"))
+    };
+    assert_eq!(r["target"], target, "{r}");
+    assert_eq!(n("rooms"), 2, "{r}");
+    assert_eq!(n("deliveries_expected"), 2 * 20, "{r}");
+    assert_eq!(n("deliveries_received"), 2 * 20, "{r}");
+    for k in ["missing", "duplicates", "out_of_order", "malformed"] {
+        assert_eq!(n(k), 0, "{k} in {r}");
+    }
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[test]
+fn bench_baseline_relay_keeps_rooms_apart() {
+    assert_rooms_complete(&bench(&["--baseline", "--rooms", "2"]), "baseline");
+}
+
+#[test]
+fn bench_compare_runs_both_servers_in_rooms() {
+    let (status, lines, stderr) = run_raw(
+        &[
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--messages",
+            "20",
+            "--timeout",
+            "20",
+            "--settle",
+            "0.1",
+            "--rooms",
+            "2",
+            "--compare",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(status, Some(0), "{stderr}");
+    assert_eq!(lines.len(), 3, "{lines:?}\n{stderr}");
+    assert_rooms_complete(&lines[0], "qchat");
+    assert_rooms_complete(&lines[1], "baseline");
+    // Both sides' medians, so a ratio (CPU time is too coarse to assert on
+    // in a run this short).
+    let summary = &lines[2];
+    assert_eq!(summary["failed"], serde_json::json!([]), "{summary}");
+    assert!(
+        summary["ratio"]["deliveries_per_s"].is_number(),
+        "{summary}"
+    );
+}
+
 #[test]
 fn bench_without_a_qchat_to_start_says_how_to_name_one() {
     let home = tempfile::tempdir().expect("temporary home");
