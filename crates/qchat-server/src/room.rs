@@ -1648,31 +1648,21 @@ impl Outgoing {
         if self.instance.is_some() && m.peer.instance == self.instance {
             return None;
         }
+        let live = LiveChat {
+            id,
+            from: &e.from,
+            text: &e.text,
+            time_ms: e.time_ms,
+            action: e.action,
+        };
         Some(match &e.proof {
+            // Encoded from the entry's own strings and proof: the entry
+            // moves on to the recent window, so nothing is cloned for it.
             Some(proof) if m.peer.version >= 4 => self
                 .signed
-                .get_or_insert_with(|| {
-                    ServerMsg::ChatSigned {
-                        id,
-                        from: e.from.clone(),
-                        text: e.text.clone(),
-                        time_ms: e.time_ms,
-                        action: e.action,
-                        proof: (**proof).clone(),
-                    }
-                    .to_frame()
-                })
+                .get_or_insert_with(|| live.to_signed_frame(proof))
                 .clone(),
-            _ => self.frames.encoded(m.v3(), |v3| {
-                LiveChat {
-                    id,
-                    from: &e.from,
-                    text: &e.text,
-                    time_ms: e.time_ms,
-                    action: e.action,
-                }
-                .to_frame(v3)
-            }),
+            _ => self.frames.encoded(m.v3(), |v3| live.to_frame(v3)),
         })
     }
 }

@@ -177,8 +177,15 @@ struct StoredProof<'a> {
     seq: u64,
     sent_ms: u64,
     key: [u8; 32],
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "byte_string")]
     sig: &'a [u8],
+}
+
+/// Writes a signature as a byte string: the same bytes as serde's default
+/// for a slice (a sequence of `u8`, which is how every stored signature was
+/// written and is still read), in one copy instead of a call per byte.
+fn byte_string<S: serde::Serializer>(v: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
 }
 
 impl<'a> StoredProof<'a> {
@@ -239,10 +246,37 @@ type Batch<'a> = Vec<Record<'a>>;
 const BATCH_V2: u8 = 0;
 
 fn encode_batch(records: &Batch<'_>) -> Result<Vec<u8>, postcard::Error> {
-    let mut out = vec![BATCH_V2];
+    // Sized for the whole batch up front (each record's fixed fields at
+    // their longest), so its texts are copied once: grown from empty, a
+    // batch of a thousand signed lines was copied again at each doubling.
+    let mut out = Vec::with_capacity(batch_size_bound(records));
+    out.push(BATCH_V2);
     postcard::to_io(records, &mut out)?;
     Ok(out)
 }
+
+/// The most bytes [`encode_batch`] can make of `records`.
+fn batch_size_bound(records: &Batch<'_>) -> usize {
+    1 + MAX_VARINT
+        + records
+            .iter()
+            .map(|r| {
+                RECORD_FIXED
+                    + r.from.len()
+                    + r.text.len()
+                    + r.proof.as_ref().map_or(0, |p| PROOF_FIXED + p.sig.len())
+            })
+            .sum::<usize>()
+}
+
+/// The longest postcard varint of a `u64` (or a length).
+const MAX_VARINT: usize = 10;
+/// A [`Record`]'s bytes besides its strings and proof, at most: the key
+/// (a tag, 16 bytes and a varint), two string lengths, the time, the
+/// action and the proof's tag.
+const RECORD_FIXED: usize = 1 + 16 + MAX_VARINT + 2 * MAX_VARINT + MAX_VARINT + 1 + 1;
+/// A [`StoredProof`]'s bytes besides its signature, at most.
+const PROOF_FIXED: usize = 16 + 2 * MAX_VARINT + 32 + MAX_VARINT;
 
 fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, postcard::Error> {
     match bytes.split_first() {
@@ -390,10 +424,10 @@ impl Names {
 
 /// Opens (creating them if needed) one log's tables in `tx`, and reads
 /// its identity (made now for a new log) and its first and last ids.
-fn init_log(tx: &redb::WriteTransaction, n: &Names) -> Result<([u8; 16], u64, u64), StoreError> {
+fn init_log(tx: &redb::WriteTransaction, n: &Names) -> Result<Opened, StoreError> {
     let mut meta = tx.open_table(META).map_err(io)?;
     let batches = tx.open_table(n.batches()).map_err(io)?;
-    tx.open_table(n.keys()).map_err(io)?;
+    let keys = KeyMax::load(&tx.open_table(n.keys()).map_err(io)?)?;
     let existing = meta
         .get(n.meta("log_id").as_str())
         .map_err(io)?
@@ -434,7 +468,92 @@ fn init_log(tx: &redb::WriteTransaction, n: &Names) -> Result<([u8; 16], u64, u6
         (None, Some(b)) => b,
         (None, None) => last + 1,
     };
-    Ok((log_id, first, last))
+    Ok(Opened {
+        log_id,
+        first,
+        last,
+        keys,
+    })
+}
+
+/// What [`init_log`] found of a log.
+struct Opened {
+    log_id: [u8; 16],
+    first: u64,
+    last: u64,
+    keys: KeyMax,
+}
+
+/// Client instances [`KeyMax`] keeps a number for, at most: ~40 bytes
+/// each.
+const KEY_MAX_INSTANCES: usize = 4096;
+
+/// Per client instance, a number no key of it stored in one log is above:
+/// a key above it is surely new, and storing it needs no lookup in the
+/// keys table first. A client numbers its lines upwards, so its next line
+/// is above everything it sent before, and only a re-sent line (after a
+/// reconnect) or an unknown instance is looked up. Storing the key (for a
+/// re-send after a restart) is unchanged.
+///
+/// Made from the keys table when the log is opened and raised with every
+/// key stored; never lowered (retention deleting keys leaves it above the
+/// rest, and a commit that failed leaves it above keys it never stored,
+/// which costs a lookup, never a duplicate). An instance it has no number
+/// for has no key in the log while `complete` holds; past
+/// [`KEY_MAX_INSTANCES`] instances, a new one is not added and
+/// `complete` ends, so that every instance without a number is looked up.
+#[derive(Debug, Default)]
+struct KeyMax {
+    max: HashMap<[u8; 16], u64>,
+    complete: bool,
+}
+
+impl KeyMax {
+    /// The maxima of every instance in `keys` (sorted by instance, then
+    /// by big-endian number: each instance's last key is its highest).
+    fn load(keys: &impl ReadableTable<&'static [u8], u64>) -> Result<Self, StoreError> {
+        let mut km = KeyMax {
+            max: HashMap::new(),
+            complete: true,
+        };
+        for item in keys.iter().map_err(io)? {
+            let (k, _) = item.map_err(io)?;
+            match key_of(k.value()) {
+                Some(key) => km.stored(&key),
+                // Not a key this store wrote: nothing can be assumed of
+                // it, so everything is looked up.
+                None => km.complete = false,
+            }
+        }
+        Ok(km)
+    }
+
+    /// Whether `key` is surely not in the log.
+    fn surely_new(&self, key: &Key) -> bool {
+        match self.max.get(&key.0) {
+            Some(&m) => key.1 > m,
+            None => self.complete,
+        }
+    }
+
+    /// Notes that `key` is (or is about to be) stored.
+    fn stored(&mut self, key: &Key) {
+        let at_cap = self.max.len() >= KEY_MAX_INSTANCES;
+        match self.max.get_mut(&key.0) {
+            Some(m) => *m = (*m).max(key.1),
+            None if !at_cap => {
+                self.max.insert(key.0, key.1);
+            }
+            None => self.complete = false,
+        }
+    }
+}
+
+/// The key [`key_bytes`] made `b` from, if it is one.
+fn key_of(b: &[u8]) -> Option<Key> {
+    let instance = <[u8; 16]>::try_from(b.get(..16)?).ok()?;
+    let seq = <[u8; 8]>::try_from(b.get(16..)?).ok()?;
+    Some((instance, u64::from_be_bytes(seq)))
 }
 
 /// How a log keeps its messages: at most `keep`, none older than
@@ -452,6 +571,7 @@ fn append_in(
     tx: &redb::WriteTransaction,
     n: &Names,
     (first, mut last): (u64, u64),
+    known: &mut KeyMax,
     retention: Retention,
     batch: &[&NewEntry],
 ) -> Result<(Vec<Appended>, u64, u64), StoreError> {
@@ -462,10 +582,12 @@ fn append_in(
     let mut records: Batch = Vec::with_capacity(batch.len());
     for e in batch {
         if let Some(k) = &e.key {
-            let kb = key_bytes(k);
-            if let Some(id) = keys.get(kb.as_slice()).map_err(io)? {
-                out.push(Appended::Duplicate(id.value()));
-                continue;
+            if !known.surely_new(k) {
+                let kb = key_bytes(k);
+                if let Some(id) = keys.get(kb.as_slice()).map_err(io)? {
+                    out.push(Appended::Duplicate(id.value()));
+                    continue;
+                }
             }
         }
         last += 1;
@@ -479,6 +601,7 @@ fn append_in(
         });
         if let Some(k) = &e.key {
             keys.insert(key_bytes(k).as_slice(), last).map_err(io)?;
+            known.stored(k);
         }
         out.push(Appended::New(last));
     }
@@ -582,6 +705,8 @@ struct Counters {
     first: u64,
     last: u64,
     deleted_since_compact: u64,
+    /// Which keys are surely not stored yet.
+    keys: KeyMax,
 }
 
 impl RedbStore {
@@ -626,8 +751,12 @@ impl RedbStore {
                 tracing::info!(messages = moved, path = %path.display(), "room log moved to the batched layout");
             }
         }
-        let (log_id, first, last) =
-            init_log(&tx, &Names::lobby()).map_err(|e| open_err(e.to_string()))?;
+        let Opened {
+            log_id,
+            first,
+            last,
+            keys,
+        } = init_log(&tx, &Names::lobby()).map_err(|e| open_err(e.to_string()))?;
         tx.delete_table(MESSAGES)
             .map_err(|e| open_err(e.to_string()))?;
         tx.commit().map_err(|e| open_err(e.to_string()))?;
@@ -639,6 +768,7 @@ impl RedbStore {
                 first,
                 last,
                 deleted_since_compact: 0,
+                keys,
             }),
             keep: keep.max(1),
             max_age: None,
@@ -802,18 +932,32 @@ impl Store for RedbStore {
     }
 
     fn append(&self, batch: &[&NewEntry]) -> Result<Vec<Appended>, StoreError> {
-        let span = {
-            let c = self.counters();
-            (c.first, c.last)
+        // Only the writer appends: the keys' maxima are out of the lock
+        // while it stores, and back whatever became of the commit.
+        let (span, mut known) = {
+            let mut c = self.counters();
+            ((c.first, c.last), std::mem::take(&mut c.keys))
         };
-        let (out, new_first, last) = {
+        let done = {
             let db = self.db.read().unwrap_or_else(|p| p.into_inner());
-            let mut tx = db.begin_write().map_err(io)?;
-            tx.set_durability(self.sync.durability());
-            let done = append_in(&tx, &Names::lobby(), span, self.retention(), batch)?;
-            tx.commit().map_err(io)?;
-            done
+            let mut stored = || {
+                let mut tx = db.begin_write().map_err(io)?;
+                tx.set_durability(self.sync.durability());
+                let done = append_in(
+                    &tx,
+                    &Names::lobby(),
+                    span,
+                    &mut known,
+                    self.retention(),
+                    batch,
+                )?;
+                tx.commit().map_err(io)?;
+                Ok(done)
+            };
+            stored()
         };
+        self.counters().keys = known;
+        let (out, new_first, last) = done?;
         let compact = {
             let mut c = self.counters();
             c.first = new_first;
@@ -916,7 +1060,12 @@ impl SharedRedb {
             path: self.path.clone(),
             detail: format!("the log of {key}: {e}"),
         };
-        let (log_id, first, last) = {
+        let Opened {
+            log_id,
+            first,
+            last,
+            keys,
+        } = {
             let db = self.db.read().unwrap_or_else(|p| p.into_inner());
             let mut tx = db.begin_write().map_err(|e| open_err(io(e)))?;
             // A new room's tables and identity need no sync of their own:
@@ -936,6 +1085,7 @@ impl SharedRedb {
                 first,
                 last,
                 deleted_since_compact: 0,
+                keys,
             }),
         }))
     }
@@ -965,11 +1115,14 @@ impl SharedRedb {
             let mut tx = db.begin_write().map_err(io)?;
             tx.set_durability(self.sync.durability());
             for (log, batch) in parts {
-                let span = {
-                    let c = log.counters();
-                    (c.first, c.last)
+                let (span, mut known) = {
+                    let mut c = log.counters();
+                    ((c.first, c.last), std::mem::take(&mut c.keys))
                 };
-                let (out, first, last) = append_in(&tx, &log.names, span, self.retention, batch)?;
+                let stored = append_in(&tx, &log.names, span, &mut known, self.retention, batch);
+                // Back whatever became of the batch (see `KeyMax`).
+                log.counters().keys = known;
+                let (out, first, last) = stored?;
                 done.push((out, span.0, first, last));
             }
             tx.commit().map_err(io)?;
@@ -1384,6 +1537,97 @@ mod tests {
         );
     }
 
+    /// Lines numbered upwards are stored without looking their keys up;
+    /// whatever the order, every re-sent key is still found: after a
+    /// restart (where the keys come from the file), for a number below
+    /// the highest stored, twice in one batch, and in the shared file.
+    #[test]
+    fn re_sent_lines_are_found_in_any_order_and_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = [1u8; 16];
+        let b = [2u8; 16];
+        let k = |i: [u8; 16], n: u64| msg(Some((i, n)), &n.to_string());
+        let ok = |s: &dyn Store, lines: &[NewEntry]| -> Vec<Appended> {
+            s.append(&lines.iter().collect::<Vec<_>>())
+                .expect("appends")
+        };
+        {
+            let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+            // Stored before the "crash": 1, 2, 3 of a; 5 of b.
+            assert_eq!(
+                ok(&s, &[k(a, 1), k(a, 2), k(a, 3), k(b, 5)]),
+                [1, 2, 3, 4].map(Appended::New)
+            );
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
+        // a re-sends 2 and 3 after the restart, then goes on; b sends a
+        // lower number it never sent, then re-sends 5.
+        assert_eq!(
+            ok(&s, &[k(a, 2), k(a, 3), k(a, 4), k(b, 4), k(b, 5)]),
+            [
+                Appended::Duplicate(2),
+                Appended::Duplicate(3),
+                Appended::New(5),
+                Appended::New(6),
+                Appended::Duplicate(4),
+            ]
+        );
+        // Twice in one batch, above everything stored; then a number far
+        // above, and one between.
+        assert_eq!(
+            ok(&s, &[k(a, 9), k(a, 9), k(a, 100), k(a, 50), k(a, 100)]),
+            [
+                Appended::New(7),
+                Appended::Duplicate(7),
+                Appended::New(8),
+                Appended::New(9),
+                Appended::Duplicate(8),
+            ]
+        );
+        // The same in one room of the shared file, after reopening it.
+        let rooms = dir.path().join("rooms");
+        std::fs::create_dir(&rooms).expect("a folder");
+        {
+            let log = shared(&rooms, 100).open_room("#r").expect("a room");
+            assert_eq!(ok(&*log, &[k(a, 1), k(a, 2)]), [1, 2].map(Appended::New));
+        }
+        let log = shared(&rooms, 100).open_room("#r").expect("the room again");
+        assert_eq!(
+            ok(&*log, &[k(a, 2), k(a, 3), k(a, 1)]),
+            [
+                Appended::Duplicate(2),
+                Appended::New(3),
+                Appended::Duplicate(1)
+            ]
+        );
+    }
+
+    /// Past its bound of instances, the record of which keys are surely
+    /// new stops vouching for instances it has no number for; those it
+    /// has keep theirs.
+    #[test]
+    fn the_key_maxima_are_bounded_and_then_vouch_for_less() {
+        let mut km = KeyMax {
+            max: HashMap::new(),
+            complete: true,
+        };
+        let instance = |i: usize| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            b
+        };
+        for i in 0..KEY_MAX_INSTANCES {
+            km.stored(&(instance(i), 10));
+        }
+        assert!(km.surely_new(&(instance(KEY_MAX_INSTANCES), 1)));
+        km.stored(&(instance(KEY_MAX_INSTANCES), 1));
+        assert_eq!(km.max.len(), KEY_MAX_INSTANCES);
+        assert!(!km.surely_new(&(instance(KEY_MAX_INSTANCES), 2)));
+        assert!(!km.surely_new(&(instance(KEY_MAX_INSTANCES + 1), 1)));
+        assert!(km.surely_new(&(instance(0), 11)));
+        assert!(!km.surely_new(&(instance(0), 10)));
+    }
+
     fn proof(n: u8) -> Box<Proof> {
         Box::new(Proof {
             instance: [n; 16],
@@ -1410,6 +1654,89 @@ mod tests {
         // And after reopening the file.
         let s = RedbStore::open(dir.path(), 100, SyncPolicy::Full).expect("reopens");
         assert_eq!(s.read(0, 1, 10).expect("reads")[0].proof, Some(proof(7)));
+    }
+
+    /// A signed batch is stored in exactly the bytes it was before
+    /// signatures were written as byte strings (serde's default for a
+    /// slice, a sequence of `u8`), and within the size it was reserved:
+    /// files written either way read the same, and no batch is copied
+    /// again while it is encoded.
+    #[test]
+    fn a_signed_batch_keeps_its_bytes_and_fits_its_reservation() {
+        #[derive(Serialize)]
+        struct ProofAsSequence<'a> {
+            instance: [u8; 16],
+            seq: u64,
+            sent_ms: u64,
+            key: [u8; 32],
+            sig: &'a [u8],
+        }
+        #[derive(Serialize)]
+        struct RecordAsSequence<'a> {
+            key: Option<Key>,
+            from: &'a str,
+            text: &'a str,
+            time_ms: u64,
+            action: bool,
+            proof: Option<ProofAsSequence<'a>>,
+        }
+        // Every varint at its longest, and a signature of each length
+        // class, to test the reservation at its bound.
+        let proofs: Vec<Proof> = [0usize, 64, 200]
+            .into_iter()
+            .map(|n| Proof {
+                instance: [9; 16],
+                seq: u64::MAX,
+                sent_ms: u64::MAX,
+                key: [3; 32],
+                sig: vec![0xff; n],
+            })
+            .collect();
+        let text = "é".repeat(300);
+        let mut records: Batch = proofs
+            .iter()
+            .map(|p| Record {
+                key: Some(([1; 16], u64::MAX)),
+                from: "someone",
+                text: &text,
+                time_ms: u64::MAX,
+                action: true,
+                proof: Some(StoredProof::of(p)),
+            })
+            .collect();
+        records.push(Record {
+            key: None,
+            from: "",
+            text: "",
+            time_ms: 0,
+            action: false,
+            proof: None,
+        });
+        let bytes = encode_batch(&records).expect("encodes");
+        let before: Vec<RecordAsSequence> = records
+            .iter()
+            .map(|r| RecordAsSequence {
+                key: r.key,
+                from: r.from,
+                text: r.text,
+                time_ms: r.time_ms,
+                action: r.action,
+                proof: r.proof.as_ref().map(|p| ProofAsSequence {
+                    instance: p.instance,
+                    seq: p.seq,
+                    sent_ms: p.sent_ms,
+                    key: p.key,
+                    sig: p.sig,
+                }),
+            })
+            .collect();
+        let mut expected = vec![BATCH_V2];
+        expected.extend(postcard::to_allocvec(&before).expect("encodes"));
+        assert_eq!(bytes, expected);
+        assert!(bytes.len() <= batch_size_bound(&records));
+        let back = decode_batch(&bytes).expect("decodes");
+        assert_eq!(back.len(), 4);
+        assert_eq!(back[1].proof.as_ref().map(|p| p.sig), Some(&[0xff; 64][..]));
     }
 
     /// Batches written before records carried signatures (the first batch
