@@ -101,21 +101,27 @@ pub(crate) fn serve_quic(
         // One deadline for opening the stream and saying hello: a peer that
         // opens its stream late has that much less time for the hello.
         let deadline = Instant::now() + options.hello_timeout;
-        let end = match open_session(&conn, &options, deadline).await {
-            Ok((send, recv)) => {
-                let peer = Box::new(Peer {
-                    addr: Some(conn.remote_address()),
-                    operator: false,
-                    version: PROTOCOL_VERSION,
-                    instance: None,
-                    conn: Some(conn.clone()),
-                    key: client_key(&conn),
-                });
-                let sink = QuicSink(send);
-                run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await
+        // Taken out of the result before the session runs: a `match` on
+        // the result would keep it (64 bytes, the streams already moved
+        // out) in the task for the member's whole stay.
+        let (send, recv) = match open_session(&conn, &options, deadline).await {
+            Ok(streams) => streams,
+            Err(e) => {
+                let end = before_join(&e, Some(&permit));
+                conn.close(end.code.code().into(), end.reason.as_bytes());
+                return;
             }
-            Err(e) => before_join(&e, Some(&permit)),
         };
+        let peer = Box::new(Peer {
+            addr: Some(conn.remote_address()),
+            operator: false,
+            version: PROTOCOL_VERSION,
+            instance: None,
+            conn: Some(conn.clone()),
+            key: client_key(&conn),
+        });
+        let sink = QuicSink(send);
+        let end = run_stream(sink, recv, peer, &room, &options, deadline, Some(&permit)).await;
         conn.close(end.code.code().into(), end.reason.as_bytes());
     }
     .instrument(span)
