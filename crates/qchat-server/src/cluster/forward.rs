@@ -12,12 +12,11 @@
 
 use std::sync::Weak;
 
-use futures_util::StreamExt;
 use qchat_proto::{names, ServerMsg};
 use serde::{Deserialize, Serialize};
 
 use super::members::Members;
-use super::private::{Reply, TIMEOUT};
+use super::request::Reply;
 use super::ClusterError;
 use crate::room::{MemberId, Room};
 use crate::rooms::Channel;
@@ -28,7 +27,7 @@ const MAX_REQUEST: usize = 16 * 1024;
 
 /// The subject `node` answers rooms' requests on.
 pub fn subject(node: &str) -> String {
-    format!("qchat.node.{node}.room")
+    super::request::subject(node, "room")
 }
 
 /// What one node asks another of a room's member there.
@@ -68,39 +67,14 @@ pub struct Afar {
 /// Starts answering other nodes' requests on this node's subject, for as
 /// long as `members` lives (the rooms it is attached to carry them out).
 pub async fn attach(cluster: &super::Cluster, members: Weak<Members>) -> Result<(), ClusterError> {
-    let client = cluster.client().clone();
-    let subject = subject(cluster.node_id());
-    let subscriber = client
-        .subscribe(subject.clone())
-        .await
-        .map_err(|e| ClusterError::JetStream(format!("subscribing to {subject}: {e}")))?;
-    tokio::spawn(answer_all(subscriber, client, members));
-    Ok(())
-}
-
-async fn answer_all(
-    mut subscriber: async_nats::Subscriber,
-    client: async_nats::Client,
-    members: Weak<Members>,
-) {
-    while let Some(msg) = subscriber.next().await {
-        let Some(m) = members.upgrade() else {
-            return;
-        };
-        let reply = answer(&m, &msg.payload);
-        drop(m);
-        let Some(to) = msg.reply else {
-            continue;
-        };
-        match postcard::to_allocvec(&reply) {
-            Ok(bytes) => {
-                if let Err(e) = client.publish(to, bytes.into()).await {
-                    tracing::debug!("cannot answer a room's request: {e}");
-                }
-            }
-            Err(e) => tracing::warn!("cannot encode a room's request's answer: {e}"),
-        }
-    }
+    super::request::serve(
+        cluster.client(),
+        subject(cluster.node_id()),
+        members,
+        answer,
+        "a room's request",
+    )
+    .await
 }
 
 /// Carries out one request; never trusts the payload.
@@ -170,22 +144,7 @@ fn answer(members: &Members, payload: &[u8]) -> Reply {
 /// Sends `req` to `node`: the member's name as that node knows it, or
 /// what went wrong (words that follow "which").
 async fn ask(client: &async_nats::Client, node: &str, req: &Request) -> Result<String, String> {
-    let payload =
-        postcard::to_allocvec(req).map_err(|e| format!("could not be sent the request ({e})"))?;
-    let asked = client.request(subject(node), payload.into());
-    let answer = match tokio::time::timeout(TIMEOUT, asked).await {
-        Err(_) => return Err("did not answer in time".into()),
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-            return Err("is not answering".into())
-        }
-        Ok(Err(e)) => return Err(format!("could not be reached ({e})")),
-        Ok(Ok(m)) => m,
-    };
-    match postcard::from_bytes::<Reply>(&answer.payload) {
-        Ok(Reply::Delivered { to }) => Ok(to),
-        Ok(Reply::NotHere { reason }) => Err(format!("says: {reason}")),
-        Err(_) => Err("gave an answer that could not be read".into()),
-    }
+    super::request::ask(client, subject(node), req, "request").await
 }
 
 /// Finishes a room operator's kick of a member on another node: the

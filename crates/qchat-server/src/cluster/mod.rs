@@ -17,6 +17,7 @@ pub mod names;
 pub mod nodes;
 pub mod presence;
 pub mod private;
+pub mod request;
 pub mod rooms;
 #[cfg(test)]
 pub(crate) mod testing;
