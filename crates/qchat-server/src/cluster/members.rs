@@ -21,6 +21,7 @@
 //! value expires with the bucket's age like any other.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -45,9 +46,6 @@ const VERSION: u8 = 1;
 /// in thousands of members, each rejoining its rooms, and one write at a
 /// time would make the last of them wait seconds.
 const AT_ONCE: usize = 64;
-
-/// How long to wait before watching again after NATS went away.
-const REWATCH: Duration = Duration::from_secs(1);
 
 /// One member in one room, as every node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -707,39 +705,20 @@ async fn write_all(members: Weak<Members>) {
 /// Follows the bucket for as long as `members` lives, watching again from
 /// the last change seen whenever NATS goes away and comes back.
 async fn watch(store: kv::Store, before: u64, members: Weak<Members>) {
-    let mut last = 0u64;
-    loop {
-        let watched = if last == 0 {
-            store.watch_with_history(">").await
-        } else {
-            store.watch_all_from_revision(last + 1).await
-        };
-        match watched {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    let Some(m) = members.upgrade() else {
-                        return;
-                    };
-                    let change = match change {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!("watching the rooms' members: {e}");
-                            break;
-                        }
-                    };
-                    last = last.max(change.revision);
-                    if let Some(notice) = m.apply(&change, change.revision <= before) {
-                        m.tell(notice);
-                    }
+    let alive = || members.strong_count() > 0;
+    super::follow::bucket(store, "the rooms' members", alive, |change| {
+        let flow = match members.upgrade() {
+            None => ControlFlow::Break(()),
+            Some(m) => {
+                if let Some(notice) = m.apply(&change, change.revision <= before) {
+                    m.tell(notice);
                 }
+                ControlFlow::Continue(())
             }
-            Err(e) => tracing::debug!("cannot watch the rooms' members: {e}"),
-        }
-        if members.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(REWATCH).await;
-    }
+        };
+        std::future::ready(flow)
+    })
+    .await;
 }
 
 #[cfg(test)]

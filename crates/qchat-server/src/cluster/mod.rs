@@ -9,6 +9,7 @@
 //! (JetStream key-value stores) the parts keep their shared state in.
 
 pub mod feed;
+pub mod follow;
 pub mod forward;
 pub mod guard;
 pub mod log;

@@ -10,11 +10,11 @@
 //! rewritten for the TTL.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use qchat_proto::clock::now_ms;
 use qchat_proto::{MemberInfo, ServerMsg};
 use tokio::time::Instant;
@@ -24,9 +24,6 @@ use crate::room::Room;
 
 /// Why a member of a node that died is said to have left.
 pub const NODE_GONE: &str = "its server stopped answering";
-
-/// How long to wait before watching again after NATS went away.
-const REWATCH: Duration = Duration::from_secs(1);
 
 /// An entry another node wrote, and when it was last seen rewritten.
 struct Seen {
@@ -286,46 +283,24 @@ fn notice(before: Option<&OnlineEntry>, now: Option<&OnlineEntry>) -> Option<Ser
 /// Follows the bucket for as long as both ends live, watching again from
 /// the last change seen whenever NATS goes away and comes back.
 async fn watch(store: kv::Store, before: u64, presence: Weak<Presence>, room: Weak<Room>) {
-    let mut last = 0u64;
-    loop {
-        let watched = if last == 0 {
-            store.watch_with_history(">").await
-        } else {
-            store.watch_all_from_revision(last + 1).await
+    let alive = || presence.strong_count() > 0 && room.strong_count() > 0;
+    super::follow::bucket(store, "the names in use", alive, |change| {
+        let (Some(p), Some(r)) = (presence.upgrade(), room.upgrade()) else {
+            return std::future::ready(ControlFlow::Break(()));
         };
-        match watched {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    let (Some(p), Some(r)) = (presence.upgrade(), room.upgrade()) else {
-                        return;
-                    };
-                    let change = match change {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!("watching the names in use: {e}");
-                            break;
-                        }
-                    };
-                    last = last.max(change.revision);
-                    match p.apply(&change, change.revision <= before) {
-                        // This node's own member, reconnecting, came back on
-                        // another node: to this room it returned, and its
-                        // place here is not kept for it any longer.
-                        Some(ServerMsg::Joined { name }) if r.forget_ghost(&name) => {
-                            r.announce(&ServerMsg::Returned { name });
-                        }
-                        Some(msg) => r.announce(&msg),
-                        None => {}
-                    }
-                }
+        match p.apply(&change, change.revision <= before) {
+            // This node's own member, reconnecting, came back on
+            // another node: to this room it returned, and its
+            // place here is not kept for it any longer.
+            Some(ServerMsg::Joined { name }) if r.forget_ghost(&name) => {
+                r.announce(&ServerMsg::Returned { name });
             }
-            Err(e) => tracing::debug!("cannot watch the names in use: {e}"),
+            Some(msg) => r.announce(&msg),
+            None => {}
         }
-        if presence.strong_count() == 0 || room.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(REWATCH).await;
-    }
+        std::future::ready(ControlFlow::Continue(()))
+    })
+    .await;
 }
 
 #[cfg(test)]

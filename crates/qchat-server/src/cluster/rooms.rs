@@ -16,11 +16,11 @@
 //! members as it tells them of a change made here.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{Cluster, ClusterError};
@@ -37,9 +37,6 @@ const VERSION: u8 = 1;
 /// first, before it is given up: each retry means another node's change
 /// landed, so running out takes a storm of changes to one room.
 const RETRIES: usize = 32;
-
-/// How long to wait before watching again after NATS went away.
-const REWATCH: Duration = Duration::from_millis(500);
 
 /// What changed last in a room: what its members are told of when a node
 /// applies the entry.
@@ -306,48 +303,30 @@ async fn watch(
     shared: Weak<SharedRooms>,
     rooms: tokio::sync::mpsc::Sender<(u64, Record)>,
 ) {
-    let mut last = 0u64;
-    loop {
-        let watched = if last == 0 {
-            kv.watch_with_history(">").await
-        } else {
-            kv.watch_all_from_revision(last + 1).await
-        };
-        match watched {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    let Some(s) = shared.upgrade() else {
-                        return;
-                    };
-                    let entry = match change {
-                        Ok(e) => e,
-                        Err(e) => {
-                            tracing::debug!("watching the rooms: {e}");
-                            break;
-                        }
-                    };
-                    last = last.max(entry.revision);
-                    if entry.operation != kv::Operation::Put {
-                        continue;
-                    }
-                    let Some(rec) = Record::decode(&entry.value) else {
-                        tracing::warn!(key = entry.key, "a room's description does not decode");
-                        continue;
-                    };
-                    s.seen(&entry.key, entry.revision, &rec);
-                    drop(s);
-                    if rooms.send((entry.revision, rec)).await.is_err() {
-                        return;
-                    }
-                }
+    let alive = || shared.strong_count() > 0;
+    super::follow::bucket(kv, "the rooms", alive, |entry| {
+        let shared = shared.clone();
+        let rooms = rooms.clone();
+        async move {
+            let Some(s) = shared.upgrade() else {
+                return ControlFlow::Break(());
+            };
+            if entry.operation != kv::Operation::Put {
+                return ControlFlow::Continue(());
             }
-            Err(e) => tracing::debug!("cannot watch the rooms: {e}"),
+            let Some(rec) = Record::decode(&entry.value) else {
+                tracing::warn!(key = entry.key, "a room's description does not decode");
+                return ControlFlow::Continue(());
+            };
+            s.seen(&entry.key, entry.revision, &rec);
+            drop(s);
+            if rooms.send((entry.revision, rec)).await.is_err() {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
         }
-        if shared.strong_count() == 0 {
-            return;
-        }
-        tokio::time::sleep(REWATCH).await;
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
