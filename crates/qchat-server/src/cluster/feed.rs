@@ -152,7 +152,7 @@ mod tests {
 
     use crate::cluster::log::JetStreamLog;
     use crate::cluster::testing::NatsServer;
-    use crate::cluster::{Cluster, ClusterOptions};
+    use crate::cluster::Cluster;
     use crate::log::LogItem;
     use crate::room::{Ending, MemberId, Peer, Room};
     use crate::ServerOptions;
@@ -160,12 +160,7 @@ mod tests {
     use super::*;
 
     async fn node(nats: &NatsServer) -> Arc<Room> {
-        let cluster = Cluster::connect(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects");
+        let cluster = Cluster::connect(&nats.options()).await.expect("connects");
         let log = JetStreamLog::open(&cluster, "#lobby", 1000, None)
             .await
             .expect("opens");
@@ -318,12 +313,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn joins_reading_history_from_the_stream_all_complete() {
         let nats = NatsServer::start().await;
-        let cluster = Cluster::connect_apart(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects");
+        let cluster = Cluster::connect_apart(&nats.options())
+            .await
+            .expect("connects");
         let log = JetStreamLog::open_blocking(&cluster, "#lobby", 1000, None).expect("opens");
         let lines: Vec<crate::store::NewEntry> = (0..100)
             .map(|i| crate::store::NewEntry {

@@ -496,7 +496,6 @@ impl Store for JetStreamLog {
 mod tests {
     use super::*;
     use crate::cluster::testing::NatsServer;
-    use crate::cluster::ClusterOptions;
 
     fn line(key: Option<Key>, text: &str) -> NewEntry {
         NewEntry {
@@ -510,12 +509,7 @@ mod tests {
     }
 
     async fn connect(nats: &NatsServer) -> Arc<Cluster> {
-        Cluster::connect(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects")
+        Cluster::connect(&nats.options()).await.expect("connects")
     }
 
     /// Two nodes over one stream: the same log id, ids in one sequence

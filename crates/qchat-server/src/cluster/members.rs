@@ -224,19 +224,10 @@ impl Members {
         };
         tokio::spawn(write_all(Arc::downgrade(&members)));
         tokio::spawn(watch(kv, before, Arc::downgrade(&members)));
-        let weak = Arc::downgrade(&members);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ttl / 3);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(m) = weak.upgrade() else {
-                    return;
-                };
-                m.refresh();
-                m.sweep();
-            }
+        super::every(ttl / 3, Arc::downgrade(&members), |m| {
+            m.refresh();
+            m.sweep();
+            std::future::ready(())
         });
         Ok(members)
     }
@@ -731,7 +722,6 @@ pub(crate) mod tests {
     use crate::cluster::names::ONLINE_TTL;
     use crate::cluster::rooms::SharedRooms;
     use crate::cluster::testing::NatsServer;
-    use crate::cluster::ClusterOptions;
     use crate::room::{MemberId, Room};
     use crate::rooms::{Actor, StoreFactory};
     use crate::store::Store;
@@ -744,12 +734,9 @@ pub(crate) mod tests {
     /// A node whose other nodes' members count as gone after `ttl`: its
     /// lobby (kept alive by the caller) and its rooms.
     pub(crate) async fn node(nats: &NatsServer, ttl: Duration) -> (Arc<Room>, Arc<Rooms>) {
-        let cluster = Cluster::connect_apart(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects");
+        let cluster = Cluster::connect_apart(&nats.options())
+            .await
+            .expect("connects");
         let lobby = Room::new(
             Arc::new(ServerOptions::default()),
             Arc::new(crate::store::MemoryStore::new(100)),
@@ -992,12 +979,7 @@ pub(crate) mod tests {
         let (ch, _) = a.get_or_create("#dev", &bob, 10).expect("created");
         let (tb, mut rb) = mpsc::channel(64);
         ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
-        let other = Cluster::connect(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects");
+        let other = Cluster::connect(&nats.options()).await.expect("connects");
         let kv = other
             .bucket(MEMBERS_BUCKET, Some(ONLINE_TTL), 1)
             .await

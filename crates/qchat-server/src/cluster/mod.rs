@@ -310,6 +310,31 @@ async fn parts(options: &ClusterOptions) -> Result<Parts, ClusterError> {
     Ok((client, js, node, connected))
 }
 
+/// Calls `f` every `period`, the first time one period from now, for as
+/// long as `target` lives: how a node rewrites the entries it keeps in NATS
+/// with expiry, and drops other nodes' entries nobody rewrote. A tick
+/// missed while the runtime was busy is not made up for: one rewrite after
+/// a stall does what several would.
+pub(crate) fn every<T, F, Fut>(period: Duration, target: std::sync::Weak<T>, mut f: F)
+where
+    T: Send + Sync + 'static,
+    F: FnMut(Arc<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(t) = target.upgrade() else {
+                return;
+            };
+            f(t).await;
+        }
+    });
+}
+
 /// A subject token, stream name part or key for a folded name: names may
 /// hold any letters and NATS allows only a few characters there, so the
 /// name is hashed (128 bits of SHA-256, in hex: no two names meet).

@@ -206,18 +206,8 @@ impl Online {
             returns: Mutex::new(HashMap::new()),
             room: OnceLock::new(),
         });
-        let weak = Arc::downgrade(&online);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ttl / 3);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(online) = weak.upgrade() else {
-                    return;
-                };
-                online.refresh().await;
-            }
+        super::every(ttl / 3, Arc::downgrade(&online), |online| async move {
+            online.refresh().await;
         });
         Ok(online)
     }
@@ -509,16 +499,12 @@ fn encode(entry: &OnlineEntry) -> Result<Bytes, Refused> {
 pub(crate) mod tests {
     use super::*;
     use crate::cluster::testing::NatsServer;
-    use crate::cluster::ClusterOptions;
 
     /// A new node's connection to `nats`.
     pub(crate) async fn node(nats: &NatsServer) -> Arc<Cluster> {
-        Cluster::connect(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connect to the test nats-server")
+        Cluster::connect(&nats.options())
+            .await
+            .expect("connect to the test nats-server")
     }
 
     fn guest(name: &str, instance: u8) -> Claimant<'_> {

@@ -152,17 +152,13 @@ pub async fn leave(cluster: &Cluster) {
 mod tests {
     use super::*;
     use crate::cluster::testing::NatsServer;
-    use crate::cluster::ClusterOptions;
 
     /// Two nodes write their addresses: each reads both; one that leaves
     /// is gone from the list at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_node_reads_every_nodes_address() {
         let nats = NatsServer::start().await;
-        let options = ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        };
+        let options = nats.options();
         let a = Cluster::connect(&options).await.expect("connects");
         let b = Cluster::connect(&options).await.expect("connects");
         let ka = a.bucket(BUCKET, Some(TTL), 1).await.expect("the bucket");
@@ -190,10 +186,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_stops_refreshing_leaves_the_others_lists() {
         let nats = NatsServer::start().await;
-        let options = ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        };
+        let options = nats.options();
         let a = Cluster::connect(&options).await.expect("connects");
         let b = Cluster::connect(&options).await.expect("connects");
         let ka = a.bucket(BUCKET, Some(TTL), 1).await.expect("the bucket");

@@ -334,7 +334,6 @@ mod tests {
     use super::*;
     use crate::cluster::log::JetStreamLog;
     use crate::cluster::testing::NatsServer;
-    use crate::cluster::ClusterOptions;
     use crate::room::{MemberId, Room};
     use crate::rooms::{Actor, StoreFactory};
     use crate::store::Store;
@@ -346,12 +345,9 @@ mod tests {
     /// A node: its lobby (kept alive by the caller) and its rooms, the
     /// rooms' logs and descriptions the cluster's.
     async fn node(nats: &NatsServer) -> (Arc<Room>, Arc<Rooms>) {
-        let cluster = Cluster::connect_apart(&ClusterOptions {
-            urls: nats.url(),
-            ..Default::default()
-        })
-        .await
-        .expect("connects");
+        let cluster = Cluster::connect_apart(&nats.options())
+            .await
+            .expect("connects");
         let lobby = Room::new(
             Arc::new(ServerOptions::default()),
             Arc::new(crate::store::MemoryStore::new(100)),

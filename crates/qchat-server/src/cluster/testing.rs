@@ -71,6 +71,14 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// How a node joins it: its URL, nothing else set.
+    pub fn options(&self) -> super::ClusterOptions {
+        super::ClusterOptions {
+            urls: self.url(),
+            ..Default::default()
+        }
+    }
 }
 
 impl Drop for NatsServer {
