@@ -183,11 +183,13 @@ impl Rooms {
     pub(crate) fn apply_shared(&self, rev: u64, rec: Record) {
         let ch = self.read().get(&names::fold_room(&rec.meta.name)).cloned();
         if let Some(ch) = ch {
-            let closed =
-                (rec.change == Change::Mode && rec.meta.invite_only).then(|| rec.by.clone());
+            // Those in the room when the change arrived, taken before its
+            // members are told: one who leaves on hearing it was in it.
+            let closed = (rec.change == Change::Mode && rec.meta.invite_only)
+                .then(|| (rec.by.clone(), ch.members_not_invited()));
             ch.apply(rev, rec);
-            if let Some(by) = closed {
-                ch.invite_members_here(by);
+            if let Some((by, here)) = closed {
+                ch.invite_members_here(by, here);
             }
         }
     }
@@ -1110,17 +1112,9 @@ impl Channel {
     /// reconnect (to any node) does not lock them out. Written off the
     /// runtime's threads, as the cluster's entry it changes; in the name
     /// of `by`, who closed the room.
-    fn invite_members_here(self: &Arc<Self>, by: String) {
+    fn invite_members_here(self: &Arc<Self>, by: String, here: Vec<String>) {
         let Some(shared) = self.shared.clone() else {
             return;
-        };
-        let here: Vec<String> = {
-            let st = self.lock();
-            st.members
-                .values()
-                .map(|m| names::fold(&m.name))
-                .filter(|k| !st.meta.invited.contains(k))
-                .collect()
         };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -1146,6 +1140,16 @@ impl Channel {
                 Err(e) => tracing::debug!(room = me.name, "cannot invite its members here: {e}"),
             }
         });
+    }
+
+    /// The folded names of the members here that the room has not invited.
+    fn members_not_invited(&self) -> Vec<String> {
+        let st = self.lock();
+        st.members
+            .values()
+            .map(|m| names::fold(&m.name))
+            .filter(|k| !st.meta.invited.contains(k))
+            .collect()
     }
 
     /// Reads the cluster's entry now, when there is one: what a join is
