@@ -18,7 +18,7 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_BATCH: usize = 256;
 
 /// A batch this small means the member is not busy: the writer lets go of
-/// a larger batch vector rather than hold it while waiting.
+/// its batch vector rather than hold it while waiting.
 const SMALL_BATCH: usize = 8;
 
 /// Where a session's outgoing bytes go. QUIC streams take owned chunks
@@ -53,28 +53,94 @@ impl Sink for QuicSink {
 /// list of unacknowledged chunks for every packet it builds, so thousands of
 /// small chunks per stream would make sending quadratic.
 ///
-/// The batch vector starts empty and is emptied again after a large batch:
-/// it is held while the writer waits, and `WRITE_BATCH` slots are 8 KiB —
-/// more than the rest of an idle member's session.
+/// While it waits the writer holds no memory of its own, because an idle
+/// member's writer waits for good, ten thousand times over:
+///
+/// - each batch's buffer is made for that batch and handed to quinn whole,
+///   never split off a buffer the writer keeps: the part left behind by a
+///   split would keep the whole allocation alive (the welcome and its
+///   member list, ~1 KiB, for every member that never hears anything
+///   again);
+/// - the first frame is awaited alone, and a batch vector is needed only
+///   when more are queued behind it; it is kept for the next batch only
+///   after a large one (a busy member), where its `WRITE_BATCH` slots
+///   (8 KiB) are worth not allocating again.
 pub async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::new();
-    let mut buf = BytesMut::new();
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        if batch.len() <= SMALL_BATCH && batch.capacity() > SMALL_BATCH {
-            batch.shrink_to(SMALL_BATCH);
-        }
-        let chunk = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
+    while let Some(first) = rx.recv().await {
+        let chunk = if rx.is_empty() {
+            first
         } else {
-            buf.reserve(batch.iter().map(Bytes::len).sum());
+            batch.push(first);
+            rx.recv_many(&mut batch, WRITE_BATCH - 1).await;
+            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+            let many = batch.len() > SMALL_BATCH;
             for b in batch.drain(..) {
                 buf.extend_from_slice(&b);
             }
-            buf.split().freeze()
+            if !many {
+                batch = Vec::new();
+            }
+            buf.freeze()
         };
         if send.write_chunk(chunk).await.is_err() {
             return;
         }
     }
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.finish()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands each written chunk to the test.
+    struct Chunks(mpsc::UnboundedSender<Bytes>);
+
+    impl Sink for Chunks {
+        async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+            self.0
+                .send(chunk)
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+
+        async fn finish(&mut self) {}
+    }
+
+    /// A waiting writer must not keep a share of what it wrote: the chunk
+    /// it handed over is the only owner of its bytes, so they are freed
+    /// once the peer has them — an idle member's welcome is not kept for
+    /// the member's whole stay.
+    #[tokio::test]
+    async fn a_waiting_writer_keeps_nothing_it_wrote() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out, mut written) = mpsc::unbounded_channel();
+        // Queued before the writer starts, as the welcome and the end of
+        // its replay are: one batch of several frames.
+        for frame in [&b"welcome"[..], b"replayed", b"joined"] {
+            tx.send(Bytes::from_static(frame)).await.expect("queued");
+        }
+        let writer = tokio::spawn(async move { write_loop(&mut Chunks(out), rx).await });
+        let wait = std::time::Duration::from_secs(5);
+        let batch = tokio::time::timeout(wait, written.recv())
+            .await
+            .expect("written in time")
+            .expect("a chunk");
+        assert_eq!(&batch[..], b"welcomereplayedjoined");
+        // The writer is waiting for the next frame now (its queue is empty
+        // and open); a frame sent after this one proves it got there.
+        assert!(batch.is_unique(), "the writer keeps a share of the batch");
+        tx.send(Bytes::from_static(b"alone")).await.expect("queued");
+        let alone = tokio::time::timeout(wait, written.recv())
+            .await
+            .expect("written in time")
+            .expect("a chunk");
+        assert_eq!(&alone[..], b"alone");
+        assert!(batch.is_unique(), "the writer keeps a share of the batch");
+        drop(tx);
+        tokio::time::timeout(wait, writer)
+            .await
+            .expect("the writer ends with its queue")
+            .expect("no panic");
+    }
 }
