@@ -224,7 +224,7 @@ struct Entered {
     ending: Arc<Ending>,
     rx: mpsc::Receiver<Bytes>,
     id: MemberId,
-    name: String,
+    name: Arc<str>,
 }
 
 /// The hello by `hello_deadline`, then the join: the member is in the
@@ -1215,8 +1215,9 @@ async fn handle(
                 for ch in rooms.mine.iter() {
                     ch.rename(id, &now);
                 }
-                // The name the member's next lines are stored under.
-                me.name = now;
+                // The name the member's next lines are stored under (a
+                // copy of its own: a rename is rare).
+                me.name = now.into();
             }
         }
         ClientMsg::RoomSay {
@@ -1351,7 +1352,8 @@ async fn handle(
 /// a message costs no room lock. The name changes only by the member's own
 /// `/nick`, after which the session reads it back from the room.
 struct Speaker {
-    name: String,
+    /// The room's copy of the name, shared: one allocation per member.
+    name: Arc<str>,
     instance: Option<[u8; 16]>,
     /// Triggered once the room has removed the member: nothing it sends
     /// after that is stored.
@@ -1710,7 +1712,15 @@ async fn submit(
     if me.ending.get().is_some() {
         return;
     }
-    let p = Pending::said(id, me.instance, me.name.clone(), seq, text, action, proof);
+    let p = Pending::said(
+        id,
+        me.instance,
+        me.name.to_string(),
+        seq,
+        text,
+        action,
+        proof,
+    );
     // Only fails once the writer is gone, when the server is stopping.
     let _ = room.log_queue().send(LogItem::Message(p)).await;
 }
