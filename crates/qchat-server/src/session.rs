@@ -1028,6 +1028,7 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
             if backlog.len() < options.backlog / 4 {
                 warned = false;
             }
+            let_go_when_idle(&mut backlog, decoder);
             if eof {
                 if backlog.is_empty() {
                     Box::pin(published(room)).await;
@@ -1074,6 +1075,18 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
                 }, if next_token.is_some() => {}
             }
         }
+    }
+}
+
+/// Frees a drained backlog's buffer (room for four messages, 512 bytes)
+/// once nothing more has been read either. Every client sends a frame
+/// after its hello (the private replay's request), and the buffer it took
+/// would otherwise stay with each idle member for good. Not while the
+/// decoder holds the start of more: a busy sender would then allocate it
+/// again for every message rather than once per burst.
+fn let_go_when_idle(backlog: &mut VecDeque<ClientMsg>, decoder: &FrameDecoder) {
+    if backlog.is_empty() && backlog.capacity() > 0 && decoder.buffered() == 0 {
+        *backlog = VecDeque::new();
     }
 }
 
@@ -1795,6 +1808,29 @@ fn truncate_utf8(s: &mut String, max: usize) {
 #[cfg(test)]
 mod size_tests {
     use super::*;
+
+    /// A member that said something once and went quiet keeps no backlog
+    /// buffer; one whose next frame has begun to arrive keeps it.
+    #[test]
+    fn a_drained_backlog_lets_go_of_its_buffer_when_idle() {
+        let mut decoder = FrameDecoder::new(1024);
+        let mut backlog = VecDeque::new();
+        backlog.push_back(ClientMsg::Who);
+        backlog.pop_front();
+        decoder.extend(&[0, 0]);
+        let_go_when_idle(&mut backlog, &decoder);
+        assert!(backlog.capacity() > 0, "freed while a frame was arriving");
+        let idle = FrameDecoder::new(1024);
+        let_go_when_idle(&mut backlog, &idle);
+        assert_eq!(
+            backlog.capacity(),
+            0,
+            "an idle member keeps its backlog's buffer"
+        );
+        backlog.push_back(ClientMsg::Who);
+        let_go_when_idle(&mut backlog, &idle);
+        assert_eq!(backlog.len(), 1, "a waiting message is never dropped");
+    }
 
     /// An idle member's reader waits in [`read`] for as long as the member
     /// stays, ten thousand times over on a busy server. It was 3,288 bytes
