@@ -17,10 +17,6 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames a writer takes from its queue for one write.
 const WRITE_BATCH: usize = 256;
 
-/// A batch this small means the member is not busy: the writer lets go of
-/// its batch vector rather than hold it while waiting.
-const SMALL_BATCH: usize = 8;
-
 /// Where a session's outgoing bytes go. QUIC streams take owned chunks
 /// without a copy; a pipe takes a slice.
 pub trait Sink {
@@ -61,25 +57,25 @@ impl Sink for QuicSink {
 ///   split would keep the whole allocation alive (the welcome and its
 ///   member list, ~1 KiB, for every member that never hears anything
 ///   again);
-/// - the first frame is awaited alone, and a batch vector is needed only
-///   when more are queued behind it; it is kept for the next batch only
-///   after a large one (a busy member), where its `WRITE_BATCH` slots
-///   (8 KiB) are worth not allocating again.
+/// - the batch vector is let go of when the queue is empty, just before
+///   the writer waits. A busy member's writer finds more queued after
+///   each write and keeps it (up to `WRITE_BATCH` slots, 8 KiB), so
+///   fan-out does not allocate it again per batch.
 pub async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
     let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let chunk = if rx.is_empty() {
-            first
+    loop {
+        if rx.is_empty() {
+            batch = Vec::new();
+        }
+        if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+            break;
+        }
+        let chunk = if batch.len() == 1 {
+            batch.pop().unwrap_or_default()
         } else {
-            batch.push(first);
-            rx.recv_many(&mut batch, WRITE_BATCH - 1).await;
             let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-            let many = batch.len() > SMALL_BATCH;
             for b in batch.drain(..) {
                 buf.extend_from_slice(&b);
-            }
-            if !many {
-                batch = Vec::new();
             }
             buf.freeze()
         };
