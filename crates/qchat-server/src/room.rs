@@ -117,7 +117,7 @@ pub struct Rejection {
 /// The session flushes what it can for a moment, then closes with the code.
 ///
 /// The code and reason are boxed: they are set once or never, and inline
-/// they would take 24 bytes more of every member's allocation for it.
+/// they made every member's `Ending` 24 bytes larger.
 #[derive(Debug, Default)]
 pub struct Ending {
     code: OnceLock<Box<(CloseCode, String)>>,
