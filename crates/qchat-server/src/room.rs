@@ -115,9 +115,12 @@ pub struct Rejection {
 
 /// How the room tells a session that it has removed its member, and why.
 /// The session flushes what it can for a moment, then closes with the code.
+///
+/// The code and reason are boxed: they are set once or never, and inline
+/// they made every member's `Ending` 24 bytes larger.
 #[derive(Debug, Default)]
 pub struct Ending {
-    code: OnceLock<(CloseCode, String)>,
+    code: OnceLock<Box<(CloseCode, String)>>,
     notify: Notify,
 }
 
@@ -128,7 +131,7 @@ impl Ending {
     }
 
     fn trigger(&self, code: CloseCode, reason: &str) {
-        if self.code.set((code, reason.to_string())).is_ok() {
+        if self.code.set(Box::new((code, reason.to_string()))).is_ok() {
             self.notify.notify_waiters();
         }
     }
@@ -148,7 +151,7 @@ impl Ending {
 
     /// The code and reason, once triggered.
     pub fn get(&self) -> Option<&(CloseCode, String)> {
-        self.code.get()
+        self.code.get().map(|c| &**c)
     }
 }
 
@@ -219,8 +222,9 @@ struct State {
     /// box costs its own size and an eighth of a node.
     members: BTreeMap<MemberId, Box<Member>>,
     /// Same-name key (`names::fold`) to id: names are unique ignoring case
-    /// and look-alikes.
-    by_name: HashMap<String, MemberId>,
+    /// and look-alikes. A name that is its own key (most are) shares the
+    /// member's copy: one allocation per idle member fewer.
+    by_name: HashMap<Arc<str>, MemberId>,
     /// The last public messages, as `History` messages. Kept unencoded:
     /// saying something must not pay for a replay that only a later join
     /// needs, and the text moves here without a copy.
@@ -245,7 +249,8 @@ struct State {
 }
 
 struct Member {
-    name: String,
+    /// Shared with the member's session, which signs its lines with it.
+    name: Arc<str>,
     outbox: mpsc::Sender<Bytes>,
     ending: Arc<Ending>,
     peer: Peer,
@@ -271,8 +276,8 @@ struct Ghost {
 pub struct Joined {
     /// Its id.
     pub id: MemberId,
-    /// Its registered name.
-    pub name: String,
+    /// Its registered name: the room's own copy, shared.
+    pub name: Arc<str>,
 }
 
 impl Room {
@@ -402,7 +407,7 @@ impl Room {
     pub(crate) fn holds(&self, name: &str) -> Option<bool> {
         let st = self.lock();
         let key = names::fold(name);
-        if st.by_name.contains_key(&key) {
+        if st.by_name.contains_key(key.as_str()) {
             Some(false)
         } else {
             st.ghosts.contains_key(&key).then_some(true)
@@ -476,7 +481,7 @@ impl Room {
 
     /// Member `id`'s name, if it is still here.
     pub fn member_name(&self, id: MemberId) -> Option<String> {
-        self.lock().members.get(&id).map(|m| m.name.clone())
+        self.lock().members.get(&id).map(|m| m.name.to_string())
     }
 
     /// The member in the room under `name` (as the same name): its name,
@@ -486,10 +491,10 @@ impl Room {
         name: &str,
     ) -> Option<(String, Option<qchat_tls::Fingerprint>, std::time::Duration)> {
         let st = self.lock();
-        let id = st.by_name.get(&names::fold(name))?;
+        let id = st.by_name.get(names::fold(name).as_str())?;
         st.members
             .get(id)
-            .map(|m| (m.name.clone(), m.peer.key, m.joined.elapsed()))
+            .map(|m| (m.name.to_string(), m.peer.key, m.joined.elapsed()))
     }
 
     /// Member `id`'s name and peer, if it is still here.
@@ -497,17 +502,17 @@ impl Room {
         let st = self.lock();
         st.members
             .get(&id)
-            .map(|m| (m.name.clone(), m.peer.clone()))
+            .map(|m| (m.name.to_string(), m.peer.clone()))
     }
 
     /// The member in the room under `name` (as the same name): its id,
     /// name and peer.
     pub fn peer_named(&self, name: &str) -> Option<(MemberId, String, Peer)> {
         let st = self.lock();
-        let id = *st.by_name.get(&names::fold(name))?;
+        let id = *st.by_name.get(names::fold(name).as_str())?;
         st.members
             .get(&id)
-            .map(|m| (id, m.name.clone(), m.peer.clone()))
+            .map(|m| (id, m.name.to_string(), m.peer.clone()))
     }
 
     /// Gives or takes operator rights to the members in the room with one
@@ -574,7 +579,7 @@ impl Room {
             });
             let _ = m.outbox.try_send(frame);
             m.ending.trigger(CloseCode::ShuttingDown, reason);
-            st.by_name.remove(&names::fold(&m.name));
+            st.by_name.remove(names::fold(&m.name).as_str());
         }
         st.ghosts.clear();
         let keep: Vec<MemberId> = st.members.keys().copied().collect();
@@ -635,7 +640,7 @@ impl Room {
         // mapping): the new connection replaces the old one, which is
         // closed without a word to the room — to the others, the member
         // never left.
-        let replaced = match (peer.instance, st.by_name.get(&key).copied()) {
+        let replaced = match (peer.instance, st.by_name.get(key.as_str()).copied()) {
             (Some(i), Some(old))
                 if st.members.get(&old).and_then(|m| m.peer.instance) == Some(i) =>
             {
@@ -648,7 +653,7 @@ impl Room {
                 m.ending
                     .trigger(CloseCode::Normal, "replaced by the member's new connection");
             }
-            st.by_name.remove(&key);
+            st.by_name.remove(key.as_str());
         }
         let returning = match st.ghosts.get(&key) {
             Some(g) if peer.instance == Some(g.instance) => true,
@@ -696,7 +701,7 @@ impl Room {
         let mut members: Vec<String> = st
             .members
             .values()
-            .map(|m| m.name.clone())
+            .map(|m| m.name.to_string())
             .chain(
                 st.ghosts
                     .iter()
@@ -801,21 +806,24 @@ impl Room {
             .to_frame();
             self.broadcast(&mut st, frame, None);
         }
+        let name: Arc<str> = name.into();
+        let key = if *key == *name {
+            Arc::clone(&name)
+        } else {
+            key.into()
+        };
         st.by_name.insert(key, id);
         st.members.insert(
             id,
             Box::new(Member {
-                name: name.to_string(),
+                name: Arc::clone(&name),
                 outbox,
                 ending,
                 peer,
                 joined: Instant::now(),
             }),
         );
-        Ok(Joined {
-            id,
-            name: name.to_string(),
-        })
+        Ok(Joined { id, name })
     }
 
     /// Reads the log for a join. A log that cannot be read costs the member
@@ -859,7 +867,7 @@ impl Room {
         Some(Pending::said(
             id,
             m.peer.instance,
-            m.name.clone(),
+            m.name.to_string(),
             seq,
             text,
             action,
@@ -1008,7 +1016,7 @@ impl Room {
         let (from, instance) = st
             .members
             .get(&id)
-            .map(|m| (m.name.clone(), m.peer.instance))?;
+            .map(|m| (m.name.to_string(), m.peer.instance))?;
         // Private messages are not logged; a re-send after a reconnect is
         // recognised in memory instead.
         if let Some(i) = instance {
@@ -1025,7 +1033,7 @@ impl Room {
             time_ms: now_ms(),
             proof: proof.map(|p| *p),
         };
-        let target = st.by_name.get(&names::fold(to)).copied();
+        let target = st.by_name.get(names::fold(to).as_str()).copied();
         let Some(target) = target else {
             if let Some(node) = self.presence().and_then(|p| p.node_of(to)) {
                 return Some(Away { node, line });
@@ -1049,7 +1057,7 @@ impl Room {
     /// this node knows it, or why it could not be delivered.
     pub fn private_from_afar(&self, line: &PrivateLine) -> Result<String, String> {
         let mut st = self.lock();
-        let target = st.by_name.get(&names::fold(&line.to)).copied();
+        let target = st.by_name.get(names::fold(&line.to).as_str()).copied();
         let Some(target) = target else {
             return Err(format!("there is nobody called {:?} here", line.to));
         };
@@ -1081,7 +1089,7 @@ impl Room {
         let (to_name, version) = st
             .members
             .get(&target)
-            .map(|m| (m.name.clone(), m.peer.version))
+            .map(|m| (m.name.to_string(), m.peer.version))
             .unwrap_or_default();
         self.send_to(st, target, line.frame(&to_name, version));
         to_name
@@ -1148,8 +1156,14 @@ impl Room {
         let Some(m) = st.members.get_mut(&id) else {
             return false;
         };
-        let old = std::mem::replace(&mut m.name, new.to_string());
-        st.by_name.remove(&names::fold(&old));
+        let new_name: Arc<str> = new.into();
+        let old = std::mem::replace(&mut m.name, Arc::clone(&new_name)).to_string();
+        st.by_name.remove(names::fold(&old).as_str());
+        let key = if *key == *new_name {
+            new_name
+        } else {
+            key.into()
+        };
         st.by_name.insert(key, id);
         let frame = ServerMsg::Renamed {
             old,
@@ -1170,7 +1184,7 @@ impl Room {
             .members
             .values()
             .map(|m| MemberInfo {
-                name: m.name.clone(),
+                name: m.name.to_string(),
                 connected_secs: m.joined.elapsed().as_secs(),
                 addr: match (asker_is_op, m.peer.current_addr()) {
                     (true, Some(a)) => a.to_string(),
@@ -1223,7 +1237,7 @@ impl Room {
         let Some((by, is_op)) = st
             .members
             .get(&id)
-            .map(|m| (m.name.clone(), m.peer.operator))
+            .map(|m| (m.name.to_string(), m.peer.operator))
         else {
             return;
         };
@@ -1239,7 +1253,7 @@ impl Room {
             );
             return;
         }
-        let Some(target) = st.by_name.get(&names::fold(name)).copied() else {
+        let Some(target) = st.by_name.get(names::fold(name).as_str()).copied() else {
             self.send_to(
                 &mut st,
                 id,
@@ -1373,10 +1387,10 @@ impl Room {
             return;
         };
         let key = names::fold(&m.name);
-        st.by_name.remove(&key);
+        st.by_name.remove(key.as_str());
         if st.members.len() < self.options().announce_limit {
             let frame = ServerMsg::Reconnecting {
-                name: m.name.clone(),
+                name: m.name.to_string(),
             }
             .to_frame();
             self.broadcast_v3(&mut st, frame, None);
@@ -1384,7 +1398,7 @@ impl Room {
         st.ghosts.insert(
             key.clone(),
             Ghost {
-                name: m.name,
+                name: m.name.to_string(),
                 instance,
                 was: id,
             },
@@ -1553,10 +1567,10 @@ impl Room {
         let Some(m) = st.members.remove(&id) else {
             return;
         };
-        st.by_name.remove(&names::fold(&m.name));
+        st.by_name.remove(names::fold(&m.name).as_str());
         if st.members.len() < self.options().announce_limit {
             let frame = ServerMsg::Left {
-                name: m.name,
+                name: m.name.to_string(),
                 reason: reason.to_string(),
             }
             .to_frame();
@@ -1708,7 +1722,7 @@ fn taken(st: &State, key: &str, except: Option<MemberId>) -> Option<String> {
         .get(key)
         .filter(|id| Some(**id) != except)
         .and_then(|id| st.members.get(id))
-        .map(|m| m.name.clone())
+        .map(|m| m.name.to_string())
         .or_else(|| st.ghosts.get(key).map(|g| g.name.clone()))
 }
 
@@ -2004,6 +2018,44 @@ pub(crate) mod tests {
         assert!(drain(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::Refused { seq: 2, .. })));
+    }
+
+    /// An idle member's name is one allocation: the room's entry, its
+    /// same-name key (when the name is its own key) and the session's copy
+    /// (the join's answer) share it; the entry and the key also after a
+    /// rename. Ten thousand idle members kept three copies each before.
+    #[test]
+    fn a_members_name_is_kept_once() {
+        let r = room();
+        let (alice, _rx, _e) = member(&r, "alice", 8);
+        let (bob, _rx2, _e2) = member(&r, "Bob", 8);
+        let shared = |id: MemberId, name: &Arc<str>| {
+            let st = r.lock();
+            let m = st.members.get(&id).expect("a member");
+            let (key, _) = st
+                .by_name
+                .get_key_value(names::fold(name).as_str())
+                .expect("its key");
+            (Arc::ptr_eq(&m.name, name), Arc::ptr_eq(key, &m.name))
+        };
+        assert_eq!(shared(alice.id, &alice.name), (true, true));
+        // "Bob" is not its own same-name key: the key is a copy of its own.
+        assert_eq!(shared(bob.id, &bob.name), (true, false));
+        assert!(r.nick(alice.id, "carol"));
+        let st = r.lock();
+        let m = st.members.get(&alice.id).expect("still a member");
+        assert_eq!(&*m.name, "carol");
+        let (key, _) = st.by_name.get_key_value("carol").expect("the new key");
+        assert!(Arc::ptr_eq(key, &m.name), "the new key shares the new name");
+        assert!(!st.by_name.contains_key("alice"), "the old key is gone");
+    }
+
+    /// The room's "you were removed" signal is in every member's session:
+    /// its reason is boxed, since it is set once or never.
+    #[test]
+    fn an_ending_stays_small() {
+        let size = std::mem::size_of::<Ending>();
+        assert!(size <= 48, "Ending is {size} bytes; box what is set once");
     }
 
     #[test]

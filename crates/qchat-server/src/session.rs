@@ -224,7 +224,7 @@ struct Entered {
     ending: Arc<Ending>,
     rx: mpsc::Receiver<Bytes>,
     id: MemberId,
-    name: String,
+    name: Arc<str>,
 }
 
 /// The hello by `hello_deadline`, then the join: the member is in the
@@ -1028,6 +1028,7 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
             if backlog.len() < options.backlog / 4 {
                 warned = false;
             }
+            let_go_when_idle(&mut backlog, decoder);
             if eof {
                 if backlog.is_empty() {
                     Box::pin(published(room)).await;
@@ -1074,6 +1075,18 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
                 }, if next_token.is_some() => {}
             }
         }
+    }
+}
+
+/// Frees a drained backlog's buffer (room for four messages, 512 bytes)
+/// once nothing more has been read either. Every client sends a frame
+/// after its hello (the private replay's request), and the buffer it took
+/// would otherwise stay with each idle member for good. Not while the
+/// decoder holds the start of more: a busy sender would then allocate it
+/// again for every message rather than once per burst.
+fn let_go_when_idle(backlog: &mut VecDeque<ClientMsg>, decoder: &FrameDecoder) {
+    if backlog.is_empty() && backlog.capacity() > 0 && decoder.buffered() == 0 {
+        *backlog = VecDeque::new();
     }
 }
 
@@ -1215,8 +1228,9 @@ async fn handle(
                 for ch in rooms.mine.iter() {
                     ch.rename(id, &now);
                 }
-                // The name the member's next lines are stored under.
-                me.name = now;
+                // The name the member's next lines are stored under (a
+                // copy of its own: a rename is rare).
+                me.name = now.into();
             }
         }
         ClientMsg::RoomSay {
@@ -1351,7 +1365,8 @@ async fn handle(
 /// a message costs no room lock. The name changes only by the member's own
 /// `/nick`, after which the session reads it back from the room.
 struct Speaker {
-    name: String,
+    /// The room's copy of the name, shared: one allocation per member.
+    name: Arc<str>,
     instance: Option<[u8; 16]>,
     /// Triggered once the room has removed the member: nothing it sends
     /// after that is stored.
@@ -1710,7 +1725,15 @@ async fn submit(
     if me.ending.get().is_some() {
         return;
     }
-    let p = Pending::said(id, me.instance, me.name.clone(), seq, text, action, proof);
+    let p = Pending::said(
+        id,
+        me.instance,
+        me.name.to_string(),
+        seq,
+        text,
+        action,
+        proof,
+    );
     // Only fails once the writer is gone, when the server is stopping.
     let _ = room.log_queue().send(LogItem::Message(p)).await;
 }
@@ -1786,12 +1809,36 @@ fn truncate_utf8(s: &mut String, max: usize) {
 mod size_tests {
     use super::*;
 
+    /// A member that said something once and went quiet keeps no backlog
+    /// buffer; one whose next frame has begun to arrive keeps it.
+    #[test]
+    fn a_drained_backlog_lets_go_of_its_buffer_when_idle() {
+        let mut decoder = FrameDecoder::new(1024);
+        let mut backlog = VecDeque::new();
+        backlog.push_back(ClientMsg::Who);
+        backlog.pop_front();
+        decoder.extend(&[0, 0]);
+        let_go_when_idle(&mut backlog, &decoder);
+        assert!(backlog.capacity() > 0, "freed while a frame was arriving");
+        let idle = FrameDecoder::new(1024);
+        let_go_when_idle(&mut backlog, &idle);
+        assert_eq!(
+            backlog.capacity(),
+            0,
+            "an idle member keeps its backlog's buffer"
+        );
+        backlog.push_back(ClientMsg::Who);
+        let_go_when_idle(&mut backlog, &idle);
+        assert_eq!(backlog.len(), 1, "a waiting message is never dropped");
+    }
+
     /// An idle member's reader waits in [`read`] for as long as the member
     /// stays, ten thousand times over on a busy server. It was 3,288 bytes
     /// while the cluster's settling of a departed name (a NATS round trip,
     /// ~2.9 KiB of future) sat inline in it, and 1,056 while the `Speaker`
     /// was kept three times over (an argument's slot and its local, in the
-    /// reader and again in the read loop): 672 since. A reader that grows
+    /// reader and again in the read loop): 672 since, 664 with the name
+    /// shared with the room (`Arc<str>`, not a `String`). A reader that grows
     /// past this bound again most likely holds a wait that happens once,
     /// or an argument twice.
     #[tokio::test]
@@ -1823,7 +1870,7 @@ mod size_tests {
         );
         let size = std::mem::size_of_val(&reading);
         assert!(
-            size <= 704,
+            size <= 672,
             "an idle member's reader is {size} bytes; box what it holds across waits"
         );
     }
