@@ -2071,6 +2071,315 @@ mod tests {
         assert_eq!(texts(&s.read(4, 6, 10).expect("reads")), ["5", "six"]);
     }
 
+    /// Every key the runs of a log hold, each run spelt out, and how many
+    /// runs there are.
+    fn run_keys(db: &RwLock<Database>, n: &Names) -> (Vec<Key>, usize) {
+        let db = db.read().expect("the lock");
+        let tx = db.begin_read().expect("reads");
+        let runs = tx.open_table(n.runs()).expect("the runs");
+        let mut keys = Vec::new();
+        let mut count = 0;
+        for item in runs.iter().expect("iterates") {
+            let (k, v) = item.expect("reads");
+            let (instance, first) = key_of(k.value()).expect("a key");
+            keys.extend((first..=v.value().0).map(|seq| (instance, seq)));
+            count += 1;
+        }
+        keys.sort_unstable();
+        (keys, count)
+    }
+
+    fn has_table(db: &RwLock<Database>, name: &str) -> bool {
+        let db = db.read().expect("the lock");
+        let tx = db.begin_read().expect("reads");
+        let found = tx.list_tables().expect("lists").any(|t| t.name() == name);
+        found
+    }
+
+    /// Ten clients' lines, between one another and one of them out of
+    /// order, are one run per client in the file (one more for a client
+    /// that skipped a number), not one entry per line; after reopening,
+    /// each of them re-sent is found under its id, in any order.
+    #[test]
+    fn a_commit_stores_one_run_per_client_and_each_line_is_found_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |i: u8, seq: u64| ([i; 16], seq);
+        let mut keys: Vec<Key> = (1..=100u64)
+            .flat_map(|seq| (0..10u8).map(move |i| key(i, seq)))
+            .filter(|&k| k != key(9, 50))
+            .collect();
+        keys.swap(0, 10);
+        let lines: Vec<NewEntry> = keys
+            .iter()
+            .map(|&k| msg(Some(k), &format!("{k:?}")))
+            .collect();
+        {
+            let s = RedbStore::open(dir.path(), 10_000, SyncPolicy::None).expect("opens");
+            let got = s.append(&refs(&lines)).expect("appends");
+            assert_eq!(got, (1..=999).map(Appended::New).collect::<Vec<_>>());
+            let (stored, runs) = run_keys(&s.db, &Names::lobby());
+            assert_eq!(runs, 11);
+            let mut all = keys.clone();
+            all.sort_unstable();
+            assert_eq!(stored, all);
+        }
+        let s = RedbStore::open(dir.path(), 10_000, SyncPolicy::None).expect("reopens");
+        let mut again: Vec<NewEntry> = lines.iter().rev().cloned().collect();
+        again.insert(500, msg(Some(key(9, 50)), "late"));
+        let got = s.append(&refs(&again)).expect("appends");
+        let mut expected: Vec<Appended> = (1..=999).rev().map(Appended::Duplicate).collect();
+        expected.insert(500, Appended::New(1000));
+        assert_eq!(got, expected);
+        assert_eq!(texts(&s.read(999, 1000, 10).expect("reads")), ["late"]);
+    }
+
+    /// A batch whose run is in the file but which does not decode any
+    /// more: its keys are not found (its messages are not read either),
+    /// the lines are stored again, and found again after that, also
+    /// after reopening.
+    #[test]
+    fn a_key_whose_batch_is_unreadable_is_stored_again_and_then_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = |seq| msg(Some(([3; 16], seq)), &seq.to_string());
+        {
+            let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+            s.append(&refs(&(1..=5).map(a).collect::<Vec<_>>()))
+                .expect("appends");
+            s.append(&[&msg(Some(([4; 16], 1)), "b")]).expect("appends");
+            let db = s.db.read().expect("the lock");
+            let tx = db.begin_write().expect("writes");
+            tx.open_table(BATCHES)
+                .expect("table")
+                .insert(1u64, [0xffu8; 3].as_slice())
+                .expect("inserts");
+            tx.commit().expect("commits");
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
+        assert_eq!(
+            s.append(&refs(&(3..=5).map(a).collect::<Vec<_>>()))
+                .expect("appends"),
+            [7, 8, 9].map(Appended::New)
+        );
+        drop(s);
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
+        assert_eq!(
+            s.append(&[&a(4), &a(2), &msg(Some(([4; 16], 1)), "b")])
+                .expect("appends"),
+            [
+                Appended::Duplicate(8),
+                Appended::New(10),
+                Appended::Duplicate(6)
+            ]
+        );
+        let (stored, _) = run_keys(&s.db, &Names::lobby());
+        let mut expected = vec![([3; 16], 2), ([3; 16], 3), ([3; 16], 4), ([3; 16], 5)];
+        expected.push(([4; 16], 1));
+        assert_eq!(stored, expected);
+    }
+
+    /// A room of the shared file written before runs (one key per
+    /// message): opening it makes the runs from its batches, drops the
+    /// old table, and its lines are still found when re-sent, also after
+    /// reopening.
+    #[test]
+    fn a_rooms_file_with_a_key_per_message_keeps_its_dedupe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = Names::room("#r");
+        let a = |seq: u64| ([7u8; 16], seq);
+        {
+            let db = Database::create(dir.path().join(SharedRedb::FILE)).expect("creates");
+            let tx = db.begin_write().expect("writes");
+            {
+                let mut batches = tx.open_table(names.batches()).expect("table");
+                let mut keys = tx.open_table(names.keys()).expect("table");
+                let mut meta = tx.open_table(META).expect("table");
+                let texts: Vec<String> = (1..=4).map(|i: u64| i.to_string()).collect();
+                let recs: Batch = texts
+                    .iter()
+                    .zip(1u64..)
+                    .map(|(t, id)| Record {
+                        key: (id != 3).then_some(a(id)),
+                        from: "a",
+                        text: t,
+                        time_ms: 1,
+                        action: false,
+                        proof: None,
+                    })
+                    .collect();
+                let bytes = encode_batch(&recs).expect("encodes");
+                batches.insert(1u64, bytes.as_slice()).expect("inserts");
+                for id in [1u64, 2, 4] {
+                    keys.insert(key_bytes(&a(id)).as_slice(), id)
+                        .expect("inserts");
+                }
+                meta.insert("room:#r:log_id", [5u8; 16].as_slice())
+                    .expect("inserts");
+                meta.insert("room:#r:last_id", 4u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+            }
+            tx.commit().expect("commits");
+        }
+        {
+            let file = shared(dir.path(), 100);
+            let log = file.open_room("#r").expect("opens");
+            assert_eq!((log.log_id(), log.last_id()), ([5; 16], 4));
+            assert!(!has_table(&file.db, &names.keys));
+            assert_eq!(
+                run_keys(&file.db, &names),
+                (vec![a(1), a(2), a(4)], 2),
+                "one run for 1..=2, one for 4"
+            );
+            assert_eq!(
+                log.append(&[&msg(Some(a(2)), "2"), &msg(Some(a(3)), "3")])
+                    .expect("appends"),
+                [Appended::Duplicate(2), Appended::New(5)]
+            );
+        }
+        let file = shared(dir.path(), 100);
+        let log = file.open_room("#r").expect("reopens");
+        assert_eq!(
+            log.append(&[
+                &msg(Some(a(4)), "4"),
+                &msg(Some(a(3)), "3"),
+                &msg(Some(a(1)), "1")
+            ])
+            .expect("appends"),
+            [4, 5, 1].map(Appended::Duplicate)
+        );
+    }
+
+    /// A file a server from before runs has written to since a server
+    /// with runs did: its runs are stale (retention removed their batch
+    /// without them) and its newest key is only in the old table. Opening
+    /// it makes the runs again from the batches.
+    #[test]
+    fn a_file_written_by_an_older_server_after_runs_gets_its_runs_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = |seq: u64| ([6u8; 16], seq);
+        {
+            let db = Database::create(dir.path().join(RedbStore::FILE)).expect("creates");
+            let tx = db.begin_write().expect("writes");
+            {
+                let mut batches = tx.open_table(BATCHES).expect("table");
+                let mut runs = tx.open_table(RUNS).expect("table");
+                let mut keys = tx.open_table(KEYS).expect("table");
+                let mut meta = tx.open_table(META).expect("table");
+                let recs: Batch = vec![Record {
+                    key: Some(a(4)),
+                    from: "a",
+                    text: "4",
+                    time_ms: 1,
+                    action: false,
+                    proof: None,
+                }];
+                let bytes = encode_batch(&recs).expect("encodes");
+                batches.insert(4u64, bytes.as_slice()).expect("inserts");
+                // 1..=3 in batch 1, which retention removed.
+                runs.insert(key_bytes(&a(1)).as_slice(), (3u64, 1u64))
+                    .expect("inserts");
+                keys.insert(key_bytes(&a(4)).as_slice(), 4u64)
+                    .expect("inserts");
+                meta.insert("log_id", [4u8; 16].as_slice())
+                    .expect("inserts");
+                meta.insert("last_id", 4u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+                meta.insert("first_id", 4u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+            }
+            tx.commit().expect("commits");
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+        assert!(!has_table(&s.db, KEYS.name()));
+        assert_eq!(run_keys(&s.db, &Names::lobby()), (vec![a(4)], 1));
+        assert_eq!(
+            s.append(&[&msg(Some(a(4)), "4"), &msg(Some(a(2)), "2")])
+                .expect("appends"),
+            [Appended::Duplicate(4), Appended::New(5)]
+        );
+    }
+
+    /// What the file store promises of its keys, message by message:
+    /// a key of a message in the log (or earlier in the same batch) is a
+    /// duplicate of it; then retention keeps the newest `keep`.
+    struct Model {
+        keep: usize,
+        last: u64,
+        live: VecDeque<(u64, Option<Key>)>,
+    }
+
+    impl Model {
+        fn append(&mut self, batch: &[NewEntry]) -> Vec<Appended> {
+            let mut out = Vec::new();
+            for e in batch {
+                let stored = self
+                    .live
+                    .iter()
+                    .find(|(_, k)| k.is_some() && *k == e.key)
+                    .map(|(id, _)| *id);
+                if let Some(id) = stored {
+                    out.push(Appended::Duplicate(id));
+                    continue;
+                }
+                self.last += 1;
+                self.live.push_back((self.last, e.key));
+                out.push(Appended::New(self.last));
+            }
+            while self.live.len() > self.keep {
+                self.live.pop_front();
+            }
+            out
+        }
+
+        fn keys(&self) -> Vec<Key> {
+            let mut keys: Vec<Key> = self.live.iter().filter_map(|(_, k)| *k).collect();
+            keys.sort_unstable();
+            keys
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Lines of a few clients, re-sent, out of order and between one
+        /// another, with retention cutting batches anywhere and the files
+        /// reopened between commits: the lobby's file and a room of the
+        /// shared file answer as the model does, and their runs hold
+        /// exactly the keys of the messages in the log.
+        #[test]
+        fn dedupe_and_retention_hold_across_reopening(
+            commits in proptest::collection::vec(
+                (proptest::collection::vec((0u8..3, 0u64..24, proptest::bool::weighted(0.9)), 1..30),
+                 proptest::bool::weighted(0.3)),
+                1..16,
+            ),
+            keep in 1usize..50,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let open = || {
+                let lobby = RedbStore::open(dir.path(), keep as u64, SyncPolicy::None).expect("opens");
+                let rooms = shared(dir.path(), keep as u64);
+                let room = rooms.open_room("#r").expect("opens");
+                (lobby, rooms, room)
+            };
+            let (mut lobby, mut rooms, mut room) = open();
+            let mut model = Model { keep, last: 0, live: VecDeque::new() };
+            for (lines, reopen) in commits {
+                if reopen {
+                    drop((lobby, room, rooms));
+                    (lobby, rooms, room) = open();
+                }
+                let batch: Vec<NewEntry> = lines
+                    .iter()
+                    .map(|&(i, seq, keyed)| msg(keyed.then_some(([i; 16], seq)), &seq.to_string()))
+                    .collect();
+                let expected = model.append(&batch);
+                proptest::prop_assert_eq!(&lobby.append(&refs(&batch)).expect("appends"), &expected);
+                proptest::prop_assert_eq!(&room.append(&refs(&batch)).expect("appends"), &expected);
+                proptest::prop_assert_eq!(run_keys(&lobby.db, &Names::lobby()).0, model.keys());
+                proptest::prop_assert_eq!(run_keys(&rooms.db, &room.names).0, model.keys());
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
         /// Batches of any size, any retention and any read: the file store
