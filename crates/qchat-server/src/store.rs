@@ -150,8 +150,9 @@ pub trait Store: Send + std::marker::Sync {
 }
 
 /// One stored message as the embedded store encodes it. The key travels
-/// with the message so that retention can drop both together: the dedupe
-/// table is never larger than the log. The strings are borrowed both ways:
+/// with the message: the dedupe table ([`RUNS`]) only says which batch
+/// holds a key, and is made and trimmed from the batches' records, so it
+/// never holds more than the log. The strings are borrowed both ways:
 /// storing copies nothing, and retention reads keys and times without
 /// allocating.
 #[derive(Serialize, Deserialize)]
@@ -296,7 +297,21 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 /// The log as files written before batches hold it: one [`Record`] per id.
 /// Moved into [`BATCHES`] when such a file is opened.
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// The idempotency keys as files written before [`RUNS`] hold them: one
+/// entry per message, key to id. Made into runs when such a file is opened.
 const KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("keys");
+/// The idempotency keys of the log, as runs: per client instance and
+/// commit, each set of consecutive numbers stored in that commit's batch
+/// is one entry, from `instance ++ first number` ([`key_bytes`]) to the
+/// last number and the batch's first id. A commit of a thousand lines
+/// from ten clients inserts ten entries, not a thousand: one B-tree insert
+/// per message was most of what a client's keys cost to store
+/// (docs/PERFORMANCE.md, "Round 11: the log's keys"). Finding a key's id
+/// reads its batch, which is rare: only a key at or below the highest its
+/// instance stored is looked up ([`KeyMax`]). The runs hold exactly the
+/// keys of the messages in the log, so those of one instance never
+/// overlap.
+const RUNS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("runs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Deletions between two compactions of the file.
@@ -386,6 +401,8 @@ fn migrate(
 /// lookups stay within its own B-trees.
 struct Names {
     batches: String,
+    runs: String,
+    /// The per-message keys table of older files, only read to migrate.
     keys: String,
     prefix: String,
 }
@@ -394,6 +411,7 @@ impl Names {
     fn lobby() -> Self {
         Names {
             batches: BATCHES.name().into(),
+            runs: RUNS.name().into(),
             keys: KEYS.name().into(),
             prefix: String::new(),
         }
@@ -404,6 +422,7 @@ impl Names {
     fn room(key: &str) -> Self {
         Names {
             batches: format!("room:{key}:batches"),
+            runs: format!("room:{key}:runs"),
             keys: format!("room:{key}:keys"),
             prefix: format!("room:{key}:"),
         }
@@ -411,6 +430,10 @@ impl Names {
 
     fn batches(&self) -> TableDefinition<'_, u64, &'static [u8]> {
         TableDefinition::new(&self.batches)
+    }
+
+    fn runs(&self) -> TableDefinition<'_, &'static [u8], (u64, u64)> {
+        TableDefinition::new(&self.runs)
     }
 
     fn keys(&self) -> TableDefinition<'_, &'static [u8], u64> {
@@ -427,7 +450,6 @@ impl Names {
 fn init_log(tx: &redb::WriteTransaction, n: &Names) -> Result<Opened, StoreError> {
     let mut meta = tx.open_table(META).map_err(io)?;
     let batches = tx.open_table(n.batches()).map_err(io)?;
-    let keys = KeyMax::load(&tx.open_table(n.keys()).map_err(io)?)?;
     let existing = meta
         .get(n.meta("log_id").as_str())
         .map_err(io)?
@@ -468,6 +490,17 @@ fn init_log(tx: &redb::WriteTransaction, n: &Names) -> Result<Opened, StoreError
         (None, Some(b)) => b,
         (None, None) => last + 1,
     };
+    let mut runs = tx.open_table(n.runs()).map_err(io)?;
+    // A file from before runs has its keys one per message; so does one
+    // that a server from before runs has written to since (which left
+    // the runs as they were). Either way the runs are made again from the
+    // batches' records, which hold every key the log has, in the
+    // transaction that opens the log; the old table goes with it.
+    if tx.delete_table(n.keys()).map_err(io)? {
+        let made = rebuild_runs(&batches, &mut runs, first)?;
+        tracing::info!(runs = made, "room log: its keys moved to runs");
+    }
+    let keys = KeyMax::load(&runs)?;
     Ok(Opened {
         log_id,
         first,
@@ -490,12 +523,11 @@ const KEY_MAX_INSTANCES: usize = 4096;
 
 /// Per client instance, a number no key of it stored in one log is above:
 /// a key above it is surely new, and storing it needs no lookup in the
-/// keys table first. A client numbers its lines upwards, so its next line
-/// is above everything it sent before, and only a re-sent line (after a
-/// reconnect) or an unknown instance is looked up. Storing the key (for a
-/// re-send after a restart) is unchanged.
+/// runs first. A client numbers its lines upwards, so its next line is
+/// above everything it sent before, and only a re-sent line (after a
+/// reconnect) or an unknown instance is looked up.
 ///
-/// Made from the keys table when the log is opened and raised with every
+/// Made from the runs when the log is opened and raised with every
 /// key stored; never lowered (retention deleting keys leaves it above the
 /// rest, and a commit that failed leaves it above keys it never stored,
 /// which costs a lookup, never a duplicate). An instance it has no number
@@ -509,17 +541,16 @@ struct KeyMax {
 }
 
 impl KeyMax {
-    /// The maxima of every instance in `keys` (sorted by instance, then
-    /// by big-endian number: each instance's last key is its highest).
-    fn load(keys: &impl ReadableTable<&'static [u8], u64>) -> Result<Self, StoreError> {
+    /// The maxima of every instance in `runs`.
+    fn load(runs: &impl ReadableTable<&'static [u8], (u64, u64)>) -> Result<Self, StoreError> {
         let mut km = KeyMax {
             max: HashMap::new(),
             complete: true,
         };
-        for item in keys.iter().map_err(io)? {
-            let (k, _) = item.map_err(io)?;
+        for item in runs.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
             match key_of(k.value()) {
-                Some(key) => km.stored(&key),
+                Some((instance, _)) => km.stored(&(instance, v.value().0)),
                 // Not a key this store wrote: nothing can be assumed of
                 // it, so everything is looked up.
                 None => km.complete = false,
@@ -556,6 +587,136 @@ fn key_of(b: &[u8]) -> Option<Key> {
     Some((instance, u64::from_be_bytes(seq)))
 }
 
+/// The keys of a batch's messages (stored under `start`) from id `from`
+/// on.
+fn keys_from(records: &Batch<'_>, start: u64, from: u64) -> Vec<Key> {
+    let skip = usize::try_from(from.saturating_sub(start)).unwrap_or(usize::MAX);
+    records.iter().skip(skip).filter_map(|r| r.key).collect()
+}
+
+/// `keys` as runs: per instance, each set of consecutive numbers as its
+/// first key and last number, in the order of the runs table. Consecutive
+/// in number, not in the batch: a client's lines may come between
+/// another's, or out of order, and still make one run.
+fn runs_of(mut keys: Vec<Key>) -> Vec<(Key, u64)> {
+    keys.sort_unstable();
+    let mut out: Vec<(Key, u64)> = Vec::new();
+    for k in keys {
+        match out.last_mut() {
+            Some(((instance, _), last)) if *instance == k.0 && last.checked_add(1) == Some(k.1) => {
+                *last = k.1
+            }
+            // The same key twice is one message's (a log never stores
+            // two): its run has it already.
+            Some(((instance, _), last)) if *instance == k.0 && *last == k.1 => {}
+            _ => out.push((k, k.1)),
+        }
+    }
+    out
+}
+
+/// Stores the runs of `keys`, the keys of the batch stored under `start`.
+/// Returns how many.
+fn insert_runs(
+    runs: &mut redb::Table<&[u8], (u64, u64)>,
+    start: u64,
+    keys: Vec<Key>,
+) -> Result<usize, StoreError> {
+    let made = runs_of(keys);
+    for (first, last) in &made {
+        runs.insert(key_bytes(first).as_slice(), (*last, start))
+            .map_err(io)?;
+    }
+    Ok(made.len())
+}
+
+/// Makes `runs` anew from the keys of the messages in `batches` from id
+/// `first` on. Returns how many runs.
+fn rebuild_runs(
+    batches: &redb::Table<u64, &[u8]>,
+    runs: &mut redb::Table<&[u8], (u64, u64)>,
+    first: u64,
+) -> Result<usize, StoreError> {
+    runs.retain(|_, _| false).map_err(io)?;
+    let mut made = 0;
+    for item in batches.iter().map_err(io)? {
+        let (k, v) = item.map_err(io)?;
+        // A batch that does not decode has no keys anyone can read: its
+        // messages are not read either.
+        if let Ok(records) = decode_batch(v.value()) {
+            made += insert_runs(runs, k.value(), keys_from(&records, k.value(), first))?;
+        }
+    }
+    Ok(made)
+}
+
+/// The keys of one batch, as [`find_stored`] last read them: its first
+/// id, and its messages' keys in order (`None`: it is gone or does not
+/// decode).
+type ReadKeys = Option<(u64, Option<Vec<Option<Key>>>)>;
+
+/// The id of the message stored under `key` in a log starting at `first`,
+/// if the log has it. `read` keeps the last batch read, for the next
+/// look-up: a client re-sending lines re-sends several of one batch.
+///
+/// A run whose batch is gone or does not decode says nothing: it is
+/// removed (so that it cannot hide the run of a key stored again, which
+/// would overlap it) and the look-up goes on with the run before it.
+fn find_stored(
+    runs: &mut redb::Table<&[u8], (u64, u64)>,
+    batches: &redb::Table<u64, &[u8]>,
+    first: u64,
+    key: &Key,
+    read: &mut ReadKeys,
+) -> Result<Option<u64>, StoreError> {
+    // The instance's run starting nearest at or below the number: the
+    // only one that can hold it, as one instance's runs never overlap.
+    let lowest = key_bytes(&(key.0, 0));
+    let here = key_bytes(key);
+    loop {
+        let (run, last, start) = {
+            let mut found = runs
+                .range::<&[u8]>(lowest.as_slice()..=here.as_slice())
+                .map_err(io)?;
+            match found.next_back() {
+                Some(item) => {
+                    let (k, v) = item.map_err(io)?;
+                    let (last, start) = v.value();
+                    (k.value().to_vec(), last, start)
+                }
+                None => return Ok(None),
+            }
+        };
+        if key.1 > last {
+            return Ok(None);
+        }
+        if read.as_ref().is_none_or(|(at, _)| *at != start) {
+            let keys = match batches.get(start).map_err(io)? {
+                Some(v) => decode_batch(v.value())
+                    .ok()
+                    .map(|records| records.iter().map(|r| r.key).collect()),
+                None => None,
+            };
+            *read = Some((start, keys));
+        }
+        match read.as_ref().and_then(|(_, keys)| keys.as_ref()) {
+            Some(keys) => {
+                let id = keys
+                    .iter()
+                    .position(|k| k.as_ref() == Some(key))
+                    .map(|i| start + i as u64);
+                // Below the first id: retention dropped it, though its
+                // batch is still in the file.
+                return Ok(id.filter(|&id| id >= first));
+            }
+            None => {
+                tracing::warn!(id = start, "room log: a key's batch is gone or unreadable");
+                runs.remove(run.as_slice()).map_err(io)?;
+            }
+        }
+    }
+}
+
 /// How a log keeps its messages: at most `keep`, none older than
 /// `max_age`.
 #[derive(Debug, Clone, Copy)]
@@ -577,15 +738,25 @@ fn append_in(
 ) -> Result<(Vec<Appended>, u64, u64), StoreError> {
     let mut out = Vec::with_capacity(batch.len());
     let mut batches = tx.open_table(n.batches()).map_err(io)?;
-    let mut keys = tx.open_table(n.keys()).map_err(io)?;
+    let mut runs = tx.open_table(n.runs()).map_err(io)?;
     let mut meta = tx.open_table(META).map_err(io)?;
     let mut records: Batch = Vec::with_capacity(batch.len());
+    let start = last + 1;
+    let mut read: ReadKeys = None;
     for e in batch {
         if let Some(k) = &e.key {
             if !known.surely_new(k) {
-                let kb = key_bytes(k);
-                if let Some(id) = keys.get(kb.as_slice()).map_err(io)? {
-                    out.push(Appended::Duplicate(id.value()));
+                // Sent twice in this batch, or stored before.
+                let here = records
+                    .iter()
+                    .position(|r| r.key.as_ref() == Some(k))
+                    .map(|i| start + i as u64);
+                let found = match here {
+                    Some(id) => Some(id),
+                    None => find_stored(&mut runs, &batches, first, k, &mut read)?,
+                };
+                if let Some(id) = found {
+                    out.push(Appended::Duplicate(id));
                     continue;
                 }
             }
@@ -600,15 +771,14 @@ fn append_in(
             proof: e.proof.as_deref().map(StoredProof::of),
         });
         if let Some(k) = &e.key {
-            keys.insert(key_bytes(k).as_slice(), last).map_err(io)?;
             known.stored(k);
         }
         out.push(Appended::New(last));
     }
     if !records.is_empty() {
-        let start = last + 1 - records.len() as u64;
         let bytes = encode_batch(&records).map_err(io)?;
         batches.insert(start, bytes.as_slice()).map_err(io)?;
+        insert_runs(&mut runs, start, keys_from(&records, start, start))?;
     }
     meta.insert(n.meta("last_id").as_str(), last.to_be_bytes().as_slice())
         .map_err(io)?;
@@ -617,7 +787,7 @@ fn append_in(
     let len = (last + 1).saturating_sub(first);
     let below = first + len.saturating_sub(retention.keep);
     let cutoff = retention.max_age.map(cutoff_ms);
-    let new_first = drop_oldest(&mut batches, &mut keys, first, last, below, cutoff)?;
+    let new_first = drop_oldest(&mut batches, &mut runs, first, last, below, cutoff)?;
     if new_first != first {
         meta.insert(
             n.meta("first_id").as_str(),
@@ -829,7 +999,7 @@ enum Oldest {
 /// hides its start.
 fn drop_oldest(
     batches: &mut redb::Table<u64, &[u8]>,
-    keys: &mut redb::Table<&[u8], u64>,
+    runs: &mut redb::Table<&[u8], (u64, u64)>,
     mut first: u64,
     last: u64,
     below: u64,
@@ -854,17 +1024,18 @@ fn drop_oldest(
                 match decode_batch(v.value()) {
                     Ok(recs) => {
                         let end = start + recs.len() as u64;
-                        let mut to = first.max(start);
+                        let from = first.max(start);
+                        let mut to = from;
                         let skip = usize::try_from(to - start).unwrap_or(usize::MAX);
                         for r in recs.iter().skip(skip) {
                             let old = to < below || cutoff.is_some_and(|c| r.time_ms < c);
                             if !old {
                                 break;
                             }
-                            if let Some(key) = &r.key {
-                                keys.remove(key_bytes(key).as_slice()).map_err(io)?;
-                            }
                             to += 1;
+                        }
+                        if to > from {
+                            trim_runs(runs, &recs, start, from, to.min(end))?;
                         }
                         match (to >= end, to == first) {
                             (true, _) => Oldest::Advance {
@@ -888,6 +1059,7 @@ fn drop_oldest(
                     // goes on.
                     Err(e) => {
                         tracing::warn!(id = start, "room log: unreadable batch dropped: {e}");
+                        runs.retain(|_, (_, at)| at != start).map_err(io)?;
                         Oldest::Advance {
                             first: first.max(start + 1),
                             drop_batch: Some(start),
@@ -915,6 +1087,35 @@ fn drop_oldest(
         }
     }
     Ok(first)
+}
+
+/// Retention dropped the messages `from..to` of the batch stored under
+/// `start`: its runs become those of the messages it still has in the log
+/// (`to..`), so that the runs hold exactly the log's keys. Runs the cut
+/// leaves as they were stay untouched.
+fn trim_runs(
+    runs: &mut redb::Table<&[u8], (u64, u64)>,
+    records: &Batch<'_>,
+    start: u64,
+    from: u64,
+    to: u64,
+) -> Result<(), StoreError> {
+    let before = runs_of(keys_from(records, start, from));
+    let after = runs_of(keys_from(records, start, to));
+    let kept: std::collections::HashSet<&(Key, u64)> = after.iter().collect();
+    for run in &before {
+        if !kept.contains(run) {
+            runs.remove(key_bytes(&run.0).as_slice()).map_err(io)?;
+        }
+    }
+    let had: std::collections::HashSet<&(Key, u64)> = before.iter().collect();
+    for (first, last) in &after {
+        if !had.contains(&(*first, *last)) {
+            runs.insert(key_bytes(first).as_slice(), (*last, start))
+                .map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -1868,6 +2069,315 @@ mod tests {
         drop(s);
         let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
         assert_eq!(texts(&s.read(4, 6, 10).expect("reads")), ["5", "six"]);
+    }
+
+    /// Every key the runs of a log hold, each run spelt out, and how many
+    /// runs there are.
+    fn run_keys(db: &RwLock<Database>, n: &Names) -> (Vec<Key>, usize) {
+        let db = db.read().expect("the lock");
+        let tx = db.begin_read().expect("reads");
+        let runs = tx.open_table(n.runs()).expect("the runs");
+        let mut keys = Vec::new();
+        let mut count = 0;
+        for item in runs.iter().expect("iterates") {
+            let (k, v) = item.expect("reads");
+            let (instance, first) = key_of(k.value()).expect("a key");
+            keys.extend((first..=v.value().0).map(|seq| (instance, seq)));
+            count += 1;
+        }
+        keys.sort_unstable();
+        (keys, count)
+    }
+
+    fn has_table(db: &RwLock<Database>, name: &str) -> bool {
+        let db = db.read().expect("the lock");
+        let tx = db.begin_read().expect("reads");
+        let found = tx.list_tables().expect("lists").any(|t| t.name() == name);
+        found
+    }
+
+    /// Ten clients' lines, between one another and one of them out of
+    /// order, are one run per client in the file (one more for a client
+    /// that skipped a number), not one entry per line; after reopening,
+    /// each of them re-sent is found under its id, in any order.
+    #[test]
+    fn a_commit_stores_one_run_per_client_and_each_line_is_found_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = |i: u8, seq: u64| ([i; 16], seq);
+        let mut keys: Vec<Key> = (1..=100u64)
+            .flat_map(|seq| (0..10u8).map(move |i| key(i, seq)))
+            .filter(|&k| k != key(9, 50))
+            .collect();
+        keys.swap(0, 10);
+        let lines: Vec<NewEntry> = keys
+            .iter()
+            .map(|&k| msg(Some(k), &format!("{k:?}")))
+            .collect();
+        {
+            let s = RedbStore::open(dir.path(), 10_000, SyncPolicy::None).expect("opens");
+            let got = s.append(&refs(&lines)).expect("appends");
+            assert_eq!(got, (1..=999).map(Appended::New).collect::<Vec<_>>());
+            let (stored, runs) = run_keys(&s.db, &Names::lobby());
+            assert_eq!(runs, 11);
+            let mut all = keys.clone();
+            all.sort_unstable();
+            assert_eq!(stored, all);
+        }
+        let s = RedbStore::open(dir.path(), 10_000, SyncPolicy::None).expect("reopens");
+        let mut again: Vec<NewEntry> = lines.iter().rev().cloned().collect();
+        again.insert(500, msg(Some(key(9, 50)), "late"));
+        let got = s.append(&refs(&again)).expect("appends");
+        let mut expected: Vec<Appended> = (1..=999).rev().map(Appended::Duplicate).collect();
+        expected.insert(500, Appended::New(1000));
+        assert_eq!(got, expected);
+        assert_eq!(texts(&s.read(999, 1000, 10).expect("reads")), ["late"]);
+    }
+
+    /// A batch whose run is in the file but which does not decode any
+    /// more: its keys are not found (its messages are not read either),
+    /// the lines are stored again, and found again after that, also
+    /// after reopening.
+    #[test]
+    fn a_key_whose_batch_is_unreadable_is_stored_again_and_then_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = |seq| msg(Some(([3; 16], seq)), &seq.to_string());
+        {
+            let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+            s.append(&refs(&(1..=5).map(a).collect::<Vec<_>>()))
+                .expect("appends");
+            s.append(&[&msg(Some(([4; 16], 1)), "b")]).expect("appends");
+            let db = s.db.read().expect("the lock");
+            let tx = db.begin_write().expect("writes");
+            tx.open_table(BATCHES)
+                .expect("table")
+                .insert(1u64, [0xffu8; 3].as_slice())
+                .expect("inserts");
+            tx.commit().expect("commits");
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
+        assert_eq!(
+            s.append(&refs(&(3..=5).map(a).collect::<Vec<_>>()))
+                .expect("appends"),
+            [7, 8, 9].map(Appended::New)
+        );
+        drop(s);
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("reopens");
+        assert_eq!(
+            s.append(&[&a(4), &a(2), &msg(Some(([4; 16], 1)), "b")])
+                .expect("appends"),
+            [
+                Appended::Duplicate(8),
+                Appended::New(10),
+                Appended::Duplicate(6)
+            ]
+        );
+        let (stored, _) = run_keys(&s.db, &Names::lobby());
+        let mut expected = vec![([3; 16], 2), ([3; 16], 3), ([3; 16], 4), ([3; 16], 5)];
+        expected.push(([4; 16], 1));
+        assert_eq!(stored, expected);
+    }
+
+    /// A room of the shared file written before runs (one key per
+    /// message): opening it makes the runs from its batches, drops the
+    /// old table, and its lines are still found when re-sent, also after
+    /// reopening.
+    #[test]
+    fn a_rooms_file_with_a_key_per_message_keeps_its_dedupe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = Names::room("#r");
+        let a = |seq: u64| ([7u8; 16], seq);
+        {
+            let db = Database::create(dir.path().join(SharedRedb::FILE)).expect("creates");
+            let tx = db.begin_write().expect("writes");
+            {
+                let mut batches = tx.open_table(names.batches()).expect("table");
+                let mut keys = tx.open_table(names.keys()).expect("table");
+                let mut meta = tx.open_table(META).expect("table");
+                let texts: Vec<String> = (1..=4).map(|i: u64| i.to_string()).collect();
+                let recs: Batch = texts
+                    .iter()
+                    .zip(1u64..)
+                    .map(|(t, id)| Record {
+                        key: (id != 3).then_some(a(id)),
+                        from: "a",
+                        text: t,
+                        time_ms: 1,
+                        action: false,
+                        proof: None,
+                    })
+                    .collect();
+                let bytes = encode_batch(&recs).expect("encodes");
+                batches.insert(1u64, bytes.as_slice()).expect("inserts");
+                for id in [1u64, 2, 4] {
+                    keys.insert(key_bytes(&a(id)).as_slice(), id)
+                        .expect("inserts");
+                }
+                meta.insert("room:#r:log_id", [5u8; 16].as_slice())
+                    .expect("inserts");
+                meta.insert("room:#r:last_id", 4u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+            }
+            tx.commit().expect("commits");
+        }
+        {
+            let file = shared(dir.path(), 100);
+            let log = file.open_room("#r").expect("opens");
+            assert_eq!((log.log_id(), log.last_id()), ([5; 16], 4));
+            assert!(!has_table(&file.db, &names.keys));
+            assert_eq!(
+                run_keys(&file.db, &names),
+                (vec![a(1), a(2), a(4)], 2),
+                "one run for 1..=2, one for 4"
+            );
+            assert_eq!(
+                log.append(&[&msg(Some(a(2)), "2"), &msg(Some(a(3)), "3")])
+                    .expect("appends"),
+                [Appended::Duplicate(2), Appended::New(5)]
+            );
+        }
+        let file = shared(dir.path(), 100);
+        let log = file.open_room("#r").expect("reopens");
+        assert_eq!(
+            log.append(&[
+                &msg(Some(a(4)), "4"),
+                &msg(Some(a(3)), "3"),
+                &msg(Some(a(1)), "1")
+            ])
+            .expect("appends"),
+            [4, 5, 1].map(Appended::Duplicate)
+        );
+    }
+
+    /// A file a server from before runs has written to since a server
+    /// with runs did: its runs are stale (retention removed their batch
+    /// without them) and its newest key is only in the old table. Opening
+    /// it makes the runs again from the batches.
+    #[test]
+    fn a_file_written_by_an_older_server_after_runs_gets_its_runs_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = |seq: u64| ([6u8; 16], seq);
+        {
+            let db = Database::create(dir.path().join(RedbStore::FILE)).expect("creates");
+            let tx = db.begin_write().expect("writes");
+            {
+                let mut batches = tx.open_table(BATCHES).expect("table");
+                let mut runs = tx.open_table(RUNS).expect("table");
+                let mut keys = tx.open_table(KEYS).expect("table");
+                let mut meta = tx.open_table(META).expect("table");
+                let recs: Batch = vec![Record {
+                    key: Some(a(4)),
+                    from: "a",
+                    text: "4",
+                    time_ms: 1,
+                    action: false,
+                    proof: None,
+                }];
+                let bytes = encode_batch(&recs).expect("encodes");
+                batches.insert(4u64, bytes.as_slice()).expect("inserts");
+                // 1..=3 in batch 1, which retention removed.
+                runs.insert(key_bytes(&a(1)).as_slice(), (3u64, 1u64))
+                    .expect("inserts");
+                keys.insert(key_bytes(&a(4)).as_slice(), 4u64)
+                    .expect("inserts");
+                meta.insert("log_id", [4u8; 16].as_slice())
+                    .expect("inserts");
+                meta.insert("last_id", 4u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+                meta.insert("first_id", 4u64.to_be_bytes().as_slice())
+                    .expect("inserts");
+            }
+            tx.commit().expect("commits");
+        }
+        let s = RedbStore::open(dir.path(), 100, SyncPolicy::None).expect("opens");
+        assert!(!has_table(&s.db, KEYS.name()));
+        assert_eq!(run_keys(&s.db, &Names::lobby()), (vec![a(4)], 1));
+        assert_eq!(
+            s.append(&[&msg(Some(a(4)), "4"), &msg(Some(a(2)), "2")])
+                .expect("appends"),
+            [Appended::Duplicate(4), Appended::New(5)]
+        );
+    }
+
+    /// What the file store promises of its keys, message by message:
+    /// a key of a message in the log (or earlier in the same batch) is a
+    /// duplicate of it; then retention keeps the newest `keep`.
+    struct Model {
+        keep: usize,
+        last: u64,
+        live: VecDeque<(u64, Option<Key>)>,
+    }
+
+    impl Model {
+        fn append(&mut self, batch: &[NewEntry]) -> Vec<Appended> {
+            let mut out = Vec::new();
+            for e in batch {
+                let stored = self
+                    .live
+                    .iter()
+                    .find(|(_, k)| k.is_some() && *k == e.key)
+                    .map(|(id, _)| *id);
+                if let Some(id) = stored {
+                    out.push(Appended::Duplicate(id));
+                    continue;
+                }
+                self.last += 1;
+                self.live.push_back((self.last, e.key));
+                out.push(Appended::New(self.last));
+            }
+            while self.live.len() > self.keep {
+                self.live.pop_front();
+            }
+            out
+        }
+
+        fn keys(&self) -> Vec<Key> {
+            let mut keys: Vec<Key> = self.live.iter().filter_map(|(_, k)| *k).collect();
+            keys.sort_unstable();
+            keys
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Lines of a few clients, re-sent, out of order and between one
+        /// another, with retention cutting batches anywhere and the files
+        /// reopened between commits: the lobby's file and a room of the
+        /// shared file answer as the model does, and their runs hold
+        /// exactly the keys of the messages in the log.
+        #[test]
+        fn dedupe_and_retention_hold_across_reopening(
+            commits in proptest::collection::vec(
+                (proptest::collection::vec((0u8..3, 0u64..24, proptest::bool::weighted(0.9)), 1..30),
+                 proptest::bool::weighted(0.3)),
+                1..16,
+            ),
+            keep in 1usize..50,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let open = || {
+                let lobby = RedbStore::open(dir.path(), keep as u64, SyncPolicy::None).expect("opens");
+                let rooms = shared(dir.path(), keep as u64);
+                let room = rooms.open_room("#r").expect("opens");
+                (lobby, rooms, room)
+            };
+            let (mut lobby, mut rooms, mut room) = open();
+            let mut model = Model { keep, last: 0, live: VecDeque::new() };
+            for (lines, reopen) in commits {
+                if reopen {
+                    drop((lobby, room, rooms));
+                    (lobby, rooms, room) = open();
+                }
+                let batch: Vec<NewEntry> = lines
+                    .iter()
+                    .map(|&(i, seq, keyed)| msg(keyed.then_some(([i; 16], seq)), &seq.to_string()))
+                    .collect();
+                let expected = model.append(&batch);
+                proptest::prop_assert_eq!(&lobby.append(&refs(&batch)).expect("appends"), &expected);
+                proptest::prop_assert_eq!(&room.append(&refs(&batch)).expect("appends"), &expected);
+                proptest::prop_assert_eq!(run_keys(&lobby.db, &Names::lobby()).0, model.keys());
+                proptest::prop_assert_eq!(run_keys(&rooms.db, &room.names).0, model.keys());
+            }
+        }
     }
 
     proptest::proptest! {
