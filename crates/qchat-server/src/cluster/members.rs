@@ -919,6 +919,9 @@ pub(crate) mod tests {
         let (tb, mut rb) = mpsc::channel(64);
         chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         let (cha, _) = a.get_or_create("#dev", &alice, 10).expect("opened");
+        // A has seen bob before carol joins there: otherwise bob's entry,
+        // reaching A later, is the first move carol hears of.
+        counts(&a, &alice, "#dev", 1).await;
         let (tc, mut rc) = mpsc::channel(64);
         cha.join(&carol, None, &tc, None, 50, 10).expect("joins");
         assert!(
