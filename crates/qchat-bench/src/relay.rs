@@ -180,7 +180,14 @@ async fn relay(conn: &quinn::Connection, hub: &Hub, queue: usize) -> Result<()> 
     let (tx, rx) = mpsc::channel(queue);
     let id = hub.next.fetch_add(1, Ordering::Relaxed);
     hub.lobby.lock().insert(id, (tx.clone(), conn.clone()));
-    let writer = tokio::spawn(async move { write_loop(&mut QuicSink(send), rx).await });
+    let writer = tokio::spawn(async move {
+        write_loop(
+            &mut QuicSink(send),
+            rx,
+            &qchat_server::writer::Backlog::default(),
+        )
+        .await
+    });
     let mut joined = HashMap::new();
     let read = read_loop(conn, hub, id, &tx, &mut decoder, &mut recv, &mut joined).await;
     // Dropping every sender of the queue lets the writer flush and finish.

@@ -421,8 +421,10 @@ mod tests {
 
     fn received(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
         let mut v = Vec::new();
-        while let Ok(f) = rx.try_recv() {
-            v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
+        while let Ok(item) = rx.try_recv() {
+            for f in crate::writer::frames(item) {
+                v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
+            }
         }
         v
     }
@@ -460,6 +462,7 @@ mod tests {
                 barriers.push((seq, done));
             }
         }
+        let mut heard = Vec::new();
         for (seq, done) in barriers {
             tokio::time::timeout(std::time::Duration::from_secs(30), done)
                 .await
@@ -467,7 +470,8 @@ mod tests {
                 .expect("answered, not dropped");
             // Everything queued before the barrier is published by now:
             // b has its welcome and at least `seq` messages.
-            assert!(rb.len() as u64 > seq, "{} frames at {seq}", rb.len());
+            heard.extend(received(&mut rb));
+            assert!(heard.len() as u64 > seq, "{} frames at {seq}", heard.len());
         }
         // The room holds the queue's sender and the writer holds the room
         // only weakly: with the room gone, the writer ends.
@@ -478,7 +482,8 @@ mod tests {
             .await
             .expect("the writer ends once the room is dropped");
         assert!(ended.expect("joined"), "the writer did not panic");
-        let shown: Vec<u64> = received(&mut rb)
+        heard.extend(received(&mut rb));
+        let shown: Vec<u64> = heard
             .into_iter()
             .filter_map(|m| match m {
                 ServerMsg::Chat { text, .. } => text.parse().ok(),

@@ -34,13 +34,14 @@ use bytes::Bytes;
 use qchat_proto::{names, Proof, ResumePoint, RoomInfo, ServerMsg};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::cluster::forward::Afar;
 use crate::cluster::members::{Notice, Why};
 use crate::cluster::rooms::{Change, CreateResult, Record, SharedRooms};
 use crate::log::{Log, LogItem, Pending, RoomItem};
 use crate::metrics::Metrics;
-use crate::room::{MemberId, Room};
+use crate::room::{Ending, MemberId, MemberQueue, Room};
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
 
 /// Makes (or opens) the log of the room whose folded name is given.
@@ -516,7 +517,21 @@ struct ChanMember {
     /// Weak: the lobby holds the queue; once the member leaves it, the
     /// queue closes even if a room still lists the member for a moment.
     outbox: mpsc::WeakSender<Bytes>,
+    /// The member's lobby ending, for the frames its queue holds beyond one
+    /// per item (the lobby's fan-out hands over several at once).
+    ending: Arc<Ending>,
     instance: Option<[u8; 16]>,
+}
+
+impl ChanMember {
+    /// Queues one frame in the member's lobby queue, counted against its
+    /// bound like every frame there ([`crate::writer::Backlog`]).
+    fn offer(&self, frame: Bytes) -> Result<(), TrySendError<Bytes>> {
+        match self.outbox.upgrade() {
+            Some(tx) => self.ending.backlog().offer(&tx, frame),
+            None => Err(TrySendError::Closed(frame)),
+        }
+    }
 }
 
 /// Invitations one room keeps at most.
@@ -653,7 +668,7 @@ impl Channel {
         self.evict(slow);
     }
 
-    /// Adds `who` (whose lobby queue is `outbox`) to the room: the
+    /// Adds `who` (whose lobby queue is `queue`) to the room: the
     /// [`ServerMsg::RoomJoined`], the replay and its end go to it, and the
     /// room hears that it entered. Refused (with the reason) if it is in
     /// already, the room is invite-only and it is not invited, or the room
@@ -662,7 +677,7 @@ impl Channel {
         &self,
         who: &Actor,
         instance: Option<[u8; 16]>,
-        outbox: &mpsc::Sender<Bytes>,
+        queue: &MemberQueue,
         resume: Option<ResumePoint>,
         history: usize,
         max_members: usize,
@@ -695,7 +710,10 @@ impl Channel {
         // What the queue can still take, less the two frames around the
         // replay: a replay that does not fit is cut short (and counted as
         // missed), never a reason to drop the member.
-        let room_for = outbox.capacity().saturating_sub(2);
+        let (outbox, backlog) = (&queue.tx, queue.ending.backlog());
+        let room_for = (outbox.max_capacity())
+            .saturating_sub(backlog.queued(outbox))
+            .saturating_sub(2);
         let (replay, resumed, missed) = match &resume {
             Some(p) if p.log_id == self.store.log_id() => {
                 let after = p.after.min(upto);
@@ -724,7 +742,7 @@ impl Channel {
             operator: op,
             invite_only: st.meta.invite_only,
         };
-        if outbox.try_send(joined.to_frame()).is_err() {
+        if backlog.offer(outbox, joined.to_frame()).is_err() {
             return Err("the server could not queue the room for you; try again".into());
         }
         let count = replay.len() as u64;
@@ -738,7 +756,7 @@ impl Channel {
                 action: e.action,
                 proof: e.proof.map(|p| *p),
             };
-            let _ = outbox.try_send(msg.to_frame());
+            let _ = backlog.offer(outbox, msg.to_frame());
         }
         let done = ServerMsg::RoomReplayed {
             room: self.name.clone(),
@@ -746,7 +764,7 @@ impl Channel {
             count,
             missed,
         };
-        let _ = outbox.try_send(done.to_frame());
+        let _ = backlog.offer(outbox, done.to_frame());
         let slow = if returning {
             Vec::new()
         } else {
@@ -762,6 +780,7 @@ impl Channel {
             ChanMember {
                 name: who.name.clone(),
                 outbox: outbox.downgrade(),
+                ending: Arc::clone(&queue.ending),
                 instance,
             },
         );
@@ -809,9 +828,7 @@ impl Channel {
                 by: by.unwrap_or_default().to_string(),
                 reason: reason.to_string(),
             };
-            if let Some(tx) = m.outbox.upgrade() {
-                let _ = tx.try_send(parted.to_frame());
-            }
+            let _ = m.offer(parted.to_frame());
         }
         let why = match by {
             Some(by) if reason.is_empty() => format!("kicked by {by}"),
@@ -1203,13 +1220,8 @@ impl Channel {
             if Some(*id) == except {
                 continue;
             }
-            if let Some(tx) = m.outbox.upgrade() {
-                if matches!(
-                    tx.try_send(frame.clone()),
-                    Err(mpsc::error::TrySendError::Full(_))
-                ) {
-                    slow.push(*id);
-                }
+            if matches!(m.offer(frame.clone()), Err(TrySendError::Full(_))) {
+                slow.push(*id);
             }
         }
         slow
@@ -1256,12 +1268,12 @@ impl Log for Channel {
                     format!("the server could not store the message ({e}); nothing was sent");
                 for p in batch {
                     self.metrics.messages_refused.inc();
-                    if let Some(tx) = st.members.get(&p.member).and_then(|m| m.outbox.upgrade()) {
+                    if let Some(m) = st.members.get(&p.member) {
                         let refused = ServerMsg::Refused {
                             seq: p.seq,
                             reason: reason.clone(),
                         };
-                        let _ = tx.try_send(refused.to_frame());
+                        let _ = m.offer(refused.to_frame());
                     }
                 }
                 return;
@@ -1293,12 +1305,10 @@ impl Log for Channel {
                         if *mid == p.member || (instance.is_some() && m.instance == instance) {
                             continue;
                         }
-                        if let Some(tx) = m.outbox.upgrade() {
-                            match tx.try_send(frame.clone()) {
-                                Ok(()) => delivered += 1,
-                                Err(mpsc::error::TrySendError::Full(_)) => slow.push(*mid),
-                                Err(_) => {}
-                            }
+                        match m.offer(frame.clone()) {
+                            Ok(()) => delivered += 1,
+                            Err(TrySendError::Full(_)) => slow.push(*mid),
+                            Err(_) => {}
                         }
                     }
                     if st.recent.len() >= RECENT {
@@ -1323,16 +1333,13 @@ impl Log for Channel {
                     id
                 }
             };
-            if let Some(tx) = st.members.get(&p.member).and_then(|m| m.outbox.upgrade()) {
+            if let Some(m) = st.members.get(&p.member) {
                 let ack = ServerMsg::RoomAck {
                     room: self.name.clone(),
                     seq: p.seq,
                     id,
                 };
-                if matches!(
-                    tx.try_send(ack.to_frame()),
-                    Err(mpsc::error::TrySendError::Full(_))
-                ) {
+                if matches!(m.offer(ack.to_frame()), Err(TrySendError::Full(_))) {
                     slow.push(p.member);
                 }
             }
@@ -1378,8 +1385,10 @@ mod tests {
 
     fn frames(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
         let mut v = Vec::new();
-        while let Ok(f) = rx.try_recv() {
-            v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
+        while let Ok(item) = rx.try_recv() {
+            for f in crate::writer::frames(item) {
+                v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
+            }
         }
         v
     }
@@ -1399,8 +1408,15 @@ mod tests {
         let (ch, created) = rooms.get_or_create("#dev", &alice, 10).expect("created");
         assert!(created);
         let (ta, mut ra) = mpsc::channel(64);
-        ch.join(&alice, None, &ta, None, 50, 10)
-            .expect("the creator joins");
+        ch.join(
+            &alice,
+            None,
+            &crate::room::MemberQueue::new(ta.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("the creator joins");
         ch.set_invite_only(&alice, true)
             .expect("the creator is its operator");
         assert!(
@@ -1411,21 +1427,43 @@ mod tests {
         assert_eq!(rooms.list(&alice).len(), 1);
         let (tc, _rc) = mpsc::channel(64);
         let refused = ch
-            .join(&carol, None, &tc, None, 50, 10)
+            .join(
+                &carol,
+                None,
+                &crate::room::MemberQueue::new(tc.clone()),
+                None,
+                50,
+                10,
+            )
             .expect_err("closed");
         assert!(refused.contains("invite-only"), "{refused}");
         ch.invite(&alice, "CAROL")
             .expect("invited, as the same name");
         assert_eq!(rooms.list(&carol).len(), 1, "visible once invited");
-        ch.join(&carol, None, &tc, None, 50, 10)
-            .expect("invited joins");
+        ch.join(
+            &carol,
+            None,
+            &crate::room::MemberQueue::new(tc.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("invited joins");
         assert!(frames(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::RoomEntered { name, .. } if name == "carol")));
         ch.kick(&alice, "carol", "bye").expect("kicked");
         assert!(!ch.has(2));
         assert!(
-            ch.join(&carol, None, &tc, None, 50, 10).is_err(),
+            ch.join(
+                &carol,
+                None,
+                &crate::room::MemberQueue::new(tc.clone()),
+                None,
+                50,
+                10
+            )
+            .is_err(),
             "the kick took the invitation"
         );
     }
@@ -1441,15 +1479,38 @@ mod tests {
         let (ch, _) = rooms.get_or_create("#dev", &alice, 10).expect("created");
         let (ta, mut ra) = mpsc::channel(64);
         let (tb, _rb) = mpsc::channel(64);
-        ch.join(&alice, None, &ta, None, 50, 10).expect("joins");
-        ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
+        ch.join(
+            &alice,
+            None,
+            &crate::room::MemberQueue::new(ta.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("joins");
+        ch.join(
+            &bob,
+            None,
+            &crate::room::MemberQueue::new(tb.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("joins");
         frames(&mut ra);
         let grace = std::time::Duration::from_secs(60);
         ch.lose(2, "disconnected", grace);
         let bob_again = actor(3, "bob");
         let (tb2, mut rb2) = mpsc::channel(64);
-        ch.join(&bob_again, None, &tb2, None, 50, 10)
-            .expect("rejoins");
+        ch.join(
+            &bob_again,
+            None,
+            &crate::room::MemberQueue::new(tb2.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("rejoins");
         assert!(frames(&mut ra).is_empty(), "nothing to tell alice");
         assert!(frames(&mut rb2)
             .iter()
@@ -1491,8 +1552,24 @@ mod tests {
         let mut chans = Vec::new();
         for name in ["#one", "#two"] {
             let (ch, _) = rooms.get_or_create(name, &alice, 10).expect("created");
-            ch.join(&alice, None, &ta, None, 50, 10).expect("joins");
-            ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
+            ch.join(
+                &alice,
+                None,
+                &crate::room::MemberQueue::new(ta.clone()),
+                None,
+                50,
+                10,
+            )
+            .expect("joins");
+            ch.join(
+                &bob,
+                None,
+                &crate::room::MemberQueue::new(tb.clone()),
+                None,
+                50,
+                10,
+            )
+            .expect("joins");
             chans.push(ch);
         }
         rooms.save().expect("saves");
@@ -1577,10 +1654,27 @@ mod tests {
             .get_or_create("#ONE", &a, 3)
             .expect("exists, as the same name");
         let (t, _r) = mpsc::channel(64);
-        ch.join(&a, None, &t, None, 50, 1).expect("first member");
+        ch.join(
+            &a,
+            None,
+            &crate::room::MemberQueue::new(t.clone()),
+            None,
+            50,
+            1,
+        )
+        .expect("first member");
         let b = actor(2, "b");
         let (tb, _rb) = mpsc::channel(64);
-        let full = ch.join(&b, None, &tb, None, 50, 1).expect_err("full");
+        let full = ch
+            .join(
+                &b,
+                None,
+                &crate::room::MemberQueue::new(tb.clone()),
+                None,
+                50,
+                1,
+            )
+            .expect_err("full");
         assert!(full.contains("full"), "{full}");
     }
 }

@@ -217,10 +217,6 @@ struct Entered {
     version: u32,
     instance: Option<[u8; 16]>,
     key: Option<qchat_tls::Fingerprint>,
-    /// Weak: the lobby owns the queue (its removal of the member must
-    /// close it); the session only needs it to put the member in other
-    /// rooms.
-    queue: mpsc::WeakSender<Bytes>,
     ending: Arc<Ending>,
     rx: mpsc::Receiver<Bytes>,
     id: MemberId,
@@ -324,10 +320,9 @@ async fn enter<S: Sink, R: AsyncRead + Unpin>(
     } else {
         options.history
     };
+    // The lobby owns the queue (its removal of the member must close it);
+    // another room the member joins asks the lobby for it.
     let (tx, rx) = mpsc::channel(options.queue_for(replay));
-    // Weak: the lobby owns the queue (its removal of the member must close
-    // it); the session only needs it to put the member in other rooms.
-    let queue = tx.downgrade();
     let ending = Ending::new();
     let joined = match room.join(&name, tx, Arc::clone(&ending), peer, resume) {
         Ok(j) => j,
@@ -349,7 +344,6 @@ async fn enter<S: Sink, R: AsyncRead + Unpin>(
         version,
         instance,
         key,
-        queue,
         ending,
         rx,
         id: joined.id,
@@ -393,7 +387,6 @@ where
             version,
             instance,
             key,
-            queue,
             ending,
             rx,
             id,
@@ -440,9 +433,8 @@ where
             &mut recv,
             room,
             options,
-            &queue,
         ));
-        let mut writer = Box::pin(write_loop(&mut send, rx));
+        let mut writer = Box::pin(write_loop(&mut send, rx, ending.backlog()));
         // The room's removal of the member is watched in one place, the
         // reader, which then ends at once: a second wait on it here would be
         // another ~100 bytes in every member's task for an event that happens
@@ -512,13 +504,12 @@ fn reader<'a, R: AsyncRead + Unpin + 'a>(
     recv: &'a mut R,
     room: &'a Room,
     options: &'a ServerOptions,
-    queue: &'a mpsc::WeakSender<Bytes>,
 ) -> impl Future<Output = Result<String, SessionError>> + 'a {
     async move {
         // The rooms besides the lobby this member is in.
         let mut mine: Vec<Arc<Channel>> = Vec::new();
         let outcome = tokio::select! {
-            outcome = read_loop(id, version, &mut me, decoder, recv, room, options, queue, &mut mine) => Some(outcome),
+            outcome = read_loop(id, version, &mut me, decoder, recv, room, options, &mut mine) => Some(outcome),
             // Removed by the room (kick, shutdown): nothing more the member
             // sends matters, and waiting for it to stop talking would only
             // hold the session open; the writer delivers the last words.
@@ -984,7 +975,6 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
     recv: &'a mut R,
     room: &'a Room,
     options: &'a ServerOptions,
-    queue: &'a mpsc::WeakSender<Bytes>,
     mine: &'a mut Vec<Arc<Channel>>,
 ) -> impl Future<Output = Result<String, SessionError>> + 'a {
     async move {
@@ -1013,10 +1003,7 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
                     room.reply(id, &ServerMsg::Failed { what, reason });
                     continue;
                 }
-                let rooms = InRooms {
-                    queue,
-                    mine: &mut *mine,
-                };
+                let rooms = InRooms { mine: &mut *mine };
                 if let Some(reason) = Box::pin(handle(id, me, msg, room, options, rooms)).await {
                     Box::pin(published(room)).await;
                     for ch in mine.iter() {
@@ -1458,7 +1445,6 @@ impl Speaker {
 /// What a session knows of the rooms besides the lobby: the member's
 /// queue (to put it in another room) and the rooms it is in.
 struct InRooms<'a> {
-    queue: &'a mpsc::WeakSender<Bytes>,
     mine: &'a mut Vec<Arc<Channel>>,
 }
 
@@ -1564,7 +1550,7 @@ async fn join_room(
     if created {
         persist(room).await;
     }
-    let Some(queue) = rooms.queue.upgrade() else {
+    let Some(queue) = room.queue_of(id) else {
         return;
     };
     let max = options.max_room_members;
@@ -1847,8 +1833,6 @@ mod size_tests {
         let room = server.room();
         let options = room.options();
         let ending = Ending::new();
-        let (tx, _rx) = mpsc::channel(1);
-        let queue = tx.downgrade();
         let mut decoder = FrameDecoder::new(options.max_frame);
         let mut recv = tokio::io::empty();
         let me = Speaker {
@@ -1866,7 +1850,6 @@ mod size_tests {
             &mut recv,
             room,
             &options,
-            &queue,
         );
         let size = std::mem::size_of_val(&reading);
         assert!(

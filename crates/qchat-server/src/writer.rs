@@ -5,17 +5,31 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// How long a session may take to flush its last frames before the
 /// connection is closed anyway.
 pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Frames a writer takes from its queue for one write.
+/// Items a writer takes from its queue at once.
 const WRITE_BATCH: usize = 256;
+
+/// Items at least this long are handed to the stream as they are; shorter
+/// ones are gathered into one buffer per batch. A room's part (many frames
+/// in one item) is written without being copied a second time, and single
+/// frames do not reach quinn one by one.
+const PASS_THROUGH: usize = 4096;
+
+/// What starts a queue item that holds several frames, before their count
+/// ([`Backlog::offer_all`]): a length prefix no frame has (frames are far
+/// shorter than 4 GiB), so an item is told apart by its first four bytes.
+/// It is the queue's own, never sent: the writer takes it off.
+const PART: [u8; 4] = u32::MAX.to_be_bytes();
 
 /// Where a session's outgoing bytes go. QUIC streams take owned chunks
 /// without a copy; a pipe takes a slice.
@@ -42,26 +56,144 @@ impl Sink for QuicSink {
     }
 }
 
+/// The frames a member's queue holds beyond one per item.
+///
+/// A room hands a member all its frames of one stored batch as one item
+/// ([`Backlog::offer_all`]): one hand-over between threads per member
+/// and batch instead of one per frame, and one buffer its writer passes
+/// to the stream without copying it again. The queue's own bound counts
+/// items, so the rest of each such item's frames are counted here, and
+/// every sender checks both ([`Backlog::queued`]): a member is a slow
+/// reader at the same number of frames, however they were queued. Shared
+/// by the room, which adds, and the member's writer, which takes away as
+/// it takes the items ([`write_loop`]).
+#[derive(Debug, Default)]
+pub struct Backlog(AtomicUsize);
+
+impl Backlog {
+    /// Frames waiting in `queue`, the member's queue.
+    pub fn queued(&self, queue: &mpsc::Sender<Bytes>) -> usize {
+        queue.max_capacity() - queue.capacity() + self.0.load(Ordering::Relaxed)
+    }
+
+    /// Queues one frame, unless the queue holds its bound's worth of frames
+    /// already (then `Full`, as a full queue answers).
+    pub fn offer(
+        &self,
+        queue: &mpsc::Sender<Bytes>,
+        frame: Bytes,
+    ) -> Result<(), TrySendError<Bytes>> {
+        if self.queued(queue) >= queue.max_capacity() {
+            return Err(TrySendError::Full(frame));
+        }
+        queue.try_send(frame)
+    }
+
+    /// Queues `frames`, in order, as one item: all of them, or none if they
+    /// do not all fit (`Full`) or the queue is closed.
+    pub fn offer_all(
+        &self,
+        queue: &mpsc::Sender<Bytes>,
+        frames: &[Bytes],
+    ) -> Result<(), TrySendError<()>> {
+        let refused = |e: TrySendError<Bytes>| match e {
+            TrySendError::Full(_) => TrySendError::Full(()),
+            TrySendError::Closed(_) => TrySendError::Closed(()),
+        };
+        match frames {
+            [] => Ok(()),
+            [one] => self.offer(queue, one.clone()).map_err(refused),
+            many => {
+                if self.queued(queue) + many.len() > queue.max_capacity() {
+                    return Err(TrySendError::Full(()));
+                }
+                let rest = many.len() - 1;
+                let mut buf =
+                    BytesMut::with_capacity(8 + many.iter().map(Bytes::len).sum::<usize>());
+                buf.extend_from_slice(&PART);
+                buf.extend_from_slice(&u32::try_from(many.len()).unwrap_or(u32::MAX).to_be_bytes());
+                for f in many {
+                    buf.extend_from_slice(f);
+                }
+                // Counted before it is queued, so that the writer, which
+                // takes it away once it has the item, never finds less.
+                self.0.fetch_add(rest, Ordering::Relaxed);
+                queue.try_send(buf.freeze()).map_err(|e| {
+                    self.0.fetch_sub(rest, Ordering::Relaxed);
+                    refused(e)
+                })
+            }
+        }
+    }
+
+    /// The writer has `item`: a part's frames beyond the first are no
+    /// longer waiting, and its header goes (the count in it, not a walk
+    /// over the frames' prefixes, which would read the whole part from
+    /// another core's cache).
+    fn taken(&self, item: &mut Bytes) {
+        if let Some(n) = part_len(item) {
+            item.advance(8);
+            self.0.fetch_sub(n.saturating_sub(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The number of frames in `item` if it is a part.
+fn part_len(item: &[u8]) -> Option<usize> {
+    match item {
+        [a, b, c, d, n0, n1, n2, n3, ..] if [*a, *b, *c, *d] == PART => {
+            Some(u32::from_be_bytes([*n0, *n1, *n2, *n3]) as usize)
+        }
+        _ => None,
+    }
+}
+
+/// The frames of one queue item, each with its length prefix: several for
+/// an item from [`Backlog::offer_all`], else the one. The items are the
+/// server's own frames, whose prefixes are right; a prefix that ran past the
+/// end would end the walk there.
+pub fn frames(mut item: Bytes) -> impl Iterator<Item = Bytes> {
+    if part_len(&item).is_some() {
+        item.advance(8);
+    }
+    std::iter::from_fn(move || {
+        if item.len() < 4 {
+            return None;
+        }
+        let len = 4 + u32::from_be_bytes([item[0], item[1], item[2], item[3]]) as usize;
+        if len > item.len() {
+            return None;
+        }
+        Some(item.split_to(len))
+    })
+}
+
 /// Sends everything queued for the member in as few writes as possible,
 /// until the room drops the queue's sender; then finishes the stream.
 ///
-/// Frames are copied into one contiguous buffer per batch: quinn walks its
-/// list of unacknowledged chunks for every packet it builds, so thousands of
-/// small chunks per stream would make sending quadratic.
+/// Small items are copied into one contiguous buffer per batch: quinn walks
+/// its list of unacknowledged chunks for every packet it builds, so
+/// thousands of small chunks per stream would make sending quadratic. Items
+/// of [`PASS_THROUGH`] bytes or more — a room's part of a stored batch —
+/// go to quinn as they are: they are few, and were gathered once already.
 ///
 /// While it waits the writer holds no memory of its own, because an idle
 /// member's writer waits for good, ten thousand times over:
 ///
-/// - each batch's buffer is made for that batch and handed to quinn whole,
-///   never split off a buffer the writer keeps: the part left behind by a
-///   split would keep the whole allocation alive (the welcome and its
-///   member list, ~1 KiB, for every member that never hears anything
-///   again);
+/// - each batch's buffer is made for that batch and handed to quinn whole
+///   (in pieces split off it, around the large items, and its last piece
+///   itself), never kept by the writer: a buffer it kept would keep the
+///   whole allocation alive (the welcome and its member list, ~1 KiB, for
+///   every member that never hears anything again);
 /// - the batch vector is let go of when the queue is empty, just before
 ///   the writer waits. A busy member's writer finds more queued after
 ///   each write and keeps it (up to `WRITE_BATCH` slots, 8 KiB), so
 ///   fan-out does not allocate it again per batch.
-pub async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
+///
+/// `backlog` is the member's, from the room that fills the queue; a queue
+/// whose items are single frames (the bench's relay) has one that stays
+/// empty.
+pub async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>, backlog: &Backlog) {
     let mut batch = Vec::new();
     loop {
         if rx.is_empty() {
@@ -70,16 +202,38 @@ pub async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>) {
         if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
             break;
         }
-        let chunk = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            let mut buf = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
-            for b in batch.drain(..) {
-                buf.extend_from_slice(&b);
+        for item in &mut batch {
+            backlog.taken(item);
+        }
+        let gathered: usize = batch
+            .iter()
+            .map(Bytes::len)
+            .filter(|&n| n < PASS_THROUGH)
+            .sum();
+        if batch.len() == 1 || gathered == 0 {
+            for item in batch.drain(..) {
+                if send.write_chunk(item).await.is_err() {
+                    return;
+                }
             }
-            buf.freeze()
-        };
-        if send.write_chunk(chunk).await.is_err() {
+            continue;
+        }
+        // Small items in order into one buffer, sent before each large one
+        // and at the end, so the stream still gets everything in order.
+        let mut buf = BytesMut::with_capacity(gathered);
+        for item in batch.drain(..) {
+            if item.len() < PASS_THROUGH {
+                buf.extend_from_slice(&item);
+                continue;
+            }
+            if !buf.is_empty() && send.write_chunk(buf.split().freeze()).await.is_err() {
+                return;
+            }
+            if send.write_chunk(item).await.is_err() {
+                return;
+            }
+        }
+        if !buf.is_empty() && send.write_chunk(buf.freeze()).await.is_err() {
             return;
         }
     }
@@ -103,6 +257,84 @@ mod tests {
         async fn finish(&mut self) {}
     }
 
+    fn frame(body: &[u8]) -> Bytes {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        Bytes::from(f)
+    }
+
+    /// Frames handed over as one item count against the queue's bound one
+    /// by one, whoever queues next: a member is a slow reader at the same
+    /// number of frames however they came. None of a part that does not
+    /// fit is queued.
+    #[test]
+    fn a_queue_is_bounded_in_frames_however_they_are_handed_over() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let backlog = Backlog::default();
+        let five: Vec<Bytes> = (0..5u8).map(|i| frame(&[i])).collect();
+        backlog.offer_all(&tx, &five).expect("five fit in eight");
+        assert_eq!(backlog.queued(&tx), 5);
+        assert!(matches!(
+            backlog.offer_all(&tx, &five[..4]),
+            Err(TrySendError::Full(()))
+        ));
+        assert_eq!(backlog.queued(&tx), 5, "nothing of a refused part stays");
+        for i in 0..3u8 {
+            backlog.offer(&tx, frame(&[10 + i])).expect("fits");
+        }
+        assert!(matches!(
+            backlog.offer(&tx, frame(b"x")),
+            Err(TrySendError::Full(_))
+        ));
+        // Four items for eight frames: the queue alone would take four more.
+        assert_eq!(tx.capacity(), 4);
+        let first = rx.try_recv().expect("the part");
+        let bodies: Vec<u8> = frames(first).map(|f| f[4]).collect();
+        assert_eq!(bodies, vec![0, 1, 2, 3, 4], "in order, each whole");
+    }
+
+    /// The writer takes a part's frames off the count as it takes the item,
+    /// and sends the part as one chunk, as it was queued.
+    #[tokio::test]
+    async fn the_writer_takes_a_parts_frames_off_the_count() {
+        let (tx, rx) = mpsc::channel(8);
+        let backlog = std::sync::Arc::new(Backlog::default());
+        let (out, mut written) = mpsc::unbounded_channel();
+        let part: Vec<Bytes> = (0..6u8).map(|i| frame(&[i; 3])).collect();
+        backlog.offer_all(&tx, &part).expect("fits");
+        let theirs = std::sync::Arc::clone(&backlog);
+        let writer = tokio::spawn(async move { write_loop(&mut Chunks(out), rx, &theirs).await });
+        let wait = std::time::Duration::from_secs(5);
+        let chunk = tokio::time::timeout(wait, written.recv())
+            .await
+            .expect("written in time")
+            .expect("a chunk");
+        assert_eq!(chunk, part.concat());
+        assert_eq!(backlog.queued(&tx), 0);
+        // All eight places are free again.
+        let eight: Vec<Bytes> = (0..8u8).map(|i| frame(&[i])).collect();
+        backlog
+            .offer_all(&tx, &eight)
+            .expect("the whole bound is free");
+        drop(tx);
+        tokio::time::timeout(wait, writer)
+            .await
+            .expect("the writer ends with its queue")
+            .expect("no panic");
+    }
+
+    /// A frame's length prefix says where the next starts; a prefix past
+    /// the end ends the walk rather than reading beyond it.
+    #[test]
+    fn frames_are_split_at_their_prefixes() {
+        let item = [frame(b"ab"), frame(b""), frame(b"cde")].concat();
+        let got: Vec<Bytes> = frames(Bytes::from(item.clone())).collect();
+        assert_eq!(got, vec![frame(b"ab"), frame(b""), frame(b"cde")]);
+        let mut cut = frame(b"abc").to_vec();
+        cut.truncate(5);
+        assert_eq!(frames(Bytes::from(cut)).count(), 0);
+    }
+
     /// A waiting writer must not keep a share of what it wrote: the chunk
     /// it handed over is the only owner of its bytes, so they are freed
     /// once the peer has them — an idle member's welcome is not kept for
@@ -116,7 +348,10 @@ mod tests {
         for frame in [&b"welcome"[..], b"replayed", b"joined"] {
             tx.send(Bytes::from_static(frame)).await.expect("queued");
         }
-        let writer = tokio::spawn(async move { write_loop(&mut Chunks(out), rx).await });
+        let writer =
+            tokio::spawn(
+                async move { write_loop(&mut Chunks(out), rx, &Backlog::default()).await },
+            );
         let wait = std::time::Duration::from_secs(5);
         let batch = tokio::time::timeout(wait, written.recv())
             .await

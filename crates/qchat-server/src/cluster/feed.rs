@@ -192,14 +192,16 @@ mod tests {
     async fn until(rx: &mut mpsc::Receiver<Bytes>, n: usize) -> Vec<(String, u64, String)> {
         let mut got = Vec::new();
         while got.len() < n {
-            let frame = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            let item = tokio::time::timeout(Duration::from_secs(20), rx.recv())
                 .await
                 .expect("in time")
                 .expect("the queue is open");
-            match ServerMsg::decode(&frame[4..]).expect("a valid frame") {
-                ServerMsg::ChatV3 { id, text, .. } => got.push(("said".into(), id, text)),
-                ServerMsg::AckV3 { seq, id } => got.push(("ack".into(), id, seq.to_string())),
-                _ => {}
+            for frame in crate::writer::frames(item) {
+                match ServerMsg::decode(&frame[4..]).expect("a valid frame") {
+                    ServerMsg::ChatV3 { id, text, .. } => got.push(("said".into(), id, text)),
+                    ServerMsg::AckV3 { seq, id } => got.push(("ack".into(), id, seq.to_string())),
+                    _ => {}
+                }
             }
         }
         got
@@ -274,9 +276,11 @@ mod tests {
             .expect("in time")
             .expect("answered");
         let mut acked = Vec::new();
-        while let Ok(frame) = ra.try_recv() {
-            if let Ok(ServerMsg::AckV3 { seq, .. }) = ServerMsg::decode(&frame[4..]) {
-                acked.push(seq);
+        while let Ok(item) = ra.try_recv() {
+            for frame in crate::writer::frames(item) {
+                if let Ok(ServerMsg::AckV3 { seq, .. }) = ServerMsg::decode(&frame[4..]) {
+                    acked.push(seq);
+                }
             }
         }
         assert_eq!(acked, (21..=25).collect::<Vec<_>>());
@@ -290,9 +294,11 @@ mod tests {
         assert_eq!(c.store().log_id(), a.store().log_id());
         let (_, mut rc) = join(&c, "carol", 3);
         let mut history = Vec::new();
-        while let Ok(frame) = rc.try_recv() {
-            if let Ok(ServerMsg::HistoryV3 { id, text, .. }) = ServerMsg::decode(&frame[4..]) {
-                history.push((id, text));
+        while let Ok(item) = rc.try_recv() {
+            for frame in crate::writer::frames(item) {
+                if let Ok(ServerMsg::HistoryV3 { id, text, .. }) = ServerMsg::decode(&frame[4..]) {
+                    history.push((id, text));
+                }
             }
         }
         let wanted: Vec<(u64, String)> = oa
@@ -341,9 +347,12 @@ mod tests {
                 tokio::spawn(async move {
                     let (_, mut rx) = join(&r, &format!("m{i}"), i + 1);
                     let mut history = 0;
-                    while let Ok(frame) = rx.try_recv() {
-                        if let Ok(ServerMsg::HistoryV3 { .. }) = ServerMsg::decode(&frame[4..]) {
-                            history += 1;
+                    while let Ok(item) = rx.try_recv() {
+                        for frame in crate::writer::frames(item) {
+                            if let Ok(ServerMsg::HistoryV3 { .. }) = ServerMsg::decode(&frame[4..])
+                            {
+                                history += 1;
+                            }
                         }
                     }
                     history

@@ -227,10 +227,26 @@ mod tests {
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
         let (cha, _) = a.get_or_create("#dev", &alice, 10).expect("created");
         let (ta, mut ra) = mpsc::channel(64);
-        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
+        cha.join(
+            &alice,
+            None,
+            &crate::room::MemberQueue::new(ta.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("joins");
         let (chb, _) = b.get_or_create("#dev", &bob, 10).expect("opened");
         let (tb, mut rb) = mpsc::channel(64);
-        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
+        chb.join(
+            &bob,
+            None,
+            &crate::room::MemberQueue::new(tb.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("joins");
         assert!(
             matches!(next_move(&mut ra).await, ServerMsg::RoomEntered { name, .. } if name == "bob")
         );

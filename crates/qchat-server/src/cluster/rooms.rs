@@ -376,10 +376,12 @@ mod tests {
     async fn until(rx: &mut mpsc::Receiver<Bytes>, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
         let wait = async {
             loop {
-                let frame = rx.recv().await.expect("the queue is open");
-                let msg = ServerMsg::decode(&frame[4..]).expect("a valid frame");
-                if want(&msg) {
-                    return msg;
+                let item = rx.recv().await.expect("the queue is open");
+                for frame in crate::writer::frames(item) {
+                    let msg = ServerMsg::decode(&frame[4..]).expect("a valid frame");
+                    if want(&msg) {
+                        return msg;
+                    }
                 }
             }
         };
@@ -400,12 +402,28 @@ mod tests {
         let (cha, created) = a.get_or_create("#dev", &alice, 10).expect("created");
         assert!(created);
         let (ta, _ra) = mpsc::channel(64);
-        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
+        cha.join(
+            &alice,
+            None,
+            &crate::room::MemberQueue::new(ta.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("joins");
         let (chb, created) = b.get_or_create("#DEV", &bob, 10).expect("opened");
         assert!(!created, "the cluster has it already");
         assert_eq!(chb.name(), "#dev", "as its creator spelt it");
         let (tb, mut rb) = mpsc::channel(64);
-        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
+        chb.join(
+            &bob,
+            None,
+            &crate::room::MemberQueue::new(tb.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("joins");
         let refused = chb.set_topic(&bob, "mine").expect_err("bob is no operator");
         assert!(refused.contains("operators"), "{refused}");
         cha.set_topic(&alice, "deploys only")
@@ -444,18 +462,41 @@ mod tests {
         cha.set_invite_only(&alice, true).expect("its operator");
         let (tc, _rc) = mpsc::channel(64);
         let refused = chb
-            .join(&carol, None, &tc, None, 50, 10)
+            .join(
+                &carol,
+                None,
+                &crate::room::MemberQueue::new(tc.clone()),
+                None,
+                50,
+                10,
+            )
             .expect_err("closed on the other node too");
         assert!(refused.contains("invite-only"), "{refused}");
         assert!(b.list(&carol).is_empty(), "hidden from carol");
         cha.invite(&alice, "Carol").expect("invited");
-        chb.join(&carol, None, &tc, None, 50, 10)
-            .expect("invited on one node, let in on the other");
+        chb.join(
+            &carol,
+            None,
+            &crate::room::MemberQueue::new(tc.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("invited on one node, let in on the other");
         // The kick takes the invitation back for every node.
         let kicked = chb.kick(&alice, "carol", "bye");
         kicked.expect("alice operates the room on every node");
         let (tc2, _rc2) = mpsc::channel(64);
-        assert!(cha.join(&carol, None, &tc2, None, 50, 10).is_err());
+        assert!(cha
+            .join(
+                &carol,
+                None,
+                &crate::room::MemberQueue::new(tc2.clone()),
+                None,
+                50,
+                10
+            )
+            .is_err());
     }
 
     /// Those in a room on one node when it is made invite-only on another
@@ -468,7 +509,15 @@ mod tests {
         let (cha, _) = a.get_or_create("#ops", &alice, 10).expect("created");
         let (chb, _) = b.get_or_create("#ops", &dave, 10).expect("opened");
         let (td, mut rd) = mpsc::channel(64);
-        chb.join(&dave, None, &td, None, 50, 10).expect("open yet");
+        chb.join(
+            &dave,
+            None,
+            &crate::room::MemberQueue::new(td.clone()),
+            None,
+            50,
+            10,
+        )
+        .expect("open yet");
         cha.set_invite_only(&alice, true).expect("its operator");
         until(&mut rd, |m| matches!(m, ServerMsg::ModeSet { .. })).await;
         assert!(chb.leave(2, None, "moving", false));
@@ -476,7 +525,17 @@ mod tests {
         let wait = async {
             loop {
                 let (td2, _rd2) = mpsc::channel(64);
-                if cha.join(&dave, None, &td2, None, 50, 10).is_ok() {
+                if cha
+                    .join(
+                        &dave,
+                        None,
+                        &crate::room::MemberQueue::new(td2.clone()),
+                        None,
+                        50,
+                        10,
+                    )
+                    .is_ok()
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
