@@ -168,6 +168,47 @@ pub fn frames(mut item: Bytes) -> impl Iterator<Item = Bytes> {
     })
 }
 
+/// Turns a batch of queue items into the chunks to write, in place and in
+/// reverse order (the writer pops them): a part's count is taken off the
+/// backlog and its header off its bytes; items of [`PASS_THROUGH`] bytes or
+/// more stay as they are; the small ones between them are copied together,
+/// each run into one chunk.
+fn gather(batch: &mut Vec<Bytes>, backlog: &Backlog) {
+    for item in batch.iter_mut() {
+        backlog.taken(item);
+    }
+    let small: usize = batch
+        .iter()
+        .map(Bytes::len)
+        .filter(|&n| n < PASS_THROUGH)
+        .sum();
+    if batch.len() > 1 && small > 0 {
+        // One buffer for every small item; each run of them is split off
+        // it. The chunks written never outnumber the items read so far, so
+        // they fit in the slots already read.
+        let mut buf = BytesMut::with_capacity(small);
+        let mut written = 0;
+        for read in 0..batch.len() {
+            let item = std::mem::take(&mut batch[read]);
+            if item.len() < PASS_THROUGH {
+                buf.extend_from_slice(&item);
+                continue;
+            }
+            if !buf.is_empty() {
+                batch[written] = buf.split().freeze();
+                written += 1;
+            }
+            batch[written] = item;
+            written += 1;
+        }
+        batch.truncate(written);
+        if !buf.is_empty() {
+            batch.push(buf.freeze());
+        }
+    }
+    batch.reverse();
+}
+
 /// Sends everything queued for the member in as few writes as possible,
 /// until the room drops the queue's sender; then finishes the stream.
 ///
@@ -202,39 +243,14 @@ pub async fn write_loop<S: Sink>(send: &mut S, mut rx: mpsc::Receiver<Bytes>, ba
         if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
             break;
         }
-        for item in &mut batch {
-            backlog.taken(item);
-        }
-        let gathered: usize = batch
-            .iter()
-            .map(Bytes::len)
-            .filter(|&n| n < PASS_THROUGH)
-            .sum();
-        if batch.len() == 1 || gathered == 0 {
-            for item in batch.drain(..) {
-                if send.write_chunk(item).await.is_err() {
-                    return;
-                }
-            }
-            continue;
-        }
-        // Small items in order into one buffer, sent before each large one
-        // and at the end, so the stream still gets everything in order.
-        let mut buf = BytesMut::with_capacity(gathered);
-        for item in batch.drain(..) {
-            if item.len() < PASS_THROUGH {
-                buf.extend_from_slice(&item);
-                continue;
-            }
-            if !buf.is_empty() && send.write_chunk(buf.split().freeze()).await.is_err() {
+        gather(&mut batch, backlog);
+        // Written from the back (`gather` leaves them reversed): the only
+        // things held across the write are the vector and the one chunk,
+        // as an idle member's writer waits here too.
+        while let Some(chunk) = batch.pop() {
+            if send.write_chunk(chunk).await.is_err() {
                 return;
             }
-            if send.write_chunk(item).await.is_err() {
-                return;
-            }
-        }
-        if !buf.is_empty() && send.write_chunk(buf.freeze()).await.is_err() {
-            return;
         }
     }
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.finish()).await;
@@ -321,6 +337,43 @@ mod tests {
             .await
             .expect("the writer ends with its queue")
             .expect("no panic");
+    }
+
+    /// Small items are written together, large ones as they are, all in
+    /// the order they were queued; a part's header never reaches the
+    /// stream.
+    #[test]
+    fn a_batch_is_written_in_order_large_items_uncopied() {
+        let small = |b: u8| frame(&[b; 10]);
+        let large = |b: u8| frame(&vec![b; PASS_THROUGH]);
+        let backlog = Backlog::default();
+        let (tx, mut rx) = mpsc::channel(64);
+        backlog.offer_all(&tx, &[large(7), large(8)]).expect("fits");
+        let part = rx.try_recv().expect("the part");
+        let items = vec![
+            small(1),
+            small(2),
+            large(3),
+            small(4),
+            part,
+            large(5),
+            small(6),
+        ];
+        let expected: Vec<u8> = items
+            .iter()
+            .flat_map(|i| frames(i.clone()))
+            .flat_map(|f| f.to_vec())
+            .collect();
+        let large_three = items[2].clone();
+        let mut batch = items;
+        gather(&mut batch, &backlog);
+        batch.reverse();
+        let lens: Vec<usize> = batch.iter().map(Bytes::len).collect();
+        let big = PASS_THROUGH + 4;
+        assert_eq!(lens, vec![28, big, 14, 2 * big, big, 14]);
+        assert_eq!(batch[1].as_ptr(), large_three.as_ptr(), "not copied");
+        assert_eq!(batch.concat(), expected);
+        assert_eq!(backlog.queued(&tx), 0, "the part's frames were taken off");
     }
 
     /// A frame's length prefix says where the next starts; a prefix past
