@@ -27,6 +27,14 @@ pub trait Log: Send + Sync + 'static {
     fn store(&self) -> &Arc<dyn Store>;
     /// The counters the writer updates.
     fn metrics(&self) -> &Metrics;
+    /// The most messages one batch may hold. A room that hands each member
+    /// its part of a batch as one queue item ([`crate::room::Room`]) needs
+    /// a batch well inside a member's queue: a part that cannot fit whole
+    /// makes its member a slow reader, however fast it reads.
+    fn max_batch(&self) -> usize {
+        LOG_BATCH
+    }
+
     /// Shows a stored batch to the room and acknowledges it (see
     /// [`crate::room::Room::publish`]).
     fn publish(
@@ -37,7 +45,7 @@ pub trait Log: Send + Sync + 'static {
 }
 
 /// Messages stored in one commit, at most.
-const LOG_BATCH: usize = 1024;
+pub(crate) const LOG_BATCH: usize = 1024;
 
 /// The batch vector kept between batches; a larger one is let go.
 const SMALL_BATCH: usize = 64;
@@ -181,7 +189,7 @@ pub fn spawn_writer<L: Log>(
 /// own ([`spawn_writer`]), never a runtime worker.
 ///
 /// Each batch is everything queued when the writer comes back for more
-/// (up to [`LOG_BATCH`]): stored in one commit, then published, then the
+/// (up to [`Log::max_batch`]): stored in one commit, then published, then the
 /// next. One long-lived thread rather than a blocking task per stage and
 /// batch: with a few hundred messages in flight the batches are small, and
 /// two hand-overs between threads per batch (to the blocking pool and
@@ -196,18 +204,19 @@ pub fn spawn_writer<L: Log>(
 pub fn run_writer<L: Log>(room: &Weak<L>, mut rx: mpsc::Receiver<LogItem>) {
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < LOG_BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
         // Gone only while it is being dropped: nobody is left to show
         // anything to.
         let Some(room) = room.upgrade() else {
             return;
         };
+        batch.push(first);
+        let max = room.max_batch();
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
         let outcome = store(&*room, &batch);
         publish(&*room, &mut batch, outcome);
         // A burst's large vector is not kept for the quiet that follows.
@@ -362,7 +371,7 @@ pub(crate) async fn run_shared_writer_on_runtime<L: Log>(mut rx: mpsc::Receiver<
 #[cfg(test)]
 pub(crate) async fn run_writer_on_runtime<L: Log>(room: Arc<L>, mut rx: mpsc::Receiver<LogItem>) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, LOG_BATCH).await > 0 {
+    while rx.recv_many(&mut batch, room.max_batch()).await > 0 {
         let r = Arc::clone(&room);
         let mut items = std::mem::take(&mut batch);
         let done = tokio::task::spawn_blocking(move || {
@@ -427,6 +436,58 @@ mod tests {
             }
         }
         v
+    }
+
+    /// A member's part of a batch is queued whole, so the lobby's batches
+    /// stay within half a member's queue: forty lines waiting at once, with
+    /// `--queue 16`, reach another member as parts of at most eight, and
+    /// nobody is taken for a slow reader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_fits_half_a_members_queue() {
+        let options = ServerOptions {
+            queue_len: 16,
+            history: 0,
+            ..ServerOptions::default()
+        };
+        let room = Room::new(Arc::new(options), Arc::new(MemoryStore::new(1000)));
+        assert_eq!(Log::max_batch(&*room), 8);
+        let rx = room.take_log().expect("the queue");
+        let (a, mut ra) = join(&room, "a");
+        let (_b, mut rb) = join(&room, "b");
+        let queue = room.log_queue().clone();
+        for seq in 1..=40u64 {
+            let p = room
+                .submit(a, seq, seq.to_string(), false, None)
+                .expect("a member");
+            queue.try_send(LogItem::Message(p)).expect("room");
+        }
+        // All forty wait before the writer starts, so its batches are as
+        // large as it allows.
+        let (tx, done) = oneshot::channel();
+        queue.try_send(LogItem::Barrier(tx)).expect("room");
+        let _writer = spawn_writer(&room, rx).expect("a thread");
+        tokio::time::timeout(std::time::Duration::from_secs(30), done)
+            .await
+            .expect("answered in time")
+            .expect("answered, not dropped");
+        let mut parts = Vec::new();
+        let mut shown = Vec::new();
+        while let Ok(item) = rb.try_recv() {
+            let frames: Vec<_> = crate::writer::frames(item).collect();
+            parts.push(frames.len());
+            for f in frames {
+                if let Ok(ServerMsg::Chat { text, .. }) = ServerMsg::decode(&f[4..]) {
+                    shown.push(text.parse::<u64>().expect("a number"));
+                }
+            }
+        }
+        assert_eq!(shown, (1..=40).collect::<Vec<_>>());
+        assert!(parts.iter().all(|&n| n <= 8), "parts of {parts:?} frames");
+        assert_eq!(
+            received(&mut ra).len(),
+            40 + 2,
+            "the welcome, b joining, and 40 acks"
+        );
     }
 
     /// Many batches through the two stages (one stored while the one

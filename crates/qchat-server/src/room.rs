@@ -1637,6 +1637,13 @@ impl crate::log::Log for Room {
         Room::store(self)
     }
 
+    /// Half the smallest member queue (`--queue`): a member's part of a
+    /// batch is queued whole, so a member still holding the previous
+    /// batch's part can take the next one.
+    fn max_batch(&self) -> usize {
+        (self.options().queue_len / 2).clamp(1, crate::log::LOG_BATCH)
+    }
+
     fn metrics(&self) -> &Metrics {
         Room::metrics(self)
     }
