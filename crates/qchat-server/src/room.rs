@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::options::ServerOptions;
 use crate::registry::Registry;
 use crate::store::{Appended, Entry, NewEntry, Store, StoreError};
-use crate::writer::Backlog;
+use crate::writer::{Backlog, Part};
 use qchat_proto::Proof;
 
 /// Private message keys remembered per client instance for deduplication:
@@ -995,30 +995,46 @@ impl Room {
         // Summed here and recorded once after the loop: two atomic updates
         // per batch rather than per recipient.
         let (mut delivered, mut deepest) = (0u64, 0usize);
-        let mut part = Vec::with_capacity(outgoing.len());
         for (mid, m) in &st.members {
-            part.clear();
-            let mut others = 0;
+            // Sized first, so the part is copied into once, never grown.
+            let (mut frames, mut bytes, mut others) = (0, 0, 0);
             for o in &mut outgoing {
-                if let Some(frame) = o.frame_for(*mid, m) {
-                    part.push(frame);
+                if let Some(p) = o.piece(*mid, m) {
+                    frames += 1;
+                    bytes += p.len_bound();
                     others += u64::from(*mid != o.author);
                 }
-            }
-            if part.is_empty() {
-                continue;
             }
             // The depth of the queue this part joins, read before it is
             // queued (the member's writer, on another thread, may take
             // frames meanwhile, so adding the part's is at most the deepest
             // it got).
             let depth = m.ending.backlog.queued(&m.outbox);
-            if is_full(m.ending.backlog.offer_all(&m.outbox, &part)) {
+            let queued = match frames {
+                0 => continue,
+                1 => {
+                    let one = outgoing.iter_mut().find_map(|o| o.piece(*mid, m));
+                    match one {
+                        Some(p) => m.offer(p.frame()).map_err(drop_frame),
+                        None => continue,
+                    }
+                }
+                _ => {
+                    let mut part = Part::with_capacity(bytes);
+                    for o in &mut outgoing {
+                        if let Some(p) = o.piece(*mid, m) {
+                            p.add_to(&mut part);
+                        }
+                    }
+                    m.ending.backlog.offer_part(&m.outbox, part)
+                }
+            };
+            if is_full(queued) {
                 slow.push(*mid);
                 continue;
             }
             delivered += others;
-            deepest = deepest.max(depth + part.len());
+            deepest = deepest.max(depth + frames);
         }
         if delivered > 0 {
             self.metrics.messages_delivered.inc_by(delivered);
@@ -1701,18 +1717,17 @@ impl Outgoing {
         }
     }
 
-    /// What member `mid` gets of this message, if anything.
-    fn frame_for(&mut self, mid: MemberId, m: &Member) -> Option<Bytes> {
+    /// What member `mid` gets of this message, if anything: the message's
+    /// shared frame, borrowed (copied into the member's part, never
+    /// cloned per member), or its author's acknowledgement.
+    fn piece(&mut self, mid: MemberId, m: &Member) -> Option<Piece<'_>> {
         if mid == self.author {
             return match (self.id, self.author_v3) {
-                (_, Some(true)) => Some(
-                    ServerMsg::AckV3 {
-                        seq: self.seq,
-                        id: self.acked_id,
-                    }
-                    .to_frame(),
-                ),
-                (Some(_), _) => Some(ServerMsg::Ack { seq: self.seq }.to_frame()),
+                (_, Some(true)) => Some(Piece::Ack(ServerMsg::AckV3 {
+                    seq: self.seq,
+                    id: self.acked_id,
+                })),
+                (Some(_), _) => Some(Piece::Ack(ServerMsg::Ack { seq: self.seq })),
                 // A duplicate from a client before version 3 cannot have
                 // happened (only version 3 re-sends); nothing to say.
                 (None, _) => None,
@@ -1729,15 +1744,49 @@ impl Outgoing {
             time_ms: e.time_ms,
             action: e.action,
         };
-        Some(match &e.proof {
+        Some(Piece::Shared(match &e.proof {
             // Encoded from the entry's own strings and proof: the entry
             // moves on to the recent window, so nothing is cloned for it.
             Some(proof) if m.peer.version >= 4 => self
                 .signed
-                .get_or_insert_with(|| live.to_signed_frame(proof))
-                .clone(),
-            _ => self.frames.encoded(m.v3(), |v3| live.to_frame(v3)),
-        })
+                .get_or_insert_with(|| live.to_signed_frame(proof)),
+            _ => self.frames.slot(m.v3(), |v3| live.to_frame(v3)),
+        }))
+    }
+}
+
+/// What one member gets of one message ([`Outgoing::piece`]).
+enum Piece<'a> {
+    /// The message, encoded once for every member of its kind.
+    Shared(&'a Bytes),
+    /// The author's acknowledgement, encoded into its part.
+    Ack(ServerMsg),
+}
+
+impl Piece<'_> {
+    /// At most how many bytes it takes in a part: an acknowledgement's
+    /// kind and two varints after the length prefix.
+    fn len_bound(&self) -> usize {
+        match self {
+            Piece::Shared(f) => f.len(),
+            Piece::Ack(_) => 4 + 1 + 2 * 10,
+        }
+    }
+
+    fn add_to(&self, part: &mut Part) {
+        match self {
+            Piece::Shared(f) => part.push(f),
+            Piece::Ack(msg) => part.encode(msg),
+        }
+    }
+
+    /// The piece as a frame of its own, for a part of one frame: a shared
+    /// frame is queued as is, not copied.
+    fn frame(self) -> Bytes {
+        match self {
+            Piece::Shared(f) => f.clone(),
+            Piece::Ack(msg) => msg.to_frame(),
+        }
     }
 }
 
@@ -1760,8 +1809,21 @@ impl PerKind {
     /// The frame for a member (`v3` or older); `encode` makes it for that
     /// kind the first time.
     fn encoded(&mut self, v3: bool, encode: impl FnOnce(bool) -> Bytes) -> Bytes {
+        self.slot(v3, encode).clone()
+    }
+
+    /// [`PerKind::encoded`], borrowed.
+    fn slot(&mut self, v3: bool, encode: impl FnOnce(bool) -> Bytes) -> &Bytes {
         let slot = if v3 { &mut self.v3 } else { &mut self.older };
-        slot.get_or_insert_with(|| encode(v3)).clone()
+        slot.get_or_insert_with(|| encode(v3))
+    }
+}
+
+/// A refusal without the frame it refused, to compare with a part's.
+fn drop_frame(e: TrySendError<Bytes>) -> TrySendError<()> {
+    match e {
+        TrySendError::Full(_) => TrySendError::Full(()),
+        TrySendError::Closed(_) => TrySendError::Closed(()),
     }
 }
 

@@ -96,34 +96,46 @@ impl Backlog {
         queue: &mpsc::Sender<Bytes>,
         frames: &[Bytes],
     ) -> Result<(), TrySendError<()>> {
-        let refused = |e: TrySendError<Bytes>| match e {
-            TrySendError::Full(_) => TrySendError::Full(()),
-            TrySendError::Closed(_) => TrySendError::Closed(()),
-        };
         match frames {
             [] => Ok(()),
-            [one] => self.offer(queue, one.clone()).map_err(refused),
+            [one] => self.offer(queue, one.clone()).map_err(|e| match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Closed(_) => TrySendError::Closed(()),
+            }),
             many => {
-                if self.queued(queue) + many.len() > queue.max_capacity() {
-                    return Err(TrySendError::Full(()));
-                }
-                let rest = many.len() - 1;
-                let mut buf =
-                    BytesMut::with_capacity(8 + many.iter().map(Bytes::len).sum::<usize>());
-                buf.extend_from_slice(&PART);
-                buf.extend_from_slice(&u32::try_from(many.len()).unwrap_or(u32::MAX).to_be_bytes());
+                let mut part = Part::with_capacity(many.iter().map(Bytes::len).sum());
                 for f in many {
-                    buf.extend_from_slice(f);
+                    part.push(f);
                 }
-                // Counted before it is queued, so that the writer, which
-                // takes it away once it has the item, never finds less.
-                self.0.fetch_add(rest, Ordering::Relaxed);
-                queue.try_send(buf.freeze()).map_err(|e| {
-                    self.0.fetch_sub(rest, Ordering::Relaxed);
-                    refused(e)
-                })
+                self.offer_part(queue, part)
             }
         }
+    }
+
+    /// Queues `part` as one item: all its frames, or none if they do not
+    /// all fit (`Full`) or the queue is closed.
+    pub fn offer_part(
+        &self,
+        queue: &mpsc::Sender<Bytes>,
+        part: Part,
+    ) -> Result<(), TrySendError<()>> {
+        let frames = part.frames;
+        if self.queued(queue) + frames > queue.max_capacity() {
+            return Err(TrySendError::Full(()));
+        }
+        let mut buf = part.buf;
+        buf[4..8].copy_from_slice(&u32::try_from(frames).unwrap_or(u32::MAX).to_be_bytes());
+        // Counted before it is queued, so that the writer, which takes it
+        // away once it has the item, never finds less.
+        let rest = frames.saturating_sub(1);
+        self.0.fetch_add(rest, Ordering::Relaxed);
+        queue.try_send(buf.freeze()).map_err(|e| {
+            self.0.fetch_sub(rest, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Closed(_) => TrySendError::Closed(()),
+            }
+        })
     }
 
     /// The writer has `item`: a part's frames beyond the first are no
@@ -134,6 +146,43 @@ impl Backlog {
         if let Some(n) = part_len(item) {
             item.advance(8);
             self.0.fetch_sub(n.saturating_sub(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Several frames for one member, gathered into one buffer behind the
+/// header that makes them one queue item ([`Backlog::offer_part`]).
+#[derive(Debug)]
+pub struct Part {
+    buf: BytesMut,
+    frames: usize,
+}
+
+impl Part {
+    /// An empty part with room for frames of `bytes` bytes in all (given
+    /// as a bound, the frames are copied in once and the buffer never
+    /// grows).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(8 + bytes);
+        buf.extend_from_slice(&PART);
+        buf.extend_from_slice(&[0; 4]);
+        Part { buf, frames: 0 }
+    }
+
+    /// Adds a whole frame (its length prefix included).
+    pub fn push(&mut self, frame: &[u8]) {
+        self.buf.extend_from_slice(frame);
+        self.frames += 1;
+    }
+
+    /// Adds `msg`, encoded as a frame in place.
+    pub fn encode(&mut self, msg: &qchat_proto::ServerMsg) {
+        // Encoding into memory does not fail; if it ever did, the part
+        // would be left as it was rather than with half a frame.
+        let start = self.buf.len();
+        match qchat_proto::frame::encode_frame_into(msg, &mut self.buf) {
+            Ok(()) => self.frames += 1,
+            Err(_) => self.buf.truncate(start),
         }
     }
 }
