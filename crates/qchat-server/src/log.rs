@@ -404,6 +404,7 @@ pub(crate) fn drain_now(room: &Room, rx: &mut mpsc::Receiver<LogItem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::writer::drained;
 
     use bytes::Bytes;
     use qchat_proto::ServerMsg;
@@ -426,16 +427,6 @@ mod tests {
             .join(name, tx, Ending::new(), peer, None)
             .expect("joins");
         (j.id, rx)
-    }
-
-    fn received(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
-        let mut v = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            for f in crate::writer::frames(item) {
-                v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
-            }
-        }
-        v
     }
 
     /// A member's part of a batch is queued whole, so the lobby's batches
@@ -484,7 +475,7 @@ mod tests {
         assert_eq!(shown, (1..=40).collect::<Vec<_>>());
         assert!(parts.iter().all(|&n| n <= 8), "parts of {parts:?} frames");
         assert_eq!(
-            received(&mut ra).len(),
+            drained(&mut ra).len(),
             40 + 2,
             "the welcome, b joining, and 40 acks"
         );
@@ -531,7 +522,7 @@ mod tests {
                 .expect("answered, not dropped");
             // Everything queued before the barrier is published by now:
             // b has its welcome and at least `seq` messages.
-            heard.extend(received(&mut rb));
+            heard.extend(drained(&mut rb));
             assert!(heard.len() as u64 > seq, "{} frames at {seq}", heard.len());
         }
         // The room holds the queue's sender and the writer holds the room
@@ -543,7 +534,7 @@ mod tests {
             .await
             .expect("the writer ends once the room is dropped");
         assert!(ended.expect("joined"), "the writer did not panic");
-        heard.extend(received(&mut rb));
+        heard.extend(drained(&mut rb));
         let shown: Vec<u64> = heard
             .into_iter()
             .filter_map(|m| match m {
@@ -552,7 +543,7 @@ mod tests {
             })
             .collect();
         assert_eq!(shown, (1..=5000).collect::<Vec<_>>());
-        let acked: Vec<u64> = received(&mut ra)
+        let acked: Vec<u64> = drained(&mut ra)
             .into_iter()
             .filter_map(|m| match m {
                 ServerMsg::Ack { seq } => Some(seq),

@@ -300,13 +300,17 @@ pub struct MemberQueue {
     pub ending: Arc<Ending>,
 }
 
+#[cfg(test)]
 impl MemberQueue {
-    /// A queue with an ending of its own: for a member no lobby holds.
-    pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
-        MemberQueue {
+    /// A queue of `capacity` frames with an ending of its own, and its
+    /// receiving end: a member no lobby holds, for the rooms' tests.
+    pub(crate) fn channel(capacity: usize) -> (Self, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let queue = MemberQueue {
             tx,
             ending: Ending::new(),
-        }
+        };
+        (queue, rx)
     }
 }
 
@@ -983,7 +987,7 @@ impl Room {
 
     /// Queues a stored batch for the room, member by member: each member
     /// gets the batch's messages by others and the acknowledgements of its
-    /// own, in id order, as one item of its queue ([`Backlog::offer_all`]):
+    /// own, in id order, as one item of its queue ([`Backlog::offer_part`]):
     /// one hand-over to its writer, which sends them in one write without
     /// copying them again, instead of one per message. Each message is
     /// encoded once per kind of member (version 3 or older, and signed for
@@ -1010,15 +1014,12 @@ impl Room {
             // frames meanwhile, so adding the part's is at most the deepest
             // it got).
             let depth = m.ending.backlog.queued(&m.outbox);
-            let queued = match frames {
+            let full = match frames {
                 0 => continue,
-                1 => {
-                    let one = outgoing.iter_mut().find_map(|o| o.piece(*mid, m));
-                    match one {
-                        Some(p) => m.offer(p.frame()).map_err(drop_frame),
-                        None => continue,
-                    }
-                }
+                1 => match outgoing.iter_mut().find_map(|o| o.piece(*mid, m)) {
+                    Some(p) => is_full(m.offer(p.frame())),
+                    None => continue,
+                },
                 _ => {
                     let mut part = Part::with_capacity(bytes);
                     for o in &mut outgoing {
@@ -1026,10 +1027,10 @@ impl Room {
                             p.add_to(&mut part);
                         }
                     }
-                    m.ending.backlog.offer_part(&m.outbox, part)
+                    is_full(m.ending.backlog.offer_part(&m.outbox, part))
                 }
             };
-            if is_full(queued) {
+            if full {
                 slow.push(*mid);
                 continue;
             }
@@ -1803,27 +1804,14 @@ impl PerKind {
     /// The frame for a member (`v3` or older); `msg` builds the message
     /// for that kind the first time.
     fn frame(&mut self, v3: bool, msg: impl FnOnce(bool) -> ServerMsg) -> Bytes {
-        self.encoded(v3, |v3| msg(v3).to_frame())
+        self.slot(v3, |v3| msg(v3).to_frame()).clone()
     }
 
-    /// The frame for a member (`v3` or older); `encode` makes it for that
-    /// kind the first time.
-    fn encoded(&mut self, v3: bool, encode: impl FnOnce(bool) -> Bytes) -> Bytes {
-        self.slot(v3, encode).clone()
-    }
-
-    /// [`PerKind::encoded`], borrowed.
+    /// The frame for a member (`v3` or older), borrowed; `encode` makes it
+    /// for that kind the first time.
     fn slot(&mut self, v3: bool, encode: impl FnOnce(bool) -> Bytes) -> &Bytes {
         let slot = if v3 { &mut self.v3 } else { &mut self.older };
         slot.get_or_insert_with(|| encode(v3))
-    }
-}
-
-/// A refusal without the frame it refused, to compare with a part's.
-fn drop_frame(e: TrySendError<Bytes>) -> TrySendError<()> {
-    match e {
-        TrySendError::Full(_) => TrySendError::Full(()),
-        TrySendError::Closed(_) => TrySendError::Closed(()),
     }
 }
 
@@ -1851,6 +1839,7 @@ fn taken(st: &State, key: &str, except: Option<MemberId>) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::writer::drained;
 
     use crate::log::{drain_now, LogItem};
     use crate::store::MemoryStore;
@@ -1910,18 +1899,6 @@ pub(crate) mod tests {
         (j, rx, ending)
     }
 
-    fn decode(frame: &Bytes) -> ServerMsg {
-        ServerMsg::decode(&frame[4..]).expect("valid frame")
-    }
-
-    fn drain(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
-        let mut v = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            v.extend(crate::writer::frames(item).map(|f| decode(&f)));
-        }
-        v
-    }
-
     /// A node cut off from its cluster: every member over the network is
     /// told to move and removed (the shutting-down code), the host at the
     /// server's own interface stays, nobody is admitted and is told why;
@@ -1940,10 +1917,10 @@ pub(crate) mod tests {
         r.join("alice", tx, Arc::clone(&ending), remote, None)
             .expect("joins");
         let (_op, _rop, op_ending) = member(&r, "op", 8);
-        drain(&mut rx);
+        drained(&mut rx);
         r.cut_off("no cluster; move");
         assert_eq!(
-            drain(&mut rx),
+            drained(&mut rx),
             [ServerMsg::ShuttingDownV3 {
                 reason: "no cluster; move".into(),
                 back: true
@@ -1990,7 +1967,7 @@ pub(crate) mod tests {
         let (b, mut rb) = v3_member(&r, "b", 2, None);
         let (_c, mut rc) = v3_member(&r, "c", 3, None);
         for rx in [&mut ra, &mut rb, &mut rc] {
-            drain(rx);
+            drained(rx);
         }
         let said = [(a.id, 1), (b.id, 1), (a.id, 2), (a.id, 3), (b.id, 2)];
         for (who, seq) in said {
@@ -2021,9 +1998,9 @@ pub(crate) mod tests {
                 })
                 .collect()
         };
-        assert_eq!(seen(drain(&mut ra)), expect(a.id));
-        assert_eq!(seen(drain(&mut rb)), expect(b.id));
-        assert_eq!(seen(drain(&mut rc)), expect(u64::MAX));
+        assert_eq!(seen(drained(&mut ra)), expect(a.id));
+        assert_eq!(seen(drained(&mut rb)), expect(b.id));
+        assert_eq!(seen(drained(&mut rc)), expect(u64::MAX));
     }
 
     #[test]
@@ -2033,14 +2010,14 @@ pub(crate) mod tests {
         let (_b, mut rb, _) = member(&r, "b", 8);
         r.say(a.id, 1, "one".into(), false);
         r.say(a.id, 2, "two".into(), false);
-        let got_a = drain(&mut ra);
+        let got_a = drained(&mut ra);
         assert!(matches!(got_a[0], ServerMsg::Welcome { .. }));
         assert!(matches!(got_a[1], ServerMsg::Joined { .. }));
         assert_eq!(
             got_a[2..],
             [ServerMsg::Ack { seq: 1 }, ServerMsg::Ack { seq: 2 }]
         );
-        let got_b = drain(&mut rb);
+        let got_b = drained(&mut rb);
         let texts: Vec<_> = got_b
             .iter()
             .filter_map(|m| match m {
@@ -2061,7 +2038,7 @@ pub(crate) mod tests {
         }
         assert_eq!(r.len(), 1);
         assert_eq!(ending_b.get().map(|e| e.0), Some(CloseCode::SlowReader));
-        assert!(drain(&mut ra)
+        assert!(drained(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::Left { name, .. } if name == "b")));
     }
@@ -2081,7 +2058,7 @@ pub(crate) mod tests {
         assert_eq!(r.len(), 2);
         // Its session then removes it with the reason it saw.
         r.leave(b.id, "");
-        let left: Vec<_> = drain(&mut ra)
+        let left: Vec<_> = drained(&mut ra)
             .into_iter()
             .filter(|m| matches!(m, ServerMsg::Left { .. }))
             .collect();
@@ -2113,7 +2090,7 @@ pub(crate) mod tests {
         r.private(a.id, 2, "b", "secret".into(), None);
         r.say(a.id, 3, "waves".into(), true);
         let (_c, mut rc, _) = member(&r, "c", 64);
-        let got = drain(&mut rc);
+        let got = drained(&mut rc);
         let history: Vec<_> = got
             .iter()
             .filter_map(|m| match m {
@@ -2133,11 +2110,11 @@ pub(crate) mod tests {
         r.private(a.id, 1, "B", "psst".into(), None);
         let is_private =
             |m: &ServerMsg| matches!(m, ServerMsg::Private { text, .. } if text == "psst");
-        assert!(drain(&mut rb).iter().any(is_private));
-        assert!(drain(&mut ra).iter().any(is_private));
-        assert!(!drain(&mut rc).iter().any(is_private));
+        assert!(drained(&mut rb).iter().any(is_private));
+        assert!(drained(&mut ra).iter().any(is_private));
+        assert!(!drained(&mut rc).iter().any(is_private));
         r.private(a.id, 2, "nobody", "x".into(), None);
-        assert!(drain(&mut ra)
+        assert!(drained(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::Refused { seq: 2, .. })));
     }
@@ -2192,15 +2169,15 @@ pub(crate) mod tests {
             old: "a".into(),
             new: "alice".into(),
         };
-        assert!(drain(&mut ra).contains(&renamed));
-        assert!(drain(&mut rb).contains(&renamed));
+        assert!(drained(&mut ra).contains(&renamed));
+        assert!(drained(&mut rb).contains(&renamed));
         r.nick(a.id, "B");
-        assert!(drain(&mut ra)
+        assert!(drained(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::Failed { what, .. } if what == "nick")));
         // Changing only the case of one's own name is allowed.
         r.nick(a.id, "Alice");
-        assert!(drain(&mut rb)
+        assert!(drained(&mut rb)
             .iter()
             .any(|m| matches!(m, ServerMsg::Renamed { new, .. } if new == "Alice")));
     }
@@ -2213,15 +2190,15 @@ pub(crate) mod tests {
         let (_c, _rc, ending_c) = member(&r, "c", 64);
         r.kick(b.id, "c", "no");
         assert!(ending_c.get().is_none());
-        assert!(drain(&mut rb)
+        assert!(drained(&mut rb)
             .iter()
             .any(|m| matches!(m, ServerMsg::Failed { what, .. } if what == "kick")));
         r.kick(op.id, "B", "spam");
         assert_eq!(ending_b.get().map(|e| e.0), Some(CloseCode::Kicked));
-        assert!(drain(&mut rb)
+        assert!(drained(&mut rb)
             .iter()
             .any(|m| matches!(m, ServerMsg::Kicked { reason, .. } if reason == "spam")));
-        assert!(drain(&mut rop)
+        assert!(drained(&mut rop)
             .iter()
             .any(|m| matches!(m, ServerMsg::Left { name, reason } if name == "b" && reason.contains("spam"))));
         assert_eq!(r.len(), 2);
@@ -2237,7 +2214,7 @@ pub(crate) mod tests {
             .join("remote", tx, Ending::new(), remote, None)
             .expect("joins");
         r.kick(remote.id, "op", "coup");
-        assert!(drain(&mut rr)
+        assert!(drained(&mut rr)
             .iter()
             .any(|m| matches!(m, ServerMsg::Failed { reason, .. } if reason.contains("the host"))));
         r.kick(remote.id, "c", "spam");
@@ -2259,10 +2236,10 @@ pub(crate) mod tests {
                 })
                 .expect("a member list")
         };
-        let for_op = list(drain(&mut rop));
+        let for_op = list(drained(&mut rop));
         assert_eq!(for_op.len(), 2);
         assert!(for_op.iter().all(|m| !m.addr.is_empty()));
-        assert!(list(drain(&mut rb)).iter().all(|m| m.addr.is_empty()));
+        assert!(list(drained(&mut rb)).iter().all(|m| m.addr.is_empty()));
     }
 
     fn v3_member(
@@ -2306,7 +2283,7 @@ pub(crate) mod tests {
             let log_id = r.store().log_id();
             let (writer, _wrx) = v3_member(&r, "w", 1, None);
             let (mut reader, mut rrx) = v3_member(&r, "r", 2, None);
-            let mut transcript = stored(&drain(&mut rrx));
+            let mut transcript = stored(&drained(&mut rrx));
             let mut next_seq = 1u64;
             for op in ops {
                 match op {
@@ -2330,7 +2307,7 @@ pub(crate) mod tests {
                     // The reader's connection drops; it comes back resuming
                     // from the last id it displayed.
                     _ => {
-                        transcript.extend(stored(&drain(&mut rrx)));
+                        transcript.extend(stored(&drained(&mut rrx)));
                         r.leave(reader.id, "");
                         let after = transcript.last().map(|t| t.0).unwrap_or(0);
                         let (j, rx) = v3_member(&r, "r", 2, Some(ResumePoint { log_id, after }));
@@ -2340,7 +2317,7 @@ pub(crate) mod tests {
                 }
             }
             drain_now(&r.room, &mut r.log);
-            transcript.extend(stored(&drain(&mut rrx)));
+            transcript.extend(stored(&drained(&mut rrx)));
             let log = r.store().read(0, u64::MAX, usize::MAX).expect("reads");
             let log: Vec<(u64, String)> = log.into_iter().map(|e| (e.id, e.text)).collect();
             proptest::prop_assert_eq!(&transcript, &log);
@@ -2375,8 +2352,8 @@ pub(crate) mod tests {
             let resume = Some(ResumePoint { log_id, after });
             let (_a, mut warm_rx) = v3_member(&r, &format!("a{after}"), 9, resume.clone());
             let (_b, mut cold_rx) = v3_member(&cold, &format!("b{after}"), 9, resume);
-            let warm = drain(&mut warm_rx);
-            let cold_msgs = drain(&mut cold_rx);
+            let warm = drained(&mut warm_rx);
+            let cold_msgs = drained(&mut cold_rx);
             let want: Vec<u64> = (after.max(7) + 1..=10).collect();
             let got: Vec<u64> = stored(&warm).into_iter().map(|x| x.0).collect();
             assert_eq!(got, want, "after {after}");

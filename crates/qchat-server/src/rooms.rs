@@ -711,9 +711,7 @@ impl Channel {
         // replay: a replay that does not fit is cut short (and counted as
         // missed), never a reason to drop the member.
         let (outbox, backlog) = (&queue.tx, queue.ending.backlog());
-        let room_for = (outbox.max_capacity())
-            .saturating_sub(backlog.queued(outbox))
-            .saturating_sub(2);
+        let room_for = backlog.room(outbox).saturating_sub(2);
         let (replay, resumed, missed) = match &resume {
             Some(p) if p.log_id == self.store.log_id() => {
                 let after = p.after.min(upto);
@@ -1372,6 +1370,7 @@ fn start_writer(rx: mpsc::Receiver<RoomItem<Channel>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::writer::drained;
     use crate::ServerOptions;
 
     fn actor(id: MemberId, name: &str) -> Actor {
@@ -1381,16 +1380,6 @@ mod tests {
             key: None,
             server_op: false,
         }
-    }
-
-    fn frames(rx: &mut mpsc::Receiver<Bytes>) -> Vec<ServerMsg> {
-        let mut v = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            for f in crate::writer::frames(item) {
-                v.push(ServerMsg::decode(&f[4..]).expect("a valid frame"));
-            }
-        }
-        v
     }
 
     fn lobby() -> Arc<Room> {
@@ -1407,16 +1396,9 @@ mod tests {
         let (alice, carol) = (actor(1, "alice"), actor(2, "carol"));
         let (ch, created) = rooms.get_or_create("#dev", &alice, 10).expect("created");
         assert!(created);
-        let (ta, mut ra) = mpsc::channel(64);
-        ch.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("the creator joins");
+        let (ta, mut ra) = crate::room::MemberQueue::channel(64);
+        ch.join(&alice, None, &ta, None, 50, 10)
+            .expect("the creator joins");
         ch.set_invite_only(&alice, true)
             .expect("the creator is its operator");
         assert!(
@@ -1425,45 +1407,23 @@ mod tests {
         );
         assert!(rooms.list(&carol).is_empty(), "hidden from carol");
         assert_eq!(rooms.list(&alice).len(), 1);
-        let (tc, _rc) = mpsc::channel(64);
+        let (tc, _rc) = crate::room::MemberQueue::channel(64);
         let refused = ch
-            .join(
-                &carol,
-                None,
-                &crate::room::MemberQueue::new(tc.clone()),
-                None,
-                50,
-                10,
-            )
+            .join(&carol, None, &tc, None, 50, 10)
             .expect_err("closed");
         assert!(refused.contains("invite-only"), "{refused}");
         ch.invite(&alice, "CAROL")
             .expect("invited, as the same name");
         assert_eq!(rooms.list(&carol).len(), 1, "visible once invited");
-        ch.join(
-            &carol,
-            None,
-            &crate::room::MemberQueue::new(tc.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("invited joins");
-        assert!(frames(&mut ra)
+        ch.join(&carol, None, &tc, None, 50, 10)
+            .expect("invited joins");
+        assert!(drained(&mut ra)
             .iter()
             .any(|m| matches!(m, ServerMsg::RoomEntered { name, .. } if name == "carol")));
         ch.kick(&alice, "carol", "bye").expect("kicked");
         assert!(!ch.has(2));
         assert!(
-            ch.join(
-                &carol,
-                None,
-                &crate::room::MemberQueue::new(tc.clone()),
-                None,
-                50,
-                10
-            )
-            .is_err(),
+            ch.join(&carol, None, &tc, None, 50, 10).is_err(),
             "the kick took the invitation"
         );
     }
@@ -1477,47 +1437,24 @@ mod tests {
         let rooms = lobby.rooms();
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
         let (ch, _) = rooms.get_or_create("#dev", &alice, 10).expect("created");
-        let (ta, mut ra) = mpsc::channel(64);
-        let (tb, _rb) = mpsc::channel(64);
-        ch.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
-        ch.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
-        frames(&mut ra);
+        let (ta, mut ra) = crate::room::MemberQueue::channel(64);
+        let (tb, _rb) = crate::room::MemberQueue::channel(64);
+        ch.join(&alice, None, &ta, None, 50, 10).expect("joins");
+        ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
+        drained(&mut ra);
         let grace = std::time::Duration::from_secs(60);
         ch.lose(2, "disconnected", grace);
         let bob_again = actor(3, "bob");
-        let (tb2, mut rb2) = mpsc::channel(64);
-        ch.join(
-            &bob_again,
-            None,
-            &crate::room::MemberQueue::new(tb2.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("rejoins");
-        assert!(frames(&mut ra).is_empty(), "nothing to tell alice");
-        assert!(frames(&mut rb2)
+        let (tb2, mut rb2) = crate::room::MemberQueue::channel(64);
+        ch.join(&bob_again, None, &tb2, None, 50, 10)
+            .expect("rejoins");
+        assert!(drained(&mut ra).is_empty(), "nothing to tell alice");
+        assert!(drained(&mut rb2)
             .iter()
             .any(|m| matches!(m, ServerMsg::RoomJoined { members, .. } if members.len() == 2)));
         ch.lose(3, "disconnected", grace);
         tokio::time::sleep(grace * 2).await;
-        let left = frames(&mut ra);
+        let left = drained(&mut ra);
         assert!(
             matches!(&left[..], [ServerMsg::RoomLeft { name, reason, .. }] if name == "bob" && reason == "disconnected"),
             "{left:?}"
@@ -1547,34 +1484,18 @@ mod tests {
         let meta = dir.path().join("rooms.meta");
         let rooms = Rooms::open(&lobby, stores, Some(meta.clone())).expect("opens");
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
-        let (ta, mut ra) = mpsc::channel(10_000);
-        let (tb, mut rb) = mpsc::channel(10_000);
+        let (ta, mut ra) = crate::room::MemberQueue::channel(10_000);
+        let (tb, mut rb) = crate::room::MemberQueue::channel(10_000);
         let mut chans = Vec::new();
         for name in ["#one", "#two"] {
             let (ch, _) = rooms.get_or_create(name, &alice, 10).expect("created");
-            ch.join(
-                &alice,
-                None,
-                &crate::room::MemberQueue::new(ta.clone()),
-                None,
-                50,
-                10,
-            )
-            .expect("joins");
-            ch.join(
-                &bob,
-                None,
-                &crate::room::MemberQueue::new(tb.clone()),
-                None,
-                50,
-                10,
-            )
-            .expect("joins");
+            ch.join(&alice, None, &ta, None, 50, 10).expect("joins");
+            ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
             chans.push(ch);
         }
         rooms.save().expect("saves");
-        frames(&mut ra);
-        frames(&mut rb);
+        drained(&mut ra);
+        drained(&mut rb);
         for seq in 1..=300u64 {
             for (ch, who) in chans.iter().zip([1, 2]) {
                 let p = ch
@@ -1590,7 +1511,7 @@ mod tests {
             .await
             .expect("flushed in time");
         // Alice says everything in #one, bob in #two.
-        let (a, b) = (frames(&mut ra), frames(&mut rb));
+        let (a, b) = (drained(&mut ra), drained(&mut rb));
         let chat = |v: &[ServerMsg], room: &str| -> Vec<(u64, String)> {
             v.iter()
                 .filter_map(|m| match m {
@@ -1653,28 +1574,11 @@ mod tests {
         let (ch, _) = rooms
             .get_or_create("#ONE", &a, 3)
             .expect("exists, as the same name");
-        let (t, _r) = mpsc::channel(64);
-        ch.join(
-            &a,
-            None,
-            &crate::room::MemberQueue::new(t.clone()),
-            None,
-            50,
-            1,
-        )
-        .expect("first member");
+        let (t, _r) = crate::room::MemberQueue::channel(64);
+        ch.join(&a, None, &t, None, 50, 1).expect("first member");
         let b = actor(2, "b");
-        let (tb, _rb) = mpsc::channel(64);
-        let full = ch
-            .join(
-                &b,
-                None,
-                &crate::room::MemberQueue::new(tb.clone()),
-                None,
-                50,
-                1,
-            )
-            .expect_err("full");
+        let (tb, _rb) = crate::room::MemberQueue::channel(64);
+        let full = ch.join(&b, None, &tb, None, 50, 1).expect_err("full");
         assert!(full.contains("full"), "{full}");
     }
 }

@@ -1003,8 +1003,7 @@ fn read_loop<'a, R: AsyncRead + Unpin + 'a>(
                     room.reply(id, &ServerMsg::Failed { what, reason });
                     continue;
                 }
-                let rooms = InRooms { mine: &mut *mine };
-                if let Some(reason) = Box::pin(handle(id, me, msg, room, options, rooms)).await {
+                if let Some(reason) = Box::pin(handle(id, me, msg, room, options, mine)).await {
                     Box::pin(published(room)).await;
                     for ch in mine.iter() {
                         Box::pin(rooms_published(ch)).await;
@@ -1148,7 +1147,7 @@ async fn handle(
     msg: ClientMsg,
     room: &Room,
     options: &ServerOptions,
-    rooms: InRooms<'_>,
+    mine: &mut Vec<Arc<Channel>>,
 ) -> Option<String> {
     if matches!(
         msg,
@@ -1212,7 +1211,7 @@ async fn handle(
         ClientMsg::Nick { name } => {
             nick(id, &name, room, options).await;
             if let Some(now) = room.member_name(id) {
-                for ch in rooms.mine.iter() {
+                for ch in mine.iter() {
                     ch.rename(id, &now);
                 }
                 // The name the member's next lines are stored under (a
@@ -1225,7 +1224,7 @@ async fn handle(
             seq,
             text,
             action,
-        } => in_room(id, room, rooms, &name, seq, text, action, None).await,
+        } => in_room(id, room, mine, &name, seq, text, action, None).await,
         ClientMsg::RoomSigned {
             room: name,
             seq,
@@ -1235,16 +1234,16 @@ async fn handle(
             key,
             sig,
         } => match me.proof(seq, sent_ms, key, sig) {
-            Ok(p) => in_room(id, room, rooms, &name, seq, text, action, Some(p)).await,
+            Ok(p) => in_room(id, room, mine, &name, seq, text, action, Some(p)).await,
             Err(reason) => {
                 room.metrics().messages_refused.inc();
                 room.reply(id, &ServerMsg::Refused { seq, reason });
             }
         },
         ClientMsg::Join { room: name, resume } => {
-            join_room(id, room, options, rooms, &name, resume).await;
+            join_room(id, room, options, mine, &name, resume).await;
         }
-        ClientMsg::Part { room: name, reason } => part_room(id, room, rooms, &name, reason),
+        ClientMsg::Part { room: name, reason } => part_room(id, room, mine, &name, reason),
         ClientMsg::Rooms => list_rooms(id, room),
         ClientMsg::Topic { room: name, text } => {
             // Refused, never cut: a topic is something its setter means to
@@ -1442,12 +1441,6 @@ impl Speaker {
     }
 }
 
-/// What a session knows of the rooms besides the lobby: the member's
-/// queue (to put it in another room) and the rooms it is in.
-struct InRooms<'a> {
-    mine: &'a mut Vec<Arc<Channel>>,
-}
-
 /// Member `id` as a room sees it; `None` if it is gone.
 fn actor(id: MemberId, room: &Room) -> Option<(Actor, Option<[u8; 16]>)> {
     let (name, peer) = room.peer_of(id)?;
@@ -1490,7 +1483,7 @@ async fn join_room(
     id: MemberId,
     room: &Room,
     options: &ServerOptions,
-    rooms: InRooms<'_>,
+    mine: &mut Vec<Arc<Channel>>,
     name: &str,
     resume: Option<qchat_proto::ResumePoint>,
 ) {
@@ -1514,8 +1507,8 @@ async fn join_room(
         return;
     };
     // A kick takes the member out of a room behind the session's back.
-    rooms.mine.retain(|ch| ch.has(id));
-    if rooms.mine.len() >= options.max_rooms_per_member {
+    mine.retain(|ch| ch.has(id));
+    if mine.len() >= options.max_rooms_per_member {
         return room_failed(
             room,
             id,
@@ -1555,18 +1548,24 @@ async fn join_room(
     };
     let max = options.max_room_members;
     match ch.join(&who, instance, &queue, resume, options.history, max) {
-        Ok(()) => rooms.mine.push(ch),
+        Ok(()) => mine.push(ch),
         Err(reason) => room_failed(room, id, "join", reason),
     }
 }
 
 /// `/part #room [REASON]`.
-fn part_room(id: MemberId, room: &Room, rooms: InRooms<'_>, name: &str, mut reason: String) {
+fn part_room(
+    id: MemberId,
+    room: &Room,
+    mine: &mut Vec<Arc<Channel>>,
+    name: &str,
+    mut reason: String,
+) {
     truncate_utf8(&mut reason, qchat_proto::limits::MAX_REASON_BYTES);
-    let pos = rooms.mine.iter().position(|ch| ch.is_called(name));
+    let pos = mine.iter().position(|ch| ch.is_called(name));
     match pos {
-        Some(i) if rooms.mine[i].leave(id, None, &reason, true) => {
-            rooms.mine.remove(i);
+        Some(i) if mine[i].leave(id, None, &reason, true) => {
+            mine.remove(i);
         }
         _ if qchat_proto::names::is_lobby(name) => room_failed(
             room,
@@ -1638,7 +1637,7 @@ async fn room_request(
 async fn in_room(
     id: MemberId,
     room: &Room,
-    rooms: InRooms<'_>,
+    mine: &[Arc<Channel>],
     name: &str,
     seq: u64,
     text: String,
@@ -1647,9 +1646,9 @@ async fn in_room(
 ) {
     // Clients send the room's name as the server spells it: compared as
     // it is first, folded only when that fails.
-    let ch = rooms.mine.iter().find(|ch| ch.name() == name).or_else(|| {
+    let ch = mine.iter().find(|ch| ch.name() == name).or_else(|| {
         let key = qchat_proto::names::fold_room(name);
-        rooms.mine.iter().find(|ch| ch.key() == key)
+        mine.iter().find(|ch| ch.key() == key)
     });
     // A signature covers the room's name as the sender spelt it, and every
     // member checks it against the server's spelling: another spelling

@@ -26,10 +26,13 @@ const WRITE_BATCH: usize = 256;
 const PASS_THROUGH: usize = 4096;
 
 /// What starts a queue item that holds several frames, before their count
-/// ([`Backlog::offer_all`]): a length prefix no frame has (frames are far
-/// shorter than 4 GiB), so an item is told apart by its first four bytes.
-/// It is the queue's own, never sent: the writer takes it off.
+/// ([`Part`]): a length prefix no frame has (frames are far shorter than
+/// 4 GiB), so an item is told apart by its first four bytes. It is the
+/// queue's own, never sent: the writer takes it off.
 const PART: [u8; 4] = u32::MAX.to_be_bytes();
+
+/// A part's header: [`PART`], then the number of its frames.
+const PART_HEADER: usize = 8;
 
 /// Where a session's outgoing bytes go. QUIC streams take owned chunks
 /// without a copy; a pipe takes a slice.
@@ -59,7 +62,7 @@ impl Sink for QuicSink {
 /// The frames a member's queue holds beyond one per item.
 ///
 /// A room hands a member all its frames of one stored batch as one item
-/// ([`Backlog::offer_all`]): one hand-over between threads per member
+/// ([`Backlog::offer_part`]): one hand-over between threads per member
 /// and batch instead of one per frame, and one buffer its writer passes
 /// to the stream without copying it again. The queue's own bound counts
 /// items, so the rest of each such item's frames are counted here, and
@@ -76,6 +79,11 @@ impl Backlog {
         queue.max_capacity() - queue.capacity() + self.0.load(Ordering::Relaxed)
     }
 
+    /// Frames `queue` can still take.
+    pub fn room(&self, queue: &mpsc::Sender<Bytes>) -> usize {
+        queue.max_capacity().saturating_sub(self.queued(queue))
+    }
+
     /// Queues one frame, unless the queue holds its bound's worth of frames
     /// already (then `Full`, as a full queue answers).
     pub fn offer(
@@ -83,33 +91,10 @@ impl Backlog {
         queue: &mpsc::Sender<Bytes>,
         frame: Bytes,
     ) -> Result<(), TrySendError<Bytes>> {
-        if self.queued(queue) >= queue.max_capacity() {
+        if self.room(queue) == 0 {
             return Err(TrySendError::Full(frame));
         }
         queue.try_send(frame)
-    }
-
-    /// Queues `frames`, in order, as one item: all of them, or none if they
-    /// do not all fit (`Full`) or the queue is closed.
-    pub fn offer_all(
-        &self,
-        queue: &mpsc::Sender<Bytes>,
-        frames: &[Bytes],
-    ) -> Result<(), TrySendError<()>> {
-        match frames {
-            [] => Ok(()),
-            [one] => self.offer(queue, one.clone()).map_err(|e| match e {
-                TrySendError::Full(_) => TrySendError::Full(()),
-                TrySendError::Closed(_) => TrySendError::Closed(()),
-            }),
-            many => {
-                let mut part = Part::with_capacity(many.iter().map(Bytes::len).sum());
-                for f in many {
-                    part.push(f);
-                }
-                self.offer_part(queue, part)
-            }
-        }
     }
 
     /// Queues `part` as one item: all its frames, or none if they do not
@@ -120,11 +105,12 @@ impl Backlog {
         part: Part,
     ) -> Result<(), TrySendError<()>> {
         let frames = part.frames;
-        if self.queued(queue) + frames > queue.max_capacity() {
+        if frames > self.room(queue) {
             return Err(TrySendError::Full(()));
         }
         let mut buf = part.buf;
-        buf[4..8].copy_from_slice(&u32::try_from(frames).unwrap_or(u32::MAX).to_be_bytes());
+        buf[PART.len()..PART_HEADER]
+            .copy_from_slice(&u32::try_from(frames).unwrap_or(u32::MAX).to_be_bytes());
         // Counted before it is queued, so that the writer, which takes it
         // away once it has the item, never finds less.
         let rest = frames.saturating_sub(1);
@@ -144,7 +130,7 @@ impl Backlog {
     /// another core's cache).
     fn taken(&self, item: &mut Bytes) {
         if let Some(n) = part_len(item) {
-            item.advance(8);
+            item.advance(PART_HEADER);
             self.0.fetch_sub(n.saturating_sub(1), Ordering::Relaxed);
         }
     }
@@ -163,9 +149,10 @@ impl Part {
     /// as a bound, the frames are copied in once and the buffer never
     /// grows).
     pub fn with_capacity(bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(8 + bytes);
+        let mut buf = BytesMut::with_capacity(PART_HEADER + bytes);
         buf.extend_from_slice(&PART);
-        buf.extend_from_slice(&[0; 4]);
+        // The count, written when the part is queued.
+        buf.extend_from_slice(&[0; PART_HEADER - PART.len()]);
         Part { buf, frames: 0 }
     }
 
@@ -198,12 +185,13 @@ fn part_len(item: &[u8]) -> Option<usize> {
 }
 
 /// The frames of one queue item, each with its length prefix: several for
-/// an item from [`Backlog::offer_all`], else the one. The items are the
-/// server's own frames, whose prefixes are right; a prefix that ran past the
-/// end would end the walk there.
-pub fn frames(mut item: Bytes) -> impl Iterator<Item = Bytes> {
+/// a [`Part`], else the one; for tests that read a member's queue
+/// directly. The items are the server's own frames, whose prefixes are
+/// right; a prefix that ran past the end would end the walk there.
+#[cfg(test)]
+pub(crate) fn frames(mut item: Bytes) -> impl Iterator<Item = Bytes> {
     if part_len(&item).is_some() {
-        item.advance(8);
+        item.advance(PART_HEADER);
     }
     std::iter::from_fn(move || {
         if item.len() < 4 {
@@ -215,6 +203,16 @@ pub fn frames(mut item: Bytes) -> impl Iterator<Item = Bytes> {
         }
         Some(item.split_to(len))
     })
+}
+
+/// Everything queued in `rx` now, as messages: what a member would read
+/// next, for tests that read its queue directly.
+#[cfg(test)]
+pub(crate) fn drained(rx: &mut mpsc::Receiver<Bytes>) -> Vec<qchat_proto::ServerMsg> {
+    std::iter::from_fn(|| rx.try_recv().ok())
+        .flat_map(frames)
+        .map(|f| qchat_proto::ServerMsg::decode(&f[4..]).expect("a valid frame"))
+        .collect()
 }
 
 /// Turns a batch of queue items into the chunks to write, in place and in
@@ -322,6 +320,14 @@ mod tests {
         async fn finish(&mut self) {}
     }
 
+    fn part_of(frames: &[Bytes]) -> Part {
+        let mut part = Part::with_capacity(frames.iter().map(Bytes::len).sum());
+        for f in frames {
+            part.push(f);
+        }
+        part
+    }
+
     fn frame(body: &[u8]) -> Bytes {
         let mut f = (body.len() as u32).to_be_bytes().to_vec();
         f.extend_from_slice(body);
@@ -337,10 +343,12 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let backlog = Backlog::default();
         let five: Vec<Bytes> = (0..5u8).map(|i| frame(&[i])).collect();
-        backlog.offer_all(&tx, &five).expect("five fit in eight");
+        backlog
+            .offer_part(&tx, part_of(&five))
+            .expect("five fit in eight");
         assert_eq!(backlog.queued(&tx), 5);
         assert!(matches!(
-            backlog.offer_all(&tx, &five[..4]),
+            backlog.offer_part(&tx, part_of(&five[..4])),
             Err(TrySendError::Full(()))
         ));
         assert_eq!(backlog.queued(&tx), 5, "nothing of a refused part stays");
@@ -366,7 +374,7 @@ mod tests {
         let backlog = std::sync::Arc::new(Backlog::default());
         let (out, mut written) = mpsc::unbounded_channel();
         let part: Vec<Bytes> = (0..6u8).map(|i| frame(&[i; 3])).collect();
-        backlog.offer_all(&tx, &part).expect("fits");
+        backlog.offer_part(&tx, part_of(&part)).expect("fits");
         let theirs = std::sync::Arc::clone(&backlog);
         let writer = tokio::spawn(async move { write_loop(&mut Chunks(out), rx, &theirs).await });
         let wait = std::time::Duration::from_secs(5);
@@ -379,7 +387,7 @@ mod tests {
         // All eight places are free again.
         let eight: Vec<Bytes> = (0..8u8).map(|i| frame(&[i])).collect();
         backlog
-            .offer_all(&tx, &eight)
+            .offer_part(&tx, part_of(&eight))
             .expect("the whole bound is free");
         drop(tx);
         tokio::time::timeout(wait, writer)
@@ -397,7 +405,9 @@ mod tests {
         let large = |b: u8| frame(&vec![b; PASS_THROUGH]);
         let backlog = Backlog::default();
         let (tx, mut rx) = mpsc::channel(64);
-        backlog.offer_all(&tx, &[large(7), large(8)]).expect("fits");
+        backlog
+            .offer_part(&tx, part_of(&[large(7), large(8)]))
+            .expect("fits");
         let part = rx.try_recv().expect("the part");
         let items = vec![
             small(1),

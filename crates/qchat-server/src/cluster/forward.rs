@@ -208,8 +208,6 @@ pub(crate) async fn invite(
 mod tests {
     use std::time::Duration;
 
-    use tokio::sync::mpsc;
-
     use super::*;
     use crate::cluster::members::tests::{actor, next_move, node, until};
     use crate::cluster::names::ONLINE_TTL;
@@ -226,27 +224,11 @@ mod tests {
         let ((la, a), (_lb, b)) = (node(&nats, ONLINE_TTL).await, node(&nats, ONLINE_TTL).await);
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
         let (cha, _) = a.get_or_create("#dev", &alice, 10).expect("created");
-        let (ta, mut ra) = mpsc::channel(64);
-        cha.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (ta, mut ra) = crate::room::MemberQueue::channel(64);
+        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
         let (chb, _) = b.get_or_create("#dev", &bob, 10).expect("opened");
-        let (tb, mut rb) = mpsc::channel(64);
-        chb.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tb, mut rb) = crate::room::MemberQueue::channel(64);
+        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         assert!(
             matches!(next_move(&mut ra).await, ServerMsg::RoomEntered { name, .. } if name == "bob")
         );

@@ -844,29 +844,13 @@ pub(crate) mod tests {
         let ((_la, a), (_lb, b)) = (node(&nats, ttl).await, node(&nats, ttl).await);
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
         let (chb, _) = b.get_or_create("#dev", &bob, 10).expect("created");
-        let (tb, mut rb) = mpsc::channel(64);
-        chb.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tb, mut rb) = crate::room::MemberQueue::channel(64);
+        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         counts(&a, &alice, "#dev", 1).await;
 
         let (cha, _) = a.get_or_create("#dev", &alice, 10).expect("opened");
-        let (ta, mut ra) = mpsc::channel(64);
-        cha.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (ta, mut ra) = crate::room::MemberQueue::channel(64);
+        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
         match until(&mut ra, |m| matches!(m, ServerMsg::RoomJoined { .. })).await {
             ServerMsg::RoomJoined { members, .. } => assert_eq!(members, ["bob", "alice"]),
             _ => unreachable!(),
@@ -902,27 +886,11 @@ pub(crate) mod tests {
         let (_lb, b) = node(&nats, ttl).await;
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
         let (chb, _) = b.get_or_create("#dev", &bob, 10).expect("created");
-        let (tb, mut rb) = mpsc::channel(64);
-        chb.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tb, mut rb) = crate::room::MemberQueue::channel(64);
+        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         let (cha, _) = a.get_or_create("#dev", &alice, 10).expect("opened");
-        let (ta, _ra) = mpsc::channel(64);
-        cha.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (ta, _ra) = crate::room::MemberQueue::channel(64);
+        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
         assert!(matches!(
             next_move(&mut rb).await,
             ServerMsg::RoomEntered { .. }
@@ -950,43 +918,19 @@ pub(crate) mod tests {
         let ((_la, a), (_lb, b)) = (node(&nats, ttl).await, node(&nats, ttl).await);
         let (alice, bob, carol) = (actor(1, "alice"), actor(2, "bob"), actor(3, "carol"));
         let (chb, _) = b.get_or_create("#dev", &bob, 10).expect("created");
-        let (tb, mut rb) = mpsc::channel(64);
-        chb.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tb, mut rb) = crate::room::MemberQueue::channel(64);
+        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         let (cha, _) = a.get_or_create("#dev", &alice, 10).expect("opened");
         // A has seen bob before carol joins there: otherwise bob's entry,
         // reaching A later, is the first move carol hears of.
         counts(&a, &alice, "#dev", 1).await;
-        let (tc, mut rc) = mpsc::channel(64);
-        cha.join(
-            &carol,
-            None,
-            &crate::room::MemberQueue::new(tc.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tc, mut rc) = crate::room::MemberQueue::channel(64);
+        cha.join(&carol, None, &tc, None, 50, 10).expect("joins");
         assert!(
             matches!(next_move(&mut rb).await, ServerMsg::RoomEntered { name, .. } if name == "carol")
         );
-        let (ta, _ra) = mpsc::channel(64);
-        cha.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (ta, _ra) = crate::room::MemberQueue::channel(64);
+        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
         assert!(
             matches!(next_move(&mut rb).await, ServerMsg::RoomEntered { name, .. } if name == "alice")
         );
@@ -998,16 +942,9 @@ pub(crate) mod tests {
         cha.lose(1, "connection lost", grace);
         // She is back on B.
         let alice_on_b = actor(4, "alice");
-        let (ta2, mut ra2) = mpsc::channel(64);
-        chb.join(
-            &alice_on_b,
-            None,
-            &crate::room::MemberQueue::new(ta2.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("rejoins");
+        let (ta2, mut ra2) = crate::room::MemberQueue::channel(64);
+        chb.join(&alice_on_b, None, &ta2, None, 50, 10)
+            .expect("rejoins");
         match until(&mut ra2, |m| matches!(m, ServerMsg::RoomJoined { .. })).await {
             ServerMsg::RoomJoined { members, .. } => {
                 let mut members = members;
@@ -1027,8 +964,7 @@ pub(crate) mod tests {
         counts(&a, &alice, "#dev", 2).await;
         assert_eq!(chb.holds("alice"), Some(("alice".into(), true)));
         assert_eq!(cha.holds("alice"), None, "A keeps no place for her");
-        for frame in std::iter::from_fn(|| rc.try_recv().ok()).flat_map(crate::writer::frames) {
-            let msg = ServerMsg::decode(&frame[4..]).expect("a valid frame");
+        for msg in crate::writer::drained(&mut rc) {
             assert!(
                 !matches!(&msg, ServerMsg::RoomLeft { name, .. } | ServerMsg::RoomEntered { name, .. } if name == "alice"),
                 "carol was told of alice's move: {msg:?}"
@@ -1045,16 +981,8 @@ pub(crate) mod tests {
         let (_la, a) = node(&nats, ONLINE_TTL).await;
         let bob = actor(2, "bob");
         let (ch, _) = a.get_or_create("#dev", &bob, 10).expect("created");
-        let (tb, mut rb) = mpsc::channel(64);
-        ch.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tb, mut rb) = crate::room::MemberQueue::channel(64);
+        ch.join(&bob, None, &tb, None, 50, 10).expect("joins");
         let other = Cluster::connect(&nats.options()).await.expect("connects");
         let kv = other
             .bucket(MEMBERS_BUCKET, Some(ONLINE_TTL), 1)
@@ -1107,16 +1035,9 @@ pub(crate) mod tests {
         let mut queues = Vec::new();
         let start = std::time::Instant::now();
         for i in 1..=n {
-            let (tx, rx) = mpsc::channel(8);
-            ch.join(
-                &actor(i, &format!("m{i}")),
-                None,
-                &crate::room::MemberQueue::new(tx.clone()),
-                None,
-                0,
-                usize::MAX,
-            )
-            .expect("joins");
+            let (tx, rx) = crate::room::MemberQueue::channel(8);
+            ch.join(&actor(i, &format!("m{i}")), None, &tx, None, 0, usize::MAX)
+                .expect("joins");
             queues.push((tx, rx));
         }
         let joined = start.elapsed();

@@ -333,14 +333,13 @@ async fn watch(
 mod tests {
     use super::*;
     use crate::cluster::log::JetStreamLog;
+    use crate::cluster::members::tests::until;
     use crate::cluster::testing::NatsServer;
     use crate::room::{MemberId, Room};
     use crate::rooms::{Actor, StoreFactory};
     use crate::store::Store;
     use crate::ServerOptions;
-    use bytes::Bytes;
     use qchat_proto::ServerMsg;
-    use tokio::sync::mpsc;
 
     /// A node: its lobby (kept alive by the caller) and its rooms, the
     /// rooms' logs and descriptions the cluster's.
@@ -372,24 +371,6 @@ mod tests {
         }
     }
 
-    /// Waits (bounded) for the first frame `want` accepts.
-    async fn until(rx: &mut mpsc::Receiver<Bytes>, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
-        let wait = async {
-            loop {
-                let item = rx.recv().await.expect("the queue is open");
-                for frame in crate::writer::frames(item) {
-                    let msg = ServerMsg::decode(&frame[4..]).expect("a valid frame");
-                    if want(&msg) {
-                        return msg;
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), wait)
-            .await
-            .expect("in time")
-    }
-
     /// A topic set on one node reaches the room's members on another, as
     /// the same notice a local change gives; the room's creator on one node
     /// is its operator on every node, and `/rooms` on a node lists a room
@@ -401,29 +382,13 @@ mod tests {
         let (alice, bob) = (actor(1, "alice"), actor(2, "bob"));
         let (cha, created) = a.get_or_create("#dev", &alice, 10).expect("created");
         assert!(created);
-        let (ta, _ra) = mpsc::channel(64);
-        cha.join(
-            &alice,
-            None,
-            &crate::room::MemberQueue::new(ta.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (ta, _ra) = crate::room::MemberQueue::channel(64);
+        cha.join(&alice, None, &ta, None, 50, 10).expect("joins");
         let (chb, created) = b.get_or_create("#DEV", &bob, 10).expect("opened");
         assert!(!created, "the cluster has it already");
         assert_eq!(chb.name(), "#dev", "as its creator spelt it");
-        let (tb, mut rb) = mpsc::channel(64);
-        chb.join(
-            &bob,
-            None,
-            &crate::room::MemberQueue::new(tb.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("joins");
+        let (tb, mut rb) = crate::room::MemberQueue::channel(64);
+        chb.join(&bob, None, &tb, None, 50, 10).expect("joins");
         let refused = chb.set_topic(&bob, "mine").expect_err("bob is no operator");
         assert!(refused.contains("operators"), "{refused}");
         cha.set_topic(&alice, "deploys only")
@@ -460,43 +425,20 @@ mod tests {
         let (cha, _) = a.get_or_create("#ops", &alice, 10).expect("created");
         let (chb, _) = b.get_or_create("#ops", &carol, 10).expect("opened");
         cha.set_invite_only(&alice, true).expect("its operator");
-        let (tc, _rc) = mpsc::channel(64);
+        let (tc, _rc) = crate::room::MemberQueue::channel(64);
         let refused = chb
-            .join(
-                &carol,
-                None,
-                &crate::room::MemberQueue::new(tc.clone()),
-                None,
-                50,
-                10,
-            )
+            .join(&carol, None, &tc, None, 50, 10)
             .expect_err("closed on the other node too");
         assert!(refused.contains("invite-only"), "{refused}");
         assert!(b.list(&carol).is_empty(), "hidden from carol");
         cha.invite(&alice, "Carol").expect("invited");
-        chb.join(
-            &carol,
-            None,
-            &crate::room::MemberQueue::new(tc.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("invited on one node, let in on the other");
+        chb.join(&carol, None, &tc, None, 50, 10)
+            .expect("invited on one node, let in on the other");
         // The kick takes the invitation back for every node.
         let kicked = chb.kick(&alice, "carol", "bye");
         kicked.expect("alice operates the room on every node");
-        let (tc2, _rc2) = mpsc::channel(64);
-        assert!(cha
-            .join(
-                &carol,
-                None,
-                &crate::room::MemberQueue::new(tc2.clone()),
-                None,
-                50,
-                10
-            )
-            .is_err());
+        let (tc2, _rc2) = crate::room::MemberQueue::channel(64);
+        assert!(cha.join(&carol, None, &tc2, None, 50, 10).is_err());
     }
 
     /// Those in a room on one node when it is made invite-only on another
@@ -508,34 +450,16 @@ mod tests {
         let (alice, dave) = (actor(1, "alice"), actor(2, "dave"));
         let (cha, _) = a.get_or_create("#ops", &alice, 10).expect("created");
         let (chb, _) = b.get_or_create("#ops", &dave, 10).expect("opened");
-        let (td, mut rd) = mpsc::channel(64);
-        chb.join(
-            &dave,
-            None,
-            &crate::room::MemberQueue::new(td.clone()),
-            None,
-            50,
-            10,
-        )
-        .expect("open yet");
+        let (td, mut rd) = crate::room::MemberQueue::channel(64);
+        chb.join(&dave, None, &td, None, 50, 10).expect("open yet");
         cha.set_invite_only(&alice, true).expect("its operator");
         until(&mut rd, |m| matches!(m, ServerMsg::ModeSet { .. })).await;
         assert!(chb.leave(2, None, "moving", false));
         // Node B writes dave's invitation once it has seen the change.
         let wait = async {
             loop {
-                let (td2, _rd2) = mpsc::channel(64);
-                if cha
-                    .join(
-                        &dave,
-                        None,
-                        &crate::room::MemberQueue::new(td2.clone()),
-                        None,
-                        50,
-                        10,
-                    )
-                    .is_ok()
-                {
+                let (td2, _rd2) = crate::room::MemberQueue::channel(64);
+                if cha.join(&dave, None, &td2, None, 50, 10).is_ok() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
